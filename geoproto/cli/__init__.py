@@ -1,0 +1,15 @@
+"""The ``geoproto`` command: one module per subcommand, each a thin wrapper over the library."""
+
+import click
+
+from .. import __version__
+from .segment import segment_command
+
+
+@click.group()
+@click.version_option(__version__, prog_name="geoproto")
+def main():
+    """Few-shot land-cover segmentation of orthophotos from a few labelled polygons."""
+
+
+main.add_command(segment_command)

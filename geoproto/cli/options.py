@@ -1,0 +1,95 @@
+"""Options shared by several subcommands, and the error handling every command goes through."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import warnings
+
+import click
+from rasterio.errors import NotGeoreferencedWarning
+
+from ..errors import GeoprotoError
+from ..models import BACKBONES, DEFAULT_BACKBONE
+
+
+class Interrupted(Exception):
+    """Raised from a signal handler so that clean-up code runs before the process exits."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def handle_errors(command):
+    """One-line errors and exit codes instead of tracebacks (unless ``--debug``); SIGTERM cleans up too."""
+
+    @functools.wraps(command)
+    def wrapper(*args, debug: bool = False, **kwargs):
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+        warnings.showwarning = lambda message, *rest, **kw: click.echo(f"Warning: {message}", err=True)
+        # Rasters without a CRS are handled explicitly (pixel space, or --assume-crs).
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            return command(*args, **kwargs)
+        except GeoprotoError as exc:
+            if debug:
+                raise
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        except Interrupted as exc:
+            click.echo(f"Interrupted ({exc}).", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.ClickException:
+            raise
+        except Exception as exc:  # unexpected: still one line, with the way to see more
+            if debug:
+                raise
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)")
+
+    return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
+
+
+def print_json(summary: dict) -> None:
+    click.echo(json.dumps(summary, indent=2))
+
+
+def parse_bands(ctx, param, value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("give band numbers separated by commas, e.g. 4,3,2") from None
+
+
+encoder_options = [
+    click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE, show_default=True,
+                 help="Encoder architecture (ignored with --checkpoint, which names its own)."),
+    click.option("--checkpoint", type=click.Path(dir_okay=False), help="A trained geoproto checkpoint."),
+    click.option("--init-weights", type=click.Path(dir_okay=False),
+                 help="ImageNet trunk weights in torchvision's layout (resnet50, vgg16)."),
+    click.option("--bands", callback=parse_bands, help="1 or 3 band numbers, e.g. 4,3,2 [default: first three]."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    click.option("--batch-size", type=click.IntRange(1), help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
+]
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+
+
+def apply(options):
+    """Decorate a command with a list of options, in order."""
+    def decorator(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorator

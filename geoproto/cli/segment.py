@@ -1,0 +1,66 @@
+"""``geoproto segment``: orthophoto + a few support polygons -> georeferenced class raster."""
+
+from __future__ import annotations
+
+import click
+
+from ..crf import CRFParams
+from ..segment import DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SegmentOptions, segment
+from .options import apply, encoder_options, handle_errors, json_option, print_json, quiet_option
+
+_CRF_DEFAULTS = CRFParams()
+
+
+@click.command("segment")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False),
+              help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Class raster (GeoTIFF).")
+@click.option("--class-field", help="Vector field holding the class [default: detected].")
+@click.option("--layer", help="Vector layer, for files with several.")
+@click.option("--support-crs", help="CRS of the support vector, overriding what it declares (e.g. EPSG:32616).")
+@click.option("--assume-crs", help="CRS of a raster that has none.")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
+              help="JSON of class ids, names and colours (for label rasters and numeric codes).")
+@click.option("--support-image", type=click.Path(dir_okay=False),
+              help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery).")
+@apply(encoder_options)
+@click.option("--tile-size", type=click.IntRange(32), default=DEFAULT_TILE_SIZE, show_default=True)
+@click.option("--overlap", type=click.IntRange(0), default=DEFAULT_OVERLAP, show_default=True,
+              help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Softmax scale of the cosine similarities.")
+@click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
+@click.option("--crf-iterations", type=click.IntRange(1), default=_CRF_DEFAULTS.iterations, show_default=True)
+@click.option("--crf-bilateral-m", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CRF_BILATERAL_M,
+              show_default=True, help="Bilateral kernel width in metres (projected rasters).")
+@click.option("--crf-bilateral-px", type=click.FloatRange(min=0, min_open=True),
+              help="Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: 80 without a metric CRS].")
+@click.option("--crf-bilateral-srgb", type=float, default=_CRF_DEFAULTS.bilateral_srgb, show_default=True)
+@click.option("--crf-gaussian-sxy", type=float, default=_CRF_DEFAULTS.gaussian_sxy, show_default=True)
+@click.option("--probabilities", type=click.Path(dir_okay=False), help="Also write per-class scores (float32).")
+@click.option("--vector", type=click.Path(dir_okay=False), help="Also write class polygons (e.g. out.gpkg).")
+@click.option("--preview", type=click.Path(dir_okay=False), help="Also write a colour PNG preview.")
+@click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@quiet_option
+@json_option
+@handle_errors
+def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
+                    crf_bilateral_srgb, crf_gaussian_sxy, quiet, as_json, **options):
+    """Segment IMAGE into the classes drawn in --support and write a class raster to --output.
+
+    Example: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
+    """
+    crf_params = CRFParams(iterations=crf_iterations, gaussian_sxy=crf_gaussian_sxy,
+                           bilateral_sxy=crf_bilateral_px or CRFParams.bilateral_sxy,
+                           bilateral_srgb=crf_bilateral_srgb)
+    settings = SegmentOptions(crf=crf, crf_params=crf_params,
+                              crf_bilateral_m=None if crf_bilateral_px else crf_bilateral_m,
+                              progress=not quiet, **options)
+    summary = segment(image, support, output, settings)
+    if as_json:
+        print_json(summary)
+    elif not quiet:
+        classes = ", ".join(f"{c['name']} {c['pixels']}" for c in summary["classes"])
+        click.echo(f"Wrote {output}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes} px)", err=True)

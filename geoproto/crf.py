@@ -1,0 +1,64 @@
+"""DenseCRF refinement of one tile (pydensecrf2), with a guard against a CRF that erases classes.
+
+The paper's kernels are in pixels for 9 cm imagery (Gaussian sxy 3; bilateral sxy 80, srgb 13): 80 px
+is about 7 m on the ground. Applied unchanged at coarser resolution the bilateral kernel spans tens of
+metres and wipes out small classes (measured at 0.36 m: car F1 15 -> 7; on a 0.5 m chip the whole tile
+became one class). So the bilateral range is set in metres (default 7.2 m, the paper's footprint) and
+converted with the raster's pixel size, and a tile whose CRF result lost a class that covered a
+noticeable share of it keeps its unrefined labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PAPER_PIXEL_SIZE_M = 0.09
+PAPER_BILATERAL_SXY_PX = 80.0
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    iterations: int = 5
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = PAPER_BILATERAL_SXY_PX  # pixels; see ``bilateral_sxy_pixels``
+    bilateral_srgb: float = 13.0
+    bilateral_compat: float = 10.0
+    # A class covering at least this share of the tile before the CRF must keep at least
+    # ``guard_keep`` of its pixels after it, or the tile keeps its unrefined labels.
+    guard_share: float = 0.02
+    guard_keep: float = 0.2
+
+
+def bilateral_sxy_pixels(metres: float, pixel_size_m: float | None) -> float:
+    """The bilateral kernel width in pixels for a width in metres; the paper's 80 px without a metric grid."""
+    if not pixel_size_m:
+        return PAPER_BILATERAL_SXY_PX
+    return float(np.clip(metres / pixel_size_m, 3.0, PAPER_BILATERAL_SXY_PX))
+
+
+def refine(image: np.ndarray, probabilities: np.ndarray, params: CRFParams) -> tuple[np.ndarray, bool]:
+    """Refine ``probabilities`` (K x H x W) of a tile ``image`` (3 x H x W in [0, 1]).
+
+    Returns the refined probabilities and whether they were kept (False: the guard rejected them and
+    the input is returned).
+    """
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    classes, height, width = probabilities.shape
+    crf = dcrf.DenseCRF2D(width, height, classes)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.clip(probabilities, 1e-6, 1.0))))
+    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+    rgb = np.ascontiguousarray((np.transpose(image, (1, 2, 0)) * 255).round().astype(np.uint8))
+    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=rgb,
+                             compat=params.bilateral_compat)
+    refined = np.array(crf.inference(params.iterations), dtype=np.float32).reshape(classes, height, width)
+    before = np.bincount(probabilities.argmax(0).ravel(), minlength=classes)
+    after = np.bincount(refined.argmax(0).ravel(), minlength=classes)
+    noticeable = before >= params.guard_share * height * width
+    if np.any(noticeable & (after < params.guard_keep * before)):
+        return probabilities, False
+    return refined, True

@@ -1,0 +1,108 @@
+"""The one checkpoint format ``train`` writes and ``segment`` reads, and the encoder builder.
+
+A checkpoint is a plain dict of tensors, strings and numbers saved with ``torch.save``:
+``format``, ``version``, ``backbone``, ``with_head``, ``state_dict`` (the whole encoder), ``mean``/``std``
+(input normalisation), ``feature_layers`` and free-form ``metadata`` (training command, data, seed).
+Checkpoints are untrusted input, so they are only ever read with ``weights_only=True``: a file carrying
+arbitrary pickled objects is refused without running them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import torch
+
+from ..errors import GeoprotoError
+from .encoder import BACKBONES, DEFAULT_BACKBONE, Encoder
+
+FORMAT = "geoproto-checkpoint"
+VERSION = 1
+FEATURE_LAYERS = {
+    "efficientnet-lite0": ["_blocks.4", "_blocks.10"],
+    "resnet50": ["layer2", "layer3"],
+    "vgg16": ["features.22", "features.29"],
+}
+
+
+def _safe_load(path: str) -> object:
+    if not os.path.isfile(path):
+        raise GeoprotoError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        raise GeoprotoError(f"{path}: refused to load: the file holds objects other than weights ({first})")
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise GeoprotoError(f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0]})")
+
+
+def save_checkpoint(encoder: Encoder, path: str, metadata: dict | None = None) -> None:
+    """Write ``encoder`` in the checkpoint format (atomically: temporary file, then rename)."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "backbone": encoder.backbone,
+        "with_head": encoder.head is not None,
+        "mean": encoder.mean.flatten().tolist(),
+        "std": encoder.std.flatten().tolist(),
+        "feature_layers": FEATURE_LAYERS[encoder.backbone],
+        "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+        "metadata": metadata or {},
+    }
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str) -> tuple[Encoder, dict]:
+    """Build the encoder a checkpoint describes; returns it with the checkpoint's metadata."""
+    payload = _safe_load(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise GeoprotoError(f"{path}: not a geoproto checkpoint (use --init-weights for ImageNet weights)")
+    if payload.get("version") != VERSION:
+        raise GeoprotoError(f"{path}: checkpoint version {payload.get('version')} is not supported")
+    backbone = payload.get("backbone")
+    if backbone not in BACKBONES:
+        raise GeoprotoError(f"{path}: unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
+    encoder = Encoder(backbone, with_head=bool(payload.get("with_head")))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise GeoprotoError(f"{path}: weights do not fit the {backbone} encoder ({str(exc).splitlines()[0]})")
+    encoder.mean.copy_(torch.tensor(payload["mean"]).view(1, 3, 1, 1))
+    encoder.std.copy_(torch.tensor(payload["std"]).view(1, 3, 1, 1))
+    return encoder.eval(), dict(payload.get("metadata") or {})
+
+
+def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = None,
+                  init_weights: str | None = None) -> tuple[Encoder, dict]:
+    """The encoder ``segment`` uses: a checkpoint if given, else ImageNet trunk weights without a head."""
+    if checkpoint:
+        return load_checkpoint(checkpoint)
+    if backbone not in BACKBONES:
+        raise GeoprotoError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
+    spec = BACKBONES[backbone]
+    weights = init_weights or (spec.shipped_weights() if spec.shipped_weights else None)
+    if weights is None:
+        raise GeoprotoError(
+            f"the {backbone} encoder ships without weights: give ImageNet weights in torchvision's "
+            f"layout with --init-weights FILE, or a trained --checkpoint FILE")
+    state = _safe_load(weights)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise GeoprotoError(f"{weights}: not a state dict")
+    encoder = Encoder(backbone, with_head=False)
+    try:
+        encoder.trunk.load_imagenet(state)
+    except RuntimeError as exc:
+        raise GeoprotoError(f"{weights}: weights do not fit the {backbone} trunk ({str(exc).splitlines()[0]})")
+    return encoder.eval(), {"backbone": backbone, "weights": os.path.basename(weights), "trained": False}

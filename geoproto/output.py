@@ -1,0 +1,188 @@
+"""Writing results: the georeferenced class raster, per-class probabilities, polygons and a preview.
+
+Every file is written under a temporary name beside its target and moved into place only when the
+whole run succeeded, so a failed or interrupted run never leaves a half-written file at the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from .errors import GeoprotoError
+from .support import ClassInfo
+from .tiling import Tile
+
+NODATA = 0
+PREVIEW_MAX_SIDE = 2048
+VECTOR_STRIP_ROWS = 2048
+# Distinct colours for classes without one of their own (Okabe-Ito, then Tableau).
+PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
+           (204, 121, 167), (127, 127, 127), (188, 189, 34), (23, 190, 207), (148, 103, 189), (140, 86, 75)]
+
+
+class StagedOutputs:
+    """Temporary paths for a run's outputs, moved onto their targets together on ``commit``."""
+
+    def __init__(self, overwrite: bool):
+        self.overwrite = overwrite
+        self.staged: dict[str, str] = {}
+
+    def stage(self, target: str) -> str:
+        """Check ``target`` can be written now (before any work) and return its temporary path."""
+        target = os.path.abspath(target)
+        folder = os.path.dirname(target)
+        if os.path.exists(target) and not self.overwrite:
+            raise GeoprotoError(f"{target}: exists; pass --overwrite to replace it")
+        if os.path.isdir(target):
+            raise GeoprotoError(f"{target}: is a directory")
+        if not os.path.isdir(folder):
+            raise GeoprotoError(f"{folder}: output directory does not exist")
+        if not os.access(folder, os.W_OK):
+            raise GeoprotoError(f"{folder}: output directory is not writable")
+        stem, ext = os.path.splitext(os.path.basename(target))
+        temporary = os.path.join(folder, f".{stem}.partial-{os.getpid()}{ext}")
+        self.staged[target] = temporary
+        return temporary
+
+    def commit(self) -> None:
+        for target, temporary in self.staged.items():
+            if os.path.exists(target) and not self.overwrite:
+                raise GeoprotoError(f"{target}: appeared while running; pass --overwrite to replace it")
+            os.replace(temporary, target)
+        self.staged.clear()
+
+    def discard(self) -> None:
+        for temporary in self.staged.values():
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        self.staged.clear()
+
+
+def class_colors(classes: ClassInfo) -> dict[int, tuple[int, int, int, int]]:
+    colors = {NODATA: (0, 0, 0, 0)}
+    for index, (class_id, color) in enumerate(zip(classes.ids, classes.colors)):
+        colors[class_id] = (*(color or PALETTE[index % len(PALETTE)]), 255)
+    return colors
+
+
+def _geotiff_profile(reference, crs, count: int, dtype: str, nodata) -> dict:
+    return {
+        "driver": "GTiff", "width": reference.width, "height": reference.height, "count": count,
+        "dtype": dtype, "crs": crs, "transform": reference.transform, "nodata": nodata,
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+    }
+
+
+class ResultWriter:
+    """Writes tile cores of class ids (and optionally probabilities) into tiled, compressed GeoTIFFs."""
+
+    def __init__(self, reference, crs, classes: ClassInfo, class_path: str, probability_path: str | None):
+        self.classes = classes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self.labels = rasterio.open(class_path, "w", **_geotiff_profile(reference, crs, 1, "uint8", NODATA))
+            self.probabilities = None
+            if probability_path:
+                profile = _geotiff_profile(reference, crs, len(classes.ids), "float32", None)
+                self.probabilities = rasterio.open(probability_path, "w", predictor=3, **profile)
+        self.labels.write_colormap(1, class_colors(classes))
+        self.labels.set_band_description(1, "class")
+        tags = {f"CLASS_{i}": n for i, n in zip(classes.ids, classes.names)}
+        self.labels.update_tags(GEOPROTO_CLASSES=json.dumps(dict(zip(classes.ids, classes.names))), **tags)
+        if self.probabilities is not None:
+            for band, name in enumerate(classes.names, start=1):
+                self.probabilities.set_band_description(band, name)
+
+    def write(self, tile: Tile, labels: np.ndarray, probabilities: np.ndarray | None) -> None:
+        """``labels``: the tile's class ids (0 where invalid); ``probabilities``: K x H x W or None."""
+        rows, cols = tile.core_slices
+        window = Window(tile.core_col0, tile.core_row0, tile.core_col1 - tile.core_col0,
+                        tile.core_row1 - tile.core_row0)
+        self.labels.write(labels[rows, cols], 1, window=window)
+        if self.probabilities is not None and probabilities is not None:
+            self.probabilities.write(probabilities[:, rows, cols].astype(np.float32), window=window)
+
+    def close(self) -> None:
+        self.labels.close()
+        if self.probabilities is not None:
+            self.probabilities.close()
+
+
+def convert_to_cog(path: str) -> None:
+    """Rewrite a finished tiled GeoTIFF as a Cloud Optimized GeoTIFF (the COG driver cannot be written
+    window by window)."""
+    cog = f"{path}.cog"
+    try:
+        rasterio.shutil.copy(path, cog, driver="COG", compress="deflate", overview_resampling="nearest")
+        os.replace(cog, path)
+    finally:
+        if os.path.exists(cog):
+            os.remove(cog)
+
+
+def write_preview(class_path: str, preview_path: str, classes: ClassInfo) -> None:
+    """An RGB PNG of the class raster, downsampled to at most ``PREVIEW_MAX_SIDE`` pixels a side."""
+    with rasterio.open(class_path) as src:
+        factor = max(1, int(np.ceil(max(src.height, src.width) / PREVIEW_MAX_SIDE)))
+        labels = src.read(1, out_shape=(max(1, src.height // factor), max(1, src.width // factor)))
+    lookup = np.zeros((256, 3), np.uint8)
+    for class_id, color in class_colors(classes).items():
+        lookup[class_id] = color[:3]
+    rgb = np.transpose(lookup[labels], (2, 0, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(preview_path, "w", driver="PNG", width=rgb.shape[2], height=rgb.shape[1], count=3,
+                           dtype="uint8") as dst:
+            dst.write(rgb)
+
+
+def write_polygons(class_path: str, vector_path: str, classes: ClassInfo) -> int:
+    """Polygonise the class raster, one feature per connected class region, with class id and name.
+
+    Strips of rows are polygonised one at a time (memory bounded by one strip); regions cut by a strip
+    boundary are merged back afterwards. Returns the number of polygons written.
+    """
+    import geopandas
+    import shapely
+    from rasterio.features import shapes
+
+    pieces: dict[int, list] = {i: [] for i in classes.ids}
+    whole: dict[int, list] = {i: [] for i in classes.ids}
+    with rasterio.open(class_path) as src:
+        for row in range(0, src.height, VECTOR_STRIP_ROWS):
+            height = min(VECTOR_STRIP_ROWS, src.height - row)
+            window = Window(0, row, src.width, height)
+            labels = src.read(1, window=window)
+            transform = src.window_transform(window)
+            for geometry, value in shapes(labels, mask=labels != NODATA, transform=transform):
+                polygon = shapely.geometry.shape(geometry)
+                touches_cut = (row > 0 and _touches_row(polygon, src, row)) or \
+                              (row + height < src.height and _touches_row(polygon, src, row + height))
+                (pieces if touches_cut else whole)[int(value)].append(polygon)
+        crs = src.crs
+    records = []
+    for class_id in classes.ids:
+        polygons = list(whole[class_id])
+        if pieces[class_id]:
+            polygons += list(shapely.get_parts(shapely.union_all(pieces[class_id])))
+        records += [(class_id, classes.name_of(class_id), p) for p in polygons]
+    frame = geopandas.GeoDataFrame({"class_id": [r[0] for r in records], "class_name": [r[1] for r in records]},
+                                   geometry=[r[2] for r in records], crs=crs)
+    frame.to_file(vector_path, layer="classes", driver="GPKG" if vector_path.endswith(".gpkg") else None)
+    return len(records)
+
+
+def _touches_row(polygon, src, row: int) -> bool:
+    """Whether ``polygon`` reaches the boundary between pixel rows ``row - 1`` and ``row``."""
+    import shapely
+
+    line = shapely.LineString([src.transform * (0, row), src.transform * (src.width, row)])
+    return polygon.distance(line) < 1e-6 * max(abs(src.transform.a), abs(src.transform.e), 1e-12)

@@ -1,0 +1,119 @@
+"""Reading orthophoto windows as model input: band choice, consistent scaling, nodata and alpha.
+
+Non-uint8 data is stretched with one per-band (2nd, 98th) percentile pair computed once from a
+decimated read of the whole raster, never per tile, so the same ground reflectance gets the same
+input value in every tile. Memory stays bounded: statistics come from at most ~1 Mpx.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from .errors import GeoprotoError
+from .tiling import Tile
+
+STATS_MAX_SIDE = 1024
+STRETCH_PERCENTILES = (2.0, 98.0)
+
+
+def open_raster(path: str) -> rasterio.io.DatasetReader:
+    """Open a raster or fail with a one-line message naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        reason = "no such file" if "No such file" in str(exc) else f"not a readable raster ({exc})"
+        raise GeoprotoError(f"{path}: {reason}") from None
+
+
+@dataclass
+class RasterSource:
+    """An orthophoto opened for windowed reads of 3 bands scaled to [0, 1]."""
+
+    path: str
+    bands: list[int] = field(default_factory=list)
+    scale: list[tuple[float, float]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: str, bands: list[int] | None = None) -> "RasterSource":
+        with open_raster(path) as src:
+            chosen = _choose_bands(src, bands)
+            scale = _band_scaling(src, chosen)
+        return cls(path, chosen, scale)
+
+    def dataset(self) -> rasterio.io.DatasetReader:
+        return open_raster(self.path)
+
+    def read(self, src: rasterio.io.DatasetReader, tile: Tile, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tile as a 3 x size x size float32 image in [0, 1] and its size x size validity mask.
+
+        Windows of rasters smaller than ``size`` are reflect-padded; padding is marked invalid.
+        """
+        window = Window(tile.col, tile.row, tile.width, tile.height)
+        try:
+            data = src.read(self.bands, window=window).astype(np.float32)
+            masks = src.read_masks(self.bands, window=window)
+        except RasterioIOError as exc:
+            raise GeoprotoError(f"{self.path}: read error at window {window} ({exc})") from None
+        valid = np.all(masks > 0, axis=0)
+        image = np.empty_like(data)
+        for i, (low, high) in enumerate(self.scale):
+            image[i] = np.clip((data[i] - low) / max(high - low, 1e-6), 0.0, 1.0)
+        if image.shape[0] == 1:
+            image = np.repeat(image, 3, axis=0)
+        pad = ((0, size - tile.height), (0, size - tile.width))
+        if any(p[1] for p in pad):
+            image = np.stack([_pad(band, pad) for band in image])
+            valid = np.pad(valid, pad, constant_values=False)
+        return image, valid
+
+
+def _pad(array: np.ndarray, pad: tuple) -> np.ndarray:
+    mode = "reflect" if min(array.shape) > 1 else "edge"
+    return np.pad(array, pad, mode=mode)
+
+
+def _choose_bands(src: rasterio.io.DatasetReader, bands: list[int] | None) -> list[int]:
+    if bands:
+        if len(bands) not in (1, 3):
+            raise GeoprotoError(f"--bands takes 1 or 3 band numbers, got {len(bands)}")
+        bad = [b for b in bands if not 1 <= b <= src.count]
+        if bad:
+            raise GeoprotoError(f"{src.name}: has {src.count} band(s); no band {bad[0]}")
+        return list(bands)
+    data_bands = [i for i, ci in zip(src.indexes, src.colorinterp) if ci != ColorInterp.alpha]
+    if len(data_bands) >= 3:
+        return data_bands[:3]
+    if len(data_bands) == 1:
+        return data_bands
+    raise GeoprotoError(f"{src.name}: {len(data_bands)} data bands; choose 1 or 3 with --bands")
+
+
+def _band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple[float, float]]:
+    if all(src.dtypes[b - 1] == "uint8" for b in bands):
+        return [(0.0, 255.0)] * len(bands)
+    factor = max(1, int(np.ceil(max(src.height, src.width) / STATS_MAX_SIDE)))
+    shape = (len(bands), max(1, src.height // factor), max(1, src.width // factor))
+    try:
+        sample = src.read(bands, out_shape=shape, masked=True)
+    except RasterioIOError as exc:
+        raise GeoprotoError(f"{src.name}: read error ({exc})") from None
+    scale = []
+    for band in sample:
+        values = band.compressed() if np.ma.is_masked(band) else np.asarray(band).ravel()
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise GeoprotoError(f"{src.name}: no valid pixels (all nodata)")
+        low, high = np.percentile(values, STRETCH_PERCENTILES)
+        if high <= low:
+            low, high = float(values.min()), float(values.max()) + 1e-6
+        scale.append((float(low), float(high)))
+    return scale

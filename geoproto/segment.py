@@ -1,0 +1,283 @@
+"""``segment``: prototypes from the support, then every window of the orthophoto matched against them.
+
+The flow is: read the support windows and average their features into class prototypes (eq. 1);
+tile the orthophoto into full-size overlapping windows; encode a batch of windows, match at feature
+resolution and upsample the class scores (eq. 2-3); refine each window with DenseCRF; keep each
+window's core and write it. Memory is bounded by batch x window, whatever the raster's size.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import crf as crf_module
+from .errors import GeoprotoError
+from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities
+from .models import DEFAULT_BACKBONE, Encoder, build_encoder
+from .output import NODATA, ResultWriter, StagedOutputs, convert_to_cog, write_polygons, write_preview
+from .raster import RasterSource
+from .support import ClassInfo, load_support
+from .tiling import Tile, tile_grid
+
+DEFAULT_TILE_SIZE = 417
+DEFAULT_OVERLAP = 64
+# Windows are reflect-padded by this many pixels before encoding and the margin's features dropped:
+# zero padding inside the convolutions otherwise makes a band of wrong labels along the raster's edges
+# (SpaceNet chip: building IoU 0.174 -> 0.189). A multiple of the encoder stride (8).
+CONTEXT_MARGIN = 16
+DEFAULT_CRF_BILATERAL_M = crf_module.PAPER_BILATERAL_SXY_PX * crf_module.PAPER_PIXEL_SIZE_M
+
+
+@dataclass
+class SegmentOptions:
+    """Everything ``segment`` can be told; the CLI maps its options one to one onto these fields."""
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    bands: list[int] | None = None
+    backbone: str = DEFAULT_BACKBONE
+    checkpoint: str | None = None
+    init_weights: str | None = None
+    alpha: float = DEFAULT_ALPHA
+    device: str = "auto"
+    batch_size: int | None = None
+    # Support
+    class_field: str | None = None
+    layer: str | None = None
+    support_crs: str | None = None
+    assume_crs: str | None = None
+    classes_file: str | None = None
+    support_image: str | None = None
+    # DenseCRF; ``crf_bilateral_m`` None means ``crf_params.bilateral_sxy`` is taken as pixels.
+    crf: bool = True
+    crf_params: crf_module.CRFParams = field(default_factory=crf_module.CRFParams)
+    crf_bilateral_m: float | None = DEFAULT_CRF_BILATERAL_M
+    # Outputs
+    probabilities: str | None = None
+    vector: str | None = None
+    preview: str | None = None
+    cog: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GeoprotoError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    if name not in ("cpu", "cuda"):
+        raise GeoprotoError(f"--device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+class FeatureExtractor:
+    """Runs the encoder on batches of windows: bf16 autocast and channels_last on CUDA, float32 on CPU."""
+
+    def __init__(self, encoder: Encoder, device: torch.device):
+        self.device = device
+        self.encoder = encoder.to(device).eval()
+        if device.type == "cuda":
+            self.encoder = self.encoder.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(images)
+        batch = torch.nn.functional.pad(batch, (CONTEXT_MARGIN,) * 4, mode="reflect")
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True).contiguous(
+                memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                features = self.encoder(batch).float()
+        else:
+            features = self.encoder(batch)
+        cells = CONTEXT_MARGIN // 8
+        return features[..., cells:features.shape[-2] - cells, cells:features.shape[-1] - cells]
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo,
+                     size: int, overlap: int, batch_size: int) -> tuple[torch.Tensor, ClassInfo, dict]:
+    """Class prototypes from every support window; fails if a class has no labelled pixel.
+
+    Classes a --classes file lists but the support never uses are left out (with a warning); the
+    returned ClassInfo holds the classes the prototypes are for, in their order.
+    """
+    lookup = np.zeros(256, np.int64)
+    lookup[classes.ids] = np.arange(1, len(classes.ids) + 1)
+    unknown: set[int] = set()
+    windows = 0
+    seen: set[int] = set()
+    with source.dataset() as src:
+        tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap))
+        labelled = []
+        for tile in tiles:
+            window_labels = labels.read(tile, size)
+            present = {int(v) for v in np.unique(window_labels) if v}
+            unknown |= present - set(classes.ids)
+            seen |= present
+            if (lookup[window_labels] > 0).any():
+                labelled.append((tile, window_labels))
+        if unknown:
+            raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the --classes file")
+        unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
+        if unused and labels.classes_from_catalogue and len(unused) < len(classes.ids):
+            warnings.warn(f"no support for class(es) {', '.join(unused)} of the --classes file: left out")
+            classes = classes.subset(seen)
+            lookup[:] = 0
+            lookup[classes.ids] = np.arange(1, len(classes.ids) + 1)
+        accumulator = PrototypeAccumulator(len(classes.ids), extract.encoder.out_channels)
+        for chunk in _batches(labelled, batch_size):
+            images = np.stack([source.read(src, tile, size)[0] for tile, _ in chunk])
+            features = extract(images)
+            accumulator.add(features.cpu(), torch.from_numpy(np.stack([lookup[lab] for _, lab in chunk])))
+            windows += len(chunk)
+    empty = [name for name, pixels in zip(classes.names, accumulator.pixels.tolist()) if pixels == 0]
+    if empty:
+        raise GeoprotoError(f"class {empty[0]!r} has no labelled pixel inside the raster; label some or remove it")
+    if len(classes.ids) < 2:
+        raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
+                            f"the class you want and what surrounds it")
+    stats = {"windows": windows,
+             "pixels": {name: int(p) for name, p in zip(classes.names, accumulator.pixels.tolist())}}
+    return accumulator.prototypes(), classes, stats
+
+
+def _raster_classes(labels, source: RasterSource, size: int, overlap: int) -> ClassInfo:
+    """Classes of a label raster without a --classes file: the ids found in it, named ``class_N``."""
+    if labels.classes is not None:
+        return labels.classes
+    found: set[int] = set()
+    with source.dataset() as src:
+        for tile in tile_grid(src.height, src.width, size, overlap):
+            found |= {int(v) for v in np.unique(labels.read(tile, size)) if v}
+    if not found:
+        raise GeoprotoError(f"{labels.path}: holds no labelled pixel (0 and nodata are unlabelled)")
+    ids = sorted(found)
+    return ClassInfo(ids, [f"class_{i}" for i in ids])
+
+
+def _pixel_size_m(src, crs) -> float | None:
+    if crs is None or not crs.is_projected:
+        return None
+    unit = crs.linear_units_factor[1] if hasattr(crs, "linear_units_factor") else 1.0
+    return float(abs(src.transform.a) * unit) if src.transform.b == 0 else None
+
+
+def segment(image: str, support: str, output: str, options: SegmentOptions | None = None) -> dict:
+    """Segment ``image`` into the classes of ``support`` and write ``output``; returns a summary."""
+    from rasterio.crs import CRS
+
+    options = options or SegmentOptions()
+    started = time.perf_counter()
+    if options.tile_size < 32:
+        raise GeoprotoError("--tile-size must be at least 32 pixels")
+    if not 0 <= options.overlap < options.tile_size // 2:
+        raise GeoprotoError("--overlap must be at least 0 and less than half the tile size")
+    staged = StagedOutputs(options.overwrite)
+    class_tmp = staged.stage(output)
+    probability_tmp = staged.stage(options.probabilities) if options.probabilities else None
+    vector_tmp = staged.stage(options.vector) if options.vector else None
+    preview_tmp = staged.stage(options.preview) if options.preview else None
+    try:
+        source = RasterSource.open(image, options.bands)
+        with source.dataset() as src:
+            crs = src.crs
+            if options.assume_crs:
+                if crs is not None:
+                    raise GeoprotoError(f"{image}: has a CRS already; --assume-crs is for rasters without one")
+                try:
+                    crs = CRS.from_user_input(options.assume_crs)
+                except Exception as exc:
+                    raise GeoprotoError(f"--assume-crs {options.assume_crs!r}: not a CRS ({exc})") from None
+            support_source = RasterSource.open(options.support_image, options.bands) if options.support_image \
+                else source
+            with support_source.dataset() as support_src:
+                labels = load_support(support, support_src, options.class_field, options.layer,
+                                      options.support_crs, options.classes_file,
+                                      None if options.support_image else crs)
+            device = resolve_device(options.device)
+            batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
+            encoder, encoder_info = build_encoder(options.backbone, options.checkpoint, options.init_weights)
+            extract = FeatureExtractor(encoder, device)
+            size = options.tile_size
+            classes = getattr(labels, "classes", None)
+            if classes is None:
+                classes = _raster_classes(labels, support_source, size, options.overlap)
+            prototypes, classes, support_stats = build_prototypes(extract, support_source, labels, classes, size,
+                                                         options.overlap, batch_size)
+            crf_params = options.crf_params
+            if options.crf and options.crf_bilateral_m is not None:
+                sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, _pixel_size_m(src, crs))
+                crf_params = crf_module.CRFParams(**{**crf_params.__dict__, "bilateral_sxy": sxy})
+            tiles = tile_grid(src.height, src.width, size, options.overlap)
+            writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp)
+            try:
+                counts, crf_rejected = _segment_tiles(src, source, tiles, extract, prototypes, classes, writer,
+                                                      size, options, crf_params, batch_size)
+            finally:
+                writer.close()
+        if options.cog:
+            convert_to_cog(class_tmp)
+        polygons = write_polygons(class_tmp, vector_tmp, classes) if vector_tmp else None
+        if preview_tmp:
+            write_preview(class_tmp, preview_tmp, classes)
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    summary = {
+        "input": image, "output": output, "tiles": len(tiles), "tile_size": size, "overlap": options.overlap,
+        "seconds": round(time.perf_counter() - started, 3), "device": device.type, "encoder": encoder_info,
+        "classes": [{"id": i, "name": n, "pixels": int(counts[k])}
+                    for k, (i, n) in enumerate(zip(classes.ids, classes.names))],
+        "nodata_pixels": int(counts[-1]), "support": support_stats,
+        "crf": {"enabled": options.crf, **({"iterations": crf_params.iterations,
+                                            "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
+                                            "tiles_kept_unrefined": crf_rejected} if options.crf else {})},
+    }
+    if polygons is not None:
+        summary["polygons"] = polygons
+    return summary
+
+
+def _segment_tiles(src, source: RasterSource, tiles: list[Tile], extract: FeatureExtractor,
+                   prototypes: torch.Tensor, classes: ClassInfo, writer: ResultWriter, size: int,
+                   options: SegmentOptions, crf_params: crf_module.CRFParams, batch_size: int):
+    ids = np.array(classes.ids, np.uint8)
+    counts = np.zeros(len(ids) + 1, np.int64)  # the last entry counts nodata pixels
+    crf_rejected = 0
+    with tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not options.progress,
+              desc="segment") as bar:
+        for chunk in _batches(tiles, batch_size):
+            reads = [source.read(src, tile, size) for tile in chunk]
+            features = extract(np.stack([image for image, _ in reads]))
+            with torch.inference_mode():
+                probabilities = class_probabilities(features, prototypes, (size, size), options.alpha).cpu().numpy()
+            for tile, (image, valid), tile_probabilities in zip(chunk, reads, probabilities):
+                tile_probabilities = tile_probabilities[:, : tile.height, : tile.width]
+                if options.crf and valid.any():
+                    tile_probabilities, kept = crf_module.refine(
+                        image[:, : tile.height, : tile.width], tile_probabilities, crf_params)
+                    crf_rejected += not kept
+                labels = ids[tile_probabilities.argmax(0)]
+                labels[~valid[: tile.height, : tile.width]] = NODATA
+                writer.write(tile, labels, tile_probabilities)
+                rows, cols = tile.core_slices
+                core = labels[rows, cols]
+                for k, class_id in enumerate(ids):
+                    counts[k] += int((core == class_id).sum())
+                counts[-1] += int((core == NODATA).sum())
+                bar.update(1)
+    return counts, crf_rejected

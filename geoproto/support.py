@@ -1,0 +1,316 @@
+"""Support labels: the user's polygons (any OGR vector, any CRS) or a label raster, as per-window masks.
+
+Labels are class ids 1..254; 0 means unlabelled (ignored, never background). Vector support is
+reprojected to the raster's CRS and then mapped into its pixel space, so rotated or south-up grids
+work the same as north-up ones. Windows are the segmentation grid's windows that the support touches:
+full-size context around every polygon, and polygons larger than a window are covered by several.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.features import rasterize
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from .errors import GeoprotoError
+from .raster import open_raster
+from .tiling import Tile
+
+CLASS_FIELD_CANDIDATES = ("class", "class_name", "classname", "class_id", "label", "landcover", "land_cover",
+                          "category", "type", "name", "id")
+MAX_CLASS_ID = 254
+
+
+@dataclass
+class ClassInfo:
+    """Class ids (as written to the output), their names and optional RGB colours."""
+
+    ids: list[int]
+    names: list[str]
+    colors: list[tuple[int, int, int] | None] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.colors:
+            self.colors = [None] * len(self.ids)
+
+    def name_of(self, class_id: int) -> str:
+        return self.names[self.ids.index(class_id)]
+
+    def subset(self, ids) -> "ClassInfo":
+        keep = [i for i, class_id in enumerate(self.ids) if class_id in set(ids)]
+        return ClassInfo([self.ids[i] for i in keep], [self.names[i] for i in keep], [self.colors[i] for i in keep])
+
+
+def _hex_to_rgb(value: str) -> tuple[int, int, int]:
+    value = value.lstrip("#")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def read_class_file(path: str) -> ClassInfo:
+    """Class names (and colours) from JSON: ``{"1": "building", ...}``, or a list of
+    ``{"id": 1, "name": "building", "color": "#3C1098"}``, optionally under a ``"classes"`` key."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise GeoprotoError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GeoprotoError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and "classes" in data:
+        data = data["classes"]
+    try:
+        if isinstance(data, dict):
+            entries = sorted((int(k), str(v)) for k, v in data.items())
+            info = ClassInfo([i for i, _ in entries], [n for _, n in entries])
+        else:
+            info = ClassInfo([int(e["id"]) for e in data], [str(e["name"]) for e in data],
+                             [_hex_to_rgb(e["color"]) if e.get("color") else None for e in data])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise GeoprotoError(f"{path}: expected {{\"1\": \"name\", ...}} or a list of {{\"id\", \"name\"}}") from None
+    bad = [i for i in info.ids if not 1 <= i <= MAX_CLASS_ID]
+    if bad:
+        raise GeoprotoError(f"{path}: class id {bad[0]} outside 1..{MAX_CLASS_ID} (0 means unlabelled)")
+    return info
+
+
+class VectorLabels:
+    """Support polygons in the raster's pixel space, rasterised window by window."""
+
+    # Every class comes from a polygon, so a class left without pixels is an error, not an omission.
+    classes_from_catalogue = False
+
+    def __init__(self, geometries: np.ndarray, class_ids: np.ndarray, classes: ClassInfo):
+        from shapely import STRtree
+
+        self.geometries = geometries
+        self.class_ids = class_ids
+        self.classes = classes
+        self.tree = STRtree(geometries)
+
+    def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
+        from shapely import box
+
+        return [t for t in tiles if len(self.tree.query(box(t.col, t.row, t.col + t.width, t.row + t.height),
+                                                        predicate="intersects"))]
+
+    def read(self, tile: Tile, size: int) -> np.ndarray:
+        from shapely import box
+
+        hits = self.tree.query(box(tile.col, tile.row, tile.col + tile.width, tile.row + tile.height),
+                               predicate="intersects")
+        labels = np.zeros((size, size), np.uint8)
+        claimed = np.zeros((size, size), np.uint8)
+        transform = Affine.translation(tile.col, tile.row)
+        for class_id in np.unique(self.class_ids[hits]):
+            geoms = self.geometries[hits][self.class_ids[hits] == class_id]
+            burned = rasterize(((g, 1) for g in geoms), out_shape=(tile.height, tile.width),
+                               transform=transform, dtype="uint8")
+            labels[: tile.height, : tile.width][burned > 0] = class_id
+            claimed[: tile.height, : tile.width] += burned
+        labels[claimed > 1] = 0  # pixels claimed by two classes are ambiguous: leave them unlabelled
+        return labels
+
+
+class RasterLabels:
+    """A label raster (0 or nodata = unlabelled) read in the orthophoto's grid, warped there if needed."""
+
+    def __init__(self, path: str, reference: rasterio.io.DatasetReader, classes: ClassInfo | None):
+        self.path = path
+        self.dataset = open_raster(path)
+        if (self.dataset.crs is None) != (reference.crs is None):
+            raise GeoprotoError(f"{path}: label raster and orthophoto must both have a CRS or both lack one")
+        self.colors = None
+        if self.dataset.count >= 3 and classes and all(c is not None for c in classes.colors):
+            self.colors = classes.colors
+        elif self.dataset.count != 1:
+            raise GeoprotoError(f"{path}: a label raster has one band of class ids (or RGB colours with a "
+                                f"--classes file giving every class a colour); it has {self.dataset.count}")
+        same_grid = (self.dataset.shape == reference.shape and self.dataset.transform == reference.transform
+                     and self.dataset.crs == reference.crs)
+        self.source = self.dataset if same_grid else WarpedVRT(
+            self.dataset, crs=reference.crs, transform=reference.transform, width=reference.width,
+            height=reference.height, resampling=Resampling.nearest)
+        self.classes = classes
+        # A --classes file may list more classes than this raster labels: those are left out.
+        self.classes_from_catalogue = classes is not None
+
+    def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
+        return tiles
+
+    def read(self, tile: Tile, size: int) -> np.ndarray:
+        window = Window(tile.col, tile.row, tile.width, tile.height)
+        labels = np.zeros((size, size), np.uint8)
+        if self.colors is not None:
+            rgb = self.source.read([1, 2, 3], window=window)
+            for class_id, color in zip(self.classes.ids, self.colors):
+                hit = np.all(rgb == np.array(color, rgb.dtype)[:, None, None], axis=0)
+                labels[: tile.height, : tile.width][hit] = class_id
+            return labels
+        values = self.source.read(1, window=window, masked=True)
+        ids = np.where(np.ma.getmaskarray(values), 0, np.asarray(values))
+        if ids.min() < 0 or ids.max() > MAX_CLASS_ID:
+            raise GeoprotoError(f"{self.path}: label values must be 0..{MAX_CLASS_ID}, found {ids.min()}..{ids.max()}")
+        labels[: tile.height, : tile.width] = ids
+        return labels
+
+
+def _class_column(frame, class_field: str | None, path: str) -> str:
+    columns = [c for c in frame.columns if c != frame.geometry.name]
+    if class_field:
+        if class_field not in columns:
+            raise GeoprotoError(f"{path}: no field {class_field!r} (fields: {', '.join(columns) or 'none'})")
+        return class_field
+    lower = {c.lower(): c for c in columns}
+    for candidate in CLASS_FIELD_CANDIDATES:
+        if candidate in lower and frame[lower[candidate]].nunique() > 1:
+            return lower[candidate]
+    if len(columns) == 1:
+        return columns[0]
+    raise GeoprotoError(f"{path}: cannot tell which field holds the class; name it with --class-field "
+                        f"(fields: {', '.join(columns) or 'none'})")
+
+
+def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tuple[np.ndarray, ClassInfo]:
+    import pandas
+
+    if pandas.api.types.is_numeric_dtype(values.dtype):
+        ids = values.to_numpy()
+        if not np.all(ids == np.round(ids)) or ids.min() < 1 or ids.max() > MAX_CLASS_ID:
+            raise GeoprotoError(f"{path}: numeric class codes in {column!r} must be whole numbers 1..{MAX_CLASS_ID}")
+        ids = ids.astype(np.int64)
+        unique = sorted(set(ids.tolist()))
+        if classes:
+            missing = [i for i in unique if i not in classes.ids]
+            if missing:
+                raise GeoprotoError(f"{path}: class code {missing[0]} is not in the --classes file")
+            return ids, classes.subset(unique)
+        return ids, ClassInfo(unique, [f"class_{i}" for i in unique])
+    names = values.astype(str).to_numpy()
+    unique = sorted(set(names.tolist()))
+    if classes:
+        missing = [n for n in unique if n not in classes.names]
+        if missing:
+            raise GeoprotoError(f"{path}: class {missing[0]!r} is not in the --classes file")
+        ids = np.array([classes.ids[classes.names.index(n)] for n in names])
+        return ids, classes.subset(set(ids.tolist()))
+    if len(unique) > MAX_CLASS_ID:
+        raise GeoprotoError(f"{path}: {len(unique)} classes in {column!r}; at most {MAX_CLASS_ID}")
+    lookup = {n: i + 1 for i, n in enumerate(unique)}
+    return np.array([lookup[n] for n in names]), ClassInfo(list(range(1, len(unique) + 1)), unique)
+
+
+def _check_declared_crs(frame, crs, path: str) -> None:
+    """A geographic CRS with coordinates far outside degrees means the file's CRS is wrong."""
+    if crs is None or not crs.is_geographic:
+        return
+    minx, miny, maxx, maxy = frame.total_bounds
+    if min(minx, miny) < -360 or max(maxx, maxy) > 360:
+        raise GeoprotoError(
+            f"{path}: declares {crs.to_string()} (degrees) but holds coordinates like ({minx:.0f}, {miny:.0f}), "
+            f"which look projected; state the vector's real CRS with --support-crs (e.g. the raster's)")
+
+
+def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
+                        layer: str | None = None, support_crs: str | None = None,
+                        classes: ClassInfo | None = None, raster_crs=None) -> VectorLabels:
+    """Read polygons, pick the class field, reproject to the raster's CRS and map into its pixel space.
+
+    ``raster_crs`` overrides the raster's own CRS (``--assume-crs`` for rasters that lack one).
+    """
+    import geopandas
+    import pyogrio
+    import shapely
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    if not os.path.exists(path):
+        raise GeoprotoError(f"{path}: no such file")
+    try:
+        layers = pyogrio.list_layers(path)
+        if layer is None and len(layers) > 1:
+            raise GeoprotoError(f"{path}: has {len(layers)} layers ({', '.join(str(n) for n in layers[:, 0])}); "
+                                f"choose one with --layer")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = geopandas.read_file(path, layer=layer)
+    except GeoprotoError:
+        raise
+    except Exception as exc:  # pyogrio raises several types for unreadable files
+        raise GeoprotoError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
+    frame = frame[~(frame.geometry.isna() | frame.geometry.is_empty)]
+    if frame.empty:
+        raise GeoprotoError(f"{path}: holds no geometries")
+
+    try:
+        declared = CRS.from_user_input(support_crs) if support_crs else frame.crs
+    except CRSError as exc:
+        raise GeoprotoError(f"--support-crs {support_crs!r}: not a CRS ({exc})") from None
+    if support_crs is None:
+        _check_declared_crs(frame, declared, path)
+    raster_crs = raster_crs or reference.crs
+    if raster_crs is not None and declared is None:
+        raise GeoprotoError(f"{path}: has no CRS while the raster has one; state it with --support-crs")
+    if raster_crs is None and declared is not None:
+        raise GeoprotoError(f"{path}: is in {declared.name} but the raster has no CRS; give the raster's CRS "
+                            f"with --assume-crs, or drop the vector's")
+    if declared is not None:
+        frame = frame.set_crs(declared, allow_override=True).to_crs(CRS.from_user_input(raster_crs.to_wkt()))
+
+    kinds = set(frame.geometry.geom_type)
+    if not kinds <= {"Polygon", "MultiPolygon"}:
+        raise GeoprotoError(f"{path}: support must be polygons; found {', '.join(sorted(kinds))}")
+    invalid = ~frame.geometry.is_valid
+    if invalid.any():
+        frame = frame.assign(geometry=shapely.make_valid(frame.geometry.values))
+        warnings.warn(f"{path}: repaired {int(invalid.sum())} invalid polygon(s)")
+
+    column = _class_column(frame, class_field, path)
+    nulls = frame[column].isna()
+    if nulls.all():
+        raise GeoprotoError(f"{path}: field {column!r} is empty")
+    if nulls.any():
+        warnings.warn(f"{path}: skipped {int(nulls.sum())} polygon(s) with no value in {column!r}")
+        frame = frame[~nulls]
+    ids, info = _class_ids(frame[column], column, path, classes)
+
+    inverse = ~reference.transform
+    matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
+    geometries = np.array([shapely.affinity.affine_transform(g, matrix) for g in frame.geometry.values])
+    extent = shapely.box(0, 0, reference.width, reference.height)
+    inside = shapely.intersects(geometries, extent)
+    if not inside.any():
+        raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
+    return VectorLabels(geometries[inside], ids[inside], info)
+
+
+def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
+                 layer: str | None = None, support_crs: str | None = None,
+                 classes_file: str | None = None, raster_crs=None):
+    """Vector or raster support, told apart by whether GDAL opens the file as a raster."""
+    classes = read_class_file(classes_file) if classes_file else None
+    if not os.path.exists(path):
+        raise GeoprotoError(f"{path}: no such file")
+    if _is_raster(path):
+        return RasterLabels(path, reference, classes)
+    return load_vector_support(path, reference, class_field, layer, support_crs, classes, raster_crs)
+
+
+def _is_raster(path: str) -> bool:
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as dataset:
+                return dataset.count > 0
+    except RasterioIOError:
+        return False

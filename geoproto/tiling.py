@@ -1,0 +1,64 @@
+"""Full-size overlapping windows over a raster and the seam-free crop each one contributes.
+
+Features of a narrow remainder strip have no context (measured: 62% -> 44% OA on Vaihingen), so every
+window is full size inside the raster: the last row and column of windows are shifted back to end at the
+raster's edge. Only a raster smaller than a window is padded. Overlaps are split at their middle, so
+every pixel is written exactly once, by the window in which it lies furthest from an edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window to read (``row``, ``col``, ``height``, ``width``) and the part of it to keep (``core_*``)."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+    core_row0: int
+    core_row1: int
+    core_col0: int
+    core_col1: int
+
+    @property
+    def core_slices(self) -> tuple[slice, slice]:
+        """The kept part, in the window's own pixel coordinates."""
+        return (slice(self.core_row0 - self.row, self.core_row1 - self.row),
+                slice(self.core_col0 - self.col, self.core_col1 - self.col))
+
+
+def window_starts(length: int, size: int, overlap: int) -> list[int]:
+    """Start offsets of full-size windows covering ``length`` pixels with at least ``overlap`` overlap."""
+    if size <= 0:
+        raise ValueError("tile size must be positive")
+    if not 0 <= overlap < size:
+        raise ValueError("overlap must be at least 0 and smaller than the tile size")
+    if length <= size:
+        return [0]
+    step = size - overlap
+    starts = list(range(0, length - size, step))
+    starts.append(length - size)
+    return starts
+
+
+def _cores(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
+    extent = min(size, length)
+    cuts = [0] + [(nxt + prev + extent) // 2 for prev, nxt in zip(starts, starts[1:])] + [length]
+    return list(zip(cuts, cuts[1:]))
+
+
+def tile_grid(height: int, width: int, size: int, overlap: int) -> list[Tile]:
+    """Windows covering a ``height`` x ``width`` raster, row by row."""
+    rows = window_starts(height, size, overlap)
+    cols = window_starts(width, size, overlap)
+    row_cores = _cores(rows, size, height)
+    col_cores = _cores(cols, size, width)
+    return [
+        Tile(r, c, min(size, height), min(size, width), r0, r1, c0, c1)
+        for r, (r0, r1) in zip(rows, row_cores)
+        for c, (c0, c1) in zip(cols, col_cores)
+    ]

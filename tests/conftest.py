@@ -1,0 +1,49 @@
+"""Shared fixtures: the real data beside the clone (``../shared/data``) and a tile-mosaic helper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoproto.tiling import tile_grid
+
+SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's shared real data (read-only: copy into tmp_path before altering anything)."""
+    assert SHARED_DATA.is_dir(), f"shared data not found at {SHARED_DATA} (expected ../shared/data from the repo root)"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def spacenet(shared_data) -> Path:
+    return shared_data / "spacenet-atlanta"
+
+
+def _mosaic(labels, height: int, width: int, size: int = 128, overlap: int = 16) -> np.ndarray:
+    """Read ``labels`` (VectorLabels or RasterLabels) window by window and keep each window's core.
+
+    Also checks that the cores cover every pixel exactly once.
+    """
+    out = np.zeros((height, width), np.uint8)
+    written = np.zeros((height, width), np.int32)
+    for tile in tile_grid(height, width, size, overlap):
+        window = labels.read(tile, size)
+        assert window.shape == (size, size)
+        assert window.dtype == np.uint8
+        # Beyond the raster (only for rasters smaller than a window) nothing is labelled.
+        assert not window[tile.height:, :].any() and not window[:, tile.width:].any()
+        rows, cols = tile.core_slices
+        out[tile.core_row0:tile.core_row1, tile.core_col0:tile.core_col1] = window[rows, cols]
+        written[tile.core_row0:tile.core_row1, tile.core_col0:tile.core_col1] += 1
+    assert (written == 1).all(), "tile cores must cover every pixel exactly once"
+    return out
+
+
+@pytest.fixture(scope="session")
+def mosaic():
+    return _mosaic
