@@ -12,12 +12,28 @@ import torch.nn.functional as F
 DEFAULT_ALPHA = 20.0
 
 
-class PrototypeAccumulator:
-    """Accumulates eq. 1 one support window at a time, so memory never holds more than one batch.
+def window_class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
+    """Eq. 1 per window: features (B x C x h x w) upsampled bilinearly to the labels' size (B x H x W,
+    0 unlabelled, 1..K) and averaged over each class's pixels. Returns (B x K x C means, B x K pixel
+    counts); differentiable, so training and inference share it."""
+    classes = torch.arange(1, num_classes + 1, device=labels.device)
+    one_hot = (labels[:, None] == classes[None, :, None, None]).to(features.dtype)  # B x K x H x W
+    upsampled = F.interpolate(features, labels.shape[-2:], mode="bilinear", align_corners=False)
+    area = one_hot.sum((2, 3))
+    means = torch.einsum("bchw,bkhw->bkc", upsampled, one_hot) / area.clamp(min=1)[..., None]
+    return means, area
 
-    Per window and class: upsample the features bilinearly to the mask size and average them over the
-    class's pixels. The prototype is the mean of those window means over the windows holding the class.
-    """
+
+def masked_average_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Eq. 1 over a set of support windows: per-window class means averaged over the windows holding
+    the class (K x C; zero rows for absent classes)."""
+    means, area = window_class_means(features, labels, num_classes)
+    present = (area > 0).to(means.dtype)
+    return (means * present[..., None]).sum(0) / present.sum(0).clamp(min=1)[:, None]
+
+
+class PrototypeAccumulator:
+    """Eq. 1 accumulated one window at a time, so memory never holds more than one window upsampled."""
 
     def __init__(self, num_classes: int, channels: int):
         self.num_classes = num_classes
@@ -27,21 +43,13 @@ class PrototypeAccumulator:
 
     def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """``features``: B x C x h x w; ``labels``: B x H x W integers (0 unlabelled, 1..K)."""
-        features = features.float()
         labels = labels.to(features.device)
-        for feature, label in zip(features, labels):
-            classes = torch.arange(1, self.num_classes + 1, device=label.device)
-            one_hot = (label[None] == classes[:, None, None]).float()  # K x H x W
-            area = one_hot.sum((1, 2))
-            if not bool((area > 0).any()):
-                continue
-            upsampled = F.interpolate(feature[None], label.shape, mode="bilinear", align_corners=False)[0]
-            sums = torch.einsum("chw,khw->kc", upsampled, one_hot)
-            present = area > 0
-            means = sums[present] / area[present, None]
-            self.window_mean_sum[present.cpu()] += means.double().cpu()
-            self.windows += present.long().cpu()
-            self.pixels += area.long().cpu()
+        for feature, label in zip(features.float(), labels):
+            means, area = window_class_means(feature[None], label[None], self.num_classes)
+            present = (area[0] > 0).cpu()
+            self.window_mean_sum[present] += means[0].cpu().double()[present]
+            self.windows += present.long()
+            self.pixels += area[0].long().cpu()
 
     def prototypes(self) -> torch.Tensor:
         """K x C prototypes; rows of classes without any labelled pixel are zero (check ``pixels``)."""

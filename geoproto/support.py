@@ -25,8 +25,10 @@ from .errors import GeoprotoError
 from .raster import open_raster
 from .tiling import Tile
 
+# Field names taken as the class column, in this order; anything else must be named with --class-field
+# (unless it is the file's only field): generic names like "name" or "id" rarely hold land-cover classes.
 CLASS_FIELD_CANDIDATES = ("class", "class_name", "classname", "class_id", "label", "landcover", "land_cover",
-                          "category", "type", "name", "id")
+                          "category")
 MAX_CLASS_ID = 254
 
 
@@ -128,10 +130,10 @@ class RasterLabels:
         self.dataset = open_raster(path)
         if (self.dataset.crs is None) != (reference.crs is None):
             raise GeoprotoError(f"{path}: label raster and orthophoto must both have a CRS or both lack one")
-        self.colors = None
-        if self.dataset.count >= 3 and classes and all(c is not None for c in classes.colors):
-            self.colors = classes.colors
-        elif self.dataset.count != 1:
+        has_colors = bool(classes) and all(c is not None for c in classes.colors)
+        self.colors = classes.colors if has_colors and self.dataset.count >= 3 else None
+        self.palette = palette_lookup(self.dataset, classes) if has_colors and self.dataset.count == 1 else None
+        if self.colors is None and self.dataset.count != 1:
             raise GeoprotoError(f"{path}: a label raster has one band of class ids (or RGB colours with a "
                                 f"--classes file giving every class a colour); it has {self.dataset.count}")
         same_grid = (self.dataset.shape == reference.shape and self.dataset.transform == reference.transform
@@ -157,10 +159,25 @@ class RasterLabels:
             return labels
         values = self.source.read(1, window=window, masked=True)
         ids = np.where(np.ma.getmaskarray(values), 0, np.asarray(values))
+        if self.palette is not None:
+            ids = self.palette[ids]
         if ids.min() < 0 or ids.max() > MAX_CLASS_ID:
             raise GeoprotoError(f"{self.path}: label values must be 0..{MAX_CLASS_ID}, found {ids.min()}..{ids.max()}")
         labels[: tile.height, : tile.width] = ids
         return labels
+
+
+def palette_lookup(dataset, classes: ClassInfo) -> np.ndarray | None:
+    """For a paletted label raster and classes with colours: palette index -> class id (0 if no class)."""
+    from rasterio.enums import ColorInterp
+
+    if dataset.colorinterp[0] != ColorInterp.palette or dataset.dtypes[0] != "uint8":
+        return None
+    lookup = np.zeros(256, np.uint8)
+    for index, rgba in dataset.colormap(1).items():
+        if tuple(rgba[:3]) in classes.colors:
+            lookup[index] = classes.ids[classes.colors.index(tuple(rgba[:3]))]
+    return lookup
 
 
 def _class_column(frame, class_field: str | None, path: str) -> str:
@@ -171,7 +188,7 @@ def _class_column(frame, class_field: str | None, path: str) -> str:
         return class_field
     lower = {c.lower(): c for c in columns}
     for candidate in CLASS_FIELD_CANDIDATES:
-        if candidate in lower and frame[lower[candidate]].nunique() > 1:
+        if candidate in lower:
             return lower[candidate]
     if len(columns) == 1:
         return columns[0]

@@ -2,6 +2,10 @@
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import geopandas
@@ -218,3 +222,21 @@ def test_failure_after_start_leaves_nothing(tmp_path, monkeypatch):
                               "--probabilities", tmp_path / "p.tif"), out, "No space left")
     assert not (tmp_path / "p.tif").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chip.tif"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_leaves_nothing(tmp_path, signum, code):
+    """A real process stopped mid-run exits 130/143 and removes its temporary files."""
+    out = tmp_path / "c.tif"
+    process = subprocess.Popen([sys.executable, "-m", "geoproto", "segment", str(CHIP), "--support", str(SUPPORT),
+                                "-o", str(out), "--probabilities", str(tmp_path / "p.tif")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".c.partial-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".c.partial-*")), "the run never started writing"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import geopandas
 import numpy as np
@@ -15,6 +14,7 @@ from rasterio.features import rasterize
 from geoproto.errors import GeoprotoError
 from geoproto.raster import open_raster
 from geoproto.support import load_support, load_vector_support, read_class_file
+from geoproto.tiling import tile_grid
 
 # Share of labelled pixels allowed to change when the SpaceNet buildings come as EPSG:4326 (GeoJSON
 # rounds degrees to 7 decimals, ~1 cm). Measured: 0 of 33,818 for both GeoJSON and GPKG; 0.05% is ~17 px.
@@ -66,7 +66,6 @@ def test_vector_support_lands_on_the_right_pixels(buildings, chip, mosaic):
     assert (expected == 1).sum() > 1000 and (expected == 2).sum() > 1000
     np.testing.assert_array_equal(got, expected)
     # Windows the support touches are offered, windows it does not touch are not.
-    from geoproto.tiling import tile_grid
     tiles = tile_grid(chip.height, chip.width, 128, 16)
     candidates = labels.candidate_tiles(tiles)
     assert 0 < len(candidates) <= len(tiles)
@@ -175,6 +174,7 @@ def test_polygons_outside_the_raster(buildings, chip, tmp_path):
         load_vector_support(path, chip)
 
 
+@pytest.mark.filterwarnings("ignore:.crs. was not provided")
 def test_vector_without_crs_over_raster_with_crs(buildings, chip, tmp_path):
     _, frame = buildings
     path = _write(frame[["class", "geometry"]].set_crs(None, allow_override=True), tmp_path / "nocrs.gpkg")
@@ -272,3 +272,65 @@ def test_read_class_file_errors(shared_data, tmp_path):
     zero.write_text(json.dumps({"0": "background"}))
     with pytest.raises(GeoprotoError, match="outside 1..254"):
         read_class_file(str(zero))
+
+
+# --- dispatch and rasters without a CRS -----------------------------------------------------------------
+
+def test_load_support_tells_vectors_from_rasters(buildings, chip, tmp_path, shared_data):
+    path, frame = buildings
+    gpkg = _write(frame[["class", "geometry"]], tmp_path / "b.gpkg")
+    vector = load_support(gpkg, chip)
+    assert type(vector).__name__ == "VectorLabels" and vector.classes.names == ["building", "other"]
+    labels = rasterize(((g, 1) for g in frame.geometry), out_shape=chip.shape, transform=chip.transform,
+                       dtype="uint8")
+    tif = tmp_path / "labels.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=chip.width, height=chip.height, count=1, dtype="uint8",
+                       crs=chip.crs, transform=chip.transform) as dst:
+        dst.write(labels, 1)
+    assert type(load_support(str(tif), chip)).__name__ == "RasterLabels"
+    # A --classes file is applied to vector support: names map to its ids.
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"7": "other", "3": "building"}))
+    with_file = load_support(gpkg, chip, classes_file=str(classes))
+    assert with_file.classes.ids == [3, 7] and with_file.classes.names == ["building", "other"]
+    assert set(np.unique(with_file.class_ids).tolist()) == {3, 7}
+    classes.write_text(json.dumps({"1": "building"}))
+    with pytest.raises(GeoprotoError, match="'other' is not in the --classes file"):
+        load_support(gpkg, chip, classes_file=str(classes))
+
+
+def test_raster_without_crs(buildings, chip, tmp_path, mosaic):
+    """A raster lacking a CRS: a vector with one needs --assume-crs (raster_crs), then lands as usual."""
+    path, frame = buildings
+    bare = tmp_path / "bare.tif"
+    profile = {**chip.profile, "crs": None}
+    with rasterio.open(bare, "w", **profile) as dst:
+        dst.write(chip.read())
+    expected = mosaic(load_vector_support(str(path), chip), chip.height, chip.width)
+    wgs84 = _write(frame[["class", "geometry"]].to_crs("EPSG:4326"), tmp_path / "b4326.gpkg")
+    with open_raster(str(bare)) as src:
+        assert src.crs is None
+        with pytest.raises(GeoprotoError, match="the raster has no CRS.*--assume-crs"):
+            load_vector_support(wgs84, src)
+        labels = load_vector_support(wgs84, src, raster_crs=chip.crs)
+        np.testing.assert_array_equal(mosaic(labels, src.height, src.width), expected)
+
+
+def test_overlaps_between_classes_are_unlabelled_and_large_polygons_span_windows(chip, tmp_path, mosaic):
+    left, _, _, top = chip.bounds
+
+    def px_box(c0, r0, c1, r1):  # pixel edges -> a box in the raster's CRS (0.5 m pixels)
+        return shapely.box(left + c0 * 0.5, top - r1 * 0.5, left + c1 * 0.5, top - r0 * 0.5)
+
+    frame = geopandas.GeoDataFrame(
+        {"class": ["field", "field", "road"]},
+        geometry=[px_box(50, 60, 450, 500), px_box(400, 400, 600, 650), px_box(300, 0, 340, 900)],
+        crs=chip.crs)
+    path = _write(frame, tmp_path / "boxes.gpkg")
+    got = mosaic(load_vector_support(path, chip), chip.height, chip.width)  # field = 1, road = 2
+    expected = np.zeros(chip.shape, np.uint8)
+    expected[60:500, 50:450] = 1
+    expected[400:650, 400:600] = 1  # overlapping polygons of one class stay labelled
+    expected[:, 300:340] = 2
+    expected[60:500, 300:340] = 0  # claimed by both classes: ambiguous, unlabelled
+    np.testing.assert_array_equal(got, expected)

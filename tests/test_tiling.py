@@ -62,12 +62,10 @@ def check_grid(height, width, size, overlap, full_2d=False):
         for tile in tiles:
             written[tile.core_row0:tile.core_row1, tile.core_col0:tile.core_col1] += 1
             # core_slices index the same pixels inside the window.
-            window = np.zeros((tile.height, tile.width), np.int32)
-            window[tile.core_slices] = 1
-            whole = np.zeros((height, width), np.int32)
-            whole[tile.row:tile.row + tile.height, tile.col:tile.col + tile.width] = window
-            assert whole.sum() == (tile.core_row1 - tile.core_row0) * (tile.core_col1 - tile.core_col0)
-            assert (whole[tile.core_row0:tile.core_row1, tile.core_col0:tile.core_col1] == 1).all()
+            rs, cs = tile.core_slices
+            assert (rs.start + tile.row, rs.stop + tile.row) == (tile.core_row0, tile.core_row1)
+            assert (cs.start + tile.col, cs.stop + tile.col) == (tile.core_col0, tile.core_col1)
+            assert 0 <= rs.start < rs.stop <= tile.height and 0 <= cs.start < cs.stop <= tile.width
         assert (written == 1).all()
     return tiles
 
@@ -166,7 +164,7 @@ def test_every_pixel_written_exactly_once(grid):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 400), st.integers(1, 400), st.integers(1, 120), st.data())
+@given(st.integers(1, 300), st.integers(1, 300), st.integers(4, 100), st.data())
 def test_every_pixel_written_exactly_once_small_full_2d(height, width, size, data):
     overlap = data.draw(st.integers(0, size - 1))
     check_grid(height, width, size, overlap, full_2d=True)

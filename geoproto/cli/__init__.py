@@ -4,6 +4,7 @@ import click
 
 from .. import __version__
 from .segment import segment_command
+from .train import train_command
 
 
 @click.group()
@@ -13,3 +14,4 @@ def main():
 
 
 main.add_command(segment_command)
+main.add_command(train_command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import signal
 import sys
 import warnings
@@ -58,6 +59,27 @@ def handle_errors(command):
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
 
 
+def command_line(ctx: click.Context) -> str:
+    """The invocation, rebuilt from the options the user set, to record how a result was made."""
+    from click.core import ParameterSource
+
+    words = ["geoproto", ctx.info_name]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in ("debug", "quiet", "as_json"):
+            continue
+        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None):
+            continue
+        value = ctx.params[param.name]
+        if param.is_flag:
+            names = param.opts if value else param.secondary_opts
+            words += names[:1]
+        elif isinstance(value, (list, tuple)):
+            words += [param.opts[0], ",".join(map(str, value))]
+        elif value is not None:
+            words += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(words)
+
+
 def print_json(summary: dict) -> None:
     click.echo(json.dumps(summary, indent=2))
 
@@ -80,6 +102,22 @@ encoder_options = [
     click.option("--bands", callback=parse_bands, help="1 or 3 band numbers, e.g. 4,3,2 [default: first three]."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
     click.option("--batch-size", type=click.IntRange(1), help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
+]
+
+dataset_options = [
+    click.option("--dataset", type=click.Choice(["isprs", "pascal5i", "folder"]), required=True,
+                 help="Layout of --root: ISPRS downloads, VOC2012 + SegmentationClassAug, or images/ + masks/."),
+    click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's folder."),
+    click.option("--city", type=click.Choice(["vaihingen", "potsdam"]), default="vaihingen", show_default=True,
+                 help="ISPRS city."),
+    click.option("--bands", type=click.Choice(["IRRG", "RGB"], case_sensitive=False), default="IRRG",
+                 show_default=True, help="ISPRS image bands (Potsdam has both)."),
+    click.option("--eroded", is_flag=True, help="ISPRS: use the eroded-boundary ground truth."),
+    click.option("--dsm", is_flag=True, help="ISPRS: add the DSM as a channel (backbones with a 4-band stem)."),
+    click.option("--downsample", type=click.IntRange(1), help="ISPRS: read at 1/N resolution [Potsdam: 2]."),
+    click.option("--fold", type=click.IntRange(0, 3), help="PASCAL-5i fold (its 5 classes are unseen)."),
+    click.option("--split", type=click.Path(dir_okay=False), help="JSON of split name -> image names."),
+    click.option("--holdout", help="folder: regular expression of image names forming the test split."),
 ]
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 
 import torch
@@ -27,16 +28,24 @@ FEATURE_LAYERS = {
 }
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _safe_load(path: str) -> object:
     if not os.path.isfile(path):
         raise GeoprotoError(f"{path}: no such file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise GeoprotoError(f"{path}: refused to load: the file holds objects other than weights ({first})")
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise GeoprotoError(f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0]})")
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc), re.IGNORECASE)
+        if found:
+            raise GeoprotoError(f"{path}: refused to load: the file calls {found.group(1)}; a checkpoint must "
+                                f"hold weights only") from None
+        raise GeoprotoError(f"{path}: not a readable PyTorch weights file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError) as exc:
+        raise GeoprotoError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)})") from None
 
 
 def save_checkpoint(encoder: Encoder, path: str, metadata: dict | None = None) -> None:
@@ -72,19 +81,23 @@ def load_checkpoint(path: str) -> tuple[Encoder, dict]:
     if backbone not in BACKBONES:
         raise GeoprotoError(f"{path}: unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
     encoder = Encoder(backbone, with_head=bool(payload.get("with_head")))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GeoprotoError(f"{path}: checkpoint has no state_dict of tensors")
     try:
-        encoder.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise GeoprotoError(f"{path}: weights do not fit the {backbone} encoder ({str(exc).splitlines()[0]})")
-    encoder.mean.copy_(torch.tensor(payload["mean"]).view(1, 3, 1, 1))
-    encoder.std.copy_(torch.tensor(payload["std"]).view(1, 3, 1, 1))
-    return encoder.eval(), dict(payload.get("metadata") or {})
+        encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        encoder.mean.copy_(torch.tensor(payload["mean"], dtype=torch.float32).view(1, 3, 1, 1))
+        encoder.std.copy_(torch.tensor(payload["std"], dtype=torch.float32).view(1, 3, 1, 1))
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise GeoprotoError(f"{path}: weights do not fit the {backbone} encoder ({_first_line(exc)})") from None
+    metadata = payload.get("metadata")
+    return encoder.eval(), dict(metadata) if isinstance(metadata, dict) else {}
 
 
 def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = None,
-                  init_weights: str | None = None) -> tuple[Encoder, dict]:
-    """The encoder ``segment`` uses: a checkpoint if given, else ImageNet trunk weights without a head."""
+                  init_weights: str | None = None, with_head: bool = False) -> tuple[Encoder, dict]:
+    """A checkpoint's encoder if given, else ImageNet trunk weights; a head (randomly initialised) only
+    when asked for, i.e. to be trained."""
     if checkpoint:
         return load_checkpoint(checkpoint)
     if backbone not in BACKBONES:
@@ -100,9 +113,9 @@ def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = Non
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise GeoprotoError(f"{weights}: not a state dict")
-    encoder = Encoder(backbone, with_head=False)
+    encoder = Encoder(backbone, with_head=with_head)
     try:
         encoder.trunk.load_imagenet(state)
     except RuntimeError as exc:
-        raise GeoprotoError(f"{weights}: weights do not fit the {backbone} trunk ({str(exc).splitlines()[0]})")
+        raise GeoprotoError(f"{weights}: weights do not fit the {backbone} trunk ({_first_line(exc)})") from None
     return encoder.eval(), {"backbone": backbone, "weights": os.path.basename(weights), "trained": False}

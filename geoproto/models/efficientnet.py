@@ -60,6 +60,8 @@ class EfficientNetLite0(nn.Module):
 
     out_channels = (40, 112)
     stride = 8
+    # Episodic training fine-tunes from the stride-8 stage up; earlier layers keep their ImageNet weights.
+    frozen_prefixes = ("_conv_stem.", "_bn0.", "_blocks.0.", "_blocks.1.", "_blocks.2.")
 
     def __init__(self):
         super().__init__()

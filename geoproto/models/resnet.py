@@ -47,6 +47,7 @@ class ResNet50(nn.Module):
 
     out_channels = (512, 1024)
     stride = 8
+    frozen_prefixes = ("conv1.", "bn1.", "layer1.")
 
     def __init__(self):
         super().__init__()

@@ -19,6 +19,7 @@ class VGG16(nn.Module):
 
     out_channels = (512, 512)
     stride = 8
+    frozen_prefixes = tuple(f"features.{i}." for i in range(17))
 
     def __init__(self):
         super().__init__()
@@ -28,7 +29,8 @@ class VGG16(nn.Module):
         for item in _CONFIG:
             if item == "M":
                 pools += 1
-                layers.append(nn.MaxPool2d(2, 2) if pools <= 3 else nn.Identity())
+                # ceil_mode keeps the output at ceil(H / 8), aligned with the other backbones.
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True) if pools <= 3 else nn.Identity())
                 continue
             dilation = 2 if pools >= 4 else 1
             layers += [nn.Conv2d(cin, item, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]

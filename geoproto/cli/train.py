@@ -1,0 +1,67 @@
+"""``geoproto train``: episodic training on ISPRS, PASCAL-5i or any labelled folder."""
+
+from __future__ import annotations
+
+import click
+
+from ..training import TrainConfig, build_samplers, load_dataset, train
+from ..models import BACKBONES, DEFAULT_BACKBONE
+from .options import apply, command_line, dataset_options, handle_errors, json_option, print_json, quiet_option
+
+_DEFAULTS = TrainConfig()
+
+
+@click.command("train")
+@apply(dataset_options)
+@click.option("--train-classes", help="Class names episodes are drawn from (comma-separated) [default: all "
+                                      "but --test-classes].")
+@click.option("--test-classes", help="Class names held out of training (their pixels are ignored), used for "
+                                     "validation episodes.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE, show_default=True)
+@click.option("--init-weights", type=click.Path(dir_okay=False), help="ImageNet weights (torchvision layout).")
+@click.option("--head/--no-head", default=_DEFAULTS.head, show_default=True,
+              help="Train the paper's 3x3 conv head to 256 channels (else the L2-normalised stages).")
+@click.option("--ways", type=click.IntRange(1), default=_DEFAULTS.ways, show_default=True)
+@click.option("--shots", type=click.IntRange(1), default=_DEFAULTS.shots, show_default=True)
+@click.option("--queries", type=click.IntRange(1), default=_DEFAULTS.queries, show_default=True)
+@click.option("--crop", type=click.IntRange(32), default=_DEFAULTS.crop, show_default=True)
+@click.option("--iterations", type=click.IntRange(1), default=_DEFAULTS.iterations, show_default=True)
+@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True)
+@click.option("--lr-milestones", help="Iterations at which the learning rate is multiplied by --lr-gamma "
+                                      "[default: 1/3 and 2/3 of the run].")
+@click.option("--lr-gamma", type=float, default=_DEFAULTS.lr_gamma, show_default=True)
+@click.option("--align/--no-align", default=_DEFAULTS.align, show_default=True,
+              help="Add PANet's prototype alignment loss.")
+@click.option("--alpha", type=float, default=_DEFAULTS.alpha, show_default=True)
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(1), default=_DEFAULTS.checkpoint_every, show_default=True)
+@click.option("--val-every", type=click.IntRange(1), default=_DEFAULTS.val_every, show_default=True)
+@click.option("--val-episodes", type=click.IntRange(1), default=_DEFAULTS.val_episodes, show_default=True)
+@click.option("--val-split", default="test", show_default=True,
+              help="Split validation episodes come from (none: no validation).")
+@click.option("--workers", type=click.IntRange(0), default=_DEFAULTS.workers, show_default=True,
+              help="Processes preparing episodes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --output where it stopped.")
+@quiet_option
+@json_option
+@handle_errors
+def train_command(dataset, root, city, bands, eroded, dsm, downsample, fold, split, holdout, train_classes,
+                  test_classes, output, val_split, resume, quiet, as_json, lr_milestones, **settings):
+    """Train the encoder on C-way K-shot episodes and write checkpoints for `segment --checkpoint`."""
+    data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, dsm=dsm, downsample=downsample,
+                        split=split, holdout=holdout)
+    milestones = [int(v) for v in lr_milestones.split(",")] if lr_milestones else []
+    config = TrainConfig(lr_milestones=milestones, **settings)
+    train_sampler, val_sampler = build_samplers(data, config, train_classes, test_classes, fold, val_split)
+    metadata = {"command": command_line(click.get_current_context()),
+                "dataset": {"kind": dataset, "root": root, "name": data.name, "city": city, "fold": fold,
+                            "train_images": [s.name for s in train_sampler.samples]}}
+    summary = train(train_sampler, val_sampler, config, output, resume=resume, metadata=metadata,
+                    progress=not quiet)
+    if as_json:
+        print_json(summary)
+    elif not quiet:
+        click.echo(f"Trained {summary['iterations']} episodes in {summary['seconds']:.0f} s; "
+                   f"checkpoints in {output}", err=True)

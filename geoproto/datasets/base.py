@@ -1,0 +1,170 @@
+"""A labelled image set as the training and evaluation code sees it, whatever its layout on disk.
+
+Every reader (ISPRS, PASCAL-5i, folder) produces a ``LabelledDataset``: image/label file pairs, class
+names, a label decoder (to ids 1..K, 0 = ignored) and a train/test split. Windows are read from the
+files on demand (never a whole large tile per sample), optionally downsampled.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from ..errors import GeoprotoError
+from ..support import ClassInfo
+
+# Share of label pixels whose colour matches no class (nor the ignore colour) tolerated before a
+# dataset is refused: JPEG-like noise on edges is accepted, a wrong colour table is not.
+UNKNOWN_COLOUR_TOLERANCE = 0.01
+WHOLE_FILE_DRIVERS = ("JPEG", "PNG")
+WHOLE_FILE_MAX_PIXELS = 16_000_000
+
+
+@dataclass
+class Sample:
+    name: str
+    image: str
+    label: str
+    extra: str | None = None  # an extra single band stacked after the image bands (e.g. a DSM)
+
+
+@dataclass
+class LabelDecoder:
+    """Label file values to class ids (0 = ignored): by RGB colour, or by a value lookup table."""
+
+    colors: dict[tuple[int, int, int], int] | None = None
+    values: np.ndarray | None = None  # lookup table indexed by the label value
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
+    source: str = ""
+
+    def __call__(self, data: np.ndarray) -> np.ndarray:
+        """``data``: bands x H x W as read from the label file."""
+        if self.colors is None:
+            values = data[0].astype(np.int64)
+            if values.min() < 0 or values.max() >= len(self.values):
+                raise GeoprotoError(f"{self.source}: label value {values.max()} has no class")
+            return self.values[values].astype(np.uint8)
+        if data.shape[0] < 3:
+            raise GeoprotoError(f"{self.source}: expected an RGB colour-coded label file")
+        code = (data[0].astype(np.int64) << 16) | (data[1].astype(np.int64) << 8) | data[2].astype(np.int64)
+        keys = np.array([(r << 16) | (g << 8) | b for r, g, b in self.colors], np.int64)
+        ids = np.array(list(self.colors.values()), np.uint8)
+        order = np.argsort(keys)
+        position = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
+        hit = keys[order][position] == code
+        labels = np.where(hit, ids[order][position], 0).astype(np.uint8)
+        ignored = np.isin(code, [(r << 16) | (g << 8) | b for r, g, b in self.ignore_colors])
+        unknown = float((~hit & ~ignored).mean())
+        if unknown > UNKNOWN_COLOUR_TOLERANCE:
+            raise GeoprotoError(f"{self.source}: {unknown:.1%} of label pixels have colours of no class; "
+                                f"check the dataset's colour table")
+        return labels
+
+
+@dataclass
+class LabelledDataset:
+    """Image/label pairs with their classes and split."""
+
+    name: str
+    classes: ClassInfo
+    samples: list[Sample]
+    decoder: LabelDecoder
+    splits: dict[str, list[str]] = field(default_factory=dict)  # split name -> sample names
+    bands: list[int] | None = None  # image bands to read (1-based); None: the first three
+    downsample: int = 1
+
+    def subset(self, split: str) -> list[Sample]:
+        if split not in self.splits:
+            raise GeoprotoError(f"{self.name}: no split {split!r} (have: {', '.join(self.splits)})")
+        names = set(self.splits[split])
+        return [s for s in self.samples if s.name in names]
+
+    def size(self, sample: Sample) -> tuple[int, int]:
+        """(height, width) of the sample after downsampling."""
+        with _open(sample.image) as src:
+            return src.height // self.downsample, src.width // self.downsample
+
+    def read(self, sample: Sample, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """A window in downsampled pixel coordinates: (bands x h x w float32 image in [0, 1], h x w ids)."""
+        d = self.downsample
+        window = Window(col * d, row * d, width * d, height * d)
+        with _open(sample.image) as src:
+            bands = self.bands or list(src.indexes[:3])
+            image = _read(src, bands, window, (height, width), Resampling.bilinear)
+            image = _to_unit(image, src.dtypes[0])
+        if sample.extra:
+            with _open(sample.extra) as src:
+                extra = src.read(1, window=window, out_shape=(height, width), resampling=Resampling.bilinear)
+            extra = extra.astype(np.float32)
+            image = np.concatenate([image, ((extra - extra.min()) / max(np.ptp(extra), 1e-6))[None]])
+        if image.shape[0] == 1:
+            image = np.repeat(image, 3, axis=0)
+        return image, self._read_labels(sample, height, width, window)
+
+    def class_cells(self, sample: Sample, cell: int) -> np.ndarray:
+        """Pixel counts per class in cells of ``cell`` px (classes x rows x cols), from a reduced read."""
+        height, width = self.size(sample)
+        rows, cols = max(1, height // cell), max(1, width // cell)
+        step = 4  # sample every 4th pixel of each cell's rows and columns: plenty for presence
+        labels = self.read_labels(sample, rows * cell // step, cols * cell // step)
+        per = cell // step
+        ids = np.arange(1, len(self.classes.ids) + 1)
+        blocks = labels[: rows * per, : cols * per].reshape(rows, per, cols, per)
+        return np.stack([(blocks == i).sum((1, 3)) for i in ids]) * step * step
+
+    def read_labels(self, sample: Sample, height: int, width: int) -> np.ndarray:
+        """The whole label file resampled (nearest) to ``height`` x ``width`` ids."""
+        return self._read_labels(sample, height, width, None)
+
+    def _read_labels(self, sample: Sample, height: int, width: int, window: Window | None) -> np.ndarray:
+        with _open(sample.label) as src:
+            data = _read(src, list(src.indexes), window, (height, width), Resampling.nearest)
+            if self.decoder.colors is not None and src.count == 1 and src.colorinterp[0] == ColorInterp.palette:
+                palette = np.zeros((256, 3), np.uint8)
+                for index, rgba in src.colormap(1).items():
+                    palette[index] = rgba[:3]
+                data = np.transpose(palette[data[0]], (2, 0, 1))
+        return self.decoder(data)
+
+
+def _read(src, bands: list[int], window: Window | None, shape: tuple[int, int], resampling) -> np.ndarray:
+    """A windowed read; files that cannot be read by window (JPEG, PNG) are decoded once per process
+    and sliced, so episode crops do not decode a whole image each."""
+    whole = window is None or (window.width, window.height) == (shape[1], shape[0])
+    if src.driver in WHOLE_FILE_DRIVERS and whole and src.width * src.height <= WHOLE_FILE_MAX_PIXELS:
+        data = _decoded(src.name)[[b - 1 for b in bands]]
+        if window is None:
+            return data
+        return data[:, int(window.row_off):int(window.row_off + window.height),
+                    int(window.col_off):int(window.col_off + window.width)]
+    return src.read(bands, window=window, out_shape=(len(bands), *shape), resampling=resampling)
+
+
+@functools.lru_cache(maxsize=128)
+def _decoded(path: str) -> np.ndarray:
+    with _open(path) as src:
+        return src.read()
+
+
+def _open(path: str):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise GeoprotoError(f"{path}: not readable ({exc})") from None
+
+
+def _to_unit(image: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "uint8":
+        return image.astype(np.float32) / 255.0
+    image = image.astype(np.float32)
+    low, high = np.percentile(image, (2, 98))
+    return np.clip((image - low) / max(high - low, 1e-6), 0, 1)

@@ -1,0 +1,59 @@
+"""Any labelled folder: ``images/`` and ``masks/`` with the same file stems, and a ``classes.json``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GeoprotoError
+from ..support import read_class_file
+from .base import LabelDecoder, LabelledDataset, Sample
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
+
+
+def _hex(value: str) -> tuple[int, int, int]:
+    value = value.lstrip("#")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def load_folder(root: str, split_file: str | None = None, holdout: str | None = None) -> LabelledDataset:
+    """Masks are RGB colour codes when ``classes.json`` gives colours (an ``ignore_color`` is ignored),
+    else integer class ids (0 ignored). Splits: a JSON ``{"train": [stems], "test": [stems]}``, or
+    ``holdout``, a regular expression whose matching stems form the test split."""
+    base = Path(root)
+    if not (base / "images").is_dir() or not (base / "masks").is_dir():
+        raise GeoprotoError(f"{root}: expected images/ and masks/ folders")
+    if not (base / "classes.json").is_file():
+        raise GeoprotoError(f"{root}: no classes.json (class ids, names and optional colours)")
+    classes = read_class_file(str(base / "classes.json"))
+    raw = json.loads((base / "classes.json").read_text())
+    masks = {p.stem: p for p in (base / "masks").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    samples = [Sample(p.stem, str(p), str(masks[p.stem])) for p in sorted((base / "images").iterdir())
+               if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in masks]
+    if not samples:
+        raise GeoprotoError(f"{root}: no image in images/ has a mask with the same name in masks/")
+    if all(c is not None for c in classes.colors):
+        ignore = raw.get("ignore_color") if isinstance(raw, dict) else None
+        decoder = LabelDecoder(colors=dict(zip(classes.colors, classes.ids)),
+                               ignore_colors=(_hex(ignore),) if ignore else (), source=f"{root}/masks")
+    else:
+        lookup = np.zeros(256, np.uint8)
+        lookup[classes.ids] = classes.ids
+        decoder = LabelDecoder(values=lookup, source=f"{root}/masks")
+    names = [s.name for s in samples]
+    if split_file:
+        try:
+            splits = {k: list(v) for k, v in json.loads(Path(split_file).read_text()).items()}
+        except (OSError, json.JSONDecodeError, AttributeError) as exc:
+            raise GeoprotoError(f"{split_file}: not a split file ({exc})") from None
+    elif holdout:
+        pattern = re.compile(holdout)
+        splits = {"train": [n for n in names if not pattern.search(n)],
+                  "test": [n for n in names if pattern.search(n)]}
+    else:
+        splits = {"train": names, "test": []}
+    return LabelledDataset(base.name, classes, samples, decoder, splits)

@@ -1,0 +1,57 @@
+"""Episodic training: episode sampling and the training loop."""
+
+from __future__ import annotations
+
+from ..datasets import LabelledDataset, fold_classes, load_folder, load_isprs, load_pascal5i
+from ..errors import GeoprotoError
+from .episodes import EpisodeSampler, EpisodeSpec
+from .trainer import TrainConfig, train
+
+DATASETS = ("isprs", "pascal5i", "folder")
+
+
+def load_dataset(kind: str, root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: bool = False,
+                 dsm: bool = False, downsample: int | None = None, split: str | None = None,
+                 holdout: str | None = None) -> LabelledDataset:
+    """The reader for ``kind`` applied to ``root``."""
+    if kind == "isprs":
+        if dsm:
+            raise GeoprotoError("--dsm: the shipped backbones take 3 bands; a DSM channel needs a 4-band stem")
+        return load_isprs(root, city, bands, eroded, dsm, downsample, split)
+    if kind == "pascal5i":
+        return load_pascal5i(root)
+    if kind == "folder":
+        return load_folder(root, split, holdout)
+    raise GeoprotoError(f"unknown dataset {kind!r} (known: {', '.join(DATASETS)})")
+
+
+def _class_ids(data: LabelledDataset, names: str | list[str] | None) -> list[int]:
+    if not names:
+        return []
+    names = names.split(",") if isinstance(names, str) else names
+    unknown = [n for n in names if n not in data.classes.names]
+    if unknown:
+        raise GeoprotoError(f"{data.name}: no class {unknown[0]!r} (classes: {', '.join(data.classes.names)})")
+    return [data.classes.ids[data.classes.names.index(n)] for n in names]
+
+
+def build_samplers(data: LabelledDataset, config: TrainConfig, train_classes: str | None = None,
+                   test_classes: str | None = None, fold: int | None = None, val_split: str | None = "test"):
+    """Training episodes over the train split's seen classes; validation episodes over ``val_split``
+    (the test classes when some are held out, else the same classes on other images)."""
+    test_ids = _class_ids(data, test_classes)
+    if fold is not None:  # PASCAL-5i: the fold's five classes are unseen
+        seen, unseen = fold_classes(fold)
+        test_ids = _class_ids(data, unseen)
+        train_ids = _class_ids(data, seen)
+    else:
+        train_ids = _class_ids(data, train_classes) or [c for c in data.classes.ids if c not in test_ids]
+    spec = EpisodeSpec(config.ways, config.shots, config.queries, config.crop)
+    train_sampler = EpisodeSampler(data, data.subset("train"), train_ids, spec, config.seed, tuple(test_ids))
+    val_sampler = None
+    if val_split and val_split != "none" and data.splits.get(val_split):
+        val_sampler = EpisodeSampler(data, data.subset(val_split), test_ids or train_ids, spec, config.seed)
+    return train_sampler, val_sampler
+
+
+__all__ = ["EpisodeSampler", "EpisodeSpec", "TrainConfig", "build_samplers", "load_dataset", "train"]

@@ -1,0 +1,237 @@
+"""Episodic training (the paper's eq. 4, optionally PANet's prototype alignment), resumable exactly.
+
+Each iteration: encode the support crops, build one prototype per episode class plus background
+(eq. 1), match the query crops (eq. 2-3) and minimise the pixel cross-entropy (eq. 4). BatchNorm
+statistics stay frozen (episodes are small and unlike ImageNet batches) and so do the layers before the
+stride-8 stage. A run writes to its output folder:
+
+- ``state.pt``: weights, optimiser, scheduler and iteration, for ``--resume`` (episodes depend only on
+  the seed and the iteration, so a resumed run continues exactly);
+- ``model.pt``: the final encoder and ``best.pt``: the best by validation, both in the checkpoint format
+  ``segment --checkpoint`` reads, with the training command, data and seed in their metadata;
+- ``log.jsonl``: one line per logged iteration (loss, learning rate) and per validation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import GeoprotoError
+from ..fewshot import DEFAULT_ALPHA, masked_average_prototypes, match_logits
+from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
+from ..models.checkpoint import _safe_load
+from .episodes import EpisodeSampler, EpisodeSpec
+
+VALIDATION_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = DEFAULT_BACKBONE
+    init_weights: str | None = None
+    head: bool = False
+    ways: int = 1
+    shots: int = 5
+    queries: int = 1
+    crop: int = 417
+    iterations: int = 1000
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: list[int] = field(default_factory=list)  # default: 1/3 and 2/3 of the run, as PANet
+    lr_gamma: float = 0.1
+    alpha: float = DEFAULT_ALPHA
+    align: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+    val_every: int = 250
+    val_episodes: int = 20
+    log_every: int = 10
+    workers: int = 2
+    device: str = "auto"
+
+
+def episode_loss(encoder: Encoder, batch: dict, num_classes: int, alpha: float, align: bool) -> torch.Tensor:
+    """Eq. 4 on the queries, plus PANet's alignment loss (supports segmented by query prototypes)."""
+    support = encoder(batch["support_images"])
+    query = encoder(batch["query_images"])
+    prototypes = masked_average_prototypes(support.float(), batch["support_labels"], num_classes)
+    size = batch["query_labels"].shape[-2:]
+    logits = F.interpolate(match_logits(query, prototypes, alpha), size, mode="bilinear", align_corners=False)
+    loss = F.cross_entropy(logits, batch["query_labels"] - 1, ignore_index=-1)
+    if align:
+        predicted = logits.argmax(1).detach() + 1
+        predicted[batch["query_labels"] == 0] = 0
+        query_prototypes = masked_average_prototypes(query.float(), predicted, num_classes)
+        support_logits = F.interpolate(match_logits(support, query_prototypes, alpha), size, mode="bilinear",
+                                       align_corners=False)
+        loss = loss + F.cross_entropy(support_logits, batch["support_labels"] - 1, ignore_index=-1)
+    return loss
+
+
+def _freeze(encoder: Encoder) -> list[torch.nn.Parameter]:
+    """Freeze BatchNorm and the early layers; returns the parameters left to train."""
+    for name, parameter in encoder.trunk.named_parameters():
+        if name.startswith(encoder.trunk.frozen_prefixes):
+            parameter.requires_grad_(False)
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+    return [p for p in encoder.parameters() if p.requires_grad]
+
+
+class _Episodes(torch.utils.data.Dataset):
+    def __init__(self, sampler: EpisodeSampler, offset: int = 0):
+        self.sampler, self.offset = sampler, offset
+
+    def __len__(self):
+        return 1 << 30
+
+    def __getitem__(self, index: int) -> dict:
+        return {k: torch.from_numpy(v) for k, v in self.sampler.episode(self.offset + index).items()}
+
+
+def _loader(sampler: EpisodeSampler, start: int, stop: int, workers: int, offset: int = 0):
+    return torch.utils.data.DataLoader(_Episodes(sampler, offset), batch_size=None, sampler=range(start, stop),
+                                       num_workers=workers, persistent_workers=False,
+                                       pin_memory=torch.cuda.is_available())
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(encoder: Encoder, sampler: EpisodeSampler, config: TrainConfig, device: torch.device) -> dict:
+    """Mean foreground IoU and pixel accuracy over fixed validation episodes (same episodes every time)."""
+    encoder.eval()
+    num_classes = config.ways + 1
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for batch in _loader(sampler, 0, config.val_episodes, config.workers, VALIDATION_SEED_OFFSET):
+        batch = _to(batch, device)
+        prototypes = masked_average_prototypes(encoder(batch["support_images"]).float(), batch["support_labels"],
+                                               num_classes)
+        size = batch["query_labels"].shape[-2:]
+        logits = F.interpolate(match_logits(encoder(batch["query_images"]), prototypes, config.alpha), size,
+                               mode="bilinear", align_corners=False)
+        truth, predicted = batch["query_labels"] - 1, logits.argmax(1)
+        keep = truth >= 0
+        confusion += torch.bincount(truth[keep] * num_classes + predicted[keep],
+                                    minlength=num_classes ** 2).reshape(num_classes, num_classes).cpu()
+    encoder.train()
+    _set_bn_eval(encoder)
+    diagonal = confusion.diag().double()
+    union = confusion.sum(0) + confusion.sum(1) - confusion.diag()
+    iou = diagonal[1:] / union[1:].clamp(min=1)
+    return {"val_miou": float(iou.mean()), "val_accuracy": float(diagonal.sum() / confusion.sum().clamp(min=1))}
+
+
+def _set_bn_eval(encoder: Encoder) -> None:
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+
+
+def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, config: TrainConfig, output: str,
+          resume: bool = False, metadata: dict | None = None, progress: bool = True) -> dict:
+    """Run (or resume) episodic training into the folder ``output``; returns a summary."""
+    from ..segment import resolve_device
+
+    os.makedirs(output, exist_ok=True)
+    state_path = os.path.join(output, "state.pt")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    encoder, _ = build_encoder(config.backbone, init_weights=config.init_weights, with_head=config.head)
+    parameters = _freeze(encoder)
+    encoder.to(device).train()
+    _set_bn_eval(encoder)
+    if device.type == "cuda":
+        encoder = encoder.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    milestones = config.lr_milestones or [config.iterations // 3, 2 * config.iterations // 3]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
+    start, best = 0, {"val_miou": -1.0}
+    if resume:
+        if not os.path.isfile(state_path):
+            raise GeoprotoError(f"{state_path}: nothing to resume")
+        state = _safe_load(state_path)
+        if state.get("config") != _comparable(config):
+            raise GeoprotoError(f"{state_path}: was written with other settings; resume with the same options")
+        encoder.load_state_dict(state["encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, best = int(state["iteration"]), dict(state["best"])
+    metadata = {**(metadata or {}), "config": asdict(config)}
+    num_classes = config.ways + 1
+    log = open(os.path.join(output, "log.jsonl"), "a", encoding="utf-8")
+    started = time.perf_counter()
+    running = None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    try:
+        with tqdm(total=config.iterations, initial=start, unit="episode", file=sys.stderr, disable=not progress,
+                  desc="train") as bar:
+            for iteration, batch in enumerate(_loader(train_sampler, start, config.iterations, config.workers),
+                                              start=start + 1):
+                batch = _to(batch, device)
+                with autocast:
+                    loss = episode_loss(encoder, batch, num_classes, config.alpha, config.align)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                value = loss.item()
+                running = value if running is None else 0.9 * running + 0.1 * value
+                bar.set_postfix(loss=f"{running:.3f}")
+                bar.update(1)
+                if iteration % config.log_every == 0 or iteration == config.iterations:
+                    _write(log, {"iteration": iteration, "loss": value, "running_loss": running,
+                                 "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started})
+                if val_sampler is not None and (iteration % config.val_every == 0 or iteration == config.iterations):
+                    scores = validate(encoder, val_sampler, config, device)
+                    _write(log, {"iteration": iteration, **scores})
+                    if scores["val_miou"] > best["val_miou"]:
+                        best = {"iteration": iteration, **scores}
+                        save_checkpoint(encoder, os.path.join(output, "best.pt"), {**metadata, "validation": best})
+                if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
+                    _save_state(state_path, encoder, optimizer, scheduler, iteration, best, config)
+    finally:
+        log.close()
+    save_checkpoint(encoder, os.path.join(output, "model.pt"), {**metadata, "iterations": config.iterations})
+    seconds = time.perf_counter() - started
+    done = config.iterations - start
+    return {"output": output, "iterations": config.iterations, "resumed_from": start, "seconds": round(seconds, 2),
+            "seconds_per_iteration": round(seconds / max(done, 1), 4), "device": device.type,
+            "final_running_loss": running, "best": best if best["val_miou"] >= 0 else None}
+
+
+def _comparable(config: TrainConfig) -> dict:
+    """The settings that must match for a resume to continue the same run."""
+    keep = asdict(config)
+    for name in ("workers", "device", "checkpoint_every", "log_every"):
+        keep.pop(name)
+    return keep
+
+
+def _save_state(path, encoder, optimizer, scheduler, iteration, best, config) -> None:
+    temporary = f"{path}.tmp"
+    torch.save({"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "iteration": iteration, "best": best,
+                "config": _comparable(config)}, temporary)
+    os.replace(temporary, path)
+
+
+def _write(log, record: dict) -> None:
+    log.write(json.dumps(record) + "\n")
+    log.flush()

@@ -1,0 +1,104 @@
+"""Episodic training on real Dubai crops: it learns, its checkpoint drives `segment`, and resume is exact."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from geoproto.cli import main
+from geoproto.models import build_encoder, load_checkpoint
+from geoproto.training import TrainConfig, build_samplers, load_dataset, train
+from geoproto.training.trainer import episode_loss
+
+DUBAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dubai"
+SMALL = dict(ways=1, shots=1, crop=128, workers=0, val_every=10 ** 6)
+
+
+@pytest.fixture(scope="module")
+def dubai():
+    return load_dataset("folder", str(DUBAI), holdout="t6$")
+
+
+def mean_episode_loss(encoder, sampler, episodes=12):
+    encoder.eval()
+    with torch.no_grad():
+        return sum(float(episode_loss(encoder, {k: torch.from_numpy(v) for k, v in sampler.episode(i).items()},
+                                      2, 20.0, False)) for i in range(episodes)) / episodes
+
+
+def test_training_lowers_the_episode_loss_on_held_out_episodes(dubai, tmp_path):
+    config = TrainConfig(iterations=40, lr=1e-2, checkpoint_every=40, **SMALL)
+    train_sampler, _ = build_samplers(dubai, config, val_split="none")
+    held_out, _ = build_samplers(dubai, TrainConfig(seed=12345, **SMALL), val_split="none")
+    before = mean_episode_loss(build_encoder()[0], held_out)
+    summary = train(train_sampler, None, config, str(tmp_path), progress=False)
+    after = mean_episode_loss(load_checkpoint(str(tmp_path / "model.pt"))[0], held_out)
+    # Measured: 0.918 -> 0.870 on these 12 episodes of other crops than the training ones.
+    assert after < 0.97 * before
+    assert summary["iterations"] == 40 and summary["seconds_per_iteration"] > 0
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [line["iteration"] for line in lines] == [10, 20, 30, 40]
+
+
+def test_resume_continues_exactly(dubai, tmp_path, monkeypatch):
+    config = TrainConfig(iterations=6, checkpoint_every=3, **SMALL)
+    train_sampler, _ = build_samplers(dubai, config, val_split="none")
+    train(train_sampler, None, config, str(tmp_path / "straight"), progress=False)
+
+    steps = {"n": 0}
+    original = torch.optim.SGD.step
+
+    def crash_at_fifth_step(self, *args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", crash_at_fifth_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(train_sampler, None, config, str(tmp_path / "resumed"), progress=False)
+    monkeypatch.setattr(torch.optim.SGD, "step", original)
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    summary = train(train_sampler, None, config, str(tmp_path / "resumed"), resume=True, progress=False)
+    assert summary["resumed_from"] == 3
+
+    straight = load_checkpoint(str(tmp_path / "straight" / "model.pt"))[0].state_dict()
+    resumed = load_checkpoint(str(tmp_path / "resumed" / "model.pt"))[0].state_dict()
+    changed = build_encoder()[0].state_dict()
+    assert any(not torch.equal(straight[k], changed[k]) for k in straight if k in changed)  # training moved
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_resume_refuses_other_settings(dubai, tmp_path):
+    config = TrainConfig(iterations=2, checkpoint_every=1, **SMALL)
+    train_sampler, _ = build_samplers(dubai, config, val_split="none")
+    train(train_sampler, None, config, str(tmp_path), progress=False)
+    other = TrainConfig(iterations=2, checkpoint_every=1, **{**SMALL, "shots": 2})
+    with pytest.raises(Exception, match="other settings"):
+        train(train_sampler, None, other, str(tmp_path), resume=True, progress=False)
+
+
+def test_cli_train_then_segment_with_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, [
+        "train", "--dataset", "folder", "--root", str(DUBAI), "--holdout", "t6$", "-o", str(run),
+        "--ways", "2", "--shots", "1", "--crop", "96", "--iterations", "4", "--val-every", "2",
+        "--val-episodes", "2", "--workers", "0", "--seed", "3", "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["best"] is not None and 0 <= summary["best"]["val_miou"] <= 1
+    metadata = load_checkpoint(str(run / "best.pt"))[1]
+    assert metadata["command"].startswith("geoproto train --dataset folder")
+    assert metadata["config"]["seed"] == 3 and metadata["dataset"]["train_images"]
+    assert not any("t6" in name for name in metadata["dataset"]["train_images"])  # held-out area never trained on
+
+    image = DUBAI / "images" / "image_part_001t6.jpg"
+    result = CliRunner().invoke(main, [
+        "segment", str(image), "--support", str(DUBAI / "masks" / "image_part_001t6.png"), "--classes",
+        str(DUBAI / "classes.json"), "--checkpoint", str(run / "model.pt"), "-o", str(tmp_path / "c.tif"),
+        "--no-crf", "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["encoder"]["command"].startswith("geoproto train")
