@@ -3,6 +3,8 @@
 import click
 
 from .. import __version__
+from .evaluate import evaluate_command
+from .score import score_command
 from .segment import segment_command
 from .train import train_command
 
@@ -15,3 +17,5 @@ def main():
 
 main.add_command(segment_command)
 main.add_command(train_command)
+main.add_command(evaluate_command)
+main.add_command(score_command)

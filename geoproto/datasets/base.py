@@ -115,7 +115,7 @@ class LabelledDataset:
         step = 4  # sample every 4th pixel of each cell's rows and columns: plenty for presence
         labels = self.read_labels(sample, rows * cell // step, cols * cell // step)
         per = cell // step
-        ids = np.arange(1, len(self.classes.ids) + 1)
+        ids = self.classes.ids
         blocks = labels[: rows * per, : cols * per].reshape(rows, per, cols, per)
         return np.stack([(blocks == i).sum((1, 3)) for i in ids]) * step * step
 
@@ -137,8 +137,8 @@ class LabelledDataset:
 def _read(src, bands: list[int], window: Window | None, shape: tuple[int, int], resampling) -> np.ndarray:
     """A windowed read; files that cannot be read by window (JPEG, PNG) are decoded once per process
     and sliced, so episode crops do not decode a whole image each."""
-    whole = window is None or (window.width, window.height) == (shape[1], shape[0])
-    if src.driver in WHOLE_FILE_DRIVERS and whole and src.width * src.height <= WHOLE_FILE_MAX_PIXELS:
+    extent = (src.height, src.width) if window is None else (int(window.height), int(window.width))
+    if src.driver in WHOLE_FILE_DRIVERS and extent == tuple(shape) and src.width * src.height <= WHOLE_FILE_MAX_PIXELS:
         data = _decoded(src.name)[[b - 1 for b in bands]]
         if window is None:
             return data

@@ -47,6 +47,8 @@ def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: 
     base = Path(root)
     if not base.is_dir():
         raise GeoprotoError(f"{root}: no such directory")
+    if city not in ("vaihingen", "potsdam"):
+        raise GeoprotoError(f"unknown ISPRS city {city!r}: vaihingen or potsdam")
     split = _split(city, split_file)
     samples = []
     if city == "vaihingen":
@@ -66,7 +68,7 @@ def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: 
                 raise GeoprotoError(f"{extra}: missing (needed for --dsm)")
             samples.append(Sample(area, str(top), str(label), str(extra) if dsm else None))
         default_downsample = 1
-    elif city == "potsdam":
+    else:
         folder = {"RGB": "2_Ortho_RGB", "IRRG": "3_Ortho_IRRG"}.get(bands.upper())
         if folder is None:
             raise GeoprotoError("Potsdam bands: RGB or IRRG")
@@ -85,8 +87,6 @@ def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: 
                 raise GeoprotoError(f"{extra}: missing (needed for --dsm)")
             samples.append(Sample(tile, str(top), str(label), str(extra) if dsm else None))
         default_downsample = 2  # the paper halves Potsdam's 5 cm resolution
-    else:
-        raise GeoprotoError(f"unknown ISPRS city {city!r}: vaihingen or potsdam")
     if not samples:
         raise GeoprotoError(f"{root}: no {city} tile has ground truth beside it")
     decoder = LabelDecoder(colors=dict(zip(CLASSES.colors, CLASSES.ids)), ignore_colors=(BOUNDARY,),

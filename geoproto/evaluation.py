@@ -1,0 +1,257 @@
+"""Measuring results: ``score`` (any class raster against ground truth) and ``evaluate`` (the paper's protocol).
+
+Both accumulate one confusion matrix over all pixels and derive every metric from it, as the ISPRS
+benchmark does (not averaged per patch).
+
+The protocol (paper, Sec. III): test images are cut into 417x417 patches, each a query; K support
+patches are drawn at random from the training split so that together they hold every evaluated class;
+prototypes from the supports classify every query; repeated over several seeds (mean and standard
+deviation reported).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import crf as crf_module
+from .datasets import LabelledDataset
+from .errors import GeoprotoError
+from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities
+from .metrics import confusion_matrix, scores
+from .models import Encoder
+from .output import NODATA
+from .raster import open_raster
+from .segment import FeatureExtractor
+from .support import ClassInfo, RasterLabels, load_vector_support
+from .tiling import tile_grid
+
+PATCH = 417
+SAMPLING_TRIES = 1000
+FEATURE_CACHE_BYTES = 2 << 30
+
+
+def summarise(matrix: np.ndarray, names: list[str]) -> dict:
+    """Metrics of one confusion matrix as plain JSON-able numbers."""
+    result = scores(matrix)
+    per_class = {name: {"f1": _num(result["f1"][i]), "iou": _num(result["iou"][i]),
+                        "precision": _num(result["precision"][i]), "recall": _num(result["recall"][i]),
+                        "pixels": int(matrix[i].sum())} for i, name in enumerate(names)}
+    return {"overall_accuracy": _num(result["overall_accuracy"]), "kappa": _num(result["kappa"]),
+            "mean_iou": _num(result["mean_iou"]), "mean_f1": _num(result["mean_f1"]), "classes": per_class}
+
+
+def _num(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 6)
+
+
+# --- score ---------------------------------------------------------------------------------------------
+
+def prediction_classes(path: str) -> ClassInfo:
+    """Class ids and names of a geoproto class raster (its GEOPROTO_CLASSES tag), else ``class_<id>``."""
+    with open_raster(path) as src:
+        tag = src.tags().get("GEOPROTO_CLASSES")
+        if tag:
+            names = {int(k): v for k, v in json.loads(tag).items()}
+            return ClassInfo(sorted(names), [names[k] for k in sorted(names)])
+        values = set()
+        for _, window in src.block_windows(1):
+            values |= {int(v) for v in np.unique(src.read(1, window=window)) if v != (src.nodata or 0)}
+    return ClassInfo(sorted(values), [f"class_{v}" for v in sorted(values)])
+
+
+def score(prediction: str, truth: str, class_field: str | None = None, background: str | None = None,
+          mapping: dict[str, str] | None = None, truth_crs: str | None = None,
+          classes_file: str | None = None) -> dict:
+    """Compare a class raster with ground truth (a label raster or polygons with a class column).
+
+    Truth classes are matched to predicted ones by name; ``mapping`` renames classes on either side
+    first (e.g. ``{"tree": "other", "ground": "other"}`` merges two predicted classes into the truth's one).
+    With vector truth, pixels outside every polygon are ignored unless ``background`` names the class
+    they belong to. Nodata in either raster is ignored.
+    """
+    from .support import load_support
+
+    predicted_classes = prediction_classes(prediction)
+    mapping = mapping or {}
+    with open_raster(prediction) as src:
+        labels = load_support(truth, src, class_field, None, truth_crs, classes_file)
+        truth_classes = getattr(labels, "classes", None) or _raster_truth_classes(labels, src)
+        truth_names = [mapping.get(n, n) for n in truth_classes.names]
+        predicted_names = [mapping.get(n, n) for n in predicted_classes.names]
+        background = mapping.get(background, background) if background else None
+        names = list(dict.fromkeys(truth_names + ([background] if background else []) + predicted_names))
+        index = {name: i + 1 for i, name in enumerate(names)}
+        truth_lookup = np.zeros(256, np.int64)
+        for class_id, name in zip(truth_classes.ids, truth_names):
+            truth_lookup[class_id] = index[name]
+        predicted_lookup = np.zeros(256, np.int64)
+        for class_id, name in zip(predicted_classes.ids, predicted_names):
+            predicted_lookup[class_id] = index[name]
+        matrix = np.zeros((len(names), len(names)), np.int64)
+        vector = not isinstance(labels, RasterLabels)
+        for tile in tile_grid(src.height, src.width, 1024, 0):
+            rows, cols = tile.core_slices
+            predicted = src.read(1, window=((tile.row, tile.row + tile.height), (tile.col, tile.col + tile.width)))
+            valid = predicted != (src.nodata if src.nodata is not None else NODATA)
+            expected = truth_lookup[labels.read(tile, 1024)[: tile.height, : tile.width]]
+            if vector and background:
+                expected[expected == 0] = index[background]
+            expected[~valid] = 0
+            matrix += confusion_matrix(expected[rows, cols], predicted_lookup[predicted][rows, cols], len(names))
+    return {"prediction": prediction, "truth": truth, "class_names": names, "confusion": matrix.tolist(),
+            **summarise(matrix, names)}
+
+
+def _raster_truth_classes(labels: RasterLabels, src) -> ClassInfo:
+    found = set()
+    for tile in tile_grid(src.height, src.width, 1024, 0):
+        found |= {int(v) for v in np.unique(labels.read(tile, 1024)) if v}
+    return ClassInfo(sorted(found), [f"class_{v}" for v in sorted(found)])
+
+
+# --- evaluate ------------------------------------------------------------------------------------------
+
+def patch_index(data: LabelledDataset, samples, size: int = PATCH):
+    """Every full-size patch of ``samples`` (grid without overlap, the last row/column shifted back) with
+    the set of class ids it holds."""
+    patches = []
+    for sample_index, sample in enumerate(samples):
+        height, width = data.size(sample)
+        for tile in tile_grid(height, width, size, 0):
+            _, labels = data.read(sample, tile.row, tile.col, tile.height, tile.width)
+            patches.append((sample_index, tile, frozenset(int(v) for v in np.unique(labels) if v)))
+    return patches
+
+
+def sample_supports(patches: list, shots: int, classes: list[int], rng: np.random.Generator):
+    """``shots`` random patches that together hold every class in ``classes``; returns (indices, covered).
+
+    Random draws are tried first (so the supports are as random as the paper's); if none of them covers
+    all classes, a greedy cover seeded at random is used; classes no patch holds are left uncovered.
+    """
+    wanted = set(classes)
+    available = set().union(*(p[2] for p in patches)) & wanted if patches else set()
+    if shots > len(patches):
+        raise GeoprotoError(f"{shots} shots requested but the training split has only {len(patches)} patches")
+    for _ in range(SAMPLING_TRIES):
+        chosen = rng.choice(len(patches), shots, replace=False)
+        covered = set().union(*(patches[i][2] for i in chosen)) & wanted
+        if covered == available:
+            return [int(i) for i in chosen], covered
+    chosen, covered = [], set()
+    for i in rng.permutation(len(patches)):
+        if len(chosen) < shots and patches[i][2] & (available - covered):
+            chosen.append(int(i))
+            covered |= patches[i][2] & wanted
+    for i in rng.permutation(len(patches)):
+        if len(chosen) == shots:
+            break
+        if int(i) not in chosen:
+            chosen.append(int(i))
+    return chosen, covered
+
+
+def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[int], class_names: list[str] | None,
+             crf: bool, device: torch.device, train_split: str = "train", test_split: str = "test",
+             alpha: float = DEFAULT_ALPHA, crf_params: crf_module.CRFParams | None = None,
+             progress: bool = True) -> dict:
+    """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation."""
+    classes = data.classes if not class_names else data.classes.subset(
+        [data.classes.ids[data.classes.names.index(n)] for n in _known(data, class_names)])
+    lookup = np.zeros(256, np.int64)
+    lookup[classes.ids] = np.arange(1, len(classes.ids) + 1)
+    train_samples, test_samples = data.subset(train_split), data.subset(test_split)
+    if not test_samples:
+        raise GeoprotoError(f"{data.name}: the {test_split!r} split is empty")
+    support_patches = [p for p in patch_index(data, train_samples) if p[2] & set(classes.ids)]
+    query_patches = patch_index(data, test_samples)
+    extract = FeatureExtractor(encoder, device)
+    crf_params = crf_params or crf_module.CRFParams()
+    cache: dict[int, torch.Tensor] = {}
+    cached_bytes = 0
+    runs = []
+    notes = []
+    bar = tqdm(total=len(seeds) * len(query_patches), unit="patch", file=sys.stderr, disable=not progress,
+               desc="evaluate")
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        chosen, covered = sample_supports(support_patches, shots, classes.ids, rng)
+        missing = [classes.name_of(c) for c in classes.ids if c not in covered]
+        if missing:
+            notes.append(f"seed {seed}: no {shots}-shot support covers {', '.join(missing)}")
+            warnings.warn(notes[-1])
+        accumulator = PrototypeAccumulator(len(classes.ids), encoder.out_channels)
+        for index in chosen:
+            sample_index, tile, _ = support_patches[index]
+            image, labels = data.read(train_samples[sample_index], tile.row, tile.col, PATCH, PATCH)
+            accumulator.add(extract(image[None]).cpu(), torch.from_numpy(lookup[labels])[None])
+        present = accumulator.pixels > 0
+        prototypes = accumulator.prototypes()
+        matrix = np.zeros((len(classes.ids), len(classes.ids)), np.int64)
+        for number, (sample_index, tile, _) in enumerate(query_patches):
+            image, labels = data.read(test_samples[sample_index], tile.row, tile.col, PATCH, PATCH)
+            features = cache.get(number)
+            if features is None:
+                features = extract(image[None]).cpu()
+                if cached_bytes + features.numel() * 4 <= FEATURE_CACHE_BYTES:
+                    cache[number] = features
+                    cached_bytes += features.numel() * 4
+            with torch.inference_mode():
+                probabilities = class_probabilities(features, prototypes, (PATCH, PATCH), alpha)[0]
+                probabilities[~present] = 0  # a class without support cannot be predicted
+            probabilities = probabilities.numpy()
+            if crf:
+                probabilities, _ = crf_module.refine(image, probabilities, crf_params)
+            rows, cols = tile.core_slices
+            predicted = probabilities.argmax(0) + 1
+            matrix += confusion_matrix(lookup[labels][rows, cols], predicted[rows, cols], len(classes.ids))
+            bar.update(1)
+        runs.append({"seed": seed, "supports": [f"{train_samples[support_patches[i][0]].name}@"
+                                                f"{support_patches[i][1].row},{support_patches[i][1].col}"
+                                                for i in chosen], **summarise(matrix, classes.names)})
+    bar.close()
+    return {"dataset": data.name, "shots": shots, "crf": crf, "seeds": seeds, "classes": classes.names,
+            "query_patches": len(query_patches), "notes": notes, "mean": _aggregate(runs, np.mean),
+            "std": _aggregate(runs, np.std), "runs": runs}
+
+
+def _known(data: LabelledDataset, names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in data.classes.names]
+    if unknown:
+        raise GeoprotoError(f"{data.name}: no class {unknown[0]!r} (classes: {', '.join(data.classes.names)})")
+    return names
+
+
+def _aggregate(runs: list[dict], reduce) -> dict:
+    def over(values):
+        values = [v for v in values if v is not None]
+        return round(float(reduce(values)), 6) if values else None
+
+    keys = ("overall_accuracy", "kappa", "mean_iou", "mean_f1")
+    result = {k: over([r[k] for r in runs]) for k in keys}
+    names = runs[0]["classes"].keys()
+    result["f1"] = {n: over([r["classes"][n]["f1"] for r in runs]) for n in names}
+    result["iou"] = {n: over([r["classes"][n]["iou"] for r in runs]) for n in names}
+    return result
+
+
+def format_table(report: dict) -> str:
+    """The report as the paper's tables show it: per-class F1, OA, mean F1, kappa, mIoU (mean ± std, %)."""
+    mean, std = report["mean"], report["std"]
+
+    def cell(m, s):
+        return "   n/a    " if m is None else f"{100 * m:5.1f}±{100 * (s or 0):4.1f}"
+
+    names = list(mean["f1"])
+    header = " | ".join([f"{'shots':>5}", f"{'CRF':>3}"] + [f"{n[:10]:>10}" for n in names]
+                        + [f"{h:>10}" for h in ("OA", "mean F1", "kappa", "mIoU")])
+    row = " | ".join([f"{report['shots']:>5}", f"{'on' if report['crf'] else 'off':>3}"]
+                     + [cell(mean["f1"][n], std["f1"][n]) for n in names]
+                     + [cell(mean[k], std[k]) for k in ("overall_accuracy", "mean_f1", "kappa", "mean_iou")])
+    return f"{header}\n{row}"

@@ -1,0 +1,681 @@
+"""Dataset readers (ISPRS Vaihingen/Potsdam, PASCAL-5i, labelled folder) and episode sampling.
+
+Every test writes a tiny dataset into ``tmp_path`` in the exact layout the official downloads (or a
+user's labelled folder) have, then checks what the readers return: samples, splits, decoded class ids
+pixel for pixel, and windows of image and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+
+from geoproto.datasets import fold_classes, load_folder, load_isprs, load_pascal5i
+from geoproto.errors import GeoprotoError
+from geoproto.training import EpisodeSampler, EpisodeSpec, load_dataset
+
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+DUBAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dubai"
+
+# The official ISPRS colour table, by class id 1..6.
+ISPRS_COLOURS = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)]
+ISPRS_NAMES = ["impervious", "building", "low_vegetation", "tree", "car", "clutter"]
+BLACK = (0, 0, 0)
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def write_raster(path: Path, data: np.ndarray, driver: str = "GTiff", transform: Affine | None = None) -> Path:
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver=driver, width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype)
+    if transform is not None:
+        profile.update(transform=transform, crs="EPSG:32632")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+    return path
+
+
+def colour_code(ids: np.ndarray, colours: list[tuple[int, int, int]], zero=BLACK) -> np.ndarray:
+    """ids (H x W, 0..K) -> 3 x H x W uint8 RGB; id k gets colours[k - 1], id 0 gets ``zero``."""
+    table = np.array([zero] + list(colours), np.uint8)
+    return np.transpose(table[ids], (2, 0, 1)).copy()
+
+
+def random_ids(rng: np.random.Generator, height: int, width: int, k: int, block: int = 1) -> np.ndarray:
+    """Random class ids 1..k, constant over ``block`` x ``block`` squares."""
+    small = rng.integers(1, k + 1, (-(-height // block), -(-width // block)))
+    return np.kron(small, np.ones((block, block), np.int64))[:height, :width].astype(np.uint8)
+
+
+def quadrant_ids(height: int, width: int) -> np.ndarray:
+    """Top-left impervious, top-right building, bottom-left low vegetation, bottom-right tree; a car
+    block and a clutter block inside the bottom-right quadrant."""
+    ids = np.empty((height, width), np.uint8)
+    h2, w2 = height // 2, width // 2
+    ids[:h2, :w2], ids[:h2, w2:], ids[h2:, :w2], ids[h2:, w2:] = 1, 2, 3, 4
+    ids[h2 + 2:h2 + 6, w2 + 2:w2 + 8] = 5
+    ids[h2 + 8:h2 + 12, w2 + 2:w2 + 8] = 6
+    return ids
+
+
+def eroded(ids: np.ndarray) -> np.ndarray:
+    """The ``_noBoundary`` variant: every pixel next to a different class becomes 0 (black)."""
+    out = ids.copy()
+    edge = np.zeros(ids.shape, bool)
+    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
+    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    out[edge] = 0
+    return out
+
+
+# ------------------------------------------------------------------------------------ ISPRS Vaihingen
+
+V_SHAPE = {"1": (40, 56), "2": (36, 44), "3": (48, 40), "5": (44, 52)}  # (height, width), never square
+V_COMPLETE = "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE"
+V_ERODED = "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE"
+
+
+@pytest.fixture
+def vaihingen(tmp_path):
+    """Areas 1, 3 (train), 5 (test) with full and eroded ground truth; area 2 has no ground truth."""
+    root = tmp_path / "Vaihingen"
+    rng = np.random.default_rng(7)
+    truth = {}
+    for area, (h, w) in V_SHAPE.items():
+        image = rng.integers(0, 256, (3, h, w), dtype=np.uint8)
+        write_raster(root / "top" / f"top_mosaic_09cm_area{area}.tif", image,
+                     transform=Affine(0.09, 0, 496000 + 100 * int(area), 0, -0.09, 5420000))
+        if area == "2":
+            continue
+        ids = quadrant_ids(h, w) if area == "1" else random_ids(rng, h, w, 6, block=3)
+        write_raster(root / V_COMPLETE / f"top_mosaic_09cm_area{area}.tif", colour_code(ids, ISPRS_COLOURS))
+        write_raster(root / V_ERODED / f"top_mosaic_09cm_area{area}_noBoundary.tif",
+                     colour_code(eroded(ids), ISPRS_COLOURS))
+        truth[area] = (image, ids)
+    return root, truth
+
+
+def test_vaihingen_samples_classes_and_split(vaihingen):
+    root, _ = vaihingen
+    data = load_isprs(str(root), "vaihingen")
+    names = sorted(s.name for s in data.samples)
+    assert names == ["1", "3", "5"]  # area 2 has no ground truth: skipped
+    by_name = {s.name: s for s in data.samples}
+    assert Path(by_name["3"].image) == root / "top" / "top_mosaic_09cm_area3.tif"
+    assert Path(by_name["3"].label) == root / V_COMPLETE / "top_mosaic_09cm_area3.tif"
+    assert by_name["3"].extra is None
+    assert data.classes.ids == [1, 2, 3, 4, 5, 6]
+    assert data.classes.names == ISPRS_NAMES
+    assert [tuple(c) for c in data.classes.colors] == ISPRS_COLOURS
+    assert data.downsample == 1
+    assert sorted(s.name for s in data.subset("train")) == ["1", "3"]
+    assert [s.name for s in data.subset("test")] == ["5"]
+    with pytest.raises(GeoprotoError, match="no split 'val'"):
+        data.subset("val")
+
+
+def test_vaihingen_decodes_quadrants_exactly(vaihingen):
+    root, truth = vaihingen
+    data = load_isprs(str(root), "vaihingen")
+    sample = next(s for s in data.samples if s.name == "1")
+    h, w = V_SHAPE["1"]
+    assert data.size(sample) == (h, w)
+    labels = data.read_labels(sample, h, w)
+    assert labels.dtype == np.uint8 and labels.shape == (h, w)
+    np.testing.assert_array_equal(labels, truth["1"][1])
+    # Spot checks of the pattern itself, so the expectation is not only the helper's word.
+    assert labels[0, 0] == 1 and labels[0, w - 1] == 2 and labels[h - 1, 0] == 3 and labels[h - 1, w - 1] == 4
+    assert labels[h // 2 + 3, w // 2 + 3] == 5 and labels[h // 2 + 9, w // 2 + 3] == 6
+    assert np.bincount(labels.ravel(), minlength=7)[0] == 0
+
+
+@pytest.mark.parametrize("area", ["3", "5"])
+def test_vaihingen_read_returns_the_window(vaihingen, area):
+    root, truth = vaihingen
+    data = load_isprs(str(root), "vaihingen")
+    sample = next(s for s in data.samples if s.name == area)
+    image, ids = truth[area]
+    full = data.read_labels(sample, *V_SHAPE[area])
+    np.testing.assert_array_equal(full, ids)
+    row, col, height, width = 5, 9, 17, 23
+    window, labels = data.read(sample, row, col, height, width)
+    assert window.shape == (3, height, width) and window.dtype == np.float32
+    assert labels.shape == (height, width)
+    np.testing.assert_allclose(window, image[:, row:row + height, col:col + width] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(labels, ids[row:row + height, col:col + width])
+    assert 0.0 <= window.min() and window.max() <= 1.0
+
+
+def test_vaihingen_eroded_uses_no_boundary_files(vaihingen):
+    root, truth = vaihingen
+    data = load_isprs(str(root), "vaihingen", eroded=True)
+    assert sorted(s.name for s in data.samples) == ["1", "3", "5"]
+    for sample in data.samples:
+        assert Path(sample.label) == root / V_ERODED / f"top_mosaic_09cm_area{sample.name}_noBoundary.tif"
+        labels = data.read_labels(sample, *V_SHAPE[sample.name])
+        expected = eroded(truth[sample.name][1])
+        np.testing.assert_array_equal(labels, expected)  # black boundaries -> 0 (ignored)
+        assert (labels == 0).any() and (labels > 0).any()
+
+
+def test_vaihingen_eroded_without_eroded_files_refuses(vaihingen):
+    root, _ = vaihingen
+    shutil.rmtree(root / V_ERODED)
+    with pytest.raises(GeoprotoError, match="ground truth"):
+        load_isprs(str(root), "vaihingen", eroded=True)
+
+
+def test_vaihingen_is_irrg_only_and_dsm_needs_files(vaihingen):
+    root, _ = vaihingen
+    with pytest.raises(GeoprotoError, match="IRRG"):
+        load_isprs(str(root), "vaihingen", bands="RGB")
+    with pytest.raises(GeoprotoError, match="dsm_09cm_matching_area"):
+        load_isprs(str(root), "vaihingen", dsm=True)
+
+
+# -------------------------------------------------------------------------------------- ISPRS Potsdam
+
+P_TILES = {"2_10": (60, 76), "4_10": (52, 64), "2_13": (40, 40)}  # 2_13 ships without labels
+
+
+@pytest.fixture
+def potsdam(tmp_path):
+    root = tmp_path / "Potsdam"
+    rng = np.random.default_rng(3)
+    truth = {}
+    for tile, (h, w) in P_TILES.items():
+        # Distinct constant bands tell the RGB and IRRG files apart; a ramp in band 2 checks positions.
+        ramp = np.tile((np.arange(w) * 3).astype(np.uint8), (h, 1))
+        rgb = np.stack([np.full((h, w), 10, np.uint8), np.full((h, w), 20, np.uint8), ramp])
+        irrg = np.stack([np.full((h, w), 200, np.uint8), np.full((h, w), 150, np.uint8), ramp])
+        write_raster(root / "2_Ortho_RGB" / f"top_potsdam_{tile}_RGB.tif", rgb)
+        write_raster(root / "3_Ortho_IRRG" / f"top_potsdam_{tile}_IRRG.tif", irrg)
+        if tile == "2_13":
+            continue
+        # Labels constant over aligned 2 x 2 blocks: every nearest-neighbour convention for halving
+        # them agrees, so the expectation is the block grid itself.
+        ids = random_ids(rng, h, w, 6, block=2)
+        write_raster(root / "5_Labels_all" / f"top_potsdam_{tile}_label.tif", colour_code(ids, ISPRS_COLOURS))
+        truth[tile] = ids
+    return root, truth
+
+
+def test_potsdam_samples_split_and_default_downsample(potsdam):
+    root, _ = potsdam
+    data = load_isprs(str(root), "potsdam")
+    assert sorted(s.name for s in data.samples) == ["2_10", "4_10"]
+    assert [s.name for s in data.subset("train")] == ["2_10"]
+    assert [s.name for s in data.subset("test")] == ["4_10"]
+    assert data.downsample == 2
+    sample = next(s for s in data.samples if s.name == "2_10")
+    assert Path(sample.image) == root / "3_Ortho_IRRG" / "top_potsdam_2_10_IRRG.tif"  # IRRG by default
+    assert Path(sample.label) == root / "5_Labels_all" / "top_potsdam_2_10_label.tif"
+    assert data.size(sample) == (30, 38)
+    assert load_isprs(str(root), "potsdam", downsample=1).size(sample) == (60, 76)
+
+
+@pytest.mark.parametrize("tile", ["2_10", "4_10"])
+def test_potsdam_downsampled_read(potsdam, tile):
+    root, truth = potsdam
+    data = load_isprs(str(root), "potsdam")
+    sample = next(s for s in data.samples if s.name == tile)
+    ids = truth[tile]
+    half = ids[::2, ::2]
+    h, w = data.size(sample)
+    np.testing.assert_array_equal(data.read_labels(sample, h, w), half)
+    row, col, height, width = 3, 5, 11, 14
+    image, labels = data.read(sample, row, col, height, width)
+    assert image.shape == (3, height, width) and labels.shape == (height, width)
+    np.testing.assert_array_equal(labels, half[row:row + height, col:col + width])
+    np.testing.assert_allclose(image[0], 200 / 255, atol=1e-6)
+    np.testing.assert_allclose(image[1], 150 / 255, atol=1e-6)
+    # Band 3 is a ramp of 3 per full-resolution column: a downsampled column c covers columns 2c, 2c+1.
+    expected = (2 * np.arange(col, col + width) + 0.5) * 3 / 255
+    np.testing.assert_allclose(image[2, :, 1:-1], np.tile(expected[1:-1], (height, 1)), atol=2 / 255)
+
+
+def test_potsdam_bands_pick_the_folder(potsdam):
+    root, truth = potsdam
+    rgb = load_isprs(str(root), "potsdam", bands="RGB", downsample=1)
+    sample = next(s for s in rgb.samples if s.name == "4_10")
+    assert Path(sample.image) == root / "2_Ortho_RGB" / "top_potsdam_4_10_RGB.tif"
+    image, labels = rgb.read(sample, 0, 0, 8, 8)
+    np.testing.assert_allclose(image[0], 10 / 255, atol=1e-6)
+    np.testing.assert_allclose(image[1], 20 / 255, atol=1e-6)
+    np.testing.assert_array_equal(labels, truth["4_10"][:8, :8])
+    irrg = load_isprs(str(root), "potsdam", bands="irrg", downsample=1)
+    image, _ = irrg.read(next(s for s in irrg.samples if s.name == "4_10"), 0, 0, 8, 8)
+    np.testing.assert_allclose(image[0], 200 / 255, atol=1e-6)
+    with pytest.raises(GeoprotoError, match="RGB or IRRG"):
+        load_isprs(str(root), "potsdam", bands="RGBIR")
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def test_isprs_wrong_root(tmp_path):
+    with pytest.raises(GeoprotoError, match="no such directory"):
+        load_isprs(str(tmp_path / "missing"), "vaihingen")
+    afile = write_raster(tmp_path / "top_mosaic_09cm_area1.tif", np.zeros((3, 4, 4), np.uint8))
+    with pytest.raises(GeoprotoError, match="no such directory"):
+        load_isprs(str(afile), "vaihingen")
+
+
+def test_isprs_folder_without_tiles(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(GeoprotoError, match=r"top/top_mosaic_09cm_area\*\.tif"):
+        load_isprs(str(tmp_path), "vaihingen")
+    with pytest.raises(GeoprotoError, match="3_Ortho_IRRG"):
+        load_isprs(str(tmp_path), "potsdam")
+    # (The reader looks the city up in the split file first, so the message is the split file's.)
+    with pytest.raises(GeoprotoError, match="toronto"):
+        load_isprs(str(tmp_path), "toronto")
+
+
+def _vaihingen_with_unknown_colour(tmp_path, share_rows: int) -> tuple:
+    """A 50 x 40 area 1 whose ground truth has ``share_rows`` x 4 pixels of (10, 20, 30)."""
+    root = tmp_path / "V"
+    ids = quadrant_ids(50, 40)
+    write_raster(root / "top" / "top_mosaic_09cm_area1.tif", np.zeros((3, 50, 40), np.uint8))
+    rgb = colour_code(ids, ISPRS_COLOURS)
+    rgb[:, :share_rows, :4] = np.array([10, 20, 30], np.uint8)[:, None, None]
+    write_raster(root / "gts_for_participants" / "top_mosaic_09cm_area1.tif", rgb)
+    data = load_isprs(str(root), "vaihingen")
+    return data, data.samples[0], ids
+
+
+def test_unknown_colours_above_tolerance_refused(tmp_path):
+    data, sample, _ = _vaihingen_with_unknown_colour(tmp_path, 50)  # 200 of 2000 px: 10%
+    with pytest.raises(GeoprotoError, match=r"10\.0% of label pixels have colours of no class"):
+        data.read_labels(sample, 50, 40)
+    with pytest.raises(GeoprotoError, match="colour"):
+        data.read(sample, 0, 0, 50, 40)
+
+
+def test_unknown_colours_below_tolerance_accepted(tmp_path):
+    data, sample, ids = _vaihingen_with_unknown_colour(tmp_path, 1)  # 4 of 2000 px: 0.2%
+    labels = data.read_labels(sample, 50, 40)
+    expected = ids.copy()
+    expected[:1, :4] = 0
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_load_dataset_dispatch(vaihingen, tmp_path):
+    root, _ = vaihingen
+    assert load_dataset("isprs", str(root)).name == "isprs-vaihingen"
+    with pytest.raises(GeoprotoError, match="4-band"):
+        load_dataset("isprs", str(root), dsm=True)
+    with pytest.raises(GeoprotoError, match="unknown dataset 'coco'"):
+        load_dataset("coco", str(root))
+    with pytest.raises(GeoprotoError, match="JPEGImages"):
+        load_dataset("pascal5i", str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------- PASCAL-5i
+
+PASCAL_NAMES = ["2007_000032", "2007_000039", "2008_000123", "2009_004567"]
+
+
+@pytest.fixture
+def pascal(tmp_path):
+    root = tmp_path / "VOC2012"
+    rng = np.random.default_rng(11)
+    masks = {}
+    for index, name in enumerate(PASCAL_NAMES):
+        h, w = 30 + 2 * index, 44
+        colour = np.array([30 * (index + 1), 60, 200 - 20 * index], np.uint8)
+        write_raster(root / "JPEGImages" / f"{name}.jpg", np.broadcast_to(colour[:, None, None], (3, h, w)).copy(),
+                     driver="JPEG")
+        mask = rng.integers(0, 21, (h, w)).astype(np.uint8)
+        mask[:3, :] = 255  # VOC's "void" boundary
+        mask[-3:, :5] = 0
+        write_raster(root / "SegmentationClassAug" / f"{name}.png", mask, driver="PNG")
+        masks[name] = mask
+    # A mask without its image is not a sample.
+    write_raster(root / "SegmentationClassAug" / "2010_000001.png", np.zeros((8, 8), np.uint8), driver="PNG")
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("\n".join(PASCAL_NAMES[:3]) + "\n")
+    (sets / "val.txt").write_text(PASCAL_NAMES[2] + "\n" + PASCAL_NAMES[3] + "\n")
+    return root, masks
+
+
+def test_pascal_samples_classes_and_splits(pascal):
+    root, _ = pascal
+    data = load_pascal5i(str(root))
+    assert [s.name for s in data.samples] == PASCAL_NAMES
+    assert data.classes.ids == list(range(1, 22))
+    assert data.classes.names[:3] == ["background", "aeroplane", "bicycle"]
+    assert data.classes.names[-1] == "tvmonitor"
+    # val images are never trained on, even when train.txt lists them
+    assert [s.name for s in data.subset("train")] == PASCAL_NAMES[:2]
+    assert [s.name for s in data.subset("test")] == PASCAL_NAMES[2:]
+
+
+def test_pascal_trainaug_preferred(pascal):
+    root, _ = pascal
+    sets = root / "ImageSets" / "Segmentation"
+    (sets / "trainaug.txt").write_text(PASCAL_NAMES[1] + "\n")
+    assert [s.name for s in load_pascal5i(str(root)).subset("train")] == [PASCAL_NAMES[1]]
+
+
+def test_pascal_decodes_voc_values(pascal):
+    root, masks = pascal
+    data = load_pascal5i(str(root))
+    for index, sample in enumerate(data.samples):
+        mask = masks[sample.name]
+        expected = np.where(mask == 255, 0, mask.astype(np.int64) + 1)
+        h, w = data.size(sample)
+        assert (h, w) == mask.shape
+        labels = data.read_labels(sample, h, w)
+        np.testing.assert_array_equal(labels, expected)
+        assert labels[0, 0] == 0 and labels[-1, 0] == 1  # void -> ignored, VOC background -> 1
+        image, window = data.read(sample, 4, 6, 20, 30)
+        assert image.shape == (3, 20, 30) and image.dtype == np.float32
+        np.testing.assert_array_equal(window, expected[4:24, 6:36])
+        colour = np.array([30 * (index + 1), 60, 200 - 20 * index]) / 255
+        np.testing.assert_allclose(image.mean((1, 2)), colour, atol=3 / 255)  # JPEG: nearly exact on flat colour
+
+
+def test_pascal_fold_classes():
+    seen, unseen = fold_classes(0)
+    assert unseen == ["aeroplane", "bicycle", "bird", "boat", "bottle"]
+    assert len(seen) == 15 and not set(seen) & set(unseen)
+    assert fold_classes(3)[1] == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+    all_unseen = sum((fold_classes(f)[1] for f in range(4)), [])
+    assert len(all_unseen) == len(set(all_unseen)) == 20
+    for bad in (4, -1):
+        with pytest.raises(GeoprotoError, match="fold must be 0, 1, 2 or 3"):
+            fold_classes(bad)
+
+
+def test_pascal_missing_folders(tmp_path):
+    (tmp_path / "JPEGImages").mkdir()
+    with pytest.raises(GeoprotoError, match="SegmentationClassAug"):
+        load_pascal5i(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------- folder layout
+
+FOLDER_CLASSES = [("building", "#3C1098", (60, 16, 152)), ("land", "#8429F6", (132, 41, 246)),
+                  ("road", "#6EC1E4", (110, 193, 228)), ("water", "#E2A929", (226, 169, 41))]
+IGNORE = (155, 155, 155)
+
+
+def _class_file(root: Path, colours: bool = True, ignore: bool = True) -> None:
+    if colours:
+        body = {"name": "test", "classes": [{"id": i + 1, "name": n, "color": c}
+                                            for i, (n, c, _) in enumerate(FOLDER_CLASSES)]}
+        if ignore:
+            body["ignore_color"] = "#9B9B9B"
+    else:
+        body = {str(i + 1): n for i, (n, _, _) in enumerate(FOLDER_CLASSES)}
+    (root / "classes.json").write_text(json.dumps(body))
+
+
+@pytest.fixture
+def colour_folder(tmp_path):
+    """(a) RGB colour-coded masks with an ignore colour; (b) a paletted mask; names t1..t3 per part."""
+    root = tmp_path / "aerial"
+    rng = np.random.default_rng(5)
+    colours = [rgb for _, _, rgb in FOLDER_CLASSES]
+    truth = {}
+    for part in (1, 2):
+        for t in (1, 2, 3):
+            name = f"image_part_{part:03d}t{t}"
+            h, w = 24 + 4 * t, 36
+            ids = random_ids(rng, h, w, 4, block=2)
+            ids[-2:, :] = 0  # ignore colour
+            write_raster(root / "images" / f"{name}.jpg", rng.integers(0, 256, (3, h, w), dtype=np.uint8),
+                         driver="JPEG")
+            if t == 2:  # paletted single band, palette order unrelated to class ids
+                order = [3, 0, 2, 1]  # palette index -> class index
+                palette = [IGNORE] + [colours[i] for i in order]
+                index_of_id = np.zeros(5, np.uint8)
+                for index, class_index in enumerate(order):
+                    index_of_id[class_index + 1] = index + 1
+                flat = [v for rgb in palette for v in rgb] + [0] * (768 - 3 * len(palette))
+                mask = Image.fromarray(index_of_id[ids], mode="P")
+                mask.putpalette(flat)
+                (root / "masks").mkdir(parents=True, exist_ok=True)
+                mask.save(root / "masks" / f"{name}.png")
+            else:
+                write_raster(root / "masks" / f"{name}.png", colour_code(ids, colours, zero=IGNORE), driver="PNG")
+            truth[name] = ids
+    _class_file(root)
+    return root, truth
+
+
+def test_folder_colour_and_paletted_masks(colour_folder):
+    root, truth = colour_folder
+    data = load_folder(str(root))
+    assert data.name == "aerial"
+    assert data.classes.names == [n for n, _, _ in FOLDER_CLASSES]
+    assert sorted(s.name for s in data.samples) == sorted(truth)
+    with rasterio.open(root / "masks" / "image_part_001t2.png") as src:  # the fixture really is paletted
+        assert src.count == 1 and src.colorinterp[0] == rasterio.enums.ColorInterp.palette
+    for sample in data.samples:
+        ids = truth[sample.name]
+        assert data.size(sample) == ids.shape
+        np.testing.assert_array_equal(data.read_labels(sample, *ids.shape), ids, err_msg=sample.name)
+        image, labels = data.read(sample, 3, 5, 10, 20)
+        assert image.shape == (3, 10, 20)
+        np.testing.assert_array_equal(labels, ids[3:13, 5:25], err_msg=sample.name)
+    assert data.splits == {"train": sorted(truth), "test": []}
+
+
+def test_folder_colour_masks_without_ignore_colour_refused(colour_folder):
+    root, _ = colour_folder
+    _class_file(root, ignore=False)  # the grey rows (~7%) are now colours of no class
+    data = load_folder(str(root))
+    sample = next(s for s in data.samples if s.name == "image_part_001t1")
+    with pytest.raises(GeoprotoError, match="colours of no class"):
+        data.read_labels(sample, *data.size(sample))
+
+
+def test_folder_holdout_and_split_file(colour_folder, tmp_path):
+    root, truth = colour_folder
+    data = load_folder(str(root), holdout="t3$")
+    assert [s.name for s in data.subset("test")] == ["image_part_001t3", "image_part_002t3"]
+    assert len(data.subset("train")) == 4 and all(not s.name.endswith("t3") for s in data.subset("train"))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["image_part_001t1", "image_part_002t2"], "val": ["image_part_001t3"]}))
+    data = load_folder(str(root), split_file=str(split))
+    assert [s.name for s in data.subset("train")] == ["image_part_001t1", "image_part_002t2"]
+    assert [s.name for s in data.subset("val")] == ["image_part_001t3"]
+    split.write_text("not json")
+    with pytest.raises(GeoprotoError, match="not a split file"):
+        load_folder(str(root), split_file=str(split))
+
+
+def test_folder_integer_masks(tmp_path):
+    root = tmp_path / "ints"
+    rng = np.random.default_rng(9)
+    ids = rng.integers(0, 5, (20, 30)).astype(np.uint8)
+    write_raster(root / "images" / "a.png", rng.integers(0, 256, (3, 20, 30), dtype=np.uint8), driver="PNG")
+    write_raster(root / "masks" / "a.png", ids, driver="PNG")
+    _class_file(root, colours=False)
+    data = load_folder(str(root))
+    assert data.classes.ids == [1, 2, 3, 4] and data.decoder.colors is None
+    np.testing.assert_array_equal(data.read_labels(data.samples[0], 20, 30), ids)
+    image, labels = data.read(data.samples[0], 2, 3, 10, 12)
+    np.testing.assert_array_equal(labels, ids[2:12, 3:15])
+    assert image.shape == (3, 10, 12)
+
+
+def test_folder_errors(tmp_path):
+    root = tmp_path / "f"
+    with pytest.raises(GeoprotoError, match="images/ and masks/"):
+        load_folder(str(root))
+    write_raster(root / "images" / "a.png", np.zeros((3, 8, 8), np.uint8), driver="PNG")
+    write_raster(root / "masks" / "b.png", np.zeros((8, 8), np.uint8), driver="PNG")
+    with pytest.raises(GeoprotoError, match="no classes.json"):
+        load_folder(str(root))
+    _class_file(root, colours=False)
+    with pytest.raises(GeoprotoError, match="same name"):
+        load_folder(str(root))
+
+
+def test_folder_read_labels_resamples_png(tmp_path):
+    """``read_labels(sample, h, w)`` must return h x w ids for PNG masks too (class_cells relies on it)."""
+    root = tmp_path / "f"
+    ids = np.ones((64, 96), np.uint8)
+    ids[:, 48:] = 2
+    write_raster(root / "images" / "a.png", np.zeros((3, 64, 96), np.uint8), driver="PNG")
+    write_raster(root / "masks" / "a.png", ids, driver="PNG")
+    _class_file(root, colours=False)
+    data = load_folder(str(root))
+    labels = data.read_labels(data.samples[0], 16, 24)
+    assert labels.shape == (16, 24)
+    np.testing.assert_array_equal(labels, ids[::4, ::4])
+
+
+def test_shared_dubai_folder():
+    if not DUBAI.is_dir():
+        pytest.skip(f"shared data not found at {DUBAI}")
+    data = load_folder(str(DUBAI), holdout="t6$")
+    assert len(data.subset("train")) == 45 and len(data.subset("test")) == 9
+    assert all(s.name.endswith("t6") for s in data.subset("test"))
+    counts = np.zeros(len(data.classes.ids) + 1, np.int64)
+    for sample in data.samples:
+        labels = data.read_labels(sample, *data.size(sample))
+        counts += np.bincount(labels.ravel(), minlength=len(counts))
+    shares = dict(zip(data.classes.names, counts[1:] / counts[1:].sum() * 100))
+    expected = {"land": 39, "water": 31, "building": 12, "vegetation": 10, "road": 8}
+    for name, share in expected.items():
+        assert abs(shares[name] - share) <= 1.5, shares
+    assert counts[0] / counts.sum() < 0.02  # the ignore colour only
+
+
+# ------------------------------------------------------------------------------------- episodes
+
+EP_SIZE = 192
+
+
+def _stripes() -> np.ndarray:
+    """Class 1 left third, 2 middle third, right third 3 (top) / 4 (bottom); an unlabelled band on top."""
+    ids = np.zeros((EP_SIZE, EP_SIZE), np.uint8)
+    third = EP_SIZE // 3
+    ids[:, :third], ids[:, third:2 * third] = 1, 2
+    ids[:EP_SIZE // 2, 2 * third:], ids[EP_SIZE // 2:, 2 * third:] = 3, 4
+    ids[:6, :] = 0
+    return ids
+
+
+def _episode_folder(root: Path, mask_suffix: str = "tif", class_ids=(1, 2, 3, 4, 5)) -> Path:
+    """Two images whose first band encodes the class (40 x id), so a crop's true classes can be read back
+    from its pixels after flips and rotations."""
+    for index, ids in enumerate([_stripes(), np.rot90(_stripes()).copy()]):
+        image = np.stack([ids * 40, np.full_like(ids, 100), np.full_like(ids, 7 * index)]).astype(np.uint8)
+        write_raster(root / "images" / f"img{index}.png", image, driver="PNG")
+        mapped = np.array([0, *class_ids[:4]], np.uint8)[ids]
+        write_raster(root / "masks" / f"img{index}.{mask_suffix}", mapped,
+                     driver="PNG" if mask_suffix == "png" else "GTiff")
+    names = ["building", "land", "road", "water", "vegetation"]
+    (root / "classes.json").write_text(json.dumps({str(i): n for i, n in zip(class_ids, names)}))
+    return root
+
+
+def _true_classes(images: np.ndarray) -> np.ndarray:
+    return np.rint(images[:, 0] * 255 / 40).astype(np.int64)
+
+
+def _check_episode(episode, spec: EpisodeSpec, ignored: tuple[int, ...], known: tuple[int, ...]):
+    n = spec.ways * spec.shots
+    s = spec.crop
+    assert episode["support_images"].shape == (n, 3, s, s) and episode["support_images"].dtype == np.float32
+    assert episode["support_labels"].shape == (n, s, s) and episode["support_labels"].dtype == np.int64
+    assert episode["query_images"].shape == (spec.queries, 3, s, s)
+    assert episode["query_labels"].shape == (spec.queries, s, s)
+    classes = [int(c) for c in episode["classes"]]
+    assert len(classes) == spec.ways == len(set(classes))
+    for k in range(n):
+        assert (episode["support_labels"][k] == 2 + k // spec.shots).any(), (k, classes)
+    for images, labels in ((episode["support_images"], episode["support_labels"]),
+                           (episode["query_images"], episode["query_labels"])):
+        assert set(np.unique(labels)) <= set(range(spec.ways + 2))
+        true = _true_classes(images)
+        expected = np.where(np.isin(true, known), 1, 0)
+        expected[np.isin(true, ignored)] = 0
+        for position, class_id in enumerate(classes):
+            expected[true == class_id] = 2 + position
+        np.testing.assert_array_equal(labels, expected)  # also: image and labels turned together
+    for q in range(spec.queries):
+        assert (episode["query_labels"][q] >= 2).any()
+
+
+def test_episode_sampler(tmp_path):
+    data = load_folder(str(_episode_folder(tmp_path / "ep")))
+    spec = EpisodeSpec(ways=2, shots=2, queries=2, crop=64)
+    sampler = EpisodeSampler(data, data.samples, [1, 2, 3], spec, seed=5, ignored_classes=(4,))
+    assert sorted(sampler.classes) == [1, 2, 3]
+    first, again = sampler.episode(3), sampler.episode(3)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])
+    # A second sampler (another worker) builds the same episode.
+    other = EpisodeSampler(data, data.samples, [1, 2, 3], spec, seed=5, ignored_classes=(4,)).episode(3)
+    np.testing.assert_array_equal(first["support_images"], other["support_images"])
+    episodes = [sampler.episode(i) for i in range(6)]
+    for i, episode in enumerate(episodes):
+        _check_episode(episode, spec, ignored=(4,), known=(1, 2, 3, 4, 5))
+        if i != 3:
+            assert not np.array_equal(episode["support_images"], first["support_images"])
+    assert len({tuple(e["classes"]) for e in episodes}) > 1
+    assert any((e["support_labels"] == 1).any() or (e["query_labels"] == 1).any() for e in episodes)
+    # Pixels of the reserved class 4 did occur in some crop, and were all ignored.
+    assert any((_true_classes(e["support_images"]) == 4).any() for e in episodes)
+
+
+def test_episode_sampler_crop_larger_than_image(tmp_path):
+    data = load_folder(str(_episode_folder(tmp_path / "ep")))
+    spec = EpisodeSpec(ways=1, shots=1, queries=1, crop=256)
+    episode = EpisodeSampler(data, data.samples, [1, 2], spec, seed=0).episode(0)
+    assert episode["support_images"].shape == (1, 3, 256, 256)
+    labels = episode["support_labels"][0]
+    assert (labels == 0).sum() >= 256 * 256 - EP_SIZE * EP_SIZE  # the padding is unlabelled
+
+
+def test_episode_sampler_too_many_ways(tmp_path):
+    data = load_folder(str(_episode_folder(tmp_path / "ep")))
+    with pytest.raises(GeoprotoError, match="cannot build 4-way episodes"):
+        EpisodeSampler(data, data.samples, [1, 2, 3], EpisodeSpec(ways=4, shots=1, queries=1, crop=64), 0)
+    # Class 5 (vegetation) is in classes.json but in no image.
+    with pytest.raises(GeoprotoError, match=r"only 4 class\(es\).*vegetation missing"):
+        EpisodeSampler(data, data.samples, [1, 2, 3, 4, 5], EpisodeSpec(ways=5, shots=1, queries=1, crop=64), 0)
+    with pytest.raises(GeoprotoError, match="no images"):
+        EpisodeSampler(data, [], [1], EpisodeSpec(ways=1, shots=1, queries=1, crop=64), 0)
+
+
+def test_episode_sampler_png_masks(tmp_path):
+    """The usual folder layout (PNG masks): every class present must be found by the cell index."""
+    data = load_folder(str(_episode_folder(tmp_path / "ep", mask_suffix="png")))
+    spec = EpisodeSpec(ways=4, shots=1, queries=1, crop=64)
+    sampler = EpisodeSampler(data, data.samples, [1, 2, 3, 4], spec, seed=1)
+    assert sorted(sampler.classes) == [1, 2, 3, 4]
+    _check_episode(sampler.episode(0), spec, ignored=(), known=(1, 2, 3, 4, 5))
+
+
+def test_episode_sampler_non_contiguous_class_ids(tmp_path):
+    """classes.json ids need not be 1..K (e.g. 1, 2, 5, 7): every class present must be usable."""
+    data = load_folder(str(_episode_folder(tmp_path / "ep", class_ids=(1, 2, 5, 7, 9))))
+    assert data.classes.ids == [1, 2, 5, 7, 9]
+    spec = EpisodeSpec(ways=4, shots=1, queries=1, crop=64)
+    sampler = EpisodeSampler(data, data.samples, [1, 2, 5, 7], spec, seed=1)
+    assert sorted(sampler.classes) == [1, 2, 5, 7]
