@@ -28,7 +28,7 @@ from .models import Encoder
 from .output import NODATA
 from .raster import open_raster
 from .segment import FeatureExtractor
-from .support import ClassInfo, RasterLabels, load_vector_support
+from .support import ClassInfo, RasterLabels
 from .tiling import tile_grid
 
 PATCH = 417

@@ -8,23 +8,23 @@ window's core and write it. Memory is bounded by batch x window, whatever the ra
 
 from __future__ import annotations
 
-import sys
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import crf as crf_module
 from .errors import GeoprotoError
-from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities
+from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
 from .models import DEFAULT_BACKBONE, Encoder, build_encoder
-from .output import NODATA, ResultWriter, StagedOutputs, convert_to_cog, write_polygons, write_preview
+from .output import ResultWriter, StagedOutputs, convert_to_cog, write_polygons, write_preview
+from .pipeline import run_tiles
 from .raster import RasterSource
 from .support import ClassInfo, load_support
-from .tiling import Tile, tile_grid
+from .tiling import tile_grid
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
@@ -48,6 +48,7 @@ class SegmentOptions:
     alpha: float = DEFAULT_ALPHA
     device: str = "auto"
     batch_size: int | None = None
+    workers: int | None = None  # DenseCRF processes; None: one per core, 0: in the main process
     # Support
     class_field: str | None = None
     layer: str | None = None
@@ -55,6 +56,7 @@ class SegmentOptions:
     assume_crs: str | None = None
     classes_file: str | None = None
     support_image: str | None = None
+    buffer: float = 0.0
     # DenseCRF; ``crf_bilateral_m`` None means ``crf_params.bilateral_sxy`` is taken as pixels.
     crf: bool = True
     crf_params: crf_module.CRFParams = field(default_factory=crf_module.CRFParams)
@@ -206,9 +208,10 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             with support_source.dataset() as support_src:
                 labels = load_support(support, support_src, options.class_field, options.layer,
                                       options.support_crs, options.classes_file,
-                                      None if options.support_image else crs)
+                                      None if options.support_image else crs, options.buffer)
             device = resolve_device(options.device)
             batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
+            workers = (os.cpu_count() or 1) if options.workers is None else options.workers
             encoder, encoder_info = build_encoder(options.backbone, options.checkpoint, options.init_weights)
             extract = FeatureExtractor(encoder, device)
             size = options.tile_size
@@ -224,8 +227,9 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             tiles = tile_grid(src.height, src.width, size, options.overlap)
             writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp)
             try:
-                counts, crf_rejected = _segment_tiles(src, source, tiles, extract, prototypes, classes, writer,
-                                                      size, options, crf_params, batch_size)
+                counts, crf_rejected, stage_seconds = run_tiles(
+                    source, tiles, extract, prototypes, np.array(classes.ids, np.uint8), writer, size,
+                    options.alpha, crf_params if options.crf else None, batch_size, workers, options.progress)
             finally:
                 writer.close()
         if options.cog:
@@ -242,7 +246,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
         "seconds": round(time.perf_counter() - started, 3), "device": device.type, "encoder": encoder_info,
         "classes": [{"id": i, "name": n, "pixels": int(counts[k])}
                     for k, (i, n) in enumerate(zip(classes.ids, classes.names))],
-        "nodata_pixels": int(counts[-1]), "support": support_stats,
+        "nodata_pixels": int(counts[-1]), "support": support_stats, "stage_seconds": stage_seconds,
         "crf": {"enabled": options.crf, **({"iterations": crf_params.iterations,
                                             "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
                                             "tiles_kept_unrefined": crf_rejected} if options.crf else {})},
@@ -250,34 +254,3 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     if polygons is not None:
         summary["polygons"] = polygons
     return summary
-
-
-def _segment_tiles(src, source: RasterSource, tiles: list[Tile], extract: FeatureExtractor,
-                   prototypes: torch.Tensor, classes: ClassInfo, writer: ResultWriter, size: int,
-                   options: SegmentOptions, crf_params: crf_module.CRFParams, batch_size: int):
-    ids = np.array(classes.ids, np.uint8)
-    counts = np.zeros(len(ids) + 1, np.int64)  # the last entry counts nodata pixels
-    crf_rejected = 0
-    with tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not options.progress,
-              desc="segment") as bar:
-        for chunk in _batches(tiles, batch_size):
-            reads = [source.read(src, tile, size) for tile in chunk]
-            features = extract(np.stack([image for image, _ in reads]))
-            with torch.inference_mode():
-                probabilities = class_probabilities(features, prototypes, (size, size), options.alpha).cpu().numpy()
-            for tile, (image, valid), tile_probabilities in zip(chunk, reads, probabilities):
-                tile_probabilities = tile_probabilities[:, : tile.height, : tile.width]
-                if options.crf and valid.any():
-                    tile_probabilities, kept = crf_module.refine(
-                        image[:, : tile.height, : tile.width], tile_probabilities, crf_params)
-                    crf_rejected += not kept
-                labels = ids[tile_probabilities.argmax(0)]
-                labels[~valid[: tile.height, : tile.width]] = NODATA
-                writer.write(tile, labels, tile_probabilities)
-                rows, cols = tile.core_slices
-                core = labels[rows, cols]
-                for k, class_id in enumerate(ids):
-                    counts[k] += int((core == class_id).sum())
-                counts[-1] += int((core == NODATA).sum())
-                bar.update(1)
-    return counts, crf_rejected

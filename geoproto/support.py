@@ -30,6 +30,7 @@ from .tiling import Tile
 CLASS_FIELD_CANDIDATES = ("class", "class_name", "classname", "class_id", "label", "landcover", "land_cover",
                           "category")
 MAX_CLASS_ID = 254
+TINY_POLYGON_PIXELS = 4.0
 
 
 @dataclass
@@ -114,8 +115,13 @@ class VectorLabels:
         transform = Affine.translation(tile.col, tile.row)
         for class_id in np.unique(self.class_ids[hits]):
             geoms = self.geometries[hits][self.class_ids[hits] == class_id]
-            burned = rasterize(((g, 1) for g in geoms), out_shape=(tile.height, tile.width),
-                               transform=transform, dtype="uint8")
+            burned = np.zeros((tile.height, tile.width), np.uint8)
+            for touched in (False, True):
+                # Polygons smaller than a few pixels may cover no pixel centre: burn every pixel they touch.
+                chosen = [g for g in geoms if (g.area < TINY_POLYGON_PIXELS) == touched]
+                if chosen:
+                    burned |= rasterize(((g, 1) for g in chosen), out_shape=(tile.height, tile.width),
+                                        transform=transform, dtype="uint8", all_touched=touched)
             labels[: tile.height, : tile.width][burned > 0] = class_id
             claimed[: tile.height, : tile.width] += burned
         labels[claimed > 1] = 0  # pixels claimed by two classes are ambiguous: leave them unlabelled
@@ -180,6 +186,19 @@ def palette_lookup(dataset, classes: ClassInfo) -> np.ndarray | None:
     return lookup
 
 
+POLYGONAL = {"Polygon", "MultiPolygon"}
+
+
+def _polygonal(geometry):
+    """The polygonal part of a repaired geometry (make_valid can return collections with lines)."""
+    import shapely
+
+    if geometry.geom_type in POLYGONAL:
+        return geometry
+    parts = [p for p in shapely.get_parts(geometry) if p.geom_type in POLYGONAL]
+    return shapely.MultiPolygon(parts) if parts else shapely.Polygon()
+
+
 def _class_column(frame, class_field: str | None, path: str) -> str:
     columns = [c for c in frame.columns if c != frame.geometry.name]
     if class_field:
@@ -238,10 +257,11 @@ def _check_declared_crs(frame, crs, path: str) -> None:
 
 def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
                         layer: str | None = None, support_crs: str | None = None,
-                        classes: ClassInfo | None = None, raster_crs=None) -> VectorLabels:
+                        classes: ClassInfo | None = None, raster_crs=None, buffer: float = 0.0) -> VectorLabels:
     """Read polygons, pick the class field, reproject to the raster's CRS and map into its pixel space.
 
-    ``raster_crs`` overrides the raster's own CRS (``--assume-crs`` for rasters that lack one).
+    ``raster_crs`` overrides the raster's own CRS (``--assume-crs`` for rasters that lack one);
+    ``buffer`` (in the raster's CRS units) turns points and lines into polygons.
     """
     import geopandas
     import pyogrio
@@ -263,9 +283,12 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         raise
     except Exception as exc:  # pyogrio raises several types for unreadable files
         raise GeoprotoError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
-    frame = frame[~(frame.geometry.isna() | frame.geometry.is_empty)]
-    if frame.empty:
+    missing = frame.geometry.isna() | frame.geometry.is_empty
+    if missing.all():
         raise GeoprotoError(f"{path}: holds no geometries")
+    if missing.any():
+        warnings.warn(f"{path}: skipped {int(missing.sum())} feature(s) without geometry")
+        frame = frame[~missing]
 
     try:
         declared = CRS.from_user_input(support_crs) if support_crs else frame.crs
@@ -283,11 +306,13 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         frame = frame.set_crs(declared, allow_override=True).to_crs(CRS.from_user_input(raster_crs.to_wkt()))
 
     kinds = set(frame.geometry.geom_type)
-    if not kinds <= {"Polygon", "MultiPolygon"}:
-        raise GeoprotoError(f"{path}: support must be polygons; found {', '.join(sorted(kinds))}")
+    if not kinds <= POLYGONAL and not buffer:
+        raise GeoprotoError(f"{path}: support must be polygons; found {', '.join(sorted(kinds - POLYGONAL))} "
+                            f"(give --buffer DISTANCE to turn points and lines into polygons)")
     invalid = ~frame.geometry.is_valid
     if invalid.any():
-        frame = frame.assign(geometry=shapely.make_valid(frame.geometry.values))
+        frame = frame.assign(geometry=[_polygonal(g) for g in shapely.make_valid(frame.geometry.values)])
+        frame = frame[~frame.geometry.is_empty]
         warnings.warn(f"{path}: repaired {int(invalid.sum())} invalid polygon(s)")
 
     column = _class_column(frame, class_field, path)
@@ -302,6 +327,9 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
     inverse = ~reference.transform
     matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
     geometries = np.array([shapely.affinity.affine_transform(g, matrix) for g in frame.geometry.values])
+    if buffer:
+        # The distance is in the raster's CRS units; in pixel space that is distance / pixel size.
+        geometries = shapely.buffer(geometries, buffer / abs(reference.transform.a))
     extent = shapely.box(0, 0, reference.width, reference.height)
     inside = shapely.intersects(geometries, extent)
     if not inside.any():
@@ -311,14 +339,14 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
 
 def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
                  layer: str | None = None, support_crs: str | None = None,
-                 classes_file: str | None = None, raster_crs=None):
+                 classes_file: str | None = None, raster_crs=None, buffer: float = 0.0):
     """Vector or raster support, told apart by whether GDAL opens the file as a raster."""
     classes = read_class_file(classes_file) if classes_file else None
     if not os.path.exists(path):
         raise GeoprotoError(f"{path}: no such file")
     if _is_raster(path):
         return RasterLabels(path, reference, classes)
-    return load_vector_support(path, reference, class_field, layer, support_crs, classes, raster_crs)
+    return load_vector_support(path, reference, class_field, layer, support_crs, classes, raster_crs, buffer)
 
 
 def _is_raster(path: str) -> bool:

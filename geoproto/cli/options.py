@@ -103,6 +103,8 @@ encoder_options = [
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
     click.option("--batch-size", type=click.IntRange(1), help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
 ]
+workers_option = click.option("--workers", type=click.IntRange(0),
+                              help="DenseCRF worker processes [default: one per core; 0: none].")
 
 dataset_options = [
     click.option("--dataset", type=click.Choice(["isprs", "pascal5i", "folder"]), required=True,

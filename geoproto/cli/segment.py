@@ -6,7 +6,7 @@ import click
 
 from ..crf import CRFParams
 from ..segment import DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SegmentOptions, segment
-from .options import apply, encoder_options, handle_errors, json_option, print_json, quiet_option
+from .options import apply, encoder_options, handle_errors, json_option, print_json, quiet_option, workers_option
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -22,9 +22,12 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--assume-crs", help="CRS of a raster that has none.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
               help="JSON of class ids, names and colours (for label rasters and numeric codes).")
+@click.option("--buffer", type=click.FloatRange(min=0), default=0.0,
+              help="Buffer point and line support by this distance (raster CRS units, e.g. metres).")
 @click.option("--support-image", type=click.Path(dir_okay=False),
               help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery).")
 @apply(encoder_options)
+@workers_option
 @click.option("--tile-size", type=click.IntRange(32), default=DEFAULT_TILE_SIZE, show_default=True)
 @click.option("--overlap", type=click.IntRange(0), default=DEFAULT_OVERLAP, show_default=True,
               help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")

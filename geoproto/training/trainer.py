@@ -20,7 +20,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -29,7 +28,7 @@ from ..errors import GeoprotoError
 from ..fewshot import DEFAULT_ALPHA, masked_average_prototypes, match_logits
 from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
 from ..models.checkpoint import _safe_load
-from .episodes import EpisodeSampler, EpisodeSpec
+from .episodes import EpisodeSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003
 

@@ -1,0 +1,220 @@
+"""The tile pipeline of ``segment``: stages that overlap, with bounded queues between them.
+
+    reader thread -> [read queue] -> model (main thread, batches) -> DenseCRF process pool
+                  -> [write queue] -> writer thread
+
+Reading and writing hide behind the model; DenseCRF (single-threaded C++) runs in ``workers``
+processes. Every queue is bounded, so memory stays flat whatever the raster's size. Any stage's error
+stops all of them and is raised in the caller; the process pool is shut down before returning, so no
+worker outlives the run. Labels do not depend on ``workers`` or the batch size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import crf as crf_module
+from .fewshot import class_probabilities
+from .output import NODATA, ResultWriter
+from .raster import RasterSource
+from .tiling import Tile
+
+_DONE = object()
+
+
+@dataclass
+class TileResult:
+    tile: Tile
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    crf_kept: bool
+    seconds: float  # spent refining and labelling this tile
+
+
+def finish_tile(tile: Tile, image: np.ndarray | None, probabilities: np.ndarray | None, valid: np.ndarray,
+                ids: np.ndarray, crf_params: crf_module.CRFParams | None, keep_probabilities: bool) -> TileResult:
+    """CRF (if asked) and argmax of one tile, cropped to its window; runs in a worker process."""
+    started = time.perf_counter()
+    height, width = tile.height, tile.width
+    valid = valid[:height, :width]
+    if probabilities is None:  # nothing valid in the tile: the model did not run
+        return TileResult(tile, np.full((height, width), NODATA, np.uint8), None, True, 0.0)
+    probabilities = probabilities[:, :height, :width]
+    kept = True
+    if crf_params is not None:
+        probabilities, kept = crf_module.refine(image[:, :height, :width], probabilities, crf_params)
+    labels = ids[probabilities.argmax(0)]
+    labels[~valid] = NODATA
+    return TileResult(tile, labels, probabilities if keep_probabilities else None, kept,
+                      time.perf_counter() - started)
+
+
+def _ignore_sigint() -> None:
+    # The parent handles Ctrl-C and shuts the pool down; workers must not die mid-task on their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+class _Stage(threading.Thread):
+    """A daemon thread whose exception is kept for the main thread to raise."""
+
+    def __init__(self, target, name: str):
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self):
+        try:
+            self._target_fn()
+        except BaseException as exc:  # handed to the main thread
+            self.error = exc
+
+
+def _put(q: queue.Queue, item, stop: threading.Event, consumer: _Stage | None = None) -> bool:
+    while not stop.is_set():
+        if consumer is not None:
+            _check(consumer)
+            if not consumer.is_alive():
+                return False
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torch.Tensor, ids: np.ndarray,
+              writer: ResultWriter, size: int, alpha: float, crf_params: crf_module.CRFParams | None,
+              batch_size: int, workers: int, progress: bool) -> tuple[np.ndarray, int, dict]:
+    """Segment ``tiles`` and write them; returns (pixels per class + nodata, CRF-rejected tiles, seconds
+    spent in each stage: reading, model, CRF and labelling (summed over workers), writing)."""
+    stop = threading.Event()
+    read_queue: queue.Queue = queue.Queue(maxsize=2 * batch_size + 2)
+    write_queue: queue.Queue = queue.Queue(maxsize=2 * max(workers, 1) + batch_size)
+    counts = np.zeros(len(ids) + 1, np.int64)
+    state = {"crf_rejected": 0}
+    timings = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
+    keep_probabilities = writer.probabilities is not None
+
+    def read_all():
+        with source.dataset() as src:
+            for tile in tiles:
+                started = time.perf_counter()
+                item = (tile, *source.read(src, tile, size))
+                timings["read"] += time.perf_counter() - started
+                if not _put(read_queue, item, stop):
+                    return
+        _put(read_queue, _DONE, stop)
+
+    def write_all():
+        while True:
+            item = write_queue.get()
+            if item is _DONE:
+                return
+            result: TileResult = item.result() if isinstance(item, Future) else item
+            started = time.perf_counter()
+            writer.write(result.tile, result.labels, result.probabilities)
+            timings["write"] += time.perf_counter() - started
+            timings["crf"] += result.seconds
+            rows, cols = result.tile.core_slices
+            counts[:] += _count(result.labels[rows, cols], ids)
+            state["crf_rejected"] += not result.crf_kept
+            bar.update(1)
+
+    pool = None
+    if crf_params is not None and workers > 0:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_ignore_sigint)
+    reader, writer_thread = _Stage(read_all, "geoproto-reader"), _Stage(write_all, "geoproto-writer")
+    bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not progress, desc="segment")
+    try:
+        reader.start()
+        writer_thread.start()
+        finished = False
+        while not finished:
+            batch = []
+            while len(batch) < batch_size:
+                item = _get(read_queue, reader)
+                if item is _DONE:
+                    finished = True
+                    break
+                batch.append(item)
+            if not batch:
+                break
+            valid_rows = [i for i, (_, _, valid) in enumerate(batch) if valid.any()]
+            probabilities = {}
+            if valid_rows:
+                started = time.perf_counter()
+                features = extract(np.stack([batch[i][1] for i in valid_rows]))
+                with torch.inference_mode():
+                    scores = class_probabilities(features, prototypes, (size, size), alpha).float().cpu().numpy()
+                probabilities = dict(zip(valid_rows, scores))
+                timings["model"] += time.perf_counter() - started
+            for i, (tile, image, valid) in enumerate(batch):
+                args = (tile, image if crf_params is not None else None, probabilities.get(i), valid, ids,
+                        crf_params, keep_probabilities)
+                item = pool.submit(finish_tile, *args) if pool is not None and i in probabilities \
+                    else finish_tile(*args)
+                if not _put(write_queue, item, stop, writer_thread):
+                    break
+        _put(write_queue, _DONE, stop, writer_thread)
+        while writer_thread.is_alive():
+            writer_thread.join(0.1)
+        _check(writer_thread)
+        _check(reader)
+    except BaseException:
+        stop.set()
+        _drain(write_queue)
+        raise
+    finally:
+        stop.set()
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for stage in (reader, writer_thread):
+            if stage.ident is not None:
+                stage.join(5)
+    return counts, state["crf_rejected"], {k: round(v, 3) for k, v in timings.items()}
+
+
+def _count(core: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    histogram = np.bincount(core.ravel(), minlength=256)
+    return np.append(histogram[ids], histogram[NODATA])
+
+
+def _get(q: queue.Queue, producer: _Stage):
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            _check(producer)
+            if not producer.is_alive() and q.empty():
+                _check(producer)
+                return _DONE
+
+
+def _check(stage: _Stage) -> None:
+    if stage.error is not None:
+        raise stage.error
+
+
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(item, Future):
+            item.cancel()
