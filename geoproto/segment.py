@@ -23,7 +23,7 @@ from .models import DEFAULT_BACKBONE, Encoder, build_encoder
 from .output import ResultWriter, StagedOutputs, convert_to_cog, write_polygons, write_preview
 from .pipeline import run_tiles
 from .raster import RasterSource
-from .support import ClassInfo, load_support
+from .support import ClassInfo, is_raster, load_support
 from .tiling import tile_grid
 
 DEFAULT_TILE_SIZE = 417
@@ -177,49 +177,70 @@ def _pixel_size_m(src, crs) -> float | None:
     return float(abs(src.transform.a) * unit) if src.transform.b == 0 else None
 
 
-def segment(image: str, support: str, output: str, options: SegmentOptions | None = None) -> dict:
-    """Segment ``image`` into the classes of ``support`` and write ``output``; returns a summary."""
+@dataclass
+class Inputs:
+    """The opened orthophoto and support: what every command working on a raster + support needs."""
+
+    source: RasterSource
+    crs: object  # the raster's CRS, or --assume-crs, or None
+    support_source: RasterSource
+    labels: object  # VectorLabels or RasterLabels
+    classes: ClassInfo
+
+
+def open_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
+    """Open the orthophoto and its support, checking them against each other."""
     from rasterio.crs import CRS
 
-    options = options or SegmentOptions()
-    started = time.perf_counter()
+    source = RasterSource.open(image, options.bands)
+    with source.dataset() as src:
+        crs = src.crs
+    if options.assume_crs:
+        if crs is not None:
+            raise GeoprotoError(f"{image}: has a CRS already; --assume-crs is for rasters without one")
+        try:
+            crs = CRS.from_user_input(options.assume_crs)
+        except Exception as exc:
+            raise GeoprotoError(f"--assume-crs {options.assume_crs!r}: not a CRS ({exc})") from None
+    support_source = RasterSource.open(options.support_image, options.bands) if options.support_image else source
+    with support_source.dataset() as support_src:
+        labels = load_support(support, support_src, options.class_field, options.layer, options.support_crs,
+                              options.classes_file, None if options.support_image else crs, options.buffer)
+    classes = getattr(labels, "classes", None)
+    if classes is None:
+        classes = _raster_classes(labels, support_source, options.tile_size, options.overlap)
+    return Inputs(source, crs, support_source, labels, classes)
+
+
+def _check_tiling(options: SegmentOptions) -> None:
     if options.tile_size < 32:
         raise GeoprotoError("--tile-size must be at least 32 pixels")
     if not 0 <= options.overlap < options.tile_size // 2:
         raise GeoprotoError("--overlap must be at least 0 and less than half the tile size")
+
+
+def segment(image: str, support: str, output: str, options: SegmentOptions | None = None) -> dict:
+    """Segment ``image`` into the classes of ``support`` and write ``output``; returns a summary."""
+    options = options or SegmentOptions()
+    started = time.perf_counter()
+    _check_tiling(options)
     staged = StagedOutputs(options.overwrite)
     class_tmp = staged.stage(output)
     probability_tmp = staged.stage(options.probabilities) if options.probabilities else None
     vector_tmp = staged.stage(options.vector) if options.vector else None
     preview_tmp = staged.stage(options.preview) if options.preview else None
     try:
-        source = RasterSource.open(image, options.bands)
+        inputs = open_inputs(image, support, options)
+        source, crs, labels = inputs.source, inputs.crs, inputs.labels
         with source.dataset() as src:
-            crs = src.crs
-            if options.assume_crs:
-                if crs is not None:
-                    raise GeoprotoError(f"{image}: has a CRS already; --assume-crs is for rasters without one")
-                try:
-                    crs = CRS.from_user_input(options.assume_crs)
-                except Exception as exc:
-                    raise GeoprotoError(f"--assume-crs {options.assume_crs!r}: not a CRS ({exc})") from None
-            support_source = RasterSource.open(options.support_image, options.bands) if options.support_image \
-                else source
-            with support_source.dataset() as support_src:
-                labels = load_support(support, support_src, options.class_field, options.layer,
-                                      options.support_crs, options.classes_file,
-                                      None if options.support_image else crs, options.buffer)
             device = resolve_device(options.device)
             batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
             encoder, encoder_info = build_encoder(options.backbone, options.checkpoint, options.init_weights)
             extract = FeatureExtractor(encoder, device)
             size = options.tile_size
-            classes = getattr(labels, "classes", None)
-            if classes is None:
-                classes = _raster_classes(labels, support_source, size, options.overlap)
-            prototypes, classes, support_stats = build_prototypes(extract, support_source, labels, classes, size,
-                                                         options.overlap, batch_size)
+            prototypes, classes, support_stats = build_prototypes(extract, inputs.support_source, labels,
+                                                                  inputs.classes, size, options.overlap, batch_size)
             crf_params = options.crf_params
             if options.crf and options.crf_bilateral_m is not None:
                 sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, _pixel_size_m(src, crs))
@@ -254,3 +275,40 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     if polygons is not None:
         summary["polygons"] = polygons
     return summary
+
+
+DEFAULT_FOLDS = 5
+# Polygons closer than this share a fold: adjacent polygons (the two halves of one roof, a road cut in
+# pieces) would otherwise predict each other and flatter the score.
+DEFAULT_GROUP_DISTANCE_PX = 32.0
+
+
+def support_check(inputs: Inputs, extract: FeatureExtractor, options: SegmentOptions, batch_size: int,
+                  folds: int = DEFAULT_FOLDS, group_distance: float | None = None) -> dict:
+    """Cross-validate the support polygons with this encoder (see ``crossval``)."""
+    from . import crossval
+
+    with inputs.support_source.dataset() as src:
+        tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap)
+    windows = crossval.read_support_windows(inputs.support_source, inputs.labels, inputs.classes, tiles,
+                                            options.tile_size, folds, group_distance or DEFAULT_GROUP_DISTANCE_PX)
+    features = crossval.encode_windows(extract, windows, batch_size)
+    matrix = crossval.cross_validate(features, windows, len(inputs.classes.ids), folds, options.alpha)
+    return crossval.report(matrix, inputs.classes, inputs.labels, windows.folds)
+
+
+def check_support(image: str, support: str, options: SegmentOptions | None = None, folds: int = DEFAULT_FOLDS,
+                  group_distance: float | None = None) -> dict:
+    """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation."""
+    options = options or SegmentOptions()
+    _check_tiling(options)
+    if folds < 2:
+        raise GeoprotoError("--folds must be at least 2")
+    if os.path.exists(support) and is_raster(support):
+        raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label raster")
+    inputs = open_inputs(image, support, options)
+    device = resolve_device(options.device)
+    batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
+    encoder, encoder_info = build_encoder(options.backbone, options.checkpoint, options.init_weights)
+    result = support_check(inputs, FeatureExtractor(encoder, device), options, batch_size, folds, group_distance)
+    return {"input": image, "support": support, "encoder": encoder_info, **result}

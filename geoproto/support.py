@@ -115,17 +115,34 @@ class VectorLabels:
         transform = Affine.translation(tile.col, tile.row)
         for class_id in np.unique(self.class_ids[hits]):
             geoms = self.geometries[hits][self.class_ids[hits] == class_id]
-            burned = np.zeros((tile.height, tile.width), np.uint8)
-            for touched in (False, True):
-                # Polygons smaller than a few pixels may cover no pixel centre: burn every pixel they touch.
-                chosen = [g for g in geoms if (g.area < TINY_POLYGON_PIXELS) == touched]
-                if chosen:
-                    burned |= rasterize(((g, 1) for g in chosen), out_shape=(tile.height, tile.width),
-                                        transform=transform, dtype="uint8", all_touched=touched)
+            burned = _burn(geoms, np.ones(len(geoms)), tile, transform, "uint8")
             labels[: tile.height, : tile.width][burned > 0] = class_id
             claimed[: tile.height, : tile.width] += burned
         labels[claimed > 1] = 0  # pixels claimed by two classes are ambiguous: leave them unlabelled
         return labels
+
+    def read_polygons(self, tile: Tile, size: int) -> np.ndarray:
+        """Which polygon (index + 1, 0 for none) each pixel of the window belongs to."""
+        from shapely import box
+
+        hits = self.tree.query(box(tile.col, tile.row, tile.col + tile.width, tile.row + tile.height),
+                               predicate="intersects")
+        numbers = np.zeros((size, size), np.int32)
+        numbers[: tile.height, : tile.width] = _burn(self.geometries[hits], hits + 1, tile,
+                                                     Affine.translation(tile.col, tile.row), "int32")
+        return numbers
+
+
+def _burn(geometries, values, tile: Tile, transform, dtype: str) -> np.ndarray:
+    """Rasterise geometries with their values; polygons smaller than a few pixels may cover no pixel
+    centre, so every pixel they touch is burned instead."""
+    out = np.zeros((tile.height, tile.width), dtype)
+    for touched in (False, True):
+        chosen = [(g, v) for g, v in zip(geometries, values) if (g.area < TINY_POLYGON_PIXELS) == touched]
+        if chosen:
+            burned = rasterize(chosen, out_shape=out.shape, transform=transform, dtype=dtype, all_touched=touched)
+            out[burned > 0] = burned[burned > 0]
+    return out
 
 
 class RasterLabels:
@@ -344,12 +361,12 @@ def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: s
     classes = read_class_file(classes_file) if classes_file else None
     if not os.path.exists(path):
         raise GeoprotoError(f"{path}: no such file")
-    if _is_raster(path):
+    if is_raster(path):
         return RasterLabels(path, reference, classes)
     return load_vector_support(path, reference, class_field, layer, support_crs, classes, raster_crs, buffer)
 
 
-def _is_raster(path: str) -> bool:
+def is_raster(path: str) -> bool:
     from rasterio.errors import RasterioIOError
 
     try:

@@ -21,21 +21,22 @@ def dubai():
     return load_dataset("folder", str(DUBAI), holdout="t6$")
 
 
-def mean_episode_loss(encoder, sampler, episodes=12):
+def mean_episode_loss(encoder, sampler, ways, episodes=16):
     encoder.eval()
     with torch.no_grad():
         return sum(float(episode_loss(encoder, {k: torch.from_numpy(v) for k, v in sampler.episode(i).items()},
-                                      2, 20.0, False)) for i in range(episodes)) / episodes
+                                      ways + 1, 20.0, False)) for i in range(episodes)) / episodes
 
 
 def test_training_lowers_the_episode_loss_on_held_out_episodes(dubai, tmp_path):
-    config = TrainConfig(iterations=40, lr=1e-2, checkpoint_every=40, **SMALL)
+    episodes = {**SMALL, "ways": 2}
+    config = TrainConfig(iterations=40, lr=1e-3, lr_milestones=[10 ** 6], checkpoint_every=40, **episodes)
     train_sampler, _ = build_samplers(dubai, config, val_split="none")
-    held_out, _ = build_samplers(dubai, TrainConfig(seed=12345, **SMALL), val_split="none")
-    before = mean_episode_loss(build_encoder()[0], held_out)
+    held_out, _ = build_samplers(dubai, TrainConfig(seed=12345, **episodes), val_split="none")
+    before = mean_episode_loss(build_encoder()[0], held_out, 2)
     summary = train(train_sampler, None, config, str(tmp_path), progress=False)
-    after = mean_episode_loss(load_checkpoint(str(tmp_path / "model.pt"))[0], held_out)
-    # Measured: 0.918 -> 0.870 on these 12 episodes of other crops than the training ones.
+    after = mean_episode_loss(load_checkpoint(str(tmp_path / "model.pt"))[0], held_out, 2)
+    # Measured: 1.542 -> 1.410 on these 16 episodes, drawn with another seed than the training ones.
     assert after < 0.97 * before
     assert summary["iterations"] == 40 and summary["seconds_per_iteration"] > 0
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -3,6 +3,7 @@
 import click
 
 from .. import __version__
+from .check_support import check_support_command
 from .evaluate import evaluate_command
 from .score import score_command
 from .segment import segment_command
@@ -19,3 +20,4 @@ main.add_command(segment_command)
 main.add_command(train_command)
 main.add_command(evaluate_command)
 main.add_command(score_command)
+main.add_command(check_support_command)

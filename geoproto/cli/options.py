@@ -122,6 +122,19 @@ dataset_options = [
     click.option("--holdout", help="folder: regular expression of image names forming the test split."),
 ]
 
+support_options = [
+    click.option("--class-field", help="Vector field holding the class [default: detected]."),
+    click.option("--layer", help="Vector layer, for files with several."),
+    click.option("--support-crs", help="CRS of the support vector, overriding what it declares (e.g. EPSG:32616)."),
+    click.option("--assume-crs", help="CRS of a raster that has none."),
+    click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
+                 help="JSON of class ids, names and colours (for label rasters and numeric codes)."),
+    click.option("--buffer", type=click.FloatRange(min=0), default=0.0,
+                 help="Buffer point and line support by this distance (raster CRS units, e.g. metres)."),
+    click.option("--support-image", type=click.Path(dir_okay=False),
+                 help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery)."),
+]
+
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 

@@ -6,7 +6,8 @@ import click
 
 from ..crf import CRFParams
 from ..segment import DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SegmentOptions, segment
-from .options import apply, encoder_options, handle_errors, json_option, print_json, quiet_option, workers_option
+from .options import (apply, encoder_options, handle_errors, json_option, print_json, quiet_option,
+                      support_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -16,16 +17,7 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--support", "-s", required=True, type=click.Path(dir_okay=False),
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Class raster (GeoTIFF).")
-@click.option("--class-field", help="Vector field holding the class [default: detected].")
-@click.option("--layer", help="Vector layer, for files with several.")
-@click.option("--support-crs", help="CRS of the support vector, overriding what it declares (e.g. EPSG:32616).")
-@click.option("--assume-crs", help="CRS of a raster that has none.")
-@click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
-              help="JSON of class ids, names and colours (for label rasters and numeric codes).")
-@click.option("--buffer", type=click.FloatRange(min=0), default=0.0,
-              help="Buffer point and line support by this distance (raster CRS units, e.g. metres).")
-@click.option("--support-image", type=click.Path(dir_okay=False),
-              help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery).")
+@apply(support_options)
 @apply(encoder_options)
 @workers_option
 @click.option("--tile-size", type=click.IntRange(32), default=DEFAULT_TILE_SIZE, show_default=True)

@@ -1,0 +1,38 @@
+"""``geoproto check-support``: are the support polygons enough to tell the classes apart?"""
+
+from __future__ import annotations
+
+import click
+
+from ..segment import DEFAULT_FOLDS, SegmentOptions, check_support
+from .options import apply, encoder_options, handle_errors, print_json, support_options
+
+
+@click.command("check-support")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), help="Labelled polygons.")
+@apply(support_options)
+@apply(encoder_options)
+@click.option("--folds", type=click.IntRange(2), default=DEFAULT_FOLDS, show_default=True)
+@click.option("--group-distance", type=click.FloatRange(min=0),
+              help="Polygons closer than this many pixels share a fold [default: 32].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@handle_errors
+def check_support_command(image, support, folds, group_distance, as_json, **options):
+    """Cross-validate the support of IMAGE: per-class F1 when each group of polygons is predicted from
+    the others, the confusions between classes, and what to add. Exit code 0 whatever the result."""
+    report = check_support(image, support, SegmentOptions(progress=False, **options), folds, group_distance)
+    if as_json:
+        print_json(report)
+        return
+    click.echo(f"cross-validated over {report['folds']} spatial folds: overall accuracy "
+               f"{_fmt(report['overall_accuracy'])}, mean class F1 {_fmt(report['mean_f1'])}")
+    click.echo(f"{'class':>16} {'F1':>6} {'polygons':>9} {'held-out px':>12}")
+    for name, c in report["classes"].items():
+        click.echo(f"{name:>16} {_fmt(c['f1']):>6} {c['polygons']:>9} {c['held_out_pixels']:>12}")
+    for warning in report["warnings"]:
+        click.echo(f"Warning: {warning}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
