@@ -28,12 +28,15 @@ CONFUSION_WARNING = 0.3
 LOW_F1_WARNING = 0.5
 
 
+MAX_WINDOWS = 256  # windows cross-validated at most (chosen at random beyond): bounds memory and time
+
+
 @dataclass
 class SupportWindows:
-    """The support windows of one raster: tiles, images and per-pixel polygon numbers (0 = none)."""
+    """The support windows of one raster: tiles and per-pixel polygon numbers (0 = none)."""
 
+    source: RasterSource
     tiles: list[Tile]
-    images: np.ndarray  # N x 3 x S x S
     polygons: np.ndarray  # N x S x S, polygon index + 1
     polygon_classes: np.ndarray  # class position (1..K) of each polygon
     folds: np.ndarray  # fold of each polygon
@@ -80,24 +83,32 @@ def spatial_folds(labels: VectorLabels, classes: ClassInfo, folds: int, group_di
 
 def read_support_windows(source: RasterSource, labels: VectorLabels, classes: ClassInfo, tiles: list[Tile],
                          size: int, folds: int, group_distance: float) -> SupportWindows:
-    chosen, images, polygons = [], [], []
-    with source.dataset() as src:
-        for tile in labels.candidate_tiles(tiles):
-            numbers = labels.read_polygons(tile, size)
-            if numbers.any():
-                chosen.append(tile)
-                images.append(source.read(src, tile, size)[0])
-                polygons.append(numbers)
+    candidates = labels.candidate_tiles(tiles)
+    if len(candidates) > MAX_WINDOWS:
+        keep = np.random.default_rng(0).choice(len(candidates), MAX_WINDOWS, replace=False)
+        candidates = [candidates[i] for i in sorted(keep)]
+    chosen, polygons = [], []
+    for tile in candidates:
+        numbers = labels.read_polygons(tile, size)
+        if numbers.any():
+            chosen.append(tile)
+            polygons.append(numbers)
     position = {class_id: k + 1 for k, class_id in enumerate(classes.ids)}
-    return SupportWindows(chosen, np.stack(images), np.stack(polygons),
+    return SupportWindows(source, chosen, np.stack(polygons),
                           np.array([position[c] for c in labels.class_ids]),
                           spatial_folds(labels, classes, folds, group_distance))
 
 
 def encode_windows(extract, windows: SupportWindows, batch_size: int) -> torch.Tensor:
-    """Features of every support window (N x C x h x w, on the CPU)."""
-    return torch.cat([extract(windows.images[i:i + batch_size]).float().cpu()
-                      for i in range(0, len(windows.tiles), batch_size)])
+    """Features of every support window (N x C x h x w, half precision on the CPU to bound memory)."""
+    size = windows.polygons.shape[-1]
+    features = []
+    with windows.source.dataset() as src:
+        for start in range(0, len(windows.tiles), batch_size):
+            images = np.stack([windows.source.read(src, tile, size)[0]
+                               for tile in windows.tiles[start:start + batch_size]])
+            features.append(extract(images).cpu().half())
+    return torch.cat(features)
 
 
 def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes: int, folds: int,
@@ -121,7 +132,8 @@ def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes:
         sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
         windows_with = torch.zeros(num_classes)
         for n in range(len(features)):
-            means, area = window_class_means(features[n:n + 1], training_labels[n:n + 1].long(), num_classes)
+            means, area = window_class_means(features[n:n + 1].float(), training_labels[n:n + 1].long(),
+                                             num_classes)
             sums += (means[0] * (area[0] > 0)[:, None]).double()
             windows_with += (area[0] > 0).float()
         if (windows_with == 0).any():
@@ -129,7 +141,7 @@ def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes:
         prototypes = (sums / windows_with[:, None]).float()
         for n in torch.nonzero(held_out.flatten(1).any(1)).flatten().tolist():
             with torch.inference_mode():
-                predicted = class_probabilities(features[n:n + 1], prototypes, size, alpha)[0].argmax(0) + 1
+                predicted = class_probabilities(features[n:n + 1].float(), prototypes, size, alpha)[0].argmax(0) + 1
             mask = held_out[n]
             truth = class_map[n][mask].numpy() - 1
             guess = predicted[mask].numpy() - 1

@@ -19,11 +19,11 @@ import torch
 from . import crf as crf_module
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
-from .models import DEFAULT_BACKBONE, Encoder, build_encoder
+from .models import DEFAULT_BACKBONE, Encoder
 from .output import ResultWriter, StagedOutputs, convert_to_cog, write_polygons, write_preview
 from .pipeline import run_tiles
 from .raster import RasterSource
-from .support import ClassInfo, is_raster, load_support
+from .support import ClassInfo, VectorLabels, is_raster, load_support
 from .tiling import tile_grid
 
 DEFAULT_TILE_SIZE = 417
@@ -42,6 +42,7 @@ class SegmentOptions:
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_OVERLAP
     bands: list[int] | None = None
+    encoder: str = "imagenet"  # a shipped encoder (see models.shipped), or "auto" to choose by cross-validation
     backbone: str = DEFAULT_BACKBONE
     checkpoint: str | None = None
     init_weights: str | None = None
@@ -123,14 +124,14 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
     seen: set[int] = set()
     with source.dataset() as src:
         tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap))
-        labelled = []
+        labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
         for tile in tiles:
             window_labels = labels.read(tile, size)
             present = {int(v) for v in np.unique(window_labels) if v}
             unknown |= present - set(classes.ids)
             seen |= present
             if (lookup[window_labels] > 0).any():
-                labelled.append((tile, window_labels))
+                labelled.append(tile)
         if unknown:
             raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the --classes file")
         unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
@@ -141,9 +142,10 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
             lookup[classes.ids] = np.arange(1, len(classes.ids) + 1)
         accumulator = PrototypeAccumulator(len(classes.ids), extract.encoder.out_channels)
         for chunk in _batches(labelled, batch_size):
-            images = np.stack([source.read(src, tile, size)[0] for tile, _ in chunk])
+            images = np.stack([source.read(src, tile, size)[0] for tile in chunk])
             features = extract(images)
-            accumulator.add(features.cpu(), torch.from_numpy(np.stack([lookup[lab] for _, lab in chunk])))
+            accumulator.add(features.cpu(), torch.from_numpy(np.stack([lookup[labels.read(tile, size)]
+                                                                       for tile in chunk])))
             windows += len(chunk)
     empty = [name for name, pixels in zip(classes.names, accumulator.pixels.tolist()) if pixels == 0]
     if empty:
@@ -236,8 +238,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             device = resolve_device(options.device)
             batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
-            encoder, encoder_info = build_encoder(options.backbone, options.checkpoint, options.init_weights)
-            extract = FeatureExtractor(encoder, device)
+            extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size)
             size = options.tile_size
             prototypes, classes, support_stats = build_prototypes(extract, inputs.support_source, labels,
                                                                   inputs.classes, size, options.overlap, batch_size)
@@ -268,6 +269,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
         "classes": [{"id": i, "name": n, "pixels": int(counts[k])}
                     for k, (i, n) in enumerate(zip(classes.ids, classes.names))],
         "nodata_pixels": int(counts[-1]), "support": support_stats, "stage_seconds": stage_seconds,
+        **({"support_check": check} if check else {}),
         "crf": {"enabled": options.crf, **({"iterations": crf_params.iterations,
                                             "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
                                             "tiles_kept_unrefined": crf_rejected} if options.crf else {})},
@@ -283,20 +285,6 @@ DEFAULT_FOLDS = 5
 DEFAULT_GROUP_DISTANCE_PX = 32.0
 
 
-def support_check(inputs: Inputs, extract: FeatureExtractor, options: SegmentOptions, batch_size: int,
-                  folds: int = DEFAULT_FOLDS, group_distance: float | None = None) -> dict:
-    """Cross-validate the support polygons with this encoder (see ``crossval``)."""
-    from . import crossval
-
-    with inputs.support_source.dataset() as src:
-        tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap)
-    windows = crossval.read_support_windows(inputs.support_source, inputs.labels, inputs.classes, tiles,
-                                            options.tile_size, folds, group_distance or DEFAULT_GROUP_DISTANCE_PX)
-    features = crossval.encode_windows(extract, windows, batch_size)
-    matrix = crossval.cross_validate(features, windows, len(inputs.classes.ids), folds, options.alpha)
-    return crossval.report(matrix, inputs.classes, inputs.labels, windows.folds)
-
-
 def check_support(image: str, support: str, options: SegmentOptions | None = None, folds: int = DEFAULT_FOLDS,
                   group_distance: float | None = None) -> dict:
     """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation."""
@@ -309,6 +297,58 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     inputs = open_inputs(image, support, options)
     device = resolve_device(options.device)
     batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
-    encoder, encoder_info = build_encoder(options.backbone, options.checkpoint, options.init_weights)
-    result = support_check(inputs, FeatureExtractor(encoder, device), options, batch_size, folds, group_distance)
+    _, encoder_info, result = resolve_encoder(inputs, options, device, batch_size, folds,
+                                              group_distance or DEFAULT_GROUP_DISTANCE_PX)
     return {"input": image, "support": support, "encoder": encoder_info, **result}
+
+
+def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device, batch_size: int,
+                    folds: int = DEFAULT_FOLDS, group_distance: float = DEFAULT_GROUP_DISTANCE_PX):
+    """The encoder to segment with, its description, and the support check (cross-validation) when the
+    support is polygons: ``--checkpoint`` or ``--backbone``/``--init-weights`` when given, else the shipped
+    encoder ``options.encoder``; ``auto`` cross-validates every shipped encoder on the support and keeps
+    the one with the best mean class F1 (support windows are read once for all of them)."""
+    from . import crossval
+    from .models import build_shipped, concat_features, select_encoder, shipped_names
+
+    explicit = options.checkpoint or options.init_weights or options.backbone != DEFAULT_BACKBONE
+    candidates = shipped_names() if options.encoder == "auto" and not explicit else []
+    if not candidates:
+        encoder, info = select_encoder(options.encoder, options.backbone, options.checkpoint, options.init_weights)
+    if not isinstance(inputs.labels, VectorLabels):
+        if candidates:  # no polygons to cross-validate: the plain ImageNet encoder
+            encoder, info = build_shipped("imagenet")
+            info = {**info, "auto": "support is a label raster: no cross-validation, used imagenet"}
+        return FeatureExtractor(encoder, device), info, None
+
+    with inputs.support_source.dataset() as src:
+        tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap)
+    windows = crossval.read_support_windows(inputs.support_source, inputs.labels, inputs.classes, tiles,
+                                            options.tile_size, folds, group_distance)
+    num_classes = len(inputs.classes.ids)
+
+    def check_with(features):
+        matrix = crossval.cross_validate(features, windows, num_classes, folds, options.alpha)
+        return crossval.report(matrix, inputs.classes, inputs.labels, windows.folds)
+
+    if not candidates:
+        extract = FeatureExtractor(encoder, device)
+        return extract, info, check_with(crossval.encode_windows(extract, windows, batch_size))
+    built, features, reports = {}, {}, {}
+    for name in candidates:
+        parts = name.split("+")
+        if len(parts) == 1:
+            built[name] = build_shipped(name)
+            features[name] = crossval.encode_windows(FeatureExtractor(built[name][0], device), windows, batch_size)
+        else:  # a concatenation reuses its parts' features: no extra encoding
+            features[name] = concat_features([features[part] for part in parts])
+        reports[name] = check_with(features[name])
+    scores = {name: (r["mean_f1"] if r["mean_f1"] is not None else -1.0) for name, r in reports.items()}
+    picked = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+    encoder, info = built[picked] if picked in built else build_shipped(picked)
+    ranking = ", ".join(f"{name} {score:.3f}" for name, score in sorted(scores.items(), key=lambda kv: -kv[1]))
+    reason = f"picked {picked}: best cross-validated mean class F1 on the support ({ranking})"
+    if options.progress:
+        warnings.warn(f"--encoder auto {reason}")
+    info = {**info, "auto": {"picked": picked, "mean_f1": scores, "reason": reason}}
+    return FeatureExtractor(encoder, device), info, reports[picked]

@@ -13,7 +13,7 @@ import click
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..errors import GeoprotoError
-from ..models import BACKBONES, DEFAULT_BACKBONE
+from ..models import BACKBONES, DEFAULT_BACKBONE, shipped_names
 
 
 class Interrupted(Exception):
@@ -94,6 +94,8 @@ def parse_bands(ctx, param, value: str | None) -> list[int] | None:
 
 
 encoder_options = [
+    click.option("--encoder", type=click.Choice(["auto", *shipped_names()]), default="imagenet", show_default=True,
+                 help="Shipped encoder; auto cross-validates each on the support polygons and keeps the best."),
     click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE, show_default=True,
                  help="Encoder architecture (ignored with --checkpoint, which names its own)."),
     click.option("--checkpoint", type=click.Path(dir_okay=False), help="A trained geoproto checkpoint."),

