@@ -190,16 +190,26 @@ class RasterLabels:
         return labels
 
 
-def palette_lookup(dataset, classes: ClassInfo) -> np.ndarray | None:
-    """For a paletted label raster and classes with colours: palette index -> class id (0 if no class)."""
+def palette_colors(dataset) -> np.ndarray | None:
+    """A paletted uint8 band's colour table (256 x 3, palette index -> RGB), or None for other bands."""
     from rasterio.enums import ColorInterp
 
     if dataset.colorinterp[0] != ColorInterp.palette or dataset.dtypes[0] != "uint8":
         return None
-    lookup = np.zeros(256, np.uint8)
+    table = np.zeros((256, 3), np.uint8)
     for index, rgba in dataset.colormap(1).items():
-        if tuple(rgba[:3]) in classes.colors:
-            lookup[index] = classes.ids[classes.colors.index(tuple(rgba[:3]))]
+        table[index] = rgba[:3]
+    return table
+
+
+def palette_lookup(dataset, classes: ClassInfo) -> np.ndarray | None:
+    """For a paletted label raster and classes with colours: palette index -> class id (0 if no class)."""
+    table = palette_colors(dataset)
+    if table is None:
+        return None
+    lookup = np.zeros(256, np.uint8)
+    for class_id, color in zip(classes.ids, classes.colors):
+        lookup[np.all(table == np.array(color, np.uint8), axis=1)] = class_id
     return lookup
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from geoproto.raster import open_raster
 from geoproto.tiling import tile_grid
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
@@ -22,6 +23,18 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def spacenet(shared_data) -> Path:
     return shared_data / "spacenet-atlanta"
+
+
+@pytest.fixture
+def chip(spacenet):
+    with open_raster(str(spacenet / "sample_geotiff.tif")) as src:
+        yield src
+
+
+@pytest.fixture
+def albers_chip(spacenet):
+    with open_raster(str(spacenet / "sample_geotiff_custom_proj.tif")) as src:
+        yield src
 
 
 def _mosaic(labels, height: int, width: int, size: int = 128, overlap: int = 16) -> np.ndarray:

@@ -85,3 +85,23 @@ def test_raster_support_is_refused(tmp_path):
 @pytest.fixture(autouse=True)
 def _quiet_geopandas(recwarn):
     yield
+
+
+def test_auto_picks_the_encoder_that_cross_validates_best(tmp_path, monkeypatch):
+    """A shipped 'random' encoder (randomly initialised Lite0) against ImageNet: auto never takes the
+    random one, and takes whichever candidate cross-validates best (the concatenation may edge ahead)."""
+    import torch
+
+    from geoproto.models import Encoder, save_checkpoint, shipped
+
+    torch.manual_seed(0)
+    save_checkpoint(Encoder("efficientnet-lite0", with_head=False), str(tmp_path / "random.pt"))
+    monkeypatch.setitem(shipped.TRAINED, "random", tmp_path / "random.pt")
+    result = CliRunner().invoke(main, ["segment", str(CHIP), "--support", str(SUPPORT), "-o", str(tmp_path / "c.tif"),
+                                       "--encoder", "auto", "--no-crf", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    auto = json.loads(result.stdout)["encoder"]["auto"]
+    assert set(auto["mean_f1"]) == {"imagenet", "random", "imagenet+random"}
+    assert auto["mean_f1"]["imagenet"] > auto["mean_f1"]["random"] + 0.1
+    assert auto["picked"] == max(auto["mean_f1"], key=auto["mean_f1"].get) != "random"
+    assert f"picked {auto['picked']}" in auto["reason"]

@@ -36,18 +36,6 @@ def _label_raster(frame, classes: dict, src, path, nodata=None) -> np.ndarray:
     return labels
 
 
-@pytest.fixture
-def chip(spacenet):
-    with open_raster(str(spacenet / "sample_geotiff.tif")) as src:
-        yield src
-
-
-@pytest.fixture
-def albers_chip(spacenet):
-    with open_raster(str(spacenet / "sample_geotiff_custom_proj.tif")) as src:
-        yield src
-
-
 @pytest.fixture(scope="module")
 def building_frame(spacenet):
     frame = geopandas.read_file(spacenet / "geotiff_labels.geojson")

@@ -45,18 +45,6 @@ def buildings(spacenet, tmp_path):
     return path, frame
 
 
-@pytest.fixture
-def chip(spacenet):
-    with open_raster(str(spacenet / "sample_geotiff.tif")) as src:
-        yield src
-
-
-@pytest.fixture
-def albers_chip(spacenet):
-    with open_raster(str(spacenet / "sample_geotiff_custom_proj.tif")) as src:
-        yield src
-
-
 def test_vector_support_lands_on_the_right_pixels(buildings, chip, mosaic):
     path, frame = buildings
     labels = load_vector_support(str(path), chip)

@@ -54,6 +54,9 @@ def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m
                               crf_bilateral_m=None if crf_bilateral_px else crf_bilateral_m,
                               progress=not quiet, **options)
     summary = segment(image, support, output, settings)
+    if not quiet:
+        for warning in summary.get("support_check", {}).get("warnings", []):
+            click.echo(f"Warning: support check: {warning}", err=True)
     if as_json:
         print_json(summary)
     elif not quiet:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from ..errors import GeoprotoError
-from ..support import ClassInfo
+from ..support import ClassInfo, palette_colors
 
 # Share of label pixels whose colour matches no class (nor the ignore colour) tolerated before a
 # dataset is refused: JPEG-like noise on edges is accepted, a wrong colour table is not.
@@ -126,10 +126,8 @@ class LabelledDataset:
     def _read_labels(self, sample: Sample, height: int, width: int, window: Window | None) -> np.ndarray:
         with _open(sample.label) as src:
             data = _read(src, list(src.indexes), window, (height, width), Resampling.nearest)
-            if self.decoder.colors is not None and src.count == 1 and src.colorinterp[0] == ColorInterp.palette:
-                palette = np.zeros((256, 3), np.uint8)
-                for index, rgba in src.colormap(1).items():
-                    palette[index] = rgba[:3]
+            palette = palette_colors(src) if self.decoder.colors is not None and src.count == 1 else None
+            if palette is not None:
                 data = np.transpose(palette[data[0]], (2, 0, 1))
         return self.decoder(data)
 
