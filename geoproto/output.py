@@ -6,8 +6,11 @@ whole run succeeded, so a failed or interrupted run never leaves a half-written 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -26,6 +29,39 @@ VECTOR_STRIP_ROWS = 2048
 # Distinct colours for classes without one of their own (Okabe-Ito, then Tableau).
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
            (204, 121, 167), (127, 127, 127), (188, 189, 34), (23, 190, 207), (148, 103, 189), (140, 86, 75)]
+
+
+class _GDALErrors(logging.Handler):
+    """Collects the errors GDAL signalled (rasterio logs the ones it does not raise at INFO level)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR or "GDAL signalled an error" in message:
+            self.messages.append(message.split("msg=", 1)[-1].strip("'\""))
+
+
+@contextlib.contextmanager
+def gdal_write_errors(path: str):
+    """Raise if GDAL reported an error while writing: libtiff's write failures (disk full) are only
+    logged by rasterio, and the dataset still closes as if all was well."""
+    handler = _GDALErrors()
+    logger = logging.getLogger("rasterio")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    if handler.messages:
+        folder = os.path.dirname(os.path.abspath(path))
+        full = " (the disk is full)" if shutil.disk_usage(folder).free < 4 << 20 else ""
+        raise GeoprotoError(f"{path}: writing failed{full}: {handler.messages[0].rstrip('.')}")
 
 
 class StagedOutputs:

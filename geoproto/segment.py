@@ -20,7 +20,8 @@ from . import crf as crf_module
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
 from .models import DEFAULT_BACKBONE, Encoder
-from .output import ResultWriter, StagedOutputs, convert_to_cog, write_polygons, write_preview
+from .output import (ResultWriter, StagedOutputs, convert_to_cog, gdal_write_errors, write_polygons,
+                     write_preview)
 from .pipeline import run_tiles
 from .raster import RasterSource
 from .support import ClassInfo, VectorLabels, is_raster, load_support
@@ -247,18 +248,21 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                 sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, _pixel_size_m(src, crs))
                 crf_params = crf_module.CRFParams(**{**crf_params.__dict__, "bilateral_sxy": sxy})
             tiles = tile_grid(src.height, src.width, size, options.overlap)
-            writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp)
-            try:
-                counts, crf_rejected, stage_seconds = run_tiles(
-                    source, tiles, extract, prototypes, np.array(classes.ids, np.uint8), writer, size,
-                    options.alpha, crf_params if options.crf else None, batch_size, workers, options.progress)
-            finally:
-                writer.close()
-        if options.cog:
-            convert_to_cog(class_tmp)
-        polygons = write_polygons(class_tmp, vector_tmp, classes) if vector_tmp else None
-        if preview_tmp:
-            write_preview(class_tmp, preview_tmp, classes)
+            with gdal_write_errors(output):
+                writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp)
+                try:
+                    counts, crf_rejected, stage_seconds = run_tiles(
+                        source, tiles, extract, prototypes, np.array(classes.ids, np.uint8), writer, size,
+                        options.alpha, crf_params if options.crf else None, batch_size, workers,
+                        options.progress)
+                finally:
+                    writer.close()
+        with gdal_write_errors(output):
+            if options.cog:
+                convert_to_cog(class_tmp)
+            polygons = write_polygons(class_tmp, vector_tmp, classes) if vector_tmp else None
+            if preview_tmp:
+                write_preview(class_tmp, preview_tmp, classes)
         staged.commit()
     except BaseException:
         staged.discard()

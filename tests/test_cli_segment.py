@@ -240,3 +240,22 @@ def test_interrupted_run_leaves_nothing(tmp_path, signum, code):
     assert process.returncode == code, stderr
     assert "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 2 MB tmpfs (needs root, as on CI); skipped where it cannot be mounted."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_disk_full_midway_fails_cleanly(small_filesystem):
+    out = small_filesystem / "c.tif"
+    result = run(CHIP, "--support", SUPPORT, "-o", out, "--probabilities", small_filesystem / "p.tif", "--no-crf")
+    _assert_clean_failure(result, out, "writing failed", "disk is full")
+    assert list(small_filesystem.iterdir()) == []
