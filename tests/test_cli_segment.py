@@ -290,3 +290,30 @@ def test_custom_crs_chip_with_mislabelled_geojson(tmp_path):
     # Measured: 96% of the 13 held-out pivots' pixels are labelled pivot, against 63% of all other pixels
     # (many unlabelled pivots, and only three small "other" boxes). A wrong CRS or grid gives no such gap.
     assert (predicted[held_out] == pivot_id).mean() > (predicted[~held_out] == pivot_id).mean() + 0.2
+
+
+def test_rotated_grid_gives_the_same_labels(tmp_path):
+    """A non-north-up copy of the chip (same pixels, rotated 30 degrees on the ground) with its support
+    rotated the same way: every label must be the same, and the output keeps the rotated transform."""
+    from affine import Affine
+    from shapely.affinity import affine_transform
+
+    with rasterio.open(CHIP) as src:
+        profile, data, transform = src.profile, src.read(), src.transform
+    rotated = Affine.translation(transform.c, transform.f) * Affine.rotation(30) * Affine.scale(0.5, -0.5)
+    profile.update(transform=rotated)
+    with rasterio.open(tmp_path / "rotated.tif", "w", **profile) as dst:
+        dst.write(data)
+    to_pixels, to_rotated = ~transform, rotated
+    matrix = lambda a: [a.a, a.b, a.d, a.e, a.xoff, a.yoff]  # noqa: E731
+    support = geopandas.read_file(SUPPORT)
+    support["geometry"] = [affine_transform(affine_transform(g, matrix(to_pixels)), matrix(to_rotated))
+                           for g in support.geometry]
+    support.to_file(tmp_path / "rotated.gpkg")
+    for image, labels, out in ((CHIP, SUPPORT, tmp_path / "a.tif"),
+                               (tmp_path / "rotated.tif", tmp_path / "rotated.gpkg", tmp_path / "b.tif")):
+        result = run(image, "--support", labels, "-o", out, "--no-crf", "-q")
+        assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        assert b.transform.almost_equals(rotated)
+        assert (a.read(1) == b.read(1)).mean() > 0.999
