@@ -44,41 +44,35 @@ class SupportWindows:
 
 def spatial_folds(labels: VectorLabels, classes: ClassInfo, folds: int, group_distance: float,
                   seed: int = 0) -> np.ndarray:
-    """Fold number of each polygon: spatial groups (union of polygons within ``group_distance`` px of
-    each other) dealt to folds class by class, so every class is spread over the folds."""
+    """Fold number of each polygon: spatial groups (connected components of polygons within
+    ``group_distance`` px of each other) dealt to folds class by class (a group counts for the class
+    covering most of it), so every class is spread over the folds."""
     import shapely
 
     count = len(labels.geometries)
-    parent = np.arange(count)
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(*labels.tree.query(labels.geometries, predicate="dwithin", distance=group_distance)):
-        a, b = root(i), root(j)
-        if a != b:
-            parent[b] = a
-    groups = np.array([root(i) for i in range(count)])
-    areas = shapely.area(labels.geometries)
+    first, second = labels.tree.query(labels.geometries, predicate="dwithin", distance=group_distance)
+    groups = np.arange(count)
+    while True:  # connected components: propagate the smallest member index, with pointer jumping
+        merged = groups.copy()
+        np.minimum.at(merged, first, groups[second])
+        np.minimum.at(merged, second, groups[first])
+        merged = merged[merged]
+        if np.array_equal(merged, groups):
+            break
+        groups = merged
+    group_ids, group_of = np.unique(groups, return_inverse=True)
+    class_position = np.searchsorted(classes.ids, labels.class_ids)
+    area = np.zeros((len(group_ids), len(classes.ids)))
+    np.add.at(area, (group_of, class_position), shapely.area(labels.geometries))
+    dominant = area.argmax(1)
     rng = np.random.default_rng(seed)
-    fold_of_group = {}
-    next_fold = 0
-    for class_id in classes.ids:
-        class_groups = [g for g in np.unique(groups[labels.class_ids == class_id]) if g not in fold_of_group]
-        for group in rng.permutation(class_groups):
-            # the group's dominant class decides when it is dealt; it goes to the next fold in turn
-            members = groups == group
-            dominant = classes.ids[int(np.argmax([areas[members & (labels.class_ids == c)].sum()
-                                                  for c in classes.ids]))]
-            if dominant == class_id:
-                fold_of_group[group] = next_fold % folds
-                next_fold += 1
-    for group in np.unique(groups):
-        fold_of_group.setdefault(group, int(rng.integers(folds)))
-    return np.array([fold_of_group[g] for g in groups])
+    fold_of_group = np.zeros(len(group_ids), np.int64)
+    dealt = 0
+    for position in range(len(classes.ids)):
+        members = rng.permutation(np.nonzero(dominant == position)[0])
+        fold_of_group[members] = (dealt + np.arange(len(members))) % folds
+        dealt += len(members)
+    return fold_of_group[group_of]
 
 
 def read_support_windows(source: RasterSource, labels: VectorLabels, classes: ClassInfo, tiles: list[Tile],

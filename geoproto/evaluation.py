@@ -189,13 +189,13 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
         accumulator = PrototypeAccumulator(len(classes.ids), encoder.out_channels)
         for index in chosen:
             sample_index, tile, _ = support_patches[index]
-            image, labels = data.read(train_samples[sample_index], tile.row, tile.col, PATCH, PATCH)
+            image, labels = _read_patch(data, train_samples[sample_index], tile)
             accumulator.add(extract(image[None]).cpu(), torch.from_numpy(lookup[labels])[None])
         present = accumulator.pixels > 0
         prototypes = accumulator.prototypes()
         matrix = np.zeros((len(classes.ids), len(classes.ids)), np.int64)
         for number, (sample_index, tile, _) in enumerate(query_patches):
-            image, labels = data.read(test_samples[sample_index], tile.row, tile.col, PATCH, PATCH)
+            image, labels = _read_patch(data, test_samples[sample_index], tile)
             features = cache.get(number)
             if features is None:
                 features = extract(image[None]).cpu()
@@ -219,6 +219,13 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
     return {"dataset": data.name, "shots": shots, "crf": crf, "seeds": seeds, "classes": classes.names,
             "query_patches": len(query_patches), "notes": notes, "mean": _aggregate(runs, np.mean),
             "std": _aggregate(runs, np.std), "runs": runs}
+
+
+def _read_patch(data: LabelledDataset, sample, tile):
+    """A full patch; images smaller than a patch are padded (reflected image, unlabelled padding)."""
+    from .training.episodes import pad_crop
+
+    return pad_crop(*data.read(sample, tile.row, tile.col, tile.height, tile.width), PATCH)
 
 
 def _known(data: LabelledDataset, names: list[str]) -> list[str]:

@@ -70,7 +70,7 @@ class EpisodeSampler:
             left = int(np.clip(centre_col - crop // 2, 0, max(0, width - crop)))
             image, labels = self.dataset.read(self.samples[index], top, left, min(crop, height), min(crop, width))
             if (labels == class_id).any():
-                return _augment(rng, *_pad(image, labels, crop))
+                return _augment(rng, *pad_crop(image, labels, crop))
         raise GeoprotoError(f"{self.dataset.name}: could not crop class {class_id} after {CROP_TRIES} tries")
 
     def _episode_labels(self, labels: np.ndarray, episode_classes: list[int]) -> np.ndarray:
@@ -96,7 +96,7 @@ class EpisodeSampler:
         }
 
 
-def _pad(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_crop(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Images smaller than a crop: reflect the image, leave the padding unlabelled."""
     pad_rows, pad_cols = size - labels.shape[0], size - labels.shape[1]
     if pad_rows or pad_cols:
