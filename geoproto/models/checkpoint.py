@@ -48,8 +48,10 @@ def _safe_load(path: str) -> object:
         raise GeoprotoError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)})") from None
 
 
-def save_checkpoint(encoder: Encoder, path: str, metadata: dict | None = None) -> None:
-    """Write ``encoder`` in the checkpoint format (atomically: temporary file, then rename)."""
+def save_checkpoint(encoder: Encoder, path: str, metadata: dict | None = None, half: bool = False) -> None:
+    """Write ``encoder`` in the checkpoint format (atomically: temporary file, then rename); ``half``
+    stores convolution weights in float16 (loaded back as float32). BatchNorm statistics stay float32:
+    their variances underflow float16 and would change the features."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -58,7 +60,8 @@ def save_checkpoint(encoder: Encoder, path: str, metadata: dict | None = None) -
         "mean": encoder.mean.flatten().tolist(),
         "std": encoder.std.flatten().tolist(),
         "feature_layers": FEATURE_LAYERS[encoder.backbone],
-        "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().half() if half and v.dim() == 4 else v.detach().cpu()
+                       for k, v in encoder.state_dict().items()},
         "metadata": metadata or {},
     }
     tmp = f"{path}.tmp{os.getpid()}"

@@ -73,22 +73,23 @@ class EfficientNetLite0(nn.Module):
             for i in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if i == 0 else 1, expand))
                 cin = cout
-        # Blocks past the stride-16 stage are kept so the shipped state dict loads strictly, never run.
-        self._blocks = nn.ModuleList(blocks)
+        # Only the blocks up to the stride-16 stage are built: the later ones would never run.
+        self._blocks = nn.ModuleList(blocks[: STRIDE16_BLOCK + 1])
         self.act = nn.ReLU6(inplace=True)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.act(self._bn0(self._conv_stem(x)))
         features = []
-        for index, block in enumerate(self._blocks[: STRIDE16_BLOCK + 1]):
+        for index, block in enumerate(self._blocks):
             x = block(x)
             if index in (STRIDE8_BLOCK, STRIDE16_BLOCK):
                 features.append(x)
         return features
 
     def load_imagenet(self, state_dict: dict) -> None:
-        """Load the shipped ImageNet weights, dropping the classifier head this trunk does not have."""
-        trunk = {k: v for k, v in state_dict.items() if not k.startswith(("_conv_head", "_bn1", "_fc"))}
+        """Load the shipped ImageNet weights, dropping the blocks and classifier this trunk does not have."""
+        later = tuple(f"_blocks.{i}." for i in range(STRIDE16_BLOCK + 1, len(state_dict)))
+        trunk = {k: v for k, v in state_dict.items() if not k.startswith(("_conv_head", "_bn1", "_fc", *later))}
         self.load_state_dict(trunk, strict=True)
 
 
