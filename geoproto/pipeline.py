@@ -11,6 +11,7 @@ worker outlives the run. Labels do not depend on ``workers`` or the batch size.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import queue
 import signal
@@ -123,7 +124,7 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
             item = write_queue.get()
             if item is _DONE:
                 return
-            result: TileResult = item.result() if isinstance(item, Future) else item
+            result: TileResult = item.result() if isinstance(item, Future) else item()
             started = time.perf_counter()
             writer.write(result.tile, result.labels, result.probabilities)
             timings["write"] += time.perf_counter() - started
@@ -165,8 +166,9 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
             for i, (tile, image, valid) in enumerate(batch):
                 args = (tile, image if crf_params is not None else None, probabilities.get(i), valid, ids,
                         crf_params, keep_probabilities)
+                # Without a pool the labelling runs in the writer thread, off the model's path.
                 item = pool.submit(finish_tile, *args) if pool is not None and i in probabilities \
-                    else finish_tile(*args)
+                    else functools.partial(finish_tile, *args)
                 if not _put(write_queue, item, stop, writer_thread):
                     break
         _put(write_queue, _DONE, stop, writer_thread)
