@@ -19,7 +19,7 @@ import torch
 from . import crf as crf_module
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
-from .models import DEFAULT_BACKBONE, Encoder
+from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER, Encoder
 from .output import (ResultWriter, StagedOutputs, convert_to_cog, gdal_write_errors, write_polygons,
                      write_preview)
 from .pipeline import run_tiles
@@ -43,7 +43,7 @@ class SegmentOptions:
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_OVERLAP
     bands: list[int] | None = None
-    encoder: str = "imagenet"  # a shipped encoder (see models.shipped), or "auto" to choose by cross-validation
+    encoder: str = DEFAULT_ENCODER  # a shipped encoder (models.shipped), or "auto" to choose by cross-validation
     backbone: str = DEFAULT_BACKBONE
     checkpoint: str | None = None
     init_weights: str | None = None

@@ -13,7 +13,7 @@ import click
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..errors import GeoprotoError
-from ..models import BACKBONES, DEFAULT_BACKBONE, shipped_names
+from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 
 
 class Interrupted(Exception):
@@ -94,7 +94,7 @@ def parse_bands(ctx, param, value: str | None) -> list[int] | None:
 
 
 encoder_options = [
-    click.option("--encoder", type=click.Choice(["auto", *shipped_names()]), default="imagenet", show_default=True,
+    click.option("--encoder", type=click.Choice(["auto", *shipped_names()]), default=DEFAULT_ENCODER, show_default=True,
                  help="Shipped encoder; auto cross-validates each on the support polygons and keeps the best."),
     click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE, show_default=True,
                  help="Encoder architecture (ignored with --checkpoint, which names its own)."),

@@ -20,6 +20,9 @@ from .checkpoint import build_encoder, load_checkpoint
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 TRAINED = {"dubai": WEIGHTS / "lite0-dubai.pt"}
+# The default: on the held-out Dubai area it beats the ImageNet encoder by 5-6 OA points at 1, 5 and 10
+# shots, and on the SpaceNet chip (another continent, sensor and resolution) it matches it.
+DEFAULT_ENCODER = "dubai"
 
 
 class ConcatEncoder(nn.Module):
