@@ -135,9 +135,12 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
             bar.update(1)
 
     pool = None
+    threads = torch.get_num_threads()
     if crf_params is not None and workers > 0:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_ignore_sigint)
+        # The CRF workers need cores too: leave the model the cores they do not take (at least one).
+        torch.set_num_threads(max(1, threads - workers) if threads > workers else max(1, threads // 2))
     reader, writer_thread = _Stage(read_all, "geoproto-reader"), _Stage(write_all, "geoproto-writer")
     bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not progress, desc="segment")
     try:
@@ -183,6 +186,7 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
     finally:
         stop.set()
         bar.close()
+        torch.set_num_threads(threads)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         for stage in (reader, writer_thread):
