@@ -81,7 +81,7 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     mapping = mapping or {}
     with open_raster(prediction) as src:
         labels = load_support(truth, src, class_field, None, truth_crs, classes_file)
-        truth_classes = getattr(labels, "classes", None) or _raster_truth_classes(labels, src)
+        truth_classes = labels.found_classes() if isinstance(labels, RasterLabels) else labels.classes
         truth_names = [mapping.get(n, n) for n in truth_classes.names]
         predicted_names = [mapping.get(n, n) for n in predicted_classes.names]
         background = mapping.get(background, background) if background else None
@@ -106,13 +106,6 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             matrix += confusion_matrix(expected[rows, cols], predicted_lookup[predicted][rows, cols], len(names))
     return {"prediction": prediction, "truth": truth, "class_names": names, "confusion": matrix.tolist(),
             **summarise(matrix, names)}
-
-
-def _raster_truth_classes(labels: RasterLabels, src) -> ClassInfo:
-    found = set()
-    for tile in tile_grid(src.height, src.width, 1024, 0):
-        found |= {int(v) for v in np.unique(labels.read(tile, 1024)) if v}
-    return ClassInfo(sorted(found), [f"class_{v}" for v in sorted(found)])
 
 
 # --- evaluate ------------------------------------------------------------------------------------------

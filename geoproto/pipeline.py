@@ -207,7 +207,6 @@ def _get(q: queue.Queue, producer: _Stage):
         except queue.Empty:
             _check(producer)
             if not producer.is_alive() and q.empty():
-                _check(producer)
                 return _DONE
 
 

@@ -64,6 +64,8 @@ class SegmentOptions:
     crf_params: crf_module.CRFParams = field(default_factory=crf_module.CRFParams)
     crf_bilateral_m: float | None = DEFAULT_CRF_BILATERAL_M
     # Outputs
+    # Cross-validate polygon support and put the report in the summary (always done for --encoder auto).
+    check_support: bool = False
     probabilities: str | None = None
     vector: str | None = None
     preview: str | None = None
@@ -159,20 +161,6 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
     return accumulator.prototypes(), classes, stats
 
 
-def _raster_classes(labels, source: RasterSource, size: int, overlap: int) -> ClassInfo:
-    """Classes of a label raster without a --classes file: the ids found in it, named ``class_N``."""
-    if labels.classes is not None:
-        return labels.classes
-    found: set[int] = set()
-    with source.dataset() as src:
-        for tile in tile_grid(src.height, src.width, size, overlap):
-            found |= {int(v) for v in np.unique(labels.read(tile, size)) if v}
-    if not found:
-        raise GeoprotoError(f"{labels.path}: holds no labelled pixel (0 and nodata are unlabelled)")
-    ids = sorted(found)
-    return ClassInfo(ids, [f"class_{i}" for i in ids])
-
-
 def _pixel_size_m(src, crs) -> float | None:
     if crs is None or not crs.is_projected:
         return None
@@ -209,9 +197,7 @@ def open_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
     with support_source.dataset() as support_src:
         labels = load_support(support, support_src, options.class_field, options.layer, options.support_crs,
                               options.classes_file, None if options.support_image else crs, options.buffer)
-    classes = getattr(labels, "classes", None)
-    if classes is None:
-        classes = _raster_classes(labels, support_source, options.tile_size, options.overlap)
+    classes = labels.classes if isinstance(labels, VectorLabels) else labels.found_classes()
     return Inputs(source, crs, support_source, labels, classes)
 
 
@@ -239,7 +225,8 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             device = resolve_device(options.device)
             batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
-            extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size)
+            extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size,
+                                                           options.check_support)
             size = options.tile_size
             prototypes, classes, support_stats = build_prototypes(extract, inputs.support_source, labels,
                                                                   inputs.classes, size, options.overlap, batch_size)
@@ -301,17 +288,18 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     inputs = open_inputs(image, support, options)
     device = resolve_device(options.device)
     batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
-    _, encoder_info, result = resolve_encoder(inputs, options, device, batch_size, folds,
+    _, encoder_info, result = resolve_encoder(inputs, options, device, batch_size, True, folds,
                                               group_distance or DEFAULT_GROUP_DISTANCE_PX)
     return {"input": image, "support": support, "encoder": encoder_info, **result}
 
 
 def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device, batch_size: int,
-                    folds: int = DEFAULT_FOLDS, group_distance: float = DEFAULT_GROUP_DISTANCE_PX):
+                    check: bool, folds: int = DEFAULT_FOLDS, group_distance: float = DEFAULT_GROUP_DISTANCE_PX):
     """The encoder to segment with, its description, and the support check (cross-validation) when the
     support is polygons: ``--checkpoint`` or ``--backbone``/``--init-weights`` when given, else the shipped
     encoder ``options.encoder``; ``auto`` cross-validates every shipped encoder on the support and keeps
-    the one with the best mean class F1 (support windows are read once for all of them)."""
+    the one with the best mean class F1 (support windows are read once for all of them). ``check`` asks
+    for the cross-validation report of a fixed encoder too (it encodes the support windows once more)."""
     from . import crossval
     from .models import build_shipped, concat_features, select_encoder, shipped_names
 
@@ -319,7 +307,7 @@ def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.devic
     candidates = shipped_names() if options.encoder == "auto" and not explicit else []
     if not candidates:
         encoder, info = select_encoder(options.encoder, options.backbone, options.checkpoint, options.init_weights)
-    if not isinstance(inputs.labels, VectorLabels):
+    if not isinstance(inputs.labels, VectorLabels) or not (candidates or check):
         if candidates:  # no polygons to cross-validate: the plain ImageNet encoder
             encoder, info = build_shipped("imagenet")
             info = {**info, "auto": "support is a label raster: no cross-validation, used imagenet"}

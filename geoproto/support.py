@@ -171,6 +171,19 @@ class RasterLabels:
     def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
         return tiles
 
+    def found_classes(self) -> ClassInfo:
+        """The --classes file's classes, else the ids found in the raster (block by block), named ``class_N``."""
+        from .tiling import tile_grid
+
+        if self.classes is not None:
+            return self.classes
+        found: set[int] = set()
+        for tile in tile_grid(self.source.height, self.source.width, 1024, 0):
+            found |= {int(v) for v in np.unique(self.read(tile, 1024)) if v}
+        if not found:
+            raise GeoprotoError(f"{self.path}: holds no labelled pixel (0 and nodata are unlabelled)")
+        return ClassInfo(sorted(found), [f"class_{i}" for i in sorted(found)])
+
     def read(self, tile: Tile, size: int) -> np.ndarray:
         window = Window(tile.col, tile.row, tile.width, tile.height)
         labels = np.zeros((size, size), np.uint8)

@@ -52,7 +52,7 @@ def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m
                            bilateral_srgb=crf_bilateral_srgb)
     settings = SegmentOptions(crf=crf, crf_params=crf_params,
                               crf_bilateral_m=None if crf_bilateral_px else crf_bilateral_m,
-                              progress=not quiet, **options)
+                              progress=not quiet, check_support=as_json, **options)
     summary = segment(image, support, output, settings)
     if not quiet:
         for warning in summary.get("support_check", {}).get("warnings", []):

@@ -33,7 +33,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _safe_load(path: str) -> object:
+def safe_load(path: str) -> object:
     if not os.path.isfile(path):
         raise GeoprotoError(f"{path}: no such file")
     try:
@@ -75,7 +75,7 @@ def save_checkpoint(encoder: Encoder, path: str, metadata: dict | None = None, h
 
 def load_checkpoint(path: str) -> tuple[Encoder, dict]:
     """Build the encoder a checkpoint describes; returns it with the checkpoint's metadata."""
-    payload = _safe_load(path)
+    payload = safe_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise GeoprotoError(f"{path}: not a geoproto checkpoint (use --init-weights for ImageNet weights)")
     if payload.get("version") != VERSION:
@@ -111,7 +111,7 @@ def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = Non
         raise GeoprotoError(
             f"the {backbone} encoder ships without weights: give ImageNet weights in torchvision's "
             f"layout with --init-weights FILE, or a trained --checkpoint FILE")
-    state = _safe_load(weights)
+    state = safe_load(weights)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

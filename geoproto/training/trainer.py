@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..errors import GeoprotoError
 from ..fewshot import DEFAULT_ALPHA, masked_average_prototypes, match_logits
 from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
-from ..models.checkpoint import _safe_load
+from ..models.checkpoint import safe_load
 from .episodes import EpisodeSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003
@@ -165,7 +165,7 @@ def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, con
     if resume:
         if not os.path.isfile(state_path):
             raise GeoprotoError(f"{state_path}: nothing to resume")
-        state = _safe_load(state_path)
+        state = safe_load(state_path)
         if state.get("config") != _comparable(config):
             raise GeoprotoError(f"{state_path}: was written with other settings; resume with the same options")
         encoder.load_state_dict(state["encoder"])
