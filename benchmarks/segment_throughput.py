@@ -7,9 +7,11 @@ process so peak resident memory is its own:
 - ``pipeline``: ``geoproto.segment.segment`` end to end, with and without CRF;
 - ``naive``: read one window, model in float32 batch 1, CRF, write, one tile at a time.
 
-Prints tiles per second, seconds per stage, peak RSS, and the pipeline/naive ratios.
+Prints the encoder's speed at each CPU thread count, then tiles per second, seconds per stage, peak
+RSS, and the pipeline/naive ratios.
 
-    .venv/bin/python benchmarks/segment_throughput.py --sizes 4096 [--device cpu] [--workers N]
+    .venv/bin/python benchmarks/segment_throughput.py --sizes 4096 [--repeat 3] [--device cpu] [--workers N]
+    .venv/bin/python benchmarks/segment_throughput.py --sizes 20480 --no-naive   # memory at 20k
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,14 +37,21 @@ SUPPORT_SIDE = 1024  # the support labels cover the top-left corner only
 
 
 def build_mosaic(side: int) -> tuple[Path, Path]:
-    """A side x side RGB GeoTIFF tiled from the Dubai images, written block row by block row."""
-    from geoproto.support import RasterLabels, read_class_file
-    from geoproto.tiling import Tile
-
+    """A side x side RGB GeoTIFF tiled from the Dubai images, and its support label raster (cached)."""
     image_path, label_path = CACHE / f"dubai-{side}.tif", CACHE / f"dubai-{side}-labels.tif"
     if image_path.exists() and label_path.exists():
         return image_path, label_path
     CACHE.mkdir(parents=True, exist_ok=True)
+    with rasterio.Env(GDAL_CACHEMAX=256 << 20):  # GDAL's default cache would hold gigabytes of the mosaic
+        _write_mosaic(side, image_path, label_path)
+    return image_path, label_path
+
+
+def _write_mosaic(side: int, image_path: Path, label_path: Path) -> None:
+    """Written block row by block row, so memory stays small whatever ``side``."""
+    from geoproto.support import RasterLabels, read_class_file
+    from geoproto.tiling import Tile
+
     info = read_class_file(str(CLASSES))
     names = sorted(p.stem for p in (DUBAI / "images").glob("*.jpg"))
     tiles = []
@@ -73,7 +81,6 @@ def build_mosaic(side: int) -> tuple[Path, Path]:
             label_dst.write(strip_labels, 1, window=Window(0, row, side, height))
     os.replace(f"{image_path}.tmp", image_path)
     os.replace(f"{label_path}.tmp", label_path)
-    return image_path, label_path
 
 
 def run_pipeline(image: str, labels: str, crf: bool, device: str, workers: int | None) -> dict:
@@ -85,7 +92,8 @@ def run_pipeline(image: str, labels: str, crf: bool, device: str, workers: int |
                           SegmentOptions(crf=crf, device=device, classes_file=str(CLASSES), progress=False,
                                          workers=workers))
         seconds = time.perf_counter() - started
-    return {"tiles": summary["tiles"], "seconds": seconds, "stages": summary["stage_seconds"]}
+    return {"tiles": summary["tiles"], "seconds": seconds,
+            "stages": {**summary["stage_seconds"], "support": summary["support"]["model_seconds"]}}
 
 
 def run_naive(image: str, labels: str, crf: bool, device: str) -> dict:
@@ -96,10 +104,10 @@ def run_naive(image: str, labels: str, crf: bool, device: str) -> dict:
     from geoproto.fewshot import class_probabilities
     from geoproto.models import build_encoder
     from geoproto.output import ResultWriter
-    from geoproto.pipeline import finish_tile
     from geoproto.raster import RasterSource
     from geoproto.segment import FeatureExtractor, build_prototypes, resolve_device
     from geoproto.support import load_support
+    from geoproto.tile_labels import finish_tile
     from geoproto.tiling import tile_grid
 
     started = time.perf_counter()
@@ -108,7 +116,8 @@ def run_naive(image: str, labels: str, crf: bool, device: str) -> dict:
     stages = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
     with source.dataset() as src, tempfile.TemporaryDirectory() as folder:
         support = load_support(labels, src, classes_file=str(CLASSES))
-        prototypes, classes, _ = build_prototypes(extract, source, support, support.classes, 417, 64, 1)
+        prototypes, classes, support_stats = build_prototypes(extract, source, support, support.classes,
+                                                              417, 64, 1)
         ids = np.array(classes.ids, np.uint8)
         tiles = tile_grid(src.height, src.width, 417, 64)
         writer = ResultWriter(src, src.crs, classes, os.path.join(folder, "c.tif"), None)
@@ -120,14 +129,46 @@ def run_naive(image: str, labels: str, crf: bool, device: str) -> dict:
             with torch.inference_mode():
                 scores = class_probabilities(extract(window_image[None]), prototypes, (417, 417))[0].numpy()
             t2 = time.perf_counter()
-            result = finish_tile(tile, window_image, scores, valid, ids, params, False)
+            rgb = crf_module.to_rgb8(window_image) if crf else None
+            result = finish_tile(tile, rgb, scores, valid, ids, params, False)
             t3 = time.perf_counter()
             writer.write(tile, result.labels, None)
             t4 = time.perf_counter()
             for key, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 stages[key] += seconds
         writer.close()
-    return {"tiles": len(tiles), "seconds": time.perf_counter() - started, "stages": stages}
+    return {"tiles": len(tiles), "seconds": time.perf_counter() - started,
+            "stages": {**stages, "support": support_stats["model_seconds"]}}
+
+
+def thread_sweep() -> dict[int, float]:
+    """Seconds per window of the default encoder (batch 1) at each torch thread count up to the cores,
+    interleaved over 3 rounds (median): which count ``segment`` should use on this CPU."""
+    import torch
+
+    from geoproto.models import build_shipped
+    from geoproto.segment import FeatureExtractor
+
+    extract = FeatureExtractor(build_shipped("dubai")[0], torch.device("cpu"))
+    window = np.random.default_rng(0).random((1, 3, 417, 417), np.float32)
+    extract(window)
+    timings: dict[int, list[float]] = {}
+    for _ in range(3):
+        for threads in range(1, (os.cpu_count() or 1) + 1):
+            torch.set_num_threads(threads)
+            started = time.perf_counter()
+            for _ in range(5):
+                extract(window)
+            timings.setdefault(threads, []).append((time.perf_counter() - started) / 5)
+    return {threads: float(np.median(t)) for threads, t in timings.items()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that starts from
+    the RSS of the process that exec'd it, here the parent benchmark (1.4 GB after writing the 20k mosaic)."""
+    with open("/proc/self/status") as status:
+        kilobytes = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return kilobytes / 1024
 
 
 def child(args) -> None:
@@ -136,7 +177,7 @@ def child(args) -> None:
         result = run_pipeline(args.image, args.labels, args.crf, args.device, args.workers)
     else:
         result = run_naive(args.image, args.labels, args.crf, args.device)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 
@@ -154,6 +195,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, help="DenseCRF processes [default: one per core]")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive reference loop")
+    parser.add_argument("--modes", default="off,on", help="CRF settings to run: off, on or both")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="alternate pipeline and naive runs this many times and report the median run of "
+                             "each (shared cloud CPUs drift in speed by tens of percent within minutes)")
     parser.add_argument("--child", choices=["pipeline", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--labels", help=argparse.SUPPRESS)
@@ -163,25 +208,36 @@ def main() -> None:
         args.mode = args.child
         child(args)
         return
-    print(f"device {args.device}, {os.cpu_count()} cores, CRF workers {args.workers or os.cpu_count()}")
+    print(f"device {args.device}, {os.cpu_count()} cores, CRF workers {args.workers or os.cpu_count()}, "
+          f"median of {args.repeat} run(s)")
     print(f"{'side':>6} {'crf':>4} {'mode':>9} {'tiles':>6} {'tiles/s':>8} {'seconds':>8} {'read':>6} "
-          f"{'model':>7} {'crf':>7} {'write':>6} {'peak MB':>8}")
+          f"{'model':>7} {'support':>8} {'crf':>7} {'write':>6} {'peak MB':>8}")
+    if args.device == "cpu":
+        print("model seconds per window by torch threads: " + ", ".join(
+            f"{threads}: {seconds:.3f}" for threads, seconds in thread_sweep().items()))
+    modes = ["naive"] * (not args.no_naive) + ["pipeline"]
     for side in (int(s) for s in args.sizes.split(",")):
         image, labels = build_mosaic(side)
-        for crf in (False, True):
-            results = {"pipeline": measure("pipeline", image, labels, crf, args.device, args.workers)}
-            if not args.no_naive:
-                results["naive"] = measure("naive", image, labels, crf, args.device, None)
+        for crf in (mode == "on" for mode in args.modes.split(",")):
+            runs = {mode: [] for mode in modes}
+            for _ in range(args.repeat):
+                for mode in modes:
+                    runs[mode].append(measure(mode, image, labels, crf, args.device,
+                                              args.workers if mode == "pipeline" else None))
+            results = {mode: sorted(r, key=lambda run: run["seconds"])[len(r) // 2] for mode, r in runs.items()}
             for mode, r in results.items():
                 s = r["stages"]
                 print(f"{side:>6} {'on' if crf else 'off':>4} {mode:>9} {r['tiles']:>6} "
                       f"{r['tiles'] / r['seconds']:>8.2f} {r['seconds']:>8.1f} {s['read']:>6.1f} {s['model']:>7.1f} "
-                      f"{s['crf']:>7.1f} {s['write']:>6.1f} {r['peak_rss_mb']:>8.0f}")
+                      f"{s['support']:>8.1f} {s['crf']:>7.1f} {s['write']:>6.1f} {r['peak_rss_mb']:>8.0f}")
+            pipeline = results["pipeline"]
+            model = pipeline["stages"]["model"] + pipeline["stages"]["support"]
+            ratios = [f"pipeline total / its model time (tiles + support windows) {pipeline['seconds'] / model:.2f}"]
             if "naive" in results:
-                pipeline, naive = results["pipeline"], results["naive"]
-                print(f"{'':>6} {'':>4} {'ratio':>9} pipeline/naive tiles per second "
-                      f"{(pipeline['tiles'] / pipeline['seconds']) / (naive['tiles'] / naive['seconds']):.2f}; "
-                      f"pipeline total / its model time {pipeline['seconds'] / pipeline['stages']['model']:.2f}")
+                naive = results["naive"]
+                ratios.insert(0, f"pipeline/naive tiles per second "
+                                 f"{(pipeline['tiles'] / pipeline['seconds']) / (naive['tiles'] / naive['seconds']):.2f}")
+            print(f"{'':>6} {'':>4} {'ratio':>9} " + "; ".join(ratios))
             sys.stdout.flush()
 
 

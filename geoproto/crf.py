@@ -39,8 +39,14 @@ def bilateral_sxy_pixels(metres: float, pixel_size_m: float | None) -> float:
     return float(np.clip(metres / pixel_size_m, 3.0, PAPER_BILATERAL_SXY_PX))
 
 
-def refine(image: np.ndarray, probabilities: np.ndarray, params: CRFParams) -> tuple[np.ndarray, bool]:
-    """Refine ``probabilities`` (K x H x W) of a tile ``image`` (3 x H x W in [0, 1]).
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """A 3 x H x W image in [0, 1] as the C-contiguous H x W x 3 uint8 array DenseCRF's bilateral kernel
+    reads (a quarter of the float image's bytes to send to a worker)."""
+    return np.ascontiguousarray((np.transpose(image, (1, 2, 0)) * 255).round().astype(np.uint8))
+
+
+def refine(rgb: np.ndarray, probabilities: np.ndarray, params: CRFParams) -> tuple[np.ndarray, bool]:
+    """Refine ``probabilities`` (K x H x W) of a tile whose colours are ``rgb`` (H x W x 3 uint8).
 
     Returns the refined probabilities and whether they were kept (False: the guard rejected them and
     the input is returned).
@@ -52,9 +58,8 @@ def refine(image: np.ndarray, probabilities: np.ndarray, params: CRFParams) -> t
     crf = dcrf.DenseCRF2D(width, height, classes)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.clip(probabilities, 1e-6, 1.0))))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-    rgb = np.ascontiguousarray((np.transpose(image, (1, 2, 0)) * 255).round().astype(np.uint8))
-    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=rgb,
-                             compat=params.bilateral_compat)
+    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
+                             rgbim=np.ascontiguousarray(rgb), compat=params.bilateral_compat)
     refined = np.array(crf.inference(params.iterations), dtype=np.float32).reshape(classes, height, width)
     before = np.bincount(probabilities.argmax(0).ravel(), minlength=classes)
     after = np.bincount(refined.argmax(0).ravel(), minlength=classes)

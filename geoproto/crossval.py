@@ -2,12 +2,14 @@
 
 The user's polygons are the one ground truth available at run time. Polygons are grouped spatially
 (polygons closer than ``group_distance`` pixels share a group, so neighbours never sit in different
-folds and leak into each other), groups are spread over ``folds`` folds class by class, and for each
-fold the prototypes of the other folds label the held-out polygons' pixels. The pooled confusion
-matrix gives per-class F1, the confusions between classes, and plain warnings.
+folds and leak into each other), groups are dealt to ``folds`` folds class by class, and for each
+fold the prototypes of the other folds label the held-out polygons' pixels. Several random deals are
+pooled, so the score does not hinge on one split of a dozen polygons. The pooled confusion matrix gives
+per-class F1, the confusions between classes, and plain warnings.
 
-The same machinery scores several encoders on the same support (``choose_encoder``): the support
-windows are read once, each encoder's features are computed once and reused for the final prototypes.
+The same machinery compares encoders on the same support (``compare_encoders``): the confusion is kept
+per spatial group, so resampling the groups (a bootstrap) shows whether one encoder's lead is more than
+the luck of which few polygons were drawn.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fewshot import DEFAULT_ALPHA, class_probabilities, window_class_means
+from .fewshot import DEFAULT_ALPHA, class_scores, window_class_means
 from .metrics import scores
 from .raster import RasterSource
 from .support import ClassInfo, VectorLabels
@@ -26,27 +28,35 @@ from .tiling import Tile
 MIN_POLYGONS = 3
 CONFUSION_WARNING = 0.3
 LOW_F1_WARNING = 0.5
-
-
 MAX_WINDOWS = 256  # windows cross-validated at most (chosen at random beyond): bounds memory and time
+DEFAULT_DRAWS = 3  # random deals of the groups to folds, pooled
+BOOTSTRAP_RESAMPLES = 2000
+# ``--encoder auto`` leaves the default encoder only for one that beats it in this share of the
+# bootstrap resamples of the support's spatial groups.
+SWITCH_CONFIDENCE = 0.95
 
 
 @dataclass
 class SupportWindows:
-    """The support windows of one raster: tiles and per-pixel polygon numbers (0 = none)."""
+    """The support windows of one raster: tiles, per-pixel polygon numbers (0 = none), and how the
+    polygons are grouped and dealt to folds."""
 
     source: RasterSource
     tiles: list[Tile]
     polygons: np.ndarray  # N x S x S, polygon index + 1
     polygon_classes: np.ndarray  # class position (1..K) of each polygon
-    folds: np.ndarray  # fold of each polygon
+    groups: np.ndarray  # spatial group of each polygon
+    fold_draws: np.ndarray  # draws x polygons: the fold of each polygon in each random deal
+
+    @property
+    def folds(self) -> np.ndarray:
+        """The fold of each polygon in the first deal."""
+        return self.fold_draws[0]
 
 
-def spatial_folds(labels: VectorLabels, classes: ClassInfo, folds: int, group_distance: float,
-                  seed: int = 0) -> np.ndarray:
-    """Fold number of each polygon: spatial groups (connected components of polygons within
-    ``group_distance`` px of each other) dealt to folds class by class (a group counts for the class
-    covering most of it), so every class is spread over the folds."""
+def spatial_groups(labels: VectorLabels, classes: ClassInfo, group_distance: float) -> tuple[np.ndarray, np.ndarray]:
+    """The spatial group of each polygon (connected components of polygons within ``group_distance`` px
+    of each other) and the class position covering most of each group."""
     import shapely
 
     count = len(labels.geometries)
@@ -64,19 +74,31 @@ def spatial_folds(labels: VectorLabels, classes: ClassInfo, folds: int, group_di
     class_position = np.searchsorted(classes.ids, labels.class_ids)
     area = np.zeros((len(group_ids), len(classes.ids)))
     np.add.at(area, (group_of, class_position), shapely.area(labels.geometries))
-    dominant = area.argmax(1)
+    return group_of, area.argmax(1)
+
+
+def deal_folds(dominant: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The fold of each group: groups dealt to folds class by class in random order, so every class is
+    spread over the folds."""
     rng = np.random.default_rng(seed)
-    fold_of_group = np.zeros(len(group_ids), np.int64)
+    fold_of_group = np.zeros(len(dominant), np.int64)
     dealt = 0
-    for position in range(len(classes.ids)):
+    for position in np.unique(dominant):
         members = rng.permutation(np.nonzero(dominant == position)[0])
         fold_of_group[members] = (dealt + np.arange(len(members))) % folds
         dealt += len(members)
-    return fold_of_group[group_of]
+    return fold_of_group
+
+
+def spatial_folds(labels: VectorLabels, classes: ClassInfo, folds: int, group_distance: float,
+                  seed: int = 0) -> np.ndarray:
+    """The fold of each polygon, for one random deal of its spatial group."""
+    group_of, dominant = spatial_groups(labels, classes, group_distance)
+    return deal_folds(dominant, folds, seed)[group_of]
 
 
 def read_support_windows(source: RasterSource, labels: VectorLabels, classes: ClassInfo, tiles: list[Tile],
-                         size: int, folds: int, group_distance: float) -> SupportWindows:
+                         size: int, folds: int, group_distance: float, draws: int = DEFAULT_DRAWS) -> SupportWindows:
     candidates = labels.candidate_tiles(tiles)
     if len(candidates) > MAX_WINDOWS:
         keep = np.random.default_rng(0).choice(len(candidates), MAX_WINDOWS, replace=False)
@@ -88,9 +110,10 @@ def read_support_windows(source: RasterSource, labels: VectorLabels, classes: Cl
             chosen.append(tile)
             polygons.append(numbers)
     position = {class_id: k + 1 for k, class_id in enumerate(classes.ids)}
-    return SupportWindows(source, chosen, np.stack(polygons),
-                          np.array([position[c] for c in labels.class_ids]),
-                          spatial_folds(labels, classes, folds, group_distance))
+    group_of, dominant = spatial_groups(labels, classes, group_distance)
+    fold_draws = np.stack([deal_folds(dominant, folds, seed)[group_of] for seed in range(draws)])
+    return SupportWindows(source, chosen, np.stack(polygons), np.array([position[c] for c in labels.class_ids]),
+                          group_of, fold_draws)
 
 
 def encode_windows(extract, windows: SupportWindows, batch_size: int) -> torch.Tensor:
@@ -107,45 +130,94 @@ def encode_windows(extract, windows: SupportWindows, batch_size: int) -> torch.T
 
 def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes: int, folds: int,
                    alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """Pooled K x K confusion matrix (rows: true class) of held-out polygon pixels over all folds."""
+    """Confusion of held-out polygon pixels per spatial group, averaged over the fold deals
+    (G x K x K, rows: true class); summed over groups it is the pooled confusion matrix."""
     size = windows.polygons.shape[-2:]
     polygon_class = np.concatenate([[0], windows.polygon_classes])
-    polygon_fold = np.concatenate([[-1], windows.folds])
+    polygon_group = np.concatenate([[0], windows.groups])
     class_map = torch.from_numpy(polygon_class[windows.polygons])  # N x S x S class positions
-    fold_map = torch.from_numpy(polygon_fold[windows.polygons])
+    group_map = polygon_group[windows.polygons]
     core = torch.zeros(windows.polygons.shape, dtype=torch.bool)
     for n, tile in enumerate(windows.tiles):
         rows, cols = tile.core_slices
         core[n, rows, cols] = True  # score each pixel once, in the window that owns it
-    matrix = np.zeros((num_classes, num_classes), np.int64)
-    for fold in range(folds):
-        held_out = (fold_map == fold) & core
-        if not held_out.any():
-            continue
-        training_labels = torch.where(fold_map != fold, class_map, 0)
-        sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
-        windows_with = torch.zeros(num_classes)
-        for n in range(len(features)):
-            means, area = window_class_means(features[n:n + 1].float(), training_labels[n:n + 1].long(),
-                                             num_classes)
-            sums += (means[0] * (area[0] > 0)[:, None]).double()
-            windows_with += (area[0] > 0).float()
-        if (windows_with == 0).any():
-            continue  # a class has all its polygons in this fold: nothing to learn it from
-        prototypes = (sums / windows_with[:, None]).float()
-        for n in torch.nonzero(held_out.flatten(1).any(1)).flatten().tolist():
-            with torch.inference_mode():
-                predicted = class_probabilities(features[n:n + 1].float(), prototypes, size, alpha)[0].argmax(0) + 1
-            mask = held_out[n]
-            truth = class_map[n][mask].numpy() - 1
-            guess = predicted[mask].numpy() - 1
-            matrix += np.bincount(truth * num_classes + guess, minlength=num_classes ** 2).reshape(
-                num_classes, num_classes)
-    return matrix
+    cells = num_classes * num_classes
+    matrix = np.zeros((int(windows.groups.max(initial=0)) + 1) * cells, np.float64)
+    for fold_of_polygon in windows.fold_draws:
+        fold_map = torch.from_numpy(np.concatenate([[-1], fold_of_polygon])[windows.polygons])
+        for fold in range(folds):
+            held_out = (fold_map == fold) & core
+            if not held_out.any():
+                continue
+            training_labels = torch.where(fold_map != fold, class_map, 0)
+            sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
+            windows_with = torch.zeros(num_classes)
+            for n in range(len(features)):
+                means, area = window_class_means(features[n:n + 1].float(), training_labels[n:n + 1].long(),
+                                                 num_classes)
+                sums += (means[0] * (area[0] > 0)[:, None]).double()
+                windows_with += (area[0] > 0).float()
+            if (windows_with == 0).any():
+                continue  # a class has all its polygons in this fold: nothing to learn it from
+            prototypes = (sums / windows_with[:, None]).float()
+            for n in torch.nonzero(held_out.flatten(1).any(1)).flatten().tolist():
+                with torch.inference_mode():
+                    predicted = class_scores(features[n:n + 1].float(), prototypes, size, alpha)[0].argmax(0)
+                mask = held_out[n]
+                truth = class_map[n][mask].numpy() - 1
+                cell = group_map[n][mask.numpy()] * cells + truth * num_classes + predicted[mask].numpy()
+                matrix += np.bincount(cell, minlength=matrix.size)
+    return matrix.reshape(-1, num_classes, num_classes) / len(windows.fold_draws)
 
 
-def report(matrix: np.ndarray, classes: ClassInfo, labels: VectorLabels, folds: np.ndarray) -> dict:
-    """Per-class cross-validated F1, the row-normalised confusion, and warnings in plain words."""
+def compare_encoders(group_confusions: dict[str, np.ndarray], default: str, seed: int = 0,
+                     resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = SWITCH_CONFIDENCE) -> dict:
+    """Which encoder to segment with, from each one's per-group confusion on the same support.
+
+    The default stays unless another encoder's cross-validated mean class F1 beats it in at least
+    ``confidence`` of the bootstrap resamples of the spatial groups (the same resamples for every
+    encoder); among those, the best mean F1 wins. With a dozen polygons, leads of a few F1 points come
+    and go with the polygons drawn (measured on the Dubai tiles: the plain best-F1 choice cost up to
+    11 OA points on a tile), so a lead must be reliable to overrule the default.
+    """
+    rng = np.random.default_rng(seed)
+    groups = next(iter(group_confusions.values())).shape[0]
+    weights = rng.multinomial(groups, np.full(groups, 1 / groups), size=resamples).astype(np.float64)
+    resampled = {name: _mean_f1(np.einsum("bg,gkl->bkl", weights, m)) for name, m in group_confusions.items()}
+    mean_f1 = {name: _mean_f1(m.sum(0)[None])[0] for name, m in group_confusions.items()}
+    wins = {name: float(np.mean(resampled[name] > resampled[default]))
+            for name in group_confusions if name != default}
+    reliable = [name for name, share in wins.items() if share >= confidence and mean_f1[name] > mean_f1[default]]
+    picked = max(reliable, key=mean_f1.get) if reliable else default
+    ranking = ", ".join(f"{name} {mean_f1[name]:.3f}" for name in sorted(mean_f1, key=lambda n: -mean_f1[n]))
+    if picked == default:
+        best = max(wins, key=wins.get) if wins else None
+        reason = (f"kept the default {default}: no encoder beats it reliably (cross-validated mean class F1: "
+                  f"{ranking}" + (f"; {best} beats it in {wins[best]:.0%} of {resamples} bootstrap resamples of "
+                                  f"the support's polygon groups, {confidence:.0%} needed)" if best else ")"))
+    else:
+        reason = (f"picked {picked}: cross-validated mean class F1 {mean_f1[picked]:.3f} against {mean_f1[default]:.3f} "
+                  f"for the default {default}, better in {wins[picked]:.0%} of {resamples} bootstrap resamples of "
+                  f"the support's polygon groups ({ranking})")
+    return {"picked": picked, "default": default, "mean_f1": {k: round(float(v), 4) for k, v in mean_f1.items()},
+            "beats_default": {k: round(v, 4) for k, v in wins.items()}, "reason": reason}
+
+
+def _mean_f1(matrices: np.ndarray) -> np.ndarray:
+    """Mean class F1 of each of a stack of confusion matrices (B x K x K); classes never seen nor
+    predicted are left out, as in ``metrics.scores``."""
+    true_positive = np.diagonal(matrices, axis1=1, axis2=2)
+    total = matrices.sum(1) + matrices.sum(2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(total > 0, 2 * true_positive / total, np.nan)
+        counted = np.isfinite(f1).sum(1)
+        return np.where(counted > 0, np.nansum(f1, 1) / np.maximum(counted, 1), -1.0)
+
+
+def report(group_confusion: np.ndarray, classes: ClassInfo, labels: VectorLabels, folds: np.ndarray) -> dict:
+    """Per-class cross-validated F1, the row-normalised confusion, and warnings in plain words, from the
+    per-group confusion ``cross_validate`` returns."""
+    matrix = group_confusion.sum(0)
     result = scores(matrix)
     warnings_found = []
     polygons = {c: int((labels.class_ids == c).sum()) for c in classes.ids}
@@ -174,7 +246,7 @@ def report(matrix: np.ndarray, classes: ClassInfo, labels: VectorLabels, folds: 
                            "held_out_pixels": int(rows[i, 0])}
                     for i, (class_id, name) in enumerate(zip(classes.ids, classes.names))},
         "mean_f1": _num(result["mean_f1"]), "overall_accuracy": _num(result["overall_accuracy"]),
-        "confusion": matrix.tolist(), "confusion_share": np.round(shares, 4).tolist(), "folds": folds_used,
+        "confusion": np.rint(matrix).astype(np.int64).tolist(), "confusion_share": np.round(shares, 4).tolist(), "folds": folds_used,
         "warnings": warnings_found,
     }
 

@@ -25,10 +25,10 @@ from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities
 from .metrics import confusion_matrix, scores
 from .models import Encoder
-from .output import NODATA
 from .raster import open_raster
 from .segment import FeatureExtractor
 from .support import ClassInfo, RasterLabels
+from .tile_labels import NODATA
 from .tiling import tile_grid
 
 PATCH = 417
@@ -200,7 +200,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
                 probabilities[~present] = 0  # a class without support cannot be predicted
             probabilities = probabilities.numpy()
             if crf:
-                probabilities, _ = crf_module.refine(image, probabilities, crf_params)
+                probabilities, _ = crf_module.refine(crf_module.to_rgb8(image), probabilities, crf_params)
             rows, cols = tile.core_slices
             predicted = probabilities.argmax(0) + 1
             matrix += confusion_matrix(lookup[labels][rows, cols], predicted[rows, cols], len(classes.ids))

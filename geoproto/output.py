@@ -21,10 +21,11 @@ from rasterio.windows import Window
 
 from .errors import GeoprotoError
 from .support import ClassInfo
+from .tile_labels import NODATA
 from .tiling import Tile
 
-NODATA = 0
 PREVIEW_MAX_SIDE = 2048
+BLOCK_SIDE = 256  # of the tiled output rasters
 VECTOR_STRIP_ROWS = 2048
 # Distinct colours for classes without one of their own (Okabe-Ito, then Tableau).
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
@@ -113,7 +114,7 @@ def _geotiff_profile(reference, crs, count: int, dtype: str, nodata) -> dict:
     return {
         "driver": "GTiff", "width": reference.width, "height": reference.height, "count": count,
         "dtype": dtype, "crs": crs, "transform": reference.transform, "nodata": nodata,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+        "tiled": True, "blockxsize": BLOCK_SIDE, "blockysize": BLOCK_SIDE, "compress": "deflate", "BIGTIFF": "IF_SAFER",
     }
 
 

@@ -14,57 +14,23 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import queue
-import signal
 import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import crf as crf_module
-from .fewshot import class_probabilities
-from .output import NODATA, ResultWriter
+from .fewshot import class_scores
+from .output import ResultWriter
 from .raster import RasterSource
+from .tile_labels import NODATA, TileResult, finish_tile, init_worker
 from .tiling import Tile
 
 _DONE = object()
-
-
-@dataclass
-class TileResult:
-    tile: Tile
-    labels: np.ndarray
-    probabilities: np.ndarray | None
-    crf_kept: bool
-    seconds: float  # spent refining and labelling this tile
-
-
-def finish_tile(tile: Tile, image: np.ndarray | None, probabilities: np.ndarray | None, valid: np.ndarray,
-                ids: np.ndarray, crf_params: crf_module.CRFParams | None, keep_probabilities: bool) -> TileResult:
-    """CRF (if asked) and argmax of one tile, cropped to its window; runs in a worker process."""
-    started = time.perf_counter()
-    height, width = tile.height, tile.width
-    valid = valid[:height, :width]
-    if probabilities is None:  # nothing valid in the tile: the model did not run
-        return TileResult(tile, np.full((height, width), NODATA, np.uint8), None, True, 0.0)
-    probabilities = probabilities[:, :height, :width]
-    kept = True
-    if crf_params is not None:
-        probabilities, kept = crf_module.refine(image[:, :height, :width], probabilities, crf_params)
-    labels = ids[probabilities.argmax(0)]
-    labels[~valid] = NODATA
-    return TileResult(tile, labels, probabilities if keep_probabilities else None, kept,
-                      time.perf_counter() - started)
-
-
-def _ignore_sigint() -> None:
-    # The parent handles Ctrl-C and shuts the pool down; workers must not die mid-task on their own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
 
 
 class _Stage(threading.Thread):
@@ -108,6 +74,7 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
     state = {"crf_rejected": 0}
     timings = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
     keep_probabilities = writer.probabilities is not None
+    need_probabilities = keep_probabilities or crf_params is not None
 
     def read_all():
         with source.dataset() as src:
@@ -120,8 +87,11 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
         _put(read_queue, _DONE, stop)
 
     def write_all():
-        while True:
-            item = write_queue.get()
+        while not stop.is_set():
+            try:
+                item = write_queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if item is _DONE:
                 return
             result: TileResult = item.result() if isinstance(item, Future) else item()
@@ -138,7 +108,7 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
     threads = torch.get_num_threads()
     if crf_params is not None and workers > 0:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_sigint)
+                                   initializer=init_worker)
         # The CRF workers need cores too: leave the model the cores they do not take (at least one).
         torch.set_num_threads(max(1, threads - workers) if threads > workers else max(1, threads // 2))
     reader, writer_thread = _Stage(read_all, "geoproto-reader"), _Stage(write_all, "geoproto-writer")
@@ -158,19 +128,21 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
             if not batch:
                 break
             valid_rows = [i for i, (_, _, valid) in enumerate(batch) if valid.any()]
-            probabilities = {}
+            scores = {}
             if valid_rows:
                 started = time.perf_counter()
                 features = extract(np.stack([batch[i][1] for i in valid_rows]))
                 with torch.inference_mode():
-                    scores = class_probabilities(features, prototypes, (size, size), alpha).float().cpu().numpy()
-                probabilities = dict(zip(valid_rows, scores))
+                    logits = class_scores(features, prototypes, (size, size), alpha).float()
+                    # The argmax is cheap in torch and spares the writer thread (and the softmax).
+                    scores = logits.softmax(1) if need_probabilities else logits.argmax(1).to(torch.uint8)
+                scores = dict(zip(valid_rows, scores.cpu().numpy()))
                 timings["model"] += time.perf_counter() - started
             for i, (tile, image, valid) in enumerate(batch):
-                args = (tile, image if crf_params is not None else None, probabilities.get(i), valid, ids,
-                        crf_params, keep_probabilities)
+                rgb = crf_module.to_rgb8(image) if crf_params is not None and i in scores else None
+                args = (tile, rgb, scores.get(i), valid, ids, crf_params, keep_probabilities)
                 # Without a pool the labelling runs in the writer thread, off the model's path.
-                item = pool.submit(finish_tile, *args) if pool is not None and i in probabilities \
+                item = pool.submit(finish_tile, *args) if pool is not None and i in scores \
                     else functools.partial(finish_tile, *args)
                 if not _put(write_queue, item, stop, writer_thread):
                     break
@@ -189,9 +161,9 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
         torch.set_num_threads(threads)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        for stage in (reader, writer_thread):
+        for stage in (reader, writer_thread):  # both notice ``stop`` within 0.1 s of their current step
             if stage.ident is not None:
-                stage.join(5)
+                stage.join(60)
     return counts, state["crf_rejected"], {k: round(v, 3) for k, v in timings.items()}
 
 

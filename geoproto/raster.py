@@ -7,6 +7,8 @@ input value in every tile. Memory stays bounded: statistics come from at most ~1
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -20,6 +22,7 @@ from .errors import GeoprotoError
 from .tiling import Tile
 
 STATS_MAX_SIDE = 1024
+BLOCK_CACHE_MIN_BYTES = 64 << 20
 STRETCH_PERCENTILES = (2.0, 98.0)
 
 
@@ -74,6 +77,25 @@ class RasterSource:
             image = np.stack([_pad(band, pad) for band in image])
             valid = np.pad(valid, pad, constant_values=False)
         return image, valid
+
+
+def block_cache(src: rasterio.io.DatasetReader, window: int, output_bytes_per_pixel: int, output_block: int):
+    """A GDAL block cache sized for the blocks under one row of windows, input and output.
+
+    GDAL's default cache is 5% of RAM and keeps every block read or written until it is full: on a
+    large orthophoto that is a gigabyte of resident memory held for nothing, and memory that grows with
+    the raster. Windows advance row by row, so only the block rows under the current row of windows are
+    reused (each window straddles at most one block boundary more than it spans). A GDAL_CACHEMAX set by
+    the user wins.
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return contextlib.nullcontext()
+    input_block = max(1, src.block_shapes[0][0])
+    input_rows = (-(-window // input_block) + 1) * input_block
+    output_rows = (-(-window // output_block) + 1) * output_block
+    input_bytes = sum(np.dtype(dtype).itemsize for dtype in src.dtypes)
+    needed = src.width * (input_rows * input_bytes + output_rows * output_bytes_per_pixel)
+    return rasterio.Env(GDAL_CACHEMAX=max(BLOCK_CACHE_MIN_BYTES, int(1.5 * needed)))
 
 
 def _pad(array: np.ndarray, pad: tuple) -> np.ndarray:

@@ -20,10 +20,10 @@ from . import crf as crf_module
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER, Encoder
-from .output import (ResultWriter, StagedOutputs, convert_to_cog, gdal_write_errors, write_polygons,
+from .output import (BLOCK_SIDE, ResultWriter, StagedOutputs, convert_to_cog, gdal_write_errors, write_polygons,
                      write_preview)
 from .pipeline import run_tiles
-from .raster import RasterSource
+from .raster import RasterSource, block_cache
 from .support import ClassInfo, VectorLabels, is_raster, load_support
 from .tiling import tile_grid
 
@@ -144,9 +144,12 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
             lookup[:] = 0
             lookup[classes.ids] = np.arange(1, len(classes.ids) + 1)
         accumulator = PrototypeAccumulator(len(classes.ids), extract.encoder.out_channels)
+        model_seconds = 0.0
         for chunk in _batches(labelled, batch_size):
             images = np.stack([source.read(src, tile, size)[0] for tile in chunk])
+            started = time.perf_counter()
             features = extract(images)
+            model_seconds += time.perf_counter() - started
             accumulator.add(features.cpu(), torch.from_numpy(np.stack([lookup[labels.read(tile, size)]
                                                                        for tile in chunk])))
             windows += len(chunk)
@@ -156,7 +159,7 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
     if len(classes.ids) < 2:
         raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
                             f"the class you want and what surrounds it")
-    stats = {"windows": windows,
+    stats = {"windows": windows, "model_seconds": round(model_seconds, 3),
              "pixels": {name: int(p) for name, p in zip(classes.names, accumulator.pixels.tolist())}}
     return accumulator.prototypes(), classes, stats
 
@@ -221,7 +224,8 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     try:
         inputs = open_inputs(image, support, options)
         source, crs, labels = inputs.source, inputs.crs, inputs.labels
-        with source.dataset() as src:
+        output_bytes = 1 + (4 * len(inputs.classes.ids) if probability_tmp else 0)  # classes, probabilities
+        with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
             device = resolve_device(options.device)
             batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
@@ -298,7 +302,8 @@ def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.devic
     """The encoder to segment with, its description, and the support check (cross-validation) when the
     support is polygons: ``--checkpoint`` or ``--backbone``/``--init-weights`` when given, else the shipped
     encoder ``options.encoder``; ``auto`` cross-validates every shipped encoder on the support and keeps
-    the one with the best mean class F1 (support windows are read once for all of them). ``check`` asks
+    the default unless another reliably beats it (``crossval.compare_encoders``; support windows are read
+    once for all of them). ``check`` asks
     for the cross-validation report of a fixed encoder too (it encodes the support windows once more)."""
     from . import crossval
     from .models import build_shipped, concat_features, select_encoder, shipped_names
@@ -308,9 +313,10 @@ def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.devic
     if not candidates:
         encoder, info = select_encoder(options.encoder, options.backbone, options.checkpoint, options.init_weights)
     if not isinstance(inputs.labels, VectorLabels) or not (candidates or check):
-        if candidates:  # no polygons to cross-validate: the plain ImageNet encoder
-            encoder, info = build_shipped("imagenet")
-            info = {**info, "auto": "support is a label raster: no cross-validation, used imagenet"}
+        if candidates:  # no polygons to cross-validate: the default encoder
+            default = DEFAULT_ENCODER if DEFAULT_ENCODER in candidates else candidates[0]
+            encoder, info = build_shipped(default)
+            info = {**info, "auto": f"support is a label raster: no cross-validation, used the default {default}"}
         return FeatureExtractor(encoder, device), info, None
 
     with inputs.support_source.dataset() as src:
@@ -320,13 +326,13 @@ def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.devic
     num_classes = len(inputs.classes.ids)
 
     def check_with(features):
-        matrix = crossval.cross_validate(features, windows, num_classes, folds, options.alpha)
-        return crossval.report(matrix, inputs.classes, inputs.labels, windows.folds)
+        confusion = crossval.cross_validate(features, windows, num_classes, folds, options.alpha)
+        return confusion, crossval.report(confusion, inputs.classes, inputs.labels, windows.folds)
 
     if not candidates:
         extract = FeatureExtractor(encoder, device)
-        return extract, info, check_with(crossval.encode_windows(extract, windows, batch_size))
-    built, features, reports = {}, {}, {}
+        return extract, info, check_with(crossval.encode_windows(extract, windows, batch_size))[1]
+    built, features, confusions, reports = {}, {}, {}, {}
     for name in candidates:
         parts = name.split("+")
         if len(parts) == 1:
@@ -334,13 +340,11 @@ def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.devic
             features[name] = crossval.encode_windows(FeatureExtractor(built[name][0], device), windows, batch_size)
         else:  # a concatenation reuses its parts' features: no extra encoding
             features[name] = concat_features([features[part] for part in parts])
-        reports[name] = check_with(features[name])
-    scores = {name: (r["mean_f1"] if r["mean_f1"] is not None else -1.0) for name, r in reports.items()}
-    picked = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+        confusions[name], reports[name] = check_with(features[name])
+    default = DEFAULT_ENCODER if DEFAULT_ENCODER in candidates else candidates[0]
+    choice = crossval.compare_encoders(confusions, default)
+    picked = choice["picked"]
     encoder, info = built[picked] if picked in built else build_shipped(picked)
-    ranking = ", ".join(f"{name} {score:.3f}" for name, score in sorted(scores.items(), key=lambda kv: -kv[1]))
-    reason = f"picked {picked}: best cross-validated mean class F1 on the support ({ranking})"
     if options.progress:
-        warnings.warn(f"--encoder auto {reason}")
-    info = {**info, "auto": {"picked": picked, "mean_f1": scores, "reason": reason}}
-    return FeatureExtractor(encoder, device), info, reports[picked]
+        warnings.warn(f"--encoder auto {choice['reason']}")
+    return FeatureExtractor(encoder, device), {**info, "auto": choice}, reports[picked]

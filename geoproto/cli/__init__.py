@@ -1,23 +1,38 @@
-"""The ``geoproto`` command: one module per subcommand, each a thin wrapper over the library."""
+"""The ``geoproto`` command: one module per subcommand, each a thin wrapper over the library.
+
+Subcommand modules (and so torch) are imported only when their command runs or help lists them:
+the DenseCRF worker processes re-import the main script, and ``geoproto`` must not cost them torch.
+"""
+
+import importlib
 
 import click
 
 from .. import __version__
-from .check_support import check_support_command
-from .evaluate import evaluate_command
-from .score import score_command
-from .segment import segment_command
-from .train import train_command
+
+SUBCOMMANDS = {
+    "segment": "segment:segment_command",
+    "train": "train:train_command",
+    "evaluate": "evaluate:evaluate_command",
+    "score": "score:score_command",
+    "check-support": "check_support:check_support_command",
+}
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return list(SUBCOMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in SUBCOMMANDS:
+            return None
+        module, attribute = SUBCOMMANDS[name].split(":")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="geoproto")
 def main():
     """Few-shot land-cover segmentation of orthophotos from a few labelled polygons."""
-
-
-main.add_command(segment_command)
-main.add_command(train_command)
-main.add_command(evaluate_command)
-main.add_command(score_command)
-main.add_command(check_support_command)

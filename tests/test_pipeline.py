@@ -1,0 +1,69 @@
+"""The tile pipeline: labels independent of workers and batch size, clean stops, light worker processes."""
+
+import multiprocessing
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from geoproto.errors import GeoprotoError
+from geoproto.segment import SegmentOptions, segment
+
+DUBAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dubai"
+QUERY = DUBAI / "images" / "image_part_005t2.jpg"  # 544 x 510: four overlapping windows
+REFERENCE = "image_part_003t3"
+
+
+def _segment(tmp_path, name, **options):
+    out = tmp_path / f"{name}.tif"
+    settings = SegmentOptions(encoder="imagenet", classes_file=str(DUBAI / "classes.json"), progress=False,
+                              support_image=str(DUBAI / "images" / f"{REFERENCE}.jpg"),
+                              probabilities=str(tmp_path / f"{name}-p.tif"), **options)
+    summary = segment(str(QUERY), str(DUBAI / "masks" / f"{REFERENCE}.png"), str(out), settings)
+    with rasterio.open(out) as labels, rasterio.open(tmp_path / f"{name}-p.tif") as probabilities:
+        return summary, labels.read(1), probabilities.read()
+
+
+def test_labels_do_not_depend_on_workers_or_batch_size(tmp_path):
+    """DenseCRF in the main process one tile at a time, and in a 2-process pool after batches of 3."""
+    summary, serial, serial_p = _segment(tmp_path, "serial", workers=0, batch_size=1)
+    _, pooled, pooled_p = _segment(tmp_path, "pooled", workers=2, batch_size=3)
+    assert summary["tiles"] == 4 and summary["crf"]["enabled"]
+    assert len(np.unique(serial)) >= 3
+    assert np.abs(serial_p - pooled_p).max() < 1e-4
+    assert (serial != pooled).mean() < 1e-4
+
+
+def test_failing_stage_stops_every_stage(tmp_path, monkeypatch):
+    """A read error on the third window: the error reaches the caller, the CRF pool and the stage
+    threads are gone, and no output is left."""
+    from geoproto.raster import RasterSource
+
+    original, calls = RasterSource.read, {"n": 0}
+
+    def failing_read(self, src, tile, size):
+        if self.path == str(QUERY):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise GeoprotoError(f"{self.path}: read error at window {tile}")
+        return original(self, src, tile, size)
+
+    monkeypatch.setattr(RasterSource, "read", failing_read)
+    with pytest.raises(GeoprotoError, match="read error"):
+        _segment(tmp_path, "failed", workers=2, batch_size=1)
+    assert multiprocessing.active_children() == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("geoproto-")]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("module", ["geoproto.tile_labels", "geoproto.cli"])
+def test_worker_processes_do_not_import_torch(module):
+    """A spawned CRF worker imports the task's module and re-imports the main script (the ``geoproto``
+    command): neither may pull in torch, which costs each worker seconds of CPU."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
