@@ -113,3 +113,47 @@ def test_auto_leaves_a_worse_default_and_keeps_a_better_one(tmp_path, monkeypatc
         assert auto["reason"].startswith(f"picked {auto['picked']}")
     else:
         assert auto["beats_default"]["random"] < 0.5
+
+
+def _confusions(correct_shares, pixels=100):
+    """Per-group 2-class confusions: group g has ``pixels`` pixels of class g % 2, a share correct."""
+    matrices = np.zeros((len(correct_shares), 2, 2))
+    for group, share in enumerate(correct_shares):
+        truth = group % 2
+        matrices[group, truth, truth] = share * pixels
+        matrices[group, truth, 1 - truth] = (1 - share) * pixels
+    return matrices
+
+
+def test_compare_encoders_switches_only_for_a_reliable_lead():
+    from geoproto.crossval import compare_encoders
+
+    default = _confusions([0.7] * 12)
+    everywhere_better = _confusions([0.9] * 12)
+    # Better on average (0.78 against 0.70) but only thanks to two groups out of twelve.
+    lucky = _confusions([0.65] * 10 + [1.0] * 2)
+    choice = compare_encoders({"base": default, "strong": everywhere_better, "lucky": lucky}, "base")
+    assert choice["picked"] == "strong" and choice["beats_default"]["strong"] == 1.0
+    assert choice["reason"].startswith("picked strong")
+    choice = compare_encoders({"base": default, "lucky": lucky}, "base")
+    assert choice["mean_f1"]["lucky"] > choice["mean_f1"]["base"]
+    assert choice["picked"] == "base" and choice["beats_default"]["lucky"] < 0.95
+    assert choice["reason"].startswith("kept the default base") and "lucky beats it in" in choice["reason"]
+
+
+def test_every_fold_deal_keeps_spatial_groups_together_and_spreads_classes(tmp_path):
+    from geoproto.crossval import deal_folds, spatial_groups
+
+    frame = _boxes([(10, 10, 30, 30), (35, 10, 55, 30), (300, 300, 320, 320), (600, 600, 620, 620),
+                    (100, 700, 120, 720), (700, 100, 720, 120), (400, 100, 420, 120), (100, 400, 120, 420)],
+                   ["a", "a", "b", "a", "b", "b", "a", "b"])
+    frame.to_file(tmp_path / "s.gpkg")
+    inputs = open_inputs(str(CHIP), str(tmp_path / "s.gpkg"), SegmentOptions())
+    group_of, dominant = spatial_groups(inputs.labels, inputs.classes, 32)
+    assert group_of[0] == group_of[1] and len(set(group_of)) == 7
+    deals = [deal_folds(dominant, 3, seed)[group_of] for seed in range(3)]
+    assert len({tuple(deal) for deal in deals}) > 1  # the deals differ
+    for deal in deals:
+        assert deal[0] == deal[1]
+        for name in "ab":
+            assert len(set(deal[inputs.labels.class_ids == inputs.classes.ids[inputs.classes.names.index(name)]])) > 1

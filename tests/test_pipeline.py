@@ -38,9 +38,10 @@ def test_labels_do_not_depend_on_workers_or_batch_size(tmp_path):
     assert (serial != pooled).mean() < 1e-4
 
 
-def test_failing_stage_stops_every_stage(tmp_path, monkeypatch):
-    """A read error on the third window: the error reaches the caller, the CRF pool and the stage
-    threads are gone, and no output is left."""
+@pytest.mark.parametrize("workers", [2, 0])
+def test_failing_stage_stops_every_stage(tmp_path, monkeypatch, workers):
+    """A read error on the third window, with stages in threads and a CRF pool (2 workers) or taking
+    turns (0): the error reaches the caller, no worker process or stage thread is left, nor any output."""
     from geoproto.raster import RasterSource
 
     original, calls = RasterSource.read, {"n": 0}
@@ -54,7 +55,7 @@ def test_failing_stage_stops_every_stage(tmp_path, monkeypatch):
 
     monkeypatch.setattr(RasterSource, "read", failing_read)
     with pytest.raises(GeoprotoError, match="read error"):
-        _segment(tmp_path, "failed", workers=2, batch_size=1)
+        _segment(tmp_path, "failed", workers=workers, batch_size=1)
     assert multiprocessing.active_children() == []
     assert not [t for t in threading.enumerate() if t.name.startswith("geoproto-")]
     assert list(tmp_path.iterdir()) == []
