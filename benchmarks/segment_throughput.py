@@ -102,7 +102,7 @@ def run_naive(image: str, labels: str, crf: bool, device: str) -> dict:
 
     from geoproto import crf as crf_module
     from geoproto.fewshot import class_probabilities
-    from geoproto.models import build_encoder
+    from geoproto.models import DEFAULT_ENCODER, build_shipped
     from geoproto.output import ResultWriter
     from geoproto.raster import RasterSource
     from geoproto.segment import FeatureExtractor, build_prototypes, resolve_device
@@ -112,7 +112,7 @@ def run_naive(image: str, labels: str, crf: bool, device: str) -> dict:
 
     started = time.perf_counter()
     source = RasterSource.open(image)
-    extract = FeatureExtractor(build_encoder()[0], resolve_device(device))
+    extract = FeatureExtractor(build_shipped(DEFAULT_ENCODER)[0], resolve_device(device))  # as segment's
     stages = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
     with source.dataset() as src, tempfile.TemporaryDirectory() as folder:
         support = load_support(labels, src, classes_file=str(CLASSES))
@@ -146,10 +146,10 @@ def thread_sweep() -> dict[int, float]:
     interleaved over 3 rounds (median): which count ``segment`` should use on this CPU."""
     import torch
 
-    from geoproto.models import build_shipped
+    from geoproto.models import DEFAULT_ENCODER, build_shipped
     from geoproto.segment import FeatureExtractor
 
-    extract = FeatureExtractor(build_shipped("dubai")[0], torch.device("cpu"))
+    extract = FeatureExtractor(build_shipped(DEFAULT_ENCODER)[0], torch.device("cpu"))
     window = np.random.default_rng(0).random((1, 3, 417, 417), np.float32)
     extract(window)
     timings: dict[int, list[float]] = {}
