@@ -310,11 +310,11 @@ def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.devic
 
     explicit = options.checkpoint or options.init_weights or options.backbone != DEFAULT_BACKBONE
     candidates = shipped_names() if options.encoder == "auto" and not explicit else []
+    default = DEFAULT_ENCODER if DEFAULT_ENCODER in candidates or not candidates else candidates[0]
     if not candidates:
         encoder, info = select_encoder(options.encoder, options.backbone, options.checkpoint, options.init_weights)
     if not isinstance(inputs.labels, VectorLabels) or not (candidates or check):
         if candidates:  # no polygons to cross-validate: the default encoder
-            default = DEFAULT_ENCODER if DEFAULT_ENCODER in candidates else candidates[0]
             encoder, info = build_shipped(default)
             info = {**info, "auto": f"support is a label raster: no cross-validation, used the default {default}"}
         return FeatureExtractor(encoder, device), info, None
@@ -341,7 +341,6 @@ def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.devic
         else:  # a concatenation reuses its parts' features: no extra encoding
             features[name] = concat_features([features[part] for part in parts])
         confusions[name], reports[name] = check_with(features[name])
-    default = DEFAULT_ENCODER if DEFAULT_ENCODER in candidates else candidates[0]
     choice = crossval.compare_encoders(confusions, default)
     picked = choice["picked"]
     encoder, info = built[picked] if picked in built else build_shipped(picked)
