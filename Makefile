@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test test-fast clean
 
 $(BIN)/geoproto: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ demo: install
 		--vector $(OUT)/spacenet-classes.gpkg --overwrite --json
 	@echo "Class raster: $(OUT)/spacenet-classes.tif  preview: $(OUT)/spacenet-preview.png" >&2
 
+# The whole suite; test-fast skips the end-to-end runs of the encoder on real imagery (marked slow).
 test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:

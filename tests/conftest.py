@@ -1,7 +1,9 @@
-"""Shared fixtures: the real data beside the clone (``../shared/data``) and a tile-mosaic helper."""
+"""Shared fixtures: the real test data inside the repository (``tests/data``, ``examples``) and a
+tile-mosaic helper. Every path to real data is defined here, so no test reaches outside the clone."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +12,50 @@ import pytest
 from geoproto.raster import open_raster
 from geoproto.tiling import tile_grid
 
-SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+SPACENET = REPO / "examples" / "spacenet"
+ALBERS = TEST_DATA / "albers-30m"
+DUBAI = TEST_DATA / "dubai"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The project's shared real data (read-only: copy into tmp_path before altering anything)."""
-    assert SHARED_DATA.is_dir(), f"shared data not found at {SHARED_DATA} (expected ../shared/data from the repo root)"
-    return SHARED_DATA
+def spacenet() -> Path:
+    """The SpaceNet example: ``sample_geotiff.tif`` (0.5 m panchromatic, EPSG:32616), its 43 building
+    footprints ``geotiff_labels.geojson`` and the demo's ``support.gpkg``. Read-only: copy to tmp_path
+    before altering anything."""
+    return SPACENET
 
 
 @pytest.fixture(scope="session")
-def spacenet(shared_data) -> Path:
-    return shared_data / "spacenet-atlanta"
+def albers() -> Path:
+    """The 30 m chip in a custom Albers CRS (``sample_geotiff_custom_proj.tif``) and its centre pivots
+    (``geotiff_custom_proj_labels.geojson``, whose coordinates are Albers metres declared as WGS 84)."""
+    return ALBERS
+
+
+@pytest.fixture(scope="session")
+def dubai() -> Path:
+    """A few real Dubai tiles: ``images/*.jpg``, colour-coded ``masks/*.png`` and ``classes.json``."""
+    return DUBAI
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """The real files tests use most, by what they are."""
+
+    chip: Path = SPACENET / "sample_geotiff.tif"
+    support: Path = SPACENET / "support.gpkg"
+    buildings: Path = SPACENET / "geotiff_labels.geojson"
+    dubai: Path = DUBAI
+    dubai_query: Path = DUBAI / "images" / "image_part_005t2.jpg"  # 544 x 510: four overlapping windows
+    albers_chip: Path = ALBERS / "sample_geotiff_custom_proj.tif"
+    pivots: Path = ALBERS / "geotiff_custom_proj_labels.geojson"
+
+
+@pytest.fixture(scope="session")
+def paths() -> DataPaths:
+    return DataPaths()
 
 
 @pytest.fixture
@@ -32,8 +65,8 @@ def chip(spacenet):
 
 
 @pytest.fixture
-def albers_chip(spacenet):
-    with open_raster(str(spacenet / "sample_geotiff_custom_proj.tif")) as src:
+def albers_chip(albers):
+    with open_raster(str(albers / "sample_geotiff_custom_proj.tif")) as src:
         yield src
 
 

@@ -14,13 +14,10 @@ from geoproto.cli import main
 from geoproto.crossval import spatial_folds
 from geoproto.segment import SegmentOptions, check_support, open_inputs
 
-REPO = Path(__file__).resolve().parents[1]
-CHIP = REPO / "examples" / "spacenet" / "sample_geotiff.tif"
-SUPPORT = REPO / "examples" / "spacenet" / "support.gpkg"
 
 
-def _boxes(pixel_boxes, names):
-    with rasterio.open(CHIP) as src:
+def _boxes(paths, pixel_boxes, names):
+    with rasterio.open(paths.chip) as src:
         transform, crs = src.transform, src.crs
     geometries = []
     for col0, row0, col1, row1 in pixel_boxes:
@@ -29,13 +26,13 @@ def _boxes(pixel_boxes, names):
     return geopandas.GeoDataFrame({"class": names}, geometry=geometries, crs=crs)
 
 
-def test_folds_keep_neighbouring_polygons_together():
-    frame = _boxes([(10, 10, 30, 30), (35, 10, 55, 30),  # 5 px apart: one group
+def test_folds_keep_neighbouring_polygons_together(paths):
+    frame = _boxes(paths, [(10, 10, 30, 30), (35, 10, 55, 30),  # 5 px apart: one group
                     (300, 300, 320, 320), (600, 600, 620, 620), (100, 700, 120, 720), (700, 100, 720, 120)],
                    ["a", "a", "b", "a", "b", "b"])
     path = Path(__import__("tempfile").mkdtemp()) / "s.gpkg"
     frame.to_file(path)
-    inputs = open_inputs(str(CHIP), str(path), SegmentOptions())
+    inputs = open_inputs(str(paths.chip), str(path), SegmentOptions())
     folds = spatial_folds(inputs.labels, inputs.classes, 3, group_distance=32)
     assert folds[0] == folds[1]
     assert len(folds) == 6 and set(folds) <= {0, 1, 2}
@@ -43,8 +40,8 @@ def test_folds_keep_neighbouring_polygons_together():
     assert len(set(folds[[2, 4, 5]])) > 1
 
 
-def test_separable_support_scores_high_and_one_surface_split_in_two_scores_low(tmp_path):
-    report = check_support(str(CHIP), str(SUPPORT), SegmentOptions(encoder="imagenet"))
+def test_separable_support_scores_high_and_one_surface_split_in_two_scores_low(paths, tmp_path):
+    report = check_support(str(paths.chip), str(paths.support), SegmentOptions(encoder="imagenet"))
     assert report["folds"] == 5
     # Measured: building 0.75, ground 0.67, tree 0.93 (mean 0.78) on the bundled example support.
     assert report["mean_f1"] > 0.65 and report["classes"]["tree"]["f1"] > 0.85
@@ -54,21 +51,21 @@ def test_separable_support_scores_high_and_one_surface_split_in_two_scores_low(t
     forest = [(200, 550, 240, 590), (600, 450, 640, 490), (300, 750, 340, 790), (690, 250, 730, 290),
               (250, 600, 290, 640), (640, 500, 680, 540), (340, 790, 380, 830), (720, 280, 760, 320)]
     support = geopandas.pd.concat([
-        geopandas.read_file(SUPPORT).query("`class` == 'building'"),
-        _boxes(forest, ["pine", "oak"] * 4)])
+        geopandas.read_file(paths.support).query("`class` == 'building'"),
+        _boxes(paths, forest, ["pine", "oak"] * 4)])
     support.to_file(tmp_path / "split.gpkg")
-    split = check_support(str(CHIP), str(tmp_path / "split.gpkg"), SegmentOptions(encoder="imagenet"))
+    split = check_support(str(paths.chip), str(tmp_path / "split.gpkg"), SegmentOptions(encoder="imagenet"))
     assert split["classes"]["pine"]["f1"] < 0.7 and split["classes"]["oak"]["f1"] < 0.7
     assert any("oak and pine are confused" in w for w in split["warnings"])
     assert split["classes"]["building"]["f1"] > split["classes"]["oak"]["f1"]
 
 
-def test_few_polygons_warned_and_cli_json(tmp_path):
-    support = geopandas.read_file(SUPPORT)
+def test_few_polygons_warned_and_cli_json(paths, tmp_path):
+    support = geopandas.read_file(paths.support)
     support = geopandas.pd.concat([support[support["class"] != "ground"],
                                    support[support["class"] == "ground"].head(2)])
     support.to_file(tmp_path / "few.gpkg")
-    result = CliRunner().invoke(main, ["check-support", str(CHIP), "--support", str(tmp_path / "few.gpkg"),
+    result = CliRunner().invoke(main, ["check-support", str(paths.chip), "--support", str(tmp_path / "few.gpkg"),
                                        "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -77,8 +74,8 @@ def test_few_polygons_warned_and_cli_json(tmp_path):
     assert np.array(report["confusion"]).shape == (3, 3)
 
 
-def test_raster_support_is_refused(tmp_path):
-    result = CliRunner().invoke(main, ["check-support", str(CHIP), "--support", str(CHIP)])
+def test_raster_support_is_refused(paths, tmp_path):
+    result = CliRunner().invoke(main, ["check-support", str(paths.chip), "--support", str(paths.chip)])
     assert result.exit_code != 0 and "needs support polygons" in result.output
 
 
@@ -88,7 +85,7 @@ def _quiet_geopandas(recwarn):
 
 
 @pytest.mark.parametrize("default", ["random", "imagenet"])
-def test_auto_leaves_a_worse_default_and_keeps_a_better_one(tmp_path, monkeypatch, default):
+def test_auto_leaves_a_worse_default_and_keeps_a_better_one(paths, tmp_path, monkeypatch, default):
     """A shipped 'random' encoder (randomly initialised Lite0) against ImageNet on the SpaceNet support:
     made the default, auto must leave it for an encoder that reliably beats it; with ImageNet the
     default, auto must never switch to the random one."""
@@ -101,7 +98,7 @@ def test_auto_leaves_a_worse_default_and_keeps_a_better_one(tmp_path, monkeypatc
     save_checkpoint(Encoder("efficientnet-lite0", with_head=False), str(tmp_path / "random.pt"))
     monkeypatch.setattr(shipped, "TRAINED", {"random": tmp_path / "random.pt"})
     monkeypatch.setattr(geoproto.segment, "DEFAULT_ENCODER", default)
-    result = CliRunner().invoke(main, ["segment", str(CHIP), "--support", str(SUPPORT), "-o", str(tmp_path / "c.tif"),
+    result = CliRunner().invoke(main, ["segment", str(paths.chip), "--support", str(paths.support), "-o", str(tmp_path / "c.tif"),
                                        "--encoder", "auto", "--no-crf", "--json", "-q"])
     assert result.exit_code == 0, result.output
     auto = json.loads(result.stdout)["encoder"]["auto"]
@@ -141,14 +138,14 @@ def test_compare_encoders_switches_only_for_a_reliable_lead():
     assert choice["reason"].startswith("kept the default base") and "lucky beats it in" in choice["reason"]
 
 
-def test_every_fold_deal_keeps_spatial_groups_together_and_spreads_classes(tmp_path):
+def test_every_fold_deal_keeps_spatial_groups_together_and_spreads_classes(paths, tmp_path):
     from geoproto.crossval import deal_folds, spatial_groups
 
-    frame = _boxes([(10, 10, 30, 30), (35, 10, 55, 30), (300, 300, 320, 320), (600, 600, 620, 620),
+    frame = _boxes(paths, [(10, 10, 30, 30), (35, 10, 55, 30), (300, 300, 320, 320), (600, 600, 620, 620),
                     (100, 700, 120, 720), (700, 100, 720, 120), (400, 100, 420, 120), (100, 400, 120, 420)],
                    ["a", "a", "b", "a", "b", "b", "a", "b"])
     frame.to_file(tmp_path / "s.gpkg")
-    inputs = open_inputs(str(CHIP), str(tmp_path / "s.gpkg"), SegmentOptions())
+    inputs = open_inputs(str(paths.chip), str(tmp_path / "s.gpkg"), SegmentOptions())
     group_of, dominant = spatial_groups(inputs.labels, inputs.classes, 32)
     assert group_of[0] == group_of[1] and len(set(group_of)) == 7
     deals = [deal_folds(dominant, 3, seed)[group_of] for seed in range(3)]

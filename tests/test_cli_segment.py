@@ -20,12 +20,6 @@ from geoproto.cli import main
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.support import read_class_file
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-CHIP = REPO / "examples" / "spacenet" / "sample_geotiff.tif"
-SUPPORT = REPO / "examples" / "spacenet" / "support.gpkg"
-BUILDINGS = SHARED / "spacenet-atlanta" / "geotiff_labels.geojson"
-DUBAI = SHARED / "dubai"
 
 
 def run(*args):
@@ -34,19 +28,19 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def spacenet_run(tmp_path_factory):
+def spacenet_run(paths, tmp_path_factory):
     """One full run with every output, shared by the tests that inspect it."""
     out = tmp_path_factory.mktemp("spacenet")
-    result = run(CHIP, "--support", SUPPORT, "-o", out / "classes.tif", "--probabilities", out / "p.tif",
+    result = run(paths.chip, "--support", paths.support, "-o", out / "classes.tif", "--probabilities", out / "p.tif",
                  "--vector", out / "classes.gpkg", "--preview", out / "preview.png", "--json", "-q")
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)
 
 
-def building_iou(class_path: Path, exclude_support: bool = True) -> float:
+def building_iou(paths, class_path: Path, exclude_support: bool = True) -> float:
     """IoU of the 'building' class on the chip's buildings not used as support."""
-    buildings = geopandas.read_file(BUILDINGS)
-    support = geopandas.read_file(SUPPORT)
+    buildings = geopandas.read_file(paths.buildings)
+    support = geopandas.read_file(paths.support)
     with rasterio.open(class_path) as src:
         predicted = src.read(1)
         names = json.loads(src.tags()["GEOPROTO_CLASSES"])
@@ -59,16 +53,16 @@ def building_iou(class_path: Path, exclude_support: bool = True) -> float:
     return scores(confusion_matrix(truth, prediction, 2, ignore=used if exclude_support else None))["iou"][0]
 
 
-def test_spacenet_buildings_found_on_held_out_buildings(spacenet_run):
+def test_spacenet_buildings_found_on_held_out_buildings(paths, spacenet_run):
     out, summary = spacenet_run
     # Measured 0.207 with the default (dubai) encoder and CRF, 0.208 with imagenet: a hard 0.5 m chip of
     # small houses under canopy. The floor catches a broken encoder, prototype or georeferencing (~0.05).
-    assert building_iou(out / "classes.tif") >= 0.15
+    assert building_iou(paths, out / "classes.tif") >= 0.15
 
 
-def test_output_is_georeferenced_and_described(spacenet_run):
+def test_output_is_georeferenced_and_described(paths, spacenet_run):
     out, summary = spacenet_run
-    with rasterio.open(CHIP) as src, rasterio.open(out / "classes.tif") as dst:
+    with rasterio.open(paths.chip) as src, rasterio.open(out / "classes.tif") as dst:
         assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape
         assert dst.dtypes[0] == "uint8" and dst.nodata == 0
         assert dst.profile["tiled"] and dst.compression.value == "DEFLATE"
@@ -83,7 +77,7 @@ def test_output_is_georeferenced_and_described(spacenet_run):
     assert summary["tiles"] == 9 and summary["crf"]["enabled"] and summary["support"]["windows"] >= 1
 
 
-def test_probabilities_vector_and_preview(spacenet_run):
+def test_probabilities_vector_and_preview(paths, spacenet_run):
     out, summary = spacenet_run
     with rasterio.open(out / "p.tif") as p, rasterio.open(out / "classes.tif") as c:
         probabilities = p.read()
@@ -96,32 +90,32 @@ def test_probabilities_vector_and_preview(spacenet_run):
     polygons = geopandas.read_file(out / "classes.gpkg")
     assert len(polygons) == summary["polygons"] > 0
     assert set(polygons["class_name"]) == {"building", "ground", "tree"}
-    assert polygons.crs == rasterio.open(CHIP).crs
-    with rasterio.open(CHIP) as src:
+    assert polygons.crs == rasterio.open(paths.chip).crs
+    with rasterio.open(paths.chip) as src:
         assert polygons.geometry.area.sum() == pytest.approx(src.width * src.height * 0.25, rel=1e-6)
     with rasterio.open(out / "preview.png") as preview:
         assert preview.count == 3 and preview.shape == (900, 900)
 
 
-def test_cog_output(tmp_path):
-    result = run(CHIP, "--support", SUPPORT, "-o", tmp_path / "cog.tif", "--cog", "--no-crf", "-q")
+def test_cog_output(paths, tmp_path):
+    result = run(paths.chip, "--support", paths.support, "-o", tmp_path / "cog.tif", "--cog", "--no-crf", "-q")
     assert result.exit_code == 0, result.output
     with rasterio.open(tmp_path / "cog.tif") as dst:
         assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
-        assert dst.crs == rasterio.open(CHIP).crs
+        assert dst.crs == rasterio.open(paths.chip).crs
         assert "GEOPROTO_CLASSES" in dst.tags()
 
 
-def test_dubai_multiclass_with_support_from_another_area(tmp_path):
+def test_dubai_multiclass_with_support_from_another_area(paths, tmp_path):
     """Query area 6, prototypes from a tile of area 3 (RGB, not georeferenced, colour-coded mask)."""
     query, reference = "image_part_004t6", "image_part_003t3"
     out = tmp_path / "dubai.tif"
-    result = run(DUBAI / "images" / f"{query}.jpg", "--support", DUBAI / "masks" / f"{reference}.png",
-                 "--support-image", DUBAI / "images" / f"{reference}.jpg", "--classes", DUBAI / "classes.json",
+    result = run(paths.dubai / "images" / f"{query}.jpg", "--support", paths.dubai / "masks" / f"{reference}.png",
+                 "--support-image", paths.dubai / "images" / f"{reference}.jpg", "--classes", paths.dubai / "classes.json",
                  "-o", out, "-q", "--encoder", "imagenet")
     assert result.exit_code == 0, result.output
-    info = read_class_file(DUBAI / "classes.json")
-    with rasterio.open(DUBAI / "masks" / f"{query}.png") as mask:
+    info = read_class_file(paths.dubai / "classes.json")
+    with rasterio.open(paths.dubai / "masks" / f"{query}.png") as mask:
         rgb = mask.read([1, 2, 3])
     truth = np.zeros(rgb.shape[1:], np.uint8)
     for class_id, color in zip(info.ids, info.colors):
@@ -146,63 +140,63 @@ def _assert_clean_failure(result, out: Path, *words):
     assert not list(out.parent.glob(f".{out.stem}.partial-*")), "temporary file left behind"
 
 
-def test_missing_image(tmp_path):
+def test_missing_image(paths, tmp_path):
     out = tmp_path / "c.tif"
-    _assert_clean_failure(run(tmp_path / "nope.tif", "--support", SUPPORT, "-o", out), out, "nope.tif", "no such file")
+    _assert_clean_failure(run(tmp_path / "nope.tif", "--support", paths.support, "-o", out), out, "nope.tif", "no such file")
 
 
-def test_unreadable_raster(tmp_path):
+def test_unreadable_raster(paths, tmp_path):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\x00" + b"\x00" * 100)
     out = tmp_path / "c.tif"
-    _assert_clean_failure(run(bad, "--support", SUPPORT, "-o", out), out, "bad.tif", "not a readable raster")
+    _assert_clean_failure(run(bad, "--support", paths.support, "-o", out), out, "bad.tif", "not a readable raster")
 
 
-def test_missing_support(tmp_path):
+def test_missing_support(paths, tmp_path):
     out = tmp_path / "c.tif"
-    _assert_clean_failure(run(CHIP, "--support", tmp_path / "x.gpkg", "-o", out), out, "x.gpkg", "no such file")
+    _assert_clean_failure(run(paths.chip, "--support", tmp_path / "x.gpkg", "-o", out), out, "x.gpkg", "no such file")
 
 
-def test_support_outside_raster(tmp_path):
+def test_support_outside_raster(paths, tmp_path):
     frame = geopandas.GeoDataFrame({"class": ["a", "b"]}, geometry=[box(0, 0, 10, 10), box(20, 20, 30, 30)],
                                    crs="EPSG:32616")
     frame.to_file(tmp_path / "far.gpkg")
     out = tmp_path / "c.tif"
-    _assert_clean_failure(run(CHIP, "--support", tmp_path / "far.gpkg", "-o", out), out, "overlaps the raster")
+    _assert_clean_failure(run(paths.chip, "--support", tmp_path / "far.gpkg", "-o", out), out, "overlaps the raster")
 
 
-def test_class_without_pixels(tmp_path):
-    support = geopandas.read_file(SUPPORT)
+def test_class_without_pixels(paths, tmp_path):
+    support = geopandas.read_file(paths.support)
     outside = geopandas.GeoDataFrame({"class": ["water"]}, geometry=[box(0, 0, 10, 10)], crs=support.crs)
     geopandas.pd.concat([support, outside]).to_file(tmp_path / "s.gpkg")
     out = tmp_path / "c.tif"
-    _assert_clean_failure(run(CHIP, "--support", tmp_path / "s.gpkg", "-o", out, "--no-crf"), out,
+    _assert_clean_failure(run(paths.chip, "--support", tmp_path / "s.gpkg", "-o", out, "--no-crf"), out,
                           "'water'", "no labelled pixel")
 
 
-def test_unknown_class_field(tmp_path):
+def test_unknown_class_field(paths, tmp_path):
     out = tmp_path / "c.tif"
-    _assert_clean_failure(run(CHIP, "--support", SUPPORT, "-o", out, "--class-field", "kind"), out,
+    _assert_clean_failure(run(paths.chip, "--support", paths.support, "-o", out, "--class-field", "kind"), out,
                           "'kind'", "fields: class")
 
 
-def test_crs_missing_on_one_side(tmp_path):
-    support = geopandas.read_file(SUPPORT).set_crs(None, allow_override=True)
+def test_crs_missing_on_one_side(paths, tmp_path):
+    support = geopandas.read_file(paths.support).set_crs(None, allow_override=True)
     support.to_file(tmp_path / "nocrs.gpkg")
     out = tmp_path / "c.tif"
-    _assert_clean_failure(run(CHIP, "--support", tmp_path / "nocrs.gpkg", "-o", out), out,
+    _assert_clean_failure(run(paths.chip, "--support", tmp_path / "nocrs.gpkg", "-o", out), out,
                           "has no CRS", "--support-crs")
 
 
-def test_existing_output_needs_overwrite(tmp_path):
+def test_existing_output_needs_overwrite(paths, tmp_path):
     out = tmp_path / "c.tif"
     out.write_bytes(b"precious")
-    result = run(CHIP, "--support", SUPPORT, "-o", out, "--no-crf")
+    result = run(paths.chip, "--support", paths.support, "-o", out, "--no-crf")
     assert result.exit_code != 0 and "--overwrite" in result.output
     assert out.read_bytes() == b"precious"
 
 
-def test_failure_after_start_leaves_nothing(tmp_path, monkeypatch):
+def test_failure_after_start_leaves_nothing(paths, tmp_path, monkeypatch):
     """A run that fails midway (here: while writing tiles) leaves neither output nor temporary file."""
     import geoproto.output
 
@@ -217,18 +211,18 @@ def test_failure_after_start_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(geoproto.output.ResultWriter, "write", failing_write)
     out = tmp_path / "c.tif"
-    shutil.copy(CHIP, tmp_path / "chip.tif")
-    _assert_clean_failure(run(tmp_path / "chip.tif", "--support", SUPPORT, "-o", out, "--no-crf",
+    shutil.copy(paths.chip, tmp_path / "chip.tif")
+    _assert_clean_failure(run(tmp_path / "chip.tif", "--support", paths.support, "-o", out, "--no-crf",
                               "--probabilities", tmp_path / "p.tif"), out, "No space left")
     assert not (tmp_path / "p.tif").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chip.tif"]
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_run_leaves_nothing(tmp_path, signum, code):
+def test_interrupted_run_leaves_nothing(paths, tmp_path, signum, code):
     """A real process stopped mid-run exits 130/143 and removes its temporary files."""
     out = tmp_path / "c.tif"
-    process = subprocess.Popen([sys.executable, "-m", "geoproto", "segment", str(CHIP), "--support", str(SUPPORT),
+    process = subprocess.Popen([sys.executable, "-m", "geoproto", "segment", str(paths.chip), "--support", str(paths.support),
                                 "-o", str(out), "--probabilities", str(tmp_path / "p.tif")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -254,17 +248,17 @@ def small_filesystem(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_disk_full_midway_fails_cleanly(small_filesystem):
+def test_disk_full_midway_fails_cleanly(paths, small_filesystem):
     out = small_filesystem / "c.tif"
-    result = run(CHIP, "--support", SUPPORT, "-o", out, "--probabilities", small_filesystem / "p.tif", "--no-crf")
+    result = run(paths.chip, "--support", paths.support, "-o", out, "--probabilities", small_filesystem / "p.tif", "--no-crf")
     _assert_clean_failure(result, out, "writing failed", "disk is full")
     assert list(small_filesystem.iterdir()) == []
 
 
-def test_custom_crs_chip_with_mislabelled_geojson(tmp_path):
+def test_custom_crs_chip_with_mislabelled_geojson(paths, tmp_path):
     """The 30 m Albers chip: its GeoJSON holds Albers metres but (implicitly) declares WGS 84."""
-    chip = SHARED / "spacenet-atlanta" / "sample_geotiff_custom_proj.tif"
-    pivots = geopandas.read_file(SHARED / "spacenet-atlanta" / "geotiff_custom_proj_labels.geojson")
+    chip = paths.albers_chip
+    pivots = geopandas.read_file(paths.pivots)
     with rasterio.open(chip) as src:
         transform, crs = src.transform, src.crs
 
@@ -292,13 +286,13 @@ def test_custom_crs_chip_with_mislabelled_geojson(tmp_path):
     assert (predicted[held_out] == pivot_id).mean() > (predicted[~held_out] == pivot_id).mean() + 0.2
 
 
-def test_rotated_grid_gives_the_same_labels(tmp_path):
+def test_rotated_grid_gives_the_same_labels(paths, tmp_path):
     """A non-north-up copy of the chip (same pixels, rotated 30 degrees on the ground) with its support
     rotated the same way: every label must be the same, and the output keeps the rotated transform."""
     from affine import Affine
     from shapely.affinity import affine_transform
 
-    with rasterio.open(CHIP) as src:
+    with rasterio.open(paths.chip) as src:
         profile, data, transform = src.profile, src.read(), src.transform
     rotated = Affine.translation(transform.c, transform.f) * Affine.rotation(30) * Affine.scale(0.5, -0.5)
     profile.update(transform=rotated)
@@ -306,11 +300,11 @@ def test_rotated_grid_gives_the_same_labels(tmp_path):
         dst.write(data)
     to_pixels, to_rotated = ~transform, rotated
     matrix = lambda a: [a.a, a.b, a.d, a.e, a.xoff, a.yoff]  # noqa: E731
-    support = geopandas.read_file(SUPPORT)
+    support = geopandas.read_file(paths.support)
     support["geometry"] = [affine_transform(affine_transform(g, matrix(to_pixels)), matrix(to_rotated))
                            for g in support.geometry]
     support.to_file(tmp_path / "rotated.gpkg")
-    for image, labels, out in ((CHIP, SUPPORT, tmp_path / "a.tif"),
+    for image, labels, out in ((paths.chip, paths.support, tmp_path / "a.tif"),
                                (tmp_path / "rotated.tif", tmp_path / "rotated.gpkg", tmp_path / "b.tif")):
         result = run(image, "--support", labels, "-o", out, "--no-crf", "-q")
         assert result.exit_code == 0, result.output

@@ -24,7 +24,6 @@ from geoproto.training import EpisodeSampler, EpisodeSpec, load_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
-DUBAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dubai"
 
 # The official ISPRS colour table, by class id 1..6.
 ISPRS_COLOURS = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)]
@@ -547,21 +546,23 @@ def test_folder_read_labels_resamples_png(tmp_path):
     np.testing.assert_array_equal(labels, ids[::4, ::4])
 
 
-def test_shared_dubai_folder():
-    if not DUBAI.is_dir():
-        pytest.skip(f"shared data not found at {DUBAI}")
-    data = load_folder(str(DUBAI), holdout="t6$")
-    assert len(data.subset("train")) == 45 and len(data.subset("test")) == 9
-    assert all(s.name.endswith("t6") for s in data.subset("test"))
-    counts = np.zeros(len(data.classes.ids) + 1, np.int64)
+def test_real_dubai_folder_reads_every_mask_colour(dubai):
+    """The real tiles: each mask colour of classes.json becomes its class id, checked against a plain
+    count of the mask's colours; the ignore colour is the only unlabelled pixel."""
+    from PIL import Image
+
+    data = load_folder(str(dubai), holdout="t6$")
+    assert {s.name[-2:] for s in data.subset("train")} == {"t1", "t2", "t3"}
+    assert len(data.subset("test")) == 3 and all(s.name.endswith("t6") for s in data.subset("test"))
+    colours = json.loads((dubai / "classes.json").read_text())["classes"]
     for sample in data.samples:
         labels = data.read_labels(sample, *data.size(sample))
-        counts += np.bincount(labels.ravel(), minlength=len(counts))
-    shares = dict(zip(data.classes.names, counts[1:] / counts[1:].sum() * 100))
-    expected = {"land": 39, "water": 31, "building": 12, "vegetation": 10, "road": 8}
-    for name, share in expected.items():
-        assert abs(shares[name] - share) <= 1.5, shares
-    assert counts[0] / counts.sum() < 0.02  # the ignore colour only
+        rgb = np.asarray(Image.open(dubai / "masks" / f"{sample.name}.png").convert("RGB"))
+        for entry in colours:
+            colour = tuple(int(entry["color"][i:i + 2], 16) for i in (1, 3, 5))
+            painted = (rgb == colour).all(-1)
+            assert (labels[painted] == data.classes.ids[data.classes.names.index(entry["name"])]).all()
+        assert (labels == 0).mean() < 0.02  # the ignore colour only
 
 
 # ------------------------------------------------------------------------------------- episodes

@@ -18,9 +18,6 @@ from geoproto.models import build_encoder
 from geoproto.tiling import Tile
 from geoproto.training import load_dataset
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-CHIP = SHARED / "spacenet-atlanta" / "sample_geotiff.tif"
-BUILDINGS = SHARED / "spacenet-atlanta" / "geotiff_labels.geojson"
 
 
 def test_confusion_matrix_counts_and_ignores():
@@ -71,8 +68,8 @@ def test_support_sampling_says_when_coverage_is_impossible():
     assert covered == {1, 2}  # class 5 occurs nowhere: covered as far as possible
 
 
-def _raster_from_buildings(path: Path, buildings) -> None:
-    with rasterio.open(CHIP) as src:
+def _raster_from_buildings(paths, path: Path, buildings) -> None:
+    with rasterio.open(paths.chip) as src:
         labels = np.where(rasterize(buildings.geometry, out_shape=src.shape, transform=src.transform) > 0, 1, 2)
         profile = {"driver": "GTiff", "width": src.width, "height": src.height, "count": 1, "dtype": "uint8",
                    "crs": src.crs, "transform": src.transform, "nodata": 0}
@@ -81,18 +78,18 @@ def _raster_from_buildings(path: Path, buildings) -> None:
         dst.update_tags(GEOPROTO_CLASSES=json.dumps({1: "building", 2: "other"}))
 
 
-def test_score_spacenet_against_its_own_polygons(tmp_path):
-    buildings = geopandas.read_file(BUILDINGS)[["geometry"]].assign(kind="building")
+def test_score_spacenet_against_its_own_polygons(paths, tmp_path):
+    buildings = geopandas.read_file(paths.buildings)[["geometry"]].assign(kind="building")
     buildings.to_file(tmp_path / "truth.gpkg")
-    _raster_from_buildings(tmp_path / "exact.tif", buildings)
+    _raster_from_buildings(paths, tmp_path / "exact.tif", buildings)
     report = score(str(tmp_path / "exact.tif"), str(tmp_path / "truth.gpkg"), "kind", background="other")
     assert report["classes"]["building"]["iou"] == 1.0 and report["overall_accuracy"] == 1.0
 
     # Every building shifted 2 m east: IoU drops to what the overlap of each footprint with itself gives.
     shifted = buildings.assign(geometry=buildings.geometry.apply(lambda g: translate(g, xoff=2.0)))
-    _raster_from_buildings(tmp_path / "shifted.tif", shifted)
+    _raster_from_buildings(paths, tmp_path / "shifted.tif", shifted)
     report = score(str(tmp_path / "shifted.tif"), str(tmp_path / "truth.gpkg"), "kind", background="other")
-    with rasterio.open(CHIP) as src:
+    with rasterio.open(paths.chip) as src:
         truth = rasterize(buildings.geometry, out_shape=src.shape, transform=src.transform) > 0
         moved = rasterize(shifted.geometry, out_shape=src.shape, transform=src.transform) > 0
     expected = (truth & moved).sum() / (truth | moved).sum()
@@ -100,10 +97,10 @@ def test_score_spacenet_against_its_own_polygons(tmp_path):
     assert 0.3 < expected < 0.9
 
 
-def test_score_cli_with_mapping_and_reprojected_truth(tmp_path):
-    buildings = geopandas.read_file(BUILDINGS)[["geometry"]].assign(kind="house").to_crs("EPSG:4326")
+def test_score_cli_with_mapping_and_reprojected_truth(paths, tmp_path):
+    buildings = geopandas.read_file(paths.buildings)[["geometry"]].assign(kind="house").to_crs("EPSG:4326")
     buildings.to_file(tmp_path / "truth.geojson")
-    _raster_from_buildings(tmp_path / "exact.tif", buildings.to_crs("EPSG:32616"))
+    _raster_from_buildings(paths, tmp_path / "exact.tif", buildings.to_crs("EPSG:32616"))
     result = CliRunner().invoke(main, ["score", str(tmp_path / "exact.tif"), "--truth", str(tmp_path / "truth.geojson"),
                                        "--class-field", "kind", "--map", "house=building", "--background", "other",
                                        "--json"])
@@ -113,8 +110,8 @@ def test_score_cli_with_mapping_and_reprojected_truth(tmp_path):
     assert report["classes"]["building"]["iou"] > 0.999
 
 
-def test_evaluate_protocol_on_dubai_runs_and_is_reproducible():
-    data = load_dataset("folder", str(SHARED / "dubai"), holdout="image_part_00[12]t6$")
+def test_evaluate_protocol_on_dubai_runs_and_is_reproducible(dubai):
+    data = load_dataset("folder", str(dubai), holdout="image_part_00[12]t6$")
     data.splits["train"] = [n for n in data.splits["train"] if n.endswith("t1")][:3]
     encoder = build_encoder()[0]
     import torch

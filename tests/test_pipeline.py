@@ -4,7 +4,6 @@ import multiprocessing
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,25 +12,23 @@ import rasterio
 from geoproto.errors import GeoprotoError
 from geoproto.segment import SegmentOptions, segment
 
-DUBAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dubai"
-QUERY = DUBAI / "images" / "image_part_005t2.jpg"  # 544 x 510: four overlapping windows
 REFERENCE = "image_part_003t3"
 
 
-def _segment(tmp_path, name, **options):
+def _segment(paths, tmp_path, name, **options):
     out = tmp_path / f"{name}.tif"
-    settings = SegmentOptions(encoder="imagenet", classes_file=str(DUBAI / "classes.json"), progress=False,
-                              support_image=str(DUBAI / "images" / f"{REFERENCE}.jpg"),
+    settings = SegmentOptions(encoder="imagenet", classes_file=str(paths.dubai / "classes.json"), progress=False,
+                              support_image=str(paths.dubai / "images" / f"{REFERENCE}.jpg"),
                               probabilities=str(tmp_path / f"{name}-p.tif"), **options)
-    summary = segment(str(QUERY), str(DUBAI / "masks" / f"{REFERENCE}.png"), str(out), settings)
+    summary = segment(str(paths.dubai_query), str(paths.dubai / "masks" / f"{REFERENCE}.png"), str(out), settings)
     with rasterio.open(out) as labels, rasterio.open(tmp_path / f"{name}-p.tif") as probabilities:
         return summary, labels.read(1), probabilities.read()
 
 
-def test_labels_do_not_depend_on_workers_or_batch_size(tmp_path):
+def test_labels_do_not_depend_on_workers_or_batch_size(paths, tmp_path):
     """DenseCRF in the main process one tile at a time, and in a 2-process pool after batches of 3."""
-    summary, serial, serial_p = _segment(tmp_path, "serial", workers=0, batch_size=1)
-    _, pooled, pooled_p = _segment(tmp_path, "pooled", workers=2, batch_size=3)
+    summary, serial, serial_p = _segment(paths, tmp_path, "serial", workers=0, batch_size=1)
+    _, pooled, pooled_p = _segment(paths, tmp_path, "pooled", workers=2, batch_size=3)
     assert summary["tiles"] == 4 and summary["crf"]["enabled"]
     assert len(np.unique(serial)) >= 3
     assert np.abs(serial_p - pooled_p).max() < 1e-4
@@ -39,7 +36,7 @@ def test_labels_do_not_depend_on_workers_or_batch_size(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [2, 0])
-def test_failing_stage_stops_every_stage(tmp_path, monkeypatch, workers):
+def test_failing_stage_stops_every_stage(paths, tmp_path, monkeypatch, workers):
     """A read error on the third window, with stages in threads and a CRF pool (2 workers) or taking
     turns (0): the error reaches the caller, no worker process or stage thread is left, nor any output."""
     from geoproto.raster import RasterSource
@@ -47,7 +44,7 @@ def test_failing_stage_stops_every_stage(tmp_path, monkeypatch, workers):
     original, calls = RasterSource.read, {"n": 0}
 
     def failing_read(self, src, tile, size):
-        if self.path == str(QUERY):
+        if self.path == str(paths.dubai_query):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise GeoprotoError(f"{self.path}: read error at window {tile}")
@@ -55,7 +52,7 @@ def test_failing_stage_stops_every_stage(tmp_path, monkeypatch, workers):
 
     monkeypatch.setattr(RasterSource, "read", failing_read)
     with pytest.raises(GeoprotoError, match="read error"):
-        _segment(tmp_path, "failed", workers=workers, batch_size=1)
+        _segment(paths, tmp_path, "failed", workers=workers, batch_size=1)
     assert multiprocessing.active_children() == []
     assert not [t for t in threading.enumerate() if t.name.startswith("geoproto-")]
     assert list(tmp_path.iterdir()) == []

@@ -44,9 +44,9 @@ def building_frame(spacenet):
 
 
 @pytest.fixture(scope="module")
-def pivot_frame(spacenet):
+def pivot_frame(albers):
     # Coordinates are the raster's Albers metres although the file says WGS 84; used as they are.
-    frame = geopandas.read_file(spacenet / "geotiff_custom_proj_labels.geojson")
+    frame = geopandas.read_file(albers / "geotiff_custom_proj_labels.geojson")
     frame["class"] = ["pivot" if i % 3 else "other" for i in range(len(frame))]
     return frame
 
@@ -92,10 +92,10 @@ def test_label_raster_in_another_grid_is_warped_onto_the_orthophoto(building_fra
         assert both >= 0.95 * (expected == class_id).sum()
 
 
-def test_colour_coded_mask_maps_colours_to_ids(shared_data, mosaic):
-    classes = read_class_file(str(shared_data / "dubai" / "classes.json"))
-    image = shared_data / "dubai" / "images" / "image_part_001t1.jpg"
-    mask = shared_data / "dubai" / "masks" / "image_part_001t1.png"
+def test_colour_coded_mask_maps_colours_to_ids(dubai, mosaic):
+    classes = read_class_file(str(dubai / "classes.json"))
+    image = dubai / "images" / "image_part_001t1.jpg"
+    mask = dubai / "masks" / "image_part_001t1.png"
     with open_raster(str(image)) as reference:
         labels = RasterLabels(str(mask), reference, classes)
         got = mosaic(labels, reference.height, reference.width)
@@ -112,8 +112,8 @@ def test_colour_coded_mask_maps_colours_to_ids(shared_data, mosaic):
     assert set(np.unique(got).tolist()) == {0, 1, 2, 3, 4, 5}
 
 
-def test_label_raster_errors(building_frame, chip, tmp_path, shared_data):
-    rgb_mask = str(shared_data / "dubai" / "masks" / "image_part_001t1.png")
+def test_label_raster_errors(building_frame, chip, tmp_path, dubai):
+    rgb_mask = str(dubai / "masks" / "image_part_001t1.png")
     # RGB labels without a colour for every class.
     rgb = tmp_path / "rgb.tif"
     with rasterio.open(rgb, "w", driver="GTiff", width=chip.width, height=chip.height, count=3, dtype="uint8",
@@ -125,7 +125,7 @@ def test_label_raster_errors(building_frame, chip, tmp_path, shared_data):
         RasterLabels(str(rgb), chip, ClassInfo([1, 2], ["a", "b"], [(1, 2, 3), None]))
     # A label raster without CRS over an orthophoto with one.
     with pytest.raises(GeoprotoError, match="both have a CRS or both lack one"):
-        RasterLabels(rgb_mask, chip, read_class_file(str(shared_data / "dubai" / "classes.json")))
+        RasterLabels(rgb_mask, chip, read_class_file(str(dubai / "classes.json")))
     # Values above 254.
     path = tmp_path / "bad.tif"
     _label_raster(building_frame, {"building": 1, "other": 255}, chip, path)
@@ -270,8 +270,8 @@ def test_raster_smaller_than_tile_is_reflect_padded(tmp_path):
     assert valid[:100, :80].all() and not valid[100:].any() and not valid[:, 80:].any()
 
 
-def test_band_selection_errors(spacenet, tmp_path):
-    three = str(spacenet / "sample_geotiff_custom_proj.tif")
+def test_band_selection_errors(albers, tmp_path):
+    three = str(albers / "sample_geotiff_custom_proj.tif")
     with pytest.raises(GeoprotoError, match="has 3 band\\(s\\); no band 5"):
         RasterSource.open(three, [5])
     with pytest.raises(GeoprotoError, match="no band 0"):

@@ -79,9 +79,9 @@ def test_vector_support_in_another_crs_lands_on_the_same_pixels(buildings, chip,
 # --- the 30 m Albers chip whose GeoJSON declares WGS 84 but holds metres ---------------------------------
 
 @pytest.fixture
-def pivots(spacenet, tmp_path, albers_chip):
+def pivots(albers, tmp_path, albers_chip):
     """The 19 pivots ('pivot') plus one 'other' box inside the chip, keeping the file's wrong WGS 84 label."""
-    frame = geopandas.read_file(spacenet / "geotiff_custom_proj_labels.geojson")
+    frame = geopandas.read_file(albers / "geotiff_custom_proj_labels.geojson")
     assert len(frame) == 19 and frame.crs.to_epsg() == 4326
     frame["class"] = "pivot"
     left, bottom, right, top = albers_chip.bounds
@@ -236,17 +236,17 @@ def test_numeric_class_codes_are_ids(buildings, chip, tmp_path, mosaic, codes):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_read_class_file_dubai(shared_data):
-    info = read_class_file(str(shared_data / "dubai" / "classes.json"))
+def test_read_class_file_dubai(dubai):
+    info = read_class_file(str(dubai / "classes.json"))
     assert info.ids == [1, 2, 3, 4, 5]
     assert info.names == ["building", "land", "road", "vegetation", "water"]
     assert info.colors == [(0x3C, 0x10, 0x98), (0x84, 0x29, 0xF6), (0x6E, 0xC1, 0xE4), (0xFE, 0xDD, 0x3A),
                            (0xE2, 0xA9, 0x29)]
 
 
-def test_read_class_file_errors(shared_data, tmp_path):
+def test_read_class_file_errors(dubai, tmp_path):
     broken = tmp_path / "classes.json"
-    text = (shared_data / "dubai" / "classes.json").read_text()
+    text = (dubai / "classes.json").read_text()
     broken.write_text(text[: len(text) // 2])
     with pytest.raises(GeoprotoError, match="not valid JSON"):
         read_class_file(str(broken))
@@ -264,7 +264,7 @@ def test_read_class_file_errors(shared_data, tmp_path):
 
 # --- dispatch and rasters without a CRS -----------------------------------------------------------------
 
-def test_load_support_tells_vectors_from_rasters(buildings, chip, tmp_path, shared_data):
+def test_load_support_tells_vectors_from_rasters(buildings, chip, tmp_path, dubai):
     path, frame = buildings
     gpkg = _write(frame[["class", "geometry"]], tmp_path / "b.gpkg")
     vector = load_support(gpkg, chip)

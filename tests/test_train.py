@@ -1,7 +1,6 @@
 """Episodic training on real Dubai crops: it learns, its checkpoint drives `segment`, and resume is exact."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,13 +11,12 @@ from geoproto.models import build_encoder, load_checkpoint
 from geoproto.training import TrainConfig, build_samplers, load_dataset, train
 from geoproto.training.trainer import episode_loss
 
-DUBAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dubai"
 SMALL = dict(ways=1, shots=1, crop=128, workers=0, val_every=10 ** 6)
 
 
 @pytest.fixture(scope="module")
-def dubai():
-    return load_dataset("folder", str(DUBAI), holdout="t6$")
+def dubai(paths):
+    return load_dataset("folder", str(paths.dubai), holdout="t6$")
 
 
 def mean_episode_loss(encoder, sampler, ways, episodes=16):
@@ -82,10 +80,10 @@ def test_resume_refuses_other_settings(dubai, tmp_path):
         train(train_sampler, None, other, str(tmp_path), resume=True, progress=False)
 
 
-def test_cli_train_then_segment_with_the_checkpoint(tmp_path):
+def test_cli_train_then_segment_with_the_checkpoint(paths, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, [
-        "train", "--dataset", "folder", "--root", str(DUBAI), "--holdout", "t6$", "-o", str(run),
+        "train", "--dataset", "folder", "--root", str(paths.dubai), "--holdout", "t6$", "-o", str(run),
         "--ways", "2", "--shots", "1", "--crop", "96", "--iterations", "4", "--val-every", "2",
         "--val-episodes", "2", "--workers", "0", "--seed", "3", "-q", "--json"])
     assert result.exit_code == 0, result.output
@@ -96,10 +94,10 @@ def test_cli_train_then_segment_with_the_checkpoint(tmp_path):
     assert metadata["config"]["seed"] == 3 and metadata["dataset"]["train_images"]
     assert not any("t6" in name for name in metadata["dataset"]["train_images"])  # held-out area never trained on
 
-    image = DUBAI / "images" / "image_part_001t6.jpg"
+    image = paths.dubai / "images" / "image_part_001t6.jpg"
     result = CliRunner().invoke(main, [
-        "segment", str(image), "--support", str(DUBAI / "masks" / "image_part_001t6.png"), "--classes",
-        str(DUBAI / "classes.json"), "--checkpoint", str(run / "model.pt"), "-o", str(tmp_path / "c.tif"),
+        "segment", str(image), "--support", str(paths.dubai / "masks" / "image_part_001t6.png"), "--classes",
+        str(paths.dubai / "classes.json"), "--checkpoint", str(run / "model.pt"), "-o", str(tmp_path / "c.tif"),
         "--no-crf", "-q", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["encoder"]["command"].startswith("geoproto train")
