@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fewshot import DEFAULT_ALPHA, class_scores, window_class_means
+from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_scores
 from .metrics import scores
+from .models.runtime import CONTEXT_MARGIN
 from .raster import RasterSource
 from .support import ClassInfo, VectorLabels
 from .tiling import Tile
@@ -122,9 +123,9 @@ def encode_windows(extract, windows: SupportWindows, batch_size: int) -> torch.T
     features = []
     with windows.source.dataset() as src:
         for start in range(0, len(windows.tiles), batch_size):
-            images = np.stack([windows.source.read(src, tile, size)[0]
+            images = np.stack([windows.source.read(src, tile, size, CONTEXT_MARGIN)[0]
                                for tile in windows.tiles[start:start + batch_size]])
-            features.append(extract(images).cpu().half())
+            features.append(extract(images, CONTEXT_MARGIN).cpu().half())
     return torch.cat(features)
 
 
@@ -149,17 +150,13 @@ def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes:
             held_out = (fold_map == fold) & core
             if not held_out.any():
                 continue
-            training_labels = torch.where(fold_map != fold, class_map, 0)
-            sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
-            windows_with = torch.zeros(num_classes)
+            training_labels = torch.where((fold_map != fold) & core, class_map, 0)
+            accumulator = PrototypeAccumulator(num_classes, features.shape[1])
             for n in range(len(features)):
-                means, area = window_class_means(features[n:n + 1].float(), training_labels[n:n + 1].long(),
-                                                 num_classes)
-                sums += (means[0] * (area[0] > 0)[:, None]).double()
-                windows_with += (area[0] > 0).float()
-            if (windows_with == 0).any():
+                accumulator.add(features[n:n + 1], training_labels[n:n + 1].long())
+            if (accumulator.pixels == 0).any():
                 continue  # a class has all its polygons in this fold: nothing to learn it from
-            prototypes = (sums / windows_with[:, None]).float()
+            prototypes = accumulator.prototypes()
             for n in torch.nonzero(held_out.flatten(1).any(1)).flatten().tolist():
                 with torch.inference_mode():
                     predicted = class_scores(features[n:n + 1].float(), prototypes, size, alpha)[0].argmax(0)

@@ -25,8 +25,8 @@ from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities
 from .metrics import confusion_matrix, scores
 from .models import Encoder
+from .models.runtime import FeatureExtractor
 from .raster import open_raster
-from .segment import FeatureExtractor
 from .support import ClassInfo, RasterLabels
 from .tile_labels import NODATA
 from .tiling import tile_grid

@@ -10,49 +10,59 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_ALPHA = 20.0
+# Features come on a registered grid (``models.runtime``): cell (i, j) describes the pixel block
+# [8i, 8i + 8) x [8j, 8j + 8) of its window.
+FEATURE_STRIDE = 8
 
 
 def window_class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
-    """Eq. 1 per window: features (B x C x h x w) upsampled bilinearly to the labels' size (B x H x W,
-    0 unlabelled, 1..K) and averaged over each class's pixels. Returns (B x K x C means, B x K pixel
-    counts); differentiable, so training and inference share it.
+    """Eq. 1 per window: features (B x C x h x w on the registered grid) upsampled bilinearly to the
+    labels' size (B x H x W, 0 unlabelled, 1..K) and averaged over each class's pixels. Returns
+    (B x K x C means, B x K pixel counts); differentiable, so training and inference share it.
 
     Upsampling is linear, so the masked sum of upsampled features equals the features weighted by the
     mask pulled back to feature resolution (the transposed interpolation): the same means, without
-    materialising C x H x W upsampled features (10x faster on CPU for a 417 px window, 100 MB less).
+    materialising C x H x W upsampled features.
     """
     classes = torch.arange(1, num_classes + 1, device=labels.device)
     one_hot = (labels[:, None] == classes[None, :, None, None]).to(features.dtype)  # B x K x H x W
-    rows = _interpolation_weights(labels.shape[-2], features.shape[-2], features)  # H x h
-    cols = _interpolation_weights(labels.shape[-1], features.shape[-1], features)  # W x w
+    rows = _upsampling_matrix(labels.shape[-2], features.shape[-2], features)  # H x h
+    cols = _upsampling_matrix(labels.shape[-1], features.shape[-1], features)  # W x w
     pulled_back = rows.T @ one_hot @ cols  # B x K x h x w
     area = one_hot.sum((2, 3))
     means = torch.einsum("bchw,bkhw->bkc", features, pulled_back) / area.clamp(min=1)[..., None]
     return means, area
 
 
-def _interpolation_weights(out_size: int, in_size: int, like: torch.Tensor) -> torch.Tensor:
-    """The out_size x in_size matrix of 1-D linear upsampling (align_corners=False); bilinear
-    upsampling is this along rows times this along columns."""
-    identity = torch.eye(in_size, dtype=like.dtype, device=like.device)[None]
-    return F.interpolate(identity, size=out_size, mode="linear", align_corners=False)[0].T
+def _upsampling_matrix(out_size: int, cells: int, like: torch.Tensor) -> torch.Tensor:
+    """The out_size x cells matrix of ``upsample_scores`` along one axis: linear upsampling by exactly
+    FEATURE_STRIDE, cropped to out_size; bilinear upsampling is this along rows times along columns."""
+    identity = torch.eye(cells, dtype=like.dtype, device=like.device)[None]
+    upsampled = F.interpolate(identity, scale_factor=FEATURE_STRIDE, mode="linear", align_corners=False)
+    return upsampled[0].T[:out_size]
 
 
 def masked_average_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Eq. 1 over a set of support windows: per-window class means averaged over the windows holding
-    the class (K x C; zero rows for absent classes)."""
+    """Eq. 1 over the K shots of an episode: per-shot class means averaged over the shots holding the
+    class (K x C; zero rows for absent classes), as the paper trains."""
     means, area = window_class_means(features, labels, num_classes)
     present = (area > 0).to(means.dtype)
     return (means * present[..., None]).sum(0) / present.sum(0).clamp(min=1)[:, None]
 
 
 class PrototypeAccumulator:
-    """Eq. 1 accumulated one window at a time, so memory never holds more than one window upsampled."""
+    """Eq. 1 over a user's support, accumulated one window at a time: each class's mean feature over all
+    its labelled pixels.
+
+    Pixels are weighted equally, not windows: the windows a raster is cut into are not shots, and a
+    window holding a sliver of a class must not weigh as much as one holding thousands of its pixels.
+    Callers label each pixel in one window only (the window whose core owns it), so the prototypes do
+    not depend on the tile size or overlap.
+    """
 
     def __init__(self, num_classes: int, channels: int):
         self.num_classes = num_classes
-        self.window_mean_sum = torch.zeros(num_classes, channels, dtype=torch.float64)
-        self.windows = torch.zeros(num_classes, dtype=torch.long)
+        self.feature_sum = torch.zeros(num_classes, channels, dtype=torch.float64)
         self.pixels = torch.zeros(num_classes, dtype=torch.long)
 
     def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -60,14 +70,12 @@ class PrototypeAccumulator:
         labels = labels.to(features.device)
         for feature, label in zip(features.float(), labels):
             means, area = window_class_means(feature[None], label[None], self.num_classes)
-            present = (area[0] > 0).cpu()
-            self.window_mean_sum[present] += means[0].cpu().double()[present]
-            self.windows += present.long()
+            self.feature_sum += (means[0] * area[0, :, None]).cpu().double()
             self.pixels += area[0].long().cpu()
 
     def prototypes(self) -> torch.Tensor:
         """K x C prototypes; rows of classes without any labelled pixel are zero (check ``pixels``)."""
-        return (self.window_mean_sum / self.windows.clamp(min=1)[:, None]).float()
+        return (self.feature_sum / self.pixels.clamp(min=1)[:, None]).float()
 
 
 def match_logits(features: torch.Tensor, prototypes: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
@@ -75,6 +83,14 @@ def match_logits(features: torch.Tensor, prototypes: torch.Tensor, alpha: float 
     features = F.normalize(features.float(), dim=1)
     prototypes = F.normalize(prototypes.float().to(features.device), dim=1)
     return alpha * torch.einsum("bchw,kc->bkhw", features, prototypes)
+
+
+def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-cell scores (B x K x h x w on the registered grid) at pixel resolution (B x K x H x W):
+    bilinear upsampling by exactly FEATURE_STRIDE, cropped to the window. Any other scale would move
+    features away from the pixels they describe (up to 15 px at stride 16)."""
+    upsampled = F.interpolate(scores, scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False)
+    return upsampled[..., :size[0], :size[1]]
 
 
 def class_scores(features: torch.Tensor, prototypes: torch.Tensor, size: tuple[int, int],
@@ -85,8 +101,7 @@ def class_scores(features: torch.Tensor, prototypes: torch.Tensor, size: tuple[i
     features: the same result up to interpolation (cosine is not linear, so not bit-identical), at a
     fraction of the cost, since K is a handful and C is 152-256.
     """
-    logits = match_logits(features, prototypes, alpha)
-    return F.interpolate(logits, size, mode="bilinear", align_corners=False)
+    return upsample_scores(match_logits(features, prototypes, alpha), size)
 
 
 def class_probabilities(features: torch.Tensor, prototypes: torch.Tensor, size: tuple[int, int],

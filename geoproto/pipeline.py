@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import crf as crf_module
 from .fewshot import class_scores
+from .models.runtime import CONTEXT_MARGIN
 from .output import ResultWriter
 from .raster import RasterSource
 from .tile_labels import NODATA, TileResult, finish_tile, init_worker
@@ -81,7 +82,7 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
         with source.dataset() as src:
             for tile in tiles:
                 started = time.perf_counter()
-                item = (tile, *source.read(src, tile, size))
+                item = (tile, *source.read(src, tile, size, CONTEXT_MARGIN))
                 timings["read"] += time.perf_counter() - started
                 yield item
 
@@ -149,7 +150,7 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
             scores = {}
             if valid_rows:
                 started = time.perf_counter()
-                features = extract(np.stack([batch[i][1] for i in valid_rows]))
+                features = extract(np.stack([batch[i][1] for i in valid_rows]), CONTEXT_MARGIN)
                 with torch.inference_mode():
                     logits = class_scores(features, prototypes, (size, size), alpha).float()
                     # The argmax is cheap in torch and spares the writer thread (and the softmax).
@@ -157,7 +158,8 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
                 scores = dict(zip(valid_rows, scores.cpu().numpy()))
                 timings["model"] += time.perf_counter() - started
             for i, (tile, image, valid) in enumerate(batch):
-                rgb = crf_module.to_rgb8(image) if crf_params is not None and i in scores else None
+                window = image[:, CONTEXT_MARGIN:CONTEXT_MARGIN + size, CONTEXT_MARGIN:CONTEXT_MARGIN + size]
+                rgb = crf_module.to_rgb8(window) if crf_params is not None and i in scores else None
                 args = (tile, rgb, scores.get(i), valid, ids, crf_params, keep_probabilities)
                 # Without a pool the labelling runs where the writing does (writer thread, or in turn).
                 item = pool.submit(finish_tile, *args) if pool is not None and i in scores \

@@ -55,27 +55,36 @@ class RasterSource:
     def dataset(self) -> rasterio.io.DatasetReader:
         return open_raster(self.path)
 
-    def read(self, src: rasterio.io.DatasetReader, tile: Tile, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """The tile as a 3 x size x size float32 image in [0, 1] and its size x size validity mask.
+    def read(self, src: rasterio.io.DatasetReader, tile: Tile, size: int,
+             context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The tile as a 3 x (size + 2 context)^2 float32 image in [0, 1] and its size x size validity mask.
 
-        Windows of rasters smaller than ``size`` are reflect-padded; padding is marked invalid.
+        ``context`` pixels around the window are read from the raster too (the encoder's features near
+        a window's edge then equal those of whole-raster processing); beyond the raster's edges, and
+        for windows of rasters smaller than ``size``, the image is reflected. Padding is marked invalid.
         """
-        window = Window(tile.col, tile.row, tile.width, tile.height)
+        row0, col0 = max(tile.row - context, 0), max(tile.col - context, 0)
+        row1 = min(tile.row + size + context, src.height)
+        col1 = min(tile.col + size + context, src.width)
+        window = Window(col0, row0, col1 - col0, row1 - row0)
         try:
             data = src.read(self.bands, window=window).astype(np.float32)
             masks = src.read_masks(self.bands, window=window)
         except RasterioIOError as exc:
             raise GeoprotoError(f"{self.path}: read error at window {window} ({exc})") from None
-        valid = np.all(masks > 0, axis=0)
         image = np.empty_like(data)
         for i, (low, high) in enumerate(self.scale):
             image[i] = np.clip((data[i] - low) / max(high - low, 1e-6), 0.0, 1.0)
         if image.shape[0] == 1:
             image = np.repeat(image, 3, axis=0)
-        pad = ((0, size - tile.height), (0, size - tile.width))
-        if any(p[1] for p in pad):
+        pad = ((row0 - (tile.row - context), tile.row + size + context - row1),
+               (col0 - (tile.col - context), tile.col + size + context - col1))
+        if any(p for side in pad for p in side):
             image = np.stack([_pad(band, pad) for band in image])
-            valid = np.pad(valid, pad, constant_values=False)
+        inner = (slice(tile.row - row0, tile.row - row0 + tile.height),
+                 slice(tile.col - col0, tile.col - col0 + tile.width))
+        valid = np.zeros((size, size), bool)
+        valid[:tile.height, :tile.width] = np.all(masks[(slice(None), *inner)] > 0, axis=0)
         return image, valid
 
 

@@ -19,7 +19,8 @@ import torch
 from . import crf as crf_module
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
-from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER, Encoder
+from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
+from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, ResultWriter, StagedOutputs, convert_to_cog, gdal_write_errors, write_polygons,
                      write_preview)
 from .pipeline import run_tiles
@@ -29,10 +30,6 @@ from .tiling import tile_grid
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
-# Windows are reflect-padded by this many pixels before encoding and the margin's features dropped:
-# zero padding inside the convolutions otherwise makes a band of wrong labels along the raster's edges
-# (SpaceNet chip: building IoU 0.174 -> 0.189). A multiple of the encoder stride (8).
-CONTEXT_MARGIN = 16
 DEFAULT_CRF_BILATERAL_M = crf_module.PAPER_BILATERAL_SXY_PX * crf_module.PAPER_PIXEL_SIZE_M
 
 
@@ -74,40 +71,6 @@ class SegmentOptions:
     progress: bool = True
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GeoprotoError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda"):
-        raise GeoprotoError(f"--device {name!r}: choose auto, cpu or cuda")
-    return torch.device(name)
-
-
-class FeatureExtractor:
-    """Runs the encoder on batches of windows: bf16 autocast and channels_last on CUDA, float32 on CPU."""
-
-    def __init__(self, encoder: Encoder, device: torch.device):
-        self.device = device
-        self.encoder = encoder.to(device).eval()
-        if device.type == "cuda":
-            self.encoder = self.encoder.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(images)
-        batch = torch.nn.functional.pad(batch, (CONTEXT_MARGIN,) * 4, mode="reflect")
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True).contiguous(
-                memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                features = self.encoder(batch).float()
-        else:
-            features = self.encoder(batch)
-        cells = CONTEXT_MARGIN // 8
-        return features[..., cells:features.shape[-2] - cells, cells:features.shape[-1] - cells]
-
-
 def _batches(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -116,6 +79,9 @@ def _batches(items: list, size: int):
 def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo,
                      size: int, overlap: int, batch_size: int) -> tuple[torch.Tensor, ClassInfo, dict]:
     """Class prototypes from every support window; fails if a class has no labelled pixel.
+
+    Each labelled pixel counts once, in the window whose core owns it (the others still give it context),
+    so the prototypes are those of the whole raster whatever the tiling.
 
     Classes a --classes file lists but the support never uses are left out (with a warning); the
     returned ClassInfo holds the classes the prototypes are for, in their order.
@@ -126,14 +92,14 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
     windows = 0
     seen: set[int] = set()
     with source.dataset() as src:
-        tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap))
+        tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID))
         labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
         for tile in tiles:
             window_labels = labels.read(tile, size)
             present = {int(v) for v in np.unique(window_labels) if v}
             unknown |= present - set(classes.ids)
             seen |= present
-            if (lookup[window_labels] > 0).any():
+            if _core_labels(lookup[window_labels], tile).any():
                 labelled.append(tile)
         if unknown:
             raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the --classes file")
@@ -143,14 +109,14 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
             classes = classes.subset(seen)
             lookup[:] = 0
             lookup[classes.ids] = np.arange(1, len(classes.ids) + 1)
-        accumulator = PrototypeAccumulator(len(classes.ids), extract.encoder.out_channels)
+        accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
         model_seconds = 0.0
         for chunk in _batches(labelled, batch_size):
-            images = np.stack([source.read(src, tile, size)[0] for tile in chunk])
+            images = np.stack([source.read(src, tile, size, CONTEXT_MARGIN)[0] for tile in chunk])
             started = time.perf_counter()
-            features = extract(images)
+            features = extract(images, CONTEXT_MARGIN)
             model_seconds += time.perf_counter() - started
-            accumulator.add(features.cpu(), torch.from_numpy(np.stack([lookup[labels.read(tile, size)]
+            accumulator.add(features.cpu(), torch.from_numpy(np.stack([_core_labels(lookup[labels.read(tile, size)], tile)
                                                                        for tile in chunk])))
             windows += len(chunk)
     empty = [name for name, pixels in zip(classes.names, accumulator.pixels.tolist()) if pixels == 0]
@@ -162,6 +128,14 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
     stats = {"windows": windows, "model_seconds": round(model_seconds, 3),
              "pixels": {name: int(p) for name, p in zip(classes.names, accumulator.pixels.tolist())}}
     return accumulator.prototypes(), classes, stats
+
+
+def _core_labels(window_labels: np.ndarray, tile) -> np.ndarray:
+    """The window's labels with every pixel outside its core unlabelled."""
+    core = np.zeros_like(window_labels)
+    rows, cols = tile.core_slices
+    core[rows, cols] = window_labels[rows, cols]
+    return core
 
 
 def _pixel_size_m(src, crs) -> float | None:
@@ -227,7 +201,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
         output_bytes = 1 + (4 * len(inputs.classes.ids) if probability_tmp else 0)  # classes, probabilities
         with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
             device = resolve_device(options.device)
-            batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
+            batch_size = options.batch_size or default_batch_size(device)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
             extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size,
                                                            options.check_support)
@@ -238,7 +212,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             if options.crf and options.crf_bilateral_m is not None:
                 sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, _pixel_size_m(src, crs))
                 crf_params = crf_module.CRFParams(**{**crf_params.__dict__, "bilateral_sxy": sxy})
-            tiles = tile_grid(src.height, src.width, size, options.overlap)
+            tiles = tile_grid(src.height, src.width, size, options.overlap, GRID)
             with gdal_write_errors(output):
                 writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp)
                 try:
@@ -291,7 +265,7 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
         raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label raster")
     inputs = open_inputs(image, support, options)
     device = resolve_device(options.device)
-    batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
+    batch_size = options.batch_size or default_batch_size(device)
     _, encoder_info, result = resolve_encoder(inputs, options, device, batch_size, True, folds,
                                               group_distance or DEFAULT_GROUP_DISTANCE_PX)
     return {"input": image, "support": support, "encoder": encoder_info, **result}
@@ -320,7 +294,7 @@ def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.devic
         return FeatureExtractor(encoder, device), info, None
 
     with inputs.support_source.dataset() as src:
-        tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap)
+        tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
     windows = crossval.read_support_windows(inputs.support_source, inputs.labels, inputs.classes, tiles,
                                             options.tile_size, folds, group_distance)
     num_classes = len(inputs.classes.ids)

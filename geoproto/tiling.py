@@ -31,18 +31,20 @@ class Tile:
                 slice(self.core_col0 - self.col, self.core_col1 - self.col))
 
 
-def window_starts(length: int, size: int, overlap: int) -> list[int]:
-    """Start offsets of full-size windows covering ``length`` pixels with at least ``overlap`` overlap."""
+def window_starts(length: int, size: int, overlap: int, align: int = 1) -> list[int]:
+    """Start offsets (multiples of ``align``) of windows covering ``length`` pixels with at least
+    ``overlap`` overlap."""
     if size <= 0:
         raise ValueError("tile size must be positive")
     if not 0 <= overlap < size:
         raise ValueError("overlap must be at least 0 and smaller than the tile size")
+    if size - overlap < align:
+        raise ValueError(f"tile size minus overlap must be at least the alignment ({align})")
     if length <= size:
         return [0]
-    step = size - overlap
-    starts = list(range(0, length - size, step))
-    starts.append(length - size)
-    return starts
+    step = (size - overlap) // align * align
+    last = -(-(length - size) // align) * align
+    return [*range(0, last, step), last]
 
 
 def _cores(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
@@ -51,14 +53,15 @@ def _cores(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
     return list(zip(cuts, cuts[1:]))
 
 
-def tile_grid(height: int, width: int, size: int, overlap: int) -> list[Tile]:
-    """Windows covering a ``height`` x ``width`` raster, row by row."""
-    rows = window_starts(height, size, overlap)
-    cols = window_starts(width, size, overlap)
+def tile_grid(height: int, width: int, size: int, overlap: int, align: int = 1) -> list[Tile]:
+    """Windows covering a ``height`` x ``width`` raster, row by row; ``height``/``width`` of each tile
+    is its part inside the raster."""
+    rows = window_starts(height, size, overlap, align)
+    cols = window_starts(width, size, overlap, align)
     row_cores = _cores(rows, size, height)
     col_cores = _cores(cols, size, width)
     return [
-        Tile(r, c, min(size, height), min(size, width), r0, r1, c0, c1)
+        Tile(r, c, min(size, height - r), min(size, width - c), r0, r1, c0, c1)
         for r, (r0, r1) in zip(rows, row_cores)
         for c, (c0, c1) in zip(cols, col_cores)
     ]

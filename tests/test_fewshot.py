@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from geoproto.fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities, match_logits
+from geoproto.fewshot import (DEFAULT_ALPHA, FEATURE_STRIDE, PrototypeAccumulator, class_probabilities,
+                              masked_average_prototypes, match_logits, upsample_scores)
 
 
 def feature_map(*channels):
@@ -19,158 +21,125 @@ def label_map(*windows):
     return torch.tensor(list(windows), dtype=torch.long)
 
 
+def blocks(*windows):
+    """B x 8h x 8w pixel labels from B nested lists of per-cell labels: each cell labels its 8 x 8 block."""
+    return torch.tensor(np.kron(np.array(windows), np.ones((FEATURE_STRIDE, FEATURE_STRIDE))), dtype=torch.long)
+
+
+def constant(*values, cells=(2, 2)):
+    """1 x C x h x w features with the same value in every cell (they upsample to that value everywhere)."""
+    return torch.tensor(values, dtype=torch.float32)[None, :, None, None].expand(1, len(values), *cells).clone()
+
+
+def plain_prototypes(features, labels, num_classes):
+    """Eq. 1 the plain way: features explicitly upsampled by 8 and cropped, then averaged over every
+    labelled pixel of every window (pixel-weighted)."""
+    up = F.interpolate(features, scale_factor=8, mode="bilinear", align_corners=False)[..., :labels.shape[1], :labels.shape[2]]
+    rows = []
+    for k in range(1, num_classes + 1):
+        picked = torch.cat([up[b][:, labels[b] == k] for b in range(len(features))], 1)
+        rows.append(picked.mean(1))
+    return torch.stack(rows)
+
+
 # --------------------------------------------------------------------------------------------------
 # Eq. 1: masked average pooling, accumulated over windows
 # --------------------------------------------------------------------------------------------------
 
-def test_masked_average_same_size_by_hand():
-    # Labels at the feature size, so the bilinear "upsampling" is the identity.
-    features = feature_map([[1, 2], [3, 4]],
-                           [[10, 20], [30, 40]])
-    labels = label_map([[1, 1],
-                        [2, 0]])
+def test_masked_average_of_constant_features_by_hand():
+    # Class 1 on two blocks, class 2 on one, the fourth block unlabelled: (4, 40) must not leak anywhere.
+    features = torch.tensor([[[[1.0, 1.0], [3.0, 4.0]], [[10.0, 10.0], [30.0, 40.0]]]])
+    labels = blocks([[1, 1], [0, 0]])
     acc = PrototypeAccumulator(num_classes=2, channels=2)
     acc.add(features, labels)
-    # class 1: pixels (0,0) and (0,1) -> ((1+2)/2, (10+20)/2); class 2: pixel (1,0) -> (3, 30).
-    # Pixel (1,1) is unlabelled: its (4, 40) must not leak into any prototype.
-    expected = torch.tensor([[1.5, 15.0],
-                             [3.0, 30.0]])
-    torch.testing.assert_close(acc.prototypes(), expected)
+    # Rows 0-7 see only the top cells (the bottom ones start blending in below row 4, but class 1 stops at row 7).
+    expected_class_1 = plain_prototypes(features, labels, 1)[0]
+    torch.testing.assert_close(acc.prototypes()[0], expected_class_1)
     assert acc.prototypes().dtype == torch.float32
-    assert acc.pixels.tolist() == [2, 1]
-    assert acc.windows.tolist() == [1, 1]
+    assert acc.pixels.tolist() == [128, 0]
 
 
 def test_unlabelled_pixels_are_ignored_not_background():
-    features = feature_map([[100, 1], [-100, 3]])
-    labels = label_map([[0, 1],
-                        [0, 1]])
     acc = PrototypeAccumulator(num_classes=1, channels=1)
-    acc.add(features, labels)
+    acc.add(constant(2.0), blocks([[0, 1], [0, 1]]))
+    acc.add(constant(-100.0), blocks([[0, 0], [0, 0]]))
     torch.testing.assert_close(acc.prototypes(), torch.tensor([[2.0]]))
-    assert acc.pixels.tolist() == [2]
+    assert acc.pixels.tolist() == [128]
 
 
-def test_class_in_one_of_two_windows_is_averaged_over_windows_holding_it():
-    # Window A: class 1 on three pixels, class 2 on one pixel.
-    features_a = feature_map([[1, 2], [3, 4]],
-                             [[0, 0], [0, 6]])
-    labels_a = [[1, 1],
-                [1, 2]]
-    # Window B: class 1 on one pixel only, class 2 absent.
-    features_b = feature_map([[10, 99], [99, 99]],
-                             [[8, 99], [99, 99]])
-    labels_b = [[1, 0],
-                [0, 0]]
-    # class 1: window means (2, 0) and (10, 8) -> prototype (6, 4).
-    #   (pixel-weighted would be ((1+2+3+10)/4, 8/4) = (4, 2): eq. 1 is a mean of window means.)
-    # class 2: only window A holds it -> (4, 6), not halved by the window that lacks it.
-    expected = torch.tensor([[6.0, 4.0],
-                             [4.0, 6.0]])
-
+def test_prototypes_weigh_pixels_not_windows():
+    """Windows of a raster are not shots: a window with a sliver of a class must not weigh as much as one
+    holding most of its pixels."""
+    # Window A: class 1 on three blocks (192 px) of feature (2, 0); class 2 on one block of (4, 6).
+    # Window B: class 1 on one block (64 px) of feature (10, 8).
+    window_a, labels_a = constant(2.0, 0.0), [[1, 1], [1, 0]]
+    window_b, labels_b = constant(10.0, 8.0), [[1, 0], [0, 0]]
+    window_c, labels_c = constant(4.0, 6.0), [[0, 0], [0, 2]]
+    # class 1: (192 * (2, 0) + 64 * (10, 8)) / 256 = (4, 2); a mean of window means would give (6, 4).
+    expected = torch.tensor([[4.0, 2.0], [4.0, 6.0]])
     one_batch = PrototypeAccumulator(2, 2)
-    one_batch.add(torch.cat([features_a, features_b]), label_map(labels_a, labels_b))
+    one_batch.add(torch.cat([window_a, window_b, window_c]), blocks(labels_a, labels_b, labels_c))
     torch.testing.assert_close(one_batch.prototypes(), expected)
-    assert one_batch.pixels.tolist() == [4, 1]
-    assert one_batch.windows.tolist() == [2, 1]
-
-    # The same through two separate add() calls (one window per batch).
-    two_calls = PrototypeAccumulator(2, 2)
-    two_calls.add(features_a, label_map(labels_a))
-    two_calls.add(features_b, label_map(labels_b))
-    torch.testing.assert_close(two_calls.prototypes(), expected)
-    assert two_calls.pixels.tolist() == [4, 1]
-    assert two_calls.windows.tolist() == [2, 1]
-
-
-def test_window_without_labels_changes_nothing():
-    acc = PrototypeAccumulator(2, 1)
-    acc.add(feature_map([[5, 5], [5, 5]]), label_map([[2, 0], [0, 0]]))
-    acc.add(feature_map([[1000, 1000], [1000, 1000]]), label_map([[0, 0], [0, 0]]))
-    torch.testing.assert_close(acc.prototypes(), torch.tensor([[0.0], [5.0]]))
-    assert acc.pixels.tolist() == [0, 1]
-    assert acc.windows.tolist() == [0, 1]
+    assert one_batch.pixels.tolist() == [256, 64]
+    separate = PrototypeAccumulator(2, 2)
+    for features, labels in ((window_a, labels_a), (window_b, labels_b), (window_c, labels_c)):
+        separate.add(features, blocks(labels))
+    torch.testing.assert_close(separate.prototypes(), expected)
 
 
 def test_class_without_pixels_has_zero_prototype_and_zero_counts():
     acc = PrototypeAccumulator(3, 2)
-    acc.add(feature_map([[1, 1], [1, 1]], [[2, 2], [2, 2]]), label_map([[1, 1], [3, 3]]))
-    protos = acc.prototypes()
-    torch.testing.assert_close(protos[1], torch.zeros(2))
-    assert acc.pixels.tolist() == [2, 0, 2]
-    assert acc.windows.tolist() == [1, 0, 1]
+    acc.add(constant(1.0, 2.0), blocks([[1, 1], [3, 3]]))
+    torch.testing.assert_close(acc.prototypes()[1], torch.zeros(2))
+    assert acc.pixels.tolist() == [128, 0, 128]
 
 
 def test_labels_outside_1_to_k_are_ignored_and_uint8_labels_work():
-    features = feature_map([[1, 2], [3, 4]])
-    labels = torch.tensor([[[1, 7], [255, 1]]], dtype=torch.uint8)
+    labels = blocks([[1, 7], [255, 1]]).to(torch.uint8)
     acc = PrototypeAccumulator(1, 1)
-    acc.add(features, labels)
-    torch.testing.assert_close(acc.prototypes(), torch.tensor([[2.5]]))  # (1 + 4) / 2
-    assert acc.pixels.tolist() == [2]
+    acc.add(constant(2.5), labels)
+    torch.testing.assert_close(acc.prototypes(), torch.tensor([[2.5]]))
+    assert acc.pixels.tolist() == [128]
 
 
-def test_pixels_count_every_labelled_pixel_across_windows():
-    acc = PrototypeAccumulator(2, 1)
-    labels = label_map([[1, 1, 2], [0, 2, 2]], [[2, 2, 2], [2, 2, 1]])
-    acc.add(torch.zeros(2, 1, 2, 3), labels)
-    assert acc.pixels.tolist() == [3, 8]
-    assert acc.windows.tolist() == [2, 2]
+def test_upsampling_matrix_by_hand():
+    """Linear upsampling by exactly 8 (align_corners=False): pixel p samples cell coordinate
+    (p + 0.5) / 8 - 0.5, so pixels 0-3 take cell 0 alone and pixel 4 is 1/16 of the way to cell 1."""
+    from geoproto.fewshot import _upsampling_matrix
+
+    matrix = _upsampling_matrix(14, 2, torch.zeros(1))
+    assert matrix.shape == (14, 2)
+    torch.testing.assert_close(matrix[:4], torch.tensor([[1.0, 0.0]] * 4))
+    torch.testing.assert_close(matrix[4], torch.tensor([15 / 16, 1 / 16]))
+    torch.testing.assert_close(matrix[8], torch.tensor([7 / 16, 9 / 16]))
+    torch.testing.assert_close(matrix[12:], torch.tensor([[0.0, 1.0]] * 2))
 
 
-# Bilinear, align_corners=False, 2 -> 4: output i samples source (i + 0.5) / 2 - 0.5, clamped at 0,
-# i.e. -0.25 -> 0, 0.25, 0.75, 1.25 -> 1. As a matrix acting on a length-2 vector:
-UPSAMPLE_2_TO_4 = torch.tensor([[1.0, 0.0],
-                                [0.75, 0.25],
-                                [0.25, 0.75],
-                                [0.0, 1.0]])
+def test_upsampled_cell_lands_on_its_block_centre():
+    """The registration matching relies on: a cell's upsampled score is centred on its 8 x 8 block."""
+    scores = torch.zeros(1, 1, 6, 7)
+    scores[0, 0, 2, 3] = 1.0
+    up = upsample_scores(scores, (45, 53))[0, 0].double()
+    rows, cols = torch.arange(45).double() + 0.5, torch.arange(53).double() + 0.5
+    assert float((up.sum(1) * rows).sum() / up.sum()) == pytest.approx(8 * 2 + 4)
+    assert float((up.sum(0) * cols).sum() / up.sum()) == pytest.approx(8 * 3 + 4)
 
 
-def test_hand_upsampling_matrix_is_torch_bilinear():
-    grid = torch.tensor([[0.0, 4.0], [8.0, 12.0]])
-    by_hand = UPSAMPLE_2_TO_4 @ grid @ UPSAMPLE_2_TO_4.T
-    expected = torch.tensor([[0.0, 1.0, 3.0, 4.0],
-                             [2.0, 3.0, 5.0, 6.0],
-                             [6.0, 7.0, 9.0, 10.0],
-                             [8.0, 9.0, 11.0, 12.0]])
-    torch.testing.assert_close(by_hand, expected)
-    torch.testing.assert_close(
-        F.interpolate(grid[None, None], (4, 4), mode="bilinear", align_corners=False)[0, 0], expected)
-
-
-def test_features_upsampled_bilinearly_to_label_size():
-    # 2x2 features, 4x4 labels. Channel 0 upsamples to
-    #   [[0, 1, 3, 4], [2, 3, 5, 6], [6, 7, 9, 10], [8, 9, 11, 12]]   (see the test above)
-    # Channel 1 is constant 1 and stays 1 everywhere.
-    features = feature_map([[0, 4], [8, 12]],
-                           [[1, 1], [1, 1]])
-    labels = label_map([[1, 1, 0, 0],
-                        [1, 1, 3, 3],
-                        [0, 0, 0, 0],
-                        [0, 0, 0, 2]])
-    acc = PrototypeAccumulator(3, 2)
-    acc.add(features, labels)
-    expected = torch.tensor([[(0 + 1 + 2 + 3) / 4, 1.0],   # class 1: top-left 2x2
-                             [12.0, 1.0],                   # class 2: bottom-right pixel
-                             [(5 + 6) / 2, 1.0]])           # class 3: row 1, columns 2-3
-    torch.testing.assert_close(acc.prototypes(), expected)
-    assert acc.pixels.tolist() == [4, 1, 2]
-
-
-def test_upsampling_to_non_multiple_size_matches_interpolate():
+def test_prototypes_match_the_plain_upsample_then_average_reference():
     torch.manual_seed(0)
-    features = torch.randn(2, 3, 3, 4)
-    labels = torch.randint(0, 3, (2, 7, 9))
-    labels[:, 0, 0] = 1
-    labels[:, 0, 1] = 2
+    features = torch.randn(2, 3, 7, 9)
+    labels = torch.randint(0, 3, (2, 53, 70))  # not a multiple of 8: the last cells are cropped
     acc = PrototypeAccumulator(2, 3)
     acc.add(features, labels)
-    up = F.interpolate(features, (7, 9), mode="bilinear", align_corners=False)
-    expected = []
-    for k in (1, 2):
-        window_means = [up[b][:, labels[b] == k].mean(1) for b in range(2)]
-        expected.append(torch.stack(window_means).mean(0))
-    torch.testing.assert_close(acc.prototypes(), torch.stack(expected), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(acc.prototypes(), plain_prototypes(features, labels, 2), rtol=1e-5, atol=1e-6)
+    assert acc.pixels.tolist() == [int((labels == 1).sum()), int((labels == 2).sum())]
+
+
+def test_episode_prototypes_average_the_shots():
+    """Training keeps the paper's eq. 1 for episodes: the mean over the K shots of each shot's class mean."""
+    shots = torch.cat([constant(2.0), constant(10.0)])
+    labels = blocks([[1, 1], [1, 1]], [[1, 0], [0, 0]])
+    torch.testing.assert_close(masked_average_prototypes(shots, labels, 1), torch.tensor([[6.0]]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,27 +181,28 @@ def test_default_alpha_is_20():
 # Eq. 3: softmax over classes at full size
 # --------------------------------------------------------------------------------------------------
 
-def test_class_probabilities_at_feature_size_by_hand():
+def test_class_probabilities_by_hand_where_upsampling_copies_a_cell():
     features = feature_map([[1, 0, 1]],
                            [[0, 1, 1]])
     prototypes = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    probs = class_probabilities(features, prototypes, (1, 3), alpha=2.0)
+    probs = class_probabilities(features, prototypes, (8, 24), alpha=2.0)
     p = 1 / (1 + math.exp(-2.0))  # softmax([2, 0])[0]
-    expected = torch.tensor([[[[p, 1 - p, 0.5]],
-                              [[1 - p, p, 0.5]]]])
-    torch.testing.assert_close(probs, expected)
+    # Pixels 0-3 of the first cell and 20-23 of the last take their cell's score alone.
+    torch.testing.assert_close(probs[0, :, :, 0], torch.tensor([[p] * 8, [1 - p] * 8]))
+    torch.testing.assert_close(probs[0, :, :, 23], torch.tensor([[0.5] * 8, [0.5] * 8]))
 
 
 def test_class_probabilities_sum_to_one_and_argmax_is_nearest_prototype():
     torch.manual_seed(1)
     features = torch.randn(2, 8, 5, 6)
     prototypes = torch.randn(4, 8)
-    probs = class_probabilities(features, prototypes, (5, 6))
-    assert probs.shape == (2, 4, 5, 6)
-    torch.testing.assert_close(probs.sum(1), torch.ones(2, 5, 6))
+    probs = class_probabilities(features, prototypes, (40, 48))
+    assert probs.shape == (2, 4, 40, 48)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 40, 48))
     assert bool((probs >= 0).all())
     cos = torch.einsum("bchw,kc->bkhw", F.normalize(features, dim=1), F.normalize(prototypes, dim=1))
-    assert torch.equal(probs.argmax(1), cos.argmax(1))
+    # Pixels 0-3 of the first cell copy it; elsewhere the scores blend neighbouring cells.
+    assert torch.equal(probs[:, :, :4, :4].argmax(1), cos[:, :, :1, :1].argmax(1).expand(2, 4, 4))
 
 
 def test_class_probabilities_upsample_class_scores_to_requested_size():
@@ -243,15 +213,15 @@ def test_class_probabilities_upsample_class_scores_to_requested_size():
     assert probs.shape == (1, 3, 24, 20)
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 24, 20))
     logits = match_logits(features, prototypes, alpha=10.0)
-    expected = F.interpolate(logits, (24, 20), mode="bilinear", align_corners=False).softmax(1)
+    expected = F.interpolate(logits, scale_factor=8, mode="bilinear", align_corners=False)[..., :24, :20].softmax(1)
     torch.testing.assert_close(probs, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
 def test_other_float_dtypes_are_accepted(dtype):
-    features = feature_map([[1, 2], [3, 4]]).to(dtype)
+    features = constant(1.5).to(dtype)
     acc = PrototypeAccumulator(1, 1)
-    acc.add(features, label_map([[1, 1], [0, 0]]))
+    acc.add(features, blocks([[1, 1], [0, 0]]))
     torch.testing.assert_close(acc.prototypes(), torch.tensor([[1.5]]))
     logits = match_logits(features, acc.prototypes().to(dtype))
     assert logits.dtype == torch.float32

