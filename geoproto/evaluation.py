@@ -12,6 +12,7 @@ deviation reported).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 
@@ -52,13 +53,31 @@ def _num(value) -> float | None:
 
 # --- score ---------------------------------------------------------------------------------------------
 
-def prediction_classes(path: str) -> ClassInfo:
-    """Class ids and names of a geoproto class raster (its GEOPROTO_CLASSES tag), else ``class_<id>``."""
+def named_classes(path: str) -> ClassInfo | None:
+    """The class names a class raster carries: geoproto's GEOPROTO_CLASSES tag, else the GDAL category
+    names of its PAM sidecar (what QGIS shows in its legend); None if it names none."""
+    from xml.etree import ElementTree
+
     with open_raster(path) as src:
         tag = src.tags().get("GEOPROTO_CLASSES")
-        if tag:
-            names = {int(k): v for k, v in json.loads(tag).items()}
-            return ClassInfo(sorted(names), [names[k] for k in sorted(names)])
+    if tag:
+        names = {int(k): v for k, v in json.loads(tag).items()}
+        return ClassInfo(sorted(names), [names[k] for k in sorted(names)])
+    try:
+        band = ElementTree.parse(f"{path}.aux.xml").getroot().find("PAMRasterBand[@band='1']")
+    except (OSError, ElementTree.ParseError):
+        return None
+    categories = band.findall("CategoryNames/Category") if band is not None else []
+    named = [(i, c.text) for i, c in enumerate(categories) if c.text and 1 <= i <= 254 and c.text != "nodata"]
+    return ClassInfo([i for i, _ in named], [n for _, n in named]) if named else None
+
+
+def prediction_classes(path: str) -> ClassInfo:
+    """Class ids and names of a class raster (``named_classes``), else the ids it holds as ``class_<id>``."""
+    named = named_classes(path)
+    if named is not None:
+        return named
+    with open_raster(path) as src:
         values = set()
         for _, window in src.block_windows(1):
             values |= {int(v) for v in np.unique(src.read(1, window=window)) if v != (src.nodata or 0)}
@@ -73,14 +92,19 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     Truth classes are matched to predicted ones by name; ``mapping`` renames classes on either side
     first (e.g. ``{"tree": "other", "ground": "other"}`` merges two predicted classes into the truth's one).
     With vector truth, pixels outside every polygon are ignored unless ``background`` names the class
-    they belong to. Nodata in either raster is ignored.
+    they belong to. A truth raster's class names come from ``classes_file``, else from the raster itself
+    (a geoproto result, or GDAL category names). Nodata in either raster is left out of the metrics;
+    ``unpredicted_share`` says how much of the truth the prediction left as nodata.
     """
-    from .support import load_support
+    from .support import is_raster, load_support
 
     predicted_classes = prediction_classes(prediction)
     mapping = mapping or {}
     with open_raster(prediction) as src:
-        labels = load_support(truth, src, class_field, None, truth_crs, classes_file)
+        truth_named = named_classes(truth) if not classes_file and os.path.exists(truth) and is_raster(truth) \
+            else None
+        labels = RasterLabels(truth, src, truth_named) if truth_named is not None else \
+            load_support(truth, src, class_field, None, truth_crs, classes_file)
         truth_classes = labels.found_classes() if isinstance(labels, RasterLabels) else labels.classes
         truth_names = [mapping.get(n, n) for n in truth_classes.names]
         predicted_names = [mapping.get(n, n) for n in predicted_classes.names]
@@ -94,6 +118,7 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
         for class_id, name in zip(predicted_classes.ids, predicted_names):
             predicted_lookup[class_id] = index[name]
         matrix = np.zeros((len(names), len(names)), np.int64)
+        truth_pixels = unpredicted = 0
         vector = not isinstance(labels, RasterLabels)
         for tile in tile_grid(src.height, src.width, 1024, 0):
             rows, cols = tile.core_slices
@@ -102,9 +127,14 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             expected = truth_lookup[labels.read(tile, 1024)[: tile.height, : tile.width]]
             if vector and background:
                 expected[expected == 0] = index[background]
+            labelled = (expected > 0)[rows, cols]
+            truth_pixels += int(labelled.sum())
+            unpredicted += int((labelled & ~valid[rows, cols]).sum())
             expected[~valid] = 0
             matrix += confusion_matrix(expected[rows, cols], predicted_lookup[predicted][rows, cols], len(names))
     return {"prediction": prediction, "truth": truth, "class_names": names, "confusion": matrix.tolist(),
+            "truth_pixels": truth_pixels, "unpredicted_pixels": unpredicted,
+            "unpredicted_share": round(unpredicted / truth_pixels, 6) if truth_pixels else None,
             **summarise(matrix, names)}
 
 

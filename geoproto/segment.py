@@ -8,6 +8,8 @@ window's core and write it. Memory is bounded by batch x window, whatever the ra
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 import warnings
@@ -16,12 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import __version__
 from . import crf as crf_module
+from .aoi import ClippedSource, load_area
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER, Encoder
-from .output import (BLOCK_SIDE, ResultWriter, StagedOutputs, convert_to_cog, gdal_write_errors, write_polygons,
-                     write_preview)
+from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
+                     class_areas, class_histogram, convert_to_cog, gdal_write_errors, output_driver, sieve_classes,
+                     write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import run_tiles
 from .raster import RasterSource, block_cache
 from .support import ClassInfo, VectorLabels, is_raster, load_support
@@ -69,7 +74,19 @@ class SegmentOptions:
     probabilities: str | None = None
     vector: str | None = None
     preview: str | None = None
-    cog: bool = False
+    report: str | None = None  # CSV of the area per class
+    cog: bool = False  # the same as driver="COG"
+    driver: str | None = None  # of the class raster: GTiff or COG [default: from the extension]
+    vector_driver: str | None = None  # OGR driver of ``vector`` [default: from the extension]
+    creation_options: dict[str, str] = field(default_factory=dict)  # GDAL creation options of the rasters
+    overviews: bool = True
+    min_area: float | None = None  # m²: smaller class regions are merged into their largest neighbour
+    simplify: float | None = None  # polygon simplification tolerance, in the raster CRS's units
+    # Only part of the raster: polygons (any CRS), or a box "XMIN,YMIN,XMAX,YMAX" (raster CRS or bbox_crs)
+    aoi: str | None = None
+    bbox: str | None = None
+    bbox_crs: str | None = None
+    command: str | None = None  # the invocation, recorded in the outputs' metadata
     overwrite: bool = False
     progress: bool = True
 
@@ -164,6 +181,12 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
     return accumulator.prototypes(), classes, stats
 
 
+def _pixel_area_m2(src, crs) -> float | None:
+    if crs is None or not crs.is_projected:
+        return None
+    return float(abs(src.transform.determinant) * crs.linear_units_factor[1] ** 2)
+
+
 def _pixel_size_m(src, crs) -> float | None:
     if crs is None or not crs.is_projected:
         return None
@@ -216,16 +239,24 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     options = options or SegmentOptions()
     started = time.perf_counter()
     _check_tiling(options)
+    raster_format, vector_format = _output_formats(output, options)
     staged = StagedOutputs(options.overwrite)
     class_tmp = staged.stage(output)
+    # GDAL's sidecar of the class raster (palette, category names, attribute table): it must travel with it.
+    legend_tmp = staged.stage(f"{output}.aux.xml")
     probability_tmp = staged.stage(options.probabilities) if options.probabilities else None
     vector_tmp = staged.stage(options.vector) if options.vector else None
     preview_tmp = staged.stage(options.preview) if options.preview else None
+    report_tmp = staged.stage(options.report) if options.report else None
     try:
         inputs = open_inputs(image, support, options)
         source, crs, labels = inputs.source, inputs.crs, inputs.labels
         output_bytes = 1 + (4 * len(inputs.classes.ids) if probability_tmp else 0)  # classes, probabilities
         with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
+            pixel_area = _pixel_area_m2(src, crs)
+            if options.min_area and pixel_area is None:
+                raise GeoprotoError(f"{image}: --min-area is in square metres and needs a projected CRS")
+            area = load_area(src, crs, options.aoi, options.bbox, options.bbox_crs)
             device = resolve_device(options.device)
             batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
@@ -239,19 +270,37 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                 sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, _pixel_size_m(src, crs))
                 crf_params = crf_module.CRFParams(**{**crf_params.__dict__, "bilateral_sxy": sxy})
             tiles = tile_grid(src.height, src.width, size, options.overlap)
+            if area is not None:  # windows outside the area are never read nor encoded
+                tiles = [tile for tile in tiles if area.reaches(tile)]
+            metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
+                        "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
+                        "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}
             with gdal_write_errors(output):
-                writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp)
+                writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp, metadata,
+                                      options.creation_options)
                 try:
-                    counts, crf_rejected, stage_seconds = run_tiles(
-                        source, tiles, extract, prototypes, np.array(classes.ids, np.uint8), writer, size,
-                        options.alpha, crf_params if options.crf else None, batch_size, workers,
-                        options.progress)
+                    _, crf_rejected, stage_seconds = run_tiles(
+                        ClippedSource(source, area) if area is not None else source, tiles, extract, prototypes,
+                        np.array(classes.ids, np.uint8), writer, size, options.alpha,
+                        crf_params if options.crf else None, batch_size, workers, options.progress)
                 finally:
                     writer.close()
         with gdal_write_errors(output):
-            if options.cog:
-                convert_to_cog(class_tmp)
-            polygons = write_polygons(class_tmp, vector_tmp, classes) if vector_tmp else None
+            min_pixels = math.ceil(options.min_area / pixel_area) if options.min_area else 0
+            if min_pixels > 1:  # before anything reads the raster, so that raster and polygons agree
+                sieve_classes(class_tmp, min_pixels)
+            counts = class_histogram(class_tmp)
+            overviews = []
+            if raster_format == "COG":
+                convert_to_cog(class_tmp, options.creation_options)
+            elif options.overviews:
+                overviews = build_overviews(class_tmp)
+            areas = class_areas(classes, counts, pixel_area)
+            write_legend(legend_tmp, classes, areas)
+            if report_tmp:
+                write_area_report(report_tmp, areas)
+            polygons = write_polygons(class_tmp, vector_tmp, classes, vector_format, options.simplify) \
+                if vector_tmp else None
             if preview_tmp:
                 write_preview(class_tmp, preview_tmp, classes)
         staged.commit()
@@ -261,9 +310,8 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     summary = {
         "input": image, "output": output, "tiles": len(tiles), "tile_size": size, "overlap": options.overlap,
         "seconds": round(time.perf_counter() - started, 3), "device": device.type, "encoder": encoder_info,
-        "classes": [{"id": i, "name": n, "pixels": int(counts[k])}
-                    for k, (i, n) in enumerate(zip(classes.ids, classes.names))],
-        "nodata_pixels": int(counts[-1]), "support": support_stats, "stage_seconds": stage_seconds,
+        "classes": areas, "nodata_pixels": int(counts[0]), "min_area_pixels": min_pixels or None,
+        "overviews": overviews, "support": support_stats, "stage_seconds": stage_seconds,
         **({"support_check": check} if check else {}),
         "crf": {"enabled": options.crf, **({"iterations": crf_params.iterations,
                                             "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
@@ -272,6 +320,35 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     if polygons is not None:
         summary["polygons"] = polygons
     return summary
+
+
+def _encoder_label(info: dict) -> str:
+    """The encoder in a few words for the outputs' metadata (the full description is in the summary)."""
+    keys = ("name", "backbone", "checkpoint", "init_weights")
+    label = {key: info[key] for key in keys if isinstance(info.get(key), str)}
+    if isinstance(info.get("auto"), dict):
+        label["auto_picked"] = info["auto"].get("picked")
+    return json.dumps(label)
+
+
+def _output_formats(output: str, options: SegmentOptions) -> tuple[str, str | None]:
+    """The class raster's and the polygons' formats, checked against their file names before any work."""
+    if options.cog and options.driver and options.driver.upper() != "COG":
+        raise GeoprotoError(f"--cog writes a COG; it contradicts --driver {options.driver}")
+    raster_format = output_driver(output, "COG" if options.cog else options.driver, RASTER_DRIVERS, "raster")
+    if options.probabilities:
+        output_driver(options.probabilities, "GTiff", RASTER_DRIVERS, "raster")
+    if options.preview:
+        output_driver(options.preview, "PNG", {"PNG": (".png",)}, "preview")
+    if options.report:
+        output_driver(options.report, "CSV", {"CSV": (".csv",)}, "report")
+    if options.vector_driver and not options.vector:
+        raise GeoprotoError("--vector-driver needs --vector")
+    vector_format = output_driver(options.vector, options.vector_driver, VECTOR_DRIVERS, "vector") \
+        if options.vector else None
+    if options.simplify and not options.vector:
+        raise GeoprotoError("--simplify applies to the polygons: give --vector too")
+    return raster_format, vector_format
 
 
 DEFAULT_FOLDS = 5

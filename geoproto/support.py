@@ -374,6 +374,12 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
     inside = shapely.intersects(geometries, extent)
     if not inside.any():
         raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
+    # One label file may serve many tiles: a class drawn only elsewhere is left out of this raster's run.
+    outside = [name for class_id, name in zip(info.ids, info.names) if class_id not in set(ids[inside].tolist())]
+    if outside:
+        warnings.warn(f"{path}: no polygon of class(es) {', '.join(outside)} overlaps the raster "
+                      f"{reference.name}: left out")
+        info = info.subset(set(ids[inside].tolist()))
     return VectorLabels(geometries[inside], ids[inside], info)
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from ..segment import DEFAULT_FOLDS, SegmentOptions, check_support
-from .options import apply, encoder_options, handle_errors, print_json, support_options
+from .options import apply, encoder_options, handle_errors, not_stdio, print_json, support_options
 
 
 @click.command("check-support")
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), help="Labelled polygons.")
+@click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
+@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Labelled polygons.")
 @apply(support_options)
 @apply(encoder_options)
 @click.option("--folds", type=click.IntRange(2), default=DEFAULT_FOLDS, show_default=True)

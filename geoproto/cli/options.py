@@ -34,7 +34,8 @@ def handle_errors(command):
     @functools.wraps(command)
     def wrapper(*args, debug: bool = False, **kwargs):
         signal.signal(signal.SIGTERM, _raise_interrupted)
-        warnings.showwarning = lambda message, *rest, **kw: click.echo(f"Warning: {message}", err=True)
+        warnings.showwarning = lambda message, *rest, **kw: (
+            click.echo(f"Warning: {message}", err=True) if verbosity() >= 0 else None)
         # Rasters without a CRS are handled explicitly (pixel space, or --assume-crs).
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
@@ -60,10 +61,12 @@ def handle_errors(command):
 
 
 def command_line(ctx: click.Context) -> str:
-    """The invocation, rebuilt from the options the user set, to record how a result was made."""
+    """The invocation, rebuilt from the arguments and the options the user set, to record how a result
+    was made."""
     from click.core import ParameterSource
 
     words = ["geoproto", ctx.info_name]
+    words += [shlex.quote(str(ctx.params[p.name])) for p in ctx.command.params if isinstance(p, click.Argument)]
     for param in ctx.command.params:
         if not isinstance(param, click.Option) or param.name in ("debug", "quiet", "as_json"):
             continue
@@ -73,11 +76,45 @@ def command_line(ctx: click.Context) -> str:
         if param.is_flag:
             names = param.opts if value else param.secondary_opts
             words += names[:1]
+        elif isinstance(value, dict):
+            for name, setting in value.items():
+                words += [param.opts[0], shlex.quote(f"{name}={setting}")]
         elif isinstance(value, (list, tuple)):
             words += [param.opts[0], ",".join(map(str, value))]
         elif value is not None:
             words += [param.opts[0], shlex.quote(str(value))]
     return " ".join(words)
+
+
+def verbosity() -> int:
+    """-v/-q counted on the ``geoproto`` group: 0 by default, below 0 when asked to be quiet."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return (root.obj or {}).get("verbosity", 0) if root is not None else 0
+
+
+def show_progress(quiet: bool) -> bool:
+    """A progress bar only for a person watching: not with -q, nor when stderr is a file or a pipe (its
+    carriage-return frames would fill a log)."""
+    return not quiet and verbosity() >= 0 and sys.stderr.isatty()
+
+
+def not_stdio(ctx, param, value):
+    """Refuse ``-``: every input and output here is a file GDAL opens or writes by name."""
+    if value == "-":
+        raise click.BadParameter("'-' (standard input/output) is not supported here; give a file name")
+    return value
+
+
+def parse_pairs(ctx, param, values) -> dict[str, str]:
+    """Repeated NAME=VALUE options as a dict."""
+    pairs = {}
+    for value in values:
+        if "=" not in value:
+            raise click.BadParameter(f"{value!r}: write NAME=VALUE")
+        name, setting = value.split("=", 1)
+        pairs[name] = setting
+    return pairs
 
 
 def print_json(summary: dict) -> None:
@@ -114,7 +151,7 @@ dataset_options = [
     click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's folder."),
     click.option("--city", type=click.Choice(["vaihingen", "potsdam"]), default="vaihingen", show_default=True,
                  help="ISPRS city."),
-    click.option("--bands", type=click.Choice(["IRRG", "RGB"], case_sensitive=False), default="IRRG",
+    click.option("--isprs-bands", "bands", type=click.Choice(["IRRG", "RGB"], case_sensitive=False), default="IRRG",
                  show_default=True, help="ISPRS image bands (Potsdam has both)."),
     click.option("--eroded", is_flag=True, help="ISPRS: use the eroded-boundary ground truth."),
     click.option("--dsm", is_flag=True, help="ISPRS: add the DSM as a channel (backbones with a 4-band stem)."),
@@ -130,14 +167,14 @@ support_options = [
     click.option("--support-crs", help="CRS of the support vector, overriding what it declares (e.g. EPSG:32616)."),
     click.option("--assume-crs", help="CRS of a raster that has none."),
     click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
-                 help="JSON of class ids, names and colours (for label rasters and numeric codes)."),
+                 help="JSON file of class ids, names and colours (for label rasters and numeric codes)."),
     click.option("--buffer", type=click.FloatRange(min=0), default=0.0,
                  help="Buffer point and line support by this distance (raster CRS units, e.g. metres)."),
     click.option("--support-image", type=click.Path(dir_okay=False),
                  help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery)."),
 ]
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar nor closing message.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 
 

@@ -6,17 +6,18 @@ import click
 
 from ..crf import CRFParams
 from ..segment import DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SegmentOptions, segment
-from .options import (apply, encoder_options, handle_errors, json_option, print_json, quiet_option,
-                      support_options, workers_option)
+from .options import (apply, command_line, encoder_options, handle_errors, json_option, not_stdio, parse_pairs,
+                      print_json, quiet_option, show_progress, support_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
 
 @click.command("segment")
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False),
+@click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
+@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Class raster (GeoTIFF).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml.")
 @apply(support_options)
 @apply(encoder_options)
 @workers_option
@@ -33,10 +34,34 @@ _CRF_DEFAULTS = CRFParams()
               help="Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: 80 without a metric CRS].")
 @click.option("--crf-bilateral-srgb", type=float, default=_CRF_DEFAULTS.bilateral_srgb, show_default=True)
 @click.option("--crf-gaussian-sxy", type=float, default=_CRF_DEFAULTS.gaussian_sxy, show_default=True)
-@click.option("--probabilities", type=click.Path(dir_okay=False), help="Also write per-class scores (float32).")
-@click.option("--vector", type=click.Path(dir_okay=False), help="Also write class polygons (e.g. out.gpkg).")
-@click.option("--preview", type=click.Path(dir_okay=False), help="Also write a colour PNG preview.")
-@click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF.")
+@click.option("--aoi", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Segment only inside these polygons (any OGR vector, any CRS); outside is nodata and "
+                   "windows outside are never read.")
+@click.option("--bbox", help="Segment only inside XMIN,YMIN,XMAX,YMAX (the raster's CRS unless --bbox-crs).")
+@click.option("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326.")
+@click.option("--min-area", type=click.FloatRange(min=0, min_open=True),
+              help="Minimum mapping unit in m²: smaller regions take their largest neighbour's class, in "
+                   "the raster and so in the polygons.")
+@click.option("--driver", "-f", type=click.Choice(["GTiff", "COG"], case_sensitive=False),
+              help="Format of --output [default: GTiff].")
+@click.option("--co", "creation_options", multiple=True, callback=parse_pairs, metavar="NAME=VALUE",
+              help="GDAL creation option of the rasters, e.g. --co COMPRESS=ZSTD (repeatable).")
+@click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF (the same as -f COG).")
+@click.option("--overviews/--no-overviews", default=True, show_default=True,
+              help="Build overviews of the class raster (mode resampling).")
+@click.option("--probabilities", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Also write per-class scores (float32 GeoTIFF, NaN where the class raster is nodata).")
+@click.option("--vector", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Also write class polygons with their area (e.g. out.gpkg, out.fgb, out.shp).")
+@click.option("--vector-driver", help="OGR format of --vector [default: from its extension].")
+@click.option("--simplify", type=click.FloatRange(min=0, min_open=True),
+              help="Simplify --vector polygons by this tolerance (CRS units); shared edges stay shared.")
+@click.option("--preview", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Also write a colour PNG preview.")
+@click.option("--report", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Also write the area per class (pixels, m², ha) as CSV.")
+@click.option("--check-support", is_flag=True,
+              help="Cross-validate the support polygons too and add the report to the summary (slower).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @quiet_option
 @json_option
@@ -52,7 +77,8 @@ def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m
                            bilateral_srgb=crf_bilateral_srgb)
     settings = SegmentOptions(crf=crf, crf_params=crf_params,
                               crf_bilateral_m=None if crf_bilateral_px else crf_bilateral_m,
-                              progress=not quiet, check_support=as_json, **options)
+                              progress=show_progress(quiet), command=command_line(click.get_current_context()),
+                              **options)
     summary = segment(image, support, output, settings)
     if not quiet:
         for warning in summary.get("support_check", {}).get("warnings", []):
@@ -60,5 +86,6 @@ def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m
     if as_json:
         print_json(summary)
     elif not quiet:
-        classes = ", ".join(f"{c['name']} {c['pixels']}" for c in summary["classes"])
-        click.echo(f"Wrote {output}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes} px)", err=True)
+        classes = ", ".join(f"{c['name']} {c['pixels']} px" + (f" {c['area_ha']} ha" if c["area_ha"] is not None
+                                                             else "") for c in summary["classes"])
+        click.echo(f"Wrote {output}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes})", err=True)

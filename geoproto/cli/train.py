@@ -6,7 +6,8 @@ import click
 
 from ..training import TrainConfig, build_samplers, load_dataset, train
 from ..models import BACKBONES, DEFAULT_BACKBONE
-from .options import apply, command_line, dataset_options, handle_errors, json_option, print_json, quiet_option
+from .options import (apply, command_line, dataset_options, handle_errors, json_option, print_json, quiet_option,
+                      show_progress)
 
 _DEFAULTS = TrainConfig()
 
@@ -59,7 +60,7 @@ def train_command(dataset, root, city, bands, eroded, dsm, downsample, fold, spl
                 "dataset": {"kind": dataset, "root": root, "name": data.name, "city": city, "fold": fold,
                             "train_images": [s.name for s in train_sampler.samples]}}
     summary = train(train_sampler, val_sampler, config, output, resume=resume, metadata=metadata,
-                    progress=not quiet)
+                    progress=show_progress(quiet))
     if as_json:
         print_json(summary)
     elif not quiet:
