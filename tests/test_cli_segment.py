@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import geopandas
+import geoproto
 import numpy as np
 import pytest
 import rasterio
@@ -171,10 +172,23 @@ def test_support_outside_raster(tmp_path):
     _assert_clean_failure(run(CHIP, "--support", tmp_path / "far.gpkg", "-o", out), out, "overlaps the raster")
 
 
+def test_class_drawn_only_outside_the_raster_is_left_out(scene, tmp_path):
+    """One label file for many tiles: a class with no polygon over this raster is skipped, with a warning."""
+    image, support = scene
+    frame = geopandas.read_file(support)
+    outside = geopandas.GeoDataFrame({"class": ["water"]}, geometry=[box(0, 0, 10, 10)], crs=frame.crs)
+    geopandas.pd.concat([frame, outside]).to_file(tmp_path / "s.gpkg")
+    result = run(image, "--support", tmp_path / "s.gpkg", "-o", tmp_path / "c.tif", "--no-crf", "--json")
+    assert result.exit_code == 0, result.output
+    assert "no polygon of class(es) water overlaps the raster" in result.stderr
+    assert [c["name"] for c in json.loads(result.stdout)["classes"]] == ["green", "red"]
+
+
 def test_class_without_pixels(tmp_path):
     support = geopandas.read_file(SUPPORT)
-    outside = geopandas.GeoDataFrame({"class": ["water"]}, geometry=[box(0, 0, 10, 10)], crs=support.crs)
-    geopandas.pd.concat([support, outside]).to_file(tmp_path / "s.gpkg")
+    # Over the raster, but every pixel also claimed by a building polygon: an error, not an omission.
+    sliver = geopandas.GeoDataFrame({"class": ["water"]}, geometry=[support.geometry.iloc[0]], crs=support.crs)
+    geopandas.pd.concat([support, sliver]).to_file(tmp_path / "s.gpkg")
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(CHIP, "--support", tmp_path / "s.gpkg", "-o", out, "--no-crf"), out,
                           "'water'", "no labelled pixel")
@@ -317,3 +331,130 @@ def test_rotated_grid_gives_the_same_labels(tmp_path):
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         assert b.transform.almost_equals(rotated)
         assert (a.read(1) == b.read(1)).mean() > 0.999
+
+
+# --- GIS conventions, on a small synthetic scene ----------------------------------------------------------
+
+def test_outputs_carry_legend_metadata_and_areas(scene, tmp_path):
+    from conftest import SCENE_ORIGIN, gdal_band
+
+    image, support = scene
+    x0, y0 = SCENE_ORIGIN
+    bbox = f"{x0},{y0 - 48},{x0 + 64},{y0}"  # the top 96 of 128 rows: the rest is nodata
+    result = CliRunner().invoke(main, [
+        "segment", str(image), "-s", str(support), "-o", str(tmp_path / "c.tif"), "--no-crf", "--bbox", bbox,
+        "--probabilities", str(tmp_path / "p.tif"), "--vector", str(tmp_path / "v.fgb"), "--report",
+        str(tmp_path / "r.csv"), "--co", "COMPRESS=LZW", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert "support_check" not in summary  # --json only prints: no cross-validation
+    assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal
+    band = gdal_band(tmp_path / "c.tif")  # the legend sidecar moved with the raster
+    assert [c.text for c in band.find("CategoryNames")] == ["nodata", "green", "red"]
+    assert len(band.find("ColorTable")) == 3
+    rows = [[f.text for f in row] for row in band.find("GDALRasterAttributeTable").findall("Row")]
+    assert [(r[1], int(r[2])) for r in rows] == [(c["name"], c["pixels"]) for c in summary["classes"]]
+    with rasterio.open(tmp_path / "c.tif") as src, rasterio.open(tmp_path / "p.tif") as p:
+        labels = src.read(1)
+        tags = src.tags()
+        assert src.compression.value == "LZW"
+        probabilities = p.read()
+    assert tags["GEOPROTO_COMMAND"].startswith(f"geoproto segment {image} --support {support}")
+    assert "--bbox" in tags["GEOPROTO_COMMAND"] and tags["GEOPROTO_VERSION"] == geoproto.__version__
+    assert json.loads(tags["GEOPROTO_ENCODER"])["name"] == summary["encoder"]["name"]
+    assert (labels[96:] == 0).all() and (labels[:96] > 0).all()
+    assert np.isnan(probabilities[:, labels == 0]).all()  # nodata in the classes is nodata in the scores
+    assert np.allclose(probabilities[:, labels > 0].sum(0), 1, atol=1e-3)
+    polygons = geopandas.read_file(tmp_path / "v.fgb")
+    for entry in summary["classes"]:
+        assert entry["area_m2"] == pytest.approx(entry["pixels"] * 0.25)
+        assert polygons.loc[polygons.class_name == entry["name"], "area_m2"].sum() == pytest.approx(entry["area_m2"])
+    report = (tmp_path / "r.csv").read_text().splitlines()
+    assert report[0] == "class_id,class_name,pixels,area_m2,area_ha"
+    assert report[1].split(",")[1:3] == [summary["classes"][0]["name"], str(summary["classes"][0]["pixels"])]
+
+
+def test_min_area_raster_and_polygons_agree(scene, tmp_path):
+    image, support = scene
+    args = ["segment", str(image), "-s", str(support), "--no-crf", "-q", "--json"]
+    raw = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "raw.tif"), "--vector", str(tmp_path / "raw.gpkg")])
+    sieved = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "s.tif"), "--vector", str(tmp_path / "s.gpkg"),
+                                       "--min-area", "25"])
+    assert raw.exit_code == 0 and sieved.exit_code == 0, raw.output + sieved.output
+    assert json.loads(sieved.stdout)["min_area_pixels"] == 100
+    polygons = geopandas.read_file(tmp_path / "s.gpkg")
+    assert len(polygons) <= len(geopandas.read_file(tmp_path / "raw.gpkg"))
+    assert polygons["area_m2"].min() >= 25
+    with rasterio.open(tmp_path / "s.tif") as src:
+        labels, transform = src.read(1), src.transform
+    burned = rasterize(zip(polygons.geometry, polygons.class_id), out_shape=labels.shape, transform=transform)
+    assert (burned == labels).all()
+
+
+def _fake_segment(monkeypatch):
+    """Replace the library call behind `segment` by one that records its options."""
+    import warnings
+
+    import geoproto.cli.segment
+
+    seen = {}
+
+    def fake(image, support, output, options):
+        seen["options"] = options
+        warnings.warn("a warning for the user")
+        return {"tiles": 1, "seconds": 0.0, "classes": [{"name": "a", "pixels": 1, "area_ha": None}]}
+
+    monkeypatch.setattr(geoproto.cli.segment, "segment", fake)
+    return seen
+
+
+def test_options_reach_the_library(monkeypatch, tmp_path):
+    seen = _fake_segment(monkeypatch)
+    result = CliRunner().invoke(main, ["segment", "i.tif", "-s", "s.gpkg", "-o", "c.tif", "-f", "cog", "--co",
+                                       "ZLEVEL=9", "--co", "BLOCKSIZE=512", "--json"])
+    assert result.exit_code == 0, result.output
+    options = seen["options"]
+    assert options.driver == "COG" and options.creation_options == {"ZLEVEL": "9", "BLOCKSIZE": "512"}
+    assert not options.check_support and not options.progress
+    assert options.command == "geoproto segment i.tif --support s.gpkg --output c.tif --driver COG " \
+                              "--co ZLEVEL=9 --co BLOCKSIZE=512"
+    CliRunner().invoke(main, ["segment", "i.tif", "-s", "s.gpkg", "-o", "c.tif", "--check-support"])
+    assert seen["options"].check_support
+
+
+def test_group_verbosity(monkeypatch):
+    _fake_segment(monkeypatch)
+    args = ["segment", "i.tif", "-s", "s.gpkg", "-o", "c.tif"]
+    assert "Warning: a warning for the user" in CliRunner().invoke(main, args).stderr
+    quiet = CliRunner().invoke(main, ["-q", *args])
+    assert quiet.exit_code == 0 and "Warning" not in quiet.stderr
+    import logging
+
+    CliRunner().invoke(main, ["-vv", *args])
+    assert logging.getLogger().level == logging.DEBUG
+    CliRunner().invoke(main, args)
+    assert logging.getLogger().level == logging.WARNING
+
+
+@pytest.mark.parametrize("flag", ["-o", "-s", "--vector"])
+def test_dash_is_refused(flag, tmp_path):
+    args = {"-o": "c.tif", "-s": "s.gpkg", "--vector": None}
+    words = ["segment", "i.tif"] + [w for k, v in {**args, flag: "-"}.items() if v for w in (k, v)]
+    result = CliRunner().invoke(main, words)
+    assert result.exit_code == 2
+    assert "'-' (standard input/output) is not supported here; give a file name" in result.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["-o", "{tmp}/c.png"], "c.png: cannot tell the raster format from '.png'"),
+    (["-o", "{tmp}/c.tif", "--vector", "{tmp}/v.gpkg", "--vector-driver", "GeoJSON"],
+     r"v.gpkg: a GeoJSON file is named *.geojson, not *.gpkg"),
+    (["-o", "{tmp}/c.tif", "--preview", "{tmp}/p.jpg"], "p.jpg: a PNG file is named *.png"),
+    (["-o", "{tmp}/c.tif", "--cog", "-f", "GTiff"], "--cog writes a COG; it contradicts --driver GTiff"),
+])
+def test_formats_checked_before_any_work(scene, tmp_path, extra, message):
+    image, support = scene
+    result = CliRunner().invoke(main, ["segment", str(image), "-s", str(support), "--no-crf",
+                                       *[e.format(tmp=tmp_path) for e in extra]])
+    assert result.exit_code == 1 and message in result.stderr
+    assert not list(tmp_path.glob("c.*")) and not list(tmp_path.glob(".c*"))

@@ -126,3 +126,38 @@ def test_evaluate_protocol_on_dubai_runs_and_is_reproducible():
     assert first["mean"]["overall_accuracy"] == pytest.approx(
         np.mean([r["overall_accuracy"] for r in first["runs"]]), abs=1e-6)
     assert 0.2 < first["mean"]["overall_accuracy"] < 1
+
+
+def _named_class_raster(path, labels, names: dict[int, str] | None, categories: list[str] | None = None):
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=labels.shape[1], height=labels.shape[0], count=1,
+                       dtype="uint8", crs="EPSG:32616", transform=from_origin(500000, 4000000, 0.5, 0.5),
+                       nodata=0) as dst:
+        dst.write(labels, 1)
+        if names:
+            dst.update_tags(GEOPROTO_CLASSES=json.dumps(names))
+    if categories:
+        from geoproto.output import class_areas, write_legend
+        from geoproto.support import ClassInfo
+
+        classes = ClassInfo(list(range(1, len(categories))), categories[1:])
+        write_legend(f"{path}.aux.xml", classes, class_areas(classes, np.zeros(256, np.int64), 0.25))
+
+
+def test_score_reads_class_names_of_a_class_raster_truth(tmp_path):
+    truth = np.ones((64, 64), np.uint8)
+    truth[:, 32:] = 2
+    # The same map with the ids swapped, as another geoproto run may number the classes.
+    prediction = np.where(truth == 1, 2, 1).astype(np.uint8)
+    prediction[:16] = 0  # left as nodata: a quarter of the truth
+    _named_class_raster(tmp_path / "p.tif", prediction, {2: "tree", 1: "ground"})
+    _named_class_raster(tmp_path / "geoproto.tif", truth, {1: "tree", 2: "ground"})
+    _named_class_raster(tmp_path / "qgis.tif", truth, None, ["nodata", "tree", "ground"])
+    for truth_path in ("geoproto.tif", "qgis.tif"):  # GEOPROTO_CLASSES, or GDAL category names
+        report = score(str(tmp_path / "p.tif"), str(tmp_path / truth_path))
+        assert report["class_names"] == ["tree", "ground"] and report["overall_accuracy"] == 1.0
+        assert (report["unpredicted_pixels"], report["unpredicted_share"]) == (16 * 64, 0.25)
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "qgis.tif")])
+    assert result.exit_code == 0, result.output
+    assert "the prediction is nodata on 1024 truth pixels (25.00 %), left out of these scores" in result.stderr
