@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import geopandas
-import numpy as np
 import rasterio
 import shapely
 from rasterio.features import rasterize

@@ -112,13 +112,18 @@ def class_colors(classes: ClassInfo) -> dict[int, tuple[int, int, int, int]]:
     return colors
 
 
+def with_options(defaults: dict, creation_options: dict) -> dict:
+    """``defaults`` overridden by the user's creation options (GDAL's names ignore case)."""
+    overridden = {name.lower() for name in creation_options}
+    return {**{k: v for k, v in defaults.items() if k.lower() not in overridden}, **creation_options}
+
+
 def _geotiff_profile(reference, crs, count: int, dtype: str, nodata, creation_options: dict) -> dict:
-    return {
+    return with_options({
         "driver": "GTiff", "width": reference.width, "height": reference.height, "count": count,
         "dtype": dtype, "crs": crs, "transform": reference.transform, "nodata": nodata,
         "tiled": True, "blockxsize": BLOCK_SIDE, "blockysize": BLOCK_SIDE, "compress": "deflate", "BIGTIFF": "IF_SAFER",
-        **creation_options,
-    }
+    }, creation_options)
 
 
 class ResultWriter:
@@ -140,7 +145,7 @@ class ResultWriter:
             self.probabilities = None
             if probability_path:
                 profile = _geotiff_profile(reference, crs, len(classes.ids), "float32", PROBABILITY_NODATA,
-                                           {"predictor": 3, **options})
+                                           with_options({"predictor": 3}, options))
                 self.probabilities = rasterio.open(probability_path, "w", **profile)
         self.labels.set_band_description(1, "class")
         tags = {f"CLASS_{i}": n for i, n in zip(classes.ids, classes.names)}
@@ -187,7 +192,7 @@ def convert_to_cog(path: str, creation_options: dict | None = None) -> None:
     """Rewrite a finished tiled GeoTIFF as a Cloud Optimized GeoTIFF (the COG driver cannot be written
     window by window)."""
     cog = f"{path}.cog"
-    options = {"compress": "deflate", **(creation_options or {})}
+    options = with_options({"compress": "deflate"}, creation_options or {})
     try:
         rasterio.shutil.copy(path, cog, driver="COG", overview_resampling="mode", **options)
         os.replace(cog, path)

@@ -97,7 +97,7 @@ def scene(tmp_path) -> tuple[Path, Path]:
     return write_scene(tmp_path)
 
 
-def gdal_band(path) -> "ElementTree.Element":
+def gdal_band(path):
     """Band 1 of ``path`` as GDAL itself describes it (palette, category names, attribute table), by
     serialising the dataset to VRT: what gdalinfo would print, without needing gdalinfo."""
     import tempfile

@@ -173,3 +173,10 @@ def test_output_driver_refuses_a_foreign_extension():
         output_driver("out.gpkg", "GeoJSON", VECTOR_DRIVERS, "vector")
     with pytest.raises(GeoprotoError, match="vector format 'DXF' is not supported"):
         output_driver("out.dxf", "DXF", VECTOR_DRIVERS, "vector")
+
+
+def test_creation_options_override_defaults_whatever_their_case():
+    from geoproto.output import with_options
+
+    assert with_options({"compress": "deflate", "tiled": True}, {"COMPRESS": "LZW"}) == \
+        {"tiled": True, "COMPRESS": "LZW"}
