@@ -161,3 +161,14 @@ def test_score_reads_class_names_of_a_class_raster_truth(tmp_path):
     result = CliRunner().invoke(main, ["score", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "qgis.tif")])
     assert result.exit_code == 0, result.output
     assert "the prediction is nodata on 1024 truth pixels (25.00 %), left out of these scores" in result.stderr
+
+
+def test_option_names_mean_one_thing_across_commands():
+    """--classes is a JSON file, --bands band numbers, --json a stdout flag, in every command."""
+    runner = CliRunner()
+    evaluate_help = runner.invoke(main, ["evaluate", "--help"]).output
+    assert "--class-names" in evaluate_help and "--isprs-bands" in evaluate_help and "--report" in evaluate_help
+    assert "--classes " not in evaluate_help and "--bands " not in evaluate_help
+    assert "--isprs-bands" in runner.invoke(main, ["train", "--help"]).output
+    wrong = runner.invoke(main, ["evaluate", "--dataset", "folder", "--root", ".", "--classes", "a,b"])
+    assert wrong.exit_code == 2 and "No such option '--classes'. (Did you mean one of: '--class-names'" in wrong.output
