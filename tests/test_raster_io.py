@@ -14,7 +14,7 @@ from rasterio.features import rasterize
 from rasterio.warp import calculate_default_transform, reproject
 
 from geoproto.errors import GeoprotoError
-from geoproto.output import NODATA, ResultWriter
+from geoproto.output import NODATA, ResultWriter, class_areas, class_histogram, write_legend
 from geoproto.raster import RasterSource, open_raster
 from geoproto.support import ClassInfo, RasterLabels, read_class_file
 from geoproto.tiling import tile_grid
@@ -158,6 +158,7 @@ def test_tile_write_round_trip_is_exact(which, chip, albers_chip, building_frame
             writer.write(tile, window[: tile.height, : tile.width], None)
     finally:
         writer.close()
+    write_legend(f"{out}.aux.xml", classes, class_areas(classes, class_histogram(str(out)), None))
 
     with rasterio.open(out) as result:
         np.testing.assert_array_equal(result.read(1), expected)
@@ -169,8 +170,8 @@ def test_tile_write_round_trip_is_exact(which, chip, albers_chip, building_frame
         assert result.dtypes == ("uint8",)
         assert result.profile["tiled"] and result.block_shapes == [(256, 256)]
         assert result.compression is not None and result.compression.value.lower() == "deflate"
-        colormap = result.colormap(1)
-        assert colormap[0] == (0, 0, 0, 0)
+        colormap = result.colormap(1)  # from the legend sidecar, through GDAL
+        assert len(colormap) == 3 and colormap[0] == (0, 0, 0, 0)
         assert colormap[1][3] == 255 and colormap[2][3] == 255 and colormap[1] != colormap[2]
         assert json.loads(result.tags()["GEOPROTO_CLASSES"]) == {"1": names[0], "2": names[1]}
         assert result.tags()["CLASS_1"] == names[0]
