@@ -458,3 +458,18 @@ def test_formats_checked_before_any_work(scene, tmp_path, extra, message):
                                        *[e.format(tmp=tmp_path) for e in extra]])
     assert result.exit_code == 1 and message in result.stderr
     assert not list(tmp_path.glob("c.*")) and not list(tmp_path.glob(".c*"))
+
+
+def test_cog_driver_keeps_the_legend(scene, tmp_path):
+    from conftest import gdal_band
+
+    image, support = scene
+    result = CliRunner().invoke(main, ["segment", str(image), "-s", str(support), "-o", str(tmp_path / "c.tif"),
+                                       "--no-crf", "-f", "COG", "--co", "COMPRESS=ZSTD", "-q"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "c.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.compression.value == "ZSTD"
+        assert "GEOPROTO_COMMAND" in src.tags()
+    assert [c.text for c in gdal_band(tmp_path / "c.tif").find("CategoryNames")] == ["nodata", "green", "red"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "c.tif.aux.xml", "scene-support.gpkg",
+                                                          "scene.tif"]
