@@ -26,6 +26,7 @@ from .pipeline import run_tiles
 from .raster import RasterSource, block_cache
 from .support import ClassInfo, VectorLabels, is_raster, load_support
 from .tiling import tile_grid
+from .validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
@@ -72,6 +73,22 @@ class SegmentOptions:
     cog: bool = False
     overwrite: bool = False
     progress: bool = True
+
+    def __post_init__(self):
+        """Refuse NaN, infinities and out-of-range numbers before any work (NaN alpha: one class everywhere)."""
+        for name, (low, high, min_open) in SEGMENT_RANGES.items():
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, check_number(name, value, low, high, min_open, name in _INTEGER_FIELDS))
+
+
+# Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.
+SEGMENT_RANGES = {
+    "tile_size": (32, None, False), "overlap": (0, None, False), "alpha": (0, ALPHA_MAX, True),
+    "batch_size": (1, None, False), "workers": (0, MAX_WORKERS, False), "buffer": (0, None, False),
+    "crf_bilateral_m": (0, 1e4, True),
+}
+_INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -275,6 +292,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
 
 
 DEFAULT_FOLDS = 5
+MAX_FOLDS = 100
 # Polygons closer than this share a fold: adjacent polygons (the two halves of one roof, a road cut in
 # pieces) would otherwise predict each other and flatter the score.
 DEFAULT_GROUP_DISTANCE_PX = 32.0
@@ -285,8 +303,9 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation."""
     options = options or SegmentOptions()
     _check_tiling(options)
-    if folds < 2:
-        raise GeoprotoError("--folds must be at least 2")
+    folds = check_number("folds", folds, 2, MAX_FOLDS, integer=True)
+    if group_distance is not None:
+        check_number("group_distance", group_distance, 0)
     if os.path.exists(support) and is_raster(support):
         raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label raster")
     inputs = open_inputs(image, support, options)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..segment import DEFAULT_FOLDS, SegmentOptions, check_support
-from .options import apply, encoder_options, handle_errors, print_json, support_options
+from ..segment import DEFAULT_FOLDS, MAX_FOLDS, SegmentOptions, check_support
+from .options import apply, encoder_options, handle_errors, integer, number, print_json, support_options
 
 
 @click.command("check-support")
@@ -13,8 +13,8 @@ from .options import apply, encoder_options, handle_errors, print_json, support_
 @click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), help="Labelled polygons.")
 @apply(support_options)
 @apply(encoder_options)
-@click.option("--folds", type=click.IntRange(2), default=DEFAULT_FOLDS, show_default=True)
-@click.option("--group-distance", type=click.FloatRange(min=0),
+@click.option("--folds", type=integer(2, MAX_FOLDS), default=DEFAULT_FOLDS, show_default=True)
+@click.option("--group-distance", type=number(0),
               help="Polygons closer than this many pixels share a fold [default: 32].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @handle_errors

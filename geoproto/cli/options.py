@@ -13,6 +13,7 @@ import click
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..errors import GeoprotoError
+from ..validation import MAX_WORKERS, check_number, describe_range
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 
 
@@ -84,6 +85,45 @@ def print_json(summary: dict) -> None:
     click.echo(json.dumps(summary, indent=2))
 
 
+class Number(click.ParamType):
+    """A number option that must be finite and within bounds (click's FloatRange lets NaN and infinity
+    through). The bounds are checked by ``validation.check_number``, as the library checks them."""
+
+    def __init__(self, minimum: float | None = None, maximum: float | None = None, min_open: bool = False,
+                 integer: bool = False):
+        self.bounds = dict(minimum=minimum, maximum=maximum, min_open=min_open, integer=integer)
+        self.name = "integer" if integer else "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(value, 10) if self.bounds["integer"] else float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not {'a whole number' if self.bounds['integer'] else 'a number'}.",
+                          param, ctx)
+        try:
+            return check_number("value", number, **self.bounds)
+        except GeoprotoError as exc:
+            self.fail(f"{str(exc).removeprefix('value ')}.", param, ctx)
+
+    def get_metavar(self, param, ctx=None):
+        return "INTEGER" if self.bounds["integer"] else "FLOAT"
+
+    def __repr__(self):
+        low, high = self.bounds["minimum"], self.bounds["maximum"]
+        return f"{self.name.upper()} {describe_range(low, high, self.bounds['min_open'])}"
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Number:
+    return Number(minimum, maximum, integer=True)
+
+
+def number(minimum: float | None = None, maximum: float | None = None, min_open: bool = False) -> Number:
+    return Number(minimum, maximum, min_open)
+
+
 def parse_bands(ctx, param, value: str | None) -> list[int] | None:
     if not value:
         return None
@@ -91,6 +131,20 @@ def parse_bands(ctx, param, value: str | None) -> list[int] | None:
         return [int(v) for v in value.split(",")]
     except ValueError:
         raise click.BadParameter("give band numbers separated by commas, e.g. 4,3,2") from None
+
+
+def integer_list(minimum: int, maximum: int | None = None):
+    """A callback parsing a comma-separated list of whole numbers within bounds (e.g. --seeds 0,1,2)."""
+    def parse(ctx, param, value: str | None) -> list[int] | None:
+        if not value:
+            return None
+        try:
+            return [check_number("value", int(v, 10), minimum, maximum, integer=True) for v in value.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: give whole numbers separated by commas, e.g. 1,2,3") from None
+        except GeoprotoError as exc:
+            raise click.BadParameter(f"each {str(exc).removeprefix('value ')}") from None
+    return parse
 
 
 encoder_options = [
@@ -103,9 +157,10 @@ encoder_options = [
                  help="ImageNet trunk weights in torchvision's layout (resnet50, vgg16)."),
     click.option("--bands", callback=parse_bands, help="1 or 3 band numbers, e.g. 4,3,2 [default: first three]."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-    click.option("--batch-size", type=click.IntRange(1), help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
+    click.option("--batch-size", type=Number(1, integer=True),
+                 help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
 ]
-workers_option = click.option("--workers", type=click.IntRange(0),
+workers_option = click.option("--workers", type=Number(0, MAX_WORKERS, integer=True),
                               help="DenseCRF worker processes [default: one per core; 0: none].")
 
 dataset_options = [
@@ -118,8 +173,8 @@ dataset_options = [
                  show_default=True, help="ISPRS image bands (Potsdam has both)."),
     click.option("--eroded", is_flag=True, help="ISPRS: use the eroded-boundary ground truth."),
     click.option("--dsm", is_flag=True, help="ISPRS: add the DSM as a channel (backbones with a 4-band stem)."),
-    click.option("--downsample", type=click.IntRange(1), help="ISPRS: read at 1/N resolution [Potsdam: 2]."),
-    click.option("--fold", type=click.IntRange(0, 3), help="PASCAL-5i fold (its 5 classes are unseen)."),
+    click.option("--downsample", type=Number(1, 64, integer=True), help="ISPRS: read at 1/N resolution [Potsdam: 2]."),
+    click.option("--fold", type=Number(0, 3, integer=True), help="PASCAL-5i fold (its 5 classes are unseen)."),
     click.option("--split", type=click.Path(dir_okay=False), help="JSON of split name -> image names."),
     click.option("--holdout", help="folder: regular expression of image names forming the test split."),
 ]
@@ -131,7 +186,7 @@ support_options = [
     click.option("--assume-crs", help="CRS of a raster that has none."),
     click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
                  help="JSON of class ids, names and colours (for label rasters and numeric codes)."),
-    click.option("--buffer", type=click.FloatRange(min=0), default=0.0,
+    click.option("--buffer", type=Number(0), default=0.0,
                  help="Buffer point and line support by this distance (raster CRS units, e.g. metres)."),
     click.option("--support-image", type=click.Path(dir_okay=False),
                  help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery)."),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..crf import CRFParams
-from ..segment import DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SegmentOptions, segment
-from .options import (apply, encoder_options, handle_errors, json_option, print_json, quiet_option,
-                      support_options, workers_option)
+from ..crf import CRF_RANGES, CRFParams
+from ..segment import (DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
+                       segment)
+from .options import (apply, encoder_options, handle_errors, integer, json_option, number, print_json,
+                      quiet_option, support_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -20,19 +21,24 @@ _CRF_DEFAULTS = CRFParams()
 @apply(support_options)
 @apply(encoder_options)
 @workers_option
-@click.option("--tile-size", type=click.IntRange(32), default=DEFAULT_TILE_SIZE, show_default=True)
-@click.option("--overlap", type=click.IntRange(0), default=DEFAULT_OVERLAP, show_default=True,
+@click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]), default=DEFAULT_TILE_SIZE,
+              show_default=True)
+@click.option("--overlap", type=integer(*SEGMENT_RANGES["overlap"][:2]), default=DEFAULT_OVERLAP, show_default=True,
               help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+@click.option("--alpha", type=number(*SEGMENT_RANGES["alpha"]), default=20.0, show_default=True,
               help="Softmax scale of the cosine similarities.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
-@click.option("--crf-iterations", type=click.IntRange(1), default=_CRF_DEFAULTS.iterations, show_default=True)
-@click.option("--crf-bilateral-m", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CRF_BILATERAL_M,
+@click.option("--crf-iterations", type=integer(*CRF_RANGES["iterations"]), default=_CRF_DEFAULTS.iterations,
+              show_default=True)
+@click.option("--crf-bilateral-m", type=number(*SEGMENT_RANGES["crf_bilateral_m"]), default=DEFAULT_CRF_BILATERAL_M,
               show_default=True, help="Bilateral kernel width in metres (projected rasters).")
-@click.option("--crf-bilateral-px", type=click.FloatRange(min=0, min_open=True),
-              help="Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: 80 without a metric CRS].")
-@click.option("--crf-bilateral-srgb", type=float, default=_CRF_DEFAULTS.bilateral_srgb, show_default=True)
-@click.option("--crf-gaussian-sxy", type=float, default=_CRF_DEFAULTS.gaussian_sxy, show_default=True)
+@click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]),
+              help="Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: 80 without a metric "
+                   "CRS].")
+@click.option("--crf-bilateral-srgb", type=number(*CRF_RANGES["bilateral_srgb"]),
+              default=_CRF_DEFAULTS.bilateral_srgb, show_default=True)
+@click.option("--crf-gaussian-sxy", type=number(*CRF_RANGES["gaussian_sxy"]), default=_CRF_DEFAULTS.gaussian_sxy,
+              show_default=True)
 @click.option("--probabilities", type=click.Path(dir_okay=False), help="Also write per-class scores (float32).")
 @click.option("--vector", type=click.Path(dir_okay=False), help="Also write class polygons (e.g. out.gpkg).")
 @click.option("--preview", type=click.Path(dir_okay=False), help="Also write a colour PNG preview.")

@@ -28,6 +28,7 @@ from ..errors import GeoprotoError
 from ..fewshot import DEFAULT_ALPHA, masked_average_prototypes, match_logits
 from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
 from ..models.checkpoint import safe_load
+from ..validation import ALPHA_MAX, MAX_WORKERS, check_number
 from .episodes import EpisodeSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003
@@ -57,6 +58,23 @@ class TrainConfig:
     log_every: int = 10
     workers: int = 2
     device: str = "auto"
+
+    def __post_init__(self):
+        """A NaN or absurd setting would train for hours and write a checkpoint of NaN weights."""
+        for name, (low, high, min_open) in TRAIN_RANGES.items():
+            integer = isinstance(getattr(TrainConfig, name), int)
+            setattr(self, name, check_number(name, getattr(self, name), low, high, min_open, integer))
+        self.lr_milestones = [check_number("lr_milestones", m, 1, integer=True) for m in self.lr_milestones]
+
+
+# Bounds (low, high, low excluded) of every numeric setting; the CLI's options use the same.
+TRAIN_RANGES = {
+    "ways": (1, 254, False), "shots": (1, 1000, False), "queries": (1, 1000, False), "crop": (32, 8192, False),
+    "iterations": (1, None, False), "lr": (0, 10, True), "momentum": (0, 1, False),
+    "weight_decay": (0, 1, False), "lr_gamma": (0, 1, True), "alpha": (0, ALPHA_MAX, True),
+    "seed": (0, 2 ** 32 - 1, False), "checkpoint_every": (1, None, False), "val_every": (1, None, False),
+    "val_episodes": (1, None, False), "log_every": (1, None, False), "workers": (0, MAX_WORKERS, False),
+}
 
 
 def episode_loss(encoder: Encoder, batch: dict, num_classes: int, alpha: float, align: bool) -> torch.Tensor:
