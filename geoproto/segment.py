@@ -233,12 +233,14 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     options = options or SegmentOptions()
     started = time.perf_counter()
     _check_tiling(options)
-    staged = StagedOutputs(options.overwrite)
-    class_tmp = staged.stage(output)
-    probability_tmp = staged.stage(options.probabilities) if options.probabilities else None
-    vector_tmp = staged.stage(options.vector) if options.vector else None
-    preview_tmp = staged.stage(options.preview) if options.preview else None
+    staged = StagedOutputs(options.overwrite, {
+        "image": image, "--support": support, "--support-image": options.support_image,
+        "--classes": options.classes_file, "--checkpoint": options.checkpoint, "--init-weights": options.init_weights})
     try:
+        class_tmp = staged.stage(output, "--output")
+        probability_tmp = staged.stage(options.probabilities, "--probabilities") if options.probabilities else None
+        vector_tmp = staged.stage(options.vector, "--vector") if options.vector else None
+        preview_tmp = staged.stage(options.preview, "--preview") if options.preview else None
         inputs = open_inputs(image, support, options)
         source, crs, labels = inputs.source, inputs.crs, inputs.labels
         output_bytes = 1 + (4 * len(inputs.classes.ids) if probability_tmp else 0)  # classes, probabilities
