@@ -55,14 +55,32 @@ def _num(value) -> float | None:
 def prediction_classes(path: str) -> ClassInfo:
     """Class ids and names of a geoproto class raster (its GEOPROTO_CLASSES tag), else ``class_<id>``."""
     with open_raster(path) as src:
+        if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+            raise GeoprotoError(f"{path}: holds {src.dtypes[0]} values; a class raster holds whole class ids "
+                                f"0..255 (is this the image rather than a classification?)")
         tag = src.tags().get("GEOPROTO_CLASSES")
         if tag:
-            names = {int(k): v for k, v in json.loads(tag).items()}
-            return ClassInfo(sorted(names), [names[k] for k in sorted(names)])
+            return _tagged_classes(path, tag)
         values = set()
         for _, window in src.block_windows(1):
             values |= {int(v) for v in np.unique(src.read(1, window=window)) if v != (src.nodata or 0)}
+    outside = sorted(v for v in values if not 0 <= v <= 255)
+    if outside:
+        raise GeoprotoError(f"{path}: holds value {outside[0]}; a class raster holds class ids 0..255 "
+                            f"(is this the image rather than a classification?)")
     return ClassInfo(sorted(values), [f"class_{v}" for v in sorted(values)])
+
+
+def _tagged_classes(path: str, tag: str) -> ClassInfo:
+    """The classes a GEOPROTO_CLASSES tag names (a JSON object of class id -> name)."""
+    try:
+        names = {int(k): str(v) for k, v in json.loads(tag).items()}
+        if not all(0 <= k <= 255 for k in names):
+            raise ValueError("class ids outside 0..255")
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        raise GeoprotoError(f"{path}: its GEOPROTO_CLASSES tag is corrupt ({str(exc).splitlines()[0][:80]}); "
+                            f"remove the tag to score class ids as class_<id>") from None
+    return ClassInfo(sorted(names), [names[k] for k in sorted(names)])
 
 
 def score(prediction: str, truth: str, class_field: str | None = None, background: str | None = None,
@@ -99,6 +117,8 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             rows, cols = tile.core_slices
             predicted = src.read(1, window=((tile.row, tile.row + tile.height), (tile.col, tile.col + tile.width)))
             valid = predicted != (src.nodata if src.nodata is not None else NODATA)
+            if valid.any() and not 0 <= predicted[valid].min() <= predicted[valid].max() <= 255:
+                raise GeoprotoError(f"{prediction}: holds values outside the class ids 0..255")
             expected = truth_lookup[labels.read(tile, 1024)[: tile.height, : tile.width]]
             if vector and background:
                 expected[expected == 0] = index[background]

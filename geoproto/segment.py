@@ -23,7 +23,7 @@ from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER, Encoder
 from .output import (BLOCK_SIDE, ResultWriter, StagedOutputs, convert_to_cog, gdal_write_errors, write_polygons,
                      write_preview)
 from .pipeline import run_tiles
-from .raster import RasterSource, block_cache
+from .raster import RasterSource, block_cache, path_exists
 from .support import ClassInfo, VectorLabels, is_raster, load_support
 from .tiling import tile_grid
 from .validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
@@ -163,16 +163,20 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
         accumulator = PrototypeAccumulator(len(classes.ids), extract.encoder.out_channels)
         model_seconds = 0.0
         for chunk in _batches(labelled, batch_size):
-            images = np.stack([source.read(src, tile, size)[0] for tile in chunk])
+            reads = [source.read(src, tile, size) for tile in chunk]
             started = time.perf_counter()
-            features = extract(images)
+            features = extract(np.stack([image for image, _ in reads]))
             model_seconds += time.perf_counter() - started
-            accumulator.add(features.cpu(), torch.from_numpy(np.stack([lookup[labels.read(tile, size)]
-                                                                       for tile in chunk])))
+            # Support over nodata (or NaN) would make a prototype of fill values: left out.
+            accumulator.add(features.cpu(), torch.from_numpy(np.stack([lookup[labels.read(tile, size)] * valid
+                                                                       for tile, (_, valid) in zip(chunk, reads)])))
             windows += len(chunk)
-    empty = [name for name, pixels in zip(classes.names, accumulator.pixels.tolist()) if pixels == 0]
+    empty = [(name, class_id in seen) for name, class_id, pixels in
+             zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
     if empty:
-        raise GeoprotoError(f"class {empty[0]!r} has no labelled pixel inside the raster; label some or remove it")
+        name, over_nodata = empty[0]
+        where = "on valid data (all its support lies over nodata)" if over_nodata else "inside the raster"
+        raise GeoprotoError(f"class {name!r} has no labelled pixel {where}; label some or remove it")
     if len(classes.ids) < 2:
         raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
                             f"the class you want and what surrounds it")
@@ -308,7 +312,7 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     folds = check_number("folds", folds, 2, MAX_FOLDS, integer=True)
     if group_distance is not None:
         check_number("group_distance", group_distance, 0)
-    if os.path.exists(support) and is_raster(support):
+    if path_exists(support) and is_raster(support):
         raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label raster")
     inputs = open_inputs(image, support, options)
     device = resolve_device(options.device)

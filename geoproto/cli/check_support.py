@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..segment import DEFAULT_FOLDS, MAX_FOLDS, SegmentOptions, check_support
-from .options import apply, encoder_options, handle_errors, integer, number, print_json, support_options
+from .options import apply, encoder_options, handle_errors, integer, number, print_json, printable, support_options
 
 
 @click.command("check-support")
@@ -29,9 +29,9 @@ def check_support_command(image, support, folds, group_distance, as_json, **opti
                f"{_fmt(report['overall_accuracy'])}, mean class F1 {_fmt(report['mean_f1'])}")
     click.echo(f"{'class':>16} {'F1':>6} {'polygons':>9} {'held-out px':>12}")
     for name, c in report["classes"].items():
-        click.echo(f"{name:>16} {_fmt(c['f1']):>6} {c['polygons']:>9} {c['held_out_pixels']:>12}")
+        click.echo(f"{printable(name):>16} {_fmt(c['f1']):>6} {c['polygons']:>9} {c['held_out_pixels']:>12}")
     for warning in report["warnings"]:
-        click.echo(f"Warning: {warning}")
+        click.echo(f"Warning: {printable(warning)}")
 
 
 def _fmt(value) -> str:

@@ -13,7 +13,7 @@ from ..segment import resolve_device
 from ..training import load_dataset
 from ..training.trainer import TRAIN_RANGES
 from .options import (apply, dataset_options, encoder_options, handle_errors, integer, integer_list, number,
-                      quiet_option)
+                      printable, quiet_option)
 
 
 @click.command("evaluate")
@@ -45,7 +45,7 @@ def evaluate_command(dataset, root, city, bands, eroded, dsm, downsample, fold, 
                       resolve_device(device), train_split, test_split,
                       crf_params=CRFParams(bilateral_sxy=crf_bilateral_px), progress=not quiet)
     report["encoder"] = info
-    click.echo(format_table(report))
+    click.echo(printable(format_table(report)))
     if json_path:
         with open(json_path, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)

@@ -29,13 +29,19 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
+def printable(text) -> str:
+    """``text`` with control and formatting characters escaped: class names and paths come from user
+    files, and a raw escape code printed to a terminal can rewrite what the user sees."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in str(text))
+
+
 def handle_errors(command):
     """One-line errors and exit codes instead of tracebacks (unless ``--debug``); SIGTERM cleans up too."""
 
     @functools.wraps(command)
     def wrapper(*args, debug: bool = False, **kwargs):
         signal.signal(signal.SIGTERM, _raise_interrupted)
-        warnings.showwarning = lambda message, *rest, **kw: click.echo(f"Warning: {message}", err=True)
+        warnings.showwarning = lambda message, *rest, **kw: click.echo(f"Warning: {printable(message)}", err=True)
         # Rasters without a CRS are handled explicitly (pixel space, or --assume-crs).
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
@@ -43,7 +49,7 @@ def handle_errors(command):
         except GeoprotoError as exc:
             if debug:
                 raise
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -55,7 +61,8 @@ def handle_errors(command):
         except Exception as exc:  # unexpected: still one line, with the way to see more
             if debug:
                 raise
-            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)")
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {printable(exc)} (rerun with --debug for "
+                                       f"details)")
 
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
 

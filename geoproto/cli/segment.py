@@ -8,7 +8,7 @@ from ..crf import CRF_RANGES, CRFParams
 from ..segment import (DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
                        segment)
 from .options import (apply, encoder_options, handle_errors, integer, json_option, number, print_json,
-                      quiet_option, support_options, workers_option)
+                      printable, quiet_option, support_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -62,9 +62,9 @@ def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m
     summary = segment(image, support, output, settings)
     if not quiet:
         for warning in summary.get("support_check", {}).get("warnings", []):
-            click.echo(f"Warning: support check: {warning}", err=True)
+            click.echo(f"Warning: support check: {printable(warning)}", err=True)
     if as_json:
         print_json(summary)
     elif not quiet:
-        classes = ", ".join(f"{c['name']} {c['pixels']}" for c in summary["classes"])
-        click.echo(f"Wrote {output}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes} px)", err=True)
+        classes = ", ".join(f"{printable(c['name'])} {c['pixels']}" for c in summary["classes"])
+        click.echo(f"Wrote {printable(output)}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes} px)", err=True)
