@@ -225,6 +225,28 @@ def open_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
     return Inputs(source, crs, support_source, labels, classes)
 
 
+# Rough bytes per window pixel, to refuse up front a plan that cannot fit: a window being encoded holds
+# the encoder's largest activations (lite0's 96-channel expansion at half resolution is ~100 B/px, with
+# its input), plus 4 bytes per class for scores, softmax and labels; a queued window holds its float
+# input and mask; each DenseCRF worker holds its lattice and three float buffers per class.
+MODEL_BYTES_PER_PIXEL = 160
+QUEUED_BYTES_PER_PIXEL = 13
+CRF_BYTES_PER_PIXEL = 64
+CLASS_BYTES_PER_PIXEL = 12
+
+
+def check_window_memory(size: int, batch_size: int, classes: int, crf_workers: int = 0) -> None:
+    """Refuse, with the figure, a tile size and batch whose windows would not fit in memory (a tile
+    size of 100000 asks for tens of GiB per window, whatever the raster's size)."""
+    pixels = (size + 2 * CONTEXT_MARGIN) ** 2
+    model = batch_size * pixels * (MODEL_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    queued = (2 * batch_size + 2) * pixels * QUEUED_BYTES_PER_PIXEL  # the read queue's bound (pipeline.py)
+    crf = crf_workers * pixels * (CRF_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    check_memory(model + queued + crf, f"--tile-size {size} with --batch-size {batch_size}"
+                 + (f" and {crf_workers} CRF worker(s)" if crf_workers else ""),
+                 "choose a smaller --tile-size or --batch-size")
+
+
 def _check_tiling(options: SegmentOptions) -> None:
     if options.tile_size < 32:
         raise GeoprotoError("--tile-size must be at least 32 pixels")
@@ -252,6 +274,8 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             device = resolve_device(options.device)
             batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
+            check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids),
+                                workers if options.crf else 0)
             extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size,
                                                            options.check_support)
             size = options.tile_size
@@ -317,6 +341,7 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     inputs = open_inputs(image, support, options)
     device = resolve_device(options.device)
     batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
+    check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
     _, encoder_info, result = resolve_encoder(inputs, options, device, batch_size, True, folds,
                                               group_distance or DEFAULT_GROUP_DISTANCE_PX)
     return {"input": image, "support": support, "encoder": encoder_info, **result}

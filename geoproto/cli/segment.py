@@ -67,4 +67,5 @@ def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m
         print_json(summary)
     elif not quiet:
         classes = ", ".join(f"{printable(c['name'])} {c['pixels']}" for c in summary["classes"])
-        click.echo(f"Wrote {printable(output)}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes} px)", err=True)
+        click.echo(f"Wrote {printable(output)}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes} px)",
+                   err=True)

@@ -28,10 +28,13 @@ from ..errors import GeoprotoError
 from ..fewshot import DEFAULT_ALPHA, masked_average_prototypes, match_logits
 from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
 from ..models.checkpoint import safe_load
-from ..validation import ALPHA_MAX, MAX_WORKERS, check_number
+from ..validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
 from .episodes import EpisodeSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003
+# Rough bytes per crop pixel a training step holds: activations kept for the backward pass and their
+# gradients (to refuse a crop and episode size that cannot fit before training starts).
+TRAIN_BYTES_PER_PIXEL = 1024
 
 
 @dataclass
@@ -165,6 +168,9 @@ def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, con
     """Run (or resume) episodic training into the folder ``output``; returns a summary."""
     from ..segment import resolve_device
 
+    images = config.ways * config.shots + config.queries
+    check_memory(images * config.crop ** 2 * TRAIN_BYTES_PER_PIXEL, f"--crop {config.crop} with {images} images "
+                 f"per episode", "choose a smaller --crop, --shots or --queries")
     os.makedirs(output, exist_ok=True)
     state_path = os.path.join(output, "state.pt")
     device = resolve_device(config.device)
