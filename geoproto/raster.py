@@ -94,9 +94,12 @@ class RasterSource:
         valid = np.all(masks > 0, axis=0) & np.all(finite, axis=0)
         image = np.empty_like(data)
         for i, (low, high) in enumerate(self.scale):
-            # Non-finite values become the bottom of the stretch, as nodata values below it (0, -9999) do.
-            band = np.where(finite[i], data[i], low)
+            band = np.where(finite[i], data[i], low)  # no NaN in the arithmetic; replaced below
             image[i] = np.clip((band - low) / max(high - low, 1e-6), 0.0, 1.0)
+        if valid.any() and not valid.all():
+            # Invalid pixels get the window's mean colour: a fill value (black for 0 or -9999) is an edge
+            # the encoder sees, and labels a band of valid pixels beside the nodata as a dark class.
+            image[:, ~valid] = image[:, valid].mean(axis=1, keepdims=True)
         if image.shape[0] == 1:
             image = np.repeat(image, 3, axis=0)
         pad = ((0, size - tile.height), (0, size - tile.width))
@@ -125,13 +128,10 @@ def block_cache(src: rasterio.io.DatasetReader, window: int, output_bytes_per_pi
     return rasterio.Env(GDAL_CACHEMAX=max(BLOCK_CACHE_MIN_BYTES, int(1.5 * needed)))
 
 
-def _any_valid_block(src: rasterio.io.DatasetReader, bands: list[int]) -> bool:
-    """Whether any pixel is valid, block by block (a decimated read can miss a small valid area)."""
-    for _, window in src.block_windows(1):
-        data = src.read(bands, window=window, masked=True)
-        if (~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(np.asarray(data)).all(axis=0)).any():
-            return True
-    return False
+def _valid_values(data: np.ma.MaskedArray) -> np.ndarray:
+    """Bands x pixels: the values of the pixels valid in every band (unmasked and finite)."""
+    valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(np.asarray(data)).all(axis=0)
+    return np.asarray(data)[:, valid]
 
 
 def _pad(array: np.ndarray, pad: tuple) -> np.ndarray:
@@ -162,25 +162,21 @@ def _band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tupl
     factor = max(1, int(np.ceil(max(src.height, src.width) / STATS_MAX_SIDE)))
     shape = (len(bands), max(1, src.height // factor), max(1, src.width // factor))
     try:
-        sample = src.read(bands, out_shape=shape, masked=True)
+        values = _valid_values(src.read(bands, out_shape=shape, masked=True))
+        if values.shape[1] == 0 and factor > 1:  # a small valid area can fall between the decimated samples
+            values = np.concatenate([_valid_values(src.read(bands, window=window, masked=True))
+                                     for _, window in src.block_windows(1)], axis=1)
     except RasterioIOError as exc:
         raise read_error(src.name, exc) from None
-    valid = ~np.ma.getmaskarray(sample).any(axis=0) & np.isfinite(np.asarray(sample)).all(axis=0)
-    if not valid.any() and (factor == 1 or not _any_valid_block(src, bands)):
+    if values.shape[1] == 0:
         # Declared nodata, NaN and a transparent alpha band all count: none of them can be segmented.
         raise GeoprotoError(f"{src.name}: no valid pixels (all nodata, NaN or transparent)")
     if byte_bands:
         return [(0.0, 255.0)] * len(bands)
     scale = []
-    for band in sample:
-        values = np.asarray(band)[valid]
-        if values.size == 0:  # valid pixels exist, but the decimated read missed them all
-            values = np.asarray(band.compressed())
-            values = values[np.isfinite(values)]
-        if values.size == 0:
-            raise GeoprotoError(f"{src.name}: too few valid pixels to scale band values; use a larger extent")
-        low, high = np.percentile(values, STRETCH_PERCENTILES)
+    for band in values:
+        low, high = np.percentile(band, STRETCH_PERCENTILES)
         if high <= low:
-            low, high = float(values.min()), float(values.max()) + 1e-6
+            low, high = float(band.min()), float(band.max()) + 1e-6
         scale.append((float(low), float(high)))
     return scale
