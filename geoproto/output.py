@@ -68,9 +68,9 @@ def gdal_write_errors(path: str):
 
 
 STAGING_PREFIX = ".geoproto-"
-# Staging folders are ``.geoproto-<pid>-<random>``; ``.<stem>.partial-<pid><ext>`` are the temporary
-# files of earlier versions. Both are removed by a later run once their process is gone.
-_STALE = re.compile(r"^(?:\.geoproto-(\d+)-[^/]+|\..+\.partial-(\d+)(?:\.[^.]*)?)$")
+# Staging folders are ``.geoproto-<pid>-<random>`` (tempfile.mkdtemp); ``.<stem>.partial-<pid><ext>``
+# are the temporary files of earlier versions. Both are removed by a later run once their process is gone.
+_STAGING_FOLDER = re.compile(r"^\.geoproto-(\d+)-[a-z0-9_]{8}$")
 
 
 class StagedOutputs:
@@ -107,8 +107,8 @@ class StagedOutputs:
             raise GeoprotoError(f"{folder}: output directory does not exist")
         if not os.access(folder, os.W_OK):
             raise GeoprotoError(f"{folder}: output directory is not writable")
+        remove_stale_staging(target)
         if folder not in self.folders:
-            remove_stale_staging(folder)
             self.folders[folder] = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
         temporary = os.path.join(self.folders[folder], os.path.basename(target))
         self.staged[target] = (option, temporary)
@@ -142,24 +142,25 @@ def same_file(a: str, b: str) -> bool:
         return False
 
 
-def remove_stale_staging(folder: str) -> list[str]:
-    """Remove the staging folders and partial files that runs killed outright (kill -9, the OOM killer)
-    left in ``folder``; those of live processes are kept. Returns the names removed."""
+def remove_stale_staging(target: str) -> list[str]:
+    """Remove what runs killed outright (kill -9, the OOM killer) left beside ``target``: staging
+    folders, and the target's own partial files of earlier versions; those of live processes are kept.
+    Returns the names removed."""
+    folder = os.path.dirname(os.path.abspath(target))
+    stem, ext = os.path.splitext(os.path.basename(target))
+    partial = re.compile(rf"^\.{re.escape(stem)}\.partial-(\d+){re.escape(ext)}$")
     removed = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
     for name in names:
-        found = _STALE.match(name)
-        if not found or _process_alive(int(found.group(1) or found.group(2))):
-            continue
         path = os.path.join(folder, name)
+        found = _STAGING_FOLDER.match(name) if os.path.isdir(path) and not os.path.islink(path) else partial.match(name)
+        if not found or _process_alive(int(found.group(1))):
+            continue
         try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
             removed.append(name)
         except OSError:
             continue  # another user's, or already gone

@@ -481,13 +481,13 @@ def _dead_pid() -> int:
 def test_a_later_run_removes_stale_staging_of_dead_processes_only(tmp_path):
     image, support = _synthetic(tmp_path)
     dead, alive = _dead_pid(), os.getppid()
-    (tmp_path / f".geoproto-{dead}-abc123").mkdir()
-    (tmp_path / f".geoproto-{dead}-abc123" / "c.tif").write_bytes(b"half")
+    (tmp_path / f".geoproto-{dead}-abc123de").mkdir()
+    (tmp_path / f".geoproto-{dead}-abc123de" / "c.tif").write_bytes(b"half")
     (tmp_path / f".c.partial-{dead}.tif").write_bytes(b"half")  # an earlier version's temporary file
-    (tmp_path / f".geoproto-{alive}-def456").mkdir()  # a run still going on
+    (tmp_path / f".geoproto-{alive}-def456gh").mkdir()  # a run still going on
     result = run(image, "-s", support, "-o", tmp_path / "c.tif", *FAST)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.glob(".*")) == [f".geoproto-{alive}-def456"]
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [f".geoproto-{alive}-def456gh"]
 
 
 def test_empty_class_name_is_refused(tmp_path):
