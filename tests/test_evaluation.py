@@ -126,3 +126,53 @@ def test_evaluate_protocol_on_dubai_runs_and_is_reproducible():
     assert first["mean"]["overall_accuracy"] == pytest.approx(
         np.mean([r["overall_accuracy"] for r in first["runs"]]), abs=1e-6)
     assert 0.2 < first["mean"]["overall_accuracy"] < 1
+
+
+@pytest.mark.parametrize("option, value", [("--crf-bilateral-px", "nan"), ("--crf-bilateral-px", "0"),
+                                           ("--shots", "0"), ("--seeds", "1,x"), ("--seeds", "-1"),
+                                           ("--fold", "9")])
+def test_evaluate_cli_refuses_bad_numbers(tmp_path, option, value):
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), option, value])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
+def _class_raster(path, data, tags=None, nodata=0):
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+                       dtype=data.dtype, crs="EPSG:32616", nodata=nodata,
+                       transform=rasterio.transform.from_origin(500000, 3700000, 1, 1)) as dst:
+        dst.write(data, 1)
+        if tags:
+            dst.update_tags(**tags)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("uint16-image", ("holds value 1000", "class ids 0..255", "image rather than a classification")),
+    ("float-image", ("holds float32 values", "class ids 0..255")),
+    ("corrupt-tag", ("GEOPROTO_CLASSES tag is corrupt", "remove the tag")),
+    ("tag-not-object", ("GEOPROTO_CLASSES tag is corrupt",)),
+])
+def test_score_refuses_what_is_not_a_class_raster_by_name(tmp_path, kind, words):
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
+    if kind == "uint16-image":
+        prediction = _class_raster(tmp_path / "p.tif", np.full((64, 64), 1000, np.uint16))
+    elif kind == "float-image":
+        prediction = _class_raster(tmp_path / "p.tif", np.full((64, 64), 0.5, np.float32), nodata=None)
+    else:
+        tag = '{"1": "a", ' if kind == "corrupt-tag" else '["a", "b"]'
+        prediction = _class_raster(tmp_path / "p.tif", np.ones((64, 64), np.uint8), {"GEOPROTO_CLASSES": tag})
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 1, result.output
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: ") and "p.tif" in message and "unexpected" not in message
+    for word in words:
+        assert word in message
+
+
+def test_score_prints_class_names_with_escapes_escaped(tmp_path):
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
+    prediction = _class_raster(tmp_path / "p.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)),
+                               {"GEOPROTO_CLASSES": json.dumps({"1": "class_1", "2": "evil\x1b]0;pwned\x07"})})
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "evil\\x1b]0;pwned\\x07" in result.output
