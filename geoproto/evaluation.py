@@ -55,6 +55,9 @@ def _num(value) -> float | None:
 def prediction_classes(path: str) -> ClassInfo:
     """Class ids and names of a geoproto class raster (its GEOPROTO_CLASSES tag), else ``class_<id>``."""
     with open_raster(path) as src:
+        if src.count != 1:
+            raise GeoprotoError(f"{path}: has {src.count} bands; a class raster has one band of class ids "
+                                f"(is this the image rather than a classification?)")
         if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
             raise GeoprotoError(f"{path}: holds {src.dtypes[0]} values; a class raster holds whole class ids "
                                 f"0..255 (is this the image rather than a classification?)")

@@ -125,6 +125,13 @@ class StagedOutputs:
             os.replace(source, destination)
         self.discard()
 
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Whatever happened, nothing staged is left behind (after ``commit`` there is nothing left)."""
+        self.discard()
+
     def discard(self) -> None:
         for staging in self.folders.values():
             shutil.rmtree(staging, ignore_errors=True)

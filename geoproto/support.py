@@ -217,6 +217,13 @@ class RasterLabels:
         except RasterioIOError as exc:
             raise read_error(self.path, exc, f" at window {window}") from None
         ids = np.where(np.ma.getmaskarray(values), 0, np.asarray(values))
+        if not np.issubdtype(ids.dtype, np.integer):
+            # NaN is unlabelled like nodata; 1.5 is no class id (a cast would silently make it 1).
+            ids = np.where(np.isnan(ids), 0, ids)
+            if not np.all(np.isfinite(ids) & (ids == np.round(ids))):
+                raise GeoprotoError(f"{self.path}: label values must be whole class ids 0..{MAX_CLASS_ID}; found "
+                                    f"{ids[~(np.isfinite(ids) & (ids == np.round(ids)))][0]}")
+            ids = ids.astype(np.int64)
         if self.palette is not None:
             ids = self.palette[ids]
         if ids.min() < 0 or ids.max() > MAX_CLASS_ID:

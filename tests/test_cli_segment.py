@@ -643,3 +643,29 @@ def test_kill_9_takes_the_crf_workers_down_and_a_later_run_cleans_up(tmp_path):
     result = run(image, "-s", support, "-o", tmp_path / "d.tif", *FAST)
     assert result.exit_code == 0, result.output
     assert not list(tmp_path.glob(".geoproto-*")) and not out.exists()
+
+
+def test_float_label_raster_with_fractional_values_is_refused(tmp_path):
+    from synthetic import write_raster
+
+    image, _ = _synthetic(tmp_path)
+    labels = np.zeros((1, 96, 96), np.float32)
+    labels[0, 10:20, 10:20], labels[0, 10:20, 60:70], labels[0, 50:60, 50:60] = 1, 2, 1.5
+    support = write_raster(tmp_path / "labels.tif", labels)
+    out = tmp_path / "c.tif"
+    _assert_clean_failure(run(image, "-s", support, "-o", out, *FAST), out, "labels.tif",
+                          "whole class ids 0..254", "found 1.5")
+    _assert_nothing_left(tmp_path, image, support, tmp_path / "support.gpkg")
+
+
+def test_out_of_memory_is_a_one_line_message_and_leaves_nothing(tmp_path, monkeypatch):
+    import geoproto.segment
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(geoproto.segment, "build_prototypes", exhausted)
+    image, support = _synthetic(tmp_path)
+    out = tmp_path / "c.tif"
+    _assert_clean_failure(run(image, "-s", support, "-o", out, *FAST), out, "out of memory", "--tile-size")
+    _assert_nothing_left(tmp_path, image, support)

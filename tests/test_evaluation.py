@@ -176,3 +176,22 @@ def test_score_prints_class_names_with_escapes_escaped(tmp_path):
     result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output and "evil\\x1b]0;pwned\\x07" in result.output
+
+
+def test_score_refuses_a_multiband_image_as_prediction(tmp_path):
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
+    with rasterio.open(tmp_path / "rgb.tif", "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32616", transform=rasterio.transform.from_origin(500000, 3700000, 1, 1)) as dst:
+        dst.write(np.full((3, 64, 64), 200, np.uint8))
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "rgb.tif"), "--truth", truth])
+    assert result.exit_code == 1 and "rgb.tif: has 3 bands; a class raster has one band" in result.output
+
+
+def test_evaluate_json_into_a_missing_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--json",
+                                       str(tmp_path / "missing" / "report.json")])
+    assert result.exit_code == 1 and "missing: output directory does not exist" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

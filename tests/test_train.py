@@ -126,3 +126,12 @@ def test_train_refuses_a_crop_that_cannot_fit_in_memory(tmp_path):
     with pytest.raises(GeoprotoError, match="--crop 8192 with 1001 images per episode would need about"):
         train(None, None, config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_init_weights_it_would_replace(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"weights")
+    with pytest.raises(GeoprotoError, match="is the run's own model.pt, which training replaces"):
+        train(None, None, TrainConfig(backbone="resnet50", init_weights=str(run / "model.pt"), workers=0), str(run))
+    assert (run / "model.pt").read_bytes() == b"weights"

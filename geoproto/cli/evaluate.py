@@ -9,6 +9,7 @@ import click
 from ..crf import CRF_RANGES, CRFParams
 from ..evaluation import evaluate, format_table
 from ..models import select_encoder
+from ..output import StagedOutputs
 from ..segment import resolve_device
 from ..training import load_dataset
 from ..training.trainer import TRAIN_RANGES
@@ -38,14 +39,20 @@ def evaluate_command(dataset, root, city, bands, eroded, dsm, downsample, fold, 
                      test_split, device, json_path, quiet):
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
-    data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, dsm=dsm, downsample=downsample,
-                        split=split, holdout=holdout)
-    model, info = select_encoder(encoder, backbone, checkpoint, init_weights)
-    report = evaluate(data, model, shots, seeds, class_names.split(",") if class_names else None, crf,
-                      resolve_device(device), train_split, test_split,
-                      crf_params=CRFParams(bilateral_sxy=crf_bilateral_px), progress=not quiet)
-    report["encoder"] = info
-    click.echo(printable(format_table(report)))
-    if json_path:
-        with open(json_path, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
+    # The JSON path is checked before the (long) evaluation, and never replaces one of its inputs.
+    staged = StagedOutputs(overwrite=True, inputs={"--checkpoint": checkpoint, "--init-weights": init_weights,
+                                                   "--split": split})
+    with staged:
+        json_tmp = staged.stage(json_path, "--json") if json_path else None
+        data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, dsm=dsm, downsample=downsample,
+                            split=split, holdout=holdout)
+        model, info = select_encoder(encoder, backbone, checkpoint, init_weights)
+        report = evaluate(data, model, shots, seeds, class_names.split(",") if class_names else None, crf,
+                          resolve_device(device), train_split, test_split,
+                          crf_params=CRFParams(bilateral_sxy=crf_bilateral_px), progress=not quiet)
+        report["encoder"] = info
+        click.echo(printable(format_table(report)))
+        if json_tmp:
+            with open(json_tmp, "w", encoding="utf-8") as handle:
+                json.dump(report, handle, indent=2)
+            staged.commit()

@@ -58,6 +58,11 @@ def handle_errors(command):
             sys.exit(exc.exit_code)
         except click.exceptions.ClickException:
             raise
+        except MemoryError:
+            if debug:
+                raise
+            raise click.ClickException("out of memory; try a smaller --tile-size or --batch-size (or --crop, "
+                                       "--shots in train), or fewer --workers") from None
         except Exception as exc:  # unexpected: still one line, with the way to see more
             if debug:
                 raise

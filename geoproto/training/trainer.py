@@ -28,10 +28,12 @@ from ..errors import GeoprotoError
 from ..fewshot import DEFAULT_ALPHA, masked_average_prototypes, match_logits
 from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
 from ..models.checkpoint import safe_load
+from ..output import same_file
 from ..validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
 from .episodes import EpisodeSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003
+RUN_FILES = ("state.pt", "model.pt", "best.pt", "log.jsonl")
 # Rough bytes per crop pixel a training step holds: activations kept for the backward pass and their
 # gradients (to refuse a crop and episode size that cannot fit before training starts).
 TRAIN_BYTES_PER_PIXEL = 1024
@@ -171,7 +173,14 @@ def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, con
     images = config.ways * config.shots + config.queries
     check_memory(images * config.crop ** 2 * TRAIN_BYTES_PER_PIXEL, f"--crop {config.crop} with {images} images "
                  f"per episode", "choose a smaller --crop, --shots or --queries")
-    os.makedirs(output, exist_ok=True)
+    for name in RUN_FILES:
+        if config.init_weights and same_file(os.path.join(output, name), config.init_weights):
+            raise GeoprotoError(f"--init-weights {config.init_weights}: is the run's own {name}, which training "
+                                f"replaces; copy it elsewhere or choose another --output")
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as exc:
+        raise GeoprotoError(f"{output}: cannot create the run folder ({exc.strerror})") from None
     state_path = os.path.join(output, "state.pt")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
