@@ -30,6 +30,7 @@ from .segment import FeatureExtractor
 from .support import ClassInfo, RasterLabels
 from .tile_labels import NODATA
 from .tiling import tile_grid
+from .validation import ALPHA_MAX, check_number
 
 PATCH = 417
 SAMPLING_TRIES = 1000
@@ -178,6 +179,8 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
              alpha: float = DEFAULT_ALPHA, crf_params: crf_module.CRFParams | None = None,
              progress: bool = True) -> dict:
     """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation."""
+    check_number("alpha", alpha, 0, ALPHA_MAX, min_open=True)
+    check_number("shots", shots, 1, integer=True)
     classes = data.classes if not class_names else data.classes.subset(
         [data.classes.ids[data.classes.names.index(n)] for n in _known(data, class_names)])
     lookup = np.zeros(256, np.int64)

@@ -163,11 +163,15 @@ def remove_stale_staging(target: str) -> list[str]:
         return removed
     for name in names:
         path = os.path.join(folder, name)
-        found = _STAGING_FOLDER.match(name) if os.path.isdir(path) and not os.path.islink(path) else partial.match(name)
+        folder_entry = os.path.isdir(path) and not os.path.islink(path)
+        found = (_STAGING_FOLDER if folder_entry else partial).match(name)
         if not found or _process_alive(int(found.group(1))):
             continue
         try:
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            if folder_entry:
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
             removed.append(name)
         except OSError:
             continue  # another user's, or already gone

@@ -227,8 +227,8 @@ def open_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
 
 # Rough bytes per window pixel, to refuse up front a plan that cannot fit: a window being encoded holds
 # the encoder's largest activations (lite0's 96-channel expansion at half resolution is ~100 B/px, with
-# its input), plus 4 bytes per class for scores, softmax and labels; a queued window holds its float
-# input and mask; each DenseCRF worker holds its lattice and three float buffers per class.
+# its input), plus 12 bytes per class for scores, their upsampling and softmax; a queued window holds
+# its float input and mask; each DenseCRF worker holds its lattice and three float buffers per class.
 MODEL_BYTES_PER_PIXEL = 160
 QUEUED_BYTES_PER_PIXEL = 13
 CRF_BYTES_PER_PIXEL = 64
@@ -237,7 +237,7 @@ CLASS_BYTES_PER_PIXEL = 12
 
 def check_window_memory(size: int, batch_size: int, classes: int, crf_workers: int = 0) -> None:
     """Refuse, with the figure, a tile size and batch whose windows would not fit in memory (a tile
-    size of 100000 asks for tens of GiB per window, whatever the raster's size)."""
+    size of 100000 asks for thousands of GiB per window, whatever the raster's size)."""
     pixels = (size + 2 * CONTEXT_MARGIN) ** 2
     model = batch_size * pixels * (MODEL_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
     queued = (2 * batch_size + 2) * pixels * QUEUED_BYTES_PER_PIXEL  # the read queue's bound (pipeline.py)

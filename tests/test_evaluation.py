@@ -195,3 +195,10 @@ def test_evaluate_json_into_a_missing_folder_is_refused_before_any_work(tmp_path
                                        str(tmp_path / "missing" / "report.json")])
     assert result.exit_code == 1 and "missing: output directory does not exist" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_a_nan_alpha_from_python():
+    from geoproto.errors import GeoprotoError
+
+    with pytest.raises(GeoprotoError, match="alpha must be a finite number, got nan"):
+        evaluate(None, None, 1, [0], None, False, None, alpha=float("nan"))

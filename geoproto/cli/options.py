@@ -13,7 +13,7 @@ import click
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..errors import GeoprotoError
-from ..validation import MAX_WORKERS, check_number, describe_range
+from ..validation import MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 
 
@@ -122,10 +122,6 @@ class Number(click.ParamType):
 
     def get_metavar(self, param, ctx=None):
         return "INTEGER" if self.bounds["integer"] else "FLOAT"
-
-    def __repr__(self):
-        low, high = self.bounds["minimum"], self.bounds["maximum"]
-        return f"{self.name.upper()} {describe_range(low, high, self.bounds['min_open'])}"
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> Number:
