@@ -179,7 +179,7 @@ def remove_stale_staging(target: str) -> list[str]:
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would terminate the process
         return True
     try:
         os.kill(pid, 0)

@@ -517,10 +517,9 @@ def test_rasters_without_a_valid_pixel_are_refused_alike(tmp_path, kind):
 
     if kind == "transparent-rgba":
         data = np.concatenate([two_halves("uint8"), np.zeros((1, 96, 96), np.uint8)])
-        image, support = _synthetic(tmp_path, data, photometric="RGB", extra_samples=None)
-        with rasterio.open(image, "r+") as dst:
-            dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
-                               rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
+        image, support = _synthetic(tmp_path, data, photometric="RGB", alpha="YES")
+        with rasterio.open(image) as src:
+            assert src.colorinterp[3] == rasterio.enums.ColorInterp.alpha
     elif kind == "all-nodata-uint16":
         image, support = _synthetic(tmp_path, np.zeros((3, 96, 96), np.uint16), nodata=0)
     else:
