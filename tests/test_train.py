@@ -135,3 +135,18 @@ def test_train_refuses_init_weights_it_would_replace(tmp_path):
     with pytest.raises(GeoprotoError, match="is the run's own model.pt, which training replaces"):
         train(None, None, TrainConfig(backbone="resnet50", init_weights=str(run / "model.pt"), workers=0), str(run))
     assert (run / "model.pt").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("payload", [[1, 2, 3], {"config": None}])
+def test_resume_from_a_damaged_state_is_refused_by_name(tmp_path, payload):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(payload, run / "state.pt")
+    config = TrainConfig(workers=0, iterations=2, device="cpu")
+    if isinstance(payload, dict):
+        from geoproto.training.trainer import _comparable
+
+        payload["config"] = _comparable(config)
+        torch.save(payload, run / "state.pt")
+    with pytest.raises(GeoprotoError, match="state.pt: (not a training state|damaged training state)"):
+        train(None, None, config, str(run), resume=True)

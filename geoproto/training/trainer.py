@@ -199,12 +199,17 @@ def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, con
         if not os.path.isfile(state_path):
             raise GeoprotoError(f"{state_path}: nothing to resume")
         state = safe_load(state_path)
+        if not isinstance(state, dict):
+            raise GeoprotoError(f"{state_path}: not a training state (nothing to resume)")
         if state.get("config") != _comparable(config):
             raise GeoprotoError(f"{state_path}: was written with other settings; resume with the same options")
-        encoder.load_state_dict(state["encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, best = int(state["iteration"]), dict(state["best"])
+        try:
+            encoder.load_state_dict(state["encoder"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start, best = int(state["iteration"]), dict(state["best"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise GeoprotoError(f"{state_path}: damaged training state ({str(exc).splitlines()[0][:200]})") from None
     metadata = {**(metadata or {}), "config": asdict(config)}
     num_classes = config.ways + 1
     log = open(os.path.join(output, "log.jsonl"), "a", encoding="utf-8")
