@@ -118,9 +118,11 @@ class StagedOutputs:
         moves = [(os.path.join(staging, name), os.path.join(folder, name))
                  for folder, staging in self.folders.items() for name in sorted(os.listdir(staging))]
         if not self.overwrite:
-            for _, destination in moves:
-                if os.path.lexists(destination):
-                    raise GeoprotoError(f"{destination}: appeared while running; pass --overwrite to replace it")
+            # Only the named targets: a sibling without its main file (an .dbf whose .shp was deleted) is
+            # the remains of a broken layer, replaced with the new one.
+            for target in self.staged:
+                if os.path.lexists(target):
+                    raise GeoprotoError(f"{target}: appeared while running; pass --overwrite to replace it")
         for source, destination in moves:
             os.replace(source, destination)
         self.discard()

@@ -41,16 +41,20 @@ def test_discard_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_commit_refuses_a_sibling_that_appeared_meanwhile(tmp_path):
+def test_commit_refuses_a_target_that_appeared_meanwhile_and_replaces_orphan_siblings(tmp_path):
     staged = StagedOutputs(overwrite=False)
     path = staged.stage(str(tmp_path / "out.shp"))
     for ext in ("shp", "dbf"):
-        open(os.path.join(os.path.dirname(path), f"out.{ext}"), "w").close()
-    (tmp_path / "out.dbf").write_text("someone else's")
-    with pytest.raises(GeoprotoError, match="out.dbf: appeared while running"):
+        with open(os.path.join(os.path.dirname(path), f"out.{ext}"), "w") as handle:
+            handle.write("new")
+    (tmp_path / "out.dbf").write_text("left from a layer whose .shp was deleted")
+    (tmp_path / "out.shp").write_text("someone else's")
+    with pytest.raises(GeoprotoError, match="out.shp: appeared while running"):
         staged.commit()
-    staged.discard()
-    assert sorted(os.listdir(tmp_path)) == ["out.dbf"] and (tmp_path / "out.dbf").read_text() == "someone else's"
+    (tmp_path / "out.shp").unlink()
+    staged.commit()
+    assert (tmp_path / "out.shp").read_text() == "new" and (tmp_path / "out.dbf").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["out.dbf", "out.shp"]
 
 
 @pytest.mark.parametrize("alias", ["same", "relative", "symlink", "hardlink", "symlinked-folder"])
