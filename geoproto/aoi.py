@@ -16,6 +16,7 @@ from affine import Affine
 from .errors import GeoprotoError
 from .raster import RasterSource
 from .tiling import Tile
+from .validation import check_number
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ClippedSource:
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
     try:
-        values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+        values = tuple(check_number("--bbox", float(v)) for v in text.replace(" ", ",").split(",") if v)
     except ValueError:
         values = ()
     if len(values) != 4 or values[0] >= values[2] or values[1] >= values[3]:

@@ -1,6 +1,6 @@
 """Writing results: the georeferenced class raster, per-class probabilities, polygons and a preview.
 
-Every file is written under a temporary name beside its target and moved into place only when the
+Every file is written in a hidden staging folder beside its target and moved into place only when the
 whole run succeeded, so a failed or interrupted run never leaves a half-written file at the target.
 """
 
@@ -10,7 +10,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 import warnings
 
 import numpy as np
@@ -67,42 +69,136 @@ def gdal_write_errors(path: str):
         raise GeoprotoError(f"{path}: writing failed{full}: {handler.messages[0].rstrip('.')}")
 
 
+STAGING_PREFIX = ".geoproto-"
+# Staging folders are ``.geoproto-<pid>-<random>`` (tempfile.mkdtemp); ``.<stem>.partial-<pid><ext>``
+# are the temporary files of earlier versions. Both are removed by a later run once their process is gone.
+_STAGING_FOLDER = re.compile(r"^\.geoproto-(\d+)-[a-z0-9_]{8}$")
+
+
 class StagedOutputs:
-    """Temporary paths for a run's outputs, moved onto their targets together on ``commit``."""
+    """Temporary paths for a run's outputs, moved onto their targets together on ``commit``.
 
-    def __init__(self, overwrite: bool):
+    Each output is written inside a hidden staging folder beside its target, under the target's own
+    name, so formats that write sibling files (Shapefile's .shx/.dbf/.prj/.cpg, GDAL's .aux.xml) write
+    them there too; ``commit`` moves every file of the folder into place. No output may be one of the
+    run's inputs or another of its outputs, whatever the path spelling, symlink or hard link.
+    """
+
+    def __init__(self, overwrite: bool, inputs: dict[str, str | None] | None = None):
         self.overwrite = overwrite
-        self.staged: dict[str, str] = {}
+        self.inputs = {name: path for name, path in (inputs or {}).items() if path}
+        self.staged: dict[str, tuple[str, str]] = {}  # target -> (option, temporary path)
+        self.folders: dict[str, str] = {}  # output folder -> its staging folder
 
-    def stage(self, target: str) -> str:
+    def stage(self, target: str, option: str = "output") -> str:
         """Check ``target`` can be written now (before any work) and return its temporary path."""
         target = os.path.abspath(target)
         folder = os.path.dirname(target)
-        if os.path.exists(target) and not self.overwrite:
-            raise GeoprotoError(f"{target}: exists; pass --overwrite to replace it")
         if os.path.isdir(target):
             raise GeoprotoError(f"{target}: is a directory")
+        for name, path in self.inputs.items():
+            if same_file(target, path):
+                raise GeoprotoError(f"{option} {target}: is the input {name} {path}; an output never replaces an "
+                                    f"input, choose another path")
+        for other, (other_option, _) in self.staged.items():
+            if same_file(target, other):
+                raise GeoprotoError(f"{option} {target}: is also {other_option}; give each output its own path")
+        if os.path.lexists(target) and not self.overwrite:
+            raise GeoprotoError(f"{target}: exists; pass --overwrite to replace it")
         if not os.path.isdir(folder):
             raise GeoprotoError(f"{folder}: output directory does not exist")
         if not os.access(folder, os.W_OK):
             raise GeoprotoError(f"{folder}: output directory is not writable")
-        stem, ext = os.path.splitext(os.path.basename(target))
-        temporary = os.path.join(folder, f".{stem}.partial-{os.getpid()}{ext}")
-        self.staged[target] = temporary
+        remove_stale_staging(target)
+        if folder not in self.folders:
+            self.folders[folder] = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
+        temporary = os.path.join(self.folders[folder], os.path.basename(target))
+        self.staged[target] = (option, temporary)
         return temporary
 
     def commit(self) -> None:
-        for target, temporary in self.staged.items():
-            if os.path.exists(target) and not self.overwrite:
-                raise GeoprotoError(f"{target}: appeared while running; pass --overwrite to replace it")
-            os.replace(temporary, target)
-        self.staged.clear()
+        moves = [(os.path.join(staging, name), os.path.join(folder, name))
+                 for folder, staging in self.folders.items() for name in sorted(os.listdir(staging))]
+        if not self.overwrite:
+            # Only the named targets: a sibling without its main file (an .dbf whose .shp was deleted) is
+            # the remains of a broken layer, replaced with the new one.
+            for target in self.staged:
+                if os.path.lexists(target):
+                    raise GeoprotoError(f"{target}: appeared while running; pass --overwrite to replace it")
+        # Sibling files (a Shapefile's .dbf, the class raster's .aux.xml legend) were not known at stage
+        # time: they may not replace an input either.
+        for _, destination in moves:
+            for name, path in self.inputs.items():
+                if same_file(destination, path):
+                    raise GeoprotoError(f"{destination}: written beside an output, is the input {name} {path}; "
+                                        f"an output never replaces an input, choose another path")
+        for source, destination in moves:
+            os.replace(source, destination)
+        self.discard()
+
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Whatever happened, nothing staged is left behind (after ``commit`` there is nothing left)."""
+        self.discard()
 
     def discard(self) -> None:
-        for temporary in self.staged.values():
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        for staging in self.folders.values():
+            shutil.rmtree(staging, ignore_errors=True)
+        self.folders.clear()
         self.staged.clear()
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same real path (symlinks resolved) or the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet), or is not a local file (/vsizip/, URLs)
+        return False
+
+
+def remove_stale_staging(target: str) -> list[str]:
+    """Remove what runs killed outright (kill -9, the OOM killer) left beside ``target``: staging
+    folders, and the target's own partial files of earlier versions; those of live processes are kept.
+    Returns the names removed."""
+    folder = os.path.dirname(os.path.abspath(target))
+    stem, ext = os.path.splitext(os.path.basename(target))
+    partial = re.compile(rf"^\.{re.escape(stem)}\.partial-(\d+){re.escape(ext)}$")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(folder, name)
+        folder_entry = os.path.isdir(path) and not os.path.islink(path)
+        found = (_STAGING_FOLDER if folder_entry else partial).match(name)
+        if not found or _process_alive(int(found.group(1))):
+            continue
+        try:
+            if folder_entry:
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed.append(name)
+        except OSError:
+            continue  # another user's, or already gone
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (another user's), or cannot tell: keep it
+    return True
 
 
 def class_colors(classes: ClassInfo) -> dict[int, tuple[int, int, int, int]]:

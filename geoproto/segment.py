@@ -28,9 +28,10 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
                      class_areas, class_histogram, convert_to_cog, gdal_write_errors, output_driver, sieve_classes,
                      write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import run_tiles
-from .raster import RasterSource, block_cache
+from .raster import RasterSource, block_cache, path_exists
 from .support import ClassInfo, VectorLabels, is_raster, load_support
 from .tiling import tile_grid
+from .validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
@@ -89,6 +90,22 @@ class SegmentOptions:
     command: str | None = None  # the invocation, recorded in the outputs' metadata
     overwrite: bool = False
     progress: bool = True
+
+    def __post_init__(self):
+        """Refuse NaN, infinities and out-of-range numbers before any work (NaN alpha: one class everywhere)."""
+        for name, (low, high, min_open) in SEGMENT_RANGES.items():
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, check_number(name, value, low, high, min_open, name in _INTEGER_FIELDS))
+
+
+# Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.
+SEGMENT_RANGES = {
+    "tile_size": (32, None, False), "overlap": (0, None, False), "alpha": (0, ALPHA_MAX, True),
+    "batch_size": (1, None, False), "workers": (0, MAX_WORKERS, False), "buffer": (0, None, False),
+    "crf_bilateral_m": (0, 1e4, True), "min_area": (0, None, True), "simplify": (0, None, True),
+}
+_INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,16 +180,20 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
         accumulator = PrototypeAccumulator(len(classes.ids), extract.encoder.out_channels)
         model_seconds = 0.0
         for chunk in _batches(labelled, batch_size):
-            images = np.stack([source.read(src, tile, size)[0] for tile in chunk])
+            reads = [source.read(src, tile, size) for tile in chunk]
             started = time.perf_counter()
-            features = extract(images)
+            features = extract(np.stack([image for image, _ in reads]))
             model_seconds += time.perf_counter() - started
-            accumulator.add(features.cpu(), torch.from_numpy(np.stack([lookup[labels.read(tile, size)]
-                                                                       for tile in chunk])))
+            # Support over nodata (or NaN) would make a prototype of fill values: left out.
+            accumulator.add(features.cpu(), torch.from_numpy(np.stack([lookup[labels.read(tile, size)] * valid
+                                                                       for tile, (_, valid) in zip(chunk, reads)])))
             windows += len(chunk)
-    empty = [name for name, pixels in zip(classes.names, accumulator.pixels.tolist()) if pixels == 0]
+    empty = [(name, class_id in seen) for name, class_id, pixels in
+             zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
     if empty:
-        raise GeoprotoError(f"class {empty[0]!r} has no labelled pixel inside the raster; label some or remove it")
+        name, over_nodata = empty[0]
+        where = "on valid data (all its support lies over nodata)" if over_nodata else "inside the raster"
+        raise GeoprotoError(f"class {name!r} has no labelled pixel {where}; label some or remove it")
     if len(classes.ids) < 2:
         raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
                             f"the class you want and what surrounds it")
@@ -227,6 +248,28 @@ def open_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
     return Inputs(source, crs, support_source, labels, classes)
 
 
+# Rough bytes per window pixel, to refuse up front a plan that cannot fit: a window being encoded holds
+# the encoder's largest activations (lite0's 96-channel expansion at half resolution is ~100 B/px, with
+# its input), plus 12 bytes per class for scores, their upsampling and softmax; a queued window holds
+# its float input and mask; each DenseCRF worker holds its lattice and three float buffers per class.
+MODEL_BYTES_PER_PIXEL = 160
+QUEUED_BYTES_PER_PIXEL = 13
+CRF_BYTES_PER_PIXEL = 64
+CLASS_BYTES_PER_PIXEL = 12
+
+
+def check_window_memory(size: int, batch_size: int, classes: int, crf_workers: int = 0) -> None:
+    """Refuse, with the figure, a tile size and batch whose windows would not fit in memory (a tile
+    size of 100000 asks for thousands of GiB per window, whatever the raster's size)."""
+    pixels = (size + 2 * CONTEXT_MARGIN) ** 2
+    model = batch_size * pixels * (MODEL_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    queued = (2 * batch_size + 2) * pixels * QUEUED_BYTES_PER_PIXEL  # the read queue's bound (pipeline.py)
+    crf = crf_workers * pixels * (CRF_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    check_memory(model + queued + crf, f"--tile-size {size} with --batch-size {batch_size}"
+                 + (f" and {crf_workers} CRF worker(s)" if crf_workers else ""),
+                 "choose a smaller --tile-size or --batch-size")
+
+
 def _check_tiling(options: SegmentOptions) -> None:
     if options.tile_size < 32:
         raise GeoprotoError("--tile-size must be at least 32 pixels")
@@ -239,16 +282,18 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     options = options or SegmentOptions()
     started = time.perf_counter()
     _check_tiling(options)
-    raster_format, vector_format = _output_formats(output, options)
-    staged = StagedOutputs(options.overwrite)
-    class_tmp = staged.stage(output)
-    # GDAL's sidecar of the class raster (palette, category names, attribute table): it must travel with it.
-    legend_tmp = staged.stage(f"{output}.aux.xml")
-    probability_tmp = staged.stage(options.probabilities) if options.probabilities else None
-    vector_tmp = staged.stage(options.vector) if options.vector else None
-    preview_tmp = staged.stage(options.preview) if options.preview else None
-    report_tmp = staged.stage(options.report) if options.report else None
+    staged = StagedOutputs(options.overwrite, {
+        "image": image, "--support": support, "--support-image": options.support_image,
+        "--classes": options.classes_file, "--checkpoint": options.checkpoint, "--init-weights": options.init_weights,
+        "--aoi": options.aoi})
     try:
+        class_tmp = staged.stage(output, "--output")
+        probability_tmp = staged.stage(options.probabilities, "--probabilities") if options.probabilities else None
+        vector_tmp = staged.stage(options.vector, "--vector") if options.vector else None
+        preview_tmp = staged.stage(options.preview, "--preview") if options.preview else None
+        report_tmp = staged.stage(options.report, "--report") if options.report else None
+        # After the alias checks: an output that would replace an input is the first thing to say.
+        raster_format, vector_format = _output_formats(output, options)
         inputs = open_inputs(image, support, options)
         source, crs, labels = inputs.source, inputs.crs, inputs.labels
         output_bytes = 1 + (4 * len(inputs.classes.ids) if probability_tmp else 0)  # classes, probabilities
@@ -260,6 +305,8 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             device = resolve_device(options.device)
             batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
+            check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids),
+                                workers if options.crf else 0)
             extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size,
                                                            options.check_support)
             size = options.tile_size
@@ -296,7 +343,9 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             elif options.overviews:
                 overviews = build_overviews(class_tmp)
             areas = class_areas(classes, counts, pixel_area)
-            write_legend(legend_tmp, classes, areas)
+            # GDAL's sidecar of the class raster (palette, category names, attribute table), written beside
+            # it in the staging folder so that it moves into place with it.
+            write_legend(f"{class_tmp}.aux.xml", classes, areas)
             if report_tmp:
                 write_area_report(report_tmp, areas)
             polygons = write_polygons(class_tmp, vector_tmp, classes, vector_format, options.simplify) \
@@ -352,6 +401,7 @@ def _output_formats(output: str, options: SegmentOptions) -> tuple[str, str | No
 
 
 DEFAULT_FOLDS = 5
+MAX_FOLDS = 100
 # Polygons closer than this share a fold: adjacent polygons (the two halves of one roof, a road cut in
 # pieces) would otherwise predict each other and flatter the score.
 DEFAULT_GROUP_DISTANCE_PX = 32.0
@@ -362,13 +412,15 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation."""
     options = options or SegmentOptions()
     _check_tiling(options)
-    if folds < 2:
-        raise GeoprotoError("--folds must be at least 2")
-    if os.path.exists(support) and is_raster(support):
+    folds = check_number("folds", folds, 2, MAX_FOLDS, integer=True)
+    if group_distance is not None:
+        check_number("group_distance", group_distance, 0)
+    if path_exists(support) and is_raster(support):
         raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label raster")
     inputs = open_inputs(image, support, options)
     device = resolve_device(options.device)
     batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
+    check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
     _, encoder_info, result = resolve_encoder(inputs, options, device, batch_size, True, folds,
                                               group_distance or DEFAULT_GROUP_DISTANCE_PX)
     return {"input": image, "support": support, "encoder": encoder_info, **result}

@@ -62,39 +62,12 @@ def mosaic():
     return _mosaic
 
 
-SCENE_ORIGIN = (500000.0, 4000000.0)  # EPSG:32616, 0.5 m pixels
-
-
-def write_scene(folder: Path, size: int = 128) -> tuple[Path, Path]:
-    """A small synthetic orthophoto (reddish left half, green right half, with noise) and support polygons
-    for both halves, for end-to-end runs that must stay fast."""
-    import geopandas
-    import rasterio
-    from rasterio.transform import from_origin
-    from shapely.geometry import box
-
-    rng = np.random.default_rng(0)
-    image = np.zeros((3, size, size), np.uint8)
-    image[:, :, : size // 2] = np.array([200, 60, 60], np.uint8)[:, None, None]
-    image[:, :, size // 2:] = np.array([40, 160, 40], np.uint8)[:, None, None]
-    image += rng.integers(0, 20, image.shape, dtype=np.uint8)
-    x0, y0 = SCENE_ORIGIN
-    image_path, support_path = folder / "scene.tif", folder / "scene-support.gpkg"
-    with rasterio.open(image_path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                       crs="EPSG:32616", transform=from_origin(x0, y0, 0.5, 0.5)) as dst:
-        dst.write(image)
-    half = size * 0.25  # metres across half the scene
-    geopandas.GeoDataFrame(
-        {"class": ["red", "green"]},
-        geometry=[box(x0 + 0.1 * half, y0 - 1.8 * half, x0 + 0.8 * half, y0 - 0.2 * half),
-                  box(x0 + 1.2 * half, y0 - 1.8 * half, x0 + 1.9 * half, y0 - 0.2 * half)],
-        crs="EPSG:32616").to_file(support_path)
-    return image_path, support_path
-
-
 @pytest.fixture
 def scene(tmp_path) -> tuple[Path, Path]:
-    return write_scene(tmp_path)
+    """A small synthetic orthophoto and its support polygons (``synthetic.scene``), for fast end-to-end runs."""
+    import synthetic
+
+    return synthetic.scene(tmp_path)
 
 
 def gdal_band(path):

@@ -11,9 +11,9 @@ from geoproto.errors import GeoprotoError
 from geoproto.raster import RasterSource
 from geoproto.segment import SegmentOptions, segment
 
-from conftest import SCENE_ORIGIN, write_scene
+from synthetic import ORIGIN, scene, two_halves, write_raster
 
-X0, Y0 = SCENE_ORIGIN
+X0, Y0 = ORIGIN
 
 
 def _pixel_box(col0, row0, col1, row1):
@@ -22,7 +22,7 @@ def _pixel_box(col0, row0, col1, row1):
 
 
 def test_windows_outside_the_aoi_are_never_read(tmp_path, monkeypatch):
-    image, _ = write_scene(tmp_path, 384)  # 128 px windows, overlap 16: 4 x 4 = 16 windows
+    image = write_raster(tmp_path / "image.tif", two_halves(side=384))  # 128 px windows, overlap 16: 4 x 4
     support = tmp_path / "support.gpkg"
     geopandas.GeoDataFrame({"class": ["red", "green"]},
                            geometry=[_pixel_box(150, 20, 185, 80), _pixel_box(200, 20, 220, 80)],
@@ -53,7 +53,7 @@ def test_windows_outside_the_aoi_are_never_read(tmp_path, monkeypatch):
 
 
 def test_bbox_in_another_crs(tmp_path):
-    image, _ = write_scene(tmp_path)
+    image, _ = scene(tmp_path)
     lonlat = geopandas.GeoSeries([_pixel_box(0, 0, 64, 32)], crs="EPSG:32616").to_crs("EPSG:4326").total_bounds
     with rasterio.open(image) as src:
         area = load_area(src, src.crs, bbox=",".join(map(str, lonlat)), bbox_crs="EPSG:4326")
@@ -64,7 +64,7 @@ def test_bbox_in_another_crs(tmp_path):
 
 
 def test_area_errors(tmp_path):
-    image, _ = write_scene(tmp_path)
+    image, _ = scene(tmp_path)
     with rasterio.open(image) as src:
         with pytest.raises(GeoprotoError, match="--bbox '1,2,3': give XMIN,YMIN,XMAX,YMAX"):
             load_area(src, src.crs, bbox="1,2,3")
@@ -75,3 +75,6 @@ def test_area_errors(tmp_path):
         with pytest.raises(GeoprotoError, match="nowhere.gpkg: no such file"):
             load_area(src, src.crs, aoi=str(tmp_path / "nowhere.gpkg"))
     assert parse_bbox("1 2 3 4") == (1, 2, 3, 4)
+    for text in ("0,0,nan,1", "0,-inf,1,1"):
+        with pytest.raises(GeoprotoError, match="--bbox must be a finite number, got (nan|-inf)"):
+            parse_bbox(text)

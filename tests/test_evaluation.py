@@ -128,21 +128,88 @@ def test_evaluate_protocol_on_dubai_runs_and_is_reproducible():
     assert 0.2 < first["mean"]["overall_accuracy"] < 1
 
 
-def _named_class_raster(path, labels, names: dict[int, str] | None, categories: list[str] | None = None):
-    from rasterio.transform import from_origin
+@pytest.mark.parametrize("option, value", [("--crf-bilateral-px", "nan"), ("--crf-bilateral-px", "0"),
+                                           ("--shots", "0"), ("--seeds", "1,x"), ("--seeds", "-1"),
+                                           ("--fold", "9")])
+def test_evaluate_cli_refuses_bad_numbers(tmp_path, option, value):
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), option, value])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
 
-    with rasterio.open(path, "w", driver="GTiff", width=labels.shape[1], height=labels.shape[0], count=1,
-                       dtype="uint8", crs="EPSG:32616", transform=from_origin(500000, 4000000, 0.5, 0.5),
-                       nodata=0) as dst:
-        dst.write(labels, 1)
-        if names:
-            dst.update_tags(GEOPROTO_CLASSES=json.dumps(names))
+
+def _class_raster(path, data, tags=None, nodata=0, categories: list[str] | None = None):
+    """A class raster with ``tags`` (e.g. GEOPROTO_CLASSES), or named by GDAL ``categories`` in a legend
+    sidecar as QGIS would read it."""
+    from synthetic import write_raster
+
+    write_raster(path, data[None], nodata=nodata, transform=rasterio.transform.from_origin(500000, 3700000, 1, 1))
+    if tags:
+        with rasterio.open(path, "r+") as dst:
+            dst.update_tags(**tags)
     if categories:
         from geoproto.output import class_areas, write_legend
         from geoproto.support import ClassInfo
 
         classes = ClassInfo(list(range(1, len(categories))), categories[1:])
-        write_legend(f"{path}.aux.xml", classes, class_areas(classes, np.zeros(256, np.int64), 0.25))
+        write_legend(f"{path}.aux.xml", classes, class_areas(classes, np.zeros(256, np.int64), 1.0))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("uint16-image", ("holds value 1000", "class ids 0..255", "image rather than a classification")),
+    ("float-image", ("holds float32 values", "class ids 0..255")),
+    ("corrupt-tag", ("GEOPROTO_CLASSES tag is corrupt", "remove the tag")),
+    ("tag-not-object", ("GEOPROTO_CLASSES tag is corrupt",)),
+])
+def test_score_refuses_what_is_not_a_class_raster_by_name(tmp_path, kind, words):
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
+    if kind == "uint16-image":
+        prediction = _class_raster(tmp_path / "p.tif", np.full((64, 64), 1000, np.uint16))
+    elif kind == "float-image":
+        prediction = _class_raster(tmp_path / "p.tif", np.full((64, 64), 0.5, np.float32), nodata=None)
+    else:
+        tag = '{"1": "a", ' if kind == "corrupt-tag" else '["a", "b"]'
+        prediction = _class_raster(tmp_path / "p.tif", np.ones((64, 64), np.uint8), {"GEOPROTO_CLASSES": tag})
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 1, result.output
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: ") and "p.tif" in message and "unexpected" not in message
+    for word in words:
+        assert word in message
+
+
+def test_score_prints_class_names_with_escapes_escaped(tmp_path):
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
+    prediction = _class_raster(tmp_path / "p.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)),
+                               {"GEOPROTO_CLASSES": json.dumps({"1": "class_1", "2": "evil\x1b]0;pwned\x07"})})
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "evil\\x1b]0;pwned\\x07" in result.output
+
+
+def test_score_refuses_a_multiband_image_as_prediction(tmp_path):
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
+    with rasterio.open(tmp_path / "rgb.tif", "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32616", transform=rasterio.transform.from_origin(500000, 3700000, 1, 1)) as dst:
+        dst.write(np.full((3, 64, 64), 200, np.uint8))
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "rgb.tif"), "--truth", truth])
+    assert result.exit_code == 1 and "rgb.tif: has 3 bands; a class raster has one band" in result.output
+
+
+def test_evaluate_report_into_a_missing_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--report",
+                                       str(tmp_path / "missing" / "report.json")])
+    assert result.exit_code == 1 and "missing: output directory does not exist" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_a_nan_alpha_from_python():
+    from geoproto.errors import GeoprotoError
+
+    with pytest.raises(GeoprotoError, match="alpha must be a finite number, got nan"):
+        evaluate(None, None, 1, [0], None, False, None, alpha=float("nan"))
 
 
 def test_score_reads_class_names_of_a_class_raster_truth(tmp_path):
@@ -151,9 +218,9 @@ def test_score_reads_class_names_of_a_class_raster_truth(tmp_path):
     # The same map with the ids swapped, as another geoproto run may number the classes.
     prediction = np.where(truth == 1, 2, 1).astype(np.uint8)
     prediction[:16] = 0  # left as nodata: a quarter of the truth
-    _named_class_raster(tmp_path / "p.tif", prediction, {2: "tree", 1: "ground"})
-    _named_class_raster(tmp_path / "geoproto.tif", truth, {1: "tree", 2: "ground"})
-    _named_class_raster(tmp_path / "qgis.tif", truth, None, ["nodata", "tree", "ground"])
+    _class_raster(tmp_path / "p.tif", prediction, {"GEOPROTO_CLASSES": json.dumps({2: "tree", 1: "ground"})})
+    _class_raster(tmp_path / "geoproto.tif", truth, {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    _class_raster(tmp_path / "qgis.tif", truth, categories=["nodata", "tree", "ground"])
     for truth_path in ("geoproto.tif", "qgis.tif"):  # GEOPROTO_CLASSES, or GDAL category names
         report = score(str(tmp_path / "p.tif"), str(tmp_path / truth_path))
         assert report["class_names"] == ["tree", "ground"] and report["overall_accuracy"] == 1.0
