@@ -8,7 +8,7 @@ OUT ?= out
 
 .PHONY: install demo test test-fast clean
 
-$(BIN)/geoproto: setup.cfg setup.py
+$(BIN)/geoproto: pyproject.toml setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/geoproto segment examples/spacenet/sample_geotiff.tif \
 		--support examples/spacenet/support.gpkg \
 		--output $(OUT)/spacenet-classes.tif --preview $(OUT)/spacenet-preview.png \
-		--vector $(OUT)/spacenet-classes.gpkg --overwrite --json
+		--vector $(OUT)/spacenet-classes.gpkg --report $(OUT)/spacenet-areas.csv --overwrite --json
 	@echo "Class raster: $(OUT)/spacenet-classes.tif  preview: $(OUT)/spacenet-preview.png" >&2
 
 # The whole suite; test-fast skips the end-to-end runs of the encoder on real imagery (marked slow).

@@ -10,7 +10,10 @@ Domains with real labels:
 Segmentation without CRF (the choice is about the encoder). Prints one row per image, then one per
 domain with auto's shortfall against the domain's best fixed encoder, and the means over domains.
 
-    .venv/bin/python benchmarks/encoder_choice.py [--dubai-areas 5,6] [--dubai-tiles 9]
+    .venv/bin/python benchmarks/encoder_choice.py --root DUBAI_FOLDER [--dubai-areas 5,6] [--dubai-tiles 9]
+
+DUBAI_FOLDER holds the Dubai aerial tiles (``images/``, ``masks/``, ``classes.json``); the SpaceNet and
+30 m chips come with the repository.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from geoproto.support import RasterLabels, read_class_file
 from geoproto.tiling import Tile
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SPACENET = REPO / "examples" / "spacenet"
+ALBERS = REPO / "tests" / "data" / "albers-30m"
 BOX = 24
 BOXES_PER_CLASS = 3
 
@@ -52,9 +56,9 @@ def _accuracy(truth: np.ndarray, predicted: np.ndarray, classes: int) -> tuple[i
     return int(np.trace(matrix)), int(matrix.sum())
 
 
-def dubai_domain(name: str, folder: str, rng: np.random.Generator):
-    info = read_class_file(str(SHARED / "dubai" / "classes.json"))
-    mask_path = SHARED / "dubai" / "masks" / f"{name}.png"
+def dubai_domain(root: Path, name: str, folder: str, rng: np.random.Generator):
+    info = read_class_file(str(root / "classes.json"))
+    mask_path = root / "masks" / f"{name}.png"
     with rasterio.open(mask_path) as src:
         truth = RasterLabels(src.name, src, info).read(Tile(0, 0, src.height, src.width, 0, 0, 0, 0),
                                                        max(src.shape))[: src.height, : src.width]
@@ -90,13 +94,13 @@ def dubai_domain(name: str, folder: str, rng: np.random.Generator):
             mapped[predicted == class_id] = present.index(class_name) + 1
         return _accuracy(expected, mapped, len(present))
 
-    return SHARED / "dubai" / "images" / f"{name}.jpg", support, {}, score
+    return root / "images" / f"{name}.jpg", support, {}, score
 
 
 def spacenet_domain(folder: str):
-    chip = REPO / "examples" / "spacenet" / "sample_geotiff.tif"
-    support = REPO / "examples" / "spacenet" / "support.gpkg"
-    buildings = geopandas.read_file(SHARED / "spacenet-atlanta" / "geotiff_labels.geojson")
+    chip = SPACENET / "sample_geotiff.tif"
+    support = SPACENET / "support.gpkg"
+    buildings = geopandas.read_file(SPACENET / "geotiff_labels.geojson")
     used_buildings = geopandas.read_file(support).query("`class` == 'building'")
     with rasterio.open(chip) as src:
         shape, transform = src.shape, src.transform
@@ -111,8 +115,8 @@ def spacenet_domain(folder: str):
 
 
 def pivots_domain(folder: str):
-    chip = SHARED / "spacenet-atlanta" / "sample_geotiff_custom_proj.tif"
-    pivots = geopandas.read_file(SHARED / "spacenet-atlanta" / "geotiff_custom_proj_labels.geojson")
+    chip = ALBERS / "sample_geotiff_custom_proj.tif"
+    pivots = geopandas.read_file(ALBERS / "geotiff_custom_proj_labels.geojson")
     with rasterio.open(chip) as src:
         shape, transform, crs = src.shape, src.transform, src.crs
 
@@ -137,6 +141,7 @@ def pivots_domain(folder: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="folder of the Dubai aerial tiles")
     parser.add_argument("--dubai-areas", default="5,6", help="held-out Dubai areas, comma-separated")
     parser.add_argument("--dubai-tiles", type=int, default=9, help="tiles per area (of 9)")
     args = parser.parse_args()
@@ -146,9 +151,9 @@ def main() -> None:
     counts: dict[str, dict[str, np.ndarray]] = {}
     picks: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        images = [(f"dubai area {area}", name, dubai_domain(name, folder, rng))
+        images = [(f"dubai area {area}", name, dubai_domain(args.root, name, folder, rng))
                   for area in args.dubai_areas.split(",")
-                  for name in sorted(p.stem for p in (SHARED / "dubai" / "images").glob(f"*t{area}.jpg"))
+                  for name in sorted(p.stem for p in (args.root / "images").glob(f"*t{area}.jpg"))
                   [: args.dubai_tiles]]
         images += [("spacenet buildings", "sample_geotiff", spacenet_domain(folder)),
                    ("30 m pivots", "custom_proj", pivots_domain(folder))]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .validation import check_number
+
 PAPER_PIXEL_SIZE_M = 0.09
 PAPER_BILATERAL_SXY_PX = 80.0
 
@@ -30,6 +32,25 @@ class CRFParams:
     # ``guard_keep`` of its pixels after it, or the tile keeps its unrefined labels.
     guard_share: float = 0.02
     guard_keep: float = 0.2
+
+    def __post_init__(self):
+        """DenseCRF's C++ trusts its parameters: a zero, tiny or NaN kernel width ends in a segfault."""
+        for name, (low, high) in CRF_RANGES.items():
+            value = check_number(f"CRF {name}", getattr(self, name), low, high, integer=name == "iterations")
+            object.__setattr__(self, name, value)
+
+
+# Inclusive bounds of every CRF parameter (kernel widths in pixels, colour width in 0..255 units).
+CRF_RANGES = {
+    "iterations": (1, 100),
+    "gaussian_sxy": (0.01, 1e4),
+    "gaussian_compat": (0.0, 1e3),
+    "bilateral_sxy": (0.01, 1e4),
+    "bilateral_srgb": (0.01, 1e4),
+    "bilateral_compat": (0.0, 1e3),
+    "guard_share": (0.0, 1.0),
+    "guard_keep": (0.0, 1.0),
+}
 
 
 def bilateral_sxy_pixels(metres: float, pixel_size_m: float | None) -> float:

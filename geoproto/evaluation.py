@@ -26,10 +26,11 @@ from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities
 from .metrics import confusion_matrix, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
-from .raster import open_raster
+from .raster import open_raster, path_exists
 from .support import ClassInfo, RasterLabels
 from .tile_labels import NODATA
 from .tiling import tile_grid
+from .validation import ALPHA_MAX, check_number
 
 PATCH = 417
 SAMPLING_TRIES = 1000
@@ -52,17 +53,59 @@ def _num(value) -> float | None:
 
 # --- score ---------------------------------------------------------------------------------------------
 
+def named_classes(path: str, src=None) -> ClassInfo | None:
+    """The class names a class raster carries: geoproto's GEOPROTO_CLASSES tag, else the GDAL category
+    names of its PAM sidecar (what QGIS shows in its legend); None if it names none. ``src``: ``path``
+    already open."""
+    from xml.etree import ElementTree
+
+    if src is None:
+        with open_raster(path) as opened:
+            return named_classes(path, opened)
+    tag = src.tags().get("GEOPROTO_CLASSES")
+    if tag:
+        return _tagged_classes(path, tag)
+    try:
+        band = ElementTree.parse(f"{path}.aux.xml").getroot().find("PAMRasterBand[@band='1']")
+    except (OSError, ElementTree.ParseError):
+        return None
+    categories = band.findall("CategoryNames/Category") if band is not None else []
+    named = [(i, c.text) for i, c in enumerate(categories) if c.text and 1 <= i <= 254 and c.text != "nodata"]
+    return ClassInfo([i for i, _ in named], [n for _, n in named]) if named else None
+
+
 def prediction_classes(path: str) -> ClassInfo:
-    """Class ids and names of a geoproto class raster (its GEOPROTO_CLASSES tag), else ``class_<id>``."""
+    """Class ids and names of a class raster (``named_classes``), else the ids it holds as ``class_<id>``."""
     with open_raster(path) as src:
-        tag = src.tags().get("GEOPROTO_CLASSES")
-        if tag:
-            names = {int(k): v for k, v in json.loads(tag).items()}
-            return ClassInfo(sorted(names), [names[k] for k in sorted(names)])
+        if src.count != 1:
+            raise GeoprotoError(f"{path}: has {src.count} bands; a class raster has one band of class ids "
+                                f"(is this the image rather than a classification?)")
+        if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+            raise GeoprotoError(f"{path}: holds {src.dtypes[0]} values; a class raster holds whole class ids "
+                                f"0..255 (is this the image rather than a classification?)")
+        named = named_classes(path, src)
+        if named is not None:
+            return named
         values = set()
         for _, window in src.block_windows(1):
             values |= {int(v) for v in np.unique(src.read(1, window=window)) if v != (src.nodata or 0)}
+    outside = sorted(v for v in values if not 0 <= v <= 255)
+    if outside:
+        raise GeoprotoError(f"{path}: holds value {outside[0]}; a class raster holds class ids 0..255 "
+                            f"(is this the image rather than a classification?)")
     return ClassInfo(sorted(values), [f"class_{v}" for v in sorted(values)])
+
+
+def _tagged_classes(path: str, tag: str) -> ClassInfo:
+    """The classes a GEOPROTO_CLASSES tag names (a JSON object of class id -> name)."""
+    try:
+        names = {int(k): str(v) for k, v in json.loads(tag).items()}
+        if not all(0 <= k <= 255 for k in names):
+            raise ValueError("class ids outside 0..255")
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        raise GeoprotoError(f"{path}: its GEOPROTO_CLASSES tag is corrupt ({str(exc).splitlines()[0][:80]}); "
+                            f"remove the tag to score class ids as class_<id>") from None
+    return ClassInfo(sorted(names), [names[k] for k in sorted(names)])
 
 
 def score(prediction: str, truth: str, class_field: str | None = None, background: str | None = None,
@@ -73,14 +116,19 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     Truth classes are matched to predicted ones by name; ``mapping`` renames classes on either side
     first (e.g. ``{"tree": "other", "ground": "other"}`` merges two predicted classes into the truth's one).
     With vector truth, pixels outside every polygon are ignored unless ``background`` names the class
-    they belong to. Nodata in either raster is ignored.
+    they belong to. A truth raster's class names come from ``classes_file``, else from the raster itself
+    (a geoproto result, or GDAL category names). Nodata in either raster is left out of the metrics;
+    ``unpredicted_share`` says how much of the truth the prediction left as nodata.
     """
-    from .support import load_support
+    from .support import is_raster, load_support
 
     predicted_classes = prediction_classes(prediction)
     mapping = mapping or {}
     with open_raster(prediction) as src:
-        labels = load_support(truth, src, class_field, None, truth_crs, classes_file)
+        truth_named = named_classes(truth) if not classes_file and path_exists(truth) and is_raster(truth) \
+            else None
+        labels = RasterLabels(truth, src, truth_named) if truth_named is not None else \
+            load_support(truth, src, class_field, None, truth_crs, classes_file)
         truth_classes = labels.found_classes() if isinstance(labels, RasterLabels) else labels.classes
         truth_names = [mapping.get(n, n) for n in truth_classes.names]
         predicted_names = [mapping.get(n, n) for n in predicted_classes.names]
@@ -94,17 +142,25 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
         for class_id, name in zip(predicted_classes.ids, predicted_names):
             predicted_lookup[class_id] = index[name]
         matrix = np.zeros((len(names), len(names)), np.int64)
+        truth_pixels = unpredicted = 0
         vector = not isinstance(labels, RasterLabels)
         for tile in tile_grid(src.height, src.width, 1024, 0):
             rows, cols = tile.core_slices
             predicted = src.read(1, window=((tile.row, tile.row + tile.height), (tile.col, tile.col + tile.width)))
             valid = predicted != (src.nodata if src.nodata is not None else NODATA)
+            if valid.any() and not 0 <= predicted[valid].min() <= predicted[valid].max() <= 255:
+                raise GeoprotoError(f"{prediction}: holds values outside the class ids 0..255")
             expected = truth_lookup[labels.read(tile, 1024)[: tile.height, : tile.width]]
             if vector and background:
                 expected[expected == 0] = index[background]
+            labelled = (expected > 0)[rows, cols]
+            truth_pixels += int(labelled.sum())
+            unpredicted += int((labelled & ~valid[rows, cols]).sum())
             expected[~valid] = 0
             matrix += confusion_matrix(expected[rows, cols], predicted_lookup[predicted][rows, cols], len(names))
     return {"prediction": prediction, "truth": truth, "class_names": names, "confusion": matrix.tolist(),
+            "truth_pixels": truth_pixels, "unpredicted_pixels": unpredicted,
+            "unpredicted_share": round(unpredicted / truth_pixels, 6) if truth_pixels else None,
             **summarise(matrix, names)}
 
 
@@ -155,6 +211,8 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
              alpha: float = DEFAULT_ALPHA, crf_params: crf_module.CRFParams | None = None,
              progress: bool = True) -> dict:
     """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation."""
+    check_number("alpha", alpha, 0, ALPHA_MAX, min_open=True)
+    check_number("shots", shots, 1, integer=True)
     classes = data.classes if not class_names else data.classes.subset(
         [data.classes.ids[data.classes.names.index(n)] for n in _known(data, class_names)])
     lookup = np.zeros(256, np.int64)

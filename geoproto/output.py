@@ -1,6 +1,6 @@
 """Writing results: the georeferenced class raster, per-class probabilities, polygons and a preview.
 
-Every file is written under a temporary name beside its target and moved into place only when the
+Every file is written in a hidden staging folder beside its target and moved into place only when the
 whole run succeeded, so a failed or interrupted run never leaves a half-written file at the target.
 """
 
@@ -10,12 +10,15 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 import warnings
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -25,6 +28,7 @@ from .tile_labels import NODATA
 from .tiling import Tile
 
 PREVIEW_MAX_SIDE = 2048
+PROBABILITY_NODATA = float("nan")
 BLOCK_SIDE = 256  # of the tiled output rasters
 VECTOR_STRIP_ROWS = 2048
 # Distinct colours for classes without one of their own (Okabe-Ito, then Tableau).
@@ -65,42 +69,136 @@ def gdal_write_errors(path: str):
         raise GeoprotoError(f"{path}: writing failed{full}: {handler.messages[0].rstrip('.')}")
 
 
+STAGING_PREFIX = ".geoproto-"
+# Staging folders are ``.geoproto-<pid>-<random>`` (tempfile.mkdtemp); ``.<stem>.partial-<pid><ext>``
+# are the temporary files of earlier versions. Both are removed by a later run once their process is gone.
+_STAGING_FOLDER = re.compile(r"^\.geoproto-(\d+)-[a-z0-9_]{8}$")
+
+
 class StagedOutputs:
-    """Temporary paths for a run's outputs, moved onto their targets together on ``commit``."""
+    """Temporary paths for a run's outputs, moved onto their targets together on ``commit``.
 
-    def __init__(self, overwrite: bool):
+    Each output is written inside a hidden staging folder beside its target, under the target's own
+    name, so formats that write sibling files (Shapefile's .shx/.dbf/.prj/.cpg, GDAL's .aux.xml) write
+    them there too; ``commit`` moves every file of the folder into place. No output may be one of the
+    run's inputs or another of its outputs, whatever the path spelling, symlink or hard link.
+    """
+
+    def __init__(self, overwrite: bool, inputs: dict[str, str | None] | None = None):
         self.overwrite = overwrite
-        self.staged: dict[str, str] = {}
+        self.inputs = {name: path for name, path in (inputs or {}).items() if path}
+        self.staged: dict[str, tuple[str, str]] = {}  # target -> (option, temporary path)
+        self.folders: dict[str, str] = {}  # output folder -> its staging folder
 
-    def stage(self, target: str) -> str:
+    def stage(self, target: str, option: str = "output") -> str:
         """Check ``target`` can be written now (before any work) and return its temporary path."""
         target = os.path.abspath(target)
         folder = os.path.dirname(target)
-        if os.path.exists(target) and not self.overwrite:
-            raise GeoprotoError(f"{target}: exists; pass --overwrite to replace it")
         if os.path.isdir(target):
             raise GeoprotoError(f"{target}: is a directory")
+        for name, path in self.inputs.items():
+            if same_file(target, path):
+                raise GeoprotoError(f"{option} {target}: is the input {name} {path}; an output never replaces an "
+                                    f"input, choose another path")
+        for other, (other_option, _) in self.staged.items():
+            if same_file(target, other):
+                raise GeoprotoError(f"{option} {target}: is also {other_option}; give each output its own path")
+        if os.path.lexists(target) and not self.overwrite:
+            raise GeoprotoError(f"{target}: exists; pass --overwrite to replace it")
         if not os.path.isdir(folder):
             raise GeoprotoError(f"{folder}: output directory does not exist")
         if not os.access(folder, os.W_OK):
             raise GeoprotoError(f"{folder}: output directory is not writable")
-        stem, ext = os.path.splitext(os.path.basename(target))
-        temporary = os.path.join(folder, f".{stem}.partial-{os.getpid()}{ext}")
-        self.staged[target] = temporary
+        remove_stale_staging(target)
+        if folder not in self.folders:
+            self.folders[folder] = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
+        temporary = os.path.join(self.folders[folder], os.path.basename(target))
+        self.staged[target] = (option, temporary)
         return temporary
 
     def commit(self) -> None:
-        for target, temporary in self.staged.items():
-            if os.path.exists(target) and not self.overwrite:
-                raise GeoprotoError(f"{target}: appeared while running; pass --overwrite to replace it")
-            os.replace(temporary, target)
-        self.staged.clear()
+        moves = [(os.path.join(staging, name), os.path.join(folder, name))
+                 for folder, staging in self.folders.items() for name in sorted(os.listdir(staging))]
+        if not self.overwrite:
+            # Only the named targets: a sibling without its main file (an .dbf whose .shp was deleted) is
+            # the remains of a broken layer, replaced with the new one.
+            for target in self.staged:
+                if os.path.lexists(target):
+                    raise GeoprotoError(f"{target}: appeared while running; pass --overwrite to replace it")
+        # Sibling files (a Shapefile's .dbf, the class raster's .aux.xml legend) were not known at stage
+        # time: they may not replace an input either.
+        for _, destination in moves:
+            for name, path in self.inputs.items():
+                if same_file(destination, path):
+                    raise GeoprotoError(f"{destination}: written beside an output, is the input {name} {path}; "
+                                        f"an output never replaces an input, choose another path")
+        for source, destination in moves:
+            os.replace(source, destination)
+        self.discard()
+
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Whatever happened, nothing staged is left behind (after ``commit`` there is nothing left)."""
+        self.discard()
 
     def discard(self) -> None:
-        for temporary in self.staged.values():
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        for staging in self.folders.values():
+            shutil.rmtree(staging, ignore_errors=True)
+        self.folders.clear()
         self.staged.clear()
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same real path (symlinks resolved) or the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet), or is not a local file (/vsizip/, URLs)
+        return False
+
+
+def remove_stale_staging(target: str) -> list[str]:
+    """Remove what runs killed outright (kill -9, the OOM killer) left beside ``target``: staging
+    folders, and the target's own partial files of earlier versions; those of live processes are kept.
+    Returns the names removed."""
+    folder = os.path.dirname(os.path.abspath(target))
+    stem, ext = os.path.splitext(os.path.basename(target))
+    partial = re.compile(rf"^\.{re.escape(stem)}\.partial-(\d+){re.escape(ext)}$")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(folder, name)
+        folder_entry = os.path.isdir(path) and not os.path.islink(path)
+        found = (_STAGING_FOLDER if folder_entry else partial).match(name)
+        if not found or _process_alive(int(found.group(1))):
+            continue
+        try:
+            if folder_entry:
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed.append(name)
+        except OSError:
+            continue  # another user's, or already gone
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (another user's), or cannot tell: keep it
+    return True
 
 
 def class_colors(classes: ClassInfo) -> dict[int, tuple[int, int, int, int]]:
@@ -110,31 +208,47 @@ def class_colors(classes: ClassInfo) -> dict[int, tuple[int, int, int, int]]:
     return colors
 
 
-def _geotiff_profile(reference, crs, count: int, dtype: str, nodata) -> dict:
-    return {
+def with_options(defaults: dict, creation_options: dict) -> dict:
+    """``defaults`` overridden by the user's creation options (GDAL's names ignore case)."""
+    overridden = {name.lower() for name in creation_options}
+    return {**{k: v for k, v in defaults.items() if k.lower() not in overridden}, **creation_options}
+
+
+def _geotiff_profile(reference, crs, count: int, dtype: str, nodata, creation_options: dict) -> dict:
+    return with_options({
         "driver": "GTiff", "width": reference.width, "height": reference.height, "count": count,
         "dtype": dtype, "crs": crs, "transform": reference.transform, "nodata": nodata,
         "tiled": True, "blockxsize": BLOCK_SIDE, "blockysize": BLOCK_SIDE, "compress": "deflate", "BIGTIFF": "IF_SAFER",
-    }
+    }, creation_options)
 
 
 class ResultWriter:
-    """Writes tile cores of class ids (and optionally probabilities) into tiled, compressed GeoTIFFs."""
+    """Writes tile cores of class ids (and optionally probabilities) into tiled, compressed GeoTIFFs.
 
-    def __init__(self, reference, crs, classes: ClassInfo, class_path: str, probability_path: str | None):
+    ``metadata`` (how the result was made) is written as dataset tags of both rasters. The palette,
+    category names and attribute table go in the class raster's ``.aux.xml`` (``write_legend``): a TIFF
+    palette always has 256 entries, and QGIS would list every one of them in the legend.
+    """
+
+    def __init__(self, reference, crs, classes: ClassInfo, class_path: str, probability_path: str | None,
+                 metadata: dict[str, str] | None = None, creation_options: dict | None = None):
         self.classes = classes
+        options = creation_options or {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self.labels = rasterio.open(class_path, "w", **_geotiff_profile(reference, crs, 1, "uint8", NODATA))
+            self.labels = rasterio.open(class_path, "w", **_geotiff_profile(reference, crs, 1, "uint8", NODATA,
+                                                                            options))
             self.probabilities = None
             if probability_path:
-                profile = _geotiff_profile(reference, crs, len(classes.ids), "float32", None)
-                self.probabilities = rasterio.open(probability_path, "w", predictor=3, **profile)
-        self.labels.write_colormap(1, class_colors(classes))
+                profile = _geotiff_profile(reference, crs, len(classes.ids), "float32", PROBABILITY_NODATA,
+                                           with_options({"predictor": 3}, options))
+                self.probabilities = rasterio.open(probability_path, "w", **profile)
         self.labels.set_band_description(1, "class")
         tags = {f"CLASS_{i}": n for i, n in zip(classes.ids, classes.names)}
-        self.labels.update_tags(GEOPROTO_CLASSES=json.dumps(dict(zip(classes.ids, classes.names))), **tags)
+        self.labels.update_tags(GEOPROTO_CLASSES=json.dumps(dict(zip(classes.ids, classes.names))),
+                                **tags, **(metadata or {}))
         if self.probabilities is not None:
+            self.probabilities.update_tags(**(metadata or {}))
             for band, name in enumerate(classes.names, start=1):
                 self.probabilities.set_band_description(band, name)
 
@@ -143,9 +257,12 @@ class ResultWriter:
         rows, cols = tile.core_slices
         window = Window(tile.core_col0, tile.core_row0, tile.core_col1 - tile.core_col0,
                         tile.core_row1 - tile.core_row0)
-        self.labels.write(labels[rows, cols], 1, window=window)
+        core = labels[rows, cols]
+        self.labels.write(core, 1, window=window)
         if self.probabilities is not None and probabilities is not None:
-            self.probabilities.write(probabilities[:, rows, cols].astype(np.float32), window=window)
+            scores = probabilities[:, rows, cols].astype(np.float32)
+            scores[:, core == NODATA] = PROBABILITY_NODATA  # scores of padding or nodata mean nothing
+            self.probabilities.write(scores, window=window)
 
     def close(self) -> None:
         self.labels.close()
@@ -153,16 +270,151 @@ class ResultWriter:
             self.probabilities.close()
 
 
-def convert_to_cog(path: str) -> None:
+def build_overviews(path: str) -> list[int]:
+    """Internal overviews (mode resampling: a class is never averaged into another), halving until the
+    smallest level fits in about one block. Returns the factors built."""
+    with rasterio.open(path, "r+") as dst:
+        factors, factor = [], 2
+        while max(dst.height, dst.width) / factor >= BLOCK_SIDE / 2:
+            factors.append(factor)
+            factor *= 2
+        if factors:
+            dst.build_overviews(factors, Resampling.mode)
+            dst.update_tags(ns="rio_overview", resampling="mode")
+    return factors
+
+
+def convert_to_cog(path: str, creation_options: dict | None = None) -> None:
     """Rewrite a finished tiled GeoTIFF as a Cloud Optimized GeoTIFF (the COG driver cannot be written
     window by window)."""
     cog = f"{path}.cog"
+    options = with_options({"compress": "deflate"}, creation_options or {})
     try:
-        rasterio.shutil.copy(path, cog, driver="COG", compress="deflate", overview_resampling="nearest")
+        rasterio.shutil.copy(path, cog, driver="COG", overview_resampling="mode", **options)
         os.replace(cog, path)
     finally:
         if os.path.exists(cog):
             os.remove(cog)
+
+
+def class_histogram(path: str) -> np.ndarray:
+    """Pixels per value (256 bins) of a class raster, read strip by strip."""
+    histogram = np.zeros(256, np.int64)
+    with rasterio.open(path) as src:
+        for row in range(0, src.height, VECTOR_STRIP_ROWS):
+            window = Window(0, row, src.width, min(VECTOR_STRIP_ROWS, src.height - row))
+            histogram += np.bincount(src.read(1, window=window).ravel(), minlength=256)
+    return histogram
+
+
+def sieve_classes(path: str, min_pixels: int) -> None:
+    """Merge regions smaller than ``min_pixels`` (4-connected, as polygonising) into their largest
+    neighbour, in place; nodata is never filled nor grows.
+
+    GDAL sieves the whole raster from the file (a region may span any number of strips, so strips
+    cannot be sieved apart); the result is held as one byte per pixel and written back strip by strip.
+    """
+    from rasterio.features import sieve
+
+    with rasterio.open(path) as src:
+        band = rasterio.band(src, 1)
+        sieved = sieve(band, min_pixels, mask=band, connectivity=4)  # the mask: 0 (nodata) is no region
+    with rasterio.open(path, "r+") as dst:
+        for row in range(0, dst.height, VECTOR_STRIP_ROWS):
+            height = min(VECTOR_STRIP_ROWS, dst.height - row)
+            dst.write(sieved[row:row + height], 1, window=Window(0, row, dst.width, height))
+
+
+# GDALRATFieldType and GDALRATFieldUsage codes, as GDAL's PAM .aux.xml stores them.
+_RAT_INTEGER, _RAT_REAL, _RAT_STRING = 0, 1, 2
+_RAT_GENERIC, _RAT_PIXEL_COUNT, _RAT_NAME, _RAT_MINMAX, _RAT_RED, _RAT_GREEN, _RAT_BLUE, _RAT_ALPHA = \
+    0, 1, 2, 5, 6, 7, 8, 9
+RAT_FIELDS = [("value", _RAT_INTEGER, _RAT_MINMAX), ("class_name", _RAT_STRING, _RAT_NAME),
+              ("pixels", _RAT_INTEGER, _RAT_PIXEL_COUNT), ("area_m2", _RAT_REAL, _RAT_GENERIC),
+              ("area_ha", _RAT_REAL, _RAT_GENERIC), ("red", _RAT_INTEGER, _RAT_RED),
+              ("green", _RAT_INTEGER, _RAT_GREEN), ("blue", _RAT_INTEGER, _RAT_BLUE),
+              ("alpha", _RAT_INTEGER, _RAT_ALPHA)]
+
+
+def class_areas(classes: ClassInfo, histogram: np.ndarray, pixel_area_m2: float | None) -> list[dict]:
+    """Per class: id, name, pixels, area in m² and hectares (None without a metric CRS)."""
+    rows = []
+    for class_id, name in zip(classes.ids, classes.names):
+        pixels = int(histogram[class_id])
+        area = None if pixel_area_m2 is None else round(pixels * pixel_area_m2, 3)
+        rows.append({"id": class_id, "name": name, "pixels": pixels, "area_m2": area,
+                     "area_ha": None if area is None else round(area / 1e4, 4)})
+    return rows
+
+
+def write_legend(pam_path: str, classes: ClassInfo, areas: list[dict]) -> None:
+    """The class raster's GDAL PAM sidecar (``<raster>.aux.xml``): a palette of max id + 1 entries,
+    category names, and a thematic raster attribute table (value, name, pixels, area, colour), which
+    GDAL and QGIS (legend labels, attribute table) read."""
+    from xml.etree import ElementTree
+
+    colors = class_colors(classes)
+    dataset = ElementTree.Element("PAMDataset")
+    band = ElementTree.SubElement(dataset, "PAMRasterBand", band="1")
+    ElementTree.SubElement(band, "ColorInterp").text = "Palette"
+    names = ElementTree.SubElement(band, "CategoryNames")
+    table = ElementTree.SubElement(band, "ColorTable")
+    for value in range(max(classes.ids) + 1):
+        name = "nodata" if value == NODATA else classes.name_of(value) if value in classes.ids else ""
+        ElementTree.SubElement(names, "Category").text = name
+        red, green, blue, alpha = colors.get(value, (0, 0, 0, 0))
+        ElementTree.SubElement(table, "Entry", c1=str(red), c2=str(green), c3=str(blue), c4=str(alpha))
+    rat = ElementTree.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    for index, (name, kind, usage) in enumerate(RAT_FIELDS):
+        field = ElementTree.SubElement(rat, "FieldDefn", index=str(index))
+        ElementTree.SubElement(field, "Name").text = name
+        ElementTree.SubElement(field, "Type").text = str(kind)
+        ElementTree.SubElement(field, "Usage").text = str(usage)
+    for index, area in enumerate(areas):
+        values = [area["id"], area["name"], area["pixels"], area["area_m2"] or 0.0, area["area_ha"] or 0.0,
+                  *colors[area["id"]]]
+        row = ElementTree.SubElement(rat, "Row", index=str(index))
+        for value in values:
+            ElementTree.SubElement(row, "F").text = str(value)
+    ElementTree.indent(dataset)
+    ElementTree.ElementTree(dataset).write(pam_path, encoding="utf-8")
+
+
+def write_area_report(path: str, areas: list[dict]) -> None:
+    """Area per class as CSV (class id, name, pixels, m², hectares)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class_id", "class_name", "pixels", "area_m2", "area_ha"])
+        for area in areas:
+            writer.writerow([area["id"], area["name"], area["pixels"], area["area_m2"], area["area_ha"]])
+
+
+# Output formats and the file name extensions they are known by (the first is the one to suggest).
+RASTER_DRIVERS = {"GTiff": (".tif", ".tiff"), "COG": (".tif", ".tiff")}
+VECTOR_DRIVERS = {"GPKG": (".gpkg",), "GeoJSON": (".geojson", ".json"), "ESRI Shapefile": (".shp",),
+                  "FlatGeobuf": (".fgb",), "KML": (".kml",), "GML": (".gml",), "CSV": (".csv",),
+                  "SQLite": (".sqlite",), "GeoJSONSeq": (".geojsonl", ".geojsons"), "Parquet": (".parquet",)}
+
+
+def output_driver(path: str, driver: str | None, drivers: dict[str, tuple[str, ...]], what: str) -> str:
+    """The format to write ``path`` in: ``driver`` if given, else the one its extension names; refuses
+    an extension the format does not use, so that ``-o out.png`` never writes a GeoTIFF named .png."""
+    ext = os.path.splitext(path)[1].lower()
+    if driver is None:
+        found = [name for name, extensions in drivers.items() if ext in extensions]
+        if not found:
+            known = ", ".join(sorted({e for extensions in drivers.values() for e in extensions}))
+            raise GeoprotoError(f"{path}: cannot tell the {what} format from {ext or 'no extension'!r}; "
+                                f"use one of {known}")
+        return found[0]
+    match = {name.lower(): name for name in drivers}.get(driver.lower())
+    if match is None:
+        raise GeoprotoError(f"{what} format {driver!r} is not supported; choose one of {', '.join(drivers)}")
+    if ext not in drivers[match]:
+        raise GeoprotoError(f"{path}: a {match} file is named *{drivers[match][0]}, not *{ext or '(none)'}")
+    return match
 
 
 def write_preview(class_path: str, preview_path: str, classes: ClassInfo) -> None:
@@ -181,8 +433,11 @@ def write_preview(class_path: str, preview_path: str, classes: ClassInfo) -> Non
             dst.write(rgb)
 
 
-def write_polygons(class_path: str, vector_path: str, classes: ClassInfo) -> int:
-    """Polygonise the class raster, one feature per connected class region, with class id and name.
+def write_polygons(class_path: str, vector_path: str, classes: ClassInfo, driver: str,
+                   simplify: float | None = None) -> int:
+    """Polygonise the class raster, one feature per connected class region, with class id, name and
+    area in m²; ``simplify`` (CRS units) simplifies the polygons as one coverage, so edges shared by two
+    regions stay shared (no gaps, no overlaps).
 
     Strips of rows are polygonised one at a time (memory bounded by one strip); regions cut by a strip
     boundary are merged back afterwards. Returns the number of polygons written.
@@ -211,10 +466,26 @@ def write_polygons(class_path: str, vector_path: str, classes: ClassInfo) -> int
         if pieces[class_id]:
             polygons += list(shapely.get_parts(shapely.union_all(pieces[class_id])))
         records += [(class_id, classes.name_of(class_id), p) for p in polygons]
+    geometries = [r[2] for r in records]
+    if simplify and geometries:
+        geometries = list(shapely.coverage_simplify(geometries, simplify))
     frame = geopandas.GeoDataFrame({"class_id": [r[0] for r in records], "class_name": [r[1] for r in records]},
-                                   geometry=[r[2] for r in records], crs=crs)
-    frame.to_file(vector_path, layer="classes", driver="GPKG" if vector_path.endswith(".gpkg") else None)
+                                   geometry=geometries, crs=crs)
+    frame["area_m2"] = polygon_areas_m2(frame)
+    layer = None if driver in ("ESRI Shapefile", "GeoJSON", "GeoJSONSeq", "CSV", "FlatGeobuf") else "classes"
+    frame.to_file(vector_path, layer=layer, driver=driver)
     return len(records)
+
+
+def polygon_areas_m2(frame) -> list[float | None]:
+    """Areas in m²: in the CRS's own unit when projected, on the local UTM zone when geographic, None
+    without a CRS (pixel space)."""
+    if frame.crs is None or frame.empty:
+        return [None] * len(frame)
+    if frame.crs.is_geographic:
+        frame = frame.to_crs(frame.estimate_utm_crs())
+    factor = frame.crs.axis_info[0].unit_conversion_factor
+    return [round(float(a), 3) for a in frame.geometry.area * factor ** 2]
 
 
 def _touches_row(polygon, src, row: int) -> bool:

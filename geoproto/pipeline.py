@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import queue
 import sys
 import threading
@@ -117,8 +118,10 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
     pool = None
     threads = torch.get_num_threads()
     if crf_params is not None and workers > 0:
+        # Workers are started by the first submit, from this (main) thread: PR_SET_PDEATHSIG ties them
+        # to the thread that started them.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=init_worker)
+                                   initializer=init_worker, initargs=(os.getpid(),))
         # The CRF workers need cores too: leave the model the cores they do not take (at least one).
         torch.set_num_threads(max(1, threads - workers) if threads > workers else max(1, threads // 2))
     reader, writer_thread = _Stage(read_all, "geoproto-reader"), _Stage(write_all, "geoproto-writer")

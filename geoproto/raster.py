@@ -3,6 +3,10 @@
 Non-uint8 data is stretched with one per-band (2nd, 98th) percentile pair computed once from a
 decimated read of the whole raster, never per tile, so the same ground reflectance gets the same
 input value in every tile. Memory stays bounded: statistics come from at most ~1 Mpx.
+
+NaN and infinite values are nodata whether or not the raster declares them: they are masked like
+declared nodata, left out of the stretch, and replaced before encoding (a single NaN reaching the
+encoder spreads through its convolutions and the prototypes and turns the whole map into one class).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
@@ -31,10 +35,30 @@ def open_raster(path: str) -> rasterio.io.DatasetReader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+            dataset = rasterio.open(path)
     except RasterioIOError as exc:
         reason = "no such file" if "No such file" in str(exc) else f"not a readable raster ({exc})"
         raise GeoprotoError(f"{path}: {reason}") from None
+    complex_types = [dtype for dtype in dataset.dtypes if np.issubdtype(np.dtype(dtype), np.complexfloating)]
+    if complex_types:
+        dataset.close()
+        raise GeoprotoError(f"{path}: holds complex numbers ({complex_types[0]}); geoproto reads real-valued bands "
+                            f"(convert, e.g. take the amplitude, first)")
+    return dataset
+
+
+def path_exists(path: str) -> bool:
+    """Whether a path names an existing file; GDAL's virtual paths (/vsizip/, /vsicurl/) are left for
+    GDAL to open, and to name in its own error if they do not exist."""
+    return path.startswith("/vsi") or os.path.exists(path)
+
+
+def read_error(path: str, exc: Exception, where: str = "") -> GeoprotoError:
+    """A read failure stated with GDAL's cause (a VRT's missing source file, a truncated block), which
+    rasterio keeps in the exception's cause behind "Read failed. See previous exception"."""
+    cause = exc.__cause__ or exc.__context__
+    detail = str(cause) if cause is not None and str(cause) else str(exc)
+    return GeoprotoError(f"{path}: read error{where} ({detail})")
 
 
 @dataclass
@@ -71,21 +95,27 @@ class RasterSource:
             data = src.read(self.bands, window=window).astype(np.float32)
             masks = src.read_masks(self.bands, window=window)
         except RasterioIOError as exc:
-            raise GeoprotoError(f"{self.path}: read error at window {window} ({exc})") from None
+            raise read_error(self.path, exc, f" at window {window}") from None
+        finite = np.isfinite(data)
+        valid = np.all(masks > 0, axis=0) & np.all(finite, axis=0)  # over the window and its context
         image = np.empty_like(data)
         for i, (low, high) in enumerate(self.scale):
-            image[i] = np.clip((data[i] - low) / max(high - low, 1e-6), 0.0, 1.0)
+            band = np.where(finite[i], data[i], low)  # no NaN in the arithmetic; replaced below
+            image[i] = np.clip((band - low) / max(high - low, 1e-6), 0.0, 1.0)
+        if valid.any() and not valid.all():
+            # Invalid pixels get the window's mean colour: a fill value (black for 0 or -9999) is an edge
+            # the encoder sees, and labels a band of valid pixels beside the nodata as a dark class.
+            image[:, ~valid] = image[:, valid].mean(axis=1, keepdims=True)
         if image.shape[0] == 1:
             image = np.repeat(image, 3, axis=0)
         pad = ((row0 - (tile.row - context), tile.row + size + context - row1),
                (col0 - (tile.col - context), tile.col + size + context - col1))
         if any(p for side in pad for p in side):
             image = np.stack([_pad(band, pad) for band in image])
-        inner = (slice(tile.row - row0, tile.row - row0 + tile.height),
-                 slice(tile.col - col0, tile.col - col0 + tile.width))
-        valid = np.zeros((size, size), bool)
-        valid[:tile.height, :tile.width] = np.all(masks[(slice(None), *inner)] > 0, axis=0)
-        return image, valid
+        window_valid = np.zeros((size, size), bool)
+        window_valid[:tile.height, :tile.width] = valid[tile.row - row0:tile.row - row0 + tile.height,
+                                                        tile.col - col0:tile.col - col0 + tile.width]
+        return image, window_valid
 
 
 def block_cache(src: rasterio.io.DatasetReader, window: int, output_bytes_per_pixel: int, output_block: int):
@@ -105,6 +135,12 @@ def block_cache(src: rasterio.io.DatasetReader, window: int, output_bytes_per_pi
     input_bytes = sum(np.dtype(dtype).itemsize for dtype in src.dtypes)
     needed = src.width * (input_rows * input_bytes + output_rows * output_bytes_per_pixel)
     return rasterio.Env(GDAL_CACHEMAX=max(BLOCK_CACHE_MIN_BYTES, int(1.5 * needed)))
+
+
+def _valid_values(data: np.ma.MaskedArray) -> np.ndarray:
+    """Bands x pixels: the values of the pixels valid in every band (unmasked and finite)."""
+    valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(np.asarray(data)).all(axis=0)
+    return np.asarray(data)[:, valid]
 
 
 def _pad(array: np.ndarray, pad: tuple) -> np.ndarray:
@@ -129,22 +165,27 @@ def _choose_bands(src: rasterio.io.DatasetReader, bands: list[int] | None) -> li
 
 
 def _band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple[float, float]]:
-    if all(src.dtypes[b - 1] == "uint8" for b in bands):
-        return [(0.0, 255.0)] * len(bands)
+    byte_bands = all(src.dtypes[b - 1] == "uint8" for b in bands)
+    if byte_bands and all(MaskFlags.all_valid in src.mask_flag_enums[b - 1] for b in bands):
+        return [(0.0, 255.0)] * len(bands)  # no nodata, no alpha, no NaN: nothing to read
     factor = max(1, int(np.ceil(max(src.height, src.width) / STATS_MAX_SIDE)))
     shape = (len(bands), max(1, src.height // factor), max(1, src.width // factor))
     try:
-        sample = src.read(bands, out_shape=shape, masked=True)
+        values = _valid_values(src.read(bands, out_shape=shape, masked=True))
+        if values.shape[1] == 0 and factor > 1:  # a small valid area can fall between the decimated samples
+            values = np.concatenate([_valid_values(src.read(bands, window=window, masked=True))
+                                     for _, window in src.block_windows(1)], axis=1)
     except RasterioIOError as exc:
-        raise GeoprotoError(f"{src.name}: read error ({exc})") from None
+        raise read_error(src.name, exc) from None
+    if values.shape[1] == 0:
+        # Declared nodata, NaN and a transparent alpha band all count: none of them can be segmented.
+        raise GeoprotoError(f"{src.name}: no valid pixels (all nodata, NaN or transparent)")
+    if byte_bands:
+        return [(0.0, 255.0)] * len(bands)
     scale = []
-    for band in sample:
-        values = band.compressed() if np.ma.is_masked(band) else np.asarray(band).ravel()
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            raise GeoprotoError(f"{src.name}: no valid pixels (all nodata)")
-        low, high = np.percentile(values, STRETCH_PERCENTILES)
+    for band in values:
+        low, high = np.percentile(band, STRETCH_PERCENTILES)
         if high <= low:
-            low, high = float(values.min()), float(values.max()) + 1e-6
+            low, high = float(band.min()), float(band.max()) + 1e-6
         scale.append((float(low), float(high)))
     return scale

@@ -8,6 +8,8 @@ window's core and write it. Memory is bounded by batch x window, whatever the ra
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 import warnings
@@ -16,17 +18,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import __version__
 from . import crf as crf_module
+from .aoi import ClippedSource, load_area
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor, default_batch_size, resolve_device
-from .output import (BLOCK_SIDE, ResultWriter, StagedOutputs, convert_to_cog, gdal_write_errors, write_polygons,
-                     write_preview)
+from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
+                     class_areas, class_histogram, convert_to_cog, gdal_write_errors, output_driver, sieve_classes,
+                     write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import run_tiles
-from .raster import RasterSource, block_cache
+from .raster import RasterSource, block_cache, path_exists
 from .support import ClassInfo, VectorLabels, is_raster, load_support
 from .tiling import tile_grid
+from .validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
@@ -66,9 +72,37 @@ class SegmentOptions:
     probabilities: str | None = None
     vector: str | None = None
     preview: str | None = None
-    cog: bool = False
+    report: str | None = None  # CSV of the area per class
+    cog: bool = False  # the same as driver="COG"
+    driver: str | None = None  # of the class raster: GTiff or COG [default: from the extension]
+    vector_driver: str | None = None  # OGR driver of ``vector`` [default: from the extension]
+    creation_options: dict[str, str] = field(default_factory=dict)  # GDAL creation options of the rasters
+    overviews: bool = True
+    min_area: float | None = None  # m²: smaller class regions are merged into their largest neighbour
+    simplify: float | None = None  # polygon simplification tolerance, in the raster CRS's units
+    # Only part of the raster: polygons (any CRS), or a box "XMIN,YMIN,XMAX,YMAX" (raster CRS or bbox_crs)
+    aoi: str | None = None
+    bbox: str | None = None
+    bbox_crs: str | None = None
+    command: str | None = None  # the invocation, recorded in the outputs' metadata
     overwrite: bool = False
     progress: bool = True
+
+    def __post_init__(self):
+        """Refuse NaN, infinities and out-of-range numbers before any work (NaN alpha: one class everywhere)."""
+        for name, (low, high, min_open) in SEGMENT_RANGES.items():
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, check_number(name, value, low, high, min_open, name in _INTEGER_FIELDS))
+
+
+# Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.
+SEGMENT_RANGES = {
+    "tile_size": (32, None, False), "overlap": (0, None, False), "alpha": (0, ALPHA_MAX, True),
+    "batch_size": (1, None, False), "workers": (0, MAX_WORKERS, False), "buffer": (0, None, False),
+    "crf_bilateral_m": (0, 1e4, True), "min_area": (0, None, True), "simplify": (0, None, True),
+}
+_INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers"}
 
 
 def _batches(items: list, size: int):
@@ -112,16 +146,20 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
         accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
         model_seconds = 0.0
         for chunk in _batches(labelled, batch_size):
-            images = np.stack([source.read(src, tile, size, CONTEXT_MARGIN)[0] for tile in chunk])
+            reads = [source.read(src, tile, size, CONTEXT_MARGIN) for tile in chunk]
             started = time.perf_counter()
-            features = extract(images, CONTEXT_MARGIN)
+            features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
             model_seconds += time.perf_counter() - started
-            accumulator.add(features.cpu(), torch.from_numpy(np.stack([_core_labels(lookup[labels.read(tile, size)], tile)
-                                                                       for tile in chunk])))
+            # Support over nodata (or NaN) would make a prototype of fill values: left out.
+            accumulator.add(features.cpu(), torch.from_numpy(np.stack(
+                [_core_labels(lookup[labels.read(tile, size)], tile) * valid for tile, (_, valid) in zip(chunk, reads)])))
             windows += len(chunk)
-    empty = [name for name, pixels in zip(classes.names, accumulator.pixels.tolist()) if pixels == 0]
+    empty = [(name, class_id in seen) for name, class_id, pixels in
+             zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
     if empty:
-        raise GeoprotoError(f"class {empty[0]!r} has no labelled pixel inside the raster; label some or remove it")
+        name, over_nodata = empty[0]
+        where = "on valid data (all its support lies over nodata)" if over_nodata else "inside the raster"
+        raise GeoprotoError(f"class {name!r} has no labelled pixel {where}; label some or remove it")
     if len(classes.ids) < 2:
         raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
                             f"the class you want and what surrounds it")
@@ -136,6 +174,10 @@ def _core_labels(window_labels: np.ndarray, tile) -> np.ndarray:
     rows, cols = tile.core_slices
     core[rows, cols] = window_labels[rows, cols]
     return core
+def _pixel_area_m2(src, crs) -> float | None:
+    if crs is None or not crs.is_projected:
+        return None
+    return float(abs(src.transform.determinant) * crs.linear_units_factor[1] ** 2)
 
 
 def _pixel_size_m(src, crs) -> float | None:
@@ -178,6 +220,28 @@ def open_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
     return Inputs(source, crs, support_source, labels, classes)
 
 
+# Rough bytes per window pixel, to refuse up front a plan that cannot fit: a window being encoded holds
+# the encoder's largest activations (lite0's 96-channel expansion at half resolution is ~100 B/px, with
+# its input), plus 12 bytes per class for scores, their upsampling and softmax; a queued window holds
+# its float input and mask; each DenseCRF worker holds its lattice and three float buffers per class.
+MODEL_BYTES_PER_PIXEL = 160
+QUEUED_BYTES_PER_PIXEL = 13
+CRF_BYTES_PER_PIXEL = 64
+CLASS_BYTES_PER_PIXEL = 12
+
+
+def check_window_memory(size: int, batch_size: int, classes: int, crf_workers: int = 0) -> None:
+    """Refuse, with the figure, a tile size and batch whose windows would not fit in memory (a tile
+    size of 100000 asks for thousands of GiB per window, whatever the raster's size)."""
+    pixels = (size + 2 * CONTEXT_MARGIN) ** 2
+    model = batch_size * pixels * (MODEL_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    queued = (2 * batch_size + 2) * pixels * QUEUED_BYTES_PER_PIXEL  # the read queue's bound (pipeline.py)
+    crf = crf_workers * pixels * (CRF_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    check_memory(model + queued + crf, f"--tile-size {size} with --batch-size {batch_size}"
+                 + (f" and {crf_workers} CRF worker(s)" if crf_workers else ""),
+                 "choose a smaller --tile-size or --batch-size")
+
+
 def _check_tiling(options: SegmentOptions) -> None:
     if options.tile_size < 32:
         raise GeoprotoError("--tile-size must be at least 32 pixels")
@@ -190,19 +254,31 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     options = options or SegmentOptions()
     started = time.perf_counter()
     _check_tiling(options)
-    staged = StagedOutputs(options.overwrite)
-    class_tmp = staged.stage(output)
-    probability_tmp = staged.stage(options.probabilities) if options.probabilities else None
-    vector_tmp = staged.stage(options.vector) if options.vector else None
-    preview_tmp = staged.stage(options.preview) if options.preview else None
+    staged = StagedOutputs(options.overwrite, {
+        "image": image, "--support": support, "--support-image": options.support_image,
+        "--classes": options.classes_file, "--checkpoint": options.checkpoint, "--init-weights": options.init_weights,
+        "--aoi": options.aoi})
     try:
+        class_tmp = staged.stage(output, "--output")
+        probability_tmp = staged.stage(options.probabilities, "--probabilities") if options.probabilities else None
+        vector_tmp = staged.stage(options.vector, "--vector") if options.vector else None
+        preview_tmp = staged.stage(options.preview, "--preview") if options.preview else None
+        report_tmp = staged.stage(options.report, "--report") if options.report else None
+        # After the alias checks: an output that would replace an input is the first thing to say.
+        raster_format, vector_format = _output_formats(output, options)
         inputs = open_inputs(image, support, options)
         source, crs, labels = inputs.source, inputs.crs, inputs.labels
         output_bytes = 1 + (4 * len(inputs.classes.ids) if probability_tmp else 0)  # classes, probabilities
         with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
+            pixel_area = _pixel_area_m2(src, crs)
+            if options.min_area and pixel_area is None:
+                raise GeoprotoError(f"{image}: --min-area is in square metres and needs a projected CRS")
+            area = load_area(src, crs, options.aoi, options.bbox, options.bbox_crs)
             device = resolve_device(options.device)
             batch_size = options.batch_size or default_batch_size(device)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
+            check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids),
+                                workers if options.crf else 0)
             extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size,
                                                            options.check_support)
             size = options.tile_size
@@ -213,19 +289,39 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                 sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, _pixel_size_m(src, crs))
                 crf_params = crf_module.CRFParams(**{**crf_params.__dict__, "bilateral_sxy": sxy})
             tiles = tile_grid(src.height, src.width, size, options.overlap, GRID)
+            if area is not None:  # windows outside the area are never read nor encoded
+                tiles = [tile for tile in tiles if area.reaches(tile)]
+            metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
+                        "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
+                        "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}
             with gdal_write_errors(output):
-                writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp)
+                writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp, metadata,
+                                      options.creation_options)
                 try:
-                    counts, crf_rejected, stage_seconds = run_tiles(
-                        source, tiles, extract, prototypes, np.array(classes.ids, np.uint8), writer, size,
-                        options.alpha, crf_params if options.crf else None, batch_size, workers,
-                        options.progress)
+                    _, crf_rejected, stage_seconds = run_tiles(
+                        ClippedSource(source, area) if area is not None else source, tiles, extract, prototypes,
+                        np.array(classes.ids, np.uint8), writer, size, options.alpha,
+                        crf_params if options.crf else None, batch_size, workers, options.progress)
                 finally:
                     writer.close()
         with gdal_write_errors(output):
-            if options.cog:
-                convert_to_cog(class_tmp)
-            polygons = write_polygons(class_tmp, vector_tmp, classes) if vector_tmp else None
+            min_pixels = math.ceil(options.min_area / pixel_area) if options.min_area else 0
+            if min_pixels > 1:  # before anything reads the raster, so that raster and polygons agree
+                sieve_classes(class_tmp, min_pixels)
+            counts = class_histogram(class_tmp)
+            overviews = []
+            if raster_format == "COG":
+                convert_to_cog(class_tmp, options.creation_options)
+            elif options.overviews:
+                overviews = build_overviews(class_tmp)
+            areas = class_areas(classes, counts, pixel_area)
+            # GDAL's sidecar of the class raster (palette, category names, attribute table), written beside
+            # it in the staging folder so that it moves into place with it.
+            write_legend(f"{class_tmp}.aux.xml", classes, areas)
+            if report_tmp:
+                write_area_report(report_tmp, areas)
+            polygons = write_polygons(class_tmp, vector_tmp, classes, vector_format, options.simplify) \
+                if vector_tmp else None
             if preview_tmp:
                 write_preview(class_tmp, preview_tmp, classes)
         staged.commit()
@@ -235,9 +331,8 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     summary = {
         "input": image, "output": output, "tiles": len(tiles), "tile_size": size, "overlap": options.overlap,
         "seconds": round(time.perf_counter() - started, 3), "device": device.type, "encoder": encoder_info,
-        "classes": [{"id": i, "name": n, "pixels": int(counts[k])}
-                    for k, (i, n) in enumerate(zip(classes.ids, classes.names))],
-        "nodata_pixels": int(counts[-1]), "support": support_stats, "stage_seconds": stage_seconds,
+        "classes": areas, "nodata_pixels": int(counts[0]), "min_area_pixels": min_pixels or None,
+        "overviews": overviews, "support": support_stats, "stage_seconds": stage_seconds,
         **({"support_check": check} if check else {}),
         "crf": {"enabled": options.crf, **({"iterations": crf_params.iterations,
                                             "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
@@ -248,7 +343,37 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     return summary
 
 
+def _encoder_label(info: dict) -> str:
+    """The encoder in a few words for the outputs' metadata (the full description is in the summary)."""
+    keys = ("name", "backbone", "checkpoint", "init_weights")
+    label = {key: info[key] for key in keys if isinstance(info.get(key), str)}
+    if isinstance(info.get("auto"), dict):
+        label["auto_picked"] = info["auto"].get("picked")
+    return json.dumps(label)
+
+
+def _output_formats(output: str, options: SegmentOptions) -> tuple[str, str | None]:
+    """The class raster's and the polygons' formats, checked against their file names before any work."""
+    if options.cog and options.driver and options.driver.upper() != "COG":
+        raise GeoprotoError(f"--cog writes a COG; it contradicts --driver {options.driver}")
+    raster_format = output_driver(output, "COG" if options.cog else options.driver, RASTER_DRIVERS, "raster")
+    if options.probabilities:
+        output_driver(options.probabilities, "GTiff", RASTER_DRIVERS, "raster")
+    if options.preview:
+        output_driver(options.preview, "PNG", {"PNG": (".png",)}, "preview")
+    if options.report:
+        output_driver(options.report, "CSV", {"CSV": (".csv",)}, "report")
+    if options.vector_driver and not options.vector:
+        raise GeoprotoError("--vector-driver needs --vector")
+    vector_format = output_driver(options.vector, options.vector_driver, VECTOR_DRIVERS, "vector") \
+        if options.vector else None
+    if options.simplify and not options.vector:
+        raise GeoprotoError("--simplify applies to the polygons: give --vector too")
+    return raster_format, vector_format
+
+
 DEFAULT_FOLDS = 5
+MAX_FOLDS = 100
 # Polygons closer than this share a fold: adjacent polygons (the two halves of one roof, a road cut in
 # pieces) would otherwise predict each other and flatter the score.
 DEFAULT_GROUP_DISTANCE_PX = 32.0
@@ -259,13 +384,15 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation."""
     options = options or SegmentOptions()
     _check_tiling(options)
-    if folds < 2:
-        raise GeoprotoError("--folds must be at least 2")
-    if os.path.exists(support) and is_raster(support):
+    folds = check_number("folds", folds, 2, MAX_FOLDS, integer=True)
+    if group_distance is not None:
+        check_number("group_distance", group_distance, 0)
+    if path_exists(support) and is_raster(support):
         raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label raster")
     inputs = open_inputs(image, support, options)
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
+    check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
     _, encoder_info, result = resolve_encoder(inputs, options, device, batch_size, True, folds,
                                               group_distance or DEFAULT_GROUP_DISTANCE_PX)
     return {"input": image, "support": support, "encoder": encoder_info, **result}

@@ -17,12 +17,13 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
 from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from .errors import GeoprotoError
-from .raster import open_raster
+from .raster import open_raster, path_exists, read_error
 from .tiling import Tile
 
 # Field names taken as the class column, in this order; anything else must be named with --class-field
@@ -30,6 +31,9 @@ from .tiling import Tile
 CLASS_FIELD_CANDIDATES = ("class", "class_name", "classname", "class_id", "label", "landcover", "land_cover",
                           "category")
 MAX_CLASS_ID = 254
+# A class file lists at most 254 classes: anything much larger is not one (and deep nesting in a
+# large JSON file exhausts the parser's recursion).
+MAX_CLASS_FILE_BYTES = 1 << 20
 TINY_POLYGON_PIXELS = 4.0
 
 
@@ -62,12 +66,19 @@ def read_class_file(path: str) -> ClassInfo:
     """Class names (and colours) from JSON: ``{"1": "building", ...}``, or a list of
     ``{"id": 1, "name": "building", "color": "#3C1098"}``, optionally under a ``"classes"`` key."""
     try:
+        if os.path.getsize(path) > MAX_CLASS_FILE_BYTES:
+            raise GeoprotoError(f"{path}: {os.path.getsize(path)} bytes; a class file is a small JSON list of at "
+                                f"most {MAX_CLASS_ID} classes (limit {MAX_CLASS_FILE_BYTES} bytes)")
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
         raise GeoprotoError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise GeoprotoError(f"{path}: is a directory, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GeoprotoError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise GeoprotoError(f"{path}: JSON nested too deeply to be a class file") from None
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
     try:
@@ -82,6 +93,11 @@ def read_class_file(path: str) -> ClassInfo:
     bad = [i for i in info.ids if not 1 <= i <= MAX_CLASS_ID]
     if bad:
         raise GeoprotoError(f"{path}: class id {bad[0]} outside 1..{MAX_CLASS_ID} (0 means unlabelled)")
+    if any(not name.strip() for name in info.names):
+        raise GeoprotoError(f"{path}: a class has an empty name; name every class")
+    duplicates = sorted({i for i in info.ids if info.ids.count(i) > 1})
+    if duplicates:
+        raise GeoprotoError(f"{path}: class id {duplicates[0]} is listed twice")
     return info
 
 
@@ -188,13 +204,26 @@ class RasterLabels:
         window = Window(tile.col, tile.row, tile.width, tile.height)
         labels = np.zeros((size, size), np.uint8)
         if self.colors is not None:
-            rgb = self.source.read([1, 2, 3], window=window)
+            try:
+                rgb = self.source.read([1, 2, 3], window=window)
+            except RasterioIOError as exc:
+                raise read_error(self.path, exc, f" at window {window}") from None
             for class_id, color in zip(self.classes.ids, self.colors):
                 hit = np.all(rgb == np.array(color, rgb.dtype)[:, None, None], axis=0)
                 labels[: tile.height, : tile.width][hit] = class_id
             return labels
-        values = self.source.read(1, window=window, masked=True)
+        try:
+            values = self.source.read(1, window=window, masked=True)
+        except RasterioIOError as exc:
+            raise read_error(self.path, exc, f" at window {window}") from None
         ids = np.where(np.ma.getmaskarray(values), 0, np.asarray(values))
+        if not np.issubdtype(ids.dtype, np.integer):
+            # NaN is unlabelled like nodata; 1.5 is no class id (a cast would silently make it 1).
+            ids = np.where(np.isnan(ids), 0, ids)
+            if not np.all(np.isfinite(ids) & (ids == np.round(ids))):
+                raise GeoprotoError(f"{self.path}: label values must be whole class ids 0..{MAX_CLASS_ID}; found "
+                                    f"{ids[~(np.isfinite(ids) & (ids == np.round(ids)))][0]}")
+            ids = ids.astype(np.int64)
         if self.palette is not None:
             ids = self.palette[ids]
         if ids.min() < 0 or ids.max() > MAX_CLASS_ID:
@@ -271,6 +300,10 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
             return ids, classes.subset(unique)
         return ids, ClassInfo(unique, [f"class_{i}" for i in unique])
     names = values.astype(str).to_numpy()
+    blank = np.char.strip(names.astype(str)) == ""
+    if blank.any():
+        raise GeoprotoError(f"{path}: {int(blank.sum())} polygon(s) have an empty class name in {column!r}; "
+                            f"name their class or remove them")
     unique = sorted(set(names.tolist()))
     if classes:
         missing = [n for n in unique if n not in classes.names]
@@ -309,7 +342,7 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
     from pyproj import CRS
     from pyproj.exceptions import CRSError
 
-    if not os.path.exists(path):
+    if not path_exists(path):
         raise GeoprotoError(f"{path}: no such file")
     try:
         layers = pyogrio.list_layers(path)
@@ -374,6 +407,12 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
     inside = shapely.intersects(geometries, extent)
     if not inside.any():
         raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
+    # One label file may serve many tiles: a class drawn only elsewhere is left out of this raster's run.
+    outside = [name for class_id, name in zip(info.ids, info.names) if class_id not in set(ids[inside].tolist())]
+    if outside:
+        warnings.warn(f"{path}: no polygon of class(es) {', '.join(outside)} overlaps the raster "
+                      f"{reference.name}: left out")
+        info = info.subset(set(ids[inside].tolist()))
     return VectorLabels(geometries[inside], ids[inside], info)
 
 
@@ -382,7 +421,7 @@ def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: s
                  classes_file: str | None = None, raster_crs=None, buffer: float = 0.0):
     """Vector or raster support, told apart by whether GDAL opens the file as a raster."""
     classes = read_class_file(classes_file) if classes_file else None
-    if not os.path.exists(path):
+    if not path_exists(path):
         raise GeoprotoError(f"{path}: no such file")
     if is_raster(path):
         return RasterLabels(path, reference, classes)
@@ -390,8 +429,6 @@ def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: s
 
 
 def is_raster(path: str) -> bool:
-    from rasterio.errors import RasterioIOError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

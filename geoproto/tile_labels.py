@@ -7,7 +7,12 @@ worker starts in a fraction of a second (importing torch cost each worker 3 s of
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -55,6 +60,33 @@ def finish_tile(tile: Tile, rgb: np.ndarray | None, scores: np.ndarray | None, v
                       time.perf_counter() - started)
 
 
-def init_worker() -> None:
-    """The parent handles Ctrl-C and shuts the pool down; workers must not die mid-task on their own."""
+PARENT_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def init_worker(parent_pid: int | None = None) -> None:
+    """The parent handles Ctrl-C and shuts the pool down; workers must not die mid-task on their own.
+
+    But they must die with the parent: a parent killed outright (kill -9, the OOM killer) runs no
+    clean-up, and its workers (and multiprocessing's resource tracker, which waits for them) would
+    otherwise live on. Linux kills them with the parent (PR_SET_PDEATHSIG); elsewhere, and as a
+    fallback, a watchdog thread exits once the parent is gone.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent_pid = parent_pid or os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the watchdog alone
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="geoproto-parent-watchdog",
+                     daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)

@@ -93,3 +93,25 @@ def _mosaic(labels, height: int, width: int, size: int = 128, overlap: int = 16)
 @pytest.fixture(scope="session")
 def mosaic():
     return _mosaic
+
+
+@pytest.fixture
+def scene(tmp_path) -> tuple[Path, Path]:
+    """A small synthetic orthophoto and its support polygons (``synthetic.scene``), for fast end-to-end runs."""
+    import synthetic
+
+    return synthetic.scene(tmp_path)
+
+
+def gdal_band(path):
+    """Band 1 of ``path`` as GDAL itself describes it (palette, category names, attribute table), by
+    serialising the dataset to VRT: what gdalinfo would print, without needing gdalinfo."""
+    import tempfile
+    from xml.etree import ElementTree
+
+    import rasterio.shutil
+
+    with tempfile.TemporaryDirectory() as folder:
+        vrt = Path(folder) / "band.vrt"
+        rasterio.shutil.copy(str(path), str(vrt), driver="VRT")
+        return ElementTree.parse(vrt).getroot().find("VRTRasterBand")

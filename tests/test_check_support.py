@@ -154,3 +154,28 @@ def test_every_fold_deal_keeps_spatial_groups_together_and_spreads_classes(paths
         assert deal[0] == deal[1]
         for name in "ab":
             assert len(set(deal[inputs.labels.class_ids == inputs.classes.ids[inputs.classes.names.index(name)]])) > 1
+
+
+@pytest.mark.parametrize("option, value", [("--folds", "1"), ("--folds", "1e9"), ("--group-distance", "nan"),
+                                           ("--group-distance", "-1"), ("--buffer", "inf"),
+                                           ("--batch-size", "0")])
+def test_cli_refuses_bad_numbers(paths, tmp_path, option, value):
+    result = CliRunner().invoke(main, ["check-support", str(paths.chip), "--support", str(paths.support), option,
+                                       value])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
+def test_library_refuses_bad_folds_and_group_distance(paths):
+    from geoproto.errors import GeoprotoError
+
+    with pytest.raises(GeoprotoError, match="folds must be >= 2"):
+        check_support(str(paths.chip), str(paths.support), folds=1)
+    with pytest.raises(GeoprotoError, match="group_distance must be a finite number, got nan"):
+        check_support(str(paths.chip), str(paths.support), group_distance=float("nan"))
+
+
+def test_huge_tile_size_is_refused_with_the_figure(paths):
+    from geoproto.errors import GeoprotoError
+
+    with pytest.raises(GeoprotoError, match=r"--tile-size 100000 with --batch-size 1 would need about [\d.]+ GiB"):
+        check_support(str(paths.chip), str(paths.support), SegmentOptions(tile_size=100000, device="cpu"))

@@ -680,3 +680,20 @@ def test_episode_sampler_non_contiguous_class_ids(tmp_path):
     spec = EpisodeSpec(ways=4, shots=1, queries=1, crop=64)
     sampler = EpisodeSampler(data, data.samples, [1, 2, 5, 7], spec, seed=1)
     assert sorted(sampler.classes) == [1, 2, 5, 7]
+
+
+@pytest.mark.parametrize("content", ['{"train": 5}', "[" * 100000 + "]" * 100000, '["train"]', '"x"'])
+def test_malformed_split_files_are_refused_by_name(colour_folder, vaihingen, tmp_path, content):
+    root, _ = colour_folder
+    split = tmp_path / "split.json"
+    split.write_text(content)
+    with pytest.raises(GeoprotoError, match="split.json: not a split file"):
+        load_folder(str(root), split_file=str(split))
+    with pytest.raises(GeoprotoError, match="split.json: no vaihingen split"):
+        load_isprs(str(vaihingen[0]), split_file=str(split))
+
+
+def test_holdout_that_is_not_a_regular_expression(colour_folder):
+    root, _ = colour_folder
+    with pytest.raises(GeoprotoError, match=r"--holdout '\(\[': not a regular expression"):
+        load_folder(str(root), holdout="([")

@@ -123,3 +123,116 @@ def test_evaluate_protocol_on_dubai_runs_and_is_reproducible(dubai):
     assert first["mean"]["overall_accuracy"] == pytest.approx(
         np.mean([r["overall_accuracy"] for r in first["runs"]]), abs=1e-6)
     assert 0.2 < first["mean"]["overall_accuracy"] < 1
+
+
+@pytest.mark.parametrize("option, value", [("--crf-bilateral-px", "nan"), ("--crf-bilateral-px", "0"),
+                                           ("--shots", "0"), ("--seeds", "1,x"), ("--seeds", "-1"),
+                                           ("--fold", "9")])
+def test_evaluate_cli_refuses_bad_numbers(tmp_path, option, value):
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), option, value])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
+def _class_raster(path, data, tags=None, nodata=0, categories: list[str] | None = None):
+    """A class raster with ``tags`` (e.g. GEOPROTO_CLASSES), or named by GDAL ``categories`` in a legend
+    sidecar as QGIS would read it."""
+    from synthetic import write_raster
+
+    write_raster(path, data[None], nodata=nodata, transform=rasterio.transform.from_origin(500000, 3700000, 1, 1))
+    if tags:
+        with rasterio.open(path, "r+") as dst:
+            dst.update_tags(**tags)
+    if categories:
+        from geoproto.output import class_areas, write_legend
+        from geoproto.support import ClassInfo
+
+        classes = ClassInfo(list(range(1, len(categories))), categories[1:])
+        write_legend(f"{path}.aux.xml", classes, class_areas(classes, np.zeros(256, np.int64), 1.0))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("uint16-image", ("holds value 1000", "class ids 0..255", "image rather than a classification")),
+    ("float-image", ("holds float32 values", "class ids 0..255")),
+    ("corrupt-tag", ("GEOPROTO_CLASSES tag is corrupt", "remove the tag")),
+    ("tag-not-object", ("GEOPROTO_CLASSES tag is corrupt",)),
+])
+def test_score_refuses_what_is_not_a_class_raster_by_name(tmp_path, kind, words):
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
+    if kind == "uint16-image":
+        prediction = _class_raster(tmp_path / "p.tif", np.full((64, 64), 1000, np.uint16))
+    elif kind == "float-image":
+        prediction = _class_raster(tmp_path / "p.tif", np.full((64, 64), 0.5, np.float32), nodata=None)
+    else:
+        tag = '{"1": "a", ' if kind == "corrupt-tag" else '["a", "b"]'
+        prediction = _class_raster(tmp_path / "p.tif", np.ones((64, 64), np.uint8), {"GEOPROTO_CLASSES": tag})
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 1, result.output
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: ") and "p.tif" in message and "unexpected" not in message
+    for word in words:
+        assert word in message
+
+
+def test_score_prints_class_names_with_escapes_escaped(tmp_path):
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
+    prediction = _class_raster(tmp_path / "p.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)),
+                               {"GEOPROTO_CLASSES": json.dumps({"1": "class_1", "2": "evil\x1b]0;pwned\x07"})})
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "evil\\x1b]0;pwned\\x07" in result.output
+
+
+def test_score_refuses_a_multiband_image_as_prediction(tmp_path):
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
+    with rasterio.open(tmp_path / "rgb.tif", "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32616", transform=rasterio.transform.from_origin(500000, 3700000, 1, 1)) as dst:
+        dst.write(np.full((3, 64, 64), 200, np.uint8))
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "rgb.tif"), "--truth", truth])
+    assert result.exit_code == 1 and "rgb.tif: has 3 bands; a class raster has one band" in result.output
+
+
+def test_evaluate_report_into_a_missing_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--report",
+                                       str(tmp_path / "missing" / "report.json")])
+    assert result.exit_code == 1 and "missing: output directory does not exist" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_a_nan_alpha_from_python():
+    from geoproto.errors import GeoprotoError
+
+    with pytest.raises(GeoprotoError, match="alpha must be a finite number, got nan"):
+        evaluate(None, None, 1, [0], None, False, None, alpha=float("nan"))
+
+
+def test_score_reads_class_names_of_a_class_raster_truth(tmp_path):
+    truth = np.ones((64, 64), np.uint8)
+    truth[:, 32:] = 2
+    # The same map with the ids swapped, as another geoproto run may number the classes.
+    prediction = np.where(truth == 1, 2, 1).astype(np.uint8)
+    prediction[:16] = 0  # left as nodata: a quarter of the truth
+    _class_raster(tmp_path / "p.tif", prediction, {"GEOPROTO_CLASSES": json.dumps({2: "tree", 1: "ground"})})
+    _class_raster(tmp_path / "geoproto.tif", truth, {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    _class_raster(tmp_path / "qgis.tif", truth, categories=["nodata", "tree", "ground"])
+    for truth_path in ("geoproto.tif", "qgis.tif"):  # GEOPROTO_CLASSES, or GDAL category names
+        report = score(str(tmp_path / "p.tif"), str(tmp_path / truth_path))
+        assert report["class_names"] == ["tree", "ground"] and report["overall_accuracy"] == 1.0
+        assert (report["unpredicted_pixels"], report["unpredicted_share"]) == (16 * 64, 0.25)
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "qgis.tif")])
+    assert result.exit_code == 0, result.output
+    assert "the prediction is nodata on 1024 truth pixels (25.00 %), left out of these scores" in result.stderr
+
+
+def test_option_names_mean_one_thing_across_commands():
+    """--classes is a JSON file, --bands band numbers, --json a stdout flag, in every command."""
+    runner = CliRunner()
+    evaluate_help = runner.invoke(main, ["evaluate", "--help"]).output
+    assert "--class-names" in evaluate_help and "--isprs-bands" in evaluate_help and "--report" in evaluate_help
+    assert "--classes " not in evaluate_help and "--bands " not in evaluate_help
+    assert "--isprs-bands" in runner.invoke(main, ["train", "--help"]).output
+    wrong = runner.invoke(main, ["evaluate", "--dataset", "folder", "--root", ".", "--classes", "a,b"])
+    assert wrong.exit_code == 2 and "No such option '--classes'. (Did you mean one of: '--class-names'" in wrong.output

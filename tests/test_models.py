@@ -506,3 +506,32 @@ def test_incomplete_checkpoint_payload_is_refused(headed_checkpoint, tmp_path, d
     torch.save(payload, path)
     with pytest.raises(GeoprotoError):
         load_checkpoint(str(path))
+
+
+def test_zip_bomb_checkpoint_is_refused_from_its_declared_sizes(tmp_path, monkeypatch):
+    """A small file declaring 256 MiB of contents is refused before torch.load reads a byte."""
+    import zipfile
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data/0", "w", force_zip64=True) as entry:
+            chunk = bytes(1 << 20)
+            for _ in range(256):
+                entry.write(chunk)
+    assert bomb.stat().st_size < 2 << 20
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", never)
+    with pytest.raises(GeoprotoError, match=r"bomb.pt: declares 256 MiB of contents in a 0.\d MiB file; refused"):
+        load_checkpoint(str(bomb))
+    with pytest.raises(GeoprotoError, match="bomb.pt: declares 256 MiB"):
+        build_encoder("resnet50", init_weights=str(bomb))
+
+
+def test_real_checkpoints_pass_the_size_check(headed_checkpoint):
+    from geoproto.models.checkpoint import _check_declared_size
+
+    _check_declared_size(str(headed_checkpoint))
+    _check_declared_size(shipped_weights_path())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import geopandas
 import numpy as np
@@ -14,7 +15,7 @@ from rasterio.features import rasterize
 from rasterio.warp import calculate_default_transform, reproject
 
 from geoproto.errors import GeoprotoError
-from geoproto.output import NODATA, ResultWriter
+from geoproto.output import NODATA, ResultWriter, class_areas, class_histogram, write_legend
 from geoproto.raster import RasterSource, open_raster
 from geoproto.support import ClassInfo, RasterLabels, read_class_file
 from geoproto.tiling import tile_grid
@@ -158,6 +159,7 @@ def test_tile_write_round_trip_is_exact(which, chip, albers_chip, building_frame
             writer.write(tile, window[: tile.height, : tile.width], None)
     finally:
         writer.close()
+    write_legend(f"{out}.aux.xml", classes, class_areas(classes, class_histogram(str(out)), None))
 
     with rasterio.open(out) as result:
         np.testing.assert_array_equal(result.read(1), expected)
@@ -169,8 +171,8 @@ def test_tile_write_round_trip_is_exact(which, chip, albers_chip, building_frame
         assert result.dtypes == ("uint8",)
         assert result.profile["tiled"] and result.block_shapes == [(256, 256)]
         assert result.compression is not None and result.compression.value.lower() == "deflate"
-        colormap = result.colormap(1)
-        assert colormap[0] == (0, 0, 0, 0)
+        colormap = result.colormap(1)  # from the legend sidecar, through GDAL
+        assert len(colormap) == 3 and colormap[0] == (0, 0, 0, 0)
         assert colormap[1][3] == 255 and colormap[2][3] == 255 and colormap[1] != colormap[2]
         assert json.loads(result.tags()["GEOPROTO_CLASSES"]) == {"1": names[0], "2": names[1]}
         assert result.tags()["CLASS_1"] == names[0]
@@ -246,9 +248,13 @@ def test_rgba_alpha_masks_pixels(tmp_path):
     tile = tile_grid(200, 160, TILE, OVERLAP)[0]
     with source.dataset() as src:
         image, valid = source.read(src, tile, TILE)
-    np.testing.assert_allclose(image, data[:3, :TILE, :TILE] / 255.0, atol=1e-6)
     np.testing.assert_array_equal(valid, data[3, :TILE, :TILE] > 0)
     assert not valid[20:60, 30:90].any() and valid.sum() == TILE * TILE - 40 * 60
+    expected = data[:3, :TILE, :TILE] / 255.0
+    np.testing.assert_allclose(image[:, valid], expected[:, valid], atol=1e-6)
+    # Transparent pixels are filled with the window's mean colour, not their (arbitrary) values.
+    np.testing.assert_allclose(image[:, ~valid], np.broadcast_to(expected[:, valid].mean(1, keepdims=True),
+                                                                 (3, 40 * 60)), atol=1e-5)
 
 
 def test_raster_smaller_than_tile_is_reflect_padded(tmp_path):
@@ -289,3 +295,71 @@ def test_band_selection_errors(albers, tmp_path):
         RasterSource.open(str(two))
     with pytest.raises(GeoprotoError, match="no such file"):
         RasterSource.open(str(tmp_path / "missing.tif"))
+
+
+# --- NaN, complex values, nothing valid, unreadable VRT sources -----------------------------------------
+
+def _write(path, data, nodata=None):
+    from synthetic import write_raster
+
+    return str(write_raster(path, data, nodata, transform=Affine(0.5, 0, 733601, 0, -0.5, 3725139)))
+
+
+@pytest.mark.parametrize("nodata", [None, float("nan")], ids=["undeclared", "declared"])
+def test_nan_is_invalid_left_out_of_the_stretch_and_never_encoded(tmp_path, nodata):
+    rng = np.random.default_rng(0)
+    data = rng.uniform(100, 200, (3, 96, 96)).astype(np.float32)
+    data[:, :, :10] = np.nan
+    data[1, 50, 50] = np.inf
+    source = RasterSource.open(_write(tmp_path / "nan.tif", data, nodata))
+    finite = data[:, np.isfinite(data).all(0)]
+    for (low, high), band in zip(source.scale, finite):
+        assert np.isfinite([low, high]).all()
+        assert low == pytest.approx(np.percentile(band, 2), rel=1e-3)
+    with source.dataset() as src:
+        image, valid = source.read(src, tile_grid(96, 96, 96, 0)[0], 96)
+    assert np.isfinite(image).all()
+    assert not valid[:, :10].any() and not valid[50, 50] and valid[:, 10:].sum() == 96 * 86 - 1
+
+
+@pytest.mark.parametrize("kind", ["transparent", "nodata", "nan"])
+def test_a_raster_with_no_valid_pixel_is_refused_alike(tmp_path, kind):
+    path = tmp_path / f"{kind}.tif"
+    if kind == "transparent":
+        data = np.full((4, 64, 64), 120, np.uint8)
+        data[3] = 0
+        with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint8",
+                           photometric="RGB", alpha="YES") as dst:
+            dst.write(data)
+    elif kind == "nodata":
+        _write(path, np.zeros((3, 64, 64), np.uint16), nodata=0)
+    else:
+        _write(path, np.full((3, 64, 64), np.nan, np.float32))
+    with pytest.raises(GeoprotoError, match=f"{kind}.tif: no valid pixels \\(all nodata, NaN or transparent\\)"):
+        RasterSource.open(str(path))
+
+
+def test_a_small_valid_area_missed_by_the_decimated_read_still_counts(tmp_path, monkeypatch):
+    import geoproto.raster
+
+    monkeypatch.setattr(geoproto.raster, "STATS_MAX_SIDE", 8)
+    data = np.zeros((3, 256, 256), np.uint16)
+    data[:, 101, 77] = 500  # one valid pixel, between the decimated read's samples
+    source = RasterSource.open(_write(tmp_path / "speck.tif", data, nodata=0))
+    assert len(source.scale) == 3
+
+
+def test_complex_raster_is_refused(tmp_path):
+    path = _write(tmp_path / "c.tif", np.ones((3, 32, 32), np.complex64))
+    with pytest.raises(GeoprotoError, match="c.tif: holds complex numbers \\(complex64\\)"):
+        open_raster(path)
+
+
+def test_vrt_with_missing_source_names_it(tmp_path):
+    import rasterio.shutil
+
+    source = _write(tmp_path / "source.tif", np.full((3, 32, 32), 7, np.uint16))
+    rasterio.shutil.copy(source, tmp_path / "m.vrt", driver="VRT")
+    os.remove(source)
+    with pytest.raises(GeoprotoError, match="m.vrt: read error .*source.tif: No such file"):
+        RasterSource.open(str(tmp_path / "m.vrt"))

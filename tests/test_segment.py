@@ -1,6 +1,5 @@
 """The library's ``segment``: support prototypes and labels do not depend on how the raster is tiled."""
 
-import numpy as np
 import pytest
 import rasterio
 import torch

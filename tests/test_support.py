@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import geopandas
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import rasterio
 import shapely
 from rasterio.features import rasterize
+from shapely.geometry import box
 
 from geoproto.errors import GeoprotoError
 from geoproto.raster import open_raster
@@ -322,3 +324,45 @@ def test_overlaps_between_classes_are_unlabelled_and_large_polygons_span_windows
     expected[:, 300:340] = 2
     expected[60:500, 300:340] = 0  # claimed by both classes: ambiguous, unlabelled
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100000 + "]" * 100000, "JSON nested too deeply to be a class file"),
+    (" " * ((1 << 20) + 1) + "{}", "1048579 bytes; a class file is a small JSON list"),
+    ('{"1": "a", "2": "  "}', "a class has an empty name"),
+    ('[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]', "class id 1 is listed twice"),
+    ('{"1": "a", "300": "b"}', "class id 300 outside 1..254"),
+])
+def test_bad_class_files_are_refused_by_name(tmp_path, content, message):
+    path = tmp_path / "classes.json"
+    path.write_text(content)
+    with pytest.raises(GeoprotoError, match=f"classes.json: {re.escape(message)}"):
+        read_class_file(str(path))
+
+
+def test_class_file_that_is_a_folder(tmp_path):
+    with pytest.raises(GeoprotoError, match="is a directory, not a JSON file"):
+        read_class_file(str(tmp_path))
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_empty_class_values_in_vector_support_are_refused(tmp_path, chip, blank):
+    frame = geopandas.GeoDataFrame({"class": ["a", blank]}, crs=chip.crs, geometry=[
+        box(*chip.xy(10, 10), *chip.xy(20, 20)), box(*chip.xy(30, 30), *chip.xy(40, 40))])
+    frame.to_file(tmp_path / "s.gpkg")
+    with pytest.raises(GeoprotoError, match="s.gpkg: 1 polygon\\(s\\) have an empty class name in 'class'"):
+        load_support(str(tmp_path / "s.gpkg"), chip)
+
+
+def test_support_under_vsizip_loads_and_a_missing_member_is_named(tmp_path, chip):
+    import zipfile
+
+    frame = geopandas.GeoDataFrame({"class": ["a", "b"]}, crs=chip.crs, geometry=[
+        box(*chip.xy(10, 10), *chip.xy(20, 20)), box(*chip.xy(30, 30), *chip.xy(40, 40))])
+    frame.to_file(tmp_path / "s.gpkg")
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as archive:
+        archive.write(tmp_path / "s.gpkg", "s.gpkg")
+    labels = load_support(f"/vsizip/{tmp_path}/s.zip/s.gpkg", chip)
+    assert labels.classes.names == ["a", "b"]
+    with pytest.raises(GeoprotoError, match="nope.gpkg: not a readable vector file"):
+        load_support(f"/vsizip/{tmp_path}/s.zip/nope.gpkg", chip)

@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from geoproto.cli import main
+from geoproto.errors import GeoprotoError
 from geoproto.models import build_encoder, load_checkpoint
 from geoproto.training import TrainConfig, build_samplers, load_dataset, train
 from geoproto.training.trainer import episode_loss
@@ -101,3 +102,49 @@ def test_cli_train_then_segment_with_the_checkpoint(paths, tmp_path):
         "--no-crf", "-q", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["encoder"]["command"].startswith("geoproto train")
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--lr", "nan"), ("--lr", "inf"), ("--lr", "0"), ("--lr-gamma", "nan"), ("--lr-gamma", "2"),
+    ("--alpha", "nan"), ("--alpha", "-inf"), ("--seed", "-1"), ("--seed", "99999999999999999999"),
+    ("--crop", "16"), ("--ways", "0"), ("--workers", "100000"), ("--lr-milestones", "10,x"),
+    ("--lr-milestones", "10,0"), ("--downsample", "0"), ("--fold", "4"),
+])
+def test_cli_train_refuses_bad_numbers_before_writing_anything(tmp_path, option, value):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--dataset", "folder", "--root", str(tmp_path), "-o", str(run),
+                                       option, value])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert not run.exists()
+
+
+def test_train_refuses_a_crop_that_cannot_fit_in_memory(tmp_path):
+    config = TrainConfig(crop=8192, shots=1000, workers=0)
+    with pytest.raises(GeoprotoError, match="--crop 8192 with 1001 images per episode would need about"):
+        train(None, None, config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_init_weights_it_would_replace(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"weights")
+    with pytest.raises(GeoprotoError, match="is the run's own model.pt, which training replaces"):
+        train(None, None, TrainConfig(backbone="resnet50", init_weights=str(run / "model.pt"), workers=0), str(run))
+    assert (run / "model.pt").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("payload", [[1, 2, 3], {"config": None}])
+def test_resume_from_a_damaged_state_is_refused_by_name(tmp_path, payload):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(payload, run / "state.pt")
+    config = TrainConfig(workers=0, iterations=2, device="cpu")
+    if isinstance(payload, dict):
+        from geoproto.training.trainer import _comparable
+
+        payload["config"] = _comparable(config)
+        torch.save(payload, run / "state.pt")
+    with pytest.raises(GeoprotoError, match="state.pt: (not a training state|damaged training state)"):
+        train(None, None, config, str(run), resume=True)

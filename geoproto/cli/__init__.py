@@ -5,6 +5,8 @@ the DenseCRF worker processes re-import the main script, and ``geoproto`` must n
 """
 
 import importlib
+import logging
+import sys
 
 import click
 
@@ -32,7 +34,40 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (click's test runner swaps it)."""
+
+    geoproto = True
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(level_offset: int) -> None:
+    """Log level from -v/-q (as rio does): WARNING by default, INFO with -v, DEBUG with -vv, ERROR with -q.
+    The level is the handler's, so a library raising its own logger's level does not flood stderr."""
+    level = max(logging.DEBUG, min(logging.CRITICAL, logging.WARNING - 10 * level_offset))
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "geoproto", False)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="geoproto")
-def main():
-    """Few-shot land-cover segmentation of orthophotos from a few labelled polygons."""
+@click.option("--verbose", "-v", count=True, help="More log messages (-vv: debug), for every subcommand.")
+@click.option("--quiet", "-q", count=True, help="Fewer messages: no warnings nor progress (-qq: errors only).")
+@click.pass_context
+def main(ctx, verbose, quiet):
+    """Few-shot land-cover segmentation of orthophotos from a few labelled polygons.
+
+    Shell completion (bash): eval "$(_GEOPROTO_COMPLETE=bash_source geoproto)"; zsh: zsh_source, fish:
+    fish_source.
+    """
+    ctx.obj = {"verbosity": verbose - quiet}
+    configure_logging(verbose - quiet)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import click
 
-from ..segment import DEFAULT_FOLDS, SegmentOptions, check_support
-from .options import apply, encoder_options, handle_errors, print_json, support_options
+from ..segment import DEFAULT_FOLDS, MAX_FOLDS, SegmentOptions, check_support
+from .options import (apply, encoder_options, handle_errors, integer, not_stdio, number, print_json, printable,
+                      support_options)
 
 
 @click.command("check-support")
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), help="Labelled polygons.")
+@click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
+@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Labelled polygons.")
 @apply(support_options)
 @apply(encoder_options)
-@click.option("--folds", type=click.IntRange(2), default=DEFAULT_FOLDS, show_default=True)
-@click.option("--group-distance", type=click.FloatRange(min=0),
+@click.option("--folds", type=integer(2, MAX_FOLDS), default=DEFAULT_FOLDS, show_default=True)
+@click.option("--group-distance", type=number(0),
               help="Polygons closer than this many pixels share a fold [default: 32].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @handle_errors
@@ -29,9 +31,9 @@ def check_support_command(image, support, folds, group_distance, as_json, **opti
                f"{_fmt(report['overall_accuracy'])}, mean class F1 {_fmt(report['mean_f1'])}")
     click.echo(f"{'class':>16} {'F1':>6} {'polygons':>9} {'held-out px':>12}")
     for name, c in report["classes"].items():
-        click.echo(f"{name:>16} {_fmt(c['f1']):>6} {c['polygons']:>9} {c['held_out_pixels']:>12}")
+        click.echo(f"{printable(name):>16} {_fmt(c['f1']):>6} {c['polygons']:>9} {c['held_out_pixels']:>12}")
     for warning in report["warnings"]:
-        click.echo(f"Warning: {warning}")
+        click.echo(f"Warning: {printable(warning)}")
 
 
 def _fmt(value) -> str:

@@ -13,6 +13,7 @@ import click
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..errors import GeoprotoError
+from ..validation import MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 
 
@@ -28,13 +29,20 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
+def printable(text) -> str:
+    """``text`` with control and formatting characters escaped: class names and paths come from user
+    files, and a raw escape code printed to a terminal can rewrite what the user sees."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in str(text))
+
+
 def handle_errors(command):
     """One-line errors and exit codes instead of tracebacks (unless ``--debug``); SIGTERM cleans up too."""
 
     @functools.wraps(command)
     def wrapper(*args, debug: bool = False, **kwargs):
         signal.signal(signal.SIGTERM, _raise_interrupted)
-        warnings.showwarning = lambda message, *rest, **kw: click.echo(f"Warning: {message}", err=True)
+        warnings.showwarning = lambda message, *rest, **kw: (
+            click.echo(f"Warning: {printable(message)}", err=True) if verbosity() >= 0 else None)
         # Rasters without a CRS are handled explicitly (pixel space, or --assume-crs).
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
@@ -42,7 +50,7 @@ def handle_errors(command):
         except GeoprotoError as exc:
             if debug:
                 raise
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -51,19 +59,27 @@ def handle_errors(command):
             sys.exit(exc.exit_code)
         except click.exceptions.ClickException:
             raise
+        except MemoryError:
+            if debug:
+                raise
+            raise click.ClickException("out of memory; try a smaller --tile-size or --batch-size (or --crop, "
+                                       "--shots in train), or fewer --workers") from None
         except Exception as exc:  # unexpected: still one line, with the way to see more
             if debug:
                 raise
-            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)")
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {printable(exc)} (rerun with --debug for "
+                                       f"details)")
 
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
 
 
 def command_line(ctx: click.Context) -> str:
-    """The invocation, rebuilt from the options the user set, to record how a result was made."""
+    """The invocation, rebuilt from the arguments and the options the user set, to record how a result
+    was made."""
     from click.core import ParameterSource
 
     words = ["geoproto", ctx.info_name]
+    words += [shlex.quote(str(ctx.params[p.name])) for p in ctx.command.params if isinstance(p, click.Argument)]
     for param in ctx.command.params:
         if not isinstance(param, click.Option) or param.name in ("debug", "quiet", "as_json"):
             continue
@@ -73,6 +89,9 @@ def command_line(ctx: click.Context) -> str:
         if param.is_flag:
             names = param.opts if value else param.secondary_opts
             words += names[:1]
+        elif isinstance(value, dict):
+            for name, setting in value.items():
+                words += [param.opts[0], shlex.quote(f"{name}={setting}")]
         elif isinstance(value, (list, tuple)):
             words += [param.opts[0], ",".join(map(str, value))]
         elif value is not None:
@@ -80,8 +99,74 @@ def command_line(ctx: click.Context) -> str:
     return " ".join(words)
 
 
+def verbosity() -> int:
+    """-v/-q counted on the ``geoproto`` group: 0 by default, below 0 when asked to be quiet."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return (root.obj or {}).get("verbosity", 0) if root is not None else 0
+
+
+def show_progress(quiet: bool) -> bool:
+    """A progress bar only for a person watching: not with -q, nor when stderr is a file or a pipe (its
+    carriage-return frames would fill a log)."""
+    return not quiet and verbosity() >= 0 and sys.stderr.isatty()
+
+
+def not_stdio(ctx, param, value):
+    """Refuse ``-``: every input and output here is a file GDAL opens or writes by name."""
+    if value == "-":
+        raise click.BadParameter("'-' (standard input/output) is not supported here; give a file name")
+    return value
+
+
+def parse_pairs(ctx, param, values) -> dict[str, str]:
+    """Repeated NAME=VALUE options as a dict."""
+    pairs = {}
+    for value in values:
+        if "=" not in value:
+            raise click.BadParameter(f"{value!r}: write NAME=VALUE")
+        name, setting = value.split("=", 1)
+        pairs[name] = setting
+    return pairs
+
+
 def print_json(summary: dict) -> None:
     click.echo(json.dumps(summary, indent=2))
+
+
+class Number(click.ParamType):
+    """A number option that must be finite and within bounds (click's FloatRange lets NaN and infinity
+    through). The bounds are checked by ``validation.check_number``, as the library checks them."""
+
+    def __init__(self, minimum: float | None = None, maximum: float | None = None, min_open: bool = False,
+                 integer: bool = False):
+        self.bounds = dict(minimum=minimum, maximum=maximum, min_open=min_open, integer=integer)
+        self.name = "integer" if integer else "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(value, 10) if self.bounds["integer"] else float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not {'a whole number' if self.bounds['integer'] else 'a number'}.",
+                          param, ctx)
+        try:
+            return check_number("value", number, **self.bounds)
+        except GeoprotoError as exc:
+            self.fail(f"{str(exc).removeprefix('value ')}.", param, ctx)
+
+    def get_metavar(self, param, ctx=None):
+        return "INTEGER" if self.bounds["integer"] else "FLOAT"
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Number:
+    return Number(minimum, maximum, integer=True)
+
+
+def number(minimum: float | None = None, maximum: float | None = None, min_open: bool = False) -> Number:
+    return Number(minimum, maximum, min_open)
 
 
 def parse_bands(ctx, param, value: str | None) -> list[int] | None:
@@ -91,6 +176,20 @@ def parse_bands(ctx, param, value: str | None) -> list[int] | None:
         return [int(v) for v in value.split(",")]
     except ValueError:
         raise click.BadParameter("give band numbers separated by commas, e.g. 4,3,2") from None
+
+
+def integer_list(minimum: int, maximum: int | None = None):
+    """A callback parsing a comma-separated list of whole numbers within bounds (e.g. --seeds 0,1,2)."""
+    def parse(ctx, param, value: str | None) -> list[int] | None:
+        if not value:
+            return None
+        try:
+            return [check_number("value", int(v, 10), minimum, maximum, integer=True) for v in value.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: give whole numbers separated by commas, e.g. 1,2,3") from None
+        except GeoprotoError as exc:
+            raise click.BadParameter(f"each {str(exc).removeprefix('value ')}") from None
+    return parse
 
 
 encoder_options = [
@@ -103,9 +202,10 @@ encoder_options = [
                  help="ImageNet trunk weights in torchvision's layout (resnet50, vgg16)."),
     click.option("--bands", callback=parse_bands, help="1 or 3 band numbers, e.g. 4,3,2 [default: first three]."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-    click.option("--batch-size", type=click.IntRange(1), help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
+    click.option("--batch-size", type=Number(1, integer=True),
+                 help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
 ]
-workers_option = click.option("--workers", type=click.IntRange(0),
+workers_option = click.option("--workers", type=Number(0, MAX_WORKERS, integer=True),
                               help="DenseCRF worker processes [default: one per core; 0: none].")
 
 dataset_options = [
@@ -114,12 +214,12 @@ dataset_options = [
     click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's folder."),
     click.option("--city", type=click.Choice(["vaihingen", "potsdam"]), default="vaihingen", show_default=True,
                  help="ISPRS city."),
-    click.option("--bands", type=click.Choice(["IRRG", "RGB"], case_sensitive=False), default="IRRG",
+    click.option("--isprs-bands", "bands", type=click.Choice(["IRRG", "RGB"], case_sensitive=False), default="IRRG",
                  show_default=True, help="ISPRS image bands (Potsdam has both)."),
     click.option("--eroded", is_flag=True, help="ISPRS: use the eroded-boundary ground truth."),
     click.option("--dsm", is_flag=True, help="ISPRS: add the DSM as a channel (backbones with a 4-band stem)."),
-    click.option("--downsample", type=click.IntRange(1), help="ISPRS: read at 1/N resolution [Potsdam: 2]."),
-    click.option("--fold", type=click.IntRange(0, 3), help="PASCAL-5i fold (its 5 classes are unseen)."),
+    click.option("--downsample", type=Number(1, 64, integer=True), help="ISPRS: read at 1/N resolution [Potsdam: 2]."),
+    click.option("--fold", type=Number(0, 3, integer=True), help="PASCAL-5i fold (its 5 classes are unseen)."),
     click.option("--split", type=click.Path(dir_okay=False), help="JSON of split name -> image names."),
     click.option("--holdout", help="folder: regular expression of image names forming the test split."),
 ]
@@ -130,14 +230,14 @@ support_options = [
     click.option("--support-crs", help="CRS of the support vector, overriding what it declares (e.g. EPSG:32616)."),
     click.option("--assume-crs", help="CRS of a raster that has none."),
     click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
-                 help="JSON of class ids, names and colours (for label rasters and numeric codes)."),
-    click.option("--buffer", type=click.FloatRange(min=0), default=0.0,
+                 help="JSON file of class ids, names and colours (for label rasters and numeric codes)."),
+    click.option("--buffer", type=Number(0), default=0.0,
                  help="Buffer point and line support by this distance (raster CRS units, e.g. metres)."),
     click.option("--support-image", type=click.Path(dir_okay=False),
                  help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery)."),
 ]
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar nor closing message.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 
 

@@ -5,28 +5,19 @@ from __future__ import annotations
 import click
 
 from ..evaluation import score
-from .options import handle_errors, print_json
-
-
-def _mapping(ctx, param, values):
-    pairs = {}
-    for value in values:
-        if "=" not in value:
-            raise click.BadParameter(f"{value!r}: write NAME=NEW")
-        name, new = value.split("=", 1)
-        pairs[name] = new
-    return pairs
+from .options import handle_errors, not_stdio, parse_pairs, print_json, printable
 
 
 @click.command("score")
-@click.argument("prediction", type=click.Path(dir_okay=False))
-@click.option("--truth", required=True, type=click.Path(dir_okay=False),
+@click.argument("prediction", type=click.Path(dir_okay=False), callback=not_stdio)
+@click.option("--truth", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Ground truth: a label raster, or polygons with a class column (any OGR format, any CRS).")
 @click.option("--class-field", help="Class column of vector truth [default: detected].")
 @click.option("--truth-crs", help="CRS of vector truth, overriding what it declares.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
-              help="JSON naming the truth raster's class ids (or colours).")
-@click.option("--map", "mapping", multiple=True, callback=_mapping,
+              help="JSON file naming the truth raster's class ids (or colours) [default: the names a "
+                   "geoproto raster or GDAL category names carry].")
+@click.option("--map", "mapping", multiple=True, callback=parse_pairs,
               help="Rename a class of the truth or the prediction: NAME=NEW (repeatable; several names may "
                    "map to one).")
 @click.option("--background", help="With vector truth: the class of pixels outside every polygon "
@@ -43,13 +34,16 @@ def score_command(prediction, truth, class_field, truth_crs, classes_file, mappi
     names = report["class_names"]
     click.echo(f"overall accuracy {report['overall_accuracy']}  kappa {report['kappa']}  "
                f"mean IoU {report['mean_iou']}  mean F1 {report['mean_f1']}")
+    if report["unpredicted_pixels"]:
+        click.echo(f"Warning: the prediction is nodata on {report['unpredicted_pixels']} truth pixels "
+                   f"({100 * report['unpredicted_share']:.2f} %), left out of these scores", err=True)
     click.echo(f"{'class':>16} {'F1':>8} {'IoU':>8} {'pixels':>10}")
     for name in names:
         c = report["classes"][name]
-        click.echo(f"{name:>16} {_fmt(c['f1'])} {_fmt(c['iou'])} {c['pixels']:>10}")
+        click.echo(f"{printable(name):>16} {_fmt(c['f1'])} {_fmt(c['iou'])} {c['pixels']:>10}")
     click.echo("confusion (rows: truth, columns: predicted):")
     for name, row in zip(names, report["confusion"]):
-        click.echo(f"{name:>16} " + " ".join(f"{v:>10}" for v in row))
+        click.echo(f"{printable(name):>16} " + " ".join(f"{v:>10}" for v in row))
 
 
 def _fmt(value) -> str:

@@ -4,39 +4,71 @@ from __future__ import annotations
 
 import click
 
-from ..crf import CRFParams
-from ..segment import DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SegmentOptions, segment
-from .options import (apply, encoder_options, handle_errors, json_option, print_json, quiet_option,
-                      support_options, workers_option)
+from ..crf import CRF_RANGES, CRFParams
+from ..segment import (DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
+                       segment)
+from .options import (apply, command_line, encoder_options, handle_errors, integer, json_option, not_stdio, number,
+                      parse_pairs, print_json, printable, quiet_option, show_progress, support_options,
+                      workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
 
 @click.command("segment")
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False),
+@click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
+@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Class raster (GeoTIFF).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml.")
 @apply(support_options)
 @apply(encoder_options)
 @workers_option
-@click.option("--tile-size", type=click.IntRange(32), default=DEFAULT_TILE_SIZE, show_default=True)
-@click.option("--overlap", type=click.IntRange(0), default=DEFAULT_OVERLAP, show_default=True,
+@click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]), default=DEFAULT_TILE_SIZE,
+              show_default=True)
+@click.option("--overlap", type=integer(*SEGMENT_RANGES["overlap"][:2]), default=DEFAULT_OVERLAP, show_default=True,
               help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+@click.option("--alpha", type=number(*SEGMENT_RANGES["alpha"]), default=20.0, show_default=True,
               help="Softmax scale of the cosine similarities.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
-@click.option("--crf-iterations", type=click.IntRange(1), default=_CRF_DEFAULTS.iterations, show_default=True)
-@click.option("--crf-bilateral-m", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CRF_BILATERAL_M,
+@click.option("--crf-iterations", type=integer(*CRF_RANGES["iterations"]), default=_CRF_DEFAULTS.iterations,
+              show_default=True)
+@click.option("--crf-bilateral-m", type=number(*SEGMENT_RANGES["crf_bilateral_m"]), default=DEFAULT_CRF_BILATERAL_M,
               show_default=True, help="Bilateral kernel width in metres (projected rasters).")
-@click.option("--crf-bilateral-px", type=click.FloatRange(min=0, min_open=True),
-              help="Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: 80 without a metric CRS].")
-@click.option("--crf-bilateral-srgb", type=float, default=_CRF_DEFAULTS.bilateral_srgb, show_default=True)
-@click.option("--crf-gaussian-sxy", type=float, default=_CRF_DEFAULTS.gaussian_sxy, show_default=True)
-@click.option("--probabilities", type=click.Path(dir_okay=False), help="Also write per-class scores (float32).")
-@click.option("--vector", type=click.Path(dir_okay=False), help="Also write class polygons (e.g. out.gpkg).")
-@click.option("--preview", type=click.Path(dir_okay=False), help="Also write a colour PNG preview.")
-@click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF.")
+@click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]),
+              help="Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: 80 without a metric "
+                   "CRS].")
+@click.option("--crf-bilateral-srgb", type=number(*CRF_RANGES["bilateral_srgb"]),
+              default=_CRF_DEFAULTS.bilateral_srgb, show_default=True)
+@click.option("--crf-gaussian-sxy", type=number(*CRF_RANGES["gaussian_sxy"]), default=_CRF_DEFAULTS.gaussian_sxy,
+              show_default=True)
+@click.option("--aoi", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Segment only inside these polygons (any OGR vector, any CRS); outside is nodata and "
+                   "windows outside are never read.")
+@click.option("--bbox", help="Segment only inside XMIN,YMIN,XMAX,YMAX (the raster's CRS unless --bbox-crs).")
+@click.option("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326.")
+@click.option("--min-area", type=number(*SEGMENT_RANGES["min_area"]),
+              help="Minimum mapping unit in m²: smaller regions take their largest neighbour's class, in "
+                   "the raster and so in the polygons.")
+@click.option("--driver", "-f", type=click.Choice(["GTiff", "COG"], case_sensitive=False),
+              help="Format of --output [default: GTiff].")
+@click.option("--co", "creation_options", multiple=True, callback=parse_pairs, metavar="NAME=VALUE",
+              help="GDAL creation option of the rasters, e.g. --co COMPRESS=ZSTD (repeatable).")
+@click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF (the same as -f COG).")
+@click.option("--overviews/--no-overviews", default=True, show_default=True,
+              help="Build overviews of the class raster (mode resampling).")
+@click.option("--probabilities", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Also write per-class scores (float32 GeoTIFF, NaN where the class raster is nodata).")
+@click.option("--vector", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Also write class polygons with their area (e.g. out.gpkg, out.fgb, out.shp).")
+@click.option("--vector-driver", help="OGR format of --vector [default: from its extension].")
+@click.option("--simplify", type=number(*SEGMENT_RANGES["simplify"]),
+              help="Simplify --vector polygons by this tolerance (CRS units); shared edges stay shared.")
+@click.option("--preview", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Also write a colour PNG preview.")
+@click.option("--report", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Also write the area per class (pixels, m², ha) as CSV.")
+@click.option("--check-support", is_flag=True,
+              help="Cross-validate the support polygons too and add the report to the summary (slower).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @quiet_option
 @json_option
@@ -52,13 +84,16 @@ def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m
                            bilateral_srgb=crf_bilateral_srgb)
     settings = SegmentOptions(crf=crf, crf_params=crf_params,
                               crf_bilateral_m=None if crf_bilateral_px else crf_bilateral_m,
-                              progress=not quiet, check_support=as_json, **options)
+                              progress=show_progress(quiet), command=command_line(click.get_current_context()),
+                              **options)
     summary = segment(image, support, output, settings)
     if not quiet:
         for warning in summary.get("support_check", {}).get("warnings", []):
-            click.echo(f"Warning: support check: {warning}", err=True)
+            click.echo(f"Warning: support check: {printable(warning)}", err=True)
     if as_json:
         print_json(summary)
     elif not quiet:
-        classes = ", ".join(f"{c['name']} {c['pixels']}" for c in summary["classes"])
-        click.echo(f"Wrote {output}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes} px)", err=True)
+        classes = ", ".join(f"{printable(c['name'])} {c['pixels']} px"
+                            + (f" {c['area_ha']} ha" if c["area_ha"] is not None else "") for c in summary["classes"])
+        click.echo(f"Wrote {printable(output)}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes})",
+                   err=True)

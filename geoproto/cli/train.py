@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from ..training import TrainConfig, build_samplers, load_dataset, train
+from ..training.trainer import TRAIN_RANGES
 from ..models import BACKBONES, DEFAULT_BACKBONE
-from .options import apply, command_line, dataset_options, handle_errors, json_option, print_json, quiet_option
+from .options import (apply, command_line, dataset_options, handle_errors, integer, integer_list, json_option, number,
+                      print_json, quiet_option, show_progress)
 
 _DEFAULTS = TrainConfig()
 
@@ -22,25 +24,30 @@ _DEFAULTS = TrainConfig()
 @click.option("--init-weights", type=click.Path(dir_okay=False), help="ImageNet weights (torchvision layout).")
 @click.option("--head/--no-head", default=_DEFAULTS.head, show_default=True,
               help="Train the paper's 3x3 conv head to 256 channels (else the L2-normalised stages).")
-@click.option("--ways", type=click.IntRange(1), default=_DEFAULTS.ways, show_default=True)
-@click.option("--shots", type=click.IntRange(1), default=_DEFAULTS.shots, show_default=True)
-@click.option("--queries", type=click.IntRange(1), default=_DEFAULTS.queries, show_default=True)
-@click.option("--crop", type=click.IntRange(32), default=_DEFAULTS.crop, show_default=True)
-@click.option("--iterations", type=click.IntRange(1), default=_DEFAULTS.iterations, show_default=True)
-@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True)
-@click.option("--lr-milestones", help="Iterations at which the learning rate is multiplied by --lr-gamma "
-                                      "[default: 1/3 and 2/3 of the run].")
-@click.option("--lr-gamma", type=float, default=_DEFAULTS.lr_gamma, show_default=True)
+@click.option("--ways", type=integer(*TRAIN_RANGES["ways"][:2]), default=_DEFAULTS.ways, show_default=True)
+@click.option("--shots", type=integer(*TRAIN_RANGES["shots"][:2]), default=_DEFAULTS.shots, show_default=True)
+@click.option("--queries", type=integer(*TRAIN_RANGES["queries"][:2]), default=_DEFAULTS.queries, show_default=True)
+@click.option("--crop", type=integer(*TRAIN_RANGES["crop"][:2]), default=_DEFAULTS.crop, show_default=True)
+@click.option("--iterations", type=integer(*TRAIN_RANGES["iterations"][:2]),
+              default=_DEFAULTS.iterations, show_default=True)
+@click.option("--lr", type=number(*TRAIN_RANGES["lr"]), default=_DEFAULTS.lr, show_default=True)
+@click.option("--lr-milestones", callback=integer_list(1),
+              help="Iterations at which the learning rate is multiplied by --lr-gamma [default: 1/3 and 2/3 of the "
+                   "run].")
+@click.option("--lr-gamma", type=number(*TRAIN_RANGES["lr_gamma"]), default=_DEFAULTS.lr_gamma, show_default=True)
 @click.option("--align/--no-align", default=_DEFAULTS.align, show_default=True,
               help="Add PANet's prototype alignment loss.")
-@click.option("--alpha", type=float, default=_DEFAULTS.alpha, show_default=True)
-@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(1), default=_DEFAULTS.checkpoint_every, show_default=True)
-@click.option("--val-every", type=click.IntRange(1), default=_DEFAULTS.val_every, show_default=True)
-@click.option("--val-episodes", type=click.IntRange(1), default=_DEFAULTS.val_episodes, show_default=True)
+@click.option("--alpha", type=number(*TRAIN_RANGES["alpha"]), default=_DEFAULTS.alpha, show_default=True)
+@click.option("--seed", type=integer(*TRAIN_RANGES["seed"][:2]), default=_DEFAULTS.seed, show_default=True)
+@click.option("--checkpoint-every", type=integer(*TRAIN_RANGES["checkpoint_every"][:2]),
+              default=_DEFAULTS.checkpoint_every, show_default=True)
+@click.option("--val-every", type=integer(*TRAIN_RANGES["val_every"][:2]),
+              default=_DEFAULTS.val_every, show_default=True)
+@click.option("--val-episodes", type=integer(*TRAIN_RANGES["val_episodes"][:2]),
+              default=_DEFAULTS.val_episodes, show_default=True)
 @click.option("--val-split", default="test", show_default=True,
               help="Split validation episodes come from (none: no validation).")
-@click.option("--workers", type=click.IntRange(0), default=_DEFAULTS.workers, show_default=True,
+@click.option("--workers", type=integer(*TRAIN_RANGES["workers"][:2]), default=_DEFAULTS.workers, show_default=True,
               help="Processes preparing episodes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --output where it stopped.")
@@ -52,14 +59,13 @@ def train_command(dataset, root, city, bands, eroded, dsm, downsample, fold, spl
     """Train the encoder on C-way K-shot episodes and write checkpoints for `segment --checkpoint`."""
     data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, dsm=dsm, downsample=downsample,
                         split=split, holdout=holdout)
-    milestones = [int(v) for v in lr_milestones.split(",")] if lr_milestones else []
-    config = TrainConfig(lr_milestones=milestones, **settings)
+    config = TrainConfig(lr_milestones=lr_milestones or [], **settings)
     train_sampler, val_sampler = build_samplers(data, config, train_classes, test_classes, fold, val_split)
     metadata = {"command": command_line(click.get_current_context()),
                 "dataset": {"kind": dataset, "root": root, "name": data.name, "city": city, "fold": fold,
                             "train_images": [s.name for s in train_sampler.samples]}}
     summary = train(train_sampler, val_sampler, config, output, resume=resume, metadata=metadata,
-                    progress=not quiet)
+                    progress=show_progress(quiet))
     if as_json:
         print_json(summary)
     elif not quiet:

@@ -48,10 +48,13 @@ def load_folder(root: str, split_file: str | None = None, holdout: str | None = 
     if split_file:
         try:
             splits = {k: list(v) for k, v in json.loads(Path(split_file).read_text()).items()}
-        except (OSError, json.JSONDecodeError, AttributeError) as exc:
-            raise GeoprotoError(f"{split_file}: not a split file ({exc})") from None
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:
+            raise GeoprotoError(f"{split_file}: not a split file ({str(exc)[:200] or type(exc).__name__})") from None
     elif holdout:
-        pattern = re.compile(holdout)
+        try:
+            pattern = re.compile(holdout)
+        except re.error as exc:
+            raise GeoprotoError(f"--holdout {holdout!r}: not a regular expression ({exc})") from None
         splits = {"train": [n for n in names if not pattern.search(n)],
                   "test": [n for n in names if pattern.search(n)]}
     else:

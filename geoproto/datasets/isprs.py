@@ -35,8 +35,8 @@ def _split(city: str, split_file: str | None) -> dict[str, list[str]]:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
         return {k: [str(v) for v in names] for k, names in data[city].items()}
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
-        raise GeoprotoError(f"{path}: no {city} split ({exc})") from None
+    except (OSError, KeyError, ValueError, AttributeError, TypeError, RecursionError) as exc:
+        raise GeoprotoError(f"{path}: no {city} split ({str(exc)[:200] or type(exc).__name__})") from None
 
 
 def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: bool = False,

@@ -17,6 +17,7 @@ import zipfile
 import torch
 
 from ..errors import GeoprotoError
+from ..validation import check_memory
 from .encoder import BACKBONES, DEFAULT_BACKBONE, Encoder
 
 FORMAT = "geoproto-checkpoint"
@@ -33,9 +34,31 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# torch.save stores tensors uncompressed: a weights file that inflates to many times its size is a
+# zip bomb, refused from the sizes its zip directory declares before anything is read.
+MAX_INFLATION = 4
+INFLATION_SLACK_BYTES = 16 << 20
+
+
+def _check_declared_size(path: str) -> None:
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy (pre-1.6) format: read as it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(max(0, entry.file_size) for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise GeoprotoError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)})") from None
+    size = os.path.getsize(path)
+    if declared > MAX_INFLATION * size + INFLATION_SLACK_BYTES:
+        raise GeoprotoError(f"{path}: declares {declared / 2 ** 20:.0f} MiB of contents in a {size / 2 ** 20:.1f} MiB "
+                            f"file; refused (weights files are stored uncompressed)")
+    check_memory(declared, f"{path}: loading", "this is not a weights file this machine can load")
+
+
 def safe_load(path: str) -> object:
     if not os.path.isfile(path):
         raise GeoprotoError(f"{path}: no such file")
+    _check_declared_size(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

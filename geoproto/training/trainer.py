@@ -29,9 +29,15 @@ from ..fewshot import DEFAULT_ALPHA, class_scores, masked_average_prototypes
 from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
 from ..models.checkpoint import safe_load
 from ..models.runtime import resolve_device, window_features
+from ..output import same_file
+from ..validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
 from .episodes import EpisodeSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003
+RUN_FILES = ("state.pt", "model.pt", "best.pt", "log.jsonl")
+# Rough bytes per crop pixel a training step holds: activations kept for the backward pass and their
+# gradients (to refuse a crop and episode size that cannot fit before training starts).
+TRAIN_BYTES_PER_PIXEL = 1024
 
 
 @dataclass
@@ -58,6 +64,23 @@ class TrainConfig:
     log_every: int = 10
     workers: int = 2
     device: str = "auto"
+
+    def __post_init__(self):
+        """A NaN or absurd setting would train for hours and write a checkpoint of NaN weights."""
+        for name, (low, high, min_open) in TRAIN_RANGES.items():
+            integer = isinstance(getattr(TrainConfig, name), int)
+            setattr(self, name, check_number(name, getattr(self, name), low, high, min_open, integer))
+        self.lr_milestones = [check_number("lr_milestones", m, 1, integer=True) for m in self.lr_milestones]
+
+
+# Bounds (low, high, low excluded) of every numeric setting; the CLI's options use the same.
+TRAIN_RANGES = {
+    "ways": (1, 254, False), "shots": (1, 1000, False), "queries": (1, 1000, False), "crop": (32, 8192, False),
+    "iterations": (1, None, False), "lr": (0, 10, True), "momentum": (0, 1, False),
+    "weight_decay": (0, 1, False), "lr_gamma": (0, 1, True), "alpha": (0, ALPHA_MAX, True),
+    "seed": (0, 2 ** 32 - 1, False), "checkpoint_every": (1, None, False), "val_every": (1, None, False),
+    "val_episodes": (1, None, False), "log_every": (1, None, False), "workers": (0, MAX_WORKERS, False),
+}
 
 
 def episode_logits(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
@@ -149,7 +172,17 @@ def _set_bn_eval(encoder: Encoder) -> None:
 def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, config: TrainConfig, output: str,
           resume: bool = False, metadata: dict | None = None, progress: bool = True) -> dict:
     """Run (or resume) episodic training into the folder ``output``; returns a summary."""
-    os.makedirs(output, exist_ok=True)
+    images = config.ways * config.shots + config.queries
+    check_memory(images * config.crop ** 2 * TRAIN_BYTES_PER_PIXEL, f"--crop {config.crop} with {images} images "
+                 f"per episode", "choose a smaller --crop, --shots or --queries")
+    for name in RUN_FILES:
+        if config.init_weights and same_file(os.path.join(output, name), config.init_weights):
+            raise GeoprotoError(f"--init-weights {config.init_weights}: is the run's own {name}, which training "
+                                f"replaces; copy it elsewhere or choose another --output")
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as exc:
+        raise GeoprotoError(f"{output}: cannot create the run folder ({exc.strerror})") from None
     state_path = os.path.join(output, "state.pt")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -168,12 +201,17 @@ def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, con
         if not os.path.isfile(state_path):
             raise GeoprotoError(f"{state_path}: nothing to resume")
         state = safe_load(state_path)
+        if not isinstance(state, dict):
+            raise GeoprotoError(f"{state_path}: not a training state (nothing to resume)")
         if state.get("config") != _comparable(config):
             raise GeoprotoError(f"{state_path}: was written with other settings; resume with the same options")
-        encoder.load_state_dict(state["encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, best = int(state["iteration"]), dict(state["best"])
+        try:
+            encoder.load_state_dict(state["encoder"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start, best = int(state["iteration"]), dict(state["best"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise GeoprotoError(f"{state_path}: damaged training state ({str(exc).splitlines()[0][:200]})") from None
     metadata = {**(metadata or {}), "config": asdict(config)}
     num_classes = config.ways + 1
     log = open(os.path.join(output, "log.jsonl"), "a", encoding="utf-8")

@@ -1,0 +1,119 @@
+"""The part of the orthophoto to segment: ``--aoi`` polygons or a ``--bbox``, in any CRS.
+
+Windows that do not reach the area are dropped before anything is read, so a small area of a large
+orthophoto costs only the windows under it; inside those windows, pixels outside the area become nodata.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from affine import Affine
+
+from .errors import GeoprotoError
+from .raster import RasterSource
+from .tiling import Tile
+from .validation import check_number
+
+
+@dataclass
+class AreaOfInterest:
+    """The area as one (multi)polygon in the raster's pixel space (column, row)."""
+
+    geometry: object  # shapely geometry
+
+    def reaches(self, tile: Tile) -> bool:
+        import shapely
+
+        return bool(shapely.intersects(self.geometry, shapely.box(tile.col, tile.row, tile.col + tile.width,
+                                                                  tile.row + tile.height)))
+
+    def mask(self, tile: Tile, size: int) -> np.ndarray:
+        """``size`` x ``size``: True where the window's pixel centre lies inside the area."""
+        from rasterio.features import geometry_mask
+
+        inside = np.zeros((size, size), bool)
+        inside[: tile.height, : tile.width] = geometry_mask(
+            [self.geometry], (tile.height, tile.width), Affine.translation(tile.col, tile.row), invert=True)
+        return inside
+
+
+@dataclass
+class ClippedSource:
+    """A RasterSource whose pixels outside the area of interest read as invalid (nodata)."""
+
+    source: RasterSource
+    area: AreaOfInterest
+
+    def dataset(self):
+        return self.source.dataset()
+
+    def read(self, src, tile: Tile, size: int, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        image, valid = self.source.read(src, tile, size, context)
+        return image, valid & self.area.mask(tile, size)
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(check_number("--bbox", float(v)) for v in text.replace(" ", ",").split(",") if v)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or values[0] >= values[2] or values[1] >= values[3]:
+        raise GeoprotoError(f"--bbox {text!r}: give XMIN,YMIN,XMAX,YMAX with XMIN < XMAX and YMIN < YMAX")
+    return values
+
+
+def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = None,
+              bbox_crs: str | None = None) -> AreaOfInterest | None:
+    """The ``--aoi`` file's polygons or the ``--bbox`` (in the raster's CRS unless ``bbox_crs``), in the
+    raster's pixel space; None when neither is given."""
+    import geopandas
+    import shapely
+    from pyproj import CRS
+
+    if aoi is None and bbox is None:
+        if bbox_crs:
+            raise GeoprotoError("--bbox-crs needs --bbox")
+        return None
+    if aoi is not None and bbox is not None:
+        raise GeoprotoError("give --aoi or --bbox, not both")
+    target = CRS.from_user_input(raster_crs.to_wkt()) if raster_crs is not None else None
+    if bbox is not None:
+        try:
+            crs = CRS.from_user_input(bbox_crs) if bbox_crs else target
+        except Exception as exc:
+            raise GeoprotoError(f"--bbox-crs {bbox_crs!r}: not a CRS ({exc})") from None
+        # Densified, so that a box in another CRS keeps its curved edges once reprojected.
+        bounds = parse_bbox(bbox)
+        box = shapely.segmentize(shapely.box(*bounds), (bounds[2] - bounds[0]) / 64)
+        frame = geopandas.GeoDataFrame(geometry=[box], crs=crs)
+        name = "--bbox"
+    else:
+        if not os.path.exists(aoi):
+            raise GeoprotoError(f"{aoi}: no such file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                frame = geopandas.read_file(aoi)
+        except Exception as exc:  # pyogrio raises several types for unreadable files
+            raise GeoprotoError(f"{aoi}: not a readable vector file ({str(exc).splitlines()[0]})") from None
+        frame = frame[~(frame.geometry.isna() | frame.geometry.is_empty)]
+        frame = frame[frame.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
+        if frame.empty:
+            raise GeoprotoError(f"{aoi}: holds no polygon")
+        name = aoi
+    if (frame.crs is None) != (target is None):
+        raise GeoprotoError(f"{name}: has {'no CRS' if frame.crs is None else 'a CRS'} while the raster has "
+                            f"{'one' if target is not None else 'none'}")
+    if target is not None:
+        frame = frame.to_crs(target)
+    inverse = ~reference.transform
+    matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
+    geometry = shapely.affinity.affine_transform(shapely.union_all(shapely.make_valid(frame.geometry.values)),
+                                                 matrix)
+    if not geometry.intersects(shapely.box(0, 0, reference.width, reference.height)):
+        raise GeoprotoError(f"{name}: does not overlap the raster {reference.name}")
+    return AreaOfInterest(geometry)

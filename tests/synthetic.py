@@ -1,0 +1,67 @@
+"""Tiny synthetic rasters and support polygons written in a test's tmp_path (no real data needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from shapely.geometry import box
+
+SIDE = 96
+PIXEL = 0.5
+ORIGIN = (500000.0, 3700000.0)
+TRANSFORM = from_origin(*ORIGIN, PIXEL, PIXEL)
+CRS = "EPSG:32616"
+
+
+def two_halves(dtype: str = "uint8", bands: int = 3, side: int = SIDE, seed: int = 0) -> np.ndarray:
+    """A bright, smooth left half and a dark, striped right half: two classes any encoder separates."""
+    rng = np.random.default_rng(seed)
+    image = np.empty((bands, side, side), np.float64)
+    image[:, :, : side // 2] = 200 + rng.normal(0, 4, (bands, side, side // 2))
+    stripes = 40 + 30 * (np.arange(side - side // 2) % 6 < 3)
+    image[:, :, side // 2:] = stripes[None, None, :] + rng.normal(0, 4, (bands, side, side - side // 2))
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        image = np.clip(image, 1, np.iinfo(dtype).max)
+    return image.astype(dtype)
+
+
+def write_raster(path: Path, data: np.ndarray, nodata=None, crs=CRS, transform=TRANSFORM, **profile) -> Path:
+    with rasterio.open(path, "w", driver=profile.pop("driver", "GTiff"), width=data.shape[2], height=data.shape[1],
+                       count=data.shape[0], dtype=data.dtype, crs=crs, transform=transform, nodata=nodata,
+                       **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def write_support(path: Path, classes=("bright", "dark"), side: int = SIDE, field: str = "class") -> Path:
+    """One square per class, the first in the left half, the second in the right half."""
+    x0, y0 = ORIGIN
+    size = side * PIXEL
+    boxes = [box(x0 + 0.1 * size, y0 - 0.6 * size, x0 + 0.35 * size, y0 - 0.35 * size),
+             box(x0 + 0.65 * size, y0 - 0.6 * size, x0 + 0.9 * size, y0 - 0.35 * size)]
+    geopandas.GeoDataFrame({field: list(classes)}, geometry=boxes[: len(classes)], crs=CRS).to_file(path)
+    return path
+
+
+def scene(folder: Path, data: np.ndarray | None = None, nodata=None, **profile) -> tuple[Path, Path]:
+    """An image and its support in ``folder``."""
+    data = two_halves() if data is None else data
+    return (write_raster(folder / "image.tif", data, nodata, **profile), write_support(folder / "support.gpkg"))
+
+
+def leftovers(folder: Path, *keep: str) -> list[str]:
+    """Everything in ``folder`` but ``keep``: outputs, partial files and staging folders alike."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+def dead_pid() -> int:
+    """The id of a process that has just exited (what a run killed with kill -9 leaves in its names)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
