@@ -50,7 +50,7 @@ class SegmentOptions:
     alpha: float = DEFAULT_ALPHA
     device: str = "auto"
     batch_size: int | None = None
-    workers: int | None = None  # DenseCRF processes; None: one per core, 0: in the main process
+    workers: int | None = None  # pydensecrf2 processes; None: one per core, 0: in the main process
     # Support
     class_field: str | None = None
     layer: str | None = None
@@ -61,6 +61,7 @@ class SegmentOptions:
     buffer: float = 0.0
     # DenseCRF; ``crf_bilateral_m`` None means ``crf_params.bilateral_sxy`` is taken as pixels.
     crf: bool = True
+    crf_backend: str = crf_module.DEFAULT_BACKEND  # crf.BACKENDS: torch on the model's device, or densecrf
     crf_params: crf_module.CRFParams = field(default_factory=crf_module.CRFParams)
     crf_bilateral_m: float | None = DEFAULT_CRF_BILATERAL_M
     # Outputs
@@ -216,6 +217,8 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     options = options or SegmentOptions()
     started = time.perf_counter()
     _check_tiling(options)
+    if options.crf:
+        crf_module.require_backend(options.crf_backend)
     staged = StagedOutputs(options.overwrite)
     class_tmp = staged.stage(output)
     probability_tmp = staged.stage(options.probabilities) if options.probabilities else None
@@ -245,7 +248,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                     counts, crf_rejected, stage_seconds = run_tiles(
                         source, tiles, extract, prototypes, np.array(classes.ids, np.uint8), writer, size,
                         options.alpha, crf_params if options.crf else None, batch_size, workers,
-                        options.progress)
+                        options.progress, options.crf_backend)
                 finally:
                     writer.close()
         with gdal_write_errors(output):
@@ -265,7 +268,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                     for k, (i, n) in enumerate(zip(classes.ids, classes.names))],
         "nodata_pixels": int(counts[-1]), "support": support_stats, "stage_seconds": stage_seconds,
         **({"support_check": check} if check else {}),
-        "crf": {"enabled": options.crf, **({"iterations": crf_params.iterations,
+        "crf": {"enabled": options.crf, **({"backend": options.crf_backend, "iterations": crf_params.iterations,
                                             "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
                                             "tiles_kept_unrefined": crf_rejected} if options.crf else {})},
     }

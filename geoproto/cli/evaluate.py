@@ -11,7 +11,7 @@ from ..evaluation import evaluate, format_table
 from ..models import select_encoder
 from ..segment import resolve_device
 from ..training import load_dataset
-from .options import apply, dataset_options, encoder_options, handle_errors, quiet_option
+from .options import apply, crf_backend_option, dataset_options, encoder_options, handle_errors, quiet_option
 
 
 @click.command("evaluate")
@@ -21,6 +21,7 @@ from .options import apply, dataset_options, encoder_options, handle_errors, qui
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Comma-separated seeds (one run each).")
 @click.option("--classes", "class_names", help="Evaluate only these classes (comma-separated names).")
 @click.option("--crf/--no-crf", default=True, show_default=True)
+@crf_backend_option
 @click.option("--crf-bilateral-px", type=float, default=CRFParams.bilateral_sxy, show_default=True,
               help="Bilateral kernel width in pixels (the paper's 80 for 9 cm imagery).")
 @click.option("--train-split", default="train", show_default=True, help="Split the supports come from.")
@@ -30,7 +31,7 @@ from .options import apply, dataset_options, encoder_options, handle_errors, qui
 @quiet_option
 @handle_errors
 def evaluate_command(dataset, root, city, bands, eroded, dsm, downsample, fold, split, holdout, encoder, backbone,
-                     checkpoint, init_weights, shots, seeds, class_names, crf, crf_bilateral_px, train_split,
+                     checkpoint, init_weights, shots, seeds, class_names, crf, crf_backend, crf_bilateral_px, train_split,
                      test_split, device, json_path, quiet):
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
@@ -43,7 +44,8 @@ def evaluate_command(dataset, root, city, bands, eroded, dsm, downsample, fold, 
         raise click.BadParameter("comma-separated integers", param_hint="--seeds") from None
     report = evaluate(data, model, shots, seed_list, class_names.split(",") if class_names else None, crf,
                       resolve_device(device), train_split, test_split,
-                      crf_params=CRFParams(bilateral_sxy=crf_bilateral_px), progress=not quiet)
+                      crf_params=CRFParams(bilateral_sxy=crf_bilateral_px), progress=not quiet,
+                      crf_backend=crf_backend)
     report["encoder"] = info
     click.echo(format_table(report))
     if json_path:

@@ -12,6 +12,7 @@ import warnings
 import click
 from rasterio.errors import NotGeoreferencedWarning
 
+from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..errors import GeoprotoError
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 
@@ -106,7 +107,12 @@ encoder_options = [
     click.option("--batch-size", type=click.IntRange(1), help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
 ]
 workers_option = click.option("--workers", type=click.IntRange(0),
-                              help="DenseCRF worker processes [default: one per core; 0: none].")
+                              help="DenseCRF worker processes for --crf-backend densecrf [default: one per core; "
+                                   "0: none].")
+crf_backend_option = click.option(
+    "--crf-backend", type=click.Choice(list(BACKENDS)), default=DEFAULT_BACKEND, show_default=True,
+    help="DenseCRF implementation: torch (batched on the model's device) or densecrf (pydensecrf2, "
+         "pip install 'geoproto[crf]'; one process per core).")
 
 dataset_options = [
     click.option("--dataset", type=click.Choice(["isprs", "pascal5i", "folder"]), required=True,

@@ -6,8 +6,8 @@ import click
 
 from ..crf import CRFParams
 from ..segment import DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SegmentOptions, segment
-from .options import (apply, encoder_options, handle_errors, json_option, print_json, quiet_option,
-                      support_options, workers_option)
+from .options import (apply, crf_backend_option, encoder_options, handle_errors, json_option, print_json,
+                      quiet_option, support_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -26,6 +26,7 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
               help="Softmax scale of the cosine similarities.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
+@crf_backend_option
 @click.option("--crf-iterations", type=click.IntRange(1), default=_CRF_DEFAULTS.iterations, show_default=True)
 @click.option("--crf-bilateral-m", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CRF_BILATERAL_M,
               show_default=True, help="Bilateral kernel width in metres (projected rasters).")
