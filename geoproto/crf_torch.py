@@ -94,13 +94,26 @@ class Lattice:
                          self.vertices)
         n2 = torch.full((d + 1, self.vertices + 1), self.vertices, dtype=torch.int64, device=device)
         n2.scatter_(1, n1, torch.arange(self.vertices, device=device).expand(d + 1, -1))
-        self.neighbours = torch.stack([n1, n2[:, :-1]], 1)  # (d + 1, 2, M)
+        # The blur along each axis as a sparse (M + 1) x (M + 1) matrix: v + (n1 + n2) / 2, the last row
+        # empty (the zero vertex). One product per axis: few, large operations, which keep torch's
+        # threads busy (dozens of small ones per axis spend their time waiting for each other).
+        own = torch.arange(self.vertices, device=device)
+        self._blurs = []
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are not
+            warnings.simplefilter("ignore", UserWarning)
+            for j in range(d + 1):
+                columns = torch.stack([own, n1[j], n2[j, :-1]], 1).reshape(-1)
+                rows = torch.arange(0, 3 * self.vertices + 1, 3, device=device)
+                rows = torch.cat([rows, rows[-1:]])
+                values = torch.tensor([1.0, 0.5, 0.5], device=device).repeat(self.vertices)
+                self._blurs.append(torch.sparse_csr_tensor(rows, columns, values, (self.vertices + 1,) * 2,
+                                                           check_invariants=False))
         # Sparse splat (M x N, entries sorted by vertex) and slice (N x M, sorted by point) matrices.
         weights = weights.T.reshape(-1)  # point-major, as codes
         self._points = points
         self._slice_rows = torch.arange(0, (d + 1) * points + 1, d + 1, device=device)
         self._slice_cols, self._slice_weights = offsets, weights * (1.0 / (1.0 + 2.0 ** -d))
-        self._splat_rows = torch.cat([starts, starts.new_tensor([len(codes)])])
+        self._splat_rows = torch.cat([starts, starts.new_tensor([len(codes), len(codes)])])  # + the zero vertex
         self._splat_points = torch.div(order, d + 1, rounding_mode="floor")
         self._splat_weights = weights.index_select(0, order)
         self._set_matrices(self._splat_weights, self._slice_weights)
@@ -109,20 +122,15 @@ class Lattice:
         with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are not
             warnings.simplefilter("ignore", UserWarning)
             self._splat = torch.sparse_csr_tensor(self._splat_rows, self._splat_points, splat_weights,
-                                                  (self.vertices, self._points), check_invariants=False)
+                                                  (self.vertices + 1, self._points), check_invariants=False)
             self._slice = torch.sparse_csr_tensor(self._slice_rows, self._slice_cols, slice_weights,
-                                                  (self._points, self.vertices), check_invariants=False)
+                                                  (self._points, self.vertices + 1), check_invariants=False)
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
-        # Two buffers with a last row of zeros (the missing neighbour), swapped after each axis.
-        blurred = values.new_zeros(self.vertices + 1, values.shape[1])
-        spare = blurred.clone()
-        blurred[:-1] = self._splat @ values
-        for n1, n2 in self.neighbours:
-            torch.add(blurred.index_select(0, n1), blurred.index_select(0, n2), out=spare[:-1])
-            spare[:-1].mul_(0.5).add_(blurred[:-1])
-            blurred, spare = spare, blurred
-        return self._slice @ blurred[:-1]
+        blurred = self._splat @ values
+        for blur in self._blurs:
+            blurred = blur @ blurred
+        return self._slice @ blurred
 
     def normalise(self, compat: float) -> "Lattice":
         """Make ``filter`` compute compat * n * K(n * values), n = 1 / sqrt(K 1) (pydensecrf's

@@ -151,6 +151,15 @@ def test_missing_image(tmp_path):
     _assert_clean_failure(run(tmp_path / "nope.tif", "--support", SUPPORT, "-o", out), out, "nope.tif", "no such file")
 
 
+def test_densecrf_backend_not_installed(tmp_path, monkeypatch):
+    """pydensecrf2 is an extra: asking for its backend without it fails before any work, naming the fix."""
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    out = tmp_path / "c.tif"
+    _assert_clean_failure(run(CHIP, "--support", SUPPORT, "-o", out, "--crf-backend", "densecrf"), out,
+                          "--crf-backend densecrf needs pydensecrf2", "pip install 'geoproto[crf]'")
+
+
 def test_unreadable_raster(tmp_path):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\x00" + b"\x00" * 100)
