@@ -227,17 +227,24 @@ def crf_comparison(root: Path, count: int, device: str, batch_size: int, workers
     target = torch.device(device)
     crf_torch.refine_batch(torch.from_numpy(windows[0][0])[None].to(target),
                            torch.from_numpy(windows[0][1])[None].to(target), params)
-    refined = []
-    started = time.perf_counter()
-    for start in range(0, count, batch_size):
-        chunk = windows[start:start + batch_size]
-        images = torch.from_numpy(np.stack([image for image, _ in chunk])).to(target)
-        probabilities = torch.from_numpy(np.stack([p for _, p in chunk])).to(target)
-        refined += list(crf_torch.refine_batch(images, probabilities, params)[0].cpu().numpy())
-    torch_seconds = time.perf_counter() - started
+    torch_per_s = {}
+    threads = torch.get_num_threads()
+    # One thread as well as all of them: torch's threads wait for each other at every operation, which
+    # costs little on idle cores and a great deal on cores other processes keep busy.
+    for count_threads in sorted({1, threads}) if target.type == "cpu" else [threads]:
+        torch.set_num_threads(count_threads)
+        refined = []
+        started = time.perf_counter()
+        for start in range(0, count, batch_size):
+            chunk = windows[start:start + batch_size]
+            images = torch.from_numpy(np.stack([image for image, _ in chunk])).to(target)
+            probabilities = torch.from_numpy(np.stack([p for _, p in chunk])).to(target)
+            refined += list(crf_torch.refine_batch(images, probabilities, params)[0].cpu().numpy())
+        torch_per_s[count_threads] = count / (time.perf_counter() - started)
+    torch.set_num_threads(threads)
     agree = np.mean([(a.argmax(0) == b.argmax(0)).mean() for a, b in zip(reference, refined)])
-    return {"windows": count, "workers": workers, "threads": torch.get_num_threads(), "batch": batch_size,
-            "densecrf_per_s": count / pool_seconds, "torch_per_s": count / torch_seconds, "agree": float(agree)}
+    return {"windows": count, "workers": workers, "batch": batch_size, "densecrf_per_s": count / pool_seconds,
+            "torch_per_s": torch_per_s, "agree": float(agree)}
 
 
 def child(args) -> None:
@@ -289,10 +296,10 @@ def main() -> None:
     if args.crf_windows:
         crf = crf_comparison(args.root, args.crf_windows, args.device,
                              args.crf_batch or (16 if args.device == "cuda" else 1), args.workers)
-        print(f"CRF alone, {crf['windows']} windows of 417 px, 24 px bilateral kernel: pydensecrf2 pool of "
-              f"{crf['workers']} {crf['densecrf_per_s']:.2f} windows/s; torch ({args.device}, {crf['threads']} "
-              f"threads, batch {crf['batch']}) {crf['torch_per_s']:.2f} windows/s; ratio "
-              f"{crf['torch_per_s'] / crf['densecrf_per_s']:.2f}; labels agreeing {100 * crf['agree']:.3f}%")
+        print(f"CRF alone, {crf['windows']} windows of 417 px, 24 px bilateral kernel, labels agreeing "
+              f"{100 * crf['agree']:.3f}%: pydensecrf2 pool of {crf['workers']} {crf['densecrf_per_s']:.2f} windows/s; "
+              + "; ".join(f"torch ({args.device}, {threads} thread(s), batch {crf['batch']}) {per_s:.2f} windows/s, "
+                          f"ratio {per_s / crf['densecrf_per_s']:.2f}" for threads, per_s in crf["torch_per_s"].items()))
         sys.stdout.flush()
     sides = [int(s) for s in args.sizes.split(",") if int(s)]
     if not sides:
