@@ -96,35 +96,32 @@ class Lattice:
         n2.scatter_(1, n1, torch.arange(self.vertices, device=device).expand(d + 1, -1))
         # The blur along each axis as a sparse (M + 1) x (M + 1) matrix: v + (n1 + n2) / 2, the last row
         # empty (the zero vertex). One product per axis: few, large operations, which keep torch's
-        # threads busy (dozens of small ones per axis spend their time waiting for each other).
+        # threads busy (dozens of small ones per axis spend their time waiting for each other). Every
+        # sparse matrix here is a valid CSR tensor (columns sorted and unique in each row).
         own = torch.arange(self.vertices, device=device)
+        share = torch.tensor([1.0, 0.5, 0.5], device=device).expand(self.vertices, 3)
         self._blurs = []
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are not
-            warnings.simplefilter("ignore", UserWarning)
-            for j in range(d + 1):
-                columns = torch.stack([own, n1[j], n2[j, :-1]], 1).reshape(-1)
-                rows = torch.arange(0, 3 * self.vertices + 1, 3, device=device)
-                rows = torch.cat([rows, rows[-1:]])
-                values = torch.tensor([1.0, 0.5, 0.5], device=device).repeat(self.vertices)
-                self._blurs.append(torch.sparse_csr_tensor(rows, columns, values, (self.vertices + 1,) * 2,
-                                                           check_invariants=False))
-        # Sparse splat (M x N, entries sorted by vertex) and slice (N x M, sorted by point) matrices.
+        for j in range(d + 1):
+            columns, permutation = torch.stack([own, n1[j], n2[j, :-1]], 1).sort(1)
+            present = columns < self.vertices  # a missing neighbour (the zero vertex) sorts last
+            self._blurs.append(_csr(present.sum(1), columns[present], share.gather(1, permutation)[present],
+                                    (self.vertices + 1, self.vertices + 1)))
+        # Splat ((M + 1) x N: a vertex's entries in stable-sorted order, so by point) and slice (N x (M + 1):
+        # a point's vertices, sorted) matrices, their weights kept to fold the normalisation in later.
         weights = weights.T.reshape(-1)  # point-major, as codes
         self._points = points
-        self._slice_rows = torch.arange(0, (d + 1) * points + 1, d + 1, device=device)
-        self._slice_cols, self._slice_weights = offsets, weights * (1.0 / (1.0 + 2.0 ** -d))
-        self._splat_rows = torch.cat([starts, starts.new_tensor([len(codes), len(codes)])])  # + the zero vertex
+        offsets, permutation = offsets.view(points, d + 1).sort(1)
+        self._slice_cols = offsets.reshape(-1)
+        self._slice_weights = weights.view(points, d + 1).gather(1, permutation).reshape(-1) / (1.0 + 2.0 ** -d)
+        self._splat_counts = torch.cat([starts[1:], starts.new_tensor([len(codes)])]) - starts
         self._splat_points = torch.div(order, d + 1, rounding_mode="floor")
         self._splat_weights = weights.index_select(0, order)
         self._set_matrices(self._splat_weights, self._slice_weights)
 
     def _set_matrices(self, splat_weights: torch.Tensor, slice_weights: torch.Tensor) -> None:
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are not
-            warnings.simplefilter("ignore", UserWarning)
-            self._splat = torch.sparse_csr_tensor(self._splat_rows, self._splat_points, splat_weights,
-                                                  (self.vertices + 1, self._points), check_invariants=False)
-            self._slice = torch.sparse_csr_tensor(self._slice_rows, self._slice_cols, slice_weights,
-                                                  (self._points, self.vertices + 1), check_invariants=False)
+        self._splat = _csr(self._splat_counts, self._splat_points, splat_weights, (self.vertices + 1, self._points))
+        self._slice = _csr(torch.full((self._points,), self.dimensions + 1, device=splat_weights.device),
+                           self._slice_cols, slice_weights, (self._points, self.vertices + 1))
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
         blurred = self._splat @ values
@@ -141,6 +138,16 @@ class Lattice:
         self._set_matrices(self._splat_weights * norm.index_select(0, self._splat_points),
                            self._slice_weights * compat * norm.repeat_interleave(self.dimensions + 1))
         return self
+
+
+def _csr(counts: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    """A CSR matrix from its entries in row order, ``counts`` per row (rows beyond them are empty)."""
+    rows = torch.zeros(shape[0] + 1, dtype=torch.int64, device=columns.device)
+    rows[1:len(counts) + 1] = torch.cumsum(counts, 0)
+    rows[len(counts) + 1:] = rows[len(counts)]
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are not
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(rows, columns, values, shape, check_invariants=False)
 
 
 def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

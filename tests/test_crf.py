@@ -137,3 +137,14 @@ def test_densecrf_backend_without_pydensecrf(monkeypatch):
     with pytest.raises(GeoprotoError, match=r"--crf-backend densecrf needs pydensecrf2.*geoproto\[crf\]"):
         crf.require_backend("densecrf")
     crf.require_backend("torch")
+
+
+def test_lattice_matrices_are_valid_csr():
+    """Sorted, unique columns in every row, as torch's CSR invariants (and CUDA's sparse products) want."""
+    rng = np.random.default_rng(0)
+    colours = torch.from_numpy(rng.integers(0, 255, (3, 40, 50)).astype(np.float32))
+    features = torch.cat([crf_torch._pixel_grid(40, 50, 5.0, "cpu"), colours.reshape(3, -1).T / 13.0], 1)
+    lattice = crf_torch.Lattice(features, torch.arange(40 * 50) // 1000).normalise(10.0)
+    for matrix in [lattice._splat, lattice._slice, *lattice._blurs]:
+        torch.sparse_csr_tensor(matrix.crow_indices(), matrix.col_indices(), matrix.values(), matrix.shape,
+                                check_invariants=True)  # raises if not
