@@ -16,8 +16,14 @@ what makes the 5-D bilateral kernel affordable at all (its cost is linear in the
 kernel width). The lattice is built once per window (splat vertices and weights, blur neighbours) and
 reused by every iteration and every class; the spatial-only Gaussian lattice depends only on the window's
 shape and is cached. Windows of a batch share one lattice: the window index is a digit of the vertex key,
-so windows never mix. Left to floating point are the order of summation (pydensecrf accumulates pixel by
-pixel, torch in parallel) and float32 throughout, as in pydensecrf.
+so windows never mix. Nothing is downsampled. Left to floating point are the order of summation
+(pydensecrf accumulates pixel by pixel, torch in parallel) and float32 throughout, as in pydensecrf:
+labels agreed on every pixel of the Dubai and SpaceNet runs compared.
+
+Cost: splat and slice are sparse matrices with d + 1 entries per pixel, the blur one sparse matrix per
+lattice axis, so an iteration is a handful of large sparse products (few operations: torch's threads
+synchronise at every one). Memory while a batch is refined: about 110-130 MB per 417 px window
+(measured on the CPU), so it is bounded by the model's batch, whatever the raster's size.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 
 from . import crf as crf_module
+from .errors import GeoprotoError
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip
 
@@ -60,7 +67,8 @@ class Lattice:
             strides.append(strides[-1] * int(size))
         segment_count = int(segments.max()) + 1 if segments is not None else 1
         if strides[-1] * segment_count >= 2 ** 62:
-            raise ValueError("CRF lattice keys overflow: kernel widths too small for these features")
+            raise GeoprotoError("DenseCRF kernel widths too small for the torch backend's lattice (e.g. "
+                                "--crf-bilateral-srgb); widen them or use --crf-backend densecrf")
         stride = torch.tensor(strides[:-1], dtype=torch.int64, device=device)
         base = ((rem0 - low[:, None]) * stride[:, None]).sum(0)
         if segments is not None:

@@ -148,3 +148,10 @@ def test_lattice_matrices_are_valid_csr():
     for matrix in [lattice._splat, lattice._slice, *lattice._blurs]:
         torch.sparse_csr_tensor(matrix.crow_indices(), matrix.col_indices(), matrix.values(), matrix.shape,
                                 check_invariants=True)  # raises if not
+
+
+def test_kernel_too_narrow_for_the_lattice_is_a_clear_error():
+    image = torch.rand(1, 3, 64, 64)
+    probabilities = torch.softmax(torch.rand(1, 2, 64, 64), 1)
+    with pytest.raises(GeoprotoError, match="kernel widths too small.*--crf-bilateral-srgb"):
+        crf_torch.refine_batch(image, probabilities, crf.CRFParams(bilateral_sxy=0.001, bilateral_srgb=0.0001))
