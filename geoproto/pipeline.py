@@ -160,20 +160,19 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
                     logits = class_scores(features, prototypes, (size, size), alpha).float()
                     # The argmax is cheap in torch and spares the writer thread (and the softmax).
                     probabilities = logits.softmax(1) if need_probabilities else logits.argmax(1).to(torch.uint8)
-                if torch_crf:
-                    crf_started = time.perf_counter()
+                stage = "model"
+                if torch_crf:  # refined on the model's device, batch and all
+                    stage, crf_started = "crf", time.perf_counter()
                     timings["model"] += crf_started - started
+                    started = crf_started
                     sizes = [(batch[i][0].height, batch[i][0].width) for i in valid_rows]
                     probabilities, kept = crf_torch.refine_batch(
                         torch.from_numpy(images).to(probabilities.device), probabilities, crf_params, sizes)
                     if not keep_probabilities:
                         probabilities = probabilities.argmax(1).to(torch.uint8)
                     crf_kept = dict(zip(valid_rows, kept))
-                    scores = dict(zip(valid_rows, probabilities.cpu().numpy()))
-                    timings["crf"] += time.perf_counter() - crf_started
-                else:
-                    scores = dict(zip(valid_rows, probabilities.cpu().numpy()))
-                    timings["model"] += time.perf_counter() - started
+                scores = dict(zip(valid_rows, probabilities.cpu().numpy()))
+                timings[stage] += time.perf_counter() - started
             for i, (tile, image, valid) in enumerate(batch):
                 rgb = crf_module.to_rgb8(image) if pool_crf is not None and i in scores else None
                 args = (tile, rgb, scores.get(i), valid, ids, pool_crf, keep_probabilities, crf_kept.get(i, True))

@@ -126,3 +126,17 @@ def test_evaluate_protocol_on_dubai_runs_and_is_reproducible():
     assert first["mean"]["overall_accuracy"] == pytest.approx(
         np.mean([r["overall_accuracy"] for r in first["runs"]]), abs=1e-6)
     assert 0.2 < first["mean"]["overall_accuracy"] < 1
+
+
+@pytest.mark.slow  # 40 s of CPU: the encoder and two CRFs over every patch of a tile
+def test_evaluate_with_either_crf_backend_gives_the_same_scores():
+    """The torch CRF and pydensecrf2 at equal settings: the same confusion, so the same scores."""
+    import torch
+
+    data = load_dataset("folder", str(SHARED / "dubai"), holdout="image_part_001t6$")
+    data.splits["train"] = [n for n in data.splits["train"] if n.endswith("t1")][:2]
+    encoder = build_encoder()[0]
+    reports = {backend: evaluate(data, encoder, 1, [0], None, True, torch.device("cpu"), progress=False,
+                                 crf_backend=backend) for backend in ("torch", "densecrf")}
+    assert reports["torch"]["crf_backend"] == "torch" and reports["densecrf"]["crf_backend"] == "densecrf"
+    assert reports["torch"]["runs"][0]["classes"] == reports["densecrf"]["runs"][0]["classes"]
