@@ -149,13 +149,14 @@ class Lattice:
 
 
 def _csr(counts: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    """A CSR matrix from its entries in row order, ``counts`` per row (rows beyond them are empty)."""
-    rows = torch.zeros(shape[0] + 1, dtype=torch.int64, device=columns.device)
+    """A CSR matrix from its entries in row order, ``counts`` per row (rows beyond them are empty).
+    Indices are int32 (as MKL's sparse products take them: int64 ones are converted at every product)."""
+    rows = torch.zeros(shape[0] + 1, dtype=torch.int32, device=columns.device)
     rows[1:len(counts) + 1] = torch.cumsum(counts, 0)
     rows[len(counts) + 1:] = rows[len(counts)]
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are not
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(rows, columns, values, shape, check_invariants=False)
+        return torch.sparse_csr_tensor(rows, columns.int(), values, shape, check_invariants=False)
 
 
 def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
