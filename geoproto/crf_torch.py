@@ -232,11 +232,12 @@ def refine_batch(images: torch.Tensor, probabilities: torch.Tensor, params: crf_
         # The bilateral kernel reads 8-bit colours (crf.to_rgb8), so the two backends see the same ones.
         rgb = (images.float() * 255).round().clamp(0, 255)
         srgb = torch.tensor(params.bilateral_srgb, dtype=torch.float32)
+        window_of_pixel = torch.cat([torch.full((h * w,), b, dtype=torch.int64, device=device)
+                                     for b, (h, w) in enumerate(sizes)])
         bilateral = Lattice(
             torch.cat([torch.cat([_pixel_grid(h, w, params.bilateral_sxy, device),
                                   rgb[b, :, :h, :w].reshape(3, -1).T / srgb], 1) for b, (h, w) in enumerate(sizes)]),
-            torch.cat([torch.full((h * w,), b, dtype=torch.int64, device=device) for b, (h, w) in enumerate(sizes)]),
-        ).normalise(params.bilateral_compat)
+            window_of_pixel).normalise(params.bilateral_compat)
         gaussian = _Stacked([(_gaussian_lattice(h, w, float(params.gaussian_sxy), float(params.gaussian_compat),
                                                 device), h * w) for h, w in sizes])
         probs = torch.cat([probabilities[b, :, :h, :w].reshape(classes, -1).T for b, (h, w) in enumerate(sizes)])
@@ -246,18 +247,16 @@ def refine_batch(images: torch.Tensor, probabilities: torch.Tensor, params: crf_
             energy = gaussian.filter(q).add_(bilateral.filter(q)).sub_(unary)
             q = _softmax(energy)
 
+        # The guard, on every window's pixels per class before and after (one transfer for the batch).
+        before, after = (torch.bincount(window_of_pixel * classes + _argmax(scores.T), minlength=batch * classes)
+                         .view(batch, classes).cpu().numpy() for scores in (probs, q))
+        kept = [crf_module.keeps_classes(before[b], after[b], params) for b in range(batch)]
         refined = probabilities.clone()
-        kept = []
         start = 0
         for b, (h, w) in enumerate(sizes):
-            window = q[start:start + h * w].T.reshape(classes, h, w)
+            if kept[b]:
+                refined[b, :, :h, :w] = q[start:start + h * w].T.reshape(classes, h, w).to(refined.dtype)
             start += h * w
-            before = torch.bincount(_argmax(probabilities[b, :, :h, :w]).reshape(-1), minlength=classes)
-            after = torch.bincount(_argmax(window).reshape(-1), minlength=classes)
-            keep = crf_module.keeps_classes(before.cpu().numpy(), after.cpu().numpy(), params)
-            if keep:
-                refined[b, :, :h, :w] = window.to(refined.dtype)
-            kept.append(keep)
     return refined, kept
 
 
