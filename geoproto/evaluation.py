@@ -156,8 +156,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
              alpha: float = DEFAULT_ALPHA, crf_params: crf_module.CRFParams | None = None,
              progress: bool = True, crf_backend: str = crf_module.DEFAULT_BACKEND) -> dict:
     """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation."""
-    if crf:
-        crf_module.require_backend(crf_backend)
+    crf_backend = crf_module.resolve_backend(crf_backend, device.type) if crf else None
     classes = data.classes if not class_names else data.classes.subset(
         [data.classes.ids[data.classes.names.index(n)] for n in _known(data, class_names)])
     lookup = np.zeros(256, np.int64)

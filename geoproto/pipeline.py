@@ -68,7 +68,7 @@ def _put(q: queue.Queue, item, stop: threading.Event, consumer: _Stage | None = 
 def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torch.Tensor, ids: np.ndarray,
               writer: ResultWriter, size: int, alpha: float, crf_params: crf_module.CRFParams | None,
               batch_size: int, workers: int, progress: bool,
-              crf_backend: str = crf_module.DEFAULT_BACKEND) -> tuple[np.ndarray, int, dict]:
+              crf_backend: str = "torch") -> tuple[np.ndarray, int, dict]:
     """Segment ``tiles`` and write them; returns (pixels per class + nodata, CRF-rejected tiles, seconds
     spent in each stage: reading, model, CRF and labelling (summed over workers), writing)."""
     torch_crf = crf_params is not None and crf_backend == "torch"

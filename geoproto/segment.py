@@ -61,7 +61,7 @@ class SegmentOptions:
     buffer: float = 0.0
     # DenseCRF; ``crf_bilateral_m`` None means ``crf_params.bilateral_sxy`` is taken as pixels.
     crf: bool = True
-    crf_backend: str = crf_module.DEFAULT_BACKEND  # crf.BACKENDS: torch on the model's device, or densecrf
+    crf_backend: str = crf_module.DEFAULT_BACKEND  # crf.BACKENDS; see crf.resolve_backend
     crf_params: crf_module.CRFParams = field(default_factory=crf_module.CRFParams)
     crf_bilateral_m: float | None = DEFAULT_CRF_BILATERAL_M
     # Outputs
@@ -217,8 +217,8 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     options = options or SegmentOptions()
     started = time.perf_counter()
     _check_tiling(options)
-    if options.crf:
-        crf_module.require_backend(options.crf_backend)
+    device = resolve_device(options.device)
+    crf_backend = crf_module.resolve_backend(options.crf_backend, device.type) if options.crf else None
     staged = StagedOutputs(options.overwrite)
     class_tmp = staged.stage(output)
     probability_tmp = staged.stage(options.probabilities) if options.probabilities else None
@@ -229,7 +229,6 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
         source, crs, labels = inputs.source, inputs.crs, inputs.labels
         output_bytes = 1 + (4 * len(inputs.classes.ids) if probability_tmp else 0)  # classes, probabilities
         with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
-            device = resolve_device(options.device)
             batch_size = options.batch_size or (16 if device.type == "cuda" else 1)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
             extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size,
@@ -248,7 +247,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                     counts, crf_rejected, stage_seconds = run_tiles(
                         source, tiles, extract, prototypes, np.array(classes.ids, np.uint8), writer, size,
                         options.alpha, crf_params if options.crf else None, batch_size, workers,
-                        options.progress, options.crf_backend)
+                        options.progress, crf_backend)
                 finally:
                     writer.close()
         with gdal_write_errors(output):
@@ -268,7 +267,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                     for k, (i, n) in enumerate(zip(classes.ids, classes.names))],
         "nodata_pixels": int(counts[-1]), "support": support_stats, "stage_seconds": stage_seconds,
         **({"support_check": check} if check else {}),
-        "crf": {"enabled": options.crf, **({"backend": options.crf_backend, "iterations": crf_params.iterations,
+        "crf": {"enabled": options.crf, **({"backend": crf_backend, "iterations": crf_params.iterations,
                                             "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
                                             "tiles_kept_unrefined": crf_rejected} if options.crf else {})},
     }

@@ -131,12 +131,18 @@ def test_guard_rule():
     assert crf.keeps_classes(np.array([990, 10]), np.array([1000, 0]), params)  # 1%: may vanish
 
 
-def test_densecrf_backend_without_pydensecrf(monkeypatch):
+def test_backend_resolution(monkeypatch):
+    """auto: pydensecrf2's pool on a CPU where it is installed, torch on a GPU or without it; asking for
+    densecrf without it fails early, naming the fix."""
+    assert crf.resolve_backend("auto", "cpu") == "densecrf" and crf.resolve_backend("auto", "cuda") == "torch"
+    assert crf.resolve_backend("torch", "cpu") == "torch" and crf.resolve_backend("densecrf", "cuda") == "densecrf"
     monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import pydensecrf... raises ImportError
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    assert crf.resolve_backend("auto", "cpu") == "torch"
     with pytest.raises(GeoprotoError, match=r"--crf-backend densecrf needs pydensecrf2.*geoproto\[crf\]"):
-        crf.require_backend("densecrf")
-    crf.require_backend("torch")
+        crf.resolve_backend("densecrf", "cpu")
+    with pytest.raises(GeoprotoError, match="--crf-backend 'gpu': choose auto, torch, densecrf"):
+        crf.resolve_backend("gpu", "cpu")
 
 
 def test_lattice_matrices_are_valid_csr():

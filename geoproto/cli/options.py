@@ -111,8 +111,9 @@ workers_option = click.option("--workers", type=click.IntRange(0),
                                    "0: none].")
 crf_backend_option = click.option(
     "--crf-backend", type=click.Choice(list(BACKENDS)), default=DEFAULT_BACKEND, show_default=True,
-    help="DenseCRF implementation: torch (batched on the model's device) or densecrf (pydensecrf2, "
-         "pip install 'geoproto[crf]'; one process per core).")
+    help="DenseCRF implementation, the same CRF either way: torch (batched on the model's device) or "
+         "densecrf (pydensecrf2, pip install 'geoproto[crf]'; one process per core); auto: torch on a GPU, "
+         "densecrf on a CPU where it is installed.")
 
 dataset_options = [
     click.option("--dataset", type=click.Choice(["isprs", "pascal5i", "folder"]), required=True,
