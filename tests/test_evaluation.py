@@ -128,7 +128,6 @@ def test_evaluate_protocol_on_dubai_runs_and_is_reproducible():
     assert 0.2 < first["mean"]["overall_accuracy"] < 1
 
 
-@pytest.mark.slow  # 40 s of CPU: the encoder and two CRFs over every patch of a tile
 def test_evaluate_with_either_crf_backend_gives_the_same_scores():
     """The torch CRF and pydensecrf2 at equal settings: the same confusion, so the same scores."""
     import torch
