@@ -92,7 +92,8 @@ class Lattice:
         # Neighbours along lattice axis j: every coordinate -1 except coordinate j, +d (n1), and the
         # opposite (n2); for the last axis all d stored coordinates move (the (d+1)th is implied).
         step = torch.full((d + 1, d), -1, dtype=torch.int64, device=device)
-        step[torch.arange(d), torch.arange(d)] = d
+        diagonal = torch.arange(d, device=device)
+        step[diagonal, diagonal] = d
         deltas = (step * stride).sum(-1)  # (d + 1,)
         # n1 is found by search; n2 is its inverse (n1 of u is v exactly when n2 of v is u).
         targets = vertices[None] + deltas[:, None]
@@ -150,13 +151,15 @@ class Lattice:
 
 def _csr(counts: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     """A CSR matrix from its entries in row order, ``counts`` per row (rows beyond them are empty).
-    Indices are int32 (as MKL's sparse products take them: int64 ones are converted at every product)."""
-    rows = torch.zeros(shape[0] + 1, dtype=torch.int32, device=columns.device)
+    Indices are int32 where they fit (as MKL's sparse products take them: int64 ones are converted at
+    every product)."""
+    index = torch.int32 if len(columns) < 2 ** 31 else torch.int64
+    rows = torch.zeros(shape[0] + 1, dtype=index, device=columns.device)
     rows[1:len(counts) + 1] = torch.cumsum(counts, 0)
     rows[len(counts) + 1:] = rows[len(counts)]
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are not
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(rows, columns.int(), values, shape, check_invariants=False)
+        return torch.sparse_csr_tensor(rows, columns.to(index), values, shape, check_invariants=False)
 
 
 def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
