@@ -1,17 +1,22 @@
-"""Throughput and memory of the pipelined `segment` against a naive one-tile-at-a-time loop.
+"""Throughput and memory of the pipelined `segment` against a naive one-tile-at-a-time loop, and of the
+two DenseCRF backends.
 
-Builds (once, cached) realistic georeferenced orthophotos by mosaicking the shared real Dubai tiles
-(tiled, compressed GeoTIFF) with a support label raster, then for each size runs, each in a fresh
-process so peak resident memory is its own:
+Builds (once, cached) realistic georeferenced orthophotos by mosaicking the real Dubai tiles of
+``--root`` (tiled, compressed GeoTIFF) with a support label raster, then for each size runs, each in a
+fresh process so peak resident memory is its own:
 
-- ``pipeline``: ``geoproto.segment.segment`` end to end, with and without CRF;
-- ``naive``: read one window, model in float32 batch 1, CRF, write, one tile at a time.
+- ``pipeline``: ``geoproto.segment.segment`` end to end, without CRF (``off``), with the torch CRF
+  (``torch``) and with the pydensecrf2 process pool (``densecrf``);
+- ``naive``: read one window, model in float32 batch 1, CRF (pydensecrf2), write, one tile at a time.
 
-Prints the encoder's speed at each CPU thread count, then tiles per second, seconds per stage, peak
-RSS, and the pipeline/naive ratios.
+First it measures the CRF alone on real 417 px Dubai windows (7.2 m kernel at 0.3 m: 24 px): windows
+per second of the torch backend (batches on ``--device``, torch's threads) against the pydensecrf2 pool
+(one process per core), on the same cores. Prints the encoder's speed at each CPU thread count, then
+tiles per second, seconds per stage, peak RSS, and the ratios.
 
-    .venv/bin/python benchmarks/segment_throughput.py --sizes 4096 [--repeat 3] [--device cpu] [--workers N]
-    .venv/bin/python benchmarks/segment_throughput.py --sizes 20480 --no-naive   # memory at 20k
+    .venv/bin/python benchmarks/segment_throughput.py --root DUBAI --sizes 4096 [--repeat 3] [--device cpu]
+    .venv/bin/python benchmarks/segment_throughput.py --root DUBAI --sizes 20480 --no-naive --modes torch
+    .venv/bin/python benchmarks/segment_throughput.py --root DUBAI --sizes 0   # the CRF comparison only
 """
 
 from __future__ import annotations
@@ -30,35 +35,33 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-DUBAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dubai"
 CACHE = Path(tempfile.gettempdir()) / "geoproto-bench"
-CLASSES = DUBAI / "classes.json"
 SUPPORT_SIDE = 1024  # the support labels cover the top-left corner only
 
 
-def build_mosaic(side: int) -> tuple[Path, Path]:
+def build_mosaic(side: int, root: Path) -> tuple[Path, Path]:
     """A side x side RGB GeoTIFF tiled from the Dubai images, and its support label raster (cached)."""
     image_path, label_path = CACHE / f"dubai-{side}.tif", CACHE / f"dubai-{side}-labels.tif"
     if image_path.exists() and label_path.exists():
         return image_path, label_path
     CACHE.mkdir(parents=True, exist_ok=True)
     with rasterio.Env(GDAL_CACHEMAX=256 << 20):  # GDAL's default cache would hold gigabytes of the mosaic
-        _write_mosaic(side, image_path, label_path)
+        _write_mosaic(side, root, image_path, label_path)
     return image_path, label_path
 
 
-def _write_mosaic(side: int, image_path: Path, label_path: Path) -> None:
+def _write_mosaic(side: int, root: Path, image_path: Path, label_path: Path) -> None:
     """Written block row by block row, so memory stays small whatever ``side``."""
     from geoproto.support import RasterLabels, read_class_file
     from geoproto.tiling import Tile
 
-    info = read_class_file(str(CLASSES))
-    names = sorted(p.stem for p in (DUBAI / "images").glob("*.jpg"))
+    info = read_class_file(str(root / "classes.json"))
+    names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
     tiles = []
     for name in names:
-        with rasterio.open(DUBAI / "images" / f"{name}.jpg") as src:
+        with rasterio.open(root / "images" / f"{name}.jpg") as src:
             image = src.read()
-        with rasterio.open(DUBAI / "masks" / f"{name}.png") as src:
+        with rasterio.open(root / "masks" / f"{name}.png") as src:
             labels = RasterLabels(src.name, src, info).read(Tile(0, 0, src.height, src.width, 0, 0, 0, 0),
                                                             max(src.shape))[: src.height, : src.width]
         tiles.append((image[:, :500, :500], labels[:500, :500]))
@@ -83,20 +86,20 @@ def _write_mosaic(side: int, image_path: Path, label_path: Path) -> None:
     os.replace(f"{label_path}.tmp", label_path)
 
 
-def run_pipeline(image: str, labels: str, crf: bool, device: str, workers: int | None) -> dict:
+def run_pipeline(image: str, labels: str, classes: str, crf: str, device: str, workers: int | None) -> dict:
     from geoproto.segment import SegmentOptions, segment
 
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         summary = segment(image, labels, os.path.join(folder, "c.tif"),
-                          SegmentOptions(crf=crf, device=device, classes_file=str(CLASSES), progress=False,
-                                         workers=workers))
+                          SegmentOptions(crf=crf != "off", crf_backend="torch" if crf == "off" else crf,
+                                         device=device, classes_file=classes, progress=False, workers=workers))
         seconds = time.perf_counter() - started
     return {"tiles": summary["tiles"], "seconds": seconds,
             "stages": {**summary["stage_seconds"], "support": summary["support"]["model_seconds"]}}
 
 
-def run_naive(image: str, labels: str, crf: bool, device: str) -> dict:
+def run_naive(image: str, labels: str, classes_file: str, crf: bool, device: str) -> dict:
     """The reference: one window read, encoded (float32, batch 1), refined and written at a time."""
     import torch
 
@@ -115,7 +118,7 @@ def run_naive(image: str, labels: str, crf: bool, device: str) -> dict:
     extract = FeatureExtractor(build_shipped(DEFAULT_ENCODER)[0], resolve_device(device))  # as segment's
     stages = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
     with source.dataset() as src, tempfile.TemporaryDirectory() as folder:
-        support = load_support(labels, src, classes_file=str(CLASSES))
+        support = load_support(labels, src, classes_file=classes_file)
         prototypes, classes, support_stats = build_prototypes(extract, source, support, support.classes,
                                                               417, 64, 1)
         ids = np.array(classes.ids, np.uint8)
@@ -171,19 +174,93 @@ def peak_rss_mb() -> float:
     return kilobytes / 1024
 
 
+def crf_windows(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` real 417 px windows (image in [0, 1], class probabilities): Dubai crops, with the true
+    labels smoothed and made noisy as the model's stand-in (the CRF's cost does not depend on them)."""
+    import torch
+
+    from geoproto.support import read_class_file
+
+    colours = np.array(read_class_file(str(root / "classes.json")).colors)
+    names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
+    rng = np.random.default_rng(0)
+    windows = []
+    for i in range(count):
+        name = names[i % len(names)]
+        corner = 90 * (i // len(names))
+        area = ((corner, corner + 417), (corner, corner + 417))
+        with rasterio.open(root / "images" / f"{name}.jpg") as src:
+            image = src.read(window=area).astype(np.float32) / 255
+        with rasterio.open(root / "masks" / f"{name}.png") as src:
+            mask = src.read(window=area).transpose(1, 2, 0).astype(int)
+        truth = np.abs(mask[:, :, None, :] - colours[None, None]).sum(-1).argmin(-1)
+        onehot = torch.from_numpy(np.eye(len(colours), dtype=np.float32)[truth].transpose(2, 0, 1))[None]
+        smooth = torch.nn.functional.avg_pool2d(onehot, 9, 1, 4, count_include_pad=False)[0]
+        noise = torch.from_numpy(rng.normal(0, 2.5, smooth.shape).astype(np.float32))
+        windows.append((image, torch.softmax(smooth * 3 + noise, 0).numpy()))
+    return windows
+
+
+def crf_comparison(root: Path, count: int, device: str, batch_size: int, workers: int | None) -> dict:
+    """Windows per second of each CRF backend on the same windows and cores, steady state (the pool is
+    started and the Gaussian lattice cached before timing), and how many labels they share."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from geoproto import crf as crf_module
+    from geoproto import crf_torch
+    from geoproto.tile_labels import init_worker
+
+    windows = crf_windows(root, count)
+    params = crf_module.CRFParams(bilateral_sxy=crf_module.bilateral_sxy_pixels(7.2, 0.3))
+    workers = workers or os.cpu_count() or 1
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=init_worker) as pool:
+        warm_up = [pool.submit(crf_module.refine, crf_module.to_rgb8(image), p, params) for image, p in windows[:workers]]
+        [f.result() for f in warm_up]
+        started = time.perf_counter()
+        futures = [pool.submit(crf_module.refine, crf_module.to_rgb8(image), p, params) for image, p in windows]
+        reference = [f.result()[0] for f in futures]
+        pool_seconds = time.perf_counter() - started
+    target = torch.device(device)
+    crf_torch.refine_batch(torch.from_numpy(windows[0][0])[None].to(target),
+                           torch.from_numpy(windows[0][1])[None].to(target), params)
+    torch_per_s = {}
+    threads = torch.get_num_threads()
+    # One thread as well as all of them: torch's threads wait for each other at every operation, which
+    # costs little on idle cores and a great deal on cores other processes keep busy.
+    for count_threads in sorted({1, threads}) if target.type == "cpu" else [threads]:
+        torch.set_num_threads(count_threads)
+        refined = []
+        started = time.perf_counter()
+        for start in range(0, count, batch_size):
+            chunk = windows[start:start + batch_size]
+            images = torch.from_numpy(np.stack([image for image, _ in chunk])).to(target)
+            probabilities = torch.from_numpy(np.stack([p for _, p in chunk])).to(target)
+            refined += list(crf_torch.refine_batch(images, probabilities, params)[0].cpu().numpy())
+        torch_per_s[count_threads] = count / (time.perf_counter() - started)
+    torch.set_num_threads(threads)
+    agree = np.mean([(a.argmax(0) == b.argmax(0)).mean() for a, b in zip(reference, refined)])
+    return {"windows": count, "workers": workers, "batch": batch_size, "densecrf_per_s": count / pool_seconds,
+            "torch_per_s": torch_per_s, "agree": float(agree)}
+
+
 def child(args) -> None:
     """Run one configuration and print its result with this process's peak RSS."""
     if args.mode == "pipeline":
-        result = run_pipeline(args.image, args.labels, args.crf, args.device, args.workers)
+        result = run_pipeline(args.image, args.labels, args.classes, args.crf, args.device, args.workers)
     else:
-        result = run_naive(args.image, args.labels, args.crf, args.device)
+        result = run_naive(args.image, args.labels, args.classes, args.crf != "off", args.device)
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 
-def measure(mode: str, image: Path, labels: Path, crf: bool, device: str, workers: int | None) -> dict:
+def measure(mode: str, image: Path, labels: Path, classes: Path, crf: str, device: str,
+            workers: int | None) -> dict:
     command = [sys.executable, __file__, "--child", mode, "--image", str(image), "--labels", str(labels),
-               "--device", device] + (["--crf"] if crf else []) + \
+               "--classes", str(classes), "--device", device, "--crf", crf] + \
               (["--workers", str(workers)] if workers is not None else [])
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -191,54 +268,78 @@ def measure(mode: str, image: Path, labels: Path, crf: bool, device: str, worker
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="4096", help="comma-separated raster sides, e.g. 4096,20480")
+    parser.add_argument("--root", type=Path, help="the Dubai folder: images/, masks/, classes.json")
+    parser.add_argument("--sizes", default="4096", help="comma-separated raster sides, e.g. 4096,20480 (0: none)")
+    parser.add_argument("--crf-windows", type=int, default=32, help="windows for the CRF comparison (0: skip it)")
+    parser.add_argument("--crf-batch", type=int, help="windows per torch CRF batch [default: 1 on CPU, 16 on CUDA]")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, help="DenseCRF processes [default: one per core]")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive reference loop")
-    parser.add_argument("--modes", default="off,on", help="CRF settings to run: off, on or both")
+    parser.add_argument("--modes", default="off,torch,densecrf", help="CRF settings to run: off, torch, densecrf")
     parser.add_argument("--repeat", type=int, default=1,
                         help="alternate pipeline and naive runs this many times and report the median run of "
                              "each (shared cloud CPUs drift in speed by tens of percent within minutes)")
     parser.add_argument("--child", choices=["pipeline", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--labels", help=argparse.SUPPRESS)
-    parser.add_argument("--crf", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--classes", help=argparse.SUPPRESS)
+    parser.add_argument("--crf", default="off", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         args.mode = args.child
         child(args)
         return
+    if args.root is None:
+        parser.error("--root is required: the Dubai folder (images/, masks/, classes.json)")
     print(f"device {args.device}, {os.cpu_count()} cores, CRF workers {args.workers or os.cpu_count()}, "
-          f"median of {args.repeat} run(s)")
-    print(f"{'side':>6} {'crf':>4} {'mode':>9} {'tiles':>6} {'tiles/s':>8} {'seconds':>8} {'read':>6} "
+          f"median of {args.repeat} run(s), load average {os.getloadavg()[0]:.1f} at start")
+    if args.crf_windows:
+        crf = crf_comparison(args.root, args.crf_windows, args.device,
+                             args.crf_batch or (16 if args.device == "cuda" else 1), args.workers)
+        print(f"CRF alone, {crf['windows']} windows of 417 px, 24 px bilateral kernel, labels agreeing "
+              f"{100 * crf['agree']:.3f}%: pydensecrf2 pool of {crf['workers']} {crf['densecrf_per_s']:.2f} windows/s; "
+              + "; ".join(f"torch ({args.device}, {threads} thread(s), batch {crf['batch']}) {per_s:.2f} windows/s, "
+                          f"ratio {per_s / crf['densecrf_per_s']:.2f}" for threads, per_s in crf["torch_per_s"].items()))
+        sys.stdout.flush()
+    sides = [int(s) for s in args.sizes.split(",") if int(s)]
+    if not sides:
+        return
+    print(f"{'side':>6} {'crf':>8} {'mode':>9} {'tiles':>6} {'tiles/s':>8} {'seconds':>8} {'read':>6} "
           f"{'model':>7} {'support':>8} {'crf':>7} {'write':>6} {'peak MB':>8}")
     if args.device == "cpu":
         print("model seconds per window by torch threads: " + ", ".join(
             f"{threads}: {seconds:.3f}" for threads, seconds in thread_sweep().items()))
-    modes = ["naive"] * (not args.no_naive) + ["pipeline"]
-    for side in (int(s) for s in args.sizes.split(",")):
-        image, labels = build_mosaic(side)
-        for crf in (mode == "on" for mode in args.modes.split(",")):
+    classes = args.root / "classes.json"
+    for side in sides:
+        image, labels = build_mosaic(side, args.root)
+        pipeline_per_s = {}
+        for crf in args.modes.split(","):
+            # The naive loop is the reference without CRF and with the pydensecrf2 CRF.
+            modes = ["naive"] * (not args.no_naive and crf != "torch") + ["pipeline"]
             runs = {mode: [] for mode in modes}
             for _ in range(args.repeat):
                 for mode in modes:
-                    runs[mode].append(measure(mode, image, labels, crf, args.device,
+                    runs[mode].append(measure(mode, image, labels, classes, crf, args.device,
                                               args.workers if mode == "pipeline" else None))
             results = {mode: sorted(r, key=lambda run: run["seconds"])[len(r) // 2] for mode, r in runs.items()}
             for mode, r in results.items():
                 s = r["stages"]
-                print(f"{side:>6} {'on' if crf else 'off':>4} {mode:>9} {r['tiles']:>6} "
+                print(f"{side:>6} {crf:>8} {mode:>9} {r['tiles']:>6} "
                       f"{r['tiles'] / r['seconds']:>8.2f} {r['seconds']:>8.1f} {s['read']:>6.1f} {s['model']:>7.1f} "
                       f"{s['support']:>8.1f} {s['crf']:>7.1f} {s['write']:>6.1f} {r['peak_rss_mb']:>8.0f}")
             pipeline = results["pipeline"]
+            pipeline_per_s[crf] = pipeline["tiles"] / pipeline["seconds"]
             model = pipeline["stages"]["model"] + pipeline["stages"]["support"]
             ratios = [f"pipeline total / its model time (tiles + support windows) {pipeline['seconds'] / model:.2f}"]
             if "naive" in results:
                 naive = results["naive"]
                 ratios.insert(0, f"pipeline/naive tiles per second "
-                                 f"{(pipeline['tiles'] / pipeline['seconds']) / (naive['tiles'] / naive['seconds']):.2f}")
-            print(f"{'':>6} {'':>4} {'ratio':>9} " + "; ".join(ratios))
+                                 f"{pipeline_per_s[crf] / (naive['tiles'] / naive['seconds']):.2f}")
+            print(f"{'':>6} {'':>8} {'ratio':>9} " + "; ".join(ratios))
             sys.stdout.flush()
+        if "torch" in pipeline_per_s and "densecrf" in pipeline_per_s:
+            print(f"{side:>6} pipeline with the torch CRF / with the pydensecrf2 pool, tiles per second: "
+                  f"{pipeline_per_s['torch'] / pipeline_per_s['densecrf']:.2f}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import crf as crf_module
+from . import crf_torch
 from .datasets import LabelledDataset
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities
@@ -209,10 +210,11 @@ def sample_supports(patches: list, shots: int, classes: list[int], rng: np.rando
 def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[int], class_names: list[str] | None,
              crf: bool, device: torch.device, train_split: str = "train", test_split: str = "test",
              alpha: float = DEFAULT_ALPHA, crf_params: crf_module.CRFParams | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, crf_backend: str = crf_module.DEFAULT_BACKEND) -> dict:
     """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation."""
     check_number("alpha", alpha, 0, ALPHA_MAX, min_open=True)
     check_number("shots", shots, 1, integer=True)
+    crf_backend = crf_module.resolve_backend(crf_backend, device.type) if crf else None
     classes = data.classes if not class_names else data.classes.subset(
         [data.classes.ids[data.classes.names.index(n)] for n in _known(data, class_names)])
     lookup = np.zeros(256, np.int64)
@@ -256,8 +258,11 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
             with torch.inference_mode():
                 probabilities = class_probabilities(features, prototypes, (PATCH, PATCH), alpha)[0]
                 probabilities[~present] = 0  # a class without support cannot be predicted
+            if crf and crf_backend == "torch":
+                probabilities = crf_torch.refine_batch(torch.from_numpy(image)[None], probabilities[None],
+                                                       crf_params)[0][0]
             probabilities = probabilities.numpy()
-            if crf:
+            if crf and crf_backend == "densecrf":
                 probabilities, _ = crf_module.refine(crf_module.to_rgb8(image), probabilities, crf_params)
             rows, cols = tile.core_slices
             predicted = probabilities.argmax(0) + 1
@@ -267,7 +272,8 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
                                                 f"{support_patches[i][1].row},{support_patches[i][1].col}"
                                                 for i in chosen], **summarise(matrix, classes.names)})
     bar.close()
-    return {"dataset": data.name, "shots": shots, "crf": crf, "seeds": seeds, "classes": classes.names,
+    return {"dataset": data.name, "shots": shots, "crf": crf, "seeds": seeds,
+            **({"crf_backend": crf_backend} if crf else {}), "classes": classes.names,
             "query_patches": len(query_patches), "notes": notes, "mean": _aggregate(runs, np.mean),
             "std": _aggregate(runs, np.std), "runs": runs}
 

@@ -1,11 +1,12 @@
 """The tile pipeline of ``segment``: stages that overlap, with bounded queues between them.
 
-    reader thread -> [read queue] -> model (main thread, batches) -> DenseCRF process pool
-                  -> [write queue] -> writer thread
+    reader thread -> [read queue] -> model + torch DenseCRF (main thread, batches)
+                  -> [DenseCRF process pool, --crf-backend densecrf] -> [write queue] -> writer thread
 
-Reading and writing hide behind the model; DenseCRF (single-threaded C++) runs in ``workers``
-processes. On a CPU without CRF workers the stages take turns in the main thread instead (see
-``overlap`` below). Every queue is bounded, so memory stays flat whatever the raster's size. Any
+Reading and writing hide behind the model. The torch CRF (the default) refines each batch right after
+the model, on its device, with torch's threads on a CPU; pydensecrf2 (single-threaded C++) runs in
+``workers`` processes. On a CPU without CRF workers the stages take turns in the main thread instead
+(see ``overlap`` below). Every queue is bounded, so memory stays flat whatever the raster's size. Any
 stage's error stops all of them and is raised in the caller; the process pool is shut down before
 returning, so no worker outlives the run. Labels do not depend on ``workers`` or the batch size.
 """
@@ -26,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from . import crf as crf_module
+from . import crf_torch
 from .fewshot import class_scores
 from .models.runtime import CONTEXT_MARGIN
 from .output import ResultWriter
@@ -67,9 +69,12 @@ def _put(q: queue.Queue, item, stop: threading.Event, consumer: _Stage | None = 
 
 def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torch.Tensor, ids: np.ndarray,
               writer: ResultWriter, size: int, alpha: float, crf_params: crf_module.CRFParams | None,
-              batch_size: int, workers: int, progress: bool) -> tuple[np.ndarray, int, dict]:
+              batch_size: int, workers: int, progress: bool,
+              crf_backend: str = "torch") -> tuple[np.ndarray, int, dict]:
     """Segment ``tiles`` and write them; returns (pixels per class + nodata, CRF-rejected tiles, seconds
     spent in each stage: reading, model, CRF and labelling (summed over workers), writing)."""
+    torch_crf = crf_params is not None and crf_backend == "torch"
+    pool_crf = crf_params if crf_params is not None and crf_backend == "densecrf" else None
     stop = threading.Event()
     read_queue: queue.Queue = queue.Queue(maxsize=2 * batch_size + 2)
     write_queue: queue.Queue = queue.Queue(maxsize=2 * max(workers, 1) + batch_size)
@@ -117,7 +122,7 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
 
     pool = None
     threads = torch.get_num_threads()
-    if crf_params is not None and workers > 0:
+    if pool_crf is not None and workers > 0:
         # Workers are started by the first submit, from this (main) thread: PR_SET_PDEATHSIG ties them
         # to the thread that started them.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
@@ -150,20 +155,32 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
             if not batch:
                 break
             valid_rows = [i for i, (_, _, valid) in enumerate(batch) if valid.any()]
-            scores = {}
+            scores, crf_kept = {}, {}
             if valid_rows:
                 started = time.perf_counter()
-                features = extract(np.stack([batch[i][1] for i in valid_rows]), CONTEXT_MARGIN)
+                images = np.stack([batch[i][1] for i in valid_rows])
+                features = extract(images, CONTEXT_MARGIN)
                 with torch.inference_mode():
                     logits = class_scores(features, prototypes, (size, size), alpha).float()
                     # The argmax is cheap in torch and spares the writer thread (and the softmax).
-                    scores = logits.softmax(1) if need_probabilities else logits.argmax(1).to(torch.uint8)
-                scores = dict(zip(valid_rows, scores.cpu().numpy()))
-                timings["model"] += time.perf_counter() - started
+                    probabilities = logits.softmax(1) if need_probabilities else logits.argmax(1).to(torch.uint8)
+                stage = "model"
+                if torch_crf:  # refined on the model's device, batch and all
+                    stage, crf_started = "crf", time.perf_counter()
+                    timings["model"] += crf_started - started
+                    started = crf_started
+                    sizes = [(batch[i][0].height, batch[i][0].width) for i in valid_rows]
+                    probabilities, kept = crf_torch.refine_batch(
+                        torch.from_numpy(_windows(images, size)).to(probabilities.device), probabilities, crf_params,
+                        sizes)
+                    if not keep_probabilities:
+                        probabilities = probabilities.argmax(1).to(torch.uint8)
+                    crf_kept = dict(zip(valid_rows, kept))
+                scores = dict(zip(valid_rows, probabilities.cpu().numpy()))
+                timings[stage] += time.perf_counter() - started
             for i, (tile, image, valid) in enumerate(batch):
-                window = image[:, CONTEXT_MARGIN:CONTEXT_MARGIN + size, CONTEXT_MARGIN:CONTEXT_MARGIN + size]
-                rgb = crf_module.to_rgb8(window) if crf_params is not None and i in scores else None
-                args = (tile, rgb, scores.get(i), valid, ids, crf_params, keep_probabilities)
+                rgb = crf_module.to_rgb8(_windows(image, size)) if pool_crf is not None and i in scores else None
+                args = (tile, rgb, scores.get(i), valid, ids, pool_crf, keep_probabilities, crf_kept.get(i, True))
                 # Without a pool the labelling runs where the writing does (writer thread, or in turn).
                 item = pool.submit(finish_tile, *args) if pool is not None and i in scores \
                     else functools.partial(finish_tile, *args)
@@ -190,6 +207,11 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
             if stage.ident is not None:
                 stage.join(60)
     return counts, state["crf_rejected"], {k: round(v, 3) for k, v in timings.items()}
+
+
+def _windows(images: np.ndarray, size: int) -> np.ndarray:
+    """The windows of images read with CONTEXT_MARGIN pixels of context around them (the CRF's input)."""
+    return np.ascontiguousarray(images[..., CONTEXT_MARGIN:CONTEXT_MARGIN + size, CONTEXT_MARGIN:CONTEXT_MARGIN + size])
 
 
 def _count(core: np.ndarray, ids: np.ndarray) -> np.ndarray:

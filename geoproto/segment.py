@@ -53,7 +53,7 @@ class SegmentOptions:
     alpha: float = DEFAULT_ALPHA
     device: str = "auto"
     batch_size: int | None = None
-    workers: int | None = None  # DenseCRF processes; None: one per core, 0: in the main process
+    workers: int | None = None  # pydensecrf2 processes; None: one per core, 0: in the main process
     # Support
     class_field: str | None = None
     layer: str | None = None
@@ -64,6 +64,7 @@ class SegmentOptions:
     buffer: float = 0.0
     # DenseCRF; ``crf_bilateral_m`` None means ``crf_params.bilateral_sxy`` is taken as pixels.
     crf: bool = True
+    crf_backend: str = crf_module.DEFAULT_BACKEND  # crf.BACKENDS; see crf.resolve_backend
     crf_params: crf_module.CRFParams = field(default_factory=crf_module.CRFParams)
     crf_bilateral_m: float | None = DEFAULT_CRF_BILATERAL_M
     # Outputs
@@ -254,6 +255,8 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     options = options or SegmentOptions()
     started = time.perf_counter()
     _check_tiling(options)
+    device = resolve_device(options.device)
+    crf_backend = crf_module.resolve_backend(options.crf_backend, device.type) if options.crf else None
     staged = StagedOutputs(options.overwrite, {
         "image": image, "--support": support, "--support-image": options.support_image,
         "--classes": options.classes_file, "--checkpoint": options.checkpoint, "--init-weights": options.init_weights,
@@ -274,11 +277,10 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             if options.min_area and pixel_area is None:
                 raise GeoprotoError(f"{image}: --min-area is in square metres and needs a projected CRS")
             area = load_area(src, crs, options.aoi, options.bbox, options.bbox_crs)
-            device = resolve_device(options.device)
             batch_size = options.batch_size or default_batch_size(device)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
             check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids),
-                                workers if options.crf else 0)
+                                workers if crf_backend == "densecrf" else 0)
             extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size,
                                                            options.check_support)
             size = options.tile_size
@@ -301,7 +303,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                     _, crf_rejected, stage_seconds = run_tiles(
                         ClippedSource(source, area) if area is not None else source, tiles, extract, prototypes,
                         np.array(classes.ids, np.uint8), writer, size, options.alpha,
-                        crf_params if options.crf else None, batch_size, workers, options.progress)
+                        crf_params if options.crf else None, batch_size, workers, options.progress, crf_backend)
                 finally:
                     writer.close()
         with gdal_write_errors(output):
@@ -334,7 +336,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
         "classes": areas, "nodata_pixels": int(counts[0]), "min_area_pixels": min_pixels or None,
         "overviews": overviews, "support": support_stats, "stage_seconds": stage_seconds,
         **({"support_check": check} if check else {}),
-        "crf": {"enabled": options.crf, **({"iterations": crf_params.iterations,
+        "crf": {"enabled": options.crf, **({"backend": crf_backend, "iterations": crf_params.iterations,
                                             "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
                                             "tiles_kept_unrefined": crf_rejected} if options.crf else {})},
     }

@@ -1,6 +1,6 @@
-"""A tile's labels from its class probabilities: DenseCRF (if asked), argmax, nodata.
+"""A tile's labels from its class probabilities: DenseCRF with pydensecrf2 (if asked), argmax, nodata.
 
-This is what the DenseCRF worker processes run. It imports neither torch nor rasterio, so a spawned
+This is what the DenseCRF worker processes (``--crf-backend densecrf``) run. It imports neither torch nor rasterio, so a spawned
 worker starts in a fraction of a second (importing torch cost each worker 3 s of CPU, most of a
 2-core machine's head start).
 """
@@ -34,19 +34,21 @@ class TileResult:
 
 
 def finish_tile(tile: Tile, rgb: np.ndarray | None, scores: np.ndarray | None, valid: np.ndarray,
-                ids: np.ndarray, crf_params: crf_module.CRFParams | None, keep_probabilities: bool) -> TileResult:
-    """CRF (if asked) and argmax of one tile, cropped to its window.
+                ids: np.ndarray, crf_params: crf_module.CRFParams | None, keep_probabilities: bool,
+                crf_kept: bool = True) -> TileResult:
+    """pydensecrf2 CRF (if ``crf_params``) and argmax of one tile, cropped to its window.
 
     ``scores`` are the K x H x W class probabilities, or the H x W class indices when the model took
     the argmax itself (no CRF, no probabilities kept), or None when nothing in the tile is valid and
     the model did not run. ``rgb`` is the window as H x W x 3 uint8 (``crf.to_rgb8``), for the CRF.
+    ``crf_kept`` says whether the torch backend's guard kept its refinement of ``scores``.
     """
     started = time.perf_counter()
     height, width = tile.height, tile.width
     valid = valid[:height, :width]
     if scores is None:
         return TileResult(tile, np.full((height, width), NODATA, np.uint8), None, True, 0.0)
-    probabilities, kept = None, True
+    probabilities, kept = None, crf_kept
     if scores.ndim == 2:
         indices = scores[:height, :width]
     else:

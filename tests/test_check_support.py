@@ -40,6 +40,7 @@ def test_folds_keep_neighbouring_polygons_together(paths):
     assert len(set(folds[[2, 4, 5]])) > 1
 
 
+@pytest.mark.slow
 def test_separable_support_scores_high_and_one_surface_split_in_two_scores_low(paths, tmp_path):
     report = check_support(str(paths.chip), str(paths.support), SegmentOptions(encoder="imagenet"))
     assert report["folds"] == 5
@@ -60,6 +61,7 @@ def test_separable_support_scores_high_and_one_surface_split_in_two_scores_low(p
     assert split["classes"]["building"]["f1"] > split["classes"]["oak"]["f1"]
 
 
+@pytest.mark.slow
 def test_few_polygons_warned_and_cli_json(paths, tmp_path):
     support = geopandas.read_file(paths.support)
     support = geopandas.pd.concat([support[support["class"] != "ground"],
@@ -84,6 +86,7 @@ def _quiet_geopandas(recwarn):
     yield
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("default", ["random", "imagenet"])
 def test_auto_leaves_a_worse_default_and_keeps_a_better_one(paths, tmp_path, monkeypatch, default):
     """A shipped 'random' encoder (randomly initialised Lite0) against ImageNet on the SpaceNet support:

@@ -56,6 +56,7 @@ def building_iou(paths, class_path: Path, exclude_support: bool = True) -> float
     return scores(confusion_matrix(truth, prediction, 2, ignore=used if exclude_support else None))["iou"][0]
 
 
+@pytest.mark.slow
 def test_spacenet_buildings_found_on_held_out_buildings(paths, spacenet_run):
     out, summary = spacenet_run
     # Measured 0.207 with the default (dubai) encoder and CRF, 0.208 with imagenet: a hard 0.5 m chip of
@@ -63,6 +64,7 @@ def test_spacenet_buildings_found_on_held_out_buildings(paths, spacenet_run):
     assert building_iou(paths, out / "classes.tif") >= 0.15
 
 
+@pytest.mark.slow
 def test_output_is_georeferenced_and_described(paths, spacenet_run):
     out, summary = spacenet_run
     with rasterio.open(paths.chip) as src, rasterio.open(out / "classes.tif") as dst:
@@ -80,6 +82,7 @@ def test_output_is_georeferenced_and_described(paths, spacenet_run):
     assert summary["tiles"] == 9 and summary["crf"]["enabled"] and summary["support"]["windows"] >= 1
 
 
+@pytest.mark.slow
 def test_probabilities_vector_and_preview(paths, spacenet_run):
     out, summary = spacenet_run
     with rasterio.open(out / "p.tif") as p, rasterio.open(out / "classes.tif") as c:
@@ -100,6 +103,7 @@ def test_probabilities_vector_and_preview(paths, spacenet_run):
         assert preview.count == 3 and preview.shape == (900, 900)
 
 
+@pytest.mark.slow
 def test_cog_output(paths, tmp_path):
     result = run(paths.chip, "--support", paths.support, "-o", tmp_path / "cog.tif", "--cog", "--no-crf", "-q")
     assert result.exit_code == 0, result.output
@@ -109,6 +113,7 @@ def test_cog_output(paths, tmp_path):
         assert "GEOPROTO_CLASSES" in dst.tags()
 
 
+@pytest.mark.slow
 def test_dubai_multiclass_with_support_from_another_area(paths, tmp_path):
     """Query area 6, prototypes from a tile of area 3 (RGB, not georeferenced, colour-coded mask)."""
     query, reference = "image_part_004t6", "image_part_003t3"
@@ -146,6 +151,15 @@ def _assert_clean_failure(result, out: Path, *words):
 def test_missing_image(paths, tmp_path):
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(tmp_path / "nope.tif", "--support", paths.support, "-o", out), out, "nope.tif", "no such file")
+
+
+def test_densecrf_backend_not_installed(paths, tmp_path, monkeypatch):
+    """pydensecrf2 is an extra: asking for its backend without it fails before any work, naming the fix."""
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    out = tmp_path / "c.tif"
+    _assert_clean_failure(run(paths.chip, "--support", paths.support, "-o", out, "--crf-backend", "densecrf"), out,
+                          "--crf-backend densecrf needs pydensecrf2", "pip install 'geoproto[crf]'")
 
 
 def test_unreadable_raster(paths, tmp_path):
@@ -271,6 +285,7 @@ def test_disk_full_midway_fails_cleanly(paths, small_filesystem):
     assert list(small_filesystem.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_custom_crs_chip_with_mislabelled_geojson(paths, tmp_path):
     """The 30 m Albers chip: its GeoJSON holds Albers metres but (implicitly) declares WGS 84."""
     chip = paths.albers_chip
@@ -302,6 +317,7 @@ def test_custom_crs_chip_with_mislabelled_geojson(paths, tmp_path):
     assert (predicted[held_out] == pivot_id).mean() > (predicted[~held_out] == pivot_id).mean() + 0.2
 
 
+@pytest.mark.slow
 def test_rotated_grid_gives_the_same_labels(paths, tmp_path):
     """A non-north-up copy of the chip (same pixels, rotated 30 degrees on the ground) with its support
     rotated the same way: every label must be the same, and the output keeps the rotated transform."""

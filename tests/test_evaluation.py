@@ -110,6 +110,7 @@ def test_score_cli_with_mapping_and_reprojected_truth(paths, tmp_path):
     assert report["classes"]["building"]["iou"] > 0.999
 
 
+@pytest.mark.slow
 def test_evaluate_protocol_on_dubai_runs_and_is_reproducible(dubai):
     data = load_dataset("folder", str(dubai), holdout="image_part_00[12]t6$")
     data.splits["train"] = [n for n in data.splits["train"] if n.endswith("t1")][:3]
@@ -236,3 +237,17 @@ def test_option_names_mean_one_thing_across_commands():
     assert "--isprs-bands" in runner.invoke(main, ["train", "--help"]).output
     wrong = runner.invoke(main, ["evaluate", "--dataset", "folder", "--root", ".", "--classes", "a,b"])
     assert wrong.exit_code == 2 and "No such option '--classes'. (Did you mean one of: '--class-names'" in wrong.output
+
+
+@pytest.mark.slow
+def test_evaluate_with_either_crf_backend_gives_the_same_scores(dubai):
+    """The torch CRF and pydensecrf2 at equal settings: the same confusion, so the same scores."""
+    import torch
+
+    data = load_dataset("folder", str(dubai), holdout="image_part_001t6$")
+    data.splits["train"] = [n for n in data.splits["train"] if n.endswith("t1")][:2]
+    encoder = build_encoder()[0]
+    reports = {backend: evaluate(data, encoder, 1, [0], None, True, torch.device("cpu"), progress=False,
+                                 crf_backend=backend) for backend in ("torch", "densecrf")}
+    assert reports["torch"]["crf_backend"] == "torch" and reports["densecrf"]["crf_backend"] == "densecrf"
+    assert reports["torch"]["runs"][0]["classes"] == reports["densecrf"]["runs"][0]["classes"]

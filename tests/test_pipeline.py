@@ -25,14 +25,20 @@ def _segment(paths, tmp_path, name, **options):
         return summary, labels.read(1), probabilities.read()
 
 
+@pytest.mark.slow
 def test_labels_do_not_depend_on_workers_or_batch_size(paths, tmp_path):
-    """DenseCRF in the main process one tile at a time, and in a 2-process pool after batches of 3."""
-    summary, serial, serial_p = _segment(paths, tmp_path, "serial", workers=0, batch_size=1)
-    _, pooled, pooled_p = _segment(paths, tmp_path, "pooled", workers=2, batch_size=3)
-    assert summary["tiles"] == 4 and summary["crf"]["enabled"]
+    """pydensecrf2 in the main process one tile at a time, and in a 2-process pool after batches of 3; the
+    torch CRF on batches of 1 and 3 windows: the same labels, and the same for both backends."""
+    summary, serial, serial_p = _segment(paths, tmp_path, "serial", workers=0, batch_size=1, crf_backend="densecrf")
+    _, pooled, pooled_p = _segment(paths, tmp_path, "pooled", workers=2, batch_size=3, crf_backend="densecrf")
+    torch_summary, single, single_p = _segment(paths, tmp_path, "single", batch_size=1, crf_backend="torch")
+    _, batched, batched_p = _segment(paths, tmp_path, "batched", batch_size=3, crf_backend="torch")
+    assert summary["tiles"] == 4 and summary["crf"]["enabled"] and torch_summary["crf"]["backend"] == "torch"
     assert len(np.unique(serial)) >= 3
     assert np.abs(serial_p - pooled_p).max() < 1e-4
     assert (serial != pooled).mean() < 1e-4
+    assert np.abs(single_p - batched_p).max() < 1e-4 and (single != batched).mean() < 1e-4
+    assert np.abs(single_p - serial_p).max() < 1e-3 and (single != serial).mean() < 1e-3
 
 
 @pytest.mark.parametrize("workers", [2, 0])
@@ -52,7 +58,7 @@ def test_failing_stage_stops_every_stage(paths, tmp_path, monkeypatch, workers):
 
     monkeypatch.setattr(RasterSource, "read", failing_read)
     with pytest.raises(GeoprotoError, match="read error"):
-        _segment(paths, tmp_path, "failed", workers=workers, batch_size=1)
+        _segment(paths, tmp_path, "failed", workers=workers, batch_size=1, crf_backend="densecrf")
     assert multiprocessing.active_children() == []
     assert not [t for t in threading.enumerate() if t.name.startswith("geoproto-")]
     assert list(tmp_path.iterdir()) == []

@@ -27,6 +27,7 @@ def mean_episode_loss(encoder, sampler, ways, episodes=16):
                                       ways + 1, 20.0, False)) for i in range(episodes)) / episodes
 
 
+@pytest.mark.slow
 def test_training_lowers_the_episode_loss_on_held_out_episodes(dubai, tmp_path):
     episodes = {**SMALL, "ways": 2}
     config = TrainConfig(iterations=40, lr=1e-3, lr_milestones=[10 ** 6], checkpoint_every=40, **episodes)
@@ -42,6 +43,7 @@ def test_training_lowers_the_episode_loss_on_held_out_episodes(dubai, tmp_path):
     assert [line["iteration"] for line in lines] == [10, 20, 30, 40]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(dubai, tmp_path, monkeypatch):
     config = TrainConfig(iterations=6, checkpoint_every=3, **SMALL)
     train_sampler, _ = build_samplers(dubai, config, val_split="none")
@@ -81,6 +83,7 @@ def test_resume_refuses_other_settings(dubai, tmp_path):
         train(train_sampler, None, other, str(tmp_path), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_cli_train_then_segment_with_the_checkpoint(paths, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, [

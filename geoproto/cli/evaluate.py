@@ -13,8 +13,8 @@ from ..models.runtime import resolve_device
 from ..output import StagedOutputs
 from ..training import load_dataset
 from ..training.trainer import TRAIN_RANGES
-from .options import (apply, dataset_options, encoder_options, handle_errors, integer, integer_list, json_option,
-                      not_stdio, number, print_json, printable, quiet_option, show_progress)
+from .options import (apply, crf_backend_option, dataset_options, encoder_options, handle_errors, integer,
+                      integer_list, json_option, not_stdio, number, print_json, printable, quiet_option, show_progress)
 
 
 @click.command("evaluate")
@@ -25,6 +25,7 @@ from .options import (apply, dataset_options, encoder_options, handle_errors, in
               help="Comma-separated seeds (one run each).")
 @click.option("--class-names", help="Evaluate only these classes (comma-separated names).")
 @click.option("--crf/--no-crf", default=True, show_default=True)
+@crf_backend_option
 @click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]), default=CRFParams.bilateral_sxy,
               show_default=True,
               help="Bilateral kernel width in pixels (the paper's 80 for 9 cm imagery).")
@@ -37,8 +38,8 @@ from .options import (apply, dataset_options, encoder_options, handle_errors, in
 @json_option
 @handle_errors
 def evaluate_command(dataset, root, city, bands, eroded, dsm, downsample, fold, split, holdout, encoder, backbone,
-                     checkpoint, init_weights, shots, seeds, class_names, crf, crf_bilateral_px, train_split,
-                     test_split, device, report, quiet, as_json):
+                     checkpoint, init_weights, shots, seeds, class_names, crf, crf_backend, crf_bilateral_px,
+                     train_split, test_split, device, report, quiet, as_json):
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
     # The report path is checked before the (long) evaluation, and never replaces one of its inputs.
@@ -51,7 +52,8 @@ def evaluate_command(dataset, root, city, bands, eroded, dsm, downsample, fold, 
         model, info = select_encoder(encoder, backbone, checkpoint, init_weights)
         result = evaluate(data, model, shots, seeds, class_names.split(",") if class_names else None, crf,
                           resolve_device(device), train_split, test_split,
-                          crf_params=CRFParams(bilateral_sxy=crf_bilateral_px), progress=show_progress(quiet))
+                          crf_params=CRFParams(bilateral_sxy=crf_bilateral_px), progress=show_progress(quiet),
+                          crf_backend=crf_backend)
         result["encoder"] = info
         if report_tmp:
             with open(report_tmp, "w", encoding="utf-8") as handle:

@@ -12,6 +12,7 @@ import warnings
 import click
 from rasterio.errors import NotGeoreferencedWarning
 
+from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..errors import GeoprotoError
 from ..validation import MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
@@ -206,7 +207,13 @@ encoder_options = [
                  help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
 ]
 workers_option = click.option("--workers", type=Number(0, MAX_WORKERS, integer=True),
-                              help="DenseCRF worker processes [default: one per core; 0: none].")
+                              help="DenseCRF worker processes for --crf-backend densecrf [default: one per core; "
+                                   "0: none].")
+crf_backend_option = click.option(
+    "--crf-backend", type=click.Choice(list(BACKENDS)), default=DEFAULT_BACKEND, show_default=True,
+    help="DenseCRF implementation, the same CRF either way: torch (batched on the model's device) or "
+         "densecrf (pydensecrf2, pip install 'geoproto[crf]'; one process per core); auto: torch on a GPU, "
+         "densecrf on a CPU where it is installed.")
 
 dataset_options = [
     click.option("--dataset", type=click.Choice(["isprs", "pascal5i", "folder"]), required=True,

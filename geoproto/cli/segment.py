@@ -7,9 +7,9 @@ import click
 from ..crf import CRF_RANGES, CRFParams
 from ..segment import (DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
                        segment)
-from .options import (apply, command_line, encoder_options, handle_errors, integer, json_option, not_stdio, number,
-                      parse_pairs, print_json, printable, quiet_option, show_progress, support_options,
-                      workers_option)
+from .options import (apply, command_line, crf_backend_option, encoder_options, handle_errors, integer, json_option,
+                      not_stdio, number, parse_pairs, print_json, printable, quiet_option, show_progress,
+                      support_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -30,6 +30,7 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--alpha", type=number(*SEGMENT_RANGES["alpha"]), default=20.0, show_default=True,
               help="Softmax scale of the cosine similarities.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
+@crf_backend_option
 @click.option("--crf-iterations", type=integer(*CRF_RANGES["iterations"]), default=_CRF_DEFAULTS.iterations,
               show_default=True)
 @click.option("--crf-bilateral-m", type=number(*SEGMENT_RANGES["crf_bilateral_m"]), default=DEFAULT_CRF_BILATERAL_M,

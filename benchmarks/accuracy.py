@@ -1,0 +1,83 @@
+"""Accuracy of ``segment``'s method on real data: the paper's protocol on a held-out Dubai area
+(``evaluate``: K-shot supports, CRF off and on) and building IoU on the bundled SpaceNet chip.
+
+    .venv/bin/python benchmarks/accuracy.py --root DUBAI_FOLDER [--encoders dubai,imagenet] [--shots 1,5,10]
+        [--seeds 0,1,2,3,4]
+
+DUBAI_FOLDER holds the Dubai aerial tiles (``images/``, ``masks/``, ``classes.json``); area 6 is the test
+split (``examples/dubai/split-train-1to5-test-6.json``), never used to choose a setting. Prints one row
+per setting: OA, mIoU and per-class F1 in %, mean ± std over seeds, then the SpaceNet rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import geopandas
+import numpy as np
+import rasterio
+import torch
+from rasterio.features import rasterize
+
+from geoproto.evaluation import evaluate
+from geoproto.metrics import confusion_matrix, scores
+from geoproto.models import build_shipped
+from geoproto.segment import SegmentOptions, segment
+from geoproto.training import load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT = REPO / "examples" / "dubai" / "split-train-1to5-test-6.json"
+SPACENET = REPO / "examples" / "spacenet"
+
+
+def spacenet_building_iou(encoder: str, crf: bool, folder: str) -> tuple[float, float]:
+    """(building IoU, OA) on the 35 buildings not used as support, support buildings left out."""
+    out = Path(folder) / f"{encoder}-{crf}.tif"
+    summary = segment(str(SPACENET / "sample_geotiff.tif"), str(SPACENET / "support.gpkg"), str(out),
+                      SegmentOptions(encoder=encoder, crf=crf, progress=False, overwrite=True))
+    building = next(c["id"] for c in summary["classes"] if c["name"] == "building")
+    with rasterio.open(out) as src:
+        predicted, transform = src.read(1), src.transform
+    buildings = geopandas.read_file(SPACENET / "geotiff_labels.geojson")
+    support = geopandas.read_file(SPACENET / "support.gpkg")
+    truth = np.where(rasterize(buildings.geometry, out_shape=predicted.shape, transform=transform) > 0, 1, 2)
+    used = rasterize(support[support["class"] == "building"].geometry, out_shape=predicted.shape,
+                     transform=transform, all_touched=True) > 0
+    result = scores(confusion_matrix(truth, np.where(predicted == building, 1, 2), 2, ignore=used))
+    return float(result["iou"][0]), float(result["overall_accuracy"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="folder of the Dubai aerial tiles")
+    parser.add_argument("--encoders", default="dubai,imagenet")
+    parser.add_argument("--shots", default="1,5,10")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    args = parser.parse_args()
+    data = load_dataset("folder", str(args.root), split=str(SPLIT))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"Dubai area 6, {len(seeds)} seeds: OA, mIoU, per-class F1 (%), mean ± std", flush=True)
+    for name in args.encoders.split(","):
+        encoder = build_shipped(name)[0]
+        for shots in (int(s) for s in args.shots.split(",")):
+            for crf in (False, True):
+                started = time.perf_counter()
+                report = evaluate(data, encoder, shots, seeds, None, crf, torch.device("cpu"), progress=False)
+                mean, std = report["mean"], report["std"]
+                f1 = ", ".join(f"{k} {100 * v:.1f}" for k, v in mean["f1"].items() if v is not None)
+                print(f"{name:>9} {shots:>2}-shot CRF {'on ' if crf else 'off'}  OA {100 * mean['overall_accuracy']:.1f}"
+                      f" ± {100 * std['overall_accuracy']:.1f}  mIoU {100 * mean['mean_iou']:.1f}"
+                      f" ± {100 * std['mean_iou']:.1f}  F1: {f1}  ({time.perf_counter() - started:.0f} s)", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.encoders.split(","):
+            for crf in (False, True):
+                iou, accuracy = spacenet_building_iou(name, crf, folder)
+                print(f"SpaceNet {name:>9} CRF {'on ' if crf else 'off'}  building IoU {iou:.3f}  OA {100 * accuracy:.1f}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
