@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import geopandas
@@ -32,10 +33,19 @@ def two_halves(dtype: str = "uint8", bands: int = 3, side: int = SIDE, seed: int
 
 
 def write_raster(path: Path, data: np.ndarray, nodata=None, crs=CRS, transform=TRANSFORM, **profile) -> Path:
-    with rasterio.open(path, "w", driver=profile.pop("driver", "GTiff"), width=data.shape[2], height=data.shape[1],
-                       count=data.shape[0], dtype=data.dtype, crs=crs, transform=transform, nodata=nodata,
-                       **profile) as dst:
-        dst.write(data)
+    """Write ``data`` (bands x rows x cols, or rows x cols) to ``path``, creating its folder; with
+    ``transform=None`` the raster is not georeferenced (as a plain image or mask is)."""
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    georeference = {} if transform is None else {"crs": crs, "transform": transform}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver=profile.pop("driver", "GTiff"), width=data.shape[2],
+                           height=data.shape[1], count=data.shape[0], dtype=data.dtype, nodata=nodata,
+                           **georeference, **profile) as dst:
+            dst.write(data)
     return path
 
 

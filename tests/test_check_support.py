@@ -81,11 +81,6 @@ def test_raster_support_is_refused(paths, tmp_path):
     assert result.exit_code != 0 and "needs support polygons" in result.output
 
 
-@pytest.fixture(autouse=True)
-def _quiet_geopandas(recwarn):
-    yield
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("default", ["random", "imagenet"])
 def test_auto_leaves_a_worse_default_and_keeps_a_better_one(paths, tmp_path, monkeypatch, default):

@@ -423,9 +423,9 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path, wrapped):
 def test_random_bytes_are_refused(tmp_path):
     path = tmp_path / "noise.pt"
     path.write_bytes(random.Random(0).randbytes(4096))
-    with pytest.raises(GeoprotoError):
+    with pytest.raises(GeoprotoError, match="noise.pt: not a readable PyTorch weights file"):
         load_checkpoint(str(path))
-    with pytest.raises(GeoprotoError):
+    with pytest.raises(GeoprotoError, match="noise.pt: not a readable PyTorch weights file"):
         build_encoder("resnet50", init_weights=str(path))
 
 
@@ -436,14 +436,14 @@ def test_truncated_checkpoint_is_refused(headed_checkpoint, tmp_path, keep):
     n = int(len(data) * keep) if isinstance(keep, float) else (keep if keep > 0 else len(data) + keep)
     path = tmp_path / "truncated.pt"
     path.write_bytes(data[:n])
-    with pytest.raises(GeoprotoError):
+    with pytest.raises(GeoprotoError, match=r"truncated.pt: (not a readable PyTorch weights file|refused)"):
         load_checkpoint(str(path))
 
 
 def test_empty_file_is_refused(tmp_path):
     path = tmp_path / "empty.pt"
     path.write_bytes(b"")
-    with pytest.raises(GeoprotoError):
+    with pytest.raises(GeoprotoError, match="empty.pt: not a readable PyTorch weights file"):
         load_checkpoint(str(path))
 
 
@@ -504,7 +504,7 @@ def test_incomplete_checkpoint_payload_is_refused(headed_checkpoint, tmp_path, d
         payload["mean"] = [0.5]
     path = tmp_path / "damaged.pt"
     torch.save(payload, path)
-    with pytest.raises(GeoprotoError):
+    with pytest.raises(GeoprotoError, match=r"damaged.pt: (checkpoint has no state_dict|weights do not fit)"):
         load_checkpoint(str(path))
 
 

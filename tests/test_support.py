@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rasterio.features import rasterize
-from shapely.geometry import box
+from shapely.geometry import Polygon, box
 
 from geoproto.errors import GeoprotoError
 from geoproto.raster import open_raster
-from geoproto.support import load_support, load_vector_support, read_class_file
+from geoproto.support import ClassInfo, VectorLabels, load_support, load_vector_support, read_class_file
 from geoproto.tiling import tile_grid
 
 # Share of labelled pixels allowed to change when the SpaceNet buildings come as EPSG:4326 (GeoJSON
@@ -366,3 +368,52 @@ def test_support_under_vsizip_loads_and_a_missing_member_is_named(tmp_path, chip
     assert labels.classes.names == ["a", "b"]
     with pytest.raises(GeoprotoError, match="nope.gpkg: not a readable vector file"):
         load_support(f"/vsizip/{tmp_path}/s.zip/nope.gpkg", chip)
+
+
+# Property tests of support rasterisation: labels land inside their polygons, and inside only.
+
+PROPERTY_SIZE = 64
+
+
+@st.composite
+def polygons(draw):
+    """1-4 random triangles or boxes (pixel space) with classes 1..3, inside a 150 x 170 raster."""
+    shapes = []
+    for _ in range(draw(st.integers(1, 4))):
+        points = [(draw(st.floats(-10, 180)), draw(st.floats(-10, 160))) for _ in range(3)]
+        polygon = Polygon(points)
+        if polygon.area < 1:
+            polygon = shapely.box(points[0][0], points[0][1], points[0][0] + 3, points[0][1] + 2)
+        shapes.append((polygon, draw(st.integers(1, 3))))
+    return shapes
+
+
+@settings(max_examples=60, deadline=None)
+@given(polygons())
+def test_labels_land_inside_their_polygons(shapes):
+    height, width = 150, 170
+    geometries = np.array([s for s, _ in shapes])
+    labels = VectorLabels(geometries, np.array([c for _, c in shapes]), ClassInfo([1, 2, 3], ["a", "b", "c"]))
+    mosaic = np.zeros((height, width), np.uint8)
+    for tile in tile_grid(height, width, PROPERTY_SIZE, 8):
+        window = labels.read(tile, PROPERTY_SIZE)
+        rows, cols = tile.core_slices
+        mosaic[tile.core_row0:tile.core_row1, tile.core_col0:tile.core_col1] = window[rows, cols]
+    rows, cols = np.mgrid[0:height, 0:width]
+    centres = shapely.points(cols.ravel() + 0.5, rows.ravel() + 0.5).reshape(height, width)
+    for class_id in (1, 2, 3):
+        mine = geometries[[c == class_id for _, c in shapes]]
+        others = geometries[[c != class_id for _, c in shapes]]
+        labelled = mosaic == class_id
+        if not len(mine):
+            assert not labelled.any()
+            continue
+        union = shapely.union_all(mine)
+        # every labelled pixel touches a polygon of its class (tiny polygons burn touched pixels) ...
+        cells = shapely.box(cols[labelled], rows[labelled], cols[labelled] + 1, rows[labelled] + 1)
+        assert shapely.intersects(cells, union).all()
+        # ... and every pixel centre strictly inside one of them, and in no other class's, is labelled
+        inside = shapely.contains_properly(union, centres)
+        if len(others):
+            inside &= ~shapely.intersects(shapely.union_all(others), centres)
+        assert labelled[inside].all()
