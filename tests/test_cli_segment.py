@@ -194,6 +194,7 @@ def test_class_drawn_only_outside_the_raster_is_left_out(scene, tmp_path):
     assert [c["name"] for c in json.loads(result.stdout)["classes"]] == ["bright", "dark"]
 
 
+@pytest.mark.slow
 def test_class_without_pixels(paths, tmp_path):
     support = geopandas.read_file(paths.support)
     # Over the raster, but every pixel also claimed by a building polygon: an error, not an omission.
@@ -226,6 +227,7 @@ def test_existing_output_needs_overwrite(paths, tmp_path):
     assert out.read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 def test_failure_after_start_leaves_nothing(paths, tmp_path, monkeypatch):
     """A run that fails midway (here: while writing tiles) leaves neither output nor temporary file."""
     import geoproto.output
@@ -248,6 +250,7 @@ def test_failure_after_start_leaves_nothing(paths, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chip.tif"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_run_leaves_nothing(paths, tmp_path, signum, code):
     """A real process stopped mid-run exits 130/143 and removes its temporary files."""
@@ -278,6 +281,7 @@ def small_filesystem(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
+@pytest.mark.slow
 def test_disk_full_midway_fails_cleanly(paths, small_filesystem):
     out = small_filesystem / "c.tif"
     result = run(paths.chip, "--support", paths.support, "-o", out, "--probabilities", small_filesystem / "p.tif", "--no-crf")
@@ -800,6 +804,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_9_takes_the_crf_workers_down_and_a_later_run_cleans_up(tmp_path):
     from synthetic import SIDE, two_halves, write_raster, write_support
