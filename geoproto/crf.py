@@ -3,8 +3,8 @@
 Two backends compute the same CRF: ``torch`` (``crf_torch``: batched, on the model's device) and
 ``densecrf`` (pydensecrf2, the reference, an optional extra: ``pip install geoproto[crf]``; one core per
 window, run in a process pool by the pipeline). ``auto``, the default, picks the faster one here (see
-``resolve_backend``). This module imports neither torch nor
-pydensecrf at import time: the pool's workers import it.
+``resolve_backend``). This module imports neither torch nor pydensecrf at import time: the pool's
+workers import it.
 
 The paper's kernels are in pixels for 9 cm imagery (Gaussian sxy 3; bilateral sxy 80, srgb 13): 80 px
 is about 7 m on the ground. Applied unchanged at coarser resolution the bilateral kernel spans tens of
@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .validation import check_number
-
 from .errors import GeoprotoError
+from .validation import check_number
 
 BACKENDS = ("auto", "torch", "densecrf")
 DEFAULT_BACKEND = "auto"

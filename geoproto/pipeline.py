@@ -32,7 +32,7 @@ from .fewshot import class_scores
 from .models.runtime import CONTEXT_MARGIN
 from .output import ResultWriter
 from .raster import RasterSource
-from .tile_labels import NODATA, TileResult, finish_tile, init_worker
+from .tile_labels import TileResult, finish_tile, init_worker
 from .tiling import Tile
 
 _DONE = object()
@@ -71,14 +71,14 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
               writer: ResultWriter, size: int, alpha: float, crf_params: crf_module.CRFParams | None,
               batch_size: int, workers: int, progress: bool,
               crf_backend: str = "torch") -> tuple[np.ndarray, int, dict]:
-    """Segment ``tiles`` and write them; returns (pixels per class + nodata, CRF-rejected tiles, seconds
+    """Segment ``tiles`` and write them; returns (pixels per class id, 256 bins, CRF-rejected tiles, seconds
     spent in each stage: reading, model, CRF and labelling (summed over workers), writing)."""
     torch_crf = crf_params is not None and crf_backend == "torch"
     pool_crf = crf_params if crf_params is not None and crf_backend == "densecrf" else None
     stop = threading.Event()
     read_queue: queue.Queue = queue.Queue(maxsize=2 * batch_size + 2)
     write_queue: queue.Queue = queue.Queue(maxsize=2 * max(workers, 1) + batch_size)
-    counts = np.zeros(len(ids) + 1, np.int64)
+    counts = np.zeros(256, np.int64)
     state = {"crf_rejected": 0}
     timings = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
     keep_probabilities = writer.probabilities is not None
@@ -105,7 +105,7 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
         timings["write"] += time.perf_counter() - started
         timings["crf"] += result.seconds
         rows, cols = result.tile.core_slices
-        counts[:] += _count(result.labels[rows, cols], ids)
+        counts[:] += np.bincount(result.labels[rows, cols].ravel(), minlength=256)
         state["crf_rejected"] += not result.crf_kept
         bar.update(1)
         return True
@@ -211,12 +211,8 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
 
 def _windows(images: np.ndarray, size: int) -> np.ndarray:
     """The windows of images read with CONTEXT_MARGIN pixels of context around them (the CRF's input)."""
-    return np.ascontiguousarray(images[..., CONTEXT_MARGIN:CONTEXT_MARGIN + size, CONTEXT_MARGIN:CONTEXT_MARGIN + size])
-
-
-def _count(core: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    histogram = np.bincount(core.ravel(), minlength=256)
-    return np.append(histogram[ids], histogram[NODATA])
+    inside = slice(CONTEXT_MARGIN, CONTEXT_MARGIN + size)
+    return np.ascontiguousarray(images[..., inside, inside])
 
 
 def _get(q: queue.Queue, producer: _Stage):

@@ -31,6 +31,7 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
 from .pipeline import run_tiles
 from .raster import RasterSource, block_cache, path_exists
 from .support import ClassInfo, VectorLabels, is_raster, load_support
+from .tile_labels import NODATA
 from .tiling import tile_grid
 from .validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
 
@@ -153,7 +154,8 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
             model_seconds += time.perf_counter() - started
             # Support over nodata (or NaN) would make a prototype of fill values: left out.
             accumulator.add(features.cpu(), torch.from_numpy(np.stack(
-                [_core_labels(lookup[labels.read(tile, size)], tile) * valid for tile, (_, valid) in zip(chunk, reads)])))
+                [_core_labels(lookup[labels.read(tile, size)], tile) * valid
+                 for tile, (_, valid) in zip(chunk, reads)])))
             windows += len(chunk)
     empty = [(name, class_id in seen) for name, class_id, pixels in
              zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
@@ -175,6 +177,8 @@ def _core_labels(window_labels: np.ndarray, tile) -> np.ndarray:
     rows, cols = tile.core_slices
     core[rows, cols] = window_labels[rows, cols]
     return core
+
+
 def _pixel_area_m2(src, crs) -> float | None:
     if crs is None or not crs.is_projected:
         return None
@@ -300,17 +304,18 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                 writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp, metadata,
                                       options.creation_options)
                 try:
-                    _, crf_rejected, stage_seconds = run_tiles(
+                    counts, crf_rejected, stage_seconds = run_tiles(
                         ClippedSource(source, area) if area is not None else source, tiles, extract, prototypes,
                         np.array(classes.ids, np.uint8), writer, size, options.alpha,
                         crf_params if options.crf else None, batch_size, workers, options.progress, crf_backend)
                 finally:
                     writer.close()
+            counts[NODATA] += src.width * src.height - counts.sum()  # windows outside --aoi: never written
         with gdal_write_errors(output):
             min_pixels = math.ceil(options.min_area / pixel_area) if options.min_area else 0
             if min_pixels > 1:  # before anything reads the raster, so that raster and polygons agree
                 sieve_classes(class_tmp, min_pixels)
-            counts = class_histogram(class_tmp)
+                counts = class_histogram(class_tmp)
             overviews = []
             if raster_format == "COG":
                 convert_to_cog(class_tmp, options.creation_options)
