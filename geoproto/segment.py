@@ -179,17 +179,22 @@ def _core_labels(window_labels: np.ndarray, tile) -> np.ndarray:
     return core
 
 
-def _pixel_area_m2(src, crs) -> float | None:
+def _metres_per_unit(crs) -> float | None:
+    """Metres per unit of a projected CRS; None without a CRS or for geographic degrees."""
     if crs is None or not crs.is_projected:
         return None
-    return float(abs(src.transform.determinant) * crs.linear_units_factor[1] ** 2)
+    return float(crs.linear_units_factor[1])
+
+
+def _pixel_area_m2(src, crs) -> float | None:
+    unit = _metres_per_unit(crs)
+    return None if unit is None else float(abs(src.transform.determinant) * unit ** 2)
 
 
 def _pixel_size_m(src, crs) -> float | None:
-    if crs is None or not crs.is_projected:
-        return None
-    unit = crs.linear_units_factor[1] if hasattr(crs, "linear_units_factor") else 1.0
-    return float(abs(src.transform.a) * unit) if src.transform.b == 0 else None
+    """The pixel width in metres of a north-up raster (None if rotated or without a metric CRS)."""
+    unit = _metres_per_unit(crs)
+    return None if unit is None or src.transform.b != 0 else float(abs(src.transform.a) * unit)
 
 
 @dataclass
