@@ -32,7 +32,8 @@ from shapely.geometry import box
 from geoproto.metrics import confusion_matrix
 from geoproto.models import DEFAULT_ENCODER, shipped_names
 from geoproto.segment import SegmentOptions, segment
-from geoproto.support import RasterLabels, read_class_file
+from geoproto.classes import read_class_file
+from geoproto.support import RasterLabels
 from geoproto.tiling import Tile
 
 REPO = Path(__file__).resolve().parents[1]

@@ -52,7 +52,8 @@ def build_mosaic(side: int, root: Path) -> tuple[Path, Path]:
 
 def _write_mosaic(side: int, root: Path, image_path: Path, label_path: Path) -> None:
     """Written block row by block row, so memory stays small whatever ``side``."""
-    from geoproto.support import RasterLabels, read_class_file
+    from geoproto.classes import read_class_file
+    from geoproto.support import RasterLabels
     from geoproto.tiling import Tile
 
     info = read_class_file(str(root / "classes.json"))
@@ -179,7 +180,7 @@ def crf_windows(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     labels smoothed and made noisy as the model's stand-in (the CRF's cost does not depend on them)."""
     import torch
 
-    from geoproto.support import read_class_file
+    from geoproto.classes import read_class_file
 
     colours = np.array(read_class_file(str(root / "classes.json")).colors)
     names = sorted(p.stem for p in (root / "images").glob("*.jpg"))

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .classes import ClassInfo
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_scores
 from .metrics import scores
 from .models.runtime import CONTEXT_MARGIN
 from .raster import RasterSource
-from .support import ClassInfo, VectorLabels
+from .support import VectorLabels
 from .tiling import Tile
 
 MIN_POLYGONS = 3

@@ -22,14 +22,14 @@ from tqdm import tqdm
 from . import crf as crf_module
 from . import crf_torch
 from .datasets import LabelledDataset
+from .classes import NODATA, ClassInfo
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities
 from .metrics import confusion_matrix, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
 from .raster import open_raster, path_exists
-from .support import ClassInfo, RasterLabels
-from .tile_labels import NODATA
+from .support import RasterLabels
 from .tiling import tile_grid
 from .validation import ALPHA_MAX, check_number
 
@@ -217,8 +217,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
     crf_backend = crf_module.resolve_backend(crf_backend, device.type) if crf else None
     classes = data.classes if not class_names else data.classes.subset(
         [data.classes.ids[data.classes.names.index(n)] for n in _known(data, class_names)])
-    lookup = np.zeros(256, np.int64)
-    lookup[classes.ids] = np.arange(1, len(classes.ids) + 1)
+    lookup = classes.positions()
     train_samples, test_samples = data.subset(train_split), data.subset(test_split)
     if not test_samples:
         raise GeoprotoError(f"{data.name}: the {test_split!r} split is empty")

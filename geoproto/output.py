@@ -23,8 +23,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from .errors import GeoprotoError
-from .support import ClassInfo
-from .tile_labels import NODATA
+from .classes import NODATA, ClassInfo
 from .tiling import Tile
 
 PREVIEW_MAX_SIDE = 2048

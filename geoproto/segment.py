@@ -21,6 +21,7 @@ import torch
 from . import __version__
 from . import crf as crf_module
 from .aoi import ClippedSource, load_area
+from .classes import NODATA, ClassInfo
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -30,8 +31,7 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
                      write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import run_tiles
 from .raster import RasterSource, block_cache, path_exists
-from .support import ClassInfo, VectorLabels, is_raster, load_support
-from .tile_labels import NODATA
+from .support import VectorLabels, is_raster, load_support
 from .tiling import tile_grid
 from .validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
 
@@ -122,8 +122,7 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
     Classes a --classes file lists but the support never uses are left out (with a warning); the
     returned ClassInfo holds the classes the prototypes are for, in their order.
     """
-    lookup = np.zeros(256, np.int64)
-    lookup[classes.ids] = np.arange(1, len(classes.ids) + 1)
+    lookup = classes.positions()
     unknown: set[int] = set()
     windows = 0
     seen: set[int] = set()
@@ -143,8 +142,7 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
         if unused and labels.classes_from_catalogue and len(unused) < len(classes.ids):
             warnings.warn(f"no support for class(es) {', '.join(unused)} of the --classes file: left out")
             classes = classes.subset(seen)
-            lookup[:] = 0
-            lookup[classes.ids] = np.arange(1, len(classes.ids) + 1)
+            lookup = classes.positions()
         accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
         model_seconds = 0.0
         for chunk in _batches(labelled, batch_size):

@@ -8,10 +8,7 @@ full-size context around every polygon, and polygons larger than a window are co
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import rasterio
@@ -22,6 +19,7 @@ from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from .classes import MAX_CLASS_ID, ClassInfo, read_class_file
 from .errors import GeoprotoError
 from .raster import open_raster, path_exists, read_error
 from .tiling import Tile
@@ -30,75 +28,7 @@ from .tiling import Tile
 # (unless it is the file's only field): generic names like "name" or "id" rarely hold land-cover classes.
 CLASS_FIELD_CANDIDATES = ("class", "class_name", "classname", "class_id", "label", "landcover", "land_cover",
                           "category")
-MAX_CLASS_ID = 254
-# A class file lists at most 254 classes: anything much larger is not one (and deep nesting in a
-# large JSON file exhausts the parser's recursion).
-MAX_CLASS_FILE_BYTES = 1 << 20
 TINY_POLYGON_PIXELS = 4.0
-
-
-@dataclass
-class ClassInfo:
-    """Class ids (as written to the output), their names and optional RGB colours."""
-
-    ids: list[int]
-    names: list[str]
-    colors: list[tuple[int, int, int] | None] = field(default_factory=list)
-
-    def __post_init__(self):
-        if not self.colors:
-            self.colors = [None] * len(self.ids)
-
-    def name_of(self, class_id: int) -> str:
-        return self.names[self.ids.index(class_id)]
-
-    def subset(self, ids) -> "ClassInfo":
-        keep = [i for i, class_id in enumerate(self.ids) if class_id in set(ids)]
-        return ClassInfo([self.ids[i] for i in keep], [self.names[i] for i in keep], [self.colors[i] for i in keep])
-
-
-def _hex_to_rgb(value: str) -> tuple[int, int, int]:
-    value = value.lstrip("#")
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
-
-
-def read_class_file(path: str) -> ClassInfo:
-    """Class names (and colours) from JSON: ``{"1": "building", ...}``, or a list of
-    ``{"id": 1, "name": "building", "color": "#3C1098"}``, optionally under a ``"classes"`` key."""
-    try:
-        if os.path.getsize(path) > MAX_CLASS_FILE_BYTES:
-            raise GeoprotoError(f"{path}: {os.path.getsize(path)} bytes; a class file is a small JSON list of at "
-                                f"most {MAX_CLASS_ID} classes (limit {MAX_CLASS_FILE_BYTES} bytes)")
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise GeoprotoError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise GeoprotoError(f"{path}: is a directory, not a JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GeoprotoError(f"{path}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise GeoprotoError(f"{path}: JSON nested too deeply to be a class file") from None
-    if isinstance(data, dict) and "classes" in data:
-        data = data["classes"]
-    try:
-        if isinstance(data, dict):
-            entries = sorted((int(k), str(v)) for k, v in data.items())
-            info = ClassInfo([i for i, _ in entries], [n for _, n in entries])
-        else:
-            info = ClassInfo([int(e["id"]) for e in data], [str(e["name"]) for e in data],
-                             [_hex_to_rgb(e["color"]) if e.get("color") else None for e in data])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise GeoprotoError(f"{path}: expected {{\"1\": \"name\", ...}} or a list of {{\"id\", \"name\"}}") from None
-    bad = [i for i in info.ids if not 1 <= i <= MAX_CLASS_ID]
-    if bad:
-        raise GeoprotoError(f"{path}: class id {bad[0]} outside 1..{MAX_CLASS_ID} (0 means unlabelled)")
-    if any(not name.strip() for name in info.names):
-        raise GeoprotoError(f"{path}: a class has an empty name; name every class")
-    duplicates = sorted({i for i in info.ids if info.ids.count(i) > 1})
-    if duplicates:
-        raise GeoprotoError(f"{path}: class id {duplicates[0]} is listed twice")
-    return info
 
 
 class VectorLabels:

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import crf as crf_module
+from .classes import NODATA
 from .tiling import Tile
-
-NODATA = 0
 
 
 @dataclass

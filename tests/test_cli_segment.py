@@ -21,7 +21,7 @@ from shapely.geometry import box
 
 from geoproto.cli import main
 from geoproto.metrics import confusion_matrix, scores
-from geoproto.support import read_class_file
+from geoproto.classes import read_class_file
 
 
 

@@ -12,7 +12,7 @@ from rasterio.features import rasterize
 
 from geoproto import crf, crf_torch
 from geoproto.errors import GeoprotoError
-from geoproto.support import read_class_file
+from geoproto.classes import read_class_file
 
 WINDOW = 417
 

@@ -145,7 +145,7 @@ def _class_raster(path, data, tags=None, nodata=0, categories: list[str] | None 
             dst.update_tags(**tags)
     if categories:
         from geoproto.output import class_areas, write_legend
-        from geoproto.support import ClassInfo
+        from geoproto.classes import ClassInfo
 
         classes = ClassInfo(list(range(1, len(categories))), categories[1:])
         write_legend(f"{path}.aux.xml", classes, class_areas(classes, np.zeros(256, np.int64), 1.0))

@@ -17,7 +17,7 @@ from geoproto.errors import GeoprotoError
 from geoproto.output import (RASTER_DRIVERS, VECTOR_DRIVERS, StagedOutputs, build_overviews, class_areas,
                              class_histogram, convert_to_cog, output_driver, remove_stale_staging, same_file,
                              sieve_classes, write_area_report, write_legend, write_polygons)
-from geoproto.support import ClassInfo
+from geoproto.classes import ClassInfo
 
 from conftest import gdal_band
 from synthetic import ORIGIN, dead_pid, write_raster

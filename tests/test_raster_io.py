@@ -15,9 +15,10 @@ from rasterio.features import rasterize
 from rasterio.warp import calculate_default_transform, reproject
 
 from geoproto.errors import GeoprotoError
-from geoproto.output import NODATA, ResultWriter, class_areas, class_histogram, write_legend
+from geoproto.classes import NODATA, ClassInfo, read_class_file
+from geoproto.output import ResultWriter, class_areas, class_histogram, write_legend
 from geoproto.raster import RasterSource, open_raster
-from geoproto.support import ClassInfo, RasterLabels, read_class_file
+from geoproto.support import RasterLabels
 from geoproto.tiling import tile_grid
 
 TILE, OVERLAP = 128, 16

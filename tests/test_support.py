@@ -17,7 +17,8 @@ from shapely.geometry import Polygon, box
 
 from geoproto.errors import GeoprotoError
 from geoproto.raster import open_raster
-from geoproto.support import ClassInfo, VectorLabels, load_support, load_vector_support, read_class_file
+from geoproto.classes import ClassInfo, read_class_file
+from geoproto.support import VectorLabels, load_support, load_vector_support
 from geoproto.tiling import tile_grid
 
 # Share of labelled pixels allowed to change when the SpaceNet buildings come as EPSG:4326 (GeoJSON
@@ -380,7 +381,9 @@ def polygons(draw):
     """1-4 random triangles or boxes (pixel space) with classes 1..3, inside a 150 x 170 raster."""
     shapes = []
     for _ in range(draw(st.integers(1, 4))):
-        points = [(draw(st.floats(-10, 180)), draw(st.floats(-10, 160))) for _ in range(3)]
+        # Subnormal coordinates (1e-239) only probe GDAL's scanline arithmetic, not ours.
+        points = [(draw(st.floats(-10, 180, allow_subnormal=False)), draw(st.floats(-10, 160, allow_subnormal=False)))
+                  for _ in range(3)]
         polygon = Polygon(points)
         if polygon.area < 1:
             polygon = shapely.box(points[0][0], points[0][1], points[0][0] + 3, points[0][1] + 2)
@@ -388,7 +391,7 @@ def polygons(draw):
     return shapes
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(polygons())
 def test_labels_land_inside_their_polygons(shapes):
     height, width = 150, 170

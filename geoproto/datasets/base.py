@@ -18,7 +18,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from ..errors import GeoprotoError
-from ..support import ClassInfo, palette_colors
+from ..classes import ClassInfo
+from ..support import palette_colors
 
 # Share of label pixels whose colour matches no class (nor the ignore colour) tolerated before a
 # dataset is refused: JPEG-like noise on edges is accepted, a wrong colour table is not.

@@ -9,15 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeoprotoError
-from ..support import read_class_file
+from ..classes import hex_to_rgb, read_class_file
 from .base import LabelDecoder, LabelledDataset, Sample
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
-
-
-def _hex(value: str) -> tuple[int, int, int]:
-    value = value.lstrip("#")
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
 
 def load_folder(root: str, split_file: str | None = None, holdout: str | None = None) -> LabelledDataset:
@@ -39,7 +34,7 @@ def load_folder(root: str, split_file: str | None = None, holdout: str | None = 
     if all(c is not None for c in classes.colors):
         ignore = raw.get("ignore_color") if isinstance(raw, dict) else None
         decoder = LabelDecoder(colors=dict(zip(classes.colors, classes.ids)),
-                               ignore_colors=(_hex(ignore),) if ignore else (), source=f"{root}/masks")
+                               ignore_colors=(hex_to_rgb(ignore),) if ignore else (), source=f"{root}/masks")
     else:
         lookup = np.zeros(256, np.uint8)
         lookup[classes.ids] = classes.ids

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ..errors import GeoprotoError
-from ..support import ClassInfo
+from ..classes import ClassInfo
 from .base import LabelDecoder, LabelledDataset, Sample
 
 CLASSES = ClassInfo(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeoprotoError
-from ..support import ClassInfo
+from ..classes import ClassInfo
 from .base import LabelDecoder, LabelledDataset, Sample
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
