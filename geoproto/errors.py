@@ -2,4 +2,17 @@
 
 
 class GeoprotoError(Exception):
-    """A problem with the user's input or environment, stated so they can fix it."""
+    """A problem with the user's input or environment, stated so they can fix it.
+
+    ``param`` names the library parameter at fault (``"tile_size"``, ``"overwrite"``), when there is
+    one: Python callers read ``tile_size: must be ...``, while the CLI names the option that sets it
+    (``--tile-size: must be ...``), as rio does with click's ``param_hint``.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:
+        return f"{self.param}: {self.message}" if self.param else self.message
