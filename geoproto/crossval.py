@@ -7,9 +7,10 @@ fold the prototypes of the other folds label the held-out polygons' pixels. Seve
 pooled, so the score does not hinge on one split of a dozen polygons. The pooled confusion matrix gives
 per-class F1, the confusions between classes, and plain warnings.
 
-The same machinery compares encoders on the same support (``compare_encoders``): the confusion is kept
-per spatial group, so resampling the groups (a bootstrap) shows whether one encoder's lead is more than
-the luck of which few polygons were drawn.
+The same machinery compares encoders, and ways of scoring (multi-scale features, a linear head fitted on
+the support: ``heads``), on the same support (``reliable_choice``): the confusion is kept per spatial
+group, so resampling the groups (a bootstrap) shows whether one candidate's lead is more than the luck of
+which few polygons were drawn.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 from .classes import ClassInfo
-from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_scores
+from .fewshot import DEFAULT_ALPHA, upsample_scores
+from .heads import LINEAR, PROTOTYPES, SCALES, SupportFit, concat_scales, second_scale_features
 from .metrics import scores
 from .models.runtime import CONTEXT_MARGIN
 from .raster import RasterSource
@@ -33,8 +35,8 @@ LOW_F1_WARNING = 0.5
 MAX_WINDOWS = 256  # windows cross-validated at most (chosen at random beyond): bounds memory and time
 DEFAULT_DRAWS = 3  # random deals of the groups to folds, pooled
 BOOTSTRAP_RESAMPLES = 2000
-# ``--encoder auto`` leaves the default encoder only for one that beats it in this share of the
-# bootstrap resamples of the support's spatial groups.
+# ``--encoder auto`` leaves the default encoder (and scoring leaves plain prototypes) only for one that
+# beats it in this share of the bootstrap resamples of the support's spatial groups.
 SWITCH_CONFIDENCE = 0.95
 
 
@@ -92,13 +94,6 @@ def deal_folds(dominant: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of_group
 
 
-def spatial_folds(labels: VectorLabels, classes: ClassInfo, folds: int, group_distance: float,
-                  seed: int = 0) -> np.ndarray:
-    """The fold of each polygon, for one random deal of its spatial group."""
-    group_of, dominant = spatial_groups(labels, classes, group_distance)
-    return deal_folds(dominant, folds, seed)[group_of]
-
-
 def read_support_windows(source: RasterSource, labels: VectorLabels, classes: ClassInfo, tiles: list[Tile],
                          size: int, folds: int, group_distance: float, draws: int = DEFAULT_DRAWS) -> SupportWindows:
     candidates = labels.candidate_tiles(tiles)
@@ -131,9 +126,10 @@ def encode_windows(extract, windows: SupportWindows, batch_size: int) -> torch.T
 
 
 def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes: int, folds: int,
-                   alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+                   alpha: float = DEFAULT_ALPHA, head: str = PROTOTYPES) -> np.ndarray:
     """Confusion of held-out polygon pixels per spatial group, averaged over the fold deals
-    (G x K x K, rows: true class); summed over groups it is the pooled confusion matrix."""
+    (G x K x K, rows: true class); summed over groups it is the pooled confusion matrix. ``head``: how
+    the other folds' pixels score the held-out ones (``heads.SupportFit``)."""
     size = windows.polygons.shape[-2:]
     polygon_class = np.concatenate([[0], windows.polygon_classes])
     polygon_group = np.concatenate([[0], windows.groups])
@@ -152,15 +148,15 @@ def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes:
             if not held_out.any():
                 continue
             training_labels = torch.where((fold_map != fold) & core, class_map, 0)
-            accumulator = PrototypeAccumulator(num_classes, features.shape[1])
-            for n in range(len(features)):
-                accumulator.add(features[n:n + 1], training_labels[n:n + 1].long())
-            if (accumulator.pixels == 0).any():
+            support = SupportFit(num_classes, head)
+            for n in torch.nonzero(training_labels.flatten(1).any(1)).flatten().tolist():
+                support.add(features[n:n + 1], training_labels[n:n + 1].long())
+            if (support.pixels == 0).any():
                 continue  # a class has all its polygons in this fold: nothing to learn it from
-            prototypes = accumulator.prototypes()
+            score = support.fit(alpha)
             for n in torch.nonzero(held_out.flatten(1).any(1)).flatten().tolist():
                 with torch.inference_mode():
-                    predicted = class_scores(features[n:n + 1].float(), prototypes, size, alpha)[0].argmax(0)
+                    predicted = upsample_scores(score(features[n:n + 1].float()), size)[0].argmax(0)
                 mask = held_out[n]
                 truth = class_map[n][mask].numpy() - 1
                 cell = group_map[n][mask.numpy()] * cells + truth * num_classes + predicted[mask].numpy()
@@ -168,15 +164,16 @@ def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes:
     return matrix.reshape(-1, num_classes, num_classes) / len(windows.fold_draws)
 
 
-def compare_encoders(group_confusions: dict[str, np.ndarray], default: str, seed: int = 0,
-                     resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = SWITCH_CONFIDENCE) -> dict:
-    """Which encoder to segment with, from each one's per-group confusion on the same support.
+def reliable_choice(group_confusions: dict[str, np.ndarray], default: str, kind: str = "encoder", seed: int = 0,
+                    resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = SWITCH_CONFIDENCE) -> dict:
+    """Which of several ways of segmenting (``kind``: encoders, scoring variants) to use, from each one's
+    per-group confusion on the same support and folds.
 
-    The default stays unless another encoder's cross-validated mean class F1 beats it in at least
-    ``confidence`` of the bootstrap resamples of the spatial groups (the same resamples for every
-    encoder); among those, the best mean F1 wins. With a dozen polygons, leads of a few F1 points come
-    and go with the polygons drawn (measured on the Dubai tiles: the plain best-F1 choice cost up to
-    11 OA points on a tile), so a lead must be reliable to overrule the default.
+    The default stays unless another's cross-validated mean class F1 beats it in at least ``confidence``
+    of the bootstrap resamples of the spatial groups (the same resamples for every candidate); among
+    those, the best mean F1 wins. With a dozen polygons, leads of a few F1 points come and go with the
+    polygons drawn (measured on the Dubai tiles: the plain best-F1 choice of encoder cost up to 11 OA
+    points on a tile), so a lead must be reliable to overrule the default.
     """
     rng = np.random.default_rng(seed)
     groups = next(iter(group_confusions.values())).shape[0]
@@ -190,7 +187,7 @@ def compare_encoders(group_confusions: dict[str, np.ndarray], default: str, seed
     ranking = ", ".join(f"{name} {mean_f1[name]:.3f}" for name in sorted(mean_f1, key=lambda n: -mean_f1[n]))
     if picked == default:
         best = max(wins, key=wins.get) if wins else None
-        reason = (f"kept the default {default}: no encoder beats it reliably (cross-validated mean class F1: "
+        reason = (f"kept the default {default}: no {kind} beats it reliably (cross-validated mean class F1: "
                   f"{ranking}" + (f"; {best} beats it in {wins[best]:.0%} of {resamples} bootstrap resamples of "
                                   f"the support's polygon groups, {confidence:.0%} needed)" if best else ")"))
     else:
@@ -199,6 +196,39 @@ def compare_encoders(group_confusions: dict[str, np.ndarray], default: str, seed
                   f"the support's polygon groups ({ranking})")
     return {"picked": picked, "default": default, "mean_f1": {k: round(float(v), 4) for k, v in mean_f1.items()},
             "beats_default": {k: round(v, 4) for k, v in wins.items()}, "reason": reason}
+
+
+def compare_encoders(group_confusions: dict[str, np.ndarray], default: str, **options) -> dict:
+    """``reliable_choice`` among encoders."""
+    return reliable_choice(group_confusions, default, "encoder", **options)
+
+
+# Ways of scoring a window, from its features and the support: (input scales, head).
+VARIANTS = {"prototypes": ((1,), PROTOTYPES), "multiscale": (SCALES, PROTOTYPES),
+            "linear": ((1,), LINEAR), "multiscale+linear": (SCALES, LINEAR)}
+DEFAULT_VARIANT = "prototypes"
+
+
+def choose_scoring(extract, features: torch.Tensor, windows: SupportWindows, num_classes: int, folds: int,
+                   batch_size: int, alpha: float = DEFAULT_ALPHA) -> tuple[dict, dict[str, np.ndarray]]:
+    """Whether to score with plain prototypes (eq. 2) or with multi-scale features and/or a linear head
+    fitted on the support (``heads``), cross-validated on the same folds as ``features`` (the 1x features
+    of ``windows`` by ``extract``; the 2x ones are encoded here). The default, prototypes, stays unless a
+    variant beats it reliably (``reliable_choice``).
+
+    Returns the choice (``reliable_choice``'s keys plus ``scales`` and ``head``: the picked variant's
+    settings) and each variant's per-group confusion.
+    """
+    second = encode_windows(lambda images, context: second_scale_features(extract, images, context),
+                            windows, batch_size)
+    multiscale = torch.cat([concat_scales(features[n:n + 1], second[n:n + 1]).half() for n in range(len(features))])
+    del second
+    confusions = {name: cross_validate(multiscale if len(scales) > 1 else features, windows, num_classes, folds,
+                                       alpha, head)
+                  for name, (scales, head) in VARIANTS.items()}
+    choice = reliable_choice(confusions, DEFAULT_VARIANT, "variant")
+    scales, head = VARIANTS[choice["picked"]]
+    return {**choice, "scales": list(scales), "head": head}, confusions
 
 
 def _mean_f1(matrices: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from shapely.geometry import box
 
 from geoproto.cli import main
-from geoproto.crossval import spatial_folds
+from geoproto.crossval import deal_folds, spatial_groups
 from geoproto.segment import SegmentOptions, check_support, open_inputs
 
 
@@ -33,7 +33,8 @@ def test_folds_keep_neighbouring_polygons_together(paths):
     path = Path(__import__("tempfile").mkdtemp()) / "s.gpkg"
     frame.to_file(path)
     inputs = open_inputs(str(paths.chip), str(path), SegmentOptions())
-    folds = spatial_folds(inputs.labels, inputs.classes, 3, group_distance=32)
+    group_of, dominant = spatial_groups(inputs.labels, inputs.classes, group_distance=32)
+    folds = deal_folds(dominant, 3, seed=0)[group_of]
     assert folds[0] == folds[1]
     assert len(folds) == 6 and set(folds) <= {0, 1, 2}
     # each class spread over more than one fold
@@ -120,8 +121,8 @@ def _confusions(correct_shares, pixels=100):
     return matrices
 
 
-def test_compare_encoders_switches_only_for_a_reliable_lead():
-    from geoproto.crossval import compare_encoders
+def test_reliable_choice_switches_only_for_a_reliable_lead():
+    from geoproto.crossval import compare_encoders, reliable_choice
 
     default = _confusions([0.7] * 12)
     everywhere_better = _confusions([0.9] * 12)
@@ -130,15 +131,14 @@ def test_compare_encoders_switches_only_for_a_reliable_lead():
     choice = compare_encoders({"base": default, "strong": everywhere_better, "lucky": lucky}, "base")
     assert choice["picked"] == "strong" and choice["beats_default"]["strong"] == 1.0
     assert choice["reason"].startswith("picked strong")
-    choice = compare_encoders({"base": default, "lucky": lucky}, "base")
+    choice = reliable_choice({"base": default, "lucky": lucky}, "base", "variant")
     assert choice["mean_f1"]["lucky"] > choice["mean_f1"]["base"]
     assert choice["picked"] == "base" and choice["beats_default"]["lucky"] < 0.95
-    assert choice["reason"].startswith("kept the default base") and "lucky beats it in" in choice["reason"]
+    assert choice["reason"].startswith("kept the default base: no variant beats it reliably")
+    assert "lucky beats it in" in choice["reason"]
 
 
 def test_every_fold_deal_keeps_spatial_groups_together_and_spreads_classes(paths, tmp_path):
-    from geoproto.crossval import deal_folds, spatial_groups
-
     frame = _boxes(paths, [(10, 10, 30, 30), (35, 10, 55, 30), (300, 300, 320, 320), (600, 600, 620, 620),
                     (100, 700, 120, 720), (700, 100, 720, 120), (400, 100, 420, 120), (100, 400, 120, 420)],
                    ["a", "a", "b", "a", "b", "b", "a", "b"])
@@ -177,3 +177,72 @@ def test_huge_tile_size_is_refused_with_the_figure(paths):
 
     with pytest.raises(GeoprotoError, match=r"--tile-size 100000 with --batch-size 1 would need about [\d.]+ GiB"):
         check_support(str(paths.chip), str(paths.support), SegmentOptions(tile_size=100000, device="cpu"))
+
+
+def _pooled_colour_features(images, context):
+    """A stand-in encoder: each 8 x 8 block's mean colour, centred (B x 3 x h x w)."""
+    import torch
+    import torch.nn.functional as F
+
+    images = torch.as_tensor(images)
+    window = images[..., context:images.shape[-2] - context, context:images.shape[-1] - context]
+    return F.avg_pool2d(window - 0.5, 8, ceil_mode=True)
+
+
+def _colour_support(tmp_path, skewed: bool):
+    """A 400 x 400 uint8 raster of 36 boxes (32 px, 64 px apart: one spatial group each), half of class a,
+    half of b, every 8 x 8 block of a box one colour. ``skewed``: the colours spread along red = green, the
+    classes separated only by red - green = +-12, so their means differ mostly along the spread and the
+    nearest prototype errs where the spreads overlap; otherwise two well apart colour clusters."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    image = np.full((3, 400, 400), 128, np.uint8)
+    boxes, names = [], []
+    transform = from_origin(500000, 3700000, 1, 1)
+    for n, (row, col) in enumerate((r, c) for r in range(16, 400 - 32, 64) for c in range(16, 400 - 32, 64)):
+        cls = n % 2
+        for i in range(4):
+            for j in range(4):
+                if skewed:
+                    t = (rng.uniform(-1, 4) + (0.3 if cls == 0 else -0.3)) * (1 if cls == 0 else -1)
+                    shift = 6 if cls == 0 else -6
+                    colour = (128 + 20 * t + shift, 128 + 20 * t - shift, 160)
+                else:
+                    colour = (180, 90, 160) if cls == 0 else (90, 180, 160)
+                image[:, row + 8 * i:row + 8 * i + 8, col + 8 * j:col + 8 * j + 8] = np.array(colour)[:, None, None]
+        (x0, y0), (x1, y1) = transform * (col, row), transform * (col + 32, row + 32)
+        boxes.append(box(x0, y1, x1, y0))
+        names.append("ab"[cls])
+    with rasterio.open(tmp_path / "colours.tif", "w", driver="GTiff", width=400, height=400, count=3,
+                       dtype="uint8", crs="EPSG:32616", transform=transform) as dst:
+        dst.write(image)
+    geopandas.GeoDataFrame({"class": names}, geometry=boxes, crs="EPSG:32616").to_file(tmp_path / "colours.gpkg")
+    return tmp_path / "colours.tif", tmp_path / "colours.gpkg"
+
+
+@pytest.mark.parametrize("skewed", [True, False])
+def test_scoring_choice_takes_the_head_only_with_a_reliable_lead(tmp_path, skewed):
+    """On the user's polygons, cross-validated: a linear head is picked where the prototypes misread the
+    classes and a linear boundary separates them; where prototypes already separate them, they stay."""
+    from geoproto.crossval import choose_scoring, encode_windows, read_support_windows
+    from geoproto.tiling import tile_grid
+
+    image, support = _colour_support(tmp_path, skewed)
+    inputs = open_inputs(str(image), str(support), SegmentOptions())
+    windows = read_support_windows(inputs.support_source, inputs.labels, inputs.classes,
+                                   tile_grid(400, 400, 400, 0, 16), 400, 5, group_distance=16)
+    assert len(set(windows.groups)) == 36
+    features = encode_windows(_pooled_colour_features, windows, 1)
+    choice, confusions = choose_scoring(_pooled_colour_features, features, windows, 2, 5, 1)
+    assert set(confusions) == {"prototypes", "multiscale", "linear", "multiscale+linear"}
+    assert choice["default"] == "prototypes"
+    if skewed:
+        assert choice["mean_f1"]["prototypes"] < 0.9 and choice["mean_f1"]["linear"] > 0.95, choice
+        assert choice["picked"] in ("linear", "multiscale+linear") and choice["head"] == "linear"
+        assert choice["beats_default"][choice["picked"]] >= 0.95
+        assert choice["reason"].startswith(f"picked {choice['picked']}: cross-validated mean class F1")
+    else:
+        assert choice["mean_f1"]["prototypes"] > 0.99
+        assert choice["picked"] == "prototypes" and choice["scales"] == [1] and choice["head"] == "prototypes"
+        assert choice["reason"].startswith("kept the default prototypes: no variant beats it reliably")

@@ -1,0 +1,230 @@
+"""Alternatives to plain prototype matching (eq. 2), for the classifier to score windows with.
+
+- Multi-scale features: the window's features at its own scale and at twice its input scale (finer detail,
+  small objects), pooled back onto the same registered grid and concatenated.
+- A linear head fitted on the support's labelled pixels: prototypes treat every feature channel alike;
+  a few hundred steps of softmax regression, started at the prototypes' cosine classifier, learn which
+  channels separate the user's classes.
+
+Both are options: ``crossval.choose_scoring`` decides on the user's own polygons whether either beats plain
+prototypes reliably enough to be used. Every head maps features (B x C x h x w on the registered grid) to
+logits at feature resolution (B x K x h x w), like ``fewshot.match_logits``, so ``fewshot.upsample_scores``
+brings them to pixel resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, _upsampling_matrix, match_logits
+from .models.runtime import CONTEXT_MARGIN, GRID
+
+PROTOTYPES = "prototypes"
+LINEAR = "linear"
+HEADS = (PROTOTYPES, LINEAR)
+SCALES = (1, 2)  # the multi-scale option: the window at 1x and 2x input scale
+HEAD_STEPS = 300
+HEAD_LEARNING_RATE = 0.05
+# Pull towards the prototypes' classifier: with a few hundred labelled cells a free linear head would fit
+# the support's quirks; anchored, it moves only where the support clearly asks it to.
+HEAD_DECAY = 1e-4
+MAX_CELLS_PER_CLASS = 4000  # cells of each class the head is fitted on at most (chosen at random beyond)
+
+
+def second_scale_features(extract, images: np.ndarray | torch.Tensor, context: int = 0) -> torch.Tensor:
+    """Features of windows encoded at twice their input scale, on the windows' own registered grid:
+    cell (i, j) describes the pixel block [8i, 8i + 8) x [8j, 8j + 8), as at 1x (B x C x ceil(H/8) x ceil(W/8)).
+
+    ``extract`` is a ``FeatureExtractor``-like callable (images, context) -> features and ``images`` what it
+    takes (B x 3 x (H + 2 context) x (W + 2 context), in [0, 1]; a tensor is passed on as tensors, so
+    gradients flow through). At 2x a cell covers a 4 x 4 block, so
+    2 x 2 cells are averaged back onto each 8 x 8 block. The 2x window holds 4x the pixels: it is encoded
+    in up to 2 x 2 pieces about the window's own size, each with up to CONTEXT_MARGIN pixels of the
+    upsampled image around it, so it needs no more memory than a 1x window.
+    """
+    height, width = images.shape[-2] - 2 * context, images.shape[-1] - 2 * context
+    as_array = isinstance(images, np.ndarray)
+    upsampled = F.interpolate(torch.from_numpy(images) if as_array else images, scale_factor=2,
+                              mode="bilinear", align_corners=False)  # pixel x of the window covers 2x pixels 2x, 2x + 1
+    piece_context = min(2 * context, CONTEXT_MARGIN)
+    trim = 2 * context - piece_context
+    upsampled = upsampled[..., trim:upsampled.shape[-2] - trim, trim:upsampled.shape[-1] - trim]
+    row_cuts, col_cuts = _piece_cuts(2 * height), _piece_cuts(2 * width)
+    rows = []
+    for top, bottom in zip(row_cuts, row_cuts[1:]):
+        row = []
+        for left, right in zip(col_cuts, col_cuts[1:]):
+            piece = upsampled[..., top:bottom + 2 * piece_context, left:right + 2 * piece_context]
+            piece = np.ascontiguousarray(piece.numpy()) if as_array else piece
+            row.append(extract(piece, piece_context).float())
+        rows.append(torch.cat(row, -1))
+    fine = torch.cat(rows, -2)  # B x C x ceil(2H/8) x ceil(2W/8): 4 x 4 blocks
+    # ceil_mode: a last odd cell (a window edge) is averaged alone, not with padding.
+    return F.avg_pool2d(fine, 2, ceil_mode=True)
+
+
+def _piece_cuts(extent: int) -> list[int]:
+    """Where a 2x extent is cut in two, about half-way: at a multiple of GRID (the coarsest stride), so
+    every stage of every piece sees the grid phase the whole window would."""
+    middle = -(-extent // (2 * GRID)) * GRID
+    return [0, middle, extent] if middle < extent else [0, extent]
+
+
+def concat_scales(*features: torch.Tensor) -> torch.Tensor:
+    """Features of several scales as one (B x sum(C) x h x w): each L2-normalised per cell first, so every
+    scale counts equally in a cosine, whatever its features' magnitude."""
+    return torch.cat([F.normalize(f.float(), dim=1) for f in features], 1)
+
+
+class MultiScaleExtractor:
+    """A ``FeatureExtractor`` giving the multi-scale features (1x and 2x, ``concat_scales``): a drop-in
+    wherever windows are encoded."""
+
+    def __init__(self, extract):
+        self.extract = extract
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.extract.out_channels
+
+    @property
+    def device(self) -> torch.device:
+        return self.extract.device
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray, context: int = 0) -> torch.Tensor:
+        return concat_scales(self.extract(images, context), second_scale_features(self.extract, images, context))
+
+
+class PrototypeHead:
+    """Eq. 2: cosine similarity to the prototypes, times alpha."""
+
+    def __init__(self, prototypes: torch.Tensor, alpha: float = DEFAULT_ALPHA):
+        self.prototypes, self.alpha = prototypes, alpha
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return match_logits(features, self.prototypes, self.alpha)
+
+
+class LinearHead:
+    """Softmax regression on L2-normalised features: logits = weight . f / |f| + bias (B x K x h x w).
+    With weight = alpha x the normalised prototypes and no bias it is eq. 2 exactly."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.weight, self.bias = weight, bias
+
+    @classmethod
+    def from_prototypes(cls, prototypes: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> "LinearHead":
+        weight = alpha * F.normalize(prototypes.float(), dim=1)
+        return cls(weight, torch.zeros(len(weight)))
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        features = F.normalize(features.float(), dim=1)
+        weight, bias = self.weight.to(features.device), self.bias.to(features.device)
+        return torch.einsum("bchw,kc->bkhw", features, weight) + bias[:, None, None]
+
+
+class SupportCells:
+    """The support's labelled pixels at feature resolution: every cell any labelled pixel pulls on, its
+    normalised features, and how many pixels of each class pull on it (their labels pulled back through
+    the upsampling that scores go through, as ``fewshot.window_class_means`` does)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.features: list[torch.Tensor] = []
+        self.weights: list[torch.Tensor] = []
+
+    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """``features``: B x C x h x w; ``labels``: B x H x W integers (0 unlabelled, 1..K)."""
+        features = features.float()
+        labels = labels.to(features.device)
+        classes = torch.arange(1, self.num_classes + 1, device=labels.device)
+        one_hot = (labels[:, None] == classes[None, :, None, None]).float()  # B x K x H x W
+        rows = _upsampling_matrix(labels.shape[-2], features.shape[-2], features)
+        cols = _upsampling_matrix(labels.shape[-1], features.shape[-1], features)
+        weights = (rows.T @ one_hot @ cols).permute(0, 2, 3, 1)  # B x h x w x K
+        pulled = weights.sum(-1) > 0
+        self.features.append(F.normalize(features, dim=1).permute(0, 2, 3, 1)[pulled].cpu())
+        self.weights.append(weights[pulled].cpu())
+
+    def arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cells x C features, cells x K class weights)."""
+        return torch.cat(self.features), torch.cat(self.weights)
+
+
+def fit_linear_head(features: torch.Tensor, weights: torch.Tensor, prototypes: torch.Tensor,
+                    alpha: float = DEFAULT_ALPHA, steps: int = HEAD_STEPS, seed: int = 0,
+                    max_cells_per_class: int = MAX_CELLS_PER_CLASS) -> LinearHead:
+    """A linear head fitted on support cells (``SupportCells.arrays``), starting from eq. 2's classifier.
+
+    Class-balanced: each class's cells weigh 1 in total, so a class drawn with one small polygon counts as
+    much as one drawn with many. Full-batch Adam, ``steps`` steps, with an L2 pull towards the start
+    (``HEAD_DECAY``). Deterministic: the only randomness is which cells are kept beyond
+    ``max_cells_per_class`` (by ``seed``).
+    """
+    features, weights = _subsample(features.float(), weights.float(), max_cells_per_class, seed)
+    start = LinearHead.from_prototypes(prototypes, alpha)
+    # Callers encode under inference mode; its tensors cannot enter autograd, clones made outside it can.
+    with torch.inference_mode(False), torch.enable_grad():
+        features, weights, anchor = features.clone(), weights.clone(), start.weight.clone()
+        weight = anchor.clone().requires_grad_(True)
+        bias = start.bias.clone().requires_grad_(True)
+        class_pixels = weights.sum(0)
+        balance = weights / class_pixels.clamp(min=1e-9)  # each class's cells sum to 1 (0 if absent)
+        present = int((class_pixels > 0).sum())
+        optimizer = torch.optim.Adam([weight, bias], lr=HEAD_LEARNING_RATE)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            log_probabilities = (features @ weight.T + bias).log_softmax(1)
+            loss = -(balance * log_probabilities).sum() / max(present, 1)
+            loss = loss + HEAD_DECAY * ((weight - anchor) ** 2).sum()
+            loss.backward()
+            optimizer.step()
+    return LinearHead(weight.detach(), bias.detach())
+
+
+def _subsample(features: torch.Tensor, weights: torch.Tensor, per_class: int, seed: int):
+    """At most ``per_class`` cells of each class (by the class pulling hardest on each cell)."""
+    generator = torch.Generator().manual_seed(seed)
+    dominant = weights.argmax(1)
+    keep = []
+    for k in range(weights.shape[1]):
+        members = torch.nonzero(dominant == k).flatten()
+        if len(members) > per_class:
+            members = members[torch.randperm(len(members), generator=generator)[:per_class]]
+        keep.append(members)
+    keep = torch.sort(torch.cat(keep)).values
+    return features[keep], weights[keep]
+
+
+class SupportFit:
+    """Accumulates the support window by window and fits a head on it: ``PROTOTYPES`` (eq. 1-2) or
+    ``LINEAR`` (``fit_linear_head``, which needs the labelled cells kept too)."""
+
+    def __init__(self, num_classes: int, head: str = PROTOTYPES):
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.num_classes, self.head = num_classes, head
+        self.accumulator: PrototypeAccumulator | None = None
+        self.cells = SupportCells(num_classes) if head == LINEAR else None
+
+    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.accumulator is None:
+            self.accumulator = PrototypeAccumulator(self.num_classes, features.shape[1])
+        self.accumulator.add(features, labels)
+        if self.cells is not None:
+            self.cells.add(features, labels)
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """Labelled pixels of each class so far."""
+        return self.accumulator.pixels if self.accumulator else torch.zeros(self.num_classes, dtype=torch.long)
+
+    def fit(self, alpha: float = DEFAULT_ALPHA, seed: int = 0):
+        """The head: a callable features (B x C x h x w) -> logits (B x K x h x w)."""
+        prototypes = self.accumulator.prototypes()
+        if self.head == PROTOTYPES:
+            return PrototypeHead(prototypes, alpha)
+        return fit_linear_head(*self.cells.arrays(), prototypes, alpha, seed=seed)
