@@ -37,7 +37,7 @@ from geoproto.metrics import confusion_matrix, scores
 from geoproto.models import build_shipped
 from geoproto.models.runtime import GRID, FeatureExtractor
 from geoproto.raster import RasterSource
-from geoproto.segment import SegmentOptions, open_inputs
+from geoproto.segment import SegmentOptions, options_inputs
 from geoproto.support import RasterLabels
 from geoproto.tiling import Tile, tile_grid
 
@@ -131,7 +131,7 @@ def check_choice(extract, image: Path, boxes, names, crs, folder: str) -> str:
     path = Path(folder) / "support.gpkg"
     geopandas.GeoDataFrame({"class": names}, geometry=boxes, crs=crs).to_file(path)
     options = SegmentOptions(progress=False)
-    inputs = open_inputs(str(image), str(path), options)
+    inputs = options_inputs(str(image), str(path), options)
     with inputs.support_source.dataset() as src:
         tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
     windows = read_support_windows(inputs.support_source, inputs.labels, inputs.classes, tiles, options.tile_size,
