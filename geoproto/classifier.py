@@ -16,13 +16,15 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .classes import ClassInfo
 from .errors import GeoprotoError
-from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_scores
+from .fewshot import DEFAULT_ALPHA, class_scores, upsample_scores
+from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit
 from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor
 from .raster import RasterSource
 from .tiling import Tile, tile_grid
@@ -31,13 +33,15 @@ from .tiling import Tile, tile_grid
 @dataclass
 class Classifier:
     """Class prototypes (K x C) for ``classes``, matched with softmax scale ``alpha``; ``extract`` (a
-    ``FeatureExtractor``) is needed only to score images rather than features."""
+    ``FeatureExtractor``) is needed only to score images rather than features. ``head``, when given,
+    scores instead of eq. 2: features -> logits on the feature grid (``heads.LinearHead``)."""
 
     prototypes: torch.Tensor
     classes: ClassInfo | None = None
     alpha: float = DEFAULT_ALPHA
     extract: FeatureExtractor | None = None
     pixels: dict[str, int] = field(default_factory=dict)  # labelled support pixels per class
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def ids(self) -> np.ndarray:
@@ -51,8 +55,10 @@ class Classifier:
         return self.extract(images, context)
 
     def score_features(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Class logits (B x K x H x W) of windows of ``size`` from their features (eq. 2); the argmax
-        is the label, the softmax eq. 3."""
+        """Class logits (B x K x H x W) of windows of ``size`` from their features (eq. 2, or ``head``); the
+        argmax is the label, the softmax eq. 3."""
+        if self.head is not None:
+            return upsample_scores(self.head(features), size)
         return class_scores(features, self.prototypes, size, self.alpha)
 
     @torch.inference_mode()
@@ -62,22 +68,34 @@ class Classifier:
 
 
 def fit_support(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo, size: int,
-                overlap: int, batch_size: int, alpha: float = DEFAULT_ALPHA) -> tuple[Classifier, dict]:
+                overlap: int, batch_size: int, alpha: float = DEFAULT_ALPHA, head: str = PROTOTYPES,
+                scales: tuple[int, ...] = (1,)) -> tuple[Classifier, dict]:
     """The classifier a support teaches: prototypes from every support window (eq. 1), pixel-weighted.
+
+    ``scales`` (1,) or ``heads.SCALES`` (1, 2): encode windows at their own scale, or at 1x and 2x
+    (``heads.MultiScaleExtractor``, for support and queries alike). ``head``: ``prototypes`` (eq. 2) or
+    ``linear`` (``heads.fit_linear_head`` on the support's labelled pixels). ``check-support``'s
+    cross-validation says which the support favours (its report's ``scoring``).
 
     Classes a classes file lists but the support never uses are left out (with a warning); the
     classifier's ``classes`` are those it has prototypes for, in their order. Fails if a class has no
     labelled pixel on valid data, or if fewer than two classes remain.
     """
-    accumulator, classes, stats = accumulate_support(extract, source, labels, classes, size, overlap, batch_size)
-    classifier = Classifier(accumulator.prototypes(), classes, alpha, extract, stats["pixels"])
+    if tuple(scales) not in ((1,), SCALES):
+        raise GeoprotoError(f"must be (1,) or {SCALES}, got {tuple(scales)}", param="scales")
+    if len(scales) > 1:
+        extract = MultiScaleExtractor(extract)
+    support, classes, stats = accumulate_support(extract, source, labels, classes, size, overlap, batch_size, head)
+    classifier = Classifier(support.prototypes(), classes, alpha, extract, stats["pixels"],
+                            None if head == PROTOTYPES else support.fit(alpha))
     return classifier, stats
 
 
 def accumulate_support(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo, size: int,
-                       overlap: int, batch_size: int) -> tuple[PrototypeAccumulator, ClassInfo, dict]:
+                       overlap: int, batch_size: int, head: str = PROTOTYPES) -> tuple[SupportFit, ClassInfo, dict]:
     """Eq. 1's sums over a support (``fit_support``): the accumulator (per-class feature sums and pixel
-    counts, which pool exactly across supports), the classes kept, and what it took."""
+    counts, which pool exactly across supports; with the labelled cells a ``head`` other than
+    prototypes is fitted on), the classes kept, and what it took."""
     unknown: set[int] = set()
     seen: set[int] = set()
     lookup = classes.positions()
@@ -99,7 +117,7 @@ def accumulate_support(extract: FeatureExtractor, source: RasterSource, labels, 
             warnings.warn(f"no support for class(es) {', '.join(unused)} of the classes file: left out")
             classes = classes.subset(seen)
             lookup = classes.positions()
-        accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
+        accumulator = SupportFit(len(classes.ids), head)
         model_seconds = 0.0
         for start in range(0, len(labelled), batch_size):
             chunk = labelled[start:start + batch_size]

@@ -200,8 +200,9 @@ def _subsample(features: torch.Tensor, weights: torch.Tensor, per_class: int, se
 
 
 class SupportFit:
-    """Accumulates the support window by window and fits a head on it: ``PROTOTYPES`` (eq. 1-2) or
-    ``LINEAR`` (``fit_linear_head``, which needs the labelled cells kept too)."""
+    """Accumulates the support window by window (as ``fewshot.PrototypeAccumulator``, which it wraps) and
+    fits a head on it: ``PROTOTYPES`` (eq. 1-2) or ``LINEAR`` (``fit_linear_head``, which needs the
+    labelled cells kept too)."""
 
     def __init__(self, num_classes: int, head: str = PROTOTYPES):
         if head not in HEADS:
@@ -222,9 +223,13 @@ class SupportFit:
         """Labelled pixels of each class so far."""
         return self.accumulator.pixels if self.accumulator else torch.zeros(self.num_classes, dtype=torch.long)
 
+    def prototypes(self) -> torch.Tensor:
+        """K x C prototypes (eq. 1; zero rows for classes without labelled pixels)."""
+        return self.accumulator.prototypes()
+
     def fit(self, alpha: float = DEFAULT_ALPHA, seed: int = 0):
         """The head: a callable features (B x C x h x w) -> logits (B x K x h x w)."""
-        prototypes = self.accumulator.prototypes()
+        prototypes = self.prototypes()
         if self.head == PROTOTYPES:
             return PrototypeHead(prototypes, alpha)
         return fit_linear_head(*self.cells.arrays(), prototypes, alpha, seed=seed)

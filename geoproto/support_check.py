@@ -62,7 +62,8 @@ def choose_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device
     default unless another reliably beats it (``crossval.compare_encoders``; the support windows are
     read once for all of them). ``check`` asks for the cross-validation report of a fixed encoder too
     (it encodes the support windows once more). A label raster cannot be cross-validated: ``auto`` then
-    uses the default encoder.
+    uses the default encoder. The report also says how the encoder's features should be scored
+    (``report["scoring"]``: its ``scales`` and ``head`` go to ``classifier.fit_support``).
     """
     from . import crossval
     from .models import DEFAULT_ENCODER, build_shipped, concat_features, select_encoder, shipped_names
@@ -86,14 +87,20 @@ def choose_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device
                                             options.tile_size, folds, group_distance)
     num_classes = len(inputs.classes.ids)
 
-    def check_with(features):
-        confusion = crossval.cross_validate(features, windows, num_classes, folds, options.alpha)
-        return confusion, crossval.report(confusion, inputs.classes, polygons, windows.folds)
+    def scored(extract, features):
+        """The cross-validation report of the scoring variant the support picks (``crossval.choose_scoring``:
+        plain prototypes unless multi-scale features or a linear head beat them reliably), with the choice."""
+        choice, confusions = crossval.choose_scoring(extract, features, windows, num_classes, folds, batch_size,
+                                                     options.alpha)
+        if options.progress:
+            warnings.warn(f"scoring: {choice['reason']}")
+        report = crossval.report(confusions[choice["picked"]], inputs.classes, polygons, windows.folds)
+        return {**report, "scoring": choice}
 
     if not candidates:
         extract = FeatureExtractor(encoder, device)
-        return extract, info, check_with(crossval.encode_windows(extract, windows, batch_size))[1]
-    built, features, confusions, reports = {}, {}, {}, {}
+        return extract, info, scored(extract, crossval.encode_windows(extract, windows, batch_size))
+    built, features, confusions = {}, {}, {}
     for name in candidates:
         parts = name.split("+")
         if len(parts) == 1:
@@ -101,10 +108,11 @@ def choose_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device
             features[name] = crossval.encode_windows(FeatureExtractor(built[name][0], device), windows, batch_size)
         else:  # a concatenation reuses its parts' features: no extra encoding
             features[name] = concat_features([features[part] for part in parts])
-        confusions[name], reports[name] = check_with(features[name])
+        confusions[name] = crossval.cross_validate(features[name], windows, num_classes, folds, options.alpha)
     choice = crossval.compare_encoders(confusions, default)
     picked = choice["picked"]
     encoder, info = built[picked] if picked in built else build_shipped(picked)
     if options.progress:
         warnings.warn(f"encoder auto {choice['reason']}")
-    return FeatureExtractor(encoder, device), {**info, "auto": choice}, reports[picked]
+    extract = FeatureExtractor(encoder, device)
+    return extract, {**info, "auto": choice}, scored(extract, features[picked])
