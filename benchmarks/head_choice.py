@@ -160,6 +160,8 @@ def main() -> None:
     print(f"{'image':>28} " + " ".join(f"{c:>19}" for c in columns) + "   (OA / mIoU %)")
 
     def run(domain, label, features, support, truth, present, scored, score_classes, crs, boxes, image):
+        """Confusions over the domain's ``scored`` classes: ``score_classes`` maps predicted support positions
+        (1..len(present)) to them; ``truth`` holds them already."""
         row = {}
         for name, (scales, head) in VARIANTS.items():
             predicted = predict(features[len(scales) > 1], support, len(present), head)
@@ -184,8 +186,10 @@ def main() -> None:
             truth_ids, info = _dubai_truth(args.root, name)
             for seed in range(args.seeds):
                 support, truth, present, boxes = dubai_support(truth_ids, info, np.random.default_rng(seed))
-                run("dubai areas " + args.areas, f"{name} s{seed}", features, support, truth, present, len(present),
-                    lambda p: p, None, boxes, args.root / "images" / f"{name}.jpg")
+                # Positions of this support's classes among all Dubai classes, so images pool.
+                to_all = np.array([0] + [info.names.index(n) + 1 for n in present])
+                run("dubai areas " + args.areas, f"{name} s{seed}", features, support, to_all[truth], present,
+                    len(info.ids), lambda p: to_all[p], None, boxes, args.root / "images" / f"{name}.jpg")
             print(f"{'':>28} ({time.perf_counter() - started:.0f} s)", flush=True)
     chip, support, truth, present, building = spacenet_support()
     features = encode(extract, chip)
@@ -194,7 +198,7 @@ def main() -> None:
         frame = geopandas.read_file(SPACENET / "support.gpkg")
         spacenet_boxes = (list(frame.geometry), list(frame["class"]))
     run("spacenet building/rest", "sample_geotiff", features, support, truth, present, 2,
-        lambda p: np.where(p == building, 1, 2), geopandas.read_file(SPACENET / "support.gpkg").crs,
+        lambda p: np.where(p == building, 1, np.where(p > 0, 2, 0)), geopandas.read_file(SPACENET / "support.gpkg").crs,
         spacenet_boxes, chip)
 
     print(f"\n{'pooled':>28} " + " ".join(f"{c:>19}" for c in columns))

@@ -39,15 +39,16 @@ def second_scale_features(extract, images: np.ndarray | torch.Tensor, context: i
 
     ``extract`` is a ``FeatureExtractor``-like callable (images, context) -> features and ``images`` what it
     takes (B x 3 x (H + 2 context) x (W + 2 context), in [0, 1]; a tensor is passed on as tensors, so
-    gradients flow through). At 2x a cell covers a 4 x 4 block, so
-    2 x 2 cells are averaged back onto each 8 x 8 block. The 2x window holds 4x the pixels: it is encoded
-    in up to 2 x 2 pieces about the window's own size, each with up to CONTEXT_MARGIN pixels of the
-    upsampled image around it, so it needs no more memory than a 1x window.
+    gradients flow through). At 2x a cell covers a 4 x 4 block, so 2 x 2 cells are averaged back onto
+    each 8 x 8 block. The 2x window holds 4x the pixels: it is encoded in up to 2 x 2 pieces about the
+    window's own size, each with up to CONTEXT_MARGIN pixels of the upsampled image around it, so the
+    encoder needs about the memory of a 1x window (the pieces join like windows of a raster do).
     """
     height, width = images.shape[-2] - 2 * context, images.shape[-1] - 2 * context
     as_array = isinstance(images, np.ndarray)
+    # Pixel x of the window becomes 2x pixels 2x and 2x + 1: block [8i, 8i + 8) is 2x cells 2i and 2i + 1.
     upsampled = F.interpolate(torch.from_numpy(images) if as_array else images, scale_factor=2,
-                              mode="bilinear", align_corners=False)  # pixel x of the window covers 2x pixels 2x, 2x + 1
+                              mode="bilinear", align_corners=False)
     piece_context = min(2 * context, CONTEXT_MARGIN)
     trim = 2 * context - piece_context
     upsampled = upsampled[..., trim:upsampled.shape[-2] - trim, trim:upsampled.shape[-1] - trim]

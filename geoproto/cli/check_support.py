@@ -30,6 +30,7 @@ def check_support_command(image, support, folds, group_distance, as_json, **opti
         return
     click.echo(f"cross-validated over {report['folds']} spatial folds: overall accuracy "
                f"{_fmt(report['overall_accuracy'])}, mean class F1 {_fmt(report['mean_f1'])}")
+    click.echo(f"scoring: {report['scoring']['reason']}")
     click.echo(f"{'class':>16} {'F1':>6} {'polygons':>9} {'held-out px':>12}")
     for name, c in report["classes"].items():
         click.echo(f"{printable(name):>16} {_fmt(c['f1']):>6} {c['polygons']:>9} {c['held_out_pixels']:>12}")
