@@ -198,11 +198,6 @@ def reliable_choice(group_confusions: dict[str, np.ndarray], default: str, kind:
             "beats_default": {k: round(v, 4) for k, v in wins.items()}, "reason": reason}
 
 
-def compare_encoders(group_confusions: dict[str, np.ndarray], default: str, **options) -> dict:
-    """``reliable_choice`` among encoders."""
-    return reliable_choice(group_confusions, default, "encoder", **options)
-
-
 # Ways of scoring a window, from its features and the support: (input scales, head).
 VARIANTS = {"prototypes": ((1,), PROTOTYPES), "multiscale": (SCALES, PROTOTYPES),
             "linear": ((1,), LINEAR), "multiscale+linear": (SCALES, LINEAR)}

@@ -59,7 +59,7 @@ def choose_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device
 
     An explicit encoder (a checkpoint, a backbone, trunk weights) or the shipped ``options.encoder`` is
     used as asked; ``auto`` cross-validates every shipped encoder on the support polygons and keeps the
-    default unless another reliably beats it (``crossval.compare_encoders``; the support windows are
+    default unless another reliably beats it (``crossval.reliable_choice``; the support windows are
     read once for all of them). ``check`` asks for the cross-validation report of a fixed encoder too
     (it encodes the support windows once more). A label raster cannot be cross-validated: ``auto`` then
     uses the default encoder. The report also says how the encoder's features should be scored
@@ -109,7 +109,7 @@ def choose_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device
         else:  # a concatenation reuses its parts' features: no extra encoding
             features[name] = concat_features([features[part] for part in parts])
         confusions[name] = crossval.cross_validate(features[name], windows, num_classes, folds, options.alpha)
-    choice = crossval.compare_encoders(confusions, default)
+    choice = crossval.reliable_choice(confusions, default, "encoder")
     picked = choice["picked"]
     encoder, info = built[picked] if picked in built else build_shipped(picked)
     if options.progress:

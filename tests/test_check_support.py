@@ -123,13 +123,13 @@ def _confusions(correct_shares, pixels=100):
 
 
 def test_reliable_choice_switches_only_for_a_reliable_lead():
-    from geoproto.crossval import compare_encoders, reliable_choice
+    from geoproto.crossval import reliable_choice
 
     default = _confusions([0.7] * 12)
     everywhere_better = _confusions([0.9] * 12)
     # Better on average (0.78 against 0.70) but only thanks to two groups out of twelve.
     lucky = _confusions([0.65] * 10 + [1.0] * 2)
-    choice = compare_encoders({"base": default, "strong": everywhere_better, "lucky": lucky}, "base")
+    choice = reliable_choice({"base": default, "strong": everywhere_better, "lucky": lucky}, "base", "encoder")
     assert choice["picked"] == "strong" and choice["beats_default"]["strong"] == 1.0
     assert choice["reason"].startswith("picked strong")
     choice = reliable_choice({"base": default, "lucky": lucky}, "base", "variant")
