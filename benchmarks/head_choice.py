@@ -120,7 +120,7 @@ def spacenet_support():
 
 
 def predict(features: torch.Tensor, support: np.ndarray, num_classes: int, head: str) -> np.ndarray:
-    fit = SupportFit(num_classes, head)
+    fit = SupportFit(num_classes, features.shape[1], head)
     fit.add(features, torch.from_numpy(support)[None])
     with torch.inference_mode():
         return upsample_scores(fit.fit()(features), support.shape)[0].argmax(0).numpy() + 1

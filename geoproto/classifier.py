@@ -85,17 +85,17 @@ def fit_support(extract: FeatureExtractor, source: RasterSource, labels, classes
         raise GeoprotoError(f"must be (1,) or {SCALES}, got {tuple(scales)}", param="scales")
     if len(scales) > 1:
         extract = MultiScaleExtractor(extract)
-    support, classes, stats = accumulate_support(extract, source, labels, classes, size, overlap, batch_size, head)
-    classifier = Classifier(support.prototypes(), classes, alpha, extract, stats["pixels"],
-                            None if head == PROTOTYPES else support.fit(alpha))
+    accumulator, classes, stats = accumulate_support(extract, source, labels, classes, size, overlap, batch_size,
+                                                     head)
+    classifier = Classifier(accumulator.prototypes(), classes, alpha, extract, stats["pixels"],
+                            None if head == PROTOTYPES else accumulator.fit(alpha))
     return classifier, stats
 
 
 def accumulate_support(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo, size: int,
                        overlap: int, batch_size: int, head: str = PROTOTYPES) -> tuple[SupportFit, ClassInfo, dict]:
     """Eq. 1's sums over a support (``fit_support``): the accumulator (per-class feature sums and pixel
-    counts, which pool exactly across supports; with the labelled cells a ``head`` other than
-    prototypes is fitted on), the classes kept, and what it took."""
+    counts, which pool exactly across supports; it fits ``head`` too), the classes kept, and what it took."""
     unknown: set[int] = set()
     seen: set[int] = set()
     lookup = classes.positions()
@@ -117,7 +117,7 @@ def accumulate_support(extract: FeatureExtractor, source: RasterSource, labels, 
             warnings.warn(f"no support for class(es) {', '.join(unused)} of the classes file: left out")
             classes = classes.subset(seen)
             lookup = classes.positions()
-        accumulator = SupportFit(len(classes.ids), head)
+        accumulator = SupportFit(len(classes.ids), extract.out_channels, head)
         model_seconds = 0.0
         for start in range(0, len(labelled), batch_size):
             chunk = labelled[start:start + batch_size]

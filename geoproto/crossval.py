@@ -148,7 +148,7 @@ def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes:
             if not held_out.any():
                 continue
             training_labels = torch.where((fold_map != fold) & core, class_map, 0)
-            support = SupportFit(num_classes, head)
+            support = SupportFit(num_classes, features.shape[1], head)
             for n in torch.nonzero(training_labels.flatten(1).any(1)).flatten().tolist():
                 support.add(features[n:n + 1], training_labels[n:n + 1].long())
             if (support.pixels == 0).any():

@@ -203,33 +203,22 @@ def _subsample(features: torch.Tensor, weights: torch.Tensor, per_class: int, se
     return features[keep], weights[keep]
 
 
-class SupportFit:
-    """Accumulates the support window by window (as ``fewshot.PrototypeAccumulator``, which it wraps) and
-    fits a head on it: ``PROTOTYPES`` (eq. 1-2) or ``LINEAR`` (``fit_linear_head``, which needs the
-    labelled cells kept too)."""
+class SupportFit(PrototypeAccumulator):
+    """Eq. 1's accumulator (``fewshot.PrototypeAccumulator``: per-class feature sums and pixel counts)
+    that also fits a head on the support: ``PROTOTYPES`` (eq. 2) or ``LINEAR`` (``fit_linear_head``, for
+    which it keeps the labelled cells too)."""
 
-    def __init__(self, num_classes: int, head: str = PROTOTYPES):
+    def __init__(self, num_classes: int, channels: int, head: str = PROTOTYPES):
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
-        self.num_classes, self.head = num_classes, head
-        self.accumulator: PrototypeAccumulator | None = None
+        super().__init__(num_classes, channels)
+        self.head = head
         self.cells = SupportCells(num_classes) if head == LINEAR else None
 
     def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        if self.accumulator is None:
-            self.accumulator = PrototypeAccumulator(self.num_classes, features.shape[1])
-        self.accumulator.add(features, labels)
+        super().add(features, labels)
         if self.cells is not None:
             self.cells.add(features, labels)
-
-    @property
-    def pixels(self) -> torch.Tensor:
-        """Labelled pixels of each class so far."""
-        return self.accumulator.pixels if self.accumulator else torch.zeros(self.num_classes, dtype=torch.long)
-
-    def prototypes(self) -> torch.Tensor:
-        """K x C prototypes (eq. 1; zero rows for classes without labelled pixels)."""
-        return self.accumulator.prototypes()
 
     def fit(self, alpha: float = DEFAULT_ALPHA, seed: int = 0):
         """The head: a callable features (B x C x h x w) -> logits (B x K x h x w)."""

@@ -180,14 +180,21 @@ def test_huge_tile_size_is_refused_with_the_figure(paths):
         check_support(str(paths.chip), str(paths.support), SegmentOptions(tile_size=100000, device="cpu"))
 
 
-def _pooled_colour_features(images, context):
+class _PooledColours:
     """A stand-in encoder: each 8 x 8 block's mean colour, centred (B x 3 x h x w)."""
-    import torch
-    import torch.nn.functional as F
 
-    images = torch.as_tensor(images)
-    window = images[..., context:images.shape[-2] - context, context:images.shape[-1] - context]
-    return F.avg_pool2d(window - 0.5, 8, ceil_mode=True)
+    out_channels = 3
+
+    def __call__(self, images, context):
+        import torch
+        import torch.nn.functional as F
+
+        images = torch.as_tensor(images)
+        window = images[..., context:images.shape[-2] - context, context:images.shape[-1] - context]
+        return F.avg_pool2d(window - 0.5, 8, ceil_mode=True)
+
+
+_pooled_colour_features = _PooledColours()
 
 
 def _colour_support(tmp_path, skewed: bool):

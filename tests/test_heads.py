@@ -95,8 +95,9 @@ def test_linear_head_starts_at_the_prototypes_classifier():
     prototypes = accumulator.prototypes()
     expected = match_logits(features, prototypes, 20.0)
     torch.testing.assert_close(LinearHead.from_prototypes(prototypes, 20.0)(features), expected)
-    fit = SupportFit(3, LINEAR)
+    fit = SupportFit(3, 16, LINEAR)
     fit.add(features, labels)
+    torch.testing.assert_close(fit.prototypes(), prototypes)
     untrained = fit_linear_head(*fit.cells.arrays(), prototypes, 20.0, steps=0)
     assert torch.equal(untrained(features).argmax(1), expected.argmax(1))
 
@@ -123,12 +124,12 @@ def test_linear_head_learns_a_boundary_the_prototypes_miss():
     truth = query_labels[:, ::8, ::8] - 1
     accuracy = {}
     for head in (PROTOTYPES, LINEAR):
-        fit = SupportFit(2, head)
+        fit = SupportFit(2, 8, head)
         fit.add(support, support_labels)
         accuracy[head] = float((fit.fit(20.0)(query).argmax(1) == truth).float().mean())
     assert accuracy[PROTOTYPES] < 0.85 and accuracy[LINEAR] > accuracy[PROTOTYPES] + 0.1, accuracy  # 0.83, 0.95
     # Deterministic: the same support gives the same head.
-    fit = SupportFit(2, LINEAR)
+    fit = SupportFit(2, 8, LINEAR)
     fit.add(support, support_labels)
     assert torch.equal(fit.fit(20.0).weight, fit.fit(20.0).weight)
 
@@ -141,4 +142,4 @@ def test_concat_scales_weighs_each_scale_equally():
 
 def test_unknown_head_is_refused():
     with pytest.raises(ValueError, match="head must be one of prototypes, linear, got 'mlp'"):
-        SupportFit(3, "mlp")
+        SupportFit(3, 16, "mlp")
