@@ -110,7 +110,7 @@ class BlockJob:
     refine: RefineSettings | None
     keep_probabilities: bool
     batch_size: int
-    torch_threads: dict[str, int]  # worker address -> torch threads per task
+    torch_threads: dict[str, int]  # host name -> torch threads per task of a worker there
 
 
 @dataclass
@@ -144,13 +144,14 @@ def segment_block(job: BlockJob, tiles: list[Tile]) -> BlockResult:
     from distributed import get_worker
 
     worker = get_worker()
-    torch.set_num_threads(job.torch_threads.get(worker.address, torch.get_num_threads()))
+    host = socket.gethostname()
+    torch.set_num_threads(job.torch_threads.get(host, torch.get_num_threads()))
     classifier, build_seconds = _worker_classifier(job.classifier)
     started = time.perf_counter()
     try:
         src = job.source.dataset()
     except GeoprotoError as exc:
-        raise GeoprotoError(f"worker {worker.address} on {socket.gethostname()}: {exc}; every worker reads the "
+        raise GeoprotoError(f"worker {worker.address} on {host}: {exc}; every worker reads the "
                             f"raster itself, so it must be on storage they share, at the same path") from None
     with src:
         windows = [Window(tile, *job.source.read(src, tile, job.size, CONTEXT_MARGIN)) for tile in tiles]
@@ -199,8 +200,8 @@ def _absolute(path: str) -> str:
 
 def check_workers(client, paths: list[str]) -> dict[str, int]:
     """Refuse workers that cannot run the job (another geoproto version, inputs they cannot read);
-    returns each worker's torch threads per task: its host's cores shared among the task threads of
-    all workers on that host."""
+    returns the torch threads per task on each host: its cores shared among the task threads of all
+    workers there (a worker restarted after a crash has a new address, but the same host)."""
     try:
         facts = client.run(_worker_facts, paths)
     except (ImportError, AttributeError) as exc:  # geoproto missing (or too old) on a worker
@@ -220,7 +221,7 @@ def check_workers(client, paths: list[str]) -> dict[str, int]:
     per_host: dict[str, int] = {}
     for address, fact in facts.items():
         per_host[fact["host"]] = per_host.get(fact["host"], 0) + nthreads.get(address, 1)
-    return {address: max(1, fact["cores"] // per_host[fact["host"]]) for address, fact in facts.items()}
+    return {fact["host"]: max(1, fact["cores"] // per_host[fact["host"]]) for fact in facts.values()}
 
 
 @contextlib.contextmanager
@@ -280,7 +281,8 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
     job = BlockJob(job_source, recipe, size, refine, keep_probabilities, batch_size, threads)
     blocks = [tiles[start:start + block_windows] for start in range(0, len(tiles), block_windows)]
     # Two tasks per worker thread keep every worker busy while its last result travels back.
-    in_flight = max(2, 2 * sum(info["nthreads"] for info in workers.values()))
+    threads_total = sum(info["nthreads"] for info in workers.values())
+    in_flight = max(2, 2 * threads_total)
     counts = np.zeros(256, np.int64)
     crf_rejected = 0
     timings = {"build": 0.0, "read": 0.0, "label": 0.0, "write": 0.0}
@@ -301,6 +303,7 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
             queue.add(future)
             next_submit += 1
 
+    started = time.perf_counter()
     try:
         submit_ahead()
         for future in queue:
@@ -330,7 +333,10 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
         bar.close()
         if pending:
             client.cancel(list(pending.values()))
-    # Read, label (model and CRF) and encoder building are summed over the workers.
+    # Read, label (model and CRF) and encoder building are summed over the workers; their idle time is
+    # the cluster's overhead: scheduling, transfers and the run's tail.
+    busy = timings["build"] + timings["read"] + timings["label"]
+    timings["worker_idle"] = max(0.0, (time.perf_counter() - started) * threads_total - busy)
     return PipelineResult(counts, crf_rejected, {k: round(v, 3) for k, v in timings.items()})
 
 
