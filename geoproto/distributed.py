@@ -66,6 +66,17 @@ class EncoderRecipe:
     checkpoint: str | None = None
     init_weights: str | None = None
 
+    @classmethod
+    def of(cls, options, info: dict) -> "EncoderRecipe":
+        """The recipe of the encoder ``segment`` chose: ``options`` (SegmentOptions) and its description
+        (the shipped encoder ``--encoder auto`` picked is in ``info["name"]``)."""
+        from .models.shipped import is_explicit
+
+        name = options.encoder if is_explicit(options.backbone, options.checkpoint, options.init_weights) \
+            else info["name"]
+        return cls(name, options.backbone, *(_absolute(path) if path else None
+                                              for path in (options.checkpoint, options.init_weights)))
+
     def build(self, device: torch.device) -> FeatureExtractor:
         from .models import select_encoder
 
@@ -258,6 +269,19 @@ def connect(scheduler: str | None = None, local_workers: int | None = None, memo
             raise GeoprotoError(f"the Dask scheduler at {scheduler} has no workers (none joined within "
                                 f"{CONNECT_TIMEOUT_S} s)", param="dask_scheduler") from None
         yield client
+
+
+def run_on_dask(scheduler: str | None, local_workers: int | None, source, classifier, encoder: EncoderRecipe,
+                device: str, tiles: list[Tile], writer, size: int, refine: RefineSettings | None, batch_size: int,
+                progress: bool) -> PipelineResult:
+    """``segment``'s windows on the Dask scheduler at ``scheduler`` or on a LocalCluster of
+    ``local_workers`` processes, each bounded to the memory its tasks need; ``device`` is the workers'."""
+    recipe = ClassifierRecipe(classifier.prototypes.cpu().numpy(), classifier.classes, classifier.alpha, encoder,
+                              device)
+    memory = worker_memory_bytes(size, batch_size, max(MIN_BLOCK_WINDOWS, batch_size), len(classifier.classes.ids),
+                                 writer.probabilities is not None)
+    with connect(scheduler, local_workers, memory if local_workers else None) as client:
+        return run_on_cluster(client, source, recipe, tiles, writer, size, refine, batch_size, progress)
 
 
 def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], writer, size: int,

@@ -31,6 +31,7 @@ from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
                      class_areas, class_histogram, convert_to_cog, gdal_write_errors, output_driver, sieve_classes,
                      write_area_report, write_legend, write_polygons, write_preview)
+from .distributed import EncoderRecipe, import_distributed, run_on_dask
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory
 from .raster import block_cache, pixel_area_m2, pixel_size_m
 from .support_check import choose_encoder
@@ -91,6 +92,9 @@ class SegmentOptions:
     command: str | None = None  # the invocation, recorded in the outputs' metadata
     overwrite: bool = False
     progress: bool = True
+    # The windows on a Dask cluster (geoproto.distributed): a scheduler's address, or N local workers
+    dask_scheduler: str | None = None
+    dask_local: int | None = None
 
     def __post_init__(self):
         """Refuse NaN, infinities and out-of-range numbers before any work (NaN alpha: one class everywhere)."""
@@ -98,6 +102,11 @@ class SegmentOptions:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, check_number(name, value, low, high, min_open, name in _INTEGER_FIELDS))
+        if self.dask_scheduler and self.dask_local:
+            raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
+                                param="dask_local")
+        if self.dask_scheduler or self.dask_local:
+            import_distributed()  # Dask missing: said now, not after the support is encoded
 
 
 # Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.
@@ -105,8 +114,9 @@ SEGMENT_RANGES = {
     "tile_size": (32, None, False), "overlap": (0, None, False), "alpha": (0, ALPHA_MAX, True),
     "batch_size": (1, None, False), "workers": (0, MAX_WORKERS, False), "buffer": (0, None, False),
     "crf_bilateral_m": (0, 1e4, True), "min_area": (0, None, True), "simplify": (0, None, True),
+    "dask_local": (1, MAX_WORKERS, False),
 }
-_INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers"}
+_INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"}
 
 
 def options_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
@@ -184,9 +194,14 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
                 writer = ResultWriter(src, crs, classifier.classes, paths.classes, paths.probabilities, metadata,
                                       options.creation_options)
                 try:
-                    run = WindowPipeline(ClippedSource(source, area) if area is not None else source, classifier,
-                                         writer, options.tile_size, refine, batch_size, workers,
-                                         options.progress).run(tiles)
+                    windows = ClippedSource(source, area) if area is not None else source
+                    if options.dask_scheduler or options.dask_local:
+                        run = run_on_dask(options.dask_scheduler, options.dask_local, windows, classifier,
+                                          EncoderRecipe.of(options, encoder_info), options.device, tiles, writer,
+                                          options.tile_size, refine, batch_size, options.progress)
+                    else:
+                        run = WindowPipeline(windows, classifier, writer, options.tile_size, refine, batch_size,
+                                             workers, options.progress).run(tiles)
                 finally:
                     writer.close()
             counts = run.counts
