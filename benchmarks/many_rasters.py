@@ -27,9 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from segment_throughput import CACHE, build_mosaic, peak_rss_mb
@@ -127,7 +129,9 @@ def main() -> None:
         return
     if args.root is None:
         parser.error("--root is required: the Dubai folder (images/, masks/, classes.json)")
-    tiles, support = cut_tiles(args.count, args.side, args.root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the Dubai JPEGs the mosaic is made of
+        tiles, support = cut_tiles(args.count, args.side, args.root)
     print(f"{args.count} rasters of {args.side}^2, device {args.device}, CRF {'torch' if args.crf else 'off'}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
     print(f"{'mode':>8} {'windows':>8} {'seconds':>8} {'windows/s':>10} {'startup s':>10} "
@@ -135,7 +139,7 @@ def main() -> None:
     for mode in ("local", "cluster"):
         r = measure(mode, tiles, support, args.root / "classes.json", args)
         idle = r["stages"].get("worker_idle")
-        overhead = "" if idle is None else f"{1000 * idle / r['windows']:.0f}"
+        overhead = "" if idle is None else f"{1000 * idle / r['windows']:.1f}"
         print(f"{mode:>8} {r['windows']:>8} {r['seconds']:>8.1f} {r['windows'] / r['seconds']:>10.2f} "
               f"{r.get('startup_seconds', 0.0):>10.1f} {overhead:>19}  "
               + ", ".join(f"{name} {mb:.0f}" for name, mb in r["peak_rss_mb"].items()))

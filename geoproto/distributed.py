@@ -30,6 +30,8 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from .classes import ClassInfo
+from .classifier import Classifier
 from .errors import GeoprotoError
 from .models.runtime import CONTEXT_MARGIN, FeatureExtractor, resolve_device
 from .pipeline import (CLASS_BYTES_PER_PIXEL, MODEL_BYTES_PER_PIXEL, QUEUED_BYTES_PER_PIXEL, PipelineResult,
@@ -92,7 +94,7 @@ class ClassifierRecipe:
     """What a worker needs to rebuild the run's classifier: prototypes, classes, alpha, the encoder."""
 
     prototypes: np.ndarray
-    classes: object  # ClassInfo
+    classes: ClassInfo
     alpha: float
     encoder: EncoderRecipe
     device: str  # "auto" picks CUDA on a GPU worker
@@ -104,9 +106,7 @@ class ClassifierRecipe:
         digest.update(repr((self.classes.ids, self.alpha, self.encoder, self.device)).encode())
         return digest.hexdigest()
 
-    def build(self):
-        from .classifier import Classifier
-
+    def build(self) -> Classifier:
         extract = self.encoder.build(resolve_device(self.device))
         return Classifier(torch.from_numpy(self.prototypes).to(extract.device), self.classes, self.alpha, extract)
 
@@ -130,11 +130,11 @@ class BlockResult:
     seconds: dict[str, float]  # build (the encoder, first task of a worker only), read, label
 
 
-_cache: dict[str, object] = {}
+_cache: dict[str, Classifier] = {}
 _cache_lock = threading.Lock()
 
 
-def _worker_classifier(recipe: ClassifierRecipe) -> tuple[object, float]:
+def _worker_classifier(recipe: ClassifierRecipe) -> tuple[Classifier, float]:
     """The worker's classifier for ``recipe``, built on its first task; (classifier, seconds building it).
 
     Only the current run's classifier is kept: a long-lived worker serving many runs holds one encoder.
@@ -245,12 +245,11 @@ def connect(scheduler: str | None = None, local_workers: int | None = None, memo
 
     if (scheduler is None) == (local_workers is None):
         raise GeoprotoError("give either a Dask scheduler address or a number of local workers")
-    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers, which turns off glibc's adaptive mmap
-    # threshold: every large tensor is then mapped and unmapped afresh, and the encoder ran 3x slower.
-    environ = {name: value for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
-               if name != "MALLOC_TRIM_THRESHOLD_"}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": environ}))
+        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers, which turns off glibc's adaptive mmap
+        # threshold: every large tensor is then mapped and unmapped afresh, and the encoder ran 3x slower
+        # (None unsets it).
+        stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}))
         if scheduler is not None:
             try:
                 client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
@@ -341,13 +340,13 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
             future.release()
             while next_write in done:
                 result = done.pop(next_write)
-                started = time.perf_counter()
+                write_started = time.perf_counter()
                 for tile_result in result.results:
                     writer.write(tile_result.tile, tile_result.labels, tile_result.probabilities)
                     rows, cols = tile_result.tile.core_slices
                     counts += np.bincount(tile_result.labels[rows, cols].ravel(), minlength=256)
                     crf_rejected += not tile_result.crf_kept
-                timings["write"] += time.perf_counter() - started
+                timings["write"] += time.perf_counter() - write_started
                 for stage, seconds in result.seconds.items():
                     timings[stage] += seconds
                 bar.update(len(result.results))
@@ -357,10 +356,11 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
         bar.close()
         if pending:
             client.cancel(list(pending.values()))
-    # Read, label (model and CRF) and encoder building are summed over the workers; their idle time is
-    # the cluster's overhead: scheduling, transfers and the run's tail.
+    # Read, label (model and CRF) and encoder building are summed over the workers; their idle time
+    # during the run (wall) is the cluster's overhead: scheduling, transfers and the run's tail.
     busy = timings["build"] + timings["read"] + timings["label"]
-    timings["worker_idle"] = max(0.0, (time.perf_counter() - started) * threads_total - busy)
+    timings["wall"] = time.perf_counter() - started
+    timings["worker_idle"] = max(0.0, timings["wall"] * threads_total - busy)
     return PipelineResult(counts, crf_rejected, {k: round(v, 3) for k, v in timings.items()})
 
 
