@@ -33,6 +33,7 @@ FORMAT = "geoproto-prototypes"
 VERSION = 1
 EXTENSION = ".gpp"
 HEAD_PREFIX = "head."
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip: anything else is not a prototype file at all
 # Prototypes are K x C numbers and a head a few matrices: anything near this size is not a prototype
 # file, and a zip declaring more is refused before anything is inflated.
 MAX_BYTES = 256 << 20
@@ -176,9 +177,10 @@ def load_prototypes(path: str) -> PrototypeFile:
         raise GeoprotoError(f"{path}: no such file", param="prototypes")
     if os.path.isdir(path):
         raise GeoprotoError(f"{path}: is a directory, not a prototype file", param="prototypes")
-    if not zipfile.is_zipfile(path):
-        raise GeoprotoError(f"{path}: not a geoproto prototype file (write one with `geoproto prototypes`)",
-                            param="prototypes")
+    with open(path, "rb") as handle:
+        if handle.read(4) != ZIP_MAGIC:
+            raise GeoprotoError(f"{path}: not a geoproto prototype file (write one with `geoproto prototypes`)",
+                                param="prototypes")
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
