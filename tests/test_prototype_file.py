@@ -212,14 +212,15 @@ def test_merge_refuses_files_of_different_encoders():
 
 
 @pytest.fixture(scope="module")
-def halves(paths, tmp_path_factory):
-    """The bundled support split in two sets (every class in each), and files built from each and both."""
+def halves(paths, spacenet_crop, tmp_path_factory):
+    """The bundled support split in two sets (every class in each, on the crop), and files built from
+    each and from both."""
     folder = tmp_path_factory.mktemp("halves")
     support = geopandas.read_file(paths.support)
     support.iloc[::2].to_file(folder / "a.gpkg")
     support.iloc[1::2].to_file(folder / "b.gpkg")
-    options = SegmentOptions(tile_size=256, overlap=32, encoder="imagenet", progress=False)
-    chip = str(paths.chip)
+    options = SegmentOptions(tile_size=320, overlap=32, encoder="imagenet", progress=False)
+    chip = str(spacenet_crop)
     built = {name: build_prototype_file(pairs, options)[0] for name, pairs in {
         "a": [(chip, str(folder / "a.gpkg"))], "b": [(chip, str(folder / "b.gpkg"))],
         "whole": [(chip, str(paths.support))]}.items()}
@@ -238,14 +239,14 @@ def test_merging_two_supports_equals_building_from_both(halves):
     np.testing.assert_allclose(pooled.prototypes(), whole.prototypes(), rtol=1e-5, atol=1e-6)
 
 
-def test_built_file_records_encoder_scaling_resolution_and_provenance(halves, paths, tmp_path):
+def test_built_file_records_encoder_scaling_resolution_and_provenance(halves, paths, spacenet_crop, tmp_path):
     _, built = halves
     whole = built["whole"]
     imagenet, _ = build_shipped("imagenet")
     assert whole.encoder["name"] == "imagenet" and whole.encoder["fingerprint"] == encoder_fingerprint(imagenet)
     assert whole.encoder["channels"] == imagenet.out_channels == whole.feature_sum.shape[1]
     (source,) = whole.sources
-    assert source["image"] == str(paths.chip) and source["support"] == str(paths.support)
+    assert source["image"] == str(spacenet_crop) and source["support"] == str(paths.support)
     assert source["pixel_size_m"] == 0.5 and source["crs"] == "EPSG:32616"
     assert source["dtype"] == "uint16" and source["bands"] == [1]
     low, high = source["scaling"][0]
