@@ -37,7 +37,7 @@ class Inputs:
     source: RasterSource
     crs: object  # the raster's CRS, or assume_crs, or None
     support_source: RasterSource  # the raster the support labels (``support_image``, else ``source``)
-    labels: SupportLabels
+    labels: SupportLabels | None  # None when the classes come from a prototype file
     classes: ClassInfo
 
     @property
@@ -50,6 +50,17 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
                 support_image: str | None = None, class_field: str | None = None, layer: str | None = None,
                 support_crs: str | None = None, classes_file: str | None = None, buffer: float = 0.0) -> Inputs:
     """Open the orthophoto and its support, checking them against each other."""
+    source, crs = open_image(image, bands, assume_crs)
+    support_source = RasterSource.open(support_image, bands) if support_image else source
+    with support_source.dataset() as support_src:
+        labels = load_support(support, support_src, class_field, layer, support_crs, classes_file,
+                              None if support_image else crs, buffer)
+    return Inputs(source, crs, support_source, labels, labels.found_classes())
+
+
+def open_image(image: str, bands: list[int] | None = None, assume_crs: str | None = None):
+    """The orthophoto opened for reading and its CRS (``assume_crs`` for a raster without one), when no
+    support comes with it (prototypes from a file)."""
     from rasterio.crs import CRS
 
     source = RasterSource.open(image, bands)
@@ -63,8 +74,4 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
             crs = CRS.from_user_input(assume_crs)
         except Exception as exc:
             raise GeoprotoError(f"{assume_crs!r}: not a CRS ({exc})", param="assume_crs") from None
-    support_source = RasterSource.open(support_image, bands) if support_image else source
-    with support_source.dataset() as support_src:
-        labels = load_support(support, support_src, class_field, layer, support_crs, classes_file,
-                              None if support_image else crs, buffer)
-    return Inputs(source, crs, support_source, labels, labels.found_classes())
+    return source, crs

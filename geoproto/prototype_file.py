@@ -96,6 +96,31 @@ class PrototypeFile:
         with open(path, "wb") as handle:  # a file object: savez would append .npz to a name
             np.savez(handle, **arrays)
 
+    def classifier(self, extract, description: dict, alpha: float, image: str, bands: int,
+                   pixel_size_m: float | None):
+        """The ``classifier.Classifier`` these prototypes make with ``extract`` (a FeatureExtractor whose
+        encoder ``description`` says what it is) on ``image``, and what to report of it: refused for
+        another encoder, warned for another resolution or band count (``check_raster``)."""
+        from .classifier import Classifier
+
+        self.check_encoder(encoder_fingerprint(extract.encoder), description)
+        warned = self.check_raster(image, bands, pixel_size_m)
+        stats = {"prototypes": self.path, "pixels": self.pixel_counts,
+                 "sources": [source["image"] for source in self.sources], "warnings": warned}
+        return Classifier(self.prototypes(), self.classes, alpha, extract, self.pixel_counts), stats
+
+    def encoder_choice(self, encoder: str) -> str:
+        """The shipped encoder to segment with when ``encoder`` is ``auto``: the file's own (auto chooses
+        by cross-validating support polygons, and a prototype file has none)."""
+        from .models import shipped_names
+
+        if encoder != "auto":
+            return encoder
+        if self.encoder["name"] not in shipped_names():
+            raise GeoprotoError(f"{self.name}: made with encoder {self.encoder['name']}, not a shipped one; give "
+                                f"the checkpoint or weights it was made with", param="encoder")
+        return self.encoder["name"]
+
     def check_encoder(self, fingerprint: str, description: dict) -> None:
         """Refuse to be used with another encoder than the one the prototypes come from: its features
         live in another space, and cosine matching against them gives confident nonsense."""

@@ -15,8 +15,10 @@ from .errors import GeoprotoError
 from .models.runtime import default_batch_size, resolve_device
 from .output import StagedOutputs
 from .prototype_file import PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge
-from .segment import SegmentOptions, _check_tiling, _pixel_size_m, check_window_memory, open_inputs, resolve_encoder
-from .support import VectorLabels
+from .pipeline import check_window_memory
+from .raster import pixel_size_m
+from .segment import SegmentOptions, check_tiling, options_inputs
+from .support_check import choose_encoder
 
 
 def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions | None = None
@@ -27,7 +29,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     ``options.support_image`` applies to a single pair only.
     """
     options = options or SegmentOptions()
-    _check_tiling(options)
+    check_tiling(options)
     if not pairs:
         raise GeoprotoError("give at least one image and its support")
     if options.support_image and len(pairs) > 1:
@@ -38,10 +40,10 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     files, supports = [], []
     extract = None
     for image, support in pairs:
-        inputs = open_inputs(image, support, options)
+        inputs = options_inputs(image, support, options)
         check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
         if extract is None:
-            extract, info, _ = resolve_encoder(inputs, options, device, batch_size, False)
+            extract, info, _ = choose_encoder(inputs, options, device, batch_size, False)
             encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
                        "channels": int(extract.out_channels), "description": info}
         accumulator, classes, stats = accumulate_support(extract, inputs.support_source, inputs.labels,
@@ -53,10 +55,10 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
             source = {"image": _absolute(labelled.path), "support": _absolute(support),
                       "support_sha256": file_sha256(support),
                       "bands": list(labelled.bands), "dtype": src.dtypes[labelled.bands[0] - 1],
-                      "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": _pixel_size_m(src, crs),
+                      "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": pixel_size_m(src, crs),
                       "crs": crs.to_string() if crs is not None else None, "pixels": stats["pixels"]}
         # Vector support without a classes file numbers its classes from their sorted names.
-        numbered = (isinstance(inputs.labels, VectorLabels) and not options.classes_file
+        numbered = (inputs.polygons is not None and not options.classes_file
                     and classes.names != [f"class_{i}" for i in classes.ids])
         files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(), encoder,
                                    [source], numbered, {}, ""))

@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pytest
+import rasterio
 from click.testing import CliRunner
 
 import synthetic
@@ -76,3 +78,47 @@ def test_one_support_per_image_is_required(scene, tmp_path):
     assert result.exit_code == 1 and "names the raster of a single support" in result.output
     result = run("merge-prototypes", support, "-o", tmp_path / "x.gpp")
     assert result.exit_code == 1 and "support.gpkg: not a geoproto prototype file" in result.output
+
+
+@pytest.mark.slow
+def test_segment_with_the_file_gives_the_labels_of_segment_with_the_support(paths, spacenet_crop, tmp_path):
+    tiling = ["--tile-size", 320, "--overlap", 32]
+    made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / "p.gpp", *tiling, "-q")
+    assert made.exit_code == 0, made.output
+    common = [*tiling, "--no-crf", "--no-overviews", "--json", "-q"]
+    direct = run("segment", spacenet_crop, "-s", paths.support, "-o", tmp_path / "direct.tif", *common)
+    reused = run("segment", spacenet_crop, "--prototypes", tmp_path / "p.gpp", "-o", tmp_path / "reused.tif", *common)
+    assert direct.exit_code == 0 and reused.exit_code == 0, direct.output + reused.output
+    with rasterio.open(tmp_path / "direct.tif") as a, rasterio.open(tmp_path / "reused.tif") as b:
+        labels = a.read(1)
+        np.testing.assert_array_equal(labels, b.read(1))
+        assert a.tags()["GEOPROTO_CLASSES"] == b.tags()["GEOPROTO_CLASSES"]
+    assert len(np.unique(labels)) == 3  # a real map, not one class
+    summary = json.loads(reused.stdout)["support"]
+    assert summary["prototypes"] == str(tmp_path / "p.gpp") and summary["warnings"] == []
+    assert summary["pixels"] == json.loads(direct.stdout)["support"]["pixels"]
+
+
+def test_segment_refuses_a_file_of_another_encoder_naming_both(scene, tmp_path):
+    image, support = scene
+    made = run("prototypes", image, "-s", support, "-o", tmp_path / "i.gpp", "--encoder", "imagenet",
+               "--tile-size", 96, "--overlap", 0, "-q")
+    assert made.exit_code == 0, made.output
+    result = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf")
+    assert result.exit_code == 1
+    assert "i.gpp: made with encoder imagenet" in result.output and "this run uses dubai" in result.output
+    assert "--encoder imagenet" in result.output
+    assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg", "i.gpp") == []
+    auto = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf",
+               "--encoder", "auto", "--tile-size", 96, "--overlap", 0, "--json", "-q")
+    assert auto.exit_code == 0, auto.output  # auto: the file's own encoder
+    assert json.loads(auto.stdout)["encoder"]["name"] == "imagenet"
+
+
+def test_segment_takes_a_support_or_a_prototype_file(scene, tmp_path):
+    image, support = scene
+    neither = run("segment", image, "-o", tmp_path / "c.tif")
+    assert neither.exit_code == 1 and "--prototypes: give either a --support or a prototype file, not neither" \
+        in neither.output
+    both = run("segment", image, "-s", support, "--prototypes", support, "-o", tmp_path / "c.tif")
+    assert both.exit_code == 1 and "not both" in both.output
