@@ -31,7 +31,7 @@ def test_prototypes_writes_a_file_and_its_summary(scene, tmp_path):
     assert synthetic.leftovers(out.parent) == ["classes.gpp"]  # no staging folder left behind
 
     again = run("prototypes", image, "-s", support, "-o", out, "--tile-size", 96, "--overlap", 0)
-    assert again.exit_code == 1 and "exists; pass --overwrite to replace it" in again.output
+    assert again.exit_code == 1 and "classes.gpp: exists; allow --overwrite to replace it" in again.output
     replaced = run("prototypes", image, "-s", support, "-o", out, "--tile-size", 96, "--overlap", 0, "--overwrite",
                    "--encoder", "imagenet")
     assert replaced.exit_code == 0, replaced.output
