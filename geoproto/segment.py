@@ -239,6 +239,9 @@ def _prototype_file(support: str | None, options: SegmentOptions):
         return None
     if options.check_support:
         raise GeoprotoError("cross-validates support polygons; a prototype file has none", param="check_support")
+    for name in ("class_field", "layer", "support_crs", "classes_file", "support_image", "buffer"):
+        if getattr(options, name):
+            raise GeoprotoError("applies to a support; a prototype file holds its classes already", param=name)
     return load_prototypes(options.prototypes)
 
 

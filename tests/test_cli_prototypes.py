@@ -113,6 +113,11 @@ def test_segment_refuses_a_file_of_another_encoder_naming_both(scene, tmp_path):
                "--encoder", "auto", "--tile-size", 96, "--overlap", 0, "--json", "-q")
     assert auto.exit_code == 0, auto.output  # auto: the file's own encoder
     assert json.loads(auto.stdout)["encoder"]["name"] == "imagenet"
+    direct = run("segment", image, "-s", support, "-o", tmp_path / "d.tif", "--no-crf", "--encoder", "imagenet",
+                 "--tile-size", 96, "--overlap", 0, "-q")
+    assert direct.exit_code == 0, direct.output
+    with rasterio.open(tmp_path / "c.tif") as reused, rasterio.open(tmp_path / "d.tif") as built:
+        np.testing.assert_array_equal(reused.read(1), built.read(1))
 
 
 def test_segment_takes_a_support_or_a_prototype_file(scene, tmp_path):
@@ -122,3 +127,5 @@ def test_segment_takes_a_support_or_a_prototype_file(scene, tmp_path):
         in neither.output
     both = run("segment", image, "-s", support, "--prototypes", support, "-o", tmp_path / "c.tif")
     assert both.exit_code == 1 and "not both" in both.output
+    support_option = run("segment", image, "--prototypes", support, "--class-field", "class", "-o", tmp_path / "c.tif")
+    assert support_option.exit_code == 1 and "--class-field: applies to a support" in support_option.output
