@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 import warnings
@@ -125,12 +126,15 @@ class PrototypeFile:
         """Refuse to be used with another encoder than the one the prototypes come from: its features
         live in another space, and cosine matching against them gives confident nonsense."""
         if fingerprint != self.encoder["fingerprint"]:
+            from .models import shipped_names
+
             theirs = encoder_label(self.encoder["description"], self.encoder["name"])
             ours = encoder_label(description)
+            same = f"--encoder {theirs}" if theirs in shipped_names() else "its --checkpoint or --init-weights"
             raise GeoprotoError(
                 f"{self.name}: made with encoder {theirs} (weights sha256 {self.encoder['fingerprint'][:12]}), "
                 f"but this run uses {ours} (weights sha256 {fingerprint[:12]}); use the same encoder "
-                f"(e.g. --encoder {theirs}) or rebuild the prototypes with this one", param="prototypes")
+                f"({same}) or rebuild the prototypes with this one", param="prototypes")
 
     def check_raster(self, image: str, bands: int, pixel_size_m: float | None) -> list[str]:
         """Warnings (also issued) when ``image`` differs from the supports in what the encoder is sensitive
@@ -196,17 +200,24 @@ def _rgb_to_hex(color) -> str | None:
 
 # Loading: every member checked, one-line messages naming the file.
 
-def load_prototypes(path: str) -> PrototypeFile:
-    """Read and check a prototype file; any problem is a GeoprotoError naming ``path``."""
-    if not os.path.exists(path):
-        raise GeoprotoError(f"{path}: no such file", param="prototypes")
-    if os.path.isdir(path):
-        raise GeoprotoError(f"{path}: is a directory, not a prototype file", param="prototypes")
-    with open(path, "rb") as handle:
-        if handle.read(4) != ZIP_MAGIC:
-            raise GeoprotoError(f"{path}: not a geoproto prototype file (write one with `geoproto prototypes`)",
-                                param="prototypes")
+def load_prototypes(path: str, param: str | None = "prototypes") -> PrototypeFile:
+    """Read and check a prototype file; any problem is a GeoprotoError naming ``path`` (and ``param``, the
+    caller's parameter that gave it)."""
     try:
+        return _load(path)
+    except GeoprotoError as exc:
+        raise GeoprotoError(exc.message, param=param) from None
+
+
+def _load(path: str) -> PrototypeFile:
+    if not os.path.exists(path):
+        raise GeoprotoError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise GeoprotoError(f"{path}: is a directory, not a prototype file")
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(4) != ZIP_MAGIC:
+                raise GeoprotoError(f"{path}: not a geoproto prototype file (write one with `geoproto prototypes`)")
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
         if declared > MAX_BYTES:
@@ -219,11 +230,14 @@ def load_prototypes(path: str) -> PrototypeFile:
         raise _invalid(path, f"holds data that is not plain numbers ({_first_line(exc)})") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError, NotImplementedError) as exc:
         raise _invalid(path, f"corrupt or truncated ({_first_line(exc)})") from None
+    raw = next((name for name, value in arrays.items() if not isinstance(value, np.ndarray)), None)
+    if raw is not None:  # np.load hands a zip member that is not an .npy over as bytes
+        raise _invalid(path, f"member {raw!r} is not a NumPy array")
     return _from_arrays(path, arrays)
 
 
 def _invalid(path: str, reason: str) -> GeoprotoError:
-    return GeoprotoError(f"{path}: not a valid prototype file: {reason}", param="prototypes")
+    return GeoprotoError(f"{path}: not a valid prototype file: {reason}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -255,7 +269,8 @@ def _from_arrays(path: str, arrays: dict[str, np.ndarray]) -> PrototypeFile:
         raise _invalid(path, "feature_sum holds NaN or infinite values")
     if (pixels <= 0).any():
         raise _invalid(path, f"class {classes.names[int(np.argmax(pixels <= 0))]!r} has no labelled pixel")
-    if set(header.get("head", [])) != heads:
+    listed = header.get("head", [])
+    if not isinstance(listed, list) or set(map(str, listed)) != heads:
         raise _invalid(path, "the head arrays do not match the header's list")
     head = {}
     for name in sorted(heads):
@@ -272,7 +287,7 @@ def _from_arrays(path: str, arrays: dict[str, np.ndarray]) -> PrototypeFile:
 
 def _read_header(path: str, raw: np.ndarray | None) -> dict:
     if raw is None:
-        raise GeoprotoError(f"{path}: not a geoproto prototype file (no header)", param="prototypes")
+        raise GeoprotoError(f"{path}: not a geoproto prototype file (no header)")
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise _invalid(path, "its header is not UTF-8 bytes")
     try:
@@ -280,14 +295,13 @@ def _read_header(path: str, raw: np.ndarray | None) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _invalid(path, f"its header is not JSON ({_first_line(exc)})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise GeoprotoError(f"{path}: not a geoproto prototype file (write one with `geoproto prototypes`)",
-                            param="prototypes")
+        raise GeoprotoError(f"{path}: not a geoproto prototype file (write one with `geoproto prototypes`)")
     version = header.get("version")
     if not isinstance(version, int) or version < 1:
         raise _invalid(path, f"format version {version!r}")
     if version > VERSION:
         raise GeoprotoError(f"{path}: prototype file format version {version}, newer than this geoproto reads "
-                            f"({VERSION}); upgrade geoproto", param="prototypes")
+                            f"({VERSION}); upgrade geoproto")
     return header
 
 
@@ -310,8 +324,14 @@ def _read_classes(path: str, entries) -> ClassInfo:
 
 
 def _valid_source(source) -> bool:
-    return (isinstance(source, dict) and isinstance(source.get("image"), str) and isinstance(source.get("bands"), list)
-            and isinstance(source.get("pixels"), dict))
+    """What ``check_raster`` and the summaries read of a provenance record has the right types."""
+    if not isinstance(source, dict):
+        return False
+    pixel_size = source.get("pixel_size_m")
+    return (isinstance(source.get("image"), str) and isinstance(source.get("pixels"), dict)
+            and isinstance(source.get("bands"), list) and all(isinstance(b, int) for b in source["bands"])
+            and (pixel_size is None or (isinstance(pixel_size, (int, float)) and math.isfinite(pixel_size)
+                                        and pixel_size > 0)))
 
 
 def _describe(array: np.ndarray | None) -> str:

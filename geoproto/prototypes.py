@@ -88,7 +88,7 @@ def merge_prototype_files(paths: list[str], output: str, overwrite: bool = False
     """Pool the prototype files ``paths`` into ``output`` (``prototype_file.merge``); returns a summary."""
     with StagedOutputs(overwrite, {f"input {i + 1}": path for i, path in enumerate(paths)}) as staged:
         staging = staged.stage(output, "output")
-        pooled = merge([load_prototypes(path) for path in paths])
+        pooled = merge([load_prototypes(path, None) for path in paths])
         pooled.save(staging)
         staged.commit()
     return {"output": output, "inputs": paths, **_describe(pooled)}

@@ -112,6 +112,14 @@ def _encode(header):
     (lambda p: _rewrite(p, header=_encode({**_header(p), "format": "other"})), "not a geoproto prototype file"),
     (lambda p: _rewrite(p, header=_encode({**_header(p), "encoder": {"name": "x"}})), "encoder identity"),
     (lambda p: _rewrite(p, extra=np.zeros(2)), "unexpected member 'extra'"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "head": 3})), "head arrays do not match"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "sources": [{"image": "a.tif", "bands": [1], "pixels": {},
+                                                                      "pixel_size_m": "0.5"}]})), "provenance"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "classes": [{"id": 1, "name": "a", "color": 7}] * 3})),
+     r"classes are not a list of \{id, name, color\}"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "classes": [{"id": i, "name": "a", "color": None}
+                                                                     for i in (1, 2, 3)]})), "listed twice"),
+    (lambda p: _rewrite(p, header=np.frombuffer(b"[" * 100000, np.uint8)), "header is not JSON"),
     (lambda p: _rewrite(p, **{"head.w": np.zeros(2, np.float64)}), "head arrays do not match"),
 ])
 def test_inconsistent_files_are_refused_with_one_line(tmp_path, change, message):
@@ -139,6 +147,10 @@ def test_truncated_and_corrupt_files_are_refused(tmp_path):
     (tmp_path / "flipped.gpp").write_bytes(bytes(flipped))
     with pytest.raises(GeoprotoError, match=r"flipped.gpp: not a valid prototype file: corrupt"):
         load_prototypes(str(tmp_path / "flipped.gpp"))
+    with zipfile.ZipFile(tmp_path / "a.gpp", "a") as archive:
+        archive.writestr("feature_sum", b"not an array")
+    with pytest.raises(GeoprotoError, match=r"a.gpp: not a valid prototype file: member 'feature_sum' is not a NumPy"):
+        load_prototypes(str(tmp_path / "a.gpp"))
     (tmp_path / "text.gpp").write_text("hello")
     with pytest.raises(GeoprotoError, match=r"text.gpp: not a geoproto prototype file"):
         load_prototypes(str(tmp_path / "text.gpp"))
@@ -171,7 +183,7 @@ def test_pickled_objects_are_refused_without_running_them(tmp_path):
     buffer = io.BytesIO()
     torch.save({"x": _Payload(str(target))}, buffer)  # a zip too, holding a pickle
     (tmp_path / "torch.gpp").write_bytes(buffer.getvalue())
-    with pytest.raises(GeoprotoError, match=r"torch.gpp: not a geoproto prototype file \(no header\)"):
+    with pytest.raises(GeoprotoError, match=r"torch.gpp: not a valid prototype file: member .*data.pkl. is not a NumPy array"):
         load_prototypes(str(tmp_path / "torch.gpp"))
     assert not target.exists()
 
