@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import time
 
+from .classes import ClassInfo
 from .classifier import accumulate_support
 from .errors import GeoprotoError
+from .inputs import Inputs
 from .models.runtime import default_batch_size, resolve_device
 from .output import StagedOutputs
 from .prototype_file import PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge
@@ -40,28 +42,18 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     files, supports = [], []
     extract = None
     for image, support in pairs:
-        inputs = options_inputs(image, support, options)
-        check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
-        if extract is None:
-            extract, info, _ = choose_encoder(inputs, options, device, batch_size, False)
-            encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
-                       "channels": int(extract.out_channels), "description": info}
-        accumulator, classes, stats = accumulate_support(extract, inputs.support_source, inputs.labels,
-                                                         inputs.classes, options.tile_size, options.overlap,
-                                                         batch_size)
-        labelled = inputs.support_source
-        with labelled.dataset() as src:
-            crs = src.crs if options.support_image else inputs.crs
-            source = {"image": _absolute(labelled.path), "support": _absolute(support),
-                      "support_sha256": file_sha256(support),
-                      "bands": list(labelled.bands), "dtype": src.dtypes[labelled.bands[0] - 1],
-                      "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": pixel_size_m(src, crs),
-                      "crs": crs.to_string() if crs is not None else None, "pixels": stats["pixels"]}
-        # Vector support without a classes file numbers its classes from their sorted names.
-        numbered = (inputs.polygons is not None and not options.classes_file
-                    and classes.names != [f"class_{i}" for i in classes.ids])
-        files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(), encoder,
-                                   [source], numbered, {}, ""))
+        with options_inputs(image, support, options) as inputs:
+            check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
+            if extract is None:
+                extract, info, _ = choose_encoder(inputs, options, device, batch_size, False)
+                encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
+                           "channels": int(extract.out_channels), "description": info}
+            accumulator, classes, stats = accumulate_support(extract, inputs.support_source, inputs.labels,
+                                                             inputs.classes, options.tile_size, options.overlap,
+                                                             batch_size)
+            files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(),
+                                       encoder, [_provenance(inputs, support, options, stats["pixels"])],
+                                       _numbered_by_name(inputs, classes, options)))
         supports.append({"image": image, "support": support, **stats})
     pooled = merge(files)
     return pooled, {"supports": supports, "device": device.type,
@@ -92,6 +84,25 @@ def merge_prototype_files(paths: list[str], output: str, overwrite: bool = False
         pooled.save(staging)
         staged.commit()
     return {"output": output, "inputs": paths, **_describe(pooled)}
+
+
+def _provenance(inputs: Inputs, support: str, options: SegmentOptions, pixels: dict[str, int]) -> dict:
+    """Where a support's prototypes come from and what the encoder saw: the raster the labels lie on, its
+    bands, input scaling and ground resolution."""
+    labelled = inputs.support_source
+    src = labelled.dataset
+    crs = src.crs if options.support_image else inputs.crs
+    return {"image": _absolute(labelled.path), "support": _absolute(support), "support_sha256": file_sha256(support),
+            "bands": list(labelled.bands), "dtype": src.dtypes[labelled.bands[0] - 1],
+            "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": pixel_size_m(src, crs),
+            "crs": crs.to_string() if crs is not None else None, "pixels": pixels}
+
+
+def _numbered_by_name(inputs: Inputs, classes: ClassInfo, options: SegmentOptions) -> bool:
+    """Whether the class ids were numbered from the sorted class names (polygons with text classes and no
+    classes file), so that a merge may renumber them."""
+    return (inputs.polygons is not None and not options.classes_file
+            and classes.names != [f"class_{i}" for i in classes.ids])
 
 
 def _absolute(path: str) -> str:

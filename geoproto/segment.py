@@ -166,11 +166,10 @@ def segment(image: str, support: str | None, output: str, options: SegmentOption
         if taught is None:
             inputs = options_inputs(image, support, options)
         else:
-            source, crs = open_image(image, options.bands, options.assume_crs)
-            inputs = Inputs(source, crs, source, None, taught.classes)
-        source, crs = inputs.source, inputs.crs
+            inputs = open_image(image, taught.classes, options.bands, options.assume_crs)
+        source, crs, src = inputs.source, inputs.crs, inputs.source.dataset
         output_bytes = 1 + (4 * len(inputs.classes.ids) if paths.probabilities else 0)  # classes, probabilities
-        with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
+        with inputs, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
             pixel_area = pixel_area_m2(src, crs)
             if options.min_area and pixel_area is None:
                 raise GeoprotoError(f"{image}: is in square metres and needs a projected CRS", param="min_area")
