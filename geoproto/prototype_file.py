@@ -175,8 +175,10 @@ def encoder_label(description: dict, name: str | None = None) -> str:
     """An encoder in a word or two: its shipped name, else its backbone and weights or checkpoint file."""
     if name or description.get("name"):
         return str(name or description["name"])
-    parts = [str(description.get(key)) for key in ("backbone", "checkpoint", "weights") if description.get(key)]
-    return " ".join(parts) or "unnamed encoder"
+    config = description.get("config") if isinstance(description.get("config"), dict) else {}  # a checkpoint's
+    backbone = description.get("backbone") or config.get("backbone")
+    weights = description.get("checkpoint") or description.get("weights") or ("a checkpoint" if config else None)
+    return " ".join(str(part) for part in (backbone, weights) if part) or "unnamed encoder"
 
 
 def file_sha256(path: str) -> str | None:

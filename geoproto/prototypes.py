@@ -46,6 +46,8 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
             check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
             if extract is None:
                 extract, info, _ = choose_encoder(inputs, options, device, batch_size, False)
+                if options.checkpoint:  # its metadata does not name it
+                    info = {**info, "checkpoint": os.path.basename(options.checkpoint)}
                 encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
                            "channels": int(extract.out_channels), "description": info}
             accumulator, classes, stats = accumulate_support(extract, inputs.support_source, inputs.labels,

@@ -15,7 +15,7 @@ from geoproto.classes import ClassInfo
 from geoproto.errors import GeoprotoError
 from geoproto.fewshot import PrototypeAccumulator
 from geoproto.models import build_shipped
-from geoproto.prototype_file import PrototypeFile, encoder_fingerprint, load_prototypes, merge
+from geoproto.prototype_file import PrototypeFile, encoder_fingerprint, encoder_label, load_prototypes, merge
 from geoproto.prototypes import build_prototype_file
 from geoproto.segment import SegmentOptions
 
@@ -71,6 +71,14 @@ def test_a_file_from_another_encoder_is_refused_naming_both(tmp_path):
     with pytest.raises(GeoprotoError, match=r"dubai.gpp: made with encoder dubai .*this run uses imagenet"):
         made.check_encoder(encoder_fingerprint(imagenet), info)
     made.check_encoder(FINGERPRINT, {"name": "dubai"})  # the same weights: accepted
+
+
+def test_encoder_labels_name_shipped_encoders_checkpoints_and_weights():
+    assert encoder_label({"name": "dubai", "backbone": "efficientnet-lite0"}) == "dubai"
+    assert encoder_label({"backbone": "resnet50", "weights": "r50.pth"}) == "resnet50 r50.pth"
+    assert encoder_label({"config": {"backbone": "vgg16"}, "checkpoint": "best.pt"}) == "vgg16 best.pt"
+    assert encoder_label({"config": {"backbone": "vgg16"}}) == "vgg16 a checkpoint"
+    assert encoder_label({}) == "unnamed encoder"
 
 
 def test_far_resolution_and_band_count_are_warned(tmp_path):
