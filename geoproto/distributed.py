@@ -36,6 +36,7 @@ from .errors import GeoprotoError
 from .models.runtime import CONTEXT_MARGIN, FeatureExtractor, resolve_device
 from .pipeline import (CLASS_BYTES_PER_PIXEL, MODEL_BYTES_PER_PIXEL, QUEUED_BYTES_PER_PIXEL, PipelineResult,
                        RefineSettings, Window, label_windows)
+from .raster import RasterSource
 from .tile_labels import TileResult
 from .tiling import Tile
 
@@ -159,13 +160,14 @@ def segment_block(job: BlockJob, tiles: list[Tile]) -> BlockResult:
     torch.set_num_threads(job.torch_threads.get(host, torch.get_num_threads()))
     classifier, build_seconds = _worker_classifier(job.classifier)
     started = time.perf_counter()
+    raster = _raster(job.source)
     try:
-        src = job.source.dataset()
+        raster.dataset  # opened here, so that a missing file is said as such
     except GeoprotoError as exc:
         raise GeoprotoError(f"worker {worker.address} on {host}: {exc}; every worker reads the "
                             f"raster itself, so it must be on storage they share, at the same path") from None
-    with src:
-        windows = [Window(tile, *job.source.read(src, tile, job.size, CONTEXT_MARGIN)) for tile in tiles]
+    with raster:  # this task's copy of the source: its handle is closed with the task
+        windows = [Window(tile, *job.source.read(tile, job.size, CONTEXT_MARGIN)) for tile in tiles]
     read_seconds = time.perf_counter() - started
     started = time.perf_counter()
     results = []
@@ -299,7 +301,7 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
                             f"windows of {size} px needs about {needed / 2**30:.2f} GiB: start workers with "
                             f"more memory or choose a smaller tile size or batch size")
     job_source = _with_absolute_path(source)
-    paths = [_raster_path(job_source), *recipe.encoder.files()]
+    paths = [_raster(job_source).path, *recipe.encoder.files()]
     threads = check_workers(client, paths)
     job = BlockJob(job_source, recipe, size, refine, keep_probabilities, batch_size, threads)
     blocks = [tiles[start:start + block_windows] for start in range(0, len(tiles), block_windows)]
@@ -370,5 +372,6 @@ def _with_absolute_path(source):
     return replace(source, path=_absolute(source.path))
 
 
-def _raster_path(source) -> str:
-    return _raster_path(source.source) if hasattr(source, "source") else source.path
+def _raster(source) -> RasterSource:
+    """The RasterSource of ``source`` (itself, or the one an ``aoi.ClippedSource`` clips)."""
+    return _raster(source.source) if hasattr(source, "source") else source

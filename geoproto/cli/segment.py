@@ -16,8 +16,10 @@ _CRF_DEFAULTS = CRFParams()
 
 @click.command("segment")
 @click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
-@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--support", "-s", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
+@click.option("--prototypes", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="A prototype file from `geoproto prototypes`, instead of --support.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml.")
 @apply(support_options)
@@ -81,7 +83,8 @@ _CRF_DEFAULTS = CRFParams()
 @handle_errors
 def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
                     crf_bilateral_srgb, crf_gaussian_sxy, quiet, as_json, **options):
-    """Segment IMAGE into the classes drawn in --support and write a class raster to --output.
+    """Segment IMAGE into the classes drawn in --support (or learnt in --prototypes) and write a class
+    raster to --output.
 
     Example: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
     """
