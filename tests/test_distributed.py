@@ -44,13 +44,13 @@ def worker_threads():
 
 @pytest.fixture(scope="module")
 def local_reference(spacenet, tmp_path_factory):
-    """The local run's class raster and summary."""
-    output = tmp_path_factory.mktemp("local") / "classes.tif"
+    """The local run's class raster, class scores and summary."""
+    folder = tmp_path_factory.mktemp("local")
     with worker_threads():
-        summary = segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(output),
-                          _options())
-    with rasterio.open(output) as src:
-        return src.read(1), summary
+        summary = segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"),
+                          str(folder / "classes.tif"), _options(probabilities=str(folder / "scores.tif")))
+    with rasterio.open(folder / "scores.tif") as src:
+        return _read(folder / "classes.tif"), src.read(), summary
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +68,18 @@ def _read(path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_local_cluster_labels_equal_the_local_run(spacenet, tmp_path, local_reference):
-    reference, local_summary = local_reference
+    reference, reference_scores, local_summary = local_reference
     output = tmp_path / "classes.tif"
     with worker_threads():
         summary = segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(output),
-                          _options(dask_local=2))
+                          _options(dask_local=2, probabilities=str(tmp_path / "scores.tif")))
     assert summary["tiles"] == local_summary["tiles"] == 64
     np.testing.assert_array_equal(_read(output), reference)
+    with rasterio.open(tmp_path / "scores.tif") as src:
+        np.testing.assert_array_equal(src.read(), reference_scores)  # NaN (nodata) included
     assert summary["classes"] == local_summary["classes"]
     assert summary["stage_seconds"]["label"] > 0  # the windows were labelled on the workers
-    assert not list(tmp_path.glob(".geoproto-*"))  # committed, staging folder gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "classes.tif.aux.xml", "scores.tif"]
 
 
 class KillAfterFirstResult(SchedulerPlugin):
