@@ -6,7 +6,8 @@ function as the local pipeline (``pipeline.label_windows``: model, CRF, nodata) 
 A worker builds the encoder and loads the prototypes once (``_worker_classifier``) and keeps them for
 every later task of the run. The client writes results in window order through the one
 ``ResultWriter`` of the run, submitting at most ``in_flight`` blocks ahead of the next one to write, so
-its memory stays flat whatever the raster's size and the output is bit-identical to the local run.
+its memory stays flat whatever the raster's size, and the output is bit-identical to the local run's
+with as many torch threads per window (float sums in the encoder are ordered by the thread count).
 Tasks of a worker that dies are run again elsewhere by the scheduler (up to its ``allowed-failures``).
 
 Dask is an optional extra (``geoproto[dask]``): it is imported here, inside functions, and only when a
@@ -188,20 +189,16 @@ def worker_memory_bytes(size: int, batch_size: int, block_windows: int, classes:
     return WORKER_RUNTIME_BYTES + model + block_windows * pixels * (QUEUED_BYTES_PER_PIXEL + result_bytes)
 
 
-def _worker_facts(paths: list[str]) -> dict:
-    """Run on every worker before any task: its host, cores, geoproto version, and the input files it
-    cannot read (a worker reads the raster and the encoder's weights itself)."""
+def _worker_facts(raster: str, files: list[str]) -> dict:
+    """Run on every worker before any task: its host, cores, geoproto version, and the inputs it cannot
+    read (a worker reads the raster and the encoder's weight files itself)."""
     from .raster import open_raster
 
-    unreadable = {}
-    for path in paths:
-        try:
-            if path == paths[0]:
-                open_raster(path).close()
-            elif not os.access(path, os.R_OK):
-                unreadable[path] = "no such file or not readable"
-        except GeoprotoError as exc:
-            unreadable[path] = str(exc)
+    unreadable = {path: "no such file or not readable" for path in files if not os.access(path, os.R_OK)}
+    try:
+        open_raster(raster).close()
+    except GeoprotoError as exc:
+        unreadable[raster] = str(exc)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return {"host": socket.gethostname(), "cores": cores, "version": __version__, "unreadable": unreadable}
 
@@ -211,12 +208,12 @@ def _absolute(path: str) -> str:
     return path if path.startswith("/vsi") else os.path.abspath(path)
 
 
-def check_workers(client, paths: list[str]) -> dict[str, int]:
+def check_workers(client, raster: str, files: list[str] = ()) -> dict[str, int]:
     """Refuse workers that cannot run the job (another geoproto version, inputs they cannot read);
     returns the torch threads per task on each host: its cores shared among the task threads of all
     workers there (a worker restarted after a crash has a new address, but the same host)."""
     try:
-        facts = client.run(_worker_facts, paths)
+        facts = client.run(_worker_facts, raster, list(files))
     except (ImportError, AttributeError) as exc:  # geoproto missing (or too old) on a worker
         raise GeoprotoError(f"the Dask workers cannot run geoproto ({exc}); install geoproto {__version__} on "
                             f"every worker") from None
@@ -301,8 +298,7 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
                             f"windows of {size} px needs about {needed / 2**30:.2f} GiB: start workers with "
                             f"more memory or choose a smaller tile size or batch size")
     job_source = _with_absolute_path(source)
-    paths = [_raster(job_source).path, *recipe.encoder.files()]
-    threads = check_workers(client, paths)
+    threads = check_workers(client, _raster(job_source).path, recipe.encoder.files())
     job = BlockJob(job_source, recipe, size, refine, keep_probabilities, batch_size, threads)
     blocks = [tiles[start:start + block_windows] for start in range(0, len(tiles), block_windows)]
     # Two tasks per worker thread keep every worker busy while its last result travels back.

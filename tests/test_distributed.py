@@ -123,7 +123,7 @@ def test_workers_that_cannot_read_the_raster_are_named(cluster_client, tmp_path)
     missing = str(tmp_path / "only-on-my-laptop.tif")
     with pytest.raises(GeoprotoError, match=r"only-on-my-laptop\.tif: worker tcp://\S+ on \S+ cannot read it "
                                             r"\(.*no such file\); .*storage all workers share, at the same path"):
-        distributed.check_workers(cluster_client, [missing])
+        distributed.check_workers(cluster_client, missing)
 
 
 @pytest.mark.slow
