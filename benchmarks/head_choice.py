@@ -55,9 +55,8 @@ def _whole(height: int, width: int) -> Tile:
 def encode(extract, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """1x and multi-scale features of the whole image as one window."""
     source = RasterSource.open(str(path))
-    with source.dataset() as src:
-        height, width = src.shape
-        image = source.read(src, _whole(height, width), max(height, width))[0][:, :height, :width]
+    height, width = source.dataset.shape
+    image = source.read(_whole(height, width), max(height, width))[0][:, :height, :width]
     images = np.ascontiguousarray(image[None])
     first = extract(images, 0)
     return first, concat_scales(first, second_scale_features(extract, images, 0))
@@ -132,8 +131,8 @@ def check_choice(extract, image: Path, boxes, names, crs, folder: str) -> str:
     geopandas.GeoDataFrame({"class": names}, geometry=boxes, crs=crs).to_file(path)
     options = SegmentOptions(progress=False)
     inputs = options_inputs(str(image), str(path), options)
-    with inputs.support_source.dataset() as src:
-        tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
+    src = inputs.support_source.dataset
+    tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
     windows = read_support_windows(inputs.support_source, inputs.labels, inputs.classes, tiles, options.tile_size,
                                    FOLDS, 32.0)
     features = encode_windows(extract, windows, 1)

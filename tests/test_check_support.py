@@ -268,8 +268,7 @@ def test_the_picked_scoring_fits_a_classifier_that_separates_the_support(tmp_pat
     image, support = _colour_support(tmp_path, skewed=True)
     inputs = options_inputs(str(image), str(support), SegmentOptions())
     whole = Tile(0, 0, 400, 400, 0, 400, 0, 400)
-    with inputs.source.dataset() as src:
-        window = inputs.source.read(src, whole, 400, CONTEXT_MARGIN)[0]
+    window = inputs.source.read(whole, 400, CONTEXT_MARGIN)[0]
     truth = inputs.classes.positions()[inputs.labels.read(whole, 400)]
     accuracy = {}
     for head in (PROTOTYPES, LINEAR):

@@ -16,8 +16,10 @@ _CRF_DEFAULTS = CRFParams()
 
 @click.command("segment")
 @click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
-@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--support", "-s", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
+@click.option("--prototypes", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="A prototype file from `geoproto prototypes`, instead of --support.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml.")
 @apply(support_options)
@@ -70,13 +72,19 @@ _CRF_DEFAULTS = CRFParams()
               help="Also write the area per class (pixels, m², ha) as CSV.")
 @click.option("--check-support", is_flag=True,
               help="Cross-validate the support polygons too and add the report to the summary (slower).")
+@click.option("--dask-scheduler", metavar="ADDRESS",
+              help="Run the windows on the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786); every "
+                   "worker reads the raster at the same path (shared storage). Needs geoproto[dask].")
+@click.option("--dask-local", type=integer(*SEGMENT_RANGES["dask_local"][:2]), metavar="N",
+              help="Run the windows on a local Dask cluster of N worker processes. Needs geoproto[dask].")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @quiet_option
 @json_option
 @handle_errors
 def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
                     crf_bilateral_srgb, crf_gaussian_sxy, quiet, as_json, **options):
-    """Segment IMAGE into the classes drawn in --support and write a class raster to --output.
+    """Segment IMAGE into the classes drawn in --support (or learnt in --prototypes) and write a class
+    raster to --output.
 
     Example: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
     """
