@@ -70,9 +70,10 @@ def _put(q: queue.Queue, item, stop: threading.Event, consumer: _Stage | None = 
 def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torch.Tensor, ids: np.ndarray,
               writer: ResultWriter, size: int, alpha: float, crf_params: crf_module.CRFParams | None,
               batch_size: int, workers: int, progress: bool,
-              crf_backend: str = "torch") -> tuple[np.ndarray, int, dict]:
+              crf_backend: str = "torch", journal=None) -> tuple[np.ndarray, int, dict]:
     """Segment ``tiles`` and write them; returns (pixels per class id, 256 bins, CRF-rejected tiles, seconds
-    spent in each stage: reading, model, CRF and labelling (summed over workers), writing)."""
+    spent in each stage: reading, model, CRF and labelling (summed over workers), writing). ``journal``
+    (resume.Journal) records each written window, for ``--resume``."""
     torch_crf = crf_params is not None and crf_backend == "torch"
     pool_crf = crf_params if crf_params is not None and crf_backend == "densecrf" else None
     stop = threading.Event()
@@ -102,6 +103,8 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
         result: TileResult = item.result() if isinstance(item, Future) else item()
         started = time.perf_counter()
         writer.write(result.tile, result.labels, result.probabilities)
+        if journal is not None:
+            journal.record(result.tile, result.labels, result.probabilities, result.crf_kept)
         timings["write"] += time.perf_counter() - started
         timings["crf"] += result.seconds
         rows, cols = result.tile.core_slices

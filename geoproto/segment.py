@@ -31,6 +31,7 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
                      write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import run_tiles
 from .raster import RasterSource, block_cache, path_exists
+from .resume import Journal, remove_journal, segment_job
 from .support import VectorLabels, is_raster, load_support
 from .tiling import tile_grid
 from .validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
@@ -88,6 +89,8 @@ class SegmentOptions:
     bbox_crs: str | None = None
     command: str | None = None  # the invocation, recorded in the outputs' metadata
     overwrite: bool = False
+    # Keep finished windows in a journal beside the output and continue an interrupted run from it (resume.py)
+    resume: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -268,6 +271,7 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
         "image": image, "--support": support, "--support-image": options.support_image,
         "--classes": options.classes_file, "--checkpoint": options.checkpoint, "--init-weights": options.init_weights,
         "--aoi": options.aoi})
+    journal = None
     try:
         class_tmp = staged.stage(output, "--output")
         probability_tmp = staged.stage(options.probabilities, "--probabilities") if options.probabilities else None
@@ -303,14 +307,22 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
                         "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
                         "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}
+            if options.resume:
+                journal = Journal(output, segment_job(image, support, options, device.type, tiles), tiles,
+                                  len(classes.ids), probability_tmp is not None)
+                prototypes = journal.keep_prototypes(prototypes)
             with gdal_write_errors(output):
                 writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp, metadata,
                                       options.creation_options)
                 try:
+                    resumed, resumed_rejected = journal.replay(writer) if journal else (0, 0)
                     counts, crf_rejected, stage_seconds = run_tiles(
-                        ClippedSource(source, area) if area is not None else source, tiles, extract, prototypes,
+                        ClippedSource(source, area) if area is not None else source,
+                        journal.pending() if journal else tiles, extract, prototypes,
                         np.array(classes.ids, np.uint8), writer, size, options.alpha,
-                        crf_params if options.crf else None, batch_size, workers, options.progress, crf_backend)
+                        crf_params if options.crf else None, batch_size, workers, options.progress, crf_backend,
+                        journal)
+                    counts, crf_rejected = counts + resumed, crf_rejected + resumed_rejected
                 finally:
                     writer.close()
             counts[NODATA] += src.width * src.height - counts.sum()  # windows outside --aoi: never written
@@ -338,8 +350,13 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     except BaseException:
         staged.discard()
         raise
+    finally:
+        if journal is not None:
+            journal.close()
+    remove_journal(output)  # the output is complete: an earlier run's journal of it has served
     summary = {
-        "input": image, "output": output, "tiles": len(tiles), "tile_size": size, "overlap": options.overlap,
+        "input": image, "output": output, "tiles": len(tiles),
+        "tiles_resumed": len(journal.records) if journal else 0, "tile_size": size, "overlap": options.overlap,
         "seconds": round(time.perf_counter() - started, 3), "device": device.type, "encoder": encoder_info,
         "classes": areas, "nodata_pixels": int(counts[0]), "min_area_pixels": min_pixels or None,
         "overviews": overviews, "support": support_stats, "stage_seconds": stage_seconds,

@@ -861,3 +861,65 @@ def test_out_of_memory_is_a_one_line_message_and_leaves_nothing(tmp_path, monkey
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(image, "-s", support, "-o", out, *FAST), out, "out of memory", "--tile-size")
     _assert_nothing_left(tmp_path, image, support)
+
+
+RESUMABLE = ("--tile-size", "64", "--overlap", "0", "--no-crf", "--json", "-q", "--resume")
+
+
+def _segment_process(cwd, *args):
+    return subprocess.Popen([sys.executable, "-m", "geoproto", "segment", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_same_raster(a: Path, b: Path):
+    """Pixels, georeferencing, band descriptions and tags alike."""
+    with rasterio.open(a) as first, rasterio.open(b) as second:
+        assert repr(first.profile) == repr(second.profile)  # repr: a NaN nodata equals itself
+        assert first.tags() == second.tags() and first.descriptions == second.descriptions
+        np.testing.assert_array_equal(first.read(), second.read())
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_continues_and_gives_the_uninterrupted_result(paths, tmp_path):
+    """A run killed outright (no clean-up at all) is continued by --resume: windows already written are
+    not encoded again, and the class and probability rasters equal those of a run never interrupted."""
+    from geoproto.resume import resume_folder
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    reference.mkdir(), resumed.mkdir()
+    args = (paths.chip.resolve(), "-s", paths.support.resolve(), "-o", "c.tif", "--probabilities", "p.tif", *RESUMABLE)
+    stdout, stderr = _segment_process(reference, *args).communicate(timeout=300)
+    assert json.loads(stdout)["tiles_resumed"] == 0, stderr
+
+    windows = Path(resume_folder(str(resumed / "c.tif"))) / "windows.bin"
+    process = _segment_process(resumed, *args)
+    deadline = time.monotonic() + 120
+    while not (windows.exists() and windows.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()
+    process.communicate(timeout=60)
+    assert not (resumed / "c.tif").exists() and not (resumed / "p.tif").exists()  # nothing committed
+
+    stdout, stderr = _segment_process(resumed, *args).communicate(timeout=300)
+    summary = json.loads(stdout)
+    assert 0 < summary["tiles_resumed"] < summary["tiles"], stderr
+    for name in ("c.tif", "p.tif", "c.tif.aux.xml"):
+        assert (resumed / name).exists()
+    assert_same_raster(reference / "c.tif", resumed / "c.tif")
+    assert_same_raster(reference / "p.tif", resumed / "p.tif")
+    assert (reference / "c.tif.aux.xml").read_bytes() == (resumed / "c.tif.aux.xml").read_bytes()
+    assert sorted(p.name for p in resumed.iterdir()) == ["c.tif", "c.tif.aux.xml", "p.tif"]  # journal removed
+
+
+def test_resume_refuses_a_journal_of_other_options(tmp_path):
+    """The journal of an interrupted run is not mixed with another job's windows."""
+    from geoproto.resume import Journal, resume_folder
+
+    image, support = _synthetic(tmp_path)
+    out = tmp_path / "c.tif"
+    Journal(str(out), {"options": {"tile_size": 32}}, [], 2, False).close()  # an interrupted job's journal
+    result = run(image, "-s", support, "-o", out, *FAST, "--resume")
+    assert result.exit_code == 1
+    assert "cannot resume: the interrupted run was made with other inputs or options" in result.output
+    assert "options.tile_size" in result.output and "delete" in result.output
+    assert not out.exists() and os.path.isdir(resume_folder(str(out)))  # nothing written, the journal kept

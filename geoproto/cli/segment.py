@@ -71,6 +71,9 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--check-support", is_flag=True,
               help="Cross-validate the support polygons too and add the report to the summary (slower).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--resume", is_flag=True,
+              help="Keep finished windows in a journal beside the output and, if an earlier run of the same job "
+                   "was interrupted, continue it (the result equals an uninterrupted run's).")
 @quiet_option
 @json_option
 @handle_errors
