@@ -260,11 +260,13 @@ def _check_declared_crs(frame, crs, path: str) -> None:
 
 def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
                         layer: str | None = None, support_crs: str | None = None,
-                        classes: ClassInfo | None = None, raster_crs=None, buffer: float = 0.0) -> VectorLabels:
+                        classes: ClassInfo | None = None, raster_crs=None, buffer: float = 0.0,
+                        shared: bool = False) -> VectorLabels | None:
     """Read polygons, pick the class field, reproject to the raster's CRS and map into its pixel space.
 
     ``raster_crs`` overrides the raster's own CRS (``--assume-crs`` for rasters that lack one);
-    ``buffer`` (in the raster's CRS units) turns points and lines into polygons.
+    ``buffer`` (in the raster's CRS units) turns points and lines into polygons. ``shared``: the support
+    serves several rasters, so it may miss this one (None) and keeps every class of the file.
     """
     import geopandas
     import pyogrio
@@ -335,6 +337,8 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         geometries = shapely.buffer(geometries, buffer / abs(reference.transform.a))
     extent = shapely.box(0, 0, reference.width, reference.height)
     inside = shapely.intersects(geometries, extent)
+    if shared:
+        return VectorLabels(geometries[inside], ids[inside], info) if inside.any() else None
     if not inside.any():
         raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
     # One label file may serve many tiles: a class drawn only elsewhere is left out of this raster's run.
@@ -348,14 +352,18 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
 
 def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
                  layer: str | None = None, support_crs: str | None = None,
-                 classes_file: str | None = None, raster_crs=None, buffer: float = 0.0):
-    """Vector or raster support, told apart by whether GDAL opens the file as a raster."""
+                 classes_file: str | None = None, raster_crs=None, buffer: float = 0.0, shared: bool = False):
+    """Vector or raster support, told apart by whether GDAL opens the file as a raster; ``shared``: see
+    ``load_vector_support`` (a label raster labels one grid: it cannot be shared)."""
     classes = read_class_file(classes_file) if classes_file else None
     if not path_exists(path):
         raise GeoprotoError(f"{path}: no such file")
     if is_raster(path):
+        if shared:
+            raise GeoprotoError(f"{path}: a label raster labels one raster; with several inputs give support "
+                                f"polygons (or --support-image)")
         return RasterLabels(path, reference, classes)
-    return load_vector_support(path, reference, class_field, layer, support_crs, classes, raster_crs, buffer)
+    return load_vector_support(path, reference, class_field, layer, support_crs, classes, raster_crs, buffer, shared)
 
 
 def is_raster(path: str) -> bool:

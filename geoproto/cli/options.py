@@ -80,7 +80,10 @@ def command_line(ctx: click.Context) -> str:
     from click.core import ParameterSource
 
     words = ["geoproto", ctx.info_name]
-    words += [shlex.quote(str(ctx.params[p.name])) for p in ctx.command.params if isinstance(p, click.Argument)]
+    for param in ctx.command.params:
+        if isinstance(param, click.Argument):
+            value = ctx.params[param.name]
+            words += [shlex.quote(str(v)) for v in (value if isinstance(value, (list, tuple)) else [value])]
     for param in ctx.command.params:
         if not isinstance(param, click.Option) or param.name in ("debug", "quiet", "as_json"):
             continue
@@ -115,7 +118,7 @@ def show_progress(quiet: bool) -> bool:
 
 def not_stdio(ctx, param, value):
     """Refuse ``-``: every input and output here is a file GDAL opens or writes by name."""
-    if value == "-":
+    if value == "-" or isinstance(value, tuple) and "-" in value:
         raise click.BadParameter("'-' (standard input/output) is not supported here; give a file name")
     return value
 

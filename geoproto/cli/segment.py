@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from ..crf import CRF_RANGES, CRFParams
+from ..batch import SIDECARS, expand_images
 from ..segment import (DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
-                       segment)
+                       segment, segment_many)
 from .options import (apply, command_line, crf_backend_option, encoder_options, handle_errors, integer, json_option,
                       not_stdio, number, parse_pairs, print_json, printable, quiet_option, show_progress,
                       support_options, workers_option)
@@ -15,11 +16,14 @@ _CRF_DEFAULTS = CRFParams()
 
 
 @click.command("segment")
-@click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...", callback=not_stdio)
 @click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
-              help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml (one input).")
+@click.option("--output-dir", type=click.Path(file_okay=False), callback=not_stdio,
+              help="Folder for one class raster per input, named from the input (DIR/<stem>.tif); needed with "
+                   "several inputs. Sidecars given alone (--vector, --probabilities...) go there too.")
 @apply(support_options)
 @apply(encoder_options)
 @workers_option
@@ -57,16 +61,16 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF (the same as -f COG).")
 @click.option("--overviews/--no-overviews", default=True, show_default=True,
               help="Build overviews of the class raster (mode resampling).")
-@click.option("--probabilities", type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--probabilities", is_flag=False, flag_value="", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write per-class scores (float32 GeoTIFF, NaN where the class raster is nodata).")
-@click.option("--vector", type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--vector", is_flag=False, flag_value="", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write class polygons with their area (e.g. out.gpkg, out.fgb, out.shp).")
 @click.option("--vector-driver", help="OGR format of --vector [default: from its extension].")
 @click.option("--simplify", type=number(*SEGMENT_RANGES["simplify"]),
               help="Simplify --vector polygons by this tolerance (CRS units); shared edges stay shared.")
-@click.option("--preview", type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--preview", is_flag=False, flag_value="", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write a colour PNG preview.")
-@click.option("--report", type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--report", is_flag=False, flag_value="", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write the area per class (pixels, m², ha) as CSV.")
 @click.option("--check-support", is_flag=True,
               help="Cross-validate the support polygons too and add the report to the summary (slower).")
@@ -77,11 +81,16 @@ _CRF_DEFAULTS = CRFParams()
 @quiet_option
 @json_option
 @handle_errors
-def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
+def segment_command(images, support, output, output_dir, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
                     crf_bilateral_srgb, crf_gaussian_sxy, quiet, as_json, **options):
     """Segment IMAGE into the classes drawn in --support and write a class raster to --output.
 
-    Example: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
+    Several images (files, folders of rasters, glob patterns) are segmented with one set of prototypes,
+    built from the support wherever it lies, into --output-dir. A VRT mosaic is one image.
+
+    
+    Examples: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
+              geoproto segment flight/ --support labels.gpkg --output-dir classes/ --vector
     """
     crf_params = CRFParams(iterations=crf_iterations, gaussian_sxy=crf_gaussian_sxy,
                            bilateral_sxy=crf_bilateral_px or CRFParams.bilateral_sxy,
@@ -90,14 +99,31 @@ def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m
                               crf_bilateral_m=None if crf_bilateral_px else crf_bilateral_m,
                               progress=show_progress(quiet), command=command_line(click.get_current_context()),
                               **options)
-    summary = segment(image, support, output, settings)
+    images = expand_images(list(images))
+    if output_dir is None:
+        if len(images) > 1:
+            raise click.UsageError(f"{len(images)} inputs: give --output-dir DIR (one output per input), not -o")
+        if output is None:
+            raise click.UsageError("give -o/--output (or --output-dir DIR)")
+        bare = [f"--{name}" for name in SIDECARS if getattr(settings, name) == ""]
+        if bare:
+            raise click.UsageError(f"{bare[0]} needs a file name (given alone, it is for --output-dir)")
+        summaries = [segment(images[0], support, output, settings)]
+        summary = summaries[0]
+    else:
+        if output is not None:
+            raise click.UsageError("give -o/--output (one input) or --output-dir, not both")
+        summary = segment_many(images, support, output_dir, settings)
+        summaries = summary["inputs"]
     if not quiet:
         for warning in summary.get("support_check", {}).get("warnings", []):
             click.echo(f"Warning: support check: {printable(warning)}", err=True)
     if as_json:
         print_json(summary)
     elif not quiet:
-        classes = ", ".join(f"{printable(c['name'])} {c['pixels']} px"
-                            + (f" {c['area_ha']} ha" if c["area_ha"] is not None else "") for c in summary["classes"])
-        click.echo(f"Wrote {printable(output)}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes})",
-                   err=True)
+        for result in summaries:
+            classes = ", ".join(f"{printable(c['name'])} {c['pixels']} px"
+                                + (f" {c['area_ha']} ha" if c["area_ha"] is not None else "")
+                                for c in result["classes"])
+            click.echo(f"Wrote {printable(result['output'])}: {result['tiles']} tiles in {result['seconds']:.1f} s "
+                       f"({classes})", err=True)
