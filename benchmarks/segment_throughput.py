@@ -120,7 +120,7 @@ def run_naive(image: str, labels: str, classes_file: str, crf: bool, device: str
     stages = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
     with source.dataset() as src, tempfile.TemporaryDirectory() as folder:
         support = load_support(labels, src, classes_file=classes_file)
-        prototypes, classes, support_stats = build_prototypes(extract, source, support, support.classes,
+        prototypes, classes, support_stats = build_prototypes(extract, [(source, support)], support.classes,
                                                               417, 64, 1)
         ids = np.array(classes.ids, np.uint8)
         tiles = tile_grid(src.height, src.width, 417, 64)

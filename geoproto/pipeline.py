@@ -72,8 +72,9 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
               batch_size: int, workers: int, progress: bool,
               crf_backend: str = "torch", journal=None) -> tuple[np.ndarray, int, dict]:
     """Segment ``tiles`` and write them; returns (pixels per class id, 256 bins, CRF-rejected tiles, seconds
-    spent in each stage: reading, model, CRF and labelling (summed over workers), writing). ``journal``
-    (resume.Journal) records each written window, for ``--resume``."""
+    spent in each stage: reading, model, CRF and labelling (summed over workers), writing). ``progress``: show
+    a bar, or the tqdm bar to advance (one bar over several rasters). ``journal`` (resume.Journal) records
+    each written window, for ``--resume``."""
     torch_crf = crf_params is not None and crf_backend == "torch"
     pool_crf = crf_params if crf_params is not None and crf_backend == "densecrf" else None
     stop = threading.Event()
@@ -141,7 +142,9 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
     overlap = pool is not None or extract.device.type != "cpu"
     next_item = (lambda: _get(read_queue, reader)) if overlap else (lambda: next(inline, _DONE))
     emit = (lambda item: _put(write_queue, item, stop, writer_thread)) if overlap else write_one
-    bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not progress, desc="segment")
+    own_bar = not isinstance(progress, tqdm)
+    bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not progress, desc="segment") \
+        if own_bar else progress
     try:
         if overlap:
             reader.start()
@@ -202,7 +205,8 @@ def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torc
     finally:
         stop.set()
         inline.close()
-        bar.close()
+        if own_bar:
+            bar.close()
         torch.set_num_threads(threads)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

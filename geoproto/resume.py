@@ -273,8 +273,9 @@ UNRELATED_OPTIONS = {"workers", "batch_size", "check_support", "vector", "previe
 _FILE_OPTIONS = {"checkpoint", "init_weights", "classes_file", "support_image", "aoi"}
 
 
-def segment_job(image: str, support: str, options, device: str, tiles: list[Tile]) -> dict:
-    """The fingerprint of a ``segment`` job: what its windows' labels depend on."""
+def segment_job(image: str, options, device: str, tiles: list[Tile], **inputs) -> dict:
+    """The fingerprint of a ``segment`` job: what its windows' labels depend on (``inputs``: the files the
+    prototypes come from, by ``file_identity``)."""
     settings = {}
     for name, value in vars(options).items():
         if name in UNRELATED_OPTIONS:
@@ -284,5 +285,5 @@ def segment_job(image: str, support: str, options, device: str, tiles: list[Tile
         elif name in _FILE_OPTIONS:
             value = file_identity(value)
         settings[name] = value
-    return fingerprint(image=file_identity(image), support=file_identity(support), options=settings, device=device,
+    return fingerprint(image=file_identity(image), **inputs, options=settings, device=device,
                        windows={"count": len(tiles), "digest": tiles_digest(tiles)})

@@ -8,15 +8,18 @@ window's core and write it. Memory is bounded by batch x window, whatever the ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import __version__
 from . import crf as crf_module
@@ -31,7 +34,7 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
                      write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import run_tiles
 from .raster import RasterSource, block_cache, path_exists
-from .resume import Journal, remove_journal, segment_job
+from .resume import Journal, file_identity, remove_journal, segment_job
 from .support import VectorLabels, is_raster, load_support
 from .tiling import tile_grid
 from .validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
@@ -115,12 +118,14 @@ def _batches(items: list, size: int):
         yield items[start:start + size]
 
 
-def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo,
+def build_prototypes(extract: FeatureExtractor, supports: list[tuple[RasterSource, object]], classes: ClassInfo,
                      size: int, overlap: int, batch_size: int) -> tuple[torch.Tensor, ClassInfo, dict]:
-    """Class prototypes from every support window; fails if a class has no labelled pixel.
+    """Class prototypes from every support window of every (raster, labels) pair of ``supports``; fails if
+    a class has no labelled pixel.
 
     Each labelled pixel counts once, in the window whose core owns it (the others still give it context),
-    so the prototypes are those of the whole raster whatever the tiling.
+    so the prototypes are those of the whole raster whatever the tiling, and support drawn on several
+    rasters pools pixel by pixel.
 
     Classes a --classes file lists but the support never uses are left out (with a warning); the
     returned ClassInfo holds the classes the prototypes are for, in their order.
@@ -129,35 +134,40 @@ def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, cl
     unknown: set[int] = set()
     windows = 0
     seen: set[int] = set()
-    with source.dataset() as src:
-        tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID))
-        labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
+    labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
+    for source, labels in supports:
+        with source.dataset() as src:
+            tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID))
+        owned = []
         for tile in tiles:
             window_labels = labels.read(tile, size)
             present = {int(v) for v in np.unique(window_labels) if v}
             unknown |= present - set(classes.ids)
             seen |= present
             if _core_labels(lookup[window_labels], tile).any():
-                labelled.append(tile)
-        if unknown:
-            raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the --classes file")
-        unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
-        if unused and labels.classes_from_catalogue and len(unused) < len(classes.ids):
-            warnings.warn(f"no support for class(es) {', '.join(unused)} of the --classes file: left out")
-            classes = classes.subset(seen)
-            lookup = classes.positions()
-        accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
-        model_seconds = 0.0
-        for chunk in _batches(labelled, batch_size):
-            reads = [source.read(src, tile, size, CONTEXT_MARGIN) for tile in chunk]
-            started = time.perf_counter()
-            features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
-            model_seconds += time.perf_counter() - started
-            # Support over nodata (or NaN) would make a prototype of fill values: left out.
-            accumulator.add(features.cpu(), torch.from_numpy(np.stack(
-                [_core_labels(lookup[labels.read(tile, size)], tile) * valid
-                 for tile, (_, valid) in zip(chunk, reads)])))
-            windows += len(chunk)
+                owned.append(tile)
+        labelled.append((source, labels, owned))
+    if unknown:
+        raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the --classes file")
+    unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
+    if unused and supports[0][1].classes_from_catalogue and len(unused) < len(classes.ids):
+        warnings.warn(f"no support for class(es) {', '.join(unused)} of the --classes file: left out")
+        classes = classes.subset(seen)
+        lookup = classes.positions()
+    accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
+    model_seconds = 0.0
+    for source, labels, tiles in labelled:
+        with source.dataset() as src:
+            for chunk in _batches(tiles, batch_size):
+                reads = [source.read(src, tile, size, CONTEXT_MARGIN) for tile in chunk]
+                started = time.perf_counter()
+                features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
+                model_seconds += time.perf_counter() - started
+                # Support over nodata (or NaN) would make a prototype of fill values: left out.
+                accumulator.add(features.cpu(), torch.from_numpy(np.stack(
+                    [_core_labels(lookup[labels.read(tile, size)], tile) * valid
+                     for tile, (_, valid) in zip(chunk, reads)])))
+                windows += len(chunk)
     empty = [(name, class_id in seen) for name, class_id, pixels in
              zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
     if empty:
@@ -205,12 +215,13 @@ class Inputs:
     source: RasterSource
     crs: object  # the raster's CRS, or --assume-crs, or None
     support_source: RasterSource
-    labels: object  # VectorLabels or RasterLabels
-    classes: ClassInfo
+    labels: object  # VectorLabels or RasterLabels; None: a support shared by several rasters misses this one
+    classes: ClassInfo | None
 
 
-def open_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
-    """Open the orthophoto and its support, checking them against each other."""
+def open_inputs(image: str, support: str, options: SegmentOptions, shared: bool = False) -> Inputs:
+    """Open the orthophoto and its support, checking them against each other. ``shared``: the support
+    serves several rasters and may miss this one (labels and classes None)."""
     from rasterio.crs import CRS
 
     source = RasterSource.open(image, options.bands)
@@ -226,8 +237,9 @@ def open_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
     support_source = RasterSource.open(options.support_image, options.bands) if options.support_image else source
     with support_source.dataset() as support_src:
         labels = load_support(support, support_src, options.class_field, options.layer, options.support_crs,
-                              options.classes_file, None if options.support_image else crs, options.buffer)
-    classes = labels.classes if isinstance(labels, VectorLabels) else labels.found_classes()
+                              options.classes_file, None if options.support_image else crs, options.buffer,
+                              shared and not options.support_image)
+    classes = None if labels is None else labels.classes if isinstance(labels, VectorLabels) else labels.found_classes()
     return Inputs(source, crs, support_source, labels, classes)
 
 
@@ -260,107 +272,232 @@ def _check_tiling(options: SegmentOptions) -> None:
         raise GeoprotoError("--overlap must be at least 0 and less than half the tile size")
 
 
+@dataclass
+class _Job:
+    """One input of a run and its outputs (staged paths in ``staged``)."""
+
+    image: str
+    output: str
+    options: SegmentOptions  # the run's options with this input's sidecar paths
+    inputs: Inputs | None = None
+    tiles: list | None = None
+    area: object = None
+    staged: dict = field(default_factory=dict)  # option -> temporary path
+
+
 def segment(image: str, support: str, output: str, options: SegmentOptions | None = None) -> dict:
     """Segment ``image`` into the classes of ``support`` and write ``output``; returns a summary."""
     options = options or SegmentOptions()
+    return _segment([_Job(image, output, options)], support, options)[0][0]
+
+
+def segment_many(images: list[str], support: str, output_dir: str, options: SegmentOptions | None = None) -> dict:
+    """Segment every raster of ``images`` with one set of prototypes, built from ``support`` wherever it lies
+    (pixel-weighted over all the inputs it touches), into ``output_dir``/<stem>.tif; sidecars asked for
+    (``options.vector`` etc. empty, or a suffix) go beside each output. All or nothing: the outputs are
+    committed together once every input is done; if one fails (its error names it) none is. Returns the
+    summaries per input and their totals."""
+    from .batch import SIDECARS, output_paths, sidecar_path
+
+    options = options or SegmentOptions()
+    started = time.perf_counter()
+    if not images:
+        raise GeoprotoError("no input raster")
+    os.makedirs(output_dir, exist_ok=True)
+    suffixes = {**SIDECARS, **({"vector": _driver_extension(options.vector_driver)} if options.vector_driver else {})}
+    jobs = []
+    for image, output in zip(images, output_paths(images, output_dir)):
+        sidecars = {name: sidecar_path(output, name, getattr(options, name), suffixes[name])
+                    for name in SIDECARS if getattr(options, name) is not None}
+        jobs.append(_Job(image, output, replace(options, **sidecars)))
+    results, shared = _segment(jobs, support, options)
+    totals = {"inputs": len(results), "tiles": sum(r["tiles"] for r in results),
+              "tiles_resumed": sum(r["tiles_resumed"] for r in results),
+              "seconds": round(time.perf_counter() - started, 3), "classes": _total_areas(results)}
+    return {"inputs": results, "totals": totals, **shared}
+
+
+def _driver_extension(driver: str) -> str:
+    match = {name.lower(): name for name in VECTOR_DRIVERS}.get(driver.lower())
+    if match is None:
+        raise GeoprotoError(f"vector format {driver!r} is not supported; choose one of {', '.join(VECTOR_DRIVERS)}")
+    return VECTOR_DRIVERS[match][0]
+
+
+def _total_areas(results: list[dict]) -> list[dict]:
+    """Pixels and areas per class summed over the inputs (areas only where every input has them)."""
+    totals = {}
+    for result in results:
+        for entry in result["classes"]:
+            total = totals.setdefault(entry["id"], {**entry, "pixels": 0, "area_m2": 0.0, "area_ha": 0.0})
+            total["pixels"] += entry["pixels"]
+            for key in ("area_m2", "area_ha"):
+                total[key] = None if entry[key] is None or total[key] is None else round(total[key] + entry[key], 4)
+    return list(totals.values())
+
+
+def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[list[dict], dict]:
+    """The run: stage every output, open every input, one encoder and one set of prototypes, then each
+    input's windows; commit all outputs at the end. Returns the summaries per input and what they share."""
     started = time.perf_counter()
     _check_tiling(options)
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend, device.type) if options.crf else None
+    several = len(jobs) > 1
     staged = StagedOutputs(options.overwrite, {
-        "image": image, "--support": support, "--support-image": options.support_image,
-        "--classes": options.classes_file, "--checkpoint": options.checkpoint, "--init-weights": options.init_weights,
-        "--aoi": options.aoi})
-    journal = None
+        **{("image" if not several else f"image {job.image}"): job.image for job in jobs}, "--support": support,
+        "--support-image": options.support_image, "--classes": options.classes_file,
+        "--checkpoint": options.checkpoint, "--init-weights": options.init_weights, "--aoi": options.aoi})
+    journals = []
     try:
-        class_tmp = staged.stage(output, "--output")
-        probability_tmp = staged.stage(options.probabilities, "--probabilities") if options.probabilities else None
-        vector_tmp = staged.stage(options.vector, "--vector") if options.vector else None
-        preview_tmp = staged.stage(options.preview, "--preview") if options.preview else None
-        report_tmp = staged.stage(options.report, "--report") if options.report else None
-        # After the alias checks: an output that would replace an input is the first thing to say.
-        raster_format, vector_format = _output_formats(output, options)
-        inputs = open_inputs(image, support, options)
-        source, crs, labels = inputs.source, inputs.crs, inputs.labels
-        output_bytes = 1 + (4 * len(inputs.classes.ids) if probability_tmp else 0)  # classes, probabilities
-        with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
-            pixel_area = _pixel_area_m2(src, crs)
-            if options.min_area and pixel_area is None:
-                raise GeoprotoError(f"{image}: --min-area is in square metres and needs a projected CRS")
-            area = load_area(src, crs, options.aoi, options.bbox, options.bbox_crs)
-            batch_size = options.batch_size or default_batch_size(device)
-            workers = (os.cpu_count() or 1) if options.workers is None else options.workers
-            check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids),
-                                workers if crf_backend == "densecrf" else 0)
-            extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size,
-                                                           options.check_support)
-            size = options.tile_size
-            prototypes, classes, support_stats = build_prototypes(extract, inputs.support_source, labels,
-                                                                  inputs.classes, size, options.overlap, batch_size)
-            crf_params = options.crf_params
-            if options.crf and options.crf_bilateral_m is not None:
-                sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, _pixel_size_m(src, crs))
-                crf_params = crf_module.CRFParams(**{**crf_params.__dict__, "bilateral_sxy": sxy})
-            tiles = tile_grid(src.height, src.width, size, options.overlap, GRID)
-            if area is not None:  # windows outside the area are never read nor encoded
-                tiles = [tile for tile in tiles if area.reaches(tile)]
-            metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
-                        "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
-                        "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}
-            if options.resume:
-                journal = Journal(output, segment_job(image, support, options, device.type, tiles), tiles,
-                                  len(classes.ids), probability_tmp is not None)
-                prototypes = journal.keep_prototypes(prototypes)
-            with gdal_write_errors(output):
-                writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp, metadata,
-                                      options.creation_options)
-                try:
-                    resumed, resumed_rejected = journal.replay(writer) if journal else (0, 0)
-                    counts, crf_rejected, stage_seconds = run_tiles(
-                        ClippedSource(source, area) if area is not None else source,
-                        journal.pending() if journal else tiles, extract, prototypes,
-                        np.array(classes.ids, np.uint8), writer, size, options.alpha,
-                        crf_params if options.crf else None, batch_size, workers, options.progress, crf_backend,
-                        journal)
-                    counts, crf_rejected = counts + resumed, crf_rejected + resumed_rejected
-                finally:
-                    writer.close()
-            counts[NODATA] += src.width * src.height - counts.sum()  # windows outside --aoi: never written
-        with gdal_write_errors(output):
-            min_pixels = math.ceil(options.min_area / pixel_area) if options.min_area else 0
-            if min_pixels > 1:  # before anything reads the raster, so that raster and polygons agree
-                sieve_classes(class_tmp, min_pixels)
-                counts = class_histogram(class_tmp)
-            overviews = []
-            if raster_format == "COG":
-                convert_to_cog(class_tmp, options.creation_options)
-            elif options.overviews:
-                overviews = build_overviews(class_tmp)
-            areas = class_areas(classes, counts, pixel_area)
-            # GDAL's sidecar of the class raster (palette, category names, attribute table), written beside
-            # it in the staging folder so that it moves into place with it.
-            write_legend(f"{class_tmp}.aux.xml", classes, areas)
-            if report_tmp:
-                write_area_report(report_tmp, areas)
-            polygons = write_polygons(class_tmp, vector_tmp, classes, vector_format, options.simplify) \
-                if vector_tmp else None
-            if preview_tmp:
-                write_preview(class_tmp, preview_tmp, classes)
+        for job in jobs:
+            job.staged["output"] = staged.stage(job.output, "--output")
+            for name in ("probabilities", "vector", "preview", "report"):
+                path = getattr(job.options, name)
+                job.staged[name] = staged.stage(path, f"--{name}") if path else None
+        for job in jobs:  # after the alias checks: an output that would replace an input is the first thing to say
+            _output_formats(job.output, job.options)
+        for job in jobs:
+            with _naming(job.image, several):
+                job.inputs = open_inputs(job.image, support, options, shared=several)
+        supports = _supports(jobs, support)
+        classes = supports[0][2]
+        batch_size = options.batch_size or default_batch_size(device)
+        workers = (os.cpu_count() or 1) if options.workers is None else options.workers
+        check_window_memory(options.tile_size, batch_size, len(classes.ids),
+                            workers if crf_backend == "densecrf" else 0)
+        first = next(job.inputs for job in jobs if job.inputs.labels is not None)
+        extract, encoder_info, check = resolve_encoder(first, options, device, batch_size, options.check_support)
+        prototypes, classes, support_stats = build_prototypes(extract, [(s, labels) for s, labels, _ in supports],
+                                                              classes, options.tile_size, options.overlap, batch_size)
+        for job in jobs:
+            with _naming(job.image, several), job.inputs.source.dataset() as src:
+                job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs)
+                job.tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
+                if job.area is not None:  # windows outside the area are never read nor encoded
+                    job.tiles = [tile for tile in job.tiles if job.area.reaches(tile)]
+        shared = {"device": device.type, "encoder": encoder_info, "support": support_stats,
+                  **({"support_check": check} if check else {})}
+        metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
+                    "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
+                    "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}
+        # The prototypes come from the support over every input: all of them are part of each job.
+        job_parts = {"support": file_identity(support),
+                     **({"inputs": [file_identity(job.image) for job in jobs]} if several else {})}
+        run = dict(extract=extract, prototypes=prototypes, classes=classes, device=device, crf_backend=crf_backend,
+                   batch_size=batch_size, workers=workers, journals=journals, job_parts=job_parts, metadata=metadata)
+        with tqdm(total=sum(len(job.tiles) for job in jobs), unit="tile", file=sys.stderr,
+                  disable=not options.progress, desc="segment") as bar:
+            results = []
+            for job in jobs:
+                with _naming(job.image, several):
+                    results.append({**_segment_input(job, options, bar=bar, **run), **shared})
+        if not several:  # the whole run's time, encoder and prototypes included
+            results[0]["seconds"] = round(time.perf_counter() - started, 3)
         staged.commit()
     except BaseException:
         staged.discard()
         raise
     finally:
-        if journal is not None:
+        for journal in journals:
             journal.close()
-    remove_journal(output)  # the output is complete: an earlier run's journal of it has served
+    for job in jobs:
+        remove_journal(job.output)  # the output is complete: an earlier run's journal of it has served
+    return results, shared
+
+
+@contextlib.contextmanager
+def _naming(image: str, several: bool):
+    """With several inputs, an error that does not name its input is prefixed with it."""
+    try:
+        yield
+    except GeoprotoError as exc:
+        if several and image not in exc.message:
+            raise GeoprotoError(f"{image}: {exc.message}", exc.param) from None
+        raise
+
+
+def _supports(jobs: list[_Job], support: str) -> list[tuple]:
+    """(support raster, labels, classes) of every input the support touches (the support image alone when
+    there is one); classes without a polygon on any of them are left out, with a warning."""
+    if jobs[0].inputs.support_source is not jobs[0].inputs.source:  # --support-image: one support raster
+        inputs = jobs[0].inputs
+        return [(inputs.support_source, inputs.labels, inputs.classes)]
+    touched = [job.inputs for job in jobs if job.inputs.labels is not None]
+    if not touched:
+        raise GeoprotoError(f"{support}: no support polygon overlaps any of the {len(jobs)} input rasters")
+    classes = touched[0].classes
+    if len(jobs) > 1:
+        used = set().union(*(set(inputs.labels.class_ids.tolist()) for inputs in touched))
+        missing = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in used]
+        if missing:
+            warnings.warn(f"{support}: no polygon of class(es) {', '.join(missing)} overlaps any input: left out")
+            classes = classes.subset(used)
+    return [(inputs.source, inputs.labels, classes) for inputs in touched]
+
+
+def _segment_input(job: _Job, options: SegmentOptions, extract, prototypes, classes: ClassInfo, device, crf_backend,
+                   batch_size: int, workers: int, journals: list, job_parts: dict, metadata: dict, bar) -> dict:
+    """One input's windows, written and post-processed in the staging folder; returns its summary."""
+    started = time.perf_counter()
+    inputs, tiles, area, staged = job.inputs, job.tiles, job.area, job.staged
+    image, output, source, crs = job.image, job.output, inputs.source, inputs.crs
+    class_tmp, probability_tmp, vector_tmp = staged["output"], staged["probabilities"], staged["vector"]
+    raster_format, vector_format = _output_formats(output, job.options)
+    output_bytes = 1 + (4 * len(classes.ids) if probability_tmp else 0)  # classes, probabilities
+    size = options.tile_size
+    with source.dataset() as src, block_cache(src, size, output_bytes, BLOCK_SIDE):
+        pixel_area = _pixel_area_m2(src, crs)
+        if options.min_area and pixel_area is None:
+            raise GeoprotoError(f"{image}: --min-area is in square metres and needs a projected CRS")
+        crf_params = options.crf_params
+        if options.crf and options.crf_bilateral_m is not None:
+            sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, _pixel_size_m(src, crs))
+            crf_params = crf_module.CRFParams(**{**crf_params.__dict__, "bilateral_sxy": sxy})
+        journal = None
+        if options.resume:
+            journal = Journal(output, segment_job(image, options, device.type, tiles, **job_parts), tiles,
+                              len(classes.ids), probability_tmp is not None)
+            journals.append(journal)
+            prototypes = journal.keep_prototypes(prototypes)
+        with gdal_write_errors(output):
+            writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp, metadata, options.creation_options)
+            try:
+                resumed, resumed_rejected = journal.replay(writer) if journal else (0, 0)
+                counts, crf_rejected, stage_seconds = run_tiles(
+                    ClippedSource(source, area) if area is not None else source,
+                    journal.pending() if journal else tiles, extract, prototypes, np.array(classes.ids, np.uint8),
+                    writer, size, options.alpha, crf_params if options.crf else None, batch_size, workers, bar,
+                    crf_backend, journal)
+                counts, crf_rejected = counts + resumed, crf_rejected + resumed_rejected
+            finally:
+                writer.close()
+        counts[NODATA] += src.width * src.height - counts.sum()  # windows outside --aoi: never written
+    with gdal_write_errors(output):
+        min_pixels = math.ceil(options.min_area / pixel_area) if options.min_area else 0
+        if min_pixels > 1:  # before anything reads the raster, so that raster and polygons agree
+            sieve_classes(class_tmp, min_pixels)
+            counts = class_histogram(class_tmp)
+        overviews = []
+        if raster_format == "COG":
+            convert_to_cog(class_tmp, options.creation_options)
+        elif options.overviews:
+            overviews = build_overviews(class_tmp)
+        areas = class_areas(classes, counts, pixel_area)
+        # GDAL's sidecar of the class raster (palette, category names, attribute table), written beside
+        # it in the staging folder so that it moves into place with it.
+        write_legend(f"{class_tmp}.aux.xml", classes, areas)
+        if staged["report"]:
+            write_area_report(staged["report"], areas)
+        polygons = write_polygons(class_tmp, vector_tmp, classes, vector_format, options.simplify) \
+            if vector_tmp else None
+        if staged["preview"]:
+            write_preview(class_tmp, staged["preview"], classes)
     summary = {
-        "input": image, "output": output, "tiles": len(tiles),
-        "tiles_resumed": len(journal.records) if journal else 0, "tile_size": size, "overlap": options.overlap,
-        "seconds": round(time.perf_counter() - started, 3), "device": device.type, "encoder": encoder_info,
+        "input": image, "output": output, "tiles": len(tiles), "tiles_resumed": len(journal.records) if journal else 0,
+        "tile_size": size, "overlap": options.overlap, "seconds": round(time.perf_counter() - started, 3),
         "classes": areas, "nodata_pixels": int(counts[0]), "min_area_pixels": min_pixels or None,
-        "overviews": overviews, "support": support_stats, "stage_seconds": stage_seconds,
-        **({"support_check": check} if check else {}),
+        "overviews": overviews, "stage_seconds": stage_seconds,
         "crf": {"enabled": options.crf, **({"backend": crf_backend, "iterations": crf_params.iterations,
                                             "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
                                             "tiles_kept_unrefined": crf_rejected} if options.crf else {})},

@@ -923,3 +923,160 @@ def test_resume_refuses_a_journal_of_other_options(tmp_path):
     assert "cannot resume: the interrupted run was made with other inputs or options" in result.output
     assert "options.tile_size" in result.output and "delete" in result.output
     assert not out.exists() and os.path.isdir(resume_folder(str(out)))  # nothing written, the journal kept
+
+
+def cut(source: Path, path: Path, row: int, col: int, height: int, width: int) -> Path:
+    """A piece of ``source`` as its own GeoTIFF, georeferenced where the piece lies."""
+    from rasterio.windows import Window
+
+    window = Window(col, row, width, height)
+    with rasterio.open(source) as src:
+        profile = {**src.profile, "width": width, "height": height, "transform": src.window_transform(window)}
+        profile.update(tiled=False, blockxsize=None, blockysize=None)
+        with rasterio.open(path, "w", **{k: v for k, v in profile.items() if v is not None}) as dst:
+            dst.write(src.read(window=window))
+    return path
+
+
+def mosaic_vrt(path: Path, pieces: list[Path], reference: Path) -> Path:
+    """A VRT mosaic of ``pieces`` on ``reference``'s grid (what gdalbuildvrt writes, without GDAL's tools)."""
+    with rasterio.open(reference) as ref:
+        sources = []
+        for piece in pieces:
+            with rasterio.open(piece) as src:
+                col, row = ~ref.transform * (src.transform.c, src.transform.f)
+                sources.append(
+                    f"<SimpleSource><SourceFilename relativeToVRT='0'>{piece}</SourceFilename><SourceBand>1"
+                    f"</SourceBand><SrcRect xOff='0' yOff='0' xSize='{src.width}' ySize='{src.height}'/>"
+                    f"<DstRect xOff='{round(col)}' yOff='{round(row)}' xSize='{src.width}' ySize='{src.height}'/>"
+                    f"</SimpleSource>")
+        transform = ", ".join(map(repr, ref.transform.to_gdal()))
+        path.write_text(
+            f"<VRTDataset rasterXSize='{ref.width}' rasterYSize='{ref.height}'><SRS>{ref.crs.to_wkt()}</SRS>"
+            f"<GeoTransform>{transform}</GeoTransform><VRTRasterBand dataType='UInt16' band='1'>"
+            f"<NoDataValue>0</NoDataValue>{''.join(sources)}</VRTRasterBand></VRTDataset>")
+    return path
+
+
+def test_a_vrt_mosaic_is_one_input_with_one_output(paths, tmp_path):
+    """A VRT of the chip's two halves gives one output on the mosaic's grid, equal to segmenting the chip."""
+    halves = [cut(paths.chip, tmp_path / "left.tif", 0, 0, 900, 448),
+              cut(paths.chip, tmp_path / "right.tif", 0, 448, 900, 452)]
+    vrt = mosaic_vrt(tmp_path / "mosaic.vrt", halves, paths.chip)
+    for image, out in ((vrt, tmp_path / "mosaic_classes.tif"), (paths.chip, tmp_path / "chip_classes.tif")):
+        result = run(image, "-s", paths.support, "-o", out, "--tile-size", "128", "--overlap", "16", "--no-crf", "-q")
+        assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "mosaic_classes.tif") as mosaic, rasterio.open(tmp_path / "chip_classes.tif") as chip:
+        assert (mosaic.crs, mosaic.transform, mosaic.shape) == (chip.crs, chip.transform, chip.shape)
+        np.testing.assert_array_equal(mosaic.read(1), chip.read(1))
+
+
+def three_pieces(chip: Path, folder: Path) -> list[Path]:
+    """The chip cut in three rasters: ``a`` holds support of every class, ``b`` and ``c`` lie beside it."""
+    folder.mkdir()
+    return [cut(chip, folder / "a.tif", 0, 0, 640, 448), cut(chip, folder / "b.tif", 0, 448, 640, 452),
+            cut(chip, folder / "c.tif", 640, 0, 260, 900)]
+
+
+def support_on(support: Path, raster: Path, path: Path) -> Path:
+    """The polygons of ``support`` clipped to ``raster``'s footprint."""
+    with rasterio.open(raster) as src:
+        frame = geopandas.read_file(support).clip(box(*src.bounds))
+    frame[~frame.is_empty].to_file(path)
+    return path
+
+
+PIECES = ("--tile-size", "128", "--overlap", "16", "--no-crf")
+
+
+@pytest.mark.slow
+def test_three_rasters_with_support_on_one(paths, tmp_path):
+    """Prototypes from the support on ``a`` segment all three rasters: each output lies exactly on its input
+    and equals segmenting that input alone with ``a``'s prototypes (--support-image)."""
+    pieces = three_pieces(paths.chip, tmp_path / "flight")
+    support = support_on(paths.support, pieces[0], tmp_path / "support_a.gpkg")
+    result = run(*pieces, "-s", support, "--output-dir", tmp_path / "out", *PIECES, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [item["input"] for item in summary["inputs"]] == [str(p) for p in pieces]
+    assert summary["totals"]["tiles"] == sum(item["tiles"] for item in summary["inputs"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a.tif", "a.tif.aux.xml", "b.tif", "b.tif.aux.xml", "c.tif", "c.tif.aux.xml"]
+    for piece in pieces:
+        alone = tmp_path / f"alone_{piece.name}"
+        single = run(piece, "-s", support, "--support-image", pieces[0], "-o", alone, *PIECES, "-q")
+        assert single.exit_code == 0, single.output
+        with rasterio.open(piece) as src, rasterio.open(tmp_path / "out" / piece.name) as out, \
+                rasterio.open(alone) as expected:
+            assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+            np.testing.assert_array_equal(out.read(1), expected.read(1))
+            assert len(np.unique(out.read(1))) >= 3  # real maps, not one class
+
+
+@pytest.mark.slow
+def test_support_spread_over_the_inputs_counts_each_labelled_pixel_once(paths, tmp_path):
+    """Polygons drawn across the three rasters pool into one set of prototypes, pixel-weighted: the
+    labelled pixels are those of the whole chip."""
+    pieces = three_pieces(paths.chip, tmp_path / "flight")
+    result = run(str(tmp_path / "flight" / "*.tif"), "-s", paths.support, "--output-dir", tmp_path / "out",
+                 *PIECES, "--json", "-q", "--vector", "--report")
+    assert result.exit_code == 0, result.output
+    pooled = json.loads(result.stdout)
+    whole = run(paths.chip, "-s", paths.support, "-o", tmp_path / "chip.tif", *PIECES, "--json", "-q")
+    assert pooled["support"]["pixels"] == json.loads(whole.stdout)["support"]["pixels"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.gpkg")) == ["a.gpkg", "b.gpkg", "c.gpkg"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["a.csv", "b.csv", "c.csv"]
+    assert len(pieces) == len(pooled["inputs"])
+
+
+def _two_synthetic(folder: Path) -> tuple[list[Path], Path]:
+    """Two small rasters side by side and support polygons on the first only."""
+    from rasterio.transform import from_origin
+    from synthetic import ORIGIN, PIXEL, SIDE, two_halves, write_raster, write_support
+
+    first = write_raster(folder / "one.tif", two_halves())
+    second = write_raster(folder / "two.tif", two_halves(seed=1),
+                          transform=from_origin(ORIGIN[0] + SIDE * PIXEL, ORIGIN[1], PIXEL, PIXEL))
+    return [first, second], write_support(folder.parent / "support.gpkg")
+
+
+@pytest.mark.parametrize("how", ["folder", "glob", "files"])
+def test_folder_glob_and_files_give_one_output_each(tmp_path, how):
+    images, support = _two_synthetic(tmp_path / "flight")
+    arguments = {"folder": [tmp_path / "flight"], "glob": [tmp_path / "flight" / "*.tif"], "files": images}[how]
+    result = run(*arguments, "-s", support, "--output-dir", tmp_path / "out", *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [item["output"] for item in summary["inputs"]] == [str(tmp_path / "out" / n) for n in ("one.tif", "two.tif")]
+    for image in images:
+        with rasterio.open(image) as src, rasterio.open(tmp_path / "out" / image.name) as out:
+            assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+            assert set(np.unique(out.read(1))) == {1, 2}  # both classes found on the raster without support
+
+
+@pytest.mark.parametrize("extra, message", [
+    ((), "2 inputs: give --output-dir DIR"),
+    (("-o", "c.tif"), "2 inputs: give --output-dir DIR"),
+    (("--output-dir", "out", "-o", "c.tif"), "not both"),
+])
+def test_several_inputs_need_an_output_dir(tmp_path, extra, message):
+    images, support = _two_synthetic(tmp_path / "flight")
+    result = run(*images, "-s", support, *FAST, *extra)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_a_bare_sidecar_flag_needs_an_output_dir(tmp_path):
+    images, support = _two_synthetic(tmp_path / "flight")
+    result = run(images[0], "-s", support, "-o", tmp_path / "c.tif", "--vector", *FAST)
+    assert result.exit_code == 2 and "--vector needs a file name" in result.output
+
+
+def test_a_failing_input_is_named_and_nothing_is_committed(tmp_path):
+    """All or nothing: the run stops at the input that fails, and no output of any input appears."""
+    images, support = _two_synthetic(tmp_path / "flight")
+    broken = tmp_path / "flight" / "three.tif"
+    broken.write_text("not a raster")
+    result = run(tmp_path / "flight", "-s", support, "--output-dir", tmp_path / "out", *FAST)
+    assert result.exit_code == 1
+    assert f"{broken}: not a readable raster" in result.output
+    assert list((tmp_path / "out").iterdir()) == []

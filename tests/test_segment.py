@@ -19,7 +19,7 @@ def extract():
 
 def prototypes(paths, extract, size, overlap):
     inputs = open_inputs(str(paths.chip), str(paths.support), SegmentOptions(tile_size=size, overlap=overlap))
-    result, classes, stats = build_prototypes(extract, inputs.support_source, inputs.labels, inputs.classes,
+    result, classes, stats = build_prototypes(extract, [(inputs.support_source, inputs.labels)], inputs.classes,
                                               size, overlap, 1)
     return result, stats
 
