@@ -97,13 +97,15 @@ class StagedOutputs:
             raise GeoprotoError(f"{target}: is a directory")
         for name, path in self.inputs.items():
             if same_file(target, path):
-                raise GeoprotoError(f"{option} {target}: is the input {name} {path}; an output never replaces an "
-                                    f"input, choose another path")
+                raise GeoprotoError(f"{target}: is the input {name} {path}; an output never replaces an input, "
+                                    f"choose another path", param=option, mentions=(name,))
         for other, (other_option, _) in self.staged.items():
             if same_file(target, other):
-                raise GeoprotoError(f"{option} {target}: is also {other_option}; give each output its own path")
+                raise GeoprotoError(f"{target}: is also {other_option}; give each output its own path", param=option,
+                                    mentions=(other_option,))
         if os.path.lexists(target) and not self.overwrite:
-            raise GeoprotoError(f"{target}: exists; pass --overwrite to replace it")
+            raise GeoprotoError(f"{target}: exists; allow overwrite to replace it", param=option,
+                                mentions=("overwrite",))
         if not os.path.isdir(folder):
             raise GeoprotoError(f"{folder}: output directory does not exist")
         if not os.access(folder, os.W_OK):

@@ -45,6 +45,10 @@ class VectorLabels:
         self.classes = classes
         self.tree = STRtree(geometries)
 
+    def found_classes(self) -> ClassInfo:
+        """The classes of the polygons (every one is used by at least one polygon)."""
+        return self.classes
+
     def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
         from shapely import box
 
@@ -361,7 +365,7 @@ def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: s
     if is_raster(path):
         if shared:
             raise GeoprotoError(f"{path}: a label raster labels one raster; with several inputs give support "
-                                f"polygons (or --support-image)")
+                                f"polygons (or a support_image)", param="support", mentions=("support_image",))
         return RasterLabels(path, reference, classes)
     return load_vector_support(path, reference, class_field, layer, support_crs, classes, raster_crs, buffer, shared)
 

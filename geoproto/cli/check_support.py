@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..segment import DEFAULT_FOLDS, MAX_FOLDS, SegmentOptions, check_support
+from ..segment import SegmentOptions
+from ..support_check import DEFAULT_FOLDS, MAX_FOLDS, check_support
 from .options import (apply, encoder_options, handle_errors, integer, not_stdio, number, print_json, printable,
                       support_options)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shlex
 import signal
 import sys
@@ -51,7 +52,7 @@ def handle_errors(command):
         except GeoprotoError as exc:
             if debug:
                 raise
-            raise click.ClickException(printable(exc)) from None
+            raise click.ClickException(printable(cli_message(exc))) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -72,6 +73,24 @@ def handle_errors(command):
                                        f"details)")
 
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
+
+
+def cli_message(exc: GeoprotoError) -> str:
+    """The error as the command line says it: the option that sets the parameter at fault, not the
+    library's parameter name (``--tile-size: ...`` rather than ``tile_size: ...``)."""
+    ctx = click.get_current_context(silent=True)
+    params = {p.name: p for p in (ctx.command.params if ctx is not None else [])}
+
+    def flag(name: str) -> str:
+        param = params.get(name)
+        if isinstance(param, click.Option):
+            return param.opts[0]
+        return param.human_readable_name if param is not None else name
+
+    message = exc.message
+    for name in exc.mentions:
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag(name), message)
+    return f"{flag(exc.param)}: {message}" if exc.param else message
 
 
 def command_line(ctx: click.Context) -> str:

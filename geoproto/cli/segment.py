@@ -16,7 +16,7 @@ _CRF_DEFAULTS = CRFParams()
 
 
 @click.command("segment")
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...", callback=not_stdio)
+@click.argument("image", nargs=-1, required=True, callback=not_stdio)
 @click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=not_stdio,
@@ -81,7 +81,7 @@ _CRF_DEFAULTS = CRFParams()
 @quiet_option
 @json_option
 @handle_errors
-def segment_command(images, support, output, output_dir, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
+def segment_command(image, support, output, output_dir, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
                     crf_bilateral_srgb, crf_gaussian_sxy, quiet, as_json, **options):
     """Segment IMAGE into the classes drawn in --support and write a class raster to --output.
 
@@ -99,7 +99,7 @@ def segment_command(images, support, output, output_dir, crf, crf_iterations, cr
                               crf_bilateral_m=None if crf_bilateral_px else crf_bilateral_m,
                               progress=show_progress(quiet), command=command_line(click.get_current_context()),
                               **options)
-    images = expand_images(list(images))
+    images = expand_images(list(image))
     if output_dir is None:
         if len(images) > 1:
             raise click.UsageError(f"{len(images)} inputs: give --output-dir DIR (one output per input), not -o")
@@ -121,9 +121,10 @@ def segment_command(images, support, output, output_dir, crf, crf_iterations, cr
     if as_json:
         print_json(summary)
     elif not quiet:
-        for result in summaries:
+        outputs = [output] if output_dir is None else [result["output"] for result in summaries]
+        for path, result in zip(outputs, summaries):
             classes = ", ".join(f"{printable(c['name'])} {c['pixels']} px"
                                 + (f" {c['area_ha']} ha" if c["area_ha"] is not None else "")
                                 for c in result["classes"])
-            click.echo(f"Wrote {printable(result['output'])}: {result['tiles']} tiles in {result['seconds']:.1f} s "
-                       f"({classes})", err=True)
+            click.echo(f"Wrote {printable(path)}: {result['tiles']} tiles in {result['seconds']:.1f} s ({classes})",
+                       err=True)

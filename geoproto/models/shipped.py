@@ -59,11 +59,17 @@ def build_shipped(name: str) -> tuple[nn.Module, dict]:
     return ConcatEncoder([e for e, _ in built]).eval(), {"name": name, "parts": [info for _, info in built]}
 
 
-def select_encoder(name: str, backbone: str, checkpoint: str | None, init_weights: str | None):
-    """An explicit ``--checkpoint`` or ``--backbone``/``--init-weights`` wins over the shipped ``name``."""
+def is_explicit(backbone: str, checkpoint: str | None, init_weights: str | None) -> bool:
+    """Whether the user named an encoder of their own (a checkpoint, a backbone or trunk weights), which
+    wins over the shipped encoders."""
     from .encoder import DEFAULT_BACKBONE
 
-    if checkpoint or init_weights or backbone != DEFAULT_BACKBONE:
+    return bool(checkpoint or init_weights or backbone != DEFAULT_BACKBONE)
+
+
+def select_encoder(name: str, backbone: str, checkpoint: str | None, init_weights: str | None):
+    """An explicit encoder (``is_explicit``) wins over the shipped ``name``."""
+    if is_explicit(backbone, checkpoint, init_weights):
         return build_encoder(backbone, checkpoint, init_weights)
     if name == "auto":
         raise GeoprotoError("--encoder auto chooses by cross-validating support polygons; name an encoder here")
