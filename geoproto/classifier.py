@@ -13,7 +13,6 @@ those of the whole raster whatever the tiling, and support drawn on several rast
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -83,37 +82,36 @@ def accumulate_support(extract: FeatureExtractor, supports: list[tuple[RasterSou
     unknown: set[int] = set()
     seen: set[int] = set()
     lookup = classes.positions()
-    with contextlib.ExitStack() as stack:
-        labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
-        for source, labels in supports:
-            src = stack.enter_context(source.dataset())
-            for tile in labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID)):
-                window_labels = labels.read(tile, size)
-                present = {int(v) for v in np.unique(window_labels) if v}
-                unknown |= present - set(classes.ids)
-                seen |= present
-                if core_labels(lookup[window_labels], tile).any():
-                    labelled.append((source, src, labels, tile))
-        if unknown:
-            raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the classes file",
-                                param="classes_file")
-        unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
-        if unused and supports[0][1].classes_from_catalogue and len(unused) < len(classes.ids):
-            warnings.warn(f"no support for class(es) {', '.join(unused)} of the classes file: left out")
-            classes = classes.subset(seen)
-            lookup = classes.positions()
-        accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
-        model_seconds = 0.0
-        for start in range(0, len(labelled), batch_size):
-            chunk = labelled[start:start + batch_size]
-            reads = [source.read(src, tile, size, CONTEXT_MARGIN) for source, src, _, tile in chunk]
-            started = time.perf_counter()
-            features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
-            model_seconds += time.perf_counter() - started
-            # Support over nodata (or NaN) would make a prototype of fill values: left out.
-            accumulator.add(features.cpu(), torch.from_numpy(np.stack(
-                [core_labels(lookup[labels.read(tile, size)], tile) * valid
-                 for (_, _, labels, tile), (_, valid) in zip(chunk, reads)])))
+    labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
+    for source, labels in supports:
+        src = source.dataset
+        for tile in labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID)):
+            window_labels = labels.read(tile, size)
+            present = {int(v) for v in np.unique(window_labels) if v}
+            unknown |= present - set(classes.ids)
+            seen |= present
+            if core_labels(lookup[window_labels], tile).any():
+                labelled.append((source, labels, tile))
+    if unknown:
+        raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the classes file",
+                            param="classes_file")
+    unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
+    if unused and supports[0][1].classes_from_catalogue and len(unused) < len(classes.ids):
+        warnings.warn(f"no support for class(es) {', '.join(unused)} of the classes file: left out")
+        classes = classes.subset(seen)
+        lookup = classes.positions()
+    accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
+    model_seconds = 0.0
+    for start in range(0, len(labelled), batch_size):
+        chunk = labelled[start:start + batch_size]
+        reads = [source.read(tile, size, CONTEXT_MARGIN) for source, _, tile in chunk]
+        started = time.perf_counter()
+        features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
+        model_seconds += time.perf_counter() - started
+        # Support over nodata (or NaN) would make a prototype of fill values: left out.
+        accumulator.add(features.cpu(), torch.from_numpy(np.stack(
+            [core_labels(lookup[labels.read(tile, size)], tile) * valid
+             for (_, labels, tile), (_, valid) in zip(chunk, reads)])))
     empty = [(name, class_id in seen) for name, class_id, pixels in
              zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
     if empty:

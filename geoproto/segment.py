@@ -235,6 +235,7 @@ def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[l
         "support_image": options.support_image, "classes_file": options.classes_file,
         "checkpoint": options.checkpoint, "init_weights": options.init_weights, "aoi": options.aoi})
     journals: list[Journal] = []
+    inputs_stack = contextlib.ExitStack()
     try:
         for job in jobs:
             job.paths = _stage(staged, job.output, job.options)
@@ -242,7 +243,8 @@ def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[l
             _output_formats(job.output, job.options)
         for job in jobs:
             with _naming(job.image, several):
-                job.inputs = options_inputs(job.image, support, options, shared=several)
+                job.inputs = inputs_stack.enter_context(options_inputs(job.image, support, options, shared=several))
+            _release(job.inputs)
         supports, classes = _supports(jobs, support)
         batch_size = options.batch_size or default_batch_size(device)
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
@@ -254,11 +256,13 @@ def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[l
         classifier, support_stats = fit_support(extract, supports, classes, options.tile_size, options.overlap,
                                                 batch_size, options.alpha)
         for job in jobs:
-            with _naming(job.image, several), job.inputs.source.dataset() as src:
+            with _naming(job.image, several):
+                src = job.inputs.source.dataset
                 job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs)
                 job.tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
                 if job.area is not None:  # windows outside the area are never read nor encoded
                     job.tiles = [tile for tile in job.tiles if job.area.reaches(tile)]
+            _release(job.inputs)
         shared = {"device": device.type, "encoder": encoder_info, "support": support_stats,
                   **({"support_check": check} if check else {})}
         metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
@@ -278,6 +282,7 @@ def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[l
                     journals += [journal] if journal else []
                     results.append({**_segment_input(job, classifier, crf_backend, batch_size, workers, metadata,
                                                      journal, bar), **shared})
+                _release(job.inputs)
         if not several:  # the whole run's time, the encoder and the support included
             results[0]["seconds"] = round(time.perf_counter() - started, 3)
         staged.commit()
@@ -285,6 +290,7 @@ def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[l
         staged.discard()
         raise
     finally:
+        inputs_stack.close()
         for journal in journals:
             journal.close()
     for job in jobs:
@@ -301,6 +307,13 @@ def _naming(image: str, several: bool):
         if several and image not in exc.message:
             raise GeoprotoError(f"{image}: {exc.message}", exc.param, exc.mentions) from None
         raise
+
+
+def _release(inputs: Inputs) -> None:
+    """Close an input's raster handles between the steps that use it (they reopen on use): a run over many
+    rasters keeps a bounded number of files open."""
+    inputs.source.close()
+    inputs.support_source.close()
 
 
 def _supports(jobs: list[_Job], support: str) -> tuple[list[tuple], ClassInfo]:
@@ -330,7 +343,8 @@ def _segment_input(job: _Job, classifier, crf_backend: str | None, batch_size: i
     options, paths, source, crs, tiles = job.options, job.paths, job.inputs.source, job.inputs.crs, job.tiles
     raster_format, vector_format = _output_formats(job.output, options)
     output_bytes = 1 + (4 * len(classifier.classes.ids) if paths.probabilities else 0)  # classes, probabilities
-    with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
+    src = source.dataset
+    with block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
         pixel_area = pixel_area_m2(src, crs)
         if options.min_area and pixel_area is None:
             raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS", param="min_area")

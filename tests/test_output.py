@@ -247,10 +247,10 @@ def test_an_output_aliasing_an_input_is_refused(tmp_path, alias, monkeypatch):
 
 def test_two_outputs_on_one_file_are_refused(tmp_path):
     staged = StagedOutputs(overwrite=True)
-    staged.stage(str(tmp_path / "c.tif"), "--output")
+    staged.stage(str(tmp_path / "c.tif"), "output")
     os.symlink(tmp_path / "c.tif", tmp_path / "p.tif")
-    with pytest.raises(GeoprotoError, match="--probabilities .*p.tif: is also --output"):
-        staged.stage(str(tmp_path / "p.tif"), "--probabilities")
+    with pytest.raises(GeoprotoError, match="probabilities: .*p.tif: is also output"):
+        staged.stage(str(tmp_path / "p.tif"), "probabilities")
     staged.discard()
     assert os.listdir(tmp_path) == ["p.tif"]
 
