@@ -281,7 +281,7 @@ def segment_job(image: str, options, device: str, tiles: list[Tile], **inputs) -
         if name in UNRELATED_OPTIONS:
             continue
         if name == "probabilities":
-            value = bool(value)
+            value = value is not None  # "" asks for them too (segment_many: a name made from the input)
         elif name in _FILE_OPTIONS:
             value = file_identity(value)
         settings[name] = value

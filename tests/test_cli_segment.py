@@ -958,6 +958,7 @@ def mosaic_vrt(path: Path, pieces: list[Path], reference: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_vrt_mosaic_is_one_input_with_one_output(paths, tmp_path):
     """A VRT of the chip's two halves gives one output on the mosaic's grid, equal to segmenting the chip."""
     halves = [cut(paths.chip, tmp_path / "left.tif", 0, 0, 900, 448),

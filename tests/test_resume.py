@@ -95,3 +95,45 @@ def test_stale_staging_clean_up_keeps_the_journal(tmp_path):
     Journal(output, JOB, TILES, 3, probabilities=False).close()
     assert remove_stale_staging(output) == []
     assert os.path.isdir(resume_folder(output))
+
+
+def test_a_crash_in_the_second_of_two_rasters_resumes_to_the_uninterrupted_outputs(tmp_path, monkeypatch):
+    """A run over two rasters that crashes midway commits nothing; rerun with resume, it encodes only the
+    windows not yet journalled and writes what an uninterrupted run writes."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from synthetic import ORIGIN, PIXEL, SIDE, two_halves, write_raster, write_support
+
+    from geoproto import resume
+    from geoproto.segment import SegmentOptions, segment_many
+
+    images = [str(write_raster(tmp_path / "in" / "one.tif", two_halves())),
+              str(write_raster(tmp_path / "in" / "two.tif", two_halves(seed=1),
+                               transform=from_origin(ORIGIN[0] + SIDE * PIXEL, ORIGIN[1], PIXEL, PIXEL)))]
+    support = str(write_support(tmp_path / "support.gpkg"))
+    options = SegmentOptions(tile_size=64, overlap=8, crf=False, progress=False, resume=True, probabilities="")
+    expected = segment_many(images, support, str(tmp_path / "expected"), options)
+
+    record, recorded = resume.Journal.record, []
+
+    def crash_after_five(journal, *args):
+        record(journal, *args)
+        recorded.append(1)
+        if len(recorded) == 5:
+            raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(resume.Journal, "record", crash_after_five)
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        segment_many(images, support, str(tmp_path / "out"), options)
+    monkeypatch.setattr(resume.Journal, "record", record)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(  # journals only: nothing committed
+        os.path.basename(resume_folder(str(tmp_path / "out" / name))) for name in ("one.tif", "two.tif"))
+
+    summary = segment_many(images, support, str(tmp_path / "out"), options)
+    assert [item["tiles_resumed"] for item in summary["inputs"]] == [4, 1]
+    assert summary["totals"]["tiles"] == expected["totals"]["tiles"] == 8
+    for name in ("one.tif", "one_probabilities.tif", "two.tif", "two_probabilities.tif"):
+        with rasterio.open(tmp_path / "expected" / name) as first, rasterio.open(tmp_path / "out" / name) as second:
+            assert repr(first.profile) == repr(second.profile) and first.tags() == second.tags()
+            np.testing.assert_array_equal(first.read(), second.read())
+    assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())  # journals removed
