@@ -103,15 +103,9 @@ class Journal:
 
     def _take_lock(self) -> None:
         self._lock = os.open(os.path.join(self.folder, _LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; one run per output is then the user's care
-            return
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _try_lock(self._lock):
             raise GeoprotoError(f"{self.output}: another run is writing it with --resume now "
-                                f"({self.folder} is locked)") from None
+                                f"({self.folder} is locked)")
 
     def _check_job(self, job: dict) -> None:
         path = os.path.join(self.folder, _JOB)
@@ -225,15 +219,32 @@ class Journal:
             os.close(self._lock)  # releases the flock
             self._lock = None
 
-    def remove(self) -> None:
-        """The output is committed: the journal has served."""
-        self.close()
-        remove_journal(self.output)
-
 
 def remove_journal(output: str) -> None:
-    """Remove ``output``'s journal, if any (a committed output makes it obsolete)."""
-    shutil.rmtree(resume_folder(output), ignore_errors=True)
+    """Remove ``output``'s journal, if any (a committed output makes it obsolete), unless a run holds it."""
+    folder = resume_folder(output)
+    try:
+        lock = os.open(os.path.join(folder, _LOCK), os.O_RDWR)
+    except OSError:  # no journal (or an unreadable one: left alone)
+        return
+    try:
+        if _try_lock(lock):
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(lock)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the advisory lock on ``fd`` without waiting; False if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

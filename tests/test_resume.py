@@ -8,7 +8,7 @@ import torch
 
 from geoproto.errors import GeoprotoError
 from geoproto.output import remove_stale_staging
-from geoproto.resume import Journal, fingerprint, resume_folder
+from geoproto.resume import Journal, fingerprint, remove_journal, resume_folder
 from geoproto.tiling import tile_grid
 
 TILES = tile_grid(100, 90, 48, 8)
@@ -75,6 +75,8 @@ def test_a_second_run_on_the_same_journal_is_refused(tmp_path):
     first = Journal(output, JOB, TILES, 3, probabilities=False)
     with pytest.raises(GeoprotoError, match="another run is writing it with --resume now"):
         Journal(output, JOB, TILES, 3, probabilities=False)
+    remove_journal(output)  # what a run committing the same output does: the journal in use is kept
+    assert os.path.isdir(resume_folder(output))
     first.close()
     Journal(output, JOB, TILES, 3, probabilities=False).close()  # released
 
