@@ -68,9 +68,10 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 
 def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = None,
-              bbox_crs: str | None = None) -> AreaOfInterest | None:
+              bbox_crs: str | None = None, shared: bool = False) -> AreaOfInterest | None:
     """The ``--aoi`` file's polygons or the ``--bbox`` (in the raster's CRS unless ``bbox_crs``), in the
-    raster's pixel space; None when neither is given."""
+    raster's pixel space; None when neither is given. ``shared``: the area serves several rasters, so it
+    may miss this one (no window reaches it)."""
     import geopandas
     import shapely
     from pyproj import CRS
@@ -115,6 +116,6 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
     matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
     geometry = shapely.affinity.affine_transform(shapely.union_all(shapely.make_valid(frame.geometry.values)),
                                                  matrix)
-    if not geometry.intersects(shapely.box(0, 0, reference.width, reference.height)):
+    if not shared and not geometry.intersects(shapely.box(0, 0, reference.width, reference.height)):
         raise GeoprotoError(f"{name}: does not overlap the raster {reference.name}")
     return AreaOfInterest(geometry)

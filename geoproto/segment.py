@@ -258,13 +258,20 @@ def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[l
         for job in jobs:
             with _naming(job.image, several):
                 src = job.inputs.source.dataset
-                job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs)
+                job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs, several)
                 job.tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
                 if job.area is not None:  # windows outside the area are never read nor encoded
                     job.tiles = [tile for tile in job.tiles if job.area.reaches(tile)]
             _release(job.inputs)
+        skipped = [job.image for job in jobs if not job.tiles]  # outside the area: no output
+        if skipped:
+            if len(skipped) == len(jobs):
+                raise GeoprotoError(f"{options.aoi or options.bbox}: overlaps none of the {len(jobs)} input rasters",
+                                    param="aoi" if options.aoi else "bbox")
+            warnings.warn(f"{len(skipped)} input(s) outside the area, skipped (no output): {', '.join(skipped)}")
+            jobs = [job for job in jobs if job.tiles]
         shared = {"device": device.type, "encoder": encoder_info, "support": support_stats,
-                  **({"support_check": check} if check else {})}
+                  **({"support_check": check} if check else {}), **({"skipped": skipped} if skipped else {})}
         metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
                     "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
                     "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}

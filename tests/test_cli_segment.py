@@ -1081,3 +1081,17 @@ def test_a_failing_input_is_named_and_nothing_is_committed(tmp_path):
     assert result.exit_code == 1
     assert f"{broken}: not a readable raster" in result.output
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_inputs_outside_the_area_are_skipped_and_named(tmp_path):
+    """A --bbox over one raster of a flight segments that one; the others are named and left without output."""
+    from synthetic import ORIGIN
+
+    images, support = _two_synthetic(tmp_path / "flight")
+    bbox = f"{ORIGIN[0] + 4},{ORIGIN[1] - 40},{ORIGIN[0] + 40},{ORIGIN[1] - 4}"  # inside the first raster
+    result = run(*images, "-s", support, "--output-dir", tmp_path / "out", "--bbox", bbox, *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["skipped"] == [str(images[1])] and [i["input"] for i in summary["inputs"]] == [str(images[0])]
+    assert f"1 input(s) outside the area, skipped (no output): {images[1]}" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one.tif", "one.tif.aux.xml"]
