@@ -88,7 +88,7 @@ def segment_command(image, support, output, output_dir, crf, crf_iterations, crf
     Several images (files, folders of rasters, glob patterns) are segmented with one set of prototypes,
     built from the support wherever it lies, into --output-dir. A VRT mosaic is one image.
 
-    
+    \b
     Examples: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
               geoproto segment flight/ --support labels.gpkg --output-dir classes/ --vector
     """
