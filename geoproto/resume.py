@@ -281,7 +281,7 @@ def _write_durably(path: str, data: bytes) -> None:
 UNRELATED_OPTIONS = {"workers", "batch_size", "check_support", "vector", "preview", "report", "cog", "driver",
                      "vector_driver", "creation_options", "overviews", "min_area", "simplify", "command", "overwrite",
                      "progress", "resume"}
-_FILE_OPTIONS = {"checkpoint", "init_weights", "classes_file", "support_image", "aoi"}
+_FILE_OPTIONS = {"checkpoint", "init_weights", "classes_file", "support_image", "aoi", "prototypes"}
 
 
 def segment_job(image: str, options, device: str, tiles: list[Tile], **inputs) -> dict:

@@ -31,16 +31,17 @@ from . import crf as crf_module
 from .aoi import ClippedSource, load_area
 from .batch import SIDECARS, output_paths, sidecar_path
 from .classes import NODATA, ClassInfo
-from .classifier import fit_support
+from .classifier import Classifier, fit_support
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA
-from .inputs import Inputs, open_inputs
+from .inputs import Inputs, open_image, open_inputs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
                      class_areas, class_histogram, convert_to_cog, gdal_write_errors, output_driver, sieve_classes,
                      write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory
+from .prototype_file import load_prototypes
 from .raster import block_cache, pixel_area_m2, pixel_size_m
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
@@ -75,6 +76,7 @@ class SegmentOptions:
     classes_file: str | None = None
     support_image: str | None = None
     buffer: float = 0.0
+    prototypes: str | None = None  # a prototype file (prototype_file.py), used instead of a support
     # DenseCRF; ``crf_bilateral_m`` None means ``crf_params.bilateral_sxy`` is taken as pixels.
     crf: bool = True
     crf_backend: str = crf_module.DEFAULT_BACKEND  # crf.BACKENDS; see crf.resolve_backend
@@ -166,17 +168,21 @@ class _Job:
     inputs: Inputs | None = None
     tiles: list | None = None
     area: object = None
+    classifier: Classifier | None = None
 
 
-def segment(image: str, support: str, output: str, options: SegmentOptions | None = None) -> dict:
-    """Segment ``image`` into the classes of ``support`` and write ``output``; returns a summary."""
+def segment(image: str, support: str | None, output: str, options: SegmentOptions | None = None) -> dict:
+    """Segment ``image`` into the classes of ``support`` (or of the prototype file ``options.prototypes``)
+    and write ``output``; returns a summary."""
     options = options or SegmentOptions()
     return _segment([_Job(image, output, options)], support, options)[0][0]
 
 
-def segment_many(images: list[str], support: str, output_dir: str, options: SegmentOptions | None = None) -> dict:
+def segment_many(images: list[str], support: str | None, output_dir: str,
+                 options: SegmentOptions | None = None) -> dict:
     """Segment every raster of ``images`` with one classifier, fitted on ``support`` wherever it lies
-    (pixel-weighted over all the inputs it touches), into ``output_dir``/<stem>.tif; the sidecars asked
+    (pixel-weighted over all the inputs it touches) or taken from the prototype file
+    ``options.prototypes``, into ``output_dir``/<stem>.tif; the sidecars asked
     for (``options.vector`` etc. empty, or a suffix: ``batch.sidecar_path``) go beside each output.
 
     All or nothing: the outputs are committed together once every input is done; if one input fails (its
@@ -222,18 +228,25 @@ def _total_areas(results: list[dict]) -> list[dict]:
     return list(totals.values())
 
 
-def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[list[dict], dict]:
+def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> tuple[list[dict], dict]:
     """The run: stage every output, open every input, choose the encoder and fit the classifier once, then
     segment each input; commit every output at the end. Returns the summaries per input and what they share."""
     started = time.perf_counter()
     check_tiling(options)
+    taught = _prototype_file(support, options)
+    if taught is not None:
+        options = replace(options, encoder=taught.encoder_choice(options.encoder))
+    taught = _prototype_file(support, options)
+    if taught is not None:
+        options = replace(options, encoder=taught.encoder_choice(options.encoder))
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend, device.type) if options.crf else None
     several = len(jobs) > 1
     staged = StagedOutputs(options.overwrite, {
         **{("image" if not several else f"image {n}"): job.image for n, job in enumerate(jobs, 1)}, "support": support,
         "support_image": options.support_image, "classes_file": options.classes_file,
-        "checkpoint": options.checkpoint, "init_weights": options.init_weights, "aoi": options.aoi})
+        "checkpoint": options.checkpoint, "init_weights": options.init_weights, "aoi": options.aoi,
+        "prototypes": options.prototypes})
     journals: list[Journal] = []
     inputs_stack = contextlib.ExitStack()
     try:
@@ -243,21 +256,29 @@ def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[l
             _output_formats(job.output, job.options)
         for job in jobs:
             with _naming(job.image, several):
-                job.inputs = inputs_stack.enter_context(options_inputs(job.image, support, options, shared=several))
+                job.inputs = inputs_stack.enter_context(
+                    open_image(job.image, taught.classes, options.bands, options.assume_crs) if taught
+                    else options_inputs(job.image, support, options, shared=several))
             _release(job.inputs)
-        supports, classes = _supports(jobs, support)
+        supports, classes = _supports(jobs, support) if taught is None else (None, taught.classes)
         batch_size = options.batch_size or default_batch_size(device)
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
         check_window_memory(options.tile_size, batch_size, len(classes.ids),
                             workers if crf_backend == "densecrf" else 0)
         # Cross-validation (check_support, encoder auto) runs on the support of the first input it touches.
-        first = next(job.inputs for job in jobs if job.inputs.labels is not None)
+        first = next((job.inputs for job in jobs if job.inputs.labels is not None), jobs[0].inputs)
         extract, encoder_info, check = choose_encoder(first, options, device, batch_size, options.check_support)
-        classifier, support_stats = fit_support(extract, supports, classes, options.tile_size, options.overlap,
-                                                batch_size, options.alpha)
+        if taught is None:
+            classifier, support_stats = fit_support(extract, supports, classes, options.tile_size, options.overlap,
+                                                    batch_size, options.alpha)
         for job in jobs:
             with _naming(job.image, several):
                 src = job.inputs.source.dataset
+                if taught is not None:  # checked against each raster (encoder, resolution, bands)
+                    classifier, support_stats = taught.classifier(extract, encoder_info, options.alpha, job.image,
+                                                                  len(job.inputs.source.bands),
+                                                                  pixel_size_m(src, job.inputs.crs))
+                job.classifier = classifier
                 job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs, several)
                 job.tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
                 if job.area is not None:  # windows outside the area are never read nor encoded
@@ -284,11 +305,11 @@ def _segment(jobs: list[_Job], support: str, options: SegmentOptions) -> tuple[l
             for job in jobs:
                 with _naming(job.image, several):
                     journal = Journal(job.output, segment_job(job.image, options, device.type, job.tiles,
-                                                              **job_inputs), job.tiles, len(classifier.classes.ids),
+                                                              **job_inputs), job.tiles, len(job.classifier.classes.ids),
                                       job.paths.probabilities is not None) if options.resume else None
                     journals += [journal] if journal else []
-                    results.append({**_segment_input(job, classifier, crf_backend, batch_size, workers, metadata,
-                                                     journal, bar), **shared})
+                    results.append({**_segment_input(job, crf_backend, batch_size, workers, metadata, journal, bar),
+                                    **shared})
                 _release(job.inputs)
         if not several:  # the whole run's time, the encoder and the support included
             results[0]["seconds"] = round(time.perf_counter() - started, 3)
@@ -342,11 +363,12 @@ def _supports(jobs: list[_Job], support: str) -> tuple[list[tuple], ClassInfo]:
     return [(inputs.source, inputs.labels) for inputs in touched], classes
 
 
-def _segment_input(job: _Job, classifier, crf_backend: str | None, batch_size: int, workers: int, metadata: dict,
+def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers: int, metadata: dict,
                    journal: Journal | None, bar) -> dict:
     """One input's windows, written (after the journal's, with ``resume``) and finished in the staging
     folder; returns its summary."""
     started = time.perf_counter()
+    classifier = job.classifier
     options, paths, source, crs, tiles = job.options, job.paths, job.inputs.source, job.inputs.crs, job.tiles
     raster_format, vector_format = _output_formats(job.output, options)
     output_bytes = 1 + (4 * len(classifier.classes.ids) if paths.probabilities else 0)  # classes, probabilities
@@ -388,6 +410,22 @@ def _segment_input(job: _Job, classifier, crf_backend: str | None, batch_size: i
     if finished["polygons"] is not None:
         summary["polygons"] = finished["polygons"]
     return summary
+
+
+def _prototype_file(support: str | None, options: SegmentOptions):
+    """The prototype file ``options.prototypes``, loaded and checked (None without one); exactly one of
+    a support and a prototype file teaches the classes."""
+    if (support is None) == (options.prototypes is None):
+        raise GeoprotoError("give either a support or a prototype file, not " + ("both" if support else "neither"),
+                            param="prototypes", mentions=("support",))
+    if options.prototypes is None:
+        return None
+    if options.check_support:
+        raise GeoprotoError("cross-validates support polygons; a prototype file has none", param="check_support")
+    for name in ("class_field", "layer", "support_crs", "classes_file", "support_image", "buffer"):
+        if getattr(options, name):
+            raise GeoprotoError("applies to a support; a prototype file holds its classes already", param=name)
+    return load_prototypes(options.prototypes)
 
 
 def _crf_params(options: SegmentOptions, pixel_size: float | None) -> crf_module.CRFParams:

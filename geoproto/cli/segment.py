@@ -17,8 +17,10 @@ _CRF_DEFAULTS = CRFParams()
 
 @click.command("segment")
 @click.argument("image", nargs=-1, required=True, callback=not_stdio)
-@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--support", "-s", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
+@click.option("--prototypes", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="A prototype file from `geoproto prototypes`, instead of --support.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml (one input).")
 @click.option("--output-dir", type=click.Path(file_okay=False), callback=not_stdio,
@@ -83,7 +85,8 @@ _CRF_DEFAULTS = CRFParams()
 @handle_errors
 def segment_command(image, support, output, output_dir, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
                     crf_bilateral_srgb, crf_gaussian_sxy, quiet, as_json, **options):
-    """Segment IMAGE into the classes drawn in --support and write a class raster to --output.
+    """Segment IMAGE into the classes drawn in --support (or learnt in --prototypes) and write a class
+    raster to --output.
 
     Several images (files, folders of rasters, glob patterns) are segmented with one set of prototypes,
     built from the support wherever it lies, into --output-dir. A VRT mosaic is one image.
