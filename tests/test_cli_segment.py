@@ -1095,3 +1095,17 @@ def test_inputs_outside_the_area_are_skipped_and_named(tmp_path):
     assert summary["skipped"] == [str(images[1])] and [i["input"] for i in summary["inputs"]] == [str(images[0])]
     assert f"1 input(s) outside the area, skipped (no output): {images[1]}" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one.tif", "one.tif.aux.xml"]
+
+
+def test_a_prototype_file_segments_several_rasters_as_their_support_does(tmp_path):
+    """--prototypes made from the support on the first raster labels both rasters as the support itself."""
+    images, support = _two_synthetic(tmp_path / "flight")
+    taught = CliRunner().invoke(main, ["prototypes", str(images[0]), "-s", str(support), "-o",
+                                       str(tmp_path / "classes.gpp"), "--tile-size", "64", "--overlap", "8"])
+    assert taught.exit_code == 0, taught.output
+    from_file = run(*images, "--prototypes", tmp_path / "classes.gpp", "--output-dir", tmp_path / "file", *FAST)
+    from_support = run(*images, "-s", support, "--output-dir", tmp_path / "support", *FAST)
+    assert from_file.exit_code == 0 and from_support.exit_code == 0, from_file.output + from_support.output
+    for image in images:
+        with rasterio.open(tmp_path / "file" / image.name) as a, rasterio.open(tmp_path / "support" / image.name) as b:
+            np.testing.assert_array_equal(a.read(1), b.read(1))
