@@ -410,11 +410,17 @@ def output_driver(path: str, driver: str | None, drivers: dict[str, tuple[str, .
             raise GeoprotoError(f"{path}: cannot tell the {what} format from {ext or 'no extension'!r}; "
                                 f"use one of {known}")
         return found[0]
+    match = driver_name(driver, drivers, what)
+    if ext not in drivers[match]:
+        raise GeoprotoError(f"{path}: a {match} file is named *{drivers[match][0]}, not *{ext or '(none)'}")
+    return match
+
+
+def driver_name(driver: str, drivers: dict[str, tuple[str, ...]], what: str) -> str:
+    """``driver`` as ``drivers`` spell it (GDAL's names ignore case); refuses one not among them."""
     match = {name.lower(): name for name in drivers}.get(driver.lower())
     if match is None:
         raise GeoprotoError(f"{what} format {driver!r} is not supported; choose one of {', '.join(drivers)}")
-    if ext not in drivers[match]:
-        raise GeoprotoError(f"{path}: a {match} file is named *{drivers[match][0]}, not *{ext or '(none)'}")
     return match
 
 

@@ -38,8 +38,8 @@ from .inputs import Inputs, open_image, open_inputs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
-                     class_areas, class_histogram, convert_to_cog, gdal_write_errors, output_driver, sieve_classes,
-                     write_area_report, write_legend, write_polygons, write_preview)
+                     class_areas, class_histogram, convert_to_cog, driver_name, gdal_write_errors, output_driver,
+                     sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory
 from .prototype_file import load_prototypes
 from .raster import block_cache, pixel_area_m2, pixel_size_m
@@ -194,8 +194,8 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
     if not images:
         raise GeoprotoError("no input raster", param="images")
     os.makedirs(output_dir, exist_ok=True)
-    suffixes = {**SIDECARS, **({"vector": VECTOR_DRIVERS[_vector_driver(options.vector_driver)][0]}
-                               if options.vector_driver else {})}
+    suffixes = {**SIDECARS, **({"vector": VECTOR_DRIVERS[driver_name(options.vector_driver, VECTOR_DRIVERS,
+                                                                     "vector")][0]} if options.vector_driver else {})}
     jobs = []
     for image, output in zip(images, output_paths(images, output_dir)):
         sidecars = {name: sidecar_path(output, name, getattr(options, name), suffixes[name])
@@ -206,14 +206,6 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
               "tiles_resumed": sum(r["tiles_resumed"] for r in results),
               "seconds": round(time.perf_counter() - started, 3), "classes": _total_areas(results)}
     return {"inputs": results, "totals": totals, **shared}
-
-
-def _vector_driver(driver: str) -> str:
-    match = {name.lower(): name for name in VECTOR_DRIVERS}.get(driver.lower())
-    if match is None:
-        raise GeoprotoError(f"{driver!r} is not supported; choose one of {', '.join(VECTOR_DRIVERS)}",
-                            param="vector_driver")
-    return match
 
 
 def _total_areas(results: list[dict]) -> list[dict]:
@@ -233,9 +225,6 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     segment each input; commit every output at the end. Returns the summaries per input and what they share."""
     started = time.perf_counter()
     check_tiling(options)
-    taught = _prototype_file(support, options)
-    if taught is not None:
-        options = replace(options, encoder=taught.encoder_choice(options.encoder))
     taught = _prototype_file(support, options)
     if taught is not None:
         options = replace(options, encoder=taught.encoder_choice(options.encoder))

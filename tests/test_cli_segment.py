@@ -1109,3 +1109,14 @@ def test_a_prototype_file_segments_several_rasters_as_their_support_does(tmp_pat
     for image in images:
         with rasterio.open(tmp_path / "file" / image.name) as a, rasterio.open(tmp_path / "support" / image.name) as b:
             np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_sidecar_flags_name_their_files_from_each_input(tmp_path):
+    """Given alone with --output-dir, --vector takes the --vector-driver's extension and --report a suffix."""
+    images, support = _two_synthetic(tmp_path / "flight")
+    result = run(*images, "-s", support, "--output-dir", tmp_path / "out", "--vector", "--vector-driver",
+                 "flatgeobuf", "--report", "_areas.csv", "--probabilities", *FAST)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{stem}{suffix}" for stem in ("one", "two")
+        for suffix in (".tif", ".tif.aux.xml", ".fgb", "_areas.csv", "_probabilities.tif"))
