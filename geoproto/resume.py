@@ -280,7 +280,7 @@ def _write_durably(path: str, data: bytes) -> None:
 # every other field, a new one included, is part of the fingerprint.
 UNRELATED_OPTIONS = {"workers", "batch_size", "check_support", "vector", "preview", "report", "cog", "driver",
                      "vector_driver", "creation_options", "overviews", "min_area", "simplify", "command", "overwrite",
-                     "progress", "resume"}
+                     "progress", "resume", "dask_scheduler", "dask_local"}
 _FILE_OPTIONS = {"checkpoint", "init_weights", "classes_file", "support_image", "aoi", "prototypes"}
 
 

@@ -32,6 +32,7 @@ from .aoi import ClippedSource, load_area
 from .batch import SIDECARS, output_paths, sidecar_path
 from .classes import NODATA, ClassInfo
 from .classifier import Classifier, fit_support
+from .distributed import EncoderRecipe, import_distributed, run_on_dask
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA
 from .inputs import Inputs, open_image, open_inputs
@@ -105,6 +106,9 @@ class SegmentOptions:
     # Keep finished windows in a journal beside each output, and continue an interrupted run (resume.py)
     resume: bool = False
     progress: bool = True
+    # The windows on a Dask cluster (geoproto.distributed): a scheduler's address, or N local workers
+    dask_scheduler: str | None = None
+    dask_local: int | None = None
 
     def __post_init__(self):
         """Refuse NaN, infinities and out-of-range numbers before any work (NaN alpha: one class everywhere)."""
@@ -112,6 +116,11 @@ class SegmentOptions:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, check_number(name, value, low, high, min_open, name in _INTEGER_FIELDS))
+        if self.dask_scheduler and self.dask_local:
+            raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
+                                param="dask_local")
+        if self.dask_scheduler or self.dask_local:
+            import_distributed()  # Dask missing: said now, not after the support is encoded
 
 
 # Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.
@@ -119,8 +128,9 @@ SEGMENT_RANGES = {
     "tile_size": (32, None, False), "overlap": (0, None, False), "alpha": (0, ALPHA_MAX, True),
     "batch_size": (1, None, False), "workers": (0, MAX_WORKERS, False), "buffer": (0, None, False),
     "crf_bilateral_m": (0, 1e4, True), "min_area": (0, None, True), "simplify": (0, None, True),
+    "dask_local": (1, MAX_WORKERS, False),
 }
-_INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers"}
+_INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"}
 
 
 def options_inputs(image: str, support: str, options: SegmentOptions, shared: bool = False) -> Inputs:
@@ -288,6 +298,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         # The prototypes come from the support over every input: the whole list is part of each job.
         job_inputs = {"support": file_identity(support),
                       **({"inputs": [file_identity(job.image) for job in jobs]} if several else {})}
+        recipe = EncoderRecipe.of(options, encoder_info) if options.dask_scheduler or options.dask_local else None
         with tqdm(total=sum(len(job.tiles) for job in jobs), unit="tile", file=sys.stderr,
                   disable=not options.progress, desc="segment") as bar:
             results = []
@@ -297,8 +308,8 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                                                               **job_inputs), job.tiles, len(job.classifier.classes.ids),
                                       job.paths.probabilities is not None) if options.resume else None
                     journals += [journal] if journal else []
-                    results.append({**_segment_input(job, crf_backend, batch_size, workers, metadata, journal, bar),
-                                    **shared})
+                    results.append({**_segment_input(job, crf_backend, batch_size, workers, metadata, journal, bar,
+                                                     recipe), **shared})
                 _release(job.inputs)
         if not several:  # the whole run's time, the encoder and the support included
             results[0]["seconds"] = round(time.perf_counter() - started, 3)
@@ -353,9 +364,9 @@ def _supports(jobs: list[_Job], support: str) -> tuple[list[tuple], ClassInfo]:
 
 
 def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers: int, metadata: dict,
-                   journal: Journal | None, bar) -> dict:
+                   journal: Journal | None, bar, recipe: EncoderRecipe | None) -> dict:
     """One input's windows, written (after the journal's, with ``resume``) and finished in the staging
-    folder; returns its summary."""
+    folder, on the Dask cluster when there is a ``recipe``; returns its summary."""
     started = time.perf_counter()
     classifier = job.classifier
     options, paths, source, crs, tiles = job.options, job.paths, job.inputs.source, job.inputs.crs, job.tiles
@@ -374,9 +385,14 @@ def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers:
                                   options.creation_options)
             try:
                 resumed, resumed_rejected = journal.replay(writer) if journal else (0, 0)
-                run = WindowPipeline(ClippedSource(source, job.area) if job.area is not None else source, classifier,
-                                     writer, options.tile_size, refine, batch_size, workers, bar,
-                                     journal).run(journal.pending() if journal else tiles)
+                windows = ClippedSource(source, job.area) if job.area is not None else source
+                todo = journal.pending() if journal else tiles
+                if recipe is not None:
+                    run = run_on_dask(options.dask_scheduler, options.dask_local, windows, classifier, recipe,
+                                      options.device, todo, writer, options.tile_size, refine, batch_size, bar, journal)
+                else:
+                    run = WindowPipeline(windows, classifier, writer, options.tile_size, refine, batch_size, workers,
+                                         bar, journal).run(todo)
             finally:
                 writer.close()
         counts = run.counts + resumed

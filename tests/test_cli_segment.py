@@ -1120,3 +1120,15 @@ def test_sidecar_flags_name_their_files_from_each_input(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{stem}{suffix}" for stem in ("one", "two")
         for suffix in (".tif", ".tif.aux.xml", ".fgb", "_areas.csv", "_probabilities.tif"))
+
+
+def test_dask_options_fail_before_any_work(paths, tmp_path, monkeypatch):
+    out = tmp_path / "c.tif"
+    both = run(paths.chip, "-s", paths.support, "-o", out, "--dask-local", 2, "--dask-scheduler", "tcp://h:8786")
+    assert both.exit_code != 0
+    assert "--dask-local: give a Dask scheduler's address or a number of local workers, not both" in both.stderr
+    monkeypatch.setitem(sys.modules, "distributed", None)  # Dask not installed
+    missing = run(paths.chip, "-s", paths.support, "-o", out, "--dask-local", 2)
+    assert missing.exit_code != 0
+    assert "needs Dask distributed: pip install 'geoproto[dask]'" in missing.stderr
+    assert not list(tmp_path.iterdir())
