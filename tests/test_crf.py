@@ -139,15 +139,34 @@ def test_backend_resolution(monkeypatch):
         crf.resolve_backend("gpu", "cpu")
 
 
-def test_lattice_matrices_are_valid_csr():
-    """Sorted, unique columns in every row, as torch's CSR invariants (and CUDA's sparse products) want."""
+def test_lattice_sorted_for_cuda_is_valid_csr_and_filters_alike():
+    """On the CPU the slice's columns stay in vertex order (MKL takes them so); sorted, as CUDA's sparse
+    products want, the matrices are valid CSR (sorted, unique columns per row) and filter the same."""
     rng = np.random.default_rng(0)
     colours = torch.from_numpy(rng.integers(0, 255, (3, 40, 50)).astype(np.float32))
     features = torch.cat([crf_torch._pixel_grid(40, 50, 5.0, "cpu"), colours.reshape(3, -1).T / 13.0], 1)
-    lattice = crf_torch.Lattice(features, torch.arange(40 * 50) // 1000).normalise(10.0)
-    for matrix in [lattice._splat, lattice._slice, *lattice._blurs]:
+    segments = torch.arange(40 * 50) // 1000
+    lattice = crf_torch.Lattice(features, segments, sorted_columns=True).normalise(10.0)
+    for matrix in [lattice._splat, lattice._slice]:
         torch.sparse_csr_tensor(matrix.crow_indices(), matrix.col_indices(), matrix.values(), matrix.shape,
                                 check_invariants=True)  # raises if not
+    values = torch.from_numpy(rng.random((40 * 50, 3)).astype(np.float32))
+    unsorted = crf_torch.Lattice(features, segments, sorted_columns=False).normalise(10.0)
+    assert torch.allclose(lattice.filter(values), unsorted.filter(values), rtol=1e-5, atol=1e-6)
+
+
+def test_key_table_finds_present_keys_and_only_them():
+    """The vectorised hash table: keys crowded into a small range collide at every level; each present
+    query gets its key's index, each absent one the missing marker."""
+    rng = np.random.default_rng(1)
+    keys = torch.from_numpy(rng.choice(2 ** 40, 5000, replace=False))
+    table = crf_torch._KeyTable(keys)
+    assert len(table.levels) > 1  # collisions happened and were resolved
+    absent = torch.from_numpy(np.setdiff1d(rng.integers(0, 2 ** 40, 3000), keys.numpy()))
+    queries = torch.cat([keys[torch.randperm(5000)], absent]).view(2, -1)
+    found = table.find(queries, -1)
+    expected = {int(k): i for i, k in enumerate(keys)}
+    assert found.tolist() == [[expected.get(int(q), -1) for q in row] for row in queries]
 
 
 def test_kernel_too_narrow_for_the_lattice_is_a_clear_error():
