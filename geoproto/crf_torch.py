@@ -360,13 +360,15 @@ class _Blocks:
             start += rows * cols
         self.of_pixel = torch.cat(of_pixel)
         self.window = torch.cat(window)
-        self.pixels = torch.bincount(self.of_pixel, minlength=start).float()[:, None]
+        counts = torch.bincount(self.of_pixel, minlength=start)
+        self.pixels = counts.float()[:, None]
+        # Summing a block's pixels as a sparse (blocks x N) product: an index_add is serial on the CPU.
+        members = torch.sort(self.of_pixel, stable=True).indices
+        self._sum = _csr(counts, members, torch.ones(len(members), device=device), (start, len(self.of_pixel)))
 
     def total(self, values: torch.Tensor) -> torch.Tensor:
         """Per block, the sum of its pixels' values (N, C) -> (blocks, C)."""
-        if self.stride == 1:
-            return values
-        return values.new_zeros(len(self.window), values.shape[1]).index_add_(0, self.of_pixel, values)
+        return values if self.stride == 1 else self._sum @ values
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         return values if self.stride == 1 else self.total(values) / self.pixels
