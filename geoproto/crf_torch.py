@@ -101,7 +101,7 @@ class Lattice:
         starts = new_vertex.nonzero().squeeze(1)  # where each vertex's run of entries starts
         vertices = sorted_codes.index_select(0, starts)
         self.vertices = len(vertices)
-        self._entry_vertex = torch.empty_like(vertex_of_sorted).scatter_(0, order, vertex_of_sorted)
+        entry_vertex = torch.empty_like(vertex_of_sorted).scatter_(0, order, vertex_of_sorted)
         # Neighbours along lattice axis j: every coordinate -1 except coordinate j, +d (n1), and the
         # opposite (n2); for the last axis all d stored coordinates move (the (d+1)th is implied). A
         # missing neighbour is the extra vertex M, which always holds zero (its own neighbours are M).
@@ -115,7 +115,8 @@ class Lattice:
         n2 = torch.full_like(n1, self.vertices)
         n2.scatter_(1, n1[:, :-1], torch.arange(self.vertices, device=device).expand(d + 1, -1))
         n2[:, -1] = self.vertices
-        self._neighbours = torch.stack([n1, n2], 1)  # (d + 1, 2, M + 1)
+        # (d + 1, 2, M + 1), int32 where it fits: half the bytes to read at every blur.
+        self._neighbours = torch.stack([n1, n2], 1).to(torch.int32 if self.vertices < 2 ** 31 else torch.int64)
         # The splat's ((M + 1) x N) entries by vertex, the slice's weights by point; both weights kept to
         # fold the normalisation in later.
         self._points = points
@@ -126,7 +127,7 @@ class Lattice:
         self._splat = _csr(self._splat_counts, self._splat_points, self._splat_weights,
                            (self.vertices + 1, self._points))
         # The slice (N x (M + 1)): a point's d + 1 vertices, weighted.
-        self._slice_columns = self._entry_vertex
+        self._slice_columns = entry_vertex
         self._slice_weights = weights / (1.0 + 2.0 ** -d)
         if sorted_columns:
             columns, permutation = self._slice_columns.view(points, d + 1).sort(1)
