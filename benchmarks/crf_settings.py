@@ -59,7 +59,10 @@ SETTINGS = {
     "7.2m s3 w5": {"bilateral_m": 7.2, "bilateral_srgb": 3.0, "bilateral_compat": 5.0},
     "7.2m s8 w5": {"bilateral_m": 7.2, "bilateral_srgb": 8.0, "bilateral_compat": 5.0},
     "7.2m s5 w10": {"bilateral_m": 7.2, "bilateral_srgb": 5.0, "bilateral_compat": 10.0},
+    "12px s5 w5": {"bilateral_px": 12.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
+    "16px s5 w5": {"bilateral_px": 16.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
     "20px s5 w5": {"bilateral_px": 20.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
+    "24px s5 w5": {"bilateral_px": 24.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
     "40px s5 w5": {"bilateral_px": 40.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
     "80px s5 w5": {"bilateral_px": 80.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
     "40px s13 w10": {"bilateral_px": 40.0, "bilateral_srgb": 13.0, "bilateral_compat": 10.0},
@@ -112,9 +115,8 @@ def refine_windows(images: list[np.ndarray], probabilities: list[torch.Tensor], 
 
 # --- Dubai: the paper's protocol ---------------------------------------------------------------------
 
-def dubai_unrefined(root: Path, split: Path, encoder, shots: int, seeds: list[int]):
+def dubai_unrefined(data, encoder, shots: int, seeds: list[int]):
     """(images, per-seed probabilities, truth positions per patch, class names) as ``evaluate`` computes them."""
-    data = load_dataset("folder", str(root), split=str(split))
     classes = data.classes
     lookup = classes.positions()
     train, test = data.subset("train"), data.subset("test")
@@ -237,7 +239,8 @@ def validation(args) -> None:
     started = time.perf_counter()
     cases = []
     if "dubai" in args.datasets:
-        images, per_seed, truths, names = dubai_unrefined(args.root, VALIDATION_SPLIT, encoder, args.shots, seeds)
+        images, per_seed, truths, names = dubai_unrefined(
+            load_dataset("folder", str(args.root), split=str(VALIDATION_SPLIT)), encoder, args.shots, seeds)
         print(f"# Dubai area 5: {len(images)} patches, {len(seeds)} seeds, {args.shots}-shot "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         zero = {s: [confusion_matrix(t, p.float().argmax(0).numpy() + 1, len(names)) for p, t in zip(ps, truths)]
@@ -272,6 +275,38 @@ def validation(args) -> None:
     print(f"# {time.perf_counter() - started:.0f} s")
 
 
+def test(args) -> None:
+    """The chosen rule, measured once: Dubai area 6 through ``evaluate`` and SpaceNet through ``segment``."""
+    data = load_dataset("folder", str(args.root), split=str(TEST_SPLIT))
+    encoder = build_shipped(args.encoder)[0]
+    params = crf.params_for_resolution(DUBAI_PIXEL_M)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"# Dubai area 6 (test), {args.encoder}, seeds {args.seeds}, CRF {params}", flush=True)
+    for shots in (int(s) for s in args.test_shots.split(",")):
+        for refine in (False, True):
+            report = evaluate(data, encoder, shots, seeds, None, refine, torch.device("cpu"), progress=False,
+                              crf_params=params, crf_backend="torch")
+            mean, std = report["mean"], report["std"]
+            f1 = " ".join(f"{k[:5]} {100 * v:5.1f}" for k, v in mean["f1"].items() if v is not None)
+            print(f"dubai-6 {shots:>2}-shot CRF {'on ' if refine else 'off'}  OA {100 * mean['overall_accuracy']:.1f}"
+                  f" ± {100 * std['overall_accuracy']:.1f}  mIoU {100 * mean['mean_iou']:.1f}"
+                  f" ± {100 * std['mean_iou']:.1f}  F1 {f1}", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        image, support, _, score = encoder_choice.spacenet_domain(folder)
+        for refine in (False, True):
+            summary = segment(str(image), str(support), str(Path(folder) / "out.tif"), SegmentOptions(
+                encoder=args.encoder, crf=refine, crf_backend="torch", crf_params=crf.params_for_resolution(0.5),
+                crf_bilateral_m=None, progress=False, overwrite=True))
+            with rasterio.open(Path(folder) / "out.tif") as src:
+                matrix = score(src.read(1), summary)
+            result = summarise(matrix, ["building", "other"])
+            vetoed = summary["crf"].get("tiles_kept_unrefined", 0)
+            print(f"spacenet CRF {'on ' if refine else 'off'}  building IoU {result['classes']['building']['iou']:.3f}"
+                  f"  OA {100 * result['overall_accuracy']:.1f}  F1 building "
+                  f"{100 * result['classes']['building']['f1']:.1f} other {100 * result['classes']['other']['f1']:.1f}"
+                  f"  vetoed {vetoed}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="folder of the Dubai aerial tiles")
@@ -281,9 +316,10 @@ def main() -> None:
     parser.add_argument("--settings", default="", help=f"comma-separated, of: {', '.join(SETTINGS)}")
     parser.add_argument("--datasets", default="dubai,spacenet,pivots")
     parser.add_argument("--test", action="store_true", help="measure the chosen rule once on the test data")
+    parser.add_argument("--test-shots", default="1,5,10")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    validation(args)
+    (test if args.test else validation)(args)
 
 
 if __name__ == "__main__":

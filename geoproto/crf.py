@@ -28,6 +28,9 @@ DEFAULT_BACKEND = "auto"
 PAPER_PIXEL_SIZE_M = 0.09
 PAPER_BILATERAL_SXY_PX = 80.0
 DEFAULT_BILATERAL_M = PAPER_BILATERAL_SXY_PX * PAPER_PIXEL_SIZE_M  # 7.2 m
+# The resolution rule's bilateral width (``params_for_resolution``), chosen on validation data.
+RULE_BILATERAL_M = 3.6
+MIN_BILATERAL_PX = 16.0
 
 
 @dataclass(frozen=True)
@@ -78,14 +81,22 @@ def bilateral_sxy_pixels(metres: float, pixel_size_m: float | None) -> float:
     return float(np.clip(metres / pixel_size_m, 3.0, PAPER_BILATERAL_SXY_PX))
 
 
-def params_for_resolution(pixel_size_m: float | None, bilateral_m: float = DEFAULT_BILATERAL_M,
+def params_for_resolution(pixel_size_m: float | None, bilateral_m: float | None = None,
                           **overrides) -> CRFParams:
     """The CRF settings for a raster whose pixels are ``pixel_size_m`` metres wide (None: no metric grid).
 
-    ``overrides`` are CRFParams fields (``bilateral_sxy`` in pixels wins over ``bilateral_m``).
+    The rule: the bilateral kernel spans the wider of RULE_BILATERAL_M on the ground and MIN_BILATERAL_PX
+    (two stride-8 feature cells: the model's labels are blurred at that scale whatever the resolution),
+    at most the paper's 80 px; colour range 5, weight 5; Gaussian 3 px, weight 3. ``bilateral_m`` (a width the user asked for, honoured down to 3 px) replaces the
+    rule's width; ``overrides`` are CRFParams fields (``bilateral_sxy`` in pixels wins over both).
     """
-    fields = {"bilateral_sxy": bilateral_sxy_pixels(bilateral_m, pixel_size_m)}
-    return CRFParams(**{**fields, **overrides})
+    if bilateral_m is not None:
+        sxy = bilateral_sxy_pixels(bilateral_m, pixel_size_m)
+    elif pixel_size_m:
+        sxy = float(np.clip(RULE_BILATERAL_M / pixel_size_m, MIN_BILATERAL_PX, PAPER_BILATERAL_SXY_PX))
+    else:
+        sxy = MIN_BILATERAL_PX
+    return CRFParams(**{"bilateral_sxy": sxy, **overrides})
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:

@@ -201,3 +201,43 @@ def test_guard_rule_on_counts():
     # A window that was one class with a little noise may become one class.
     assert crf.keeps_classes(np.array([950, 30, 20]), np.array([1000, 0, 0]), params)
     assert crf.keeps_classes(np.zeros(3, int), np.zeros(3, int), params)  # an empty window: nothing to guard
+
+
+def test_kernels_per_ground_resolution():
+    """The wider of 3.6 m and 16 px (two feature cells), at most the paper's 80 px; a width asked for in
+    metres is honoured down to 3 px; explicit fields win."""
+    assert crf.params_for_resolution(0.09).bilateral_sxy == pytest.approx(40.0)  # the paper's 9 cm tiles
+    assert crf.params_for_resolution(0.15).bilateral_sxy == pytest.approx(24.0)
+    for coarse in (0.3, 0.5, 30.0):  # Dubai, SpaceNet, Landsat: the 16 px floor
+        assert crf.params_for_resolution(coarse).bilateral_sxy == pytest.approx(16.0)
+    assert crf.params_for_resolution(0.01).bilateral_sxy == pytest.approx(80.0)
+    assert crf.params_for_resolution(None).bilateral_sxy == pytest.approx(16.0)
+    assert crf.params_for_resolution(0.5, bilateral_m=3.0).bilateral_sxy == pytest.approx(6.0)
+    assert crf.params_for_resolution(30.0, bilateral_m=7.2).bilateral_sxy == pytest.approx(3.0)
+    params = crf.params_for_resolution(0.5, bilateral_sxy=40.0, bilateral_srgb=13.0)
+    assert (params.bilateral_sxy, params.bilateral_srgb, params.bilateral_compat) == (40.0, 13.0, 5.0)
+    with pytest.raises(GeoprotoError, match="CRF bilateral_srgb"):
+        crf.params_for_resolution(0.5, bilateral_srgb=float("nan"))
+
+
+@pytest.mark.slow
+def test_crf_raises_accuracy_on_real_dubai_tiles(dubai):
+    """The paper's protocol on real Dubai tiles (supports from area 1, queries from areas 2 and 3; area 6
+    is the test split the benchmark measures once), the default encoder: CRF-on OA is above CRF-off OA
+    and no class collapses. (Vegetation, small patches here, loses 6 of its 20 F1 points on these 8
+    patches: measured, not hidden; on the 81 patches of validation area 5 no class lost F1.)"""
+    from geoproto.evaluation import evaluate
+    from geoproto.models import DEFAULT_ENCODER, build_shipped
+    from geoproto.training import load_dataset
+
+    data = load_dataset("folder", str(dubai), holdout="image_part_00(5t2|3t3)$")
+    data.splits["train"] = [n for n in data.splits["train"] if n.endswith("t1")]
+    assert sorted(data.splits["test"]) == ["image_part_003t3", "image_part_005t2"]
+    encoder = build_shipped(DEFAULT_ENCODER)[0]
+    off, on = (evaluate(data, encoder, 3, [0], None, refine, torch.device("cpu"), progress=False,
+                        crf_params=crf.params_for_resolution(0.3), crf_backend="torch")["runs"][0]
+               for refine in (False, True))
+    assert on["overall_accuracy"] > off["overall_accuracy"]
+    for name, scores in off["classes"].items():
+        if scores["f1"] is not None:
+            assert on["classes"][name]["f1"] >= 0.6 * scores["f1"], name
