@@ -255,7 +255,8 @@ def validation(args) -> None:
                     keep = [crf.keeps_classes(w.before, w.after, guard) for w in seed_windows]
                     vetoed += keep.count(False)
                     matrices.append(sum(w.refined if k else w.unrefined for w, k in zip(seed_windows, keep)))
-                print(row("dubai-5", setting, guard_name, matrices, names, vetoed, len(images) * len(seeds)), flush=True)
+                print(row("dubai-5", setting, guard_name, matrices, names, vetoed, len(images) * len(seeds)),
+                      flush=True)
             print(f"#   ({time.perf_counter() - t0:.0f} s)", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         if "spacenet" in args.datasets:

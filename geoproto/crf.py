@@ -9,9 +9,9 @@ workers import it.
 The paper's kernels are in pixels for 9 cm imagery (Gaussian sxy 3; bilateral sxy 80, srgb 13): 80 px
 is about 7 m on the ground. Applied unchanged at coarser resolution the bilateral kernel spans tens of
 metres and wipes out small classes (measured at 0.36 m: car F1 15 -> 7; on a 0.5 m chip the whole tile
-became one class). So the bilateral range is set in metres (default 7.2 m, the paper's footprint) and
-converted with the raster's pixel size, and a tile whose CRF result lost a class that covered a
-noticeable share of it keeps its unrefined labels.
+became one class), while a width in metres alone vanishes on coarse imagery (7.2 m is 0.24 px at 30 m).
+So ``params_for_resolution`` sets the width from the pixel size, with a floor in pixels, and a window
+whose CRF result collapsed (``keeps_classes``) keeps its unrefined labels.
 """
 
 from __future__ import annotations
@@ -87,8 +87,10 @@ def params_for_resolution(pixel_size_m: float | None, bilateral_m: float | None 
 
     The rule: the bilateral kernel spans the wider of RULE_BILATERAL_M on the ground and MIN_BILATERAL_PX
     (two stride-8 feature cells: the model's labels are blurred at that scale whatever the resolution),
-    at most the paper's 80 px; colour range 5, weight 5; Gaussian 3 px, weight 3. ``bilateral_m`` (a width the user asked for, honoured down to 3 px) replaces the
-    rule's width; ``overrides`` are CRFParams fields (``bilateral_sxy`` in pixels wins over both).
+    at most the paper's 80 px; colour range 5, weight 5; Gaussian 3 px, weight 3 (validation figures:
+    ``benchmarks/crf_settings.py``, the README's DenseCRF entry). ``bilateral_m``, a width the user asked
+    for (honoured down to 3 px), replaces the rule's; ``overrides`` are CRFParams fields
+    (``bilateral_sxy`` in pixels wins over both).
     """
     if bilateral_m is not None:
         sxy = bilateral_sxy_pixels(bilateral_m, pixel_size_m)
