@@ -124,29 +124,6 @@ def test_batch_of_windows_matches_each_window_alone(dubai, stride):
         assert np.abs(together[1, :, :301, :250].numpy() - reference).max() < 1e-3
 
 
-def test_guard_keeps_window_unrefined_in_both_backends():
-    """A class that wins by a hair on a strip of 5% of a flat window is swallowed by its neighbour: both
-    backends keep the window's unrefined probabilities, and say so."""
-    image = np.full((3, WINDOW, WINDOW), 0.5, np.float32)
-    weak = np.full((2, WINDOW, WINDOW), 0.3, np.float32)
-    weak[0, :, :20] = 0.51
-    weak[1] = 1 - weak[0]
-    params = crf.CRFParams(bilateral_sxy=24.0)
-    reference, reference_kept, refined, kept = _both_backends(image, weak, params)
-    assert not reference_kept and not kept
-    assert np.array_equal(refined, weak) and np.array_equal(reference, weak)
-    unguarded = crf.CRFParams(bilateral_sxy=24.0, guard_keep=0.0)  # what the guard prevented
-    assert crf_torch.refine_batch(torch.from_numpy(image)[None], torch.from_numpy(weak)[None],
-                                  unguarded)[0][0].argmax(0).min() == 1
-
-
-def test_guard_rule():
-    params = crf.CRFParams()  # a class with >= 2% of the pixels must keep >= 20% of them
-    assert crf.keeps_classes(np.array([900, 100]), np.array([980, 20]), params)  # kept exactly 20%
-    assert not crf.keeps_classes(np.array([900, 100]), np.array([981, 19]), params)
-    assert crf.keeps_classes(np.array([990, 10]), np.array([1000, 0]), params)  # 1%: may vanish
-
-
 def test_backend_resolution(monkeypatch):
     """auto: pydensecrf2's pool on a CPU where it is installed, torch on a GPU or without it; asking for
     densecrf without it fails early, naming the fix."""
@@ -196,3 +173,112 @@ def test_kernel_too_narrow_for_the_lattice_is_a_clear_error():
     probabilities = torch.softmax(torch.rand(1, 2, 64, 64), 1)
     with pytest.raises(GeoprotoError, match="kernel widths too small.*--crf-bilateral-srgb"):
         crf_torch.refine_batch(image, probabilities, crf.CRFParams(bilateral_sxy=0.01, bilateral_srgb=0.01))
+
+
+# --- the guard against collapse, and the kernels per ground resolution ---------------------------------
+
+def _refine_unguarded_and_guarded(image, probabilities, params):
+    """(unguarded refined labels, whether the guard keeps them) with the torch backend, and the guarded
+    result of both backends (which must agree)."""
+    import dataclasses
+
+    unguarded = dataclasses.replace(params, guard_keep=0.0, collapse_lost=1.0)
+    refined = crf_torch.refine_batch(torch.from_numpy(image)[None], torch.from_numpy(probabilities)[None],
+                                     unguarded)[0][0].numpy()
+    return refined.argmax(0), _both_backends(image, probabilities, params)
+
+
+def test_guard_vetoes_a_window_collapsing_into_one_class():
+    """Flat colours, three classes, two of them winning by a hair (30 % and 15 % of the window): the
+    paper's kernels (80 px, colour range 13, weight 10) turn the window into one class; both backends
+    keep its unrefined labels. The kernels of the resolution rule leave all three classes."""
+    image = np.full((3, WINDOW, WINDOW), 0.5, np.float32)
+    probabilities = np.full((3, WINDOW, WINDOW), 0.1, np.float32)
+    probabilities[0] = 0.8
+    probabilities[:, :, 230:355] = np.array([0.3, 0.4, 0.3], np.float32)[:, None, None]
+    probabilities[:, :, 355:] = np.array([0.3, 0.3, 0.4], np.float32)[:, None, None]
+    paper = crf.CRFParams(bilateral_sxy=80.0, bilateral_srgb=13.0, bilateral_compat=10.0)
+    collapsed, (reference, reference_kept, refined, kept) = _refine_unguarded_and_guarded(image, probabilities, paper)
+    assert np.all(collapsed == 0)  # what the guard prevents
+    assert not reference_kept and not kept
+    assert np.array_equal(refined, probabilities) and np.array_equal(reference, probabilities)
+    labels, (_, _, _, kept) = _refine_unguarded_and_guarded(image, probabilities, crf.params_for_resolution(0.3))
+    assert kept and set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_guard_lets_a_window_lose_a_speckle_class(dubai):
+    """A real Dubai window whose model output has a false class speckled over 3 % of it in 3x3 blobs: the
+    CRF erases the speckle and the window is refined (the 2 % rule vetoed it), gaining accuracy."""
+    image, truth, classes = _dubai_window(dubai, "image_part_003t3")
+    probabilities = np.concatenate([_noisy_probabilities(truth, classes, seed=3),
+                                    np.zeros((1, WINDOW, WINDOW), np.float32)])
+    speckle = np.zeros((WINDOW, WINDOW), bool)
+    for row, col in np.random.default_rng(0).integers(0, WINDOW - 3, (600, 2)):
+        speckle[row:row + 3, col:col + 3] = True
+    probabilities[classes][speckle] = 1.1 * probabilities[:classes].max(0)[speckle]
+    probabilities /= probabilities.sum(0, keepdims=True)
+    unrefined = probabilities.argmax(0)
+    assert 0.025 < (unrefined == classes).mean() < 0.035
+    params = crf.params_for_resolution(0.3)
+    _, (reference, reference_kept, refined, kept) = _refine_unguarded_and_guarded(image, probabilities, params)
+    assert reference_kept and kept
+    assert (refined.argmax(0) == classes).mean() < 0.001
+    assert (refined.argmax(0) == truth).mean() > (unrefined == truth).mean() + 0.05
+    before, after = (np.bincount(p.argmax(0).ravel(), minlength=classes + 1) for p in (probabilities, refined))
+    assert not crf.keeps_classes(before, after, crf.CRFParams(guard_share=0.02, guard_keep=0.2))
+
+
+def test_guard_rule_on_counts():
+    params = crf.CRFParams()
+    assert crf.keeps_classes(np.array([600, 370, 30]), np.array([620, 380, 0]), params)  # a 3 % class vanishes
+    assert crf.keeps_classes(np.array([800, 150, 50]), np.array([870, 130, 0]), params)  # 5 % gone, rest stays
+    assert crf.keeps_classes(np.array([700, 220, 80]), np.array([760, 240, 0]), params)  # 8 %: may vanish
+    assert not crf.keeps_classes(np.array([600, 300, 100]), np.array([600, 400, 0]), params)  # 10 % class gone
+    assert not crf.keeps_classes(np.array([600, 300, 100]), np.array([760, 59, 181]), params)  # 30 % keeps < 20 %
+    assert crf.keeps_classes(np.array([600, 300, 100]), np.array([640, 60, 300]), params)  # keeps 20 %
+    assert not crf.keeps_classes(np.array([300, 700]), np.array([900, 100]), params)  # the dominant class goes
+    # Two small classes together 12 %, erased: the window is left one class.
+    assert not crf.keeps_classes(np.array([880, 60, 60]), np.array([1000, 0, 0]), params)
+    # A window that was one class with a little noise may become one class.
+    assert crf.keeps_classes(np.array([950, 30, 20]), np.array([1000, 0, 0]), params)
+    assert crf.keeps_classes(np.zeros(3, int), np.zeros(3, int), params)  # an empty window: nothing to guard
+
+
+def test_kernels_per_ground_resolution():
+    """The wider of 3.6 m and 16 px (two feature cells), at most the paper's 80 px; a width asked for in
+    metres is honoured down to 3 px; explicit fields win."""
+    assert crf.params_for_resolution(0.09).bilateral_sxy == pytest.approx(40.0)  # the paper's 9 cm tiles
+    assert crf.params_for_resolution(0.15).bilateral_sxy == pytest.approx(24.0)
+    for coarse in (0.3, 0.5, 30.0):  # Dubai, SpaceNet, Landsat: the 16 px floor
+        assert crf.params_for_resolution(coarse).bilateral_sxy == pytest.approx(16.0)
+    assert crf.params_for_resolution(0.01).bilateral_sxy == pytest.approx(80.0)
+    assert crf.params_for_resolution(None).bilateral_sxy == pytest.approx(16.0)
+    assert crf.params_for_resolution(0.5, bilateral_m=3.0).bilateral_sxy == pytest.approx(6.0)
+    assert crf.params_for_resolution(30.0, bilateral_m=7.2).bilateral_sxy == pytest.approx(3.0)
+    params = crf.params_for_resolution(0.5, bilateral_sxy=40.0, bilateral_srgb=13.0)
+    assert (params.bilateral_sxy, params.bilateral_srgb, params.bilateral_compat) == (40.0, 13.0, 5.0)
+    with pytest.raises(GeoprotoError, match="CRF bilateral_srgb"):
+        crf.params_for_resolution(0.5, bilateral_srgb=float("nan"))
+
+
+@pytest.mark.slow
+def test_crf_raises_accuracy_on_real_dubai_tiles(dubai):
+    """The paper's protocol on real Dubai tiles (supports from area 1, queries from areas 2 and 3; area 6
+    is the test split the benchmark measures once), the default encoder: CRF-on OA is above CRF-off OA
+    and no class collapses. (Vegetation, small patches here, loses 6 of its 20 F1 points on these 8
+    patches: measured, not hidden; on the 81 patches of validation area 5 no class lost F1.)"""
+    from geoproto.evaluation import evaluate
+    from geoproto.models import DEFAULT_ENCODER, build_shipped
+    from geoproto.training import load_dataset
+
+    data = load_dataset("folder", str(dubai), holdout="image_part_00(5t2|3t3)$")
+    data.splits["train"] = [n for n in data.splits["train"] if n.endswith("t1")]
+    assert sorted(data.splits["test"]) == ["image_part_003t3", "image_part_005t2"]
+    encoder = build_shipped(DEFAULT_ENCODER)[0]
+    off, on = (evaluate(data, encoder, 3, [0], None, refine, torch.device("cpu"), progress=False,
+                        crf_params=crf.params_for_resolution(0.3), crf_backend="torch")["runs"][0]
+               for refine in (False, True))
+    assert on["overall_accuracy"] > off["overall_accuracy"]
+    for name, scores in off["classes"].items():
+        if scores["f1"] is not None:
+            assert on["classes"][name]["f1"] >= 0.6 * scores["f1"], name
