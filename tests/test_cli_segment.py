@@ -159,7 +159,7 @@ def test_densecrf_backend_not_installed(paths, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(paths.chip, "--support", paths.support, "-o", out, "--crf-backend", "densecrf"), out,
-                          "--crf-backend densecrf needs pydensecrf2", "pip install 'geoproto[crf]'")
+                          "--crf-backend: densecrf needs pydensecrf2", "pip install 'geoproto[crf]'")
 
 
 def test_unreadable_raster(paths, tmp_path):

@@ -28,7 +28,8 @@ from .options import (apply, crf_backend_option, dataset_options, encoder_option
 @crf_backend_option
 @click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]), default=CRFParams.bilateral_sxy,
               show_default=True,
-              help="Bilateral kernel width in pixels (the paper's 80 for 9 cm imagery).")
+              help="Bilateral kernel width in pixels (16: the resolution rule's floor; the paper's 80 is for 9 cm "
+                   "imagery).")
 @click.option("--train-split", default="train", show_default=True, help="Split the supports come from.")
 @click.option("--test-split", default="test", show_default=True, help="Split the queries come from.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
