@@ -5,16 +5,19 @@ from __future__ import annotations
 import click
 
 from ..segment import DEFAULT_FOLDS, MAX_FOLDS, SegmentOptions, check_support
-from .options import (apply, encoder_options, handle_errors, integer, not_stdio, number, print_json, printable,
-                      support_options)
+from .options import (bands_option, batch_size_option, device_option, encoder_options, handle_errors, integer,
+                      not_stdio, number, print_json, printable, support_options)
 
 
 @click.command("check-support")
 @click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
 @click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons.")
-@apply(support_options)
-@apply(encoder_options)
+@support_options
+@encoder_options
+@bands_option
+@device_option
+@batch_size_option
 @click.option("--folds", type=integer(2, MAX_FOLDS), default=DEFAULT_FOLDS, show_default=True)
 @click.option("--group-distance", type=number(0),
               help="Polygons closer than this many pixels share a fold [default: 32].")

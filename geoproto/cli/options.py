@@ -193,19 +193,36 @@ def integer_list(minimum: int, maximum: int | None = None):
     return parse
 
 
-encoder_options = [
-    click.option("--encoder", type=click.Choice(["auto", *shipped_names()]), default=DEFAULT_ENCODER, show_default=True,
-                 help="Shipped encoder; auto cross-validates each on the support polygons and keeps the best."),
-    click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE, show_default=True,
-                 help="Encoder architecture (ignored with --checkpoint, which names its own)."),
-    click.option("--checkpoint", type=click.Path(dir_okay=False), help="A trained geoproto checkpoint."),
-    click.option("--init-weights", type=click.Path(dir_okay=False),
-                 help="ImageNet trunk weights in torchvision's layout (resnet50, vgg16)."),
-    click.option("--bands", callback=parse_bands, help="1 or 3 band numbers, e.g. 4,3,2 [default: first three]."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-    click.option("--batch-size", type=Number(1, integer=True),
-                 help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
-]
+# Each option several commands share is declared once, as one named decorator; groups of options that
+# always travel together are one decorator too (rio's ``options.py`` layout).
+
+def _chain(*decorators):
+    """One decorator applying ``decorators`` so that their options are listed in the order given."""
+    def decorate(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return decorate
+
+
+encoder_option = click.option(
+    "--encoder", type=click.Choice(["auto", *shipped_names()]), default=DEFAULT_ENCODER, show_default=True,
+    help="Shipped encoder; auto cross-validates each on the support polygons and keeps the best.")
+backbone_option = click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE,
+                               show_default=True, help="Encoder architecture.")
+checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False),
+                                 help="A trained geoproto checkpoint (it names its own --backbone).")
+init_weights_option = click.option("--init-weights", type=click.Path(dir_okay=False),
+                                   help="ImageNet trunk weights in torchvision's layout (resnet50, vgg16).")
+bands_option = click.option("--bands", callback=parse_bands,
+                            help="1 or 3 band numbers, e.g. 4,3,2 [default: first three].")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True)
+batch_size_option = click.option("--batch-size", type=Number(1, integer=True),
+                                 help="Windows per batch [default: 1 on CPU, 16 on CUDA].")
+encoder_options = _chain(encoder_option, backbone_option, checkpoint_option, init_weights_option)
+"""Which encoder: a shipped one by name, or an architecture with a checkpoint or ImageNet weights."""
+
 workers_option = click.option("--workers", type=Number(0, MAX_WORKERS, integer=True),
                               help="DenseCRF worker processes for --crf-backend densecrf [default: one per core; "
                                    "0: none].")
@@ -215,7 +232,7 @@ crf_backend_option = click.option(
          "densecrf (pydensecrf2, pip install 'geoproto[crf]'; one process per core); auto: torch on a GPU, "
          "densecrf on a CPU where it is installed.")
 
-dataset_options = [
+dataset_options = _chain(
     click.option("--dataset", type=click.Choice(["isprs", "pascal5i", "folder"]), required=True,
                  help="Layout of --root: ISPRS downloads, VOC2012 + SegmentationClassAug, or images/ + masks/."),
     click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's folder."),
@@ -224,14 +241,14 @@ dataset_options = [
     click.option("--isprs-bands", "bands", type=click.Choice(["IRRG", "RGB"], case_sensitive=False), default="IRRG",
                  show_default=True, help="ISPRS image bands (Potsdam has both)."),
     click.option("--eroded", is_flag=True, help="ISPRS: use the eroded-boundary ground truth."),
-    click.option("--dsm", is_flag=True, help="ISPRS: add the DSM as a channel (backbones with a 4-band stem)."),
     click.option("--downsample", type=Number(1, 64, integer=True), help="ISPRS: read at 1/N resolution [Potsdam: 2]."),
     click.option("--fold", type=Number(0, 3, integer=True), help="PASCAL-5i fold (its 5 classes are unseen)."),
     click.option("--split", type=click.Path(dir_okay=False), help="JSON of split name -> image names."),
     click.option("--holdout", help="folder: regular expression of image names forming the test split."),
-]
+)
+"""The labelled dataset ``train`` and ``evaluate`` read (``training.load_dataset``'s arguments)."""
 
-support_options = [
+support_options = _chain(
     click.option("--class-field", help="Vector field holding the class [default: detected]."),
     click.option("--layer", help="Vector layer, for files with several."),
     click.option("--support-crs", help="CRS of the support vector, overriding what it declares (e.g. EPSG:32616)."),
@@ -242,16 +259,9 @@ support_options = [
                  help="Buffer point and line support by this distance (raster CRS units, e.g. metres)."),
     click.option("--support-image", type=click.Path(dir_okay=False),
                  help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery)."),
-]
+)
+"""How the support labels are read and placed on the raster."""
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar nor closing message.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 
-
-def apply(options):
-    """Decorate a command with a list of options, in order."""
-    def decorator(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return decorator
