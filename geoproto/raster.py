@@ -147,17 +147,17 @@ def _pad(array: np.ndarray, pad: tuple) -> np.ndarray:
 def _choose_bands(src: rasterio.io.DatasetReader, bands: list[int] | None) -> list[int]:
     if bands:
         if len(bands) not in (1, 3):
-            raise GeoprotoError(f"--bands takes 1 or 3 band numbers, got {len(bands)}")
+            raise GeoprotoError(f"takes 1 or 3 band numbers, got {len(bands)}", param="bands")
         bad = [b for b in bands if not 1 <= b <= src.count]
         if bad:
-            raise GeoprotoError(f"{src.name}: has {src.count} band(s); no band {bad[0]}")
+            raise GeoprotoError(f"{src.name}: has {src.count} band(s); no band {bad[0]}", param="bands")
         return list(bands)
     data_bands = [i for i, ci in zip(src.indexes, src.colorinterp) if ci != ColorInterp.alpha]
     if len(data_bands) >= 3:
         return data_bands[:3]
     if len(data_bands) == 1:
         return data_bands
-    raise GeoprotoError(f"{src.name}: {len(data_bands)} data bands; choose 1 or 3 with --bands")
+    raise GeoprotoError(f"{src.name}: {len(data_bands)} data bands; choose 1 or 3 of them", param="bands")
 
 
 def stretch(data: np.ndarray, scale: list[tuple[float, float]]) -> np.ndarray:

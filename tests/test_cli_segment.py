@@ -576,7 +576,7 @@ def test_nan_numbers_from_python_are_refused(field):
     from geoproto.errors import GeoprotoError
     from geoproto.segment import SegmentOptions
 
-    with pytest.raises(GeoprotoError, match=f"{field} must be a finite number, got nan"):
+    with pytest.raises(GeoprotoError, match=f"{field}: must be a finite number, got nan"):
         SegmentOptions(**{field: float("nan")})
 
 

@@ -563,7 +563,7 @@ def test_malformed_split_files_are_refused_by_name(colour_folder, vaihingen, tmp
 
 def test_holdout_that_is_not_a_regular_expression(colour_folder):
     root, _ = colour_folder
-    with pytest.raises(GeoprotoError, match=r"--holdout '\(\[': not a regular expression"):
+    with pytest.raises(GeoprotoError, match=r"holdout: '\(\[' is not a regular expression"):
         load_folder(str(root), holdout="([")
 
 

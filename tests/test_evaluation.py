@@ -206,7 +206,7 @@ def test_evaluate_report_into_a_missing_folder_is_refused_before_any_work(tmp_pa
 def test_evaluate_refuses_a_nan_alpha_from_python():
     from geoproto.errors import GeoprotoError
 
-    with pytest.raises(GeoprotoError, match="alpha must be a finite number, got nan"):
+    with pytest.raises(GeoprotoError, match="alpha: must be a finite number, got nan"):
         evaluate(None, None, 1, [0], None, False, None, alpha=float("nan"))
 
 

@@ -249,7 +249,7 @@ def test_two_outputs_on_one_file_are_refused(tmp_path):
     staged = StagedOutputs(overwrite=True)
     staged.stage(str(tmp_path / "c.tif"), "--output")
     os.symlink(tmp_path / "c.tif", tmp_path / "p.tif")
-    with pytest.raises(GeoprotoError, match="--probabilities .*p.tif: is also --output"):
+    with pytest.raises(GeoprotoError, match="--probabilities: .*p.tif: is also --output"):
         staged.stage(str(tmp_path / "p.tif"), "--probabilities")
     staged.discard()
     assert os.listdir(tmp_path) == ["p.tif"]

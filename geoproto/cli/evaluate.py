@@ -46,7 +46,7 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
     staged = StagedOutputs(overwrite=True, inputs={"--checkpoint": checkpoint, "--init-weights": init_weights,
                                                    "--split": split})
     with staged:
-        report_tmp = staged.stage(report, "--report") if report else None
+        report_tmp = staged.stage(report, "report") if report else None
         data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,
                             split=split, holdout=holdout)
         model, info = select_encoder(encoder, backbone, checkpoint, init_weights)

@@ -51,7 +51,8 @@ def handle_errors(command):
         except GeoprotoError as exc:
             if debug:
                 raise
-            raise click.ClickException(printable(exc)) from None
+            where = f"{option_hint(exc.param)}: " if exc.param else ""
+            raise click.ClickException(printable(where + exc.message)) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -72,6 +73,22 @@ def handle_errors(command):
                                        f"details)")
 
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
+
+
+def option_hint(param: str) -> str:
+    """How the running command spells the library parameter ``param``: the flag of the option whose
+    name it is (``overwrite`` -> ``--overwrite``, ``classes_file`` -> ``--classes``) or the option
+    spelled after it (``classes`` -> ``--classes``), the metavar of such an argument, else ``param``."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.command.params if ctx is not None else []
+    flag = "--" + param.replace("_", "-")
+    for match in ([p for p in params if p.name == param], [p for p in params if flag in getattr(p, "opts", ())]):
+        if match:
+            option = match[0]
+            if isinstance(option, click.Option):
+                return max(option.opts, key=len)
+            return option.human_readable_name
+    return param
 
 
 def command_line(ctx: click.Context) -> str:
@@ -156,7 +173,7 @@ class Number(click.ParamType):
         try:
             return check_number("value", number, **self.bounds)
         except GeoprotoError as exc:
-            self.fail(f"{str(exc).removeprefix('value ')}.", param, ctx)
+            self.fail(f"{exc.message}.", param, ctx)
 
     def get_metavar(self, param, ctx=None):
         return "INTEGER" if self.bounds["integer"] else "FLOAT"
@@ -189,7 +206,7 @@ def integer_list(minimum: int, maximum: int | None = None):
         except ValueError:
             raise click.BadParameter(f"{value!r}: give whole numbers separated by commas, e.g. 1,2,3") from None
         except GeoprotoError as exc:
-            raise click.BadParameter(f"each {str(exc).removeprefix('value ')}") from None
+            raise click.BadParameter(f"each {exc.message}") from None
     return parse
 
 

@@ -50,7 +50,7 @@ def shipped_names() -> list[str]:
 def build_shipped(name: str) -> tuple[nn.Module, dict]:
     """The shipped encoder called ``name`` and its description."""
     if name not in shipped_names():
-        raise GeoprotoError(f"unknown encoder {name!r} (shipped: {', '.join(shipped_names())})")
+        raise GeoprotoError(f"unknown encoder {name!r} (shipped: {', '.join(shipped_names())})", param="encoder")
     parts = name.split("+")
     built = [build_encoder() if part == "imagenet" else load_checkpoint(str(TRAINED[part])) for part in parts]
     if len(built) == 1:
@@ -59,12 +59,19 @@ def build_shipped(name: str) -> tuple[nn.Module, dict]:
     return ConcatEncoder([e for e, _ in built]).eval(), {"name": name, "parts": [info for _, info in built]}
 
 
-def select_encoder(name: str, backbone: str, checkpoint: str | None, init_weights: str | None):
-    """An explicit ``--checkpoint`` or ``--backbone``/``--init-weights`` wins over the shipped ``name``."""
+def is_explicit(backbone: str, checkpoint: str | None, init_weights: str | None) -> bool:
+    """Whether the caller chose an encoder of their own (a checkpoint, initial weights or another
+    backbone), which wins over any shipped encoder name."""
     from .encoder import DEFAULT_BACKBONE
 
-    if checkpoint or init_weights or backbone != DEFAULT_BACKBONE:
+    return bool(checkpoint or init_weights or backbone != DEFAULT_BACKBONE)
+
+
+def select_encoder(encoder: str, backbone: str, checkpoint: str | None, init_weights: str | None):
+    """The explicit encoder (see ``is_explicit``) if there is one, else the shipped ``encoder``."""
+    if is_explicit(backbone, checkpoint, init_weights):
         return build_encoder(backbone, checkpoint, init_weights)
-    if name == "auto":
-        raise GeoprotoError("--encoder auto chooses by cross-validating support polygons; name an encoder here")
-    return build_shipped(name)
+    if encoder == "auto":
+        raise GeoprotoError("auto chooses by cross-validating support polygons, which only segment and "
+                            "check-support have; name a shipped encoder", param="encoder")
+    return build_shipped(encoder)
