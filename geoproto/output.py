@@ -70,7 +70,8 @@ def gdal_write_errors(path: str):
 
 STAGING_PREFIX = ".geoproto-"
 # Staging folders are ``.geoproto-<pid>-<random>`` (tempfile.mkdtemp); ``.<stem>.partial-<pid><ext>``
-# are the temporary files of earlier versions. Both are removed by a later run once their process is gone.
+# are the temporary files older releases wrote beside the target, which a killed run of theirs may have
+# left. Both are removed by a later run once their process is gone.
 _STAGING_FOLDER = re.compile(r"^\.geoproto-(\d+)-[a-z0-9_]{8}$")
 
 

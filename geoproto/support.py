@@ -24,7 +24,7 @@ from .errors import GeoprotoError
 from .raster import open_raster, path_exists, read_error
 from .tiling import Tile
 
-# Field names taken as the class column, in this order; anything else must be named with --class-field
+# Field names taken as the class column, in this order; anything else must be named (``class_field``)
 # (unless it is the file's only field): generic names like "name" or "id" rarely hold land-cover classes.
 CLASS_FIELD_CANDIDATES = ("class", "class_name", "classname", "class_id", "label", "landcover", "land_cover",
                           "category")
@@ -111,14 +111,14 @@ class RasterLabels:
             self.dataset, crs=reference.crs, transform=reference.transform, width=reference.width,
             height=reference.height, resampling=Resampling.nearest)
         self.classes = classes
-        # A --classes file may list more classes than this raster labels: those are left out.
+        # A class file may list more classes than this raster labels: those are left out.
         self.classes_from_catalogue = classes is not None
 
     def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
         return tiles
 
     def found_classes(self) -> ClassInfo:
-        """The --classes file's classes, else the ids found in the raster (block by block), named ``class_N``."""
+        """The class file's classes, else the ids found in the raster (block by block), named ``class_N``."""
         from .tiling import tile_grid
 
         if self.classes is not None:

@@ -224,7 +224,8 @@ def test_existing_output_needs_overwrite(paths, tmp_path):
     out.write_bytes(b"precious")
     result = run(paths.chip, "--support", paths.support, "-o", out, "--no-crf")
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1] == f"Error: --overwrite: {out}: exists; allow overwriting to replace it"
+    message = result.output.strip().splitlines()[-1]
+    assert message == f"Error: --overwrite: {out}: exists; allow overwriting to replace it"
     assert out.read_bytes() == b"precious"
 
 
