@@ -228,7 +228,8 @@ encoder_option = click.option(
 backbone_option = click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE,
                                show_default=True, help="Encoder architecture.")
 checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False),
-                                 help="A trained geoproto checkpoint (it names its own --backbone).")
+                                 help="A trained geoproto checkpoint (it names its own backbone: --backbone is "
+                                      "ignored).")
 init_weights_option = click.option("--init-weights", type=click.Path(dir_okay=False),
                                    help="ImageNet trunk weights in torchvision's layout (resnet50, vgg16).")
 bands_option = click.option("--bands", callback=parse_bands,
