@@ -109,7 +109,8 @@ def run_naive(image: str, labels: str, classes_file: str, crf: bool, device: str
     from geoproto.models import DEFAULT_ENCODER, build_shipped
     from geoproto.output import ResultWriter
     from geoproto.raster import RasterSource
-    from geoproto.segment import FeatureExtractor, build_prototypes, resolve_device
+    from geoproto.classifier import fit_support
+    from geoproto.models.runtime import FeatureExtractor, resolve_device
     from geoproto.support import load_support
     from geoproto.tile_labels import finish_tile
     from geoproto.tiling import tile_grid
@@ -120,9 +121,8 @@ def run_naive(image: str, labels: str, classes_file: str, crf: bool, device: str
     stages = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
     with source.dataset() as src, tempfile.TemporaryDirectory() as folder:
         support = load_support(labels, src, classes_file=classes_file)
-        prototypes, classes, support_stats = build_prototypes(extract, source, support, support.classes,
-                                                              417, 64, 1)
-        ids = np.array(classes.ids, np.uint8)
+        classifier, support_stats = fit_support(extract, source, support, support.classes, 417, 64, 1)
+        classes, prototypes, ids = classifier.classes, classifier.prototypes, classifier.ids
         tiles = tile_grid(src.height, src.width, 417, 64)
         writer = ResultWriter(src, src.crs, classes, os.path.join(folder, "c.tif"), None)
         params = crf_module.CRFParams(bilateral_sxy=crf_module.bilateral_sxy_pixels(7.2, 0.3)) if crf else None
@@ -151,7 +151,7 @@ def thread_sweep() -> dict[int, float]:
     import torch
 
     from geoproto.models import DEFAULT_ENCODER, build_shipped
-    from geoproto.segment import FeatureExtractor
+    from geoproto.models.runtime import FeatureExtractor
 
     extract = FeatureExtractor(build_shipped(DEFAULT_ENCODER)[0], torch.device("cpu"))
     window = np.random.default_rng(0).random((1, 3, 417, 417), np.float32)

@@ -6,13 +6,15 @@ class GeoprotoError(Exception):
 
     ``param`` names the library parameter at fault (``"tile_size"``, ``"overwrite"``), when there is
     one: Python callers read ``tile_size: must be ...``, while the CLI names the option that sets it
-    (``--tile-size: must be ...``), as rio does with click's ``param_hint``.
+    (``--tile-size: must be ...``), as rio does with click's ``param_hint``. ``mentions`` lists other
+    parameter names the message uses, which the CLI renames to their options too.
     """
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, mentions: tuple[str, ...] = ()):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.mentions = mentions  # other parameters the message names (as words), for the CLI to rename
 
     def __str__(self) -> str:
         return f"{self.param}: {self.message}" if self.param else self.message

@@ -24,7 +24,8 @@ from . import crf_torch
 from .datasets import LabelledDataset
 from .classes import NODATA, ClassInfo
 from .errors import GeoprotoError
-from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_probabilities
+from .classifier import Classifier
+from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
 from .metrics import confusion_matrix, json_number, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
@@ -127,7 +128,7 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             else None
         labels = RasterLabels(truth, src, truth_named) if truth_named is not None else \
             load_support(truth, src, class_field, None, truth_crs, classes_file)
-        truth_classes = labels.found_classes() if isinstance(labels, RasterLabels) else labels.classes
+        truth_classes = labels.found_classes()
         truth_names = [mapping.get(n, n) for n in truth_classes.names]
         predicted_names = [mapping.get(n, n) for n in predicted_classes.names]
         background = mapping.get(background, background) if background else None
@@ -241,18 +242,18 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
             image, labels = _read_patch(data, train_samples[sample_index], tile)
             accumulator.add(extract(image[None]).cpu(), torch.from_numpy(lookup[labels])[None])
         present = accumulator.pixels > 0
-        prototypes = accumulator.prototypes()
+        classifier = Classifier(accumulator.prototypes(), classes, alpha, extract)
         matrix = np.zeros((len(classes.ids), len(classes.ids)), np.int64)
         for number, (sample_index, tile, _) in enumerate(query_patches):
             image, labels = _read_patch(data, test_samples[sample_index], tile)
             features = cache.get(number)
             if features is None:
-                features = extract(image[None]).cpu()
+                features = classifier.encode(image[None], 0).cpu()
                 if cached_bytes + features.numel() * 4 <= FEATURE_CACHE_BYTES:
                     cache[number] = features
                     cached_bytes += features.numel() * 4
             with torch.inference_mode():
-                probabilities = class_probabilities(features, prototypes, (PATCH, PATCH), alpha)[0]
+                probabilities = classifier.score_features(features, (PATCH, PATCH)).softmax(1)[0]
                 probabilities[~present] = 0  # a class without support cannot be predicted
             if crf and crf_backend == "torch":
                 probabilities = crf_torch.refine_batch(torch.from_numpy(image)[None], probabilities[None],

@@ -100,11 +100,11 @@ class StagedOutputs:
         for name, path in self.inputs.items():
             if same_file(target, path):
                 raise GeoprotoError(f"{target}: is the input {name} {path}; an output never replaces an input, "
-                                    f"choose another path", param=param)
+                                    f"choose another path", param=param, mentions=(name,))
         for other, (other_param, _) in self.staged.items():
             if same_file(target, other):
                 raise GeoprotoError(f"{target}: is also {other_param}; give each output its own path",
-                                    param=param)
+                                    param=param, mentions=(other_param,))
         if os.path.lexists(target) and not self.overwrite:
             raise GeoprotoError(f"{target}: exists; allow overwriting to replace it", param="overwrite")
         if not os.path.isdir(folder):

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,12 +29,13 @@ from tqdm import tqdm
 
 from . import crf as crf_module
 from . import crf_torch
-from .fewshot import class_scores
+from .classifier import Classifier
 from .models.runtime import CONTEXT_MARGIN
 from .output import ResultWriter
 from .raster import RasterSource
 from .tile_labels import TileResult, finish_tile, init_worker
 from .tiling import Tile
+from .validation import check_memory
 
 _DONE = object()
 
@@ -67,146 +69,249 @@ def _put(q: queue.Queue, item, stop: threading.Event, consumer: _Stage | None = 
     return False
 
 
-def run_tiles(source: RasterSource, tiles: list[Tile], extract, prototypes: torch.Tensor, ids: np.ndarray,
-              writer: ResultWriter, size: int, alpha: float, crf_params: crf_module.CRFParams | None,
-              batch_size: int, workers: int, progress: bool,
-              crf_backend: str = "torch") -> tuple[np.ndarray, int, dict]:
-    """Segment ``tiles`` and write them; returns (pixels per class id, 256 bins, CRF-rejected tiles, seconds
-    spent in each stage: reading, model, CRF and labelling (summed over workers), writing)."""
-    torch_crf = crf_params is not None and crf_backend == "torch"
-    pool_crf = crf_params if crf_params is not None and crf_backend == "densecrf" else None
-    stop = threading.Event()
-    read_queue: queue.Queue = queue.Queue(maxsize=2 * batch_size + 2)
-    write_queue: queue.Queue = queue.Queue(maxsize=2 * max(workers, 1) + batch_size)
-    counts = np.zeros(256, np.int64)
-    state = {"crf_rejected": 0}
-    timings = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
-    keep_probabilities = writer.probabilities is not None
-    need_probabilities = keep_probabilities or crf_params is not None
+@dataclass
+class Window:
+    """A window read for the model: its tile, the image with CONTEXT_MARGIN pixels of context
+    (3 x (size + 2 margin)^2, in [0, 1]) and its size x size validity mask."""
 
-    def read_tiles():
-        with source.dataset() as src:
-            for tile in tiles:
-                started = time.perf_counter()
-                item = (tile, *source.read(src, tile, size, CONTEXT_MARGIN))
-                timings["read"] += time.perf_counter() - started
-                yield item
+    tile: Tile
+    image: np.ndarray
+    valid: np.ndarray
 
-    def read_all():
-        for item in read_tiles():
-            if not _put(read_queue, item, stop):
-                return
-        _put(read_queue, _DONE, stop)
 
-    def write_one(item) -> bool:
+@dataclass
+class RefineSettings:
+    """DenseCRF for the windows: its parameters (in pixels) and backend (``crf.BACKENDS``, resolved)."""
+
+    params: crf_module.CRFParams
+    backend: str = "torch"
+
+
+def score_windows(classifier: Classifier, windows: list[Window], size: int, refine: RefineSettings | None,
+                  keep_probabilities: bool) -> tuple[dict[int, np.ndarray], dict[int, bool], dict[str, float]]:
+    """The model's (and the torch CRF's) part of a batch: for each window with valid pixels, its class
+    probabilities (K x size x size) when they are kept or still to be refined by pydensecrf2, else its
+    class indices (size x size uint8); whether the torch CRF's guard kept the refinement; and the seconds
+    spent in the model and the CRF. Windows without valid pixels are not encoded."""
+    valid_rows = [i for i, window in enumerate(windows) if window.valid.any()]
+    timings = {"model": 0.0, "crf": 0.0}
+    if not valid_rows:
+        return {}, {}, timings
+    torch_crf = refine is not None and refine.backend == "torch"
+    need_probabilities = keep_probabilities or refine is not None
+    started = time.perf_counter()
+    images = np.stack([windows[i].image for i in valid_rows])
+    with torch.inference_mode():
+        logits = classifier.score(images, size)
+        # The argmax is cheap in torch and spares the writer thread (and the softmax).
+        scores = logits.softmax(1) if need_probabilities else logits.argmax(1).to(torch.uint8)
+    timings["model"] = time.perf_counter() - started
+    kept = {}
+    if torch_crf:  # refined on the model's device, batch and all
+        started = time.perf_counter()
+        sizes = [(windows[i].tile.height, windows[i].tile.width) for i in valid_rows]
+        scores, guard = crf_torch.refine_batch(torch.from_numpy(_windows(images, size)).to(scores.device), scores,
+                                               refine.params, sizes)
+        if not keep_probabilities:
+            scores = scores.argmax(1).to(torch.uint8)
+        kept = dict(zip(valid_rows, guard))
+        timings["crf"] = time.perf_counter() - started
+    return dict(zip(valid_rows, scores.cpu().numpy())), kept, timings
+
+
+def label_windows(classifier: Classifier, windows: list[Window], size: int, refine: RefineSettings | None,
+                  keep_probabilities: bool = False) -> list[TileResult]:
+    """A batch of windows to finished tile results (class ids, nodata where invalid, CRF applied): the
+    whole per-window work, in one call, for callers that run it away from the pipeline's stages."""
+    scores, kept, _ = score_windows(classifier, windows, size, refine, keep_probabilities)
+    pool_params = refine.params if refine is not None and refine.backend == "densecrf" else None
+    return [finish_tile(*_finish_args(window, i, scores, kept, classifier.ids, size, pool_params, keep_probabilities))
+            for i, window in enumerate(windows)]
+
+
+def _finish_args(window: Window, i: int, scores: dict, kept: dict, ids: np.ndarray, size: int,
+                 pool_params: crf_module.CRFParams | None, keep_probabilities: bool) -> tuple:
+    """``finish_tile``'s arguments for window ``i`` of a scored batch."""
+    rgb = crf_module.to_rgb8(_windows(window.image, size)) if pool_params is not None and i in scores else None
+    return (window.tile, rgb, scores.get(i), window.valid, ids, pool_params, keep_probabilities, kept.get(i, True))
+
+
+@dataclass
+class PipelineResult:
+    counts: np.ndarray  # pixels per class id (256 bins), over the windows' cores
+    crf_rejected: int  # windows whose CRF result the guard refused
+    stage_seconds: dict[str, float]  # reading, model, CRF and labelling (summed over workers), writing
+
+
+class WindowPipeline:
+    """Segments windows of a raster and writes their cores: read -> score -> refine -> write.
+
+    ``run`` drives the stages (threads and queues, see the module's docstring); each step is a method,
+    so the flow reads in one place. Labels do not depend on ``workers`` or the batch size.
+    """
+
+    def __init__(self, source: RasterSource, classifier: Classifier, writer: ResultWriter, size: int,
+                 refine: RefineSettings | None, batch_size: int, workers: int, progress: bool):
+        self.source, self.classifier, self.writer = source, classifier, writer
+        self.size, self.refine, self.batch_size, self.workers = size, refine, batch_size, workers
+        self.progress = progress
+        self.keep_probabilities = writer.probabilities is not None
+        self.pool_params = refine.params if refine is not None and refine.backend == "densecrf" else None
+        self.counts = np.zeros(256, np.int64)
+        self.crf_rejected = 0
+        self.timings = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
+        self._bar = None
+
+    def read(self, src, tile: Tile) -> Window:
+        started = time.perf_counter()
+        window = Window(tile, *self.source.read(src, tile, self.size, CONTEXT_MARGIN))
+        self.timings["read"] += time.perf_counter() - started
+        return window
+
+    def score(self, windows: list[Window]) -> tuple[dict, dict]:
+        """Model and torch CRF on a batch (``score_windows``)."""
+        scores, kept, timings = score_windows(self.classifier, windows, self.size, self.refine,
+                                              self.keep_probabilities)
+        for stage, seconds in timings.items():
+            self.timings[stage] += seconds
+        return scores, kept
+
+    def refine_later(self, windows: list[Window], scores: dict, kept: dict, pool) -> list:
+        """The rest of each window's work (pydensecrf2 and argmax, ``finish_tile``), as a pool future
+        or, without a pool, a call the writing step makes."""
+        items = []
+        for i, window in enumerate(windows):
+            args = _finish_args(window, i, scores, kept, self.classifier.ids, self.size, self.pool_params,
+                                self.keep_probabilities)
+            items.append(pool.submit(finish_tile, *args) if pool is not None and i in scores
+                         else functools.partial(finish_tile, *args))
+        return items
+
+    def write(self, item) -> None:
         result: TileResult = item.result() if isinstance(item, Future) else item()
         started = time.perf_counter()
-        writer.write(result.tile, result.labels, result.probabilities)
-        timings["write"] += time.perf_counter() - started
-        timings["crf"] += result.seconds
+        self.writer.write(result.tile, result.labels, result.probabilities)
+        self.timings["write"] += time.perf_counter() - started
+        self.timings["crf"] += result.seconds
         rows, cols = result.tile.core_slices
-        counts[:] += np.bincount(result.labels[rows, cols].ravel(), minlength=256)
-        state["crf_rejected"] += not result.crf_kept
-        bar.update(1)
-        return True
+        self.counts += np.bincount(result.labels[rows, cols].ravel(), minlength=256)
+        self.crf_rejected += not result.crf_kept
+        self._bar.update(1)
 
-    def write_all():
-        while not stop.is_set():
-            try:
-                item = write_queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is _DONE:
-                return
-            write_one(item)
+    def run(self, tiles: list[Tile]) -> PipelineResult:
+        """Segment ``tiles`` and write them."""
+        batch_size, workers = self.batch_size, self.workers
+        stop = threading.Event()
+        read_queue: queue.Queue = queue.Queue(maxsize=read_queue_size(batch_size))
+        write_queue: queue.Queue = queue.Queue(maxsize=2 * max(workers, 1) + batch_size)
 
-    pool = None
-    threads = torch.get_num_threads()
-    if pool_crf is not None and workers > 0:
-        # Workers are started by the first submit, from this (main) thread: PR_SET_PDEATHSIG ties them
-        # to the thread that started them.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=init_worker, initargs=(os.getpid(),))
-        # The CRF workers need cores too: leave the model the cores they do not take (at least one).
-        torch.set_num_threads(max(1, threads - workers) if threads > workers else max(1, threads // 2))
-    reader, writer_thread = _Stage(read_all, "geoproto-reader"), _Stage(write_all, "geoproto-writer")
-    inline = read_tiles()
-    # Overlap needs something to overlap with: a GPU, or CRF workers. On a CPU without them the model
-    # already uses every core, and reader and writer threads beside it only make it wait for the GIL
-    # (measured on 2 cores: a reader thread slowed the model by 18% to hide ~6 ms of reading per
-    # window), so the stages take turns.
-    overlap = pool is not None or extract.device.type != "cpu"
-    next_item = (lambda: _get(read_queue, reader)) if overlap else (lambda: next(inline, _DONE))
-    emit = (lambda item: _put(write_queue, item, stop, writer_thread)) if overlap else write_one
-    bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not progress, desc="segment")
-    try:
-        if overlap:
-            reader.start()
-            writer_thread.start()
-        finished = False
-        while not finished:
-            batch = []
-            while len(batch) < batch_size:
-                item = next_item()
+        def read_tiles():
+            with self.source.dataset() as src:
+                for tile in tiles:
+                    yield self.read(src, tile)
+
+        def read_all():
+            for item in read_tiles():
+                if not _put(read_queue, item, stop):
+                    return
+            _put(read_queue, _DONE, stop)
+
+        def write_all():
+            while not stop.is_set():
+                try:
+                    item = write_queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
                 if item is _DONE:
-                    finished = True
+                    return
+                self.write(item)
+
+        pool = None
+        threads = torch.get_num_threads()
+        if self.pool_params is not None and workers > 0:
+            # Workers are started by the first submit, from this (main) thread: PR_SET_PDEATHSIG ties them
+            # to the thread that started them.
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=init_worker, initargs=(os.getpid(),))
+            # The CRF workers need cores too: leave the model the cores they do not take (at least one).
+            torch.set_num_threads(max(1, threads - workers) if threads > workers else max(1, threads // 2))
+        reader, writer_thread = _Stage(read_all, "geoproto-reader"), _Stage(write_all, "geoproto-writer")
+        inline = read_tiles()
+        # Overlap needs something to overlap with: a GPU, or CRF workers. On a CPU without them the model
+        # already uses every core, and reader and writer threads beside it only make it wait for the GIL,
+        # so the stages take turns.
+        overlap = pool is not None or self.classifier.extract.device.type != "cpu"
+        next_item = (lambda: _get(read_queue, reader)) if overlap else (lambda: next(inline, _DONE))
+        emit = (lambda item: _put(write_queue, item, stop, writer_thread)) if overlap else \
+            (lambda item: self.write(item) or True)
+        self._bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not self.progress, desc="segment")
+        try:
+            if overlap:
+                reader.start()
+                writer_thread.start()
+            finished = False
+            while not finished:
+                batch = []
+                while len(batch) < batch_size:
+                    item = next_item()
+                    if item is _DONE:
+                        finished = True
+                        break
+                    batch.append(item)
+                if not batch:
                     break
-                batch.append(item)
-            if not batch:
-                break
-            valid_rows = [i for i, (_, _, valid) in enumerate(batch) if valid.any()]
-            scores, crf_kept = {}, {}
-            if valid_rows:
-                started = time.perf_counter()
-                images = np.stack([batch[i][1] for i in valid_rows])
-                features = extract(images, CONTEXT_MARGIN)
-                with torch.inference_mode():
-                    logits = class_scores(features, prototypes, (size, size), alpha).float()
-                    # The argmax is cheap in torch and spares the writer thread (and the softmax).
-                    probabilities = logits.softmax(1) if need_probabilities else logits.argmax(1).to(torch.uint8)
-                stage = "model"
-                if torch_crf:  # refined on the model's device, batch and all
-                    stage, crf_started = "crf", time.perf_counter()
-                    timings["model"] += crf_started - started
-                    started = crf_started
-                    sizes = [(batch[i][0].height, batch[i][0].width) for i in valid_rows]
-                    probabilities, kept = crf_torch.refine_batch(
-                        torch.from_numpy(_windows(images, size)).to(probabilities.device), probabilities, crf_params,
-                        sizes)
-                    if not keep_probabilities:
-                        probabilities = probabilities.argmax(1).to(torch.uint8)
-                    crf_kept = dict(zip(valid_rows, kept))
-                scores = dict(zip(valid_rows, probabilities.cpu().numpy()))
-                timings[stage] += time.perf_counter() - started
-            for i, (tile, image, valid) in enumerate(batch):
-                rgb = crf_module.to_rgb8(_windows(image, size)) if pool_crf is not None and i in scores else None
-                args = (tile, rgb, scores.get(i), valid, ids, pool_crf, keep_probabilities, crf_kept.get(i, True))
-                # Without a pool the labelling runs where the writing does (writer thread, or in turn).
-                item = pool.submit(finish_tile, *args) if pool is not None and i in scores \
-                    else functools.partial(finish_tile, *args)
-                if not emit(item):
-                    break
-        if overlap:
-            _put(write_queue, _DONE, stop, writer_thread)
-            while writer_thread.is_alive():
-                writer_thread.join(0.1)
-            _check(writer_thread)
-            _check(reader)
-    except BaseException:
-        stop.set()
-        _drain(write_queue)
-        raise
-    finally:
-        stop.set()
-        inline.close()
-        bar.close()
-        torch.set_num_threads(threads)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        for stage in (reader, writer_thread):  # both notice ``stop`` within 0.1 s of their current step
-            if stage.ident is not None:
-                stage.join(60)
-    return counts, state["crf_rejected"], {k: round(v, 3) for k, v in timings.items()}
+                scores, kept = self.score(batch)
+                for item in self.refine_later(batch, scores, kept, pool):
+                    if not emit(item):
+                        break
+            if overlap:
+                _put(write_queue, _DONE, stop, writer_thread)
+                while writer_thread.is_alive():
+                    writer_thread.join(0.1)
+                _check(writer_thread)
+                _check(reader)
+        except BaseException:
+            stop.set()
+            _drain(write_queue)
+            raise
+        finally:
+            stop.set()
+            inline.close()
+            self._bar.close()
+            torch.set_num_threads(threads)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            for stage in (reader, writer_thread):  # both notice ``stop`` within 0.1 s of their current step
+                if stage.ident is not None:
+                    stage.join(60)
+        return PipelineResult(self.counts, self.crf_rejected, {k: round(v, 3) for k, v in self.timings.items()})
+
+
+def read_queue_size(batch_size: int) -> int:
+    """Windows waiting for the model at most (two batches ahead)."""
+    return 2 * batch_size + 2
+
+
+# Rough bytes per window pixel, to refuse up front a plan that cannot fit: a window being encoded holds
+# the encoder's largest activations (lite0's 96-channel expansion at half resolution is ~100 B/px, with
+# its input), plus 12 bytes per class for scores, their upsampling and softmax; a queued window holds
+# its float input and mask; each DenseCRF worker holds its lattice and three float buffers per class.
+MODEL_BYTES_PER_PIXEL = 160
+QUEUED_BYTES_PER_PIXEL = 13
+CRF_BYTES_PER_PIXEL = 64
+CLASS_BYTES_PER_PIXEL = 12
+
+
+def check_window_memory(size: int, batch_size: int, classes: int, crf_workers: int = 0) -> None:
+    """Refuse, with the figure, a tile size and batch whose windows would not fit in memory (a tile
+    size of 100000 asks for thousands of GiB per window, whatever the raster's size)."""
+    pixels = (size + 2 * CONTEXT_MARGIN) ** 2
+    model = batch_size * pixels * (MODEL_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    queued = read_queue_size(batch_size) * pixels * QUEUED_BYTES_PER_PIXEL
+    crf = crf_workers * pixels * (CRF_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    check_memory(model + queued + crf, f"tile_size {size} with batch_size {batch_size}"
+                 + (f" and {crf_workers} CRF worker(s)" if crf_workers else ""),
+                 "choose a smaller tile_size or batch_size", param="tile_size", mentions=("tile_size", "batch_size"))
 
 
 def _windows(images: np.ndarray, size: int) -> np.ndarray:

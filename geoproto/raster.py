@@ -197,3 +197,22 @@ def band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple
             low, high = float(band.min()), float(band.max()) + 1e-6
         scale.append((float(low), float(high)))
     return scale
+
+
+def metres_per_unit(crs) -> float | None:
+    """Metres per unit of a projected CRS; None without a CRS or for geographic degrees."""
+    if crs is None or not crs.is_projected:
+        return None
+    return float(crs.linear_units_factor[1])
+
+
+def pixel_area_m2(src: rasterio.io.DatasetReader, crs) -> float | None:
+    """The area of one pixel in square metres (None without a metric CRS)."""
+    unit = metres_per_unit(crs)
+    return None if unit is None else float(abs(src.transform.determinant) * unit ** 2)
+
+
+def pixel_size_m(src: rasterio.io.DatasetReader, crs) -> float | None:
+    """The pixel width in metres of a north-up raster (None if rotated or without a metric CRS)."""
+    unit = metres_per_unit(crs)
+    return None if unit is None or src.transform.b != 0 else float(abs(src.transform.a) * unit)

@@ -1,9 +1,11 @@
-"""``segment``: prototypes from the support, then every window of the orthophoto matched against them.
+"""``segment``: the orchestration of a run, from the user's files to committed outputs.
 
-The flow is: read the support windows and average their features into class prototypes (eq. 1);
-tile the orthophoto into full-size overlapping windows; encode a batch of windows, match at feature
-resolution and upsample the class scores (eq. 2-3); refine each window with DenseCRF; keep each
-window's core and write it. Memory is bounded by batch x window, whatever the raster's size.
+    inputs.open_inputs          raster + support, checked together
+    classifier.fit_support      the support's prototypes (eq. 1), with the encoder (support_check)
+    pipeline.WindowPipeline     every window: read -> score (eq. 2-3) -> refine (DenseCRF) -> write
+    output.*                    legend, overviews, polygons, report, preview; StagedOutputs commits all
+
+Memory is bounded by batch x window, whatever the raster's size.
 """
 
 from __future__ import annotations
@@ -12,28 +14,28 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from . import __version__
 from . import crf as crf_module
 from .aoi import ClippedSource, load_area
-from .classes import NODATA, ClassInfo
+from .classes import NODATA
+from .classifier import fit_support
 from .errors import GeoprotoError
-from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
+from .fewshot import DEFAULT_ALPHA
+from .inputs import Inputs, open_inputs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
-from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor, default_batch_size, resolve_device
+from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
                      class_areas, class_histogram, convert_to_cog, gdal_write_errors, output_driver, sieve_classes,
                      write_area_report, write_legend, write_polygons, write_preview)
-from .pipeline import run_tiles
-from .raster import RasterSource, block_cache, path_exists
-from .support import VectorLabels, is_raster, load_support
+from .pipeline import RefineSettings, WindowPipeline, check_window_memory
+from .raster import block_cache, pixel_area_m2, pixel_size_m
+from .support_check import choose_encoder
 from .tiling import tile_grid
-from .validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
+from .validation import ALPHA_MAX, MAX_WORKERS, check_number
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
@@ -107,250 +109,146 @@ SEGMENT_RANGES = {
 _INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers"}
 
 
-def _batches(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def options_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
+    """``inputs.open_inputs`` with the support and raster settings of ``options``."""
+    return open_inputs(image, support, options.bands, options.assume_crs, options.support_image,
+                       options.class_field, options.layer, options.support_crs, options.classes_file,
+                       options.buffer)
 
 
-def build_prototypes(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo,
-                     size: int, overlap: int, batch_size: int) -> tuple[torch.Tensor, ClassInfo, dict]:
-    """Class prototypes from every support window; fails if a class has no labelled pixel.
-
-    Each labelled pixel counts once, in the window whose core owns it (the others still give it context),
-    so the prototypes are those of the whole raster whatever the tiling.
-
-    Classes a --classes file lists but the support never uses are left out (with a warning); the
-    returned ClassInfo holds the classes the prototypes are for, in their order.
-    """
-    lookup = classes.positions()
-    unknown: set[int] = set()
-    windows = 0
-    seen: set[int] = set()
-    with source.dataset() as src:
-        tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID))
-        labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
-        for tile in tiles:
-            window_labels = labels.read(tile, size)
-            present = {int(v) for v in np.unique(window_labels) if v}
-            unknown |= present - set(classes.ids)
-            seen |= present
-            if _core_labels(lookup[window_labels], tile).any():
-                labelled.append(tile)
-        if unknown:
-            raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the --classes file")
-        unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
-        if unused and labels.classes_from_catalogue and len(unused) < len(classes.ids):
-            warnings.warn(f"no support for class(es) {', '.join(unused)} of the --classes file: left out")
-            classes = classes.subset(seen)
-            lookup = classes.positions()
-        accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
-        model_seconds = 0.0
-        for chunk in _batches(labelled, batch_size):
-            reads = [source.read(src, tile, size, CONTEXT_MARGIN) for tile in chunk]
-            started = time.perf_counter()
-            features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
-            model_seconds += time.perf_counter() - started
-            # Support over nodata (or NaN) would make a prototype of fill values: left out.
-            accumulator.add(features.cpu(), torch.from_numpy(np.stack(
-                [_core_labels(lookup[labels.read(tile, size)], tile) * valid
-                 for tile, (_, valid) in zip(chunk, reads)])))
-            windows += len(chunk)
-    empty = [(name, class_id in seen) for name, class_id, pixels in
-             zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
-    if empty:
-        name, over_nodata = empty[0]
-        where = "on valid data (all its support lies over nodata)" if over_nodata else "inside the raster"
-        raise GeoprotoError(f"class {name!r} has no labelled pixel {where}; label some or remove it")
-    if len(classes.ids) < 2:
-        raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
-                            f"the class you want and what surrounds it")
-    stats = {"windows": windows, "model_seconds": round(model_seconds, 3),
-             "pixels": {name: int(p) for name, p in zip(classes.names, accumulator.pixels.tolist())}}
-    return accumulator.prototypes(), classes, stats
-
-
-def _core_labels(window_labels: np.ndarray, tile) -> np.ndarray:
-    """The window's labels with every pixel outside its core unlabelled."""
-    core = np.zeros_like(window_labels)
-    rows, cols = tile.core_slices
-    core[rows, cols] = window_labels[rows, cols]
-    return core
-
-
-def _metres_per_unit(crs) -> float | None:
-    """Metres per unit of a projected CRS; None without a CRS or for geographic degrees."""
-    if crs is None or not crs.is_projected:
-        return None
-    return float(crs.linear_units_factor[1])
-
-
-def _pixel_area_m2(src, crs) -> float | None:
-    unit = _metres_per_unit(crs)
-    return None if unit is None else float(abs(src.transform.determinant) * unit ** 2)
-
-
-def _pixel_size_m(src, crs) -> float | None:
-    """The pixel width in metres of a north-up raster (None if rotated or without a metric CRS)."""
-    unit = _metres_per_unit(crs)
-    return None if unit is None or src.transform.b != 0 else float(abs(src.transform.a) * unit)
+def check_tiling(options: SegmentOptions) -> None:
+    if options.tile_size < 32:
+        raise GeoprotoError("must be at least 32 pixels", param="tile_size")
+    if not 0 <= options.overlap < options.tile_size // 2:
+        raise GeoprotoError("must be at least 0 and less than half the tile size", param="overlap")
 
 
 @dataclass
-class Inputs:
-    """The opened orthophoto and support: what every command working on a raster + support needs."""
+class _Staged:
+    """The staging paths of a run's outputs (None for outputs not asked for)."""
 
-    source: RasterSource
-    crs: object  # the raster's CRS, or --assume-crs, or None
-    support_source: RasterSource
-    labels: object  # VectorLabels or RasterLabels
-    classes: ClassInfo
-
-
-def open_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
-    """Open the orthophoto and its support, checking them against each other."""
-    from rasterio.crs import CRS
-
-    source = RasterSource.open(image, options.bands)
-    with source.dataset() as src:
-        crs = src.crs
-    if options.assume_crs:
-        if crs is not None:
-            raise GeoprotoError(f"{image}: has a CRS already; --assume-crs is for rasters without one")
-        try:
-            crs = CRS.from_user_input(options.assume_crs)
-        except Exception as exc:
-            raise GeoprotoError(f"--assume-crs {options.assume_crs!r}: not a CRS ({exc})") from None
-    support_source = RasterSource.open(options.support_image, options.bands) if options.support_image else source
-    with support_source.dataset() as support_src:
-        labels = load_support(support, support_src, options.class_field, options.layer, options.support_crs,
-                              options.classes_file, None if options.support_image else crs, options.buffer)
-    classes = labels.classes if isinstance(labels, VectorLabels) else labels.found_classes()
-    return Inputs(source, crs, support_source, labels, classes)
+    classes: str
+    probabilities: str | None
+    vector: str | None
+    preview: str | None
+    report: str | None
 
 
-# Rough bytes per window pixel, to refuse up front a plan that cannot fit: a window being encoded holds
-# the encoder's largest activations (lite0's 96-channel expansion at half resolution is ~100 B/px, with
-# its input), plus 12 bytes per class for scores, their upsampling and softmax; a queued window holds
-# its float input and mask; each DenseCRF worker holds its lattice and three float buffers per class.
-MODEL_BYTES_PER_PIXEL = 160
-QUEUED_BYTES_PER_PIXEL = 13
-CRF_BYTES_PER_PIXEL = 64
-CLASS_BYTES_PER_PIXEL = 12
+def _stage(staged: StagedOutputs, output: str, options: SegmentOptions) -> _Staged:
+    def stage(path, param):
+        return staged.stage(path, param) if path else None
 
-
-def check_window_memory(size: int, batch_size: int, classes: int, crf_workers: int = 0) -> None:
-    """Refuse, with the figure, a tile size and batch whose windows would not fit in memory (a tile
-    size of 100000 asks for thousands of GiB per window, whatever the raster's size)."""
-    pixels = (size + 2 * CONTEXT_MARGIN) ** 2
-    model = batch_size * pixels * (MODEL_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
-    queued = (2 * batch_size + 2) * pixels * QUEUED_BYTES_PER_PIXEL  # the read queue's bound (pipeline.py)
-    crf = crf_workers * pixels * (CRF_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
-    check_memory(model + queued + crf, f"--tile-size {size} with --batch-size {batch_size}"
-                 + (f" and {crf_workers} CRF worker(s)" if crf_workers else ""),
-                 "choose a smaller --tile-size or --batch-size")
-
-
-def _check_tiling(options: SegmentOptions) -> None:
-    if options.tile_size < 32:
-        raise GeoprotoError("--tile-size must be at least 32 pixels")
-    if not 0 <= options.overlap < options.tile_size // 2:
-        raise GeoprotoError("--overlap must be at least 0 and less than half the tile size")
+    return _Staged(staged.stage(output, "output"), stage(options.probabilities, "probabilities"),
+                   stage(options.vector, "vector"), stage(options.preview, "preview"), stage(options.report, "report"))
 
 
 def segment(image: str, support: str, output: str, options: SegmentOptions | None = None) -> dict:
     """Segment ``image`` into the classes of ``support`` and write ``output``; returns a summary."""
     options = options or SegmentOptions()
     started = time.perf_counter()
-    _check_tiling(options)
+    check_tiling(options)
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend, device.type) if options.crf else None
     staged = StagedOutputs(options.overwrite, {
-        "image": image, "--support": support, "--support-image": options.support_image,
-        "--classes": options.classes_file, "--checkpoint": options.checkpoint, "--init-weights": options.init_weights,
-        "--aoi": options.aoi})
+        "image": image, "support": support, "support_image": options.support_image,
+        "classes_file": options.classes_file, "checkpoint": options.checkpoint, "init_weights": options.init_weights,
+        "aoi": options.aoi})
     try:
-        class_tmp = staged.stage(output, "--output")
-        probability_tmp = staged.stage(options.probabilities, "--probabilities") if options.probabilities else None
-        vector_tmp = staged.stage(options.vector, "--vector") if options.vector else None
-        preview_tmp = staged.stage(options.preview, "--preview") if options.preview else None
-        report_tmp = staged.stage(options.report, "--report") if options.report else None
+        paths = _stage(staged, output, options)
         # After the alias checks: an output that would replace an input is the first thing to say.
         raster_format, vector_format = _output_formats(output, options)
-        inputs = open_inputs(image, support, options)
-        source, crs, labels = inputs.source, inputs.crs, inputs.labels
-        output_bytes = 1 + (4 * len(inputs.classes.ids) if probability_tmp else 0)  # classes, probabilities
+        inputs = options_inputs(image, support, options)
+        source, crs = inputs.source, inputs.crs
+        output_bytes = 1 + (4 * len(inputs.classes.ids) if paths.probabilities else 0)  # classes, probabilities
         with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
-            pixel_area = _pixel_area_m2(src, crs)
+            pixel_area = pixel_area_m2(src, crs)
             if options.min_area and pixel_area is None:
-                raise GeoprotoError(f"{image}: --min-area is in square metres and needs a projected CRS")
+                raise GeoprotoError(f"{image}: is in square metres and needs a projected CRS", param="min_area")
             area = load_area(src, crs, options.aoi, options.bbox, options.bbox_crs)
             batch_size = options.batch_size or default_batch_size(device)
             workers = (os.cpu_count() or 1) if options.workers is None else options.workers
             check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids),
                                 workers if crf_backend == "densecrf" else 0)
-            extract, encoder_info, check = resolve_encoder(inputs, options, device, batch_size,
-                                                           options.check_support)
-            size = options.tile_size
-            prototypes, classes, support_stats = build_prototypes(extract, inputs.support_source, labels,
-                                                                  inputs.classes, size, options.overlap, batch_size)
-            crf_params = options.crf_params
-            if options.crf and options.crf_bilateral_m is not None:
-                sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, _pixel_size_m(src, crs))
-                crf_params = crf_module.CRFParams(**{**crf_params.__dict__, "bilateral_sxy": sxy})
-            tiles = tile_grid(src.height, src.width, size, options.overlap, GRID)
+            extract, encoder_info, check = choose_encoder(inputs, options, device, batch_size, options.check_support)
+            classifier, support_stats = fit_support(extract, inputs.support_source, inputs.labels, inputs.classes,
+                                                    options.tile_size, options.overlap, batch_size, options.alpha)
+            refine = RefineSettings(_crf_params(options, pixel_size_m(src, crs)), crf_backend) if options.crf \
+                else None
+            tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
             if area is not None:  # windows outside the area are never read nor encoded
                 tiles = [tile for tile in tiles if area.reaches(tile)]
             metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
                         "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
                         "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}
             with gdal_write_errors(output):
-                writer = ResultWriter(src, crs, classes, class_tmp, probability_tmp, metadata,
+                writer = ResultWriter(src, crs, classifier.classes, paths.classes, paths.probabilities, metadata,
                                       options.creation_options)
                 try:
-                    counts, crf_rejected, stage_seconds = run_tiles(
-                        ClippedSource(source, area) if area is not None else source, tiles, extract, prototypes,
-                        np.array(classes.ids, np.uint8), writer, size, options.alpha,
-                        crf_params if options.crf else None, batch_size, workers, options.progress, crf_backend)
+                    run = WindowPipeline(ClippedSource(source, area) if area is not None else source, classifier,
+                                         writer, options.tile_size, refine, batch_size, workers,
+                                         options.progress).run(tiles)
                 finally:
                     writer.close()
-            counts[NODATA] += src.width * src.height - counts.sum()  # windows outside --aoi: never written
+            counts = run.counts
+            counts[NODATA] += src.width * src.height - counts.sum()  # windows outside the area: never written
         with gdal_write_errors(output):
-            min_pixels = math.ceil(options.min_area / pixel_area) if options.min_area else 0
-            if min_pixels > 1:  # before anything reads the raster, so that raster and polygons agree
-                sieve_classes(class_tmp, min_pixels)
-                counts = class_histogram(class_tmp)
-            overviews = []
-            if raster_format == "COG":
-                convert_to_cog(class_tmp, options.creation_options)
-            elif options.overviews:
-                overviews = build_overviews(class_tmp)
-            areas = class_areas(classes, counts, pixel_area)
-            # GDAL's sidecar of the class raster (palette, category names, attribute table), written beside
-            # it in the staging folder so that it moves into place with it.
-            write_legend(f"{class_tmp}.aux.xml", classes, areas)
-            if report_tmp:
-                write_area_report(report_tmp, areas)
-            polygons = write_polygons(class_tmp, vector_tmp, classes, vector_format, options.simplify) \
-                if vector_tmp else None
-            if preview_tmp:
-                write_preview(class_tmp, preview_tmp, classes)
+            finished = _finish_outputs(paths, classifier.classes, counts, pixel_area, raster_format, vector_format,
+                                       options)
         staged.commit()
     except BaseException:
         staged.discard()
         raise
     summary = {
-        "input": image, "output": output, "tiles": len(tiles), "tile_size": size, "overlap": options.overlap,
-        "seconds": round(time.perf_counter() - started, 3), "device": device.type, "encoder": encoder_info,
-        "classes": areas, "nodata_pixels": int(counts[0]), "min_area_pixels": min_pixels or None,
-        "overviews": overviews, "support": support_stats, "stage_seconds": stage_seconds,
+        "input": image, "output": output, "tiles": len(tiles), "tile_size": options.tile_size,
+        "overlap": options.overlap, "seconds": round(time.perf_counter() - started, 3), "device": device.type,
+        "encoder": encoder_info, "classes": finished["areas"], "nodata_pixels": int(finished["counts"][NODATA]),
+        "min_area_pixels": finished["min_pixels"] or None, "overviews": finished["overviews"],
+        "support": support_stats, "stage_seconds": run.stage_seconds,
         **({"support_check": check} if check else {}),
-        "crf": {"enabled": options.crf, **({"backend": crf_backend, "iterations": crf_params.iterations,
-                                            "bilateral_sxy_px": round(crf_params.bilateral_sxy, 2),
-                                            "tiles_kept_unrefined": crf_rejected} if options.crf else {})},
+        "crf": {"enabled": options.crf, **({"backend": crf_backend, "iterations": refine.params.iterations,
+                                            "bilateral_sxy_px": round(refine.params.bilateral_sxy, 2),
+                                            "tiles_kept_unrefined": run.crf_rejected} if options.crf else {})},
     }
-    if polygons is not None:
-        summary["polygons"] = polygons
+    if finished["polygons"] is not None:
+        summary["polygons"] = finished["polygons"]
     return summary
+
+
+def _crf_params(options: SegmentOptions, pixel_size: float | None) -> crf_module.CRFParams:
+    """The CRF's parameters in pixels: the bilateral width is set in metres unless given in pixels."""
+    params = options.crf_params
+    if options.crf_bilateral_m is not None:
+        sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, pixel_size)
+        params = crf_module.CRFParams(**{**params.__dict__, "bilateral_sxy": sxy})
+    return params
+
+
+def _finish_outputs(paths: _Staged, classes, counts: np.ndarray, pixel_area: float | None, raster_format: str,
+                    vector_format: str | None, options: SegmentOptions) -> dict:
+    """Everything made from the written class raster, in the staging folder: the minimum mapping unit
+    (before anything reads the raster, so that raster and polygons agree), overviews or COG layout, the
+    legend sidecar, the area report, polygons and preview."""
+    min_pixels = math.ceil(options.min_area / pixel_area) if options.min_area else 0
+    if min_pixels > 1:
+        sieve_classes(paths.classes, min_pixels)
+        counts = class_histogram(paths.classes)
+    overviews = []
+    if raster_format == "COG":
+        convert_to_cog(paths.classes, options.creation_options)
+    elif options.overviews:
+        overviews = build_overviews(paths.classes)
+    areas = class_areas(classes, counts, pixel_area)
+    # GDAL's sidecar of the class raster (palette, category names, attribute table), written beside it in
+    # the staging folder so that it moves into place with it.
+    write_legend(f"{paths.classes}.aux.xml", classes, areas)
+    if paths.report:
+        write_area_report(paths.report, areas)
+    polygons = write_polygons(paths.classes, paths.vector, classes, vector_format, options.simplify) \
+        if paths.vector else None
+    if paths.preview:
+        write_preview(paths.classes, paths.preview, classes)
+    return {"counts": counts, "areas": areas, "min_pixels": min_pixels, "overviews": overviews,
+            "polygons": polygons}
 
 
 def _encoder_label(info: dict) -> str:
@@ -365,7 +263,7 @@ def _encoder_label(info: dict) -> str:
 def _output_formats(output: str, options: SegmentOptions) -> tuple[str, str | None]:
     """The class raster's and the polygons' formats, checked against their file names before any work."""
     if options.cog and options.driver and options.driver.upper() != "COG":
-        raise GeoprotoError(f"--cog writes a COG; it contradicts --driver {options.driver}")
+        raise GeoprotoError(f"asks for a COG; it contradicts driver {options.driver}", param="cog")
     raster_format = output_driver(output, "COG" if options.cog else options.driver, RASTER_DRIVERS, "raster")
     if options.probabilities:
         output_driver(options.probabilities, "GTiff", RASTER_DRIVERS, "raster")
@@ -374,87 +272,9 @@ def _output_formats(output: str, options: SegmentOptions) -> tuple[str, str | No
     if options.report:
         output_driver(options.report, "CSV", {"CSV": (".csv",)}, "report")
     if options.vector_driver and not options.vector:
-        raise GeoprotoError("--vector-driver needs --vector")
+        raise GeoprotoError("applies to the polygons: give a vector output too", param="vector_driver")
     vector_format = output_driver(options.vector, options.vector_driver, VECTOR_DRIVERS, "vector") \
         if options.vector else None
     if options.simplify and not options.vector:
-        raise GeoprotoError("--simplify applies to the polygons: give --vector too")
+        raise GeoprotoError("applies to the polygons: give a vector output too", param="simplify")
     return raster_format, vector_format
-
-
-DEFAULT_FOLDS = 5
-MAX_FOLDS = 100
-# Polygons closer than this share a fold: adjacent polygons (the two halves of one roof, a road cut in
-# pieces) would otherwise predict each other and flatter the score.
-DEFAULT_GROUP_DISTANCE_PX = 32.0
-
-
-def check_support(image: str, support: str, options: SegmentOptions | None = None, folds: int = DEFAULT_FOLDS,
-                  group_distance: float | None = None) -> dict:
-    """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation."""
-    options = options or SegmentOptions()
-    _check_tiling(options)
-    folds = check_number("folds", folds, 2, MAX_FOLDS, integer=True)
-    if group_distance is not None:
-        check_number("group_distance", group_distance, 0)
-    if path_exists(support) and is_raster(support):
-        raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label raster")
-    inputs = open_inputs(image, support, options)
-    device = resolve_device(options.device)
-    batch_size = options.batch_size or default_batch_size(device)
-    check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
-    _, encoder_info, result = resolve_encoder(inputs, options, device, batch_size, True, folds,
-                                              group_distance or DEFAULT_GROUP_DISTANCE_PX)
-    return {"input": image, "support": support, "encoder": encoder_info, **result}
-
-
-def resolve_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device, batch_size: int,
-                    check: bool, folds: int = DEFAULT_FOLDS, group_distance: float = DEFAULT_GROUP_DISTANCE_PX):
-    """The encoder to segment with, its description, and the support check (cross-validation) when the
-    support is polygons: ``--checkpoint`` or ``--backbone``/``--init-weights`` when given, else the shipped
-    encoder ``options.encoder``; ``auto`` cross-validates every shipped encoder on the support and keeps
-    the default unless another reliably beats it (``crossval.compare_encoders``; support windows are read
-    once for all of them). ``check`` asks
-    for the cross-validation report of a fixed encoder too (it encodes the support windows once more)."""
-    from . import crossval
-    from .models import build_shipped, concat_features, select_encoder, shipped_names
-
-    explicit = options.checkpoint or options.init_weights or options.backbone != DEFAULT_BACKBONE
-    candidates = shipped_names() if options.encoder == "auto" and not explicit else []
-    default = DEFAULT_ENCODER if DEFAULT_ENCODER in candidates or not candidates else candidates[0]
-    if not candidates:
-        encoder, info = select_encoder(options.encoder, options.backbone, options.checkpoint, options.init_weights)
-    if not isinstance(inputs.labels, VectorLabels) or not (candidates or check):
-        if candidates:  # no polygons to cross-validate: the default encoder
-            encoder, info = build_shipped(default)
-            info = {**info, "auto": f"support is a label raster: no cross-validation, used the default {default}"}
-        return FeatureExtractor(encoder, device), info, None
-
-    with inputs.support_source.dataset() as src:
-        tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
-    windows = crossval.read_support_windows(inputs.support_source, inputs.labels, inputs.classes, tiles,
-                                            options.tile_size, folds, group_distance)
-    num_classes = len(inputs.classes.ids)
-
-    def check_with(features):
-        confusion = crossval.cross_validate(features, windows, num_classes, folds, options.alpha)
-        return confusion, crossval.report(confusion, inputs.classes, inputs.labels, windows.folds)
-
-    if not candidates:
-        extract = FeatureExtractor(encoder, device)
-        return extract, info, check_with(crossval.encode_windows(extract, windows, batch_size))[1]
-    built, features, confusions, reports = {}, {}, {}, {}
-    for name in candidates:
-        parts = name.split("+")
-        if len(parts) == 1:
-            built[name] = build_shipped(name)
-            features[name] = crossval.encode_windows(FeatureExtractor(built[name][0], device), windows, batch_size)
-        else:  # a concatenation reuses its parts' features: no extra encoding
-            features[name] = concat_features([features[part] for part in parts])
-        confusions[name], reports[name] = check_with(features[name])
-    choice = crossval.compare_encoders(confusions, default)
-    picked = choice["picked"]
-    encoder, info = built[picked] if picked in built else build_shipped(picked)
-    if options.progress:
-        warnings.warn(f"--encoder auto {choice['reason']}")
-    return FeatureExtractor(encoder, device), {**info, "auto": choice}, reports[picked]

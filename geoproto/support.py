@@ -45,6 +45,10 @@ class VectorLabels:
         self.classes = classes
         self.tree = STRtree(geometries)
 
+    def found_classes(self) -> ClassInfo:
+        """The classes of the polygons (every one is used by at least one polygon)."""
+        return self.classes
+
     def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
         from shapely import box
 

@@ -49,13 +49,14 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_memory(needed: int, what: str, hint: str, param: str | None = None) -> None:
+def check_memory(needed: int, what: str, hint: str, param: str | None = None,
+                 mentions: tuple[str, ...] = ()) -> None:
     """Refuse up front a plan whose working memory would exceed ``MEMORY_SHARE`` of the machine's RAM,
     rather than dying (or being killed) halfway with a MemoryError; ``param``: the parameter to lower."""
     total = physical_memory()
     if total and needed > MEMORY_SHARE * total:
         raise GeoprotoError(f"{what} would need about {_gib(needed)} of memory, more than "
-                            f"{MEMORY_SHARE:.0%} of this machine's {_gib(total)}; {hint}", param=param)
+                            f"{MEMORY_SHARE:.0%} of this machine's {_gib(total)}; {hint}", param, mentions)
 
 
 def _gib(size: float) -> str:

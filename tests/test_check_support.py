@@ -12,7 +12,8 @@ from shapely.geometry import box
 
 from geoproto.cli import main
 from geoproto.crossval import spatial_folds
-from geoproto.segment import SegmentOptions, check_support, open_inputs
+from geoproto.segment import SegmentOptions, options_inputs
+from geoproto.support_check import check_support
 
 
 
@@ -32,7 +33,7 @@ def test_folds_keep_neighbouring_polygons_together(paths):
                    ["a", "a", "b", "a", "b", "b"])
     path = Path(__import__("tempfile").mkdtemp()) / "s.gpkg"
     frame.to_file(path)
-    inputs = open_inputs(str(paths.chip), str(path), SegmentOptions())
+    inputs = options_inputs(str(paths.chip), str(path), SegmentOptions())
     folds = spatial_folds(inputs.labels, inputs.classes, 3, group_distance=32)
     assert folds[0] == folds[1]
     assert len(folds) == 6 and set(folds) <= {0, 1, 2}
@@ -143,7 +144,7 @@ def test_every_fold_deal_keeps_spatial_groups_together_and_spreads_classes(paths
                     (100, 700, 120, 720), (700, 100, 720, 120), (400, 100, 420, 120), (100, 400, 120, 420)],
                    ["a", "a", "b", "a", "b", "b", "a", "b"])
     frame.to_file(tmp_path / "s.gpkg")
-    inputs = open_inputs(str(paths.chip), str(tmp_path / "s.gpkg"), SegmentOptions())
+    inputs = options_inputs(str(paths.chip), str(tmp_path / "s.gpkg"), SegmentOptions())
     group_of, dominant = spatial_groups(inputs.labels, inputs.classes, 32)
     assert group_of[0] == group_of[1] and len(set(group_of)) == 7
     deals = [deal_folds(dominant, 3, seed)[group_of] for seed in range(3)]
@@ -175,5 +176,5 @@ def test_library_refuses_bad_folds_and_group_distance(paths):
 def test_huge_tile_size_is_refused_with_the_figure(paths):
     from geoproto.errors import GeoprotoError
 
-    with pytest.raises(GeoprotoError, match=r"--tile-size 100000 with --batch-size 1 would need about [\d.]+ GiB"):
+    with pytest.raises(GeoprotoError, match=r"tile_size 100000 with batch_size 1 would need about [\d.]+ GiB"):
         check_support(str(paths.chip), str(paths.support), SegmentOptions(tile_size=100000, device="cpu"))

@@ -469,7 +469,7 @@ def test_dash_is_refused(flag, tmp_path):
     (["-o", "{tmp}/c.tif", "--vector", "{tmp}/v.gpkg", "--vector-driver", "GeoJSON"],
      r"v.gpkg: a GeoJSON file is named *.geojson, not *.gpkg"),
     (["-o", "{tmp}/c.tif", "--preview", "{tmp}/p.jpg"], "p.jpg: a PNG file is named *.png"),
-    (["-o", "{tmp}/c.tif", "--cog", "-f", "GTiff"], "--cog writes a COG; it contradicts --driver GTiff"),
+    (["-o", "{tmp}/c.tif", "--cog", "-f", "GTiff"], "--cog: asks for a COG; it contradicts driver GTiff"),
 ])
 def test_formats_checked_before_any_work(scene, tmp_path, extra, message):
     image, support = scene
@@ -590,7 +590,7 @@ def test_an_output_equal_to_the_image_is_refused_even_with_overwrite(tmp_path, w
     args = ["-o", image] if which == "output" else ["-o", out, f"--{which}", image]
     result = run(image, "-s", support, *args, "--overwrite", *FAST)
     assert result.exit_code == 1
-    assert "is the input image" in result.output and "never replaces an input" in result.output
+    assert "is the input IMAGE" in result.output and "never replaces an input" in result.output
     assert image.read_bytes() == before
     _assert_nothing_left(tmp_path, image, support)
 
@@ -608,7 +608,7 @@ def test_an_output_aliasing_the_image_by_link_or_spelling_is_refused(tmp_path, l
         alias = tmp_path / "." / "sub" / ".." / "image.tif"
         (tmp_path / "sub").mkdir()
     result = run(image, "-s", support, "-o", alias, "--overwrite", *FAST)
-    assert result.exit_code == 1 and "is the input image" in result.output
+    assert result.exit_code == 1 and "is the input IMAGE" in result.output
     assert image.read_bytes() == before
     assert not list(tmp_path.glob(".geoproto-*"))
 
@@ -637,7 +637,7 @@ def test_report_and_aoi_are_covered_by_the_alias_checks(tmp_path):
     assert aoi.read_bytes() == before
     out = tmp_path / "c.tif"
     result = run(image, "-s", support, "-o", out, "--report", image, "--overwrite", *FAST)
-    assert result.exit_code == 1 and "is the input image" in result.output
+    assert result.exit_code == 1 and "is the input IMAGE" in result.output
     report = tmp_path / "r.csv"
     result = run(image, "-s", support, "-o", out, "--report", report, "--vector", tmp_path / "r.csv", *FAST)
     assert result.exit_code == 1
@@ -858,7 +858,7 @@ def test_out_of_memory_is_a_one_line_message_and_leaves_nothing(tmp_path, monkey
     def exhausted(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(geoproto.segment, "build_prototypes", exhausted)
+    monkeypatch.setattr(geoproto.segment, "fit_support", exhausted)
     image, support = _synthetic(tmp_path)
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(image, "-s", support, "-o", out, *FAST), out, "out of memory", "--tile-size")

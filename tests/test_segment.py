@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from geoproto.models import build_shipped
 from geoproto.models.runtime import FeatureExtractor
-from geoproto.segment import SegmentOptions, build_prototypes, open_inputs, segment
+from geoproto.classifier import fit_support
+from geoproto.segment import SegmentOptions, options_inputs, segment
 
 pytestmark = pytest.mark.slow
 
@@ -18,10 +19,9 @@ def extract():
 
 
 def prototypes(paths, extract, size, overlap):
-    inputs = open_inputs(str(paths.chip), str(paths.support), SegmentOptions(tile_size=size, overlap=overlap))
-    result, classes, stats = build_prototypes(extract, inputs.support_source, inputs.labels, inputs.classes,
-                                              size, overlap, 1)
-    return result, stats
+    inputs = options_inputs(str(paths.chip), str(paths.support), SegmentOptions(tile_size=size, overlap=overlap))
+    classifier, stats = fit_support(extract, inputs.support_source, inputs.labels, inputs.classes, size, overlap, 1)
+    return classifier.prototypes, stats
 
 
 def test_prototypes_do_not_depend_on_the_tiling(paths, extract):

@@ -8,7 +8,8 @@ import pytest
 
 from geoproto.crf import CRFParams
 from geoproto.errors import GeoprotoError
-from geoproto.segment import SegmentOptions, check_window_memory
+from geoproto.pipeline import check_window_memory
+from geoproto.segment import SegmentOptions
 from geoproto.training import TrainConfig
 from geoproto.validation import check_memory, check_number, physical_memory
 
@@ -67,5 +68,5 @@ def test_memory_guard_states_the_figure():
                                             r"machine's [\d.]+ GiB; hint"):
         check_memory(total, "a plan", "hint")
     check_window_memory(417, 16, 5, 16)  # the defaults on a CUDA machine with 16 cores fit
-    with pytest.raises(GeoprotoError, match="--tile-size 100000 with --batch-size 1 would need about"):
+    with pytest.raises(GeoprotoError, match="tile_size: tile_size 100000 with batch_size 1 would need about"):
         check_window_memory(100000, 1, 2)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..metrics import format_metric
-from ..segment import DEFAULT_FOLDS, MAX_FOLDS, SegmentOptions, check_support
+from ..segment import SegmentOptions
+from ..support_check import DEFAULT_FOLDS, MAX_FOLDS, check_support
 from .options import (bands_option, batch_size_option, device_option, encoder_options, handle_errors, integer,
                       not_stdio, number, print_json, printable, support_options)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shlex
 import signal
 import sys
@@ -51,8 +52,7 @@ def handle_errors(command):
         except GeoprotoError as exc:
             if debug:
                 raise
-            where = f"{option_hint(exc.param)}: " if exc.param else ""
-            raise click.ClickException(printable(where + exc.message)) from None
+            raise click.ClickException(printable(cli_message(exc))) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -73,6 +73,17 @@ def handle_errors(command):
                                        f"details)")
 
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
+
+
+def cli_message(exc: GeoprotoError) -> str:
+    """The error as the command line says it: the option that sets the parameter at fault, not the
+    library's parameter name (``--tile-size: ...`` rather than ``tile_size: ...``), and likewise for the
+    other parameters the message mentions."""
+    message = exc.message
+    for name in exc.mentions:
+        # As a word, not inside a path (/data/image.tif) or another name (support_image).
+        message = re.sub(rf"(?<![\w./\\-]){re.escape(name)}(?![\w./\\-])", option_hint(name), message)
+    return f"{option_hint(exc.param)}: {message}" if exc.param else message
 
 
 def option_hint(param: str) -> str:

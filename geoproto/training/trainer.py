@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import GeoprotoError
-from ..fewshot import DEFAULT_ALPHA, class_scores, masked_average_prototypes
+from ..classifier import Classifier
+from ..fewshot import DEFAULT_ALPHA, masked_average_prototypes
 from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
 from ..models.checkpoint import safe_load
 from ..models.runtime import resolve_device, window_features
@@ -86,8 +87,8 @@ TRAIN_RANGES = {
 def episode_logits(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                    size: tuple[int, int], num_classes: int, alpha: float) -> torch.Tensor:
     """Eq. 1-2 within an episode: prototypes from the support features, query logits at pixel size."""
-    prototypes = masked_average_prototypes(support.float(), support_labels, num_classes)
-    return class_scores(query, prototypes, size, alpha)
+    classifier = Classifier(masked_average_prototypes(support.float(), support_labels, num_classes), alpha=alpha)
+    return classifier.score_features(query, size)
 
 
 def episode_loss(encoder: Encoder, batch: dict, num_classes: int, alpha: float, align: bool) -> torch.Tensor:

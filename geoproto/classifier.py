@@ -1,0 +1,133 @@
+"""The classifier at the centre of geoproto: encode once, predict many (as segment-anything's predictor).
+
+A ``Classifier`` holds what a support taught (the class prototypes of eq. 1, with the classes they
+stand for) and, when it is to label imagery, the encoder that makes features. It gives per-window class
+scores (eq. 2, at pixel resolution); their softmax is eq. 3. ``segment``, ``check-support``'s
+cross-validation, ``evaluate`` and training's validation all score through it, so there is one place
+where support becomes a model and a model becomes scores.
+
+``fit_support`` is eq. 1 over a user's support on a raster: each labelled pixel counts once, in the
+window whose core owns it (its neighbours still give it context), so the prototypes are those of the
+whole raster whatever the tiling.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .classes import ClassInfo
+from .errors import GeoprotoError
+from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, class_scores
+from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor
+from .raster import RasterSource
+from .tiling import Tile, tile_grid
+
+
+@dataclass
+class Classifier:
+    """Class prototypes (K x C) for ``classes``, matched with softmax scale ``alpha``; ``extract`` (a
+    ``FeatureExtractor``) is needed only to score images rather than features."""
+
+    prototypes: torch.Tensor
+    classes: ClassInfo | None = None
+    alpha: float = DEFAULT_ALPHA
+    extract: FeatureExtractor | None = None
+    pixels: dict[str, int] = field(default_factory=dict)  # labelled support pixels per class
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The class id of each score channel, as written to the class raster."""
+        return np.array(self.classes.ids, np.uint8)
+
+    def encode(self, images: np.ndarray, context: int = CONTEXT_MARGIN) -> torch.Tensor:
+        """Features of a batch of windows read with ``context`` pixels around them (``RasterSource.read``)."""
+        if self.extract is None:
+            raise GeoprotoError("this classifier has no encoder: it scores features, not images")
+        return self.extract(images, context)
+
+    def score_features(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Class logits (B x K x H x W) of windows of ``size`` from their features (eq. 2); the argmax
+        is the label, the softmax eq. 3."""
+        return class_scores(features, self.prototypes, size, self.alpha)
+
+    @torch.inference_mode()
+    def score(self, images: np.ndarray, size: int, context: int = CONTEXT_MARGIN) -> torch.Tensor:
+        """Class logits (B x K x size x size, float32) of a batch of windows, on the encoder's device."""
+        return self.score_features(self.encode(images, context), (size, size)).float()
+
+
+def fit_support(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo, size: int,
+                overlap: int, batch_size: int, alpha: float = DEFAULT_ALPHA) -> tuple[Classifier, dict]:
+    """The classifier a support teaches: prototypes from every support window (eq. 1), pixel-weighted.
+
+    Classes a classes file lists but the support never uses are left out (with a warning); the
+    classifier's ``classes`` are those it has prototypes for, in their order. Fails if a class has no
+    labelled pixel on valid data, or if fewer than two classes remain.
+    """
+    accumulator, classes, stats = accumulate_support(extract, source, labels, classes, size, overlap, batch_size)
+    classifier = Classifier(accumulator.prototypes(), classes, alpha, extract, stats["pixels"])
+    return classifier, stats
+
+
+def accumulate_support(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo, size: int,
+                       overlap: int, batch_size: int) -> tuple[PrototypeAccumulator, ClassInfo, dict]:
+    """Eq. 1's sums over a support (``fit_support``): the accumulator (per-class feature sums and pixel
+    counts, which pool exactly across supports), the classes kept, and what it took."""
+    unknown: set[int] = set()
+    seen: set[int] = set()
+    lookup = classes.positions()
+    with source.dataset() as src:
+        tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID))
+        labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
+        for tile in tiles:
+            window_labels = labels.read(tile, size)
+            present = {int(v) for v in np.unique(window_labels) if v}
+            unknown |= present - set(classes.ids)
+            seen |= present
+            if core_labels(lookup[window_labels], tile).any():
+                labelled.append(tile)
+        if unknown:
+            raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the classes file",
+                                param="classes_file")
+        unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
+        if unused and labels.classes_from_catalogue and len(unused) < len(classes.ids):
+            warnings.warn(f"no support for class(es) {', '.join(unused)} of the classes file: left out")
+            classes = classes.subset(seen)
+            lookup = classes.positions()
+        accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
+        model_seconds = 0.0
+        for start in range(0, len(labelled), batch_size):
+            chunk = labelled[start:start + batch_size]
+            reads = [source.read(src, tile, size, CONTEXT_MARGIN) for tile in chunk]
+            started = time.perf_counter()
+            features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
+            model_seconds += time.perf_counter() - started
+            # Support over nodata (or NaN) would make a prototype of fill values: left out.
+            accumulator.add(features.cpu(), torch.from_numpy(np.stack(
+                [core_labels(lookup[labels.read(tile, size)], tile) * valid
+                 for tile, (_, valid) in zip(chunk, reads)])))
+    empty = [(name, class_id in seen) for name, class_id, pixels in
+             zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
+    if empty:
+        name, over_nodata = empty[0]
+        where = "on valid data (all its support lies over nodata)" if over_nodata else "inside the raster"
+        raise GeoprotoError(f"class {name!r} has no labelled pixel {where}; label some or remove it")
+    if len(classes.ids) < 2:
+        raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
+                            f"the class you want and what surrounds it")
+    stats = {"windows": len(labelled), "model_seconds": round(model_seconds, 3),
+             "pixels": {name: int(p) for name, p in zip(classes.names, accumulator.pixels.tolist())}}
+    return accumulator, classes, stats
+
+
+def core_labels(window_labels: np.ndarray, tile: Tile) -> np.ndarray:
+    """The window's labels with every pixel outside its core unlabelled: each pixel counted once."""
+    core = np.zeros_like(window_labels)
+    rows, cols = tile.core_slices
+    core[rows, cols] = window_labels[rows, cols]
+    return core

@@ -1,0 +1,70 @@
+"""Opening what a command works on: the orthophoto, its CRS and the support labels, checked together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .classes import ClassInfo
+from .errors import GeoprotoError
+from .raster import RasterSource
+from .support import VectorLabels, load_support
+from .tiling import Tile
+
+
+class SupportLabels(Protocol):
+    """What the support of a raster gives, whether polygons (``support.VectorLabels``) or a label raster
+    (``support.RasterLabels``): class ids per window of the segmentation grid (0 = unlabelled)."""
+
+    classes_from_catalogue: bool  # classes come from a classes file, so some may go unused
+
+    def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
+        """The tiles that may hold labels (the others are never read)."""
+
+    def read(self, tile: Tile, size: int) -> np.ndarray:
+        """The tile's labels as a size x size uint8 array of class ids."""
+
+    def found_classes(self) -> ClassInfo:
+        """The classes the support uses."""
+
+
+@dataclass
+class Inputs:
+    """The opened orthophoto and support: what every command working on a raster + support needs."""
+
+    source: RasterSource
+    crs: object  # the raster's CRS, or assume_crs, or None
+    support_source: RasterSource  # the raster the support labels (``support_image``, else ``source``)
+    labels: SupportLabels
+    classes: ClassInfo
+
+    @property
+    def polygons(self) -> VectorLabels | None:
+        """The support polygons, for what only polygons allow (cross-validation); None for a label raster."""
+        return self.labels if isinstance(self.labels, VectorLabels) else None
+
+
+def open_inputs(image: str, support: str, bands: list[int] | None = None, assume_crs: str | None = None,
+                support_image: str | None = None, class_field: str | None = None, layer: str | None = None,
+                support_crs: str | None = None, classes_file: str | None = None, buffer: float = 0.0) -> Inputs:
+    """Open the orthophoto and its support, checking them against each other."""
+    from rasterio.crs import CRS
+
+    source = RasterSource.open(image, bands)
+    with source.dataset() as src:
+        crs = src.crs
+    if assume_crs:
+        if crs is not None:
+            raise GeoprotoError(f"{image}: has a CRS already; assume_crs is for rasters without one",
+                                param="assume_crs")
+        try:
+            crs = CRS.from_user_input(assume_crs)
+        except Exception as exc:
+            raise GeoprotoError(f"{assume_crs!r}: not a CRS ({exc})", param="assume_crs") from None
+    support_source = RasterSource.open(support_image, bands) if support_image else source
+    with support_source.dataset() as support_src:
+        labels = load_support(support, support_src, class_field, layer, support_crs, classes_file,
+                              None if support_image else crs, buffer)
+    return Inputs(source, crs, support_source, labels, labels.found_classes())
