@@ -56,3 +56,15 @@ def test_shared_options_are_declared_once(command):
     assert len(flags) == len(set(flags))
     device = next(p for p in params if p.name == "device")
     assert device.default == "auto" and list(device.type.choices) == ["auto", "cpu", "cuda"]
+
+
+def test_mentioned_parameters_become_flags_but_paths_stay_as_written():
+    @click.command()
+    @click.argument("image")
+    @click.option("--output", "-o")
+    @handle_errors
+    def command(**options):
+        raise GeoprotoError("/data/image.tif: is the input image /data/image.tif", param="output", mentions=("image",))
+
+    result = CliRunner().invoke(command, ["a.tif", "-o", "b.tif"])
+    assert result.output == "Error: --output: /data/image.tif: is the input IMAGE /data/image.tif\n"
