@@ -204,6 +204,19 @@ def test_evaluate_report_into_a_missing_folder_is_refused_before_any_work(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_evaluate_report_never_replaces_the_checkpoint(tmp_path, monkeypatch):
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights")
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--checkpoint",
+                                       str(checkpoint), "--report", str(checkpoint)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: --report: {checkpoint}: is the input --checkpoint {checkpoint}; ")
+    assert checkpoint.read_bytes() == b"weights"
+
+
 def test_evaluate_encoder_auto_names_the_option(tmp_path, monkeypatch):
     """``auto`` needs support polygons: the library names its parameter, the CLI shows the flag."""
     import geoproto.cli.evaluate

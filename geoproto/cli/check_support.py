@@ -7,8 +7,8 @@ import click
 from ..metrics import format_metric
 from ..segment import SegmentOptions
 from ..support_check import DEFAULT_FOLDS, MAX_FOLDS, check_support
-from .options import (bands_option, batch_size_option, device_option, encoder_options, handle_errors, integer,
-                      not_stdio, number, print_json, printable, support_options)
+from .options import (encoding_options, handle_errors, integer, not_stdio, number, print_json, printable,
+                      support_options)
 
 
 @click.command("check-support")
@@ -16,10 +16,7 @@ from .options import (bands_option, batch_size_option, device_option, encoder_op
 @click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons.")
 @support_options
-@encoder_options
-@bands_option
-@device_option
-@batch_size_option
+@encoding_options
 @click.option("--folds", type=integer(2, MAX_FOLDS), default=DEFAULT_FOLDS, show_default=True)
 @click.option("--group-distance", type=number(0),
               help="Polygons closer than this many pixels share a fold [default: 32].")

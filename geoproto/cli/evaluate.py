@@ -43,8 +43,8 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
     # The report path is checked before the (long) evaluation, and never replaces one of its inputs.
-    staged = StagedOutputs(overwrite=True, inputs={"--checkpoint": checkpoint, "--init-weights": init_weights,
-                                                   "--split": split})
+    staged = StagedOutputs(overwrite=True, inputs={"checkpoint": checkpoint, "init_weights": init_weights,
+                                                   "split": split})
     with staged:
         report_tmp = staged.stage(report, "report") if report else None
         data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,

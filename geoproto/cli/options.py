@@ -251,6 +251,8 @@ batch_size_option = click.option("--batch-size", type=Number(1, integer=True),
                                  help="Windows per batch [default: 1 on CPU, 16 on CUDA].")
 encoder_options = _chain(encoder_option, backbone_option, checkpoint_option, init_weights_option)
 """Which encoder: a shipped one by name, or an architecture with a checkpoint or ImageNet weights."""
+encoding_options = _chain(encoder_options, bands_option, device_option, batch_size_option)
+"""The encoder, the image bands it reads, and where and in what batches it runs (segment, check-support)."""
 
 workers_option = click.option("--workers", type=Number(0, MAX_WORKERS, integer=True),
                               help="DenseCRF worker processes for --crf-backend densecrf [default: one per core; "

@@ -7,9 +7,9 @@ import click
 from ..crf import CRF_RANGES, CRFParams
 from ..segment import (DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
                        segment)
-from .options import (bands_option, batch_size_option, command_line, crf_backend_option, device_option,
-                      encoder_options, handle_errors, integer, json_option, not_stdio, number, parse_pairs, print_json,
-                      printable, quiet_option, show_progress, support_options, workers_option)
+from .options import (command_line, crf_backend_option, encoding_options, handle_errors, integer, json_option, not_stdio,
+                      number, parse_pairs, print_json, printable, quiet_option, show_progress, support_options,
+                      workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -21,10 +21,7 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml.")
 @support_options
-@encoder_options
-@bands_option
-@device_option
-@batch_size_option
+@encoding_options
 @workers_option
 @click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]), default=DEFAULT_TILE_SIZE,
               show_default=True)
