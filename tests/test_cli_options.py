@@ -68,3 +68,12 @@ def test_mentioned_parameters_become_flags_but_paths_stay_as_written():
 
     result = CliRunner().invoke(command, ["a.tif", "-o", "b.tif"])
     assert result.output == "Error: --output: /data/image.tif: is the input IMAGE /data/image.tif\n"
+
+
+def test_a_dataset_error_names_the_option_that_sets_the_parameter(tmp_path):
+    """``load_isprs(bands=...)`` is set by train's ``--isprs-bands`` (its parameter name is ``bands``)."""
+    result = CliRunner().invoke(main, ["train", "--dataset", "isprs", "--root", str(tmp_path), "--isprs-bands", "RGB",
+                                       "-o", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert result.output == "Error: --isprs-bands: Vaihingen is distributed as IRRG only\n"
+    assert not (tmp_path / "run").exists()

@@ -172,7 +172,7 @@ def test_vaihingen_eroded_without_eroded_files_refuses(vaihingen):
 
 def test_vaihingen_is_irrg_only(vaihingen):
     root, _ = vaihingen
-    with pytest.raises(GeoprotoError, match="IRRG"):
+    with pytest.raises(GeoprotoError, match="^bands: Vaihingen is distributed as IRRG only"):
         load_isprs(str(root), "vaihingen", bands="RGB")
 
 
@@ -386,7 +386,7 @@ def test_pascal_fold_classes():
     all_unseen = sum((fold_classes(f)[1] for f in range(4)), [])
     assert len(all_unseen) == len(set(all_unseen)) == 20
     for bad in (4, -1):
-        with pytest.raises(GeoprotoError, match="fold must be 0, 1, 2 or 3"):
+        with pytest.raises(GeoprotoError, match="^fold: PASCAL-5i folds are 0, 1, 2 and 3"):
             fold_classes(bad)
 
 

@@ -45,14 +45,14 @@ def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: 
     ground truth; Potsdam: ``2_Ortho_RGB``/``3_Ortho_IRRG`` tiles with ``5_Labels_all[_noBoundary]``."""
     base = Path(root)
     if not base.is_dir():
-        raise GeoprotoError(f"{root}: no such directory")
+        raise GeoprotoError(f"{root}: no such directory", param="root")
     if city not in ("vaihingen", "potsdam"):
-        raise GeoprotoError(f"unknown ISPRS city {city!r}: vaihingen or potsdam")
+        raise GeoprotoError(f"unknown ISPRS city {city!r}: vaihingen or potsdam", param="city")
     split = _split(city, split_file)
     samples = []
     if city == "vaihingen":
         if bands.upper() != "IRRG":
-            raise GeoprotoError("Vaihingen is distributed as IRRG only")
+            raise GeoprotoError("Vaihingen is distributed as IRRG only", param="bands")
         tops = sorted((base / "top").glob("top_mosaic_09cm_area*.tif"))
         if not tops:
             raise GeoprotoError(f"{root}: no top/top_mosaic_09cm_area*.tif (is this the Vaihingen folder?)")
@@ -67,7 +67,7 @@ def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: 
     else:
         folder = {"RGB": "2_Ortho_RGB", "IRRG": "3_Ortho_IRRG"}.get(bands.upper())
         if folder is None:
-            raise GeoprotoError("Potsdam bands: RGB or IRRG")
+            raise GeoprotoError("Potsdam bands: RGB or IRRG", param="bands")
         tops = sorted((base / folder).glob(f"top_potsdam_*_{bands.upper()}.tif"))
         if not tops:
             raise GeoprotoError(f"{root}: no {folder}/top_potsdam_*_{bands.upper()}.tif (is this the Potsdam folder?)")
