@@ -17,6 +17,7 @@ from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..errors import GeoprotoError
 from ..validation import MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
+from ..training import DATASETS
 
 
 class Interrupted(Exception):
@@ -264,7 +265,7 @@ crf_backend_option = click.option(
          "densecrf on a CPU where it is installed.")
 
 dataset_options = _chain(
-    click.option("--dataset", type=click.Choice(["isprs", "pascal5i", "folder"]), required=True,
+    click.option("--dataset", type=click.Choice(DATASETS), required=True,
                  help="Layout of --root: ISPRS downloads, VOC2012 + SegmentationClassAug, or images/ + masks/."),
     click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's folder."),
     click.option("--city", type=click.Choice(["vaihingen", "potsdam"]), default="vaihingen", show_default=True,
