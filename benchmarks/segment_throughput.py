@@ -119,7 +119,7 @@ def run_naive(image: str, labels: str, classes_file: str, crf: bool, device: str
     source = RasterSource.open(image)
     extract = FeatureExtractor(build_shipped(DEFAULT_ENCODER)[0], resolve_device(device))  # as segment's
     stages = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
-    with source.dataset() as src, tempfile.TemporaryDirectory() as folder:
+    with source.dataset as src, tempfile.TemporaryDirectory() as folder:
         support = load_support(labels, src, classes_file=classes_file)
         classifier, support_stats = fit_support(extract, source, support, support.classes, 417, 64, 1)
         classes, prototypes, ids = classifier.classes, classifier.prototypes, classifier.ids
@@ -128,7 +128,7 @@ def run_naive(image: str, labels: str, classes_file: str, crf: bool, device: str
         params = crf_module.CRFParams(bilateral_sxy=crf_module.bilateral_sxy_pixels(7.2, 0.3)) if crf else None
         for tile in tiles:
             t0 = time.perf_counter()
-            window_image, valid = source.read(src, tile, 417)
+            window_image, valid = source.read(tile, 417)
             t1 = time.perf_counter()
             with torch.inference_mode():
                 scores = class_probabilities(extract(window_image[None]), prototypes, (417, 417))[0].numpy()

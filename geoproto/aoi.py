@@ -48,11 +48,12 @@ class ClippedSource:
     source: RasterSource
     area: AreaOfInterest
 
+    @property
     def dataset(self):
-        return self.source.dataset()
+        return self.source.dataset
 
-    def read(self, src, tile: Tile, size: int, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        image, valid = self.source.read(src, tile, size, context)
+    def read(self, tile: Tile, size: int, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        image, valid = self.source.read(tile, size, context)
         return image, valid & self.area.mask(tile, size)
 
 

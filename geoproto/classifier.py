@@ -81,36 +81,36 @@ def accumulate_support(extract: FeatureExtractor, source: RasterSource, labels, 
     unknown: set[int] = set()
     seen: set[int] = set()
     lookup = classes.positions()
-    with source.dataset() as src:
-        tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID))
-        labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
-        for tile in tiles:
-            window_labels = labels.read(tile, size)
-            present = {int(v) for v in np.unique(window_labels) if v}
-            unknown |= present - set(classes.ids)
-            seen |= present
-            if core_labels(lookup[window_labels], tile).any():
-                labelled.append(tile)
-        if unknown:
-            raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the classes file",
-                                param="classes_file")
-        unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
-        if unused and labels.classes_from_catalogue and len(unused) < len(classes.ids):
-            warnings.warn(f"no support for class(es) {', '.join(unused)} of the classes file: left out")
-            classes = classes.subset(seen)
-            lookup = classes.positions()
-        accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
-        model_seconds = 0.0
-        for start in range(0, len(labelled), batch_size):
-            chunk = labelled[start:start + batch_size]
-            reads = [source.read(src, tile, size, CONTEXT_MARGIN) for tile in chunk]
-            started = time.perf_counter()
-            features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
-            model_seconds += time.perf_counter() - started
-            # Support over nodata (or NaN) would make a prototype of fill values: left out.
-            accumulator.add(features.cpu(), torch.from_numpy(np.stack(
-                [core_labels(lookup[labels.read(tile, size)], tile) * valid
-                 for tile, (_, valid) in zip(chunk, reads)])))
+    src = source.dataset
+    tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID))
+    labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
+    for tile in tiles:
+        window_labels = labels.read(tile, size)
+        present = {int(v) for v in np.unique(window_labels) if v}
+        unknown |= present - set(classes.ids)
+        seen |= present
+        if core_labels(lookup[window_labels], tile).any():
+            labelled.append(tile)
+    if unknown:
+        raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the classes file",
+                            param="classes_file")
+    unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
+    if unused and labels.classes_from_catalogue and len(unused) < len(classes.ids):
+        warnings.warn(f"no support for class(es) {', '.join(unused)} of the classes file: left out")
+        classes = classes.subset(seen)
+        lookup = classes.positions()
+    accumulator = PrototypeAccumulator(len(classes.ids), extract.out_channels)
+    model_seconds = 0.0
+    for start in range(0, len(labelled), batch_size):
+        chunk = labelled[start:start + batch_size]
+        reads = [source.read(tile, size, CONTEXT_MARGIN) for tile in chunk]
+        started = time.perf_counter()
+        features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
+        model_seconds += time.perf_counter() - started
+        # Support over nodata (or NaN) would make a prototype of fill values: left out.
+        accumulator.add(features.cpu(), torch.from_numpy(np.stack(
+            [core_labels(lookup[labels.read(tile, size)], tile) * valid
+             for tile, (_, valid) in zip(chunk, reads)])))
     empty = [(name, class_id in seen) for name, class_id, pixels in
              zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
     if empty:

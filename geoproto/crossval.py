@@ -122,11 +122,10 @@ def encode_windows(extract, windows: SupportWindows, batch_size: int) -> torch.T
     """Features of every support window (N x C x h x w, half precision on the CPU to bound memory)."""
     size = windows.polygons.shape[-1]
     features = []
-    with windows.source.dataset() as src:
-        for start in range(0, len(windows.tiles), batch_size):
-            images = np.stack([windows.source.read(src, tile, size, CONTEXT_MARGIN)[0]
-                               for tile in windows.tiles[start:start + batch_size]])
-            features.append(extract(images, CONTEXT_MARGIN).cpu().half())
+    for start in range(0, len(windows.tiles), batch_size):
+        images = np.stack([windows.source.read(tile, size, CONTEXT_MARGIN)[0]
+                           for tile in windows.tiles[start:start + batch_size]])
+        features.append(extract(images, CONTEXT_MARGIN).cpu().half())
     return torch.cat(features)
 
 

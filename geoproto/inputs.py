@@ -40,6 +40,14 @@ class Inputs:
     labels: SupportLabels
     classes: ClassInfo
 
+    def __enter__(self) -> "Inputs":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Close the rasters' handles (the support's label raster, if any, closes with its dataset)."""
+        self.source.close()
+        self.support_source.close()
+
     @property
     def polygons(self) -> VectorLabels | None:
         """The support polygons, for what only polygons allow (cross-validation); None for a label raster."""
@@ -50,11 +58,20 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
                 support_image: str | None = None, class_field: str | None = None, layer: str | None = None,
                 support_crs: str | None = None, classes_file: str | None = None, buffer: float = 0.0) -> Inputs:
     """Open the orthophoto and its support, checking them against each other."""
+    source = RasterSource.open(image, bands)
+    try:
+        return _check_inputs(source, image, support, bands, assume_crs, support_image, class_field, layer,
+                             support_crs, classes_file, buffer)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _check_inputs(source: RasterSource, image: str, support: str, bands, assume_crs, support_image, class_field,
+                  layer, support_crs, classes_file, buffer) -> Inputs:
     from rasterio.crs import CRS
 
-    source = RasterSource.open(image, bands)
-    with source.dataset() as src:
-        crs = src.crs
+    crs = source.dataset.crs
     if assume_crs:
         if crs is not None:
             raise GeoprotoError(f"{image}: has a CRS already; assume_crs is for rasters without one",
@@ -64,7 +81,10 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
         except Exception as exc:
             raise GeoprotoError(f"{assume_crs!r}: not a CRS ({exc})", param="assume_crs") from None
     support_source = RasterSource.open(support_image, bands) if support_image else source
-    with support_source.dataset() as support_src:
-        labels = load_support(support, support_src, class_field, layer, support_crs, classes_file,
+    try:
+        labels = load_support(support, support_source.dataset, class_field, layer, support_crs, classes_file,
                               None if support_image else crs, buffer)
-    return Inputs(source, crs, support_source, labels, labels.found_classes())
+        return Inputs(source, crs, support_source, labels, labels.found_classes())
+    except BaseException:
+        support_source.close()
+        raise

@@ -162,9 +162,9 @@ class WindowPipeline:
         self.timings = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
         self._bar = None
 
-    def read(self, src, tile: Tile) -> Window:
+    def read(self, tile: Tile) -> Window:
         started = time.perf_counter()
-        window = Window(tile, *self.source.read(src, tile, self.size, CONTEXT_MARGIN))
+        window = Window(tile, *self.source.read(tile, self.size, CONTEXT_MARGIN))
         self.timings["read"] += time.perf_counter() - started
         return window
 
@@ -206,9 +206,8 @@ class WindowPipeline:
         write_queue: queue.Queue = queue.Queue(maxsize=2 * max(workers, 1) + batch_size)
 
         def read_tiles():
-            with self.source.dataset() as src:
-                for tile in tiles:
-                    yield self.read(src, tile)
+            for tile in tiles:
+                yield self.read(tile)
 
         def read_all():
             for item in read_tiles():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -63,30 +64,71 @@ def read_error(path: str, exc: Exception, where: str = "") -> GeoprotoError:
 
 @dataclass
 class RasterSource:
-    """An orthophoto opened for windowed reads of 3 bands scaled to [0, 1]."""
+    """An orthophoto opened for windowed reads of 3 bands scaled to [0, 1].
+
+    It owns its dataset handles: one per thread that reads (a GDAL handle must not be shared between
+    threads), opened on first use and closed by ``close``; a copy sent to another process (pickled)
+    opens its own. The scaling is fixed when the source is opened, so every window, thread and
+    process scales alike.
+    """
 
     path: str
     bands: list[int] = field(default_factory=list)
     scale: list[tuple[float, float]] = field(default_factory=list)
 
+    def __post_init__(self):
+        self._handles: dict[int, rasterio.io.DatasetReader] = {}
+        self._lock = threading.Lock()
+
     @classmethod
     def open(cls, path: str, bands: list[int] | None = None) -> "RasterSource":
-        with open_raster(path) as src:
-            chosen = _choose_bands(src, bands)
-            scale = band_scaling(src, chosen)
-        return cls(path, chosen, scale)
+        source = cls(path)
+        try:
+            source.bands = _choose_bands(source.dataset, bands)
+            source.scale = band_scaling(source.dataset, source.bands)
+        except BaseException:
+            source.close()
+            raise
+        return source
 
+    @property
     def dataset(self) -> rasterio.io.DatasetReader:
-        return open_raster(self.path)
+        """This thread's handle on the raster."""
+        thread = threading.get_ident()
+        handle = self._handles.get(thread)
+        if handle is None or handle.closed:
+            handle = open_raster(self.path)
+            with self._lock:
+                self._handles[thread] = handle
+        return handle
 
-    def read(self, src: rasterio.io.DatasetReader, tile: Tile, size: int,
-             context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def close(self) -> None:
+        with self._lock:
+            handles, self._handles = list(self._handles.values()), {}
+        for handle in handles:
+            handle.close()
+
+    def __enter__(self) -> "RasterSource":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "bands": self.bands, "scale": self.scale}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+    def read(self, tile: Tile, size: int, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The tile as a 3 x (size + 2 context)^2 float32 image in [0, 1] and its size x size validity mask.
 
         ``context`` pixels around the window are read from the raster too (the encoder's features near
         a window's edge then equal those of whole-raster processing); beyond the raster's edges, and
         for windows of rasters smaller than ``size``, the image is reflected. Padding is marked invalid.
         """
+        src = self.dataset
         row0, col0 = max(tile.row - context, 0), max(tile.col - context, 0)
         row1 = min(tile.row + size + context, src.height)
         col1 = min(tile.col + size + context, src.width)

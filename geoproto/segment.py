@@ -158,9 +158,9 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
         # After the alias checks: an output that would replace an input is the first thing to say.
         raster_format, vector_format = _output_formats(output, options)
         inputs = options_inputs(image, support, options)
-        source, crs = inputs.source, inputs.crs
+        source, crs, src = inputs.source, inputs.crs, inputs.source.dataset
         output_bytes = 1 + (4 * len(inputs.classes.ids) if paths.probabilities else 0)  # classes, probabilities
-        with source.dataset() as src, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
+        with inputs, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
             pixel_area = pixel_area_m2(src, crs)
             if options.min_area and pixel_area is None:
                 raise GeoprotoError(f"{image}: is in square metres and needs a projected CRS", param="min_area")

@@ -339,7 +339,12 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
     geometries = np.array([shapely.affinity.affine_transform(g, matrix) for g in frame.geometry.values])
     if buffer:
         # The distance is in the raster's CRS units; in pixel space that is distance / pixel size.
-        geometries = shapely.buffer(geometries, buffer / abs(reference.transform.a))
+        pixels = buffer / abs(reference.transform.a)
+        if pixels > max(reference.width, reference.height):
+            raise GeoprotoError(f"{buffer:g} is {pixels:.3g} pixels, wider than the raster ({reference.width} x "
+                                f"{reference.height} pixels); give a distance in the raster CRS's units",
+                                param="buffer")
+        geometries = shapely.buffer(geometries, pixels)
     extent = shapely.box(0, 0, reference.width, reference.height)
     inside = shapely.intersects(geometries, extent)
     if not inside.any():

@@ -43,12 +43,12 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     if path_exists(support) and is_raster(support):
         raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label "
                             f"raster", param="support")
-    inputs = options_inputs(image, support, options)
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
-    check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
-    _, encoder_info, result = choose_encoder(inputs, options, device, batch_size, True, folds,
-                                             group_distance or DEFAULT_GROUP_DISTANCE_PX)
+    with options_inputs(image, support, options) as inputs:
+        check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
+        _, encoder_info, result = choose_encoder(inputs, options, device, batch_size, True, folds,
+                                                 group_distance or DEFAULT_GROUP_DISTANCE_PX)
     return {"input": image, "support": support, "encoder": encoder_info, **result}
 
 
@@ -80,8 +80,8 @@ def choose_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device
             info = {**info, "auto": f"support is a label raster: no cross-validation, used the default {default}"}
         return FeatureExtractor(encoder, device), info, None
 
-    with inputs.support_source.dataset() as src:
-        tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
+    src = inputs.support_source.dataset
+    tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
     windows = crossval.read_support_windows(inputs.support_source, polygons, inputs.classes, tiles,
                                             options.tile_size, folds, group_distance)
     num_classes = len(inputs.classes.ids)

@@ -33,9 +33,9 @@ def test_windows_outside_the_aoi_are_never_read(tmp_path, monkeypatch):
     reads = []
     original = RasterSource.read
 
-    def counting_read(self, src, tile, size, context=0):
+    def counting_read(self, tile, size, context=0):
         reads.append((tile.row, tile.col))
-        return original(self, src, tile, size, context)
+        return original(self, tile, size, context)
 
     monkeypatch.setattr(RasterSource, "read", counting_read)
     summary = segment(str(image), str(support), str(tmp_path / "c.tif"),

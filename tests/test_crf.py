@@ -35,9 +35,9 @@ def _spacenet_window(spacenet: Path):
     from geoproto.tiling import tile_grid
 
     source = RasterSource.open(str(spacenet / "sample_geotiff.tif"))
-    with source.dataset() as src:
+    with source.dataset as src:
         tile = tile_grid(src.height, src.width, WINDOW, 64)[0]
-        image, _ = source.read(src, tile, WINDOW)
+        image, _ = source.read(tile, WINDOW)
         transform = src.transform
     buildings = geopandas.read_file(spacenet / "geotiff_labels.geojson")
     truth = (rasterize(buildings.geometry, out_shape=(WINDOW, WINDOW), transform=transform) > 0).astype(int)

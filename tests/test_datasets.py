@@ -585,7 +585,6 @@ def test_non_byte_imagery_is_stretched_per_raster_as_segment_does(tmp_path):
     dark, _ = data.read(data.samples[0], 0, 0, 20, 30)
     np.testing.assert_array_equal(dark, whole[:, :20, :30])
     assert dark.max() < 0.1  # a per-window stretch would reach 1
-    source = RasterSource.open(data.samples[0].image)
-    with source.dataset() as src:
-        segment_view, _ = source.read(src, Tile(0, 0, 40, 60, 0, 40, 0, 60), 60)
+    with RasterSource.open(data.samples[0].image) as source:
+        segment_view, _ = source.read(Tile(0, 0, 40, 60, 0, 40, 0, 60), 60)
     np.testing.assert_allclose(whole, segment_view[:, :40, :60], atol=1e-6)

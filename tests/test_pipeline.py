@@ -49,12 +49,12 @@ def test_failing_stage_stops_every_stage(paths, tmp_path, monkeypatch, workers):
 
     original, calls = RasterSource.read, {"n": 0}
 
-    def failing_read(self, src, tile, size, context=0):
+    def failing_read(self, tile, size, context=0):
         if self.path == str(paths.dubai_query):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise GeoprotoError(f"{self.path}: read error at window {tile}")
-        return original(self, src, tile, size, context)
+        return original(self, tile, size, context)
 
     monkeypatch.setattr(RasterSource, "read", failing_read)
     with pytest.raises(GeoprotoError, match="read error"):

@@ -191,9 +191,9 @@ def test_uint16_single_band_scaled_once_for_the_whole_raster(spacenet, chip):
     tiles = tile_grid(chip.height, chip.width, TILE, OVERLAP)
     first, last = tiles[0], tiles[-1]
     own_stretch = []
-    with source.dataset() as src:
+    with source:
         for tile in (first, last):
-            image, valid = source.read(src, tile, TILE)
+            image, valid = source.read(tile, TILE)
             assert image.shape == (3, TILE, TILE) and image.dtype == np.float32
             assert valid.shape == (TILE, TILE) and valid.all()
             np.testing.assert_array_equal(image[0], image[1])
@@ -219,8 +219,8 @@ def test_nodata_pixels_are_invalid(spacenet, tmp_path):
     low, _ = source.scale[0]
     assert low > 0  # nodata stays out of the statistics
     tile = next(t for t in tile_grid(900, 900, TILE, OVERLAP) if t.row <= 100 < t.row + TILE and t.col <= 300 < t.col + TILE)
-    with source.dataset() as src:
-        _, valid = source.read(src, tile, TILE)
+    with source:
+        _, valid = source.read(tile, TILE)
     expected = data[tile.row:tile.row + TILE, tile.col:tile.col + TILE] != 0
     assert (~expected).sum() > 0
     np.testing.assert_array_equal(valid, expected)
@@ -247,8 +247,8 @@ def test_rgba_alpha_masks_pixels(tmp_path):
     assert source.bands == [1, 2, 3]
     assert source.scale == [(0.0, 255.0)] * 3
     tile = tile_grid(200, 160, TILE, OVERLAP)[0]
-    with source.dataset() as src:
-        image, valid = source.read(src, tile, TILE)
+    with source:
+        image, valid = source.read(tile, TILE)
     np.testing.assert_array_equal(valid, data[3, :TILE, :TILE] > 0)
     assert not valid[20:60, 30:90].any() and valid.sum() == TILE * TILE - 40 * 60
     expected = data[:3, :TILE, :TILE] / 255.0
@@ -268,8 +268,8 @@ def test_raster_smaller_than_tile_is_reflect_padded(tmp_path):
     source = RasterSource.open(str(path))
     tiles = tile_grid(100, 80, TILE, OVERLAP)
     assert len(tiles) == 1 and (tiles[0].height, tiles[0].width) == (100, 80)
-    with source.dataset() as src:
-        image, valid = source.read(src, tiles[0], TILE)
+    with source:
+        image, valid = source.read(tiles[0], TILE)
     assert image.shape == (3, TILE, TILE)
     expected = np.pad(data / 255.0, ((0, 0), (0, TILE - 100), (0, TILE - 80)), mode="reflect")
     np.testing.assert_allclose(image, expected, atol=1e-6)
@@ -317,8 +317,8 @@ def test_nan_is_invalid_left_out_of_the_stretch_and_never_encoded(tmp_path, noda
     for (low, high), band in zip(source.scale, finite):
         assert np.isfinite([low, high]).all()
         assert low == pytest.approx(np.percentile(band, 2), rel=1e-3)
-    with source.dataset() as src:
-        image, valid = source.read(src, tile_grid(96, 96, 96, 0)[0], 96)
+    with source:
+        image, valid = source.read(tile_grid(96, 96, 96, 0)[0], 96)
     assert np.isfinite(image).all()
     assert not valid[:, :10].any() and not valid[50, 50] and valid[:, 10:].sum() == 96 * 86 - 1
 

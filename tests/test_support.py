@@ -420,3 +420,16 @@ def test_labels_land_inside_their_polygons(shapes):
         if len(others):
             inside &= ~shapely.intersects(shapely.union_all(others), centres)
         assert labelled[inside].all()
+
+
+def test_a_buffer_wider_than_the_raster_is_refused(paths, chip, tmp_path):
+    """A distance of 1e300 used to reach GEOS and fail there with a TopologyException."""
+    import geopandas
+
+    points = geopandas.read_file(paths.support).to_crs(chip.crs)
+    points["geometry"] = points.geometry.centroid
+    points.to_file(tmp_path / "points.gpkg")
+    with pytest.raises(GeoprotoError, match=r"buffer: 1e\+300 is 2e\+300 pixels, wider than the raster \(900 x 900"):
+        load_support(str(tmp_path / "points.gpkg"), chip, buffer=1e300)
+    assert len(load_support(str(tmp_path / "points.gpkg"), chip, buffer=2.0).geometries) == len(points)
+
