@@ -37,7 +37,7 @@ class Inputs:
     source: RasterSource
     crs: object  # the raster's CRS, or assume_crs, or None
     support_source: RasterSource  # the raster the support labels (``support_image``, else ``source``)
-    labels: SupportLabels
+    labels: SupportLabels | None  # None when the classes come from a prototype file
     classes: ClassInfo
 
     def __enter__(self) -> "Inputs":
@@ -67,8 +67,19 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
         raise
 
 
-def _check_inputs(source: RasterSource, image: str, support: str, bands, assume_crs, support_image, class_field,
-                  layer, support_crs, classes_file, buffer) -> Inputs:
+def open_image(image: str, classes: ClassInfo, bands: list[int] | None = None,
+               assume_crs: str | None = None) -> Inputs:
+    """The orthophoto alone, for ``classes`` taught without a support here (a prototype file)."""
+    source = RasterSource.open(image, bands)
+    try:
+        return Inputs(source, _crs(source, image, assume_crs), source, None, classes)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _crs(source: RasterSource, image: str, assume_crs: str | None):
+    """The raster's CRS, or ``assume_crs`` for a raster without one."""
     from rasterio.crs import CRS
 
     crs = source.dataset.crs
@@ -80,6 +91,12 @@ def _check_inputs(source: RasterSource, image: str, support: str, bands, assume_
             crs = CRS.from_user_input(assume_crs)
         except Exception as exc:
             raise GeoprotoError(f"{assume_crs!r}: not a CRS ({exc})", param="assume_crs") from None
+    return crs
+
+
+def _check_inputs(source: RasterSource, image: str, support: str, bands, assume_crs, support_image, class_field,
+                  layer, support_crs, classes_file, buffer) -> Inputs:
+    crs = _crs(source, image, assume_crs)
     support_source = RasterSource.open(support_image, bands) if support_image else source
     try:
         labels = load_support(support, support_source.dataset, class_field, layer, support_crs, classes_file,

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,13 +25,14 @@ from .classes import NODATA
 from .classifier import fit_support
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA
-from .inputs import Inputs, open_inputs
+from .inputs import Inputs, open_image, open_inputs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
                      class_areas, class_histogram, convert_to_cog, gdal_write_errors, output_driver, sieve_classes,
                      write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory
+from .prototype_file import load_prototypes
 from .raster import block_cache, pixel_area_m2, pixel_size_m
 from .support_check import choose_encoder
 from .tiling import tile_grid
@@ -65,6 +66,7 @@ class SegmentOptions:
     classes_file: str | None = None
     support_image: str | None = None
     buffer: float = 0.0
+    prototypes: str | None = None  # a prototype file (prototype_file.py), used instead of a support
     # DenseCRF; ``crf_bilateral_m`` None means ``crf_params.bilateral_sxy`` is taken as pixels.
     crf: bool = True
     crf_backend: str = crf_module.DEFAULT_BACKEND  # crf.BACKENDS; see crf.resolve_backend
@@ -142,22 +144,29 @@ def _stage(staged: StagedOutputs, output: str, options: SegmentOptions) -> _Stag
                    stage(options.vector, "vector"), stage(options.preview, "preview"), stage(options.report, "report"))
 
 
-def segment(image: str, support: str, output: str, options: SegmentOptions | None = None) -> dict:
-    """Segment ``image`` into the classes of ``support`` and write ``output``; returns a summary."""
+def segment(image: str, support: str | None, output: str, options: SegmentOptions | None = None) -> dict:
+    """Segment ``image`` into the classes of ``support`` (or of the prototype file ``options.prototypes``)
+    and write ``output``; returns a summary."""
     options = options or SegmentOptions()
     started = time.perf_counter()
     check_tiling(options)
+    taught = _prototype_file(support, options)
+    if taught is not None:
+        options = replace(options, encoder=taught.encoder_choice(options.encoder))
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend, device.type) if options.crf else None
     staged = StagedOutputs(options.overwrite, {
         "image": image, "support": support, "support_image": options.support_image,
         "classes_file": options.classes_file, "checkpoint": options.checkpoint, "init_weights": options.init_weights,
-        "aoi": options.aoi})
+        "aoi": options.aoi, "prototypes": options.prototypes})
     try:
         paths = _stage(staged, output, options)
         # After the alias checks: an output that would replace an input is the first thing to say.
         raster_format, vector_format = _output_formats(output, options)
-        inputs = options_inputs(image, support, options)
+        if taught is None:
+            inputs = options_inputs(image, support, options)
+        else:
+            inputs = open_image(image, taught.classes, options.bands, options.assume_crs)
         source, crs, src = inputs.source, inputs.crs, inputs.source.dataset
         output_bytes = 1 + (4 * len(inputs.classes.ids) if paths.probabilities else 0)  # classes, probabilities
         with inputs, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
@@ -170,8 +179,13 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
             check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids),
                                 workers if crf_backend == "densecrf" else 0)
             extract, encoder_info, check = choose_encoder(inputs, options, device, batch_size, options.check_support)
-            classifier, support_stats = fit_support(extract, inputs.support_source, inputs.labels, inputs.classes,
-                                                    options.tile_size, options.overlap, batch_size, options.alpha)
+            if taught is None:
+                classifier, support_stats = fit_support(extract, inputs.support_source, inputs.labels,
+                                                        inputs.classes, options.tile_size, options.overlap,
+                                                        batch_size, options.alpha)
+            else:
+                classifier, support_stats = taught.classifier(extract, encoder_info, options.alpha, image,
+                                                              len(source.bands), pixel_size_m(src, crs))
             refine = RefineSettings(_crf_params(options, pixel_size_m(src, crs)), crf_backend) if options.crf \
                 else None
             tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
@@ -212,6 +226,22 @@ def segment(image: str, support: str, output: str, options: SegmentOptions | Non
     if finished["polygons"] is not None:
         summary["polygons"] = finished["polygons"]
     return summary
+
+
+def _prototype_file(support: str | None, options: SegmentOptions):
+    """The prototype file ``options.prototypes``, loaded and checked (None without one); exactly one of
+    a support and a prototype file teaches the classes."""
+    if (support is None) == (options.prototypes is None):
+        raise GeoprotoError("give either a support or a prototype file, not " + ("both" if support else "neither"),
+                            param="prototypes", mentions=("support",))
+    if options.prototypes is None:
+        return None
+    if options.check_support:
+        raise GeoprotoError("cross-validates support polygons; a prototype file has none", param="check_support")
+    for name in ("class_field", "layer", "support_crs", "classes_file", "support_image", "buffer"):
+        if getattr(options, name):
+            raise GeoprotoError("applies to a support; a prototype file holds its classes already", param=name)
+    return load_prototypes(options.prototypes)
 
 
 def _crf_params(options: SegmentOptions, pixel_size: float | None) -> crf_module.CRFParams:

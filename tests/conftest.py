@@ -115,3 +115,21 @@ def gdal_band(path):
         vrt = Path(folder) / "band.vrt"
         rasterio.shutil.copy(str(path), str(vrt), driver="VRT")
         return ElementTree.parse(vrt).getroot().find("VRTRasterBand")
+
+
+@pytest.fixture(scope="session")
+def spacenet_crop(tmp_path_factory) -> Path:
+    """A 720 x 320 crop of the SpaceNet chip (rows 250-570) holding support polygons of all three classes
+    of ``support.gpkg``: one 320 px window row, for fast end-to-end runs on real imagery."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    path = tmp_path_factory.mktemp("spacenet-crop") / "crop.tif"
+    window = Window(0, 250, 720, 320)
+    with rasterio.open(SPACENET / "sample_geotiff.tif") as src:
+        profile = {**src.profile, "width": window.width, "height": window.height,
+                   "transform": src.transform @ Affine.translation(window.col_off, window.row_off)}
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return path

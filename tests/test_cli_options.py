@@ -47,7 +47,7 @@ def test_a_range_error_shows_the_flag_with_the_library_wording(tmp_path):
     assert "Invalid value for '--tile-size': must be >= " in result.output and "got 8" in result.output
 
 
-@pytest.mark.parametrize("command", ["segment", "check-support", "evaluate", "train"])
+@pytest.mark.parametrize("command", ["segment", "check-support", "evaluate", "train", "prototypes"])
 def test_shared_options_are_declared_once(command):
     """Each shared option comes from one decorator: no flag twice on a command, --device everywhere."""
     ctx = click.Context(main)

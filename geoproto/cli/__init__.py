@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "evaluate": "evaluate:evaluate_command",
     "score": "score:score_command",
     "check-support": "check_support:check_support_command",
+    "prototypes": "prototypes:prototypes_command",
+    "merge-prototypes": "prototypes:merge_prototypes_command",
 }
 
 

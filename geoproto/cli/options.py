@@ -17,6 +17,7 @@ from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..errors import GeoprotoError
 from ..validation import MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
+from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES
 from ..training import DATASETS
 
 
@@ -143,8 +144,9 @@ def show_progress(quiet: bool) -> bool:
 
 
 def not_stdio(ctx, param, value):
-    """Refuse ``-``: every input and output here is a file GDAL opens or writes by name."""
-    if value == "-":
+    """Refuse ``-`` (alone or among the values of a repeated option or argument): every input and output
+    here is a file GDAL opens or writes by name."""
+    if value == "-" or (isinstance(value, (tuple, list)) and "-" in value):
         raise click.BadParameter("'-' (standard input/output) is not supported here; give a file name")
     return value
 
@@ -254,6 +256,15 @@ encoder_options = _chain(encoder_option, backbone_option, checkpoint_option, ini
 """Which encoder: a shipped one by name, or an architecture with a checkpoint or ImageNet weights."""
 encoding_options = _chain(encoder_options, bands_option, device_option, batch_size_option)
 """The encoder, the image bands it reads, and where and in what batches it runs (segment, check-support)."""
+
+tile_size_option = click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]),
+                                default=DEFAULT_TILE_SIZE, show_default=True)
+overlap_option = click.option("--overlap", type=integer(*SEGMENT_RANGES["overlap"][:2]), default=DEFAULT_OVERLAP,
+                              show_default=True,
+                              help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")
+window_options = _chain(tile_size_option, overlap_option)
+"""The window grid features are computed on (segment, prototypes)."""
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 
 workers_option = click.option("--workers", type=Number(0, MAX_WORKERS, integer=True),
                               help="DenseCRF worker processes for --crf-backend densecrf [default: one per core; "

@@ -5,28 +5,26 @@ from __future__ import annotations
 import click
 
 from ..crf import CRF_RANGES, CRFParams
-from ..segment import (DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
-                       segment)
+from ..segment import DEFAULT_CRF_BILATERAL_M, SEGMENT_RANGES, SegmentOptions, segment
 from .options import (command_line, crf_backend_option, encoding_options, handle_errors, integer, json_option, not_stdio,
-                      number, parse_pairs, print_json, printable, quiet_option, show_progress, support_options,
-                      workers_option)
+                      number, overwrite_option, parse_pairs, print_json, printable, quiet_option, show_progress,
+                      support_options, window_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
 
 @click.command("segment")
 @click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
-@click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--support", "-s", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
+@click.option("--prototypes", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="A prototype file from `geoproto prototypes`, instead of --support.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml.")
 @support_options
 @encoding_options
 @workers_option
-@click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]), default=DEFAULT_TILE_SIZE,
-              show_default=True)
-@click.option("--overlap", type=integer(*SEGMENT_RANGES["overlap"][:2]), default=DEFAULT_OVERLAP, show_default=True,
-              help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")
+@window_options
 @click.option("--alpha", type=number(*SEGMENT_RANGES["alpha"]), default=20.0, show_default=True,
               help="Softmax scale of the cosine similarities.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
@@ -70,13 +68,14 @@ _CRF_DEFAULTS = CRFParams()
               help="Also write the area per class (pixels, m², ha) as CSV.")
 @click.option("--check-support", is_flag=True,
               help="Cross-validate the support polygons too and add the report to the summary (slower).")
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@overwrite_option
 @quiet_option
 @json_option
 @handle_errors
 def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
                     crf_bilateral_srgb, crf_gaussian_sxy, quiet, as_json, **options):
-    """Segment IMAGE into the classes drawn in --support and write a class raster to --output.
+    """Segment IMAGE into the classes drawn in --support (or learnt in --prototypes) and write a class
+    raster to --output.
 
     Example: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
     """

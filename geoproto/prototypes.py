@@ -1,0 +1,119 @@
+"""``prototypes``: learn the classes of one or more supports once, into a prototype file for ``segment``.
+
+Each (image, support) pair is read as ``segment`` reads its support (same windows, same pixel
+weighting), with one encoder for all pairs; their per-class sums pool into one file
+(``prototype_file.merge``), so polygons drawn on several rasters of a flight make one model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .classes import ClassInfo
+from .classifier import accumulate_support
+from .errors import GeoprotoError
+from .inputs import Inputs
+from .models.runtime import default_batch_size, resolve_device
+from .output import StagedOutputs
+from .prototype_file import PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge
+from .pipeline import check_window_memory
+from .raster import pixel_size_m
+from .segment import SegmentOptions, check_tiling, options_inputs
+from .support_check import choose_encoder
+
+
+def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions | None = None
+                         ) -> tuple[PrototypeFile, dict]:
+    """The prototype file of the (image, support) ``pairs``, and a summary of what it took.
+
+    The encoder is chosen once, from ``options`` (``auto`` cross-validates on the first pair's polygons).
+    ``options.support_image`` applies to a single pair only.
+    """
+    options = options or SegmentOptions()
+    check_tiling(options)
+    if not pairs:
+        raise GeoprotoError("give at least one image and its support")
+    if options.support_image and len(pairs) > 1:
+        raise GeoprotoError("names the raster of a single support; give each support with its own image",
+                            param="support_image")
+    device = resolve_device(options.device)
+    batch_size = options.batch_size or default_batch_size(device)
+    files, supports = [], []
+    extract = None
+    for image, support in pairs:
+        with options_inputs(image, support, options) as inputs:
+            check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
+            if extract is None:
+                extract, info, _ = choose_encoder(inputs, options, device, batch_size, False)
+                if options.checkpoint:  # its metadata does not name it
+                    info = {**info, "checkpoint": os.path.basename(options.checkpoint)}
+                encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
+                           "channels": int(extract.out_channels), "description": info}
+            accumulator, classes, stats = accumulate_support(extract, inputs.support_source, inputs.labels,
+                                                             inputs.classes, options.tile_size, options.overlap,
+                                                             batch_size)
+            files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(),
+                                       encoder, [_provenance(inputs, support, options, stats["pixels"])],
+                                       _numbered_by_name(inputs, classes, options)))
+        supports.append({"image": image, "support": support, **stats})
+    pooled = merge(files)
+    return pooled, {"supports": supports, "device": device.type,
+                    "tile_size": options.tile_size, "overlap": options.overlap}
+
+
+def write_prototypes(pairs: list[tuple[str, str]], output: str, options: SegmentOptions | None = None) -> dict:
+    """Build the prototype file of ``pairs`` and write it to ``output`` (atomically); returns a summary."""
+    options = options or SegmentOptions()
+    started = time.perf_counter()
+    inputs = {f"image {i + 1}": image for i, (image, _) in enumerate(pairs)}
+    inputs.update({f"support {i + 1}": support for i, (_, support) in enumerate(pairs)})
+    inputs.update({"support_image": options.support_image, "classes_file": options.classes_file,
+                   "checkpoint": options.checkpoint, "init_weights": options.init_weights})
+    with StagedOutputs(options.overwrite, inputs) as staged:
+        staging = staged.stage(output, "output")
+        pooled, summary = build_prototype_file(pairs, options)
+        pooled.save(staging)
+        staged.commit()
+    return {"output": output, **_describe(pooled), **summary, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def merge_prototype_files(paths: list[str], output: str, overwrite: bool = False) -> dict:
+    """Pool the prototype files ``paths`` into ``output`` (``prototype_file.merge``); returns a summary."""
+    with StagedOutputs(overwrite, {f"input {i + 1}": path for i, path in enumerate(paths)}) as staged:
+        staging = staged.stage(output, "output")
+        pooled = merge([load_prototypes(path, None) for path in paths])
+        pooled.save(staging)
+        staged.commit()
+    return {"output": output, "inputs": paths, **_describe(pooled)}
+
+
+def _provenance(inputs: Inputs, support: str, options: SegmentOptions, pixels: dict[str, int]) -> dict:
+    """Where a support's prototypes come from and what the encoder saw: the raster the labels lie on, its
+    bands, input scaling and ground resolution."""
+    labelled = inputs.support_source
+    src = labelled.dataset
+    crs = src.crs if options.support_image else inputs.crs
+    return {"image": _absolute(labelled.path), "support": _absolute(support), "support_sha256": file_sha256(support),
+            "bands": list(labelled.bands), "dtype": src.dtypes[labelled.bands[0] - 1],
+            "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": pixel_size_m(src, crs),
+            "crs": crs.to_string() if crs is not None else None, "pixels": pixels}
+
+
+def _numbered_by_name(inputs: Inputs, classes: ClassInfo, options: SegmentOptions) -> bool:
+    """Whether the class ids were numbered from the sorted class names (polygons with text classes and no
+    classes file), so that a merge may renumber them."""
+    return (inputs.polygons is not None and not options.classes_file
+            and classes.names != [f"class_{i}" for i in classes.ids])
+
+
+def _absolute(path: str) -> str:
+    """A path as recorded in provenance: absolute, unless GDAL's (/vsizip/, /vsicurl/)."""
+    return path if path.startswith("/vsi") else os.path.abspath(path)
+
+
+def _describe(pooled: PrototypeFile) -> dict:
+    return {"classes": [{"id": i, "name": n, "pixels": p} for i, n, p in
+                        zip(pooled.classes.ids, pooled.classes.names, pooled.pixels.tolist())],
+            "sources": len(pooled.sources), "encoder_name": pooled.encoder["name"],
+            "encoder_sha256": pooled.encoder["fingerprint"]}

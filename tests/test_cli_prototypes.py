@@ -1,0 +1,131 @@
+"""`geoproto prototypes` and `geoproto merge-prototypes` through click's CliRunner."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+import synthetic
+from geoproto.cli import main
+from geoproto.prototype_file import load_prototypes
+
+
+def run(*args):
+    return CliRunner().invoke(main, [*map(str, args)])
+
+
+def test_prototypes_writes_a_file_and_its_summary(scene, tmp_path):
+    image, support = scene
+    out = tmp_path / "out" / "classes.gpp"
+    out.parent.mkdir()
+    result = run("prototypes", image, "-s", support, "-o", out, "--tile-size", 96, "--overlap", 0, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    made = load_prototypes(str(out))
+    assert [c["name"] for c in summary["classes"]] == made.classes.names == ["bright", "dark"]
+    assert [c["pixels"] for c in summary["classes"]] == made.pixels.tolist()
+    assert summary["encoder_name"] == made.encoder["name"] == "dubai"
+    assert summary["encoder_sha256"] == made.encoder["fingerprint"]
+    assert synthetic.leftovers(out.parent) == ["classes.gpp"]  # no staging folder left behind
+
+    again = run("prototypes", image, "-s", support, "-o", out, "--tile-size", 96, "--overlap", 0)
+    assert again.exit_code == 1 and "classes.gpp: exists; allow --overwrite to replace it" in again.output
+    replaced = run("prototypes", image, "-s", support, "-o", out, "--tile-size", 96, "--overlap", 0, "--overwrite",
+                   "--encoder", "imagenet")
+    assert replaced.exit_code == 0, replaced.output
+    assert load_prototypes(str(out)).encoder["name"] == "imagenet"
+
+
+def test_pairs_pool_exactly_as_merging_their_files(tmp_path):
+    first = synthetic.scene(tmp_path / "first")
+    second = synthetic.scene(tmp_path / "second", synthetic.two_halves(seed=1))
+    tiling = ["--tile-size", 96, "--overlap", 16, "-q"]
+    for name, (image, support) in {"a": first, "b": second}.items():
+        assert run("prototypes", image, "-s", support, "-o", tmp_path / f"{name}.gpp", *tiling).exit_code == 0
+    both = run("prototypes", first[0], second[0], "-s", first[1], "-s", second[1], "-o", tmp_path / "ab.gpp", *tiling)
+    assert both.exit_code == 0, both.output
+    merged = run("merge-prototypes", tmp_path / "a.gpp", tmp_path / "b.gpp", "-o", tmp_path / "merged.gpp", "--json")
+    assert merged.exit_code == 0, merged.output
+    a, b = load_prototypes(str(tmp_path / "a.gpp")), load_prototypes(str(tmp_path / "b.gpp"))
+    pooled, merged_file = load_prototypes(str(tmp_path / "ab.gpp")), load_prototypes(str(tmp_path / "merged.gpp"))
+    for made in (pooled, merged_file):
+        assert made.pixels.tolist() == (a.pixels + b.pixels).tolist()
+        np.testing.assert_array_equal(made.feature_sum, a.feature_sum + b.feature_sum)
+        assert [s["image"] for s in made.sources] == [str(first[0]), str(second[0])]
+    assert json.loads(merged.stdout)["sources"] == 2
+
+
+def test_merge_refuses_files_of_two_encoders(scene, tmp_path):
+    image, support = scene
+    tiling = ["--tile-size", 96, "--overlap", 0, "-q"]
+    assert run("prototypes", image, "-s", support, "-o", tmp_path / "d.gpp", *tiling).exit_code == 0
+    assert run("prototypes", image, "-s", support, "-o", tmp_path / "i.gpp", "--encoder", "imagenet",
+               *tiling).exit_code == 0
+    result = run("merge-prototypes", tmp_path / "d.gpp", tmp_path / "i.gpp", "-o", tmp_path / "m.gpp")
+    assert result.exit_code == 1
+    assert "i.gpp: made with encoder imagenet" in result.output and "d.gpp with dubai" in result.output
+    assert not (tmp_path / "m.gpp").exists()
+
+
+def test_one_support_per_image_is_required(scene, tmp_path):
+    image, support = scene
+    result = run("prototypes", image, image, "-s", support, "-o", tmp_path / "x.gpp")
+    assert result.exit_code == 2 and "2 IMAGE(s) but 1 --support" in result.output
+    result = run("prototypes", image, image, "-s", support, "-s", support, "--support-image", image,
+                 "-o", tmp_path / "x.gpp")
+    assert result.exit_code == 1 and "names the raster of a single support" in result.output
+    result = run("merge-prototypes", support, "-o", tmp_path / "x.gpp")
+    assert result.exit_code == 1 and "support.gpkg: not a geoproto prototype file" in result.output
+
+
+@pytest.mark.slow
+def test_segment_with_the_file_gives_the_labels_of_segment_with_the_support(paths, spacenet_crop, tmp_path):
+    tiling = ["--tile-size", 320, "--overlap", 32]
+    made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / "p.gpp", *tiling, "-q")
+    assert made.exit_code == 0, made.output
+    common = [*tiling, "--no-crf", "--no-overviews", "--json", "-q"]
+    direct = run("segment", spacenet_crop, "-s", paths.support, "-o", tmp_path / "direct.tif", *common)
+    reused = run("segment", spacenet_crop, "--prototypes", tmp_path / "p.gpp", "-o", tmp_path / "reused.tif", *common)
+    assert direct.exit_code == 0 and reused.exit_code == 0, direct.output + reused.output
+    with rasterio.open(tmp_path / "direct.tif") as a, rasterio.open(tmp_path / "reused.tif") as b:
+        labels = a.read(1)
+        np.testing.assert_array_equal(labels, b.read(1))
+        assert a.tags()["GEOPROTO_CLASSES"] == b.tags()["GEOPROTO_CLASSES"]
+    assert len(np.unique(labels)) == 3  # a real map, not one class
+    summary = json.loads(reused.stdout)["support"]
+    assert summary["prototypes"] == str(tmp_path / "p.gpp") and summary["warnings"] == []
+    assert summary["pixels"] == json.loads(direct.stdout)["support"]["pixels"]
+
+
+def test_segment_refuses_a_file_of_another_encoder_naming_both(scene, tmp_path):
+    image, support = scene
+    made = run("prototypes", image, "-s", support, "-o", tmp_path / "i.gpp", "--encoder", "imagenet",
+               "--tile-size", 96, "--overlap", 0, "-q")
+    assert made.exit_code == 0, made.output
+    result = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf")
+    assert result.exit_code == 1
+    assert "i.gpp: made with encoder imagenet" in result.output and "this run uses dubai" in result.output
+    assert "--encoder imagenet" in result.output
+    assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg", "i.gpp") == []
+    auto = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf",
+               "--encoder", "auto", "--tile-size", 96, "--overlap", 0, "--json", "-q")
+    assert auto.exit_code == 0, auto.output  # auto: the file's own encoder
+    assert json.loads(auto.stdout)["encoder"]["name"] == "imagenet"
+    direct = run("segment", image, "-s", support, "-o", tmp_path / "d.tif", "--no-crf", "--encoder", "imagenet",
+                 "--tile-size", 96, "--overlap", 0, "-q")
+    assert direct.exit_code == 0, direct.output
+    with rasterio.open(tmp_path / "c.tif") as reused, rasterio.open(tmp_path / "d.tif") as built:
+        np.testing.assert_array_equal(reused.read(1), built.read(1))
+
+
+def test_segment_takes_a_support_or_a_prototype_file(scene, tmp_path):
+    image, support = scene
+    neither = run("segment", image, "-o", tmp_path / "c.tif")
+    assert neither.exit_code == 1 and "--prototypes: give either a --support or a prototype file, not neither" \
+        in neither.output
+    both = run("segment", image, "-s", support, "--prototypes", support, "-o", tmp_path / "c.tif")
+    assert both.exit_code == 1 and "not both" in both.output
+    support_option = run("segment", image, "--prototypes", support, "--class-field", "class", "-o", tmp_path / "c.tif")
+    assert support_option.exit_code == 1 and "--class-field: applies to a support" in support_option.output
