@@ -106,7 +106,8 @@ class StagedOutputs:
                 raise GeoprotoError(f"{target}: is also {other_param}; give each output its own path",
                                     param=param, mentions=(other_param,))
         if os.path.lexists(target) and not self.overwrite:
-            raise GeoprotoError(f"{target}: exists; allow overwriting to replace it", param="overwrite")
+            raise GeoprotoError(f"{target}: exists; allow overwrite to replace it", param=param,
+                                mentions=("overwrite",))
         if not os.path.isdir(folder):
             raise GeoprotoError(f"{folder}: output directory does not exist", param=param)
         if not os.access(folder, os.W_OK):
@@ -124,10 +125,10 @@ class StagedOutputs:
         if not self.overwrite:
             # Only the named targets: a sibling without its main file (an .dbf whose .shp was deleted) is
             # the remains of a broken layer, replaced with the new one.
-            for target in self.staged:
+            for target, (param, _) in self.staged.items():
                 if os.path.lexists(target):
-                    raise GeoprotoError(f"{target}: appeared while running; allow overwriting to replace it",
-                                        param="overwrite")
+                    raise GeoprotoError(f"{target}: appeared while running; allow overwrite to replace it",
+                                        param=param, mentions=("overwrite",))
         # Sibling files (a Shapefile's .dbf, the class raster's .aux.xml legend) were not known at stage
         # time: they may not replace an input either.
         for _, destination in moves:

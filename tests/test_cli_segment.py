@@ -225,7 +225,7 @@ def test_existing_output_needs_overwrite(paths, tmp_path):
     result = run(paths.chip, "--support", paths.support, "-o", out, "--no-crf")
     assert result.exit_code == 1
     message = result.output.strip().splitlines()[-1]
-    assert message == f"Error: --overwrite: {out}: exists; allow overwriting to replace it"
+    assert message == f"Error: --output: {out}: exists; allow --overwrite to replace it"
     assert out.read_bytes() == b"precious"
 
 

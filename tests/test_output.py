@@ -209,13 +209,13 @@ def test_discard_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_an_existing_target_names_the_overwrite_parameter(tmp_path):
+def test_an_existing_target_names_the_parameters_at_fault(tmp_path):
     """A Python caller is told which parameter to change, in its own name (no CLI flag)."""
     (tmp_path / "c.tif").write_bytes(b"precious")
     with pytest.raises(GeoprotoError) as info:
         StagedOutputs(overwrite=False).stage(str(tmp_path / "c.tif"))
-    assert info.value.param == "overwrite" and "--" not in str(info.value)
-    assert str(info.value) == f"overwrite: {tmp_path / 'c.tif'}: exists; allow overwriting to replace it"
+    assert info.value.param == "output" and info.value.mentions == ("overwrite",) and "--" not in str(info.value)
+    assert str(info.value) == f"output: {tmp_path / 'c.tif'}: exists; allow overwrite to replace it"
     assert (tmp_path / "c.tif").read_bytes() == b"precious"
 
 
@@ -227,7 +227,7 @@ def test_commit_refuses_a_target_that_appeared_meanwhile_and_replaces_orphan_sib
             handle.write("new")
     (tmp_path / "out.dbf").write_text("left from a layer whose .shp was deleted")
     (tmp_path / "out.shp").write_text("someone else's")
-    with pytest.raises(GeoprotoError, match="^overwrite: .*out.shp: appeared while running"):
+    with pytest.raises(GeoprotoError, match="^output: .*out.shp: appeared while running; allow overwrite"):
         staged.commit()
     (tmp_path / "out.shp").unlink()
     staged.commit()
