@@ -23,6 +23,7 @@ from . import crf as crf_module
 from .aoi import ClippedSource, load_area
 from .classes import NODATA
 from .classifier import fit_support
+from .distributed import EncoderRecipe, import_distributed, run_on_dask
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA
 from .inputs import Inputs, open_image, open_inputs
@@ -93,6 +94,9 @@ class SegmentOptions:
     command: str | None = None  # the invocation, recorded in the outputs' metadata
     overwrite: bool = False
     progress: bool = True
+    # The windows on a Dask cluster (geoproto.distributed): a scheduler's address, or N local workers
+    dask_scheduler: str | None = None
+    dask_local: int | None = None
 
     def __post_init__(self):
         """Refuse NaN, infinities and out-of-range numbers before any work (NaN alpha: one class everywhere)."""
@@ -100,6 +104,11 @@ class SegmentOptions:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, check_number(name, value, low, high, min_open, name in _INTEGER_FIELDS))
+        if self.dask_scheduler and self.dask_local:
+            raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
+                                param="dask_local")
+        if self.dask_scheduler or self.dask_local:
+            import_distributed()  # Dask missing: said now, not after the support is encoded
 
 
 # Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.
@@ -107,8 +116,9 @@ SEGMENT_RANGES = {
     "tile_size": (32, None, False), "overlap": (0, None, False), "alpha": (0, ALPHA_MAX, True),
     "batch_size": (1, None, False), "workers": (0, MAX_WORKERS, False), "buffer": (0, None, False),
     "crf_bilateral_m": (0, 1e4, True), "min_area": (0, None, True), "simplify": (0, None, True),
+    "dask_local": (1, MAX_WORKERS, False),
 }
-_INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers"}
+_INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"}
 
 
 def options_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
@@ -198,9 +208,14 @@ def segment(image: str, support: str | None, output: str, options: SegmentOption
                 writer = ResultWriter(src, crs, classifier.classes, paths.classes, paths.probabilities, metadata,
                                       options.creation_options)
                 try:
-                    run = WindowPipeline(ClippedSource(source, area) if area is not None else source, classifier,
-                                         writer, options.tile_size, refine, batch_size, workers,
-                                         options.progress).run(tiles)
+                    windows = ClippedSource(source, area) if area is not None else source
+                    if options.dask_scheduler or options.dask_local:
+                        run = run_on_dask(options.dask_scheduler, options.dask_local, windows, classifier,
+                                          EncoderRecipe.of(options, encoder_info), options.device, tiles, writer,
+                                          options.tile_size, refine, batch_size, options.progress)
+                    else:
+                        run = WindowPipeline(windows, classifier, writer, options.tile_size, refine, batch_size,
+                                             workers, options.progress).run(tiles)
                 finally:
                     writer.close()
             counts = run.counts

@@ -863,3 +863,15 @@ def test_out_of_memory_is_a_one_line_message_and_leaves_nothing(tmp_path, monkey
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(image, "-s", support, "-o", out, *FAST), out, "out of memory", "--tile-size")
     _assert_nothing_left(tmp_path, image, support)
+
+
+def test_dask_options_fail_before_any_work(paths, tmp_path, monkeypatch):
+    out = tmp_path / "c.tif"
+    both = run(paths.chip, "-s", paths.support, "-o", out, "--dask-local", 2, "--dask-scheduler", "tcp://h:8786")
+    assert both.exit_code != 0
+    assert "--dask-local: give a Dask scheduler's address or a number of local workers, not both" in both.stderr
+    monkeypatch.setitem(sys.modules, "distributed", None)  # Dask not installed
+    missing = run(paths.chip, "-s", paths.support, "-o", out, "--dask-local", 2)
+    assert missing.exit_code != 0
+    assert "needs Dask distributed: pip install 'geoproto[dask]'" in missing.stderr
+    assert not list(tmp_path.iterdir())

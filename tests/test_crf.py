@@ -56,18 +56,26 @@ def _dubai_window(dubai: Path, name: str):
     return image, truth, len(colours)
 
 
-def _both_backends(image, probabilities, params):
+def _both_backends(image, probabilities, params, appearance_stride=crf_torch.APPEARANCE_STRIDE):
     reference, reference_kept = crf.refine(crf.to_rgb8(image), probabilities, params)
     refined, kept = crf_torch.refine_batch(torch.from_numpy(image)[None], torch.from_numpy(probabilities)[None],
-                                           params)
+                                           params, appearance_stride=appearance_stride)
     return reference, reference_kept, refined[0].numpy(), kept[0]
 
 
-@pytest.mark.parametrize("window", ["spacenet", "image_part_005t2"])
+def _f1_per_class(labels: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
+    hits = np.bincount(truth[labels == truth], minlength=classes)
+    predicted, actual = np.bincount(labels.ravel(), minlength=classes), np.bincount(truth.ravel(), minlength=classes)
+    return 2 * hits / np.maximum(predicted + actual, 1)
+
+
+@pytest.mark.parametrize("window", ["spacenet", "image_part_005t2", "image_part_003t3"])
 def test_torch_labels_agree_with_pydensecrf_on_real_imagery(spacenet, dubai, window):
     """Equal settings, real imagery (the 0.5 m grey chip at the 14.4 px kernel of 7.2 m; Dubai RGB at the
-    paper's 80 px): the torch lattice reproduces pydensecrf2's, so labels agree on (nearly) every pixel
-    (measured: all of them) although the CRF changes a good share of them."""
+    paper's 80 px), a CRF that changes a good share of the labels. Exact (stride 1), the torch lattice
+    reproduces pydensecrf2's: labels agree on (nearly) every pixel (measured: all of them). With the
+    default appearance blocks, the issue's bar: >= 97 % of the labels agree (measured 98.7-100 %), overall
+    accuracy within 0.5 points and no class's F1 more than 1 point worse."""
     if window == "spacenet":
         image, truth, classes = _spacenet_window(spacenet)
         params = crf.CRFParams(bilateral_sxy=crf.bilateral_sxy_pixels(7.2, 0.5))
@@ -75,31 +83,45 @@ def test_torch_labels_agree_with_pydensecrf_on_real_imagery(spacenet, dubai, win
         image, truth, classes = _dubai_window(dubai, window)
         params = crf.CRFParams()
     probabilities = _noisy_probabilities(truth, classes, seed=len(window))
-    reference, reference_kept, refined, kept = _both_backends(image, probabilities, params)
-    assert reference_kept and kept
+    reference, reference_kept, exact, exact_kept = _both_backends(image, probabilities, params, appearance_stride=1)
+    assert reference_kept and exact_kept
     changed = (reference.argmax(0) != probabilities.argmax(0)).mean()
     assert changed > 0.02, "the CRF must have had something to do for the comparison to mean anything"
-    assert (refined.argmax(0) == reference.argmax(0)).mean() >= 0.999
-    assert np.abs(refined - reference).max() < 1e-3
+    assert (exact.argmax(0) == reference.argmax(0)).mean() >= 0.999
+    assert np.abs(exact - reference).max() < 1e-3
+
+    refined, kept = crf_torch.refine_batch(torch.from_numpy(image)[None], torch.from_numpy(probabilities)[None],
+                                           params)
+    labels, reference_labels = refined[0].numpy().argmax(0), reference.argmax(0)
+    assert kept[0]
+    assert (labels == reference_labels).mean() >= 0.97
+    assert (labels == truth).mean() >= (reference_labels == truth).mean() - 0.005
+    assert np.all(_f1_per_class(labels, truth, classes) >= _f1_per_class(reference_labels, truth, classes) - 0.01)
 
 
-def test_batch_of_windows_matches_each_window_alone(dubai):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_batch_of_windows_matches_each_window_alone(dubai, stride):
     """Windows share one lattice (the window index is a key digit) and a cropped edge window is refined
-    on its valid part only, as crf.refine refines the cropped window: batching changes nothing."""
+    on its valid part only (its blocks too), as crf.refine refines the cropped window: batching changes
+    nothing."""
     image, truth, classes = _dubai_window(dubai, "image_part_003t3")
     other = np.ascontiguousarray(image[:, ::-1, :])  # same colours elsewhere: vertices that would collide
     probabilities = _noisy_probabilities(truth, classes, seed=1)
     images = torch.from_numpy(np.stack([image, other]))
     batch = torch.from_numpy(np.stack([probabilities, probabilities[:, ::-1, :].copy()]))
     params = crf.CRFParams(bilateral_sxy=24.0)
-    sizes = [(WINDOW, WINDOW), (300, 250)]
-    together, kept = crf_torch.refine_batch(images, batch, params, sizes)
-    alone = crf_torch.refine_batch(images[:1], batch[:1], params)[0][0]
-    cropped, _ = crf.refine(crf.to_rgb8(other[:, :300, :250]), batch[1, :, :300, :250].numpy(), params)
+    sizes = [(WINDOW, WINDOW), (301, 250)]
+    together, kept = crf_torch.refine_batch(images, batch, params, sizes, appearance_stride=stride)
+    alone = crf_torch.refine_batch(images[:1], batch[:1], params, appearance_stride=stride)[0][0]
+    cropped = crf_torch.refine_batch(images[1:, :, :301, :250].contiguous(), batch[1:, :, :301, :250].contiguous(),
+                                     params, appearance_stride=stride)[0][0]
     assert kept == [True, True]
     assert torch.allclose(together[0], alone, atol=1e-5)
-    assert np.abs(together[1, :, :300, :250].numpy() - cropped).max() < 1e-3
-    assert torch.equal(together[1, :, 300:], batch[1, :, 300:])  # outside the valid part: untouched
+    assert torch.allclose(together[1, :, :301, :250], cropped, atol=1e-5)
+    assert torch.equal(together[1, :, 301:], batch[1, :, 301:])  # outside the valid part: untouched
+    if stride == 1:
+        reference, _ = crf.refine(crf.to_rgb8(other[:, :301, :250]), batch[1, :, :301, :250].numpy(), params)
+        assert np.abs(together[1, :, :301, :250].numpy() - reference).max() < 1e-3
 
 
 def test_guard_keeps_window_unrefined_in_both_backends():
@@ -139,15 +161,34 @@ def test_backend_resolution(monkeypatch):
         crf.resolve_backend("gpu", "cpu")
 
 
-def test_lattice_matrices_are_valid_csr():
-    """Sorted, unique columns in every row, as torch's CSR invariants (and CUDA's sparse products) want."""
+def test_lattice_sorted_for_cuda_is_valid_csr_and_filters_alike():
+    """On the CPU the slice's columns stay in vertex order (MKL takes them so); sorted, as CUDA's sparse
+    products want, the matrices are valid CSR (sorted, unique columns per row) and filter the same."""
     rng = np.random.default_rng(0)
     colours = torch.from_numpy(rng.integers(0, 255, (3, 40, 50)).astype(np.float32))
     features = torch.cat([crf_torch._pixel_grid(40, 50, 5.0, "cpu"), colours.reshape(3, -1).T / 13.0], 1)
-    lattice = crf_torch.Lattice(features, torch.arange(40 * 50) // 1000).normalise(10.0)
-    for matrix in [lattice._splat, lattice._slice, *lattice._blurs]:
+    segments = torch.arange(40 * 50) // 1000
+    lattice = crf_torch.Lattice(features, segments, sorted_columns=True).normalise(10.0)
+    for matrix in [lattice._splat, lattice._slice]:
         torch.sparse_csr_tensor(matrix.crow_indices(), matrix.col_indices(), matrix.values(), matrix.shape,
                                 check_invariants=True)  # raises if not
+    values = torch.from_numpy(rng.random((40 * 50, 3)).astype(np.float32))
+    unsorted = crf_torch.Lattice(features, segments, sorted_columns=False).normalise(10.0)
+    assert torch.allclose(lattice.filter(values), unsorted.filter(values), rtol=1e-5, atol=1e-6)
+
+
+def test_key_table_finds_present_keys_and_only_them():
+    """The vectorised hash table: keys crowded into a small range collide at every level; each present
+    query gets its key's index, each absent one the missing marker."""
+    rng = np.random.default_rng(1)
+    keys = torch.from_numpy(rng.choice(2 ** 40, 5000, replace=False))
+    table = crf_torch._KeyTable(keys)
+    assert len(table.levels) > 1  # collisions happened and were resolved
+    absent = torch.from_numpy(np.setdiff1d(rng.integers(0, 2 ** 40, 3000), keys.numpy()))
+    queries = torch.cat([keys[torch.randperm(5000)], absent]).view(2, -1)
+    found = table.find(queries, -1)
+    expected = {int(k): i for i, k in enumerate(keys)}
+    assert found.tolist() == [[expected.get(int(q), -1) for q in row] for row in queries]
 
 
 def test_kernel_too_narrow_for_the_lattice_is_a_clear_error():

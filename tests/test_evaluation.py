@@ -268,8 +268,9 @@ def test_option_names_mean_one_thing_across_commands():
 
 
 @pytest.mark.slow
-def test_evaluate_with_either_crf_backend_gives_the_same_scores(dubai):
-    """The torch CRF and pydensecrf2 at equal settings: the same confusion, so the same scores."""
+def test_evaluate_with_either_crf_backend_scores_within_the_agreement_bar(dubai):
+    """The torch CRF and pydensecrf2 at equal settings: overall accuracy within 0.5 points, no class's F1
+    more than 1 point worse (measured: 50.71 against 50.75, F1 within 0.12 points)."""
     import torch
 
     data = load_dataset("folder", str(dubai), holdout="image_part_001t6$")
@@ -278,4 +279,7 @@ def test_evaluate_with_either_crf_backend_gives_the_same_scores(dubai):
     reports = {backend: evaluate(data, encoder, 1, [0], None, True, torch.device("cpu"), progress=False,
                                  crf_backend=backend) for backend in ("torch", "densecrf")}
     assert reports["torch"]["crf_backend"] == "torch" and reports["densecrf"]["crf_backend"] == "densecrf"
-    assert reports["torch"]["runs"][0]["classes"] == reports["densecrf"]["runs"][0]["classes"]
+    torch_run, reference = reports["torch"]["runs"][0], reports["densecrf"]["runs"][0]
+    # The torch CRF's appearance kernel works on 2 x 2 blocks (crf_torch): the issue's bar, not equality.
+    assert abs(torch_run["overall_accuracy"] - reference["overall_accuracy"]) <= 0.005
+    assert all(torch_run["classes"][name]["f1"] >= scores["f1"] - 0.01 for name, scores in reference["classes"].items())

@@ -68,6 +68,11 @@ _CRF_DEFAULTS = CRFParams()
               help="Also write the area per class (pixels, m², ha) as CSV.")
 @click.option("--check-support", is_flag=True,
               help="Cross-validate the support polygons too and add the report to the summary (slower).")
+@click.option("--dask-scheduler", metavar="ADDRESS",
+              help="Run the windows on the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786); every "
+                   "worker reads the raster at the same path (shared storage). Needs geoproto[dask].")
+@click.option("--dask-local", type=integer(*SEGMENT_RANGES["dask_local"][:2]), metavar="N",
+              help="Run the windows on a local Dask cluster of N worker processes. Needs geoproto[dask].")
 @overwrite_option
 @quiet_option
 @json_option

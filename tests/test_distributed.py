@@ -1,0 +1,161 @@
+"""``segment`` on a Dask cluster: the same labels as the local run, also when a worker dies mid-run;
+clear errors for a missing Dask, an unreachable scheduler and a raster the workers cannot read."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from geoproto import distributed
+from geoproto.errors import GeoprotoError
+from geoproto.segment import SegmentOptions, segment
+
+# 64 windows of 128 px over the 900 px chip: 16 tasks of 4 windows, several per worker.
+TILE_SIZE = 128
+
+
+def _options(**changes) -> SegmentOptions:
+    return SegmentOptions(tile_size=TILE_SIZE, overlap=16, crf=False, device="cpu", overviews=False,
+                          progress=False, **changes)
+
+
+@contextlib.contextmanager
+def worker_threads():
+    """Torch in this process on as many threads as each of 2 local workers (``distributed.check_workers``):
+    the encoder's float sums are ordered by the thread count (on the demo chip, prototypes made on 2
+    threads and windows labelled on 1 moved 1 pixel in 810,000), so runs compare on equal threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_reference(spacenet, tmp_path_factory):
+    """The local run's class raster, class scores and summary."""
+    folder = tmp_path_factory.mktemp("local")
+    with worker_threads():
+        summary = segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"),
+                          str(folder / "classes.tif"), _options(probabilities=str(folder / "scores.tif")))
+    with rasterio.open(folder / "scores.tif") as src:
+        return _read(folder / "classes.tif"), src.read(), summary
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    """A LocalCluster of 2 single-threaded workers, for runs given its scheduler's address."""
+    memory = distributed.worker_memory_bytes(TILE_SIZE, 1, distributed.MIN_BLOCK_WINDOWS, 3, False)
+    with distributed.connect(local_workers=2, memory_limit=memory) as client:
+        yield client
+
+
+def _read(path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+@pytest.mark.slow
+def test_local_cluster_labels_equal_the_local_run(spacenet, tmp_path, local_reference):
+    reference, reference_scores, local_summary = local_reference
+    output = tmp_path / "classes.tif"
+    with worker_threads():
+        summary = segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(output),
+                          _options(dask_local=2, probabilities=str(tmp_path / "scores.tif")))
+    assert summary["tiles"] == local_summary["tiles"] == 64
+    np.testing.assert_array_equal(_read(output), reference)
+    with rasterio.open(tmp_path / "scores.tif") as src:
+        np.testing.assert_array_equal(src.read(), reference_scores)  # NaN (nodata) included
+    assert summary["classes"] == local_summary["classes"]
+    assert summary["stage_seconds"]["label"] > 0  # the windows were labelled on the workers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "classes.tif.aux.xml", "scores.tif"]
+
+
+class KillAfterFirstResult(SchedulerPlugin):
+    """A scheduler plugin (the LocalCluster's scheduler runs in this process): once the first block is
+    done, SIGKILL a worker process that is running another block."""
+
+    def __init__(self, cluster):
+        self.cluster, self.killed, self.lost = cluster, None, []
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if self.killed or finish != "memory" or not str(key).startswith("geoproto-"):
+            return
+        for state in self.cluster.scheduler.workers.values():
+            busy = [task.key for task in state.processing if str(task.key).startswith("geoproto-")]
+            if busy:
+                nanny = next(n for n in self.cluster.workers.values() if n.worker_address == state.address)
+                os.kill(nanny.process.pid, signal.SIGKILL)
+                self.killed, self.lost = state.address, busy
+                return
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_changes_nothing(spacenet, tmp_path, local_reference, cluster_client):
+    plugin = KillAfterFirstResult(cluster_client.cluster)
+    cluster_client.cluster.scheduler.add_plugin(plugin, name="kill-after-first-result")
+    output = tmp_path / "classes.tif"
+    try:
+        with worker_threads():
+            summary = segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(output),
+                              _options(dask_scheduler=cluster_client.scheduler.address))
+    finally:
+        cluster_client.cluster.scheduler.remove_plugin("kill-after-first-result")
+    assert plugin.killed is not None and plugin.lost  # a worker died with a block in hand
+    assert plugin.killed not in cluster_client.scheduler_info()["workers"]
+    np.testing.assert_array_equal(_read(output), local_reference[0])
+    assert summary["tiles"] == 64
+
+
+@pytest.mark.slow
+def test_workers_that_cannot_read_the_raster_are_named(cluster_client, tmp_path):
+    missing = str(tmp_path / "only-on-my-laptop.tif")
+    with pytest.raises(GeoprotoError, match=r"only-on-my-laptop\.tif: worker tcp://\S+ on \S+ cannot read it "
+                                            r"\(.*no such file\); .*storage all workers share, at the same path"):
+        distributed.check_workers(cluster_client, missing)
+
+
+@pytest.mark.slow
+def test_workers_with_too_little_memory_are_refused(spacenet, tmp_path, cluster_client):
+    with pytest.raises(GeoprotoError, match=r"worker tcp://\S+ may hold [\d.]+ GiB; a task of 64 windows of "
+                                            r"128 px needs about [\d.]+ GiB"):
+        segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(tmp_path / "c.tif"),
+                _options(batch_size=64, dask_scheduler=cluster_client.scheduler.address))
+    assert not list(tmp_path.iterdir())
+
+
+def test_dask_missing_says_how_to_install_it(spacenet, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # ``import distributed`` raises ImportError
+    with pytest.raises(GeoprotoError, match=r"needs Dask distributed: pip install 'geoproto\[dask\]'"):
+        segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(tmp_path / "c.tif"),
+                _options(dask_local=2))
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unreachable_scheduler_is_named(monkeypatch):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(GeoprotoError, match=rf"dask_scheduler: no Dask scheduler answered at {address} within 1 s"):
+        with distributed.connect(scheduler=address):
+            pass
+
+
+def test_dask_is_imported_only_for_a_cluster():
+    code = ("import sys, geoproto.cli, geoproto.segment, geoproto.distributed; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.stdout.strip() == "[]"
