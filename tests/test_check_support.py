@@ -167,9 +167,9 @@ def test_cli_refuses_bad_numbers(paths, tmp_path, option, value):
 def test_library_refuses_bad_folds_and_group_distance(paths):
     from geoproto.errors import GeoprotoError
 
-    with pytest.raises(GeoprotoError, match="folds must be >= 2"):
+    with pytest.raises(GeoprotoError, match="folds: must be >= 2"):
         check_support(str(paths.chip), str(paths.support), folds=1)
-    with pytest.raises(GeoprotoError, match="group_distance must be a finite number, got nan"):
+    with pytest.raises(GeoprotoError, match="group_distance: must be a finite number, got nan"):
         check_support(str(paths.chip), str(paths.support), group_distance=float("nan"))
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import click
 
 from ..crf import CRF_RANGES, MIN_BILATERAL_PX, RULE_BILATERAL_M, CRFParams
-from ..segment import (DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
-                       segment)
-from .options import (apply, command_line, crf_backend_option, encoder_options, handle_errors, integer, json_option,
-                      not_stdio, number, parse_pairs, print_json, printable, quiet_option, show_progress,
-                      support_options, workers_option)
+from ..segment import SEGMENT_RANGES, SegmentOptions, segment
+from .options import (command_line, crf_backend_option, encoding_options, handle_errors, integer, json_option, not_stdio,
+                      number, overwrite_option, parse_pairs, print_json, printable, quiet_option, show_progress,
+                      support_options, window_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -22,13 +21,10 @@ _CRF_DEFAULTS = CRFParams()
               help="A prototype file from `geoproto prototypes`, instead of --support.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml.")
-@apply(support_options)
-@apply(encoder_options)
+@support_options
+@encoding_options
 @workers_option
-@click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]), default=DEFAULT_TILE_SIZE,
-              show_default=True)
-@click.option("--overlap", type=integer(*SEGMENT_RANGES["overlap"][:2]), default=DEFAULT_OVERLAP, show_default=True,
-              help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")
+@window_options
 @click.option("--alpha", type=number(*SEGMENT_RANGES["alpha"]), default=20.0, show_default=True,
               help="Softmax scale of the cosine similarities.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
@@ -78,7 +74,7 @@ _CRF_DEFAULTS = CRFParams()
                    "worker reads the raster at the same path (shared storage). Needs geoproto[dask].")
 @click.option("--dask-local", type=integer(*SEGMENT_RANGES["dask_local"][:2]), metavar="N",
               help="Run the windows on a local Dask cluster of N worker processes. Needs geoproto[dask].")
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@overwrite_option
 @quiet_option
 @json_option
 @handle_errors
