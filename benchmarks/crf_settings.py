@@ -295,8 +295,7 @@ def test(args) -> None:
         image, support, _, score = encoder_choice.spacenet_domain(folder)
         for refine in (False, True):
             summary = segment(str(image), str(support), str(Path(folder) / "out.tif"), SegmentOptions(
-                encoder=args.encoder, crf=refine, crf_backend="torch", crf_params=crf.params_for_resolution(0.5),
-                crf_bilateral_m=None, progress=False, overwrite=True))
+                encoder=args.encoder, crf=refine, crf_backend="torch", progress=False, overwrite=True))
             with rasterio.open(Path(folder) / "out.tif") as src:
                 matrix = score(src.read(1), summary)
             result = summarise(matrix, ["building", "other"])

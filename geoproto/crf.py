@@ -35,10 +35,12 @@ MIN_BILATERAL_PX = 16.0
 
 @dataclass(frozen=True)
 class CRFParams:
+    """The CRF's parameters, kernel widths in pixels; ``params_for_resolution`` sets them for a raster."""
+
     iterations: int = 5
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
-    bilateral_sxy: float = PAPER_BILATERAL_SXY_PX  # pixels; see ``bilateral_sxy_pixels``
+    bilateral_sxy: float = MIN_BILATERAL_PX  # the rule's width without a metric grid
     # The paper's srgb 13 and weight 10 let the appearance kernel pull small buildings into their
     # surroundings; a colour range of 5 with weight 5 keeps them (chosen on the Dubai validation area,
     # see the README's DenseCRF entry).
@@ -111,18 +113,17 @@ def resolve_backend(backend: str, device_type: str) -> str:
     """The backend to run on ``device_type`` ("cpu" or "cuda"); fails early, before any model runs, when
     the one asked for cannot run here.
 
-    ``auto`` is torch on a GPU (the whole batch at once, beside the model) and where pydensecrf2 is not
-    installed, and pydensecrf2's process pool on a CPU: there the two refine windows about as fast
-    (measured on 2 idle cores: 7.7 and 7.2 windows/s), but the pool's processes refine while the model
-    encodes the next windows, where torch's CRF and model take turns (end to end 0.81x the pool's rate).
+    ``auto`` is torch everywhere: on a GPU it refines the whole batch beside the model, and on a CPU its
+    2 x 2 appearance blocks make it faster than pydensecrf2's process pool on the same cores
+    (``benchmarks/segment_throughput.py``), at the labels' agreement the tests hold it to.
     """
     if backend not in BACKENDS:
-        raise GeoprotoError(f"--crf-backend {backend!r}: choose {', '.join(BACKENDS)}")
+        raise GeoprotoError(f"{backend!r}: choose {', '.join(BACKENDS)}", param="crf_backend")
     if backend == "auto":
-        return "densecrf" if device_type == "cpu" and _densecrf_installed() else "torch"
+        return "torch"
     if backend == "densecrf" and not _densecrf_installed():
-        raise GeoprotoError("--crf-backend densecrf needs pydensecrf2, which is not installed: "
-                            "pip install 'geoproto[crf]' (or use --crf-backend torch)")
+        raise GeoprotoError("densecrf needs pydensecrf2, which is not installed: pip install 'geoproto[crf]' "
+                            "(or use the torch backend)", param="crf_backend")
     return backend
 
 

@@ -51,7 +51,6 @@ from .validation import ALPHA_MAX, MAX_WORKERS, check_number
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
-DEFAULT_CRF_BILATERAL_M = crf_module.PAPER_BILATERAL_SXY_PX * crf_module.PAPER_PIXEL_SIZE_M
 
 
 @dataclass
@@ -78,11 +77,13 @@ class SegmentOptions:
     support_image: str | None = None
     buffer: float = 0.0
     prototypes: str | None = None  # a prototype file (prototype_file.py), used instead of a support
-    # DenseCRF; ``crf_bilateral_m`` None means ``crf_params.bilateral_sxy`` is taken as pixels.
+    # DenseCRF, set for the raster's ground resolution unless overridden.
     crf: bool = True
     crf_backend: str = crf_module.DEFAULT_BACKEND  # crf.BACKENDS; see crf.resolve_backend
-    crf_params: crf_module.CRFParams = field(default_factory=crf_module.CRFParams)
-    crf_bilateral_m: float | None = DEFAULT_CRF_BILATERAL_M
+    # CRFParams fields that replace the resolution rule's (crf.params_for_resolution), e.g.
+    # {"iterations": 10, "bilateral_sxy": 30}; ``crf_bilateral_m`` replaces the rule's bilateral width.
+    crf_overrides: dict[str, float] = field(default_factory=dict)
+    crf_bilateral_m: float | None = None
     # Outputs
     # Cross-validate polygon support and put the report in the summary (always done for --encoder auto).
     check_support: bool = False
@@ -377,7 +378,9 @@ def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers:
         pixel_area = pixel_area_m2(src, crs)
         if options.min_area and pixel_area is None:
             raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS", param="min_area")
-        refine = RefineSettings(_crf_params(options, pixel_size_m(src, crs)), crf_backend) if options.crf else None
+        refine = RefineSettings(crf_module.params_for_resolution(
+            pixel_size_m(src, crs), options.crf_bilateral_m, **options.crf_overrides), crf_backend) \
+            if options.crf else None
         if journal is not None:
             classifier = replace(classifier, prototypes=journal.keep_prototypes(classifier.prototypes))
         with gdal_write_errors(job.output):
@@ -433,13 +436,6 @@ def _prototype_file(support: str | None, options: SegmentOptions):
     return load_prototypes(options.prototypes)
 
 
-def _crf_params(options: SegmentOptions, pixel_size: float | None) -> crf_module.CRFParams:
-    """The CRF's parameters in pixels: the bilateral width is set in metres unless given in pixels."""
-    params = options.crf_params
-    if options.crf_bilateral_m is not None:
-        sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, pixel_size)
-        params = crf_module.CRFParams(**{**params.__dict__, "bilateral_sxy": sxy})
-    return params
 
 
 def _finish_outputs(paths: _Staged, classes, counts: np.ndarray, pixel_area: float | None, raster_format: str,

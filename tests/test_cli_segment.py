@@ -159,7 +159,7 @@ def test_densecrf_backend_not_installed(paths, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(paths.chip, "--support", paths.support, "-o", out, "--crf-backend", "densecrf"), out,
-                          "--crf-backend densecrf needs pydensecrf2", "pip install 'geoproto[crf]'")
+                          "--crf-backend: densecrf needs pydensecrf2", "pip install 'geoproto[crf]'")
 
 
 def test_unreadable_raster(paths, tmp_path):
@@ -208,7 +208,7 @@ def test_class_without_pixels(paths, tmp_path):
 def test_unknown_class_field(paths, tmp_path):
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(paths.chip, "--support", paths.support, "-o", out, "--class-field", "kind"), out,
-                          "'kind'", "fields: class")
+                          "Error: --class-field: ", "'kind'", "fields: class")
 
 
 def test_crs_missing_on_one_side(paths, tmp_path):
@@ -216,14 +216,16 @@ def test_crs_missing_on_one_side(paths, tmp_path):
     support.to_file(tmp_path / "nocrs.gpkg")
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(paths.chip, "--support", tmp_path / "nocrs.gpkg", "-o", out), out,
-                          "has no CRS", "--support-crs")
+                          "Error: --support-crs: ", "has no CRS")
 
 
 def test_existing_output_needs_overwrite(paths, tmp_path):
     out = tmp_path / "c.tif"
     out.write_bytes(b"precious")
     result = run(paths.chip, "--support", paths.support, "-o", out, "--no-crf")
-    assert result.exit_code != 0 and "--overwrite" in result.output
+    assert result.exit_code == 1
+    message = result.output.strip().splitlines()[-1]
+    assert message == f"Error: --output: {out}: exists; allow --overwrite to replace it"
     assert out.read_bytes() == b"precious"
 
 
@@ -576,7 +578,7 @@ def test_nan_numbers_from_python_are_refused(field):
     from geoproto.errors import GeoprotoError
     from geoproto.segment import SegmentOptions
 
-    with pytest.raises(GeoprotoError, match=f"{field} must be a finite number, got nan"):
+    with pytest.raises(GeoprotoError, match=f"{field}: must be a finite number, got nan"):
         SegmentOptions(**{field: float("nan")})
 
 

@@ -125,16 +125,16 @@ def test_batch_of_windows_matches_each_window_alone(dubai, stride):
 
 
 def test_backend_resolution(monkeypatch):
-    """auto: pydensecrf2's pool on a CPU where it is installed, torch on a GPU or without it; asking for
-    densecrf without it fails early, naming the fix."""
-    assert crf.resolve_backend("auto", "cpu") == "densecrf" and crf.resolve_backend("auto", "cuda") == "torch"
+    """auto: torch on either device (faster than pydensecrf2's pool on a CPU too); asking for densecrf
+    without it fails early, naming the fix."""
+    assert crf.resolve_backend("auto", "cpu") == "torch" and crf.resolve_backend("auto", "cuda") == "torch"
     assert crf.resolve_backend("torch", "cpu") == "torch" and crf.resolve_backend("densecrf", "cuda") == "densecrf"
     monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import pydensecrf... raises ImportError
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     assert crf.resolve_backend("auto", "cpu") == "torch"
-    with pytest.raises(GeoprotoError, match=r"--crf-backend densecrf needs pydensecrf2.*geoproto\[crf\]"):
+    with pytest.raises(GeoprotoError, match=r"crf_backend: densecrf needs pydensecrf2.*geoproto\[crf\]"):
         crf.resolve_backend("densecrf", "cpu")
-    with pytest.raises(GeoprotoError, match="--crf-backend 'gpu': choose auto, torch, densecrf"):
+    with pytest.raises(GeoprotoError, match="crf_backend: 'gpu': choose auto, torch, densecrf"):
         crf.resolve_backend("gpu", "cpu")
 
 

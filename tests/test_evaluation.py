@@ -199,14 +199,42 @@ def test_evaluate_report_into_a_missing_folder_is_refused_before_any_work(tmp_pa
     monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
     result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--report",
                                        str(tmp_path / "missing" / "report.json")])
-    assert result.exit_code == 1 and "missing: output directory does not exist" in result.output
+    assert result.exit_code == 1
+    assert result.output == f"Error: --report: {tmp_path / 'missing'}: output directory does not exist\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_evaluate_report_never_replaces_the_checkpoint(tmp_path, monkeypatch):
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights")
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--checkpoint",
+                                       str(checkpoint), "--report", str(checkpoint)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: --report: {checkpoint}: is the input --checkpoint {checkpoint}; ")
+    assert checkpoint.read_bytes() == b"weights"
+
+
+def test_evaluate_encoder_auto_names_the_option(tmp_path, monkeypatch):
+    """``auto`` needs support polygons: the library names its parameter, the CLI shows the flag."""
+    import geoproto.cli.evaluate
+    from geoproto.errors import GeoprotoError
+    from geoproto.models import select_encoder
+
+    with pytest.raises(GeoprotoError, match="^encoder: auto chooses by cross-validating support polygons") as info:
+        select_encoder("auto", "efficientnet-lite0", None, None)
+    assert info.value.param == "encoder"
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: None)
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--encoder", "auto"])
+    assert result.exit_code == 1 and result.output.startswith("Error: --encoder: auto chooses by cross-validating")
 
 
 def test_evaluate_refuses_a_nan_alpha_from_python():
     from geoproto.errors import GeoprotoError
 
-    with pytest.raises(GeoprotoError, match="alpha must be a finite number, got nan"):
+    with pytest.raises(GeoprotoError, match="alpha: must be a finite number, got nan"):
         evaluate(None, None, 1, [0], None, False, None, alpha=float("nan"))
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ..crf import CRF_RANGES, CRFParams
+from ..crf import CRF_RANGES, MIN_BILATERAL_PX, RULE_BILATERAL_M, CRFParams
 from ..batch import SIDECARS, expand_images
-from ..segment import (DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
-                       segment, segment_many)
-from .options import (apply, command_line, crf_backend_option, encoder_options, handle_errors, integer, json_option,
-                      not_stdio, number, parse_pairs, print_json, printable, quiet_option, show_progress,
-                      support_options, workers_option)
+from ..segment import SEGMENT_RANGES, SegmentOptions, segment, segment_many
+from .options import (command_line, crf_backend_option, encoding_options, handle_errors, integer, json_option, not_stdio,
+                      number, overwrite_option, parse_pairs, print_json, printable, quiet_option, show_progress,
+                      support_options, window_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -26,28 +25,26 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--output-dir", type=click.Path(file_okay=False), callback=not_stdio,
               help="Folder for one class raster per input, named from the input (DIR/<stem>.tif); needed with "
                    "several inputs. Sidecars given alone (--vector, --probabilities...) go there too.")
-@apply(support_options)
-@apply(encoder_options)
+@support_options
+@encoding_options
 @workers_option
-@click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]), default=DEFAULT_TILE_SIZE,
-              show_default=True)
-@click.option("--overlap", type=integer(*SEGMENT_RANGES["overlap"][:2]), default=DEFAULT_OVERLAP, show_default=True,
-              help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")
+@window_options
 @click.option("--alpha", type=number(*SEGMENT_RANGES["alpha"]), default=20.0, show_default=True,
               help="Softmax scale of the cosine similarities.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
 @crf_backend_option
-@click.option("--crf-iterations", type=integer(*CRF_RANGES["iterations"]), default=_CRF_DEFAULTS.iterations,
-              show_default=True)
-@click.option("--crf-bilateral-m", type=number(*SEGMENT_RANGES["crf_bilateral_m"]), default=DEFAULT_CRF_BILATERAL_M,
-              show_default=True, help="Bilateral kernel width in metres (projected rasters).")
+@click.option("--crf-iterations", type=integer(*CRF_RANGES["iterations"]),
+              help=f"Mean-field iterations [default: {_CRF_DEFAULTS.iterations}].")
+@click.option("--crf-bilateral-m", type=number(*SEGMENT_RANGES["crf_bilateral_m"]),
+              help=f"Bilateral kernel width in metres (projected rasters) [default: the wider of "
+                   f"{RULE_BILATERAL_M:g} m and {MIN_BILATERAL_PX:g} px].")
 @click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]),
-              help="Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: 80 without a metric "
-                   "CRS].")
+              help=f"Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: {MIN_BILATERAL_PX:g} "
+                   f"without a metric CRS].")
 @click.option("--crf-bilateral-srgb", type=number(*CRF_RANGES["bilateral_srgb"]),
-              default=_CRF_DEFAULTS.bilateral_srgb, show_default=True)
-@click.option("--crf-gaussian-sxy", type=number(*CRF_RANGES["gaussian_sxy"]), default=_CRF_DEFAULTS.gaussian_sxy,
-              show_default=True)
+              help=f"Bilateral colour range (0-255 units) [default: {_CRF_DEFAULTS.bilateral_srgb:g}].")
+@click.option("--crf-gaussian-sxy", type=number(*CRF_RANGES["gaussian_sxy"]),
+              help=f"Smoothness kernel width in pixels [default: {_CRF_DEFAULTS.gaussian_sxy:g}].")
 @click.option("--aoi", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Segment only inside these polygons (any OGR vector, any CRS); outside is nodata and "
                    "windows outside are never read.")
@@ -81,7 +78,7 @@ _CRF_DEFAULTS = CRFParams()
                    "worker reads the raster at the same path (shared storage). Needs geoproto[dask].")
 @click.option("--dask-local", type=integer(*SEGMENT_RANGES["dask_local"][:2]), metavar="N",
               help="Run the windows on a local Dask cluster of N worker processes. Needs geoproto[dask].")
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@overwrite_option
 @click.option("--resume", is_flag=True,
               help="Keep finished windows in a journal beside the output and, if an earlier run of the same job "
                    "was interrupted, continue it (the result equals an uninterrupted run's).")
@@ -100,11 +97,10 @@ def segment_command(image, support, output, output_dir, crf, crf_iterations, crf
     Examples: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
               geoproto segment flight/ --support labels.gpkg --output-dir classes/ --vector
     """
-    crf_params = CRFParams(iterations=crf_iterations, gaussian_sxy=crf_gaussian_sxy,
-                           bilateral_sxy=crf_bilateral_px or CRFParams.bilateral_sxy,
-                           bilateral_srgb=crf_bilateral_srgb)
-    settings = SegmentOptions(crf=crf, crf_params=crf_params,
-                              crf_bilateral_m=None if crf_bilateral_px else crf_bilateral_m,
+    overrides = {"iterations": crf_iterations, "gaussian_sxy": crf_gaussian_sxy, "bilateral_sxy": crf_bilateral_px,
+                 "bilateral_srgb": crf_bilateral_srgb}
+    settings = SegmentOptions(crf=crf, crf_overrides={k: v for k, v in overrides.items() if v is not None},
+                              crf_bilateral_m=crf_bilateral_m,
                               progress=show_progress(quiet), command=command_line(click.get_current_context()),
                               **options)
     images = expand_images(list(image))
