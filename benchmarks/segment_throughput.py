@@ -121,7 +121,7 @@ def run_naive(image: str, labels: str, classes_file: str, crf: bool, device: str
     stages = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
     with source.dataset as src, tempfile.TemporaryDirectory() as folder:
         support = load_support(labels, src, classes_file=classes_file)
-        classifier, support_stats = fit_support(extract, source, support, support.classes, 417, 64, 1)
+        classifier, support_stats = fit_support(extract, [(source, support)], support.classes, 417, 64, 1)
         classes, prototypes, ids = classifier.classes, classifier.prototypes, classifier.ids
         tiles = tile_grid(src.height, src.width, 417, 64)
         writer = ResultWriter(src, src.crs, classes, os.path.join(folder, "c.tif"), None)
@@ -177,7 +177,9 @@ def peak_rss_mb() -> float:
 
 def crf_windows(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` real 417 px windows (image in [0, 1], class probabilities): Dubai crops, with the true
-    labels smoothed and made noisy as the model's stand-in (the CRF's cost does not depend on them)."""
+    labels smoothed and spatially correlated noise added as the model's stand-in, as tests/test_crf.py
+    makes them: the CRF has real errors to fix along real edges and (mostly) keeps every class, so the
+    labels compared are refined ones. The CRF's cost does not depend on them."""
     import torch
 
     from geoproto.classes import read_class_file
@@ -185,6 +187,7 @@ def crf_windows(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     colours = np.array(read_class_file(str(root / "classes.json")).colors)
     names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
     rng = np.random.default_rng(0)
+    pool = torch.nn.functional.avg_pool2d
     windows = []
     for i in range(count):
         name = names[i % len(names)]
@@ -196,17 +199,25 @@ def crf_windows(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
             mask = src.read(window=area).transpose(1, 2, 0).astype(int)
         truth = np.abs(mask[:, :, None, :] - colours[None, None]).sum(-1).argmin(-1)
         onehot = torch.from_numpy(np.eye(len(colours), dtype=np.float32)[truth].transpose(2, 0, 1))[None]
-        smooth = torch.nn.functional.avg_pool2d(onehot, 9, 1, 4, count_include_pad=False)[0]
-        noise = torch.from_numpy(rng.normal(0, 2.5, smooth.shape).astype(np.float32))
+        smooth = pool(onehot, 9, 1, 4, count_include_pad=False)[0]
+        noise = torch.from_numpy(rng.normal(0, 2.5, smooth.shape[1:]).astype(np.float32))[None]
+        noise = pool(noise, 7, 1, 3, count_include_pad=False)[0] * 2.5
         windows.append((image, torch.softmax(smooth * 3 + noise, 0).numpy()))
     return windows
 
 
-def crf_comparison(root: Path, count: int, device: str, batch_size: int, workers: int | None) -> dict:
+def crf_comparison(root: Path, count: int, device: str, batch_size: int, workers: int | None,
+                   rounds: int) -> dict:
     """Windows per second of each CRF backend on the same windows and cores, steady state (the pool is
-    started and the Gaussian lattice cached before timing), and how many labels they share."""
+    started and the Gaussian lattice cached before timing), alternated over ``rounds`` (the median of
+    each, and of the per-round ratios to the pool: on shared cores the speed drifts within minutes), and
+    how many labels each shares with pydensecrf2's.
+
+    Torch runs as ``refine_batch`` (default 2 x 2 appearance blocks) on all of torch's threads and on
+    one, as one window per thread on ``workers`` threads of one torch thread each (what the pool does
+    with processes: no thread ever waits for another), and exactly (appearance_stride=1) on all threads."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     import torch
 
@@ -217,35 +228,64 @@ def crf_comparison(root: Path, count: int, device: str, batch_size: int, workers
     windows = crf_windows(root, count)
     params = crf_module.CRFParams(bilateral_sxy=crf_module.bilateral_sxy_pixels(7.2, 0.3))
     workers = workers or os.cpu_count() or 1
+    target = torch.device(device)
+    threads = torch.get_num_threads()
+    chunks = [windows[start:start + batch_size] for start in range(0, count, batch_size)]
+
+    def refine_chunk(chunk, stride):
+        images = torch.from_numpy(np.stack([image for image, _ in chunk])).to(target)
+        probabilities = torch.from_numpy(np.stack([p for _, p in chunk])).to(target)
+        refined, kept = crf_torch.refine_batch(images, probabilities, params, appearance_stride=stride)
+        return list(zip(refined.cpu().numpy(), kept))
+
+    def run_torch(count_threads, stride):
+        torch.set_num_threads(count_threads)
+        try:
+            return [window for chunk in chunks for window in refine_chunk(chunk, stride)]
+        finally:
+            torch.set_num_threads(threads)
+
+    def run_split():
+        # torch.set_num_threads in a worker thread sets that thread's OpenMP team size only.
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as split:
+            return [window for done in split.map(lambda chunk: refine_chunk(chunk, default), [[w] for w in windows])
+                    for window in done]
+
+    default = crf_torch.APPEARANCE_STRIDE
+    configurations = {f"torch, {threads} thread(s), batch {batch_size}": lambda: run_torch(threads, default)}
+    if target.type == "cpu":
+        configurations.update({
+            f"torch, 1 thread, batch {batch_size}": lambda: run_torch(1, default),
+            f"torch, {workers} threads of 1 torch thread, a window each": run_split,
+        })
+    configurations[f"torch exact (appearance_stride=1), {threads} thread(s), batch {batch_size}"] = \
+        lambda: run_torch(threads, 1)
+    for stride in {1, default}:  # warm-up: the Gaussian lattice's cache, the allocator
+        refine_chunk(chunks[0], stride)
+    seconds = {name: [] for name in ["densecrf", *configurations]}
+    results = {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=init_worker) as pool:
         warm_up = [pool.submit(crf_module.refine, crf_module.to_rgb8(image), p, params) for image, p in windows[:workers]]
         [f.result() for f in warm_up]
-        started = time.perf_counter()
-        futures = [pool.submit(crf_module.refine, crf_module.to_rgb8(image), p, params) for image, p in windows]
-        reference = [f.result()[0] for f in futures]
-        pool_seconds = time.perf_counter() - started
-    target = torch.device(device)
-    crf_torch.refine_batch(torch.from_numpy(windows[0][0])[None].to(target),
-                           torch.from_numpy(windows[0][1])[None].to(target), params)
-    torch_per_s = {}
-    threads = torch.get_num_threads()
-    # One thread as well as all of them: torch's threads wait for each other at every operation, which
-    # costs little on idle cores and a great deal on cores other processes keep busy.
-    for count_threads in sorted({1, threads}) if target.type == "cpu" else [threads]:
-        torch.set_num_threads(count_threads)
-        refined = []
-        started = time.perf_counter()
-        for start in range(0, count, batch_size):
-            chunk = windows[start:start + batch_size]
-            images = torch.from_numpy(np.stack([image for image, _ in chunk])).to(target)
-            probabilities = torch.from_numpy(np.stack([p for _, p in chunk])).to(target)
-            refined += list(crf_torch.refine_batch(images, probabilities, params)[0].cpu().numpy())
-        torch_per_s[count_threads] = count / (time.perf_counter() - started)
-    torch.set_num_threads(threads)
-    agree = np.mean([(a.argmax(0) == b.argmax(0)).mean() for a, b in zip(reference, refined)])
-    return {"windows": count, "workers": workers, "batch": batch_size, "densecrf_per_s": count / pool_seconds,
-            "torch_per_s": torch_per_s, "agree": float(agree)}
+        for _ in range(rounds):
+            started = time.perf_counter()
+            futures = [pool.submit(crf_module.refine, crf_module.to_rgb8(image), p, params) for image, p in windows]
+            results["densecrf"] = [f.result() for f in futures]
+            seconds["densecrf"].append(time.perf_counter() - started)
+            for name, run in configurations.items():
+                started = time.perf_counter()
+                results[name] = run()
+                seconds[name].append(time.perf_counter() - started)
+    reference = [labels.argmax(0) for labels, _ in results["densecrf"]]
+    table = {}
+    for name, times in seconds.items():
+        ratios = [pool_seconds / own for pool_seconds, own in zip(seconds["densecrf"], times)]
+        table[name] = {"per_s": count / float(np.median(times)), "ratio": float(np.median(ratios)),
+                       "agree": float(np.mean([(labels.argmax(0) == ref).mean()
+                                               for (labels, _), ref in zip(results[name], reference)])),
+                       "kept": sum(kept for _, kept in results[name])}
+    return {"windows": count, "workers": workers, "rounds": rounds, "table": table}
 
 
 def child(args) -> None:
@@ -278,8 +318,9 @@ def main() -> None:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive reference loop")
     parser.add_argument("--modes", default="off,torch,densecrf", help="CRF settings to run: off, torch, densecrf")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="alternate pipeline and naive runs this many times and report the median run of "
-                             "each (shared cloud CPUs drift in speed by tens of percent within minutes)")
+                        help="alternate pipeline and naive runs (and the CRF backends) this many times and report "
+                             "the median run of each (shared cloud CPUs drift in speed by tens of percent within "
+                             "minutes)")
     parser.add_argument("--child", choices=["pipeline", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--labels", help=argparse.SUPPRESS)
@@ -296,11 +337,14 @@ def main() -> None:
           f"median of {args.repeat} run(s), load average {os.getloadavg()[0]:.1f} at start")
     if args.crf_windows:
         crf = crf_comparison(args.root, args.crf_windows, args.device,
-                             args.crf_batch or (16 if args.device == "cuda" else 1), args.workers)
-        print(f"CRF alone, {crf['windows']} windows of 417 px, 24 px bilateral kernel, labels agreeing "
-              f"{100 * crf['agree']:.3f}%: pydensecrf2 pool of {crf['workers']} {crf['densecrf_per_s']:.2f} windows/s; "
-              + "; ".join(f"torch ({args.device}, {threads} thread(s), batch {crf['batch']}) {per_s:.2f} windows/s, "
-                          f"ratio {per_s / crf['densecrf_per_s']:.2f}" for threads, per_s in crf["torch_per_s"].items()))
+                             args.crf_batch or (16 if args.device == "cuda" else 1), args.workers, args.repeat)
+        print(f"CRF alone, {crf['windows']} windows of 417 px, 24 px bilateral kernel, median of {crf['rounds']} "
+              f"alternated round(s), load average {os.getloadavg()[0]:.1f} at the end:")
+        print(f"  {'backend':<66} {'windows/s':>9} {'x pool':>7} {'labels = pydensecrf2':>20} {'kept':>5}")
+        for name, row in crf["table"].items():
+            label = f"pydensecrf2 pool of {crf['workers']} processes" if name == "densecrf" else name
+            print(f"  {label:<66} {row['per_s']:>9.2f} {row['ratio']:>7.2f} {100 * row['agree']:>19.3f}% "
+                  f"{row['kept']:>5}")
         sys.stdout.flush()
     sides = [int(s) for s in args.sizes.split(",") if int(s)]
     if not sides:

@@ -59,39 +59,40 @@ class ClippedSource:
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
     try:
-        values = tuple(check_number("--bbox", float(v)) for v in text.replace(" ", ",").split(",") if v)
+        values = tuple(check_number("bbox", float(v)) for v in text.replace(" ", ",").split(",") if v)
     except ValueError:
         values = ()
     if len(values) != 4 or values[0] >= values[2] or values[1] >= values[3]:
-        raise GeoprotoError(f"--bbox {text!r}: give XMIN,YMIN,XMAX,YMAX with XMIN < XMAX and YMIN < YMAX")
+        raise GeoprotoError(f"{text!r}: give XMIN,YMIN,XMAX,YMAX with XMIN < XMAX and YMIN < YMAX", param="bbox")
     return values
 
 
 def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = None,
-              bbox_crs: str | None = None) -> AreaOfInterest | None:
+              bbox_crs: str | None = None, shared: bool = False) -> AreaOfInterest | None:
     """The ``--aoi`` file's polygons or the ``--bbox`` (in the raster's CRS unless ``bbox_crs``), in the
-    raster's pixel space; None when neither is given."""
+    raster's pixel space; None when neither is given. ``shared``: the area serves several rasters, so it
+    may miss this one (no window reaches it)."""
     import geopandas
     import shapely
     from pyproj import CRS
 
     if aoi is None and bbox is None:
         if bbox_crs:
-            raise GeoprotoError("--bbox-crs needs --bbox")
+            raise GeoprotoError("applies to a bounding box; give one too", param="bbox_crs")
         return None
     if aoi is not None and bbox is not None:
-        raise GeoprotoError("give --aoi or --bbox, not both")
+        raise GeoprotoError("give an area of interest or a bounding box, not both", param="bbox")
     target = CRS.from_user_input(raster_crs.to_wkt()) if raster_crs is not None else None
     if bbox is not None:
         try:
             crs = CRS.from_user_input(bbox_crs) if bbox_crs else target
         except Exception as exc:
-            raise GeoprotoError(f"--bbox-crs {bbox_crs!r}: not a CRS ({exc})") from None
+            raise GeoprotoError(f"{bbox_crs!r} is not a CRS ({exc})", param="bbox_crs") from None
         # Densified, so that a box in another CRS keeps its curved edges once reprojected.
         bounds = parse_bbox(bbox)
         box = shapely.segmentize(shapely.box(*bounds), (bounds[2] - bounds[0]) / 64)
         frame = geopandas.GeoDataFrame(geometry=[box], crs=crs)
-        name = "--bbox"
+        where, param = "", "bbox"
     else:
         if not os.path.exists(aoi):
             raise GeoprotoError(f"{aoi}: no such file")
@@ -105,16 +106,16 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
         frame = frame[frame.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
         if frame.empty:
             raise GeoprotoError(f"{aoi}: holds no polygon")
-        name = aoi
+        where, param = f"{aoi}: ", "aoi"
     if (frame.crs is None) != (target is None):
-        raise GeoprotoError(f"{name}: has {'no CRS' if frame.crs is None else 'a CRS'} while the raster has "
-                            f"{'one' if target is not None else 'none'}")
+        raise GeoprotoError(f"{where}has {'no CRS' if frame.crs is None else 'a CRS'} while the raster has "
+                            f"{'one' if target is not None else 'none'}", param=param)
     if target is not None:
         frame = frame.to_crs(target)
     inverse = ~reference.transform
     matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
     geometry = shapely.affinity.affine_transform(shapely.union_all(shapely.make_valid(frame.geometry.values)),
                                                  matrix)
-    if not geometry.intersects(shapely.box(0, 0, reference.width, reference.height)):
-        raise GeoprotoError(f"{name}: does not overlap the raster {reference.name}")
+    if not shared and not geometry.intersects(shapely.box(0, 0, reference.width, reference.height)):
+        raise GeoprotoError(f"{where}does not overlap the raster {reference.name}", param=param)
     return AreaOfInterest(geometry)

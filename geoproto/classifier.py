@@ -6,9 +6,9 @@ scores (eq. 2, at pixel resolution); their softmax is eq. 3. ``segment``, ``chec
 cross-validation, ``evaluate`` and training's validation all score through it, so there is one place
 where support becomes a model and a model becomes scores.
 
-``fit_support`` is eq. 1 over a user's support on a raster: each labelled pixel counts once, in the
-window whose core owns it (its neighbours still give it context), so the prototypes are those of the
-whole raster whatever the tiling.
+``fit_support`` is eq. 1 over a user's support on one raster or several: each labelled pixel counts
+once, in the window whose core owns it (its neighbours still give it context), so the prototypes are
+those of the whole raster whatever the tiling, and support drawn on several rasters pools pixel by pixel.
 """
 
 from __future__ import annotations
@@ -67,10 +67,11 @@ class Classifier:
         return self.score_features(self.encode(images, context), (size, size)).float()
 
 
-def fit_support(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo, size: int,
-                overlap: int, batch_size: int, alpha: float = DEFAULT_ALPHA, head: str = PROTOTYPES,
+def fit_support(extract: FeatureExtractor, supports: list[tuple[RasterSource, object]], classes: ClassInfo,
+                size: int, overlap: int, batch_size: int, alpha: float = DEFAULT_ALPHA, head: str = PROTOTYPES,
                 scales: tuple[int, ...] = (1,)) -> tuple[Classifier, dict]:
-    """The classifier a support teaches: prototypes from every support window (eq. 1), pixel-weighted.
+    """The classifier a support teaches: prototypes from every support window (eq. 1) of each (raster,
+    labels) pair of ``supports`` (one, or every raster of a run the support touches), pixel-weighted.
 
     ``scales`` (1,) or ``heads.SCALES`` (1, 2): encode windows at their own scale, or at 1x and 2x
     (``heads.MultiScaleExtractor``, for support and queries alike). ``head``: ``prototypes`` (eq. 2) or
@@ -85,35 +86,35 @@ def fit_support(extract: FeatureExtractor, source: RasterSource, labels, classes
         raise GeoprotoError(f"must be (1,) or {SCALES}, got {tuple(scales)}", param="scales")
     if len(scales) > 1:
         extract = MultiScaleExtractor(extract)
-    accumulator, classes, stats = accumulate_support(extract, source, labels, classes, size, overlap, batch_size,
-                                                     head)
+    accumulator, classes, stats = accumulate_support(extract, supports, classes, size, overlap, batch_size, head)
     classifier = Classifier(accumulator.prototypes(), classes, alpha, extract, stats["pixels"],
                             None if head == PROTOTYPES else accumulator.fit(alpha))
     return classifier, stats
 
 
-def accumulate_support(extract: FeatureExtractor, source: RasterSource, labels, classes: ClassInfo, size: int,
-                       overlap: int, batch_size: int, head: str = PROTOTYPES) -> tuple[SupportFit, ClassInfo, dict]:
+def accumulate_support(extract: FeatureExtractor, supports: list[tuple[RasterSource, object]], classes: ClassInfo,
+                       size: int, overlap: int, batch_size: int,
+                       head: str = PROTOTYPES) -> tuple[SupportFit, ClassInfo, dict]:
     """Eq. 1's sums over a support (``fit_support``): the accumulator (per-class feature sums and pixel
     counts, which pool exactly across supports; it fits ``head`` too), the classes kept, and what it took."""
     unknown: set[int] = set()
     seen: set[int] = set()
     lookup = classes.positions()
-    src = source.dataset
-    tiles = labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID))
     labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
-    for tile in tiles:
-        window_labels = labels.read(tile, size)
-        present = {int(v) for v in np.unique(window_labels) if v}
-        unknown |= present - set(classes.ids)
-        seen |= present
-        if core_labels(lookup[window_labels], tile).any():
-            labelled.append(tile)
+    for source, labels in supports:
+        src = source.dataset
+        for tile in labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID)):
+            window_labels = labels.read(tile, size)
+            present = {int(v) for v in np.unique(window_labels) if v}
+            unknown |= present - set(classes.ids)
+            seen |= present
+            if core_labels(lookup[window_labels], tile).any():
+                labelled.append((source, labels, tile))
     if unknown:
         raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the classes file",
                             param="classes_file")
     unused = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in seen]
-    if unused and labels.classes_from_catalogue and len(unused) < len(classes.ids):
+    if unused and supports[0][1].classes_from_catalogue and len(unused) < len(classes.ids):
         warnings.warn(f"no support for class(es) {', '.join(unused)} of the classes file: left out")
         classes = classes.subset(seen)
         lookup = classes.positions()
@@ -121,14 +122,14 @@ def accumulate_support(extract: FeatureExtractor, source: RasterSource, labels, 
     model_seconds = 0.0
     for start in range(0, len(labelled), batch_size):
         chunk = labelled[start:start + batch_size]
-        reads = [source.read(tile, size, CONTEXT_MARGIN) for tile in chunk]
+        reads = [source.read(tile, size, CONTEXT_MARGIN) for source, _, tile in chunk]
         started = time.perf_counter()
         features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
         model_seconds += time.perf_counter() - started
         # Support over nodata (or NaN) would make a prototype of fill values: left out.
         accumulator.add(features.cpu(), torch.from_numpy(np.stack(
             [core_labels(lookup[labels.read(tile, size)], tile) * valid
-             for tile, (_, valid) in zip(chunk, reads)])))
+             for (_, labels, tile), (_, valid) in zip(chunk, reads)])))
     empty = [(name, class_id in seen) for name, class_id, pixels in
              zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
     if empty:

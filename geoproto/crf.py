@@ -9,9 +9,9 @@ workers import it.
 The paper's kernels are in pixels for 9 cm imagery (Gaussian sxy 3; bilateral sxy 80, srgb 13): 80 px
 is about 7 m on the ground. Applied unchanged at coarser resolution the bilateral kernel spans tens of
 metres and wipes out small classes (measured at 0.36 m: car F1 15 -> 7; on a 0.5 m chip the whole tile
-became one class). So the bilateral range is set in metres (default 7.2 m, the paper's footprint) and
-converted with the raster's pixel size, and a tile whose CRF result lost a class that covered a
-noticeable share of it keeps its unrefined labels.
+became one class), while a width in metres alone vanishes on coarse imagery (7.2 m is 0.24 px at 30 m).
+So ``params_for_resolution`` sets the width from the pixel size, with a floor in pixels, and a window
+whose CRF result collapsed (``keeps_classes``) keeps its unrefined labels.
 """
 
 from __future__ import annotations
@@ -27,24 +27,32 @@ BACKENDS = ("auto", "torch", "densecrf")
 DEFAULT_BACKEND = "auto"
 PAPER_PIXEL_SIZE_M = 0.09
 PAPER_BILATERAL_SXY_PX = 80.0
+DEFAULT_BILATERAL_M = PAPER_BILATERAL_SXY_PX * PAPER_PIXEL_SIZE_M  # 7.2 m
+# The resolution rule's bilateral width (``params_for_resolution``), chosen on validation data.
+RULE_BILATERAL_M = 3.6
+MIN_BILATERAL_PX = 16.0
 
 
 @dataclass(frozen=True)
 class CRFParams:
+    """The CRF's parameters, kernel widths in pixels; ``params_for_resolution`` sets them for a raster."""
+
     iterations: int = 5
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
-    bilateral_sxy: float = PAPER_BILATERAL_SXY_PX  # pixels; see ``bilateral_sxy_pixels``
+    bilateral_sxy: float = MIN_BILATERAL_PX  # the rule's width without a metric grid
     # The paper's srgb 13 and weight 10 let the appearance kernel pull small buildings into their
     # surroundings; a colour range of 5 with weight 5 keeps them (chosen on the Dubai validation area,
     # see the README's DenseCRF entry).
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 5.0
-    # A class covering at least this share of the tile before the CRF must keep at least
-    # ``guard_keep`` of its pixels after it, or the tile keeps its unrefined labels: on the validation
-    # area the unguarded CRF erased real buildings, so a share as low as 2 % is protected.
-    guard_share: float = 0.02
+    # The guard (``keeps_classes``): a class covering at least ``guard_share`` of the window before the CRF
+    # must keep at least ``guard_keep`` of its pixels, and a window the CRF leaves at least
+    # ``collapse_share`` one class must not have lost classes that covered ``collapse_lost`` of it.
+    guard_share: float = 0.1
     guard_keep: float = 0.2
+    collapse_share: float = 0.97
+    collapse_lost: float = 0.1
 
     def __post_init__(self):
         """DenseCRF's C++ trusts its parameters: a zero, tiny or NaN kernel width ends in a segfault."""
@@ -63,6 +71,8 @@ CRF_RANGES = {
     "bilateral_compat": (0.0, 1e3),
     "guard_share": (0.0, 1.0),
     "guard_keep": (0.0, 1.0),
+    "collapse_share": (0.0, 1.0),
+    "collapse_lost": (0.0, 1.0),
 }
 
 
@@ -71,6 +81,26 @@ def bilateral_sxy_pixels(metres: float, pixel_size_m: float | None) -> float:
     if not pixel_size_m:
         return PAPER_BILATERAL_SXY_PX
     return float(np.clip(metres / pixel_size_m, 3.0, PAPER_BILATERAL_SXY_PX))
+
+
+def params_for_resolution(pixel_size_m: float | None, bilateral_m: float | None = None,
+                          **overrides) -> CRFParams:
+    """The CRF settings for a raster whose pixels are ``pixel_size_m`` metres wide (None: no metric grid).
+
+    The rule: the bilateral kernel spans the wider of RULE_BILATERAL_M on the ground and MIN_BILATERAL_PX
+    (two stride-8 feature cells: the model's labels are blurred at that scale whatever the resolution),
+    at most the paper's 80 px; colour range 5, weight 5; Gaussian 3 px, weight 3 (validation figures:
+    ``benchmarks/crf_settings.py``, the README's DenseCRF entry). ``bilateral_m``, a width the user asked
+    for (honoured down to 3 px), replaces the rule's; ``overrides`` are CRFParams fields
+    (``bilateral_sxy`` in pixels wins over both).
+    """
+    if bilateral_m is not None:
+        sxy = bilateral_sxy_pixels(bilateral_m, pixel_size_m)
+    elif pixel_size_m:
+        sxy = float(np.clip(RULE_BILATERAL_M / pixel_size_m, MIN_BILATERAL_PX, PAPER_BILATERAL_SXY_PX))
+    else:
+        sxy = MIN_BILATERAL_PX
+    return CRFParams(**{"bilateral_sxy": sxy, **overrides})
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
@@ -83,18 +113,17 @@ def resolve_backend(backend: str, device_type: str) -> str:
     """The backend to run on ``device_type`` ("cpu" or "cuda"); fails early, before any model runs, when
     the one asked for cannot run here.
 
-    ``auto`` is torch on a GPU (the whole batch at once, beside the model) and where pydensecrf2 is not
-    installed, and pydensecrf2's process pool on a CPU: there the two refine windows about as fast
-    (measured on 2 idle cores: 7.7 and 7.2 windows/s), but the pool's processes refine while the model
-    encodes the next windows, where torch's CRF and model take turns (end to end 0.81x the pool's rate).
+    ``auto`` is torch everywhere: on a GPU it refines the whole batch beside the model, and on a CPU its
+    2 x 2 appearance blocks make it faster than pydensecrf2's process pool on the same cores
+    (``benchmarks/segment_throughput.py``), at the labels' agreement the tests hold it to.
     """
     if backend not in BACKENDS:
-        raise GeoprotoError(f"--crf-backend {backend!r}: choose {', '.join(BACKENDS)}")
+        raise GeoprotoError(f"{backend!r}: choose {', '.join(BACKENDS)}", param="crf_backend")
     if backend == "auto":
-        return "densecrf" if device_type == "cpu" and _densecrf_installed() else "torch"
+        return "torch"
     if backend == "densecrf" and not _densecrf_installed():
-        raise GeoprotoError("--crf-backend densecrf needs pydensecrf2, which is not installed: "
-                            "pip install 'geoproto[crf]' (or use --crf-backend torch)")
+        raise GeoprotoError("densecrf needs pydensecrf2, which is not installed: pip install 'geoproto[crf]' "
+                            "(or use the torch backend)", param="crf_backend")
     return backend
 
 
@@ -131,7 +160,20 @@ def refine(rgb: np.ndarray, probabilities: np.ndarray, params: CRFParams) -> tup
 
 def keeps_classes(before: np.ndarray, after: np.ndarray, params: CRFParams) -> bool:
     """The guard, shared by both backends: whether a window's refinement may be kept, from its pixels per
-    class before (argmax of the model) and after the CRF. False when a class covering at least
-    ``guard_share`` of the window kept less than ``guard_keep`` of its pixels."""
-    noticeable = before >= params.guard_share * before.sum()
-    return not np.any(noticeable & (after < params.guard_keep * before))
+    class before (argmax of the model) and after the CRF.
+
+    It rejects a collapse, not a clean-up: a large class (``guard_share`` of the window or more) that
+    kept less than ``guard_keep`` of its pixels, or a window left essentially one class
+    (``collapse_share``) where the classes it erased covered ``collapse_lost`` of it or more. A small class
+    that vanishes is let go: on held-out ISPRS imagery the small classes the CRF erased were mostly
+    false-positive cars, and a guard that protected every class of 2 % vetoed 12 windows of 12 there.
+    """
+    total = before.sum()
+    if not total:
+        return True
+    large = before >= params.guard_share * total
+    if np.any(large & (after < params.guard_keep * before)):
+        return False
+    top = int(after.argmax())
+    return not (after[top] >= params.collapse_share * total
+                and total - before[top] >= params.collapse_lost * total)

@@ -23,7 +23,7 @@ import torch
 from .classes import ClassInfo
 from .fewshot import DEFAULT_ALPHA, upsample_scores
 from .heads import LINEAR, PROTOTYPES, SCALES, SupportFit, concat_scales, second_scale_features
-from .metrics import scores
+from .metrics import json_number, scores
 from .models.runtime import CONTEXT_MARGIN
 from .raster import RasterSource
 from .support import VectorLabels
@@ -263,15 +263,12 @@ def report(group_confusion: np.ndarray, classes: ClassInfo, labels: VectorLabels
                                   f"add polygons in more places")
     folds_used = int(len(np.unique(folds)))
     return {
-        "classes": {name: {"f1": _num(result["f1"][i]), "precision": _num(result["precision"][i]),
-                           "recall": _num(result["recall"][i]), "polygons": polygons[class_id],
+        "classes": {name: {"f1": json_number(result["f1"][i], 4),
+                           "precision": json_number(result["precision"][i], 4),
+                           "recall": json_number(result["recall"][i], 4), "polygons": polygons[class_id],
                            "held_out_pixels": int(rows[i, 0])}
                     for i, (class_id, name) in enumerate(zip(classes.ids, classes.names))},
-        "mean_f1": _num(result["mean_f1"]), "overall_accuracy": _num(result["overall_accuracy"]),
+        "mean_f1": json_number(result["mean_f1"], 4), "overall_accuracy": json_number(result["overall_accuracy"], 4),
         "confusion": np.rint(matrix).astype(np.int64).tolist(), "confusion_share": np.round(shares, 4).tolist(), "folds": folds_used,
         "warnings": warnings_found,
     }
-
-
-def _num(value) -> float | None:
-    return None if not np.isfinite(value) else round(float(value), 4)

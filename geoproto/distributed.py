@@ -271,7 +271,7 @@ def connect(scheduler: str | None = None, local_workers: int | None = None, memo
 
 def run_on_dask(scheduler: str | None, local_workers: int | None, source, classifier, encoder: EncoderRecipe,
                 device: str, tiles: list[Tile], writer, size: int, refine: RefineSettings | None, batch_size: int,
-                progress: bool) -> PipelineResult:
+                progress, journal=None) -> PipelineResult:
     """``segment``'s windows on the Dask scheduler at ``scheduler`` or on a LocalCluster of
     ``local_workers`` processes, each bounded to the memory its tasks need; ``device`` is the workers'."""
     recipe = ClassifierRecipe(classifier.prototypes.cpu().numpy(), classifier.classes, classifier.alpha, encoder,
@@ -279,12 +279,13 @@ def run_on_dask(scheduler: str | None, local_workers: int | None, source, classi
     memory = worker_memory_bytes(size, batch_size, max(MIN_BLOCK_WINDOWS, batch_size), len(classifier.classes.ids),
                                  writer.probabilities is not None)
     with connect(scheduler, local_workers, memory if local_workers else None) as client:
-        return run_on_cluster(client, source, recipe, tiles, writer, size, refine, batch_size, progress)
+        return run_on_cluster(client, source, recipe, tiles, writer, size, refine, batch_size, progress, journal)
 
 
 def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], writer, size: int,
-                   refine: RefineSettings | None, batch_size: int, progress: bool) -> PipelineResult:
-    """Segment ``tiles`` on the cluster of ``client`` and write them with ``writer`` (in window order)."""
+                   refine: RefineSettings | None, batch_size: int, progress, journal=None) -> PipelineResult:
+    """Segment ``tiles`` on the cluster of ``client`` and write them with ``writer`` (in window order).
+    ``progress`` and ``journal`` as ``pipeline.WindowPipeline``'s (a shared bar; ``--resume``'s record)."""
     distributed = import_distributed()
     keep_probabilities = writer.probabilities is not None
     block_windows = max(MIN_BLOCK_WINDOWS, batch_size)
@@ -310,7 +311,9 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
     pending: dict[int, object] = {}  # block index -> future, submitted and not yet written
     done: dict[int, BlockResult] = {}
     queue = distributed.as_completed(loop=client.loop)
-    bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not progress, desc="segment")
+    own_bar = not isinstance(progress, tqdm)
+    bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not progress, desc="segment") \
+        if own_bar else progress
     next_submit = next_write = 0
     run = uuid.uuid4().hex[:12]
 
@@ -341,6 +344,9 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
                 write_started = time.perf_counter()
                 for tile_result in result.results:
                     writer.write(tile_result.tile, tile_result.labels, tile_result.probabilities)
+                    if journal is not None:
+                        journal.record(tile_result.tile, tile_result.labels, tile_result.probabilities,
+                                       tile_result.crf_kept)
                     rows, cols = tile_result.tile.core_slices
                     counts += np.bincount(tile_result.labels[rows, cols].ravel(), minlength=256)
                     crf_rejected += not tile_result.crf_kept
@@ -351,7 +357,8 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
                 next_write += 1
             submit_ahead()
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
         if pending:
             client.cancel(list(pending.values()))
     # Read, label (model and CRF) and encoder building are summed over the workers; their idle time

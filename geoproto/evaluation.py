@@ -26,7 +26,7 @@ from .classes import NODATA, ClassInfo
 from .errors import GeoprotoError
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
-from .metrics import confusion_matrix, scores
+from .metrics import confusion_matrix, json_number, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
 from .raster import open_raster, path_exists
@@ -42,15 +42,12 @@ FEATURE_CACHE_BYTES = 2 << 30
 def summarise(matrix: np.ndarray, names: list[str]) -> dict:
     """Metrics of one confusion matrix as plain JSON-able numbers."""
     result = scores(matrix)
-    per_class = {name: {"f1": _num(result["f1"][i]), "iou": _num(result["iou"][i]),
-                        "precision": _num(result["precision"][i]), "recall": _num(result["recall"][i]),
+    per_class = {name: {"f1": json_number(result["f1"][i]), "iou": json_number(result["iou"][i]),
+                        "precision": json_number(result["precision"][i]), "recall": json_number(result["recall"][i]),
                         "pixels": int(matrix[i].sum())} for i, name in enumerate(names)}
-    return {"overall_accuracy": _num(result["overall_accuracy"]), "kappa": _num(result["kappa"]),
-            "mean_iou": _num(result["mean_iou"]), "mean_f1": _num(result["mean_f1"]), "classes": per_class}
-
-
-def _num(value) -> float | None:
-    return None if value is None or not np.isfinite(value) else round(float(value), 6)
+    return {"overall_accuracy": json_number(result["overall_accuracy"]), "kappa": json_number(result["kappa"]),
+            "mean_iou": json_number(result["mean_iou"]), "mean_f1": json_number(result["mean_f1"]),
+            "classes": per_class}
 
 
 # --- score ---------------------------------------------------------------------------------------------
@@ -295,7 +292,7 @@ def _known(data: LabelledDataset, names: list[str]) -> list[str]:
 def _aggregate(runs: list[dict], reduce) -> dict:
     def over(values):
         values = [v for v in values if v is not None]
-        return round(float(reduce(values)), 6) if values else None
+        return json_number(reduce(values)) if values else None
 
     keys = ("overall_accuracy", "kappa", "mean_iou", "mean_f1")
     result = {k: over([r[k] for r in runs]) for k in keys}

@@ -37,8 +37,10 @@ class Inputs:
     source: RasterSource
     crs: object  # the raster's CRS, or assume_crs, or None
     support_source: RasterSource  # the raster the support labels (``support_image``, else ``source``)
-    labels: SupportLabels | None  # None when the classes come from a prototype file
-    classes: ClassInfo
+    # None when the classes come from a prototype file, or when a support shared by several rasters
+    # (``open_inputs(shared=True)``) misses this one (classes None too)
+    labels: SupportLabels | None
+    classes: ClassInfo | None
 
     def __enter__(self) -> "Inputs":
         return self
@@ -56,12 +58,14 @@ class Inputs:
 
 def open_inputs(image: str, support: str, bands: list[int] | None = None, assume_crs: str | None = None,
                 support_image: str | None = None, class_field: str | None = None, layer: str | None = None,
-                support_crs: str | None = None, classes_file: str | None = None, buffer: float = 0.0) -> Inputs:
-    """Open the orthophoto and its support, checking them against each other."""
+                support_crs: str | None = None, classes_file: str | None = None, buffer: float = 0.0,
+                shared: bool = False) -> Inputs:
+    """Open the orthophoto and its support, checking them against each other. ``shared``: the support
+    serves several rasters, so it may miss this one (``support.load_vector_support``)."""
     source = RasterSource.open(image, bands)
     try:
         return _check_inputs(source, image, support, bands, assume_crs, support_image, class_field, layer,
-                             support_crs, classes_file, buffer)
+                             support_crs, classes_file, buffer, shared)
     except BaseException:
         source.close()
         raise
@@ -95,13 +99,13 @@ def _crs(source: RasterSource, image: str, assume_crs: str | None):
 
 
 def _check_inputs(source: RasterSource, image: str, support: str, bands, assume_crs, support_image, class_field,
-                  layer, support_crs, classes_file, buffer) -> Inputs:
+                  layer, support_crs, classes_file, buffer, shared) -> Inputs:
     crs = _crs(source, image, assume_crs)
     support_source = RasterSource.open(support_image, bands) if support_image else source
     try:
         labels = load_support(support, support_source.dataset, class_field, layer, support_crs, classes_file,
-                              None if support_image else crs, buffer)
-        return Inputs(source, crs, support_source, labels, labels.found_classes())
+                              None if support_image else crs, buffer, shared and not support_image)
+        return Inputs(source, crs, support_source, labels, None if labels is None else labels.found_classes())
     except BaseException:
         support_source.close()
         raise

@@ -33,3 +33,14 @@ def scores(matrix: np.ndarray) -> dict:
     return {"overall_accuracy": overall, "kappa": kappa, "precision": precision, "recall": recall,
             "f1": f1, "iou": iou, "mean_f1": np.nanmean(f1) if np.isfinite(f1).any() else np.nan,
             "mean_iou": np.nanmean(iou) if np.isfinite(iou).any() else np.nan}
+
+
+def json_number(value, digits: int = 6) -> float | None:
+    """A metric as reports store it: rounded, and None where it is undefined (NaN: a class without
+    pixels), since JSON has no NaN."""
+    return None if value is None or not np.isfinite(value) else round(float(value), digits)
+
+
+def format_metric(value: float | None, width: int = 0, decimals: int = 4) -> str:
+    """A metric of a report for a printed table: fixed decimals, ``n/a`` where it is undefined."""
+    return f"{'n/a':>{width}}" if value is None else f"{value:{width}.{decimals}f}"

@@ -70,7 +70,8 @@ def gdal_write_errors(path: str):
 
 STAGING_PREFIX = ".geoproto-"
 # Staging folders are ``.geoproto-<pid>-<random>`` (tempfile.mkdtemp); ``.<stem>.partial-<pid><ext>``
-# are the temporary files of earlier versions. Both are removed by a later run once their process is gone.
+# are the temporary files older releases wrote beside the target, which a killed run of theirs may have
+# left. Both are removed by a later run once their process is gone.
 _STAGING_FOLDER = re.compile(r"^\.geoproto-(\d+)-[a-z0-9_]{8}$")
 
 
@@ -86,35 +87,36 @@ class StagedOutputs:
     def __init__(self, overwrite: bool, inputs: dict[str, str | None] | None = None):
         self.overwrite = overwrite
         self.inputs = {name: path for name, path in (inputs or {}).items() if path}
-        self.staged: dict[str, tuple[str, str]] = {}  # target -> (option, temporary path)
+        self.staged: dict[str, tuple[str, str]] = {}  # target -> (parameter, temporary path)
         self.folders: dict[str, str] = {}  # output folder -> its staging folder
 
-    def stage(self, target: str, option: str = "output") -> str:
-        """Check ``target`` can be written now (before any work) and return its temporary path."""
+    def stage(self, target: str, param: str = "output") -> str:
+        """Check ``target`` can be written now (before any work) and return its temporary path; errors
+        name ``param``, the parameter that chose ``target``."""
         target = os.path.abspath(target)
         folder = os.path.dirname(target)
         if os.path.isdir(target):
-            raise GeoprotoError(f"{target}: is a directory")
+            raise GeoprotoError(f"{target}: is a directory", param=param)
         for name, path in self.inputs.items():
             if same_file(target, path):
                 raise GeoprotoError(f"{target}: is the input {name} {path}; an output never replaces an input, "
-                                    f"choose another path", param=option, mentions=(name,))
-        for other, (other_option, _) in self.staged.items():
+                                    f"choose another path", param=param, mentions=(name,))
+        for other, (other_param, _) in self.staged.items():
             if same_file(target, other):
-                raise GeoprotoError(f"{target}: is also {other_option}; give each output its own path", param=option,
-                                    mentions=(other_option,))
+                raise GeoprotoError(f"{target}: is also {other_param}; give each output its own path",
+                                    param=param, mentions=(other_param,))
         if os.path.lexists(target) and not self.overwrite:
-            raise GeoprotoError(f"{target}: exists; allow overwrite to replace it", param=option,
+            raise GeoprotoError(f"{target}: exists; allow overwrite to replace it", param=param,
                                 mentions=("overwrite",))
         if not os.path.isdir(folder):
-            raise GeoprotoError(f"{folder}: output directory does not exist")
+            raise GeoprotoError(f"{folder}: output directory does not exist", param=param)
         if not os.access(folder, os.W_OK):
-            raise GeoprotoError(f"{folder}: output directory is not writable")
+            raise GeoprotoError(f"{folder}: output directory is not writable", param=param)
         remove_stale_staging(target)
         if folder not in self.folders:
             self.folders[folder] = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
         temporary = os.path.join(self.folders[folder], os.path.basename(target))
-        self.staged[target] = (option, temporary)
+        self.staged[target] = (param, temporary)
         return temporary
 
     def commit(self) -> None:
@@ -123,9 +125,10 @@ class StagedOutputs:
         if not self.overwrite:
             # Only the named targets: a sibling without its main file (an .dbf whose .shp was deleted) is
             # the remains of a broken layer, replaced with the new one.
-            for target in self.staged:
+            for target, (param, _) in self.staged.items():
                 if os.path.lexists(target):
-                    raise GeoprotoError(f"{target}: appeared while running; pass --overwrite to replace it")
+                    raise GeoprotoError(f"{target}: appeared while running; allow overwrite to replace it",
+                                        param=param, mentions=("overwrite",))
         # Sibling files (a Shapefile's .dbf, the class raster's .aux.xml legend) were not known at stage
         # time: they may not replace an input either.
         for _, destination in moves:
@@ -410,11 +413,17 @@ def output_driver(path: str, driver: str | None, drivers: dict[str, tuple[str, .
             raise GeoprotoError(f"{path}: cannot tell the {what} format from {ext or 'no extension'!r}; "
                                 f"use one of {known}")
         return found[0]
+    match = driver_name(driver, drivers, what)
+    if ext not in drivers[match]:
+        raise GeoprotoError(f"{path}: a {match} file is named *{drivers[match][0]}, not *{ext or '(none)'}")
+    return match
+
+
+def driver_name(driver: str, drivers: dict[str, tuple[str, ...]], what: str) -> str:
+    """``driver`` as ``drivers`` spell it (GDAL's names ignore case); refuses one not among them."""
     match = {name.lower(): name for name in drivers}.get(driver.lower())
     if match is None:
         raise GeoprotoError(f"{what} format {driver!r} is not supported; choose one of {', '.join(drivers)}")
-    if ext not in drivers[match]:
-        raise GeoprotoError(f"{path}: a {match} file is named *{drivers[match][0]}, not *{ext or '(none)'}")
     return match
 
 

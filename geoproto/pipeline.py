@@ -1,14 +1,16 @@
 """The tile pipeline of ``segment``: stages that overlap, with bounded queues between them.
 
-    reader thread -> [read queue] -> model + torch DenseCRF (main thread, batches)
+    reader thread -> [read queue] -> model (main thread, batches)
+                  -> torch DenseCRF: beside the model on its device (GPU), or in the writer thread (CPU)
                   -> [DenseCRF process pool, --crf-backend densecrf] -> [write queue] -> writer thread
 
-Reading and writing hide behind the model. The torch CRF (the default) refines each batch right after
-the model, on its device, with torch's threads on a CPU; pydensecrf2 (single-threaded C++) runs in
-``workers`` processes. On a CPU without CRF workers the stages take turns in the main thread instead
-(see ``overlap`` below). Every queue is bounded, so memory stays flat whatever the raster's size. Any
-stage's error stops all of them and is raised in the caller; the process pool is shut down before
-returning, so no worker outlives the run. Labels do not depend on ``workers`` or the batch size.
+Reading and writing hide behind the model. The torch CRF refines each batch right after the model on a
+GPU; on a CPU it refines a batch on one core in the writer thread while the model encodes the next batch
+on the other cores. pydensecrf2 (single-threaded C++) runs in ``workers`` processes. On a CPU without a
+CRF the stages take turns in the main thread instead (see ``overlap`` below). Every queue is bounded, so
+memory stays flat whatever the raster's size. Any stage's error stops all of them and is raised in the
+caller; the process pool is shut down before returning, so no worker outlives the run. Labels do not
+depend on ``workers`` or the batch size.
 """
 
 from __future__ import annotations
@@ -93,30 +95,46 @@ def score_windows(classifier: Classifier, windows: list[Window], size: int, refi
     probabilities (K x size x size) when they are kept or still to be refined by pydensecrf2, else its
     class indices (size x size uint8); whether the torch CRF's guard kept the refinement; and the seconds
     spent in the model and the CRF. Windows without valid pixels are not encoded."""
+    valid_rows, images, scores, model_seconds = _model_scores(classifier, windows, size,
+                                                              keep_probabilities or refine is not None)
+    kept, crf_seconds = {}, 0.0
+    if valid_rows and refine is not None and refine.backend == "torch":  # on the model's device, batch and all
+        scores, kept, crf_seconds = _torch_refine(windows, valid_rows, images, scores, size, refine.params,
+                                                  keep_probabilities)
+    return _per_window(valid_rows, scores), kept, {"model": model_seconds, "crf": crf_seconds}
+
+
+def _model_scores(classifier: Classifier, windows: list[Window], size: int, probabilities: bool):
+    """The windows with valid pixels (their positions), their images, and their class probabilities (or,
+    unless ``probabilities``, class indices) as one tensor on the model's device; and the seconds taken."""
     valid_rows = [i for i, window in enumerate(windows) if window.valid.any()]
-    timings = {"model": 0.0, "crf": 0.0}
     if not valid_rows:
-        return {}, {}, timings
-    torch_crf = refine is not None and refine.backend == "torch"
-    need_probabilities = keep_probabilities or refine is not None
+        return valid_rows, None, None, 0.0
     started = time.perf_counter()
     images = np.stack([windows[i].image for i in valid_rows])
     with torch.inference_mode():
         logits = classifier.score(images, size)
         # The argmax is cheap in torch and spares the writer thread (and the softmax).
-        scores = logits.softmax(1) if need_probabilities else logits.argmax(1).to(torch.uint8)
-    timings["model"] = time.perf_counter() - started
-    kept = {}
-    if torch_crf:  # refined on the model's device, batch and all
-        started = time.perf_counter()
-        sizes = [(windows[i].tile.height, windows[i].tile.width) for i in valid_rows]
+        scores = logits.softmax(1) if probabilities else logits.argmax(1).to(torch.uint8)
+    return valid_rows, images, scores, time.perf_counter() - started
+
+
+def _torch_refine(windows: list[Window], valid_rows: list[int], images: np.ndarray, scores: torch.Tensor, size: int,
+                  params: crf_module.CRFParams, keep_probabilities: bool):
+    """The torch CRF on a scored batch: refined probabilities (or indices), the guard's verdict per window
+    position, and the seconds taken."""
+    started = time.perf_counter()
+    sizes = [(windows[i].tile.height, windows[i].tile.width) for i in valid_rows]
+    with torch.inference_mode():
         scores, guard = crf_torch.refine_batch(torch.from_numpy(_windows(images, size)).to(scores.device), scores,
-                                               refine.params, sizes)
+                                               params, sizes)
         if not keep_probabilities:
             scores = scores.argmax(1).to(torch.uint8)
-        kept = dict(zip(valid_rows, guard))
-        timings["crf"] = time.perf_counter() - started
-    return dict(zip(valid_rows, scores.cpu().numpy())), kept, timings
+    return scores, dict(zip(valid_rows, guard)), time.perf_counter() - started
+
+
+def _per_window(valid_rows: list[int], scores: torch.Tensor | None) -> dict[int, np.ndarray]:
+    return dict(zip(valid_rows, scores.cpu().numpy())) if valid_rows else {}
 
 
 def label_windows(classifier: Classifier, windows: list[Window], size: int, refine: RefineSettings | None,
@@ -151,12 +169,20 @@ class WindowPipeline:
     """
 
     def __init__(self, source: RasterSource, classifier: Classifier, writer: ResultWriter, size: int,
-                 refine: RefineSettings | None, batch_size: int, workers: int, progress: bool):
+                 refine: RefineSettings | None, batch_size: int, workers: int, progress: bool | tqdm,
+                 journal=None):
+        """``progress``: show a bar, or the bar to advance (one bar over several rasters); ``journal``
+        (``resume.Journal``): where each written window is also recorded, for ``--resume``."""
         self.source, self.classifier, self.writer = source, classifier, writer
         self.size, self.refine, self.batch_size, self.workers = size, refine, batch_size, workers
-        self.progress = progress
+        self.progress, self.journal = progress, journal
         self.keep_probabilities = writer.probabilities is not None
         self.pool_params = refine.params if refine is not None and refine.backend == "densecrf" else None
+        # On a CPU with cores to spare, the torch CRF refines a batch in the writer thread, on one core,
+        # while the model encodes the next batch on the others: neither scales well to every core, so
+        # side by side they finish sooner than taking turns.
+        self.crf_beside_model = (refine is not None and refine.backend == "torch"
+                                 and classifier.extract.device.type == "cpu" and torch.get_num_threads() >= 2)
         self.counts = np.zeros(256, np.int64)
         self.crf_rejected = 0
         self.timings = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
@@ -176,6 +202,23 @@ class WindowPipeline:
             self.timings[stage] += seconds
         return scores, kept
 
+    def score_then_refine_later(self, windows: list[Window]):
+        """The model on a batch now, and the torch CRF and labelling as one call the writer thread makes
+        (``crf_beside_model``)."""
+        valid_rows, images, scores, seconds = _model_scores(self.classifier, windows, self.size, True)
+        self.timings["model"] += seconds
+
+        def refine_and_label() -> list[TileResult]:
+            refined, kept = scores, {}
+            if valid_rows:
+                refined, kept, seconds = _torch_refine(windows, valid_rows, images, scores, self.size,
+                                                       self.refine.params, self.keep_probabilities)
+                self.timings["crf"] += seconds
+            per_window = _per_window(valid_rows, refined)
+            return [finish_tile(*_finish_args(window, i, per_window, kept, self.classifier.ids, self.size, None,
+                                              self.keep_probabilities)) for i, window in enumerate(windows)]
+        return refine_and_label
+
     def refine_later(self, windows: list[Window], scores: dict, kept: dict, pool) -> list:
         """The rest of each window's work (pydensecrf2 and argmax, ``finish_tile``), as a pool future
         or, without a pool, a call the writing step makes."""
@@ -188,9 +231,16 @@ class WindowPipeline:
         return items
 
     def write(self, item) -> None:
-        result: TileResult = item.result() if isinstance(item, Future) else item()
+        """Write the result(s) of a pool future or of a deferred call."""
+        results = item.result() if isinstance(item, Future) else item()
+        for result in results if isinstance(results, list) else [results]:
+            self._write_one(result)
+
+    def _write_one(self, result: TileResult) -> None:
         started = time.perf_counter()
         self.writer.write(result.tile, result.labels, result.probabilities)
+        if self.journal is not None:
+            self.journal.record(result.tile, result.labels, result.probabilities, result.crf_kept)
         self.timings["write"] += time.perf_counter() - started
         self.timings["crf"] += result.seconds
         rows, cols = result.tile.core_slices
@@ -216,6 +266,8 @@ class WindowPipeline:
             _put(read_queue, _DONE, stop)
 
         def write_all():
+            if self.crf_beside_model:
+                torch.set_num_threads(1)  # this thread's own OpenMP team: the CRF's one core
             while not stop.is_set():
                 try:
                     item = write_queue.get(timeout=0.1)
@@ -234,16 +286,20 @@ class WindowPipeline:
                                        initializer=init_worker, initargs=(os.getpid(),))
             # The CRF workers need cores too: leave the model the cores they do not take (at least one).
             torch.set_num_threads(max(1, threads - workers) if threads > workers else max(1, threads // 2))
+        elif self.crf_beside_model:
+            torch.set_num_threads(threads - 1)
         reader, writer_thread = _Stage(read_all, "geoproto-reader"), _Stage(write_all, "geoproto-writer")
         inline = read_tiles()
         # Overlap needs something to overlap with: a GPU, or CRF workers. On a CPU without them the model
         # already uses every core, and reader and writer threads beside it only make it wait for the GIL,
         # so the stages take turns.
-        overlap = pool is not None or self.classifier.extract.device.type != "cpu"
+        overlap = pool is not None or self.crf_beside_model or self.classifier.extract.device.type != "cpu"
         next_item = (lambda: _get(read_queue, reader)) if overlap else (lambda: next(inline, _DONE))
         emit = (lambda item: _put(write_queue, item, stop, writer_thread)) if overlap else \
             (lambda item: self.write(item) or True)
-        self._bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not self.progress, desc="segment")
+        own_bar = not isinstance(self.progress, tqdm)
+        self._bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not self.progress,
+                         desc="segment") if own_bar else self.progress
         try:
             if overlap:
                 reader.start()
@@ -259,8 +315,9 @@ class WindowPipeline:
                     batch.append(item)
                 if not batch:
                     break
-                scores, kept = self.score(batch)
-                for item in self.refine_later(batch, scores, kept, pool):
+                items = [self.score_then_refine_later(batch)] if self.crf_beside_model else \
+                    self.refine_later(batch, *self.score(batch), pool)
+                for item in items:
                     if not emit(item):
                         break
             if overlap:
@@ -276,7 +333,8 @@ class WindowPipeline:
         finally:
             stop.set()
             inline.close()
-            self._bar.close()
+            if own_bar:
+                self._bar.close()
             torch.set_num_threads(threads)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)

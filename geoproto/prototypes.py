@@ -50,7 +50,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
                     info = {**info, "checkpoint": os.path.basename(options.checkpoint)}
                 encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
                            "channels": int(extract.out_channels), "description": info}
-            accumulator, classes, stats = accumulate_support(extract, inputs.support_source, inputs.labels,
+            accumulator, classes, stats = accumulate_support(extract, [(inputs.support_source, inputs.labels)],
                                                              inputs.classes, options.tile_size, options.overlap,
                                                              batch_size)
             files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(),

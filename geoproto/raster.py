@@ -85,7 +85,7 @@ class RasterSource:
         source = cls(path)
         try:
             source.bands = _choose_bands(source.dataset, bands)
-            source.scale = _band_scaling(source.dataset, source.bands)
+            source.scale = band_scaling(source.dataset, source.bands)
         except BaseException:
             source.close()
             raise
@@ -138,12 +138,8 @@ class RasterSource:
             masks = src.read_masks(self.bands, window=window)
         except RasterioIOError as exc:
             raise read_error(self.path, exc, f" at window {window}") from None
-        finite = np.isfinite(data)
-        valid = np.all(masks > 0, axis=0) & np.all(finite, axis=0)  # over the window and its context
-        image = np.empty_like(data)
-        for i, (low, high) in enumerate(self.scale):
-            band = np.where(finite[i], data[i], low)  # no NaN in the arithmetic; replaced below
-            image[i] = np.clip((band - low) / max(high - low, 1e-6), 0.0, 1.0)
+        valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)  # over the window and its context
+        image = stretch(data, self.scale)
         if valid.any() and not valid.all():
             # Invalid pixels get the window's mean colour: a fill value (black for 0 or -9999) is an edge
             # the encoder sees, and labels a band of valid pixels beside the nodata as a dark class.
@@ -193,20 +189,32 @@ def _pad(array: np.ndarray, pad: tuple) -> np.ndarray:
 def _choose_bands(src: rasterio.io.DatasetReader, bands: list[int] | None) -> list[int]:
     if bands:
         if len(bands) not in (1, 3):
-            raise GeoprotoError(f"--bands takes 1 or 3 band numbers, got {len(bands)}")
+            raise GeoprotoError(f"takes 1 or 3 band numbers, got {len(bands)}", param="bands")
         bad = [b for b in bands if not 1 <= b <= src.count]
         if bad:
-            raise GeoprotoError(f"{src.name}: has {src.count} band(s); no band {bad[0]}")
+            raise GeoprotoError(f"{src.name}: has {src.count} band(s); no band {bad[0]}", param="bands")
         return list(bands)
     data_bands = [i for i, ci in zip(src.indexes, src.colorinterp) if ci != ColorInterp.alpha]
     if len(data_bands) >= 3:
         return data_bands[:3]
     if len(data_bands) == 1:
         return data_bands
-    raise GeoprotoError(f"{src.name}: {len(data_bands)} data bands; choose 1 or 3 with --bands")
+    raise GeoprotoError(f"{src.name}: {len(data_bands)} data bands; choose 1 or 3 of them", param="bands")
 
 
-def _band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple[float, float]]:
+def stretch(data: np.ndarray, scale: list[tuple[float, float]]) -> np.ndarray:
+    """Bands x H x W raster values as float32 in [0, 1], by each band's (low, high) from ``band_scaling``.
+    Non-finite values become ``low``: no NaN in the arithmetic (callers mask them as invalid)."""
+    image = np.empty(data.shape, np.float32)
+    for i, (low, high) in enumerate(scale):
+        band = np.where(np.isfinite(data[i]), data[i], low)
+        image[i] = np.clip((band - low) / max(high - low, 1e-6), 0.0, 1.0)
+    return image
+
+
+def band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple[float, float]]:
+    """Per band (low, high): 0 and 255 for byte bands, else the valid pixels' (2nd, 98th) percentiles
+    over the whole raster (a decimated read)."""
     byte_bands = all(src.dtypes[b - 1] == "uint8" for b in bands)
     if byte_bands and all(MaskFlags.all_valid in src.mask_flag_enums[b - 1] for b in bands):
         return [(0.0, 255.0)] * len(bands)  # no nodata, no alpha, no NaN: nothing to read

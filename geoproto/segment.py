@@ -5,24 +5,33 @@
     pipeline.WindowPipeline     every window: read -> score (eq. 2-3) -> refine (DenseCRF) -> write
     output.*                    legend, overviews, polygons, report, preview; StagedOutputs commits all
 
-Memory is bounded by batch x window, whatever the raster's size.
+``segment_many`` runs the same flow over several rasters: every input is opened (and every output
+staged) first, the classifier is fitted once on the support wherever it lies, then each input is
+segmented in turn; all outputs are committed together. With ``resume`` each input's finished windows are
+kept in a journal (``resume.py``) and replayed by the next run. Memory is bounded by batch x window,
+whatever the raster's size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from tqdm import tqdm
 
 from . import __version__
 from . import crf as crf_module
 from .aoi import ClippedSource, load_area
-from .classes import NODATA
-from .classifier import fit_support
+from .batch import SIDECARS, output_paths, sidecar_path
+from .classes import NODATA, ClassInfo
+from .classifier import Classifier, fit_support
 from .distributed import EncoderRecipe, import_distributed, run_on_dask
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA
@@ -30,18 +39,18 @@ from .inputs import Inputs, open_image, open_inputs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
-                     class_areas, class_histogram, convert_to_cog, gdal_write_errors, output_driver, sieve_classes,
-                     write_area_report, write_legend, write_polygons, write_preview)
+                     class_areas, class_histogram, convert_to_cog, driver_name, gdal_write_errors, output_driver,
+                     sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory
 from .prototype_file import load_prototypes
 from .raster import block_cache, pixel_area_m2, pixel_size_m
+from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
 from .tiling import tile_grid
 from .validation import ALPHA_MAX, MAX_WORKERS, check_number
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
-DEFAULT_CRF_BILATERAL_M = crf_module.PAPER_BILATERAL_SXY_PX * crf_module.PAPER_PIXEL_SIZE_M
 
 
 @dataclass
@@ -68,11 +77,13 @@ class SegmentOptions:
     support_image: str | None = None
     buffer: float = 0.0
     prototypes: str | None = None  # a prototype file (prototype_file.py), used instead of a support
-    # DenseCRF; ``crf_bilateral_m`` None means ``crf_params.bilateral_sxy`` is taken as pixels.
+    # DenseCRF, set for the raster's ground resolution unless overridden.
     crf: bool = True
     crf_backend: str = crf_module.DEFAULT_BACKEND  # crf.BACKENDS; see crf.resolve_backend
-    crf_params: crf_module.CRFParams = field(default_factory=crf_module.CRFParams)
-    crf_bilateral_m: float | None = DEFAULT_CRF_BILATERAL_M
+    # CRFParams fields that replace the resolution rule's (crf.params_for_resolution), e.g.
+    # {"iterations": 10, "bilateral_sxy": 30}; ``crf_bilateral_m`` replaces the rule's bilateral width.
+    crf_overrides: dict[str, float] = field(default_factory=dict)
+    crf_bilateral_m: float | None = None
     # Outputs
     # Cross-validate polygon support and put the report in the summary (always done for --encoder auto).
     check_support: bool = False
@@ -93,6 +104,8 @@ class SegmentOptions:
     bbox_crs: str | None = None
     command: str | None = None  # the invocation, recorded in the outputs' metadata
     overwrite: bool = False
+    # Keep finished windows in a journal beside each output, and continue an interrupted run (resume.py)
+    resume: bool = False
     progress: bool = True
     # The windows on a Dask cluster (geoproto.distributed): a scheduler's address, or N local workers
     dask_scheduler: str | None = None
@@ -121,11 +134,11 @@ SEGMENT_RANGES = {
 _INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"}
 
 
-def options_inputs(image: str, support: str, options: SegmentOptions) -> Inputs:
+def options_inputs(image: str, support: str, options: SegmentOptions, shared: bool = False) -> Inputs:
     """``inputs.open_inputs`` with the support and raster settings of ``options``."""
     return open_inputs(image, support, options.bands, options.assume_crs, options.support_image,
                        options.class_field, options.layer, options.support_crs, options.classes_file,
-                       options.buffer)
+                       options.buffer, shared)
 
 
 def check_tiling(options: SegmentOptions) -> None:
@@ -154,10 +167,73 @@ def _stage(staged: StagedOutputs, output: str, options: SegmentOptions) -> _Stag
                    stage(options.vector, "vector"), stage(options.preview, "preview"), stage(options.report, "report"))
 
 
+@dataclass
+class _Job:
+    """One input of a run: its output, the run's options with its own sidecar paths, and what the run
+    finds out about it before segmenting it."""
+
+    image: str
+    output: str
+    options: SegmentOptions
+    paths: _Staged | None = None
+    inputs: Inputs | None = None
+    tiles: list | None = None
+    area: object = None
+    classifier: Classifier | None = None
+
+
 def segment(image: str, support: str | None, output: str, options: SegmentOptions | None = None) -> dict:
     """Segment ``image`` into the classes of ``support`` (or of the prototype file ``options.prototypes``)
     and write ``output``; returns a summary."""
     options = options or SegmentOptions()
+    return _segment([_Job(image, output, options)], support, options)[0][0]
+
+
+def segment_many(images: list[str], support: str | None, output_dir: str,
+                 options: SegmentOptions | None = None) -> dict:
+    """Segment every raster of ``images`` with one classifier, fitted on ``support`` wherever it lies
+    (pixel-weighted over all the inputs it touches) or taken from the prototype file
+    ``options.prototypes``, into ``output_dir``/<stem>.tif; the sidecars asked
+    for (``options.vector`` etc. empty, or a suffix: ``batch.sidecar_path``) go beside each output.
+
+    All or nothing: the outputs are committed together once every input is done; if one input fails (its
+    error names it) none is, and with ``resume`` a rerun continues from every window already done.
+    Returns the summary of each input, their totals, and what they share (encoder, support).
+    """
+    options = options or SegmentOptions()
+    started = time.perf_counter()
+    if not images:
+        raise GeoprotoError("no input raster", param="images")
+    os.makedirs(output_dir, exist_ok=True)
+    suffixes = {**SIDECARS, **({"vector": VECTOR_DRIVERS[driver_name(options.vector_driver, VECTOR_DRIVERS,
+                                                                     "vector")][0]} if options.vector_driver else {})}
+    jobs = []
+    for image, output in zip(images, output_paths(images, output_dir)):
+        sidecars = {name: sidecar_path(output, name, getattr(options, name), suffixes[name])
+                    for name in SIDECARS if getattr(options, name) is not None}
+        jobs.append(_Job(image, output, replace(options, **sidecars)))
+    results, shared = _segment(jobs, support, options)
+    totals = {"inputs": len(results), "tiles": sum(r["tiles"] for r in results),
+              "tiles_resumed": sum(r["tiles_resumed"] for r in results),
+              "seconds": round(time.perf_counter() - started, 3), "classes": _total_areas(results)}
+    return {"inputs": results, "totals": totals, **shared}
+
+
+def _total_areas(results: list[dict]) -> list[dict]:
+    """Pixels and areas per class summed over the inputs (an area only where every input has one)."""
+    totals: dict[int, dict] = {}
+    for result in results:
+        for entry in result["classes"]:
+            total = totals.setdefault(entry["id"], {**entry, "pixels": 0, "area_m2": 0.0, "area_ha": 0.0})
+            total["pixels"] += entry["pixels"]
+            for key in ("area_m2", "area_ha"):
+                total[key] = None if entry[key] is None or total[key] is None else round(total[key] + entry[key], 4)
+    return list(totals.values())
+
+
+def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> tuple[list[dict], dict]:
+    """The run: stage every output, open every input, choose the encoder and fit the classifier once, then
+    segment each input; commit every output at the end. Returns the summaries per input and what they share."""
     started = time.perf_counter()
     check_tiling(options)
     taught = _prototype_file(support, options)
@@ -165,78 +241,179 @@ def segment(image: str, support: str | None, output: str, options: SegmentOption
         options = replace(options, encoder=taught.encoder_choice(options.encoder))
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend, device.type) if options.crf else None
+    several = len(jobs) > 1
     staged = StagedOutputs(options.overwrite, {
-        "image": image, "support": support, "support_image": options.support_image,
-        "classes_file": options.classes_file, "checkpoint": options.checkpoint, "init_weights": options.init_weights,
-        "aoi": options.aoi, "prototypes": options.prototypes})
+        **{("image" if not several else f"image {n}"): job.image for n, job in enumerate(jobs, 1)}, "support": support,
+        "support_image": options.support_image, "classes_file": options.classes_file,
+        "checkpoint": options.checkpoint, "init_weights": options.init_weights, "aoi": options.aoi,
+        "prototypes": options.prototypes})
+    journals: list[Journal] = []
+    inputs_stack = contextlib.ExitStack()
     try:
-        paths = _stage(staged, output, options)
-        # After the alias checks: an output that would replace an input is the first thing to say.
-        raster_format, vector_format = _output_formats(output, options)
+        for job in jobs:
+            job.paths = _stage(staged, job.output, job.options)
+        for job in jobs:  # after the alias checks: an output that would replace an input is the first thing to say
+            _output_formats(job.output, job.options)
+        for job in jobs:
+            with _naming(job.image, several):
+                job.inputs = inputs_stack.enter_context(
+                    open_image(job.image, taught.classes, options.bands, options.assume_crs) if taught
+                    else options_inputs(job.image, support, options, shared=several))
+            _release(job.inputs)
+        supports, classes = _supports(jobs, support) if taught is None else (None, taught.classes)
+        batch_size = options.batch_size or default_batch_size(device)
+        workers = (os.cpu_count() or 1) if options.workers is None else options.workers
+        check_window_memory(options.tile_size, batch_size, len(classes.ids),
+                            workers if crf_backend == "densecrf" else 0)
+        # Cross-validation (check_support, encoder auto) runs on the support of the first input it touches.
+        first = next((job.inputs for job in jobs if job.inputs.labels is not None), jobs[0].inputs)
+        extract, encoder_info, check = choose_encoder(first, options, device, batch_size, options.check_support)
         if taught is None:
-            inputs = options_inputs(image, support, options)
-        else:
-            inputs = open_image(image, taught.classes, options.bands, options.assume_crs)
-        source, crs, src = inputs.source, inputs.crs, inputs.source.dataset
-        output_bytes = 1 + (4 * len(inputs.classes.ids) if paths.probabilities else 0)  # classes, probabilities
-        with inputs, block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
-            pixel_area = pixel_area_m2(src, crs)
-            if options.min_area and pixel_area is None:
-                raise GeoprotoError(f"{image}: is in square metres and needs a projected CRS", param="min_area")
-            area = load_area(src, crs, options.aoi, options.bbox, options.bbox_crs)
-            batch_size = options.batch_size or default_batch_size(device)
-            workers = (os.cpu_count() or 1) if options.workers is None else options.workers
-            check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids),
-                                workers if crf_backend == "densecrf" else 0)
-            extract, encoder_info, check = choose_encoder(inputs, options, device, batch_size, options.check_support)
-            if taught is None:
-                classifier, support_stats = fit_support(extract, inputs.support_source, inputs.labels,
-                                                        inputs.classes, options.tile_size, options.overlap,
-                                                        batch_size, options.alpha)
-            else:
-                classifier, support_stats = taught.classifier(extract, encoder_info, options.alpha, image,
-                                                              len(source.bands), pixel_size_m(src, crs))
-            refine = RefineSettings(_crf_params(options, pixel_size_m(src, crs)), crf_backend) if options.crf \
-                else None
-            tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
-            if area is not None:  # windows outside the area are never read nor encoded
-                tiles = [tile for tile in tiles if area.reaches(tile)]
-            metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
-                        "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
-                        "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}
-            with gdal_write_errors(output):
-                writer = ResultWriter(src, crs, classifier.classes, paths.classes, paths.probabilities, metadata,
-                                      options.creation_options)
-                try:
-                    windows = ClippedSource(source, area) if area is not None else source
-                    if options.dask_scheduler or options.dask_local:
-                        run = run_on_dask(options.dask_scheduler, options.dask_local, windows, classifier,
-                                          EncoderRecipe.of(options, encoder_info), options.device, tiles, writer,
-                                          options.tile_size, refine, batch_size, options.progress)
-                    else:
-                        run = WindowPipeline(windows, classifier, writer, options.tile_size, refine, batch_size,
-                                             workers, options.progress).run(tiles)
-                finally:
-                    writer.close()
-            counts = run.counts
-            counts[NODATA] += src.width * src.height - counts.sum()  # windows outside the area: never written
-        with gdal_write_errors(output):
-            finished = _finish_outputs(paths, classifier.classes, counts, pixel_area, raster_format, vector_format,
-                                       options)
+            classifier, support_stats = fit_support(extract, supports, classes, options.tile_size, options.overlap,
+                                                    batch_size, options.alpha)
+        for job in jobs:
+            with _naming(job.image, several):
+                src = job.inputs.source.dataset
+                if taught is not None:  # checked against each raster (encoder, resolution, bands)
+                    classifier, support_stats = taught.classifier(extract, encoder_info, options.alpha, job.image,
+                                                                  len(job.inputs.source.bands),
+                                                                  pixel_size_m(src, job.inputs.crs))
+                job.classifier = classifier
+                job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs, several)
+                job.tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
+                if job.area is not None:  # windows outside the area are never read nor encoded
+                    job.tiles = [tile for tile in job.tiles if job.area.reaches(tile)]
+            _release(job.inputs)
+        skipped = [job.image for job in jobs if not job.tiles]  # outside the area: no output
+        if skipped:
+            if len(skipped) == len(jobs):
+                raise GeoprotoError(f"{options.aoi or options.bbox}: overlaps none of the {len(jobs)} input rasters",
+                                    param="aoi" if options.aoi else "bbox")
+            warnings.warn(f"{len(skipped)} input(s) outside the area, skipped (no output): {', '.join(skipped)}")
+            jobs = [job for job in jobs if job.tiles]
+        shared = {"device": device.type, "encoder": encoder_info, "support": support_stats,
+                  **({"support_check": check} if check else {}), **({"skipped": skipped} if skipped else {})}
+        metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
+                    "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
+                    "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}
+        # The prototypes come from the support over every input: the whole list is part of each job.
+        job_inputs = {"support": file_identity(support),
+                      **({"inputs": [file_identity(job.image) for job in jobs]} if several else {})}
+        recipe = EncoderRecipe.of(options, encoder_info) if options.dask_scheduler or options.dask_local else None
+        with tqdm(total=sum(len(job.tiles) for job in jobs), unit="tile", file=sys.stderr,
+                  disable=not options.progress, desc="segment") as bar:
+            results = []
+            for job in jobs:
+                with _naming(job.image, several):
+                    journal = Journal(job.output, segment_job(job.image, options, device.type, job.tiles,
+                                                              **job_inputs), job.tiles, len(job.classifier.classes.ids),
+                                      job.paths.probabilities is not None) if options.resume else None
+                    journals += [journal] if journal else []
+                    results.append({**_segment_input(job, crf_backend, batch_size, workers, metadata, journal, bar,
+                                                     recipe), **shared})
+                _release(job.inputs)
+        if not several:  # the whole run's time, the encoder and the support included
+            results[0]["seconds"] = round(time.perf_counter() - started, 3)
         staged.commit()
     except BaseException:
         staged.discard()
         raise
+    finally:
+        inputs_stack.close()
+        for journal in journals:
+            journal.close()
+    for job in jobs:
+        remove_journal(job.output)  # the output is complete: an earlier run's journal of it has served
+    return results, shared
+
+
+@contextlib.contextmanager
+def _naming(image: str, several: bool):
+    """With several inputs, an error that does not name its input is stated with it."""
+    try:
+        yield
+    except GeoprotoError as exc:
+        if several and image not in exc.message:
+            raise GeoprotoError(f"{image}: {exc.message}", exc.param, exc.mentions) from None
+        raise
+
+
+def _release(inputs: Inputs) -> None:
+    """Close an input's raster handles between the steps that use it (they reopen on use): a run over many
+    rasters keeps a bounded number of files open."""
+    inputs.source.close()
+    inputs.support_source.close()
+
+
+def _supports(jobs: list[_Job], support: str) -> tuple[list[tuple], ClassInfo]:
+    """The (raster, labels) pairs the classifier is fitted on: the support image's, or those of every input
+    the support touches; and the classes: with several inputs, those with a polygon on at least one."""
+    inputs = jobs[0].inputs
+    if len(jobs) == 1 or inputs.support_source is not inputs.source:  # one raster holds the support
+        return [(inputs.support_source, inputs.labels)], inputs.classes
+    touched = [job.inputs for job in jobs if job.inputs.labels is not None]
+    if not touched:
+        raise GeoprotoError(f"{support}: no support polygon overlaps any of the {len(jobs)} input rasters",
+                            param="support")
+    classes = touched[0].classes  # every class of the file (``shared``)
+    used = set().union(*(set(inputs.labels.class_ids.tolist()) for inputs in touched))
+    missing = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in used]
+    if missing:
+        warnings.warn(f"{support}: no polygon of class(es) {', '.join(missing)} overlaps any input: left out")
+        classes = classes.subset(used)
+    return [(inputs.source, inputs.labels) for inputs in touched], classes
+
+
+def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers: int, metadata: dict,
+                   journal: Journal | None, bar, recipe: EncoderRecipe | None) -> dict:
+    """One input's windows, written (after the journal's, with ``resume``) and finished in the staging
+    folder, on the Dask cluster when there is a ``recipe``; returns its summary."""
+    started = time.perf_counter()
+    classifier = job.classifier
+    options, paths, source, crs, tiles = job.options, job.paths, job.inputs.source, job.inputs.crs, job.tiles
+    raster_format, vector_format = _output_formats(job.output, options)
+    output_bytes = 1 + (4 * len(classifier.classes.ids) if paths.probabilities else 0)  # classes, probabilities
+    src = source.dataset
+    with block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
+        pixel_area = pixel_area_m2(src, crs)
+        if options.min_area and pixel_area is None:
+            raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS", param="min_area")
+        refine = RefineSettings(crf_module.params_for_resolution(
+            pixel_size_m(src, crs), options.crf_bilateral_m, **options.crf_overrides), crf_backend) \
+            if options.crf else None
+        if journal is not None:
+            classifier = replace(classifier, prototypes=journal.keep_prototypes(classifier.prototypes))
+        with gdal_write_errors(job.output):
+            writer = ResultWriter(src, crs, classifier.classes, paths.classes, paths.probabilities, metadata,
+                                  options.creation_options)
+            try:
+                resumed, resumed_rejected = journal.replay(writer) if journal else (0, 0)
+                windows = ClippedSource(source, job.area) if job.area is not None else source
+                todo = journal.pending() if journal else tiles
+                if recipe is not None:
+                    run = run_on_dask(options.dask_scheduler, options.dask_local, windows, classifier, recipe,
+                                      options.device, todo, writer, options.tile_size, refine, batch_size, bar, journal)
+                else:
+                    run = WindowPipeline(windows, classifier, writer, options.tile_size, refine, batch_size, workers,
+                                         bar, journal).run(todo)
+            finally:
+                writer.close()
+        counts = run.counts + resumed
+        counts[NODATA] += src.width * src.height - counts.sum()  # windows outside the area: never written
+    with gdal_write_errors(job.output):
+        finished = _finish_outputs(paths, classifier.classes, counts, pixel_area, raster_format, vector_format,
+                                   options)
     summary = {
-        "input": image, "output": output, "tiles": len(tiles), "tile_size": options.tile_size,
-        "overlap": options.overlap, "seconds": round(time.perf_counter() - started, 3), "device": device.type,
-        "encoder": encoder_info, "classes": finished["areas"], "nodata_pixels": int(finished["counts"][NODATA]),
+        "input": job.image, "output": job.output, "tiles": len(tiles),
+        "tiles_resumed": len(journal.records) if journal else 0, "tile_size": options.tile_size,
+        "overlap": options.overlap, "seconds": round(time.perf_counter() - started, 3),
+        "classes": finished["areas"], "nodata_pixels": int(finished["counts"][NODATA]),
         "min_area_pixels": finished["min_pixels"] or None, "overviews": finished["overviews"],
-        "support": support_stats, "stage_seconds": run.stage_seconds,
-        **({"support_check": check} if check else {}),
+        "stage_seconds": run.stage_seconds,
         "crf": {"enabled": options.crf, **({"backend": crf_backend, "iterations": refine.params.iterations,
                                             "bilateral_sxy_px": round(refine.params.bilateral_sxy, 2),
-                                            "tiles_kept_unrefined": run.crf_rejected} if options.crf else {})},
+                                            "tiles_kept_unrefined": run.crf_rejected + resumed_rejected}
+                                           if options.crf else {})},
     }
     if finished["polygons"] is not None:
         summary["polygons"] = finished["polygons"]
@@ -259,13 +436,6 @@ def _prototype_file(support: str | None, options: SegmentOptions):
     return load_prototypes(options.prototypes)
 
 
-def _crf_params(options: SegmentOptions, pixel_size: float | None) -> crf_module.CRFParams:
-    """The CRF's parameters in pixels: the bilateral width is set in metres unless given in pixels."""
-    params = options.crf_params
-    if options.crf_bilateral_m is not None:
-        sxy = crf_module.bilateral_sxy_pixels(options.crf_bilateral_m, pixel_size)
-        params = crf_module.CRFParams(**{**params.__dict__, "bilateral_sxy": sxy})
-    return params
 
 
 def _finish_outputs(paths: _Staged, classes, counts: np.ndarray, pixel_area: float | None, raster_format: str,

@@ -24,7 +24,7 @@ from .errors import GeoprotoError
 from .raster import open_raster, path_exists, read_error
 from .tiling import Tile
 
-# Field names taken as the class column, in this order; anything else must be named with --class-field
+# Field names taken as the class column, in this order; anything else must be named (``class_field``)
 # (unless it is the file's only field): generic names like "name" or "id" rarely hold land-cover classes.
 CLASS_FIELD_CANDIDATES = ("class", "class_name", "classname", "class_id", "label", "landcover", "land_cover",
                           "category")
@@ -107,22 +107,22 @@ class RasterLabels:
         self.colors = classes.colors if has_colors and self.dataset.count >= 3 else None
         self.palette = palette_lookup(self.dataset, classes) if has_colors and self.dataset.count == 1 else None
         if self.colors is None and self.dataset.count != 1:
-            raise GeoprotoError(f"{path}: a label raster has one band of class ids (or RGB colours with a "
-                                f"--classes file giving every class a colour); it has {self.dataset.count}")
+            raise GeoprotoError(f"{path}: a label raster has one band of class ids (or RGB colours, with classes "
+                                f"that each have a colour); it has {self.dataset.count}", param="classes")
         same_grid = (self.dataset.shape == reference.shape and self.dataset.transform == reference.transform
                      and self.dataset.crs == reference.crs)
         self.source = self.dataset if same_grid else WarpedVRT(
             self.dataset, crs=reference.crs, transform=reference.transform, width=reference.width,
             height=reference.height, resampling=Resampling.nearest)
         self.classes = classes
-        # A --classes file may list more classes than this raster labels: those are left out.
+        # A class file may list more classes than this raster labels: those are left out.
         self.classes_from_catalogue = classes is not None
 
     def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
         return tiles
 
     def found_classes(self) -> ClassInfo:
-        """The --classes file's classes, else the ids found in the raster (block by block), named ``class_N``."""
+        """The class file's classes, else the ids found in the raster (block by block), named ``class_N``."""
         from .tiling import tile_grid
 
         if self.classes is not None:
@@ -206,7 +206,8 @@ def _class_column(frame, class_field: str | None, path: str) -> str:
     columns = [c for c in frame.columns if c != frame.geometry.name]
     if class_field:
         if class_field not in columns:
-            raise GeoprotoError(f"{path}: no field {class_field!r} (fields: {', '.join(columns) or 'none'})")
+            raise GeoprotoError(f"{path}: no field {class_field!r} (fields: {', '.join(columns) or 'none'})",
+                                param="class_field")
         return class_field
     lower = {c.lower(): c for c in columns}
     for candidate in CLASS_FIELD_CANDIDATES:
@@ -214,8 +215,8 @@ def _class_column(frame, class_field: str | None, path: str) -> str:
             return lower[candidate]
     if len(columns) == 1:
         return columns[0]
-    raise GeoprotoError(f"{path}: cannot tell which field holds the class; name it with --class-field "
-                        f"(fields: {', '.join(columns) or 'none'})")
+    raise GeoprotoError(f"{path}: cannot tell which field holds the class; name it (fields: "
+                        f"{', '.join(columns) or 'none'})", param="class_field")
 
 
 def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tuple[np.ndarray, ClassInfo]:
@@ -230,7 +231,8 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
         if classes:
             missing = [i for i in unique if i not in classes.ids]
             if missing:
-                raise GeoprotoError(f"{path}: class code {missing[0]} is not in the --classes file")
+                raise GeoprotoError(f"{path}: class code {missing[0]} is not one of the classes given",
+                                    param="classes")
             return ids, classes.subset(unique)
         return ids, ClassInfo(unique, [f"class_{i}" for i in unique])
     names = values.astype(str).to_numpy()
@@ -242,7 +244,7 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
     if classes:
         missing = [n for n in unique if n not in classes.names]
         if missing:
-            raise GeoprotoError(f"{path}: class {missing[0]!r} is not in the --classes file")
+            raise GeoprotoError(f"{path}: class {missing[0]!r} is not one of the classes given", param="classes")
         ids = np.array([classes.ids[classes.names.index(n)] for n in names])
         return ids, classes.subset(set(ids.tolist()))
     if len(unique) > MAX_CLASS_ID:
@@ -259,16 +261,18 @@ def _check_declared_crs(frame, crs, path: str) -> None:
     if min(minx, miny) < -360 or max(maxx, maxy) > 360:
         raise GeoprotoError(
             f"{path}: declares {crs.to_string()} (degrees) but holds coordinates like ({minx:.0f}, {miny:.0f}), "
-            f"which look projected; state the vector's real CRS with --support-crs (e.g. the raster's)")
+            f"which look projected; state the vector's real CRS (e.g. the raster's)", param="support_crs")
 
 
 def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
                         layer: str | None = None, support_crs: str | None = None,
-                        classes: ClassInfo | None = None, raster_crs=None, buffer: float = 0.0) -> VectorLabels:
+                        classes: ClassInfo | None = None, assume_crs=None, buffer: float = 0.0,
+                        shared: bool = False) -> VectorLabels | None:
     """Read polygons, pick the class field, reproject to the raster's CRS and map into its pixel space.
 
-    ``raster_crs`` overrides the raster's own CRS (``--assume-crs`` for rasters that lack one);
-    ``buffer`` (in the raster's CRS units) turns points and lines into polygons.
+    ``assume_crs`` overrides the raster's own CRS (for rasters that lack one);
+    ``buffer`` (in the raster's CRS units) turns points and lines into polygons. ``shared``: the support
+    serves several rasters, so it may miss this one (None) and keeps every class of the file.
     """
     import geopandas
     import pyogrio
@@ -282,7 +286,7 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         layers = pyogrio.list_layers(path)
         if layer is None and len(layers) > 1:
             raise GeoprotoError(f"{path}: has {len(layers)} layers ({', '.join(str(n) for n in layers[:, 0])}); "
-                                f"choose one with --layer")
+                                f"choose one", param="layer")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frame = geopandas.read_file(path, layer=layer)
@@ -300,22 +304,23 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
     try:
         declared = CRS.from_user_input(support_crs) if support_crs else frame.crs
     except CRSError as exc:
-        raise GeoprotoError(f"--support-crs {support_crs!r}: not a CRS ({exc})") from None
+        raise GeoprotoError(f"{support_crs!r} is not a CRS ({exc})", param="support_crs") from None
     if support_crs is None:
         _check_declared_crs(frame, declared, path)
-    raster_crs = raster_crs or reference.crs
+    raster_crs = assume_crs or reference.crs
     if raster_crs is not None and declared is None:
-        raise GeoprotoError(f"{path}: has no CRS while the raster has one; state it with --support-crs")
+        raise GeoprotoError(f"{path}: has no CRS while the raster has one; state the vector's CRS",
+                            param="support_crs")
     if raster_crs is None and declared is not None:
-        raise GeoprotoError(f"{path}: is in {declared.name} but the raster has no CRS; give the raster's CRS "
-                            f"with --assume-crs, or drop the vector's")
+        raise GeoprotoError(f"{path}: is in {declared.name} but the raster has no CRS; state the raster's CRS, "
+                            f"or drop the vector's", param="assume_crs")
     if declared is not None:
         frame = frame.set_crs(declared, allow_override=True).to_crs(CRS.from_user_input(raster_crs.to_wkt()))
 
     kinds = set(frame.geometry.geom_type)
     if not kinds <= POLYGONAL and not buffer:
         raise GeoprotoError(f"{path}: support must be polygons; found {', '.join(sorted(kinds - POLYGONAL))} "
-                            f"(give --buffer DISTANCE to turn points and lines into polygons)")
+                            f"(a buffer distance turns points and lines into polygons)", param="buffer")
     invalid = ~frame.geometry.is_valid
     if invalid.any():
         frame = frame.assign(geometry=[_polygonal(g) for g in shapely.make_valid(frame.geometry.values)])
@@ -344,6 +349,8 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         geometries = shapely.buffer(geometries, pixels)
     extent = shapely.box(0, 0, reference.width, reference.height)
     inside = shapely.intersects(geometries, extent)
+    if shared:
+        return VectorLabels(geometries[inside], ids[inside], info) if inside.any() else None
     if not inside.any():
         raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
     # One label file may serve many tiles: a class drawn only elsewhere is left out of this raster's run.
@@ -357,14 +364,18 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
 
 def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
                  layer: str | None = None, support_crs: str | None = None,
-                 classes_file: str | None = None, raster_crs=None, buffer: float = 0.0):
-    """Vector or raster support, told apart by whether GDAL opens the file as a raster."""
+                 classes_file: str | None = None, assume_crs=None, buffer: float = 0.0, shared: bool = False):
+    """Vector or raster support, told apart by whether GDAL opens the file as a raster; ``shared``: see
+    ``load_vector_support`` (a label raster labels one grid: it cannot be shared)."""
     classes = read_class_file(classes_file) if classes_file else None
     if not path_exists(path):
         raise GeoprotoError(f"{path}: no such file")
     if is_raster(path):
+        if shared:
+            raise GeoprotoError(f"{path}: a label raster labels one raster; with several inputs give support "
+                                f"polygons (or a support_image)", param="support", mentions=("support_image",))
         return RasterLabels(path, reference, classes)
-    return load_vector_support(path, reference, class_field, layer, support_crs, classes, raster_crs, buffer)
+    return load_vector_support(path, reference, class_field, layer, support_crs, classes, assume_crs, buffer, shared)
 
 
 def is_raster(path: str) -> bool:

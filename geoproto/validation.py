@@ -22,16 +22,16 @@ MEMORY_SHARE = 0.5
 def check_number(name: str, value, minimum: float | None = None, maximum: float | None = None,
                  min_open: bool = False, integer: bool = False):
     """``value`` if it is a finite number (a whole one when ``integer``) within the bounds, else a
-    GeoprotoError naming ``name``. NaN passes every comparison, so it is refused before any."""
+    GeoprotoError whose ``param`` is ``name``. NaN passes every comparison, so it is refused before any."""
     kind = "a whole number" if integer else "a finite number"
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy and torch scalars
         value = value.item()
     number = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
     if isinstance(value, bool) or not number or (integer and isinstance(value, float) and not value.is_integer()):
-        raise GeoprotoError(f"{name} must be {kind}, got {value!r}")
+        raise GeoprotoError(f"must be {kind}, got {value!r}", param=name)
     if (minimum is not None and (value <= minimum if min_open else value < minimum)) or \
             (maximum is not None and value > maximum):
-        raise GeoprotoError(f"{name} must be {describe_range(minimum, maximum, min_open)}, got {value!r}")
+        raise GeoprotoError(f"must be {describe_range(minimum, maximum, min_open)}, got {value!r}", param=name)
     return int(value) if integer else value
 
 
@@ -49,9 +49,10 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_memory(needed: int, what: str, hint: str, param: str | None = None, mentions: tuple[str, ...] = ()) -> None:
+def check_memory(needed: int, what: str, hint: str, param: str | None = None,
+                 mentions: tuple[str, ...] = ()) -> None:
     """Refuse up front a plan whose working memory would exceed ``MEMORY_SHARE`` of the machine's RAM,
-    rather than dying (or being killed) halfway with a MemoryError."""
+    rather than dying (or being killed) halfway with a MemoryError; ``param``: the parameter to lower."""
     total = physical_memory()
     if total and needed > MEMORY_SHARE * total:
         raise GeoprotoError(f"{what} would need about {_gib(needed)} of memory, more than "

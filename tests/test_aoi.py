@@ -66,15 +66,15 @@ def test_bbox_in_another_crs(tmp_path):
 def test_area_errors(tmp_path):
     image, _ = scene(tmp_path)
     with rasterio.open(image) as src:
-        with pytest.raises(GeoprotoError, match="--bbox '1,2,3': give XMIN,YMIN,XMAX,YMAX"):
+        with pytest.raises(GeoprotoError, match="bbox: '1,2,3': give XMIN,YMIN,XMAX,YMAX"):
             load_area(src, src.crs, bbox="1,2,3")
-        with pytest.raises(GeoprotoError, match="--bbox: does not overlap the raster"):
+        with pytest.raises(GeoprotoError, match="bbox: does not overlap the raster"):
             load_area(src, src.crs, bbox="0,0,10,10")
-        with pytest.raises(GeoprotoError, match="give --aoi or --bbox, not both"):
+        with pytest.raises(GeoprotoError, match="bbox: give an area of interest or a bounding box, not both"):
             load_area(src, src.crs, aoi=str(image), bbox="0,0,10,10")
         with pytest.raises(GeoprotoError, match="nowhere.gpkg: no such file"):
             load_area(src, src.crs, aoi=str(tmp_path / "nowhere.gpkg"))
     assert parse_bbox("1 2 3 4") == (1, 2, 3, 4)
     for text in ("0,0,nan,1", "0,-inf,1,1"):
-        with pytest.raises(GeoprotoError, match="--bbox must be a finite number, got (nan|-inf)"):
+        with pytest.raises(GeoprotoError, match="bbox: must be a finite number, got (nan|-inf)"):
             parse_bbox(text)

@@ -91,13 +91,13 @@ def test_auto_leaves_a_worse_default_and_keeps_a_better_one(paths, tmp_path, mon
     default, auto must never switch to the random one."""
     import torch
 
-    import geoproto.segment
+    import geoproto.models
     from geoproto.models import Encoder, save_checkpoint, shipped
 
     torch.manual_seed(0)
     save_checkpoint(Encoder("efficientnet-lite0", with_head=False), str(tmp_path / "random.pt"))
     monkeypatch.setattr(shipped, "TRAINED", {"random": tmp_path / "random.pt"})
-    monkeypatch.setattr(geoproto.segment, "DEFAULT_ENCODER", default)
+    monkeypatch.setattr(geoproto.models, "DEFAULT_ENCODER", default)
     result = CliRunner().invoke(main, ["segment", str(paths.chip), "--support", str(paths.support), "-o", str(tmp_path / "c.tif"),
                                        "--encoder", "auto", "--no-crf", "--json", "-q"])
     assert result.exit_code == 0, result.output
@@ -167,9 +167,9 @@ def test_cli_refuses_bad_numbers(paths, tmp_path, option, value):
 def test_library_refuses_bad_folds_and_group_distance(paths):
     from geoproto.errors import GeoprotoError
 
-    with pytest.raises(GeoprotoError, match="folds must be >= 2"):
+    with pytest.raises(GeoprotoError, match="folds: must be >= 2"):
         check_support(str(paths.chip), str(paths.support), folds=1)
-    with pytest.raises(GeoprotoError, match="group_distance must be a finite number, got nan"):
+    with pytest.raises(GeoprotoError, match="group_distance: must be a finite number, got nan"):
         check_support(str(paths.chip), str(paths.support), group_distance=float("nan"))
 
 
@@ -272,7 +272,7 @@ def test_the_picked_scoring_fits_a_classifier_that_separates_the_support(tmp_pat
     truth = inputs.classes.positions()[inputs.labels.read(whole, 400)]
     accuracy = {}
     for head in (PROTOTYPES, LINEAR):
-        classifier, stats = fit_support(_pooled_colour_features, inputs.support_source, inputs.labels,
+        classifier, stats = fit_support(_pooled_colour_features, [(inputs.support_source, inputs.labels)],
                                         inputs.classes, 400, 0, 1, head=head, scales=SCALES)
         assert isinstance(classifier.extract, MultiScaleExtractor)
         assert isinstance(classifier.head, LinearHead) == (head == LINEAR)

@@ -159,7 +159,7 @@ def test_densecrf_backend_not_installed(paths, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(paths.chip, "--support", paths.support, "-o", out, "--crf-backend", "densecrf"), out,
-                          "--crf-backend densecrf needs pydensecrf2", "pip install 'geoproto[crf]'")
+                          "--crf-backend: densecrf needs pydensecrf2", "pip install 'geoproto[crf]'")
 
 
 def test_unreadable_raster(paths, tmp_path):
@@ -208,7 +208,7 @@ def test_class_without_pixels(paths, tmp_path):
 def test_unknown_class_field(paths, tmp_path):
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(paths.chip, "--support", paths.support, "-o", out, "--class-field", "kind"), out,
-                          "'kind'", "fields: class")
+                          "Error: --class-field: ", "'kind'", "fields: class")
 
 
 def test_crs_missing_on_one_side(paths, tmp_path):
@@ -216,14 +216,16 @@ def test_crs_missing_on_one_side(paths, tmp_path):
     support.to_file(tmp_path / "nocrs.gpkg")
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(paths.chip, "--support", tmp_path / "nocrs.gpkg", "-o", out), out,
-                          "has no CRS", "--support-crs")
+                          "Error: --support-crs: ", "has no CRS")
 
 
 def test_existing_output_needs_overwrite(paths, tmp_path):
     out = tmp_path / "c.tif"
     out.write_bytes(b"precious")
     result = run(paths.chip, "--support", paths.support, "-o", out, "--no-crf")
-    assert result.exit_code != 0 and "--overwrite" in result.output
+    assert result.exit_code == 1
+    message = result.output.strip().splitlines()[-1]
+    assert message == f"Error: --output: {out}: exists; allow --overwrite to replace it"
     assert out.read_bytes() == b"precious"
 
 
@@ -576,7 +578,7 @@ def test_nan_numbers_from_python_are_refused(field):
     from geoproto.errors import GeoprotoError
     from geoproto.segment import SegmentOptions
 
-    with pytest.raises(GeoprotoError, match=f"{field} must be a finite number, got nan"):
+    with pytest.raises(GeoprotoError, match=f"{field}: must be a finite number, got nan"):
         SegmentOptions(**{field: float("nan")})
 
 
@@ -861,6 +863,265 @@ def test_out_of_memory_is_a_one_line_message_and_leaves_nothing(tmp_path, monkey
     out = tmp_path / "c.tif"
     _assert_clean_failure(run(image, "-s", support, "-o", out, *FAST), out, "out of memory", "--tile-size")
     _assert_nothing_left(tmp_path, image, support)
+
+
+RESUMABLE = ("--tile-size", "64", "--overlap", "0", "--no-crf", "--json", "-q", "--resume")
+
+
+def _segment_process(cwd, *args):
+    return subprocess.Popen([sys.executable, "-m", "geoproto", "segment", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_same_raster(a: Path, b: Path):
+    """Pixels, georeferencing, band descriptions and tags alike."""
+    with rasterio.open(a) as first, rasterio.open(b) as second:
+        assert repr(first.profile) == repr(second.profile)  # repr: a NaN nodata equals itself
+        assert first.tags() == second.tags() and first.descriptions == second.descriptions
+        np.testing.assert_array_equal(first.read(), second.read())
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_continues_and_gives_the_uninterrupted_result(paths, tmp_path):
+    """A run killed outright (no clean-up at all) is continued by --resume: windows already written are
+    not encoded again, and the class and probability rasters equal those of a run never interrupted."""
+    from geoproto.resume import resume_folder
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    reference.mkdir(), resumed.mkdir()
+    args = (paths.chip.resolve(), "-s", paths.support.resolve(), "-o", "c.tif", "--probabilities", "p.tif", *RESUMABLE)
+    stdout, stderr = _segment_process(reference, *args).communicate(timeout=300)
+    assert json.loads(stdout)["tiles_resumed"] == 0, stderr
+
+    windows = Path(resume_folder(str(resumed / "c.tif"))) / "windows.bin"
+    process = _segment_process(resumed, *args)
+    deadline = time.monotonic() + 120
+    while not (windows.exists() and windows.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()
+    process.communicate(timeout=60)
+    assert not (resumed / "c.tif").exists() and not (resumed / "p.tif").exists()  # nothing committed
+
+    stdout, stderr = _segment_process(resumed, *args).communicate(timeout=300)
+    summary = json.loads(stdout)
+    assert 0 < summary["tiles_resumed"] < summary["tiles"], stderr
+    for name in ("c.tif", "p.tif", "c.tif.aux.xml"):
+        assert (resumed / name).exists()
+    assert_same_raster(reference / "c.tif", resumed / "c.tif")
+    assert_same_raster(reference / "p.tif", resumed / "p.tif")
+    assert (reference / "c.tif.aux.xml").read_bytes() == (resumed / "c.tif.aux.xml").read_bytes()
+    assert sorted(p.name for p in resumed.iterdir()) == ["c.tif", "c.tif.aux.xml", "p.tif"]  # journal removed
+
+
+def test_resume_refuses_a_journal_of_other_options(tmp_path):
+    """The journal of an interrupted run is not mixed with another job's windows."""
+    from geoproto.resume import Journal, resume_folder
+
+    image, support = _synthetic(tmp_path)
+    out = tmp_path / "c.tif"
+    Journal(str(out), {"options": {"tile_size": 32}}, [], 2, False).close()  # an interrupted job's journal
+    result = run(image, "-s", support, "-o", out, *FAST, "--resume")
+    assert result.exit_code == 1
+    assert "cannot resume: the interrupted run was made with other inputs or options" in result.output
+    assert "options.tile_size" in result.output and "delete" in result.output
+    assert not out.exists() and os.path.isdir(resume_folder(str(out)))  # nothing written, the journal kept
+
+
+def cut(source: Path, path: Path, row: int, col: int, height: int, width: int) -> Path:
+    """A piece of ``source`` as its own GeoTIFF, georeferenced where the piece lies."""
+    from rasterio.windows import Window
+
+    window = Window(col, row, width, height)
+    with rasterio.open(source) as src:
+        profile = {**src.profile, "width": width, "height": height, "transform": src.window_transform(window)}
+        profile.update(tiled=False, blockxsize=None, blockysize=None)
+        with rasterio.open(path, "w", **{k: v for k, v in profile.items() if v is not None}) as dst:
+            dst.write(src.read(window=window))
+    return path
+
+
+def mosaic_vrt(path: Path, pieces: list[Path], reference: Path) -> Path:
+    """A VRT mosaic of ``pieces`` on ``reference``'s grid (what gdalbuildvrt writes, without GDAL's tools)."""
+    with rasterio.open(reference) as ref:
+        sources = []
+        for piece in pieces:
+            with rasterio.open(piece) as src:
+                row, col = ref.index(src.transform.c, src.transform.f, op=round)
+                sources.append(
+                    f"<SimpleSource><SourceFilename relativeToVRT='0'>{piece}</SourceFilename><SourceBand>1"
+                    f"</SourceBand><SrcRect xOff='0' yOff='0' xSize='{src.width}' ySize='{src.height}'/>"
+                    f"<DstRect xOff='{col}' yOff='{row}' xSize='{src.width}' ySize='{src.height}'/>"
+                    f"</SimpleSource>")
+        transform = ", ".join(map(repr, ref.transform.to_gdal()))
+        path.write_text(
+            f"<VRTDataset rasterXSize='{ref.width}' rasterYSize='{ref.height}'><SRS>{ref.crs.to_wkt()}</SRS>"
+            f"<GeoTransform>{transform}</GeoTransform><VRTRasterBand dataType='UInt16' band='1'>"
+            f"<NoDataValue>0</NoDataValue>{''.join(sources)}</VRTRasterBand></VRTDataset>")
+    return path
+
+
+@pytest.mark.slow
+def test_a_vrt_mosaic_is_one_input_with_one_output(paths, tmp_path):
+    """A VRT of the chip's two halves gives one output on the mosaic's grid, equal to segmenting the chip."""
+    halves = [cut(paths.chip, tmp_path / "left.tif", 0, 0, 900, 448),
+              cut(paths.chip, tmp_path / "right.tif", 0, 448, 900, 452)]
+    vrt = mosaic_vrt(tmp_path / "mosaic.vrt", halves, paths.chip)
+    for image, out in ((vrt, tmp_path / "mosaic_classes.tif"), (paths.chip, tmp_path / "chip_classes.tif")):
+        result = run(image, "-s", paths.support, "-o", out, "--tile-size", "128", "--overlap", "16", "--no-crf", "-q")
+        assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "mosaic_classes.tif") as mosaic, rasterio.open(tmp_path / "chip_classes.tif") as chip:
+        assert (mosaic.crs, mosaic.transform, mosaic.shape) == (chip.crs, chip.transform, chip.shape)
+        np.testing.assert_array_equal(mosaic.read(1), chip.read(1))
+
+
+def three_pieces(chip: Path, folder: Path) -> list[Path]:
+    """The chip cut in three rasters: ``a`` holds support of every class, ``b`` and ``c`` lie beside it."""
+    folder.mkdir()
+    return [cut(chip, folder / "a.tif", 0, 0, 640, 448), cut(chip, folder / "b.tif", 0, 448, 640, 452),
+            cut(chip, folder / "c.tif", 640, 0, 260, 900)]
+
+
+def support_on(support: Path, raster: Path, path: Path) -> Path:
+    """The polygons of ``support`` clipped to ``raster``'s footprint."""
+    with rasterio.open(raster) as src:
+        frame = geopandas.read_file(support).clip(box(*src.bounds))
+    frame[~frame.is_empty].to_file(path)
+    return path
+
+
+PIECES = ("--tile-size", "128", "--overlap", "16", "--no-crf")
+
+
+@pytest.mark.slow
+def test_three_rasters_with_support_on_one(paths, tmp_path):
+    """Prototypes from the support on ``a`` segment all three rasters: each output lies exactly on its input
+    and equals segmenting that input alone with ``a``'s prototypes (--support-image)."""
+    pieces = three_pieces(paths.chip, tmp_path / "flight")
+    support = support_on(paths.support, pieces[0], tmp_path / "support_a.gpkg")
+    result = run(*pieces, "-s", support, "--output-dir", tmp_path / "out", *PIECES, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [item["input"] for item in summary["inputs"]] == [str(p) for p in pieces]
+    assert summary["totals"]["tiles"] == sum(item["tiles"] for item in summary["inputs"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a.tif", "a.tif.aux.xml", "b.tif", "b.tif.aux.xml", "c.tif", "c.tif.aux.xml"]
+    for piece in pieces:
+        alone = tmp_path / f"alone_{piece.name}"
+        single = run(piece, "-s", support, "--support-image", pieces[0], "-o", alone, *PIECES, "-q")
+        assert single.exit_code == 0, single.output
+        with rasterio.open(piece) as src, rasterio.open(tmp_path / "out" / piece.name) as out, \
+                rasterio.open(alone) as expected:
+            assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+            np.testing.assert_array_equal(out.read(1), expected.read(1))
+            assert len(np.unique(out.read(1))) >= 3  # real maps, not one class
+
+
+@pytest.mark.slow
+def test_support_spread_over_the_inputs_counts_each_labelled_pixel_once(paths, tmp_path):
+    """Polygons drawn across the three rasters pool into one set of prototypes, pixel-weighted: the
+    labelled pixels are those of the whole chip."""
+    pieces = three_pieces(paths.chip, tmp_path / "flight")
+    result = run(str(tmp_path / "flight" / "*.tif"), "-s", paths.support, "--output-dir", tmp_path / "out",
+                 *PIECES, "--json", "-q", "--vector", "--report")
+    assert result.exit_code == 0, result.output
+    pooled = json.loads(result.stdout)
+    whole = run(paths.chip, "-s", paths.support, "-o", tmp_path / "chip.tif", *PIECES, "--json", "-q")
+    assert pooled["support"]["pixels"] == json.loads(whole.stdout)["support"]["pixels"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.gpkg")) == ["a.gpkg", "b.gpkg", "c.gpkg"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["a.csv", "b.csv", "c.csv"]
+    assert len(pieces) == len(pooled["inputs"])
+
+
+def _two_synthetic(folder: Path) -> tuple[list[Path], Path]:
+    """Two small rasters side by side and support polygons on the first only."""
+    from rasterio.transform import from_origin
+    from synthetic import ORIGIN, PIXEL, SIDE, two_halves, write_raster, write_support
+
+    first = write_raster(folder / "one.tif", two_halves())
+    second = write_raster(folder / "two.tif", two_halves(seed=1),
+                          transform=from_origin(ORIGIN[0] + SIDE * PIXEL, ORIGIN[1], PIXEL, PIXEL))
+    return [first, second], write_support(folder.parent / "support.gpkg")
+
+
+@pytest.mark.parametrize("how", ["folder", "glob", "files"])
+def test_folder_glob_and_files_give_one_output_each(tmp_path, how):
+    images, support = _two_synthetic(tmp_path / "flight")
+    arguments = {"folder": [tmp_path / "flight"], "glob": [tmp_path / "flight" / "*.tif"], "files": images}[how]
+    result = run(*arguments, "-s", support, "--output-dir", tmp_path / "out", *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [item["output"] for item in summary["inputs"]] == [str(tmp_path / "out" / n) for n in ("one.tif", "two.tif")]
+    for image in images:
+        with rasterio.open(image) as src, rasterio.open(tmp_path / "out" / image.name) as out:
+            assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+            assert set(np.unique(out.read(1))) == {1, 2}  # both classes found on the raster without support
+
+
+@pytest.mark.parametrize("extra, message", [
+    ((), "2 inputs: give --output-dir DIR"),
+    (("-o", "c.tif"), "2 inputs: give --output-dir DIR"),
+    (("--output-dir", "out", "-o", "c.tif"), "not both"),
+])
+def test_several_inputs_need_an_output_dir(tmp_path, extra, message):
+    images, support = _two_synthetic(tmp_path / "flight")
+    result = run(*images, "-s", support, *FAST, *extra)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_a_bare_sidecar_flag_needs_an_output_dir(tmp_path):
+    images, support = _two_synthetic(tmp_path / "flight")
+    result = run(images[0], "-s", support, "-o", tmp_path / "c.tif", "--vector", *FAST)
+    assert result.exit_code == 2 and "--vector needs a file name" in result.output
+
+
+def test_a_failing_input_is_named_and_nothing_is_committed(tmp_path):
+    """All or nothing: the run stops at the input that fails, and no output of any input appears."""
+    images, support = _two_synthetic(tmp_path / "flight")
+    broken = tmp_path / "flight" / "three.tif"
+    broken.write_text("not a raster")
+    result = run(tmp_path / "flight", "-s", support, "--output-dir", tmp_path / "out", *FAST)
+    assert result.exit_code == 1
+    assert f"{broken}: not a readable raster" in result.output
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_inputs_outside_the_area_are_skipped_and_named(tmp_path):
+    """A --bbox over one raster of a flight segments that one; the others are named and left without output."""
+    from synthetic import ORIGIN
+
+    images, support = _two_synthetic(tmp_path / "flight")
+    bbox = f"{ORIGIN[0] + 4},{ORIGIN[1] - 40},{ORIGIN[0] + 40},{ORIGIN[1] - 4}"  # inside the first raster
+    result = run(*images, "-s", support, "--output-dir", tmp_path / "out", "--bbox", bbox, *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["skipped"] == [str(images[1])] and [i["input"] for i in summary["inputs"]] == [str(images[0])]
+    assert f"1 input(s) outside the area, skipped (no output): {images[1]}" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one.tif", "one.tif.aux.xml"]
+
+
+def test_a_prototype_file_segments_several_rasters_as_their_support_does(tmp_path):
+    """--prototypes made from the support on the first raster labels both rasters as the support itself."""
+    images, support = _two_synthetic(tmp_path / "flight")
+    taught = CliRunner().invoke(main, ["prototypes", str(images[0]), "-s", str(support), "-o",
+                                       str(tmp_path / "classes.gpp"), "--tile-size", "64", "--overlap", "8"])
+    assert taught.exit_code == 0, taught.output
+    from_file = run(*images, "--prototypes", tmp_path / "classes.gpp", "--output-dir", tmp_path / "file", *FAST)
+    from_support = run(*images, "-s", support, "--output-dir", tmp_path / "support", *FAST)
+    assert from_file.exit_code == 0 and from_support.exit_code == 0, from_file.output + from_support.output
+    for image in images:
+        with rasterio.open(tmp_path / "file" / image.name) as a, rasterio.open(tmp_path / "support" / image.name) as b:
+            np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_sidecar_flags_name_their_files_from_each_input(tmp_path):
+    """Given alone with --output-dir, --vector takes the --vector-driver's extension and --report a suffix."""
+    images, support = _two_synthetic(tmp_path / "flight")
+    result = run(*images, "-s", support, "--output-dir", tmp_path / "out", "--vector", "--vector-driver",
+                 "flatgeobuf", "--report", "_areas.csv", "--probabilities", *FAST)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{stem}{suffix}" for stem in ("one", "two")
+        for suffix in (".tif", ".tif.aux.xml", ".fgb", "_areas.csv", "_probabilities.tif"))
 
 
 def test_dask_options_fail_before_any_work(paths, tmp_path, monkeypatch):

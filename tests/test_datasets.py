@@ -109,7 +109,6 @@ def test_vaihingen_samples_classes_and_split(vaihingen):
     by_name = {s.name: s for s in data.samples}
     assert Path(by_name["3"].image) == root / "top" / "top_mosaic_09cm_area3.tif"
     assert Path(by_name["3"].label) == root / V_COMPLETE / "top_mosaic_09cm_area3.tif"
-    assert by_name["3"].extra is None
     assert data.classes.ids == [1, 2, 3, 4, 5, 6]
     assert data.classes.names == ISPRS_NAMES
     assert [tuple(c) for c in data.classes.colors] == ISPRS_COLOURS
@@ -171,12 +170,10 @@ def test_vaihingen_eroded_without_eroded_files_refuses(vaihingen):
         load_isprs(str(root), "vaihingen", eroded=True)
 
 
-def test_vaihingen_is_irrg_only_and_dsm_needs_files(vaihingen):
+def test_vaihingen_is_irrg_only(vaihingen):
     root, _ = vaihingen
-    with pytest.raises(GeoprotoError, match="IRRG"):
+    with pytest.raises(GeoprotoError, match="^bands: Vaihingen is distributed as IRRG only"):
         load_isprs(str(root), "vaihingen", bands="RGB")
-    with pytest.raises(GeoprotoError, match="dsm_09cm_matching_area"):
-        load_isprs(str(root), "vaihingen", dsm=True)
 
 
 # -------------------------------------------------------------------------------------- ISPRS Potsdam
@@ -309,8 +306,6 @@ def test_unknown_colours_below_tolerance_accepted(tmp_path):
 def test_load_dataset_dispatch(vaihingen, tmp_path):
     root, _ = vaihingen
     assert load_dataset("isprs", str(root)).name == "isprs-vaihingen"
-    with pytest.raises(GeoprotoError, match="4-band"):
-        load_dataset("isprs", str(root), dsm=True)
     with pytest.raises(GeoprotoError, match="unknown dataset 'coco'"):
         load_dataset("coco", str(root))
     with pytest.raises(GeoprotoError, match="JPEGImages"):
@@ -391,7 +386,7 @@ def test_pascal_fold_classes():
     all_unseen = sum((fold_classes(f)[1] for f in range(4)), [])
     assert len(all_unseen) == len(set(all_unseen)) == 20
     for bad in (4, -1):
-        with pytest.raises(GeoprotoError, match="fold must be 0, 1, 2 or 3"):
+        with pytest.raises(GeoprotoError, match="^fold: PASCAL-5i folds are 0, 1, 2 and 3"):
             fold_classes(bad)
 
 
@@ -568,5 +563,28 @@ def test_malformed_split_files_are_refused_by_name(colour_folder, vaihingen, tmp
 
 def test_holdout_that_is_not_a_regular_expression(colour_folder):
     root, _ = colour_folder
-    with pytest.raises(GeoprotoError, match=r"--holdout '\(\[': not a regular expression"):
+    with pytest.raises(GeoprotoError, match=r"holdout: '\(\[' is not a regular expression"):
         load_folder(str(root), holdout="([")
+
+
+def test_non_byte_imagery_is_stretched_per_raster_as_segment_does(tmp_path):
+    """A uint16 image: every window gets the whole raster's per-band stretch (RasterSource's), so a pixel
+    has one value whichever window holds it, in training as in ``segment``."""
+    from geoproto.raster import RasterSource
+    from geoproto.tiling import Tile
+
+    root = tmp_path / "u16"
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(1000, 4000, (3, 40, 60)).astype(np.uint16)
+    pixels[:, :20, :30] = rng.integers(100, 300, (3, 20, 30))  # dark: a per-window stretch spreads it to 0..1
+    write_raster(root / "images" / "a.tif", pixels)
+    write_raster(root / "masks" / "a.tif", np.ones((40, 60), np.uint8))
+    _class_file(root, colours=False)
+    data = load_folder(str(root))
+    whole, _ = data.read(data.samples[0], 0, 0, 40, 60)
+    dark, _ = data.read(data.samples[0], 0, 0, 20, 30)
+    np.testing.assert_array_equal(dark, whole[:, :20, :30])
+    assert dark.max() < 0.1  # a per-window stretch would reach 1
+    with RasterSource.open(data.samples[0].image) as source:
+        segment_view, _ = source.read(Tile(0, 0, 40, 60, 0, 40, 0, 60), 60)
+    np.testing.assert_allclose(whole, segment_view[:, :40, :60], atol=1e-6)

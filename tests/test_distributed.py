@@ -159,3 +159,31 @@ def test_dask_is_imported_only_for_a_cluster():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_an_interrupted_cluster_run_resumes_to_the_local_labels(spacenet, tmp_path, local_reference, cluster_client,
+                                                               monkeypatch):
+    """--resume on a cluster: the client journals each window it writes; a run that stops after 20
+    windows is continued with only the 44 others sent to the workers."""
+    from geoproto import resume
+
+    record, recorded = resume.Journal.record, []
+
+    def stop_after_twenty(journal, *args):
+        record(journal, *args)
+        recorded.append(1)
+        if len(recorded) == 20:
+            raise KeyboardInterrupt
+
+    output = tmp_path / "classes.tif"
+    options = _options(dask_scheduler=cluster_client.scheduler.address, resume=True)
+    monkeypatch.setattr(resume.Journal, "record", stop_after_twenty)
+    with worker_threads(), pytest.raises(KeyboardInterrupt):
+        segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(output), options)
+    monkeypatch.setattr(resume.Journal, "record", record)
+    assert not output.exists()
+    with worker_threads():
+        summary = segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(output), options)
+    assert (summary["tiles"], summary["tiles_resumed"]) == (64, 20)
+    np.testing.assert_array_equal(_read(output), local_reference[0])

@@ -199,14 +199,42 @@ def test_evaluate_report_into_a_missing_folder_is_refused_before_any_work(tmp_pa
     monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
     result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--report",
                                        str(tmp_path / "missing" / "report.json")])
-    assert result.exit_code == 1 and "missing: output directory does not exist" in result.output
+    assert result.exit_code == 1
+    assert result.output == f"Error: --report: {tmp_path / 'missing'}: output directory does not exist\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_evaluate_report_never_replaces_the_checkpoint(tmp_path, monkeypatch):
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights")
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--checkpoint",
+                                       str(checkpoint), "--report", str(checkpoint)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: --report: {checkpoint}: is the input --checkpoint {checkpoint}; ")
+    assert checkpoint.read_bytes() == b"weights"
+
+
+def test_evaluate_encoder_auto_names_the_option(tmp_path, monkeypatch):
+    """``auto`` needs support polygons: the library names its parameter, the CLI shows the flag."""
+    import geoproto.cli.evaluate
+    from geoproto.errors import GeoprotoError
+    from geoproto.models import select_encoder
+
+    with pytest.raises(GeoprotoError, match="^encoder: auto chooses by cross-validating support polygons") as info:
+        select_encoder("auto", "efficientnet-lite0", None, None)
+    assert info.value.param == "encoder"
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: None)
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--encoder", "auto"])
+    assert result.exit_code == 1 and result.output.startswith("Error: --encoder: auto chooses by cross-validating")
 
 
 def test_evaluate_refuses_a_nan_alpha_from_python():
     from geoproto.errors import GeoprotoError
 
-    with pytest.raises(GeoprotoError, match="alpha must be a finite number, got nan"):
+    with pytest.raises(GeoprotoError, match="alpha: must be a finite number, got nan"):
         evaluate(None, None, 1, [0], None, False, None, alpha=float("nan"))
 
 
@@ -240,8 +268,9 @@ def test_option_names_mean_one_thing_across_commands():
 
 
 @pytest.mark.slow
-def test_evaluate_with_either_crf_backend_gives_the_same_scores(dubai):
-    """The torch CRF and pydensecrf2 at equal settings: the same confusion, so the same scores."""
+def test_evaluate_with_either_crf_backend_scores_within_the_agreement_bar(dubai):
+    """The torch CRF and pydensecrf2 at equal settings: overall accuracy within 0.5 points, no class's F1
+    more than 1 point worse (measured: 50.71 against 50.75, F1 within 0.12 points)."""
     import torch
 
     data = load_dataset("folder", str(dubai), holdout="image_part_001t6$")
@@ -250,4 +279,7 @@ def test_evaluate_with_either_crf_backend_gives_the_same_scores(dubai):
     reports = {backend: evaluate(data, encoder, 1, [0], None, True, torch.device("cpu"), progress=False,
                                  crf_backend=backend) for backend in ("torch", "densecrf")}
     assert reports["torch"]["crf_backend"] == "torch" and reports["densecrf"]["crf_backend"] == "densecrf"
-    assert reports["torch"]["runs"][0]["classes"] == reports["densecrf"]["runs"][0]["classes"]
+    torch_run, reference = reports["torch"]["runs"][0], reports["densecrf"]["runs"][0]
+    # The torch CRF's appearance kernel works on 2 x 2 blocks (crf_torch): the issue's bar, not equality.
+    assert abs(torch_run["overall_accuracy"] - reference["overall_accuracy"]) <= 0.005
+    assert all(torch_run["classes"][name]["f1"] >= scores["f1"] - 0.01 for name, scores in reference["classes"].items())

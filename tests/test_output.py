@@ -209,6 +209,16 @@ def test_discard_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_existing_target_names_the_parameters_at_fault(tmp_path):
+    """A Python caller is told which parameter to change, in its own name (no CLI flag)."""
+    (tmp_path / "c.tif").write_bytes(b"precious")
+    with pytest.raises(GeoprotoError) as info:
+        StagedOutputs(overwrite=False).stage(str(tmp_path / "c.tif"))
+    assert info.value.param == "output" and info.value.mentions == ("overwrite",) and "--" not in str(info.value)
+    assert str(info.value) == f"output: {tmp_path / 'c.tif'}: exists; allow overwrite to replace it"
+    assert (tmp_path / "c.tif").read_bytes() == b"precious"
+
+
 def test_commit_refuses_a_target_that_appeared_meanwhile_and_replaces_orphan_siblings(tmp_path):
     staged = StagedOutputs(overwrite=False)
     path = staged.stage(str(tmp_path / "out.shp"))
@@ -217,7 +227,7 @@ def test_commit_refuses_a_target_that_appeared_meanwhile_and_replaces_orphan_sib
             handle.write("new")
     (tmp_path / "out.dbf").write_text("left from a layer whose .shp was deleted")
     (tmp_path / "out.shp").write_text("someone else's")
-    with pytest.raises(GeoprotoError, match="out.shp: appeared while running"):
+    with pytest.raises(GeoprotoError, match="^output: .*out.shp: appeared while running; allow overwrite"):
         staged.commit()
     (tmp_path / "out.shp").unlink()
     staged.commit()
@@ -238,9 +248,9 @@ def test_an_output_aliasing_an_input_is_refused(tmp_path, alias, monkeypatch):
     elif alias == "symlinked-folder":
         os.symlink(tmp_path, tmp_path / "link")
         target = str(tmp_path / "link" / "image.tif")
-    staged = StagedOutputs(overwrite=True, inputs={"image": str(image), "--classes": None})
-    with pytest.raises(GeoprotoError, match="is the input image .*never replaces an input"):
-        staged.stage(target, "--output")
+    staged = StagedOutputs(overwrite=True, inputs={"image": str(image), "classes": None})
+    with pytest.raises(GeoprotoError, match="^output: .*is the input image .*never replaces an input"):
+        staged.stage(target, "output")
     staged.discard()
     assert image.read_bytes() == b"orthophoto" and not list(tmp_path.glob(".geoproto-*"))
 
@@ -249,7 +259,7 @@ def test_two_outputs_on_one_file_are_refused(tmp_path):
     staged = StagedOutputs(overwrite=True)
     staged.stage(str(tmp_path / "c.tif"), "output")
     os.symlink(tmp_path / "c.tif", tmp_path / "p.tif")
-    with pytest.raises(GeoprotoError, match="probabilities: .*p.tif: is also output"):
+    with pytest.raises(GeoprotoError, match="^probabilities: .*p.tif: is also output"):
         staged.stage(str(tmp_path / "p.tif"), "probabilities")
     staged.discard()
     assert os.listdir(tmp_path) == ["p.tif"]

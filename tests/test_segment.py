@@ -20,7 +20,8 @@ def extract():
 
 def prototypes(paths, extract, size, overlap):
     inputs = options_inputs(str(paths.chip), str(paths.support), SegmentOptions(tile_size=size, overlap=overlap))
-    classifier, stats = fit_support(extract, inputs.support_source, inputs.labels, inputs.classes, size, overlap, 1)
+    classifier, stats = fit_support(extract, [(inputs.support_source, inputs.labels)], inputs.classes, size, overlap,
+                                    1)
     return classifier.prototypes, stats
 
 

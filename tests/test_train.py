@@ -124,7 +124,8 @@ def test_cli_train_refuses_bad_numbers_before_writing_anything(tmp_path, option,
 
 def test_train_refuses_a_crop_that_cannot_fit_in_memory(tmp_path):
     config = TrainConfig(crop=8192, shots=1000, workers=0)
-    with pytest.raises(GeoprotoError, match="--crop 8192 with 1001 images per episode would need about"):
+    with pytest.raises(GeoprotoError,
+                       match="^crop: 8192 px crops of 1001 images per episode would need about .*; choose a smaller crop"):
         train(None, None, config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
@@ -133,7 +134,8 @@ def test_train_refuses_init_weights_it_would_replace(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.pt").write_bytes(b"weights")
-    with pytest.raises(GeoprotoError, match="is the run's own model.pt, which training replaces"):
+    with pytest.raises(GeoprotoError,
+                       match="^init_weights: .*model.pt: is the run's own model.pt, which training replaces"):
         train(None, None, TrainConfig(backbone="resnet50", init_weights=str(run / "model.pt"), workers=0), str(run))
     assert (run / "model.pt").read_bytes() == b"weights"
 

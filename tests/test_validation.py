@@ -15,14 +15,14 @@ from geoproto.validation import check_memory, check_number, physical_memory
 
 
 @pytest.mark.parametrize("value, bounds, message", [
-    (math.nan, {}, "x must be a finite number, got nan"),
-    (math.inf, {"minimum": 0}, "x must be a finite number, got inf"),
-    (-math.inf, {}, "x must be a finite number, got -inf"),
-    (0, {"minimum": 0, "min_open": True}, "x must be > 0, got 0"),
-    (5, {"minimum": 1, "maximum": 3}, "x must be >= 1 and <= 3, got 5"),
-    (2.5, {"integer": True}, "x must be a whole number, got 2.5"),
-    ("3", {}, "x must be a finite number, got '3'"),
-    (True, {}, "x must be a finite number, got True"),
+    (math.nan, {}, "x: must be a finite number, got nan"),
+    (math.inf, {"minimum": 0}, "x: must be a finite number, got inf"),
+    (-math.inf, {}, "x: must be a finite number, got -inf"),
+    (0, {"minimum": 0, "min_open": True}, "x: must be > 0, got 0"),
+    (5, {"minimum": 1, "maximum": 3}, "x: must be >= 1 and <= 3, got 5"),
+    (2.5, {"integer": True}, "x: must be a whole number, got 2.5"),
+    ("3", {}, "x: must be a finite number, got '3'"),
+    (True, {}, "x: must be a finite number, got True"),
 ])
 def test_check_number_refuses(value, bounds, message):
     with pytest.raises(GeoprotoError, match=f"^{message}$"):
@@ -40,7 +40,7 @@ def test_check_number_accepts_and_normalises():
                                           ("tile_size", 8), ("overlap", -1), ("batch_size", 0), ("workers", -2),
                                           ("buffer", math.nan), ("crf_bilateral_m", 0.0)])
 def test_segment_options_refuse_bad_numbers(field, value):
-    with pytest.raises(GeoprotoError, match=f"^{field} must be"):
+    with pytest.raises(GeoprotoError, match=f"^{field}: must be"):
         SegmentOptions(**{field: value})
 
 
@@ -48,7 +48,7 @@ def test_segment_options_refuse_bad_numbers(field, value):
                                           ("bilateral_sxy", math.inf), ("iterations", 0), ("guard_keep", 2.0),
                                           ("bilateral_compat", -1.0)])
 def test_crf_params_refuse_what_would_crash_densecrf(field, value):
-    with pytest.raises(GeoprotoError, match=f"^CRF {field} must be"):
+    with pytest.raises(GeoprotoError, match=f"^CRF {field}: must be"):
         CRFParams(**{field: value})
 
 
@@ -56,7 +56,7 @@ def test_crf_params_refuse_what_would_crash_densecrf(field, value):
                                           ("momentum", 1.5), ("seed", -1), ("crop", 16), ("ways", 0),
                                           ("lr_milestones", [10, 0])])
 def test_train_config_refuses_bad_numbers(field, value):
-    with pytest.raises(GeoprotoError, match=f"^{field} must be"):
+    with pytest.raises(GeoprotoError, match=f"^{field}: must be"):
         TrainConfig(**{field: value})
 
 

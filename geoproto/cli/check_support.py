@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ..metrics import format_metric
 from ..segment import SegmentOptions
 from ..support_check import DEFAULT_FOLDS, MAX_FOLDS, check_support
-from .options import (apply, encoder_options, handle_errors, integer, not_stdio, number, print_json, printable,
+from .options import (encoding_options, handle_errors, integer, not_stdio, number, print_json, printable,
                       support_options)
 
 
@@ -14,8 +15,8 @@ from .options import (apply, encoder_options, handle_errors, integer, not_stdio,
 @click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
 @click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons.")
-@apply(support_options)
-@apply(encoder_options)
+@support_options
+@encoding_options
 @click.option("--folds", type=integer(2, MAX_FOLDS), default=DEFAULT_FOLDS, show_default=True)
 @click.option("--group-distance", type=number(0),
               help="Polygons closer than this many pixels share a fold [default: 32].")
@@ -29,14 +30,12 @@ def check_support_command(image, support, folds, group_distance, as_json, **opti
         print_json(report)
         return
     click.echo(f"cross-validated over {report['folds']} spatial folds: overall accuracy "
-               f"{_fmt(report['overall_accuracy'])}, mean class F1 {_fmt(report['mean_f1'])}")
+               f"{format_metric(report['overall_accuracy'], decimals=2)}, mean class F1 "
+               f"{format_metric(report['mean_f1'], decimals=2)}")
     click.echo(f"scoring: {report['scoring']['reason']}")
     click.echo(f"{'class':>16} {'F1':>6} {'polygons':>9} {'held-out px':>12}")
     for name, c in report["classes"].items():
-        click.echo(f"{printable(name):>16} {_fmt(c['f1']):>6} {c['polygons']:>9} {c['held_out_pixels']:>12}")
+        click.echo(f"{printable(name):>16} {format_metric(c['f1'], 6, 2)} {c['polygons']:>9} "
+                   f"{c['held_out_pixels']:>12}")
     for warning in report["warnings"]:
         click.echo(f"Warning: {printable(warning)}")
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}"

@@ -13,13 +13,13 @@ from ..models.runtime import resolve_device
 from ..output import StagedOutputs
 from ..training import load_dataset
 from ..training.trainer import TRAIN_RANGES
-from .options import (apply, crf_backend_option, dataset_options, encoder_options, handle_errors, integer,
+from .options import (crf_backend_option, dataset_options, device_option, encoder_options, handle_errors, integer,
                       integer_list, json_option, not_stdio, number, print_json, printable, quiet_option, show_progress)
 
 
 @click.command("evaluate")
-@apply(dataset_options)
-@apply(encoder_options[:4])
+@dataset_options
+@encoder_options
 @click.option("--shots", type=integer(1, 1000), default=5, show_default=True, help="Support patches per run.")
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, callback=integer_list(*TRAIN_RANGES["seed"][:2]),
               help="Comma-separated seeds (one run each).")
@@ -28,26 +28,27 @@ from .options import (apply, crf_backend_option, dataset_options, encoder_option
 @crf_backend_option
 @click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]), default=CRFParams.bilateral_sxy,
               show_default=True,
-              help="Bilateral kernel width in pixels (the paper's 80 for 9 cm imagery).")
+              help="Bilateral kernel width in pixels (16: the resolution rule's floor; the paper's 80 is for 9 cm "
+                   "imagery).")
 @click.option("--train-split", default="train", show_default=True, help="Split the supports come from.")
 @click.option("--test-split", default="test", show_default=True, help="Split the queries come from.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--report", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write the full report as JSON to this file.")
 @quiet_option
 @json_option
 @handle_errors
-def evaluate_command(dataset, root, city, bands, eroded, dsm, downsample, fold, split, holdout, encoder, backbone,
+def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split, holdout, encoder, backbone,
                      checkpoint, init_weights, shots, seeds, class_names, crf, crf_backend, crf_bilateral_px,
                      train_split, test_split, device, report, quiet, as_json):
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
     # The report path is checked before the (long) evaluation, and never replaces one of its inputs.
-    staged = StagedOutputs(overwrite=True, inputs={"--checkpoint": checkpoint, "--init-weights": init_weights,
-                                                   "--split": split})
+    staged = StagedOutputs(overwrite=True, inputs={"checkpoint": checkpoint, "init_weights": init_weights,
+                                                   "split": split})
     with staged:
-        report_tmp = staged.stage(report, "--report") if report else None
-        data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, dsm=dsm, downsample=downsample,
+        report_tmp = staged.stage(report, "report") if report else None
+        data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,
                             split=split, holdout=holdout)
         model, info = select_encoder(encoder, backbone, checkpoint, init_weights)
         result = evaluate(data, model, shots, seeds, class_names.split(",") if class_names else None, crf,

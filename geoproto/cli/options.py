@@ -17,6 +17,8 @@ from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..errors import GeoprotoError
 from ..validation import MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
+from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES
+from ..training import DATASETS
 
 
 class Interrupted(Exception):
@@ -77,20 +79,29 @@ def handle_errors(command):
 
 def cli_message(exc: GeoprotoError) -> str:
     """The error as the command line says it: the option that sets the parameter at fault, not the
-    library's parameter name (``--tile-size: ...`` rather than ``tile_size: ...``)."""
-    ctx = click.get_current_context(silent=True)
-    params = {p.name: p for p in (ctx.command.params if ctx is not None else [])}
-
-    def flag(name: str) -> str:
-        param = params.get(name)
-        if isinstance(param, click.Option):
-            return param.opts[0]
-        return param.human_readable_name if param is not None else name
-
+    library's parameter name (``--tile-size: ...`` rather than ``tile_size: ...``), and likewise for the
+    other parameters the message mentions."""
     message = exc.message
     for name in exc.mentions:
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag(name), message)
-    return f"{flag(exc.param)}: {message}" if exc.param else message
+        # As a word, not inside a path (/data/image.tif) or another name (support_image).
+        message = re.sub(rf"(?<![\w./\\-]){re.escape(name)}(?![\w./\\-])", option_hint(name), message)
+    return f"{option_hint(exc.param)}: {message}" if exc.param else message
+
+
+def option_hint(param: str) -> str:
+    """How the running command spells the library parameter ``param``: the flag of the option whose
+    name it is (``overwrite`` -> ``--overwrite``, ``classes_file`` -> ``--classes``) or the option
+    spelled after it (``classes`` -> ``--classes``), the metavar of such an argument, else ``param``."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.command.params if ctx is not None else []
+    flag = "--" + param.replace("_", "-")
+    for match in ([p for p in params if p.name == param], [p for p in params if flag in getattr(p, "opts", ())]):
+        if match:
+            option = match[0]
+            if isinstance(option, click.Option):
+                return max(option.opts, key=len)
+            return option.human_readable_name
+    return param
 
 
 def command_line(ctx: click.Context) -> str:
@@ -99,7 +110,10 @@ def command_line(ctx: click.Context) -> str:
     from click.core import ParameterSource
 
     words = ["geoproto", ctx.info_name]
-    words += [shlex.quote(str(ctx.params[p.name])) for p in ctx.command.params if isinstance(p, click.Argument)]
+    for param in ctx.command.params:
+        if isinstance(param, click.Argument):
+            value = ctx.params[param.name]
+            words += [shlex.quote(str(v)) for v in (value if isinstance(value, (list, tuple)) else [value])]
     for param in ctx.command.params:
         if not isinstance(param, click.Option) or param.name in ("debug", "quiet", "as_json"):
             continue
@@ -133,8 +147,9 @@ def show_progress(quiet: bool) -> bool:
 
 
 def not_stdio(ctx, param, value):
-    """Refuse ``-``: every input and output here is a file GDAL opens or writes by name."""
-    if value == "-":
+    """Refuse ``-`` (alone or among the values of a repeated option or argument): every input and output
+    here is a file GDAL opens or writes by name."""
+    if value == "-" or (isinstance(value, (tuple, list)) and "-" in value):
         raise click.BadParameter("'-' (standard input/output) is not supported here; give a file name")
     return value
 
@@ -175,7 +190,7 @@ class Number(click.ParamType):
         try:
             return check_number("value", number, **self.bounds)
         except GeoprotoError as exc:
-            self.fail(f"{str(exc).removeprefix('value ')}.", param, ctx)
+            self.fail(f"{exc.message}.", param, ctx)
 
     def get_metavar(self, param, ctx=None):
         return "INTEGER" if self.bounds["integer"] else "FLOAT"
@@ -208,23 +223,52 @@ def integer_list(minimum: int, maximum: int | None = None):
         except ValueError:
             raise click.BadParameter(f"{value!r}: give whole numbers separated by commas, e.g. 1,2,3") from None
         except GeoprotoError as exc:
-            raise click.BadParameter(f"each {str(exc).removeprefix('value ')}") from None
+            raise click.BadParameter(f"each {exc.message}") from None
     return parse
 
 
-encoder_options = [
-    click.option("--encoder", type=click.Choice(["auto", *shipped_names()]), default=DEFAULT_ENCODER, show_default=True,
-                 help="Shipped encoder; auto cross-validates each on the support polygons and keeps the best."),
-    click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE, show_default=True,
-                 help="Encoder architecture (ignored with --checkpoint, which names its own)."),
-    click.option("--checkpoint", type=click.Path(dir_okay=False), help="A trained geoproto checkpoint."),
-    click.option("--init-weights", type=click.Path(dir_okay=False),
-                 help="ImageNet trunk weights in torchvision's layout (resnet50, vgg16)."),
-    click.option("--bands", callback=parse_bands, help="1 or 3 band numbers, e.g. 4,3,2 [default: first three]."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-    click.option("--batch-size", type=Number(1, integer=True),
-                 help="Windows per batch [default: 1 on CPU, 16 on CUDA]."),
-]
+# Each option several commands share is declared once, as one named decorator; groups of options that
+# always travel together are one decorator too (rio's ``options.py`` layout).
+
+def _chain(*decorators):
+    """One decorator applying ``decorators`` so that their options are listed in the order given."""
+    def decorate(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return decorate
+
+
+encoder_option = click.option(
+    "--encoder", type=click.Choice(["auto", *shipped_names()]), default=DEFAULT_ENCODER, show_default=True,
+    help="Shipped encoder; auto cross-validates each on the support polygons and keeps the best.")
+backbone_option = click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE,
+                               show_default=True, help="Encoder architecture.")
+checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False),
+                                 help="A trained geoproto checkpoint (it names its own backbone: --backbone is "
+                                      "ignored).")
+init_weights_option = click.option("--init-weights", type=click.Path(dir_okay=False),
+                                   help="ImageNet trunk weights in torchvision's layout (resnet50, vgg16).")
+bands_option = click.option("--bands", callback=parse_bands,
+                            help="1 or 3 band numbers, e.g. 4,3,2 [default: first three].")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True)
+batch_size_option = click.option("--batch-size", type=Number(1, integer=True),
+                                 help="Windows per batch [default: 1 on CPU, 16 on CUDA].")
+encoder_options = _chain(encoder_option, backbone_option, checkpoint_option, init_weights_option)
+"""Which encoder: a shipped one by name, or an architecture with a checkpoint or ImageNet weights."""
+encoding_options = _chain(encoder_options, bands_option, device_option, batch_size_option)
+"""The encoder, the image bands it reads, and where and in what batches it runs (segment, check-support)."""
+
+tile_size_option = click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]),
+                                default=DEFAULT_TILE_SIZE, show_default=True)
+overlap_option = click.option("--overlap", type=integer(*SEGMENT_RANGES["overlap"][:2]), default=DEFAULT_OVERLAP,
+                              show_default=True,
+                              help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")
+window_options = _chain(tile_size_option, overlap_option)
+"""The window grid features are computed on (segment, prototypes)."""
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+
 workers_option = click.option("--workers", type=Number(0, MAX_WORKERS, integer=True),
                               help="DenseCRF worker processes for --crf-backend densecrf [default: one per core; "
                                    "0: none].")
@@ -234,8 +278,8 @@ crf_backend_option = click.option(
          "densecrf (pydensecrf2, pip install 'geoproto[crf]'; one process per core); auto: torch on a GPU, "
          "densecrf on a CPU where it is installed.")
 
-dataset_options = [
-    click.option("--dataset", type=click.Choice(["isprs", "pascal5i", "folder"]), required=True,
+dataset_options = _chain(
+    click.option("--dataset", type=click.Choice(DATASETS), required=True,
                  help="Layout of --root: ISPRS downloads, VOC2012 + SegmentationClassAug, or images/ + masks/."),
     click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's folder."),
     click.option("--city", type=click.Choice(["vaihingen", "potsdam"]), default="vaihingen", show_default=True,
@@ -243,14 +287,14 @@ dataset_options = [
     click.option("--isprs-bands", "bands", type=click.Choice(["IRRG", "RGB"], case_sensitive=False), default="IRRG",
                  show_default=True, help="ISPRS image bands (Potsdam has both)."),
     click.option("--eroded", is_flag=True, help="ISPRS: use the eroded-boundary ground truth."),
-    click.option("--dsm", is_flag=True, help="ISPRS: add the DSM as a channel (backbones with a 4-band stem)."),
     click.option("--downsample", type=Number(1, 64, integer=True), help="ISPRS: read at 1/N resolution [Potsdam: 2]."),
     click.option("--fold", type=Number(0, 3, integer=True), help="PASCAL-5i fold (its 5 classes are unseen)."),
     click.option("--split", type=click.Path(dir_okay=False), help="JSON of split name -> image names."),
     click.option("--holdout", help="folder: regular expression of image names forming the test split."),
-]
+)
+"""The labelled dataset ``train`` and ``evaluate`` read (``training.load_dataset``'s arguments)."""
 
-support_options = [
+support_options = _chain(
     click.option("--class-field", help="Vector field holding the class [default: detected]."),
     click.option("--layer", help="Vector layer, for files with several."),
     click.option("--support-crs", help="CRS of the support vector, overriding what it declares (e.g. EPSG:32616)."),
@@ -261,16 +305,9 @@ support_options = [
                  help="Buffer point and line support by this distance (raster CRS units, e.g. metres)."),
     click.option("--support-image", type=click.Path(dir_okay=False),
                  help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery)."),
-]
+)
+"""How the support labels are read and placed on the raster."""
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar nor closing message.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 
-
-def apply(options):
-    """Decorate a command with a list of options, in order."""
-    def decorator(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return decorator

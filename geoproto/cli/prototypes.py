@@ -5,25 +5,23 @@ from __future__ import annotations
 
 import click
 
-from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions
-from .options import (apply, encoder_options, handle_errors, integer, json_option, not_stdio, print_json, printable,
-                      quiet_option, support_options)
+from ..segment import SegmentOptions
+from .options import (encoding_options, handle_errors, json_option, not_stdio, overwrite_option, print_json, printable,
+                      quiet_option, support_options, window_options)
 
 
 @click.command("prototypes")
 @click.argument("images", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(dir_okay=False),
-                callback=lambda ctx, param, values: [not_stdio(ctx, param, v) for v in values])
+                callback=not_stdio)
 @click.option("--support", "-s", "supports", multiple=True, required=True, type=click.Path(dir_okay=False),
-              callback=lambda ctx, param, values: [not_stdio(ctx, param, v) for v in values],
+              callback=not_stdio,
               help="Labelled polygons or a label raster of an IMAGE; repeat it, one per IMAGE, in the same order.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Prototype file to write (e.g. classes.gpp).")
-@apply(support_options)
-@apply(encoder_options)
-@click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]), default=DEFAULT_TILE_SIZE,
-              show_default=True)
-@click.option("--overlap", type=integer(*SEGMENT_RANGES["overlap"][:2]), default=DEFAULT_OVERLAP, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@support_options
+@encoding_options
+@window_options
+@overwrite_option
 @quiet_option
 @json_option
 @handle_errors
@@ -45,10 +43,10 @@ def prototypes_command(images, supports, output, quiet, as_json, **options):
 
 @click.command("merge-prototypes")
 @click.argument("inputs", metavar="FILE...", nargs=-1, required=True, type=click.Path(dir_okay=False),
-                callback=lambda ctx, param, values: [not_stdio(ctx, param, v) for v in values])
+                callback=not_stdio)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Prototype file to write.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@overwrite_option
 @quiet_option
 @json_option
 @handle_errors

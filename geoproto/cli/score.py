@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..evaluation import score
+from ..metrics import format_metric
 from .options import handle_errors, not_stdio, parse_pairs, print_json, printable
 
 
@@ -40,11 +41,7 @@ def score_command(prediction, truth, class_field, truth_crs, classes_file, mappi
     click.echo(f"{'class':>16} {'F1':>8} {'IoU':>8} {'pixels':>10}")
     for name in names:
         c = report["classes"][name]
-        click.echo(f"{printable(name):>16} {_fmt(c['f1'])} {_fmt(c['iou'])} {c['pixels']:>10}")
+        click.echo(f"{printable(name):>16} {format_metric(c['f1'], 8)} {format_metric(c['iou'], 8)} {c['pixels']:>10}")
     click.echo("confusion (rows: truth, columns: predicted):")
     for name, row in zip(names, report["confusion"]):
         click.echo(f"{printable(name):>16} " + " ".join(f"{v:>10}" for v in row))
-
-
-def _fmt(value) -> str:
-    return f"{value:8.4f}" if value is not None else f"{'n/a':>8}"

@@ -4,46 +4,47 @@ from __future__ import annotations
 
 import click
 
-from ..crf import CRF_RANGES, CRFParams
-from ..segment import (DEFAULT_CRF_BILATERAL_M, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES, SegmentOptions,
-                       segment)
-from .options import (apply, command_line, crf_backend_option, encoder_options, handle_errors, integer, json_option,
-                      not_stdio, number, parse_pairs, print_json, printable, quiet_option, show_progress,
-                      support_options, workers_option)
+from ..crf import CRF_RANGES, MIN_BILATERAL_PX, RULE_BILATERAL_M, CRFParams
+from ..batch import SIDECARS, expand_images
+from ..segment import SEGMENT_RANGES, SegmentOptions, segment, segment_many
+from .options import (command_line, crf_backend_option, encoding_options, handle_errors, integer, json_option, not_stdio,
+                      number, overwrite_option, parse_pairs, print_json, printable, quiet_option, show_progress,
+                      support_options, window_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
 
 @click.command("segment")
-@click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
+@click.argument("image", nargs=-1, required=True, callback=not_stdio)
 @click.option("--support", "-s", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons (any OGR vector) or a label raster (0 = unlabelled).")
 @click.option("--prototypes", type=click.Path(dir_okay=False), callback=not_stdio,
               help="A prototype file from `geoproto prototypes`, instead of --support.")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
-              help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml.")
-@apply(support_options)
-@apply(encoder_options)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=not_stdio,
+              help="Class raster (GeoTIFF, *.tif), with its legend in OUTPUT.aux.xml (one input).")
+@click.option("--output-dir", type=click.Path(file_okay=False), callback=not_stdio,
+              help="Folder for one class raster per input, named from the input (DIR/<stem>.tif); needed with "
+                   "several inputs. Sidecars given alone (--vector, --probabilities...) go there too.")
+@support_options
+@encoding_options
 @workers_option
-@click.option("--tile-size", type=integer(*SEGMENT_RANGES["tile_size"][:2]), default=DEFAULT_TILE_SIZE,
-              show_default=True)
-@click.option("--overlap", type=integer(*SEGMENT_RANGES["overlap"][:2]), default=DEFAULT_OVERLAP, show_default=True,
-              help="Pixels shared by neighbouring windows; the overlap is cropped when stitching.")
+@window_options
 @click.option("--alpha", type=number(*SEGMENT_RANGES["alpha"]), default=20.0, show_default=True,
               help="Softmax scale of the cosine similarities.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
 @crf_backend_option
-@click.option("--crf-iterations", type=integer(*CRF_RANGES["iterations"]), default=_CRF_DEFAULTS.iterations,
-              show_default=True)
-@click.option("--crf-bilateral-m", type=number(*SEGMENT_RANGES["crf_bilateral_m"]), default=DEFAULT_CRF_BILATERAL_M,
-              show_default=True, help="Bilateral kernel width in metres (projected rasters).")
+@click.option("--crf-iterations", type=integer(*CRF_RANGES["iterations"]),
+              help=f"Mean-field iterations [default: {_CRF_DEFAULTS.iterations}].")
+@click.option("--crf-bilateral-m", type=number(*SEGMENT_RANGES["crf_bilateral_m"]),
+              help=f"Bilateral kernel width in metres (projected rasters) [default: the wider of "
+                   f"{RULE_BILATERAL_M:g} m and {MIN_BILATERAL_PX:g} px].")
 @click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]),
-              help="Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: 80 without a metric "
-                   "CRS].")
+              help=f"Bilateral kernel width in pixels, overriding --crf-bilateral-m [default: {MIN_BILATERAL_PX:g} "
+                   f"without a metric CRS].")
 @click.option("--crf-bilateral-srgb", type=number(*CRF_RANGES["bilateral_srgb"]),
-              default=_CRF_DEFAULTS.bilateral_srgb, show_default=True)
-@click.option("--crf-gaussian-sxy", type=number(*CRF_RANGES["gaussian_sxy"]), default=_CRF_DEFAULTS.gaussian_sxy,
-              show_default=True)
+              help=f"Bilateral colour range (0-255 units) [default: {_CRF_DEFAULTS.bilateral_srgb:g}].")
+@click.option("--crf-gaussian-sxy", type=number(*CRF_RANGES["gaussian_sxy"]),
+              help=f"Smoothness kernel width in pixels [default: {_CRF_DEFAULTS.gaussian_sxy:g}].")
 @click.option("--aoi", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Segment only inside these polygons (any OGR vector, any CRS); outside is nodata and "
                    "windows outside are never read.")
@@ -59,16 +60,16 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF (the same as -f COG).")
 @click.option("--overviews/--no-overviews", default=True, show_default=True,
               help="Build overviews of the class raster (mode resampling).")
-@click.option("--probabilities", type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--probabilities", is_flag=False, flag_value="", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write per-class scores (float32 GeoTIFF, NaN where the class raster is nodata).")
-@click.option("--vector", type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--vector", is_flag=False, flag_value="", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write class polygons with their area (e.g. out.gpkg, out.fgb, out.shp).")
 @click.option("--vector-driver", help="OGR format of --vector [default: from its extension].")
 @click.option("--simplify", type=number(*SEGMENT_RANGES["simplify"]),
               help="Simplify --vector polygons by this tolerance (CRS units); shared edges stay shared.")
-@click.option("--preview", type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--preview", is_flag=False, flag_value="", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write a colour PNG preview.")
-@click.option("--report", type=click.Path(dir_okay=False), callback=not_stdio,
+@click.option("--report", is_flag=False, flag_value="", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write the area per class (pixels, m², ha) as CSV.")
 @click.option("--check-support", is_flag=True,
               help="Cross-validate the support polygons too and add the report to the summary (slower).")
@@ -77,32 +78,57 @@ _CRF_DEFAULTS = CRFParams()
                    "worker reads the raster at the same path (shared storage). Needs geoproto[dask].")
 @click.option("--dask-local", type=integer(*SEGMENT_RANGES["dask_local"][:2]), metavar="N",
               help="Run the windows on a local Dask cluster of N worker processes. Needs geoproto[dask].")
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@overwrite_option
+@click.option("--resume", is_flag=True,
+              help="Keep finished windows in a journal beside the output and, if an earlier run of the same job "
+                   "was interrupted, continue it (the result equals an uninterrupted run's).")
 @quiet_option
 @json_option
 @handle_errors
-def segment_command(image, support, output, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
+def segment_command(image, support, output, output_dir, crf, crf_iterations, crf_bilateral_m, crf_bilateral_px,
                     crf_bilateral_srgb, crf_gaussian_sxy, quiet, as_json, **options):
     """Segment IMAGE into the classes drawn in --support (or learnt in --prototypes) and write a class
     raster to --output.
 
-    Example: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
+    Several images (files, folders of rasters, glob patterns) are segmented with one set of prototypes,
+    built from the support wherever it lies, into --output-dir. A VRT mosaic is one image.
+
+    \b
+    Examples: geoproto segment ortho.tif --support labels.gpkg -o classes.tif
+              geoproto segment flight/ --support labels.gpkg --output-dir classes/ --vector
     """
-    crf_params = CRFParams(iterations=crf_iterations, gaussian_sxy=crf_gaussian_sxy,
-                           bilateral_sxy=crf_bilateral_px or CRFParams.bilateral_sxy,
-                           bilateral_srgb=crf_bilateral_srgb)
-    settings = SegmentOptions(crf=crf, crf_params=crf_params,
-                              crf_bilateral_m=None if crf_bilateral_px else crf_bilateral_m,
+    overrides = {"iterations": crf_iterations, "gaussian_sxy": crf_gaussian_sxy, "bilateral_sxy": crf_bilateral_px,
+                 "bilateral_srgb": crf_bilateral_srgb}
+    settings = SegmentOptions(crf=crf, crf_overrides={k: v for k, v in overrides.items() if v is not None},
+                              crf_bilateral_m=crf_bilateral_m,
                               progress=show_progress(quiet), command=command_line(click.get_current_context()),
                               **options)
-    summary = segment(image, support, output, settings)
+    images = expand_images(list(image))
+    if output_dir is None:
+        if len(images) > 1:
+            raise click.UsageError(f"{len(images)} inputs: give --output-dir DIR (one output per input), not -o")
+        if output is None:
+            raise click.UsageError("give -o/--output (or --output-dir DIR)")
+        bare = [f"--{name}" for name in SIDECARS if getattr(settings, name) == ""]
+        if bare:
+            raise click.UsageError(f"{bare[0]} needs a file name (given alone, it is for --output-dir)")
+        summaries = [segment(images[0], support, output, settings)]
+        summary = summaries[0]
+    else:
+        if output is not None:
+            raise click.UsageError("give -o/--output (one input) or --output-dir, not both")
+        summary = segment_many(images, support, output_dir, settings)
+        summaries = summary["inputs"]
     if not quiet:
         for warning in summary.get("support_check", {}).get("warnings", []):
             click.echo(f"Warning: support check: {printable(warning)}", err=True)
     if as_json:
         print_json(summary)
     elif not quiet:
-        classes = ", ".join(f"{printable(c['name'])} {c['pixels']} px"
-                            + (f" {c['area_ha']} ha" if c["area_ha"] is not None else "") for c in summary["classes"])
-        click.echo(f"Wrote {printable(output)}: {summary['tiles']} tiles in {summary['seconds']:.1f} s ({classes})",
-                   err=True)
+        outputs = [output] if output_dir is None else [result["output"] for result in summaries]
+        for path, result in zip(outputs, summaries):
+            classes = ", ".join(f"{printable(c['name'])} {c['pixels']} px"
+                                + (f" {c['area_ha']} ha" if c["area_ha"] is not None else "")
+                                for c in result["classes"])
+            click.echo(f"Wrote {printable(path)}: {result['tiles']} tiles in {result['seconds']:.1f} s ({classes})",
+                       err=True)

@@ -6,22 +6,21 @@ import click
 
 from ..training import TrainConfig, build_samplers, load_dataset, train
 from ..training.trainer import TRAIN_RANGES
-from ..models import BACKBONES, DEFAULT_BACKBONE
-from .options import (apply, command_line, dataset_options, handle_errors, integer, integer_list, json_option, number,
-                      print_json, quiet_option, show_progress)
+from .options import (backbone_option, command_line, dataset_options, device_option, handle_errors, init_weights_option,
+                      integer, integer_list, json_option, number, print_json, quiet_option, show_progress)
 
 _DEFAULTS = TrainConfig()
 
 
 @click.command("train")
-@apply(dataset_options)
+@dataset_options
 @click.option("--train-classes", help="Class names episodes are drawn from (comma-separated) [default: all "
                                       "but --test-classes].")
 @click.option("--test-classes", help="Class names held out of training (their pixels are ignored), used for "
                                      "validation episodes.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run folder.")
-@click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE, show_default=True)
-@click.option("--init-weights", type=click.Path(dir_okay=False), help="ImageNet weights (torchvision layout).")
+@backbone_option
+@init_weights_option
 @click.option("--head/--no-head", default=_DEFAULTS.head, show_default=True,
               help="Train the paper's 3x3 conv head to 256 channels (else the L2-normalised stages).")
 @click.option("--ways", type=integer(*TRAIN_RANGES["ways"][:2]), default=_DEFAULTS.ways, show_default=True)
@@ -49,15 +48,15 @@ _DEFAULTS = TrainConfig()
               help="Split validation episodes come from (none: no validation).")
 @click.option("--workers", type=integer(*TRAIN_RANGES["workers"][:2]), default=_DEFAULTS.workers, show_default=True,
               help="Processes preparing episodes.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--resume", is_flag=True, help="Continue the run in --output where it stopped.")
 @quiet_option
 @json_option
 @handle_errors
-def train_command(dataset, root, city, bands, eroded, dsm, downsample, fold, split, holdout, train_classes,
+def train_command(dataset, root, city, bands, eroded, downsample, fold, split, holdout, train_classes,
                   test_classes, output, val_split, resume, quiet, as_json, lr_milestones, **settings):
     """Train the encoder on C-way K-shot episodes and write checkpoints for `segment --checkpoint`."""
-    data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, dsm=dsm, downsample=downsample,
+    data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,
                         split=split, holdout=holdout)
     config = TrainConfig(lr_milestones=lr_milestones or [], **settings)
     train_sampler, val_sampler = build_samplers(data, config, train_classes, test_classes, fold, val_split)

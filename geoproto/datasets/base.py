@@ -8,17 +8,15 @@ files on demand (never a whole large tile per sample), optionally downsampled.
 from __future__ import annotations
 
 import functools
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import rasterio
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from ..errors import GeoprotoError
 from ..classes import ClassInfo
+from ..raster import band_scaling, open_raster, stretch
 from ..support import palette_colors
 
 # Share of label pixels whose colour matches no class (nor the ignore colour) tolerated before a
@@ -33,7 +31,6 @@ class Sample:
     name: str
     image: str
     label: str
-    extra: str | None = None  # an extra single band stacked after the image bands (e.g. a DSM)
 
 
 @dataclass
@@ -89,22 +86,19 @@ class LabelledDataset:
 
     def size(self, sample: Sample) -> tuple[int, int]:
         """(height, width) of the sample after downsampling."""
-        with _open(sample.image) as src:
+        with open_raster(sample.image) as src:
             return src.height // self.downsample, src.width // self.downsample
 
     def read(self, sample: Sample, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """A window in downsampled pixel coordinates: (bands x h x w float32 image in [0, 1], h x w ids)."""
         d = self.downsample
         window = Window(col * d, row * d, width * d, height * d)
-        with _open(sample.image) as src:
+        with open_raster(sample.image) as src:
             bands = self.bands or list(src.indexes[:3])
-            image = _read(src, bands, window, (height, width), Resampling.bilinear)
-            image = _to_unit(image, src.dtypes[0])
-        if sample.extra:
-            with _open(sample.extra) as src:
-                extra = src.read(1, window=window, out_shape=(height, width), resampling=Resampling.bilinear)
-            extra = extra.astype(np.float32)
-            image = np.concatenate([image, ((extra - extra.min()) / max(np.ptp(extra), 1e-6))[None]])
+            data = _read(src, bands, window, (height, width), Resampling.bilinear)
+        # Scaled as ``segment`` scales a raster (raster.band_scaling: once per image, not per window), so
+        # the encoder sees the same input values in training, evaluation and inference.
+        image = stretch(data, _image_scaling(sample.image, tuple(bands)))
         if image.shape[0] == 1:
             image = np.repeat(image, 3, axis=0)
         return image, self._read_labels(sample, height, width, window)
@@ -125,7 +119,7 @@ class LabelledDataset:
         return self._read_labels(sample, height, width, None)
 
     def _read_labels(self, sample: Sample, height: int, width: int, window: Window | None) -> np.ndarray:
-        with _open(sample.label) as src:
+        with open_raster(sample.label) as src:
             data = _read(src, list(src.indexes), window, (height, width), Resampling.nearest)
             palette = palette_colors(src) if self.decoder.colors is not None and src.count == 1 else None
             if palette is not None:
@@ -148,22 +142,11 @@ def _read(src, bands: list[int], window: Window | None, shape: tuple[int, int], 
 
 @functools.lru_cache(maxsize=128)
 def _decoded(path: str) -> np.ndarray:
-    with _open(path) as src:
+    with open_raster(path) as src:
         return src.read()
 
 
-def _open(path: str):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise GeoprotoError(f"{path}: not readable ({exc})") from None
-
-
-def _to_unit(image: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "uint8":
-        return image.astype(np.float32) / 255.0
-    image = image.astype(np.float32)
-    low, high = np.percentile(image, (2, 98))
-    return np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+@functools.lru_cache(maxsize=1024)
+def _image_scaling(path: str, bands: tuple[int, ...]) -> list[tuple[float, float]]:
+    with open_raster(path) as src:
+        return band_scaling(src, list(bands))

@@ -49,7 +49,7 @@ def load_folder(root: str, split_file: str | None = None, holdout: str | None = 
         try:
             pattern = re.compile(holdout)
         except re.error as exc:
-            raise GeoprotoError(f"--holdout {holdout!r}: not a regular expression ({exc})") from None
+            raise GeoprotoError(f"{holdout!r} is not a regular expression ({exc})", param="holdout") from None
         splits = {"train": [n for n in names if not pattern.search(n)],
                   "test": [n for n in names if pattern.search(n)]}
     else:

@@ -40,19 +40,19 @@ def _split(city: str, split_file: str | None) -> dict[str, list[str]]:
 
 
 def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: bool = False,
-               dsm: bool = False, downsample: int | None = None, split_file: str | None = None) -> LabelledDataset:
+               downsample: int | None = None, split_file: str | None = None) -> LabelledDataset:
     """Vaihingen: ``top/top_mosaic_09cm_areaN.tif`` (IRRG) with ``top_mosaic_09cm_areaN[_noBoundary].tif``
     ground truth; Potsdam: ``2_Ortho_RGB``/``3_Ortho_IRRG`` tiles with ``5_Labels_all[_noBoundary]``."""
     base = Path(root)
     if not base.is_dir():
-        raise GeoprotoError(f"{root}: no such directory")
+        raise GeoprotoError(f"{root}: no such directory", param="root")
     if city not in ("vaihingen", "potsdam"):
-        raise GeoprotoError(f"unknown ISPRS city {city!r}: vaihingen or potsdam")
+        raise GeoprotoError(f"unknown ISPRS city {city!r}: vaihingen or potsdam", param="city")
     split = _split(city, split_file)
     samples = []
     if city == "vaihingen":
         if bands.upper() != "IRRG":
-            raise GeoprotoError("Vaihingen is distributed as IRRG only")
+            raise GeoprotoError("Vaihingen is distributed as IRRG only", param="bands")
         tops = sorted((base / "top").glob("top_mosaic_09cm_area*.tif"))
         if not tops:
             raise GeoprotoError(f"{root}: no top/top_mosaic_09cm_area*.tif (is this the Vaihingen folder?)")
@@ -62,15 +62,12 @@ def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: 
             label = _find(base, VAIHINGEN_LABEL_DIRS, label_name)
             if label is None or label.resolve() == top.resolve():
                 continue  # test areas ship without ground truth
-            extra = base / "dsm" / f"dsm_09cm_matching_area{area}.tif"
-            if dsm and not extra.is_file():
-                raise GeoprotoError(f"{extra}: missing (needed for --dsm)")
-            samples.append(Sample(area, str(top), str(label), str(extra) if dsm else None))
+            samples.append(Sample(area, str(top), str(label)))
         default_downsample = 1
     else:
         folder = {"RGB": "2_Ortho_RGB", "IRRG": "3_Ortho_IRRG"}.get(bands.upper())
         if folder is None:
-            raise GeoprotoError("Potsdam bands: RGB or IRRG")
+            raise GeoprotoError("Potsdam bands: RGB or IRRG", param="bands")
         tops = sorted((base / folder).glob(f"top_potsdam_*_{bands.upper()}.tif"))
         if not tops:
             raise GeoprotoError(f"{root}: no {folder}/top_potsdam_*_{bands.upper()}.tif (is this the Potsdam folder?)")
@@ -80,11 +77,7 @@ def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: 
             label = label_dir / f"top_potsdam_{tile}_label{'_noBoundary' if eroded else ''}.tif"
             if not label.is_file():
                 continue
-            x, y = tile.split("_")
-            extra = base / "1_DSM" / f"dsm_potsdam_{int(x):02d}_{int(y):02d}.tif"
-            if dsm and not extra.is_file():
-                raise GeoprotoError(f"{extra}: missing (needed for --dsm)")
-            samples.append(Sample(tile, str(top), str(label), str(extra) if dsm else None))
+            samples.append(Sample(tile, str(top), str(label)))
         default_downsample = 2  # the paper halves Potsdam's 5 cm resolution
     if not samples:
         raise GeoprotoError(f"{root}: no {city} tile has ground truth beside it")

@@ -20,7 +20,7 @@ CLASSES = ClassInfo(list(range(1, 22)), ["background"] + VOC_CLASSES)
 def fold_classes(fold: int) -> tuple[list[str], list[str]]:
     """(seen, unseen) class names of fold ``fold``: fold i holds out VOC classes 5i+1..5i+5."""
     if fold not in range(4):
-        raise GeoprotoError("PASCAL-5i fold must be 0, 1, 2 or 3")
+        raise GeoprotoError("PASCAL-5i folds are 0, 1, 2 and 3", param="fold")
     unseen = VOC_CLASSES[5 * fold: 5 * fold + 5]
     return [c for c in VOC_CLASSES if c not in unseen], unseen
 

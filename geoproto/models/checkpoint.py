@@ -100,7 +100,8 @@ def load_checkpoint(path: str) -> tuple[Encoder, dict]:
     """Build the encoder a checkpoint describes; returns it with the checkpoint's metadata."""
     payload = safe_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise GeoprotoError(f"{path}: not a geoproto checkpoint (use --init-weights for ImageNet weights)")
+        raise GeoprotoError(f"{path}: not a geoproto checkpoint (ImageNet weights are initial weights, not a "
+                            f"checkpoint)", param="checkpoint")
     if payload.get("version") != VERSION:
         raise GeoprotoError(f"{path}: checkpoint version {payload.get('version')} is not supported")
     backbone = payload.get("backbone")
@@ -132,8 +133,8 @@ def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = Non
     weights = init_weights or (spec.shipped_weights() if spec.shipped_weights else None)
     if weights is None:
         raise GeoprotoError(
-            f"the {backbone} encoder ships without weights: give ImageNet weights in torchvision's "
-            f"layout with --init-weights FILE, or a trained --checkpoint FILE")
+            f"the {backbone} encoder ships without weights: give ImageNet weights in torchvision's layout, "
+            f"or a trained checkpoint", param="init_weights")
     state = safe_load(weights)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

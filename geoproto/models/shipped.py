@@ -20,8 +20,8 @@ from .checkpoint import build_encoder, load_checkpoint
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 TRAINED = {"dubai": WEIGHTS / "lite0-dubai.pt"}
-# The default: on the held-out Dubai area it beats the ImageNet encoder by 5-6 OA points at 1, 5 and 10
-# shots, and on the SpaceNet chip (another continent, sensor and resolution) it matches it.
+# The default: trained on aerial imagery, it suits orthophotos better than the ImageNet encoder, and it
+# does not lose to it on imagery unlike its training data (README, "Shipped encoders", has the figures).
 DEFAULT_ENCODER = "dubai"
 
 
@@ -50,7 +50,7 @@ def shipped_names() -> list[str]:
 def build_shipped(name: str) -> tuple[nn.Module, dict]:
     """The shipped encoder called ``name`` and its description."""
     if name not in shipped_names():
-        raise GeoprotoError(f"unknown encoder {name!r} (shipped: {', '.join(shipped_names())})")
+        raise GeoprotoError(f"unknown encoder {name!r} (shipped: {', '.join(shipped_names())})", param="encoder")
     parts = name.split("+")
     built = [build_encoder() if part == "imagenet" else load_checkpoint(str(TRAINED[part])) for part in parts]
     if len(built) == 1:
@@ -60,17 +60,18 @@ def build_shipped(name: str) -> tuple[nn.Module, dict]:
 
 
 def is_explicit(backbone: str, checkpoint: str | None, init_weights: str | None) -> bool:
-    """Whether the user named an encoder of their own (a checkpoint, a backbone or trunk weights), which
-    wins over the shipped encoders."""
+    """Whether the caller chose an encoder of their own (a checkpoint, initial weights or another
+    backbone), which wins over any shipped encoder name."""
     from .encoder import DEFAULT_BACKBONE
 
     return bool(checkpoint or init_weights or backbone != DEFAULT_BACKBONE)
 
 
-def select_encoder(name: str, backbone: str, checkpoint: str | None, init_weights: str | None):
-    """An explicit encoder (``is_explicit``) wins over the shipped ``name``."""
+def select_encoder(encoder: str, backbone: str, checkpoint: str | None, init_weights: str | None):
+    """The explicit encoder (see ``is_explicit``) if there is one, else the shipped ``encoder``."""
     if is_explicit(backbone, checkpoint, init_weights):
         return build_encoder(backbone, checkpoint, init_weights)
-    if name == "auto":
-        raise GeoprotoError("--encoder auto chooses by cross-validating support polygons; name an encoder here")
-    return build_shipped(name)
+    if encoder == "auto":
+        raise GeoprotoError("auto chooses by cross-validating support polygons, which only segment and "
+                            "check-support have; name a shipped encoder", param="encoder")
+    return build_shipped(encoder)

@@ -11,13 +11,11 @@ DATASETS = ("isprs", "pascal5i", "folder")
 
 
 def load_dataset(kind: str, root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: bool = False,
-                 dsm: bool = False, downsample: int | None = None, split: str | None = None,
+                 downsample: int | None = None, split: str | None = None,
                  holdout: str | None = None) -> LabelledDataset:
     """The reader for ``kind`` applied to ``root``."""
     if kind == "isprs":
-        if dsm:
-            raise GeoprotoError("--dsm: the shipped backbones take 3 bands; a DSM channel needs a 4-band stem")
-        return load_isprs(root, city, bands, eroded, dsm, downsample, split)
+        return load_isprs(root, city, bands, eroded, downsample, split)
     if kind == "pascal5i":
         return load_pascal5i(root)
     if kind == "folder":

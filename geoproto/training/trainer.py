@@ -174,12 +174,12 @@ def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, con
           resume: bool = False, metadata: dict | None = None, progress: bool = True) -> dict:
     """Run (or resume) episodic training into the folder ``output``; returns a summary."""
     images = config.ways * config.shots + config.queries
-    check_memory(images * config.crop ** 2 * TRAIN_BYTES_PER_PIXEL, f"--crop {config.crop} with {images} images "
-                 f"per episode", "choose a smaller --crop, --shots or --queries")
+    check_memory(images * config.crop ** 2 * TRAIN_BYTES_PER_PIXEL, f"{config.crop} px crops of {images} images "
+                 f"per episode", "choose a smaller crop, or fewer shots or queries", param="crop")
     for name in RUN_FILES:
         if config.init_weights and same_file(os.path.join(output, name), config.init_weights):
-            raise GeoprotoError(f"--init-weights {config.init_weights}: is the run's own {name}, which training "
-                                f"replaces; copy it elsewhere or choose another --output")
+            raise GeoprotoError(f"{config.init_weights}: is the run's own {name}, which training replaces; copy it "
+                                f"elsewhere or choose another run folder", param="init_weights")
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as exc:

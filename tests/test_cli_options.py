@@ -1,0 +1,79 @@
+"""The shared CLI plumbing: a library error's parameter is shown as the flag the user typed."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from geoproto.cli import main
+from geoproto.cli.options import handle_errors
+from geoproto.errors import GeoprotoError
+
+
+def _failing(param):
+    @click.command()
+    @click.argument("image")
+    @click.option("--classes", "classes_file")
+    @click.option("--class-field")
+    @click.option("--overwrite", "-w", is_flag=True)
+    @handle_errors
+    def command(**options):
+        raise GeoprotoError("what is wrong and what to do", param=param)
+    return command
+
+
+@pytest.mark.parametrize("param, shown", [
+    ("overwrite", "--overwrite"),          # the option's own name
+    ("class_field", "--class-field"),      # underscores become the flag's dashes
+    ("classes_file", "--classes"),         # an option whose flag differs from its name
+    ("classes", "--classes"),              # a library parameter spelled like the flag
+    ("image", "IMAGE"),                    # an argument
+    ("tile_size", "tile_size"),            # no such option: the library's name
+    (None, None),
+])
+def test_parameter_errors_show_the_flag(param, shown):
+    result = CliRunner().invoke(_failing(param), ["a.tif"])
+    assert result.exit_code == 1
+    prefix = f"{shown}: " if shown else ""
+    assert result.output == f"Error: {prefix}what is wrong and what to do\n"
+
+
+def test_a_range_error_shows_the_flag_with_the_library_wording(tmp_path):
+    """check_number's refusal (param=name) reaches the user under the option's flag."""
+    result = CliRunner().invoke(main, ["segment", str(tmp_path / "a.tif"), "-s", str(tmp_path / "s.gpkg"), "-o",
+                                       str(tmp_path / "c.tif"), "--tile-size", "8"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--tile-size': must be >= " in result.output and "got 8" in result.output
+
+
+@pytest.mark.parametrize("command", ["segment", "check-support", "evaluate", "train", "prototypes"])
+def test_shared_options_are_declared_once(command):
+    """Each shared option comes from one decorator: no flag twice on a command, --device everywhere."""
+    ctx = click.Context(main)
+    params = main.get_command(ctx, command).params
+    flags = [flag for p in params for flag in p.opts]
+    assert len(flags) == len(set(flags))
+    device = next(p for p in params if p.name == "device")
+    assert device.default == "auto" and list(device.type.choices) == ["auto", "cpu", "cuda"]
+
+
+def test_mentioned_parameters_become_flags_but_paths_stay_as_written():
+    @click.command()
+    @click.argument("image")
+    @click.option("--output", "-o")
+    @handle_errors
+    def command(**options):
+        raise GeoprotoError("/data/image.tif: is the input image /data/image.tif", param="output", mentions=("image",))
+
+    result = CliRunner().invoke(command, ["a.tif", "-o", "b.tif"])
+    assert result.output == "Error: --output: /data/image.tif: is the input IMAGE /data/image.tif\n"
+
+
+def test_a_dataset_error_names_the_option_that_sets_the_parameter(tmp_path):
+    """``load_isprs(bands=...)`` is set by train's ``--isprs-bands`` (its parameter name is ``bands``)."""
+    result = CliRunner().invoke(main, ["train", "--dataset", "isprs", "--root", str(tmp_path), "--isprs-bands", "RGB",
+                                       "-o", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert result.output == "Error: --isprs-bands: Vaihingen is distributed as IRRG only\n"
+    assert not (tmp_path / "run").exists()
