@@ -30,7 +30,8 @@ from rasterio.features import rasterize
 from shapely.geometry import box
 
 from geoproto.classes import read_class_file
-from geoproto.crossval import VARIANTS, choose_scoring, encode_windows, read_support_windows
+from geoproto.crossval import choose_scoring, encode_windows, read_support_windows
+from geoproto.heads import VARIANTS
 from geoproto.fewshot import upsample_scores
 from geoproto.heads import SupportFit, concat_scales, second_scale_features
 from geoproto.metrics import confusion_matrix, scores

@@ -44,6 +44,11 @@ class Classifier:
     head: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
+    def scales(self) -> tuple[int, ...]:
+        """The input scales its features come from: (1,), or (1, 2) for multi-scale features."""
+        return SCALES if isinstance(self.extract, MultiScaleExtractor) else (1,)
+
+    @property
     def ids(self) -> np.ndarray:
         """The class id of each score channel, as written to the class raster."""
         return np.array(self.classes.ids, np.uint8)

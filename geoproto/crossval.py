@@ -22,7 +22,7 @@ import torch
 
 from .classes import ClassInfo
 from .fewshot import DEFAULT_ALPHA, upsample_scores
-from .heads import LINEAR, PROTOTYPES, SCALES, SupportFit, concat_scales, second_scale_features
+from .heads import DEFAULT_VARIANT, PROTOTYPES, VARIANTS, SupportFit, concat_scales, second_scale_features
 from .metrics import json_number, scores
 from .models.runtime import CONTEXT_MARGIN
 from .raster import RasterSource
@@ -195,12 +195,6 @@ def reliable_choice(group_confusions: dict[str, np.ndarray], default: str, kind:
                   f"the support's polygon groups ({ranking})")
     return {"picked": picked, "default": default, "mean_f1": {k: round(float(v), 4) for k, v in mean_f1.items()},
             "beats_default": {k: round(v, 4) for k, v in wins.items()}, "reason": reason}
-
-
-# Ways of scoring a window, from its features and the support: (input scales, head).
-VARIANTS = {"prototypes": ((1,), PROTOTYPES), "multiscale": (SCALES, PROTOTYPES),
-            "linear": ((1,), LINEAR), "multiscale+linear": (SCALES, LINEAR)}
-DEFAULT_VARIANT = "prototypes"
 
 
 def choose_scoring(extract, features: torch.Tensor, windows: SupportWindows, num_classes: int, folds: int,

@@ -93,24 +93,35 @@ class EncoderRecipe:
 
 @dataclass(frozen=True)
 class ClassifierRecipe:
-    """What a worker needs to rebuild the run's classifier: prototypes, classes, alpha, the encoder."""
+    """What a worker needs to rebuild the run's classifier: prototypes, classes, alpha, the encoder, and
+    how features are scored (a fitted head's weights, 1x or 1x + 2x features)."""
 
     prototypes: np.ndarray
     classes: ClassInfo
     alpha: float
     encoder: EncoderRecipe
     device: str  # "auto" picks CUDA on a GPU worker
+    head_weight: np.ndarray | None = None  # heads.LinearHead's, or None for eq. 2
+    scales: tuple[int, ...] = (1,)
 
     @property
     def token(self) -> str:
         """Names this classifier, so a worker's cached one is reused only for the same run's model."""
         digest = hashlib.sha256(np.ascontiguousarray(self.prototypes, np.float32).tobytes())
-        digest.update(repr((self.classes.ids, self.alpha, self.encoder, self.device)).encode())
+        if self.head_weight is not None:
+            digest.update(np.ascontiguousarray(self.head_weight, np.float32).tobytes())
+        digest.update(repr((self.classes.ids, self.alpha, self.encoder, self.device, self.scales)).encode())
         return digest.hexdigest()
 
     def build(self) -> Classifier:
+        from .heads import LinearHead, MultiScaleExtractor
+
         extract = self.encoder.build(resolve_device(self.device))
-        return Classifier(torch.from_numpy(self.prototypes).to(extract.device), self.classes, self.alpha, extract)
+        if len(self.scales) > 1:
+            extract = MultiScaleExtractor(extract)
+        head = None if self.head_weight is None else LinearHead(torch.from_numpy(self.head_weight))
+        return Classifier(torch.from_numpy(self.prototypes).to(extract.device), self.classes, self.alpha, extract,
+                          head=head)
 
 
 @dataclass(frozen=True)
@@ -275,7 +286,8 @@ def run_on_dask(scheduler: str | None, local_workers: int | None, source, classi
     """``segment``'s windows on the Dask scheduler at ``scheduler`` or on a LocalCluster of
     ``local_workers`` processes, each bounded to the memory its tasks need; ``device`` is the workers'."""
     recipe = ClassifierRecipe(classifier.prototypes.cpu().numpy(), classifier.classes, classifier.alpha, encoder,
-                              device)
+                              device, None if classifier.head is None else classifier.head.weight.cpu().numpy(),
+                              classifier.scales)
     memory = worker_memory_bytes(size, batch_size, max(MIN_BLOCK_WINDOWS, batch_size), len(classifier.classes.ids),
                                  writer.probabilities is not None)
     with connect(scheduler, local_workers, memory if local_workers else None) as client:

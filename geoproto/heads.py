@@ -25,6 +25,10 @@ PROTOTYPES = "prototypes"
 LINEAR = "linear"
 HEADS = (PROTOTYPES, LINEAR)
 SCALES = (1, 2)  # the multi-scale option: the window at 1x and 2x input scale
+# Ways of scoring a window, from its features and the support: (input scales, head).
+VARIANTS = {"prototypes": ((1,), PROTOTYPES), "multiscale": (SCALES, PROTOTYPES),
+            "linear": ((1,), LINEAR), "multiscale+linear": (SCALES, LINEAR)}
+DEFAULT_VARIANT = "prototypes"
 HEAD_STEPS = 300
 HEAD_LEARNING_RATE = 0.05
 # Pull towards the prototypes' classifier: with a few hundred labelled cells a free linear head would fit

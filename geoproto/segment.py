@@ -34,6 +34,7 @@ from .classes import NODATA, ClassInfo
 from .classifier import Classifier, fit_support
 from .distributed import EncoderRecipe, import_distributed, run_on_dask
 from .errors import GeoprotoError
+from .heads import DEFAULT_VARIANT, VARIANTS
 from .fewshot import DEFAULT_ALPHA
 from .inputs import Inputs, open_image, open_inputs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -51,6 +52,8 @@ from .validation import ALPHA_MAX, MAX_WORKERS, check_number
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
+
+SCORING_CHOICES = ("auto", *VARIANTS)
 
 
 @dataclass
@@ -84,8 +87,12 @@ class SegmentOptions:
     # {"iterations": 10, "bilateral_sxy": 30}; ``crf_bilateral_m`` replaces the rule's bilateral width.
     crf_overrides: dict[str, float] = field(default_factory=dict)
     crf_bilateral_m: float | None = None
+    # How windows are scored (heads.VARIANTS), or "auto": as the cross-validation of the support polygons
+    # picks (plain prototypes unless a variant beats them reliably; prototypes without polygons).
+    scoring: str = "auto"
     # Outputs
-    # Cross-validate polygon support and put the report in the summary (always done for --encoder auto).
+    # Cross-validate polygon support and put the report in the summary (done anyway for encoder and
+    # scoring auto).
     check_support: bool = False
     probabilities: str | None = None
     vector: str | None = None
@@ -117,6 +124,8 @@ class SegmentOptions:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, check_number(name, value, low, high, min_open, name in _INTEGER_FIELDS))
+        if self.scoring not in SCORING_CHOICES:
+            raise GeoprotoError(f"{self.scoring!r}: choose {', '.join(SCORING_CHOICES)}", param="scoring")
         if self.dask_scheduler and self.dask_local:
             raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
                                 param="dask_local")
@@ -267,10 +276,13 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                             workers if crf_backend == "densecrf" else 0)
         # Cross-validation (check_support, encoder auto) runs on the support of the first input it touches.
         first = next((job.inputs for job in jobs if job.inputs.labels is not None), jobs[0].inputs)
-        extract, encoder_info, check = choose_encoder(first, options, device, batch_size, options.check_support)
+        cross_validate = options.check_support or (options.scoring == "auto" and taught is None)
+        extract, encoder_info, check = choose_encoder(first, options, device, batch_size, cross_validate)
+        scoring = _scoring(options.scoring, check, taught is not None)
         if taught is None:
+            scales, head = VARIANTS[scoring["used"]]
             classifier, support_stats = fit_support(extract, supports, classes, options.tile_size, options.overlap,
-                                                    batch_size, options.alpha)
+                                                    batch_size, options.alpha, head, scales)
         for job in jobs:
             with _naming(job.image, several):
                 src = job.inputs.source.dataset
@@ -291,7 +303,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                                     param="aoi" if options.aoi else "bbox")
             warnings.warn(f"{len(skipped)} input(s) outside the area, skipped (no output): {', '.join(skipped)}")
             jobs = [job for job in jobs if job.tiles]
-        shared = {"device": device.type, "encoder": encoder_info, "support": support_stats,
+        shared = {"device": device.type, "encoder": encoder_info, "scoring": scoring, "support": support_stats,
                   **({"support_check": check} if check else {}), **({"skipped": skipped} if skipped else {})}
         metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
                     "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
@@ -420,6 +432,17 @@ def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers:
     return summary
 
 
+def _scoring(asked: str, check: dict | None, from_file: bool) -> dict:
+    """The scoring variant a run uses (``used``) and why: the one asked for, or for ``auto`` the one the
+    support's cross-validation picked (plain prototypes without polygons to cross-validate)."""
+    if asked != "auto":
+        return {"used": asked, "reason": "asked for"}
+    if check is None:
+        why = "a prototype file holds prototypes" if from_file else "the support is a label raster"
+        return {"used": DEFAULT_VARIANT, "reason": f"{why}: no cross-validation, used {DEFAULT_VARIANT}"}
+    return {"used": check["scoring"]["picked"], "reason": check["scoring"]["reason"]}
+
+
 def _prototype_file(support: str | None, options: SegmentOptions):
     """The prototype file ``options.prototypes``, loaded and checked (None without one); exactly one of
     a support and a prototype file teaches the classes."""
@@ -430,6 +453,9 @@ def _prototype_file(support: str | None, options: SegmentOptions):
         return None
     if options.check_support:
         raise GeoprotoError("cross-validates support polygons; a prototype file has none", param="check_support")
+    if options.scoring not in ("auto", DEFAULT_VARIANT):
+        raise GeoprotoError(f"{options.scoring} needs the support itself; a prototype file holds prototypes",
+                            param="scoring")
     for name in ("class_field", "layer", "support_crs", "classes_file", "support_image", "buffer"):
         if getattr(options, name):
             raise GeoprotoError("applies to a support; a prototype file holds its classes already", param=name)

@@ -366,7 +366,8 @@ def test_outputs_carry_legend_metadata_and_areas(scene, tmp_path):
         str(tmp_path / "r.csv"), "--co", "COMPRESS=LZW", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert "support_check" not in summary  # --json only prints: no cross-validation
+    # --scoring auto cross-validates the polygons: separable classes keep the paper's prototypes.
+    assert summary["scoring"]["used"] == "prototypes" and summary["support_check"]["scoring"]["picked"] == "prototypes"
     assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal
     band = gdal_band(tmp_path / "c.tif")  # the legend sidecar moved with the raster
     assert [c.text for c in band.find("CategoryNames")] == ["nodata", "bright", "dark"]

@@ -6,7 +6,7 @@ import click
 
 from ..crf import CRF_RANGES, MIN_BILATERAL_PX, RULE_BILATERAL_M, CRFParams
 from ..batch import SIDECARS, expand_images
-from ..segment import SEGMENT_RANGES, SegmentOptions, segment, segment_many
+from ..segment import SCORING_CHOICES, SEGMENT_RANGES, SegmentOptions, segment, segment_many
 from .options import (command_line, crf_backend_option, encoding_options, handle_errors, integer, json_option, not_stdio,
                       number, overwrite_option, parse_pairs, print_json, printable, quiet_option, show_progress,
                       support_options, window_options, workers_option)
@@ -31,6 +31,10 @@ _CRF_DEFAULTS = CRFParams()
 @window_options
 @click.option("--alpha", type=number(*SEGMENT_RANGES["alpha"]), default=20.0, show_default=True,
               help="Softmax scale of the cosine similarities.")
+@click.option("--scoring", type=click.Choice(SCORING_CHOICES), default="auto", show_default=True,
+              help="How windows are scored: prototypes (the paper's eq. 2), multiscale (features at 1x and 2x), "
+                   "linear (a head fitted on the support) or both; auto cross-validates them on the support "
+                   "polygons and keeps prototypes unless another reliably beats them.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
 @crf_backend_option
 @click.option("--crf-iterations", type=integer(*CRF_RANGES["iterations"]),
@@ -72,7 +76,8 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--report", is_flag=False, flag_value="", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write the area per class (pixels, m², ha) as CSV.")
 @click.option("--check-support", is_flag=True,
-              help="Cross-validate the support polygons too and add the report to the summary (slower).")
+              help="Add the support polygons' cross-validation report to the summary (run anyway for "
+                   "--scoring auto and --encoder auto).")
 @click.option("--dask-scheduler", metavar="ADDRESS",
               help="Run the windows on the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786); every "
                    "worker reads the raster at the same path (shared storage). Needs geoproto[dask].")
