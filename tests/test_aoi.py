@@ -39,7 +39,7 @@ def test_windows_outside_the_aoi_are_never_read(tmp_path, monkeypatch):
 
     monkeypatch.setattr(RasterSource, "read", counting_read)
     summary = segment(str(image), str(support), str(tmp_path / "c.tif"),
-                      SegmentOptions(tile_size=128, overlap=16, crf=False, progress=False, aoi=str(aoi)))
+                      SegmentOptions(scoring="prototypes", tile_size=128, overlap=16, crf=False, progress=False, aoi=str(aoi)))
     # Only the two windows the area reaches (columns 112-240 and 224-352 of the first row) are read:
     # one for the support, both for segmenting.
     assert sorted(set(reads)) == [(0, 112), (0, 224)] and summary["tiles"] == 2

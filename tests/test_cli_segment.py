@@ -26,8 +26,10 @@ from geoproto.classes import read_class_file
 
 
 def run(*args):
-    result = CliRunner().invoke(main, ["segment", *map(str, args)])
-    return result
+    """``geoproto segment``, scoring with plain prototypes unless a test asks otherwise: the scoring
+    choice's cross-validation is tested on its own, and would only slow every other test down."""
+    args = [*map(str, args), *([] if "--scoring" in map(str, args) else ["--scoring", "prototypes"])]
+    return CliRunner().invoke(main, ["segment", *args])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def spacenet_run(paths, tmp_path_factory):
     """One full run with every output, shared by the tests that inspect it."""
     out = tmp_path_factory.mktemp("spacenet")
     result = run(paths.chip, "--support", paths.support, "-o", out / "classes.tif", "--probabilities", out / "p.tif",
-                 "--vector", out / "classes.gpkg", "--preview", out / "preview.png", "--json", "-q")
+                 "--vector", out / "classes.gpkg", "--preview", out / "preview.png", "--json", "-q", "--scoring", "auto")
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)
 
@@ -258,7 +260,7 @@ def test_interrupted_run_leaves_nothing(paths, tmp_path, signum, code):
     """A real process stopped mid-run exits 130/143 and removes its temporary files."""
     out = tmp_path / "c.tif"
     process = subprocess.Popen([sys.executable, "-m", "geoproto", "segment", str(paths.chip), "--support", str(paths.support),
-                                "-o", str(out), "--probabilities", str(tmp_path / "p.tif")],
+                                "-o", str(out), "--probabilities", str(tmp_path / "p.tif"), "--scoring", "prototypes"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".geoproto-*/c.tif")) and time.monotonic() < deadline:
@@ -817,7 +819,8 @@ def test_kill_9_takes_the_crf_workers_down_and_a_later_run_cleans_up(tmp_path):
     support = write_support(tmp_path / "support.gpkg", side=SIDE)
     out = tmp_path / "c.tif"
     command = [sys.executable, "-m", "geoproto", "segment", str(image), "-s", str(support), "-o", str(out),
-               "--crf", "--workers", "2", "--tile-size", "128", "--overlap", "8", "-q"]
+               "--crf", "--crf-backend", "densecrf", "--workers", "2", "--tile-size", "128", "--overlap", "8", "-q",
+               "--scoring", "prototypes"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     deadline = time.monotonic() + 120
@@ -866,7 +869,7 @@ def test_out_of_memory_is_a_one_line_message_and_leaves_nothing(tmp_path, monkey
     _assert_nothing_left(tmp_path, image, support)
 
 
-RESUMABLE = ("--tile-size", "64", "--overlap", "0", "--no-crf", "--json", "-q", "--resume")
+RESUMABLE = ("--tile-size", "64", "--overlap", "0", "--no-crf", "--json", "-q", "--resume", "--scoring", "prototypes")
 
 
 def _segment_process(cwd, *args):

@@ -25,7 +25,7 @@ TILE_SIZE = 128
 
 
 def _options(**changes) -> SegmentOptions:
-    return SegmentOptions(tile_size=TILE_SIZE, overlap=16, crf=False, device="cpu", overviews=False,
+    return SegmentOptions(scoring="prototypes", tile_size=TILE_SIZE, overlap=16, crf=False, device="cpu", overviews=False,
                           progress=False, **changes)
 
 

@@ -239,7 +239,7 @@ def halves(paths, spacenet_crop, tmp_path_factory):
     support = geopandas.read_file(paths.support)
     support.iloc[::2].to_file(folder / "a.gpkg")
     support.iloc[1::2].to_file(folder / "b.gpkg")
-    options = SegmentOptions(tile_size=320, overlap=32, encoder="imagenet", progress=False)
+    options = SegmentOptions(scoring="prototypes", tile_size=320, overlap=32, encoder="imagenet", progress=False)
     chip = str(spacenet_crop)
     built = {name: build_prototype_file(pairs, options)[0] for name, pairs in {
         "a": [(chip, str(folder / "a.gpkg"))], "b": [(chip, str(folder / "b.gpkg"))],

@@ -113,7 +113,7 @@ def test_a_crash_in_the_second_of_two_rasters_resumes_to_the_uninterrupted_outpu
               str(write_raster(tmp_path / "in" / "two.tif", two_halves(seed=1),
                                transform=from_origin(ORIGIN[0] + SIDE * PIXEL, ORIGIN[1], PIXEL, PIXEL)))]
     support = str(write_support(tmp_path / "support.gpkg"))
-    options = SegmentOptions(tile_size=64, overlap=8, crf=False, progress=False, resume=True, probabilities="")
+    options = SegmentOptions(scoring="prototypes", tile_size=64, overlap=8, crf=False, progress=False, resume=True, probabilities="")
     expected = segment_many(images, support, str(tmp_path / "expected"), options)
 
     record, recorded = resume.Journal.record, []

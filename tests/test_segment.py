@@ -43,7 +43,7 @@ def test_windowed_labels_equal_whole_raster_labels(paths, tmp_path):
     labels = {}
     for size in (417, 544):
         out = tmp_path / f"{size}.tif"
-        options = SegmentOptions(encoder="imagenet", tile_size=size, crf=False, progress=False,
+        options = SegmentOptions(scoring="prototypes", encoder="imagenet", tile_size=size, crf=False, progress=False,
                                  classes_file=str(paths.dubai / "classes.json"),
                                  support_image=str(paths.dubai / "images" / "image_part_003t3.jpg"))
         summary = segment(str(paths.dubai_query), str(paths.dubai / "masks" / "image_part_003t3.png"), str(out),
