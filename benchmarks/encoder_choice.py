@@ -57,27 +57,34 @@ def _accuracy(truth: np.ndarray, predicted: np.ndarray, classes: int) -> tuple[i
     return int(np.trace(matrix)), int(matrix.sum())
 
 
+def place_boxes(truth: np.ndarray, info, rng: np.random.Generator, side: int = BOX,
+                per_class: int = BOXES_PER_CLASS) -> tuple[list, list[str]]:
+    """Support boxes of ``side`` px drawn at random inside single-class regions of ``truth``: a user's
+    few polygons, ``per_class`` per class where the class has room for them; (boxes, class names)."""
+    boxes, names = [], []
+    for class_id, class_name in zip(info.ids, info.names):
+        rows, cols = np.nonzero(truth == class_id)
+        placed = tries = 0
+        while placed < per_class and tries < 500 and len(rows):
+            tries += 1
+            i = rng.integers(len(rows))
+            r, c = rows[i] - side // 2, cols[i] - side // 2
+            if r < 0 or c < 0 or r + side > truth.shape[0] or c + side > truth.shape[1]:
+                continue
+            if (truth[r:r + side, c:c + side] == class_id).all():
+                boxes.append(box(c, r, c + side, r + side))
+                names.append(class_name)
+                placed += 1
+    return boxes, names
+
+
 def dubai_domain(root: Path, name: str, folder: str, rng: np.random.Generator):
     info = read_class_file(str(root / "classes.json"))
     mask_path = root / "masks" / f"{name}.png"
     with rasterio.open(mask_path) as src:
         truth = RasterLabels(src.name, src, info).read(Tile(0, 0, src.height, src.width, 0, 0, 0, 0),
                                                        max(src.shape))[: src.height, : src.width]
-    boxes, names = [], []
-    for class_id, class_name in zip(info.ids, info.names):
-        rows, cols = np.nonzero(truth == class_id)
-        tries = 0
-        placed = 0
-        while placed < BOXES_PER_CLASS and tries < 500 and len(rows):
-            tries += 1
-            i = rng.integers(len(rows))
-            r, c = rows[i] - BOX // 2, cols[i] - BOX // 2
-            if r < 0 or c < 0 or r + BOX > truth.shape[0] or c + BOX > truth.shape[1]:
-                continue
-            if (truth[r:r + BOX, c:c + BOX] == class_id).all():
-                boxes.append(box(c, r, c + BOX, r + BOX))
-                names.append(class_name)
-                placed += 1
+    boxes, names = place_boxes(truth, info, rng)
     support = Path(folder) / f"{name}.gpkg"
     frame = geopandas.GeoDataFrame({"class": names}, geometry=boxes)
     frame.to_file(support)

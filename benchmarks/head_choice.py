@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,6 @@ import geopandas
 import numpy as np
 import torch
 from rasterio.features import rasterize
-from shapely.geometry import box
 
 from geoproto.classes import read_class_file
 from geoproto.crossval import choose_scoring, encode_windows, read_support_windows
@@ -41,6 +41,9 @@ from geoproto.raster import RasterSource
 from geoproto.segment import SegmentOptions, options_inputs
 from geoproto.support import RasterLabels
 from geoproto.tiling import Tile, tile_grid
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encoder_choice import place_boxes  # noqa: E402  (the supports the encoder benchmark draws)
 
 REPO = Path(__file__).resolve().parents[1]
 SPACENET = REPO / "examples" / "spacenet"
@@ -74,20 +77,7 @@ def _dubai_truth(root: Path, name: str):
 
 def dubai_support(truth: np.ndarray, info, rng: np.random.Generator):
     """Boxes inside single-class regions: (support labels, truth without support, class names, boxes)."""
-    boxes, names = [], []
-    for class_id, class_name in zip(info.ids, info.names):
-        rows, cols = np.nonzero(truth == class_id)
-        placed = tries = 0
-        while placed < BOXES_PER_CLASS and tries < 500 and len(rows):
-            tries += 1
-            i = rng.integers(len(rows))
-            r, c = rows[i] - BOX // 2, cols[i] - BOX // 2
-            if r < 0 or c < 0 or r + BOX > truth.shape[0] or c + BOX > truth.shape[1]:
-                continue
-            if (truth[r:r + BOX, c:c + BOX] == class_id).all():
-                boxes.append(box(c, r, c + BOX, r + BOX))
-                names.append(class_name)
-                placed += 1
+    boxes, names = place_boxes(truth, info, rng, BOX, BOXES_PER_CLASS)
     present = sorted(set(names))
     lookup = np.zeros(256, np.int64)
     for position, class_name in enumerate(present, start=1):
