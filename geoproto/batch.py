@@ -65,6 +65,6 @@ def sidecar_path(output: str, option: str, value: str, default_suffix: str | Non
     """``output``'s sidecar for ``option``: ``value`` is empty (the default suffix) or a suffix, never a path."""
     suffix = value or default_suffix or SIDECARS[option]
     if os.sep in suffix or (os.altsep and os.altsep in suffix):
-        raise GeoprotoError(f"--{option} {value}: with --output-dir, give the option alone or a suffix such as "
-                            f"{SIDECARS[option]!r}, not a path")
+        raise GeoprotoError(f"{value}: with output_dir, give the option alone or a suffix such as "
+                            f"{SIDECARS[option]!r}, not a path", param=option, mentions=("output_dir",))
     return os.path.splitext(output)[0] + suffix

@@ -80,7 +80,8 @@ class Lattice:
         segment_count = int(segments.max()) + 1 if segments is not None else 1
         if strides[-1] * segment_count >= 2 ** 62:
             raise GeoprotoError("DenseCRF kernel widths too small for the torch backend's lattice (e.g. "
-                                "--crf-bilateral-srgb); widen them or use --crf-backend densecrf")
+                                "crf_bilateral_srgb); widen them or use the densecrf backend", param="crf_backend",
+                                mentions=("crf_bilateral_srgb",))
         stride = torch.tensor(strides[:-1], dtype=torch.int64, device=device)
         base = ((rem0 - low[:, None]) * stride[:, None]).sum(0)
         if segments is not None:

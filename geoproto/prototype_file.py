@@ -130,11 +130,12 @@ class PrototypeFile:
 
             theirs = encoder_label(self.encoder["description"], self.encoder["name"])
             ours = encoder_label(description)
-            same = f"--encoder {theirs}" if theirs in shipped_names() else "its --checkpoint or --init-weights"
+            same = f"encoder {theirs}" if theirs in shipped_names() else "its checkpoint or init_weights"
             raise GeoprotoError(
-                f"{self.name}: made with encoder {theirs} (weights sha256 {self.encoder['fingerprint'][:12]}), "
-                f"but this run uses {ours} (weights sha256 {fingerprint[:12]}); use the same encoder "
-                f"({same}) or rebuild the prototypes with this one", param="prototypes")
+                f"{self.name}: made with {theirs} (weights sha256 {self.encoder['fingerprint'][:12]}), "
+                f"but this run uses {ours} (weights sha256 {fingerprint[:12]}); use {same} or rebuild the "
+                f"prototypes with this run's", param="prototypes",
+                mentions=("encoder", "checkpoint", "init_weights"))
 
     def check_raster(self, image: str, bands: int, pixel_size_m: float | None) -> list[str]:
         """Warnings (also issued) when ``image`` differs from the supports in what the encoder is sensitive
@@ -409,6 +410,6 @@ def _reconcile_ids(names: list[str], ids: dict[str, set[tuple[int, str]]], numbe
     if conflict is not None:
         where = ", ".join(f"{i} in {file}" for i, file in sorted(ids[conflict]))
         raise GeoprotoError(f"class {conflict!r} has different ids ({where}); build every file with the same "
-                            f"--classes file")
+                            f"classes file", mentions=("classes",))
     raise GeoprotoError(f"class id {shared} stands for {' and '.join(repr(n) for n in sorted(owners[shared]))} in "
-                        f"different files; build every file with the same --classes file")
+                        f"different files; build every file with the same classes file", mentions=("classes",))

@@ -104,8 +104,8 @@ class Journal:
     def _take_lock(self) -> None:
         self._lock = os.open(os.path.join(self.folder, _LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         if not _try_lock(self._lock):
-            raise GeoprotoError(f"{self.output}: another run is writing it with --resume now "
-                                f"({self.folder} is locked)")
+            raise GeoprotoError(f"{self.output}: another run is writing it with resume now "
+                                f"({self.folder} is locked)", param="resume")
 
     def _check_job(self, job: dict) -> None:
         path = os.path.join(self.folder, _JOB)

@@ -48,5 +48,5 @@ def test_sidecars_take_a_suffix_never_a_path():
     assert sidecar_path("out/x.tif", "vector", "", ".fgb") == "out/x.fgb"
     assert sidecar_path("out/x.tif", "probabilities", "") == "out/x_probabilities.tif"
     assert sidecar_path("out/x.tif", "report", "_areas.csv") == "out/x_areas.csv"
-    with pytest.raises(GeoprotoError, match=r"--preview other/p\.png: with --output-dir, give the option alone"):
+    with pytest.raises(GeoprotoError, match=r"preview: other/p\.png: with output_dir, give the option alone"):
         sidecar_path("out/x.tif", "preview", "other/p.png")

@@ -106,7 +106,7 @@ def test_segment_refuses_a_file_of_another_encoder_naming_both(scene, tmp_path):
     assert made.exit_code == 0, made.output
     result = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf")
     assert result.exit_code == 1
-    assert "i.gpp: made with encoder imagenet" in result.output and "this run uses dubai" in result.output
+    assert "i.gpp: made with imagenet" in result.output and "this run uses dubai" in result.output
     assert "--encoder imagenet" in result.output
     assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg", "i.gpp") == []
     auto = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf",

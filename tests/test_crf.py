@@ -171,7 +171,7 @@ def test_key_table_finds_present_keys_and_only_them():
 def test_kernel_too_narrow_for_the_lattice_is_a_clear_error():
     image = torch.rand(1, 3, 64, 64)
     probabilities = torch.softmax(torch.rand(1, 2, 64, 64), 1)
-    with pytest.raises(GeoprotoError, match="kernel widths too small.*--crf-bilateral-srgb"):
+    with pytest.raises(GeoprotoError, match="crf_backend: DenseCRF kernel widths too small.*crf_bilateral_srgb"):
         crf_torch.refine_batch(image, probabilities, crf.CRFParams(bilateral_sxy=0.01, bilateral_srgb=0.01))
 
 

@@ -68,7 +68,7 @@ def test_a_file_from_another_encoder_is_refused_naming_both(tmp_path):
     imagenet, info = build_shipped("imagenet")
     made = make_file(channels=imagenet.out_channels)
     made.path = "dubai.gpp"
-    with pytest.raises(GeoprotoError, match=r"dubai.gpp: made with encoder dubai .*this run uses imagenet"):
+    with pytest.raises(GeoprotoError, match=r"dubai.gpp: made with dubai .*this run uses imagenet"):
         made.check_encoder(encoder_fingerprint(imagenet), info)
     made.check_encoder(FINGERPRINT, {"name": "dubai"})  # the same weights: accepted
 

@@ -73,7 +73,7 @@ def test_another_job_is_refused_naming_what_changed(tmp_path):
 def test_a_second_run_on_the_same_journal_is_refused(tmp_path):
     output = str(tmp_path / "c.tif")
     first = Journal(output, JOB, TILES, 3, probabilities=False)
-    with pytest.raises(GeoprotoError, match="another run is writing it with --resume now"):
+    with pytest.raises(GeoprotoError, match="resume: .* another run is writing it with resume now"):
         Journal(output, JOB, TILES, 3, probabilities=False)
     remove_journal(output)  # what a run committing the same output does: the journal in use is kept
     assert os.path.isdir(resume_folder(output))
