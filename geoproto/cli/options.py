@@ -275,8 +275,8 @@ workers_option = click.option("--workers", type=Number(0, MAX_WORKERS, integer=T
 crf_backend_option = click.option(
     "--crf-backend", type=click.Choice(list(BACKENDS)), default=DEFAULT_BACKEND, show_default=True,
     help="DenseCRF implementation, the same CRF either way: torch (batched on the model's device) or "
-         "densecrf (pydensecrf2, pip install 'geoproto[crf]'; one process per core); auto: torch on a GPU, "
-         "densecrf on a CPU where it is installed.")
+         "densecrf (pydensecrf2, pip install 'geoproto[crf]'; one process per core); auto: torch, the faster "
+         "on a CPU too.")
 
 dataset_options = _chain(
     click.option("--dataset", type=click.Choice(DATASETS), required=True,
