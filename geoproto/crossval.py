@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .classes import ClassInfo
+from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, upsample_scores
 from .heads import DEFAULT_VARIANT, PROTOTYPES, VARIANTS, SupportFit, concat_scales, second_scale_features
 from .metrics import json_number, scores
@@ -96,6 +97,9 @@ def deal_folds(dominant: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 def read_support_windows(source: RasterSource, labels: VectorLabels, classes: ClassInfo, tiles: list[Tile],
                          size: int, folds: int, group_distance: float, draws: int = DEFAULT_DRAWS) -> SupportWindows:
+    """The support windows to cross-validate (at most MAX_WINDOWS, drawn at random beyond), their
+    polygons' pixels on valid data only (support over nodata would teach and score fill values), and the
+    polygons' spatial groups and folds."""
     candidates = labels.candidate_tiles(tiles)
     if len(candidates) > MAX_WINDOWS:
         keep = np.random.default_rng(0).choice(len(candidates), MAX_WINDOWS, replace=False)
@@ -104,8 +108,12 @@ def read_support_windows(source: RasterSource, labels: VectorLabels, classes: Cl
     for tile in candidates:
         numbers = labels.read_polygons(tile, size)
         if numbers.any():
+            numbers = numbers * source.read(tile, size)[1]
+        if numbers.any():
             chosen.append(tile)
             polygons.append(numbers)
+    if not chosen:
+        raise GeoprotoError("every support polygon lies over nodata: nothing to cross-validate", param="support")
     position = {class_id: k + 1 for k, class_id in enumerate(classes.ids)}
     group_of, dominant = spatial_groups(labels, classes, group_distance)
     fold_draws = np.stack([deal_folds(dominant, folds, seed)[group_of] for seed in range(draws)])

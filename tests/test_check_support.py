@@ -279,3 +279,24 @@ def test_the_picked_scoring_fits_a_classifier_that_separates_the_support(tmp_pat
         predicted = classifier.score(window[None], 400)[0].argmax(0).numpy() + 1
         accuracy[head] = float((predicted == truth)[truth > 0].mean())
     assert accuracy[PROTOTYPES] < 0.95 and accuracy[LINEAR] > 0.97, accuracy  # measured 0.92 and 0.98
+
+
+def test_cross_validation_windows_leave_out_support_over_nodata(tmp_path):
+    """Support pixels over nodata are neither learnt from nor scored: in the windows they are unlabelled."""
+    import synthetic
+    from geoproto.crossval import read_support_windows
+    from geoproto.models.runtime import GRID
+    from geoproto.tiling import tile_grid
+
+    data = synthetic.two_halves()
+    data[:, 30:45, :] = 0  # a band of nodata under the top of both support squares (rows 34-58)
+    image, support = synthetic.scene(tmp_path, data, nodata=0)
+    with options_inputs(str(image), str(support), SegmentOptions()) as inputs:
+        tiles = tile_grid(96, 96, 96, 0, GRID)
+        windows = read_support_windows(inputs.source, inputs.polygons, inputs.classes, tiles, 96, 2, 32.0)
+        whole = np.stack([inputs.polygons.read_polygons(tile, 96) for tile in windows.tiles])
+    assert whole[:, 30:45].any() and not windows.polygons[:, 30:45].any()
+    outside = np.r_[0:30, 45:96]
+    np.testing.assert_array_equal(windows.polygons[:, outside], whole[:, outside])
+    assert windows.polygons[:, outside].any()
+
