@@ -19,6 +19,7 @@ import functools
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -302,8 +303,7 @@ class WindowPipeline:
                          desc="segment") if own_bar else self.progress
         try:
             if overlap:
-                reader.start()
-                writer_thread.start()
+                _start(reader, writer_thread)
             finished = False
             while not finished:
                 batch = []
@@ -375,6 +375,20 @@ def _windows(images: np.ndarray, size: int) -> np.ndarray:
     """The windows of images read with CONTEXT_MARGIN pixels of context around them (the CRF's input)."""
     inside = slice(CONTEXT_MARGIN, CONTEXT_MARGIN + size)
     return np.ascontiguousarray(images[..., inside, inside])
+
+
+def _start(*stages: _Stage) -> None:
+    """Start threads with SIGINT and SIGTERM held back until they run: the CLI's handler raises in the
+    main thread, and raised inside ``Thread.start`` it leaves a half-started thread that dies printing a
+    traceback. Held-back signals arrive as soon as the mask is restored."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        for stage in stages:
+            stage.start()
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _get(q: queue.Queue, producer: _Stage):
