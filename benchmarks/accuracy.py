@@ -24,7 +24,7 @@ import torch
 from rasterio.features import rasterize
 
 from geoproto.crf import CRFParams
-from geoproto.evaluation import evaluate
+from geoproto.evaluation import evaluate, format_table
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.models import build_shipped
 from geoproto.segment import SegmentOptions, segment
@@ -71,11 +71,8 @@ def main() -> None:
                 started = time.perf_counter()
                 report = evaluate(data, encoder, shots, seeds, None, crf, torch.device("cpu"), progress=False,
                                   crf_params=CRFParams(bilateral_sxy=args.crf_bilateral_px))
-                mean, std = report["mean"], report["std"]
-                f1 = ", ".join(f"{k} {100 * v:.1f}" for k, v in mean["f1"].items() if v is not None)
-                print(f"{name:>9} {shots:>2}-shot CRF {'on ' if crf else 'off'}  OA {100 * mean['overall_accuracy']:.1f}"
-                      f" ± {100 * std['overall_accuracy']:.1f}  mIoU {100 * mean['mean_iou']:.1f}"
-                      f" ± {100 * std['mean_iou']:.1f}  F1: {f1}  ({time.perf_counter() - started:.0f} s)", flush=True)
+                print(f"{name:>9} {format_table(report).splitlines()[-1]}  ({time.perf_counter() - started:.0f} s)",
+                      flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for name in args.encoders.split(","):
             for crf in (False, True):

@@ -31,7 +31,8 @@ import rasterio
 import torch
 
 from geoproto import crf, crf_torch
-from geoproto.evaluation import PATCH, _read_patch, evaluate, patch_index, sample_supports, summarise
+from geoproto.evaluation import (PATCH, _read_patch, evaluate, format_table, patch_index, sample_supports,
+                                 summarise)
 from geoproto.fewshot import PrototypeAccumulator, class_probabilities
 from geoproto.metrics import confusion_matrix
 from geoproto.models import build_shipped
@@ -286,11 +287,7 @@ def test(args) -> None:
         for refine in (False, True):
             report = evaluate(data, encoder, shots, seeds, None, refine, torch.device("cpu"), progress=False,
                               crf_params=params, crf_backend="torch")
-            mean, std = report["mean"], report["std"]
-            f1 = " ".join(f"{k[:5]} {100 * v:5.1f}" for k, v in mean["f1"].items() if v is not None)
-            print(f"dubai-6 {shots:>2}-shot CRF {'on ' if refine else 'off'}  OA {100 * mean['overall_accuracy']:.1f}"
-                  f" ± {100 * std['overall_accuracy']:.1f}  mIoU {100 * mean['mean_iou']:.1f}"
-                  f" ± {100 * std['mean_iou']:.1f}  F1 {f1}", flush=True)
+            print(f"dubai-6 {format_table(report).splitlines()[-1]}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         image, support, _, score = encoder_choice.spacenet_domain(folder)
         for refine in (False, True):
