@@ -32,8 +32,8 @@ import torch
 
 from geoproto import crf, crf_torch
 from geoproto.evaluation import (PATCH, _read_patch, evaluate, format_table, patch_index, sample_supports,
-                                 summarise)
-from geoproto.fewshot import PrototypeAccumulator, class_probabilities
+                                 shot_prototypes, summarise)
+from geoproto.fewshot import class_probabilities
 from geoproto.metrics import confusion_matrix
 from geoproto.models import build_shipped
 from geoproto.models.runtime import GRID, FeatureExtractor
@@ -135,12 +135,7 @@ def dubai_unrefined(data, encoder, shots: int, seeds: list[int]):
     per_seed = {}
     for seed in seeds:
         chosen, _ = sample_supports(support_patches, shots, classes.ids, np.random.default_rng(seed))
-        accumulator = PrototypeAccumulator(len(classes.ids), encoder.out_channels)
-        for index in chosen:
-            sample_index, tile, _ = support_patches[index]
-            image, labels = _read_patch(data, train[sample_index], tile)
-            accumulator.add(extract(image[None]).cpu(), torch.from_numpy(lookup[labels])[None])
-        present, prototypes = accumulator.pixels > 0, accumulator.prototypes()
+        prototypes, present = shot_prototypes(data, train, [support_patches[i] for i in chosen], extract, classes)
         probabilities = []
         with torch.inference_mode():
             for feature in features:

@@ -25,7 +25,7 @@ from .datasets import LabelledDataset
 from .classes import NODATA, ClassInfo
 from .errors import GeoprotoError
 from .classifier import Classifier
-from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator
+from .fewshot import DEFAULT_ALPHA, masked_average_prototypes
 from .metrics import confusion_matrix, json_number, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
@@ -236,13 +236,9 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
         if missing:
             notes.append(f"seed {seed}: no {shots}-shot support covers {', '.join(missing)}")
             warnings.warn(notes[-1])
-        accumulator = PrototypeAccumulator(len(classes.ids), encoder.out_channels)
-        for index in chosen:
-            sample_index, tile, _ = support_patches[index]
-            image, labels = _read_patch(data, train_samples[sample_index], tile)
-            accumulator.add(extract(image[None]).cpu(), torch.from_numpy(lookup[labels])[None])
-        present = accumulator.pixels > 0
-        classifier = Classifier(accumulator.prototypes(), classes, alpha, extract)
+        prototypes, present = shot_prototypes(data, train_samples, [support_patches[i] for i in chosen], extract,
+                                              classes)
+        classifier = Classifier(prototypes, classes, alpha, extract)
         matrix = np.zeros((len(classes.ids), len(classes.ids)), np.int64)
         for number, (sample_index, tile, _) in enumerate(query_patches):
             image, labels = _read_patch(data, test_samples[sample_index], tile)
@@ -273,6 +269,22 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
             **({"crf_backend": crf_backend} if crf else {}), "classes": classes.names,
             "query_patches": len(query_patches), "notes": notes, "mean": _aggregate(runs, np.mean),
             "std": _aggregate(runs, np.std), "runs": runs}
+
+
+def shot_prototypes(data: LabelledDataset, samples, shots: list, extract: FeatureExtractor,
+                    classes: ClassInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 as the paper evaluates it: each class's mean feature in each shot (a support patch of
+    ``patch_index``), averaged over the shots that hold the class, so every shot weighs the same whatever
+    its share of the class (``segment`` weighs pixels instead: its windows are not shots). Returns the
+    K x C prototypes and which classes any shot holds."""
+    features, labels = [], []
+    for sample_index, tile, _ in shots:
+        image, label = _read_patch(data, samples[sample_index], tile)
+        features.append(extract(image[None]).cpu().float())
+        labels.append(torch.from_numpy(classes.positions()[label]))
+    labels = torch.stack(labels)
+    present = torch.bincount(labels.reshape(-1), minlength=len(classes.ids) + 1)[1:] > 0
+    return masked_average_prototypes(torch.cat(features), labels, len(classes.ids)), present
 
 
 def _read_patch(data: LabelledDataset, sample, tile):

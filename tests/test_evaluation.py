@@ -126,6 +126,44 @@ def test_evaluate_protocol_on_dubai_runs_and_is_reproducible(dubai):
     assert 0.2 < first["mean"]["overall_accuracy"] < 1
 
 
+def test_evaluate_averages_prototypes_over_shots_as_the_paper(dubai):
+    """Eq. 1 over K shots: per-shot class means averaged with equal weight per shot; checked against the
+    maths by hand (features upsampled x8 and cropped, masked means) on real patches, one of which holds
+    a class in a few pixels only, so pixel weighting would give a different prototype."""
+    import torch
+    import torch.nn.functional as F
+
+    from geoproto.evaluation import PATCH, _read_patch, patch_index, shot_prototypes
+    from geoproto.models.runtime import FeatureExtractor
+
+    data = load_dataset("folder", str(dubai), holdout="image_part_00[12]t6$")
+    train = data.subset("train")
+    patches = patch_index(data, train)
+    extract = FeatureExtractor(build_encoder()[0], torch.device("cpu"))
+    lookup = data.classes.positions()
+    counts = np.array([np.bincount(lookup[_read_patch(data, train[i], tile)[1]].ravel(),
+                                   minlength=len(data.classes.ids) + 1)[1:] for i, tile, _ in patches])
+    # Three shots, two of which hold some class in amounts 20 times apart.
+    first, second = next((a, b) for a in range(len(patches)) for b in range(len(patches))
+                         if ((counts[a] > 0) & (counts[a] * 20 < counts[b])).any())
+    shots = [patches[first], patches[second], patches[(second + 1) % len(patches)]]
+    labels = [lookup[_read_patch(data, train[i], tile)[1]] for i, tile, _ in shots]
+    prototypes, present = shot_prototypes(data, train, shots, extract, data.classes)
+
+    by_hand = []  # per shot, per class: the mean upsampled feature over the class's pixels (None: absent)
+    for (i, tile, _), label in zip(shots, labels):
+        image, _ = _read_patch(data, train[i], tile)
+        features = F.interpolate(extract(image[None]).float(), scale_factor=8, mode="bilinear",
+                                 align_corners=False)[0, :, :PATCH, :PATCH]
+        by_hand.append([features[:, torch.from_numpy(label == k + 1)].mean(1) if (label == k + 1).any() else None
+                        for k in range(len(data.classes.ids))])
+    for k in range(len(data.classes.ids)):
+        means = [shot[k] for shot in by_hand if shot[k] is not None]
+        assert bool(present[k]) == bool(means)
+        if means:
+            torch.testing.assert_close(prototypes[k], torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("option, value", [("--crf-bilateral-px", "nan"), ("--crf-bilateral-px", "0"),
                                            ("--shots", "0"), ("--seeds", "1,x"), ("--seeds", "-1"),
                                            ("--fold", "9")])
