@@ -63,6 +63,8 @@ SETTINGS = {
     "7.2m s5 w10": {"bilateral_m": 7.2, "bilateral_srgb": 5.0, "bilateral_compat": 10.0},
     "12px s5 w5": {"bilateral_px": 12.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
     "16px s5 w5": {"bilateral_px": 16.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
+    "16px s5 w3": {"bilateral_px": 16.0, "bilateral_srgb": 5.0, "bilateral_compat": 3.0},
+    "16px s3 w5": {"bilateral_px": 16.0, "bilateral_srgb": 3.0, "bilateral_compat": 5.0},
     "20px s5 w5": {"bilateral_px": 20.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
     "24px s5 w5": {"bilateral_px": 24.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},
     "40px s5 w5": {"bilateral_px": 40.0, "bilateral_srgb": 5.0, "bilateral_compat": 5.0},

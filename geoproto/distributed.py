@@ -104,6 +104,13 @@ class ClassifierRecipe:
     head_weight: np.ndarray | None = None  # heads.LinearHead's, or None for eq. 2
     scales: tuple[int, ...] = (1,)
 
+    @classmethod
+    def of(cls, classifier: Classifier, encoder: EncoderRecipe, device: str) -> "ClassifierRecipe":
+        """The recipe of ``classifier``, whose features come from the encoder of ``encoder``."""
+        head = None if classifier.head is None else classifier.head.weight.cpu().numpy()
+        return cls(classifier.prototypes.cpu().numpy(), classifier.classes, classifier.alpha, encoder, device, head,
+                   classifier.scales)
+
     @property
     def token(self) -> str:
         """Names this classifier, so a worker's cached one is reused only for the same run's model."""
@@ -280,18 +287,15 @@ def connect(scheduler: str | None = None, local_workers: int | None = None, memo
         yield client
 
 
-def run_on_dask(scheduler: str | None, local_workers: int | None, source, classifier, encoder: EncoderRecipe,
-                device: str, tiles: list[Tile], writer, size: int, refine: RefineSettings | None, batch_size: int,
-                progress, journal=None) -> PipelineResult:
-    """``segment``'s windows on the Dask scheduler at ``scheduler`` or on a LocalCluster of
-    ``local_workers`` processes, each bounded to the memory its tasks need; ``device`` is the workers'."""
-    recipe = ClassifierRecipe(classifier.prototypes.cpu().numpy(), classifier.classes, classifier.alpha, encoder,
-                              device, None if classifier.head is None else classifier.head.weight.cpu().numpy(),
-                              classifier.scales)
-    memory = worker_memory_bytes(size, batch_size, max(MIN_BLOCK_WINDOWS, batch_size), len(classifier.classes.ids),
-                                 writer.probabilities is not None)
+@contextlib.contextmanager
+def cluster(scheduler: str | None, local_workers: int | None, size: int, batch_size: int, classes: int,
+            keep_probabilities: bool):
+    """The client of a ``segment`` run, for all its inputs (a LocalCluster takes seconds to start): the
+    Dask scheduler at ``scheduler``, or a LocalCluster of ``local_workers`` processes, each bounded to the
+    memory its tasks need."""
+    memory = worker_memory_bytes(size, batch_size, max(MIN_BLOCK_WINDOWS, batch_size), classes, keep_probabilities)
     with connect(scheduler, local_workers, memory if local_workers else None) as client:
-        return run_on_cluster(client, source, recipe, tiles, writer, size, refine, batch_size, progress, journal)
+        yield client
 
 
 def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], writer, size: int,

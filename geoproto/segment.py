@@ -32,7 +32,7 @@ from .aoi import ClippedSource, load_area
 from .batch import SIDECARS, output_paths, sidecar_path
 from .classes import NODATA, ClassInfo
 from .classifier import Classifier, fit_support
-from .distributed import EncoderRecipe, import_distributed, run_on_dask
+from .distributed import ClassifierRecipe, EncoderRecipe, cluster, import_distributed, run_on_cluster
 from .errors import GeoprotoError
 from .heads import DEFAULT_VARIANT, VARIANTS
 from .fewshot import DEFAULT_ALPHA
@@ -313,7 +313,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                       **({"inputs": [file_identity(job.image) for job in jobs]} if several else {})}
         recipe = EncoderRecipe.of(options, encoder_info) if options.dask_scheduler or options.dask_local else None
         with tqdm(total=sum(len(job.tiles) for job in jobs), unit="tile", file=sys.stderr,
-                  disable=not options.progress, desc="segment") as bar:
+                  disable=not options.progress, desc="segment") as bar, \
+                (cluster(options.dask_scheduler, options.dask_local, options.tile_size, batch_size, len(classes.ids),
+                         any(job.paths.probabilities for job in jobs)) if recipe else contextlib.nullcontext()) as client:
             results = []
             for job in jobs:
                 with _naming(job.image, several):
@@ -322,7 +324,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                                       job.paths.probabilities is not None) if options.resume else None
                     journals += [journal] if journal else []
                     results.append({**_segment_input(job, crf_backend, batch_size, workers, metadata, journal, bar,
-                                                     recipe), **shared})
+                                                     (client, recipe) if recipe else None), **shared})
                 _release(job.inputs)
         if not several:  # the whole run's time, the encoder and the support included
             results[0]["seconds"] = round(time.perf_counter() - started, 3)
@@ -377,9 +379,9 @@ def _supports(jobs: list[_Job], support: str) -> tuple[list[tuple], ClassInfo]:
 
 
 def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers: int, metadata: dict,
-                   journal: Journal | None, bar, recipe: EncoderRecipe | None) -> dict:
+                   journal: Journal | None, bar, dask: tuple | None) -> dict:
     """One input's windows, written (after the journal's, with ``resume``) and finished in the staging
-    folder, on the Dask cluster when there is a ``recipe``; returns its summary."""
+    folder, on the Dask cluster when ``dask`` gives its (client, EncoderRecipe); returns its summary."""
     started = time.perf_counter()
     classifier = job.classifier
     options, paths, source, crs, tiles = job.options, job.paths, job.inputs.source, job.inputs.crs, job.tiles
@@ -402,9 +404,10 @@ def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers:
                 resumed, resumed_rejected = journal.replay(writer) if journal else (0, 0)
                 windows = ClippedSource(source, job.area) if job.area is not None else source
                 todo = journal.pending() if journal else tiles
-                if recipe is not None:
-                    run = run_on_dask(options.dask_scheduler, options.dask_local, windows, classifier, recipe,
-                                      options.device, todo, writer, options.tile_size, refine, batch_size, bar, journal)
+                if dask is not None:
+                    client, encoder = dask
+                    run = run_on_cluster(client, windows, ClassifierRecipe.of(classifier, encoder, options.device),
+                                         todo, writer, options.tile_size, refine, batch_size, bar, journal)
                 else:
                     run = WindowPipeline(windows, classifier, writer, options.tile_size, refine, batch_size, workers,
                                          bar, journal).run(todo)

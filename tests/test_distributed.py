@@ -18,7 +18,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from geoproto import distributed
 from geoproto.errors import GeoprotoError
-from geoproto.segment import SegmentOptions, segment
+from geoproto.segment import SegmentOptions, segment, segment_many
 
 # 64 windows of 128 px over the 900 px chip: 16 tasks of 4 windows, several per worker.
 TILE_SIZE = 128
@@ -80,6 +80,33 @@ def test_local_cluster_labels_equal_the_local_run(spacenet, tmp_path, local_refe
     assert summary["classes"] == local_summary["classes"]
     assert summary["stage_seconds"]["label"] > 0  # the windows were labelled on the workers
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "classes.tif.aux.xml", "scores.tif"]
+
+
+@pytest.mark.slow
+def test_several_inputs_share_one_local_cluster(spacenet, tmp_path, local_reference, monkeypatch):
+    """A LocalCluster takes seconds to start: a run over several rasters starts one, and each raster's labels
+    are the local run's."""
+    import shutil
+
+    import distributed as dask_distributed
+
+    started = []
+
+    class CountedCluster(dask_distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            started.append(kwargs["n_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(dask_distributed, "LocalCluster", CountedCluster)
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(spacenet / "sample_geotiff.tif", tmp_path / name)
+    with worker_threads():
+        summary = segment_many([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")], str(spacenet / "support.gpkg"),
+                               str(tmp_path / "out"), _options(dask_local=2))
+    assert started == [2]
+    assert [run["tiles"] for run in summary["inputs"]] == [64, 64]
+    for name in ("a.tif", "b.tif"):
+        np.testing.assert_array_equal(_read(tmp_path / "out" / name), local_reference[0])
 
 
 class KillAfterFirstResult(SchedulerPlugin):
