@@ -23,7 +23,7 @@ import rasterio
 import torch
 from rasterio.features import rasterize
 
-from geoproto.crf import CRFParams
+from geoproto.crf import params_for_resolution
 from geoproto.evaluation import evaluate, format_table
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.models import build_shipped
@@ -33,6 +33,7 @@ from geoproto.training import load_dataset
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "examples" / "dubai" / "split-train-1to5-test-6.json"
 SPACENET = REPO / "examples" / "spacenet"
+DUBAI_PIXEL_M = 0.3  # the Dubai tiles carry no georeferencing
 
 
 def spacenet_building_iou(encoder: str, crf: bool, folder: str) -> tuple[float, float]:
@@ -58,9 +59,12 @@ def main() -> None:
     parser.add_argument("--encoders", default="dubai,imagenet")
     parser.add_argument("--shots", default="1,5,10")
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--crf-bilateral-px", type=float, default=24.0,
-                        help="bilateral kernel width for the Dubai tiles (7.2 m at their 0.3 m)")
+    parser.add_argument("--crf-bilateral-px", type=float,
+                        help="bilateral kernel width for the Dubai tiles [default: crf.params_for_resolution's "
+                             "at their 0.3 m, as segment sets it]")
     args = parser.parse_args()
+    crf_params = params_for_resolution(DUBAI_PIXEL_M, **({"bilateral_sxy": args.crf_bilateral_px}
+                                                         if args.crf_bilateral_px else {}))
     data = load_dataset("folder", str(args.root), split=str(SPLIT))
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"Dubai area 6, {len(seeds)} seeds: OA, mIoU, per-class F1 (%), mean ± std", flush=True)
@@ -70,7 +74,7 @@ def main() -> None:
             for crf in (False, True):
                 started = time.perf_counter()
                 report = evaluate(data, encoder, shots, seeds, None, crf, torch.device("cpu"), progress=False,
-                                  crf_params=CRFParams(bilateral_sxy=args.crf_bilateral_px))
+                                  crf_params=crf_params)
                 print(f"{name:>9} {format_table(report).splitlines()[-1]}  ({time.perf_counter() - started:.0f} s)",
                       flush=True)
     with tempfile.TemporaryDirectory() as folder:

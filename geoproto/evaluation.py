@@ -222,7 +222,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
     support_patches = [p for p in patch_index(data, train_samples) if p[2] & set(classes.ids)]
     query_patches = patch_index(data, test_samples)
     extract = FeatureExtractor(encoder, device)
-    crf_params = crf_params or crf_module.CRFParams()
+    crf_params = crf_params or crf_module.params_for_resolution(data.pixel_size_m)
     cache: dict[int, torch.Tensor] = {}
     cached_bytes = 0
     runs = []
@@ -266,7 +266,8 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
                                                 for i in chosen], **summarise(matrix, classes.names)})
     bar.close()
     return {"dataset": data.name, "shots": shots, "crf": crf, "seeds": seeds,
-            **({"crf_backend": crf_backend} if crf else {}), "classes": classes.names,
+            **({"crf_backend": crf_backend, "crf_bilateral_px": round(crf_params.bilateral_sxy, 2)} if crf else {}),
+            "classes": classes.names,
             "query_patches": len(query_patches), "notes": notes, "mean": _aggregate(runs, np.mean),
             "std": _aggregate(runs, np.std), "runs": runs}
 

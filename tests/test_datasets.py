@@ -112,7 +112,7 @@ def test_vaihingen_samples_classes_and_split(vaihingen):
     assert data.classes.ids == [1, 2, 3, 4, 5, 6]
     assert data.classes.names == ISPRS_NAMES
     assert [tuple(c) for c in data.classes.colors] == ISPRS_COLOURS
-    assert data.downsample == 1
+    assert data.downsample == 1 and data.pixel_size_m == pytest.approx(0.09)
     assert sorted(s.name for s in data.subset("train")) == ["1", "3"]
     assert [s.name for s in data.subset("test")] == ["5"]
     with pytest.raises(GeoprotoError, match="no split 'val'"):
@@ -209,7 +209,7 @@ def test_potsdam_samples_split_and_default_downsample(potsdam):
     assert sorted(s.name for s in data.samples) == ["2_10", "4_10"]
     assert [s.name for s in data.subset("train")] == ["2_10"]
     assert [s.name for s in data.subset("test")] == ["4_10"]
-    assert data.downsample == 2
+    assert data.downsample == 2 and data.pixel_size_m == pytest.approx(0.10)  # 5 cm, halved
     sample = next(s for s in data.samples if s.name == "2_10")
     assert Path(sample.image) == root / "3_Ortho_IRRG" / "top_potsdam_2_10_IRRG.tif"  # IRRG by default
     assert Path(sample.label) == root / "5_Labels_all" / "top_potsdam_2_10_label.tif"
@@ -502,6 +502,19 @@ def test_folder_integer_masks(tmp_path):
     image, labels = data.read(data.samples[0], 2, 3, 10, 12)
     np.testing.assert_array_equal(labels, ids[2:12, 3:15])
     assert image.shape == (3, 10, 12)
+
+
+def test_folder_pixel_size_comes_from_the_georeferencing(tmp_path):
+    """What the CRF's kernels are set from, as ``segment`` sets them from the raster: 0.25 m pixels in
+    a projected CRS, none for a plain image."""
+    rng = np.random.default_rng(3)
+    for name, transform in (("geo", Affine(0.25, 0, 500000, 0, -0.25, 4000000)), ("plain", None)):
+        root = tmp_path / name
+        write_raster(root / "images" / "a.tif", rng.integers(0, 256, (3, 20, 30), dtype=np.uint8), transform=transform)
+        write_raster(root / "masks" / "a.tif", rng.integers(0, 5, (20, 30)).astype(np.uint8))
+        _class_file(root, colours=False)
+    assert load_folder(str(tmp_path / "geo")).pixel_size_m == pytest.approx(0.25)
+    assert load_folder(str(tmp_path / "plain")).pixel_size_m is None
 
 
 def test_folder_errors(tmp_path):

@@ -321,3 +321,28 @@ def test_evaluate_with_either_crf_backend_scores_within_the_agreement_bar(dubai)
     # The torch CRF's appearance kernel works on 2 x 2 blocks (crf_torch): the issue's bar, not equality.
     assert abs(torch_run["overall_accuracy"] - reference["overall_accuracy"]) <= 0.005
     assert all(torch_run["classes"][name]["f1"] >= scores["f1"] - 0.01 for name, scores in reference["classes"].items())
+
+
+@pytest.mark.parametrize("options, pixels", [([], 72.0), (["--pixel-size", "0.09"], 40.0),
+                                             (["--crf-bilateral-px", "20"], 20.0)])
+def test_evaluate_sets_the_crf_kernel_from_the_ground_resolution(tmp_path, options, pixels):
+    """As ``segment`` does (crf.params_for_resolution: 3.6 m, 16 to 80 px): from the dataset's
+    georeferencing (5 cm here: 72 px), a pixel size given, or a width given in pixels."""
+    from rasterio.transform import from_origin
+
+    import synthetic
+
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.array([[1, 2]], np.uint8), 48, 0).repeat(24, 1)  # left half class 1, right half 2
+    for name in ("a", "b"):
+        image = (ids * 90 + rng.integers(0, 20, ids.shape)).astype(np.uint8)
+        synthetic.write_raster(tmp_path / "images" / f"{name}.tif", np.stack([image] * 3), crs="EPSG:32632",
+                               transform=from_origin(500000, 4000000, 0.05, 0.05))
+        synthetic.write_raster(tmp_path / "masks" / f"{name}.tif", ids, transform=None)
+    (tmp_path / "classes.json").write_text(json.dumps({"1": "dark", "2": "bright"}))
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--holdout", "^b$",
+                                       "--shots", "1", "--seeds", "0", "--quiet", "--json", *options])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["crf_bilateral_px"] == pixels
+    assert report["mean"]["overall_accuracy"] > 0.9

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..crf import CRF_RANGES, CRFParams
+from ..crf import CRF_RANGES, params_for_resolution
 from ..evaluation import evaluate, format_table
 from ..models import select_encoder
 from ..models.runtime import resolve_device
@@ -26,10 +26,12 @@ from .options import (crf_backend_option, dataset_options, device_option, encode
 @click.option("--class-names", help="Evaluate only these classes (comma-separated names).")
 @click.option("--crf/--no-crf", default=True, show_default=True)
 @crf_backend_option
-@click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]), default=CRFParams.bilateral_sxy,
-              show_default=True,
-              help="Bilateral kernel width in pixels (16: the resolution rule's floor; the paper's 80 is for 9 cm "
-                   "imagery).")
+@click.option("--pixel-size", type=number(0, 1e4, min_open=True), metavar="METRES",
+              help="Ground size of a pixel as read, for the CRF's kernels as segment sets them [default: the "
+                   "dataset's (ISPRS: 9 cm Vaihingen, 10 cm Potsdam as halved) or its georeferencing; without "
+                   "either, the rule's floor of 16 px].")
+@click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]),
+              help="Bilateral kernel width in pixels [default: the resolution rule's, crf.params_for_resolution].")
 @click.option("--train-split", default="train", show_default=True, help="Split the supports come from.")
 @click.option("--test-split", default="test", show_default=True, help="Split the queries come from.")
 @device_option
@@ -39,7 +41,7 @@ from .options import (crf_backend_option, dataset_options, device_option, encode
 @json_option
 @handle_errors
 def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split, holdout, encoder, backbone,
-                     checkpoint, init_weights, shots, seeds, class_names, crf, crf_backend, crf_bilateral_px,
+                     checkpoint, init_weights, shots, seeds, class_names, crf, crf_backend, pixel_size, crf_bilateral_px,
                      train_split, test_split, device, report, quiet, as_json):
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
@@ -53,7 +55,9 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
         model, info = select_encoder(encoder, backbone, checkpoint, init_weights)
         result = evaluate(data, model, shots, seeds, class_names.split(",") if class_names else None, crf,
                           resolve_device(device), train_split, test_split,
-                          crf_params=CRFParams(bilateral_sxy=crf_bilateral_px), progress=show_progress(quiet),
+                          crf_params=params_for_resolution(pixel_size or data.pixel_size_m, **(
+                              {"bilateral_sxy": crf_bilateral_px} if crf_bilateral_px else {})),
+                          progress=show_progress(quiet),
                           crf_backend=crf_backend)
         result["encoder"] = info
         if report_tmp:

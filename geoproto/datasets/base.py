@@ -16,6 +16,7 @@ from rasterio.windows import Window
 
 from ..errors import GeoprotoError
 from ..classes import ClassInfo
+from .. import raster
 from ..raster import band_scaling, open_raster, stretch
 from ..support import palette_colors
 
@@ -77,6 +78,17 @@ class LabelledDataset:
     splits: dict[str, list[str]] = field(default_factory=dict)  # split name -> sample names
     bands: list[int] | None = None  # image bands to read (1-based); None: the first three
     downsample: int = 1
+    source_pixel_m: float | None = None  # ground size of a file pixel; None: read from the first image
+
+    @functools.cached_property
+    def pixel_size_m(self) -> float | None:
+        """Ground size in metres of a pixel as read (after downsampling), for the CRF's kernels as
+        ``segment`` sets them: the reader's figure, else the first image's georeferencing (None without)."""
+        size = self.source_pixel_m
+        if size is None and self.samples:
+            with open_raster(self.samples[0].image) as src:
+                size = raster.pixel_size_m(src, src.crs)
+        return None if size is None else size * self.downsample
 
     def subset(self, split: str) -> list[Sample]:
         if split not in self.splits:

@@ -63,7 +63,7 @@ def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: 
             if label is None or label.resolve() == top.resolve():
                 continue  # test areas ship without ground truth
             samples.append(Sample(area, str(top), str(label)))
-        default_downsample = 1
+        default_downsample, pixel_m = 1, 0.09
     else:
         folder = {"RGB": "2_Ortho_RGB", "IRRG": "3_Ortho_IRRG"}.get(bands.upper())
         if folder is None:
@@ -78,10 +78,10 @@ def load_isprs(root: str, city: str = "vaihingen", bands: str = "IRRG", eroded: 
             if not label.is_file():
                 continue
             samples.append(Sample(tile, str(top), str(label)))
-        default_downsample = 2  # the paper halves Potsdam's 5 cm resolution
+        default_downsample, pixel_m = 2, 0.05  # the paper halves Potsdam's 5 cm resolution
     if not samples:
         raise GeoprotoError(f"{root}: no {city} tile has ground truth beside it")
     decoder = LabelDecoder(colors=dict(zip(CLASSES.colors, CLASSES.ids)), ignore_colors=(BOUNDARY,),
                            source=f"{city} labels")
     return LabelledDataset(f"isprs-{city}", CLASSES, samples, decoder, split,
-                           downsample=downsample or default_downsample)
+                           downsample=downsample or default_downsample, source_pixel_m=pixel_m)
