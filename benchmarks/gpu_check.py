@@ -101,6 +101,8 @@ def dubai_windows(root: Path, count: int, size: int = SIZE) -> tuple[np.ndarray,
     side = size + 2 * CONTEXT_MARGIN
     crops = []
     for image_path in sorted((root / "images").glob("*.jpg")):
+        if len(crops) >= count:
+            break
         image = np.asarray(Image.open(image_path).convert("RGB"))
         mask = np.asarray(Image.open(root / "masks" / f"{image_path.stem}.png").convert("RGB")).astype(int)
         height, width = image.shape[:2]
@@ -215,6 +217,20 @@ def build_extractor(device: torch.device) -> FeatureExtractor:
 
 # --- steps -----------------------------------------------------------------------------------------------
 
+def attempt(run) -> dict:
+    """``run()``'s result, or its traceback: one check that fails on the device (the first run there) must
+    not cost the others their results."""
+    try:
+        return run()
+    except Exception:
+        return {"error": traceback.format_exc()}
+
+
+def failure(row: dict) -> str:
+    """A failed check in one line (the JSON has the traceback)."""
+    return "FAILED: " + row["error"].strip().splitlines()[-1]
+
+
 def crf_case(images: np.ndarray, probabilities: np.ndarray, params: crf_module.CRFParams,
              device: torch.device, sizes: list[tuple[int, int]] | None = None) -> dict:
     """``refine_batch`` on ``device`` against the CPU on the same batch."""
@@ -242,8 +258,8 @@ def correctness(device: torch.device, windows: int, root: Path = DUBAI, spacenet
     sizes[-1] = (301, 250) if windows > 1 else sizes[-1]
     out = {"crf": {}}
     for name, pixel_m in (("dubai 0.3 m", DUBAI_PIXEL_M), ("dubai at 9 cm's kernel", 0.09)):
-        out["crf"][name] = crf_case(core(images), probabilities, crf_module.params_for_resolution(pixel_m), device,
-                                    sizes)
+        params = crf_module.params_for_resolution(pixel_m)
+        out["crf"][name] = attempt(lambda: crf_case(core(images), probabilities, params, device, sizes))
     if spacenet is not None:
         try:
             chip, chip_truths, chip_sizes = spacenet_windows(spacenet)
@@ -251,26 +267,29 @@ def correctness(device: torch.device, windows: int, root: Path = DUBAI, spacenet
             out["crf"]["spacenet 0.5 m"] = {"skipped": f"needs rasterio ({exc})"}
         else:
             chip_probabilities = np.stack([noisy_probabilities(t, 2, rng) for t in chip_truths])
-            out["crf"]["spacenet 0.5 m"] = crf_case(chip, chip_probabilities,
-                                                    crf_module.params_for_resolution(SPACENET_PIXEL_M), device,
-                                                    chip_sizes)
+            params = crf_module.params_for_resolution(SPACENET_PIXEL_M)
+            out["crf"]["spacenet 0.5 m"] = attempt(lambda: crf_case(chip, chip_probabilities, params, device,
+                                                                    chip_sizes))
 
-    reference_extract, extract = build_extractor(torch.device("cpu")), build_extractor(device)
+    reference_extract = build_extractor(torch.device("cpu"))
     reference_features = encode(reference_extract, images, chunk)
-    features = encode(extract, images, chunk)
     accumulator = PrototypeAccumulator(classes, reference_features.shape[1])
     accumulator.add(reference_features, torch.from_numpy(truths + 1))
     prototypes = accumulator.prototypes()
-    out["encoder"] = {**compare_features(reference_features, features, prototypes, SIZE), "windows": windows,
-                      "channels": int(features.shape[1]), "encoder": DEFAULT_ENCODER,
-                      "precision": "bf16 autocast" if device.type == "cuda" else "float32"}
+    extract = build_extractor(device)
+    out["encoder"] = attempt(lambda: {
+        **compare_features(reference_features, encode(extract, images, chunk), prototypes, SIZE), "windows": windows,
+        "channels": int(reference_features.shape[1]), "encoder": DEFAULT_ENCODER,
+        "precision": "bf16 autocast" if device.type == "cuda" else "float32"})
 
-    params = crf_module.params_for_resolution(DUBAI_PIXEL_M)
-    labels = [torch.cat([label_batch(Classifier(prototypes, extract=e), images[i:i + chunk], params)
-                         for i in range(0, windows, chunk)]) for e in (reference_extract, extract)]
-    out["model_and_crf"] = {**compare_labels(*labels), "windows": windows,
-                            "truth_accuracy_reference": float((labels[0].numpy() == truths).mean()),
-                            "truth_accuracy_device": float((labels[1].numpy() == truths).mean())}
+    def model_and_crf():
+        params = crf_module.params_for_resolution(DUBAI_PIXEL_M)
+        labels = [torch.cat([label_batch(Classifier(prototypes, extract=e), images[i:i + chunk], params)
+                             for i in range(0, windows, chunk)]) for e in (reference_extract, extract)]
+        return {**compare_labels(*labels), "windows": windows,
+                "truth_accuracy_reference": float((labels[0].numpy() == truths).mean()),
+                "truth_accuracy_device": float((labels[1].numpy() == truths).mean())}
+    out["model_and_crf"] = attempt(model_and_crf)
     return out
 
 
@@ -324,16 +343,20 @@ def throughput(device: torch.device, model_batches: list[int], crf_batches: list
                 rows.append({"stage": stage, "batch": batch, "skipped": "out of time (--budget-s)"})
                 say(f"  {stage:<10} {batch:>5} skipped, out of time (--budget-s)")
                 continue
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            times = time_calls(make(batch), device, warmups, repeats, budget_s)
-            median = float(np.median(times))
-            peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
-            rows.append({"stage": stage, "batch": batch, "windows_per_s": batch / median, "ms_per_batch": 1e3 * median,
-                         "repeats": len(times), "peak_mib": peak})
+            rows.append({"stage": stage, "batch": batch,
+                         **attempt(lambda: _timed(make(batch), batch, device, warmups, repeats, budget_s))})
             say(_throughput_line(rows[-1]))
     return rows
+
+
+def _timed(call, batch: int, device: torch.device, warmups: int, repeats: int, budget_s: float) -> dict:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_calls(call, device, warmups, repeats, budget_s)
+    median = float(np.median(times))
+    return {"windows_per_s": batch / median, "ms_per_batch": 1e3 * median, "repeats": len(times),
+            "peak_mib": torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None}
 
 
 def _segment_run(image: Path, labels: Path, classes: Path, device: str, batch: int, timeout: float) -> dict:
@@ -380,8 +403,13 @@ def end_to_end(device: str, side: int, baseline: int, batches: list[int], deadli
                 out["runs"].append({"batch": batch, "skipped": "out of time (--budget-s)"})
                 say(f"  batch {batch}: skipped, out of time (--budget-s)")
                 return out
-            runs[size] = _segment_run(*mosaics[size], root / "classes.json", device, batch, remaining)
+            runs[size] = attempt(lambda: _segment_run(*mosaics[size], root / "classes.json", device, batch,
+                                                      remaining))
         big, small = runs[side], runs[baseline]
+        if "error" in big or "error" in small:
+            out["runs"].append({"batch": batch, "error": big.get("error") or small["error"]})
+            say(f"  batch {batch}: {failure(out['runs'][-1])}")
+            continue
         seconds = big["seconds"] - small["seconds"]
         row = {"batch": batch, **big, "baseline": small,
                "marginal_windows_per_s": (big["tiles"] - small["tiles"]) / seconds if seconds > 0 else None}
@@ -393,6 +421,8 @@ def end_to_end(device: str, side: int, baseline: int, batches: list[int], deadli
 # --- report ---------------------------------------------------------------------------------------------
 
 def _throughput_line(row: dict) -> str:
+    if "error" in row:
+        return f"  {row['stage']:<10} {row['batch']:>5} {failure(row)}"
     peak = f"{row['peak_mib']:>10.0f}" if row["peak_mib"] is not None else f"{'-':>10}"
     return (f"  {row['stage']:<10} {row['batch']:>5} {row['windows_per_s']:>10.1f} {row['ms_per_batch']:>10.1f} "
             f"{peak} {row['repeats']:>7}")
@@ -411,8 +441,8 @@ def _end_to_end_line(row: dict, side: int) -> str:
 def correctness_lines(result: dict, device: str) -> list[str]:
     lines = []
     for name, row in result["crf"].items():
-        if "skipped" in row:
-            lines.append(f"  CRF {name}: skipped, {row['skipped']}")
+        if "skipped" in row or "error" in row:
+            lines.append(f"  CRF {name}: " + (f"skipped, {row['skipped']}" if "skipped" in row else failure(row)))
             continue
         verdict = "ok" if row["labels_equal"] >= CRF_LABELS_BAR else "BELOW"
         lines.append(f"  CRF {name} ({row['bilateral_sxy_px']:.0f} px kernel, {row['windows']} windows, the CRF "
@@ -421,14 +451,20 @@ def correctness_lines(result: dict, device: str) -> list[str]:
                      f"diff| {row['max_abs_diff']:.2e}, guard verdicts equal {row['guard_equal']}/{row['windows']} "
                      f"(kept {row['guard_kept']})")
     enc = result["encoder"]
-    lines.append(f"  encoder {enc['encoder']} {enc['precision']} on {device} against float32 on cpu "
-                 f"({enc['windows']} windows, {enc['channels']} channels): cosine min {enc['cosine_min']:.4f}, "
-                 f"1st percentile {enc['cosine_p01']:.4f}, mean {enc['cosine_mean']:.5f}; labels against "
-                 f"fixed prototypes equal {100 * enc['labels_equal']:.3f} %")
+    if "error" in enc:
+        lines.append(f"  encoder: {failure(enc)}")
+    else:
+        lines.append(f"  encoder {enc['encoder']} {enc['precision']} on {device} against float32 on cpu "
+                     f"({enc['windows']} windows, {enc['channels']} channels): cosine min {enc['cosine_min']:.4f}, "
+                     f"1st percentile {enc['cosine_p01']:.4f}, mean {enc['cosine_mean']:.5f}; labels against "
+                     f"fixed prototypes equal {100 * enc['labels_equal']:.3f} %")
     both = result["model_and_crf"]
-    lines.append(f"  model + CRF labels on {device} against cpu: equal {100 * both['labels_equal']:.3f} % "
-                 f"(accuracy against the masks {100 * both['truth_accuracy_device']:.2f} % against "
-                 f"{100 * both['truth_accuracy_reference']:.2f} %)")
+    if "error" in both:
+        lines.append(f"  model + CRF: {failure(both)}")
+    else:
+        lines.append(f"  model + CRF labels on {device} against cpu: equal {100 * both['labels_equal']:.3f} % "
+                     f"(accuracy against the masks {100 * both['truth_accuracy_device']:.2f} % against "
+                     f"{100 * both['truth_accuracy_reference']:.2f} %)")
     return lines
 
 
