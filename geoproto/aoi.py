@@ -72,14 +72,14 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
     """The ``--aoi`` file's polygons or the ``--bbox`` (in the raster's CRS unless ``bbox_crs``), in the
     raster's pixel space; None when neither is given. ``shared``: the area serves several rasters, so it
     may miss this one (no window reaches it)."""
-    import geopandas
-    import shapely
-    from pyproj import CRS
-
     if aoi is None and bbox is None:
         if bbox_crs:
             raise GeoprotoError("applies to a bounding box; give one too", param="bbox_crs")
         return None
+    import geopandas  # only once an area is given: segment without one needs neither of these nor pyproj
+    import shapely
+    from pyproj import CRS
+
     if aoi is not None and bbox is not None:
         raise GeoprotoError("give an area of interest or a bounding box, not both", param="bbox")
     target = CRS.from_user_input(raster_crs.to_wkt()) if raster_crs is not None else None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -26,8 +26,10 @@ from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, class_scores, upsample_scores
 from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit
 from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor
-from .raster import RasterSource
 from .tiling import Tile, tile_grid
+
+if TYPE_CHECKING:  # scoring windows needs no GDAL (benchmarks/gpu_check.py runs where it is not installed)
+    from .raster import RasterSource
 
 
 @dataclass
