@@ -200,7 +200,7 @@ def crf_windows(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         truth = np.abs(mask[:, :, None, :] - colours[None, None]).sum(-1).argmin(-1)
         onehot = torch.from_numpy(np.eye(len(colours), dtype=np.float32)[truth].transpose(2, 0, 1))[None]
         smooth = pool(onehot, 9, 1, 4, count_include_pad=False)[0]
-        noise = torch.from_numpy(rng.normal(0, 2.5, smooth.shape[1:]).astype(np.float32))[None]
+        noise = torch.from_numpy(rng.normal(0, 2.5, smooth.shape).astype(np.float32))[None]  # per class
         noise = pool(noise, 7, 1, 3, count_include_pad=False)[0] * 2.5
         windows.append((image, torch.softmax(smooth * 3 + noise, 0).numpy()))
     return windows
