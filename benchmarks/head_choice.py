@@ -124,8 +124,8 @@ def check_choice(extract, image: Path, boxes, names, crs, folder: str) -> str:
     inputs = options_inputs(str(image), str(path), options)
     src = inputs.support_source.dataset
     tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
-    windows = read_support_windows(inputs.support_source, inputs.labels, inputs.classes, tiles, options.tile_size,
-                                   FOLDS, 32.0)
+    windows = read_support_windows([(inputs.support_source, inputs.labels, tiles)], inputs.classes,
+                                   options.tile_size, FOLDS, 32.0)
     features = encode_windows(extract, windows, 1)
     choice, _ = choose_scoring(extract, features, windows, len(inputs.classes.ids), FOLDS, 1)
     return choice["picked"]

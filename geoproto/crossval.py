@@ -43,30 +43,56 @@ SWITCH_CONFIDENCE = 0.95
 
 @dataclass
 class SupportWindows:
-    """The support windows of one raster: tiles, per-pixel polygon numbers (0 = none), and how the
-    polygons are grouped and dealt to folds."""
+    """The support windows of a run, over one raster or several: tiles and the raster each is read from,
+    per-pixel polygon numbers (0 = none), and how the polygons are grouped and dealt to folds.
 
-    source: RasterSource
+    A polygon is numbered once per raster it lies on (a piece each): a polygon across two rasters is two
+    pieces, in one spatial group, so they are always in the same fold."""
+
+    sources: list[RasterSource]
+    tile_sources: list[int]  # the index in ``sources`` of each window's raster
     tiles: list[Tile]
-    polygons: np.ndarray  # N x S x S, polygon index + 1
-    polygon_classes: np.ndarray  # class position (1..K) of each polygon
-    groups: np.ndarray  # spatial group of each polygon
-    fold_draws: np.ndarray  # draws x polygons: the fold of each polygon in each random deal
+    polygons: np.ndarray  # N x S x S, piece index + 1
+    polygon_classes: np.ndarray  # class position (1..K) of each piece
+    polygon_features: np.ndarray  # the support file's row of each piece (one per polygon, whatever its pieces)
+    groups: np.ndarray  # spatial group of each piece
+    fold_draws: np.ndarray  # draws x pieces: the fold of each piece in each random deal
 
     @property
     def folds(self) -> np.ndarray:
-        """The fold of each polygon in the first deal."""
+        """The fold of each piece in the first deal."""
         return self.fold_draws[0]
 
+    def used(self) -> dict:
+        """What the cross-validation saw: polygons with held-out pixels in the windows, windows, rasters."""
+        pieces = np.unique(self.polygons)
+        return {"polygons": int(len(np.unique(self.polygon_features[pieces[pieces > 0] - 1]))),
+                "windows": len(self.tiles), "rasters": len(set(self.tile_sources))}
 
-def spatial_groups(labels: VectorLabels, classes: ClassInfo, group_distance: float) -> tuple[np.ndarray, np.ndarray]:
-    """The spatial group of each polygon (connected components of polygons within ``group_distance`` px
-    of each other) and the class position covering most of each group."""
+
+def spatial_groups(supports: list[VectorLabels], classes: ClassInfo, group_distance: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The spatial group of each polygon piece of ``supports`` (the polygons of each raster, pieces
+    numbered raster after raster) and the class position covering most of each group.
+
+    A group is a connected component of the pieces within ``group_distance`` px of each other on one
+    raster, joined with the other pieces of its polygons. Groups are numbered in the order of their first
+    polygon in the support file, so the same polygons get the same groups however the rasters cut them.
+    """
     import shapely
 
-    count = len(labels.geometries)
-    first, second = labels.tree.query(labels.geometries, predicate="dwithin", distance=group_distance)
-    groups = np.arange(count)
+    offsets = np.cumsum([0] + [len(labels.geometries) for labels in supports])
+    first, second = [], []
+    for offset, labels in zip(offsets, supports):
+        near = labels.tree.query(labels.geometries, predicate="dwithin", distance=group_distance)
+        first.append(near[0] + offset)
+        second.append(near[1] + offset)
+    features = np.concatenate([labels.features for labels in supports])
+    order = np.argsort(features, kind="stable")
+    same = features[order[1:]] == features[order[:-1]]  # consecutive pieces of one polygon
+    first = np.concatenate(first + [order[1:][same]])
+    second = np.concatenate(second + [order[:-1][same]])
+    groups = np.arange(offsets[-1])
     while True:  # connected components: propagate the smallest member index, with pointer jumping
         merged = groups.copy()
         np.minimum.at(merged, first, groups[second])
@@ -75,10 +101,15 @@ def spatial_groups(labels: VectorLabels, classes: ClassInfo, group_distance: flo
         if np.array_equal(merged, groups):
             break
         groups = merged
-    group_ids, group_of = np.unique(groups, return_inverse=True)
-    class_position = np.searchsorted(classes.ids, labels.class_ids)
-    area = np.zeros((len(group_ids), len(classes.ids)))
-    np.add.at(area, (group_of, class_position), shapely.area(labels.geometries))
+    first_feature = np.full(offsets[-1], features.max(initial=0) + 1)
+    np.minimum.at(first_feature, groups, features)
+    _, group_of = np.unique(first_feature[groups], return_inverse=True)
+    # Each polygon's area once (its pieces are the same polygon), in its first raster's pixels.
+    _, piece = np.unique(features, return_index=True)
+    class_ids = np.concatenate([labels.class_ids for labels in supports])
+    areas = np.concatenate([shapely.area(labels.geometries) for labels in supports])
+    area = np.zeros((int(group_of.max(initial=-1)) + 1, len(classes.ids)))
+    np.add.at(area, (group_of[piece], np.searchsorted(classes.ids, class_ids[piece])), areas[piece])
     return group_of, area.argmax(1)
 
 
@@ -95,39 +126,47 @@ def deal_folds(dominant: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of_group
 
 
-def read_support_windows(source: RasterSource, labels: VectorLabels, classes: ClassInfo, tiles: list[Tile],
+def read_support_windows(supports: list[tuple[RasterSource, VectorLabels, list[Tile]]], classes: ClassInfo,
                          size: int, folds: int, group_distance: float, draws: int = DEFAULT_DRAWS) -> SupportWindows:
-    """The support windows to cross-validate (at most MAX_WINDOWS, drawn at random beyond), their
-    polygons' pixels on valid data only (support over nodata would teach and score fill values), and the
-    polygons' spatial groups and folds."""
-    candidates = labels.candidate_tiles(tiles)
+    """The support windows to cross-validate over every (raster, its polygons, its tiles) of ``supports``
+    (at most MAX_WINDOWS over the run, drawn at random beyond), their polygons' pixels on valid data only
+    (support over nodata would teach and score fill values), and the polygons' spatial groups and folds."""
+    candidates = [(n, tile) for n, (_, labels, tiles) in enumerate(supports) for tile in labels.candidate_tiles(tiles)]
     if len(candidates) > MAX_WINDOWS:
         keep = np.random.default_rng(0).choice(len(candidates), MAX_WINDOWS, replace=False)
         candidates = [candidates[i] for i in sorted(keep)]
+    offsets = np.cumsum([0] + [len(labels.geometries) for _, labels, _ in supports])
     chosen, polygons = [], []
-    for tile in candidates:
+    for n, tile in candidates:
+        source, labels, _ = supports[n]
         numbers = labels.read_polygons(tile, size)
         if numbers.any():
+            numbers[numbers > 0] += offsets[n]  # pieces numbered over the run
             numbers = numbers * source.read(tile, size)[1]
         if numbers.any():
-            chosen.append(tile)
+            chosen.append((n, tile))
             polygons.append(numbers)
     if not chosen:
         raise GeoprotoError("every support polygon lies over nodata: nothing to cross-validate", param="support")
     position = {class_id: k + 1 for k, class_id in enumerate(classes.ids)}
-    group_of, dominant = spatial_groups(labels, classes, group_distance)
+    pieces = [labels for _, labels, _ in supports]
+    group_of, dominant = spatial_groups(pieces, classes, group_distance)
     fold_draws = np.stack([deal_folds(dominant, folds, seed)[group_of] for seed in range(draws)])
-    return SupportWindows(source, chosen, np.stack(polygons), np.array([position[c] for c in labels.class_ids]),
-                          group_of, fold_draws)
+    return SupportWindows([source for source, _, _ in supports], [n for n, _ in chosen], [tile for _, tile in chosen],
+                          np.stack(polygons),
+                          np.array([position[c] for labels in pieces for c in labels.class_ids]),
+                          np.concatenate([labels.features for labels in pieces]), group_of, fold_draws)
 
 
 def encode_windows(extract, windows: SupportWindows, batch_size: int) -> torch.Tensor:
-    """Features of every support window (N x C x h x w, half precision on the CPU to bound memory)."""
+    """Features of every support window, each read from its raster (N x C x h x w, half precision on the
+    CPU to bound memory)."""
     size = windows.polygons.shape[-1]
     features = []
     for start in range(0, len(windows.tiles), batch_size):
-        images = np.stack([windows.source.read(tile, size, CONTEXT_MARGIN)[0]
-                           for tile in windows.tiles[start:start + batch_size]])
+        images = np.stack([windows.sources[n].read(tile, size, CONTEXT_MARGIN)[0]
+                           for n, tile in zip(windows.tile_sources[start:start + batch_size],
+                                              windows.tiles[start:start + batch_size])])
         features.append(extract(images, CONTEXT_MARGIN).cpu().half())
     return torch.cat(features)
 
@@ -238,13 +277,14 @@ def _mean_f1(matrices: np.ndarray) -> np.ndarray:
         return np.where(counted > 0, np.nansum(f1, 1) / np.maximum(counted, 1), -1.0)
 
 
-def report(group_confusion: np.ndarray, classes: ClassInfo, labels: VectorLabels, folds: np.ndarray) -> dict:
-    """Per-class cross-validated F1, the row-normalised confusion, and warnings in plain words, from the
-    per-group confusion ``cross_validate`` returns."""
+def report(group_confusion: np.ndarray, classes: ClassInfo, windows: SupportWindows) -> dict:
+    """Per-class cross-validated F1, the row-normalised confusion, warnings in plain words, and what was
+    cross-validated (``SupportWindows.used``), from the per-group confusion ``cross_validate`` returns."""
     matrix = group_confusion.sum(0)
     result = scores(matrix)
     warnings_found = []
-    polygons = {c: int((labels.class_ids == c).sum()) for c in classes.ids}
+    polygons = {class_id: int(len(np.unique(windows.polygon_features[windows.polygon_classes == k + 1])))
+                for k, class_id in enumerate(classes.ids)}
     for class_id, name in zip(classes.ids, classes.names):
         if polygons[class_id] < MIN_POLYGONS:
             warnings_found.append(f"class {name} has {polygons[class_id]} polygon(s): cross-validation needs at "
@@ -263,7 +303,7 @@ def report(group_confusion: np.ndarray, classes: ClassInfo, labels: VectorLabels
         elif np.isfinite(result["f1"][i]) and result["f1"][i] < LOW_F1_WARNING:
             warnings_found.append(f"class {name} is hard to tell apart (cross-validated F1 {result['f1'][i]:.2f}): "
                                   f"add polygons in more places")
-    folds_used = int(len(np.unique(folds)))
+    folds_used = int(len(np.unique(windows.folds)))
     return {
         "classes": {name: {"f1": json_number(result["f1"][i], 4),
                            "precision": json_number(result["precision"][i], 4),
@@ -272,5 +312,5 @@ def report(group_confusion: np.ndarray, classes: ClassInfo, labels: VectorLabels
                     for i, (class_id, name) in enumerate(zip(classes.ids, classes.names))},
         "mean_f1": json_number(result["mean_f1"], 4), "overall_accuracy": json_number(result["overall_accuracy"], 4),
         "confusion": np.rint(matrix).astype(np.int64).tolist(), "confusion_share": np.round(shares, 4).tolist(), "folds": folds_used,
-        "warnings": warnings_found,
+        "cross_validated": windows.used(), "warnings": warnings_found,
     }

@@ -45,7 +45,8 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
         with options_inputs(image, support, options) as inputs:
             check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
             if extract is None:
-                extract, info, _ = choose_encoder(inputs, options, device, batch_size, False)
+                extract, info, _ = choose_encoder([(inputs.support_source, inputs.labels)], inputs.classes,
+                                                  options, device, batch_size, False)
                 if options.checkpoint:  # its metadata does not name it
                     info = {**info, "checkpoint": os.path.basename(options.checkpoint)}
                 encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),

@@ -274,10 +274,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
         check_window_memory(options.tile_size, batch_size, len(classes.ids),
                             workers if crf_backend == "densecrf" else 0)
-        # Cross-validation (check_support, encoder auto) runs on the support of the first input it touches.
-        first = next((job.inputs for job in jobs if job.inputs.labels is not None), jobs[0].inputs)
+        # Cross-validation (check_support, encoder and scoring auto) pools the support over every input it touches.
         cross_validate = options.check_support or (options.scoring == "auto" and taught is None)
-        extract, encoder_info, check = choose_encoder(first, options, device, batch_size, cross_validate)
+        extract, encoder_info, check = choose_encoder(supports, classes, options, device, batch_size, cross_validate)
         scoring = _scoring(options.scoring, check, taught is not None)
         if taught is None:
             scales, head = VARIANTS[scoring["used"]]

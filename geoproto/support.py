@@ -37,12 +37,16 @@ class VectorLabels:
     # Every class comes from a polygon, so a class left without pixels is an error, not an omission.
     classes_from_catalogue = False
 
-    def __init__(self, geometries: np.ndarray, class_ids: np.ndarray, classes: ClassInfo):
+    def __init__(self, geometries: np.ndarray, class_ids: np.ndarray, classes: ClassInfo,
+                 features: np.ndarray | None = None):
         from shapely import STRtree
 
         self.geometries = geometries
         self.class_ids = class_ids
         self.classes = classes
+        # The support file's row of each polygon: the same polygon read for several rasters (its pieces)
+        # keeps one number, so cross-validation can keep its pieces together.
+        self.features = np.arange(len(geometries)) if features is None else features
         self.tree = STRtree(geometries)
 
     def found_classes(self) -> ClassInfo:
@@ -349,8 +353,9 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         geometries = shapely.buffer(geometries, pixels)
     extent = shapely.box(0, 0, reference.width, reference.height)
     inside = shapely.intersects(geometries, extent)
+    features = frame.index.to_numpy()  # the file's rows: the filters above keep the index
     if shared:
-        return VectorLabels(geometries[inside], ids[inside], info) if inside.any() else None
+        return VectorLabels(geometries[inside], ids[inside], info, features[inside]) if inside.any() else None
     if not inside.any():
         raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
     # One label file may serve many tiles: a class drawn only elsewhere is left out of this raster's run.
@@ -359,7 +364,7 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         warnings.warn(f"{path}: no polygon of class(es) {', '.join(outside)} overlaps the raster "
                       f"{reference.name}: left out")
         info = info.subset(set(ids[inside].tolist()))
-    return VectorLabels(geometries[inside], ids[inside], info)
+    return VectorLabels(geometries[inside], ids[inside], info, features[inside])
 
 
 def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,

@@ -1,7 +1,7 @@
 """``check-support`` and ``--encoder auto``: what the user's own polygons say, by cross-validation.
 
 The cross-validation itself is ``crossval``; this module decides what to run it on (the support
-windows of the raster, the encoders to compare) and returns the report and the encoder chosen.
+windows of every raster the support is fitted on, the encoders to compare) and returns the report and the encoder chosen.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .classes import ClassInfo
 from .errors import GeoprotoError
-from .inputs import Inputs
+from .inputs import SupportLabels
 from .models.runtime import GRID, FeatureExtractor, default_batch_size, resolve_device
-from .raster import path_exists
-from .support import is_raster
+from .raster import RasterSource, path_exists
+from .support import VectorLabels, is_raster
 from .tiling import tile_grid
 from .validation import check_number
 
@@ -47,15 +48,21 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     batch_size = options.batch_size or default_batch_size(device)
     with options_inputs(image, support, options) as inputs:
         check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
-        _, encoder_info, result = choose_encoder(inputs, options, device, batch_size, True, folds,
+        _, encoder_info, result = choose_encoder([(inputs.support_source, inputs.labels)], inputs.classes, options,
+                                                 device, batch_size, True, folds,
                                                  group_distance or DEFAULT_GROUP_DISTANCE_PX)
     return {"input": image, "support": support, "encoder": encoder_info, **result}
 
 
-def choose_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device, batch_size: int, check: bool,
+def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, classes: ClassInfo | None,
+                   options: SegmentOptions, device: torch.device, batch_size: int, check: bool,
                    folds: int = DEFAULT_FOLDS, group_distance: float = DEFAULT_GROUP_DISTANCE_PX):
     """The encoder to segment with (a FeatureExtractor), its description, and the support's
     cross-validation report (None unless ``check`` or ``auto`` ran it).
+
+    ``supports``: the (raster, labels) pairs the classifier is fitted on (``classifier.fit_support``'s),
+    None for a prototype file; ``classes``: theirs. The cross-validation pools the polygons of every
+    raster: one set of folds over all of them (``crossval.read_support_windows``).
 
     An explicit encoder (a checkpoint, a backbone, trunk weights) or the shipped ``options.encoder`` is
     used as asked; ``auto`` cross-validates every shipped encoder on the support polygons and keeps the
@@ -74,18 +81,18 @@ def choose_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device
     default = DEFAULT_ENCODER if DEFAULT_ENCODER in candidates or not candidates else candidates[0]
     if not candidates:
         encoder, info = select_encoder(options.encoder, options.backbone, options.checkpoint, options.init_weights)
-    polygons = inputs.polygons
-    if polygons is None or not (candidates or check):
+    polygons = [(source, labels) for source, labels in supports or () if isinstance(labels, VectorLabels)]
+    if not polygons or not (candidates or check):
         if candidates:  # no polygons to cross-validate: the default encoder
             encoder, info = build_shipped(default)
             info = {**info, "auto": f"support is a label raster: no cross-validation, used the default {default}"}
         return FeatureExtractor(encoder, device), info, None
 
-    src = inputs.support_source.dataset
-    tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
-    windows = crossval.read_support_windows(inputs.support_source, polygons, inputs.classes, tiles,
-                                            options.tile_size, folds, group_distance)
-    num_classes = len(inputs.classes.ids)
+    windows = crossval.read_support_windows(
+        [(source, labels, tile_grid(source.dataset.height, source.dataset.width, options.tile_size, options.overlap,
+                                    GRID)) for source, labels in polygons],
+        classes, options.tile_size, folds, group_distance)
+    num_classes = len(classes.ids)
 
     def scored(extract, features):
         """The cross-validation report of the scoring variant the support picks (``crossval.choose_scoring``:
@@ -94,7 +101,7 @@ def choose_encoder(inputs: Inputs, options: SegmentOptions, device: torch.device
                                                      options.alpha)
         if options.progress:
             warnings.warn(f"scoring: {choice['reason']}")
-        report = crossval.report(confusions[choice["picked"]], inputs.classes, polygons, windows.folds)
+        report = crossval.report(confusions[choice["picked"]], classes, windows)
         return {**report, "scoring": choice}
 
     if not candidates:

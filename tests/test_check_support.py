@@ -34,7 +34,7 @@ def test_folds_keep_neighbouring_polygons_together(paths):
     path = Path(__import__("tempfile").mkdtemp()) / "s.gpkg"
     frame.to_file(path)
     inputs = options_inputs(str(paths.chip), str(path), SegmentOptions())
-    group_of, dominant = spatial_groups(inputs.labels, inputs.classes, group_distance=32)
+    group_of, dominant = spatial_groups([inputs.labels], inputs.classes, group_distance=32)
     folds = deal_folds(dominant, 3, seed=0)[group_of]
     assert folds[0] == folds[1]
     assert len(folds) == 6 and set(folds) <= {0, 1, 2}
@@ -145,7 +145,7 @@ def test_every_fold_deal_keeps_spatial_groups_together_and_spreads_classes(paths
                    ["a", "a", "b", "a", "b", "b", "a", "b"])
     frame.to_file(tmp_path / "s.gpkg")
     inputs = options_inputs(str(paths.chip), str(tmp_path / "s.gpkg"), SegmentOptions())
-    group_of, dominant = spatial_groups(inputs.labels, inputs.classes, 32)
+    group_of, dominant = spatial_groups([inputs.labels], inputs.classes, 32)
     assert group_of[0] == group_of[1] and len(set(group_of)) == 7
     deals = [deal_folds(dominant, 3, seed)[group_of] for seed in range(3)]
     assert len({tuple(deal) for deal in deals}) > 1  # the deals differ
@@ -238,8 +238,8 @@ def test_scoring_choice_takes_the_head_only_with_a_reliable_lead(tmp_path, skewe
 
     image, support = _colour_support(tmp_path, skewed)
     inputs = options_inputs(str(image), str(support), SegmentOptions())
-    windows = read_support_windows(inputs.support_source, inputs.labels, inputs.classes,
-                                   tile_grid(400, 400, 400, 0, 16), 400, 5, group_distance=16)
+    windows = read_support_windows([(inputs.support_source, inputs.labels, tile_grid(400, 400, 400, 0, 16))],
+                                   inputs.classes, 400, 5, group_distance=16)
     assert len(set(windows.groups)) == 36
     features = encode_windows(_pooled_colour_features, windows, 1)
     choice, confusions = choose_scoring(_pooled_colour_features, features, windows, 2, 5, 1)
@@ -293,7 +293,7 @@ def test_cross_validation_windows_leave_out_support_over_nodata(tmp_path):
     image, support = synthetic.scene(tmp_path, data, nodata=0)
     with options_inputs(str(image), str(support), SegmentOptions()) as inputs:
         tiles = tile_grid(96, 96, 96, 0, GRID)
-        windows = read_support_windows(inputs.source, inputs.polygons, inputs.classes, tiles, 96, 2, 32.0)
+        windows = read_support_windows([(inputs.source, inputs.polygons, tiles)], inputs.classes, 96, 2, 32.0)
         whole = np.stack([inputs.polygons.read_polygons(tile, 96) for tile in windows.tiles])
     assert whole[:, 30:45].any() and not windows.polygons[:, 30:45].any()
     outside = np.r_[0:30, 45:96]

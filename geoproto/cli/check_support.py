@@ -29,7 +29,9 @@ def check_support_command(image, support, folds, group_distance, as_json, **opti
     if as_json:
         print_json(report)
         return
-    click.echo(f"cross-validated over {report['folds']} spatial folds: overall accuracy "
+    used = report["cross_validated"]
+    click.echo(f"cross-validated {used['polygons']} polygons in {used['windows']} windows over {report['folds']} "
+               f"spatial folds: overall accuracy "
                f"{format_metric(report['overall_accuracy'], decimals=2)}, mean class F1 "
                f"{format_metric(report['mean_f1'], decimals=2)}")
     click.echo(f"scoring: {report['scoring']['reason']}")
