@@ -300,3 +300,98 @@ def test_cross_validation_windows_leave_out_support_over_nodata(tmp_path):
     np.testing.assert_array_equal(windows.polygons[:, outside], whole[:, outside])
     assert windows.polygons[:, outside].any()
 
+
+
+def _cut(image: Path, path: Path, col0: int, col1: int) -> Path:
+    """Columns ``col0``-``col1`` of ``image`` as their own GeoTIFF, georeferenced where they lie."""
+    from rasterio.windows import Window
+
+    window = Window(col0, 0, col1 - col0, 400)
+    with rasterio.open(image) as src:
+        profile = {**src.profile, "width": col1 - col0, "transform": src.window_transform(window)}
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return path
+
+
+def _run_windows(images, support, group_distance, folds=5):
+    """The cross-validation windows of the support over ``images`` (as a several-raster segment run
+    opens them), 192 px windows."""
+    from geoproto.crossval import read_support_windows
+    from geoproto.tiling import tile_grid
+
+    supports, classes = [], None
+    for image in images:
+        inputs = options_inputs(str(image), str(support), SegmentOptions(), shared=len(images) > 1)
+        src = inputs.source.dataset
+        supports.append((inputs.source, inputs.polygons, tile_grid(src.height, src.width, 192, 0, 16)))
+        classes = inputs.classes
+    return read_support_windows(supports, classes, 192, folds, group_distance), classes
+
+
+def test_cross_validation_over_two_halves_equals_the_whole_raster(tmp_path):
+    """The skewed colour boxes cut in two rasters at column 192 (no box crosses it): the windows of both
+    halves hold the polygons of both, grouped and dealt as on the whole raster, so the cross-validated
+    confusion and report are the whole raster's."""
+    from geoproto.crossval import cross_validate, encode_windows, report
+
+    image, support = _colour_support(tmp_path, skewed=True)
+    halves = [_cut(image, tmp_path / "left.tif", 0, 192), _cut(image, tmp_path / "right.tif", 192, 400)]
+    results = {}
+    for name, images in (("whole", [image]), ("halves", halves), ("left", halves[:1])):
+        windows, classes = _run_windows(images, support, group_distance=16)
+        features = encode_windows(_pooled_colour_features, windows, 2)
+        confusion = cross_validate(features, windows, 2, 5)
+        results[name] = (windows, confusion, report(confusion, classes, windows))
+    whole, halves_run, left = results["whole"], results["halves"], results["left"]
+    # 192 px windows at columns 0, 192, 208 of the whole, 0 of the left and 0, 16 of the right: the same
+    # windows, so the same features and the same cores
+    assert whole[2]["cross_validated"] == {"polygons": 36, "windows": 9, "rasters": 1}
+    assert halves_run[2]["cross_validated"] == {"polygons": 36, "windows": 9, "rasters": 2}
+    assert left[2]["cross_validated"] == {"polygons": 18, "windows": 3, "rasters": 1}  # what the first alone gave
+    assert {c["polygons"] for c in halves_run[2]["classes"].values()} == {18}
+    # The same polygons in the same groups and folds, polygon by polygon (pieces renumbered per raster).
+    for run in (whole, halves_run):
+        order = np.argsort(run[0].polygon_features)
+        assert list(run[0].polygon_features[order]) == list(range(36))
+    by_feature = [(run[0].groups[np.argsort(run[0].polygon_features)],
+                   run[0].fold_draws[:, np.argsort(run[0].polygon_features)]) for run in (whole, halves_run)]
+    np.testing.assert_array_equal(by_feature[0][0], by_feature[1][0])
+    np.testing.assert_array_equal(by_feature[0][1], by_feature[1][1])
+    assert whole[1].sum() > 0 and whole[2]["mean_f1"] < 0.95  # errors to compare, not a trivial 1.0
+    np.testing.assert_allclose(halves_run[1], whole[1])
+    assert {k: v for k, v in halves_run[2].items() if k != "cross_validated"} == \
+        {k: v for k, v in whole[2].items() if k != "cross_validated"}
+
+
+def test_a_polygon_across_two_rasters_is_one_group_in_one_fold(tmp_path):
+    """A box drawn across the cut is a piece on each raster: both pieces share a group (and so every fold
+    deal), count as one polygon, and every labelled pixel of both rasters is held out once per deal."""
+    from geoproto.crossval import cross_validate, encode_windows, report
+
+    image, support = _colour_support(tmp_path, skewed=False)
+    frame = geopandas.read_file(support)
+    with rasterio.open(image) as src:
+        (x0, y0), (x1, y1) = src.transform * (176, 376), src.transform * (208, 396)  # below the boxes' rows
+    frame = geopandas.pd.concat([frame, geopandas.GeoDataFrame(
+        {"class": ["a"]}, geometry=[box(x0, y1, x1, y0)], crs=frame.crs)], ignore_index=True)
+    frame.to_file(tmp_path / "across.gpkg")
+    halves = [_cut(image, tmp_path / "left.tif", 0, 192), _cut(image, tmp_path / "right.tif", 192, 400)]
+    windows, classes = _run_windows(halves, tmp_path / "across.gpkg", group_distance=4)
+    pieces = np.nonzero(windows.polygon_features == 36)[0]
+    assert len(pieces) == 2 and len(windows.polygon_features) == 37 + 1
+    assert windows.groups[pieces[0]] == windows.groups[pieces[1]]
+    assert (windows.groups == windows.groups[pieces[0]]).sum() == 2  # the group is that polygon's alone
+    assert len(set(windows.groups)) == 37
+    for deal in windows.fold_draws:
+        assert deal[pieces[0]] == deal[pieces[1]]
+    confusion = cross_validate(encode_windows(_pooled_colour_features, windows, 2), windows, 2, 5)
+    result = report(confusion, classes, windows)
+    assert result["cross_validated"] == {"polygons": 37, "windows": 9, "rasters": 2}
+    assert result["classes"]["a"]["polygons"] == 19 and result["classes"]["b"]["polygons"] == 18
+    labelled = 0
+    for n, tile in enumerate(windows.tiles):
+        rows, cols = tile.core_slices
+        labelled += int((windows.polygons[n][rows, cols] > 0).sum())
+    assert labelled == 37 * 32 * 32 - 32 * 12  # 36 boxes of 32 x 32 and one of 32 x 20, each pixel once
+    assert confusion.sum() == pytest.approx(labelled)

@@ -1061,6 +1061,30 @@ def test_folder_glob_and_files_give_one_output_each(tmp_path, how):
             assert set(np.unique(out.read(1))) == {1, 2}  # both classes found on the raster without support
 
 
+def test_scoring_auto_cross_validates_the_support_of_every_input(tmp_path):
+    """Polygons on both rasters: ``--scoring auto``'s cross-validation (the summary's ``support_check``)
+    pools the polygons of both, not only those of the first raster."""
+    from synthetic import CRS, ORIGIN, PIXEL, SIDE
+
+    images, _ = _two_synthetic(tmp_path / "flight")
+    boxes, names = [], []
+    for raster in range(2):  # two squares per class on each raster, more than 32 px apart
+        for col, name in ((4, "bright"), (60, "dark")):
+            for row in (8, 64):
+                x0, y0 = ORIGIN[0] + (raster * SIDE + col) * PIXEL, ORIGIN[1] - row * PIXEL
+                boxes.append(box(x0, y0 - 16 * PIXEL, x0 + 16 * PIXEL, y0))
+                names.append(name)
+    geopandas.GeoDataFrame({"class": names}, geometry=boxes, crs=CRS).to_file(tmp_path / "both.gpkg")
+    result = run(*images, "-s", tmp_path / "both.gpkg", "--output-dir", tmp_path / "out", "--scoring", "auto", *FAST,
+                 "--json")
+    assert result.exit_code == 0, result.output
+    check = json.loads(result.stdout)["support_check"]
+    assert check["cross_validated"]["polygons"] == 8 and check["cross_validated"]["rasters"] == 2
+    assert check["cross_validated"]["windows"] >= 2
+    assert {name: c["polygons"] for name, c in check["classes"].items()} == {"bright": 4, "dark": 4}
+    assert sum(c["held_out_pixels"] for c in check["classes"].values()) == 8 * 16 * 16
+
+
 @pytest.mark.parametrize("extra, message", [
     ((), "2 inputs: give --output-dir DIR"),
     (("-o", "c.tif"), "2 inputs: give --output-dir DIR"),
