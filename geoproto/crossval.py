@@ -65,8 +65,9 @@ class SupportWindows:
 
     def used(self) -> dict:
         """What the cross-validation saw: polygons with held-out pixels in the windows, windows, rasters."""
-        pieces = np.unique(self.polygons)
-        return {"polygons": int(len(np.unique(self.polygon_features[pieces[pieces > 0] - 1]))),
+        seen = np.zeros(len(self.polygon_features) + 1, bool)
+        seen[self.polygons.ravel()] = True
+        return {"polygons": int(len(np.unique(self.polygon_features[seen[1:]]))),
                 "windows": len(self.tiles), "rasters": len(set(self.tile_sources))}
 
 

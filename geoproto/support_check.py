@@ -1,7 +1,8 @@
 """``check-support`` and ``--encoder auto``: what the user's own polygons say, by cross-validation.
 
 The cross-validation itself is ``crossval``; this module decides what to run it on (the support
-windows of every raster the support is fitted on, the encoders to compare) and returns the report and the encoder chosen.
+windows of every raster the support is fitted on, the encoders to compare) and returns the report and
+the encoder chosen.
 """
 
 from __future__ import annotations

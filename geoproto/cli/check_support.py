@@ -30,7 +30,7 @@ def check_support_command(image, support, folds, group_distance, as_json, **opti
         print_json(report)
         return
     used = report["cross_validated"]
-    click.echo(f"cross-validated {used['polygons']} polygons in {used['windows']} windows over {report['folds']} "
+    click.echo(f"cross-validated {used['polygons']} polygon(s) in {used['windows']} window(s) over {report['folds']} "
                f"spatial folds: overall accuracy "
                f"{format_metric(report['overall_accuracy'], decimals=2)}, mean class F1 "
                f"{format_metric(report['mean_f1'], decimals=2)}")
