@@ -395,3 +395,12 @@ def test_a_polygon_across_two_rasters_is_one_group_in_one_fold(tmp_path):
         labelled += int((windows.polygons[n][rows, cols] > 0).sum())
     assert labelled == 37 * 32 * 32 - 32 * 12  # 36 boxes of 32 x 32 and one of 32 x 20, each pixel once
     assert confusion.sum() == pytest.approx(labelled)
+
+
+def test_cli_text_says_what_was_cross_validated(tmp_path):
+    image, support = _colour_support(tmp_path, skewed=False)
+    result = CliRunner().invoke(main, ["check-support", str(image), "--support", str(support), "--group-distance",
+                                       "16"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("cross-validated 36 polygon(s) in 1 window(s) over 5 spatial folds: overall "
+                                    "accuracy 1.00, mean class F1 1.00\n")
