@@ -64,7 +64,8 @@ class SupportWindows:
         return self.fold_draws[0]
 
     def used(self) -> dict:
-        """What the cross-validation saw: polygons with held-out pixels in the windows, windows, rasters."""
+        """What the cross-validation saw: the polygons with pixels (on valid data) in its windows, the windows,
+        and the rasters they lie on."""
         seen = np.zeros(len(self.polygon_features) + 1, bool)
         seen[self.polygons.ravel()] = True
         return {"polygons": int(len(np.unique(self.polygon_features[seen[1:]]))),

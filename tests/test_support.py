@@ -433,3 +433,29 @@ def test_a_buffer_wider_than_the_raster_is_refused(paths, chip, tmp_path):
         load_support(str(tmp_path / "points.gpkg"), chip, buffer=1e300)
     assert len(load_support(str(tmp_path / "points.gpkg"), chip, buffer=2.0).geometries) == len(points)
 
+
+
+def test_each_polygon_keeps_its_file_row_on_every_raster(tmp_path):
+    """A support shared by two rasters: a polygon read for each (a piece each) keeps its row in the file,
+    skipped rows included, so cross-validation can tell the pieces of one polygon from two polygons."""
+    import synthetic
+    from rasterio.transform import from_origin
+
+    first = synthetic.write_raster(tmp_path / "one.tif", synthetic.two_halves())
+    x0, y0 = synthetic.ORIGIN
+    width = synthetic.SIDE * synthetic.PIXEL  # 48 m
+    second = synthetic.write_raster(tmp_path / "two.tif", synthetic.two_halves(),
+                                    transform=from_origin(x0 + width, y0, synthetic.PIXEL, synthetic.PIXEL))
+    frame = geopandas.GeoDataFrame(
+        {"class": [None, "a", "b", "a"]},
+        geometry=[box(x0 + 1, y0 - 5, x0 + 5, y0 - 1),  # row 0: no class, skipped
+                  box(x0 + 1, y0 - 5, x0 + 5, y0 - 1),  # row 1: on the first raster
+                  box(x0 + width - 4, y0 - 5, x0 + width + 4, y0 - 1),  # row 2: across both
+                  box(x0 + width + 1, y0 - 5, x0 + width + 5, y0 - 1)],  # row 3: on the second
+        crs=synthetic.CRS)
+    frame.to_file(tmp_path / "s.gpkg")
+    rows = []
+    for path in (first, second):
+        with open_raster(str(path)) as reference, pytest.warns(UserWarning, match="skipped 1 polygon"):
+            rows.append(load_vector_support(str(tmp_path / "s.gpkg"), reference, shared=True).features.tolist())
+    assert rows == [[1, 2], [2, 3]]
