@@ -24,7 +24,7 @@ construction and its filters are the CRF's cost, pydensecrf's and ours; blocks o
 four. The spatial range (7.2 m, tens of pixels) is much wider than a block, so what changes is confined
 to blocks that straddle a colour edge, where the unary and the full-resolution smoothness kernel still
 separate the pixels. Splitting those blocks (one point per side of the edge) was tried: the labels'
-agreement with pydensecrf rose by about a point for every 40 % more lattice points, the accuracy against
+agreement with pydensecrf rose by about a point for a quarter more lattice points, the accuracy against
 the truth not at all, and the speed fell below 2.5 x pydensecrf2's pool (``benchmarks/crf_agreement.py``,
 the README's DenseCRF entry). ``appearance_stride=1`` is pydensecrf's CRF exactly (labels agreed on every pixel
 of the Dubai and SpaceNet windows compared); the default keeps the issue's bar against it (tests in
