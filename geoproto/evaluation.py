@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -208,8 +209,13 @@ def sample_supports(patches: list, shots: int, classes: list[int], rng: np.rando
 def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[int], class_names: list[str] | None,
              crf: bool, device: torch.device, train_split: str = "train", test_split: str = "test",
              alpha: float = DEFAULT_ALPHA, crf_params: crf_module.CRFParams | None = None,
-             progress: bool = True, crf_backend: str = crf_module.DEFAULT_BACKEND) -> dict:
-    """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation."""
+             progress: bool = True, crf_backend: str = crf_module.DEFAULT_BACKEND,
+             on_patch: Callable[[int, int, np.ndarray], None] | None = None) -> dict:
+    """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation.
+
+    ``on_patch(seed, patch_number, predicted)``, if given, receives each query patch's labels as scored
+    (its core, as positions 1..K of the report's classes), e.g. to compare two CRF backends pixel by pixel.
+    """
     check_number("alpha", alpha, 0, ALPHA_MAX, min_open=True)
     check_number("shots", shots, 1, integer=True)
     crf_backend = crf_module.resolve_backend(crf_backend, device.type) if crf else None
@@ -258,8 +264,10 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
             if crf and crf_backend == "densecrf":
                 probabilities, _ = crf_module.refine(crf_module.to_rgb8(image), probabilities, crf_params)
             rows, cols = tile.core_slices
-            predicted = probabilities.argmax(0) + 1
-            matrix += confusion_matrix(lookup[labels][rows, cols], predicted[rows, cols], len(classes.ids))
+            predicted = (probabilities.argmax(0) + 1)[rows, cols]
+            matrix += confusion_matrix(lookup[labels][rows, cols], predicted, len(classes.ids))
+            if on_patch is not None:
+                on_patch(seed, number, predicted)
             bar.update(1)
         runs.append({"seed": seed, "supports": [f"{train_samples[support_patches[i][0]].name}@"
                                                 f"{support_patches[i][1].row},{support_patches[i][1].col}"

@@ -307,16 +307,28 @@ def test_option_names_mean_one_thing_across_commands():
 
 @pytest.mark.slow
 def test_evaluate_with_either_crf_backend_scores_within_the_agreement_bar(dubai):
-    """The torch CRF and pydensecrf2 at equal settings: overall accuracy within 0.5 points, no class's F1
-    more than 1 point worse (measured: 50.71 against 50.75, F1 within 0.12 points)."""
+    """The torch CRF and pydensecrf2 at equal settings: labels of every query patch (as ``on_patch``
+    receives them) agree on >= 97 % of the pixels, overall accuracy within 0.5 points, no class's F1 more
+    than 1 point worse (measured: 97.5 % of the labels, OA 51.08 against 51.32, F1 within 0.32 points)."""
     import torch
 
     data = load_dataset("folder", str(dubai), holdout="image_part_001t6$")
     data.splits["train"] = [n for n in data.splits["train"] if n.endswith("t1")][:2]
     encoder = build_encoder()[0]
+    labels = {"torch": {}, "densecrf": {}}
+
+    def collect(backend):
+        def on_patch(seed, number, predicted):
+            labels[backend][seed, number] = predicted
+        return on_patch
+
     reports = {backend: evaluate(data, encoder, 1, [0], None, True, torch.device("cpu"), progress=False,
-                                 crf_backend=backend) for backend in ("torch", "densecrf")}
+                                 crf_backend=backend, on_patch=collect(backend)) for backend in labels}
     assert reports["torch"]["crf_backend"] == "torch" and reports["densecrf"]["crf_backend"] == "densecrf"
+    assert list(labels["torch"]) == [(0, n) for n in range(reports["torch"]["query_patches"])] == list(labels["densecrf"])
+    torch_labels, reference_labels = (np.concatenate([p.ravel() for p in labels[b].values()]) for b in labels)
+    assert set(np.unique(reference_labels)) <= set(range(1, len(reports["torch"]["classes"]) + 1))
+    assert (torch_labels == reference_labels).mean() >= 0.97
     torch_run, reference = reports["torch"]["runs"][0], reports["densecrf"]["runs"][0]
     # The torch CRF's appearance kernel works on 2 x 2 blocks (crf_torch): the issue's bar, not equality.
     assert abs(torch_run["overall_accuracy"] - reference["overall_accuracy"]) <= 0.005
