@@ -9,7 +9,8 @@ fresh process so peak resident memory is its own:
   (``torch``) and with the pydensecrf2 process pool (``densecrf``);
 - ``naive``: read one window, model in float32 batch 1, CRF (pydensecrf2), write, one tile at a time.
 
-First it measures the CRF alone on real 417 px Dubai windows (7.2 m kernel at 0.3 m: 24 px): windows
+First it measures the CRF alone on real 417 px Dubai windows (the resolution rule's kernel at 0.3 m, as
+``segment`` sets it: 16 px): windows
 per second of the torch backend (batches on ``--device``, torch's threads) against the pydensecrf2 pool
 (one process per core), on the same cores. Prints the encoder's speed at each CPU thread count, then
 tiles per second, seconds per stage, peak RSS, and the ratios.
@@ -37,6 +38,7 @@ from rasterio.windows import Window
 
 CACHE = Path(tempfile.gettempdir()) / "geoproto-bench"
 SUPPORT_SIDE = 1024  # the support labels cover the top-left corner only
+DUBAI_PIXEL_M = 0.3  # the mosaic's pixels, as its georeferencing says
 
 
 def build_mosaic(side: int, root: Path) -> tuple[Path, Path]:
@@ -125,7 +127,7 @@ def run_naive(image: str, labels: str, classes_file: str, crf: bool, device: str
         classes, prototypes, ids = classifier.classes, classifier.prototypes, classifier.ids
         tiles = tile_grid(src.height, src.width, 417, 64)
         writer = ResultWriter(src, src.crs, classes, os.path.join(folder, "c.tif"), None)
-        params = crf_module.CRFParams(bilateral_sxy=crf_module.bilateral_sxy_pixels(7.2, 0.3)) if crf else None
+        params = crf_module.params_for_resolution(DUBAI_PIXEL_M) if crf else None
         for tile in tiles:
             t0 = time.perf_counter()
             window_image, valid = source.read(tile, 417)
@@ -226,7 +228,7 @@ def crf_comparison(root: Path, count: int, device: str, batch_size: int, workers
     from geoproto.tile_labels import init_worker
 
     windows = crf_windows(root, count)
-    params = crf_module.CRFParams(bilateral_sxy=crf_module.bilateral_sxy_pixels(7.2, 0.3))
+    params = crf_module.params_for_resolution(DUBAI_PIXEL_M)
     workers = workers or os.cpu_count() or 1
     target = torch.device(device)
     threads = torch.get_num_threads()
@@ -285,7 +287,7 @@ def crf_comparison(root: Path, count: int, device: str, batch_size: int, workers
                        "agree": float(np.mean([(labels.argmax(0) == ref).mean()
                                                for (labels, _), ref in zip(results[name], reference)])),
                        "kept": sum(kept for _, kept in results[name])}
-    return {"windows": count, "workers": workers, "rounds": rounds, "table": table}
+    return {"windows": count, "workers": workers, "rounds": rounds, "bilateral_px": params.bilateral_sxy, "table": table}
 
 
 def child(args) -> None:
@@ -338,7 +340,8 @@ def main() -> None:
     if args.crf_windows:
         crf = crf_comparison(args.root, args.crf_windows, args.device,
                              args.crf_batch or (16 if args.device == "cuda" else 1), args.workers, args.repeat)
-        print(f"CRF alone, {crf['windows']} windows of 417 px, 24 px bilateral kernel, median of {crf['rounds']} "
+        print(f"CRF alone, {crf['windows']} windows of 417 px, {crf['bilateral_px']:.0f} "
+              f"px bilateral kernel, median of {crf['rounds']} "
               f"alternated round(s), load average {os.getloadavg()[0]:.1f} at the end:")
         print(f"  {'backend':<66} {'windows/s':>9} {'x pool':>7} {'labels = pydensecrf2':>20} {'kept':>5}")
         for name, row in crf["table"].items():
