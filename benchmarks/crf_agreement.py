@@ -54,7 +54,7 @@ def row(name: str, compared: int, agreeing: int, accuracy: dict, f1: dict) -> st
     per_class = ", ".join(f"{c} {100 * f1['torch'][c]:.1f} / {100 * f1['densecrf'][c]:.1f}" for c in classes)
     return (f"| {name} | {compared:,} | {100 * agreeing / compared:.2f} % | {100 * accuracy['off']:.2f} | "
             f"{100 * accuracy['torch']:.2f} | {100 * accuracy['densecrf']:.2f} | {per_class} | "
-            f"{differences[worst]:+.2f} ({worst}) |")
+            f"{differences[worst]:+.3f} ({worst}) |")
 
 
 def dubai(args) -> None:
