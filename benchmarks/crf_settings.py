@@ -2,7 +2,6 @@
 windows vetoed, CRF off against each setting, per data set.
 
     .venv/bin/python benchmarks/crf_settings.py --root DUBAI_FOLDER [--shots 5] [--seeds 0,1] [--settings ...]
-    .venv/bin/python benchmarks/crf_settings.py --root DUBAI_FOLDER --test   # area 6 and SpaceNet, once
 
 Validation data (never Dubai area 6, the test split):
 - Dubai area 5 at 0.3 m, the paper's protocol (``evaluate``'s patches and supports; supports from areas
@@ -11,10 +10,9 @@ Validation data (never Dubai area 6, the test split):
 - the 30 m Albers chip (``segment``, 6 pivots + 3 other boxes; the 13 other pivots vs rest).
 The model's probabilities are computed once per data set; each kernel setting refines every window once
 (torch backend, unguarded) and each guard is then applied to the recorded windows: a vetoed window
-counts with its unrefined labels, as ``segment`` and ``evaluate`` keep them. ``--test`` measures the
-chosen rule (``crf.params_for_resolution``) once on area 6 through ``evaluate`` (1/5/10 shots, CRF off
-and on) and SpaceNet through ``segment``. On this 2-core CPU, shared: about 3 min per setting and seed
-for area 5 (81 windows), 2 min for both chips, 18 min for ``--test``.
+counts with its unrefined labels, as ``segment`` and ``evaluate`` keep them. The chosen rule
+(``crf.params_for_resolution``) is measured on the test data by ``benchmarks/accuracy.py``. On this
+2-core CPU, shared: about 3 min per setting and seed for area 5 (81 windows), 2 min for both chips.
 """
 
 from __future__ import annotations
@@ -31,8 +29,7 @@ import rasterio
 import torch
 
 from geoproto import crf, crf_torch
-from geoproto.evaluation import (PATCH, _read_patch, evaluate, format_table, patch_index, sample_supports,
-                                 shot_prototypes, summarise)
+from geoproto.evaluation import PATCH, _read_patch, patch_index, sample_supports, shot_prototypes, summarise
 from geoproto.fewshot import class_probabilities
 from geoproto.metrics import confusion_matrix
 from geoproto.models import build_shipped
@@ -49,7 +46,6 @@ import encoder_choice  # noqa: E402  (the same supports and truth as the encoder
 encoder_choice._accuracy = lambda truth, predicted, classes: confusion_matrix(truth, predicted, classes)
 
 VALIDATION_SPLIT = REPO / "examples" / "dubai" / "split-train-1to4-val-5.json"
-TEST_SPLIT = REPO / "examples" / "dubai" / "split-train-1to5-test-6.json"
 DUBAI_PIXEL_M = 0.3  # the Dubai tiles carry no georeferencing
 
 # Kernel settings: overrides of crf.params_for_resolution's rule (widths in metres where named _m).
@@ -273,33 +269,6 @@ def validation(args) -> None:
     print(f"# {time.perf_counter() - started:.0f} s")
 
 
-def test(args) -> None:
-    """The chosen rule, measured once: Dubai area 6 through ``evaluate`` and SpaceNet through ``segment``."""
-    data = load_dataset("folder", str(args.root), split=str(TEST_SPLIT))
-    encoder = build_shipped(args.encoder)[0]
-    params = crf.params_for_resolution(DUBAI_PIXEL_M)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"# Dubai area 6 (test), {args.encoder}, seeds {args.seeds}, CRF {params}", flush=True)
-    for shots in (int(s) for s in args.test_shots.split(",")):
-        for refine in (False, True):
-            report = evaluate(data, encoder, shots, seeds, None, refine, torch.device("cpu"), progress=False,
-                              crf_params=params, crf_backend="torch")
-            print(f"dubai-6 {format_table(report).splitlines()[-1]}", flush=True)
-    with tempfile.TemporaryDirectory() as folder:
-        image, support, _, score = encoder_choice.spacenet_domain(folder)
-        for refine in (False, True):
-            summary = segment(str(image), str(support), str(Path(folder) / "out.tif"), SegmentOptions(
-                encoder=args.encoder, crf=refine, crf_backend="torch", progress=False, overwrite=True))
-            with rasterio.open(Path(folder) / "out.tif") as src:
-                matrix = score(src.read(1), summary)
-            result = summarise(matrix, ["building", "other"])
-            vetoed = summary["crf"].get("tiles_kept_unrefined", 0)
-            print(f"spacenet CRF {'on ' if refine else 'off'}  building IoU {result['classes']['building']['iou']:.3f}"
-                  f"  OA {100 * result['overall_accuracy']:.1f}  F1 building "
-                  f"{100 * result['classes']['building']['f1']:.1f} other {100 * result['classes']['other']['f1']:.1f}"
-                  f"  vetoed {vetoed}", flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="folder of the Dubai aerial tiles")
@@ -309,11 +278,9 @@ def main() -> None:
     parser.add_argument("--settings", default="rule,12px s5 w5,7.2m s5 w5,24px s5 w5,paper 80px s13 w10",
                         help=f"comma-separated, of: {', '.join(SETTINGS)}")
     parser.add_argument("--datasets", default="dubai,spacenet,pivots")
-    parser.add_argument("--test", action="store_true", help="measure the chosen rule once on the test data")
-    parser.add_argument("--test-shots", default="1,5,10")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    (test if args.test else validation)(args)
+    validation(args)
 
 
 if __name__ == "__main__":
