@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +70,26 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
     except BaseException:
         source.close()
         raise
+
+
+def support_pairs(opened: list[Inputs], support: str) -> tuple[list[tuple[RasterSource, SupportLabels]], ClassInfo]:
+    """The (raster, labels) pairs a support teaches on, over the inputs ``opened`` together: the support
+    image's, or those of every input the support touches; and the classes: with several inputs, those
+    with a polygon on at least one."""
+    inputs = opened[0]
+    if len(opened) == 1 or inputs.support_source is not inputs.source:  # one raster holds the support
+        return [(inputs.support_source, inputs.labels)], inputs.classes
+    touched = [inputs for inputs in opened if inputs.labels is not None]
+    if not touched:
+        raise GeoprotoError(f"{support}: no support polygon overlaps any of the {len(opened)} input rasters",
+                            param="support")
+    classes = touched[0].classes  # every class of the file (``shared``)
+    used = set().union(*(set(inputs.labels.class_ids.tolist()) for inputs in touched))
+    missing = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in used]
+    if missing:
+        warnings.warn(f"{support}: no polygon of class(es) {', '.join(missing)} overlaps any input: left out")
+        classes = classes.subset(used)
+    return [(inputs.source, inputs.labels) for inputs in touched], classes
 
 
 def open_image(image: str, classes: ClassInfo, bands: list[int] | None = None,

@@ -30,13 +30,13 @@ from . import __version__
 from . import crf as crf_module
 from .aoi import ClippedSource, load_area
 from .batch import SIDECARS, output_paths, sidecar_path
-from .classes import NODATA, ClassInfo
+from .classes import NODATA
 from .classifier import Classifier, fit_support
 from .distributed import ClassifierRecipe, EncoderRecipe, cluster, import_distributed, run_on_cluster
 from .errors import GeoprotoError
 from .heads import DEFAULT_VARIANT, VARIANTS
 from .fewshot import DEFAULT_ALPHA
-from .inputs import Inputs, open_image, open_inputs
+from .inputs import Inputs, open_image, open_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
@@ -269,7 +269,8 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                     open_image(job.image, taught.classes, options.bands, options.assume_crs) if taught
                     else options_inputs(job.image, support, options, shared=several))
             _release(job.inputs)
-        supports, classes = _supports(jobs, support) if taught is None else (None, taught.classes)
+        supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
+            else (None, taught.classes)
         batch_size = options.batch_size or default_batch_size(device)
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
         check_window_memory(options.tile_size, batch_size, len(classes.ids),
@@ -356,25 +357,6 @@ def _release(inputs: Inputs) -> None:
     rasters keeps a bounded number of files open."""
     inputs.source.close()
     inputs.support_source.close()
-
-
-def _supports(jobs: list[_Job], support: str) -> tuple[list[tuple], ClassInfo]:
-    """The (raster, labels) pairs the classifier is fitted on: the support image's, or those of every input
-    the support touches; and the classes: with several inputs, those with a polygon on at least one."""
-    inputs = jobs[0].inputs
-    if len(jobs) == 1 or inputs.support_source is not inputs.source:  # one raster holds the support
-        return [(inputs.support_source, inputs.labels)], inputs.classes
-    touched = [job.inputs for job in jobs if job.inputs.labels is not None]
-    if not touched:
-        raise GeoprotoError(f"{support}: no support polygon overlaps any of the {len(jobs)} input rasters",
-                            param="support")
-    classes = touched[0].classes  # every class of the file (``shared``)
-    used = set().union(*(set(inputs.labels.class_ids.tolist()) for inputs in touched))
-    missing = [name for class_id, name in zip(classes.ids, classes.names) if class_id not in used]
-    if missing:
-        warnings.warn(f"{support}: no polygon of class(es) {', '.join(missing)} overlaps any input: left out")
-        classes = classes.subset(used)
-    return [(inputs.source, inputs.labels) for inputs in touched], classes
 
 
 def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers: int, metadata: dict,

@@ -7,6 +7,7 @@ the encoder chosen.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ import torch
 
 from .classes import ClassInfo
 from .errors import GeoprotoError
-from .inputs import SupportLabels
+from .inputs import SupportLabels, support_pairs
 from .models.runtime import GRID, FeatureExtractor, default_batch_size, resolve_device
 from .raster import RasterSource, path_exists
 from .support import VectorLabels, is_raster
@@ -31,9 +32,10 @@ MAX_FOLDS = 100
 DEFAULT_GROUP_DISTANCE_PX = 32.0
 
 
-def check_support(image: str, support: str, options: SegmentOptions | None = None, folds: int = DEFAULT_FOLDS,
-                  group_distance: float | None = None) -> dict:
-    """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation."""
+def check_support(images: str | list[str], support: str, options: SegmentOptions | None = None,
+                  folds: int = DEFAULT_FOLDS, group_distance: float | None = None) -> dict:
+    """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation
+    over the polygons on ``images`` (one raster or several, pooled as ``segment`` pools them)."""
     from .pipeline import check_window_memory
     from .segment import SegmentOptions, check_tiling, options_inputs
 
@@ -45,14 +47,17 @@ def check_support(image: str, support: str, options: SegmentOptions | None = Non
     if path_exists(support) and is_raster(support):
         raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label "
                             f"raster", param="support")
+    images = [images] if isinstance(images, str) else list(images)
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
-    with options_inputs(image, support, options) as inputs:
-        check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
-        _, encoder_info, result = choose_encoder([(inputs.support_source, inputs.labels)], inputs.classes, options,
-                                                 device, batch_size, True, folds,
+    with contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(options_inputs(image, support, options, shared=len(images) > 1))
+                  for image in images]
+        supports, classes = support_pairs(opened, support)
+        check_window_memory(options.tile_size, batch_size, len(classes.ids))
+        _, encoder_info, result = choose_encoder(supports, classes, options, device, batch_size, True, folds,
                                                  group_distance or DEFAULT_GROUP_DISTANCE_PX)
-    return {"input": image, "support": support, "encoder": encoder_info, **result}
+    return {"inputs": images, "support": support, "encoder": encoder_info, **result}
 
 
 def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, classes: ClassInfo | None,

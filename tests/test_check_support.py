@@ -404,3 +404,26 @@ def test_cli_text_says_what_was_cross_validated(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.startswith("cross-validated 36 polygon(s) in 1 window(s) over 5 spatial folds: overall "
                                     "accuracy 1.00, mean class F1 1.00\n")
+
+
+def test_cli_pools_the_polygons_of_several_rasters(tmp_path):
+    """check-support over two rasters cross-validates the polygons of both, as the whole raster's run does
+    (the library path is tested above; here the CLI's expansion of IMAGE... and its text)."""
+    import json
+
+    image, support = _colour_support(tmp_path, skewed=True)
+    halves = [_cut(image, tmp_path / "left.tif", 0, 192), _cut(image, tmp_path / "right.tif", 192, 400)]
+    runner = CliRunner()
+    whole = runner.invoke(main, ["check-support", str(image), "-s", str(support), "--group-distance", "16", "--json"])
+    both = runner.invoke(main, ["check-support", str(tmp_path / "*t.tif"), "-s", str(support), "--group-distance",
+                                "16", "--json"])
+    assert whole.exit_code == 0 and both.exit_code == 0, whole.output + both.output
+    whole, both = json.loads(whole.stdout), json.loads(both.stdout)
+    assert both["inputs"] == [str(tmp_path / "left.tif"), str(tmp_path / "right.tif")]
+    assert both["cross_validated"]["polygons"] == whole["cross_validated"]["polygons"] == 36
+    assert both["cross_validated"]["rasters"] == 2
+    assert {name: c["polygons"] for name, c in both["classes"].items()} == \
+        {name: c["polygons"] for name, c in whole["classes"].items()}
+    text = runner.invoke(main, ["check-support", *map(str, halves), "-s", str(support), "--group-distance", "16"])
+    assert text.exit_code == 0, text.output
+    assert " on 2 rasters over 5 spatial folds" in text.output.splitlines()[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..batch import expand_images
 from ..metrics import format_metric
 from ..segment import SegmentOptions
 from ..support_check import DEFAULT_FOLDS, MAX_FOLDS, check_support
@@ -12,7 +13,7 @@ from .options import (encoding_options, handle_errors, integer, not_stdio, numbe
 
 
 @click.command("check-support")
-@click.argument("image", type=click.Path(dir_okay=False), callback=not_stdio)
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True, callback=not_stdio)
 @click.option("--support", "-s", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Labelled polygons.")
 @support_options
@@ -22,16 +23,19 @@ from .options import (encoding_options, handle_errors, integer, not_stdio, numbe
               help="Polygons closer than this many pixels share a fold [default: 32].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @handle_errors
-def check_support_command(image, support, folds, group_distance, as_json, **options):
-    """Cross-validate the support of IMAGE: per-class F1 when each group of polygons is predicted from
-    the others, the confusions between classes, and what to add. Exit code 0 whatever the result."""
-    report = check_support(image, support, SegmentOptions(progress=False, **options), folds, group_distance)
+def check_support_command(images, support, folds, group_distance, as_json, **options):
+    """Cross-validate the support polygons on IMAGES (rasters, folders or glob patterns, pooled as
+    `segment` pools them): per-class F1 when each group of polygons is predicted from the others, the
+    confusions between classes, and what to add. Exit code 0 whatever the result."""
+    report = check_support(expand_images(list(images)), support, SegmentOptions(progress=False, **options), folds,
+                           group_distance)
     if as_json:
         print_json(report)
         return
     used = report["cross_validated"]
-    click.echo(f"cross-validated {used['polygons']} polygon(s) in {used['windows']} window(s) over {report['folds']} "
-               f"spatial folds: overall accuracy "
+    rasters = f" on {used['rasters']} rasters" if used["rasters"] > 1 else ""
+    click.echo(f"cross-validated {used['polygons']} polygon(s) in {used['windows']} window(s){rasters} over "
+               f"{report['folds']} spatial folds: overall accuracy "
                f"{format_metric(report['overall_accuracy'], decimals=2)}, mean class F1 "
                f"{format_metric(report['mean_f1'], decimals=2)}")
     click.echo(f"scoring: {report['scoring']['reason']}")
