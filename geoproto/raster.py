@@ -48,6 +48,19 @@ def open_raster(path: str) -> rasterio.io.DatasetReader:
     return dataset
 
 
+def component_files(path: str) -> list[str]:
+    """The files GDAL reads for the raster ``path`` besides ``path`` itself (a VRT's sources, sidecars),
+    so that no output replaces one; none if it cannot be opened (opening it later says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as dataset:
+                files = dataset.files
+    except RasterioIOError:
+        return []
+    return [file for file in files if os.path.abspath(file) != os.path.abspath(path)]
+
+
 def path_exists(path: str) -> bool:
     """Whether a path names an existing file; GDAL's virtual paths (/vsizip/, /vsicurl/) are left for
     GDAL to open, and to name in its own error if they do not exist."""

@@ -44,7 +44,7 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
                      sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory
 from .prototype_file import load_prototypes
-from .raster import block_cache, pixel_area_m2, pixel_size_m
+from .raster import block_cache, component_files, pixel_area_m2, pixel_size_m
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
 from .tiling import tile_grid
@@ -255,7 +255,10 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         **{("image" if not several else f"image {n}"): job.image for n, job in enumerate(jobs, 1)}, "support": support,
         "support_image": options.support_image, "classes_file": options.classes_file,
         "checkpoint": options.checkpoint, "init_weights": options.init_weights, "aoi": options.aoi,
-        "prototypes": options.prototypes})
+        "prototypes": options.prototypes,
+        # what a VRT reads: replacing one of its sources would destroy an input as surely
+        **{f"source {k} of {raster}": path for raster in [job.image for job in jobs] + [options.support_image]
+           if raster for k, path in enumerate(component_files(raster), 1)}})
     journals: list[Journal] = []
     inputs_stack = contextlib.ExitStack()
     try:

@@ -750,6 +750,21 @@ def test_vrt_with_a_missing_source_names_the_file(tmp_path):
     _assert_nothing_left(tmp_path, tmp_path / "mosaic.vrt", support, tmp_path / "image.tif")
 
 
+def test_an_output_never_replaces_a_source_of_a_vrt_input(tmp_path):
+    """A VRT reads other files: writing the class raster over one of them (even with --overwrite) would
+    destroy an input; refused before any work, the source untouched."""
+    from synthetic import two_halves, write_raster
+
+    source = write_raster(tmp_path / "source.tif", two_halves("uint16"))
+    _, support = _synthetic(tmp_path)
+    rasterio.shutil.copy(source, tmp_path / "mosaic.vrt", driver="VRT")
+    before = source.read_bytes()
+    result = run(tmp_path / "mosaic.vrt", "-s", support, "-o", source, "--overwrite", *FAST)
+    assert result.exit_code == 1, result.output
+    assert f"{source}: is the input source 1 of {tmp_path / 'mosaic.vrt'}" in result.output
+    assert source.read_bytes() == before
+
+
 def test_support_under_vsizip_is_read(tmp_path):
     import zipfile
 
