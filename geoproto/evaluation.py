@@ -286,11 +286,12 @@ def shot_prototypes(data: LabelledDataset, samples, shots: list, extract: Featur
     ``patch_index``), averaged over the shots that hold the class, so every shot weighs the same whatever
     its share of the class (``segment`` weighs pixels instead: its windows are not shots). Returns the
     K x C prototypes and which classes any shot holds."""
+    lookup = classes.positions()
     features, labels = [], []
     for sample_index, tile, _ in shots:
         image, label = _read_patch(data, samples[sample_index], tile)
         features.append(extract(image[None]).cpu().float())
-        labels.append(torch.from_numpy(classes.positions()[label]))
+        labels.append(torch.from_numpy(lookup[label]))
     labels = torch.stack(labels)
     present = torch.bincount(labels.reshape(-1), minlength=len(classes.ids) + 1)[1:] > 0
     return masked_average_prototypes(torch.cat(features), labels, len(classes.ids)), present
