@@ -31,7 +31,6 @@ import numpy as np
 import rasterio
 import torch
 
-from geoproto.crf import CRFParams
 from geoproto.evaluation import evaluate, score
 from geoproto.models import build_shipped
 from geoproto.models.shipped import DEFAULT_ENCODER
@@ -60,7 +59,6 @@ def row(name: str, compared: int, agreeing: int, accuracy: dict, f1: dict) -> st
 def dubai(args) -> None:
     data = load_dataset("folder", str(args.root), split=str(args.split))
     encoder = build_shipped(DEFAULT_ENCODER)[0]
-    params = CRFParams()  # geoproto evaluate's default: the rule's 16 px
     seeds = [int(s) for s in args.seeds.split(",")]
     for shots in (int(s) for s in args.shots.split(",")):
         started = time.perf_counter()
@@ -78,7 +76,7 @@ def dubai(args) -> None:
             counts["worst"] = min(counts["worst"], agreeing / predicted.size)
 
         reports = {backend: evaluate(data, encoder, shots, seeds, None, True, torch.device("cpu"), progress=False,
-                                     crf_params=params, crf_backend=backend, on_patch=on_patch)
+                                     crf_backend=backend, on_patch=on_patch)
                    for backend, on_patch in zip(BACKENDS, (keep, compare))}
         accuracy = {"off": off["mean"]["overall_accuracy"],
                     **{b: reports[b]["mean"]["overall_accuracy"] for b in BACKENDS}}

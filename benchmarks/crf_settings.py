@@ -34,6 +34,7 @@ from geoproto.fewshot import class_probabilities
 from geoproto.metrics import confusion_matrix
 from geoproto.models import build_shipped
 from geoproto.models.runtime import GRID, FeatureExtractor
+from geoproto.raster import pixel_size_m
 from geoproto.segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SegmentOptions, segment
 from geoproto.tiling import tile_grid
 from geoproto.training import load_dataset
@@ -170,7 +171,7 @@ class RasterCase:
             encoder=encoder, crf=False, progress=False, overwrite=True, probabilities=str(probabilities)))
         with rasterio.open(out) as src:
             self.unrefined = src.read(1)
-            self.pixel_size_m = abs(src.transform.a)
+            self.pixel_size_m = pixel_size_m(src, src.crs)
         with rasterio.open(probabilities) as src:
             self.probabilities = src.read().astype(np.float32)
         self.ids = np.array([c["id"] for c in self.summary["classes"]], np.uint8)
@@ -183,11 +184,10 @@ class RasterCase:
         from geoproto.raster import RasterSource
         from geoproto.tiling import Tile
 
-        source = RasterSource.open(path)
-        with source.dataset() as src:
-            tile = Tile(0, 0, src.height, src.width, 0, src.height, 0, src.width)
-            image, _ = source.read(src, tile, max(src.height, src.width))
-        return image[:, : src.height, : src.width]
+        with RasterSource.open(path) as source:
+            height, width = source.dataset.shape
+            image, _ = source.read(Tile(0, 0, height, width, 0, height, 0, width), max(height, width))
+        return image[:, :height, :width]
 
     def windows(self, params: crf.CRFParams) -> list[tuple]:
         """(tile, refined labels of the window, before, after) per window."""

@@ -25,9 +25,7 @@ from .validation import check_number
 
 BACKENDS = ("auto", "torch", "densecrf")
 DEFAULT_BACKEND = "auto"
-PAPER_PIXEL_SIZE_M = 0.09
 PAPER_BILATERAL_SXY_PX = 80.0
-DEFAULT_BILATERAL_M = PAPER_BILATERAL_SXY_PX * PAPER_PIXEL_SIZE_M  # 7.2 m
 # The resolution rule's bilateral width (``params_for_resolution``), chosen on validation data.
 RULE_BILATERAL_M = 3.6
 MIN_BILATERAL_PX = 16.0
@@ -109,9 +107,8 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((np.transpose(image, (1, 2, 0)) * 255).round().astype(np.uint8))
 
 
-def resolve_backend(backend: str, device_type: str) -> str:
-    """The backend to run on ``device_type`` ("cpu" or "cuda"); fails early, before any model runs, when
-    the one asked for cannot run here.
+def resolve_backend(backend: str) -> str:
+    """The backend to run; fails early, before any model runs, when the one asked for cannot run here.
 
     ``auto`` is torch everywhere: on a GPU it refines the whole batch beside the model, and on a CPU its
     2 x 2 appearance blocks make it faster than pydensecrf2's process pool on the same cores

@@ -128,8 +128,7 @@ class Lattice:
         self._splat_points = torch.div(order, d + 1, rounding_mode="floor")
         weights = weights.T.reshape(-1)  # point-major, as codes
         self._splat_weights = weights.index_select(0, order)
-        self._splat = _csr(self._splat_counts, self._splat_points, self._splat_weights,
-                           (self.vertices + 1, self._points))
+        self._set_splat(self._splat_weights)
         # The slice (N x (M + 1)): a point's d + 1 vertices, weighted.
         self._slice_columns = entry_vertex
         self._slice_weights = weights / (1.0 + 2.0 ** -d)
@@ -138,6 +137,9 @@ class Lattice:
             self._slice_columns = columns.view(-1)
             self._slice_weights = self._slice_weights.view(points, d + 1).gather(1, permutation).view(-1)
         self._set_slice(self._slice_weights)
+
+    def _set_splat(self, weights: torch.Tensor) -> None:
+        self._splat = _csr(self._splat_counts, self._splat_points, weights, (self.vertices + 1, self._points))
 
     def _set_slice(self, weights: torch.Tensor) -> None:
         self._slice = _csr(torch.full((self._points,), self.dimensions + 1, device=weights.device),
@@ -159,9 +161,7 @@ class Lattice:
         if mass is None:
             mass = torch.ones(self._points, 1, device=self._slice_weights.device)
         norm = (1.0 / torch.sqrt(self.filter(mass) + 1e-20)).squeeze(1)
-        self._splat = _csr(self._splat_counts, self._splat_points,
-                           self._splat_weights * norm.index_select(0, self._splat_points),
-                           (self.vertices + 1, self._points))
+        self._set_splat(self._splat_weights * norm.index_select(0, self._splat_points))
         self._set_slice(self._slice_weights * (compat * norm).repeat_interleave(self.dimensions + 1))
         return self
 
@@ -314,8 +314,6 @@ def refine_batch(images: torch.Tensor, probabilities: torch.Tensor, params: crf_
         # The bilateral kernel reads 8-bit colours (crf.to_rgb8), so the two backends see the same ones.
         rgb = (images.float() * 255).round().clamp(0, 255)
         srgb = torch.tensor(params.bilateral_srgb, dtype=torch.float32)
-        window_of_pixel = torch.cat([torch.full((h * w,), b, dtype=torch.int64, device=device)
-                                     for b, (h, w) in enumerate(sizes)])
         blocks = _Blocks(sizes, appearance_stride, device)
         appearance = torch.cat([torch.cat([_pixel_grid(h, w, params.bilateral_sxy, device),
                                            rgb[b, :, :h, :w].reshape(3, -1).T / srgb], 1)
@@ -331,7 +329,8 @@ def refine_batch(images: torch.Tensor, probabilities: torch.Tensor, params: crf_
             q = _softmax(energy)
 
         # The guard, on every window's pixels per class before and after (one transfer for the batch).
-        before, after = (torch.bincount(window_of_pixel * classes + _argmax(scores.T), minlength=batch * classes)
+        before, after = (torch.bincount(blocks.window_of_pixel * classes + _argmax(scores.T),
+                                        minlength=batch * classes)
                          .view(batch, classes).cpu().numpy() for scores in (probs, q))
         kept = [crf_module.keeps_classes(before[b], after[b], params) for b in range(batch)]
         refined = probabilities.clone()
@@ -350,9 +349,10 @@ class _Blocks:
 
     def __init__(self, sizes: list[tuple[int, int]], stride: int, device):
         self.stride = stride
+        self.window_of_pixel = torch.cat([torch.full((h * w,), b, dtype=torch.int64, device=device)
+                                          for b, (h, w) in enumerate(sizes)])
         if stride == 1:
-            self.window = torch.cat([torch.full((h * w,), b, dtype=torch.int64, device=device)
-                                     for b, (h, w) in enumerate(sizes)])
+            self.window = self.window_of_pixel  # the window of each block
             self.pixels = None
             return
         of_pixel, window, start = [], [], 0

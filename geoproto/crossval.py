@@ -247,21 +247,24 @@ def reliable_choice(group_confusions: dict[str, np.ndarray], default: str, kind:
 
 
 def choose_scoring(extract, features: torch.Tensor, windows: SupportWindows, num_classes: int, folds: int,
-                   batch_size: int, alpha: float = DEFAULT_ALPHA) -> tuple[dict, dict[str, np.ndarray]]:
+                   batch_size: int, alpha: float = DEFAULT_ALPHA,
+                   known: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Whether to score with plain prototypes (eq. 2) or with multi-scale features and/or a linear head
     fitted on the support (``heads``), cross-validated on the same folds as ``features`` (the 1x features
     of ``windows`` by ``extract``; the 2x ones are encoded here). The default, prototypes, stays unless a
     variant beats it reliably (``reliable_choice``).
 
     Returns the choice (``reliable_choice``'s keys plus ``scales`` and ``head``: the picked variant's
-    settings) and each variant's per-group confusion.
+    settings) and each variant's per-group confusion. ``known``: confusions already computed on these
+    features and folds (the encoder choice's plain prototypes), not computed again.
     """
     second = encode_windows(lambda images, context: second_scale_features(extract, images, context),
                             windows, batch_size)
     multiscale = torch.cat([concat_scales(features[n:n + 1], second[n:n + 1]).half() for n in range(len(features))])
     del second
-    confusions = {name: cross_validate(multiscale if len(scales) > 1 else features, windows, num_classes, folds,
-                                       alpha, head)
+    known = known or {}
+    confusions = {name: known[name] if name in known else
+                  cross_validate(multiscale if len(scales) > 1 else features, windows, num_classes, folds, alpha, head)
                   for name, (scales, head) in VARIANTS.items()}
     choice = reliable_choice(confusions, DEFAULT_VARIANT, "variant")
     scales, head = VARIANTS[choice["picked"]]

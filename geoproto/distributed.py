@@ -37,7 +37,7 @@ from .errors import GeoprotoError
 from .models.runtime import CONTEXT_MARGIN, FeatureExtractor, resolve_device
 from .pipeline import (CLASS_BYTES_PER_PIXEL, MODEL_BYTES_PER_PIXEL, QUEUED_BYTES_PER_PIXEL, PipelineResult,
                        RefineSettings, Window, label_windows)
-from .raster import RasterSource
+from .raster import RasterSource, absolute_path
 from .tile_labels import TileResult
 from .tiling import Tile
 
@@ -78,7 +78,7 @@ class EncoderRecipe:
 
         name = options.encoder if is_explicit(options.backbone, options.checkpoint, options.init_weights) \
             else info["name"]
-        return cls(name, options.backbone, *(_absolute(path) if path else None
+        return cls(name, options.backbone, *(absolute_path(path) if path else None
                                               for path in (options.checkpoint, options.init_weights)))
 
     def build(self, device: torch.device) -> FeatureExtractor:
@@ -219,11 +219,6 @@ def _worker_facts(raster: str, files: list[str]) -> dict:
         unreadable[raster] = str(exc)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return {"host": socket.gethostname(), "cores": cores, "version": __version__, "unreadable": unreadable}
-
-
-def _absolute(path: str) -> str:
-    """Workers have their own working folder: paths go to them absolute (GDAL's /vsi paths as they are)."""
-    return path if path.startswith("/vsi") else os.path.abspath(path)
 
 
 def check_workers(client, raster: str, files: list[str] = ()) -> dict[str, int]:
@@ -388,7 +383,7 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
 def _with_absolute_path(source):
     if hasattr(source, "source"):  # aoi.ClippedSource
         return replace(source, source=_with_absolute_path(source.source))
-    return replace(source, path=_absolute(source.path))
+    return replace(source, path=absolute_path(source.path))
 
 
 def _raster(source) -> RasterSource:

@@ -218,7 +218,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
     """
     check_number("alpha", alpha, 0, ALPHA_MAX, min_open=True)
     check_number("shots", shots, 1, integer=True)
-    crf_backend = crf_module.resolve_backend(crf_backend, device.type) if crf else None
+    crf_backend = crf_module.resolve_backend(crf_backend) if crf else None
     classes = data.classes if not class_names else data.classes.subset(
         [data.classes.ids[data.classes.names.index(n)] for n in _known(data, class_names)])
     lookup = classes.positions()

@@ -47,7 +47,12 @@ class Inputs:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        """Close the rasters' handles (the support's label raster, if any, closes with its dataset)."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the rasters' handles (the support's label raster, if any, closes with its dataset). They
+        reopen on use: a run over many rasters closes each between the steps that use it, keeping a
+        bounded number of files open."""
         self.source.close()
         self.support_source.close()
 

@@ -254,7 +254,9 @@ class WindowPipeline:
         batch_size, workers = self.batch_size, self.workers
         stop = threading.Event()
         read_queue: queue.Queue = queue.Queue(maxsize=read_queue_size(batch_size))
-        write_queue: queue.Queue = queue.Queue(maxsize=2 * max(workers, 1) + batch_size)
+        # Items are windows, or whole batches when the CRF refines beside the model: one being refined and
+        # one waiting keep both busy.
+        write_queue: queue.Queue = queue.Queue(maxsize=2 if self.crf_beside_model else 2 * max(workers, 1) + batch_size)
 
         def read_tiles():
             for tile in tiles:

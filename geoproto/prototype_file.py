@@ -32,7 +32,6 @@ from .errors import GeoprotoError
 
 FORMAT = "geoproto-prototypes"
 VERSION = 1
-EXTENSION = ".gpp"
 HEAD_PREFIX = "head."
 ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip: anything else is not a prototype file at all
 # Prototypes are K x C numbers and a head a few matrices: anything near this size is not a prototype
@@ -97,17 +96,15 @@ class PrototypeFile:
         with open(path, "wb") as handle:  # a file object: savez would append .npz to a name
             np.savez(handle, **arrays)
 
-    def classifier(self, extract, description: dict, alpha: float, image: str, bands: int,
-                   pixel_size_m: float | None):
+    def classifier(self, extract, description: dict, alpha: float):
         """The ``classifier.Classifier`` these prototypes make with ``extract`` (a FeatureExtractor whose
-        encoder ``description`` says what it is) on ``image``, and what to report of it: refused for
-        another encoder, warned for another resolution or band count (``check_raster``)."""
+        encoder ``description`` says what it is), refused for another encoder, and what to report of it
+        (``warnings``: for the callers' ``check_raster`` of each raster it labels)."""
         from .classifier import Classifier
 
         self.check_encoder(encoder_fingerprint(extract.encoder), description)
-        warned = self.check_raster(image, bands, pixel_size_m)
         stats = {"prototypes": self.path, "pixels": self.pixel_counts,
-                 "sources": [source["image"] for source in self.sources], "warnings": warned}
+                 "sources": [source["image"] for source in self.sources], "warnings": []}
         return Classifier(self.prototypes(), self.classes, alpha, extract, self.pixel_counts), stats
 
     def encoder_choice(self, encoder: str) -> str:

@@ -18,7 +18,7 @@ from .models.runtime import default_batch_size, resolve_device
 from .output import StagedOutputs
 from .prototype_file import PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge
 from .pipeline import check_window_memory
-from .raster import pixel_size_m
+from .raster import absolute_path, pixel_size_m
 from .segment import SegmentOptions, check_tiling, options_inputs
 from .support_check import choose_encoder
 
@@ -46,7 +46,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
             check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
             if extract is None:
                 extract, info, _ = choose_encoder([(inputs.support_source, inputs.labels)], inputs.classes,
-                                                  options, device, batch_size, False)
+                                                  options, device, batch_size, False, want_report=False)
                 if options.checkpoint:  # its metadata does not name it
                     info = {**info, "checkpoint": os.path.basename(options.checkpoint)}
                 encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
@@ -95,7 +95,7 @@ def _provenance(inputs: Inputs, support: str, options: SegmentOptions, pixels: d
     labelled = inputs.support_source
     src = labelled.dataset
     crs = src.crs if options.support_image else inputs.crs
-    return {"image": _absolute(labelled.path), "support": _absolute(support), "support_sha256": file_sha256(support),
+    return {"image": absolute_path(labelled.path), "support": absolute_path(support), "support_sha256": file_sha256(support),
             "bands": list(labelled.bands), "dtype": src.dtypes[labelled.bands[0] - 1],
             "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": pixel_size_m(src, crs),
             "crs": crs.to_string() if crs is not None else None, "pixels": pixels}
@@ -106,11 +106,6 @@ def _numbered_by_name(inputs: Inputs, classes: ClassInfo, options: SegmentOption
     classes file), so that a merge may renumber them."""
     return (inputs.polygons is not None and not options.classes_file
             and classes.names != [f"class_{i}" for i in classes.ids])
-
-
-def _absolute(path: str) -> str:
-    """A path as recorded in provenance: absolute, unless GDAL's (/vsizip/, /vsicurl/)."""
-    return path if path.startswith("/vsi") else os.path.abspath(path)
 
 
 def _describe(pooled: PrototypeFile) -> dict:

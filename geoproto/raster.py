@@ -61,6 +61,11 @@ def component_files(path: str) -> list[str]:
     return [file for file in files if os.path.abspath(file) != os.path.abspath(path)]
 
 
+def absolute_path(path: str) -> str:
+    """A path as recorded for another process or a later run: absolute, unless GDAL's (/vsizip/, /vsicurl/)."""
+    return path if path.startswith("/vsi") else os.path.abspath(path)
+
+
 def path_exists(path: str) -> bool:
     """Whether a path names an existing file; GDAL's virtual paths (/vsizip/, /vsicurl/) are left for
     GDAL to open, and to name in its own error if they do not exist."""

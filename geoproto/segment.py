@@ -188,7 +188,6 @@ class _Job:
     inputs: Inputs | None = None
     tiles: list | None = None
     area: object = None
-    classifier: Classifier | None = None
 
 
 def segment(image: str, support: str | None, output: str, options: SegmentOptions | None = None) -> dict:
@@ -249,7 +248,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     if taught is not None:
         options = replace(options, encoder=taught.encoder_choice(options.encoder))
     device = resolve_device(options.device)
-    crf_backend = crf_module.resolve_backend(options.crf_backend, device.type) if options.crf else None
+    crf_backend = crf_module.resolve_backend(options.crf_backend) if options.crf else None
     several = len(jobs) > 1
     staged = StagedOutputs(options.overwrite, {
         **{("image" if not several else f"image {n}"): job.image for n, job in enumerate(jobs, 1)}, "support": support,
@@ -271,7 +270,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                 job.inputs = inputs_stack.enter_context(
                     open_image(job.image, taught.classes, options.bands, options.assume_crs) if taught
                     else options_inputs(job.image, support, options, shared=several))
-            _release(job.inputs)
+            job.inputs.close()
         supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
             else (None, taught.classes)
         batch_size = options.batch_size or default_batch_size(device)
@@ -286,19 +285,19 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             scales, head = VARIANTS[scoring["used"]]
             classifier, support_stats = fit_support(extract, supports, classes, options.tile_size, options.overlap,
                                                     batch_size, options.alpha, head, scales)
+        else:
+            classifier, support_stats = taught.classifier(extract, encoder_info, options.alpha)
         for job in jobs:
             with _naming(job.image, several):
                 src = job.inputs.source.dataset
-                if taught is not None:  # checked against each raster (encoder, resolution, bands)
-                    classifier, support_stats = taught.classifier(extract, encoder_info, options.alpha, job.image,
-                                                                  len(job.inputs.source.bands),
-                                                                  pixel_size_m(src, job.inputs.crs))
-                job.classifier = classifier
+                if taught is not None:  # each raster against the supports' resolution and bands
+                    support_stats["warnings"] += taught.check_raster(job.image, len(job.inputs.source.bands),
+                                                                     pixel_size_m(src, job.inputs.crs))
                 job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs, several)
                 job.tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
                 if job.area is not None:  # windows outside the area are never read nor encoded
                     job.tiles = [tile for tile in job.tiles if job.area.reaches(tile)]
-            _release(job.inputs)
+            job.inputs.close()
         skipped = [job.image for job in jobs if not job.tiles]  # outside the area: no output
         if skipped:
             if len(skipped) == len(jobs):
@@ -323,12 +322,12 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             for job in jobs:
                 with _naming(job.image, several):
                     journal = Journal(job.output, segment_job(job.image, options, device.type, job.tiles,
-                                                              **job_inputs), job.tiles, len(job.classifier.classes.ids),
+                                                              **job_inputs), job.tiles, len(classifier.classes.ids),
                                       job.paths.probabilities is not None) if options.resume else None
                     journals += [journal] if journal else []
-                    results.append({**_segment_input(job, crf_backend, batch_size, workers, metadata, journal, bar,
-                                                     (client, recipe) if recipe else None), **shared})
-                _release(job.inputs)
+                    results.append({**_segment_input(job, classifier, crf_backend, batch_size, workers, metadata,
+                                                     journal, bar, (client, recipe) if recipe else None), **shared})
+                job.inputs.close()
         if not several:  # the whole run's time, the encoder and the support included
             results[0]["seconds"] = round(time.perf_counter() - started, 3)
         staged.commit()
@@ -355,19 +354,12 @@ def _naming(image: str, several: bool):
         raise
 
 
-def _release(inputs: Inputs) -> None:
-    """Close an input's raster handles between the steps that use it (they reopen on use): a run over many
-    rasters keeps a bounded number of files open."""
-    inputs.source.close()
-    inputs.support_source.close()
-
-
-def _segment_input(job: _Job, crf_backend: str | None, batch_size: int, workers: int, metadata: dict,
-                   journal: Journal | None, bar, dask: tuple | None) -> dict:
-    """One input's windows, written (after the journal's, with ``resume``) and finished in the staging
-    folder, on the Dask cluster when ``dask`` gives its (client, EncoderRecipe); returns its summary."""
+def _segment_input(job: _Job, classifier: Classifier, crf_backend: str | None, batch_size: int, workers: int,
+                   metadata: dict, journal: Journal | None, bar, dask: tuple | None) -> dict:
+    """One input's windows labelled by ``classifier``, written (after the journal's, with ``resume``) and
+    finished in the staging folder, on the Dask cluster when ``dask`` gives its (client, EncoderRecipe);
+    returns its summary."""
     started = time.perf_counter()
-    classifier = job.classifier
     options, paths, source, crs, tiles = job.options, job.paths, job.inputs.source, job.inputs.crs, job.tiles
     raster_format, vector_format = _output_formats(job.output, options)
     output_bytes = 1 + (4 * len(classifier.classes.ids) if paths.probabilities else 0)  # classes, probabilities

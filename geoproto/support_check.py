@@ -62,9 +62,11 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
 
 def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, classes: ClassInfo | None,
                    options: SegmentOptions, device: torch.device, batch_size: int, check: bool,
-                   folds: int = DEFAULT_FOLDS, group_distance: float = DEFAULT_GROUP_DISTANCE_PX):
+                   folds: int = DEFAULT_FOLDS, group_distance: float = DEFAULT_GROUP_DISTANCE_PX,
+                   want_report: bool = True):
     """The encoder to segment with (a FeatureExtractor), its description, and the support's
-    cross-validation report (None unless ``check`` or ``auto`` ran it).
+    cross-validation report (None unless ``check`` or ``auto`` ran it, or without ``want_report``: a
+    caller that needs the encoder alone spares the scoring variants' cross-validation).
 
     ``supports``: the (raster, labels) pairs the classifier is fitted on (``classifier.fit_support``'s),
     None for a prototype file; ``classes``: theirs. The cross-validation pools the polygons of every
@@ -100,11 +102,11 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
         classes, options.tile_size, folds, group_distance)
     num_classes = len(classes.ids)
 
-    def scored(extract, features):
+    def scored(extract, features, known=None):
         """The cross-validation report of the scoring variant the support picks (``crossval.choose_scoring``:
         plain prototypes unless multi-scale features or a linear head beat them reliably), with the choice."""
         choice, confusions = crossval.choose_scoring(extract, features, windows, num_classes, folds, batch_size,
-                                                     options.alpha)
+                                                     options.alpha, known)
         if options.progress:
             warnings.warn(f"scoring: {choice['reason']}")
         report = crossval.report(confusions[choice["picked"]], classes, windows)
@@ -128,4 +130,6 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
     if options.progress:
         warnings.warn(f"encoder auto {choice['reason']}")
     extract = FeatureExtractor(encoder, device)
-    return extract, {**info, "auto": choice}, scored(extract, features[picked])
+    if not want_report:
+        return extract, {**info, "auto": choice}, None
+    return extract, {**info, "auto": choice}, scored(extract, features[picked], {"prototypes": confusions[picked]})

@@ -127,15 +127,15 @@ def test_batch_of_windows_matches_each_window_alone(dubai, stride):
 def test_backend_resolution(monkeypatch):
     """auto: torch on either device (faster than pydensecrf2's pool on a CPU too); asking for densecrf
     without it fails early, naming the fix."""
-    assert crf.resolve_backend("auto", "cpu") == "torch" and crf.resolve_backend("auto", "cuda") == "torch"
-    assert crf.resolve_backend("torch", "cpu") == "torch" and crf.resolve_backend("densecrf", "cuda") == "densecrf"
+    assert crf.resolve_backend("auto") == "torch"
+    assert crf.resolve_backend("torch") == "torch" and crf.resolve_backend("densecrf") == "densecrf"
     monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import pydensecrf... raises ImportError
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    assert crf.resolve_backend("auto", "cpu") == "torch"
+    assert crf.resolve_backend("auto") == "torch"
     with pytest.raises(GeoprotoError, match=r"crf_backend: densecrf needs pydensecrf2.*geoproto\[crf\]"):
-        crf.resolve_backend("densecrf", "cpu")
+        crf.resolve_backend("densecrf")
     with pytest.raises(GeoprotoError, match="crf_backend: 'gpu': choose auto, torch, densecrf"):
-        crf.resolve_backend("gpu", "cpu")
+        crf.resolve_backend("gpu")
 
 
 def test_lattice_sorted_for_cuda_is_valid_csr_and_filters_alike():
