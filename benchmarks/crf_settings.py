@@ -43,9 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import encoder_choice  # noqa: E402  (the same supports and truth as the encoder benchmark)
 
-# Its scorers pool OA through ``_accuracy``; here they return the whole confusion matrix (per-class F1).
-encoder_choice._accuracy = lambda truth, predicted, classes: confusion_matrix(truth, predicted, classes)
-
 VALIDATION_SPLIT = REPO / "examples" / "dubai" / "split-train-1to4-val-5.json"
 DUBAI_PIXEL_M = 0.3  # the Dubai tiles carry no georeferencing
 

@@ -51,12 +51,6 @@ def _run(image, support, encoder, folder, **options) -> np.ndarray:
         return src.read(1), summary
 
 
-def _accuracy(truth: np.ndarray, predicted: np.ndarray, classes: int) -> tuple[int, int]:
-    """(correctly labelled pixels, scored pixels): OA pools over a domain's images."""
-    matrix = confusion_matrix(truth, predicted, classes)
-    return int(np.trace(matrix)), int(matrix.sum())
-
-
 def place_boxes(truth: np.ndarray, info, rng: np.random.Generator, side: int = BOX,
                 per_class: int = BOXES_PER_CLASS) -> tuple[list, list[str]]:
     """Support boxes of ``side`` px drawn at random inside single-class regions of ``truth``: a user's
@@ -78,34 +72,45 @@ def place_boxes(truth: np.ndarray, info, rng: np.random.Generator, side: int = B
     return boxes, names
 
 
-def dubai_domain(root: Path, name: str, folder: str, rng: np.random.Generator):
+def dubai_truth(root: Path, name: str):
+    """A Dubai tile's mask as class ids, and the class file."""
     info = read_class_file(str(root / "classes.json"))
-    mask_path = root / "masks" / f"{name}.png"
-    with rasterio.open(mask_path) as src:
+    with rasterio.open(root / "masks" / f"{name}.png") as src:
         truth = RasterLabels(src.name, src, info).read(Tile(0, 0, src.height, src.width, 0, 0, 0, 0),
                                                        max(src.shape))[: src.height, : src.width]
-    boxes, names = place_boxes(truth, info, rng)
-    support = Path(folder) / f"{name}.gpkg"
-    frame = geopandas.GeoDataFrame({"class": names}, geometry=boxes)
-    frame.to_file(support)
-    used = rasterize(boxes, out_shape=truth.shape) > 0
+    return truth, info
+
+
+def box_support(truth: np.ndarray, info, rng: np.random.Generator, per_class: int = BOXES_PER_CLASS):
+    """Random support boxes on a Dubai mask (``place_boxes``): (boxes, class names, the classes present
+    sorted, the truth as positions 1.. of those classes with the boxes' pixels left out)."""
+    boxes, names = place_boxes(truth, info, rng, per_class=per_class)
     present = sorted(set(names))
     lookup = np.zeros(256, np.int64)
     for position, class_name in enumerate(present, start=1):
         lookup[info.ids[info.names.index(class_name)]] = position
-    expected = np.where(used, 0, lookup[truth])
+    used = rasterize(boxes, out_shape=truth.shape) > 0
+    return boxes, names, present, np.where(used, 0, lookup[truth])
+
+
+def dubai_domain(root: Path, name: str, folder: str, rng: np.random.Generator):
+    truth, info = dubai_truth(root, name)
+    boxes, names, present, expected = box_support(truth, info, rng)
+    support = Path(folder) / f"{name}.gpkg"
+    geopandas.GeoDataFrame({"class": names}, geometry=boxes).to_file(support)
 
     def score(predicted, summary):
         ids = {c["id"]: c["name"] for c in summary["classes"]}
         mapped = np.zeros_like(predicted, dtype=np.int64)
         for class_id, class_name in ids.items():
             mapped[predicted == class_id] = present.index(class_name) + 1
-        return _accuracy(expected, mapped, len(present))
+        return confusion_matrix(expected, mapped, len(present))
 
     return root / "images" / f"{name}.jpg", support, {}, score
 
 
-def spacenet_domain(folder: str):
+def spacenet_truth():
+    """The chip, the bundled support, and the truth: 1 building, 2 rest, 0 the support buildings."""
     chip = SPACENET / "sample_geotiff.tif"
     support = SPACENET / "support.gpkg"
     buildings = geopandas.read_file(SPACENET / "geotiff_labels.geojson")
@@ -114,15 +119,12 @@ def spacenet_domain(folder: str):
         shape, transform = src.shape, src.transform
     truth = np.where(rasterize(buildings.geometry, out_shape=shape, transform=transform) > 0, 1, 2)
     truth[rasterize(used_buildings.geometry, out_shape=shape, transform=transform, all_touched=True) > 0] = 0
-
-    def score(predicted, summary):
-        building = next(c["id"] for c in summary["classes"] if c["name"] == "building")
-        return _accuracy(truth, np.where(predicted == building, 1, 2), 2)
-
-    return chip, support, {}, score
+    return chip, support, truth
 
 
-def pivots_domain(folder: str):
+def pivots_truth(folder: str):
+    """The 30 m chip, a support of 6 pivots and 3 other boxes written to ``folder``, and the truth: 1 the
+    13 other pivots, 2 rest, 0 the support."""
     chip = ALBERS / "sample_geotiff_custom_proj.tif"
     pivots = geopandas.read_file(ALBERS / "geotiff_custom_proj_labels.geojson")
     with rasterio.open(chip) as src:
@@ -139,12 +141,24 @@ def pivots_domain(folder: str):
     frame.to_file(support)
     truth = np.where(rasterize(pivots.geometry[6:], out_shape=shape, transform=transform) > 0, 1, 2)
     truth[rasterize(frame.geometry, out_shape=shape, transform=transform) > 0] = 0
+    return chip, support, truth
 
+
+def _one_class_domain(chip, support, truth, name: str):
+    """``name`` against the rest; a domain's ``score(predicted, summary)`` gives the confusion matrix."""
     def score(predicted, summary):
-        pivot = next(c["id"] for c in summary["classes"] if c["name"] == "pivot")
-        return _accuracy(truth, np.where(predicted == pivot, 1, 2), 2)
+        wanted = next(c["id"] for c in summary["classes"] if c["name"] == name)
+        return confusion_matrix(truth, np.where(predicted == wanted, 1, 2), 2)
 
     return chip, support, {}, score
+
+
+def spacenet_domain(folder: str):
+    return _one_class_domain(*spacenet_truth(), "building")
+
+
+def pivots_domain(folder: str):
+    return _one_class_domain(*pivots_truth(folder), "pivot")
 
 
 def main() -> None:
@@ -170,7 +184,8 @@ def main() -> None:
             row = {}
             for encoder in columns:
                 predicted, summary = _run(image, support, encoder, folder, **options)
-                row[encoder] = np.array(score(predicted, summary))
+                matrix = score(predicted, summary)  # pooled as (correct, scored): tiles differ in classes
+                row[encoder] = np.array([np.trace(matrix), matrix.sum()])
             picked = summary["encoder"]["auto"]["picked"]
             picks.setdefault(domain, []).append(picked)
             for encoder, value in row.items():

@@ -2,17 +2,19 @@
 the support, or both (``geoproto.heads``). Validation data only.
 
 - Dubai tiles of the validation areas (default 1-5; area 6 is the test split: never tune on it), each with
-  its own support: boxes drawn at random inside single-class regions of its mask (3 per class present, one
-  draw per seed), scored on every other labelled pixel;
+  its own support: boxes drawn at random inside single-class regions of its mask (``--boxes`` per class
+  present, one draw per seed), scored on every other labelled pixel;
 - the SpaceNet chip: the bundled support, scored building vs rest on the chip's 43 footprints, support
-  buildings excluded.
+  buildings excluded;
+- the 30 m chip: 6 pivots and 3 other boxes as support, scored on the 13 other pivots vs rest.
 Each image is encoded once, as one window (1x and 2x), and every support draw and variant reuses those
-features. No CRF. Prints OA / mIoU per image and variant, then pooled per domain (and the SpaceNet building
-IoU); ``--choice`` also runs ``check-support``'s cross-validated choice (``crossval.choose_scoring``) on each
-support and scores the variant it picks.
+features. No CRF. Prints OA / mIoU per image and variant, then pooled per domain (and the IoU of the
+building and pivot classes); ``--choice`` also runs ``check-support``'s cross-validated choice (``crossval.choose_scoring``) on each
+support and scores the variant it picks at each bootstrap confidence of ``--confidences`` (the share of
+resamples a variant must win to replace prototypes; ``crossval.SWITCH_CONFIDENCE`` is the default's).
 
     PYTHONPATH=. .venv/bin/python benchmarks/head_choice.py --root DUBAI_FOLDER [--areas 1,2,3,4,5]
-        [--tiles 1] [--seeds 2] [--encoder imagenet] [--choice]
+        [--tiles 1] [--seeds 2] [--encoder imagenet] [--choice [--confidences 0.5,0.8,0.95]]
 """
 
 from __future__ import annotations
@@ -26,29 +28,24 @@ from pathlib import Path
 
 import geopandas
 import numpy as np
+import rasterio
 import torch
 from rasterio.features import rasterize
 
-from geoproto.classes import read_class_file
-from geoproto.crossval import choose_scoring, encode_windows, read_support_windows
-from geoproto.heads import VARIANTS
+from geoproto.crossval import SWITCH_CONFIDENCE, choose_scoring, encode_windows, read_support_windows, reliable_pick
 from geoproto.fewshot import upsample_scores
-from geoproto.heads import SupportFit, concat_scales, second_scale_features
+from geoproto.heads import VARIANTS, SupportFit, concat_scales, second_scale_features
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.models import build_shipped
 from geoproto.models.runtime import GRID, FeatureExtractor
 from geoproto.raster import RasterSource
 from geoproto.segment import SegmentOptions, options_inputs
-from geoproto.support import RasterLabels
 from geoproto.tiling import Tile, tile_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encoder_choice import place_boxes  # noqa: E402  (the supports the encoder benchmark draws)
+# The supports and truth the encoder benchmark draws.
+from encoder_choice import BOXES_PER_CLASS, box_support, dubai_truth, pivots_truth, spacenet_truth  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SPACENET = REPO / "examples" / "spacenet"
-BOX = 24
-BOXES_PER_CLASS = 3
 FOLDS = 5
 
 
@@ -66,47 +63,16 @@ def encode(extract, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return first, concat_scales(first, second_scale_features(extract, images, 0))
 
 
-def _dubai_truth(root: Path, name: str):
-    import rasterio
-
-    info = read_class_file(str(root / "classes.json"))
-    with rasterio.open(root / "masks" / f"{name}.png") as src:
-        truth = RasterLabels(src.name, src, info).read(_whole(src.height, src.width), max(src.shape))
-        return truth[: src.height, : src.width], info
-
-
-def dubai_support(truth: np.ndarray, info, rng: np.random.Generator):
-    """Boxes inside single-class regions: (support labels, truth without support, class names, boxes)."""
-    boxes, names = place_boxes(truth, info, rng, BOX, BOXES_PER_CLASS)
-    present = sorted(set(names))
-    lookup = np.zeros(256, np.int64)
-    for position, class_name in enumerate(present, start=1):
-        lookup[info.ids[info.names.index(class_name)]] = position
-    support = np.zeros(truth.shape, np.int64)
-    for geometry, class_name in zip(boxes, names):
-        support[rasterize([geometry], out_shape=truth.shape) > 0] = present.index(class_name) + 1
-    return support, np.where(support > 0, 0, lookup[truth]), present, (boxes, names)
-
-
-def spacenet_support():
-    """The bundled support and building-vs-rest truth (support buildings removed)."""
-    import rasterio
-
-    chip = SPACENET / "sample_geotiff.tif"
-    frame = geopandas.read_file(SPACENET / "support.gpkg")
-    buildings = geopandas.read_file(SPACENET / "geotiff_labels.geojson")
-    with rasterio.open(chip) as src:
+def rasterised_support(support: Path, image: Path) -> tuple[np.ndarray, list[str]]:
+    """A support file burnt on the image's grid: positions 1.. of its classes sorted by name."""
+    frame = geopandas.read_file(support)
+    with rasterio.open(image) as src:
         shape, transform = src.shape, src.transform
     present = sorted(frame["class"].unique())
-    support = np.zeros(shape, np.int64)
+    labels = np.zeros(shape, np.int64)
     for position, name in enumerate(present, start=1):
-        burned = rasterize(frame[frame["class"] == name].geometry, out_shape=shape, transform=transform)
-        support[burned > 0] = position
-    truth = np.where(rasterize(buildings.geometry, out_shape=shape, transform=transform) > 0, 1, 2)
-    used = frame[frame["class"] == "building"].geometry
-    truth[rasterize(used, out_shape=shape, transform=transform, all_touched=True) > 0] = 0
-    building = present.index("building") + 1
-    return chip, support, truth, present, building
+        labels[rasterize(frame[frame["class"] == name].geometry, out_shape=shape, transform=transform) > 0] = position
+    return labels, present
 
 
 def predict(features: torch.Tensor, support: np.ndarray, num_classes: int, head: str) -> np.ndarray:
@@ -116,19 +82,18 @@ def predict(features: torch.Tensor, support: np.ndarray, num_classes: int, head:
         return upsample_scores(fit.fit()(features), support.shape)[0].argmax(0).numpy() + 1
 
 
-def check_choice(extract, image: Path, boxes, names, crs, folder: str) -> str:
-    """The variant ``check-support``'s cross-validation picks on this support."""
-    path = Path(folder) / "support.gpkg"
-    geopandas.GeoDataFrame({"class": names}, geometry=boxes, crs=crs).to_file(path)
+def check_choice(extract, image: Path, support: Path, confidences: list[float]) -> list[str]:
+    """The variant ``check-support``'s cross-validation picks on this support at each confidence."""
     options = SegmentOptions(progress=False)
-    inputs = options_inputs(str(image), str(path), options)
+    inputs = options_inputs(str(image), str(support), options)
     src = inputs.support_source.dataset
     tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
     windows = read_support_windows([(inputs.support_source, inputs.labels, tiles)], inputs.classes,
                                    options.tile_size, FOLDS, 32.0)
     features = encode_windows(extract, windows, 1)
     choice, _ = choose_scoring(extract, features, windows, len(inputs.classes.ids), FOLDS, 1)
-    return choice["picked"]
+    return [reliable_pick(choice["mean_f1"], choice["beats_default"], choice["default"], confidence)
+            for confidence in confidences]
 
 
 def main() -> None:
@@ -138,29 +103,34 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=1, help="tiles per area")
     parser.add_argument("--seeds", type=int, default=2, help="support draws per Dubai tile")
     parser.add_argument("--encoder", default="imagenet")
+    parser.add_argument("--boxes", type=int, default=BOXES_PER_CLASS, help="support boxes per class and Dubai tile")
     parser.add_argument("--choice", action="store_true", help="also score check-support's cross-validated choice")
+    parser.add_argument("--confidences", default=str(SWITCH_CONFIDENCE),
+                        help="bootstrap confidences at which to score the choice (comma-separated)")
     args = parser.parse_args()
     if "6" in args.areas.split(","):
         parser.error("area 6 is the test split: validate on areas 1-5")
     torch.manual_seed(0)
     extract = FeatureExtractor(build_shipped(args.encoder)[0], torch.device("cpu"))
-    columns = [*VARIANTS, *(["choice"] if args.choice else [])]
+    confidences = [float(c) for c in args.confidences.split(",")]
+    choices = [f"choice@{c:g}" for c in confidences] if args.choice else []
+    columns = [*VARIANTS, *choices]
     pooled: dict[str, dict[str, np.ndarray]] = {}
-    picks: dict[str, list[str]] = {}
+    picks: dict[str, dict[str, list[str]]] = {}
     print(f"{'image':>28} " + " ".join(f"{c:>19}" for c in columns) + "   (OA / mIoU %)")
 
-    def run(domain, label, features, support, truth, present, scored, score_classes, crs, boxes, image):
+    def run(domain, label, image, features, support_path, truth, scored, score_classes):
         """Confusions over the domain's ``scored`` classes: ``score_classes`` maps predicted support positions
-        (1..len(present)) to them; ``truth`` holds them already."""
+        (1..classes of the support) to them; ``truth`` holds them already."""
+        support, present = rasterised_support(support_path, image)
         row = {}
         for name, (scales, head) in VARIANTS.items():
             predicted = predict(features[len(scales) > 1], support, len(present), head)
             row[name] = confusion_matrix(truth, score_classes(predicted), scored)
         if args.choice:
-            with tempfile.TemporaryDirectory() as folder:
-                picked = check_choice(extract, image, *boxes, crs, folder)
-            row["choice"] = row[picked]
-            picks.setdefault(domain, []).append(picked)
+            for column, variant in zip(choices, check_choice(extract, image, support_path, confidences)):
+                row[column] = row[variant]
+                picks.setdefault(domain, {}).setdefault(column, []).append(variant)
         for name, matrix in row.items():
             pooled.setdefault(domain, {}).setdefault(name, 0)
             pooled[domain][name] = pooled[domain][name] + matrix
@@ -168,28 +138,33 @@ def main() -> None:
         print(f"{label:>28} " + " ".join(f"{100 * s['overall_accuracy']:>9.1f} / {100 * s['mean_iou']:>5.1f}"
                                          for s in cells), flush=True)
 
-    for area in args.areas.split(","):
-        names = sorted(p.stem for p in (args.root / "images").glob(f"*t{area}.jpg"))[: args.tiles]
-        for name in names:
-            started = time.perf_counter()
-            features = encode(extract, args.root / "images" / f"{name}.jpg")
-            truth_ids, info = _dubai_truth(args.root, name)
-            for seed in range(args.seeds):
-                support, truth, present, boxes = dubai_support(truth_ids, info, np.random.default_rng(seed))
-                # Positions of this support's classes among all Dubai classes, so images pool.
-                to_all = np.array([0] + [info.names.index(n) + 1 for n in present])
-                run("dubai areas " + args.areas, f"{name} s{seed}", features, support, to_all[truth], present,
-                    len(info.ids), lambda p: to_all[p], None, boxes, args.root / "images" / f"{name}.jpg")
-            print(f"{'':>28} ({time.perf_counter() - started:.0f} s)", flush=True)
-    chip, support, truth, present, building = spacenet_support()
-    features = encode(extract, chip)
-    spacenet_boxes = None
-    if args.choice:
-        frame = geopandas.read_file(SPACENET / "support.gpkg")
-        spacenet_boxes = (list(frame.geometry), list(frame["class"]))
-    run("spacenet building/rest", "sample_geotiff", features, support, truth, present, 2,
-        lambda p: np.where(p == building, 1, np.where(p > 0, 2, 0)), geopandas.read_file(SPACENET / "support.gpkg").crs,
-        spacenet_boxes, chip)
+    def one_class(domain, label, chip, support_path, truth, name):
+        """``name`` against the rest: truth 1 ``name``, 2 rest."""
+        present = sorted(geopandas.read_file(support_path)["class"].unique())
+        wanted = present.index(name) + 1
+        run(domain, label, chip, encode(extract, chip), support_path, truth, 2,
+            lambda p: np.where(p == wanted, 1, np.where(p > 0, 2, 0)))
+
+    with tempfile.TemporaryDirectory() as folder:
+        for area in args.areas.split(","):
+            names = sorted(p.stem for p in (args.root / "images").glob(f"*t{area}.jpg"))[: args.tiles]
+            for name in names:
+                started = time.perf_counter()
+                image = args.root / "images" / f"{name}.jpg"
+                features = encode(extract, image)
+                truth_ids, info = dubai_truth(args.root, name)
+                for seed in range(args.seeds):
+                    boxes, box_names, present, truth = box_support(truth_ids, info, np.random.default_rng(seed),
+                                                                   args.boxes)
+                    support_path = Path(folder) / f"{name}-{seed}.gpkg"
+                    geopandas.GeoDataFrame({"class": box_names}, geometry=boxes).to_file(support_path)
+                    # Positions of this support's classes among all Dubai classes, so images pool.
+                    to_all = np.array([0] + [info.names.index(n) + 1 for n in present])
+                    run("dubai areas " + args.areas, f"{name} s{seed}", image, features, support_path,
+                        to_all[truth], len(info.ids), lambda p: to_all[p])
+                print(f"{'':>28} ({time.perf_counter() - started:.0f} s)", flush=True)
+        one_class("spacenet building/rest", "sample_geotiff", *spacenet_truth(), "building")
+        one_class("30 m pivots/rest", "custom_proj", *pivots_truth(folder), "pivot")
 
     print(f"\n{'pooled':>28} " + " ".join(f"{c:>19}" for c in columns))
     table = {}
@@ -201,11 +176,11 @@ def main() -> None:
             table[domain]["picks"] = picks[domain]
         print(f"{domain:>28} " + " ".join(f"{100 * result[c]['overall_accuracy']:>9.1f} / "
                                           f"{100 * result[c]['mean_iou']:>5.1f}" for c in columns))
-        if domain.startswith("spacenet"):
-            print(f"{'building IoU':>28} " + " ".join(f"{100 * result[c]['iou'][0]:>17.1f}  " for c in columns))
-        if domain in picks:
-            tally = ", ".join(f"{n} x{picks[domain].count(n)}" for n in sorted(set(picks[domain])))
-            print(f"{'choice picked':>28} {tally}")
+        if not domain.startswith("dubai"):
+            print(f"{'IoU of the class':>28} " + " ".join(f"{100 * result[c]['iou'][0]:>17.1f}  " for c in columns))
+        for column, picked in picks.get(domain, {}).items():
+            tally = ", ".join(f"{n} x{picked.count(n)}" for n in sorted(set(picked)))
+            print(f"{column + ' picked':>28} {tally}")
     print(json.dumps(table, default=float))
 
 

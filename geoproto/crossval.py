@@ -230,8 +230,7 @@ def reliable_choice(group_confusions: dict[str, np.ndarray], default: str, kind:
     mean_f1 = {name: _mean_f1(m.sum(0)[None])[0] for name, m in group_confusions.items()}
     wins = {name: float(np.mean(resampled[name] > resampled[default]))
             for name in group_confusions if name != default}
-    reliable = [name for name, share in wins.items() if share >= confidence and mean_f1[name] > mean_f1[default]]
-    picked = max(reliable, key=mean_f1.get) if reliable else default
+    picked = reliable_pick(mean_f1, wins, default, confidence)
     ranking = ", ".join(f"{name} {mean_f1[name]:.3f}" for name in sorted(mean_f1, key=lambda n: -mean_f1[n]))
     if picked == default:
         best = max(wins, key=wins.get) if wins else None
@@ -244,6 +243,13 @@ def reliable_choice(group_confusions: dict[str, np.ndarray], default: str, kind:
                   f"the support's polygon groups ({ranking})")
     return {"picked": picked, "default": default, "mean_f1": {k: round(float(v), 4) for k, v in mean_f1.items()},
             "beats_default": {k: round(v, 4) for k, v in wins.items()}, "reason": reason}
+
+
+def reliable_pick(mean_f1: dict[str, float], wins: dict[str, float], default: str, confidence: float) -> str:
+    """The best mean F1 among the candidates that beat ``default`` in at least ``confidence`` of the
+    resamples (``wins``) and on the whole support; ``default`` if none does."""
+    reliable = [name for name, share in wins.items() if share >= confidence and mean_f1[name] > mean_f1[default]]
+    return max(reliable, key=mean_f1.get) if reliable else default
 
 
 def choose_scoring(extract, features: torch.Tensor, windows: SupportWindows, num_classes: int, folds: int,
