@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 
-from .classes import ClassInfo
 from .classifier import accumulate_support
 from .errors import GeoprotoError
 from .inputs import Inputs
@@ -56,7 +55,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
                                                              batch_size)
             files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(),
                                        encoder, [_provenance(inputs, support, options, stats["pixels"])],
-                                       _numbered_by_name(inputs, classes, options)))
+                                       inputs.polygons is not None and inputs.polygons.numbered_by_name))
         supports.append({"image": image, "support": support, **stats})
     pooled = merge(files)
     return pooled, {"supports": supports, "device": device.type,
@@ -99,13 +98,6 @@ def _provenance(inputs: Inputs, support: str, options: SegmentOptions, pixels: d
             "bands": list(labelled.bands), "dtype": src.dtypes[labelled.bands[0] - 1],
             "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": pixel_size_m(src, crs),
             "crs": crs.to_string() if crs is not None else None, "pixels": pixels}
-
-
-def _numbered_by_name(inputs: Inputs, classes: ClassInfo, options: SegmentOptions) -> bool:
-    """Whether the class ids were numbered from the sorted class names (polygons with text classes and no
-    classes file), so that a merge may renumber them."""
-    return (inputs.polygons is not None and not options.classes_file
-            and classes.names != [f"class_{i}" for i in classes.ids])
 
 
 def _describe(pooled: PrototypeFile) -> dict:
