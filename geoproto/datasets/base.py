@@ -17,7 +17,7 @@ from rasterio.windows import Window
 from ..errors import GeoprotoError
 from ..classes import ClassInfo
 from .. import raster
-from ..raster import band_scaling, model_input, open_raster
+from ..raster import all_valid, band_scaling, model_input, open_raster
 from ..support import palette_colors
 
 # Share of label pixels whose colour matches no class (nor the ignore colour) tolerated before a
@@ -108,9 +108,11 @@ class LabelledDataset:
         with open_raster(sample.image) as src:
             bands = self.bands or list(src.indexes[:3])
             data = _read(src, bands, window, (height, width), Resampling.bilinear)
+            masks = None if all_valid(src, bands) else _read(src, bands, window, (height, width),
+                                                                 Resampling.nearest, masks=True)
         # Scaled and filled as ``segment`` reads a raster (raster.band_scaling: once per image, not per
         # window; raster.model_input), so the encoder sees the same input in training, evaluation and inference.
-        image, _ = model_input(data, _image_scaling(sample.image, tuple(bands)))
+        image, _ = model_input(data, _image_scaling(sample.image, tuple(bands)), masks)
         return image, self._read_labels(sample, height, width, window)
 
     def class_cells(self, sample: Sample, cell: int) -> np.ndarray:
