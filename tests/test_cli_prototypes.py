@@ -162,3 +162,17 @@ def test_text_classes_named_like_numbered_ones_are_numbered_as_segment_numbers_t
     two = load_prototypes(str(tmp_path / "two.gpp"))
     assert (two.classes.ids, two.classes.names) == segment_classes(first[0], both) == (
         [1, 2, 3], ["class_1", "class_2", "class_3"])
+
+
+def test_encoder_auto_cross_validates_the_polygons_of_every_pair(tmp_path):
+    """Two support files, each numbering its polygons from row 0 and naming its classes alike, over two
+    rasters: ``--encoder auto`` judges the encoders on the four polygons of both files, never taking two
+    polygons of different files for pieces of one."""
+    pairs = [synthetic.scene(tmp_path / "first"), synthetic.scene(tmp_path / "second", synthetic.two_halves(seed=1))]
+    for _, support in pairs:
+        assert geopandas.read_file(support).index.tolist() == [0, 1]
+    result = run("prototypes", pairs[0][0], pairs[1][0], "-s", pairs[0][1], "-s", pairs[1][1], "-o",
+                 tmp_path / "auto.gpp", "--encoder", "auto", "--tile-size", 96, "--overlap", 0, "-q")
+    assert result.exit_code == 0, result.output
+    auto = load_prototypes(str(tmp_path / "auto.gpp")).encoder["description"]["auto"]
+    assert auto["cross_validated"] == {"polygons": 4, "windows": 2, "rasters": 2}
