@@ -74,10 +74,8 @@ CRF_RANGES = {
 }
 
 
-def bilateral_sxy_pixels(metres: float, pixel_size_m: float | None) -> float:
-    """The bilateral kernel width in pixels for a width in metres; the paper's 80 px without a metric grid."""
-    if not pixel_size_m:
-        return PAPER_BILATERAL_SXY_PX
+def bilateral_sxy_pixels(metres: float, pixel_size_m: float) -> float:
+    """The bilateral kernel width in pixels for a width in metres on pixels ``pixel_size_m`` wide."""
     return float(np.clip(metres / pixel_size_m, 3.0, PAPER_BILATERAL_SXY_PX))
 
 
@@ -87,18 +85,26 @@ def params_for_resolution(pixel_size_m: float | None, bilateral_m: float | None 
 
     The rule: the bilateral kernel spans the wider of RULE_BILATERAL_M on the ground and MIN_BILATERAL_PX
     (two stride-8 feature cells: the model's labels are blurred at that scale whatever the resolution),
-    at most the paper's 80 px; colour range 5, weight 5; Gaussian 3 px, weight 3 (validation figures:
-    ``benchmarks/crf_settings.py``, the README's DenseCRF entry). ``bilateral_m``, a width the user asked
-    for (honoured down to 3 px), replaces the rule's; ``overrides`` are CRFParams fields
-    (``bilateral_sxy`` in pixels wins over both).
+    at most the paper's 80 px, and MIN_BILATERAL_PX without a metric grid; colour range 5, weight 5;
+    Gaussian 3 px, weight 3 (validation figures: ``benchmarks/crf_settings.py``, the README's DenseCRF
+    entry). ``bilateral_m``, a width the user asked for (honoured down to 3 px), replaces the rule's; it
+    is refused without a metric grid, where it has no width in pixels (a width the user chose is not
+    swapped for another silently). ``overrides`` are CRFParams fields (``bilateral_sxy`` in pixels wins
+    over both).
     """
-    if bilateral_m is not None:
+    if "bilateral_sxy" in overrides:
+        sxy = overrides["bilateral_sxy"]
+    elif bilateral_m is not None:
+        if not pixel_size_m:
+            raise GeoprotoError(f"{bilateral_m:g} m cannot be converted to pixels: the raster has no metric pixel "
+                                f"size (no projected CRS, or a rotated grid); give the width in pixels "
+                                f"(crf_bilateral_px)", param="crf_bilateral_m", mentions=("crf_bilateral_px",))
         sxy = bilateral_sxy_pixels(bilateral_m, pixel_size_m)
     elif pixel_size_m:
         sxy = float(np.clip(RULE_BILATERAL_M / pixel_size_m, MIN_BILATERAL_PX, PAPER_BILATERAL_SXY_PX))
     else:
         sxy = MIN_BILATERAL_PX
-    return CRFParams(**{"bilateral_sxy": sxy, **overrides})
+    return CRFParams(**{**overrides, "bilateral_sxy": sxy})
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:

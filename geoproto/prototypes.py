@@ -10,16 +10,19 @@ from __future__ import annotations
 import os
 import time
 
-from .classes import ClassInfo
+import numpy as np
+
+from .classes import MAX_CLASS_ID, ClassInfo
 from .classifier import accumulate_support
 from .errors import GeoprotoError
-from .inputs import Inputs
+from .inputs import Inputs, SupportLabels
 from .models.runtime import default_batch_size, resolve_device
 from .output import StagedOutputs
 from .prototype_file import PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge
 from .pipeline import check_window_memory
-from .raster import absolute_path, pixel_size_m
+from .raster import RasterSource, absolute_path, pixel_size_m
 from .segment import SegmentOptions, check_tiling, options_inputs
+from .support import VectorLabels
 from .support_check import choose_encoder
 
 
@@ -27,7 +30,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
                          ) -> tuple[PrototypeFile, dict]:
     """The prototype file of the (image, support) ``pairs``, and a summary of what it took.
 
-    The encoder is chosen once, from ``options`` (``auto`` cross-validates on the first pair's polygons).
+    The encoder is chosen once, from ``options`` (``auto`` cross-validates the polygons of every pair, pooled).
     ``options.support_image`` applies to a single pair only.
     """
     options = options or SegmentOptions()
@@ -39,25 +42,31 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
                             param="support_image")
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
-    files, supports = [], []
-    extract = None
-    for image, support in pairs:
-        with options_inputs(image, support, options) as inputs:
-            check_window_memory(options.tile_size, batch_size, len(inputs.classes.ids))
-            if extract is None:
-                extract, info, _ = choose_encoder([(inputs.support_source, inputs.labels)], inputs.classes,
-                                                  options, device, batch_size, False, want_report=False)
-                if options.checkpoint:  # its metadata does not name it
-                    info = {**info, "checkpoint": os.path.basename(options.checkpoint)}
-                encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
-                           "channels": int(extract.out_channels), "description": info}
+    opened: list[Inputs] = []
+    try:
+        for image, support in pairs:
+            opened.append(options_inputs(image, support, options))
+            opened[-1].close()  # handles reopen on use: a run over many pairs keeps few files open
+            check_window_memory(options.tile_size, batch_size, len(opened[-1].classes.ids))
+        extract, info, _ = choose_encoder(*_cross_validation_pairs(opened, [support for _, support in pairs]),
+                                          options, device, batch_size, False, want_report=False)
+        if options.checkpoint:  # its metadata does not name it
+            info = {**info, "checkpoint": os.path.basename(options.checkpoint)}
+        encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
+                   "channels": int(extract.out_channels), "description": info}
+        files, supports = [], []
+        for (image, support), inputs in zip(pairs, opened):
             accumulator, classes, stats = accumulate_support(extract, [(inputs.support_source, inputs.labels)],
                                                              inputs.classes, options.tile_size, options.overlap,
                                                              batch_size)
             files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(),
                                        encoder, [_provenance(inputs, support, options, stats["pixels"])],
-                                       _numbered_by_name(inputs, classes, options)))
-        supports.append({"image": image, "support": support, **stats})
+                                       inputs.polygons is not None and inputs.polygons.numbered_by_name))
+            inputs.close()
+            supports.append({"image": image, "support": support, **stats})
+    finally:
+        for inputs in opened:
+            inputs.close()
     pooled = merge(files)
     return pooled, {"supports": supports, "device": device.type,
                     "tile_size": options.tile_size, "overlap": options.overlap}
@@ -89,6 +98,40 @@ def merge_prototype_files(paths: list[str], output: str, overwrite: bool = False
     return {"output": output, "inputs": paths, **_describe(pooled)}
 
 
+def _cross_validation_pairs(opened: list[Inputs], supports: list[str]
+                            ) -> tuple[list[tuple[RasterSource, SupportLabels]], ClassInfo]:
+    """Every pair's (raster, labels), for ``--encoder auto`` to cross-validate them pooled, and the classes
+    of their polygons.
+
+    Classes are matched by name, as the pairs' files are pooled (``prototype_file.merge``), whatever id
+    each support gave them. A support file numbers its polygons by its rows, so those of each further
+    file are offset past the previous files': polygons of two files are never taken for pieces of one
+    (which would put them in one spatial group); a file given for several rasters keeps its numbers, so
+    the pieces of a polygon drawn across two of them stay together.
+    """
+    names = list(dict.fromkeys(name for inputs in opened if inputs.polygons is not None
+                               for name in inputs.polygons.classes.names))
+    classes = ClassInfo(list(range(1, len(names) + 1)), names)
+    files = [absolute_path(support) for support in supports]
+    rows: dict[str, int] = {}  # per file, past its highest polygon number
+    for inputs, path in zip(opened, files):
+        if inputs.polygons is not None:
+            rows[path] = max(rows.get(path, 0), int(inputs.polygons.features.max()) + 1)
+    offsets = dict(zip(rows, np.cumsum([0, *rows.values()]).tolist()))
+    pooled = []
+    for inputs, path in zip(opened, files):
+        labels = inputs.polygons
+        if labels is None:  # a label raster: nothing to cross-validate
+            pooled.append((inputs.support_source, inputs.labels))
+            continue
+        offset = offsets[path]
+        renumber = np.zeros(MAX_CLASS_ID + 1, np.int64)
+        renumber[labels.classes.ids] = [names.index(name) + 1 for name in labels.classes.names]
+        pooled.append((inputs.support_source, VectorLabels(labels.geometries, renumber[labels.class_ids], classes,
+                                                           labels.features + offset, labels.numbered_by_name)))
+    return pooled, classes
+
+
 def _provenance(inputs: Inputs, support: str, options: SegmentOptions, pixels: dict[str, int]) -> dict:
     """Where a support's prototypes come from and what the encoder saw: the raster the labels lie on, its
     bands, input scaling and ground resolution."""
@@ -99,13 +142,6 @@ def _provenance(inputs: Inputs, support: str, options: SegmentOptions, pixels: d
             "bands": list(labelled.bands), "dtype": src.dtypes[labelled.bands[0] - 1],
             "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": pixel_size_m(src, crs),
             "crs": crs.to_string() if crs is not None else None, "pixels": pixels}
-
-
-def _numbered_by_name(inputs: Inputs, classes: ClassInfo, options: SegmentOptions) -> bool:
-    """Whether the class ids were numbered from the sorted class names (polygons with text classes and no
-    classes file), so that a merge may renumber them."""
-    return (inputs.polygons is not None and not options.classes_file
-            and classes.names != [f"class_{i}" for i in classes.ids])
 
 
 def _describe(pooled: PrototypeFile) -> dict:

@@ -152,18 +152,11 @@ class RasterSource:
         col1 = min(tile.col + size + context, src.width)
         window = Window(col0, row0, col1 - col0, row1 - row0)
         try:
-            data = src.read(self.bands, window=window).astype(np.float32)
+            data = src.read(self.bands, window=window)
             masks = src.read_masks(self.bands, window=window)
         except RasterioIOError as exc:
             raise read_error(self.path, exc, f" at window {window}") from None
-        valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)  # over the window and its context
-        image = stretch(data, self.scale)
-        if valid.any() and not valid.all():
-            # Invalid pixels get the window's mean colour: a fill value (black for 0 or -9999) is an edge
-            # the encoder sees, and labels a band of valid pixels beside the nodata as a dark class.
-            image[:, ~valid] = image[:, valid].mean(axis=1, keepdims=True)
-        if image.shape[0] == 1:
-            image = np.repeat(image, 3, axis=0)
+        image, valid = model_input(data, self.scale, masks)  # over the window and its context
         pad = ((row0 - (tile.row - context), tile.row + size + context - row1),
                (col0 - (tile.col - context), tile.col + size + context - col1))
         if any(p for side in pad for p in side):
@@ -220,21 +213,47 @@ def _choose_bands(src: rasterio.io.DatasetReader, bands: list[int] | None) -> li
     raise GeoprotoError(f"{src.name}: {len(data_bands)} data bands; choose 1 or 3 of them", param="bands")
 
 
-def stretch(data: np.ndarray, scale: list[tuple[float, float]]) -> np.ndarray:
+def model_input(data: np.ndarray, scale: list[tuple[float, float]], masks: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Raster values (bands x H x W, as read) as the encoder's input, the 3 x H x W float32 image in [0, 1],
+    and which pixels are valid (H x W): finite in every band and, with GDAL's ``masks`` (nodata, alpha),
+    unmasked in every band. Shared by everything that feeds the encoder (``RasterSource.read``, the
+    datasets' windows), so it sees the same values in training, evaluation and inference."""
+    data = data.astype(np.float32, copy=False)
+    finite = np.isfinite(data)
+    valid = np.all(finite, axis=0)
+    if masks is not None:
+        valid &= np.all(masks > 0, axis=0)
+    image = stretch(data, scale, finite)
+    if valid.any() and not valid.all():
+        # Invalid pixels get the window's mean colour: a fill value (black for 0 or -9999) is an edge
+        # the encoder sees, and labels a band of valid pixels beside the nodata as a dark class.
+        image[:, ~valid] = image[:, valid].mean(axis=1, keepdims=True)
+    if image.shape[0] == 1:
+        image = np.repeat(image, 3, axis=0)
+    return image, valid
+
+
+def stretch(data: np.ndarray, scale: list[tuple[float, float]], finite: np.ndarray) -> np.ndarray:
     """Bands x H x W raster values as float32 in [0, 1], by each band's (low, high) from ``band_scaling``.
-    Non-finite values become ``low``: no NaN in the arithmetic (callers mask them as invalid)."""
+    Values not ``finite`` become ``low``: no NaN in the arithmetic (callers mask them as invalid)."""
     image = np.empty(data.shape, np.float32)
     for i, (low, high) in enumerate(scale):
-        band = np.where(np.isfinite(data[i]), data[i], low)
+        band = np.where(finite[i], data[i], low)
         image[i] = np.clip((band - low) / max(high - low, 1e-6), 0.0, 1.0)
     return image
+
+
+def all_valid(src: rasterio.io.DatasetReader, bands: list[int]) -> bool:
+    """Whether GDAL masks no pixel of ``bands`` (no nodata, alpha or mask band): their masks need no read."""
+    return all(MaskFlags.all_valid in src.mask_flag_enums[b - 1] for b in bands)
 
 
 def band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple[float, float]]:
     """Per band (low, high): 0 and 255 for byte bands, else the valid pixels' (2nd, 98th) percentiles
     over the whole raster (a decimated read)."""
     byte_bands = all(src.dtypes[b - 1] == "uint8" for b in bands)
-    if byte_bands and all(MaskFlags.all_valid in src.mask_flag_enums[b - 1] for b in bands):
+    if byte_bands and all_valid(src, bands):
         return [(0.0, 255.0)] * len(bands)  # no nodata, no alpha, no NaN: nothing to read
     factor = max(1, int(np.ceil(max(src.height, src.width) / STATS_MAX_SIDE)))
     shape = (len(bands), max(1, src.height // factor), max(1, src.width // factor))

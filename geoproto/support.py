@@ -38,12 +38,15 @@ class VectorLabels:
     classes_from_catalogue = False
 
     def __init__(self, geometries: np.ndarray, class_ids: np.ndarray, classes: ClassInfo,
-                 features: np.ndarray | None = None):
+                 features: np.ndarray | None = None, numbered_by_name: bool = False):
         from shapely import STRtree
 
         self.geometries = geometries
         self.class_ids = class_ids
         self.classes = classes
+        # The ids were assigned 1..K from the sorted text class names (no classes file), so pooling with
+        # another support may renumber them (``prototype_file.merge``).
+        self.numbered_by_name = numbered_by_name
         # The support file's row of each polygon: the same polygon read for several rasters (its pieces)
         # keeps one number, so cross-validation can keep its pieces together.
         self.features = np.arange(len(geometries)) if features is None else features
@@ -223,7 +226,9 @@ def _class_column(frame, class_field: str | None, path: str) -> str:
                         f"{', '.join(columns) or 'none'})", param="class_field")
 
 
-def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tuple[np.ndarray, ClassInfo]:
+def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tuple[np.ndarray, ClassInfo, bool]:
+    """The class id of each value, the classes, and whether the ids were numbered from the sorted class
+    names (text classes without ``classes``)."""
     import pandas
 
     if pandas.api.types.is_numeric_dtype(values.dtype):
@@ -237,8 +242,8 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
             if missing:
                 raise GeoprotoError(f"{path}: class code {missing[0]} is not one of the classes given",
                                     param="classes")
-            return ids, classes.subset(unique)
-        return ids, ClassInfo(unique, [f"class_{i}" for i in unique])
+            return ids, classes.subset(unique), False
+        return ids, ClassInfo(unique, [f"class_{i}" for i in unique]), False
     names = values.astype(str).to_numpy()
     blank = np.char.strip(names.astype(str)) == ""
     if blank.any():
@@ -250,11 +255,11 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
         if missing:
             raise GeoprotoError(f"{path}: class {missing[0]!r} is not one of the classes given", param="classes")
         ids = np.array([classes.ids[classes.names.index(n)] for n in names])
-        return ids, classes.subset(set(ids.tolist()))
+        return ids, classes.subset(set(ids.tolist())), False
     if len(unique) > MAX_CLASS_ID:
         raise GeoprotoError(f"{path}: {len(unique)} classes in {column!r}; at most {MAX_CLASS_ID}")
     lookup = {n: i + 1 for i, n in enumerate(unique)}
-    return np.array([lookup[n] for n in names]), ClassInfo(list(range(1, len(unique) + 1)), unique)
+    return np.array([lookup[n] for n in names]), ClassInfo(list(range(1, len(unique) + 1)), unique), True
 
 
 def _check_declared_crs(frame, crs, path: str) -> None:
@@ -338,7 +343,7 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
     if nulls.any():
         warnings.warn(f"{path}: skipped {int(nulls.sum())} polygon(s) with no value in {column!r}")
         frame = frame[~nulls]
-    ids, info = _class_ids(frame[column], column, path, classes)
+    ids, info, numbered_by_name = _class_ids(frame[column], column, path, classes)
 
     inverse = ~reference.transform
     matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
@@ -355,7 +360,8 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
     inside = shapely.intersects(geometries, extent)
     features = frame.index.to_numpy()  # the file's rows: the filters above keep the index
     if shared:
-        return VectorLabels(geometries[inside], ids[inside], info, features[inside]) if inside.any() else None
+        return (VectorLabels(geometries[inside], ids[inside], info, features[inside], numbered_by_name)
+                if inside.any() else None)
     if not inside.any():
         raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
     # One label file may serve many tiles: a class drawn only elsewhere is left out of this raster's run.
@@ -364,7 +370,7 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         warnings.warn(f"{path}: no polygon of class(es) {', '.join(outside)} overlaps the raster "
                       f"{reference.name}: left out")
         info = info.subset(set(ids[inside].tolist()))
-    return VectorLabels(geometries[inside], ids[inside], info, features[inside])
+    return VectorLabels(geometries[inside], ids[inside], info, features[inside], numbered_by_name)
 
 
 def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,

@@ -124,7 +124,7 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
         else:  # a concatenation reuses its parts' features: no extra encoding
             features[name] = concat_features([features[part] for part in parts])
         confusions[name] = crossval.cross_validate(features[name], windows, num_classes, folds, options.alpha)
-    choice = crossval.reliable_choice(confusions, default, "encoder")
+    choice = {**crossval.reliable_choice(confusions, default, "encoder"), "cross_validated": windows.used()}
     picked = choice["picked"]
     encoder, info = built[picked] if picked in built else build_shipped(picked)
     if options.progress:

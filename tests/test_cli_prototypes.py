@@ -2,7 +2,9 @@
 
 import json
 
+import geopandas
 import numpy as np
+import pandas
 import pytest
 import rasterio
 from click.testing import CliRunner
@@ -129,3 +131,48 @@ def test_segment_takes_a_support_or_a_prototype_file(scene, tmp_path):
     assert both.exit_code == 1 and "not both" in both.output
     support_option = run("segment", image, "--prototypes", support, "--class-field", "class", "-o", tmp_path / "c.tif")
     assert support_option.exit_code == 1 and "--class-field: applies to a support" in support_option.output
+
+
+def test_text_classes_named_like_numbered_ones_are_numbered_as_segment_numbers_them(tmp_path):
+    """Text classes ``class_1``, ``class_2`` are numbered from their names, as any text classes are: the file
+    records it, so files whose names overlap pool renumbered, as one support file holding them all would be."""
+    from geoproto.support import load_support
+
+    first = synthetic.scene(tmp_path / "first")
+    second = synthetic.scene(tmp_path / "second", synthetic.two_halves(seed=1))
+    synthetic.write_support(first[1], ("class_1", "class_2"))
+    synthetic.write_support(second[1], ("class_2", "class_3"))
+    both = tmp_path / "both.gpkg"  # one support file holding both files' polygons
+    pandas.concat([geopandas.read_file(first[1]), geopandas.read_file(second[1])]).to_file(both)
+    tiling = ["--tile-size", 96, "--overlap", 0, "-q"]
+
+    def segment_classes(image, support):
+        with rasterio.open(image) as reference:
+            found = load_support(str(support), reference).found_classes()
+        return found.ids, found.names
+
+    assert run("prototypes", first[0], "-s", first[1], "-o", tmp_path / "one.gpp", *tiling).exit_code == 0
+    one = load_prototypes(str(tmp_path / "one.gpp"))
+    assert (one.classes.ids, one.classes.names) == segment_classes(*first) == ([1, 2], ["class_1", "class_2"])
+    assert one.numbered_by_name
+
+    result = run("prototypes", first[0], second[0], "-s", first[1], "-s", second[1], "-o", tmp_path / "two.gpp",
+                 *tiling)
+    assert result.exit_code == 0, result.output
+    two = load_prototypes(str(tmp_path / "two.gpp"))
+    assert (two.classes.ids, two.classes.names) == segment_classes(first[0], both) == (
+        [1, 2, 3], ["class_1", "class_2", "class_3"])
+
+
+def test_encoder_auto_cross_validates_the_polygons_of_every_pair(tmp_path):
+    """Two support files, each numbering its polygons from row 0 and naming its classes alike, over two
+    rasters: ``--encoder auto`` judges the encoders on the four polygons of both files, never taking two
+    polygons of different files for pieces of one."""
+    pairs = [synthetic.scene(tmp_path / "first"), synthetic.scene(tmp_path / "second", synthetic.two_halves(seed=1))]
+    for _, support in pairs:
+        assert geopandas.read_file(support).index.tolist() == [0, 1]
+    result = run("prototypes", pairs[0][0], pairs[1][0], "-s", pairs[0][1], "-s", pairs[1][1], "-o",
+                 tmp_path / "auto.gpp", "--encoder", "auto", "--tile-size", 96, "--overlap", 0, "-q")
+    assert result.exit_code == 0, result.output
+    auto = load_prototypes(str(tmp_path / "auto.gpp")).encoder["description"]["auto"]
+    assert auto["cross_validated"] == {"polygons": 4, "windows": 2, "rasters": 2}

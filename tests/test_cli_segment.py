@@ -221,6 +221,31 @@ def test_crs_missing_on_one_side(paths, tmp_path):
                           "Error: --support-crs: ", "has no CRS")
 
 
+def test_a_crf_width_in_metres_is_refused_on_a_raster_in_degrees(tmp_path):
+    """Degrees have no width in metres to convert: the width asked for is refused, naming the option that
+    gives one in pixels, not replaced by another kernel."""
+    import synthetic
+    from rasterio.transform import from_origin
+
+    degree = 1e-5
+    image = synthetic.write_raster(tmp_path / "wgs84.tif", synthetic.two_halves(), crs="EPSG:4326",
+                                   transform=from_origin(-87.0, 30.0, degree, degree))
+    side = synthetic.SIDE * degree
+    squares = [box(-87.0 + 0.1 * side, 30.0 - 0.6 * side, -87.0 + 0.35 * side, 30.0 - 0.35 * side),
+               box(-87.0 + 0.65 * side, 30.0 - 0.6 * side, -87.0 + 0.9 * side, 30.0 - 0.35 * side)]
+    geopandas.GeoDataFrame({"class": ["bright", "dark"]}, geometry=squares, crs="EPSG:4326").to_file(
+        tmp_path / "support.gpkg")
+    out = tmp_path / "c.tif"
+    _assert_clean_failure(run(image, "--support", tmp_path / "support.gpkg", "-o", out, "--tile-size", 96,
+                              "--overlap", 0, "--crf-bilateral-m", 7.2), out,
+                          "Error: --crf-bilateral-m: 7.2 m cannot be converted to pixels",
+                          "give the width in pixels (--crf-bilateral-px)")
+    result = run(image, "--support", tmp_path / "support.gpkg", "-o", out, "--tile-size", 96, "--overlap", 0,
+                 "--crf-bilateral-m", 7.2, "--crf-bilateral-px", 12, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["crf"]["bilateral_sxy_px"] == 12.0
+
+
 def test_existing_output_needs_overwrite(paths, tmp_path):
     out = tmp_path / "c.tif"
     out.write_bytes(b"precious")

@@ -261,6 +261,15 @@ def test_kernels_per_ground_resolution():
         crf.params_for_resolution(0.5, bilateral_srgb=float("nan"))
 
 
+def test_a_width_in_metres_needs_a_metric_pixel_size():
+    """Without a metric grid (no projected CRS, or rotated) metres cannot become pixels: the width asked for
+    is refused, not replaced by another, unless a width in pixels overrides it."""
+    with pytest.raises(GeoprotoError, match=r"^crf_bilateral_m: 7.2 m cannot be converted to pixels: the raster has "
+                                            r"no metric pixel size .*; give the width in pixels \(crf_bilateral_px\)"):
+        crf.params_for_resolution(None, bilateral_m=7.2)
+    assert crf.params_for_resolution(None, bilateral_m=7.2, bilateral_sxy=20.0).bilateral_sxy == pytest.approx(20.0)
+
+
 @pytest.mark.slow
 def test_crf_raises_accuracy_on_real_dubai_tiles(dubai):
     """The paper's protocol on real Dubai tiles (supports from area 1, queries from areas 2 and 3; area 6

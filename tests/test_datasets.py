@@ -489,6 +489,33 @@ def test_folder_holdout_and_split_file(colour_folder, tmp_path):
         load_folder(str(root), split_file=str(split))
 
 
+def test_folder_window_fills_nodata_and_nan_as_segment_reads_them(tmp_path):
+    """Nodata and NaN pixels of a dataset window get the window's mean colour, byte for byte as
+    ``RasterSource.read`` gives ``segment`` the same window: the encoder sees the same input in
+    evaluation, training and inference."""
+    from geoproto.raster import RasterSource
+    from geoproto.tiling import Tile
+
+    root = tmp_path / "holes"
+    rng = np.random.default_rng(3)
+    image = rng.uniform(100, 4000, (3, 64, 64)).astype(np.float32)
+    image[:, 10:20, 5:30] = -9999  # declared nodata
+    image[:, 30:34, 20:60] = np.nan
+    synthetic.write_raster(root / "images" / "a.tif", image, nodata=-9999)
+    write_raster(root / "masks" / "a.tif", rng.integers(0, 5, (64, 64)).astype(np.uint8))
+    _class_file(root, colours=False)
+    data = load_folder(str(root))
+    row, col, side = 6, 4, 40
+    window, _ = data.read(data.samples[0], row, col, side, side)
+    with RasterSource.open(str(root / "images" / "a.tif")) as source:
+        expected, valid = source.read(Tile(row, col, side, side, row, row + side, col, col + side), side)
+    invalid = ~valid
+    assert invalid[4:14, 1:26].all() and invalid[24:28, 16:].all() and invalid.sum() == 10 * 25 + 4 * 24
+    assert window.tobytes() == expected.tobytes()
+    np.testing.assert_array_equal(window[:, invalid], np.repeat(window[:, valid].mean(1, keepdims=True),
+                                                                invalid.sum(), axis=1))
+
+
 def test_folder_integer_masks(tmp_path):
     root = tmp_path / "ints"
     rng = np.random.default_rng(9)

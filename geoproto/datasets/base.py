@@ -17,7 +17,7 @@ from rasterio.windows import Window
 from ..errors import GeoprotoError
 from ..classes import ClassInfo
 from .. import raster
-from ..raster import band_scaling, open_raster, stretch
+from ..raster import all_valid, band_scaling, model_input, open_raster
 from ..support import palette_colors
 
 # Share of label pixels whose colour matches no class (nor the ignore colour) tolerated before a
@@ -108,11 +108,11 @@ class LabelledDataset:
         with open_raster(sample.image) as src:
             bands = self.bands or list(src.indexes[:3])
             data = _read(src, bands, window, (height, width), Resampling.bilinear)
-        # Scaled as ``segment`` scales a raster (raster.band_scaling: once per image, not per window), so
-        # the encoder sees the same input values in training, evaluation and inference.
-        image = stretch(data, _image_scaling(sample.image, tuple(bands)))
-        if image.shape[0] == 1:
-            image = np.repeat(image, 3, axis=0)
+            masks = None if all_valid(src, bands) else _read(src, bands, window, (height, width),
+                                                                 Resampling.nearest, masks=True)
+        # Scaled and filled as ``segment`` reads a raster (raster.band_scaling: once per image, not per
+        # window; raster.model_input), so the encoder sees the same input in training, evaluation and inference.
+        image, _ = model_input(data, _image_scaling(sample.image, tuple(bands)), masks)
         return image, self._read_labels(sample, height, width, window)
 
     def class_cells(self, sample: Sample, cell: int) -> np.ndarray:
@@ -139,23 +139,26 @@ class LabelledDataset:
         return self.decoder(data)
 
 
-def _read(src, bands: list[int], window: Window | None, shape: tuple[int, int], resampling) -> np.ndarray:
-    """A windowed read; files that cannot be read by window (JPEG, PNG) are decoded once per process
-    and sliced, so episode crops do not decode a whole image each."""
+def _read(src, bands: list[int], window: Window | None, shape: tuple[int, int], resampling,
+          masks: bool = False) -> np.ndarray:
+    """A windowed read of the bands' values, or with ``masks`` of GDAL's masks (nodata, alpha); files
+    that cannot be read by window (JPEG, PNG) are decoded once per process and sliced, so episode crops
+    do not decode a whole image each."""
     extent = (src.height, src.width) if window is None else (int(window.height), int(window.width))
     if src.driver in WHOLE_FILE_DRIVERS and extent == tuple(shape) and src.width * src.height <= WHOLE_FILE_MAX_PIXELS:
-        data = _decoded(src.name)[[b - 1 for b in bands]]
+        data = _decoded(src.name, masks)[[b - 1 for b in bands]]
         if window is None:
             return data
         return data[:, int(window.row_off):int(window.row_off + window.height),
                     int(window.col_off):int(window.col_off + window.width)]
-    return src.read(bands, window=window, out_shape=(len(bands), *shape), resampling=resampling)
+    read = src.read_masks if masks else src.read
+    return read(bands, window=window, out_shape=(len(bands), *shape), resampling=resampling)
 
 
 @functools.lru_cache(maxsize=128)
-def _decoded(path: str) -> np.ndarray:
+def _decoded(path: str, masks: bool = False) -> np.ndarray:
     with open_raster(path) as src:
-        return src.read()
+        return src.read_masks() if masks else src.read()
 
 
 @functools.lru_cache(maxsize=1024)
