@@ -173,6 +173,12 @@ class PipelineResult:
     stage_seconds: dict[str, float]  # reading, model, CRF and labelling (summed over workers), writing
 
 
+def progress_bar(show: bool, windows: int) -> tqdm:
+    """The progress bar of ``segment`` over ``windows`` windows: one for a run over several rasters, or a
+    runner's own when it is given none, and both alike."""
+    return tqdm(total=windows, unit="tile", file=sys.stderr, disable=not show, desc="segment")
+
+
 class ResultRecorder:
     """Writes finished windows and tallies them: class pixels over their cores, windows whose CRF result
     the guard refused, seconds writing and finishing; advances the progress bar. The local pipeline and
@@ -184,8 +190,7 @@ class ResultRecorder:
         to advance (one bar over several rasters, which outlives this run)."""
         self.writer, self.journal = writer, journal
         self._own_bar = not isinstance(progress, tqdm)
-        self.bar = tqdm(total=windows, unit="tile", file=sys.stderr, disable=not progress, desc="segment") \
-            if self._own_bar else progress
+        self.bar = progress_bar(progress, windows) if self._own_bar else progress
         self.counts = np.zeros(256, np.int64)
         self.crf_rejected = 0
         self.write_seconds = 0.0
