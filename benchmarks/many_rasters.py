@@ -91,7 +91,7 @@ def child(args) -> None:
 
         batch = default_batch_size(resolve_device(args.device))
         started = time.perf_counter()
-        memory = worker_memory_bytes(DEFAULT_TILE_SIZE, batch, max(4, batch), 6, False)
+        memory = worker_memory_bytes(DEFAULT_TILE_SIZE, batch, 6, False)
         with connect(local_workers=args.workers, memory_limit=memory) as client:
             startup = time.perf_counter() - started
             result = segment_all(tiles, args.support, args.classes, args.crf, args.device,

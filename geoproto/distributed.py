@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -28,15 +27,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import __version__
 from .classes import ClassInfo
 from .classifier import Classifier
 from .errors import GeoprotoError
 from .models.runtime import CONTEXT_MARGIN, FeatureExtractor, resolve_device
-from .pipeline import (CLASS_BYTES_PER_PIXEL, MODEL_BYTES_PER_PIXEL, QUEUED_BYTES_PER_PIXEL, PipelineResult,
-                       RefineSettings, Window, label_windows)
+from .pipeline import (QUEUED_BYTES_PER_PIXEL, PipelineResult, RefineSettings, ResultRecorder, Window, label_windows,
+                       model_memory_bytes, window_pixels)
 from .raster import RasterSource, absolute_path
 from .tile_labels import TileResult
 from .tiling import Tile
@@ -46,8 +44,6 @@ CONNECT_TIMEOUT_S = 30
 # A worker process with torch, the encoder and Dask's own machinery, before any window (measured
 # ~0.5 GB on CPU with the default encoder: benchmarks/many_rasters.py prints each worker's peak).
 WORKER_RUNTIME_BYTES = 1 << 30
-# Windows per task: enough that the scheduler's few milliseconds per task stay small next to the
-# model's time, and at least a batch, so that a GPU worker encodes full batches.
 MIN_BLOCK_WINDOWS = 4
 
 
@@ -197,14 +193,18 @@ def segment_block(job: BlockJob, tiles: list[Tile]) -> BlockResult:
                                  "label": time.perf_counter() - started})
 
 
-def worker_memory_bytes(size: int, batch_size: int, block_windows: int, classes: int,
-                        keep_probabilities: bool) -> int:
+def windows_per_task(batch_size: int) -> int:
+    """Windows per task: enough that the scheduler's few milliseconds per task stay small next to the
+    model's time (``MIN_BLOCK_WINDOWS``), and at least a batch, so that a GPU worker encodes full batches."""
+    return max(MIN_BLOCK_WINDOWS, batch_size)
+
+
+def worker_memory_bytes(size: int, batch_size: int, classes: int, keep_probabilities: bool) -> int:
     """The memory a worker needs, bounded as the local pipeline's: its runtime, one batch in the model,
-    and one block of windows read and of results held."""
-    pixels = (size + 2 * CONTEXT_MARGIN) ** 2
-    model = batch_size * pixels * (MODEL_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    and one task's windows read and results held."""
     result_bytes = 1 + (4 * classes if keep_probabilities else 0)
-    return WORKER_RUNTIME_BYTES + model + block_windows * pixels * (QUEUED_BYTES_PER_PIXEL + result_bytes)
+    held = windows_per_task(batch_size) * window_pixels(size) * (QUEUED_BYTES_PER_PIXEL + result_bytes)
+    return WORKER_RUNTIME_BYTES + model_memory_bytes(size, batch_size, classes) + held
 
 
 def _worker_facts(raster: str, files: list[str]) -> dict:
@@ -288,7 +288,7 @@ def cluster(scheduler: str | None, local_workers: int | None, size: int, batch_s
     """The client of a ``segment`` run, for all its inputs (a LocalCluster takes seconds to start): the
     Dask scheduler at ``scheduler``, or a LocalCluster of ``local_workers`` processes, each bounded to the
     memory its tasks need."""
-    memory = worker_memory_bytes(size, batch_size, max(MIN_BLOCK_WINDOWS, batch_size), classes, keep_probabilities)
+    memory = worker_memory_bytes(size, batch_size, classes, keep_probabilities)
     with connect(scheduler, local_workers, memory if local_workers else None) as client:
         yield client
 
@@ -299,9 +299,9 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
     ``progress`` and ``journal`` as ``pipeline.WindowPipeline``'s (a shared bar; ``--resume``'s record)."""
     distributed = import_distributed()
     keep_probabilities = writer.probabilities is not None
-    block_windows = max(MIN_BLOCK_WINDOWS, batch_size)
+    block_windows = windows_per_task(batch_size)
     workers = client.scheduler_info()["workers"]
-    needed = worker_memory_bytes(size, batch_size, block_windows, len(recipe.classes.ids), keep_probabilities)
+    needed = worker_memory_bytes(size, batch_size, len(recipe.classes.ids), keep_probabilities)
     short = {address: info["memory_limit"] for address, info in workers.items()
              if info.get("memory_limit") and info["memory_limit"] < needed}
     if short:
@@ -316,15 +316,11 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
     # Two tasks per worker thread keep every worker busy while its last result travels back.
     threads_total = sum(info["nthreads"] for info in workers.values())
     in_flight = max(2, 2 * threads_total)
-    counts = np.zeros(256, np.int64)
-    crf_rejected = 0
     timings = {"build": 0.0, "read": 0.0, "label": 0.0, "write": 0.0}
     pending: dict[int, object] = {}  # block index -> future, submitted and not yet written
     done: dict[int, BlockResult] = {}
     queue = distributed.as_completed(loop=client.loop)
-    own_bar = not isinstance(progress, tqdm)
-    bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not progress, desc="segment") \
-        if own_bar else progress
+    recorder = ResultRecorder(writer, journal, progress, len(tiles))
     next_submit = next_write = 0
     run = uuid.uuid4().hex[:12]
 
@@ -352,32 +348,22 @@ def run_on_cluster(client, source, recipe: ClassifierRecipe, tiles: list[Tile], 
             future.release()
             while next_write in done:
                 result = done.pop(next_write)
-                write_started = time.perf_counter()
-                for tile_result in result.results:
-                    writer.write(tile_result.tile, tile_result.labels, tile_result.probabilities)
-                    if journal is not None:
-                        journal.record(tile_result.tile, tile_result.labels, tile_result.probabilities,
-                                       tile_result.crf_kept)
-                    rows, cols = tile_result.tile.core_slices
-                    counts += np.bincount(tile_result.labels[rows, cols].ravel(), minlength=256)
-                    crf_rejected += not tile_result.crf_kept
-                timings["write"] += time.perf_counter() - write_started
+                recorder.record(result.results)
                 for stage, seconds in result.seconds.items():
                     timings[stage] += seconds
-                bar.update(len(result.results))
                 next_write += 1
             submit_ahead()
     finally:
-        if own_bar:
-            bar.close()
+        recorder.close()
         if pending:
             client.cancel(list(pending.values()))
     # Read, label (model and CRF) and encoder building are summed over the workers; their idle time
     # during the run (wall) is the cluster's overhead: scheduling, transfers and the run's tail.
     busy = timings["build"] + timings["read"] + timings["label"]
+    timings["write"] = recorder.write_seconds
     timings["wall"] = time.perf_counter() - started
     timings["worker_idle"] = max(0.0, timings["wall"] * threads_total - busy)
-    return PipelineResult(counts, crf_rejected, {k: round(v, 3) for k, v in timings.items()})
+    return PipelineResult(recorder.counts, recorder.crf_rejected, {k: round(v, 3) for k, v in timings.items()})
 
 
 def _with_absolute_path(source):

@@ -21,17 +21,29 @@ def window_class_means(features: torch.Tensor, labels: torch.Tensor, num_classes
     (B x K x C means, B x K pixel counts); differentiable, so training and inference share it.
 
     Upsampling is linear, so the masked sum of upsampled features equals the features weighted by the
-    mask pulled back to feature resolution (the transposed interpolation): the same means, without
-    materialising C x H x W upsampled features.
+    mask pulled back to feature resolution (``pull_back_labels``): the same means, without materialising
+    C x H x W upsampled features.
     """
+    pulled_back, area = pull_back_labels(labels, num_classes, features)
+    return class_means(features, pulled_back, area), area
+
+
+def pull_back_labels(labels: torch.Tensor, num_classes: int, features: torch.Tensor):
+    """Each class's pixels (``labels``: B x H x W, 0 unlabelled, 1..K) pulled back to the features' grid
+    through the bilinear upsampling that scores go through (its transpose): how much each class's pixels
+    pull on each feature cell (B x K x h x w, in the features' dtype), and the class's pixel count (B x K).
+    Eq. 1's means and a head's training cells both weigh features by it."""
     classes = torch.arange(1, num_classes + 1, device=labels.device)
     one_hot = (labels[:, None] == classes[None, :, None, None]).to(features.dtype)  # B x K x H x W
     rows = _upsampling_matrix(labels.shape[-2], features.shape[-2], features)  # H x h
     cols = _upsampling_matrix(labels.shape[-1], features.shape[-1], features)  # W x w
-    pulled_back = rows.T @ one_hot @ cols  # B x K x h x w
-    area = one_hot.sum((2, 3))
-    means = torch.einsum("bchw,bkhw->bkc", features, pulled_back) / area.clamp(min=1)[..., None]
-    return means, area
+    return rows.T @ one_hot @ cols, one_hot.sum((2, 3))
+
+
+def class_means(features: torch.Tensor, pulled_back: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 from pulled-back labels (``pull_back_labels``): B x K x C class means (zero where a class
+    has no pixel)."""
+    return torch.einsum("bchw,bkhw->bkc", features, pulled_back) / area.clamp(min=1)[..., None]
 
 
 def _upsampling_matrix(out_size: int, cells: int, like: torch.Tensor) -> torch.Tensor:
@@ -69,9 +81,14 @@ class PrototypeAccumulator:
         """``features``: B x C x h x w; ``labels``: B x H x W integers (0 unlabelled, 1..K)."""
         labels = labels.to(features.device)
         for feature, label in zip(features.float(), labels):
-            means, area = window_class_means(feature[None], label[None], self.num_classes)
-            self.feature_sum += (means[0] * area[0, :, None]).cpu().double()
-            self.pixels += area[0].long().cpu()
+            self.add_window(feature[None], *pull_back_labels(label[None], self.num_classes, feature[None]))
+
+    def add_window(self, features: torch.Tensor, pulled_back: torch.Tensor, area: torch.Tensor) -> None:
+        """One window: its float features (1 x C x h x w) and its labels pulled back (``pull_back_labels``),
+        which a subclass may reuse rather than compute again."""
+        means = class_means(features, pulled_back, area)
+        self.feature_sum += (means[0] * area[0, :, None]).cpu().double()
+        self.pixels += area[0].long().cpu()
 
     def prototypes(self) -> torch.Tensor:
         """K x C prototypes; rows of classes without any labelled pixel are zero (check ``pixels``)."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, _upsampling_matrix, match_logits
+from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, match_logits
 from .models.runtime import CONTEXT_MARGIN, GRID
 
 PROTOTYPES = "prototypes"
@@ -140,22 +140,16 @@ class LinearHead:
 class SupportCells:
     """The support's labelled pixels at feature resolution: every cell any labelled pixel pulls on, its
     normalised features, and how many pixels of each class pull on it (their labels pulled back through
-    the upsampling that scores go through, as ``fewshot.window_class_means`` does)."""
+    the upsampling that scores go through, ``fewshot.pull_back_labels``)."""
 
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
+    def __init__(self):
         self.features: list[torch.Tensor] = []
         self.weights: list[torch.Tensor] = []
 
-    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """``features``: B x C x h x w; ``labels``: B x H x W integers (0 unlabelled, 1..K)."""
-        features = features.float()
-        labels = labels.to(features.device)
-        classes = torch.arange(1, self.num_classes + 1, device=labels.device)
-        one_hot = (labels[:, None] == classes[None, :, None, None]).float()  # B x K x H x W
-        rows = _upsampling_matrix(labels.shape[-2], features.shape[-2], features)
-        cols = _upsampling_matrix(labels.shape[-1], features.shape[-1], features)
-        weights = (rows.T @ one_hot @ cols).permute(0, 2, 3, 1)  # B x h x w x K
+    def add(self, features: torch.Tensor, pulled_back: torch.Tensor) -> None:
+        """``features``: B x C x h x w floats; ``pulled_back``: their labels, B x K x h x w
+        (``fewshot.pull_back_labels``)."""
+        weights = pulled_back.permute(0, 2, 3, 1)  # B x h x w x K
         pulled = weights.sum(-1) > 0
         self.features.append(F.normalize(features, dim=1).permute(0, 2, 3, 1)[pulled].cpu())
         self.weights.append(weights[pulled].cpu())
@@ -221,12 +215,13 @@ class SupportFit(PrototypeAccumulator):
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         super().__init__(num_classes, channels)
         self.head = head
-        self.cells = SupportCells(num_classes) if head == LINEAR else None
+        self.cells = SupportCells() if head == LINEAR else None
 
-    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        super().add(features, labels)
+    def add_window(self, features: torch.Tensor, pulled_back: torch.Tensor, area: torch.Tensor) -> None:
+        """Eq. 1's sums, and the cells for a linear head, from one pull-back of the window's labels."""
+        super().add_window(features, pulled_back, area)
         if self.cells is not None:
-            self.cells.add(features, labels)
+            self.cells.add(features, pulled_back)
 
     def fit(self, alpha: float = DEFAULT_ALPHA, seed: int = 0):
         """The head: a callable features (B x C x h x w) -> logits (B x K x h x w)."""

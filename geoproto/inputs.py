@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -68,13 +69,15 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
                 shared: bool = False) -> Inputs:
     """Open the orthophoto and its support, checking them against each other. ``shared``: the support
     serves several rasters, so it may miss this one (``support.load_vector_support``)."""
-    source = RasterSource.open(image, bands)
-    try:
-        return _check_inputs(source, image, support, bands, assume_crs, support_image, class_field, layer,
-                             support_crs, classes_file, buffer, shared)
-    except BaseException:
-        source.close()
-        raise
+    with contextlib.ExitStack() as on_error:
+        source = on_error.enter_context(RasterSource.open(image, bands))
+        crs = _crs(source, image, assume_crs)
+        support_source = on_error.enter_context(RasterSource.open(support_image, bands)) if support_image else source
+        labels = load_support(support, support_source.dataset, class_field, layer, support_crs, classes_file,
+                              None if support_image else crs, buffer, shared and not support_image)
+        inputs = Inputs(source, crs, support_source, labels, None if labels is None else labels.found_classes())
+        on_error.pop_all()  # opened for the caller, who closes them (``Inputs.close``)
+    return inputs
 
 
 def support_pairs(opened: list[Inputs], support: str) -> tuple[list[tuple[RasterSource, SupportLabels]], ClassInfo]:
@@ -100,12 +103,11 @@ def support_pairs(opened: list[Inputs], support: str) -> tuple[list[tuple[Raster
 def open_image(image: str, classes: ClassInfo, bands: list[int] | None = None,
                assume_crs: str | None = None) -> Inputs:
     """The orthophoto alone, for ``classes`` taught without a support here (a prototype file)."""
-    source = RasterSource.open(image, bands)
-    try:
-        return Inputs(source, _crs(source, image, assume_crs), source, None, classes)
-    except BaseException:
-        source.close()
-        raise
+    with contextlib.ExitStack() as on_error:
+        source = on_error.enter_context(RasterSource.open(image, bands))
+        inputs = Inputs(source, _crs(source, image, assume_crs), source, None, classes)
+        on_error.pop_all()  # opened for the caller, who closes it (``Inputs.close``)
+    return inputs
 
 
 def _crs(source: RasterSource, image: str, assume_crs: str | None):
@@ -123,15 +125,3 @@ def _crs(source: RasterSource, image: str, assume_crs: str | None):
             raise GeoprotoError(f"{assume_crs!r}: not a CRS ({exc})", param="assume_crs") from None
     return crs
 
-
-def _check_inputs(source: RasterSource, image: str, support: str, bands, assume_crs, support_image, class_field,
-                  layer, support_crs, classes_file, buffer, shared) -> Inputs:
-    crs = _crs(source, image, assume_crs)
-    support_source = RasterSource.open(support_image, bands) if support_image else source
-    try:
-        labels = load_support(support, support_source.dataset, class_field, layer, support_crs, classes_file,
-                              None if support_image else crs, buffer, shared and not support_image)
-        return Inputs(source, crs, support_source, labels, None if labels is None else labels.found_classes())
-    except BaseException:
-        support_source.close()
-        raise

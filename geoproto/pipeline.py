@@ -98,11 +98,9 @@ def score_windows(classifier: Classifier, windows: list[Window], size: int, refi
     spent in the model and the CRF. Windows without valid pixels are not encoded."""
     valid_rows, images, scores, model_seconds = _model_scores(classifier, windows, size,
                                                               keep_probabilities or refine is not None)
-    kept, crf_seconds = {}, 0.0
-    if valid_rows and refine is not None and refine.backend == "torch":  # on the model's device, batch and all
-        scores, kept, crf_seconds = _torch_refine(windows, valid_rows, images, scores, size, refine.params,
-                                                  keep_probabilities)
-    return _per_window(valid_rows, scores), kept, {"model": model_seconds, "crf": crf_seconds}
+    per_window, kept, crf_seconds = _refine_scored(windows, valid_rows, images, scores, size, refine,
+                                                   keep_probabilities)
+    return per_window, kept, {"model": model_seconds, "crf": crf_seconds}
 
 
 def _model_scores(classifier: Classifier, windows: list[Window], size: int, probabilities: bool):
@@ -120,22 +118,23 @@ def _model_scores(classifier: Classifier, windows: list[Window], size: int, prob
     return valid_rows, images, scores, time.perf_counter() - started
 
 
-def _torch_refine(windows: list[Window], valid_rows: list[int], images: np.ndarray, scores: torch.Tensor, size: int,
-                  params: crf_module.CRFParams, keep_probabilities: bool):
-    """The torch CRF on a scored batch: refined probabilities (or indices), the guard's verdict per window
-    position, and the seconds taken."""
-    started = time.perf_counter()
-    sizes = [(windows[i].tile.height, windows[i].tile.width) for i in valid_rows]
-    with torch.inference_mode():
-        scores, guard = crf_torch.refine_batch(torch.from_numpy(_windows(images, size)).to(scores.device), scores,
-                                               params, sizes)
-        if not keep_probabilities:
-            scores = scores.argmax(1).to(torch.uint8)
-    return scores, dict(zip(valid_rows, guard)), time.perf_counter() - started
-
-
-def _per_window(valid_rows: list[int], scores: torch.Tensor | None) -> dict[int, np.ndarray]:
-    return dict(zip(valid_rows, scores.cpu().numpy())) if valid_rows else {}
+def _refine_scored(windows: list[Window], valid_rows: list[int], images: np.ndarray | None,
+                   scores: torch.Tensor | None, size: int, refine: RefineSettings | None, keep_probabilities: bool):
+    """The torch CRF's part of a scored batch (``_model_scores``), if it is the backend asked for: each valid
+    window's scores, the guard's verdict per window position, and the seconds taken. Shared by the pipeline's
+    two orders of work: the CRF right after the model, or later in the writer thread."""
+    kept, seconds = {}, 0.0
+    if valid_rows and refine is not None and refine.backend == "torch":  # on the model's device, batch and all
+        started = time.perf_counter()
+        sizes = [(windows[i].tile.height, windows[i].tile.width) for i in valid_rows]
+        with torch.inference_mode():
+            scores, guard = crf_torch.refine_batch(torch.from_numpy(_windows(images, size)).to(scores.device),
+                                                   scores, refine.params, sizes)
+            if not keep_probabilities:
+                scores = scores.argmax(1).to(torch.uint8)
+        kept, seconds = dict(zip(valid_rows, guard)), time.perf_counter() - started
+    per_window = dict(zip(valid_rows, scores.cpu().numpy())) if valid_rows else {}
+    return per_window, kept, seconds
 
 
 def label_windows(classifier: Classifier, windows: list[Window], size: int, refine: RefineSettings | None,
@@ -143,9 +142,21 @@ def label_windows(classifier: Classifier, windows: list[Window], size: int, refi
     """A batch of windows to finished tile results (class ids, nodata where invalid, CRF applied): the
     whole per-window work, in one call, for callers that run it away from the pipeline's stages."""
     scores, kept, _ = score_windows(classifier, windows, size, refine, keep_probabilities)
-    pool_params = refine.params if refine is not None and refine.backend == "densecrf" else None
-    return [finish_tile(*_finish_args(window, i, scores, kept, classifier.ids, size, pool_params, keep_probabilities))
+    return _finish_windows(windows, scores, kept, classifier.ids, size, refine, keep_probabilities)
+
+
+def _finish_windows(windows: list[Window], scores: dict, kept: dict, ids: np.ndarray, size: int,
+                    refine: RefineSettings | None, keep_probabilities: bool) -> list[TileResult]:
+    """Every window of a scored batch finished in the calling thread (``finish_tile``: pydensecrf2 if it is
+    the backend, argmax, nodata)."""
+    pool_params = _densecrf_params(refine)
+    return [finish_tile(*_finish_args(window, i, scores, kept, ids, size, pool_params, keep_probabilities))
             for i, window in enumerate(windows)]
+
+
+def _densecrf_params(refine: RefineSettings | None) -> crf_module.CRFParams | None:
+    """The CRF parameters ``finish_tile`` applies: pydensecrf2's (the torch CRF runs with the model)."""
+    return refine.params if refine is not None and refine.backend == "densecrf" else None
 
 
 def _finish_args(window: Window, i: int, scores: dict, kept: dict, ids: np.ndarray, size: int,
@@ -160,6 +171,48 @@ class PipelineResult:
     counts: np.ndarray  # pixels per class id (256 bins), over the windows' cores
     crf_rejected: int  # windows whose CRF result the guard refused
     stage_seconds: dict[str, float]  # reading, model, CRF and labelling (summed over workers), writing
+
+
+def progress_bar(show: bool, windows: int) -> tqdm:
+    """The progress bar of ``segment`` over ``windows`` windows: one for a run over several rasters, or a
+    runner's own when it is given none, and both alike."""
+    return tqdm(total=windows, unit="tile", file=sys.stderr, disable=not show, desc="segment")
+
+
+class ResultRecorder:
+    """Writes finished windows and tallies them: class pixels over their cores, windows whose CRF result
+    the guard refused, seconds writing and finishing; advances the progress bar. The local pipeline and
+    the cluster runner both record through it, so the same results leave the same outputs, ``--resume``
+    journal and counts."""
+
+    def __init__(self, writer: ResultWriter, journal, progress: bool | tqdm, windows: int):
+        """``journal``: a ``resume.Journal`` or None; ``progress``: show a bar over ``windows``, or the bar
+        to advance (one bar over several rasters, which outlives this run)."""
+        self.writer, self.journal = writer, journal
+        self._own_bar = not isinstance(progress, tqdm)
+        self.bar = progress_bar(progress, windows) if self._own_bar else progress
+        self.counts = np.zeros(256, np.int64)
+        self.crf_rejected = 0
+        self.write_seconds = 0.0
+        self.finish_seconds = 0.0  # ``TileResult.seconds``: pydensecrf2 and argmax, where they ran
+
+    def record(self, results: list[TileResult]) -> None:
+        for result in results:
+            started = time.perf_counter()
+            self.writer.write(result.tile, result.labels, result.probabilities)
+            if self.journal is not None:
+                self.journal.record(result.tile, result.labels, result.probabilities, result.crf_kept)
+            self.write_seconds += time.perf_counter() - started
+            self.finish_seconds += result.seconds
+            rows, cols = result.tile.core_slices
+            self.counts += np.bincount(result.labels[rows, cols].ravel(), minlength=256)
+            self.crf_rejected += not result.crf_kept
+        self.bar.update(len(results))
+
+    def close(self) -> None:
+        """Close the bar if this run made it."""
+        if self._own_bar:
+            self.bar.close()
 
 
 class WindowPipeline:
@@ -178,16 +231,14 @@ class WindowPipeline:
         self.size, self.refine, self.batch_size, self.workers = size, refine, batch_size, workers
         self.progress, self.journal = progress, journal
         self.keep_probabilities = writer.probabilities is not None
-        self.pool_params = refine.params if refine is not None and refine.backend == "densecrf" else None
+        self.pool_params = _densecrf_params(refine)
         # On a CPU with cores to spare, the torch CRF refines a batch in the writer thread, on one core,
         # while the model encodes the next batch on the others: neither scales well to every core, so
         # side by side they finish sooner than taking turns.
         self.crf_beside_model = (refine is not None and refine.backend == "torch"
                                  and classifier.extract.device.type == "cpu" and torch.get_num_threads() >= 2)
-        self.counts = np.zeros(256, np.int64)
-        self.crf_rejected = 0
         self.timings = {"read": 0.0, "model": 0.0, "crf": 0.0, "write": 0.0}
-        self._bar = None
+        self.recorder: ResultRecorder | None = None  # the run's, while it runs
 
     def read(self, tile: Tile) -> Window:
         started = time.perf_counter()
@@ -210,14 +261,11 @@ class WindowPipeline:
         self.timings["model"] += seconds
 
         def refine_and_label() -> list[TileResult]:
-            refined, kept = scores, {}
-            if valid_rows:
-                refined, kept, seconds = _torch_refine(windows, valid_rows, images, scores, self.size,
-                                                       self.refine.params, self.keep_probabilities)
-                self.timings["crf"] += seconds
-            per_window = _per_window(valid_rows, refined)
-            return [finish_tile(*_finish_args(window, i, per_window, kept, self.classifier.ids, self.size, None,
-                                              self.keep_probabilities)) for i, window in enumerate(windows)]
+            per_window, kept, seconds = _refine_scored(windows, valid_rows, images, scores, self.size, self.refine,
+                                                       self.keep_probabilities)
+            self.timings["crf"] += seconds
+            return _finish_windows(windows, per_window, kept, self.classifier.ids, self.size, self.refine,
+                                   self.keep_probabilities)
         return refine_and_label
 
     def refine_later(self, windows: list[Window], scores: dict, kept: dict, pool) -> list:
@@ -234,20 +282,7 @@ class WindowPipeline:
     def write(self, item) -> None:
         """Write the result(s) of a pool future or of a deferred call."""
         results = item.result() if isinstance(item, Future) else item()
-        for result in results if isinstance(results, list) else [results]:
-            self._write_one(result)
-
-    def _write_one(self, result: TileResult) -> None:
-        started = time.perf_counter()
-        self.writer.write(result.tile, result.labels, result.probabilities)
-        if self.journal is not None:
-            self.journal.record(result.tile, result.labels, result.probabilities, result.crf_kept)
-        self.timings["write"] += time.perf_counter() - started
-        self.timings["crf"] += result.seconds
-        rows, cols = result.tile.core_slices
-        self.counts += np.bincount(result.labels[rows, cols].ravel(), minlength=256)
-        self.crf_rejected += not result.crf_kept
-        self._bar.update(1)
+        self.recorder.record(results if isinstance(results, list) else [results])
 
     def run(self, tiles: list[Tile]) -> PipelineResult:
         """Segment ``tiles`` and write them."""
@@ -300,9 +335,7 @@ class WindowPipeline:
         next_item = (lambda: _get(read_queue, reader)) if overlap else (lambda: next(inline, _DONE))
         emit = (lambda item: _put(write_queue, item, stop, writer_thread)) if overlap else \
             (lambda item: self.write(item) or True)
-        own_bar = not isinstance(self.progress, tqdm)
-        self._bar = tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not self.progress,
-                         desc="segment") if own_bar else self.progress
+        self.recorder = ResultRecorder(self.writer, self.journal, self.progress, len(tiles))
         try:
             if overlap:
                 _start(reader, writer_thread)
@@ -335,15 +368,17 @@ class WindowPipeline:
         finally:
             stop.set()
             inline.close()
-            if own_bar:
-                self._bar.close()
+            self.recorder.close()
             torch.set_num_threads(threads)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             for stage in (reader, writer_thread):  # both notice ``stop`` within 0.1 s of their current step
                 if stage.ident is not None:
                     stage.join(60)
-        return PipelineResult(self.counts, self.crf_rejected, {k: round(v, 3) for k, v in self.timings.items()})
+        self.timings["write"] = self.recorder.write_seconds
+        self.timings["crf"] += self.recorder.finish_seconds
+        return PipelineResult(self.recorder.counts, self.recorder.crf_rejected,
+                              {k: round(v, 3) for k, v in self.timings.items()})
 
 
 def read_queue_size(batch_size: int) -> int:
@@ -361,14 +396,25 @@ CRF_BYTES_PER_PIXEL = 64
 CLASS_BYTES_PER_PIXEL = 12
 
 
+def window_pixels(size: int) -> int:
+    """Pixels of a window read with its context (what the model encodes)."""
+    return (size + 2 * CONTEXT_MARGIN) ** 2
+
+
+def model_memory_bytes(size: int, batch_size: int, classes: int) -> int:
+    """One batch of windows in the model, its activations and class scores: the part of every runner's
+    memory bound that the model takes (the local pipeline's, a Dask worker's)."""
+    return batch_size * window_pixels(size) * (MODEL_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+
+
 def check_window_memory(size: int, batch_size: int, classes: int, crf_workers: int = 0) -> None:
     """Refuse, with the figure, a tile size and batch whose windows would not fit in memory (a tile
     size of 100000 asks for thousands of GiB per window, whatever the raster's size)."""
-    pixels = (size + 2 * CONTEXT_MARGIN) ** 2
-    model = batch_size * pixels * (MODEL_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
+    pixels = window_pixels(size)
     queued = read_queue_size(batch_size) * pixels * QUEUED_BYTES_PER_PIXEL
     crf = crf_workers * pixels * (CRF_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
-    check_memory(model + queued + crf, f"tile_size {size} with batch_size {batch_size}"
+    check_memory(model_memory_bytes(size, batch_size, classes) + queued + crf,
+                 f"tile_size {size} with batch_size {batch_size}"
                  + (f" and {crf_workers} CRF worker(s)" if crf_workers else ""),
                  "choose a smaller tile_size or batch_size", param="tile_size", mentions=("tile_size", "batch_size"))
 

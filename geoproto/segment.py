@@ -18,13 +18,11 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__
 from . import crf as crf_module
@@ -42,7 +40,7 @@ from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
                      class_areas, class_histogram, convert_to_cog, driver_name, gdal_write_errors, output_driver,
                      sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
-from .pipeline import RefineSettings, WindowPipeline, check_window_memory
+from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
 from .prototype_file import load_prototypes
 from .raster import block_cache, component_files, pixel_area_m2, pixel_size_m
 from .resume import Journal, file_identity, remove_journal, segment_job
@@ -314,8 +312,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         job_inputs = {"support": file_identity(support),
                       **({"inputs": [file_identity(job.image) for job in jobs]} if several else {})}
         recipe = EncoderRecipe.of(options, encoder_info) if options.dask_scheduler or options.dask_local else None
-        with tqdm(total=sum(len(job.tiles) for job in jobs), unit="tile", file=sys.stderr,
-                  disable=not options.progress, desc="segment") as bar, \
+        with progress_bar(options.progress, sum(len(job.tiles) for job in jobs)) as bar, \
                 (cluster(options.dask_scheduler, options.dask_local, options.tile_size, batch_size, len(classes.ids),
                          any(job.paths.probabilities for job in jobs)) if recipe else contextlib.nullcontext()) as client:
             results = []

@@ -56,7 +56,7 @@ def local_reference(spacenet, tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster_client():
     """A LocalCluster of 2 single-threaded workers, for runs given its scheduler's address."""
-    memory = distributed.worker_memory_bytes(TILE_SIZE, 1, distributed.MIN_BLOCK_WINDOWS, 3, False)
+    memory = distributed.worker_memory_bytes(TILE_SIZE, 1, 3, False)
     with distributed.connect(local_workers=2, memory_limit=memory) as client:
         yield client
 

@@ -11,7 +11,10 @@ import rasterio
 
 from geoproto.errors import GeoprotoError
 from geoproto.evaluation import score
+from geoproto.pipeline import ResultRecorder
 from geoproto.segment import SegmentOptions, segment
+from geoproto.tile_labels import TileResult
+from geoproto.tiling import Tile
 
 REFERENCE = "image_part_003t3"
 
@@ -80,3 +83,37 @@ def test_worker_processes_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_recorder_writes_journals_and_tallies_the_cores_in_order():
+    """What the local pipeline and the cluster runner both record through: each result written and
+    journalled in order, class pixels counted over its core only, CRF refusals counted, the run's bar
+    advanced, and a bar shared with other rasters left open."""
+    import io
+
+    from tqdm import tqdm
+
+    calls = []
+
+    class Recording:
+        probabilities = None
+
+        def __init__(self, name):
+            self.name = name
+
+        def write(self, tile, labels, probabilities):
+            calls.append((self.name, tile))
+
+        def record(self, tile, labels, probabilities, crf_kept):
+            calls.append((self.name, tile, crf_kept))
+
+    first, second = Tile(0, 0, 4, 4, 0, 2, 0, 4), Tile(0, 2, 4, 4, 0, 2, 2, 6)  # cores: the top 2 x 4 pixels
+    labels = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [7, 7, 7, 7], [7, 7, 7, 7]], np.uint8)
+    shared = tqdm(total=10, file=io.StringIO())
+    recorder = ResultRecorder(Recording("writer"), Recording("journal"), shared, 2)
+    recorder.record([TileResult(first, labels, None, True, 0.5), TileResult(second, labels, None, False, 0.25)])
+    recorder.close()
+    assert calls == [("writer", first), ("journal", first, True), ("writer", second), ("journal", second, False)]
+    assert recorder.counts[[1, 2, 7]].tolist() == [8, 8, 0] and recorder.counts.sum() == 16
+    assert recorder.crf_rejected == 1 and recorder.finish_seconds == 0.75
+    assert shared.n == 2 and not shared.disable  # advanced, not closed (tqdm.close disables it)
