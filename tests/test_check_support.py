@@ -429,28 +429,57 @@ def test_cli_pools_the_polygons_of_several_rasters(tmp_path):
     assert " on 2 rasters over 5 spatial folds" in text.output.splitlines()[0]
 
 
+def _near_and_far_boxes(tmp_path, image: Path) -> Path:
+    """Boxes of classes a, b, a, b over ``image``: the first two 5 px apart across column 192 (2 px left and
+    3 px right of it), the last two 300 px apart."""
+    with rasterio.open(image) as src:
+        transform = src.transform
+    pixel_boxes = [(170, 100, 190, 130), (195, 100, 215, 130), (20, 300, 50, 330), (350, 300, 380, 330)]
+    geometries = [box(*(transform * (c0, r1)), *(transform * (c1, r0))) for c0, r0, c1, r1 in pixel_boxes]
+    geopandas.GeoDataFrame({"class": ["a", "b", "a", "b"]}, geometry=geometries, crs="EPSG:32616").to_file(
+        tmp_path / "near.gpkg")
+    return tmp_path / "near.gpkg"
+
+
+def _groups_by_polygon(images, support) -> np.ndarray:
+    """The spatial group of each polygon of ``support`` over ``images`` (16 px group distance); every fold
+    deal keeps the first two polygons' pieces together or the test fails."""
+    windows, _ = _run_windows(images, support, group_distance=16)
+    order = np.argsort(windows.polygon_features, kind="stable")
+    assert list(windows.polygon_features[order]) == [0, 1, 2, 3]
+    for deal in windows.fold_draws[:, order]:
+        assert deal[0] == deal[1]
+    return windows.groups[order]
+
+
 def test_polygons_close_across_the_cut_of_two_rasters_share_a_group(tmp_path):
     """Two different boxes 5 px apart on either side of the cut between two halves of a raster are one
     spatial group (so one fold), as on the whole raster; boxes far apart stay apart."""
     image, _ = _colour_support(tmp_path, skewed=False)
-    with rasterio.open(image) as src:
-        transform = src.transform
-    pixel_boxes = [(170, 100, 190, 130), (195, 100, 215, 130),  # 2 px left and 3 px right of the cut at 192
-                   (20, 300, 50, 330), (350, 300, 380, 330)]  # 300 px apart
-    geometries = [box(*(transform * (c0, r1)), *(transform * (c1, r0))) for c0, r0, c1, r1 in pixel_boxes]
-    geopandas.GeoDataFrame({"class": ["a", "b", "a", "b"]}, geometry=geometries, crs="EPSG:32616").to_file(
-        tmp_path / "near.gpkg")
+    support = _near_and_far_boxes(tmp_path, image)
     halves = [_cut(image, tmp_path / "left.tif", 0, 192), _cut(image, tmp_path / "right.tif", 192, 400)]
-    groups = {}
-    for name, images in (("whole", [image]), ("halves", halves)):
-        windows, _ = _run_windows(images, tmp_path / "near.gpkg", group_distance=16)
-        order = np.argsort(windows.polygon_features, kind="stable")
-        assert list(windows.polygon_features[order]) == [0, 1, 2, 3]
-        groups[name] = windows.groups[order]
-        for deal in windows.fold_draws[:, order]:
-            assert deal[0] == deal[1]
-    np.testing.assert_array_equal(groups["halves"], groups["whole"])
-    assert list(groups["whole"]) == [0, 0, 1, 2]
+    whole = _groups_by_polygon([image], support)
+    assert list(whole) == [0, 0, 1, 2]
+    np.testing.assert_array_equal(_groups_by_polygon(halves, support), whole)
+
+
+def test_polygons_close_across_the_cut_of_rasters_in_two_crss_share_a_group(tmp_path):
+    """The right half warped to Web Mercator (about 1 m pixels there too): its polygons are put in the
+    left half's grid, so the boxes 5 px apart across the cut are still one group."""
+    from rasterio.warp import calculate_default_transform, reproject
+
+    image, _ = _colour_support(tmp_path, skewed=False)
+    support = _near_and_far_boxes(tmp_path, image)
+    right = _cut(image, tmp_path / "right.tif", 192, 400)
+    with rasterio.open(right) as src:
+        transform, width, height = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height,
+                                                               *src.bounds)
+        profile = {**src.profile, "crs": "EPSG:3857", "transform": transform, "width": width, "height": height}
+        with rasterio.open(tmp_path / "right-3857.tif", "w", **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(rasterio.band(src, band), rasterio.band(dst, band))
+    halves = [_cut(image, tmp_path / "left.tif", 0, 192), tmp_path / "right-3857.tif"]
+    assert list(_groups_by_polygon(halves, support)) == [0, 0, 1, 2]
 
 
 def test_group_distance_across_rasters_takes_the_coarser_pixels(tmp_path):
