@@ -82,8 +82,9 @@ END_TO_END_BAR = 500.0  # windows per second, the issue's bar (20480 px mosaic)
 # --- real windows -------------------------------------------------------------------------------------
 
 def noisy_probabilities(truth: np.ndarray, classes: int, rng: np.random.Generator) -> np.ndarray:
-    """The model's stand-in (as tests/test_crf.py): the true labels smoothed, plus spatially correlated
-    noise per class, so that the CRF has real errors to fix along real edges."""
+    """The model's stand-in (the one tests/test_crf.py and segment_throughput.py use too): the true labels
+    smoothed, plus spatially correlated noise per class, so that the CRF has real errors to fix along real
+    edges."""
     onehot = torch.from_numpy(np.eye(classes, dtype=np.float32)[truth].transpose(2, 0, 1))[None]
     smooth = torch.nn.functional.avg_pool2d(onehot, 9, 1, 4, count_include_pad=False)[0]
     noise = torch.from_numpy(rng.normal(0, 2.5, onehot.shape[1:]).astype(np.float32))[None]

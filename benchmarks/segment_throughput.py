@@ -179,17 +179,16 @@ def peak_rss_mb() -> float:
 
 def crf_windows(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` real 417 px windows (image in [0, 1], class probabilities): Dubai crops, with the true
-    labels smoothed and spatially correlated noise added as the model's stand-in, as tests/test_crf.py
-    makes them: the CRF has real errors to fix along real edges and (mostly) keeps every class, so the
+    labels smoothed and spatially correlated noise added as the model's stand-in (``gpu_check.noisy_probabilities``,
+    as tests/test_crf.py makes them): the CRF has real errors to fix along real edges and (mostly) keeps every class, so the
     labels compared are refined ones. The CRF's cost does not depend on them."""
-    import torch
+    from gpu_check import noisy_probabilities
 
     from geoproto.classes import read_class_file
 
     colours = np.array(read_class_file(str(root / "classes.json")).colors)
     names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
     rng = np.random.default_rng(0)
-    pool = torch.nn.functional.avg_pool2d
     windows = []
     for i in range(count):
         name = names[i % len(names)]
@@ -200,11 +199,7 @@ def crf_windows(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         with rasterio.open(root / "masks" / f"{name}.png") as src:
             mask = src.read(window=area).transpose(1, 2, 0).astype(int)
         truth = np.abs(mask[:, :, None, :] - colours[None, None]).sum(-1).argmin(-1)
-        onehot = torch.from_numpy(np.eye(len(colours), dtype=np.float32)[truth].transpose(2, 0, 1))[None]
-        smooth = pool(onehot, 9, 1, 4, count_include_pad=False)[0]
-        noise = torch.from_numpy(rng.normal(0, 2.5, smooth.shape).astype(np.float32))[None]  # per class
-        noise = pool(noise, 7, 1, 3, count_include_pad=False)[0] * 2.5
-        windows.append((image, torch.softmax(smooth * 3 + noise, 0).numpy()))
+        windows.append((image, noisy_probabilities(truth, len(colours), rng)))
     return windows
 
 

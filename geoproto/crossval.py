@@ -72,29 +72,64 @@ class SupportWindows:
                 "windows": len(self.tiles), "rasters": len(set(self.tile_sources))}
 
 
-def spatial_groups(supports: list[VectorLabels], classes: ClassInfo, group_distance: float
+def _in_first_grid(datasets: list) -> list[tuple[object, float]]:
+    """For each raster of ``datasets``: a map of its pixel coordinates ((N, 2) arrays) into the pixel grid
+    of the first raster (None for the first itself), and the size of its pixel there.
+
+    One frame for every raster lets polygons close together across the edge between two rasters be
+    found close. Rasters in different CRSs are reprojected; a raster without a CRS is taken to share the
+    first one's frame (its polygons were placed with the same assumed CRS)."""
+    from rasterio.warp import transform as reproject
+
+    first = datasets[0]
+    to_first = ~first.transform
+
+    def mapping(dataset):
+        def mapped(coords: np.ndarray) -> np.ndarray:
+            xs, ys = dataset.transform * (coords[:, 0], coords[:, 1])
+            if dataset.crs is not None and first.crs is not None and dataset.crs != first.crs:
+                xs, ys = reproject(dataset.crs, first.crs, xs, ys)
+            cols, rows = to_first * (np.asarray(xs), np.asarray(ys))
+            return np.column_stack([cols, rows])
+        return mapped
+
+    frames = []
+    for n, dataset in enumerate(datasets):
+        if n == 0:
+            frames.append((None, 1.0))
+            continue
+        mapped = mapping(dataset)
+        centre = np.array([[dataset.width / 2, dataset.height / 2]])
+        corners = mapped(np.concatenate([centre, centre + [1, 0], centre + [0, 1]]))
+        frames.append((mapped, float(np.hypot(*(corners[1:] - corners[0]).T).max())))
+    return frames
+
+
+def spatial_groups(supports: list[tuple[RasterSource, VectorLabels]], classes: ClassInfo, group_distance: float
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The spatial group of each polygon piece of ``supports`` (the polygons of each raster, pieces
+    """The spatial group of each polygon piece of ``supports`` (each raster and its polygons, pieces
     numbered raster after raster) and the class position covering most of each group.
 
-    A group is a connected component of the pieces within ``group_distance`` px of each other on one
-    raster, joined with the other pieces of its polygons. Groups are numbered in the order of their first
-    polygon in the support file, so the same polygons get the same groups however the rasters cut them.
+    A group is a connected component of the pieces within ``group_distance`` px of each other, joined
+    with the other pieces of their polygons. Every raster's pieces are put in the first raster's grid
+    (``_in_first_grid``) so pieces on different rasters are compared too; where pixel sizes differ the
+    distance is that of the coarsest raster. Groups are numbered in the order of their first polygon in
+    the support file, so the same polygons get the same groups however the rasters cut them.
     """
     import shapely
 
-    offsets = np.cumsum([0] + [len(labels.geometries) for labels in supports])
-    first, second = [], []
-    for offset, labels in zip(offsets, supports):
-        near = labels.tree.query(labels.geometries, predicate="dwithin", distance=group_distance)
-        first.append(near[0] + offset)
-        second.append(near[1] + offset)
-    features = np.concatenate([labels.features for labels in supports])
+    frames = _in_first_grid([source.dataset for source, _ in supports])
+    pieces = [labels for _, labels in supports]
+    geometries = np.concatenate([labels.geometries if mapped is None else shapely.transform(labels.geometries, mapped)
+                                 for (mapped, _), labels in zip(frames, pieces)])
+    distance = group_distance * max(size for _, size in frames)
+    first, second = shapely.STRtree(geometries).query(geometries, predicate="dwithin", distance=distance)
+    features = np.concatenate([labels.features for labels in pieces])
     order = np.argsort(features, kind="stable")
     same = features[order[1:]] == features[order[:-1]]  # consecutive pieces of one polygon
-    first = np.concatenate(first + [order[1:][same]])
-    second = np.concatenate(second + [order[:-1][same]])
-    groups = np.arange(offsets[-1])
+    first = np.concatenate([first, order[1:][same]])
+    second = np.concatenate([second, order[:-1][same]])
+    groups = np.arange(len(geometries))
     while True:  # connected components: propagate the smallest member index, with pointer jumping
         merged = groups.copy()
         np.minimum.at(merged, first, groups[second])
@@ -103,15 +138,14 @@ def spatial_groups(supports: list[VectorLabels], classes: ClassInfo, group_dista
         if np.array_equal(merged, groups):
             break
         groups = merged
-    first_feature = np.full(offsets[-1], features.max(initial=0) + 1)
+    first_feature = np.full(len(geometries), features.max(initial=0) + 1)
     np.minimum.at(first_feature, groups, features)
     _, group_of = np.unique(first_feature[groups], return_inverse=True)
-    # Each polygon's area once (its pieces are the same polygon), in its first raster's pixels.
+    # Each polygon's area once (its pieces are the same polygon), in the first raster's pixels.
     _, piece = np.unique(features, return_index=True)
-    class_ids = np.concatenate([labels.class_ids for labels in supports])
-    areas = np.concatenate([shapely.area(labels.geometries) for labels in supports])
+    class_ids = np.concatenate([labels.class_ids for labels in pieces])
     area = np.zeros((int(group_of.max(initial=-1)) + 1, len(classes.ids)))
-    np.add.at(area, (group_of[piece], np.searchsorted(classes.ids, class_ids[piece])), areas[piece])
+    np.add.at(area, (group_of[piece], np.searchsorted(classes.ids, class_ids[piece])), shapely.area(geometries[piece]))
     return group_of, area.argmax(1)
 
 
@@ -152,7 +186,7 @@ def read_support_windows(supports: list[tuple[RasterSource, VectorLabels, list[T
         raise GeoprotoError("every support polygon lies over nodata: nothing to cross-validate", param="support")
     position = {class_id: k + 1 for k, class_id in enumerate(classes.ids)}
     pieces = [labels for _, labels, _ in supports]
-    group_of, dominant = spatial_groups(pieces, classes, group_distance)
+    group_of, dominant = spatial_groups([(source, labels) for source, labels, _ in supports], classes, group_distance)
     fold_draws = np.stack([deal_folds(dominant, folds, seed)[group_of] for seed in range(draws)])
     return SupportWindows([source for source, _, _ in supports], [n for n, _ in chosen], [tile for _, tile in chosen],
                           np.stack(polygons),

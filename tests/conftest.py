@@ -54,6 +54,18 @@ class DataPaths:
 
 
 @pytest.fixture(scope="session")
+def gpu_check():
+    """benchmarks/gpu_check.py as a module (a script, not a package): its real windows and the model's
+    stand-in (``noisy_probabilities``) serve the CRF tests too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
 def paths() -> DataPaths:
     return DataPaths()
 

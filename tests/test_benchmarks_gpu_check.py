@@ -1,25 +1,13 @@
 """benchmarks/gpu_check.py, the one-call GPU check: its correctness part runs on the CPU (CPU against CPU),
 and its comparisons report a disagreement when one side is perturbed."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from geoproto.fewshot import PrototypeAccumulator
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 SIZE = 417
-
-
-@pytest.fixture(scope="module")
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def test_folds_keep_neighbouring_polygons_together(paths):
     path = Path(__import__("tempfile").mkdtemp()) / "s.gpkg"
     frame.to_file(path)
     inputs = options_inputs(str(paths.chip), str(path), SegmentOptions())
-    group_of, dominant = spatial_groups([inputs.labels], inputs.classes, group_distance=32)
+    group_of, dominant = spatial_groups([(inputs.support_source, inputs.labels)], inputs.classes, group_distance=32)
     folds = deal_folds(dominant, 3, seed=0)[group_of]
     assert folds[0] == folds[1]
     assert len(folds) == 6 and set(folds) <= {0, 1, 2}
@@ -145,7 +145,7 @@ def test_every_fold_deal_keeps_spatial_groups_together_and_spreads_classes(paths
                    ["a", "a", "b", "a", "b", "b", "a", "b"])
     frame.to_file(tmp_path / "s.gpkg")
     inputs = options_inputs(str(paths.chip), str(tmp_path / "s.gpkg"), SegmentOptions())
-    group_of, dominant = spatial_groups([inputs.labels], inputs.classes, 32)
+    group_of, dominant = spatial_groups([(inputs.support_source, inputs.labels)], inputs.classes, 32)
     assert group_of[0] == group_of[1] and len(set(group_of)) == 7
     deals = [deal_folds(dominant, 3, seed)[group_of] for seed in range(3)]
     assert len({tuple(deal) for deal in deals}) > 1  # the deals differ
@@ -427,3 +427,87 @@ def test_cli_pools_the_polygons_of_several_rasters(tmp_path):
     text = runner.invoke(main, ["check-support", *map(str, halves), "-s", str(support), "--group-distance", "16"])
     assert text.exit_code == 0, text.output
     assert " on 2 rasters over 5 spatial folds" in text.output.splitlines()[0]
+
+
+def _near_and_far_boxes(tmp_path, image: Path) -> Path:
+    """Boxes of classes a, b, a, b over ``image``: the first two 5 px apart across column 192 (2 px left and
+    3 px right of it), the last two 300 px apart."""
+    with rasterio.open(image) as src:
+        transform = src.transform
+    pixel_boxes = [(170, 100, 190, 130), (195, 100, 215, 130), (20, 300, 50, 330), (350, 300, 380, 330)]
+    geometries = [box(*(transform * (c0, r1)), *(transform * (c1, r0))) for c0, r0, c1, r1 in pixel_boxes]
+    geopandas.GeoDataFrame({"class": ["a", "b", "a", "b"]}, geometry=geometries, crs="EPSG:32616").to_file(
+        tmp_path / "near.gpkg")
+    return tmp_path / "near.gpkg"
+
+
+def _groups_by_polygon(images, support) -> np.ndarray:
+    """The spatial group of each polygon of ``support`` over ``images`` (16 px group distance); every fold
+    deal keeps the first two polygons' pieces together or the test fails."""
+    windows, _ = _run_windows(images, support, group_distance=16)
+    order = np.argsort(windows.polygon_features, kind="stable")
+    assert list(windows.polygon_features[order]) == [0, 1, 2, 3]
+    for deal in windows.fold_draws[:, order]:
+        assert deal[0] == deal[1]
+    return windows.groups[order]
+
+
+def test_polygons_close_across_the_cut_of_two_rasters_share_a_group(tmp_path):
+    """Two different boxes 5 px apart on either side of the cut between two halves of a raster are one
+    spatial group (so one fold), as on the whole raster; boxes far apart stay apart."""
+    image, _ = _colour_support(tmp_path, skewed=False)
+    support = _near_and_far_boxes(tmp_path, image)
+    halves = [_cut(image, tmp_path / "left.tif", 0, 192), _cut(image, tmp_path / "right.tif", 192, 400)]
+    whole = _groups_by_polygon([image], support)
+    assert list(whole) == [0, 0, 1, 2]
+    np.testing.assert_array_equal(_groups_by_polygon(halves, support), whole)
+
+
+def test_polygons_close_across_the_cut_of_rasters_in_two_crss_share_a_group(tmp_path):
+    """The right half warped to Web Mercator (about 1 m pixels there too): its polygons are put in the
+    left half's grid, so the boxes 5 px apart across the cut are still one group."""
+    from rasterio.warp import calculate_default_transform, reproject
+
+    image, _ = _colour_support(tmp_path, skewed=False)
+    support = _near_and_far_boxes(tmp_path, image)
+    right = _cut(image, tmp_path / "right.tif", 192, 400)
+    with rasterio.open(right) as src:
+        transform, width, height = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height,
+                                                               *src.bounds)
+        profile = {**src.profile, "crs": "EPSG:3857", "transform": transform, "width": width, "height": height}
+        with rasterio.open(tmp_path / "right-3857.tif", "w", **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(rasterio.band(src, band), rasterio.band(dst, band))
+    halves = [_cut(image, tmp_path / "left.tif", 0, 192), tmp_path / "right-3857.tif"]
+    assert list(_groups_by_polygon(halves, support)) == [0, 0, 1, 2]
+
+
+def test_group_distance_across_rasters_takes_the_coarser_pixels(tmp_path):
+    """A 1 m raster beside a 2 m one: 16 px is 16 m on the first and 32 m on the second, and polygons on
+    either side of their shared edge join within the larger (24 m apart: one group; 40 m: two)."""
+    from rasterio.transform import from_origin
+
+    from geoproto.crossval import spatial_groups
+    from geoproto.raster import RasterSource
+    from geoproto.support import load_vector_support
+
+    paths = []
+    for name, x0, size in (("fine", 500100, 1), ("coarse", 500200, 2)):
+        with rasterio.open(tmp_path / f"{name}.tif", "w", driver="GTiff", width=100, height=100, count=3,
+                           dtype="uint8", crs="EPSG:32616", transform=from_origin(x0, 3700000, size, size)) as dst:
+            dst.write(np.full((3, 100, 100), 128, np.uint8))
+        paths.append(tmp_path / f"{name}.tif")
+    top = 3700000
+    boxes = [box(500170, top - 30, 500190, top - 10), box(500214, top - 30, 500234, top - 10),  # 24 m apart
+             box(500170, top - 90, 500180, top - 70), box(500220, top - 90, 500240, top - 70)]  # 40 m apart
+    geopandas.GeoDataFrame({"class": ["a", "b", "a", "b"]}, geometry=boxes, crs="EPSG:32616").to_file(
+        tmp_path / "s.gpkg")
+    supports = []
+    for path in paths:
+        source = RasterSource.open(str(path))
+        supports.append((source, load_vector_support(str(tmp_path / "s.gpkg"), source.dataset, shared=True)))
+    assert [list(labels.features) for _, labels in supports] == [[0, 2], [1, 3]]
+    group_of, _ = spatial_groups(supports, supports[0][1].classes, 16)
+    assert list(group_of) == [0, 1, 0, 2]  # pieces raster after raster: fine 0, 2; coarse 1, 3
+    for source, _ in supports:
+        source.close()

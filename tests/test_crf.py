@@ -17,17 +17,6 @@ from geoproto.classes import read_class_file
 WINDOW = 417
 
 
-def _noisy_probabilities(truth: np.ndarray, classes: int, seed: int) -> np.ndarray:
-    """A cheap, deterministic stand-in for the model: the true labels smoothed, plus spatially
-    correlated noise, so that the CRF has real errors to fix along real edges."""
-    rng = np.random.default_rng(seed)
-    onehot = torch.from_numpy(np.eye(classes, dtype=np.float32)[truth].transpose(2, 0, 1))[None]
-    smooth = torch.nn.functional.avg_pool2d(onehot, 9, 1, 4, count_include_pad=False)[0]
-    noise = torch.from_numpy(rng.normal(0, 2.5, onehot.shape[1:]).astype(np.float32))[None]
-    noise = torch.nn.functional.avg_pool2d(noise, 7, 1, 3, count_include_pad=False)[0] * 2.5
-    return torch.softmax(smooth * 3 + noise, 0).numpy()
-
-
 def _spacenet_window(spacenet: Path):
     """The 0.5 m panchromatic chip's top-left window (grey replicated to RGB, as segment reads it), with
     buildings / the rest as truth."""
@@ -70,7 +59,7 @@ def _f1_per_class(labels: np.ndarray, truth: np.ndarray, classes: int) -> np.nda
 
 
 @pytest.mark.parametrize("window", ["spacenet", "image_part_005t2", "image_part_003t3"])
-def test_torch_labels_agree_with_pydensecrf_on_real_imagery(spacenet, dubai, window):
+def test_torch_labels_agree_with_pydensecrf_on_real_imagery(spacenet, dubai, gpu_check, window):
     """Equal settings, real imagery (the 0.5 m grey chip at the 14.4 px kernel of 7.2 m; Dubai RGB at the
     paper's 80 px), a CRF that changes a good share of the labels. Exact (stride 1), the torch lattice
     reproduces pydensecrf2's: labels agree on (nearly) every pixel (measured: all of them). With the
@@ -82,7 +71,7 @@ def test_torch_labels_agree_with_pydensecrf_on_real_imagery(spacenet, dubai, win
     else:
         image, truth, classes = _dubai_window(dubai, window)
         params = crf.CRFParams()
-    probabilities = _noisy_probabilities(truth, classes, seed=len(window))
+    probabilities = gpu_check.noisy_probabilities(truth, classes, np.random.default_rng(len(window)))
     reference, reference_kept, exact, exact_kept = _both_backends(image, probabilities, params, appearance_stride=1)
     assert reference_kept and exact_kept
     changed = (reference.argmax(0) != probabilities.argmax(0)).mean()
@@ -100,13 +89,13 @@ def test_torch_labels_agree_with_pydensecrf_on_real_imagery(spacenet, dubai, win
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_batch_of_windows_matches_each_window_alone(dubai, stride):
+def test_batch_of_windows_matches_each_window_alone(dubai, gpu_check, stride):
     """Windows share one lattice (the window index is a key digit) and a cropped edge window is refined
     on its valid part only (its blocks too), as crf.refine refines the cropped window: batching changes
     nothing."""
     image, truth, classes = _dubai_window(dubai, "image_part_003t3")
     other = np.ascontiguousarray(image[:, ::-1, :])  # same colours elsewhere: vertices that would collide
-    probabilities = _noisy_probabilities(truth, classes, seed=1)
+    probabilities = gpu_check.noisy_probabilities(truth, classes, np.random.default_rng(1))
     images = torch.from_numpy(np.stack([image, other]))
     batch = torch.from_numpy(np.stack([probabilities, probabilities[:, ::-1, :].copy()]))
     params = crf.CRFParams(bilateral_sxy=24.0)
@@ -206,11 +195,11 @@ def test_guard_vetoes_a_window_collapsing_into_one_class():
     assert kept and set(np.unique(labels)) == {0, 1, 2}
 
 
-def test_guard_lets_a_window_lose_a_speckle_class(dubai):
+def test_guard_lets_a_window_lose_a_speckle_class(dubai, gpu_check):
     """A real Dubai window whose model output has a false class speckled over 3 % of it in 3x3 blobs: the
     CRF erases the speckle and the window is refined (the 2 % rule vetoed it), gaining accuracy."""
     image, truth, classes = _dubai_window(dubai, "image_part_003t3")
-    probabilities = np.concatenate([_noisy_probabilities(truth, classes, seed=3),
+    probabilities = np.concatenate([gpu_check.noisy_probabilities(truth, classes, np.random.default_rng(3)),
                                     np.zeros((1, WINDOW, WINDOW), np.float32)])
     speckle = np.zeros((WINDOW, WINDOW), bool)
     for row, col in np.random.default_rng(0).integers(0, WINDOW - 3, (600, 2)):
