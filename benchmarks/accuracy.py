@@ -36,8 +36,9 @@ SPACENET = REPO / "examples" / "spacenet"
 DUBAI_PIXEL_M = 0.3  # the Dubai tiles carry no georeferencing
 
 
-def spacenet_building_iou(encoder: str, crf: bool, folder: str) -> tuple[float, float]:
-    """(building IoU, OA) on the 35 buildings not used as support, support buildings left out."""
+def spacenet_building_iou(encoder: str, crf: bool, folder: str) -> tuple[float, float, str]:
+    """(building IoU, OA, the scoring ``--scoring auto`` used) on the 35 buildings not used as support,
+    support buildings left out."""
     out = Path(folder) / f"{encoder}-{crf}.tif"
     summary = segment(str(SPACENET / "sample_geotiff.tif"), str(SPACENET / "support.gpkg"), str(out),
                       SegmentOptions(encoder=encoder, crf=crf, progress=False, overwrite=True))
@@ -50,7 +51,7 @@ def spacenet_building_iou(encoder: str, crf: bool, folder: str) -> tuple[float, 
     used = rasterize(support[support["class"] == "building"].geometry, out_shape=predicted.shape,
                      transform=transform, all_touched=True) > 0
     result = scores(confusion_matrix(truth, np.where(predicted == building, 1, 2), 2, ignore=used))
-    return float(result["iou"][0]), float(result["overall_accuracy"])
+    return float(result["iou"][0]), float(result["overall_accuracy"]), summary["scoring"]["used"]
 
 
 def main() -> None:
@@ -80,9 +81,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.encoders.split(","):
             for crf in (False, True):
-                iou, accuracy = spacenet_building_iou(name, crf, folder)
-                print(f"SpaceNet {name:>9} CRF {'on ' if crf else 'off'}  building IoU {iou:.3f}  OA {100 * accuracy:.1f}",
-                      flush=True)
+                iou, accuracy, scoring = spacenet_building_iou(name, crf, folder)
+                print(f"SpaceNet {name:>9} CRF {'on ' if crf else 'off'}  building IoU {iou:.3f}  OA {100 * accuracy:.1f}"
+                      f"  scoring {scoring}", flush=True)
 
 
 if __name__ == "__main__":

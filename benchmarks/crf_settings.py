@@ -44,7 +44,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import encoder_choice  # noqa: E402  (the same supports and truth as the encoder benchmark)
 
 VALIDATION_SPLIT = REPO / "examples" / "dubai" / "split-train-1to4-val-5.json"
-DUBAI_PIXEL_M = 0.3  # the Dubai tiles carry no georeferencing
 
 # Kernel settings: overrides of crf.params_for_resolution's rule (widths in metres where named _m).
 SETTINGS = {
@@ -238,7 +237,7 @@ def validation(args) -> None:
         print(row("dubai-5", "CRF off", "", [sum(m) for m in zero.values()], names, 0, len(images) * len(seeds)))
         for setting, overrides in settings.items():
             t0 = time.perf_counter()
-            windows = dubai_windows(images, per_seed, truths, len(names), params_for(DUBAI_PIXEL_M, overrides))
+            windows = dubai_windows(images, per_seed, truths, len(names), params_for(encoder_choice.DUBAI_PIXEL_M, overrides))
             for guard_name, guard in guards.items():
                 matrices, vetoed = [], 0
                 for seed_windows in windows.values():

@@ -41,6 +41,7 @@ SPACENET = REPO / "examples" / "spacenet"
 ALBERS = REPO / "tests" / "data" / "albers-30m"
 BOX = 24
 BOXES_PER_CLASS = 3
+DUBAI_PIXEL_M = 0.3  # the Dubai tiles carry no georeferencing
 
 
 def _run(image, support, encoder, folder, **options) -> np.ndarray:

@@ -8,13 +8,15 @@ the support, or both (``geoproto.heads``). Validation data only.
   buildings excluded;
 - the 30 m chip: 6 pivots and 3 other boxes as support, scored on the 13 other pivots vs rest.
 Each image is encoded once, as one window (1x and 2x), and every support draw and variant reuses those
-features. No CRF. Prints OA / mIoU per image and variant, then pooled per domain (and the IoU of the
-building and pivot classes); ``--choice`` also runs ``check-support``'s cross-validated choice (``crossval.choose_scoring``) on each
-support and scores the variant it picks at each bootstrap confidence of ``--confidences`` (the share of
-resamples a variant must win to replace prototypes; ``crossval.SWITCH_CONFIDENCE`` is the default's).
+features. No CRF unless ``--crf`` (the torch CRF with the rule's kernels, as ``segment`` applies it).
+Prints OA / mIoU per image and variant, then pooled per domain (and the IoU of the building and pivot
+classes); ``--choice`` also runs ``check-support``'s cross-validated choice (``crossval.choose_scoring``)
+on each support and scores the variant it picks at each bootstrap confidence of ``--confidences`` (the
+share of resamples a variant must win to replace prototypes; ``crossval.SCORING_CONFIDENCE`` is
+``segment``'s).
 
     PYTHONPATH=. .venv/bin/python benchmarks/head_choice.py --root DUBAI_FOLDER [--areas 1,2,3,4,5]
-        [--tiles 1] [--seeds 2] [--encoder imagenet] [--choice [--confidences 0.5,0.8,0.95]]
+        [--tiles 1] [--seeds 2] [--boxes 3] [--encoder imagenet] [--choice [--confidences 0.5,0.8,0.95]] [--crf]
 """
 
 from __future__ import annotations
@@ -32,19 +34,21 @@ import rasterio
 import torch
 from rasterio.features import rasterize
 
-from geoproto.crossval import SWITCH_CONFIDENCE, choose_scoring, encode_windows, read_support_windows, reliable_pick
+from geoproto.crossval import SCORING_CONFIDENCE, choose_scoring, encode_windows, read_support_windows, reliable_pick
 from geoproto.fewshot import upsample_scores
 from geoproto.heads import VARIANTS, SupportFit, concat_scales, second_scale_features
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.models import build_shipped
 from geoproto.models.runtime import GRID, FeatureExtractor
-from geoproto.raster import RasterSource
+from geoproto import crf, crf_torch
+from geoproto.raster import RasterSource, pixel_size_m
 from geoproto.segment import SegmentOptions, options_inputs
 from geoproto.tiling import Tile, tile_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The supports and truth the encoder benchmark draws.
-from encoder_choice import BOXES_PER_CLASS, box_support, dubai_truth, pivots_truth, spacenet_truth  # noqa: E402
+from encoder_choice import (BOXES_PER_CLASS, DUBAI_PIXEL_M, box_support, dubai_truth,  # noqa: E402
+                            pivots_truth, spacenet_truth)
 
 FOLDS = 5
 
@@ -53,14 +57,14 @@ def _whole(height: int, width: int) -> Tile:
     return Tile(0, 0, height, width, 0, height, 0, width)
 
 
-def encode(extract, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """1x and multi-scale features of the whole image as one window."""
+def encode(extract, path: Path) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """1x and multi-scale features of the whole image as one window, and the image as the model sees it."""
     source = RasterSource.open(str(path))
     height, width = source.dataset.shape
     image = source.read(_whole(height, width), max(height, width))[0][:, :height, :width]
     images = np.ascontiguousarray(image[None])
     first = extract(images, 0)
-    return first, concat_scales(first, second_scale_features(extract, images, 0))
+    return first, concat_scales(first, second_scale_features(extract, images, 0)), images
 
 
 def rasterised_support(support: Path, image: Path) -> tuple[np.ndarray, list[str]]:
@@ -75,11 +79,18 @@ def rasterised_support(support: Path, image: Path) -> tuple[np.ndarray, list[str
     return labels, present
 
 
-def predict(features: torch.Tensor, support: np.ndarray, num_classes: int, head: str) -> np.ndarray:
+def predict(features: torch.Tensor, support: np.ndarray, num_classes: int, head: str, image: np.ndarray,
+            crf_params: crf.CRFParams | None) -> list[np.ndarray]:
+    """Labels (1..) without CRF, and with ``crf_params`` also after the torch CRF ``segment`` applies."""
     fit = SupportFit(num_classes, features.shape[1], head)
     fit.add(features, torch.from_numpy(support)[None])
     with torch.inference_mode():
-        return upsample_scores(fit.fit()(features), support.shape)[0].argmax(0).numpy() + 1
+        probabilities = upsample_scores(fit.fit()(features), support.shape).softmax(1)
+        labels = [probabilities[0].argmax(0).numpy() + 1]
+        if crf_params is not None:
+            refined = crf_torch.refine_batch(torch.from_numpy(image), probabilities, crf_params)[0]
+            labels.append(refined[0].argmax(0).numpy() + 1)
+    return labels
 
 
 def check_choice(extract, image: Path, support: Path, confidences: list[float]) -> list[str]:
@@ -105,7 +116,8 @@ def main() -> None:
     parser.add_argument("--encoder", default="imagenet")
     parser.add_argument("--boxes", type=int, default=BOXES_PER_CLASS, help="support boxes per class and Dubai tile")
     parser.add_argument("--choice", action="store_true", help="also score check-support's cross-validated choice")
-    parser.add_argument("--confidences", default=str(SWITCH_CONFIDENCE),
+    parser.add_argument("--crf", action="store_true", help="also score every column after segment's CRF")
+    parser.add_argument("--confidences", default=str(SCORING_CONFIDENCE),
                         help="bootstrap confidences at which to score the choice (comma-separated)")
     args = parser.parse_args()
     if "6" in args.areas.split(","):
@@ -115,21 +127,25 @@ def main() -> None:
     confidences = [float(c) for c in args.confidences.split(",")]
     choices = [f"choice@{c:g}" for c in confidences] if args.choice else []
     columns = [*VARIANTS, *choices]
+    columns += [f"{c}+crf" for c in columns] if args.crf else []
     pooled: dict[str, dict[str, np.ndarray]] = {}
     picks: dict[str, dict[str, list[str]]] = {}
     print(f"{'image':>28} " + " ".join(f"{c:>19}" for c in columns) + "   (OA / mIoU %)")
 
-    def run(domain, label, image, features, support_path, truth, scored, score_classes):
+    def run(domain, label, image, encoded, support_path, truth, scored, score_classes, pixel_size):
         """Confusions over the domain's ``scored`` classes: ``score_classes`` maps predicted support positions
         (1..classes of the support) to them; ``truth`` holds them already."""
         support, present = rasterised_support(support_path, image)
+        crf_params = crf.params_for_resolution(pixel_size) if args.crf else None
         row = {}
         for name, (scales, head) in VARIANTS.items():
-            predicted = predict(features[len(scales) > 1], support, len(present), head)
-            row[name] = confusion_matrix(truth, score_classes(predicted), scored)
+            labels = predict(encoded[len(scales) > 1], support, len(present), head, encoded[2], crf_params)
+            for suffix, predicted in zip(("", "+crf"), labels):
+                row[name + suffix] = confusion_matrix(truth, score_classes(predicted), scored)
         if args.choice:
             for column, variant in zip(choices, check_choice(extract, image, support_path, confidences)):
-                row[column] = row[variant]
+                for suffix in ("", "+crf") if args.crf else ("",):
+                    row[column + suffix] = row[variant + suffix]
                 picks.setdefault(domain, {}).setdefault(column, []).append(variant)
         for name, matrix in row.items():
             pooled.setdefault(domain, {}).setdefault(name, 0)
@@ -142,8 +158,10 @@ def main() -> None:
         """``name`` against the rest: truth 1 ``name``, 2 rest."""
         present = sorted(geopandas.read_file(support_path)["class"].unique())
         wanted = present.index(name) + 1
+        with rasterio.open(chip) as src:
+            pixel_size = pixel_size_m(src, src.crs)
         run(domain, label, chip, encode(extract, chip), support_path, truth, 2,
-            lambda p: np.where(p == wanted, 1, np.where(p > 0, 2, 0)))
+            lambda p: np.where(p == wanted, 1, np.where(p > 0, 2, 0)), pixel_size)
 
     with tempfile.TemporaryDirectory() as folder:
         for area in args.areas.split(","):
@@ -151,7 +169,7 @@ def main() -> None:
             for name in names:
                 started = time.perf_counter()
                 image = args.root / "images" / f"{name}.jpg"
-                features = encode(extract, image)
+                encoded = encode(extract, image)
                 truth_ids, info = dubai_truth(args.root, name)
                 for seed in range(args.seeds):
                     boxes, box_names, present, truth = box_support(truth_ids, info, np.random.default_rng(seed),
@@ -160,8 +178,8 @@ def main() -> None:
                     geopandas.GeoDataFrame({"class": box_names}, geometry=boxes).to_file(support_path)
                     # Positions of this support's classes among all Dubai classes, so images pool.
                     to_all = np.array([0] + [info.names.index(n) + 1 for n in present])
-                    run("dubai areas " + args.areas, f"{name} s{seed}", image, features, support_path,
-                        to_all[truth], len(info.ids), lambda p: to_all[p])
+                    run("dubai areas " + args.areas, f"{name} s{seed}", image, encoded, support_path,
+                        to_all[truth], len(info.ids), lambda p: to_all[p], DUBAI_PIXEL_M)
                 print(f"{'':>28} ({time.perf_counter() - started:.0f} s)", flush=True)
         one_class("spacenet building/rest", "sample_geotiff", *spacenet_truth(), "building")
         one_class("30 m pivots/rest", "custom_proj", *pivots_truth(folder), "pivot")
