@@ -26,7 +26,8 @@ from .datasets import LabelledDataset
 from .classes import NODATA, ClassInfo
 from .errors import GeoprotoError
 from .classifier import Classifier
-from .fewshot import DEFAULT_ALPHA, masked_average_prototypes
+from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
+from .heads import LINEAR, VARIANTS, MultiScaleExtractor, SupportCells, fit_linear_head
 from .metrics import confusion_matrix, json_number, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
@@ -210,14 +211,21 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
              crf: bool, device: torch.device, train_split: str = "train", test_split: str = "test",
              alpha: float = DEFAULT_ALPHA, crf_params: crf_module.CRFParams | None = None,
              progress: bool = True, crf_backend: str = crf_module.DEFAULT_BACKEND,
-             on_patch: Callable[[int, int, np.ndarray], None] | None = None) -> dict:
+             on_patch: Callable[[int, int, np.ndarray], None] | None = None, scoring: str = "prototypes") -> dict:
     """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation.
+
+    ``scoring``: how queries are scored, one of ``heads.VARIANTS`` as ``segment --scoring`` names them
+    (the paper's prototypes, or multi-scale features and/or a linear head fitted on the shots), so the
+    protocol measures what ``segment`` does with each.
 
     ``on_patch(seed, patch_number, predicted)``, if given, receives each query patch's labels as scored
     (its core, as positions 1..K of the report's classes), e.g. to compare two CRF backends pixel by pixel.
     """
     check_number("alpha", alpha, 0, ALPHA_MAX, min_open=True)
     check_number("shots", shots, 1, integer=True)
+    if scoring not in VARIANTS:
+        raise GeoprotoError(f"{scoring!r}: choose {', '.join(VARIANTS)}", param="scoring")
+    scales, head = VARIANTS[scoring]
     crf_backend = crf_module.resolve_backend(crf_backend) if crf else None
     classes = data.classes if not class_names else data.classes.subset(
         [data.classes.ids[data.classes.names.index(n)] for n in _known(data, class_names)])
@@ -228,6 +236,8 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
     support_patches = [p for p in patch_index(data, train_samples) if p[2] & set(classes.ids)]
     query_patches = patch_index(data, test_samples)
     extract = FeatureExtractor(encoder, device)
+    if len(scales) > 1:
+        extract = MultiScaleExtractor(extract)
     crf_params = crf_params or crf_module.params_for_resolution(data.pixel_size_m)
     cache: dict[int, torch.Tensor] = {}
     cached_bytes = 0
@@ -242,9 +252,10 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
         if missing:
             notes.append(f"seed {seed}: no {shots}-shot support covers {', '.join(missing)}")
             warnings.warn(notes[-1])
-        prototypes, present = shot_prototypes(data, train_samples, [support_patches[i] for i in chosen], extract,
-                                              classes)
-        classifier = Classifier(prototypes, classes, alpha, extract)
+        features, labels = shot_features(data, train_samples, [support_patches[i] for i in chosen], extract, classes)
+        prototypes, present = _prototypes_and_presence(features, labels, len(classes.ids))
+        classifier = Classifier(prototypes, classes, alpha, extract,
+                                head=_shot_head(features, labels, prototypes, alpha) if head == LINEAR else None)
         matrix = np.zeros((len(classes.ids), len(classes.ids)), np.int64)
         for number, (sample_index, tile, _) in enumerate(query_patches):
             image, labels = _read_patch(data, test_samples[sample_index], tile)
@@ -273,7 +284,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
                                                 f"{support_patches[i][1].row},{support_patches[i][1].col}"
                                                 for i in chosen], **summarise(matrix, classes.names)})
     bar.close()
-    return {"dataset": data.name, "shots": shots, "crf": crf, "seeds": seeds,
+    return {"dataset": data.name, "shots": shots, "scoring": scoring, "crf": crf, "seeds": seeds,
             **({"crf_backend": crf_backend, "crf_bilateral_px": round(crf_params.bilateral_sxy, 2)} if crf else {}),
             "classes": classes.names,
             "query_patches": len(query_patches), "notes": notes, "mean": _aggregate(runs, np.mean),
@@ -286,15 +297,33 @@ def shot_prototypes(data: LabelledDataset, samples, shots: list, extract: Featur
     ``patch_index``), averaged over the shots that hold the class, so every shot weighs the same whatever
     its share of the class (``segment`` weighs pixels instead: its windows are not shots). Returns the
     K x C prototypes and which classes any shot holds."""
+    return _prototypes_and_presence(*shot_features(data, samples, shots, extract, classes), len(classes.ids))
+
+
+def shot_features(data: LabelledDataset, samples, shots: list, extract: FeatureExtractor,
+                  classes: ClassInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shots' features (S x C x h x w, float32 on the CPU) and labels (S x H x W, positions 1..K)."""
     lookup = classes.positions()
     features, labels = [], []
     for sample_index, tile, _ in shots:
         image, label = _read_patch(data, samples[sample_index], tile)
         features.append(extract(image[None]).cpu().float())
         labels.append(torch.from_numpy(lookup[label]))
-    labels = torch.stack(labels)
-    present = torch.bincount(labels.reshape(-1), minlength=len(classes.ids) + 1)[1:] > 0
-    return masked_average_prototypes(torch.cat(features), labels, len(classes.ids)), present
+    return torch.cat(features), torch.stack(labels)
+
+
+def _prototypes_and_presence(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
+    present = torch.bincount(labels.reshape(-1), minlength=num_classes + 1)[1:] > 0
+    return masked_average_prototypes(features, labels, num_classes), present
+
+
+def _shot_head(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, alpha: float):
+    """The linear head ``segment`` fits on a support (``heads.fit_linear_head``), on the shots' labelled
+    cells, started at the shots' prototypes."""
+    cells = SupportCells()
+    for feature, label in zip(features, labels):
+        cells.add(feature[None], pull_back_labels(label[None], len(prototypes), feature[None])[0])
+    return fit_linear_head(*cells.arrays(), prototypes, alpha)
 
 
 def _read_patch(data: LabelledDataset, sample, tile):

@@ -12,6 +12,7 @@ from rasterio.features import rasterize
 from shapely.affinity import translate
 
 from geoproto.cli import main
+from geoproto.errors import GeoprotoError
 from geoproto.evaluation import evaluate, sample_supports, score
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.models import build_encoder
@@ -162,6 +163,62 @@ def test_evaluate_averages_prototypes_over_shots_as_the_paper(dubai):
         assert bool(present[k]) == bool(means)
         if means:
             torch.testing.assert_close(prototypes[k], torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_queries_with_the_linear_head_segment_fits(dubai):
+    """``scoring="linear"``: the head is fitted on the shots' labelled cells, started at their per-shot
+    prototypes, and it, not eq. 2, labels the queries: the same supports, other labels where the head
+    moved the boundary, and every query pixel labelled as the head's argmax says."""
+    import torch
+
+    from geoproto.evaluation import PATCH, _read_patch, patch_index, shot_features
+    from geoproto.fewshot import masked_average_prototypes, pull_back_labels, upsample_scores
+    from geoproto.heads import SupportCells, fit_linear_head
+    from geoproto.models.runtime import FeatureExtractor
+
+    data = load_dataset("folder", str(dubai), holdout="image_part_001t6$")
+    data.splits["train"] = [n for n in data.splits["train"] if n.endswith("t1")][:3]
+    encoder = build_encoder()[0]
+    labelled = {}
+    runs = {scoring: evaluate(data, encoder, 2, [0], None, False, torch.device("cpu"), progress=False, scoring=scoring,
+                              on_patch=lambda seed, number, predicted, scoring=scoring:
+                              labelled.__setitem__((scoring, number), predicted))
+            for scoring in ("prototypes", "linear")}
+    assert runs["linear"]["scoring"] == "linear" and runs["linear"]["runs"][0]["supports"] == \
+        runs["prototypes"]["runs"][0]["supports"]
+    changed = sum(int((labelled["linear", n] != labelled["prototypes", n]).sum()) for n in range(9))
+    assert changed > 0
+
+    # The head by hand, from the supports the report names, scores the first query patch.
+    train = data.subset("train")
+    patches = patch_index(data, train)
+    names = runs["linear"]["runs"][0]["supports"]
+    shots = [p for p in patches if f"{train[p[0]].name}@{p[1].row},{p[1].col}" in names]
+    extract = FeatureExtractor(encoder, torch.device("cpu"))
+    features, labels = shot_features(data, train, shots, extract, data.classes)
+    prototypes = masked_average_prototypes(features, labels, len(data.classes.ids))
+    cells = SupportCells()
+    for feature, label in zip(features, labels):
+        cells.add(feature[None], pull_back_labels(label[None], len(data.classes.ids), feature[None])[0])
+    head = fit_linear_head(*cells.arrays(), prototypes)
+    test = data.subset("test")
+    sample, tile, _ = patch_index(data, test)[0]
+    image, _ = _read_patch(data, test[sample], tile)
+    present = torch.bincount(labels.reshape(-1), minlength=len(data.classes.ids) + 1)[1:] > 0
+    with torch.inference_mode():
+        logits = upsample_scores(head(extract(image[None], 0)), (PATCH, PATCH))[0]
+        logits[~present] = -torch.inf  # a class no shot holds is never predicted
+    rows, cols = tile.core_slices
+    expected = (logits.argmax(0).numpy() + 1)[rows, cols]
+    assert (expected == labelled["linear", 0]).mean() > 0.999
+
+
+def test_evaluate_refuses_a_scoring_it_does_not_know():
+    import torch
+
+    with pytest.raises(GeoprotoError, match="scoring: 'auto': choose prototypes, multiscale, linear, multiscale"):
+        evaluate(None, None, 1, [0], None, False, torch.device("cpu"), scoring="auto")
 
 
 @pytest.mark.parametrize("option, value", [("--crf-bilateral-px", "nan"), ("--crf-bilateral-px", "0"),

@@ -8,6 +8,7 @@ import click
 
 from ..crf import CRF_RANGES, params_for_resolution
 from ..evaluation import evaluate, format_table
+from ..heads import VARIANTS
 from ..models import select_encoder
 from ..models.runtime import resolve_device
 from ..output import StagedOutputs
@@ -24,6 +25,9 @@ from .options import (crf_backend_option, dataset_options, device_option, encode
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, callback=integer_list(*TRAIN_RANGES["seed"][:2]),
               help="Comma-separated seeds (one run each).")
 @click.option("--class-names", help="Evaluate only these classes (comma-separated names).")
+@click.option("--scoring", type=click.Choice(list(VARIANTS)), default="prototypes", show_default=True,
+              help="How queries are scored, as segment --scoring names it: the paper's prototypes, multiscale "
+                   "(features at 1x and 2x), linear (a head fitted on the shots) or both.")
 @click.option("--crf/--no-crf", default=True, show_default=True)
 @crf_backend_option
 @click.option("--pixel-size", type=number(0, 1e4, min_open=True), metavar="METRES",
@@ -41,7 +45,7 @@ from .options import (crf_backend_option, dataset_options, device_option, encode
 @json_option
 @handle_errors
 def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split, holdout, encoder, backbone,
-                     checkpoint, init_weights, shots, seeds, class_names, crf, crf_backend, pixel_size, crf_bilateral_px,
+                     checkpoint, init_weights, shots, seeds, class_names, scoring, crf, crf_backend, pixel_size, crf_bilateral_px,
                      train_split, test_split, device, report, quiet, as_json):
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
@@ -57,8 +61,7 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
                           resolve_device(device), train_split, test_split,
                           crf_params=params_for_resolution(pixel_size or data.pixel_size_m, **(
                               {"bilateral_sxy": crf_bilateral_px} if crf_bilateral_px else {})),
-                          progress=show_progress(quiet),
-                          crf_backend=crf_backend)
+                          progress=show_progress(quiet), crf_backend=crf_backend, scoring=scoring)
         result["encoder"] = info
         if report_tmp:
             with open(report_tmp, "w", encoding="utf-8") as handle:

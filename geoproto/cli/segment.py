@@ -34,7 +34,7 @@ _CRF_DEFAULTS = CRFParams()
 @click.option("--scoring", type=click.Choice(SCORING_CHOICES), default="auto", show_default=True,
               help="How windows are scored: prototypes (the paper's eq. 2), multiscale (features at 1x and 2x), "
                    "linear (a head fitted on the support) or both; auto cross-validates them on the support "
-                   "polygons and keeps prototypes unless another reliably beats them.")
+                   "polygons and takes the best unless it wins under half the bootstrap resamples.")
 @click.option("--crf/--no-crf", default=True, show_default=True, help="DenseCRF refinement of each window.")
 @crf_backend_option
 @click.option("--crf-iterations", type=integer(*CRF_RANGES["iterations"]),
