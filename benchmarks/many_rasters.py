@@ -13,8 +13,13 @@ The cluster's overhead per window is the worker time not spent on windows (readi
 labelling, building the encoder): scheduling, transfers and the run's tail, from the per-run
 ``stage_seconds`` of ``segment``'s summary.
 
+``--support-polygons N`` times only the reading of one support file of N generated squares (in
+EPSG:4326, the tiles in UTM) over ``--count`` generated tiles, as ``segment`` places it on each input
+(``support.load_support(shared=True)``): read for each input, then read once for the run (``read_files``).
+
     .venv/bin/python benchmarks/many_rasters.py --root DUBAI                      # 16 tiles of 4096^2
     .venv/bin/python benchmarks/many_rasters.py --root DUBAI --count 4 --side 2048 --workers 2
+    .venv/bin/python benchmarks/many_rasters.py --count 64 --side 512 --support-polygons 20000
 """
 
 from __future__ import annotations
@@ -78,6 +83,44 @@ def segment_all(tiles: list[str], support: str, classes: str, crf: bool, device:
     return {"windows": windows, "seconds": time.perf_counter() - started, "stages": stages}
 
 
+def support_loading(count: int, side: int, polygons: int) -> None:
+    """Print the seconds to place one support of ``polygons`` squares on ``count`` tiles of side^2 pixels,
+    reading the file for each tile and reading it once."""
+    import geopandas
+    import numpy as np
+    from rasterio.transform import from_origin
+    from shapely import box
+
+    from geoproto.raster import open_raster
+    from geoproto.support import load_support
+
+    across, pixel, (x0, y0) = math.ceil(math.sqrt(count)), 0.5, (500000.0, 3700000.0)
+    extent = across * side * pixel
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, extent - 10, (polygons, 2))
+    sizes = rng.uniform(1, 10, (polygons, 2))
+    with tempfile.TemporaryDirectory() as folder:
+        support = os.path.join(folder, "support.gpkg")
+        geopandas.GeoDataFrame(
+            {"class": rng.choice(["building", "road", "tree"], polygons)},
+            geometry=box(x0 + corners[:, 0], y0 - corners[:, 1] - sizes[:, 1], x0 + corners[:, 0] + sizes[:, 0],
+                         y0 - corners[:, 1]), crs="EPSG:32616").to_crs("EPSG:4326").to_file(support)
+        tiles = []
+        for i in range(count):
+            tiles.append(os.path.join(folder, f"tile-{i:03d}.tif"))
+            with rasterio.open(tiles[-1], "w", driver="GTiff", width=side, height=side, count=1, dtype="uint8",
+                               crs="EPSG:32616", transform=from_origin(x0 + i % across * side * pixel,
+                                                                       y0 - i // across * side * pixel, pixel, pixel)):
+                pass
+        print(f"{count} tiles of {side}^2, one support of {polygons} polygons (EPSG:4326)")
+        for mode, read_files in (("each", None), ("once", {})):
+            started, placed = time.perf_counter(), 0
+            for tile in tiles:
+                with open_raster(tile) as reference:
+                    placed += len(load_support(support, reference, shared=True, read_files=read_files).geometries)
+            print(f"  read {mode:>4}: {time.perf_counter() - started:7.2f} s ({placed} polygons placed)")
+
+
 def child(args) -> None:
     """One configuration in this process; prints its result with the peak RSS of each process."""
     tiles = args.tiles.split(",")
@@ -119,6 +162,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--crf", action="store_true", help="with the torch DenseCRF (default: without)")
+    parser.add_argument("--support-polygons", type=int, help="time only the support's reading, with this many "
+                        "generated polygons")
     parser.add_argument("--child", choices=["local", "cluster"], help=argparse.SUPPRESS)
     parser.add_argument("--tiles", help=argparse.SUPPRESS)
     parser.add_argument("--support", help=argparse.SUPPRESS)
@@ -126,6 +171,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.support_polygons:
+        support_loading(args.count, args.side, args.support_polygons)
         return
     if args.root is None:
         parser.error("--root is required: the Dubai folder (images/, masks/, classes.json)")

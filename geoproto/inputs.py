@@ -66,15 +66,17 @@ class Inputs:
 def open_inputs(image: str, support: str, bands: list[int] | None = None, assume_crs: str | None = None,
                 support_image: str | None = None, class_field: str | None = None, layer: str | None = None,
                 support_crs: str | None = None, classes_file: str | None = None, buffer: float = 0.0,
-                shared: bool = False) -> Inputs:
+                shared: bool = False, read_files: dict | None = None) -> Inputs:
     """Open the orthophoto and its support, checking them against each other. ``shared``: the support
-    serves several rasters, so it may miss this one (``support.load_vector_support``)."""
+    serves several rasters, so it may miss this one (``support.load_vector_support``); ``read_files``:
+    the support files read so far in the run, read once whatever the number of rasters
+    (``support.load_support``)."""
     with contextlib.ExitStack() as on_error:
         source = on_error.enter_context(RasterSource.open(image, bands))
         crs = _crs(source, image, assume_crs)
         support_source = on_error.enter_context(RasterSource.open(support_image, bands)) if support_image else source
         labels = load_support(support, support_source.dataset, class_field, layer, support_crs, classes_file,
-                              None if support_image else crs, buffer, shared and not support_image)
+                              None if support_image else crs, buffer, shared and not support_image, read_files)
         inputs = Inputs(source, crs, support_source, labels, None if labels is None else labels.found_classes())
         on_error.pop_all()  # opened for the caller, who closes them (``Inputs.close``)
     return inputs

@@ -43,9 +43,10 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
     opened: list[Inputs] = []
+    read_files: dict = {}  # a support file given for several pairs is read once
     try:
         for image, support in pairs:
-            opened.append(options_inputs(image, support, options))
+            opened.append(options_inputs(image, support, options, read_files=read_files))
             opened[-1].close()  # handles reopen on use: a run over many pairs keeps few files open
             check_window_memory(options.tile_size, batch_size, len(opened[-1].classes.ids))
         extract, info, _ = choose_encoder(*_cross_validation_pairs(opened, [support for _, support in pairs]),

@@ -141,11 +141,13 @@ SEGMENT_RANGES = {
 _INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"}
 
 
-def options_inputs(image: str, support: str, options: SegmentOptions, shared: bool = False) -> Inputs:
-    """``inputs.open_inputs`` with the support and raster settings of ``options``."""
+def options_inputs(image: str, support: str, options: SegmentOptions, shared: bool = False,
+                   read_files: dict | None = None) -> Inputs:
+    """``inputs.open_inputs`` with the support and raster settings of ``options``; ``read_files``: see there
+    (one dict for the run's inputs)."""
     return open_inputs(image, support, options.bands, options.assume_crs, options.support_image,
                        options.class_field, options.layer, options.support_crs, options.classes_file,
-                       options.buffer, shared)
+                       options.buffer, shared, read_files)
 
 
 def check_tiling(options: SegmentOptions) -> None:
@@ -263,11 +265,12 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             job.paths = _stage(staged, job.output, job.options)
         for job in jobs:  # after the alias checks: an output that would replace an input is the first thing to say
             _output_formats(job.output, job.options)
+        read_files: dict = {}  # the support file, read once for every input
         for job in jobs:
             with _naming(job.image, several):
                 job.inputs = inputs_stack.enter_context(
                     open_image(job.image, taught.classes, options.bands, options.assume_crs) if taught
-                    else options_inputs(job.image, support, options, shared=several))
+                    else options_inputs(job.image, support, options, shared=several, read_files=read_files))
             job.inputs.close()
         supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
             else (None, taught.classes)

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from .classes import MAX_CLASS_ID, ClassInfo, read_class_file
 from .errors import GeoprotoError
-from .raster import open_raster, path_exists, read_error
+from .raster import absolute_path, open_raster, path_exists, read_error
 from .tiling import Tile
 
 # Field names taken as the class column, in this order; anything else must be named (``class_field``)
@@ -273,16 +273,111 @@ def _check_declared_crs(frame, crs, path: str) -> None:
             f"which look projected; state the vector's real CRS (e.g. the raster's)", param="support_crs")
 
 
-def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
-                        layer: str | None = None, support_crs: str | None = None,
-                        classes: ClassInfo | None = None, assume_crs=None, buffer: float = 0.0,
-                        shared: bool = False) -> VectorLabels | None:
-    """Read polygons, pick the class field, reproject to the raster's CRS and map into its pixel space.
+def _repaired(geometries: np.ndarray) -> tuple[np.ndarray, int]:
+    """The geometries with the invalid ones repaired (their polygonal part, possibly empty), and how
+    many were invalid."""
+    import shapely
 
-    ``assume_crs`` overrides the raster's own CRS (for rasters that lack one);
-    ``buffer`` (in the raster's CRS units) turns points and lines into polygons. ``shared``: the support
-    serves several rasters, so it may miss this one (None) and keeps every class of the file.
-    """
+    invalid = ~shapely.is_valid(geometries)
+    if not invalid.any():
+        return geometries, 0
+    geometries = geometries.copy()
+    geometries[invalid] = [_polygonal(g) for g in shapely.make_valid(geometries[invalid])]
+    return geometries, int(invalid.sum())
+
+
+class VectorSupport:
+    """A support vector file read and checked once (``read_vector_support``): its polygons in their own
+    CRS, their classes and file rows. ``place`` maps them onto each raster the file serves, so a run over
+    many tiles reads, checks and warns about the file once, and reprojects it once per CRS met."""
+
+    def __init__(self, path: str, geometries: np.ndarray, crs, class_ids: np.ndarray, classes: ClassInfo,
+                 features: np.ndarray, numbered_by_name: bool, buffer: float):
+        self.path = path
+        self.geometries = geometries  # in ``crs`` (None: the file and its rasters have none)
+        self.crs = crs
+        self.class_ids = class_ids
+        self.classes = classes
+        self.features = features
+        self.numbered_by_name = numbered_by_name
+        self.buffer = buffer
+        self._in_crs: dict = {}  # raster CRS (WKT) -> the geometries reprojected there and their STRtree
+
+    def _reprojected(self, raster_crs) -> tuple[np.ndarray, object]:
+        """The geometries in ``raster_crs`` and a spatial index of them, computed once per CRS."""
+        import geopandas
+        import shapely
+        from pyproj import CRS
+
+        key = None if self.crs is None else raster_crs.to_wkt()
+        if key not in self._in_crs:
+            geometries = self.geometries
+            if key is not None:
+                geometries = geopandas.GeoSeries(geometries, crs=self.crs).to_crs(CRS.from_user_input(key)).to_numpy()
+            # Repaired where they are used, in the raster's CRS (the file's invalid polygons were counted
+            # when read): a ring repaired before a reprojection would come out slightly otherwise.
+            geometries, _ = _repaired(geometries)
+            self._in_crs[key] = geometries, shapely.STRtree(geometries)
+        return self._in_crs[key]
+
+    def place(self, reference: rasterio.io.DatasetReader, assume_crs=None, shared: bool = False
+              ) -> VectorLabels | None:
+        """The polygons reaching ``reference``, in its pixel space (``load_vector_support``)."""
+        import shapely
+
+        path, info = self.path, self.classes
+        raster_crs = assume_crs or reference.crs
+        if raster_crs is not None and self.crs is None:
+            raise GeoprotoError(f"{path}: has no CRS while the raster has one; state the vector's CRS",
+                                param="support_crs")
+        if raster_crs is None and self.crs is not None:
+            raise GeoprotoError(f"{path}: is in {self.crs.name} but the raster has no CRS; state the raster's CRS, "
+                                f"or drop the vector's", param="assume_crs")
+        transform = reference.transform
+        pixels = 0.0
+        if self.buffer:
+            # The distance is in the raster's CRS units; in pixel space that is distance / pixel size.
+            pixels = self.buffer / abs(transform.a)
+            if pixels > max(reference.width, reference.height):
+                raise GeoprotoError(f"{self.buffer:g} is {pixels:.3g} pixels, wider than the raster "
+                                    f"({reference.width} x {reference.height} pixels); give a distance in the "
+                                    f"raster CRS's units", param="buffer")
+        projected, tree = self._reprojected(raster_crs)
+        # Only the polygons whose box reaches the raster's (widened by the buffer and a pixel, whatever the
+        # grid's rotation) are mapped to pixels: a large support over many tiles maps each polygon a few times.
+        cols, rows = np.array([0, reference.width, 0, reference.width]), np.array([0, 0, reference.height,
+                                                                                   reference.height])
+        xs = transform.a * cols + transform.b * rows + transform.c
+        ys = transform.d * cols + transform.e * rows + transform.f
+        margin = (pixels + 1) * float(np.hypot(np.hypot(transform.a, transform.b), np.hypot(transform.d, transform.e)))
+        near = np.sort(tree.query(shapely.box(xs.min() - margin, ys.min() - margin, xs.max() + margin,
+                                              ys.max() + margin)))
+        inverse = ~transform
+        matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
+        geometries = np.array([shapely.affinity.affine_transform(g, matrix) for g in projected[near]], dtype=object)
+        if pixels:
+            geometries = shapely.buffer(geometries, pixels)
+        inside = shapely.intersects(geometries, shapely.box(0, 0, reference.width, reference.height))
+        ids, features = self.class_ids[near][inside], self.features[near][inside]
+        if shared:
+            return (VectorLabels(geometries[inside], ids, info, features, self.numbered_by_name)
+                    if inside.any() else None)
+        if not inside.any():
+            raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
+        # One label file may serve many tiles: a class drawn only elsewhere is left out of this raster's run.
+        outside = [name for class_id, name in zip(info.ids, info.names) if class_id not in set(ids.tolist())]
+        if outside:
+            warnings.warn(f"{path}: no polygon of class(es) {', '.join(outside)} overlaps the raster "
+                          f"{reference.name}: left out")
+            info = info.subset(set(ids.tolist()))
+        return VectorLabels(geometries[inside], ids, info, features, self.numbered_by_name)
+
+
+def read_vector_support(path: str, class_field: str | None = None, layer: str | None = None,
+                        support_crs: str | None = None, classes: ClassInfo | None = None,
+                        buffer: float = 0.0) -> VectorSupport:
+    """Read the polygons and check what does not depend on a raster: the CRS, the kinds of geometry
+    (repairing invalid polygons), the class field and the class ids; warnings about the file are given here."""
     import geopandas
     import pyogrio
     import shapely
@@ -316,25 +411,15 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         raise GeoprotoError(f"{support_crs!r} is not a CRS ({exc})", param="support_crs") from None
     if support_crs is None:
         _check_declared_crs(frame, declared, path)
-    raster_crs = assume_crs or reference.crs
-    if raster_crs is not None and declared is None:
-        raise GeoprotoError(f"{path}: has no CRS while the raster has one; state the vector's CRS",
-                            param="support_crs")
-    if raster_crs is None and declared is not None:
-        raise GeoprotoError(f"{path}: is in {declared.name} but the raster has no CRS; state the raster's CRS, "
-                            f"or drop the vector's", param="assume_crs")
-    if declared is not None:
-        frame = frame.set_crs(declared, allow_override=True).to_crs(CRS.from_user_input(raster_crs.to_wkt()))
 
     kinds = set(frame.geometry.geom_type)
     if not kinds <= POLYGONAL and not buffer:
         raise GeoprotoError(f"{path}: support must be polygons; found {', '.join(sorted(kinds - POLYGONAL))} "
                             f"(a buffer distance turns points and lines into polygons)", param="buffer")
-    invalid = ~frame.geometry.is_valid
-    if invalid.any():
-        frame = frame.assign(geometry=[_polygonal(g) for g in shapely.make_valid(frame.geometry.values)])
-        frame = frame[~frame.geometry.is_empty]
-        warnings.warn(f"{path}: repaired {int(invalid.sum())} invalid polygon(s)")
+    repaired, count = _repaired(frame.geometry.to_numpy())
+    if count:
+        frame = frame[~shapely.is_empty(repaired)]  # nothing polygonal left: not a polygon to label with
+        warnings.warn(f"{path}: repaired {count} invalid polygon(s)")
 
     column = _class_column(frame, class_field, path)
     nulls = frame[column].isna()
@@ -344,40 +429,36 @@ def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_f
         warnings.warn(f"{path}: skipped {int(nulls.sum())} polygon(s) with no value in {column!r}")
         frame = frame[~nulls]
     ids, info, numbered_by_name = _class_ids(frame[column], column, path, classes)
+    # The file's rows: the filters above keep the index.
+    return VectorSupport(path, frame.geometry.to_numpy(), declared, ids, info, frame.index.to_numpy(),
+                         numbered_by_name, buffer)
 
-    inverse = ~reference.transform
-    matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
-    geometries = np.array([shapely.affinity.affine_transform(g, matrix) for g in frame.geometry.values])
-    if buffer:
-        # The distance is in the raster's CRS units; in pixel space that is distance / pixel size.
-        pixels = buffer / abs(reference.transform.a)
-        if pixels > max(reference.width, reference.height):
-            raise GeoprotoError(f"{buffer:g} is {pixels:.3g} pixels, wider than the raster ({reference.width} x "
-                                f"{reference.height} pixels); give a distance in the raster CRS's units",
-                                param="buffer")
-        geometries = shapely.buffer(geometries, pixels)
-    extent = shapely.box(0, 0, reference.width, reference.height)
-    inside = shapely.intersects(geometries, extent)
-    features = frame.index.to_numpy()  # the file's rows: the filters above keep the index
-    if shared:
-        return (VectorLabels(geometries[inside], ids[inside], info, features[inside], numbered_by_name)
-                if inside.any() else None)
-    if not inside.any():
-        raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
-    # One label file may serve many tiles: a class drawn only elsewhere is left out of this raster's run.
-    outside = [name for class_id, name in zip(info.ids, info.names) if class_id not in set(ids[inside].tolist())]
-    if outside:
-        warnings.warn(f"{path}: no polygon of class(es) {', '.join(outside)} overlaps the raster "
-                      f"{reference.name}: left out")
-        info = info.subset(set(ids[inside].tolist()))
-    return VectorLabels(geometries[inside], ids[inside], info, features[inside], numbered_by_name)
+
+def load_vector_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
+                        layer: str | None = None, support_crs: str | None = None,
+                        classes: ClassInfo | None = None, assume_crs=None, buffer: float = 0.0,
+                        shared: bool = False) -> VectorLabels | None:
+    """Read polygons, pick the class field, reproject to the raster's CRS and map into its pixel space.
+
+    ``assume_crs`` overrides the raster's own CRS (for rasters that lack one);
+    ``buffer`` (in the raster's CRS units) turns points and lines into polygons. ``shared``: the support
+    serves several rasters, so it may miss this one (None) and keeps every class of the file.
+    """
+    return read_vector_support(path, class_field, layer, support_crs, classes, buffer).place(
+        reference, assume_crs, shared)
 
 
 def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: str | None = None,
                  layer: str | None = None, support_crs: str | None = None,
-                 classes_file: str | None = None, assume_crs=None, buffer: float = 0.0, shared: bool = False):
+                 classes_file: str | None = None, assume_crs=None, buffer: float = 0.0, shared: bool = False,
+                 read_files: dict | None = None):
     """Vector or raster support, told apart by whether GDAL opens the file as a raster; ``shared``: see
-    ``load_vector_support`` (a label raster labels one grid: it cannot be shared)."""
+    ``load_vector_support`` (a label raster labels one grid: it cannot be shared). ``read_files``: the
+    vector files a run has read so far (``VectorSupport`` by file and reading options, filled here), so
+    that the rasters sharing one file read and check it once."""
+    key = (absolute_path(path), layer, class_field, support_crs, classes_file, buffer)
+    if read_files is not None and key in read_files:
+        return read_files[key].place(reference, assume_crs, shared)
     classes = read_class_file(classes_file) if classes_file else None
     if not path_exists(path):
         raise GeoprotoError(f"{path}: no such file")
@@ -386,7 +467,10 @@ def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: s
             raise GeoprotoError(f"{path}: a label raster labels one raster; with several inputs give support "
                                 f"polygons (or a support_image)", param="support", mentions=("support_image",))
         return RasterLabels(path, reference, classes)
-    return load_vector_support(path, reference, class_field, layer, support_crs, classes, assume_crs, buffer, shared)
+    vector = read_vector_support(path, class_field, layer, support_crs, classes, buffer)
+    if read_files is not None:
+        read_files[key] = vector
+    return vector.place(reference, assume_crs, shared)
 
 
 def is_raster(path: str) -> bool:

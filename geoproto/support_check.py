@@ -50,9 +50,10 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
     images = [images] if isinstance(images, str) else list(images)
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
+    read_files: dict = {}  # the support file, read once for every input
     with contextlib.ExitStack() as stack:
-        opened = [stack.enter_context(options_inputs(image, support, options, shared=len(images) > 1))
-                  for image in images]
+        opened = [stack.enter_context(options_inputs(image, support, options, shared=len(images) > 1,
+                                                     read_files=read_files)) for image in images]
         supports, classes = support_pairs(opened, support)
         check_window_memory(options.tile_size, batch_size, len(classes.ids))
         _, encoder_info, result = choose_encoder(supports, classes, options, device, batch_size, True, folds,

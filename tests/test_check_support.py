@@ -424,18 +424,25 @@ def test_cli_text_says_what_was_cross_validated(tmp_path):
                                     "accuracy 1.00, mean class F1 1.00\n")
 
 
-def test_cli_pools_the_polygons_of_several_rasters(tmp_path):
+def test_cli_pools_the_polygons_of_several_rasters(tmp_path, monkeypatch):
     """check-support over two rasters cross-validates the polygons of both, as the whole raster's run does
-    (the library path is tested above; here the CLI's expansion of IMAGE... and its text)."""
+    (the library path is tested above; here the CLI's expansion of IMAGE... and its text), reading the
+    support file once."""
     import json
+
+    import geoproto.support
 
     image, support = _colour_support(tmp_path, skewed=True)
     halves = [_cut(image, tmp_path / "left.tif", 0, 192), _cut(image, tmp_path / "right.tif", 192, 400)]
     runner = CliRunner()
     whole = runner.invoke(main, ["check-support", str(image), "-s", str(support), "--group-distance", "16", "--json"])
+    reads = []
+    read = geoproto.support.read_vector_support
+    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
     both = runner.invoke(main, ["check-support", str(tmp_path / "*t.tif"), "-s", str(support), "--group-distance",
                                 "16", "--json"])
     assert whole.exit_code == 0 and both.exit_code == 0, whole.output + both.output
+    assert reads == [str(support)]
     whole, both = json.loads(whole.stdout), json.loads(both.stdout)
     assert both["inputs"] == [str(tmp_path / "left.tif"), str(tmp_path / "right.tif")]
     assert both["cross_validated"]["polygons"] == whole["cross_validated"]["polygons"] == 36

@@ -59,6 +59,28 @@ def test_pairs_pool_exactly_as_merging_their_files(tmp_path):
     assert json.loads(merged.stdout)["sources"] == 2
 
 
+def test_pairs_sharing_a_support_file_read_it_once(tmp_path, monkeypatch):
+    """Two rasters given the same support file: it is read once, and the file pools both pairs as
+    building each pair's file apart and merging them does."""
+    import geoproto.support
+
+    image, support = synthetic.scene(tmp_path / "first")
+    other = synthetic.write_raster(tmp_path / "second" / "image.tif", synthetic.two_halves(seed=1))
+    tiling = ["--tile-size", 96, "--overlap", 16, "-q"]
+    for name, raster in {"a": image, "b": other}.items():
+        assert run("prototypes", raster, "-s", support, "-o", tmp_path / f"{name}.gpp", *tiling).exit_code == 0
+    reads = []
+    read = geoproto.support.read_vector_support
+    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    both = run("prototypes", image, other, "-s", support, "-s", support, "-o", tmp_path / "ab.gpp", *tiling)
+    assert both.exit_code == 0, both.output
+    assert reads == [str(support)]
+    a, b = load_prototypes(str(tmp_path / "a.gpp")), load_prototypes(str(tmp_path / "b.gpp"))
+    pooled = load_prototypes(str(tmp_path / "ab.gpp"))
+    assert pooled.pixels.tolist() == (a.pixels + b.pixels).tolist()
+    np.testing.assert_array_equal(pooled.feature_sum, a.feature_sum + b.feature_sum)
+
+
 def test_merge_refuses_files_of_two_encoders(scene, tmp_path):
     image, support = scene
     tiling = ["--tile-size", 96, "--overlap", 0, "-q"]

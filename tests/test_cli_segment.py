@@ -1202,3 +1202,47 @@ def test_dask_options_fail_before_any_work(paths, tmp_path, monkeypatch):
     assert missing.exit_code != 0
     assert "needs Dask distributed: pip install 'geoproto[dask]'" in missing.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_one_support_file_for_many_tiles_is_read_once(tmp_path, monkeypatch):
+    """Four tiles cut from one raster and one support file: the file is read and checked once, its
+    warning given once, and every output equals, pixel for pixel, that of reading the file for each tile."""
+    import geoproto.inputs
+    import geoproto.support
+    from synthetic import CRS, ORIGIN, two_halves, write_raster
+    from shapely.geometry import Polygon
+
+    whole = write_raster(tmp_path / "whole.tif", two_halves(side=192))
+    (tmp_path / "flight").mkdir()
+    tiles = [cut(whole, tmp_path / "flight" / f"t{row}-{col}.tif", row, col, 96, 96) for row in (0, 96) for col in (0, 96)]
+    x0, y0 = ORIGIN
+    support = tmp_path / "support.gpkg"
+    geopandas.GeoDataFrame(  # bright across the two left tiles, dark on each right one (a bow tie: invalid)
+        {"class": ["bright", "dark", "dark"]},
+        geometry=[box(x0 + 10, y0 - 60, x0 + 30, y0 - 35), box(x0 + 60, y0 - 30, x0 + 80, y0 - 10),
+                  Polygon([(x0 + 60, y0 - 60), (x0 + 80, y0 - 80), (x0 + 80, y0 - 60), (x0 + 60, y0 - 80)])],
+        crs=CRS).to_file(support)
+    reads = []
+    read = geoproto.support.read_vector_support
+    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    options = ("--no-crf", "--tile-size", "64", "--overlap", "8", "--json")
+    once = run(*tiles, "-s", support, "--output-dir", tmp_path / "once", *options)
+    assert once.exit_code == 0, once.output
+    assert reads == [str(support)]
+    assert once.stderr.count("repaired 1 invalid polygon(s)") == 1
+
+    load = geoproto.inputs.load_support  # as before: the file read for each tile (no ``read_files``)
+    monkeypatch.setattr(geoproto.inputs, "load_support", lambda *a: load(*a[:-1]))
+    each = run(*tiles, "-s", support, "--output-dir", tmp_path / "each", *options)
+    assert each.exit_code == 0, each.output
+    assert len(reads) == 1 + len(tiles)
+    assert each.stderr.count("repaired 1 invalid polygon(s)") == len(tiles)
+    found = set()
+    for tile in tiles:
+        with rasterio.open(tmp_path / "once" / tile.name) as got, rasterio.open(tmp_path / "each" / tile.name) as expected:
+            assert (got.crs, got.transform) == (expected.crs, expected.transform)
+            np.testing.assert_array_equal(got.read(1), expected.read(1))
+            found |= set(np.unique(got.read(1)).tolist())
+    assert found == {1, 2}  # real maps: each tile lies in one half, bright or dark
+    pooled = [{k: json.loads(r.stdout)["support"][k] for k in ("windows", "pixels")} for r in (once, each)]
+    assert pooled[0] == pooled[1]

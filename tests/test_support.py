@@ -459,3 +459,53 @@ def test_each_polygon_keeps_its_file_row_on_every_raster(tmp_path):
         with open_raster(str(path)) as reference, pytest.warns(UserWarning, match="skipped 1 polygon"):
             rows.append(load_vector_support(str(tmp_path / "s.gpkg"), reference, shared=True).features.tolist())
     assert rows == [[1, 2], [2, 3]]
+
+
+def test_a_support_read_once_lands_on_rasters_in_two_crss(tmp_path, mosaic, monkeypatch):
+    """One support file shared by rasters in two CRSs is read once (reprojected per CRS): each raster gets,
+    pixel for pixel, the labels that reading the file for it alone gives."""
+    import synthetic
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    from rasterio.transform import from_origin
+
+    import geoproto.support
+
+    whole = synthetic.write_raster(tmp_path / "whole.tif", synthetic.two_halves(side=192))
+    x0, y0 = synthetic.ORIGIN
+    geopandas.GeoDataFrame(
+        {"class": ["bright", "dark", "dark"]},
+        geometry=[box(x0 + 10, y0 - 60, x0 + 30, y0 - 35), box(x0 + 60, y0 - 30, x0 + 80, y0 - 10),
+                  Polygon([(x0 + 60, y0 - 60), (x0 + 80, y0 - 80), (x0 + 80, y0 - 60), (x0 + 60, y0 - 80)])],
+        crs=synthetic.CRS).to_file(tmp_path / "s.gpkg")
+    with rasterio.open(whole) as src:  # the same ground in EPSG:3857
+        transform, width, height = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height,
+                                                               *src.bounds)
+        warped = np.zeros((3, height, width), np.uint8)
+        reproject(src.read(), warped, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                  dst_crs="EPSG:3857", resampling=Resampling.nearest)
+    mercator = synthetic.write_raster(tmp_path / "mercator.tif", warped, crs="EPSG:3857", transform=transform)
+    data = synthetic.two_halves(side=192)
+    rasters = [synthetic.write_raster(tmp_path / f"t{row}-{col}.tif", data[:, row:row + 96, col:col + 96],
+                                      transform=from_origin(x0 + col * 0.5, y0 - row * 0.5, 0.5, 0.5))
+               for row in (0, 96) for col in (0, 96)]
+    rasters.insert(2, mercator)  # four UTM tiles, the Mercator raster among them
+    reads = []
+    read = geoproto.support.read_vector_support
+    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    read_files = {}
+    with pytest.warns(UserWarning, match="repaired 1 invalid polygon") as caught:
+        placed = []
+        for path in rasters:
+            with open_raster(str(path)) as reference:
+                labels = load_support(str(tmp_path / "s.gpkg"), reference, shared=True, read_files=read_files)
+                placed.append(None if labels is None else mosaic(labels, reference.height, reference.width))
+    assert reads == [str(tmp_path / "s.gpkg")]
+    assert sum("repaired" in str(w.message) for w in caught) == 1
+    for path, got in zip(rasters, placed):
+        with open_raster(str(path)) as reference, pytest.warns(UserWarning, match="repaired 1 invalid polygon"):
+            alone = mosaic(load_vector_support(str(tmp_path / "s.gpkg"), reference, shared=True),
+                           reference.height, reference.width)
+        np.testing.assert_array_equal(got, alone)
+    assert set(np.unique(placed[2])) == {0, 1, 2}  # the Mercator raster holds every polygon
+    assert [set(np.unique(labels)) for i, labels in enumerate(placed) if i != 2] == [{0, 1}, {0, 2}, {0, 1}, {0, 2}]
