@@ -110,7 +110,9 @@ def test_segment_with_the_file_gives_the_labels_of_segment_with_the_support(path
     made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / "p.gpp", *tiling, "-q")
     assert made.exit_code == 0, made.output
     common = [*tiling, "--no-crf", "--no-overviews", "--json", "-q"]
-    direct = run("segment", spacenet_crop, "-s", paths.support, "-o", tmp_path / "direct.tif", *common)
+    # A prototype file holds eq. 1's prototypes only (no fitted head), so the direct run scores with them too.
+    direct = run("segment", spacenet_crop, "-s", paths.support, "-o", tmp_path / "direct.tif", *common,
+                 "--scoring", "prototypes")
     reused = run("segment", spacenet_crop, "--prototypes", tmp_path / "p.gpp", "-o", tmp_path / "reused.tif", *common)
     assert direct.exit_code == 0 and reused.exit_code == 0, direct.output + reused.output
     with rasterio.open(tmp_path / "direct.tif") as a, rasterio.open(tmp_path / "reused.tif") as b:
