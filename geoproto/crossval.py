@@ -26,7 +26,7 @@ from .fewshot import DEFAULT_ALPHA, upsample_scores
 from .heads import DEFAULT_VARIANT, PROTOTYPES, VARIANTS, SupportFit, concat_scales, second_scale_features
 from .metrics import json_number, scores
 from .models.runtime import CONTEXT_MARGIN
-from .raster import RasterSource
+from .raster import RasterSource, apply_transform
 from .support import VectorLabels
 from .tiling import Tile
 
@@ -90,10 +90,10 @@ def _in_first_grid(datasets: list) -> list[tuple[object, float]]:
 
     def mapping(dataset):
         def mapped(coords: np.ndarray) -> np.ndarray:
-            xs, ys = dataset.transform * (coords[:, 0], coords[:, 1])
+            xs, ys = apply_transform(dataset.transform, coords[:, 0], coords[:, 1])
             if dataset.crs is not None and first.crs is not None and dataset.crs != first.crs:
                 xs, ys = reproject(dataset.crs, first.crs, xs, ys)
-            cols, rows = to_first * (np.asarray(xs), np.asarray(ys))
+            cols, rows = apply_transform(to_first, np.asarray(xs), np.asarray(ys))
             return np.column_stack([cols, rows])
         return mapped
 

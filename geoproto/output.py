@@ -24,6 +24,7 @@ from rasterio.windows import Window
 
 from .errors import GeoprotoError
 from .classes import NODATA, ClassInfo
+from .raster import apply_transform
 from .tiling import Tile
 
 PREVIEW_MAX_SIDE = 2048
@@ -502,5 +503,5 @@ def _touches_row(polygon, src, row: int) -> bool:
     """Whether ``polygon`` reaches the boundary between pixel rows ``row - 1`` and ``row``."""
     import shapely
 
-    line = shapely.LineString([src.transform * (0, row), src.transform * (src.width, row)])
+    line = shapely.LineString([apply_transform(src.transform, 0, row), apply_transform(src.transform, src.width, row)])
     return polygon.distance(line) < 1e-6 * max(abs(src.transform.a), abs(src.transform.e), 1e-12)

@@ -278,6 +278,14 @@ def band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple
     return scale
 
 
+def apply_transform(transform, cols, rows) -> tuple:
+    """``transform`` (an ``affine.Affine``) applied to pixel coordinates, scalars or arrays: what
+    ``transform * (cols, rows)`` gives, without the operator newer affine releases deprecate (its warning
+    would reach the command line)."""
+    return (transform.a * cols + transform.b * rows + transform.c,
+            transform.d * cols + transform.e * rows + transform.f)
+
+
 def metres_per_unit(crs) -> float | None:
     """Metres per unit of a projected CRS; None without a CRS or for geographic degrees."""
     if crs is None or not crs.is_projected:
