@@ -272,7 +272,7 @@ def reliable_choice(group_confusions: dict[str, np.ndarray], default: str, kind:
     ranking = ", ".join(f"{name} {mean_f1[name]:.3f}" for name in sorted(mean_f1, key=lambda n: -mean_f1[n]))
     if picked == default:
         best = max(wins, key=wins.get) if wins else None
-        reason = (f"kept the default {default}: no {kind} beats it reliably (cross-validated mean class F1: "
+        reason = (f"kept the default {default}: no {kind} beats it in enough resamples (cross-validated mean class F1: "
                   f"{ranking}" + (f"; {best} beats it in {wins[best]:.0%} of {resamples} bootstrap resamples of "
                                   f"the support's polygon groups, {confidence:.0%} needed)" if best else ")"))
     else:

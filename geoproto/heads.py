@@ -7,7 +7,7 @@
   channels separate the user's classes.
 
 Both are options: ``crossval.choose_scoring`` decides on the user's own polygons whether either beats plain
-prototypes reliably enough to be used. Every head maps features (B x C x h x w on the registered grid) to
+prototypes (``crossval.SCORING_CONFIDENCE``). Every head maps features (B x C x h x w on the registered grid) to
 logits at feature resolution (B x K x h x w), like ``fewshot.match_logits``, so ``fewshot.upsample_scores``
 brings them to pixel resolution.
 """

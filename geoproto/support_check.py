@@ -105,7 +105,8 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
 
     def scored(extract, features, known=None):
         """The cross-validation report of the scoring variant the support picks (``crossval.choose_scoring``:
-        plain prototypes unless multi-scale features or a linear head beat them reliably), with the choice."""
+        plain prototypes unless multi-scale features or a linear head beat them in enough bootstrap
+        resamples), with the choice."""
         choice, confusions = crossval.choose_scoring(extract, features, windows, num_classes, folds, batch_size,
                                                      options.alpha, known)
         if options.progress:

@@ -135,7 +135,7 @@ def test_reliable_choice_switches_only_for_a_reliable_lead():
     choice = reliable_choice({"base": default, "lucky": lucky}, "base", "variant")
     assert choice["mean_f1"]["lucky"] > choice["mean_f1"]["base"]
     assert choice["picked"] == "base" and choice["beats_default"]["lucky"] < 0.95
-    assert choice["reason"].startswith("kept the default base: no variant beats it reliably")
+    assert choice["reason"].startswith("kept the default base: no variant beats it in enough resamples")
     assert "lucky beats it in" in choice["reason"]
 
 
@@ -271,7 +271,7 @@ def test_scoring_choice_takes_the_head_only_with_a_reliable_lead(tmp_path, skewe
     else:
         assert choice["mean_f1"]["prototypes"] > 0.99
         assert choice["picked"] == "prototypes" and choice["scales"] == [1] and choice["head"] == "prototypes"
-        assert choice["reason"].startswith("kept the default prototypes: no variant beats it reliably")
+        assert choice["reason"].startswith("kept the default prototypes: no variant beats it in enough resamples")
 
 
 def test_the_picked_scoring_fits_a_classifier_that_separates_the_support(tmp_path):
