@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from .classes import MAX_CLASS_ID, ClassInfo, read_class_file
 from .errors import GeoprotoError
-from .raster import absolute_path, open_raster, path_exists, read_error
+from .raster import absolute_path, apply_transform, open_raster, path_exists, read_error
 from .tiling import Tile
 
 # Field names taken as the class column, in this order; anything else must be named (``class_field``)
@@ -347,8 +347,7 @@ class VectorSupport:
         # grid's rotation) are mapped to pixels: a large support over many tiles maps each polygon a few times.
         cols, rows = np.array([0, reference.width, 0, reference.width]), np.array([0, 0, reference.height,
                                                                                    reference.height])
-        xs = transform.a * cols + transform.b * rows + transform.c
-        ys = transform.d * cols + transform.e * rows + transform.f
+        xs, ys = apply_transform(transform, cols, rows)
         margin = (pixels + 1) * float(np.hypot(np.hypot(transform.a, transform.b), np.hypot(transform.d, transform.e)))
         near = np.sort(tree.query(shapely.box(xs.min() - margin, ys.min() - margin, xs.max() + margin,
                                               ys.max() + margin)))
