@@ -99,10 +99,10 @@ def _pooled_fit(accumulators: list[SupportFit], files: list[PrototypeFile], pool
     fit.feature_sum, fit.pixels = torch.from_numpy(pooled.feature_sum), torch.from_numpy(pooled.pixels)
     for accumulator, item in zip(accumulators, files):
         features, weights = accumulator.cells.arrays()
-        columns = torch.zeros(len(weights), len(names), dtype=weights.dtype)
-        columns[:, [names.index(name) for name in item.classes.names]] = weights
+        pooled_weights = torch.zeros(len(weights), len(names), dtype=weights.dtype)
+        pooled_weights[:, [names.index(name) for name in item.classes.names]] = weights
         fit.cells.features.append(features)
-        fit.cells.weights.append(columns)
+        fit.cells.weights.append(pooled_weights)
     return fit
 
 
