@@ -5,11 +5,15 @@ so loading one never runs code. Its members:
 
 - ``header``: UTF-8 JSON (as uint8): format and version, the classes (id, name, colour), the encoder's
   identity (name, description and ``encoder_fingerprint``), and one provenance record per support
-  (image, support file and its sha256, bands and input scaling, ground resolution, pixels per class);
+  (image, support file and its sha256, bands and input scaling, ground resolution, pixels per class),
+  and the scoring the file was made for (``scoring``: the ``heads.VARIANTS`` name, its input scales and
+  head, and why it was chosen; a file without it holds plain prototypes);
 - ``feature_sum`` (K x C float64) and ``pixels`` (K int64): eq. 1's per-class feature sums and labelled
-  pixel counts. Prototypes are their ratio; keeping the sums, not the means, lets files pool exactly,
-  pixel-weighted, as if every support had been read in one run;
-- ``head.NAME`` (float32, optional): the arrays of a head fitted on the support.
+  pixel counts, of the features the scoring uses (1x, or 1x and 2x concatenated: C doubles). Prototypes are
+  their ratio; keeping the sums, not the means, lets files pool exactly, pixel-weighted, as if every support
+  had been read in one run;
+- ``head.NAME`` (float32, optional): the arrays of a head fitted on the support: ``head.weight`` (K x C,
+  ``heads.LinearHead``'s) for a linear head.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class PrototypeFile:
     created: str = ""
     geoproto_version: str = __version__
     path: str | None = None  # where it was loaded from, for messages
+    # How windows are scored with it (``scoring_record``); its head's arrays are ``head``.
+    scoring: dict = field(default_factory=lambda: scoring_record("prototypes", "plain prototypes (eq. 2)"))
 
     def prototypes(self):
         """K x C float32 prototypes (torch), exactly as ``fewshot.PrototypeAccumulator.prototypes``."""
@@ -77,6 +83,15 @@ class PrototypeFile:
     def name(self) -> str:
         return self.path or "prototype file"
 
+    @property
+    def variant(self) -> str:
+        """The scoring variant (``heads.VARIANTS``) the file was made for."""
+        return self.scoring["name"]
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return tuple(self.scoring["scales"])
+
     def header(self) -> dict:
         return {
             "format": FORMAT, "version": VERSION, "geoproto_version": self.geoproto_version,
@@ -84,7 +99,7 @@ class PrototypeFile:
             "classes": [{"id": i, "name": n, "color": _rgb_to_hex(c)}
                         for i, n, c in zip(self.classes.ids, self.classes.names, self.classes.colors)],
             "numbered_by_name": self.numbered_by_name, "encoder": self.encoder, "sources": self.sources,
-            "head": sorted(self.head),
+            "head": sorted(self.head), "scoring": self.scoring,
         }
 
     def save(self, path: str) -> None:
@@ -99,13 +114,21 @@ class PrototypeFile:
     def classifier(self, extract, description: dict, alpha: float):
         """The ``classifier.Classifier`` these prototypes make with ``extract`` (a FeatureExtractor whose
         encoder ``description`` says what it is), refused for another encoder, and what to report of it
-        (``warnings``: for the callers' ``check_raster`` of each raster it labels)."""
+        (``warnings``: for the callers' ``check_raster`` of each raster it labels). It scores as
+        ``classifier.fit_support`` with the file's scoring would: multi-scale features when the file's are,
+        its linear head when it holds one (``alpha`` then only applies to a head-less file)."""
+        import torch
+
         from .classifier import Classifier
+        from .heads import LINEAR, SCALES, LinearHead, MultiScaleExtractor
 
         self.check_encoder(encoder_fingerprint(extract.encoder), description)
         stats = {"prototypes": self.path, "pixels": self.pixel_counts,
                  "sources": [source["image"] for source in self.sources], "warnings": []}
-        return Classifier(self.prototypes(), self.classes, alpha, extract, self.pixel_counts), stats
+        if self.scales == SCALES:
+            extract = MultiScaleExtractor(extract)
+        head = LinearHead(torch.from_numpy(self.head["weight"])) if self.scoring["head"] == LINEAR else None
+        return Classifier(self.prototypes(), self.classes, alpha, extract, self.pixel_counts, head), stats
 
     def encoder_choice(self, encoder: str) -> str:
         """The shipped encoder to segment with when ``encoder`` is ``auto``: the file's own (auto chooses
@@ -154,6 +177,14 @@ class PrototypeFile:
         for message in found:
             warnings.warn(message)
         return found
+
+
+def scoring_record(name: str, reason: str) -> dict:
+    """A file's ``scoring``: the ``heads.VARIANTS`` variant ``name``, its input scales and head, and why."""
+    from .heads import VARIANTS
+
+    scales, head = VARIANTS[name]
+    return {"name": name, "scales": list(scales), "head": head, "reason": reason}
 
 
 def encoder_fingerprint(module) -> str:
@@ -281,8 +312,30 @@ def _from_arrays(path: str, arrays: dict[str, np.ndarray]) -> PrototypeFile:
     sources = header.get("sources")
     if not (isinstance(sources, list) and sources and all(_valid_source(s) for s in sources)):
         raise _invalid(path, "its support provenance (sources) is missing or malformed")
+    scoring = _read_scoring(path, header.get("scoring"), head, k, channels)
     return PrototypeFile(classes, feature_sum, pixels, encoder, sources, bool(header.get("numbered_by_name")),
-                         head, str(header.get("created", "")), str(header.get("geoproto_version", "")), path)
+                         head, str(header.get("created", "")), str(header.get("geoproto_version", "")), path,
+                         scoring)
+
+
+def _read_scoring(path: str, scoring, head: dict[str, np.ndarray], k: int, channels: int) -> dict:
+    """The file's scoring, checked against its head arrays; a file from before it was recorded holds plain
+    prototypes."""
+    from .heads import LINEAR, VARIANTS
+
+    if scoring is None:
+        return scoring_record("prototypes", "the file records no scoring: plain prototypes")
+    name = scoring.get("name") if isinstance(scoring, dict) else None
+    if name not in VARIANTS or scoring != {**scoring_record(name, ""), "reason": scoring.get("reason")} \
+            or not isinstance(scoring["reason"], str):
+        raise _invalid(path, "its scoring (name, scales, head, reason) is missing or malformed")
+    if scoring["head"] == LINEAR:
+        weight = head.get("weight")
+        if weight is None or weight.shape != (k, channels):
+            raise _invalid(path, f"its linear head needs a {k} x {channels} weight; found {_describe(weight)}")
+    elif head:
+        raise _invalid(path, f"holds head arrays, but its scoring {name} uses no head")
+    return scoring
 
 
 def _read_header(path: str, raw: np.ndarray | None) -> dict:
@@ -348,12 +401,21 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
     they do not and every file numbered its classes from their names (vector support without a classes
     file), the pooled classes are numbered the same way, 1..K in name order; otherwise the merge is
     refused (give every support the same classes file). A class's colour is the first file's that has
-    one. Heads are dropped: a head fitted on one support does not fit the pooled one.
+    one. Heads are dropped: a head fitted on one support does not fit the pooled one; the pooled file
+    scores with its features' scales alone (``multiscale`` or ``prototypes``). Files of different scales
+    have features of different channels and are refused.
     """
+    from .heads import PROTOTYPES, VARIANTS
+
     if not files:
         raise GeoprotoError("nothing to merge: give at least one prototype file")
     first = files[0]
     for other in files[1:]:
+        if other.scales != first.scales:
+            raise GeoprotoError(
+                f"{other.name}: made with scoring {other.variant} (features at {_scales_label(other.scales)}), but "
+                f"{first.name} with {first.variant} (features at {_scales_label(first.scales)}); only features of "
+                f"the same scales can be pooled (rebuild one with `geoproto prototypes --scoring`)")
         if other.encoder["fingerprint"] != first.encoder["fingerprint"]:
             raise GeoprotoError(
                 f"{other.name}: made with encoder {encoder_label(other.encoder['description'], other.encoder['name'])} "
@@ -386,9 +448,20 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
         pixels[rows] += item.pixels
     if any(item.head for item in files) and len(files) > 1:
         warnings.warn("the merged prototypes have no head: a head fitted on one support does not fit the pooled one")
-    head = first.head if len(files) == 1 else {}
+    if len(files) == 1:
+        head, scoring = first.head, first.scoring
+    else:
+        variant = next(name for name, (scales, head) in VARIANTS.items()
+                       if tuple(scales) == first.scales and head == PROTOTYPES)
+        dropped = [item.variant for item in files if item.head]
+        why = f"; heads dropped (of {', '.join(sorted(set(dropped)))})" if dropped else ""
+        head, scoring = {}, scoring_record(variant, f"merged from {len(files)} prototype files{why}")
     return PrototypeFile(classes, feature_sum, pixels, first.encoder, [s for item in files for s in item.sources],
-                         numbered_by_name, head, _now())
+                         numbered_by_name, head, _now(), scoring=scoring)
+
+
+def _scales_label(scales: tuple[int, ...]) -> str:
+    return "+".join(f"{scale}x" for scale in scales)
 
 
 def _reconcile_ids(names: list[str], ids: dict[str, set[tuple[int, str]]], numbered_by_name: bool) -> dict[str, int]:

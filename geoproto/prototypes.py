@@ -2,36 +2,41 @@
 
 Each (image, support) pair is read as ``segment`` reads its support (same windows, same pixel
 weighting), with one encoder for all pairs; their per-class sums pool into one file
-(``prototype_file.merge``), so polygons drawn on several rasters of a flight make one model.
+(``prototype_file.merge``), so polygons drawn on several rasters of a flight make one model. The file is
+made for the scoring ``segment`` would use on the same support (``--scoring``, auto by cross-validation):
+multi-scale features are summed as such, and a linear head is fitted on every pair's labelled cells.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
+import torch
 
 from .classes import MAX_CLASS_ID, ClassInfo
 from .classifier import accumulate_support
 from .errors import GeoprotoError
+from .heads import LINEAR, SCALES, VARIANTS, MultiScaleExtractor, SupportFit
 from .inputs import Inputs, SupportLabels
 from .models.runtime import default_batch_size, resolve_device
 from .output import StagedOutputs
-from .prototype_file import PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge
+from .prototype_file import (PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge,
+                             scoring_record)
 from .pipeline import check_window_memory
 from .raster import RasterSource, absolute_path, pixel_size_m
-from .segment import SegmentOptions, check_tiling, options_inputs
+from .segment import SegmentOptions, check_tiling, choose_encoder_and_scoring, options_inputs
 from .support import VectorLabels
-from .support_check import choose_encoder
 
 
 def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions | None = None
                          ) -> tuple[PrototypeFile, dict]:
     """The prototype file of the (image, support) ``pairs``, and a summary of what it took.
 
-    The encoder is chosen once, from ``options`` (``auto`` cross-validates the polygons of every pair, pooled).
-    ``options.support_image`` applies to a single pair only.
+    The encoder and the scoring are chosen once, from ``options``, as ``segment`` chooses them (``auto``
+    cross-validates the polygons of every pair, pooled). ``options.support_image`` applies to a single pair only.
     """
     options = options or SegmentOptions()
     check_tiling(options)
@@ -49,28 +54,56 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
             opened.append(options_inputs(image, support, options, read_files=read_files))
             opened[-1].close()  # handles reopen on use: a run over many pairs keeps few files open
             check_window_memory(options.tile_size, batch_size, len(opened[-1].classes.ids))
-        extract, info, _ = choose_encoder(*_cross_validation_pairs(opened, [support for _, support in pairs]),
-                                          options, device, batch_size, False, want_report=False)
+        extract, info, _, chosen = choose_encoder_and_scoring(
+            *_cross_validation_pairs(opened, [support for _, support in pairs]), options, device, batch_size,
+            want_report=options.scoring == "auto")
         if options.checkpoint:  # its metadata does not name it
             info = {**info, "checkpoint": os.path.basename(options.checkpoint)}
-        encoder = {"name": encoder_label(info), "fingerprint": encoder_fingerprint(extract.encoder),
-                   "channels": int(extract.out_channels), "description": info}
-        files, supports = [], []
+        scales, head = VARIANTS[chosen["used"]]
+        scoring = scoring_record(chosen["used"], chosen["reason"])
+        fingerprint = encoder_fingerprint(extract.encoder)
+        if tuple(scales) == SCALES:
+            extract = MultiScaleExtractor(extract)
+        encoder = {"name": encoder_label(info), "fingerprint": fingerprint, "channels": int(extract.out_channels),
+                   "description": info}
+        files, accumulators, supports = [], [], []
         for (image, support), inputs in zip(pairs, opened):
             accumulator, classes, stats = accumulate_support(extract, [(inputs.support_source, inputs.labels)],
                                                              inputs.classes, options.tile_size, options.overlap,
-                                                             batch_size)
+                                                             batch_size, head)
             files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(),
                                        encoder, [_provenance(inputs, support, options, stats["pixels"])],
-                                       inputs.polygons is not None and inputs.polygons.numbered_by_name))
+                                       inputs.polygons is not None and inputs.polygons.numbered_by_name,
+                                       scoring=scoring))
+            accumulators.append(accumulator)
             inputs.close()
             supports.append({"image": image, "support": support, **stats})
     finally:
         for inputs in opened:
             inputs.close()
     pooled = merge(files)
-    return pooled, {"supports": supports, "device": device.type,
-                    "tile_size": options.tile_size, "overlap": options.overlap}
+    fitted = {"weight": _pooled_fit(accumulators, files, pooled).fit(options.alpha).weight.numpy()} \
+        if head == LINEAR else {}
+    return replace(pooled, head=fitted, scoring=scoring), {"supports": supports, "device": device.type,
+                                                           "tile_size": options.tile_size, "overlap": options.overlap}
+
+
+def _pooled_fit(accumulators: list[SupportFit], files: list[PrototypeFile], pooled: PrototypeFile) -> SupportFit:
+    """One accumulator holding every pair's sums and labelled cells, in the pooled file's class order, for
+    a head fitted on them all (as ``classifier.fit_support`` fits one on a support spread over rasters).
+    A single pair's is its own."""
+    names = pooled.classes.names
+    if len(accumulators) == 1 and files[0].classes.names == names:
+        return accumulators[0]
+    fit = SupportFit(len(names), pooled.feature_sum.shape[1], accumulators[0].head)
+    fit.feature_sum, fit.pixels = torch.from_numpy(pooled.feature_sum), torch.from_numpy(pooled.pixels)
+    for accumulator, item in zip(accumulators, files):
+        features, weights = accumulator.cells.arrays()
+        pooled_weights = torch.zeros(len(weights), len(names), dtype=weights.dtype)
+        pooled_weights[:, [names.index(name) for name in item.classes.names]] = weights
+        fit.cells.features.append(features)
+        fit.cells.weights.append(pooled_weights)
+    return fit
 
 
 def write_prototypes(pairs: list[tuple[str, str]], output: str, options: SegmentOptions | None = None) -> dict:
@@ -149,4 +182,4 @@ def _describe(pooled: PrototypeFile) -> dict:
     return {"classes": [{"id": i, "name": n, "pixels": p} for i, n, p in
                         zip(pooled.classes.ids, pooled.classes.names, pooled.pixels.tolist())],
             "sources": len(pooled.sources), "encoder_name": pooled.encoder["name"],
-            "encoder_sha256": pooled.encoder["fingerprint"]}
+            "encoder_sha256": pooled.encoder["fingerprint"], "scoring": pooled.scoring}

@@ -278,15 +278,14 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
         check_window_memory(options.tile_size, batch_size, len(classes.ids),
                             workers if crf_backend == "densecrf" else 0)
-        # Cross-validation (check_support, encoder and scoring auto) pools the support over every input it touches.
-        cross_validate = options.check_support or (options.scoring == "auto" and taught is None)
-        extract, encoder_info, check = choose_encoder(supports, classes, options, device, batch_size, cross_validate)
-        scoring = _scoring(options.scoring, check, taught is not None)
+        extract, encoder_info, check, scoring = choose_encoder_and_scoring(supports, classes, options, device,
+                                                                           batch_size)
         if taught is None:
             scales, head = VARIANTS[scoring["used"]]
             classifier, support_stats = fit_support(extract, supports, classes, options.tile_size, options.overlap,
                                                     batch_size, options.alpha, head, scales)
         else:
+            scoring = {"used": taught.variant, "reason": "from the prototype file"}
             classifier, support_stats = taught.classifier(extract, encoder_info, options.alpha)
         for job in jobs:
             with _naming(job.image, several):
@@ -411,14 +410,29 @@ def _segment_input(job: _Job, classifier: Classifier, crf_backend: str | None, b
     return summary
 
 
-def _scoring(asked: str, check: dict | None, from_file: bool) -> dict:
+def choose_encoder_and_scoring(supports, classes, options: SegmentOptions, device, batch_size: int,
+                               want_report: bool = True):
+    """The encoder (a FeatureExtractor), its description, the support's cross-validation report (None unless
+    it ran) and the scoring variant to fit with it (``used``, and why): what ``segment`` and ``prototypes``
+    decide alike on the same support (``support_check.choose_encoder``'s arguments; ``supports`` None for a
+    prototype file, whose scoring is its own).
+
+    Cross-validation (check_support, encoder and scoring auto) pools the support over every raster it touches.
+    """
+    cross_validate = options.check_support or options.scoring == "auto"
+    extract, info, check = choose_encoder(supports, classes, options, device, batch_size, cross_validate,
+                                          want_report=want_report)
+    return extract, info, check, _scoring(options.scoring, check)
+
+
+def _scoring(asked: str, check: dict | None) -> dict:
     """The scoring variant a run uses (``used``) and why: the one asked for, or for ``auto`` the one the
     support's cross-validation picked (plain prototypes without polygons to cross-validate)."""
     if asked != "auto":
         return {"used": asked, "reason": "asked for"}
     if check is None:
-        why = "a prototype file holds prototypes" if from_file else "the support is a label raster"
-        return {"used": DEFAULT_VARIANT, "reason": f"{why}: no cross-validation, used {DEFAULT_VARIANT}"}
+        return {"used": DEFAULT_VARIANT,
+                "reason": f"the support is a label raster: no cross-validation, used {DEFAULT_VARIANT}"}
     return {"used": check["scoring"]["picked"], "reason": check["scoring"]["reason"]}
 
 
@@ -432,13 +446,15 @@ def _prototype_file(support: str | None, options: SegmentOptions):
         return None
     if options.check_support:
         raise GeoprotoError("cross-validates support polygons; a prototype file has none", param="check_support")
-    if options.scoring not in ("auto", DEFAULT_VARIANT):
-        raise GeoprotoError(f"{options.scoring} needs the support itself; a prototype file holds prototypes",
-                            param="scoring")
     for name in ("class_field", "layer", "support_crs", "classes_file", "support_image", "buffer"):
         if getattr(options, name):
             raise GeoprotoError("applies to a support; a prototype file holds its classes already", param=name)
-    return load_prototypes(options.prototypes)
+    taught = load_prototypes(options.prototypes)
+    if options.scoring not in ("auto", taught.variant):
+        raise GeoprotoError(f"asks for {options.scoring}, but {taught.name} was made with scoring {taught.variant}; "
+                            f"leave it auto, or rebuild the file with `geoproto prototypes --scoring "
+                            f"{options.scoring}`", param="scoring")
+    return taught
 
 
 

@@ -7,11 +7,17 @@ import numpy as np
 import pandas
 import pytest
 import rasterio
+import torch
 from click.testing import CliRunner
 
 import synthetic
+from geoproto.classifier import fit_support
 from geoproto.cli import main
+from geoproto.inputs import support_pairs
+from geoproto.models import DEFAULT_ENCODER, build_shipped
+from geoproto.models.runtime import FeatureExtractor
 from geoproto.prototype_file import load_prototypes
+from geoproto.segment import SegmentOptions, options_inputs
 
 
 def run(*args):
@@ -110,11 +116,14 @@ def test_segment_with_the_file_gives_the_labels_of_segment_with_the_support(path
     made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / "p.gpp", *tiling, "-q")
     assert made.exit_code == 0, made.output
     common = [*tiling, "--no-crf", "--no-overviews", "--json", "-q"]
-    # A prototype file holds eq. 1's prototypes only (no fitted head), so the direct run scores with them too.
-    direct = run("segment", spacenet_crop, "-s", paths.support, "-o", tmp_path / "direct.tif", *common,
-                 "--scoring", "prototypes")
+    # Both --scoring auto: the file is made for the scoring segment picks on the same support, for the same reason.
+    direct = run("segment", spacenet_crop, "-s", paths.support, "-o", tmp_path / "direct.tif", *common)
     reused = run("segment", spacenet_crop, "--prototypes", tmp_path / "p.gpp", "-o", tmp_path / "reused.tif", *common)
     assert direct.exit_code == 0 and reused.exit_code == 0, direct.output + reused.output
+    picked = json.loads(direct.stdout)["scoring"]
+    recorded = load_prototypes(str(tmp_path / "p.gpp")).scoring
+    assert (recorded["name"], recorded["reason"]) == (picked["used"], picked["reason"])
+    assert json.loads(reused.stdout)["scoring"] == {"used": picked["used"], "reason": "from the prototype file"}
     with rasterio.open(tmp_path / "direct.tif") as a, rasterio.open(tmp_path / "reused.tif") as b:
         labels = a.read(1)
         np.testing.assert_array_equal(labels, b.read(1))
@@ -200,3 +209,100 @@ def test_encoder_auto_cross_validates_the_polygons_of_every_pair(tmp_path):
     assert result.exit_code == 0, result.output
     auto = load_prototypes(str(tmp_path / "auto.gpp")).encoder["description"]["auto"]
     assert auto["cross_validated"] == {"polygons": 4, "windows": 2, "rasters": 2}
+
+
+@pytest.mark.parametrize("scoring", ["linear", "multiscale"])
+def test_a_file_keeps_the_scoring_segment_uses_with_the_support(paths, spacenet_crop, tmp_path, scoring):
+    """A file made for multi-scale features holds their sums, one made for a linear head holds the head:
+    segment with the file labels the raster as segment with the support does, to the byte."""
+    tiling = ["--tile-size", 320, "--overlap", 32]
+    made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / "p.gpp", *tiling, "--scoring",
+               scoring, "--json")
+    assert made.exit_code == 0, made.output
+    written = load_prototypes(str(tmp_path / "p.gpp"))
+    scales = [1, 2] if scoring == "multiscale" else [1]
+    assert written.scoring == json.loads(made.stdout)["scoring"] == {
+        "name": scoring, "scales": scales, "head": "linear" if scoring == "linear" else "prototypes",
+        "reason": "asked for"}
+    assert written.encoder["channels"] == written.feature_sum.shape[1]
+    if scoring == "linear":
+        assert written.head["weight"].shape == written.feature_sum.shape
+        assert written.head["weight"].dtype == np.float32
+    else:
+        assert written.head == {}
+    common = [*tiling, "--no-crf", "--no-overviews", "--json", "-q"]
+    direct = run("segment", spacenet_crop, "-s", paths.support, "-o", tmp_path / "direct.tif", *common,
+                 "--scoring", scoring)
+    reused = run("segment", spacenet_crop, "--prototypes", tmp_path / "p.gpp", "-o", tmp_path / "reused.tif", *common)
+    assert direct.exit_code == 0 and reused.exit_code == 0, direct.output + reused.output
+    with rasterio.open(tmp_path / "direct.tif") as a, rasterio.open(tmp_path / "reused.tif") as b:
+        labels = a.read(1)
+        np.testing.assert_array_equal(labels, b.read(1))
+    assert len(np.unique(labels)) == 3  # a real map, not one class
+    assert json.loads(reused.stdout)["scoring"] == {"used": scoring, "reason": "from the prototype file"}
+
+
+def test_a_file_is_used_with_its_own_scoring_only(scene, tmp_path):
+    """segment --scoring must be auto or the file's; merging files of different scales is refused, and a
+    merge drops heads, scoring with the features' scales alone."""
+    image, support = scene
+    tiling = ["--tile-size", 96, "--overlap", 0, "-q"]
+    for scoring in ("prototypes", "multiscale", "linear"):
+        made = run("prototypes", image, "-s", support, "-o", tmp_path / f"{scoring}.gpp", "--scoring", scoring, *tiling)
+        assert made.exit_code == 0, made.output
+    assert load_prototypes(str(tmp_path / "multiscale.gpp")).feature_sum.shape[1] == \
+        2 * load_prototypes(str(tmp_path / "prototypes.gpp")).feature_sum.shape[1]
+
+    refused = run("segment", image, "--prototypes", tmp_path / "prototypes.gpp", "-o", tmp_path / "c.tif",
+                  "--scoring", "linear", "--no-crf", *tiling)
+    assert refused.exit_code == 1
+    assert f"--scoring: asks for linear, but {tmp_path / 'prototypes.gpp'} was made with scoring prototypes" \
+        in refused.output
+    assert not (tmp_path / "c.tif").exists()
+
+    mixed = run("merge-prototypes", tmp_path / "multiscale.gpp", tmp_path / "prototypes.gpp", "-o", tmp_path / "m.gpp")
+    assert mixed.exit_code == 1
+    assert (f"{tmp_path / 'prototypes.gpp'}: made with scoring prototypes (features at 1x), but "
+            f"{tmp_path / 'multiscale.gpp'} with multiscale (features at 1x+2x)") in mixed.output
+    assert not (tmp_path / "m.gpp").exists()
+
+    merged = run("merge-prototypes", tmp_path / "linear.gpp", tmp_path / "prototypes.gpp", "-o", tmp_path / "m.gpp")
+    assert merged.exit_code == 0, merged.output
+    assert "Warning: the merged prototypes have no head" in merged.output
+    pooled = load_prototypes(str(tmp_path / "m.gpp"))
+    assert pooled.head == {} and pooled.scoring == {
+        "name": "prototypes", "scales": [1], "head": "prototypes",
+        "reason": "merged from 2 prototype files; heads dropped (of linear)"}
+    plain = run("segment", image, "--prototypes", tmp_path / "m.gpp", "-o", tmp_path / "c.tif", "--no-crf", "--json",
+                "--scoring", "prototypes", *tiling[:-1])
+    assert plain.exit_code == 0, plain.output
+    assert json.loads(plain.stdout)["scoring"] == {"used": "prototypes", "reason": "from the prototype file"}
+
+
+def test_a_linear_head_is_fitted_on_the_cells_of_every_pair(tmp_path):
+    """Two rasters sharing a support file: the file's head is fitted on both rasters' labelled cells, as
+    segment fits one on a support spread over its inputs, and labels them alike."""
+    image, support = synthetic.scene(tmp_path / "first")
+    other = synthetic.write_raster(tmp_path / "second" / "other.tif", synthetic.two_halves(seed=1))
+    tiling = ["--tile-size", 96, "--overlap", 16, "-q"]
+    made = run("prototypes", image, other, "-s", support, "-s", support, "-o", tmp_path / "ab.gpp", "--scoring",
+               "linear", *tiling)
+    assert made.exit_code == 0, made.output
+    pooled = load_prototypes(str(tmp_path / "ab.gpp"))
+    assert pooled.variant == "linear" and len(pooled.sources) == 2
+    with options_inputs(str(image), str(support), SegmentOptions(), shared=True) as first, \
+            options_inputs(str(other), str(support), SegmentOptions(), shared=True) as second:
+        supports, classes = support_pairs([first, second], str(support))
+        extract = FeatureExtractor(build_shipped(DEFAULT_ENCODER)[0], torch.device("cpu"))
+        fitted, _ = fit_support(extract, supports, classes, 96, 16, 1, head="linear")
+    assert classes.names == pooled.classes.names
+    np.testing.assert_allclose(pooled.head["weight"], fitted.head.weight.numpy(), rtol=1e-4, atol=1e-5)
+    direct = run("segment", image, other, "-s", support, "--output-dir", tmp_path / "direct", "--scoring", "linear",
+                 "--no-crf", *tiling)
+    reused = run("segment", image, other, "--prototypes", tmp_path / "ab.gpp", "--output-dir", tmp_path / "reused",
+                 "--no-crf", *tiling)
+    assert direct.exit_code == 0 and reused.exit_code == 0, direct.output + reused.output
+    for raster in (image, other):
+        name = f"{raster.stem}.tif"
+        with rasterio.open(tmp_path / "direct" / name) as a, rasterio.open(tmp_path / "reused" / name) as b:
+            np.testing.assert_array_equal(a.read(1), b.read(1))

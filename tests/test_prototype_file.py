@@ -15,7 +15,8 @@ from geoproto.classes import ClassInfo
 from geoproto.errors import GeoprotoError
 from geoproto.fewshot import PrototypeAccumulator
 from geoproto.models import build_shipped
-from geoproto.prototype_file import PrototypeFile, encoder_fingerprint, encoder_label, load_prototypes, merge
+from geoproto.prototype_file import (PrototypeFile, encoder_fingerprint, encoder_label, load_prototypes, merge,
+                                     scoring_record)
 from geoproto.prototypes import build_prototype_file
 from geoproto.segment import SegmentOptions
 
@@ -23,7 +24,7 @@ FINGERPRINT = "ab" * 32
 
 
 def make_file(names=("building", "ground", "tree"), ids=None, channels=4, seed=0, numbered=False,
-              fingerprint=FINGERPRINT, encoder_name="dubai", head=None) -> PrototypeFile:
+              fingerprint=FINGERPRINT, encoder_name="dubai", head=None, scoring="prototypes") -> PrototypeFile:
     rng = np.random.default_rng(seed)
     ids = list(ids or range(1, len(names) + 1))
     pixels = rng.integers(1, 1000, len(names)).astype(np.int64)
@@ -34,17 +35,18 @@ def make_file(names=("building", "ground", "tree"), ids=None, channels=4, seed=0
                "description": {"name": encoder_name}}
     return PrototypeFile(ClassInfo(ids, list(names), [(255, 0, 0)] + [None] * (len(names) - 1)),
                          rng.normal(size=(len(names), channels)) * pixels[:, None], pixels, encoder, [source],
-                         numbered, head or {})
+                         numbered, head or {}, scoring=scoring_record(scoring, "asked for"))
 
 
 def test_round_trip_keeps_every_array_bit_for_bit(tmp_path):
-    original = make_file(head={"weight": np.arange(12, dtype=np.float32).reshape(3, 4)})
+    original = make_file(head={"weight": np.arange(12, dtype=np.float32).reshape(3, 4)}, scoring="linear")
     original.save(tmp_path / "a.gpp")
     loaded = load_prototypes(str(tmp_path / "a.gpp"))
     assert loaded.classes == original.classes
     assert loaded.feature_sum.tobytes() == original.feature_sum.tobytes()
     assert loaded.pixels.tolist() == original.pixels.tolist()
     assert loaded.encoder == original.encoder and loaded.sources == original.sources
+    assert loaded.scoring == {"name": "linear", "scales": [1], "head": "linear", "reason": "asked for"}
     np.testing.assert_array_equal(loaded.head["weight"], original.head["weight"])
     # the prototypes are the accumulator's, to the bit
     accumulator = PrototypeAccumulator(3, 4)
@@ -129,6 +131,15 @@ def _encode(header):
                                                                      for i in (1, 2, 3)]})), "listed twice"),
     (lambda p: _rewrite(p, header=np.frombuffer(b"[" * 100000, np.uint8)), "header is not JSON"),
     (lambda p: _rewrite(p, **{"head.w": np.zeros(2, np.float64)}), "head arrays do not match"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "scoring": {"name": "fancy"}})),
+     r"its scoring \(name, scales, head, reason\) is missing or malformed"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "scoring": {**_header(p)["scoring"], "scales": [1, 2]}})),
+     "its scoring .* malformed"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "scoring": scoring_record("linear", "asked for")})),
+     "its linear head needs a 3 x 4 weight; found nothing"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "head": ["weight"]}),
+                        **{"head.weight": np.zeros((3, 4), np.float32)}),
+     "holds head arrays, but its scoring prototypes"),
 ])
 def test_inconsistent_files_are_refused_with_one_line(tmp_path, change, message):
     path = tmp_path / "bad.gpp"
@@ -222,6 +233,29 @@ def test_merge_renumbers_classes_numbered_by_name_and_refuses_explicit_conflicts
     c.path = "c.gpp"
     with pytest.raises(GeoprotoError, match=r"class 'tree' has different ids \(2 in a.gpp, 5 in c.gpp\)"):
         merge([a, c])
+
+
+def test_a_file_without_scoring_holds_plain_prototypes(tmp_path):
+    make_file().save(tmp_path / "old.gpp")
+    _rewrite(tmp_path / "old.gpp", header=_encode({k: v for k, v in _header(tmp_path / "old.gpp").items()
+                                                   if k != "scoring"}))
+    old = load_prototypes(str(tmp_path / "old.gpp"))
+    assert old.variant == "prototypes" and old.scales == (1,) and old.scoring["head"] == "prototypes"
+
+
+def test_merge_pools_only_features_of_the_same_scales_and_drops_heads():
+    linear = make_file(head={"weight": np.ones((3, 4), np.float32)}, scoring="linear")
+    multiscale, both = make_file(scoring="multiscale"), make_file(scoring="multiscale+linear",
+                                                                 head={"weight": np.ones((3, 4), np.float32)})
+    linear.path, multiscale.path = "l.gpp", "m.gpp"
+    with pytest.raises(GeoprotoError, match=r"m.gpp: made with scoring multiscale \(features at 1x\+2x\), but "
+                                            r"l.gpp with linear \(features at 1x\)"):
+        merge([linear, multiscale])
+    with pytest.warns(UserWarning, match="the merged prototypes have no head"):
+        pooled = merge([multiscale, both])
+    assert pooled.head == {} and pooled.scoring == scoring_record(
+        "multiscale", "merged from 2 prototype files; heads dropped (of multiscale+linear)")
+    assert merge([linear]).scoring == linear.scoring and merge([linear]).head is linear.head
 
 
 def test_merge_refuses_files_of_different_encoders():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ..segment import SegmentOptions
+from ..segment import SCORING_CHOICES, SegmentOptions
 from .options import (encoding_options, handle_errors, json_option, not_stdio, overwrite_option, print_json, printable,
                       quiet_option, support_options, window_options)
 
@@ -21,6 +21,10 @@ from .options import (encoding_options, handle_errors, json_option, not_stdio, o
 @support_options
 @encoding_options
 @window_options
+@click.option("--scoring", type=click.Choice(SCORING_CHOICES), default="auto", show_default=True,
+              help="How segment --prototypes will score windows, as segment --scoring: the file keeps the "
+                   "features of its scales (multiscale: 1x and 2x) and the linear head fitted on the support; "
+                   "auto cross-validates the support polygons and picks as segment would.")
 @overwrite_option
 @quiet_option
 @json_option
@@ -66,4 +70,5 @@ def _report(summary: dict, quiet: bool, as_json: bool) -> None:
     elif not quiet:
         classes = ", ".join(f"{printable(c['name'])} {c['pixels']} px" for c in summary["classes"])
         click.echo(f"Wrote {printable(summary['output'])}: {summary['sources']} support(s), encoder "
-                   f"{printable(summary['encoder_name'])} ({classes})", err=True)
+                   f"{printable(summary['encoder_name'])}, scoring {summary['scoring']['name']} ({classes})",
+                   err=True)
