@@ -417,11 +417,13 @@ def choose_encoder_and_scoring(supports, classes, options: SegmentOptions, devic
     decide alike on the same support (``support_check.choose_encoder``'s arguments; ``supports`` None for a
     prototype file, whose scoring is its own).
 
-    Cross-validation (check_support, encoder and scoring auto) pools the support over every raster it touches.
+    Cross-validation (check_support, encoder and scoring auto) pools the support over every raster it touches;
+    the report (and the scoring variants' cross-validation) only where ``check_support`` or ``scoring`` auto
+    asks for it: ``encoder`` auto with a fixed scoring needs the encoders compared, not the variants.
     """
     cross_validate = options.check_support or options.scoring == "auto"
     extract, info, check = choose_encoder(supports, classes, options, device, batch_size, cross_validate,
-                                          want_report=want_report)
+                                          want_report=want_report and cross_validate)
     return extract, info, check, _scoring(options.scoring, check)
 
 
