@@ -24,7 +24,7 @@ import torch
 from .classes import ClassInfo
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, class_scores, upsample_scores
-from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit
+from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit, at_scales
 from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor
 from .tiling import Tile, tile_grid
 
@@ -89,10 +89,7 @@ def fit_support(extract: FeatureExtractor, supports: list[tuple[RasterSource, ob
     classifier's ``classes`` are those it has prototypes for, in their order. Fails if a class has no
     labelled pixel on valid data, or if fewer than two classes remain.
     """
-    if tuple(scales) not in ((1,), SCALES):
-        raise GeoprotoError(f"must be (1,) or {SCALES}, got {tuple(scales)}", param="scales")
-    if len(scales) > 1:
-        extract = MultiScaleExtractor(extract)
+    extract = at_scales(extract, scales)
     accumulator, classes, stats = accumulate_support(extract, supports, classes, size, overlap, batch_size, head)
     classifier = Classifier(accumulator.prototypes(), classes, alpha, extract, stats["pixels"],
                             None if head == PROTOTYPES else accumulator.fit(alpha))

@@ -117,11 +117,9 @@ class ClassifierRecipe:
         return digest.hexdigest()
 
     def build(self) -> Classifier:
-        from .heads import LinearHead, MultiScaleExtractor
+        from .heads import LinearHead, at_scales
 
-        extract = self.encoder.build(resolve_device(self.device))
-        if len(self.scales) > 1:
-            extract = MultiScaleExtractor(extract)
+        extract = at_scales(self.encoder.build(resolve_device(self.device)), self.scales)
         head = None if self.head_weight is None else LinearHead(torch.from_numpy(self.head_weight))
         return Classifier(torch.from_numpy(self.prototypes).to(extract.device), self.classes, self.alpha, extract,
                           head=head)

@@ -27,7 +27,7 @@ from .classes import NODATA, ClassInfo
 from .errors import GeoprotoError
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
-from .heads import LINEAR, VARIANTS, MultiScaleExtractor, SupportCells, fit_linear_head
+from .heads import LINEAR, VARIANTS, SupportCells, at_scales, fit_linear_head
 from .metrics import confusion_matrix, json_number, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
@@ -235,9 +235,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
         raise GeoprotoError(f"{data.name}: the {test_split!r} split is empty")
     support_patches = [p for p in patch_index(data, train_samples) if p[2] & set(classes.ids)]
     query_patches = patch_index(data, test_samples)
-    extract = FeatureExtractor(encoder, device)
-    if len(scales) > 1:
-        extract = MultiScaleExtractor(extract)
+    extract = at_scales(FeatureExtractor(encoder, device), scales)
     crf_params = crf_params or crf_module.params_for_resolution(data.pixel_size_m)
     cache: dict[int, torch.Tensor] = {}
     cached_bytes = 0
@@ -321,8 +319,7 @@ def _shot_head(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.T
     """The linear head ``segment`` fits on a support (``heads.fit_linear_head``), on the shots' labelled
     cells, started at the shots' prototypes."""
     cells = SupportCells()
-    for feature, label in zip(features, labels):
-        cells.add(feature[None], pull_back_labels(label[None], len(prototypes), feature[None])[0])
+    cells.add(features, pull_back_labels(labels, len(prototypes), features)[0])
     return fit_linear_head(*cells.arrays(), prototypes, alpha)
 
 

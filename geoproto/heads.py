@@ -83,6 +83,15 @@ def concat_scales(*features: torch.Tensor) -> torch.Tensor:
     return torch.cat([F.normalize(f.float(), dim=1) for f in features], 1)
 
 
+def at_scales(extract, scales: tuple[int, ...]):
+    """``extract`` giving the features of ``scales``: itself for (1,), a ``MultiScaleExtractor`` for SCALES."""
+    from .errors import GeoprotoError
+
+    if tuple(scales) not in ((1,), SCALES):
+        raise GeoprotoError(f"must be (1,) or {SCALES}, got {tuple(scales)}", param="scales")
+    return MultiScaleExtractor(extract) if len(scales) > 1 else extract
+
+
 class MultiScaleExtractor:
     """A ``FeatureExtractor`` giving the multi-scale features (1x and 2x, ``concat_scales``): a drop-in
     wherever windows are encoded."""

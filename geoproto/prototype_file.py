@@ -120,13 +120,12 @@ class PrototypeFile:
         import torch
 
         from .classifier import Classifier
-        from .heads import LINEAR, SCALES, LinearHead, MultiScaleExtractor
+        from .heads import LINEAR, LinearHead, at_scales
 
         self.check_encoder(encoder_fingerprint(extract.encoder), description)
         stats = {"prototypes": self.path, "pixels": self.pixel_counts,
                  "sources": [source["image"] for source in self.sources], "warnings": []}
-        if self.scales == SCALES:
-            extract = MultiScaleExtractor(extract)
+        extract = at_scales(extract, self.scales)
         head = LinearHead(torch.from_numpy(self.head["weight"])) if self.scoring["head"] == LINEAR else None
         return Classifier(self.prototypes(), self.classes, alpha, extract, self.pixel_counts, head), stats
 

@@ -19,7 +19,7 @@ import torch
 from .classes import MAX_CLASS_ID, ClassInfo
 from .classifier import accumulate_support
 from .errors import GeoprotoError
-from .heads import LINEAR, SCALES, VARIANTS, MultiScaleExtractor, SupportFit
+from .heads import LINEAR, VARIANTS, SupportFit, at_scales
 from .inputs import Inputs, SupportLabels
 from .models.runtime import default_batch_size, resolve_device
 from .output import StagedOutputs
@@ -62,8 +62,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
         scales, head = VARIANTS[chosen["used"]]
         scoring = scoring_record(chosen["used"], chosen["reason"])
         fingerprint = encoder_fingerprint(extract.encoder)
-        if tuple(scales) == SCALES:
-            extract = MultiScaleExtractor(extract)
+        extract = at_scales(extract, scales)
         encoder = {"name": encoder_label(info), "fingerprint": fingerprint, "channels": int(extract.out_channels),
                    "description": info}
         files, accumulators, supports = [], [], []
@@ -93,7 +92,7 @@ def _pooled_fit(accumulators: list[SupportFit], files: list[PrototypeFile], pool
     a head fitted on them all (as ``classifier.fit_support`` fits one on a support spread over rasters).
     A single pair's is its own."""
     names = pooled.classes.names
-    if len(accumulators) == 1 and files[0].classes.names == names:
+    if len(accumulators) == 1:
         return accumulators[0]
     fit = SupportFit(len(names), pooled.feature_sum.shape[1], accumulators[0].head)
     fit.feature_sum, fit.pixels = torch.from_numpy(pooled.feature_sum), torch.from_numpy(pooled.pixels)

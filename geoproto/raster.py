@@ -153,7 +153,7 @@ class RasterSource:
         window = Window(col0, row0, col1 - col0, row1 - row0)
         try:
             data = src.read(self.bands, window=window)
-            masks = src.read_masks(self.bands, window=window)
+            masks = None if all_valid(src, self.bands) else src.read_masks(self.bands, window=window)
         except RasterioIOError as exc:
             raise read_error(self.path, exc, f" at window {window}") from None
         image, valid = model_input(data, self.scale, masks)  # over the window and its context

@@ -279,13 +279,12 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         check_window_memory(options.tile_size, batch_size, len(classes.ids),
                             workers if crf_backend == "densecrf" else 0)
         extract, encoder_info, check, scoring = choose_encoder_and_scoring(supports, classes, options, device,
-                                                                           batch_size)
+                                                                           batch_size, taught=taught)
         if taught is None:
             scales, head = VARIANTS[scoring["used"]]
             classifier, support_stats = fit_support(extract, supports, classes, options.tile_size, options.overlap,
                                                     batch_size, options.alpha, head, scales)
         else:
-            scoring = {"used": taught.variant, "reason": "from the prototype file"}
             classifier, support_stats = taught.classifier(extract, encoder_info, options.alpha)
         for job in jobs:
             with _naming(job.image, several):
@@ -411,25 +410,28 @@ def _segment_input(job: _Job, classifier: Classifier, crf_backend: str | None, b
 
 
 def choose_encoder_and_scoring(supports, classes, options: SegmentOptions, device, batch_size: int,
-                               want_report: bool = True):
+                               want_report: bool = True, taught=None):
     """The encoder (a FeatureExtractor), its description, the support's cross-validation report (None unless
     it ran) and the scoring variant to fit with it (``used``, and why): what ``segment`` and ``prototypes``
-    decide alike on the same support (``support_check.choose_encoder``'s arguments; ``supports`` None for a
-    prototype file, whose scoring is its own).
+    decide alike on the same support (``support_check.choose_encoder``'s arguments). With a prototype file
+    (``taught``; ``supports`` None) the scoring is the file's.
 
     Cross-validation (check_support, encoder and scoring auto) pools the support over every raster it touches;
     the report (and the scoring variants' cross-validation) only where ``check_support`` or ``scoring`` auto
     asks for it: ``encoder`` auto with a fixed scoring needs the encoders compared, not the variants.
     """
-    cross_validate = options.check_support or options.scoring == "auto"
+    cross_validate = options.check_support or (options.scoring == "auto" and taught is None)
     extract, info, check = choose_encoder(supports, classes, options, device, batch_size, cross_validate,
                                           want_report=want_report and cross_validate)
-    return extract, info, check, _scoring(options.scoring, check)
+    return extract, info, check, _scoring(options.scoring, check, taught)
 
 
-def _scoring(asked: str, check: dict | None) -> dict:
-    """The scoring variant a run uses (``used``) and why: the one asked for, or for ``auto`` the one the
-    support's cross-validation picked (plain prototypes without polygons to cross-validate)."""
+def _scoring(asked: str, check: dict | None, taught) -> dict:
+    """The scoring variant a run uses (``used``) and why: a prototype file's own, the one asked for, or for
+    ``auto`` the one the support's cross-validation picked (plain prototypes without polygons to
+    cross-validate)."""
+    if taught is not None:  # ``_prototype_file`` refused any other asked for
+        return {"used": taught.variant, "reason": "from the prototype file"}
     if asked != "auto":
         return {"used": asked, "reason": "asked for"}
     if check is None:

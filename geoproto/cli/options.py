@@ -17,7 +17,7 @@ from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..errors import GeoprotoError
 from ..validation import MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
-from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SEGMENT_RANGES
+from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES
 from ..training import DATASETS
 
 
@@ -277,6 +277,13 @@ crf_backend_option = click.option(
     help="DenseCRF implementation, the same CRF either way: torch (batched on the model's device) or "
          "densecrf (pydensecrf2, pip install 'geoproto[crf]'; one process per core); auto: torch, the faster "
          "on a CPU too.")
+
+
+def scoring_option(help_text: str):
+    """``--scoring`` (``segment``'s variants, default auto), with the command's own help."""
+    return click.option("--scoring", type=click.Choice(SCORING_CHOICES), default="auto", show_default=True,
+                        help=help_text)
+
 
 dataset_options = _chain(
     click.option("--dataset", type=click.Choice(DATASETS), required=True,

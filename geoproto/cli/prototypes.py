@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import click
 
-from ..segment import SCORING_CHOICES, SegmentOptions
-from .options import (encoding_options, handle_errors, json_option, not_stdio, overwrite_option, print_json, printable,
-                      quiet_option, support_options, window_options)
+from ..segment import SegmentOptions
+from .options import (encoding_options, handle_errors, json_option, not_stdio, overwrite_option, print_json,
+                      printable, quiet_option, scoring_option, support_options, window_options)
 
 
 @click.command("prototypes")
@@ -21,10 +21,9 @@ from .options import (encoding_options, handle_errors, json_option, not_stdio, o
 @support_options
 @encoding_options
 @window_options
-@click.option("--scoring", type=click.Choice(SCORING_CHOICES), default="auto", show_default=True,
-              help="How segment --prototypes will score windows, as segment --scoring: the file keeps the "
-                   "features of its scales (multiscale: 1x and 2x) and the linear head fitted on the support; "
-                   "auto cross-validates the support polygons and picks as segment would.")
+@scoring_option("How segment --prototypes will score windows, as segment --scoring: the file keeps the "
+                "features of its scales (multiscale: 1x and 2x) and the linear head fitted on the support; "
+                "auto cross-validates the support polygons and picks as segment would.")
 @overwrite_option
 @quiet_option
 @json_option
