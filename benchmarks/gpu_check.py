@@ -439,6 +439,11 @@ def _end_to_end_line(row: dict, side: int) -> str:
             f"windows kept unrefined {row['tiles_kept_unrefined']}")
 
 
+def _reported(label: str, row: dict, describe) -> str:
+    """A check's report line: ``describe(row)``, or the failure it met."""
+    return f"  {label}: {failure(row)}" if "error" in row else describe(row)
+
+
 def correctness_lines(result: dict, device: str) -> list[str]:
     lines = []
     for name, row in result["crf"].items():
@@ -451,21 +456,15 @@ def correctness_lines(result: dict, device: str) -> list[str]:
                      f"{100 * row['labels_equal']:.3f} % [bar {100 * CRF_LABELS_BAR:.1f} %: {verdict}], max |prob "
                      f"diff| {row['max_abs_diff']:.2e}, guard verdicts equal {row['guard_equal']}/{row['windows']} "
                      f"(kept {row['guard_kept']})")
-    enc = result["encoder"]
-    if "error" in enc:
-        lines.append(f"  encoder: {failure(enc)}")
-    else:
-        lines.append(f"  encoder {enc['encoder']} {enc['precision']} on {device} against float32 on cpu "
-                     f"({enc['windows']} windows, {enc['channels']} channels): cosine min {enc['cosine_min']:.4f}, "
-                     f"1st percentile {enc['cosine_p01']:.4f}, mean {enc['cosine_mean']:.5f}; labels against "
-                     f"fixed prototypes equal {100 * enc['labels_equal']:.3f} %")
-    both = result["model_and_crf"]
-    if "error" in both:
-        lines.append(f"  model + CRF: {failure(both)}")
-    else:
-        lines.append(f"  model + CRF labels on {device} against cpu: equal {100 * both['labels_equal']:.3f} % "
-                     f"(accuracy against the masks {100 * both['truth_accuracy_device']:.2f} % against "
-                     f"{100 * both['truth_accuracy_reference']:.2f} %)")
+    lines.append(_reported("encoder", result["encoder"], lambda enc: (
+        f"  encoder {enc['encoder']} {enc['precision']} on {device} against float32 on cpu ({enc['windows']} "
+        f"windows, {enc['channels']} channels): cosine min {enc['cosine_min']:.4f}, 1st percentile "
+        f"{enc['cosine_p01']:.4f}, mean {enc['cosine_mean']:.5f}; labels against fixed prototypes equal "
+        f"{100 * enc['labels_equal']:.3f} %")))
+    lines.append(_reported("model + CRF", result["model_and_crf"], lambda both: (
+        f"  model + CRF labels on {device} against cpu: equal {100 * both['labels_equal']:.3f} % (accuracy "
+        f"against the masks {100 * both['truth_accuracy_device']:.2f} % against "
+        f"{100 * both['truth_accuracy_reference']:.2f} %)")))
     return lines
 
 

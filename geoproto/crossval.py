@@ -15,6 +15,7 @@ which few polygons were drawn.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,30 +84,24 @@ def _in_first_grid(datasets: list) -> list[tuple[object, float]]:
     One frame for every raster lets polygons close together across the edge between two rasters be
     found close. Rasters in different CRSs are reprojected; a raster without a CRS is taken to share the
     first one's frame (its polygons were placed with the same assumed CRS)."""
-    from rasterio.warp import transform as reproject
-
-    first = datasets[0]
-    to_first = ~first.transform
-
-    def mapping(dataset):
-        def mapped(coords: np.ndarray) -> np.ndarray:
-            xs, ys = apply_transform(dataset.transform, coords[:, 0], coords[:, 1])
-            if dataset.crs is not None and first.crs is not None and dataset.crs != first.crs:
-                xs, ys = reproject(dataset.crs, first.crs, xs, ys)
-            cols, rows = apply_transform(to_first, np.asarray(xs), np.asarray(ys))
-            return np.column_stack([cols, rows])
-        return mapped
-
-    frames = []
-    for n, dataset in enumerate(datasets):
-        if n == 0:
-            frames.append((None, 1.0))
-            continue
-        mapped = mapping(dataset)
+    frames = [(None, 1.0)]
+    for dataset in datasets[1:]:
+        mapped = functools.partial(_to_first_grid, dataset, datasets[0])
         centre = np.array([[dataset.width / 2, dataset.height / 2]])
         corners = mapped(np.concatenate([centre, centre + [1, 0], centre + [0, 1]]))
         frames.append((mapped, float(np.hypot(*(corners[1:] - corners[0]).T).max())))
     return frames
+
+
+def _to_first_grid(dataset, first, coords: np.ndarray) -> np.ndarray:
+    """Pixel coordinates (N x 2) of ``dataset`` in the pixel grid of ``first``."""
+    from rasterio.warp import transform as reproject
+
+    xs, ys = apply_transform(dataset.transform, coords[:, 0], coords[:, 1])
+    if dataset.crs is not None and first.crs is not None and dataset.crs != first.crs:
+        xs, ys = reproject(dataset.crs, first.crs, xs, ys)
+    cols, rows = apply_transform(~first.transform, np.asarray(xs), np.asarray(ys))
+    return np.column_stack([cols, rows])
 
 
 def spatial_groups(supports: list[tuple[RasterSource, VectorLabels]], classes: ClassInfo, group_distance: float
