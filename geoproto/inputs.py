@@ -31,6 +31,9 @@ class SupportLabels(Protocol):
     def found_classes(self) -> ClassInfo:
         """The classes the support uses."""
 
+    def close(self) -> None:
+        """Close any file it holds open (a label raster's); it opens again on use."""
+
 
 @dataclass
 class Inputs:
@@ -51,11 +54,13 @@ class Inputs:
         self.close()
 
     def close(self) -> None:
-        """Close the rasters' handles (the support's label raster, if any, closes with its dataset). They
-        reopen on use: a run over many rasters closes each between the steps that use it, keeping a
-        bounded number of files open."""
+        """Close the rasters' handles, the support's label raster's included. They reopen on use: a run
+        over many rasters closes each between the steps that use it, keeping a bounded number of files
+        open."""
         self.source.close()
         self.support_source.close()
+        if self.labels is not None:
+            self.labels.close()
 
     @property
     def polygons(self) -> VectorLabels | None:
@@ -77,6 +82,8 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
         support_source = on_error.enter_context(RasterSource.open(support_image, bands)) if support_image else source
         labels = load_support(support, support_source.dataset, class_field, layer, support_crs, classes_file,
                               None if support_image else crs, buffer, shared and not support_image, read_files)
+        if labels is not None:
+            on_error.callback(labels.close)
         inputs = Inputs(source, crs, support_source, labels, None if labels is None else labels.found_classes())
         on_error.pop_all()  # opened for the caller, who closes them (``Inputs.close``)
     return inputs

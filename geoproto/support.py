@@ -56,6 +56,9 @@ class VectorLabels:
         """The classes of the polygons (every one is used by at least one polygon)."""
         return self.classes
 
+    def close(self) -> None:
+        """Nothing to close: the polygons are in memory (``inputs.SupportLabels``)."""
+
     def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
         from shapely import box
 
@@ -103,27 +106,61 @@ def _burn(geometries, values, tile: Tile, transform, dtype: str) -> np.ndarray:
 
 
 class RasterLabels:
-    """A label raster (0 or nodata = unlabelled) read in the orthophoto's grid, warped there if needed."""
+    """A label raster (0 or nodata = unlabelled) read in the orthophoto's grid, warped there if needed.
+
+    It owns its file handle, as ``raster.RasterSource`` does: opened on use, closed by ``close`` (with the
+    inputs: ``inputs.Inputs.close``), opened again by the next read; a run over many rasters keeps a
+    bounded number of files open. Read it from one thread.
+    """
 
     def __init__(self, path: str, reference: rasterio.io.DatasetReader, classes: ClassInfo | None):
         self.path = path
-        self.dataset = open_raster(path)
-        if (self.dataset.crs is None) != (reference.crs is None):
-            raise GeoprotoError(f"{path}: label raster and orthophoto must both have a CRS or both lack one")
-        has_colors = bool(classes) and all(c is not None for c in classes.colors)
-        self.colors = classes.colors if has_colors and self.dataset.count >= 3 else None
-        self.palette = palette_lookup(self.dataset, classes) if has_colors and self.dataset.count == 1 else None
-        if self.colors is None and self.dataset.count != 1:
-            raise GeoprotoError(f"{path}: a label raster has one band of class ids (or RGB colours, with classes "
-                                f"that each have a colour); it has {self.dataset.count}", param="classes")
-        same_grid = (self.dataset.shape == reference.shape and self.dataset.transform == reference.transform
-                     and self.dataset.crs == reference.crs)
-        self.source = self.dataset if same_grid else WarpedVRT(
-            self.dataset, crs=reference.crs, transform=reference.transform, width=reference.width,
-            height=reference.height, resampling=Resampling.nearest)
+        self._dataset = self._warped = None
+        # The orthophoto's grid, for the WarpedVRT onto it (the reference's handle may be closed by then).
+        self._grid = {"crs": reference.crs, "transform": reference.transform, "width": reference.width,
+                      "height": reference.height}
+        try:
+            dataset = self.dataset
+            if (dataset.crs is None) != (reference.crs is None):
+                raise GeoprotoError(f"{path}: label raster and orthophoto must both have a CRS or both lack one")
+            has_colors = bool(classes) and all(c is not None for c in classes.colors)
+            self.colors = classes.colors if has_colors and dataset.count >= 3 else None
+            self.palette = palette_lookup(dataset, classes) if has_colors and dataset.count == 1 else None
+            if self.colors is None and dataset.count != 1:
+                raise GeoprotoError(f"{path}: a label raster has one band of class ids (or RGB colours, with "
+                                    f"classes that each have a colour); it has {dataset.count}", param="classes")
+        except BaseException:
+            self.close()
+            raise
+        self.same_grid = (dataset.shape == reference.shape and dataset.transform == reference.transform
+                          and dataset.crs == reference.crs)
         self.classes = classes
         # A class file may list more classes than this raster labels: those are left out.
         self.classes_from_catalogue = classes is not None
+
+    @property
+    def dataset(self) -> rasterio.io.DatasetReader:
+        """The label raster's handle (opened on use)."""
+        if self._dataset is None or self._dataset.closed:
+            self._dataset = open_raster(self.path)
+        return self._dataset
+
+    @property
+    def source(self):
+        """What windows are read from: ``dataset`` on the orthophoto's grid, else a nearest-neighbour
+        WarpedVRT of it onto that grid."""
+        if self.same_grid:
+            return self.dataset
+        if self._warped is None or self._warped.closed:
+            self._warped = WarpedVRT(self.dataset, resampling=Resampling.nearest, **self._grid)
+        return self._warped
+
+    def close(self) -> None:
+        """Close the file (the WarpedVRT first); the next read opens it again."""
+        for handle in (self._warped, self._dataset):
+            if handle is not None:
+                handle.close()
+        self._warped = self._dataset = None
 
     def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
         return tiles

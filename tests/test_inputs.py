@@ -1,5 +1,6 @@
 """Opening an orthophoto and its support together: what is opened is the caller's, or closed on error."""
 
+import numpy as np
 import pytest
 
 from geoproto.errors import GeoprotoError
@@ -35,3 +36,47 @@ def test_a_failing_support_closes_the_image_and_the_support_image(spacenet, tmp_
     with pytest.raises(GeoprotoError, match=f"{missing}: no such file"):
         open_inputs(image, missing, support_image=image)
     assert closed_paths == [image, image]  # the support image's source, then the orthophoto's
+
+
+@pytest.mark.parametrize("grid", ["same", "coarser"])
+def test_a_label_raster_closes_with_the_inputs_and_reopens_on_use(tmp_path, grid):
+    """The support's label raster is the inputs' too: ``Inputs.close`` closes its file (and the WarpedVRT
+    onto the image's grid), and a later read opens it again, reading the same labels."""
+    import synthetic
+    from rasterio.transform import from_origin
+
+    from geoproto.tiling import tile_grid
+
+    image, _ = synthetic.scene(tmp_path)
+    labels = np.zeros((synthetic.SIDE, synthetic.SIDE), np.uint8)
+    labels[10:40, 5:40], labels[10:40, 60:90] = 1, 2
+    step = 1 if grid == "same" else 2  # a coarser grid is warped onto the image's
+    mask = synthetic.write_raster(tmp_path / "labels.tif", labels[::step, ::step],
+                                  transform=from_origin(*synthetic.ORIGIN, step * synthetic.PIXEL,
+                                                        step * synthetic.PIXEL))
+    (tile,) = tile_grid(synthetic.SIDE, synthetic.SIDE, synthetic.SIDE, 0)
+    inputs = open_inputs(str(image), str(mask))
+    before = inputs.labels.read(tile, synthetic.SIDE)
+    handles = [inputs.labels.dataset, inputs.labels.source]
+    assert (handles[0] is handles[1]) == (grid == "same")
+    inputs.close()
+    assert all(handle.closed for handle in handles)
+    np.testing.assert_array_equal(inputs.labels.read(tile, synthetic.SIDE), before)  # reopened
+    assert inputs.classes.ids == [1, 2] and set(np.unique(before).tolist()) == {0, 1, 2}
+    reopened = inputs.labels.dataset
+    inputs.close()
+    assert reopened is not handles[0] and reopened.closed
+
+
+def test_a_label_raster_without_labels_is_closed_with_the_image(tmp_path, closed_paths, monkeypatch):
+    import synthetic
+
+    from geoproto.support import RasterLabels
+
+    closed_labels, close = [], RasterLabels.close
+    monkeypatch.setattr(RasterLabels, "close", lambda self: closed_labels.append(self.path) or close(self))
+    image, _ = synthetic.scene(tmp_path)
+    empty = synthetic.write_raster(tmp_path / "labels.tif", np.zeros((synthetic.SIDE, synthetic.SIDE), np.uint8))
+    with pytest.raises(GeoprotoError, match=f"{empty}: holds no labelled pixel"):
+        open_inputs(str(image), str(empty))
+    assert closed_labels == [str(empty)] and closed_paths == [str(image)]
