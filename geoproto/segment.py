@@ -188,6 +188,7 @@ class _Job:
     inputs: Inputs | None = None
     tiles: list | None = None
     area: object = None
+    refine: RefineSettings | None = None  # its CRF settings (None without the CRF)
 
 
 def segment(image: str, support: str | None, output: str, options: SegmentOptions | None = None) -> dict:
@@ -271,6 +272,11 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                 job.inputs = inputs_stack.enter_context(
                     open_image(job.image, taught.classes, options.bands, options.assume_crs) if taught
                     else options_inputs(job.image, support, options, shared=several, read_files=read_files))
+                # Set now, where the pixel size is known: a CRF width the raster cannot take is refused
+                # before the encoder is built.
+                job.refine = RefineSettings(crf_module.params_for_resolution(
+                    pixel_size_m(job.inputs.source.dataset, job.inputs.crs), options.crf_bilateral_m,
+                    **options.crf_overrides), crf_backend) if options.crf else None
             job.inputs.close()
         supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
             else (None, taught.classes)
@@ -366,9 +372,7 @@ def _segment_input(job: _Job, classifier: Classifier, crf_backend: str | None, b
         pixel_area = pixel_area_m2(src, crs)
         if options.min_area and pixel_area is None:
             raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS", param="min_area")
-        refine = RefineSettings(crf_module.params_for_resolution(
-            pixel_size_m(src, crs), options.crf_bilateral_m, **options.crf_overrides), crf_backend) \
-            if options.crf else None
+        refine = job.refine
         if journal is not None:
             classifier = replace(classifier, prototypes=journal.keep_prototypes(classifier.prototypes))
         with gdal_write_errors(job.output):

@@ -221,11 +221,14 @@ def test_crs_missing_on_one_side(paths, tmp_path):
                           "Error: --support-crs: ", "has no CRS")
 
 
-def test_a_crf_width_in_metres_is_refused_on_a_raster_in_degrees(tmp_path):
+def test_a_crf_width_in_metres_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
     """Degrees have no width in metres to convert: the width asked for is refused, naming the option that
-    gives one in pixels, not replaced by another kernel."""
+    gives one in pixels, not replaced by another kernel; refused as soon as the raster is open, before
+    any encoder is built."""
     import synthetic
     from rasterio.transform import from_origin
+
+    import geoproto.models
 
     degree = 1e-5
     image = synthetic.write_raster(tmp_path / "wgs84.tif", synthetic.two_halves(), crs="EPSG:4326",
@@ -236,12 +239,18 @@ def test_a_crf_width_in_metres_is_refused_on_a_raster_in_degrees(tmp_path):
     geopandas.GeoDataFrame({"class": ["bright", "dark"]}, geometry=squares, crs="EPSG:4326").to_file(
         tmp_path / "support.gpkg")
     out = tmp_path / "c.tif"
-    _assert_clean_failure(run(image, "--support", tmp_path / "support.gpkg", "-o", out, "--tile-size", 96,
-                              "--overlap", 0, "--crf-bilateral-m", 7.2), out,
-                          "Error: --crf-bilateral-m: 7.2 m cannot be converted to pixels",
-                          "give the width in pixels (--crf-bilateral-px)")
-    result = run(image, "--support", tmp_path / "support.gpkg", "-o", out, "--tile-size", 96, "--overlap", 0,
-                 "--crf-bilateral-m", 7.2, "--crf-bilateral-px", 12, "--json")
+    args = [image, "--support", tmp_path / "support.gpkg", "-o", out, "--tile-size", 96, "--overlap", 0,
+            "--crf-bilateral-m", 7.2]
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder was built")
+
+    with monkeypatch.context() as patched:
+        for builder in ("select_encoder", "build_shipped"):
+            patched.setattr(geoproto.models, builder, no_encoder)
+        _assert_clean_failure(run(*args), out, "Error: --crf-bilateral-m: 7.2 m cannot be converted to pixels",
+                              "give the width in pixels (--crf-bilateral-px)")
+    result = run(*args, "--crf-bilateral-px", 12, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["crf"]["bilateral_sxy_px"] == 12.0
 
