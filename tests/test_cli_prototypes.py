@@ -66,8 +66,9 @@ def test_pairs_pool_exactly_as_merging_their_files(tmp_path):
 
 
 def test_pairs_sharing_a_support_file_read_it_once(tmp_path, monkeypatch):
-    """Two rasters given the same support file: it is read once, and the file pools both pairs as
-    building each pair's file apart and merging them does."""
+    """Two rasters given the same support file: it is read and hashed once, and the file pools both pairs
+    as building each pair's file apart and merging them does."""
+    import geoproto.prototypes
     import geoproto.support
 
     image, support = synthetic.scene(tmp_path / "first")
@@ -78,13 +79,17 @@ def test_pairs_sharing_a_support_file_read_it_once(tmp_path, monkeypatch):
     reads = []
     read = geoproto.support.read_vector_support
     monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    hashed = []
+    digest = geoproto.prototypes.file_sha256
+    monkeypatch.setattr(geoproto.prototypes, "file_sha256", lambda path: hashed.append(path) or digest(path))
     both = run("prototypes", image, other, "-s", support, "-s", support, "-o", tmp_path / "ab.gpp", *tiling)
     assert both.exit_code == 0, both.output
-    assert reads == [str(support)]
+    assert reads == [str(support)] and hashed == [str(support)]
     a, b = load_prototypes(str(tmp_path / "a.gpp")), load_prototypes(str(tmp_path / "b.gpp"))
     pooled = load_prototypes(str(tmp_path / "ab.gpp"))
     assert pooled.pixels.tolist() == (a.pixels + b.pixels).tolist()
     np.testing.assert_array_equal(pooled.feature_sum, a.feature_sum + b.feature_sum)
+    assert [source["support_sha256"] for source in pooled.sources] == [a.sources[0]["support_sha256"]] * 2
 
 
 def test_merge_refuses_files_of_two_encoders(scene, tmp_path):
