@@ -6,8 +6,9 @@ so loading one never runs code. Its members:
 - ``header``: UTF-8 JSON (as uint8): format and version, the classes (id, name, colour), the encoder's
   identity (name, description and ``encoder_fingerprint``), and one provenance record per support
   (image, support file and its sha256, bands and input scaling, ground resolution, pixels per class),
-  and the scoring the file was made for (``scoring``: the ``heads.VARIANTS`` name, its input scales and
-  head, and why it was chosen; a file without it holds plain prototypes);
+  the scoring the file was made for (``scoring``: the ``heads.VARIANTS`` name, its input scales and
+  head, and why it was chosen; a file without it holds plain prototypes), and the softmax scale ``alpha``
+  it was made at (a linear head's weight holds it; a file without it was made at the default, 20);
 - ``feature_sum`` (K x C float64) and ``pixels`` (K int64): eq. 1's per-class feature sums and labelled
   pixel counts, of the features the scoring uses (1x, or 1x and 2x concatenated: C doubles). Prototypes are
   their ratio; keeping the sums, not the means, lets files pool exactly, pixel-weighted, as if every support
@@ -33,6 +34,7 @@ import numpy as np
 from . import __version__
 from .classes import MAX_CLASS_ID, ClassInfo, hex_to_rgb
 from .errors import GeoprotoError
+from .validation import ALPHA_MAX, check_number
 
 FORMAT = "geoproto-prototypes"
 VERSION = 1
@@ -68,6 +70,8 @@ class PrototypeFile:
     path: str | None = None  # where it was loaded from, for messages
     # How windows are scored with it (``scoring_record``); its head's arrays are ``head``.
     scoring: dict = field(default_factory=lambda: scoring_record("prototypes", "plain prototypes (eq. 2)"))
+    # The softmax scale it was made at: a linear head's weight is scaled by it (``heads.LinearHead``).
+    alpha: float = field(default_factory=lambda: _default_alpha())
 
     def prototypes(self):
         """K x C float32 prototypes (torch), exactly as ``fewshot.PrototypeAccumulator.prototypes``."""
@@ -99,7 +103,7 @@ class PrototypeFile:
             "classes": [{"id": i, "name": n, "color": _rgb_to_hex(c)}
                         for i, n, c in zip(self.classes.ids, self.classes.names, self.classes.colors)],
             "numbered_by_name": self.numbered_by_name, "encoder": self.encoder, "sources": self.sources,
-            "head": sorted(self.head), "scoring": self.scoring,
+            "head": sorted(self.head), "scoring": self.scoring, "alpha": self.alpha,
         }
 
     def save(self, path: str) -> None:
@@ -111,22 +115,30 @@ class PrototypeFile:
         with open(path, "wb") as handle:  # a file object: savez would append .npz to a name
             np.savez(handle, **arrays)
 
-    def classifier(self, extract, description: dict, alpha: float):
+    def classifier(self, extract, description: dict, alpha: float | None = None):
         """The ``classifier.Classifier`` these prototypes make with ``extract`` (a FeatureExtractor whose
         encoder ``description`` says what it is), refused for another encoder, and what to report of it
         (``warnings``: for the callers' ``check_raster`` of each raster it labels). It scores as
-        ``classifier.fit_support`` with the file's scoring would: multi-scale features when the file's are,
-        its linear head when it holds one (``alpha`` then only applies to a head-less file)."""
+        ``classifier.fit_support`` with the file's scoring and alpha would: multi-scale features when the
+        file's are, its linear head when it holds one.
+
+        ``alpha`` (None: the file's) replaces the file's softmax scale. Plain prototypes score cosines times
+        alpha; a linear head's weight, fitted at the file's alpha, is scaled by alpha / the file's alpha. Both
+        are exact softmax temperature changes: the logits are those at the file's alpha times that ratio, so
+        the labels stay the same and the probabilities are exactly those of the new temperature (a head
+        fitted afresh at the new alpha could differ: the fit is not scale-equivariant)."""
         import torch
 
         from .classifier import Classifier
         from .heads import LINEAR, LinearHead, at_scales
 
+        alpha = self.alpha if alpha is None else alpha
         self.check_encoder(encoder_fingerprint(extract.encoder), description)
-        stats = {"prototypes": self.path, "pixels": self.pixel_counts,
+        stats = {"prototypes": self.path, "alpha": alpha, "pixels": self.pixel_counts,
                  "sources": [source["image"] for source in self.sources], "warnings": []}
         extract = at_scales(extract, self.scales)
-        head = LinearHead(torch.from_numpy(self.head["weight"])) if self.scoring["head"] == LINEAR else None
+        head = LinearHead(torch.from_numpy(self.head["weight"]) * (alpha / self.alpha)) \
+            if self.scoring["head"] == LINEAR else None
         return Classifier(self.prototypes(), self.classes, alpha, extract, self.pixel_counts, head), stats
 
     def encoder_choice(self, encoder: str) -> str:
@@ -218,6 +230,14 @@ def file_sha256(path: str) -> str | None:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _default_alpha() -> float:
+    """The softmax scale of a file that records none: the default it was then always made at (``heads``
+    imports torch, which loading a file's header does not need)."""
+    from .heads import DEFAULT_ALPHA
+
+    return DEFAULT_ALPHA
 
 
 def _now() -> str:
@@ -314,7 +334,16 @@ def _from_arrays(path: str, arrays: dict[str, np.ndarray]) -> PrototypeFile:
     scoring = _read_scoring(path, header.get("scoring"), head, k, channels)
     return PrototypeFile(classes, feature_sum, pixels, encoder, sources, bool(header.get("numbered_by_name")),
                          head, str(header.get("created", "")), str(header.get("geoproto_version", "")), path,
-                         scoring)
+                         scoring, _read_alpha(path, header.get("alpha", _default_alpha())))
+
+
+def _read_alpha(path: str, alpha) -> float:
+    """The file's softmax scale: a number in SegmentOptions' range (a file from before it was recorded was
+    made at the default)."""
+    try:
+        return float(check_number("alpha", alpha, 0, ALPHA_MAX, min_open=True))
+    except GeoprotoError as exc:
+        raise _invalid(path, f"its alpha {exc.message}") from None
 
 
 def _read_scoring(path: str, scoring, head: dict[str, np.ndarray], k: int, channels: int) -> dict:
@@ -402,7 +431,8 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
     refused (give every support the same classes file). A class's colour is the first file's that has
     one. Heads are dropped: a head fitted on one support does not fit the pooled one; the pooled file
     scores with its features' scales alone (``multiscale`` or ``prototypes``). Files of different scales
-    have features of different channels and are refused.
+    have features of different channels and are refused; so are files made at different alphas (the
+    pooled file would score at one of them, silently not at the other's).
     """
     from .heads import PROTOTYPES, VARIANTS
 
@@ -421,6 +451,10 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
                 f"(weights sha256 {other.encoder['fingerprint'][:12]}), but {first.name} with "
                 f"{encoder_label(first.encoder['description'], first.encoder['name'])} (weights sha256 "
                 f"{first.encoder['fingerprint'][:12]}); only prototypes of one encoder can be pooled")
+        if other.alpha != first.alpha:
+            raise GeoprotoError(
+                f"{other.name}: made at alpha {other.alpha:g}, but {first.name} at alpha {first.alpha:g}; only "
+                f"prototypes of one softmax scale can be pooled (rebuild one with `geoproto prototypes --alpha`)")
     names: list[str] = []
     ids: dict[str, set[tuple[int, str]]] = {}
     colors: dict[str, tuple[int, int, int] | None] = {}
@@ -456,7 +490,7 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
         why = f"; heads dropped (of {', '.join(sorted(set(dropped)))})" if dropped else ""
         head, scoring = {}, scoring_record(variant, f"merged from {len(files)} prototype files{why}")
     return PrototypeFile(classes, feature_sum, pixels, first.encoder, [s for item in files for s in item.sources],
-                         numbered_by_name, head, _now(), scoring=scoring)
+                         numbered_by_name, head, _now(), scoring=scoring, alpha=first.alpha)
 
 
 def _scales_label(scales: tuple[int, ...]) -> str:

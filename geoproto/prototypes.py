@@ -37,6 +37,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
 
     The encoder and the scoring are chosen once, from ``options``, as ``segment`` chooses them (``auto``
     cross-validates the polygons of every pair, pooled). ``options.support_image`` applies to a single pair only.
+    The file is made at ``options.alpha`` (its linear head is fitted at it) and records it.
     """
     options = options or SegmentOptions()
     check_tiling(options)
@@ -74,7 +75,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
             files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(),
                                        encoder, [_provenance(inputs, support, options, stats["pixels"], hashes)],
                                        inputs.polygons is not None and inputs.polygons.numbered_by_name,
-                                       scoring=scoring))
+                                       scoring=scoring, alpha=options.alpha))
             accumulators.append(accumulator)
             inputs.close()
             supports.append({"image": image, "support": support, **stats})

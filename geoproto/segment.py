@@ -65,7 +65,9 @@ class SegmentOptions:
     backbone: str = DEFAULT_BACKBONE
     checkpoint: str | None = None
     init_weights: str | None = None
-    alpha: float = DEFAULT_ALPHA
+    # Softmax scale of the cosines (eq. 3). None: a prototype file's own (``prototypes``), else
+    # DEFAULT_ALPHA (set so at creation); given with a prototype file, it replaces the file's.
+    alpha: float | None = None
     device: str = "auto"
     batch_size: int | None = None
     workers: int | None = None  # pydensecrf2 processes; None: one per core, 0: in the main process
@@ -129,6 +131,8 @@ class SegmentOptions:
                                 param="dask_local")
         if self.dask_scheduler or self.dask_local:
             import_distributed()  # Dask missing: said now, not after the support is encoded
+        if self.alpha is None and self.prototypes is None:
+            self.alpha = DEFAULT_ALPHA
 
 
 # Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.

@@ -247,6 +247,38 @@ def test_a_file_keeps_the_scoring_segment_uses_with_the_support(paths, spacenet_
     assert json.loads(reused.stdout)["scoring"] == {"used": scoring, "reason": "from the prototype file"}
 
 
+@pytest.mark.parametrize("scoring", ["prototypes", "linear"])
+def test_a_file_made_at_an_alpha_scores_at_it_unless_another_is_given(paths, spacenet_crop, tmp_path, scoring):
+    """prototypes --alpha 10 records it: segment --prototypes then gives the labels and probabilities of
+    segment --support --alpha 10 (a linear head holds alpha in its weight, a plain file in its header). An
+    explicit --alpha rescales the logits: probabilities p become p^2 / sum(p^2) from 10 to 20."""
+    tiling = ["--tile-size", 320, "--overlap", 32, "--scoring", scoring]
+    made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / "p.gpp", "--alpha", 10, *tiling,
+               "-q")
+    assert made.exit_code == 0, made.output
+    assert load_prototypes(str(tmp_path / "p.gpp")).alpha == 10.0
+
+    def segment(name, *args):
+        result = run("segment", spacenet_crop, *args, "-o", tmp_path / f"{name}.tif", "--probabilities",
+                     tmp_path / f"{name}-p.tif", *tiling, "--no-crf", "--no-overviews", "--json", "-q")
+        assert result.exit_code == 0, result.output
+        with rasterio.open(tmp_path / f"{name}.tif") as labels, rasterio.open(tmp_path / f"{name}-p.tif") as p:
+            return labels.read(1), p.read(), json.loads(result.stdout)
+
+    direct_labels, direct_p, _ = segment("direct", "-s", paths.support, "--alpha", 10)
+    labels, probabilities, summary = segment("reused", "--prototypes", tmp_path / "p.gpp")
+    np.testing.assert_array_equal(labels, direct_labels)
+    np.testing.assert_allclose(probabilities, direct_p, rtol=1e-5, atol=1e-6)
+    assert summary["support"]["alpha"] == 10.0 and len(np.unique(labels)) == 3
+    sharper_labels, sharper, summary = segment("sharper", "--prototypes", tmp_path / "p.gpp", "--alpha", 20)
+    assert summary["support"]["alpha"] == 20.0
+    np.testing.assert_array_equal(sharper_labels, labels)  # a temperature: the argmax stays
+    np.testing.assert_allclose(sharper, probabilities ** 2 / (probabilities ** 2).sum(0), rtol=1e-3, atol=1e-5)
+    if scoring == "prototypes":  # a plain file at 20 is the support at 20 (the default)
+        _, default_p, _ = segment("default", "-s", paths.support)
+        np.testing.assert_allclose(sharper, default_p, rtol=1e-5, atol=1e-6)
+
+
 def test_a_file_is_used_with_its_own_scoring_only(scene, tmp_path):
     """segment --scoring must be auto or the file's; merging files of different scales is refused, and a
     merge drops heads, scoring with the features' scales alone."""

@@ -476,6 +476,11 @@ def test_options_reach_the_library(monkeypatch, tmp_path):
                               "--co ZLEVEL=9 --co BLOCKSIZE=512"
     CliRunner().invoke(main, ["segment", "i.tif", "-s", "s.gpkg", "-o", "c.tif", "--check-support"])
     assert seen["options"].check_support
+    assert seen["options"].alpha == 20.0  # the default, with a support
+    # With a prototype file, an --alpha left out is the file's (None), one given is used, even the default's.
+    for given, alpha in (([], None), (["--alpha", "20"], 20.0)):
+        CliRunner().invoke(main, ["segment", "i.tif", "--prototypes", "p.gpp", "-o", "c.tif", *given])
+        assert seen["options"].alpha == alpha
 
 
 def test_group_verbosity(monkeypatch):

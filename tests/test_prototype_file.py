@@ -14,6 +14,7 @@ from torch import nn
 from geoproto.classes import ClassInfo
 from geoproto.errors import GeoprotoError
 from geoproto.fewshot import PrototypeAccumulator
+from geoproto.heads import DEFAULT_ALPHA
 from geoproto.models import build_shipped
 from geoproto.prototype_file import (PrototypeFile, encoder_fingerprint, encoder_label, load_prototypes, merge,
                                      scoring_record)
@@ -24,7 +25,8 @@ FINGERPRINT = "ab" * 32
 
 
 def make_file(names=("building", "ground", "tree"), ids=None, channels=4, seed=0, numbered=False,
-              fingerprint=FINGERPRINT, encoder_name="dubai", head=None, scoring="prototypes") -> PrototypeFile:
+              fingerprint=FINGERPRINT, encoder_name="dubai", head=None, scoring="prototypes",
+              alpha=20.0) -> PrototypeFile:
     rng = np.random.default_rng(seed)
     ids = list(ids or range(1, len(names) + 1))
     pixels = rng.integers(1, 1000, len(names)).astype(np.int64)
@@ -35,7 +37,7 @@ def make_file(names=("building", "ground", "tree"), ids=None, channels=4, seed=0
                "description": {"name": encoder_name}}
     return PrototypeFile(ClassInfo(ids, list(names), [(255, 0, 0)] + [None] * (len(names) - 1)),
                          rng.normal(size=(len(names), channels)) * pixels[:, None], pixels, encoder, [source],
-                         numbered, head or {}, scoring=scoring_record(scoring, "asked for"))
+                         numbered, head or {}, scoring=scoring_record(scoring, "asked for"), alpha=alpha)
 
 
 def test_round_trip_keeps_every_array_bit_for_bit(tmp_path):
@@ -47,6 +49,7 @@ def test_round_trip_keeps_every_array_bit_for_bit(tmp_path):
     assert loaded.pixels.tolist() == original.pixels.tolist()
     assert loaded.encoder == original.encoder and loaded.sources == original.sources
     assert loaded.scoring == {"name": "linear", "scales": [1], "head": "linear", "reason": "asked for"}
+    assert loaded.alpha == original.alpha == 20.0
     np.testing.assert_array_equal(loaded.head["weight"], original.head["weight"])
     # the prototypes are the accumulator's, to the bit
     accumulator = PrototypeAccumulator(3, 4)
@@ -137,6 +140,8 @@ def _encode(header):
      "its scoring .* malformed"),
     (lambda p: _rewrite(p, header=_encode({**_header(p), "scoring": scoring_record("linear", "asked for")})),
      "its linear head needs a 3 x 4 weight; found nothing"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "alpha": 0})), r"its alpha must be > 0 and <= 1000, got 0"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "alpha": "10"})), "its alpha must be a finite number"),
     (lambda p: _rewrite(p, header=_encode({**_header(p), "head": ["weight"]}),
                         **{"head.weight": np.zeros((3, 4), np.float32)}),
      "holds head arrays, but its scoring prototypes"),
@@ -241,6 +246,52 @@ def test_a_file_without_scoring_holds_plain_prototypes(tmp_path):
                                                    if k != "scoring"}))
     old = load_prototypes(str(tmp_path / "old.gpp"))
     assert old.variant == "prototypes" and old.scales == (1,) and old.scoring["head"] == "prototypes"
+
+
+def test_the_alpha_a_file_was_made_at_is_kept_and_a_file_without_one_was_made_at_20(tmp_path):
+    make_file(alpha=10.0).save(tmp_path / "ten.gpp")
+    assert _header(tmp_path / "ten.gpp")["alpha"] == 10.0
+    assert load_prototypes(str(tmp_path / "ten.gpp")).alpha == 10.0
+    header = _header(tmp_path / "ten.gpp")
+    del header["alpha"]  # as files written before alpha was recorded
+    _rewrite(tmp_path / "ten.gpp", header=_encode(header))
+    assert load_prototypes(str(tmp_path / "ten.gpp")).alpha == DEFAULT_ALPHA == 20.0
+
+
+class _Extractor:
+    """Enough of a FeatureExtractor for ``PrototypeFile.classifier``: an encoder to fingerprint."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.encoder = nn.Conv2d(3, 4, 1)
+
+
+@pytest.mark.parametrize("scoring", ["prototypes", "linear"])
+def test_another_alpha_is_an_exact_softmax_temperature_change(scoring):
+    """Asked for another alpha than the file's, a file scores its logits times alpha / the file's alpha: a
+    plain file through alpha itself, a linear head through its weight, fitted at the file's alpha."""
+    extract = _Extractor()
+    weight = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    made = make_file(fingerprint=encoder_fingerprint(extract.encoder), scoring=scoring, alpha=10.0,
+                     head={"weight": weight} if scoring == "linear" else None)
+    features = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(2))
+    at_file, stats = made.classifier(extract, {}, None)
+    at_thirty, stats_thirty = made.classifier(extract, {}, 30.0)
+    assert (at_file.alpha, at_thirty.alpha, stats["alpha"], stats_thirty["alpha"]) == (10.0, 30.0, 10.0, 30.0)
+    torch.testing.assert_close(at_thirty.score_features(features, (24, 40)),
+                               3 * at_file.score_features(features, (24, 40)), rtol=1e-5, atol=1e-5)
+    if scoring == "linear":
+        assert torch.equal(at_file.head.weight, torch.from_numpy(weight))  # the file's own alpha: untouched
+
+
+def test_merge_refuses_files_made_at_different_alphas():
+    a, b = make_file(), make_file(alpha=10.0)
+    a.path, b.path = "a.gpp", "b.gpp"
+    with pytest.raises(GeoprotoError, match=r"^b.gpp: made at alpha 10, but a.gpp at alpha 20; only prototypes of one "
+                                            r"softmax scale can be pooled \(rebuild one with `geoproto prototypes "
+                                            r"--alpha`\)$"):
+        merge([a, b])
+    assert merge([b, make_file(alpha=10.0, seed=1)]).alpha == 10.0
 
 
 def test_merge_pools_only_features_of_the_same_scales_and_drops_heads():

@@ -15,6 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..errors import GeoprotoError
+from ..heads import DEFAULT_ALPHA
 from ..validation import MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES
@@ -277,6 +278,21 @@ crf_backend_option = click.option(
     help="DenseCRF implementation, the same CRF either way: torch (batched on the model's device) or "
          "densecrf (pydensecrf2, pip install 'geoproto[crf]'; one process per core); auto: torch, the faster "
          "on a CPU too.")
+
+
+def _given_or_none(ctx, param, value):
+    """The option's value if the user gave it, else None (the library then picks: ``SegmentOptions.alpha``)."""
+    from click.core import ParameterSource
+
+    return None if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None) else value
+
+
+alpha_option = click.option(
+    "--alpha", type=Number(*SEGMENT_RANGES["alpha"]), default=DEFAULT_ALPHA, show_default=True,
+    callback=_given_or_none,
+    help="Softmax scale of the cosine similarities. A prototype file records the one it was made at; segment "
+         "--prototypes uses it unless --alpha is given (a linear head's weights are then rescaled by the ratio).")
+"""``--alpha`` of ``segment`` and ``prototypes``; None when not given, so that a prototype file's own applies."""
 
 
 def scoring_option(help_text: str):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from ..segment import SegmentOptions
-from .options import (encoding_options, handle_errors, json_option, not_stdio, overwrite_option, print_json,
-                      printable, quiet_option, scoring_option, support_options, window_options)
+from .options import (alpha_option, encoding_options, handle_errors, json_option, not_stdio, overwrite_option,
+                      print_json, printable, quiet_option, scoring_option, support_options, window_options)
 
 
 @click.command("prototypes")
@@ -21,6 +21,7 @@ from .options import (encoding_options, handle_errors, json_option, not_stdio, o
 @support_options
 @encoding_options
 @window_options
+@alpha_option
 @scoring_option("How segment --prototypes will score windows, as segment --scoring: the file keeps the "
                 "features of its scales (multiscale: 1x and 2x) and the linear head fitted on the support; "
                 "auto cross-validates the support polygons and picks as segment would.")
