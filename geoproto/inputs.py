@@ -18,7 +18,11 @@ from .tiling import Tile
 
 class SupportLabels(Protocol):
     """What the support of a raster gives, whether polygons (``support.VectorLabels``) or a label raster
-    (``support.RasterLabels``): class ids per window of the segmentation grid (0 = unlabelled)."""
+    (``support.RasterLabels``): class ids per window of the segmentation grid (0 = unlabelled).
+
+    What only polygons have (their polygon numbers for cross-validation, ``numbered_by_name``: ids given
+    from text class names) is not part of it: callers read it on ``Inputs.polygons``, a VectorLabels.
+    """
 
     classes_from_catalogue: bool  # classes come from a classes file, so some may go unused
 
