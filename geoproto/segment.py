@@ -193,6 +193,7 @@ class _Job:
     tiles: list | None = None
     area: object = None
     refine: RefineSettings | None = None  # its CRF settings (None without the CRF)
+    pixel_area: float | None = None  # m² per pixel (None without a metric CRS)
 
 
 def segment(image: str, support: str | None, output: str, options: SegmentOptions | None = None) -> dict:
@@ -276,11 +277,16 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                 job.inputs = inputs_stack.enter_context(
                     open_image(job.image, taught.classes, options.bands, options.assume_crs) if taught
                     else options_inputs(job.image, support, options, shared=several, read_files=read_files))
-                # Set now, where the pixel size is known: a CRF width the raster cannot take is refused
-                # before the encoder is built.
+                # Set now, where the pixel size is known: a CRF width or minimum area the raster cannot
+                # take is refused before the encoder is built, and before any input's output is written.
+                src = job.inputs.source.dataset
                 job.refine = RefineSettings(crf_module.params_for_resolution(
-                    pixel_size_m(job.inputs.source.dataset, job.inputs.crs), options.crf_bilateral_m,
+                    pixel_size_m(src, job.inputs.crs), options.crf_bilateral_m,
                     **options.crf_overrides), crf_backend) if options.crf else None
+                job.pixel_area = pixel_area_m2(src, job.inputs.crs)
+                if options.min_area and job.pixel_area is None:
+                    raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS",
+                                        param="min_area")
             job.inputs.close()
         supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
             else (None, taught.classes)
@@ -373,9 +379,6 @@ def _segment_input(job: _Job, classifier: Classifier, crf_backend: str | None, b
     output_bytes = 1 + (4 * len(classifier.classes.ids) if paths.probabilities else 0)  # classes, probabilities
     src = source.dataset
     with block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
-        pixel_area = pixel_area_m2(src, crs)
-        if options.min_area and pixel_area is None:
-            raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS", param="min_area")
         refine = job.refine
         if journal is not None:
             classifier = replace(classifier, prototypes=journal.keep_prototypes(classifier.prototypes))
@@ -398,7 +401,7 @@ def _segment_input(job: _Job, classifier: Classifier, crf_backend: str | None, b
         counts = run.counts + resumed
         counts[NODATA] += src.width * src.height - counts.sum()  # windows outside the area: never written
     with gdal_write_errors(job.output):
-        finished = _finish_outputs(paths, classifier.classes, counts, pixel_area, raster_format, vector_format,
+        finished = _finish_outputs(paths, classifier.classes, counts, job.pixel_area, raster_format, vector_format,
                                    options)
     summary = {
         "input": job.image, "output": job.output, "tiles": len(tiles),

@@ -1,5 +1,6 @@
 """`geoproto segment` end to end through click's CliRunner, on the real SpaceNet chip and Dubai tiles."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -221,38 +222,69 @@ def test_crs_missing_on_one_side(paths, tmp_path):
                           "Error: --support-crs: ", "has no CRS")
 
 
-def test_a_crf_width_in_metres_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
-    """Degrees have no width in metres to convert: the width asked for is refused, naming the option that
-    gives one in pixels, not replaced by another kernel; refused as soon as the raster is open, before
-    any encoder is built."""
+DEGREE = 1e-5
+
+
+def _raster_in_degrees(path: Path) -> Path:
+    """The synthetic two-halves raster in EPSG:4326 (1e-5 degree pixels): no pixel size nor area in metres."""
     import synthetic
     from rasterio.transform import from_origin
 
-    import geoproto.models
+    return synthetic.write_raster(path, synthetic.two_halves(), crs="EPSG:4326",
+                                  transform=from_origin(-87.0, 30.0, DEGREE, DEGREE))
 
-    degree = 1e-5
-    image = synthetic.write_raster(tmp_path / "wgs84.tif", synthetic.two_halves(), crs="EPSG:4326",
-                                   transform=from_origin(-87.0, 30.0, degree, degree))
-    side = synthetic.SIDE * degree
+
+def _support_in_degrees(path: Path) -> Path:
+    """One square per class on ``_raster_in_degrees``, as ``synthetic.write_support`` on its own grid."""
+    import synthetic
+
+    side = synthetic.SIDE * DEGREE
     squares = [box(-87.0 + 0.1 * side, 30.0 - 0.6 * side, -87.0 + 0.35 * side, 30.0 - 0.35 * side),
                box(-87.0 + 0.65 * side, 30.0 - 0.6 * side, -87.0 + 0.9 * side, 30.0 - 0.35 * side)]
-    geopandas.GeoDataFrame({"class": ["bright", "dark"]}, geometry=squares, crs="EPSG:4326").to_file(
-        tmp_path / "support.gpkg")
-    out = tmp_path / "c.tif"
-    args = [image, "--support", tmp_path / "support.gpkg", "-o", out, "--tile-size", 96, "--overlap", 0,
-            "--crf-bilateral-m", 7.2]
+    geopandas.GeoDataFrame({"class": ["bright", "dark"]}, geometry=squares, crs="EPSG:4326").to_file(path)
+    return path
 
-    def no_encoder(*args, **kwargs):
+
+@contextlib.contextmanager
+def _no_encoder(monkeypatch):
+    """Building an encoder fails the test: for refusals that must come before any model work."""
+    import geoproto.models
+
+    def built(*args, **kwargs):
         raise AssertionError("the encoder was built")
 
     with monkeypatch.context() as patched:
         for builder in ("select_encoder", "build_shipped"):
-            patched.setattr(geoproto.models, builder, no_encoder)
+            patched.setattr(geoproto.models, builder, built)
+        yield
+
+
+def test_a_crf_width_in_metres_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
+    """Degrees have no width in metres to convert: the width asked for is refused, naming the option that
+    gives one in pixels, not replaced by another kernel; refused as soon as the raster is open, before
+    any encoder is built."""
+    out = tmp_path / "c.tif"
+    args = [_raster_in_degrees(tmp_path / "wgs84.tif"), "--support", _support_in_degrees(tmp_path / "support.gpkg"),
+            "-o", out, "--tile-size", 96, "--overlap", 0, "--crf-bilateral-m", 7.2]
+    with _no_encoder(monkeypatch):
         _assert_clean_failure(run(*args), out, "Error: --crf-bilateral-m: 7.2 m cannot be converted to pixels",
                               "give the width in pixels (--crf-bilateral-px)")
     result = run(*args, "--crf-bilateral-px", 12, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["crf"]["bilateral_sxy_px"] == 12.0
+
+
+def test_a_min_area_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
+    """A minimum area in square metres has no pixel count on a raster in degrees: refused as soon as the
+    raster is open, before any encoder is built; without it the raster segments."""
+    image = _raster_in_degrees(tmp_path / "wgs84.tif")
+    out = tmp_path / "c.tif"
+    args = [image, "--support", _support_in_degrees(tmp_path / "support.gpkg"), "-o", out, *FAST]
+    with _no_encoder(monkeypatch):
+        _assert_clean_failure(run(*args, "--min-area", 25), out,
+                              f"Error: --min-area: {image}: is in square metres and needs a projected CRS")
+    result = run(*args)
+    assert result.exit_code == 0, result.output
 
 
 def test_existing_output_needs_overwrite(paths, tmp_path):
@@ -1164,6 +1196,19 @@ def test_a_failing_input_is_named_and_nothing_is_committed(tmp_path):
     result = run(tmp_path / "flight", "-s", support, "--output-dir", tmp_path / "out", *FAST)
     assert result.exit_code == 1
     assert f"{broken}: not a readable raster" in result.output
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_min_area_is_refused_before_any_input_is_segmented(tmp_path, monkeypatch):
+    """With several inputs, one raster in degrees (the last) stops the run before any encoder is built or
+    any input's output written: the refusal names that raster and the output folder stays empty."""
+    (first, _), support = _two_synthetic(tmp_path / "flight")
+    degrees = _raster_in_degrees(tmp_path / "flight" / "wgs84.tif")
+    with _no_encoder(monkeypatch):
+        result = run(first, degrees, "-s", support, "--output-dir", tmp_path / "out", *FAST, "--min-area", 25)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: --min-area: {degrees}: is in square metres and needs a projected CRS")
     assert list((tmp_path / "out").iterdir()) == []
 
 
