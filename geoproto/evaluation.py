@@ -11,6 +11,7 @@ deviation reported).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import warnings
@@ -125,11 +126,10 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
 
     predicted_classes = prediction_classes(prediction)
     mapping = mapping or {}
-    with open_raster(prediction) as src:
-        truth_named = named_classes(truth) if not classes_file and path_exists(truth) and is_raster(truth) \
-            else None
-        labels = RasterLabels(truth, src, truth_named) if truth_named is not None else \
-            load_support(truth, src, class_field, None, truth_crs, classes_file)
+    truth_named = named_classes(truth) if not classes_file and path_exists(truth) and is_raster(truth) else None
+    with open_raster(prediction) as src, contextlib.closing(  # a truth raster's handle, failing or not
+            RasterLabels(truth, src, truth_named) if truth_named is not None else
+            load_support(truth, src, class_field, None, truth_crs, classes_file)) as labels:
         truth_classes = labels.found_classes()
         truth_names = [mapping.get(n, n) for n in truth_classes.names]
         predicted_names = [mapping.get(n, n) for n in predicted_classes.names]

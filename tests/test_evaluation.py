@@ -351,6 +351,49 @@ def test_score_reads_class_names_of_a_class_raster_truth(tmp_path):
     assert "the prediction is nodata on 1024 truth pixels (25.00 %), left out of these scores" in result.stderr
 
 
+@pytest.fixture
+def truth_handles(monkeypatch):
+    """Every handle a label raster opens (the file, and the WarpedVRT onto another grid), recorded."""
+    import geoproto.support
+
+    handles = []
+
+    def recorded(opener):
+        def open_and_record(*args, **kwargs):
+            handles.append(opener(*args, **kwargs))
+            return handles[-1]
+        return open_and_record
+
+    for name in ("open_raster", "WarpedVRT"):
+        monkeypatch.setattr(geoproto.support, name, recorded(getattr(geoproto.support, name)))
+    return handles
+
+
+@pytest.mark.parametrize("origin", [(500000, 3700000), (500016, 3699984)], ids=["same-grid", "warped"])
+def test_score_closes_the_truth_raster(tmp_path, truth_handles, origin):
+    from synthetic import write_raster
+
+    classes = {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})}
+    prediction = _class_raster(tmp_path / "p.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)), classes)
+    truth = write_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (1, 64, 32)), nodata=0,
+                         transform=rasterio.transform.from_origin(*origin, 1, 1))
+    with rasterio.open(truth, "r+") as dst:
+        dst.update_tags(**classes)
+    report = score(prediction, str(truth))
+    assert report["class_names"] == ["tree", "ground"] and report["truth_pixels"] > 0
+    assert len(truth_handles) == (1 if origin == (500000, 3700000) else 2)
+    assert all(handle.closed for handle in truth_handles)
+
+
+def test_score_closes_a_truth_raster_it_refuses(tmp_path, truth_handles):
+    prediction = _class_raster(tmp_path / "p.tif", np.ones((64, 64), np.uint8),
+                               {"GEOPROTO_CLASSES": json.dumps({1: "tree"})})
+    truth = _class_raster(tmp_path / "truth.tif", np.zeros((64, 64), np.uint8))
+    with pytest.raises(GeoprotoError, match=f"{truth}: holds no labelled pixel"):
+        score(prediction, truth)
+    assert truth_handles and all(handle.closed for handle in truth_handles)
+
+
 def test_option_names_mean_one_thing_across_commands():
     """--classes is a JSON file, --bands band numbers, --json a stdout flag, in every command."""
     runner = CliRunner()
