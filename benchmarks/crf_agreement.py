@@ -3,14 +3,15 @@ on the real data the issue names: labels compared pixel by pixel, OA and per-cla
 
 - Dubai area 6, the held-out test area, through ``evaluate`` (``--split``, default
   ``examples/dubai/split-train-1to5-test-6.json``) with ``geoproto evaluate``'s defaults (``dubai``
-  encoder, CRF at 16 px): once per backend and once without CRF for each shots value, the labels of
-  every query patch collected with ``evaluate``'s ``on_patch``.
+  encoder) and the CRF of the tiles' 0.3 m (``evaluate --pixel-size 0.3``: the rule's 12 px): once per
+  backend and once without CRF for each shots value, the labels of every query patch collected with
+  ``evaluate``'s ``on_patch``.
 - The bundled SpaceNet chip through ``segment`` (``--scoring prototypes``, defaults otherwise: 0.5 m, so
-  the rule's 16 px) with each backend and with ``--no-crf``, scored against its 43 building footprints
+  the rule's 8 px) with each backend and with ``--no-crf``, scored against its 43 building footprints
   (``evaluation.score``: tree and ground are "other", as is every pixel outside a footprint).
 - A Dubai tile of area 2 (``image_part_005t2``, four windows) through ``segment`` with a 1-tile support
   (``image_part_003t3``'s mask as the label raster, ``imagenet`` encoder), as tests/test_pipeline.py runs
-  it, scored against its mask.
+  it, scored against its mask (the JPEG has no georeferencing: the rule's width without a metric grid).
 
 Prints one markdown row per data set: pixels compared, % of them agreeing, OA without CRF / torch /
 pydensecrf2, per-class F1 torch / pydensecrf2 and the worst F1 difference (torch - pydensecrf2, points;
@@ -31,6 +32,7 @@ import numpy as np
 import rasterio
 import torch
 
+from geoproto.crf import params_for_resolution
 from geoproto.evaluation import evaluate, score
 from geoproto.models import build_shipped
 from geoproto.models.shipped import DEFAULT_ENCODER
@@ -40,6 +42,7 @@ from geoproto.training import load_dataset
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "examples" / "dubai" / "split-train-1to5-test-6.json"
 SPACENET = REPO / "examples" / "spacenet"
+DUBAI_PIXEL_M = 0.3
 BACKENDS = ("torch", "densecrf")
 HEADER = ("| data | pixels compared | agreeing | OA CRF off | OA torch | OA pydensecrf2 | F1 torch / pydensecrf2 "
           "| worst F1 difference |\n|---|---|---|---|---|---|---|---|")
@@ -76,12 +79,13 @@ def dubai(args) -> None:
             counts["worst"] = min(counts["worst"], agreeing / predicted.size)
 
         reports = {backend: evaluate(data, encoder, shots, seeds, None, True, torch.device("cpu"), progress=False,
-                                     crf_backend=backend, on_patch=on_patch)
+                                     crf_params=params_for_resolution(DUBAI_PIXEL_M), crf_backend=backend,
+                                     on_patch=on_patch)
                    for backend, on_patch in zip(BACKENDS, (keep, compare))}
         accuracy = {"off": off["mean"]["overall_accuracy"],
                     **{b: reports[b]["mean"]["overall_accuracy"] for b in BACKENDS}}
-        print(row(f"Dubai area 6, `evaluate`, {shots}-shot, seeds {args.seeds} ({off['query_patches']} patches each; "
-                  f"worst patch {100 * counts['worst']:.1f} %)", counts["compared"], counts["agreeing"], accuracy,
+        print(row(f"Dubai area 6, `evaluate` ({_width(DUBAI_PIXEL_M)}), {shots}-shot, seeds {args.seeds} "
+                  f"({off['query_patches']} patches each; worst patch {100 * counts['worst']:.1f} %)", counts["compared"], counts["agreeing"], accuracy,
                   {b: reports[b]["mean"]["f1"] for b in BACKENDS}), flush=True)
         print(f"<!-- {time.perf_counter() - started:.0f} s -->", flush=True)
 
@@ -107,6 +111,11 @@ def segmented(name: str, image: Path, support: Path, folder: str, truth: Path, t
     print(f"<!-- {time.perf_counter() - started:.0f} s -->", flush=True)
 
 
+def _width(pixel_size_m: float | None) -> str:
+    """The rule's bilateral width at ``pixel_size_m`` (None: no metric grid), for a row's name."""
+    return f"{params_for_resolution(pixel_size_m).bilateral_sxy:g} px"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="folder of the Dubai aerial tiles")
@@ -121,7 +130,7 @@ def main() -> None:
         dubai(args)
     with tempfile.TemporaryDirectory() as folder:
         if "spacenet" in datasets:
-            segmented("SpaceNet chip, `segment --scoring prototypes` (16 px), 43 buildings",
+            segmented(f"SpaceNet chip, `segment --scoring prototypes` ({_width(0.5)}), 43 buildings",
                       SPACENET / "sample_geotiff.tif", SPACENET / "support.gpkg", folder,
                       SPACENET / "geotiff_labels.geojson",
                       {"class_field": "building", "background": "other",
@@ -129,7 +138,7 @@ def main() -> None:
                       scoring="prototypes")
         if "dubai-segment" in datasets:
             classes = str(args.root / "classes.json")
-            segmented("Dubai 005t2, `segment`, support 003t3's mask, `imagenet` (16 px, 4 windows)",
+            segmented(f"Dubai 005t2, `segment`, support 003t3's mask, `imagenet` ({_width(None)}, 4 windows)",
                       args.root / "images" / "image_part_005t2.jpg", args.root / "masks" / "image_part_003t3.png",
                       folder, args.root / "masks" / "image_part_005t2.png", {"classes_file": classes},
                       encoder="imagenet", classes_file=classes,

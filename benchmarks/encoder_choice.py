@@ -19,6 +19,7 @@ DUBAI_FOLDER holds the Dubai aerial tiles (``images/``, ``masks/``, ``classes.js
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -76,9 +77,9 @@ def place_boxes(truth: np.ndarray, info, rng: np.random.Generator, side: int = B
 def dubai_truth(root: Path, name: str):
     """A Dubai tile's mask as class ids, and the class file."""
     info = read_class_file(str(root / "classes.json"))
-    with rasterio.open(root / "masks" / f"{name}.png") as src:
-        truth = RasterLabels(src.name, src, info).read(Tile(0, 0, src.height, src.width, 0, 0, 0, 0),
-                                                       max(src.shape))[: src.height, : src.width]
+    with rasterio.open(root / "masks" / f"{name}.png") as src, \
+            contextlib.closing(RasterLabels(src.name, src, info)) as labels:
+        truth = labels.read(Tile(0, 0, src.height, src.width, 0, 0, 0, 0), max(src.shape))[: src.height, : src.width]
     return truth, info
 
 

@@ -16,7 +16,8 @@ share of resamples a variant must win to replace prototypes; ``crossval.SCORING_
 ``segment``'s).
 
     PYTHONPATH=. .venv/bin/python benchmarks/head_choice.py --root DUBAI_FOLDER [--areas 1,2,3,4,5]
-        [--tiles 1] [--seeds 2] [--boxes 3] [--encoder imagenet] [--choice [--confidences 0.5,0.8,0.95]] [--crf]
+        [--tiles 1] [--seeds 2] [--boxes 3] [--encoder imagenet] [--choice [--confidences 0.5,0.8,0.95]]
+        [--crf [--crf-bilateral-px PX]]
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def check_choice(extract, image: Path, support: Path, confidences: list[float]) 
             for confidence in confidences]
 
 
+def _worst_f1_change(off: dict, on: dict, names: list[str]) -> str:
+    """The lowest per-class F1 change from ``off`` to ``on`` (``metrics.scores``), in points, with its class."""
+    change = np.nan_to_num(100 * (on["f1"] - off["f1"]), nan=np.inf)
+    worst = int(np.argmin(change))
+    return f"{change[worst]:>+7.1f} {names[worst][:11]:>11}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="folder of the Dubai aerial tiles")
@@ -117,6 +125,7 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, default=BOXES_PER_CLASS, help="support boxes per class and Dubai tile")
     parser.add_argument("--choice", action="store_true", help="also score check-support's cross-validated choice")
     parser.add_argument("--crf", action="store_true", help="also score every column after segment's CRF")
+    parser.add_argument("--crf-bilateral-px", type=float, help="the CRF's bilateral width [default: the rule's]")
     parser.add_argument("--confidences", default=str(SCORING_CONFIDENCE),
                         help="bootstrap confidences at which to score the choice (comma-separated)")
     args = parser.parse_args()
@@ -130,13 +139,16 @@ def main() -> None:
     columns += [f"{c}+crf" for c in columns] if args.crf else []
     pooled: dict[str, dict[str, np.ndarray]] = {}
     picks: dict[str, dict[str, list[str]]] = {}
+    names_of: dict[str, list[str]] = {}  # class names per domain
     print(f"{'image':>28} " + " ".join(f"{c:>19}" for c in columns) + "   (OA / mIoU %)")
 
-    def run(domain, label, image, encoded, support_path, truth, scored, score_classes, pixel_size):
+    def run(domain, label, image, encoded, support_path, truth, scored, score_classes, pixel_size, class_names):
         """Confusions over the domain's ``scored`` classes: ``score_classes`` maps predicted support positions
         (1..classes of the support) to them; ``truth`` holds them already."""
         support, present = rasterised_support(support_path, image)
-        crf_params = crf.params_for_resolution(pixel_size) if args.crf else None
+        crf_params = crf.params_for_resolution(pixel_size, **(
+            {"bilateral_sxy": args.crf_bilateral_px} if args.crf_bilateral_px else {})) if args.crf else None
+        names_of[domain] = class_names
         row = {}
         for name, (scales, head) in VARIANTS.items():
             labels = predict(encoded[len(scales) > 1], support, len(present), head, encoded[2], crf_params)
@@ -161,7 +173,7 @@ def main() -> None:
         with rasterio.open(chip) as src:
             pixel_size = pixel_size_m(src, src.crs)
         run(domain, label, chip, encode(extract, chip), support_path, truth, 2,
-            lambda p: np.where(p == wanted, 1, np.where(p > 0, 2, 0)), pixel_size)
+            lambda p: np.where(p == wanted, 1, np.where(p > 0, 2, 0)), pixel_size, [name, "rest"])
 
     with tempfile.TemporaryDirectory() as folder:
         for area in args.areas.split(","):
@@ -179,7 +191,7 @@ def main() -> None:
                     # Positions of this support's classes among all Dubai classes, so images pool.
                     to_all = np.array([0] + [info.names.index(n) + 1 for n in present])
                     run("dubai areas " + args.areas, f"{name} s{seed}", image, encoded, support_path,
-                        to_all[truth], len(info.ids), lambda p: to_all[p], DUBAI_PIXEL_M)
+                        to_all[truth], len(info.ids), lambda p: to_all[p], DUBAI_PIXEL_M, info.names)
                 print(f"{'':>28} ({time.perf_counter() - started:.0f} s)", flush=True)
         one_class("spacenet building/rest", "sample_geotiff", *spacenet_truth(), "building")
         one_class("30 m pivots/rest", "custom_proj", *pivots_truth(folder), "pivot")
@@ -196,6 +208,10 @@ def main() -> None:
                                           f"{100 * result[c]['mean_iou']:>5.1f}" for c in columns))
         if not domain.startswith("dubai"):
             print(f"{'IoU of the class':>28} " + " ".join(f"{100 * result[c]['iou'][0]:>17.1f}  " for c in columns))
+        if args.crf:  # the CRF's per-class bar: the class F1 it lowers most, in points
+            print(f"{'worst F1 change with CRF':>28} " + " ".join(
+                _worst_f1_change(result[c.removesuffix("+crf")], result[c], names_of[domain]) if c.endswith("+crf") else f"{'':>19}"
+                for c in columns))
         for column, picked in picks.get(domain, {}).items():
             tally = ", ".join(f"{n} x{picked.count(n)}" for n in sorted(set(picked)))
             print(f"{column + ' picked':>28} {tally}")

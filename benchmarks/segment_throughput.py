@@ -54,19 +54,14 @@ def build_mosaic(side: int, root: Path) -> tuple[Path, Path]:
 
 def _write_mosaic(side: int, root: Path, image_path: Path, label_path: Path) -> None:
     """Written block row by block row, so memory stays small whatever ``side``."""
-    from geoproto.classes import read_class_file
-    from geoproto.support import RasterLabels
-    from geoproto.tiling import Tile
+    from encoder_choice import dubai_truth
 
-    info = read_class_file(str(root / "classes.json"))
     names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
     tiles = []
     for name in names:
         with rasterio.open(root / "images" / f"{name}.jpg") as src:
             image = src.read()
-        with rasterio.open(root / "masks" / f"{name}.png") as src:
-            labels = RasterLabels(src.name, src, info).read(Tile(0, 0, src.height, src.width, 0, 0, 0, 0),
-                                                            max(src.shape))[: src.height, : src.width]
+        labels, _ = dubai_truth(root, name)
         tiles.append((image[:, :500, :500], labels[:500, :500]))
     profile = {"driver": "GTiff", "width": side, "height": side, "crs": "EPSG:32640", "tiled": True,
                "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER",

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..crf import CRF_RANGES, params_for_resolution
+from ..crf import CRF_RANGES, MIN_BILATERAL_PX, params_for_resolution
 from ..evaluation import evaluate, format_table
 from ..heads import VARIANTS
 from ..models import select_encoder
@@ -33,7 +33,7 @@ from .options import (crf_backend_option, dataset_options, device_option, encode
 @click.option("--pixel-size", type=number(0, 1e4, min_open=True), metavar="METRES",
               help="Ground size of a pixel as read, for the CRF's kernels as segment sets them [default: the "
                    "dataset's (ISPRS: 9 cm Vaihingen, 10 cm Potsdam as halved) or its georeferencing; without "
-                   "either, the rule's floor of 16 px].")
+                   f"either, the rule's floor of {MIN_BILATERAL_PX:g} px].")
 @click.option("--crf-bilateral-px", type=number(*CRF_RANGES["bilateral_sxy"]),
               help="Bilateral kernel width in pixels [default: the resolution rule's, crf.params_for_resolution].")
 @click.option("--train-split", default="train", show_default=True, help="Split the supports come from.")
