@@ -24,6 +24,7 @@ Dubai: means over the seeds).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,10 +40,12 @@ from geoproto.models.shipped import DEFAULT_ENCODER
 from geoproto.segment import SegmentOptions, segment
 from geoproto.training import load_dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encoder_choice import DUBAI_PIXEL_M  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "examples" / "dubai" / "split-train-1to5-test-6.json"
 SPACENET = REPO / "examples" / "spacenet"
-DUBAI_PIXEL_M = 0.3
 BACKENDS = ("torch", "densecrf")
 HEADER = ("| data | pixels compared | agreeing | OA CRF off | OA torch | OA pydensecrf2 | F1 torch / pydensecrf2 "
           "| worst F1 difference |\n|---|---|---|---|---|---|---|---|")
@@ -85,7 +88,8 @@ def dubai(args) -> None:
         accuracy = {"off": off["mean"]["overall_accuracy"],
                     **{b: reports[b]["mean"]["overall_accuracy"] for b in BACKENDS}}
         print(row(f"Dubai area 6, `evaluate` ({_width(DUBAI_PIXEL_M)}), {shots}-shot, seeds {args.seeds} "
-                  f"({off['query_patches']} patches each; worst patch {100 * counts['worst']:.1f} %)", counts["compared"], counts["agreeing"], accuracy,
+                  f"({off['query_patches']} patches each; worst patch {100 * counts['worst']:.1f} %)",
+                  counts["compared"], counts["agreeing"], accuracy,
                   {b: reports[b]["mean"]["f1"] for b in BACKENDS}), flush=True)
         print(f"<!-- {time.perf_counter() - started:.0f} s -->", flush=True)
 

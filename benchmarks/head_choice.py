@@ -210,8 +210,8 @@ def main() -> None:
             print(f"{'IoU of the class':>28} " + " ".join(f"{100 * result[c]['iou'][0]:>17.1f}  " for c in columns))
         if args.crf:  # the CRF's per-class bar: the class F1 it lowers most, in points
             print(f"{'worst F1 change with CRF':>28} " + " ".join(
-                _worst_f1_change(result[c.removesuffix("+crf")], result[c], names_of[domain]) if c.endswith("+crf") else f"{'':>19}"
-                for c in columns))
+                _worst_f1_change(result[c.removesuffix("+crf")], result[c], names_of[domain])
+                if c.endswith("+crf") else f"{'':>19}" for c in columns))
         for column, picked in picks.get(domain, {}).items():
             tally = ", ".join(f"{n} x{picked.count(n)}" for n in sorted(set(picked)))
             print(f"{column + ' picked':>28} {tally}")

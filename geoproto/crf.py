@@ -88,9 +88,9 @@ def params_for_resolution(pixel_size_m: float | None, bilateral_m: float | None 
     (one stride-8 feature cell), at most the paper's 80 px, and MIN_BILATERAL_PX without a metric grid;
     colour range 5, weight 5; Gaussian 3 px, weight 3. Chosen so that on every validation set the CRF
     raises OA and costs no class more than 2 F1 points, whichever scoring ``segment`` picks (figures:
-    ``benchmarks/crf_settings.py``, the README's DenseCRF entry). ``bilateral_m``, a width the user asked for (honoured down to 3 px), replaces the rule's; it
-    is refused without a metric grid, where it has no width in pixels (a width the user chose is not
-    swapped for another silently). ``overrides`` are CRFParams fields (``bilateral_sxy`` in pixels wins
+    ``benchmarks/crf_settings.py``, the README's DenseCRF entry). ``bilateral_m``, a width the user asked
+    for (honoured down to 3 px), replaces the rule's; it is refused without a metric grid, where it has no
+    width in pixels (a width the user chose is not swapped for another silently). ``overrides`` are CRFParams fields (``bilateral_sxy`` in pixels wins
     over both).
     """
     if "bilateral_sxy" in overrides:

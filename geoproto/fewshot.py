@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_ALPHA = 20.0
+from .validation import DEFAULT_ALPHA
 # Features come on a registered grid (``models.runtime``): cell (i, j) describes the pixel block
 # [8i, 8i + 8) x [8j, 8j + 8) of its window.
 FEATURE_STRIDE = 8

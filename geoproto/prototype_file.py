@@ -34,7 +34,7 @@ import numpy as np
 from . import __version__
 from .classes import MAX_CLASS_ID, ClassInfo, hex_to_rgb
 from .errors import GeoprotoError
-from .validation import ALPHA_MAX, check_number
+from .validation import ALPHA_MAX, DEFAULT_ALPHA, check_number
 
 FORMAT = "geoproto-prototypes"
 VERSION = 1
@@ -71,7 +71,7 @@ class PrototypeFile:
     # How windows are scored with it (``scoring_record``); its head's arrays are ``head``.
     scoring: dict = field(default_factory=lambda: scoring_record("prototypes", "plain prototypes (eq. 2)"))
     # The softmax scale it was made at: a linear head's weight is scaled by it (``heads.LinearHead``).
-    alpha: float = field(default_factory=lambda: _default_alpha())
+    alpha: float = DEFAULT_ALPHA
 
     def prototypes(self):
         """K x C float32 prototypes (torch), exactly as ``fewshot.PrototypeAccumulator.prototypes``."""
@@ -232,14 +232,6 @@ def file_sha256(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def _default_alpha() -> float:
-    """The softmax scale of a file that records none: the default it was then always made at (``heads``
-    imports torch, which loading a file's header does not need)."""
-    from .heads import DEFAULT_ALPHA
-
-    return DEFAULT_ALPHA
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -334,7 +326,7 @@ def _from_arrays(path: str, arrays: dict[str, np.ndarray]) -> PrototypeFile:
     scoring = _read_scoring(path, header.get("scoring"), head, k, channels)
     return PrototypeFile(classes, feature_sum, pixels, encoder, sources, bool(header.get("numbered_by_name")),
                          head, str(header.get("created", "")), str(header.get("geoproto_version", "")), path,
-                         scoring, _read_alpha(path, header.get("alpha", _default_alpha())))
+                         scoring, _read_alpha(path, header.get("alpha", DEFAULT_ALPHA)))
 
 
 def _read_alpha(path: str, alpha) -> float:

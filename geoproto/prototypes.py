@@ -67,13 +67,15 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
         encoder = {"name": encoder_label(info), "fingerprint": fingerprint, "channels": int(extract.out_channels),
                    "description": info}
         files, accumulators, supports = [], [], []
-        hashes: dict[str, str | None] = {}  # a support file given for several pairs is hashed once
+        # sha256 of each support file, once however many rasters share it
+        digests = {path: file_sha256(path) for path in dict.fromkeys(absolute_path(s) for _, s in pairs)}
         for (image, support), inputs in zip(pairs, opened):
             accumulator, classes, stats = accumulate_support(extract, [(inputs.support_source, inputs.labels)],
                                                              inputs.classes, options.tile_size, options.overlap,
                                                              batch_size, head)
             files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(),
-                                       encoder, [_provenance(inputs, support, options, stats["pixels"], hashes)],
+                                       encoder, [_provenance(inputs, support, digests[absolute_path(support)], options,
+                                                   stats["pixels"])],
                                        inputs.polygons is not None and inputs.polygons.numbered_by_name,
                                        scoring=scoring, alpha=options.alpha))
             accumulators.append(accumulator)
@@ -167,18 +169,15 @@ def _cross_validation_pairs(opened: list[Inputs], supports: list[str]
     return pooled, classes
 
 
-def _provenance(inputs: Inputs, support: str, options: SegmentOptions, pixels: dict[str, int],
-                hashes: dict[str, str | None]) -> dict:
+def _provenance(inputs: Inputs, support: str, support_sha256: str | None, options: SegmentOptions,
+                pixels: dict[str, int]) -> dict:
     """Where a support's prototypes come from and what the encoder saw: the raster the labels lie on, its
-    bands, input scaling and ground resolution. ``hashes``: the support files' sha256 by absolute path,
-    filled as met (a support shared by many rasters is hashed once)."""
+    bands, input scaling and ground resolution."""
     labelled = inputs.support_source
     src = labelled.dataset
     crs = src.crs if options.support_image else inputs.crs
-    path = absolute_path(support)
-    if path not in hashes:
-        hashes[path] = file_sha256(support)
-    return {"image": absolute_path(labelled.path), "support": path, "support_sha256": hashes[path],
+    return {"image": absolute_path(labelled.path), "support": absolute_path(support),
+            "support_sha256": support_sha256,
             "bands": list(labelled.bands), "dtype": src.dtypes[labelled.bands[0] - 1],
             "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": pixel_size_m(src, crs),
             "crs": crs.to_string() if crs is not None else None, "pixels": pixels}

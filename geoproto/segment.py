@@ -33,7 +33,6 @@ from .classifier import Classifier, fit_support
 from .distributed import ClassifierRecipe, EncoderRecipe, cluster, import_distributed, run_on_cluster
 from .errors import GeoprotoError
 from .heads import DEFAULT_VARIANT, VARIANTS
-from .fewshot import DEFAULT_ALPHA
 from .inputs import Inputs, open_image, open_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
@@ -46,7 +45,7 @@ from .raster import block_cache, component_files, pixel_area_m2, pixel_size_m
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
 from .tiling import tile_grid
-from .validation import ALPHA_MAX, MAX_WORKERS, check_number
+from .validation import ALPHA_MAX, DEFAULT_ALPHA, MAX_WORKERS, check_number
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
@@ -251,8 +250,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     started = time.perf_counter()
     check_tiling(options)
     taught = _prototype_file(support, options)
-    if taught is not None:
-        options = replace(options, encoder=taught.encoder_choice(options.encoder))
+    if taught is not None:  # the file's encoder (for auto) and alpha (unless one was given), for everything after
+        options = replace(options, encoder=taught.encoder_choice(options.encoder),
+                          alpha=taught.alpha if options.alpha is None else options.alpha)
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend) if options.crf else None
     several = len(jobs) > 1
@@ -339,7 +339,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                                                               **job_inputs), job.tiles, len(classifier.classes.ids),
                                       job.paths.probabilities is not None) if options.resume else None
                     journals += [journal] if journal else []
-                    results.append({**_segment_input(job, classifier, crf_backend, batch_size, workers, metadata,
+                    results.append({**_segment_input(job, classifier, batch_size, workers, metadata,
                                                      journal, bar, (client, recipe) if recipe else None), **shared})
                 job.inputs.close()
         if not several:  # the whole run's time, the encoder and the support included
@@ -368,18 +368,18 @@ def _naming(image: str, several: bool):
         raise
 
 
-def _segment_input(job: _Job, classifier: Classifier, crf_backend: str | None, batch_size: int, workers: int,
-                   metadata: dict, journal: Journal | None, bar, dask: tuple | None) -> dict:
+def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: int, metadata: dict,
+                   journal: Journal | None, bar, dask: tuple | None) -> dict:
     """One input's windows labelled by ``classifier``, written (after the journal's, with ``resume``) and
     finished in the staging folder, on the Dask cluster when ``dask`` gives its (client, EncoderRecipe);
     returns its summary."""
     started = time.perf_counter()
     options, paths, source, crs, tiles = job.options, job.paths, job.inputs.source, job.inputs.crs, job.tiles
+    refine = job.refine
     raster_format, vector_format = _output_formats(job.output, options)
     output_bytes = 1 + (4 * len(classifier.classes.ids) if paths.probabilities else 0)  # classes, probabilities
     src = source.dataset
     with block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
-        refine = job.refine
         if journal is not None:
             classifier = replace(classifier, prototypes=journal.keep_prototypes(classifier.prototypes))
         with gdal_write_errors(job.output):
@@ -410,7 +410,7 @@ def _segment_input(job: _Job, classifier: Classifier, crf_backend: str | None, b
         "classes": finished["areas"], "nodata_pixels": int(finished["counts"][NODATA]),
         "min_area_pixels": finished["min_pixels"] or None, "overviews": finished["overviews"],
         "stage_seconds": run.stage_seconds,
-        "crf": {"enabled": options.crf, **({"backend": crf_backend, "iterations": refine.params.iterations,
+        "crf": {"enabled": options.crf, **({"backend": refine.backend, "iterations": refine.params.iterations,
                                             "bilateral_sxy_px": round(refine.params.bilateral_sxy, 2),
                                             "tiles_kept_unrefined": run.crf_rejected + resumed_rejected}
                                            if options.crf else {})},

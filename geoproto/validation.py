@@ -10,8 +10,9 @@ import os
 
 from .errors import GeoprotoError
 
-# Softmax scale of cosine similarities: beyond this every softmax is one-hot already (and large values
-# overflow to NaN in bfloat16).
+# Softmax scale of cosine similarities (eq. 3: the paper's 20); beyond ALPHA_MAX every softmax is one-hot
+# already (and large values overflow to NaN in bfloat16).
+DEFAULT_ALPHA = 20.0
 ALPHA_MAX = 1000.0
 # Worker processes (DenseCRF, data loading) one run may start.
 MAX_WORKERS = 256

@@ -15,8 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..errors import GeoprotoError
-from ..heads import DEFAULT_ALPHA
-from ..validation import MAX_WORKERS, check_number
+from ..validation import DEFAULT_ALPHA, MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES
 from ..training import DATASETS
@@ -105,11 +104,16 @@ def option_hint(param: str) -> str:
     return param
 
 
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user set the parameter ``name`` (on the command line or through the environment)."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
 def command_line(ctx: click.Context) -> str:
     """The invocation, rebuilt from the arguments and the options the user set, to record how a result
     was made."""
-    from click.core import ParameterSource
-
     words = ["geoproto", ctx.info_name]
     for param in ctx.command.params:
         if isinstance(param, click.Argument):
@@ -118,7 +122,7 @@ def command_line(ctx: click.Context) -> str:
     for param in ctx.command.params:
         if not isinstance(param, click.Option) or param.name in ("debug", "quiet", "as_json"):
             continue
-        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None):
+        if not _given(ctx, param.name):
             continue
         value = ctx.params[param.name]
         if param.is_flag:
@@ -282,9 +286,7 @@ crf_backend_option = click.option(
 
 def _given_or_none(ctx, param, value):
     """The option's value if the user gave it, else None (the library then picks: ``SegmentOptions.alpha``)."""
-    from click.core import ParameterSource
-
-    return None if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None) else value
+    return value if _given(ctx, param.name) else None
 
 
 alpha_option = click.option(
