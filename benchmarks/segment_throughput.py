@@ -10,7 +10,7 @@ fresh process so peak resident memory is its own:
 - ``naive``: read one window, model in float32 batch 1, CRF (pydensecrf2), write, one tile at a time.
 
 First it measures the CRF alone on real 417 px Dubai windows (the resolution rule's kernel at 0.3 m, as
-``segment`` sets it: 16 px): windows
+``segment`` sets it: 12 px): windows
 per second of the torch backend (batches on ``--device``, torch's threads) against the pydensecrf2 pool
 (one process per core), on the same cores. Prints the encoder's speed at each CPU thread count, then
 tiles per second, seconds per stage, peak RSS, and the ratios.
