@@ -11,7 +11,7 @@ import numpy as np
 
 from .classes import ClassInfo
 from .errors import GeoprotoError
-from .raster import RasterSource
+from .raster import RasterSource, shared_scaling
 from .support import VectorLabels, load_support
 from .tiling import Tile
 
@@ -111,6 +111,29 @@ def support_pairs(opened: list[Inputs], support: str) -> tuple[list[tuple[Raster
         warnings.warn(f"{support}: no polygon of class(es) {', '.join(missing)} overlaps any input: left out")
         classes = classes.subset(used)
     return [(inputs.source, inputs.labels) for inputs in touched], classes
+
+
+def share_scaling(opened: list[Inputs]) -> bool:
+    """Give the rasters of inputs processed together one stretch (``raster.shared_scaling``), so that
+    tiles of one orthophoto given as separate files are scaled as the whole would be; whether they now
+    share one (not when their bands differ in data type or count, nor for byte bands, never stretched).
+    Each raster is read once however many inputs hold it, and its handles closed again."""
+    by_path: dict[str, list[RasterSource]] = {}
+    for inputs in opened:
+        for source in {id(s): s for s in (inputs.source, inputs.support_source)}.values():
+            by_path.setdefault(source.path, []).append(source)
+    distinct = [sources[0] for sources in by_path.values()]
+    try:
+        scale = shared_scaling(distinct)
+    finally:
+        for source in distinct:
+            source.close()
+    if scale is None:
+        return False
+    for sources in by_path.values():
+        for source in sources:
+            source.scale = scale
+    return True
 
 
 def open_image(image: str, classes: ClassInfo, bands: list[int] | None = None,

@@ -255,7 +255,27 @@ def band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple
     byte_bands = all(src.dtypes[b - 1] == "uint8" for b in bands)
     if byte_bands and all_valid(src, bands):
         return [(0.0, 255.0)] * len(bands)  # no nodata, no alpha, no NaN: nothing to read
-    factor = max(1, int(np.ceil(max(src.height, src.width) / STATS_MAX_SIDE)))
+    values = _valid_sample(src, bands, max(1, int(np.ceil(max(src.height, src.width) / STATS_MAX_SIDE))))
+    return [(0.0, 255.0)] * len(bands) if byte_bands else _percentile_scaling(values)
+
+
+def shared_scaling(sources: list[RasterSource]) -> list[tuple[float, float]] | None:
+    """One stretch for rasters processed together (the tiles of one orthophoto, say): the percentiles of
+    their valid pixels pooled, each raster sampled in proportion to its pixels, so that the same ground
+    gets the same input values in every raster, as it does in every window of one. None where the rasters
+    cannot share one (bands of different data types or counts) or need none (byte bands)."""
+    types = {tuple(source.dataset.dtypes[b - 1] for b in source.bands) for source in sources}
+    if len(types) != 1 or all(dtype == "uint8" for dtype in next(iter(types))):
+        return None
+    total = sum(source.dataset.height * source.dataset.width for source in sources)
+    factor = max(1, int(np.ceil(np.sqrt(total) / STATS_MAX_SIDE)))
+    return _percentile_scaling(np.concatenate([_valid_sample(source.dataset, source.bands, factor)
+                                               for source in sources], axis=1))
+
+
+def _valid_sample(src: rasterio.io.DatasetReader, bands: list[int], factor: int) -> np.ndarray:
+    """Bands x pixels: the valid pixels of a read decimated by ``factor`` (the raster's blocks if none of
+    the decimated samples is valid); refuses a raster without any."""
     shape = (len(bands), max(1, src.height // factor), max(1, src.width // factor))
     try:
         values = _valid_values(src.read(bands, out_shape=shape, masked=True))
@@ -267,8 +287,11 @@ def band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple
     if values.shape[1] == 0:
         # Declared nodata, NaN and a transparent alpha band all count: none of them can be segmented.
         raise GeoprotoError(f"{src.name}: no valid pixels (all nodata, NaN or transparent)")
-    if byte_bands:
-        return [(0.0, 255.0)] * len(bands)
+    return values
+
+
+def _percentile_scaling(values: np.ndarray) -> list[tuple[float, float]]:
+    """Per band of ``values`` (bands x pixels) its (2nd, 98th) percentiles (a constant band: its range)."""
     scale = []
     for band in values:
         low, high = np.percentile(band, STRETCH_PERCENTILES)

@@ -33,7 +33,7 @@ from .classifier import Classifier, fit_support
 from .distributed import ClassifierRecipe, EncoderRecipe, cluster, import_distributed, run_on_cluster
 from .errors import GeoprotoError
 from .heads import DEFAULT_VARIANT, VARIANTS
-from .inputs import Inputs, open_image, open_inputs, support_pairs
+from .inputs import Inputs, open_image, open_inputs, share_scaling, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
@@ -51,6 +51,8 @@ DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
 
 SCORING_CHOICES = ("auto", *VARIANTS)
+# How several inputs are stretched: one stretch pooled over them (``inputs.share_scaling``) or each its own.
+STRETCH_CHOICES = ("shared", "per-input")
 
 
 @dataclass
@@ -89,6 +91,7 @@ class SegmentOptions:
     # How windows are scored (heads.VARIANTS), or "auto": as the cross-validation of the support polygons
     # picks (plain prototypes unless a variant beats them reliably; prototypes without polygons).
     scoring: str = "auto"
+    stretch: str = "shared"  # STRETCH_CHOICES: several inputs' stretch (one raster always has one)
     # Outputs
     # Cross-validate polygon support and put the report in the summary (done anyway for encoder and
     # scoring auto).
@@ -125,6 +128,8 @@ class SegmentOptions:
                 setattr(self, name, check_number(name, value, low, high, min_open, name in _INTEGER_FIELDS))
         if self.scoring not in SCORING_CHOICES:
             raise GeoprotoError(f"{self.scoring!r}: choose {', '.join(SCORING_CHOICES)}", param="scoring")
+        if self.stretch not in STRETCH_CHOICES:
+            raise GeoprotoError(f"{self.stretch!r}: choose {', '.join(STRETCH_CHOICES)}", param="stretch")
         if self.dask_scheduler and self.dask_local:
             raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
                                 param="dask_local")
@@ -288,6 +293,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                     raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS",
                                         param="min_area")
             job.inputs.close()
+        # Tiles of one orthophoto as separate files are stretched as the whole would be.
+        stretch = None if not several else "shared" if options.stretch == "shared" and share_scaling(
+            [job.inputs for job in jobs]) else "per-input"
         supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
             else (None, taught.classes)
         batch_size = options.batch_size or default_batch_size(device)
@@ -321,6 +329,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             warnings.warn(f"{len(skipped)} input(s) outside the area, skipped (no output): {', '.join(skipped)}")
             jobs = [job for job in jobs if job.tiles]
         shared = {"device": device.type, "encoder": encoder_info, "scoring": scoring, "support": support_stats,
+                  **({"stretch": stretch} if stretch else {}),
                   **({"support_check": check} if check else {}), **({"skipped": skipped} if skipped else {})}
         metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
                     "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",

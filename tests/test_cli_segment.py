@@ -1106,10 +1106,12 @@ PIECES = ("--tile-size", "128", "--overlap", "16", "--no-crf")
 @pytest.mark.slow
 def test_three_rasters_with_support_on_one(paths, tmp_path):
     """Prototypes from the support on ``a`` segment all three rasters: each output lies exactly on its input
-    and equals segmenting that input alone with ``a``'s prototypes (--support-image)."""
+    and equals segmenting that input alone with ``a``'s prototypes (--support-image), each raster with its
+    own stretch (``--stretch per-input``, as a single run has)."""
     pieces = three_pieces(paths.chip, tmp_path / "flight")
     support = support_on(paths.support, pieces[0], tmp_path / "support_a.gpkg")
-    result = run(*pieces, "-s", support, "--output-dir", tmp_path / "out", *PIECES, "--json", "-q")
+    result = run(*pieces, "-s", support, "--output-dir", tmp_path / "out", *PIECES, "--json", "-q",
+                 "--stretch", "per-input")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert [item["input"] for item in summary["inputs"]] == [str(p) for p in pieces]
@@ -1125,6 +1127,33 @@ def test_three_rasters_with_support_on_one(paths, tmp_path):
             assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
             np.testing.assert_array_equal(out.read(1), expected.read(1))
             assert len(np.unique(out.read(1))) >= 3  # real maps, not one class
+
+
+@pytest.mark.slow
+def test_the_same_pixels_in_two_inputs_get_the_same_labels(paths, spacenet_crop, tmp_path):
+    """Two inputs over the same ground, the second with its right 40 % blanked to a dark constant, which
+    moves its own 2-98 % stretch: with the run's shared stretch (the default) the untouched part gets the
+    same labels in both, as windows of one raster would; each with its own stretch it does not."""
+    with rasterio.open(spacenet_crop) as src:
+        profile, data = src.profile, src.read()
+    data[:, :, 432:] = 1  # valid (nodata is 0), far below the chip's values
+    folder = tmp_path / "flight"
+    folder.mkdir()
+    shutil.copy(spacenet_crop, folder / "a.tif")
+    with rasterio.open(folder / "b.tif", "w", **profile) as dst:
+        dst.write(data)
+    untouched = np.s_[:, :300]  # cores of windows that reach no blanked pixel (128 px windows, 16 px context)
+    labels = {}
+    for stretch in ("shared", "per-input"):
+        out = tmp_path / stretch
+        result = run(folder / "a.tif", folder / "b.tif", "-s", paths.support, "--output-dir", out, *PIECES,
+                     "--stretch", stretch, "--json", "-q")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["stretch"] == stretch
+        labels[stretch] = [rasterio.open(out / name).read(1)[untouched] for name in ("a.tif", "b.tif")]
+    np.testing.assert_array_equal(*labels["shared"])
+    assert len(np.unique(labels["shared"][0])) >= 2
+    assert (labels["per-input"][0] != labels["per-input"][1]).mean() > 0.01
 
 
 @pytest.mark.slow

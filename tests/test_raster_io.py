@@ -17,9 +17,9 @@ from rasterio.warp import calculate_default_transform, reproject
 from geoproto.errors import GeoprotoError
 from geoproto.classes import NODATA, ClassInfo, read_class_file
 from geoproto.output import ResultWriter, class_areas, class_histogram, write_legend
-from geoproto.raster import RasterSource, open_raster
+from geoproto.raster import RasterSource, open_raster, shared_scaling
 from geoproto.support import RasterLabels
-from geoproto.tiling import tile_grid
+from geoproto.tiling import Tile, tile_grid
 
 TILE, OVERLAP = 128, 16
 # Share of labelled pixels allowed to differ after label raster -> EPSG:4326 -> back, both with nearest
@@ -204,6 +204,52 @@ def test_uint16_single_band_scaled_once_for_the_whole_raster(spacenet, chip):
             own_stretch.append(tuple(np.percentile(raw, (2, 98))))
     # A per-tile stretch would have differed between these tiles; the global one did not.
     assert own_stretch[0] != own_stretch[1]
+
+
+def _uint16(path, data: np.ndarray, dtype: str = "uint16") -> str:
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=dtype, crs="EPSG:32616", transform=Affine(0.5, 0, 0, 0, -0.5, 0), nodata=0) as dst:
+        dst.write(data.astype(dtype))
+    return str(path)
+
+
+def test_rasters_processed_together_share_one_stretch(tmp_path):
+    """A dark and a bright raster holding the same 32 x 32 patch: each stretched by its own percentiles the
+    patch becomes two different model inputs; with the pooled stretch (the percentiles of both rasters'
+    pixels together, as of one raster) it becomes the same input in both."""
+    rng = np.random.default_rng(0)
+    patch = rng.integers(500, 3000, (3, 32, 32))
+    dark, bright = rng.integers(100, 1000, (3, 64, 96)), rng.integers(1000, 4000, (3, 96, 64))
+    dark[:, :32, :32], bright[:, 40:72, 8:40] = patch, patch
+    sources = [RasterSource.open(_uint16(tmp_path / "dark.tif", dark)),
+               RasterSource.open(_uint16(tmp_path / "bright.tif", bright))]
+    assert sources[0].scale != sources[1].scale
+
+    def patch_inputs():
+        with sources[0], sources[1]:
+            first = sources[0].read(Tile(0, 0, 32, 32, 0, 32, 0, 32), 32)[0]
+            second = sources[1].read(Tile(40, 8, 32, 32, 0, 32, 0, 32), 32)[0]
+        return first, second
+
+    assert not np.allclose(*patch_inputs())
+    pooled = shared_scaling(sources)
+    pixels = np.concatenate([dark.reshape(3, -1), bright.reshape(3, -1)], axis=1)
+    np.testing.assert_allclose(pooled, [np.percentile(band, (2, 98)) for band in pixels])
+    for source in sources:
+        source.scale = pooled
+    np.testing.assert_array_equal(*patch_inputs())
+
+
+def test_rasters_that_cannot_share_a_stretch(tmp_path):
+    """Bands of different data types or counts keep their own stretch; byte bands are never stretched."""
+    data = np.random.default_rng(1).integers(1, 200, (3, 16, 16))
+    uint16, float32, byte = (RasterSource.open(_uint16(tmp_path / f"{dtype}.tif", data, dtype))
+                             for dtype in ("uint16", "float32", "uint8"))
+    single = RasterSource.open(_uint16(tmp_path / "single.tif", data[:1]))
+    assert shared_scaling([uint16, float32]) is None
+    assert shared_scaling([uint16, single]) is None
+    assert shared_scaling([byte, byte]) is None
+    np.testing.assert_allclose(shared_scaling([uint16]), uint16.scale)  # alone: its own
 
 
 def test_nodata_pixels_are_invalid(spacenet, tmp_path):

@@ -44,6 +44,13 @@ def test_segment_options_refuse_bad_numbers(field, value):
         SegmentOptions(**{field: value})
 
 
+@pytest.mark.parametrize("field, value, choices", [("scoring", "best", "auto, prototypes, multiscale, linear, "
+                                                   "multiscale\\+linear"), ("stretch", "global", "shared, per-input")])
+def test_segment_options_refuse_unknown_choices(field, value, choices):
+    with pytest.raises(GeoprotoError, match=f"^{field}: '{value}': choose {choices}$"):
+        SegmentOptions(**{field: value})
+
+
 @pytest.mark.parametrize("field, value", [("bilateral_srgb", 0.0), ("gaussian_sxy", math.nan),
                                           ("bilateral_sxy", math.inf), ("iterations", 0), ("guard_keep", 2.0),
                                           ("bilateral_compat", -1.0)])

@@ -17,7 +17,7 @@ from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..errors import GeoprotoError
 from ..validation import DEFAULT_ALPHA, MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
-from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES
+from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES, STRETCH_CHOICES
 from ..training import DATASETS
 
 
@@ -295,6 +295,13 @@ alpha_option = click.option(
     help="Softmax scale of the cosine similarities. A prototype file records the one it was made at; segment "
          "--prototypes uses it unless --alpha is given (a linear head's weights are then rescaled by the ratio).")
 """``--alpha`` of ``segment`` and ``prototypes``; None when not given, so that a prototype file's own applies."""
+
+
+stretch_option = click.option(
+    "--stretch", type=click.Choice(STRETCH_CHOICES), default="shared", show_default=True,
+    help="With several rasters of 16-bit or float bands: one 2-98 % stretch pooled over them (tiles of one "
+         "orthophoto scale as the whole would) or per-input, each its own (unrelated scenes).")
+"""``--stretch`` of ``segment`` and ``prototypes``."""
 
 
 def scoring_option(help_text: str):

@@ -7,7 +7,8 @@ import click
 
 from ..segment import SegmentOptions
 from .options import (alpha_option, encoding_options, handle_errors, json_option, not_stdio, overwrite_option,
-                      print_json, printable, quiet_option, scoring_option, support_options, window_options)
+                      print_json, printable, quiet_option, scoring_option, stretch_option, support_options,
+                      window_options)
 
 
 @click.command("prototypes")
@@ -22,6 +23,7 @@ from .options import (alpha_option, encoding_options, handle_errors, json_option
 @encoding_options
 @window_options
 @alpha_option
+@stretch_option
 @scoring_option("How segment --prototypes will score windows, as segment --scoring: the file keeps the "
                 "features of its scales (multiscale: 1x and 2x) and the linear head fitted on the support; "
                 "auto cross-validates the support polygons and picks as segment would.")
