@@ -168,6 +168,20 @@ class PrototypeFile:
                 f"prototypes with this run's", param="prototypes",
                 mentions=("encoder", "checkpoint", "init_weights"))
 
+    def stretch(self, dtype: str, bands: int) -> list[tuple[float, float]] | None:
+        """The stretch its supports were read with, for a raster of ``bands`` bands of ``dtype`` to be scaled
+        as they were (the same ground, the same model input); None when the supports were read with
+        different stretches (files merged from separate runs) or the raster's bands are of another kind."""
+        scalings = {json.dumps(source.get("scaling")) for source in self.sources}
+        if len(scalings) != 1 or any(source.get("dtype") != dtype or len(source.get("bands", ())) != bands
+                                     for source in self.sources):
+            return None
+        try:
+            scale = [(float(low), float(high)) for low, high in self.sources[0]["scaling"]]
+        except (TypeError, ValueError):
+            return None
+        return scale if len(scale) == bands and all(low < high for low, high in scale) else None
+
     def check_raster(self, image: str, bands: int, pixel_size_m: float | None) -> list[str]:
         """Warnings (also issued) when ``image`` differs from the supports in what the encoder is sensitive
         to: ground resolution (beyond ``RESOLUTION_TOLERANCE``) and single band vs colour."""

@@ -40,7 +40,7 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
                      class_areas, class_histogram, convert_to_cog, driver_name, gdal_write_errors, output_driver,
                      sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
-from .prototype_file import load_prototypes
+from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, component_files, pixel_area_m2, pixel_size_m
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
@@ -293,9 +293,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                     raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS",
                                         param="min_area")
             job.inputs.close()
-        # Tiles of one orthophoto as separate files are stretched as the whole would be.
-        stretch = None if not several else "shared" if options.stretch == "shared" and share_scaling(
-            [job.inputs for job in jobs]) else "per-input"
+        stretch = _stretch([job.inputs for job in jobs], taught, options.stretch)
         supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
             else (None, taught.classes)
         batch_size = options.batch_size or default_batch_size(device)
@@ -329,7 +327,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             warnings.warn(f"{len(skipped)} input(s) outside the area, skipped (no output): {', '.join(skipped)}")
             jobs = [job for job in jobs if job.tiles]
         shared = {"device": device.type, "encoder": encoder_info, "scoring": scoring, "support": support_stats,
-                  **({"stretch": stretch} if stretch else {}),
+                  "stretch": stretch,
                   **({"support_check": check} if check else {}), **({"skipped": skipped} if skipped else {})}
         metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
                     "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
@@ -375,6 +373,25 @@ def _naming(image: str, several: bool):
         if several and image not in exc.message:
             raise GeoprotoError(f"{image}: {exc.message}", exc.param, exc.mentions) from None
         raise
+
+
+def _stretch(opened: list[Inputs], taught: PrototypeFile | None, asked: str) -> str:
+    """Stretch the inputs as asked (``SegmentOptions.stretch``) and say how: ``prototype file`` (as the
+    file's supports were read, where it fits every input: the same ground, the same model input),
+    ``shared`` (one stretch pooled over several inputs, ``inputs.share_scaling``: tiles of one orthophoto
+    as separate files scale as the whole would) or ``per-input`` (each its own)."""
+    if asked != "shared":
+        return "per-input"
+    if taught is not None:
+        scales = [taught.stretch(inputs.source.dataset.dtypes[inputs.source.bands[0] - 1], len(inputs.source.bands))
+                  for inputs in opened]
+        for inputs in opened:
+            inputs.source.close()
+        if all(scale is not None for scale in scales):
+            for inputs, scale in zip(opened, scales):
+                inputs.source.scale = scale
+            return "prototype file"
+    return "shared" if len(opened) > 1 and share_scaling(opened) else "per-input"
 
 
 def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: int, metadata: dict,

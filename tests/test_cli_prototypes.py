@@ -139,6 +139,34 @@ def test_segment_with_the_file_gives_the_labels_of_segment_with_the_support(path
     assert summary["pixels"] == json.loads(direct.stdout)["support"]["pixels"]
 
 
+def test_a_raster_scored_with_a_file_is_stretched_as_its_supports_were(paths, spacenet_crop, tmp_path):
+    """A file made on the crop scores a copy of it whose right 40 % is blanked dark (its own percentiles
+    move): read with the file's stretch, the untouched part gets the crop's labels; with its own
+    (``--stretch per-input``) it does not."""
+    tiling = ["--tile-size", 128, "--overlap", 16]
+    made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / "p.gpp", *tiling,
+               "--scoring", "prototypes", "-q")
+    assert made.exit_code == 0, made.output
+    with rasterio.open(spacenet_crop) as src:
+        profile, data = src.profile, src.read()
+    data[:, :, 432:] = 1  # valid (nodata is 0), far below the chip's values
+    with rasterio.open(tmp_path / "dark.tif", "w", **profile) as dst:
+        dst.write(data)
+    untouched = np.s_[:, :300]  # cores of windows that reach no blanked pixel
+    common = [*tiling, "--prototypes", tmp_path / "p.gpp", "--no-crf", "--no-overviews", "--json", "-q"]
+    labels = {}
+    for name, image, stretch in (("crop", spacenet_crop, "shared"), ("dark", tmp_path / "dark.tif", "shared"),
+                                 ("own", tmp_path / "dark.tif", "per-input")):
+        result = run("segment", image, "-o", tmp_path / f"labels-{name}.tif", "--stretch", stretch, *common)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["stretch"] == ("prototype file" if stretch == "shared" else "per-input")
+        with rasterio.open(tmp_path / f"labels-{name}.tif") as src:
+            labels[name] = src.read(1)[untouched]
+    np.testing.assert_array_equal(labels["crop"], labels["dark"])
+    assert len(np.unique(labels["crop"])) == 3
+    assert (labels["own"] != labels["crop"]).mean() > 0.01
+
+
 def test_segment_refuses_a_file_of_another_encoder_naming_both(scene, tmp_path):
     image, support = scene
     made = run("prototypes", image, "-s", support, "-o", tmp_path / "i.gpp", "--encoder", "imagenet",

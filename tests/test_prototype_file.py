@@ -364,6 +364,20 @@ def test_pairs_built_in_one_run_share_a_stretch(paths, spacenet_crop, tmp_path, 
     assert (first == second) == (stretch == "shared")
 
 
+def test_a_file_gives_its_supports_stretch_only_where_it_fits(halves):
+    """The supports' stretch for a raster of the same kind of bands; none for another kind, nor for a file
+    whose supports were read with different stretches (merged from separate runs)."""
+    _, built = halves
+    whole = built["whole"]
+    (source,) = whole.sources
+    assert whole.stretch("uint16", 1) == [tuple(source["scaling"][0])]
+    assert whole.stretch("uint8", 1) is None and whole.stretch("uint16", 3) is None
+    other = copy.deepcopy(whole)
+    other.sources[0]["scaling"] = [[source["scaling"][0][0] + 1, source["scaling"][0][1]]]
+    assert merge([whole, other]).stretch("uint16", 1) is None
+    assert merge([whole, copy.deepcopy(whole)]).stretch("uint16", 1) == whole.stretch("uint16", 1)
+
+
 def test_built_file_records_encoder_scaling_resolution_and_provenance(halves, paths, spacenet_crop, tmp_path):
     _, built = halves
     whole = built["whole"]

@@ -299,8 +299,9 @@ alpha_option = click.option(
 
 stretch_option = click.option(
     "--stretch", type=click.Choice(STRETCH_CHOICES), default="shared", show_default=True,
-    help="With several rasters of 16-bit or float bands: one 2-98 % stretch pooled over them (tiles of one "
-         "orthophoto scale as the whole would) or per-input, each its own (unrelated scenes).")
+    help="16-bit or float bands: shared stretches several rasters with one 2-98 % stretch pooled over them "
+         "(tiles of one orthophoto scale as the whole would), and rasters scored with a prototype file as its "
+         "supports were; per-input gives each raster its own (unrelated scenes).")
 """``--stretch`` of ``segment`` and ``prototypes``."""
 
 
