@@ -113,16 +113,26 @@ def support_pairs(opened: list[Inputs], support: str) -> tuple[list[tuple[Raster
     return [(inputs.source, inputs.labels) for inputs in touched], classes
 
 
+def stretch_inputs(opened: list[Inputs], asked: str) -> str:
+    """Stretch the rasters of inputs processed together as asked (``SegmentOptions.stretch``): ``shared``
+    when they now share one (``share_scaling``), else ``per-input`` (each its own)."""
+    return "shared" if asked == "shared" and share_scaling(opened) else "per-input"
+
+
 def share_scaling(opened: list[Inputs]) -> bool:
-    """Give the rasters of inputs processed together one stretch (``raster.shared_scaling``), so that
-    tiles of one orthophoto given as separate files are scaled as the whole would be; whether they now
-    share one (not when their bands differ in data type or count, nor for byte bands, never stretched).
-    Each raster is read once however many inputs hold it, and its handles closed again."""
+    """Give the rasters of inputs processed together, the support image's included, one stretch
+    (``raster.shared_scaling``), so that tiles of one orthophoto given as separate files are scaled as the
+    whole would be, and labels drawn on one raster teach on the scale of the others; whether they now
+    share one (not a single raster, which has its own; not when their bands differ in data type or
+    count, nor for byte bands, never stretched). Each raster is read once however many inputs hold it,
+    and its handles closed again."""
     by_path: dict[str, list[RasterSource]] = {}
     for inputs in opened:
         for source in {id(s): s for s in (inputs.source, inputs.support_source)}.values():
             by_path.setdefault(source.path, []).append(source)
     distinct = [sources[0] for sources in by_path.values()]
+    if len(distinct) < 2:
+        return False
     try:
         scale = shared_scaling(distinct)
     finally:

@@ -20,7 +20,7 @@ from .classes import MAX_CLASS_ID, ClassInfo
 from .classifier import accumulate_support
 from .errors import GeoprotoError
 from .heads import LINEAR, VARIANTS, SupportFit, at_scales
-from .inputs import Inputs, SupportLabels, share_scaling
+from .inputs import Inputs, SupportLabels, stretch_inputs
 from .models.runtime import default_batch_size, resolve_device
 from .output import StagedOutputs
 from .prototype_file import (PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge,
@@ -55,8 +55,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
             opened.append(options_inputs(image, support, options, read_files=read_files))
             opened[-1].close()  # handles reopen on use: a run over many pairs keeps few files open
             check_window_memory(options.tile_size, batch_size, len(opened[-1].classes.ids))
-        if len(opened) > 1 and options.stretch == "shared":  # as segment stretches the same rasters
-            share_scaling(opened)
+        stretch = stretch_inputs(opened, options.stretch)  # as segment stretches the same rasters
         extract, info, _, chosen = choose_encoder_and_scoring(
             *_cross_validation_pairs(opened, [support for _, support in pairs]), options, device, batch_size,
             want_report=options.scoring == "auto")
@@ -90,7 +89,8 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     fitted = {"weight": _pooled_fit(accumulators, files, pooled).fit(options.alpha).weight.numpy()} \
         if head == LINEAR else {}
     return replace(pooled, head=fitted, scoring=scoring), {"supports": supports, "device": device.type,
-                                                           "tile_size": options.tile_size, "overlap": options.overlap}
+                                                           "tile_size": options.tile_size, "overlap": options.overlap,
+                                                           "stretch": stretch}
 
 
 def _pooled_fit(accumulators: list[SupportFit], files: list[PrototypeFile], pooled: PrototypeFile) -> SupportFit:

@@ -87,8 +87,9 @@ class RasterSource:
 
     It owns its dataset handles: one per thread that reads (a GDAL handle must not be shared between
     threads), opened on first use and closed by ``close``; a copy sent to another process (pickled)
-    opens its own. The scaling is fixed when the source is opened, so every window, thread and
-    process scales alike.
+    opens its own. The scaling is set before any window is read (at open, from the raster's pixels; or
+    pooled over the rasters of a run by ``inputs.share_scaling``, or a prototype file's), so every window,
+    thread and process scales alike.
     """
 
     path: str

@@ -286,7 +286,7 @@ _FILE_OPTIONS = {"checkpoint", "init_weights", "classes_file", "support_image", 
 
 def segment_job(image: str, options, device: str, tiles: list[Tile], **inputs) -> dict:
     """The fingerprint of a ``segment`` job: what its windows' labels depend on (``inputs``: the files the
-    prototypes come from, by ``file_identity``)."""
+    prototypes come from, by ``file_identity``, and the stretch the raster is read with)."""
     settings = {}
     for name, value in vars(options).items():
         if name in UNRELATED_OPTIONS:

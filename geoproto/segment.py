@@ -33,7 +33,7 @@ from .classifier import Classifier, fit_support
 from .distributed import ClassifierRecipe, EncoderRecipe, cluster, import_distributed, run_on_cluster
 from .errors import GeoprotoError
 from .heads import DEFAULT_VARIANT, VARIANTS
-from .inputs import Inputs, open_image, open_inputs, share_scaling, support_pairs
+from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
@@ -342,8 +342,10 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             results = []
             for job in jobs:
                 with _naming(job.image, several):
+                    # the stretch itself: pooled, it also depends on inputs the area may have skipped
                     journal = Journal(job.output, segment_job(job.image, options, device.type, job.tiles,
-                                                              **job_inputs), job.tiles, len(classifier.classes.ids),
+                                                              stretch=job.inputs.source.scale, **job_inputs),
+                                      job.tiles, len(classifier.classes.ids),
                                       job.paths.probabilities is not None) if options.resume else None
                     journals += [journal] if journal else []
                     results.append({**_segment_input(job, classifier, batch_size, workers, metadata,
@@ -378,8 +380,7 @@ def _naming(image: str, several: bool):
 def _stretch(opened: list[Inputs], taught: PrototypeFile | None, asked: str) -> str:
     """Stretch the inputs as asked (``SegmentOptions.stretch``) and say how: ``prototype file`` (as the
     file's supports were read, where it fits every input: the same ground, the same model input),
-    ``shared`` (one stretch pooled over several inputs, ``inputs.share_scaling``: tiles of one orthophoto
-    as separate files scale as the whole would) or ``per-input`` (each its own)."""
+    or as ``inputs.stretch_inputs`` does (one stretch pooled over several rasters, or each its own)."""
     if asked != "shared":
         return "per-input"
     if taught is not None:
@@ -391,7 +392,7 @@ def _stretch(opened: list[Inputs], taught: PrototypeFile | None, asked: str) -> 
             for inputs, scale in zip(opened, scales):
                 inputs.source.scale = scale
             return "prototype file"
-    return "shared" if len(opened) > 1 and share_scaling(opened) else "per-input"
+    return stretch_inputs(opened, asked)
 
 
 def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: int, metadata: dict,

@@ -15,7 +15,7 @@ import torch
 
 from .classes import ClassInfo
 from .errors import GeoprotoError
-from .inputs import SupportLabels, support_pairs
+from .inputs import SupportLabels, stretch_inputs, support_pairs
 from .models.runtime import GRID, FeatureExtractor, default_batch_size, resolve_device
 from .raster import RasterSource, path_exists
 from .support import VectorLabels, is_raster
@@ -54,11 +54,12 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
     with contextlib.ExitStack() as stack:
         opened = [stack.enter_context(options_inputs(image, support, options, shared=len(images) > 1,
                                                      read_files=read_files)) for image in images]
+        stretch = stretch_inputs(opened, options.stretch)  # as segment reads the same rasters
         supports, classes = support_pairs(opened, support)
         check_window_memory(options.tile_size, batch_size, len(classes.ids))
         _, encoder_info, result = choose_encoder(supports, classes, options, device, batch_size, True, folds,
                                                  group_distance or DEFAULT_GROUP_DISTANCE_PX)
-    return {"inputs": images, "support": support, "encoder": encoder_info, **result}
+    return {"inputs": images, "support": support, "encoder": encoder_info, "stretch": stretch, **result}
 
 
 def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, classes: ClassInfo | None,

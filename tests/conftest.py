@@ -145,3 +145,19 @@ def spacenet_crop(tmp_path_factory) -> Path:
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(src.read(window=window))
     return path
+
+
+@pytest.fixture(scope="session")
+def dark_crop(spacenet_crop, tmp_path_factory) -> Path:
+    """``spacenet_crop`` with its right 40 % (columns 432 on) a dark constant: the same ground elsewhere, but
+    its own 2-98 % stretch moves. Columns up to 300 are the cores of 128 px windows (16 px context) that
+    reach no blanked pixel."""
+    import rasterio
+
+    path = tmp_path_factory.mktemp("dark-crop") / "dark.tif"
+    with rasterio.open(spacenet_crop) as src:
+        profile, data = src.profile, src.read()
+    data[:, :, 432:] = 1  # valid (nodata is 0), far below the chip's values
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path

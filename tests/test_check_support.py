@@ -447,11 +447,22 @@ def test_cli_pools_the_polygons_of_several_rasters(tmp_path, monkeypatch):
     assert both["inputs"] == [str(tmp_path / "left.tif"), str(tmp_path / "right.tif")]
     assert both["cross_validated"]["polygons"] == whole["cross_validated"]["polygons"] == 36
     assert both["cross_validated"]["rasters"] == 2
+    assert both["stretch"] == whole["stretch"] == "per-input"  # byte bands: never stretched
     assert {name: c["polygons"] for name, c in both["classes"].items()} == \
         {name: c["polygons"] for name, c in whole["classes"].items()}
     text = runner.invoke(main, ["check-support", *map(str, halves), "-s", str(support), "--group-distance", "16"])
     assert text.exit_code == 0, text.output
     assert " on 2 rasters over 5 spatial folds" in text.output.splitlines()[0]
+
+
+def test_rasters_cross_validated_together_share_the_stretch_segment_gives_them(paths, spacenet_crop, dark_crop):
+    """check-support reads several 16-bit rasters with the one stretch ``segment`` would pool over them."""
+    import json
+
+    result = CliRunner().invoke(main, ["check-support", str(spacenet_crop), str(dark_crop), "-s", str(paths.support),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stretch"] == "shared"
 
 
 def _near_and_far_boxes(tmp_path, image: Path) -> Path:

@@ -139,7 +139,7 @@ def test_segment_with_the_file_gives_the_labels_of_segment_with_the_support(path
     assert summary["pixels"] == json.loads(direct.stdout)["support"]["pixels"]
 
 
-def test_a_raster_scored_with_a_file_is_stretched_as_its_supports_were(paths, spacenet_crop, tmp_path):
+def test_a_raster_scored_with_a_file_is_stretched_as_its_supports_were(paths, spacenet_crop, dark_crop, tmp_path):
     """A file made on the crop scores a copy of it whose right 40 % is blanked dark (its own percentiles
     move): read with the file's stretch, the untouched part gets the crop's labels; with its own
     (``--stretch per-input``) it does not."""
@@ -147,16 +147,11 @@ def test_a_raster_scored_with_a_file_is_stretched_as_its_supports_were(paths, sp
     made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / "p.gpp", *tiling,
                "--scoring", "prototypes", "-q")
     assert made.exit_code == 0, made.output
-    with rasterio.open(spacenet_crop) as src:
-        profile, data = src.profile, src.read()
-    data[:, :, 432:] = 1  # valid (nodata is 0), far below the chip's values
-    with rasterio.open(tmp_path / "dark.tif", "w", **profile) as dst:
-        dst.write(data)
-    untouched = np.s_[:, :300]  # cores of windows that reach no blanked pixel
+    untouched = np.s_[:, :300]
     common = [*tiling, "--prototypes", tmp_path / "p.gpp", "--no-crf", "--no-overviews", "--json", "-q"]
     labels = {}
-    for name, image, stretch in (("crop", spacenet_crop, "shared"), ("dark", tmp_path / "dark.tif", "shared"),
-                                 ("own", tmp_path / "dark.tif", "per-input")):
+    for name, image, stretch in (("crop", spacenet_crop, "shared"), ("dark", dark_crop, "shared"),
+                                 ("own", dark_crop, "per-input")):
         result = run("segment", image, "-o", tmp_path / f"labels-{name}.tif", "--stretch", stretch, *common)
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["stretch"] == ("prototype file" if stretch == "shared" else "per-input")

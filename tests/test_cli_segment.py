@@ -1120,7 +1120,8 @@ def test_three_rasters_with_support_on_one(paths, tmp_path):
         "a.tif", "a.tif.aux.xml", "b.tif", "b.tif.aux.xml", "c.tif", "c.tif.aux.xml"]
     for piece in pieces:
         alone = tmp_path / f"alone_{piece.name}"
-        single = run(piece, "-s", support, "--support-image", pieces[0], "-o", alone, *PIECES, "-q")
+        single = run(piece, "-s", support, "--support-image", pieces[0], "-o", alone, *PIECES, "-q",
+                     "--stretch", "per-input")
         assert single.exit_code == 0, single.output
         with rasterio.open(piece) as src, rasterio.open(tmp_path / "out" / piece.name) as out, \
                 rasterio.open(alone) as expected:
@@ -1130,19 +1131,15 @@ def test_three_rasters_with_support_on_one(paths, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_same_pixels_in_two_inputs_get_the_same_labels(paths, spacenet_crop, tmp_path):
-    """Two inputs over the same ground, the second with its right 40 % blanked to a dark constant, which
+def test_the_same_pixels_in_two_inputs_get_the_same_labels(paths, spacenet_crop, dark_crop, tmp_path):
+    """Two inputs over the same ground, the second with its right 40 % blanked dark (``dark_crop``), which
     moves its own 2-98 % stretch: with the run's shared stretch (the default) the untouched part gets the
     same labels in both, as windows of one raster would; each with its own stretch it does not."""
-    with rasterio.open(spacenet_crop) as src:
-        profile, data = src.profile, src.read()
-    data[:, :, 432:] = 1  # valid (nodata is 0), far below the chip's values
     folder = tmp_path / "flight"
     folder.mkdir()
     shutil.copy(spacenet_crop, folder / "a.tif")
-    with rasterio.open(folder / "b.tif", "w", **profile) as dst:
-        dst.write(data)
-    untouched = np.s_[:, :300]  # cores of windows that reach no blanked pixel (128 px windows, 16 px context)
+    shutil.copy(dark_crop, folder / "b.tif")
+    untouched = np.s_[:, :300]
     labels = {}
     for stretch in ("shared", "per-input"):
         out = tmp_path / stretch
@@ -1154,6 +1151,15 @@ def test_the_same_pixels_in_two_inputs_get_the_same_labels(paths, spacenet_crop,
     np.testing.assert_array_equal(*labels["shared"])
     assert len(np.unique(labels["shared"][0])) >= 2
     assert (labels["per-input"][0] != labels["per-input"][1]).mean() > 0.01
+
+
+def test_a_support_image_shares_the_stretch_of_the_raster_it_teaches(paths, spacenet_crop, dark_crop, tmp_path):
+    """Labels drawn on one raster teach on the scale of the raster segmented (``--support-image``)."""
+    for stretch in ("shared", "per-input"):
+        result = run(dark_crop, "-s", paths.support, "--support-image", spacenet_crop, "-o", tmp_path / f"{stretch}.tif",
+                     *PIECES, "--stretch", stretch, "--json", "-q")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["stretch"] == stretch
 
 
 @pytest.mark.slow

@@ -345,21 +345,14 @@ def test_merging_two_supports_equals_building_from_both(halves):
 
 
 @pytest.mark.parametrize("stretch", ["shared", "per-input"])
-def test_pairs_built_in_one_run_share_a_stretch(paths, spacenet_crop, tmp_path, stretch):
+def test_pairs_built_in_one_run_share_a_stretch(paths, spacenet_crop, dark_crop, stretch):
     """Two rasters of one run (the crop, and the crop with its right 40 % blanked dark, which moves its
     percentiles) are stretched alike unless ``per-input`` is asked for; the provenance records the
     stretch each was read with."""
-    import rasterio
-
-    with rasterio.open(spacenet_crop) as src:
-        profile, data = src.profile, src.read()
-    data[:, :, 432:] = 1
-    with rasterio.open(tmp_path / "dark.tif", "w", **profile) as dst:
-        dst.write(data)
     options = SegmentOptions(scoring="prototypes", tile_size=320, overlap=32, encoder="imagenet", progress=False,
                              stretch=stretch)
     built, _ = build_prototype_file([(str(spacenet_crop), str(paths.support)),
-                                     (str(tmp_path / "dark.tif"), str(paths.support))], options)
+                                     (str(dark_crop), str(paths.support))], options)
     first, second = (source["scaling"] for source in built.sources)
     assert (first == second) == (stretch == "shared")
 

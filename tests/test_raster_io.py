@@ -206,13 +206,6 @@ def test_uint16_single_band_scaled_once_for_the_whole_raster(spacenet, chip):
     assert own_stretch[0] != own_stretch[1]
 
 
-def _uint16(path, data: np.ndarray, dtype: str = "uint16") -> str:
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=dtype, crs="EPSG:32616", transform=Affine(0.5, 0, 0, 0, -0.5, 0), nodata=0) as dst:
-        dst.write(data.astype(dtype))
-    return str(path)
-
-
 def test_rasters_processed_together_share_one_stretch(tmp_path):
     """A dark and a bright raster holding the same 32 x 32 patch: each stretched by its own percentiles the
     patch becomes two different model inputs; with the pooled stretch (the percentiles of both rasters'
@@ -221,8 +214,8 @@ def test_rasters_processed_together_share_one_stretch(tmp_path):
     patch = rng.integers(500, 3000, (3, 32, 32))
     dark, bright = rng.integers(100, 1000, (3, 64, 96)), rng.integers(1000, 4000, (3, 96, 64))
     dark[:, :32, :32], bright[:, 40:72, 8:40] = patch, patch
-    sources = [RasterSource.open(_uint16(tmp_path / "dark.tif", dark)),
-               RasterSource.open(_uint16(tmp_path / "bright.tif", bright))]
+    sources = [RasterSource.open(_write(tmp_path / "dark.tif", dark.astype("uint16"), 0)),
+               RasterSource.open(_write(tmp_path / "bright.tif", bright.astype("uint16"), 0))]
     assert sources[0].scale != sources[1].scale
 
     def patch_inputs():
@@ -243,9 +236,9 @@ def test_rasters_processed_together_share_one_stretch(tmp_path):
 def test_rasters_that_cannot_share_a_stretch(tmp_path):
     """Bands of different data types or counts keep their own stretch; byte bands are never stretched."""
     data = np.random.default_rng(1).integers(1, 200, (3, 16, 16))
-    uint16, float32, byte = (RasterSource.open(_uint16(tmp_path / f"{dtype}.tif", data, dtype))
+    uint16, float32, byte = (RasterSource.open(_write(tmp_path / f"{dtype}.tif", data.astype(dtype), 0))
                              for dtype in ("uint16", "float32", "uint8"))
-    single = RasterSource.open(_uint16(tmp_path / "single.tif", data[:1]))
+    single = RasterSource.open(_write(tmp_path / "single.tif", data[:1].astype("uint16"), 0))
     assert shared_scaling([uint16, float32]) is None
     assert shared_scaling([uint16, single]) is None
     assert shared_scaling([byte, byte]) is None
