@@ -79,11 +79,12 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
     """Open the orthophoto and its support, checking them against each other. ``shared``: the support
     serves several rasters, so it may miss this one (``support.load_vector_support``); ``read_files``:
     the support files read so far in the run, read once whatever the number of rasters
-    (``support.load_support``)."""
+    (``support.load_support``). The rasters' stretch is left to ``stretch_inputs`` (or their first read)."""
     with contextlib.ExitStack() as on_error:
-        source = on_error.enter_context(RasterSource.open(image, bands))
+        source = on_error.enter_context(RasterSource.open(image, bands, measure=False))
         crs = _crs(source, image, assume_crs)
-        support_source = on_error.enter_context(RasterSource.open(support_image, bands)) if support_image else source
+        support_source = on_error.enter_context(RasterSource.open(support_image, bands, measure=False)) \
+            if support_image else source
         labels = load_support(support, support_source.dataset, class_field, layer, support_crs, classes_file,
                               None if support_image else crs, buffer, shared and not support_image, read_files)
         if labels is not None:
@@ -115,8 +116,15 @@ def support_pairs(opened: list[Inputs], support: str) -> tuple[list[tuple[Raster
 
 def stretch_inputs(opened: list[Inputs], asked: str) -> str:
     """Stretch the rasters of inputs processed together as asked (``SegmentOptions.stretch``): ``shared``
-    when they now share one (``share_scaling``), else ``per-input`` (each its own)."""
-    return "shared" if asked == "shared" and share_scaling(opened) else "per-input"
+    when they now share one (``share_scaling``), else ``per-input`` (each its own, measured now: a raster
+    without a valid pixel is refused before any model work)."""
+    if asked == "shared" and share_scaling(opened):
+        return "shared"
+    for inputs in opened:
+        for source in (inputs.source, inputs.support_source):
+            source.measure()
+            source.close()
+    return "per-input"
 
 
 def share_scaling(opened: list[Inputs]) -> bool:
@@ -148,9 +156,10 @@ def share_scaling(opened: list[Inputs]) -> bool:
 
 def open_image(image: str, classes: ClassInfo, bands: list[int] | None = None,
                assume_crs: str | None = None) -> Inputs:
-    """The orthophoto alone, for ``classes`` taught without a support here (a prototype file)."""
+    """The orthophoto alone, for ``classes`` taught without a support here (a prototype file); its stretch
+    is left to the caller (``segment``: the file's, or ``stretch_inputs``)."""
     with contextlib.ExitStack() as on_error:
-        source = on_error.enter_context(RasterSource.open(image, bands))
+        source = on_error.enter_context(RasterSource.open(image, bands, measure=False))
         inputs = Inputs(source, _crs(source, image, assume_crs), source, None, classes)
         on_error.pop_all()  # opened for the caller, who closes it (``Inputs.close``)
     return inputs

@@ -101,15 +101,24 @@ class RasterSource:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str, bands: list[int] | None = None) -> "RasterSource":
+    def open(cls, path: str, bands: list[int] | None = None, measure: bool = True) -> "RasterSource":
+        """``measure``: compute its own stretch now (a raster without a valid pixel is refused here); a
+        caller that will pool the stretch over several rasters (``inputs.share_scaling``) passes False and
+        calls ``measure`` on what it did not pool, so no raster's statistics are read twice."""
         source = cls(path)
         try:
             source.bands = _choose_bands(source.dataset, bands)
-            source.scale = band_scaling(source.dataset, source.bands)
+            if measure:
+                source.measure()
         except BaseException:
             source.close()
             raise
         return source
+
+    def measure(self) -> None:
+        """Its own stretch (``band_scaling``), unless one was set."""
+        if not self.scale:
+            self.scale = band_scaling(self.dataset, self.bands)
 
     @property
     def dataset(self) -> rasterio.io.DatasetReader:
@@ -135,6 +144,7 @@ class RasterSource:
         self.close()
 
     def __getstate__(self) -> dict:
+        self.measure()  # a copy in another process scales as this one does
         return {"path": self.path, "bands": self.bands, "scale": self.scale}
 
     def __setstate__(self, state: dict) -> None:
@@ -158,6 +168,9 @@ class RasterSource:
             masks = None if all_valid(src, self.bands) else src.read_masks(self.bands, window=window)
         except RasterioIOError as exc:
             raise read_error(self.path, exc, f" at window {window}") from None
+        if not self.scale:
+            with self._lock:
+                self.measure()
         image, valid = model_input(data, self.scale, masks)  # over the window and its context
         pad = ((row0 - (tile.row - context), tile.row + size + context - row1),
                (col0 - (tile.col - context), tile.col + size + context - col1))

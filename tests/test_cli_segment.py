@@ -1153,6 +1153,21 @@ def test_the_same_pixels_in_two_inputs_get_the_same_labels(paths, spacenet_crop,
     assert (labels["per-input"][0] != labels["per-input"][1]).mean() > 0.01
 
 
+def test_a_pooled_stretch_reads_each_raster_s_statistics_once(paths, spacenet_crop, dark_crop, tmp_path, monkeypatch):
+    """The statistics pass reads a whole raster without overviews: pooled, each raster is sampled once
+    (not for its own stretch first); per input, once too."""
+    import geoproto.raster
+
+    sample, reads = geoproto.raster._valid_sample, []
+    monkeypatch.setattr(geoproto.raster, "_valid_sample", lambda src, *a: reads.append(src.name) or sample(src, *a))
+    for stretch in ("shared", "per-input"):
+        reads.clear()
+        result = run(spacenet_crop, dark_crop, "-s", paths.support, "--output-dir", tmp_path / stretch, *PIECES,
+                     "--stretch", stretch, "-q")
+        assert result.exit_code == 0, result.output
+        assert sorted(reads) == sorted([str(spacenet_crop), str(dark_crop)]), stretch
+
+
 def test_a_support_image_shares_the_stretch_of_the_raster_it_teaches(paths, spacenet_crop, dark_crop, tmp_path):
     """Labels drawn on one raster teach on the scale of the raster segmented (``--support-image``)."""
     for stretch in ("shared", "per-input"):
