@@ -381,9 +381,7 @@ def _stretch(opened: list[Inputs], taught: PrototypeFile | None, asked: str) -> 
     """Stretch the inputs as asked (``SegmentOptions.stretch``) and say how: ``prototype file`` (as the
     file's supports were read, where it fits every input: the same ground, the same model input),
     or as ``inputs.stretch_inputs`` does (one stretch pooled over several rasters, or each its own)."""
-    if asked != "shared":
-        return "per-input"
-    if taught is not None:
+    if asked == "shared" and taught is not None:
         scales = [taught.stretch(inputs.source.dataset.dtypes[inputs.source.bands[0] - 1], len(inputs.source.bands))
                   for inputs in opened]
         for inputs in opened:

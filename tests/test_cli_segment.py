@@ -1153,6 +1153,23 @@ def test_the_same_pixels_in_two_inputs_get_the_same_labels(paths, spacenet_crop,
     assert (labels["per-input"][0] != labels["per-input"][1]).mean() > 0.01
 
 
+@pytest.mark.parametrize("stretch", ["shared", "per-input"])
+def test_an_input_without_valid_pixels_is_refused_before_any_model_work(spacenet_crop, paths, tmp_path, monkeypatch,
+                                                                        stretch):
+    """Rasters open unmeasured; the stretch step, pooled or not, refuses one without a valid pixel first."""
+    from synthetic import write_raster
+
+    with rasterio.open(spacenet_crop) as src:
+        empty = write_raster(tmp_path / "empty.tif", np.zeros((1, 64, 64), np.uint16), nodata=0, crs=src.crs,
+                             transform=src.transform)
+    with _no_encoder(monkeypatch):
+        result = run(spacenet_crop, empty, "-s", paths.support, "--output-dir", tmp_path / "out", *PIECES,
+                     "--stretch", stretch)
+    assert result.exit_code == 1
+    assert "empty.tif: no valid pixels (all nodata, NaN or transparent)" in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_a_pooled_stretch_reads_each_raster_s_statistics_once(paths, spacenet_crop, dark_crop, tmp_path, monkeypatch):
     """The statistics pass reads a whole raster without overviews: pooled, each raster is sampled once
     (not for its own stretch first); per input, once too."""
