@@ -90,8 +90,8 @@ def params_for_resolution(pixel_size_m: float | None, bilateral_m: float | None 
     raises OA and costs no class more than 2 F1 points, whichever scoring ``segment`` picks (figures:
     ``benchmarks/crf_settings.py``, the README's DenseCRF entry). ``bilateral_m``, a width the user asked
     for (honoured down to 3 px), replaces the rule's; it is refused without a metric grid, where it has no
-    width in pixels (a width the user chose is not swapped for another silently). ``overrides`` are CRFParams fields (``bilateral_sxy`` in pixels wins
-    over both).
+    width in pixels (a width the user chose is not swapped for another silently). ``overrides`` are
+    CRFParams fields (``bilateral_sxy`` in pixels wins over both).
     """
     if "bilateral_sxy" in overrides:
         sxy = overrides["bilateral_sxy"]

@@ -35,7 +35,7 @@ from .models.runtime import FeatureExtractor
 from .raster import open_raster, path_exists
 from .support import RasterLabels
 from .tiling import tile_grid
-from .validation import ALPHA_MAX, check_number
+from .validation import check_alpha, check_number
 
 PATCH = 417
 SAMPLING_TRIES = 1000
@@ -221,7 +221,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
     ``on_patch(seed, patch_number, predicted)``, if given, receives each query patch's labels as scored
     (its core, as positions 1..K of the report's classes), e.g. to compare two CRF backends pixel by pixel.
     """
-    check_number("alpha", alpha, 0, ALPHA_MAX, min_open=True)
+    check_alpha(alpha)
     check_number("shots", shots, 1, integer=True)
     if scoring not in VARIANTS:
         raise GeoprotoError(f"{scoring!r}: choose {', '.join(VARIANTS)}", param="scoring")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, match_logits
 from .models.runtime import CONTEXT_MARGIN, GRID
 
@@ -85,8 +86,6 @@ def concat_scales(*features: torch.Tensor) -> torch.Tensor:
 
 def at_scales(extract, scales: tuple[int, ...]):
     """``extract`` giving the features of ``scales``: itself for (1,), a ``MultiScaleExtractor`` for SCALES."""
-    from .errors import GeoprotoError
-
     if tuple(scales) not in ((1,), SCALES):
         raise GeoprotoError(f"must be (1,) or {SCALES}, got {tuple(scales)}", param="scales")
     return MultiScaleExtractor(extract) if len(scales) > 1 else extract

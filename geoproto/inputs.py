@@ -11,7 +11,7 @@ import numpy as np
 
 from .classes import ClassInfo
 from .errors import GeoprotoError
-from .raster import RasterSource, shared_scaling
+from .raster import RasterSource, absolute_path, shared_scaling
 from .support import VectorLabels, load_support
 from .tiling import Tile
 
@@ -118,26 +118,34 @@ def stretch_inputs(opened: list[Inputs], asked: str) -> str:
     """Stretch the rasters of inputs processed together as asked (``SegmentOptions.stretch``): ``shared``
     when they now share one (``share_scaling``), else ``per-input`` (each its own, measured now: a raster
     without a valid pixel is refused before any model work)."""
-    if asked == "shared" and share_scaling(opened):
+    by_path = _sources_by_path(opened)
+    if asked == "shared" and share_scaling(by_path):
         return "shared"
-    for inputs in opened:
-        for source in (inputs.source, inputs.support_source):
-            source.measure()
+    for first, *copies in by_path.values():  # each file measured once, however many inputs hold it
+        first.measure()
+        for source in (first, *copies):
+            source.scale = first.scale
             source.close()
     return "per-input"
 
 
-def share_scaling(opened: list[Inputs]) -> bool:
+def _sources_by_path(opened: list[Inputs]) -> dict[str, list[RasterSource]]:
+    """The RasterSources of ``opened`` (images and support images) by file: one file may be held by several
+    (a support image opened for each input)."""
+    by_path: dict[str, list[RasterSource]] = {}
+    for inputs in opened:
+        for source in {id(s): s for s in (inputs.source, inputs.support_source)}.values():
+            by_path.setdefault(absolute_path(source.path), []).append(source)
+    return by_path
+
+
+def share_scaling(by_path: dict[str, list[RasterSource]]) -> bool:
     """Give the rasters of inputs processed together, the support image's included, one stretch
     (``raster.shared_scaling``), so that tiles of one orthophoto given as separate files are scaled as the
     whole would be, and labels drawn on one raster teach on the scale of the others; whether they now
     share one (not a single raster, which has its own; not when their bands differ in data type or
-    count, nor for byte bands, never stretched). Each raster is read once however many inputs hold it,
-    and its handles closed again."""
-    by_path: dict[str, list[RasterSource]] = {}
-    for inputs in opened:
-        for source in {id(s): s for s in (inputs.source, inputs.support_source)}.values():
-            by_path.setdefault(source.path, []).append(source)
+    count, nor for byte bands, never stretched). ``by_path``: ``_sources_by_path``; each file is read once
+    however many inputs hold it, and its handles closed again."""
     distinct = [sources[0] for sources in by_path.values()]
     if len(distinct) < 2:
         return False

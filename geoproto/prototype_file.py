@@ -34,7 +34,7 @@ import numpy as np
 from . import __version__
 from .classes import MAX_CLASS_ID, ClassInfo, hex_to_rgb
 from .errors import GeoprotoError
-from .validation import ALPHA_MAX, DEFAULT_ALPHA, check_number
+from .validation import DEFAULT_ALPHA, check_alpha
 
 FORMAT = "geoproto-prototypes"
 VERSION = 1
@@ -347,7 +347,7 @@ def _read_alpha(path: str, alpha) -> float:
     """The file's softmax scale: a number in SegmentOptions' range (a file from before it was recorded was
     made at the default)."""
     try:
-        return float(check_number("alpha", alpha, 0, ALPHA_MAX, min_open=True))
+        return float(check_alpha(alpha))
     except GeoprotoError as exc:
         raise _invalid(path, f"its alpha {exc.message}") from None
 

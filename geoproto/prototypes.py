@@ -180,7 +180,7 @@ def _provenance(inputs: Inputs, support: str, support_sha256: str | None, option
     crs = src.crs if options.support_image else inputs.crs
     return {"image": absolute_path(labelled.path), "support": absolute_path(support),
             "support_sha256": support_sha256,
-            "bands": list(labelled.bands), "dtype": src.dtypes[labelled.bands[0] - 1],
+            "bands": list(labelled.bands), "dtype": labelled.dtype,
             "scaling": [list(pair) for pair in labelled.scale], "pixel_size_m": pixel_size_m(src, crs),
             "crs": crs.to_string() if crs is not None else None, "pixels": pixels}
 

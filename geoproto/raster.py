@@ -115,6 +115,11 @@ class RasterSource:
             raise
         return source
 
+    @property
+    def dtype(self) -> str:
+        """The data type of its (first) band: what a prototype file records of the rasters it was read from."""
+        return self.dataset.dtypes[self.bands[0] - 1]
+
     def measure(self) -> None:
         """Its own stretch (``band_scaling``), unless one was set."""
         if not self.scale:

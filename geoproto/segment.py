@@ -45,7 +45,7 @@ from .raster import block_cache, component_files, pixel_area_m2, pixel_size_m
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
 from .tiling import tile_grid
-from .validation import ALPHA_MAX, DEFAULT_ALPHA, MAX_WORKERS, check_number
+from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
@@ -141,7 +141,7 @@ class SegmentOptions:
 
 # Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.
 SEGMENT_RANGES = {
-    "tile_size": (32, None, False), "overlap": (0, None, False), "alpha": (0, ALPHA_MAX, True),
+    "tile_size": (32, None, False), "overlap": (0, None, False), "alpha": ALPHA_RANGE,
     "batch_size": (1, None, False), "workers": (0, MAX_WORKERS, False), "buffer": (0, None, False),
     "crf_bilateral_m": (0, 1e4, True), "min_area": (0, None, True), "simplify": (0, None, True),
     "dask_local": (1, MAX_WORKERS, False),
@@ -382,8 +382,7 @@ def _stretch(opened: list[Inputs], taught: PrototypeFile | None, asked: str) -> 
     file's supports were read, where it fits every input: the same ground, the same model input),
     or as ``inputs.stretch_inputs`` does (one stretch pooled over several rasters, or each its own)."""
     if asked == "shared" and taught is not None:
-        scales = [taught.stretch(inputs.source.dataset.dtypes[inputs.source.bands[0] - 1], len(inputs.source.bands))
-                  for inputs in opened]
+        scales = [taught.stretch(inputs.source.dtype, len(inputs.source.bands)) for inputs in opened]
         for inputs in opened:
             inputs.source.close()
         if all(scale is not None for scale in scales):

@@ -401,11 +401,12 @@ class VectorSupport:
         if not inside.any():
             raise GeoprotoError(f"{path}: no support polygon overlaps the raster {reference.name}")
         # One label file may serve many tiles: a class drawn only elsewhere is left out of this raster's run.
-        outside = [name for class_id, name in zip(info.ids, info.names) if class_id not in set(ids.tolist())]
+        present = set(ids.tolist())
+        outside = [name for class_id, name in zip(info.ids, info.names) if class_id not in present]
         if outside:
             warnings.warn(f"{path}: no polygon of class(es) {', '.join(outside)} overlaps the raster "
                           f"{reference.name}: left out")
-            info = info.subset(set(ids.tolist()))
+            info = info.subset(present)
         return VectorLabels(geometries[inside], ids, info, features, self.numbered_by_name)
 
 

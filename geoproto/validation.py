@@ -14,6 +14,7 @@ from .errors import GeoprotoError
 # already (and large values overflow to NaN in bfloat16).
 DEFAULT_ALPHA = 20.0
 ALPHA_MAX = 1000.0
+ALPHA_RANGE = (0, ALPHA_MAX, True)  # (low, high, low excluded), as the settings' range tables write them
 # Worker processes (DenseCRF, data loading) one run may start.
 MAX_WORKERS = 256
 # A run may plan to use at most this share of the machine's physical memory for one batch of windows.
@@ -62,3 +63,8 @@ def check_memory(needed: int, what: str, hint: str, param: str | None = None,
 
 def _gib(size: float) -> str:
     return f"{size / 2 ** 30:.1f} GiB"
+
+
+def check_alpha(value) -> float:
+    """A softmax scale in ALPHA_RANGE, wherever one comes from (options, a prototype file, evaluate)."""
+    return check_number("alpha", value, *ALPHA_RANGE)

@@ -161,3 +161,13 @@ def dark_crop(spacenet_crop, tmp_path_factory) -> Path:
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
+
+
+@pytest.fixture
+def support_reads(monkeypatch) -> list[str]:
+    """The support files ``support.read_vector_support`` reads during the test, in order."""
+    import geoproto.support
+
+    reads, read = [], geoproto.support.read_vector_support
+    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    return reads

@@ -424,21 +424,18 @@ def test_cli_text_says_what_was_cross_validated(tmp_path):
                                     "accuracy 1.00, mean class F1 1.00\n")
 
 
-def test_cli_pools_the_polygons_of_several_rasters(tmp_path, monkeypatch):
+def test_cli_pools_the_polygons_of_several_rasters(tmp_path, support_reads):
     """check-support over two rasters cross-validates the polygons of both, as the whole raster's run does
     (the library path is tested above; here the CLI's expansion of IMAGE... and its text), reading the
     support file once."""
     import json
 
-    import geoproto.support
-
     image, support = _colour_support(tmp_path, skewed=True)
     halves = [_cut(image, tmp_path / "left.tif", 0, 192), _cut(image, tmp_path / "right.tif", 192, 400)]
     runner = CliRunner()
     whole = runner.invoke(main, ["check-support", str(image), "-s", str(support), "--group-distance", "16", "--json"])
-    reads = []
-    read = geoproto.support.read_vector_support
-    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    reads = support_reads
+    reads.clear()  # what was read before is not this test's
     both = runner.invoke(main, ["check-support", str(tmp_path / "*t.tif"), "-s", str(support), "--group-distance",
                                 "16", "--json"])
     assert whole.exit_code == 0 and both.exit_code == 0, whole.output + both.output

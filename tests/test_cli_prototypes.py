@@ -65,20 +65,17 @@ def test_pairs_pool_exactly_as_merging_their_files(tmp_path):
     assert json.loads(merged.stdout)["sources"] == 2
 
 
-def test_pairs_sharing_a_support_file_read_it_once(tmp_path, monkeypatch):
+def test_pairs_sharing_a_support_file_read_it_once(tmp_path, monkeypatch, support_reads):
     """Two rasters given the same support file: it is read and hashed once, and the file pools both pairs
     as building each pair's file apart and merging them does."""
     import geoproto.prototypes
-    import geoproto.support
-
     image, support = synthetic.scene(tmp_path / "first")
     other = synthetic.write_raster(tmp_path / "second" / "image.tif", synthetic.two_halves(seed=1))
     tiling = ["--tile-size", 96, "--overlap", 16, "-q"]
     for name, raster in {"a": image, "b": other}.items():
         assert run("prototypes", raster, "-s", support, "-o", tmp_path / f"{name}.gpp", *tiling).exit_code == 0
-    reads = []
-    read = geoproto.support.read_vector_support
-    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    reads = support_reads
+    reads.clear()  # what was read before is not this test's
     hashed = []
     digest = geoproto.prototypes.file_sha256
     monkeypatch.setattr(geoproto.prototypes, "file_sha256", lambda path: hashed.append(path) or digest(path))

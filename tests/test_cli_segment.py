@@ -1147,7 +1147,10 @@ def test_the_same_pixels_in_two_inputs_get_the_same_labels(paths, spacenet_crop,
                      "--stretch", stretch, "--json", "-q")
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["stretch"] == stretch
-        labels[stretch] = [rasterio.open(out / name).read(1)[untouched] for name in ("a.tif", "b.tif")]
+        labels[stretch] = []
+        for name in ("a.tif", "b.tif"):
+            with rasterio.open(out / name) as src:
+                labels[stretch].append(src.read(1)[untouched])
     np.testing.assert_array_equal(*labels["shared"])
     assert len(np.unique(labels["shared"][0])) >= 2
     assert (labels["per-input"][0] != labels["per-input"][1]).mean() > 0.01
@@ -1351,11 +1354,10 @@ def test_dask_options_fail_before_any_work(paths, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_one_support_file_for_many_tiles_is_read_once(tmp_path, monkeypatch):
+def test_one_support_file_for_many_tiles_is_read_once(tmp_path, monkeypatch, support_reads):
     """Four tiles cut from one raster and one support file: the file is read and checked once, its
     warning given once, and every output equals, pixel for pixel, that of reading the file for each tile."""
     import geoproto.inputs
-    import geoproto.support
     from synthetic import CRS, ORIGIN, two_halves, write_raster
     from shapely.geometry import Polygon
 
@@ -1369,9 +1371,7 @@ def test_one_support_file_for_many_tiles_is_read_once(tmp_path, monkeypatch):
         geometry=[box(x0 + 10, y0 - 60, x0 + 30, y0 - 35), box(x0 + 60, y0 - 30, x0 + 80, y0 - 10),
                   Polygon([(x0 + 60, y0 - 60), (x0 + 80, y0 - 80), (x0 + 80, y0 - 60), (x0 + 60, y0 - 80)])],
         crs=CRS).to_file(support)
-    reads = []
-    read = geoproto.support.read_vector_support
-    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    reads = support_reads
     options = ("--no-crf", "--tile-size", "64", "--overlap", "8", "--json")
     once = run(*tiles, "-s", support, "--output-dir", tmp_path / "once", *options)
     assert once.exit_code == 0, once.output

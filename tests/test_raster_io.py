@@ -239,10 +239,11 @@ def test_rasters_that_cannot_share_a_stretch(tmp_path):
     uint16, float32, byte = (RasterSource.open(_write(tmp_path / f"{dtype}.tif", data.astype(dtype), 0))
                              for dtype in ("uint16", "float32", "uint8"))
     single = RasterSource.open(_write(tmp_path / "single.tif", data[:1].astype("uint16"), 0))
-    assert shared_scaling([uint16, float32]) is None
-    assert shared_scaling([uint16, single]) is None
-    assert shared_scaling([byte, byte]) is None
-    np.testing.assert_allclose(shared_scaling([uint16]), uint16.scale)  # alone: its own
+    with uint16, float32, byte, single:
+        assert shared_scaling([uint16, float32]) is None
+        assert shared_scaling([uint16, single]) is None
+        assert shared_scaling([byte, byte]) is None
+        np.testing.assert_allclose(shared_scaling([uint16]), uint16.scale)  # alone: its own
 
 
 def test_nodata_pixels_are_invalid(spacenet, tmp_path):

@@ -461,15 +461,13 @@ def test_each_polygon_keeps_its_file_row_on_every_raster(tmp_path):
     assert rows == [[1, 2], [2, 3]]
 
 
-def test_a_support_read_once_lands_on_rasters_in_two_crss(tmp_path, mosaic, monkeypatch):
+def test_a_support_read_once_lands_on_rasters_in_two_crss(tmp_path, mosaic, support_reads):
     """One support file shared by rasters in two CRSs is read once (reprojected per CRS): each raster gets,
     pixel for pixel, the labels that reading the file for it alone gives."""
     import synthetic
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
     from rasterio.transform import from_origin
-
-    import geoproto.support
 
     whole = synthetic.write_raster(tmp_path / "whole.tif", synthetic.two_halves(side=192))
     x0, y0 = synthetic.ORIGIN
@@ -490,9 +488,7 @@ def test_a_support_read_once_lands_on_rasters_in_two_crss(tmp_path, mosaic, monk
                                       transform=from_origin(x0 + col * 0.5, y0 - row * 0.5, 0.5, 0.5))
                for row in (0, 96) for col in (0, 96)]
     rasters.insert(2, mercator)  # four UTM tiles, the Mercator raster among them
-    reads = []
-    read = geoproto.support.read_vector_support
-    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    reads = support_reads
     read_files = {}
     with pytest.warns(UserWarning, match="repaired 1 invalid polygon") as caught:
         placed = []

@@ -45,8 +45,8 @@ from .options import (crf_backend_option, dataset_options, device_option, encode
 @json_option
 @handle_errors
 def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split, holdout, encoder, backbone,
-                     checkpoint, init_weights, shots, seeds, class_names, scoring, crf, crf_backend, pixel_size, crf_bilateral_px,
-                     train_split, test_split, device, report, quiet, as_json):
+                     checkpoint, init_weights, shots, seeds, class_names, scoring, crf, crf_backend, pixel_size,
+                     crf_bilateral_px, train_split, test_split, device, report, quiet, as_json):
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
     # The report path is checked before the (long) evaluation, and never replaces one of its inputs.

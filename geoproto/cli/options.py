@@ -302,7 +302,7 @@ stretch_option = click.option(
     help="16-bit or float bands: shared stretches several rasters with one 2-98 % stretch pooled over them "
          "(tiles of one orthophoto scale as the whole would), and rasters scored with a prototype file as its "
          "supports were; per-input gives each raster its own (unrelated scenes).")
-"""``--stretch`` of ``segment`` and ``prototypes``."""
+"""``--stretch`` of ``segment``, ``prototypes`` and ``check-support``."""
 
 
 def scoring_option(help_text: str):

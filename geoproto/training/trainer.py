@@ -31,7 +31,7 @@ from ..models import DEFAULT_BACKBONE, Encoder, build_encoder, save_checkpoint
 from ..models.checkpoint import safe_load
 from ..models.runtime import resolve_device, window_features
 from ..output import same_file
-from ..validation import ALPHA_MAX, MAX_WORKERS, check_memory, check_number
+from ..validation import ALPHA_RANGE, MAX_WORKERS, check_memory, check_number
 from .episodes import EpisodeSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003
@@ -78,7 +78,7 @@ class TrainConfig:
 TRAIN_RANGES = {
     "ways": (1, 254, False), "shots": (1, 1000, False), "queries": (1, 1000, False), "crop": (32, 8192, False),
     "iterations": (1, None, False), "lr": (0, 10, True), "momentum": (0, 1, False),
-    "weight_decay": (0, 1, False), "lr_gamma": (0, 1, True), "alpha": (0, ALPHA_MAX, True),
+    "weight_decay": (0, 1, False), "lr_gamma": (0, 1, True), "alpha": ALPHA_RANGE,
     "seed": (0, 2 ** 32 - 1, False), "checkpoint_every": (1, None, False), "val_every": (1, None, False),
     "val_episodes": (1, None, False), "log_every": (1, None, False), "workers": (0, MAX_WORKERS, False),
 }
