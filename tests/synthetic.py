@@ -13,6 +13,8 @@ import rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import box
 
+from geoproto.raster import apply_transform
+
 SIDE = 96
 PIXEL = 0.5
 ORIGIN = (500000.0, 3700000.0)
@@ -49,13 +51,20 @@ def write_raster(path: Path, data: np.ndarray, nodata=None, crs=CRS, transform=T
     return path
 
 
-def write_support(path: Path, classes=("bright", "dark"), side: int = SIDE, field: str = "class") -> Path:
-    """One square per class, the first in the left half, the second in the right half."""
-    x0, y0 = ORIGIN
-    size = side * PIXEL
-    boxes = [box(x0 + 0.1 * size, y0 - 0.6 * size, x0 + 0.35 * size, y0 - 0.35 * size),
-             box(x0 + 0.65 * size, y0 - 0.6 * size, x0 + 0.9 * size, y0 - 0.35 * size)]
-    geopandas.GeoDataFrame({field: list(classes)}, geometry=boxes[: len(classes)], crs=CRS).to_file(path)
+def pixel_box(transform, col0: float, row0: float, col1: float, row1: float):
+    """The box between pixel edges ``col0``-``col1`` and ``row0``-``row1`` of the grid ``transform`` (an
+    ``affine.Affine``), in that grid's CRS: polygons placed on the pixels a test reasons about."""
+    xs, ys = apply_transform(transform, np.array([col0, col1]), np.array([row0, row1]))
+    return box(xs.min(), ys.min(), xs.max(), ys.max())
+
+
+def write_support(path: Path, classes=("bright", "dark"), side: int = SIDE, field: str = "class",
+                  crs=CRS, transform=TRANSFORM) -> Path:
+    """One square per class on the grid ``transform`` of a ``side`` px raster, the first in the left half,
+    the second in the right half."""
+    squares = [pixel_box(transform, 0.1 * side, 0.35 * side, 0.35 * side, 0.6 * side),
+               pixel_box(transform, 0.65 * side, 0.35 * side, 0.9 * side, 0.6 * side)]
+    geopandas.GeoDataFrame({field: list(classes)}, geometry=squares[: len(classes)], crs=crs).to_file(path)
     return path
 
 

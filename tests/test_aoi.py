@@ -4,31 +4,23 @@ import geopandas
 import numpy as np
 import pytest
 import rasterio
-from shapely.geometry import box
 
 from geoproto.aoi import load_area, parse_bbox
 from geoproto.errors import GeoprotoError
 from geoproto.raster import RasterSource
 from geoproto.segment import SegmentOptions, segment
 
-from synthetic import ORIGIN, scene, two_halves, write_raster
-
-X0, Y0 = ORIGIN
-
-
-def _pixel_box(col0, row0, col1, row1):
-    """A box given in pixels of the 0.5 m scene, in its CRS."""
-    return box(X0 + col0 * 0.5, Y0 - row1 * 0.5, X0 + col1 * 0.5, Y0 - row0 * 0.5)
+from synthetic import TRANSFORM, pixel_box, scene, two_halves, write_raster
 
 
 def test_windows_outside_the_aoi_are_never_read(tmp_path, monkeypatch):
     image = write_raster(tmp_path / "image.tif", two_halves(side=384))  # 128 px windows, overlap 16: 4 x 4
     support = tmp_path / "support.gpkg"
     geopandas.GeoDataFrame({"class": ["red", "green"]},
-                           geometry=[_pixel_box(150, 20, 185, 80), _pixel_box(200, 20, 220, 80)],
+                           geometry=[pixel_box(TRANSFORM, 150, 20, 185, 80), pixel_box(TRANSFORM, 200, 20, 220, 80)],
                            crs="EPSG:32616").to_file(support)
     aoi = tmp_path / "aoi.geojson"  # in another CRS than the raster's
-    geopandas.GeoDataFrame(geometry=[_pixel_box(150, 10, 230, 90)], crs="EPSG:32616").to_crs(
+    geopandas.GeoDataFrame(geometry=[pixel_box(TRANSFORM, 150, 10, 230, 90)], crs="EPSG:32616").to_crs(
         "EPSG:4326").to_file(aoi)
     reads = []
     original = RasterSource.read
@@ -54,10 +46,11 @@ def test_windows_outside_the_aoi_are_never_read(tmp_path, monkeypatch):
 
 def test_bbox_in_another_crs(tmp_path):
     image, _ = scene(tmp_path)
-    lonlat = geopandas.GeoSeries([_pixel_box(0, 0, 64, 32)], crs="EPSG:32616").to_crs("EPSG:4326").total_bounds
+    corner = pixel_box(TRANSFORM, 0, 0, 64, 32)
+    lonlat = geopandas.GeoSeries([corner], crs="EPSG:32616").to_crs("EPSG:4326").total_bounds
     with rasterio.open(image) as src:
         area = load_area(src, src.crs, bbox=",".join(map(str, lonlat)), bbox_crs="EPSG:4326")
-        same = load_area(src, src.crs, bbox=",".join(map(str, _pixel_box(0, 0, 64, 32).bounds)))
+        same = load_area(src, src.crs, bbox=",".join(map(str, corner.bounds)))
     assert same.geometry.bounds == pytest.approx((0, 0, 64, 32))
     # The lon/lat box's bounds enclose the projected box, up to a pixel.
     assert area.geometry.bounds == pytest.approx((0, 0, 64, 32), abs=1.0)

@@ -10,6 +10,7 @@ import rasterio
 from click.testing import CliRunner
 from shapely.geometry import box
 
+import synthetic
 from geoproto.cli import main
 from geoproto.crossval import deal_folds, spatial_groups
 from geoproto.segment import SegmentOptions, options_inputs
@@ -20,10 +21,7 @@ from geoproto.support_check import check_support
 def _boxes(paths, pixel_boxes, names):
     with rasterio.open(paths.chip) as src:
         transform, crs = src.transform, src.crs
-    geometries = []
-    for col0, row0, col1, row1 in pixel_boxes:
-        (x0, y0), (x1, y1) = transform * (col0, row0), transform * (col1, row1)
-        geometries.append(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+    geometries = [synthetic.pixel_box(transform, *edges) for edges in pixel_boxes]
     return geopandas.GeoDataFrame({"class": names}, geometry=geometries, crs=crs)
 
 
@@ -237,8 +235,7 @@ def _colour_support(tmp_path, skewed: bool):
                 else:
                     colour = (180, 90, 160) if cls == 0 else (90, 180, 160)
                 image[:, row + 8 * i:row + 8 * i + 8, col + 8 * j:col + 8 * j + 8] = np.array(colour)[:, None, None]
-        (x0, y0), (x1, y1) = transform * (col, row), transform * (col + 32, row + 32)
-        boxes.append(box(x0, y1, x1, y0))
+        boxes.append(synthetic.pixel_box(transform, col, row, col + 32, row + 32))
         names.append("ab"[cls])
     with rasterio.open(tmp_path / "colours.tif", "w", driver="GTiff", width=400, height=400, count=3,
                        dtype="uint8", crs="EPSG:32616", transform=transform) as dst:
@@ -301,7 +298,6 @@ def test_the_picked_scoring_fits_a_classifier_that_separates_the_support(tmp_pat
 
 def test_cross_validation_windows_leave_out_support_over_nodata(tmp_path):
     """Support pixels over nodata are neither learnt from nor scored: in the windows they are unlabelled."""
-    import synthetic
     from geoproto.crossval import read_support_windows
     from geoproto.models.runtime import GRID
     from geoproto.tiling import tile_grid
@@ -390,9 +386,9 @@ def test_a_polygon_across_two_rasters_is_one_group_in_one_fold(tmp_path):
     image, support = _colour_support(tmp_path, skewed=False)
     frame = geopandas.read_file(support)
     with rasterio.open(image) as src:
-        (x0, y0), (x1, y1) = src.transform * (176, 376), src.transform * (208, 396)  # below the boxes' rows
-    frame = geopandas.pd.concat([frame, geopandas.GeoDataFrame(
-        {"class": ["a"]}, geometry=[box(x0, y1, x1, y0)], crs=frame.crs)], ignore_index=True)
+        across = synthetic.pixel_box(src.transform, 176, 376, 208, 396)  # below the boxes' rows
+    frame = geopandas.pd.concat([frame, geopandas.GeoDataFrame({"class": ["a"]}, geometry=[across], crs=frame.crs)],
+                                ignore_index=True)
     frame.to_file(tmp_path / "across.gpkg")
     halves = [_cut(image, tmp_path / "left.tif", 0, 192), _cut(image, tmp_path / "right.tif", 192, 400)]
     windows, classes = _run_windows(halves, tmp_path / "across.gpkg", group_distance=4)
@@ -468,7 +464,7 @@ def _near_and_far_boxes(tmp_path, image: Path) -> Path:
     with rasterio.open(image) as src:
         transform = src.transform
     pixel_boxes = [(170, 100, 190, 130), (195, 100, 215, 130), (20, 300, 50, 330), (350, 300, 380, 330)]
-    geometries = [box(*(transform * (c0, r1)), *(transform * (c1, r0))) for c0, r0, c1, r1 in pixel_boxes]
+    geometries = [synthetic.pixel_box(transform, *edges) for edges in pixel_boxes]
     geopandas.GeoDataFrame({"class": ["a", "b", "a", "b"]}, geometry=geometries, crs="EPSG:32616").to_file(
         tmp_path / "near.gpkg")
     return tmp_path / "near.gpkg"

@@ -18,8 +18,10 @@ import rasterio
 import rasterio.shutil
 from click.testing import CliRunner
 from rasterio.features import rasterize
+from rasterio.transform import from_origin
 from shapely.geometry import box
 
+import synthetic
 from geoproto.cli import main
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.classes import read_class_file
@@ -243,27 +245,12 @@ def test_crs_missing_on_one_side(paths, tmp_path):
                           "Error: --support-crs: ", "has no CRS")
 
 
-DEGREE = 1e-5
+DEGREES = {"crs": "EPSG:4326", "transform": from_origin(-87.0, 30.0, 1e-5, 1e-5)}  # no metres in a pixel
 
 
 def _raster_in_degrees(path: Path) -> Path:
     """The synthetic two-halves raster in EPSG:4326 (1e-5 degree pixels): no pixel size nor area in metres."""
-    import synthetic
-    from rasterio.transform import from_origin
-
-    return synthetic.write_raster(path, synthetic.two_halves(), crs="EPSG:4326",
-                                  transform=from_origin(-87.0, 30.0, DEGREE, DEGREE))
-
-
-def _support_in_degrees(path: Path) -> Path:
-    """One square per class on ``_raster_in_degrees``, as ``synthetic.write_support`` on its own grid."""
-    import synthetic
-
-    side = synthetic.SIDE * DEGREE
-    squares = [box(-87.0 + 0.1 * side, 30.0 - 0.6 * side, -87.0 + 0.35 * side, 30.0 - 0.35 * side),
-               box(-87.0 + 0.65 * side, 30.0 - 0.6 * side, -87.0 + 0.9 * side, 30.0 - 0.35 * side)]
-    geopandas.GeoDataFrame({"class": ["bright", "dark"]}, geometry=squares, crs="EPSG:4326").to_file(path)
-    return path
+    return synthetic.write_raster(path, synthetic.two_halves(), **DEGREES)
 
 
 @contextlib.contextmanager
@@ -285,8 +272,9 @@ def test_a_crf_width_in_metres_is_refused_on_a_raster_in_degrees(tmp_path, monke
     gives one in pixels, not replaced by another kernel; refused as soon as the raster is open, before
     any encoder is built."""
     out = tmp_path / "c.tif"
-    args = [_raster_in_degrees(tmp_path / "wgs84.tif"), "--support", _support_in_degrees(tmp_path / "support.gpkg"),
-            "-o", out, "--tile-size", 96, "--overlap", 0, "--crf-bilateral-m", 7.2]
+    support = synthetic.write_support(tmp_path / "support.gpkg", **DEGREES)
+    args = [_raster_in_degrees(tmp_path / "wgs84.tif"), "--support", support, "-o", out, "--tile-size", 96,
+            "--overlap", 0, "--crf-bilateral-m", 7.2]
     with _no_encoder(monkeypatch):
         _assert_clean_failure(run(*args), out, "Error: --crf-bilateral-m: 7.2 m cannot be converted to pixels",
                               "give the width in pixels (--crf-bilateral-px)")
@@ -300,7 +288,7 @@ def test_a_min_area_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
     raster is open, before any encoder is built; without it the raster segments."""
     image = _raster_in_degrees(tmp_path / "wgs84.tif")
     out = tmp_path / "c.tif"
-    args = [image, "--support", _support_in_degrees(tmp_path / "support.gpkg"), "-o", out, *FAST]
+    args = [image, "--support", synthetic.write_support(tmp_path / "support.gpkg", **DEGREES), "-o", out, *FAST]
     with _no_encoder(monkeypatch):
         _assert_clean_failure(run(*args, "--min-area", 25), out,
                               f"Error: --min-area: {image}: is in square metres and needs a projected CRS")
@@ -387,12 +375,8 @@ def test_custom_crs_chip_with_mislabelled_geojson(paths, tmp_path):
     pivots = geopandas.read_file(paths.pivots)
     with rasterio.open(chip) as src:
         transform, crs = src.transform, src.crs
-
-    def pixel_box(col0, row0, col1, row1):
-        (x0, y0), (x1, y1) = transform * (col0, row0), transform * (col1, row1)
-        return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-
-    others = [pixel_box(10, 10, 40, 40), pixel_box(200, 460, 230, 490), pixel_box(250, 250, 270, 270)]
+    others = [synthetic.pixel_box(transform, *edges) for edges in ((10, 10, 40, 40), (200, 460, 230, 490),
+                                                                   (250, 250, 270, 270))]
     support = geopandas.GeoDataFrame({"class": ["pivot"] * 6 + ["other"] * 3},
                                      geometry=list(pivots.geometry[:6]) + others)
     (tmp_path / "support.geojson").write_text(support.to_json())  # no "crs" member: WGS 84 by RFC 7946
@@ -1241,15 +1225,15 @@ def test_folder_glob_and_files_give_one_output_each(tmp_path, how):
 def test_scoring_auto_cross_validates_the_support_of_every_input(tmp_path):
     """Polygons on both rasters: ``--scoring auto``'s cross-validation (the summary's ``support_check``)
     pools the polygons of both, not only those of the first raster."""
-    from synthetic import CRS, ORIGIN, PIXEL, SIDE
+    from synthetic import CRS, SIDE, TRANSFORM, pixel_box
 
     images, _ = _two_synthetic(tmp_path / "flight")
     boxes, names = [], []
     for raster in range(2):  # two squares per class on each raster, more than 32 px apart
         for col, name in ((4, "bright"), (60, "dark")):
             for row in (8, 64):
-                x0, y0 = ORIGIN[0] + (raster * SIDE + col) * PIXEL, ORIGIN[1] - row * PIXEL
-                boxes.append(box(x0, y0 - 16 * PIXEL, x0 + 16 * PIXEL, y0))
+                col0 = raster * SIDE + col  # the second raster lies right of the first
+                boxes.append(pixel_box(TRANSFORM, col0, row, col0 + 16, row + 16))
                 names.append(name)
     geopandas.GeoDataFrame({"class": names}, geometry=boxes, crs=CRS).to_file(tmp_path / "both.gpkg")
     result = run(*images, "-s", tmp_path / "both.gpkg", "--output-dir", tmp_path / "out", "--scoring", "auto", *FAST,

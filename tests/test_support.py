@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from rasterio.features import rasterize
 from shapely.geometry import Polygon, box
 
+from synthetic import pixel_box
 from geoproto.errors import GeoprotoError
 from geoproto.raster import open_raster
 from geoproto.classes import ClassInfo, read_class_file
@@ -310,14 +311,10 @@ def test_raster_without_crs(buildings, chip, tmp_path, mosaic):
 
 
 def test_overlaps_between_classes_are_unlabelled_and_large_polygons_span_windows(chip, tmp_path, mosaic):
-    left, _, _, top = chip.bounds
-
-    def px_box(c0, r0, c1, r1):  # pixel edges -> a box in the raster's CRS (0.5 m pixels)
-        return shapely.box(left + c0 * 0.5, top - r1 * 0.5, left + c1 * 0.5, top - r0 * 0.5)
-
     frame = geopandas.GeoDataFrame(
         {"class": ["field", "field", "road"]},
-        geometry=[px_box(50, 60, 450, 500), px_box(400, 400, 600, 650), px_box(300, 0, 340, 900)],
+        geometry=[pixel_box(chip.transform, *edges) for edges in ((50, 60, 450, 500), (400, 400, 600, 650),
+                                                                  (300, 0, 340, 900))],
         crs=chip.crs)
     path = _write(frame, tmp_path / "boxes.gpkg")
     got = mosaic(load_vector_support(path, chip), chip.height, chip.width)  # field = 1, road = 2
