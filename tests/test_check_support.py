@@ -237,9 +237,7 @@ def _colour_support(tmp_path, skewed: bool):
                 image[:, row + 8 * i:row + 8 * i + 8, col + 8 * j:col + 8 * j + 8] = np.array(colour)[:, None, None]
         boxes.append(synthetic.pixel_box(transform, col, row, col + 32, row + 32))
         names.append("ab"[cls])
-    with rasterio.open(tmp_path / "colours.tif", "w", driver="GTiff", width=400, height=400, count=3,
-                       dtype="uint8", crs="EPSG:32616", transform=transform) as dst:
-        dst.write(image)
+    synthetic.write_raster(tmp_path / "colours.tif", image, crs="EPSG:32616", transform=transform)
     geopandas.GeoDataFrame({"class": names}, geometry=boxes, crs="EPSG:32616").to_file(tmp_path / "colours.gpkg")
     return tmp_path / "colours.tif", tmp_path / "colours.gpkg"
 
@@ -520,12 +518,9 @@ def test_group_distance_across_rasters_takes_the_coarser_pixels(tmp_path):
     from geoproto.raster import RasterSource
     from geoproto.support import load_vector_support
 
-    paths = []
-    for name, x0, size in (("fine", 500100, 1), ("coarse", 500200, 2)):
-        with rasterio.open(tmp_path / f"{name}.tif", "w", driver="GTiff", width=100, height=100, count=3,
-                           dtype="uint8", crs="EPSG:32616", transform=from_origin(x0, 3700000, size, size)) as dst:
-            dst.write(np.full((3, 100, 100), 128, np.uint8))
-        paths.append(tmp_path / f"{name}.tif")
+    paths = [synthetic.write_raster(tmp_path / f"{name}.tif", np.full((3, 100, 100), 128, np.uint8),
+                                    crs="EPSG:32616", transform=from_origin(x0, 3700000, size, size))
+             for name, x0, size in (("fine", 500100, 1), ("coarse", 500200, 2))]
     top = 3700000
     boxes = [box(500170, top - 30, 500190, top - 10), box(500214, top - 30, 500234, top - 10),  # 24 m apart
              box(500170, top - 90, 500180, top - 70), box(500220, top - 90, 500240, top - 70)]  # 40 m apart
