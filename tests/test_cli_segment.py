@@ -1173,12 +1173,25 @@ def test_a_pooled_stretch_reads_each_raster_s_statistics_once(paths, spacenet_cr
 
 
 def test_a_support_image_shares_the_stretch_of_the_raster_it_teaches(paths, spacenet_crop, dark_crop, tmp_path):
-    """Labels drawn on one raster teach on the scale of the raster segmented (``--support-image``)."""
+    """Labels drawn on one raster teach on the scale of the raster segmented (``--support-image``): with the
+    shared stretch the untouched part of ``dark_crop`` gets the labels ``spacenet_crop`` gets from the same
+    support on that scale (segmented beside it); each with its own stretch, support image and raster are
+    read on two scales and the labels move."""
+    untouched = np.s_[:, :300]
+    beside = run(spacenet_crop, dark_crop, "-s", paths.support, "--support-image", spacenet_crop, "--output-dir",
+                 tmp_path / "beside", *PIECES, "--stretch", "shared", "-q")
+    assert beside.exit_code == 0, beside.output
+    with rasterio.open(tmp_path / "beside" / spacenet_crop.name) as src:
+        expected = src.read(1)[untouched]
+    assert len(np.unique(expected)) >= 2
+    differing = {}
     for stretch in ("shared", "per-input"):
         result = run(dark_crop, "-s", paths.support, "--support-image", spacenet_crop, "-o", tmp_path / f"{stretch}.tif",
-                     *PIECES, "--stretch", stretch, "--json", "-q")
+                     *PIECES, "--stretch", stretch, "-q")
         assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["stretch"] == stretch
+        with rasterio.open(tmp_path / f"{stretch}.tif") as src:
+            differing[stretch] = float((src.read(1)[untouched] != expected).mean())
+    assert differing["shared"] == 0 and differing["per-input"] > 0.02, differing
 
 
 @pytest.mark.slow
