@@ -18,3 +18,13 @@ class GeoprotoError(Exception):
 
     def __str__(self) -> str:
         return f"{self.param}: {self.message}" if self.param else self.message
+
+
+class GeoprotoWarning(UserWarning):
+    """A warning that names library parameters (``mentions``), which the CLI renames to their options as
+    it does for ``GeoprotoError``."""
+
+    def __init__(self, message: str, mentions: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.message = message
+        self.mentions = mentions

@@ -31,7 +31,7 @@ from .batch import SIDECARS, output_paths, sidecar_path
 from .classes import NODATA
 from .classifier import Classifier, fit_support
 from .distributed import ClassifierRecipe, EncoderRecipe, cluster, import_distributed, run_on_cluster
-from .errors import GeoprotoError
+from .errors import GeoprotoError, GeoprotoWarning
 from .heads import DEFAULT_VARIANT, VARIANTS
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -158,6 +158,17 @@ def options_inputs(image: str, support: str, options: SegmentOptions, shared: bo
                        options.buffer, shared, read_files)
 
 
+def _warn_unscaled_crf(images: list[str]) -> None:
+    """Without a pixel size in metres the CRF's kernel falls back to the rule's floor in pixels, which
+    spans the rule's width on the ground only at one resolution: say so, once for every such input."""
+    named = images[0] if len(images) == 1 else f"{len(images)} inputs ({images[0]}, ...)"
+    warnings.warn(GeoprotoWarning(
+        f"{named}: no pixel size in metres (no projected CRS, or a rotated grid), so the CRF's appearance "
+        f"kernel is {crf_module.MIN_BILATERAL_PX:g} px wide, the rule's {crf_module.RULE_BILATERAL_M:g} m only "
+        f"on {crf_module.RULE_BILATERAL_M / crf_module.MIN_BILATERAL_PX:g} m pixels; on other imagery give its "
+        f"width in pixels (crf_bilateral_px)", mentions=("crf_bilateral_px",)))
+
+
 def check_tiling(options: SegmentOptions) -> None:
     if options.tile_size < 32:
         raise GeoprotoError("must be at least 32 pixels", param="tile_size")
@@ -277,6 +288,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         for job in jobs:  # after the alias checks: an output that would replace an input is the first thing to say
             _output_formats(job.output, job.options)
         read_files: dict = {}  # the support file, read once for every input
+        unscaled = []  # inputs whose CRF kernel has no width on the ground
         for job in jobs:
             with _naming(job.image, several):
                 job.inputs = inputs_stack.enter_context(
@@ -285,14 +297,18 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                 # Set now, where the pixel size is known: a CRF width or minimum area the raster cannot
                 # take is refused before the encoder is built, and before any input's output is written.
                 src = job.inputs.source.dataset
+                pixel_size = pixel_size_m(src, job.inputs.crs)
                 job.refine = RefineSettings(crf_module.params_for_resolution(
-                    pixel_size_m(src, job.inputs.crs), options.crf_bilateral_m,
-                    **options.crf_overrides), crf_backend) if options.crf else None
+                    pixel_size, options.crf_bilateral_m, **options.crf_overrides), crf_backend) if options.crf else None
+                if options.crf and pixel_size is None and "bilateral_sxy" not in options.crf_overrides:
+                    unscaled.append(job.image)
                 job.pixel_area = pixel_area_m2(src, job.inputs.crs)
                 if options.min_area and job.pixel_area is None:
                     raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS",
                                         param="min_area")
             job.inputs.close()
+        if unscaled:
+            _warn_unscaled_crf(unscaled)
         stretch = _stretch([job.inputs for job in jobs], taught, options.stretch)
         supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
             else (None, taught.classes)

@@ -283,6 +283,26 @@ def test_a_crf_width_in_metres_is_refused_on_a_raster_in_degrees(tmp_path, monke
     assert json.loads(result.stdout)["crf"]["bilateral_sxy_px"] == 12.0
 
 
+def test_a_crf_without_a_width_on_the_ground_says_how_wide_it_is(tmp_path):
+    """On a raster without metres the CRF's kernel falls back to the rule's 8 px: said once, naming the
+    option that sets it, and not when a width in pixels is given, the CRF is off or the grid is metric."""
+    degrees = [_raster_in_degrees(tmp_path / "wgs84.tif"), "--support",
+               synthetic.write_support(tmp_path / "degrees.gpkg", **DEGREES), "--tile-size", 96, "--overlap", 0]
+    image, support = synthetic.scene(tmp_path)
+    metric = [image, "--support", support, "--tile-size", 96, "--overlap", 0]
+    warned = run(*degrees, "-o", tmp_path / "warned.tif")
+    assert warned.exit_code == 0, warned.output
+    assert warned.stderr.count("Warning: ") == 1, warned.stderr
+    assert (f"Warning: {degrees[0]}: no pixel size in metres (no projected CRS, or a rotated grid), so the CRF's "
+            f"appearance kernel is 8 px wide, the rule's 3.6 m only on 0.45 m pixels; on other imagery give its "
+            f"width in pixels (--crf-bilateral-px)") in warned.stderr
+    for name, args in (("px", [*degrees, "--crf-bilateral-px", 12]), ("off", [*degrees, "--no-crf"]),
+                       ("metric", metric)):
+        result = run(*args, "-o", tmp_path / f"{name}.tif")
+        assert result.exit_code == 0, result.output
+        assert "Warning" not in result.stderr, (name, result.stderr)
+
+
 def test_a_min_area_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
     """A minimum area in square metres has no pixel count on a raster in degrees: refused as soon as the
     raster is open, before any encoder is built; without it the raster segments."""

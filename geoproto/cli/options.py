@@ -14,7 +14,7 @@ import click
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..crf import BACKENDS, DEFAULT_BACKEND
-from ..errors import GeoprotoError
+from ..errors import GeoprotoError, GeoprotoWarning
 from ..validation import DEFAULT_ALPHA, MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES, STRETCH_CHOICES
@@ -45,8 +45,7 @@ def handle_errors(command):
     @functools.wraps(command)
     def wrapper(*args, debug: bool = False, **kwargs):
         signal.signal(signal.SIGTERM, _raise_interrupted)
-        warnings.showwarning = lambda message, *rest, **kw: (
-            click.echo(f"Warning: {printable(message)}", err=True) if verbosity() >= 0 else None)
+        warnings.showwarning = _show_warning
         # Rasters without a CRS are handled explicitly (pixel space, or --assume-crs).
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
@@ -81,11 +80,24 @@ def cli_message(exc: GeoprotoError) -> str:
     """The error as the command line says it: the option that sets the parameter at fault, not the
     library's parameter name (``--tile-size: ...`` rather than ``tile_size: ...``), and likewise for the
     other parameters the message mentions."""
-    message = exc.message
-    for name in exc.mentions:
+    message = _named_options(exc.message, exc.mentions)
+    return f"{option_hint(exc.param)}: {message}" if exc.param else message
+
+
+def _named_options(message: str, mentions: tuple[str, ...]) -> str:
+    """``message`` with each parameter name of ``mentions`` replaced by the option that sets it."""
+    for name in mentions:
         # As a word, not inside a path (/data/image.tif) or another name (support_image).
         message = re.sub(rf"(?<![\w./\\-]){re.escape(name)}(?![\w./\\-])", option_hint(name), message)
-    return f"{option_hint(exc.param)}: {message}" if exc.param else message
+    return message
+
+
+def _show_warning(message, *rest, **kwargs) -> None:
+    """Warnings on stderr as one line (none with --quiet), parameters named as options."""
+    if verbosity() >= 0:
+        text = _named_options(message.message, message.mentions) if isinstance(message, GeoprotoWarning) \
+            else str(message)
+        click.echo(f"Warning: {printable(text)}", err=True)
 
 
 def option_hint(param: str) -> str:
