@@ -301,6 +301,11 @@ def test_a_crf_without_a_width_on_the_ground_says_how_wide_it_is(tmp_path):
         result = run(*args, "-o", tmp_path / f"{name}.tif")
         assert result.exit_code == 0, result.output
         assert "Warning" not in result.stderr, (name, result.stderr)
+    second = _raster_in_degrees(tmp_path / "wgs84-2.tif")
+    several = run(degrees[0], second, *degrees[1:], "--output-dir", tmp_path / "several")
+    assert several.exit_code == 0, several.output
+    assert several.stderr.count("Warning: ") == 1, several.stderr
+    assert f"Warning: 2 inputs ({degrees[0]}, ...): no pixel size in metres" in several.stderr
 
 
 def test_a_min_area_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
