@@ -9,7 +9,7 @@ workers import it.
 The paper's kernels are in pixels for 9 cm imagery (Gaussian sxy 3; bilateral sxy 80, srgb 13): 80 px
 is about 7 m on the ground. Applied unchanged at coarser resolution the bilateral kernel spans tens of
 metres and wipes out small classes (measured at 0.36 m: car F1 15 -> 7; on a 0.5 m chip the whole tile
-became one class), while a width in metres alone vanishes on coarse imagery (7.2 m is 0.24 px at 30 m).
+became one class), while a width in metres alone vanishes on coarse imagery (3.6 m is 0.12 px at 30 m).
 So ``params_for_resolution`` sets the width from the pixel size, with a floor in pixels, and a window
 whose CRF result collapsed (``keeps_classes``) keeps its unrefined labels. The floor is narrow: a
 16 px kernel at 0.5 m erased the buildings a support-fitted head had found only in part.

@@ -21,9 +21,9 @@ position and mean colour, weighted by its pixel count (in the normalisation and 
 carries the block's summed Q), and every pixel of a block receives the block's message. The lattice is
 as large as the points (the fine colour range makes nearly every pixel a simplex of its own), so its
 construction and its filters are the CRF's cost, pydensecrf's and ours; blocks of 2 x 2 divide both by
-four. The spatial range (7.2 m, tens of pixels) is much wider than a block, so what changes is confined
-to blocks that straddle a colour edge, where the unary and the full-resolution smoothness kernel still
-separate the pixels. Splitting those blocks (one point per side of the edge) was tried: the labels'
+four. The spatial range is a few blocks wide (the resolution rule's width, ``crf.params_for_resolution``,
+is at least 8 px: four blocks), so what changes is confined to blocks that straddle a colour edge, where
+the unary and the full-resolution smoothness kernel still separate the pixels. Splitting those blocks (one point per side of the edge) was tried: the labels'
 agreement with pydensecrf rose by about a point for a quarter more lattice points, the accuracy against
 the truth not at all, and the speed fell below 2.5 x pydensecrf2's pool (``benchmarks/crf_agreement.py``,
 the README's DenseCRF entry). ``appearance_stride=1`` is pydensecrf's CRF exactly (labels agreed on every pixel

@@ -199,7 +199,7 @@ def test_guard_vetoes_a_window_collapsing_into_one_class():
 
 def test_guard_lets_a_window_lose_a_speckle_class(dubai, gpu_check):
     """A real Dubai window whose model output has a false class speckled over 3 % of it in 3x3 blobs: the
-    CRF erases the speckle and the window is refined (the 2 % rule vetoed it), gaining accuracy."""
+    CRF erases the speckle and the window is refined (the former 2 % rule vetoed it), gaining accuracy."""
     image, truth, classes = _dubai_window(dubai, "image_part_003t3")
     probabilities = np.concatenate([gpu_check.noisy_probabilities(truth, classes, np.random.default_rng(3)),
                                     np.zeros((1, WINDOW, WINDOW), np.float32)])

@@ -438,7 +438,7 @@ def test_evaluate_with_either_crf_backend_scores_within_the_agreement_bar(dubai)
 @pytest.mark.parametrize("options, pixels", [([], 72.0), (["--pixel-size", "0.09"], 40.0),
                                              (["--crf-bilateral-px", "20"], 20.0)])
 def test_evaluate_sets_the_crf_kernel_from_the_ground_resolution(tmp_path, options, pixels):
-    """As ``segment`` does (crf.params_for_resolution: 3.6 m, 16 to 80 px): from the dataset's
+    """As ``segment`` does (crf.params_for_resolution: 3.6 m, 8 to 80 px): from the dataset's
     georeferencing (5 cm here: 72 px), a pixel size given, or a width given in pixels."""
     from rasterio.transform import from_origin
 

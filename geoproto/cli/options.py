@@ -14,6 +14,7 @@ import click
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..crf import BACKENDS, DEFAULT_BACKEND
+from ..crossval import SWITCH_CONFIDENCE
 from ..errors import GeoprotoError, GeoprotoWarning
 from ..validation import DEFAULT_ALPHA, MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
@@ -258,7 +259,8 @@ def _chain(*decorators):
 
 encoder_option = click.option(
     "--encoder", type=click.Choice(["auto", *shipped_names()]), default=DEFAULT_ENCODER, show_default=True,
-    help="Shipped encoder; auto cross-validates each on the support polygons and keeps the best.")
+    help=f"Shipped encoder; auto cross-validates each on the support polygons and leaves the default only for "
+         f"one that beats it in {SWITCH_CONFIDENCE:.0%} of the bootstrap resamples.")
 backbone_option = click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE,
                                show_default=True, help="Encoder architecture.")
 checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False),
