@@ -3,7 +3,8 @@
 Non-uint8 data is stretched with one per-band (2nd, 98th) percentile pair computed once from a
 decimated read of the whole raster, never per tile, so the same ground reflectance gets the same
 input value in every tile; rasters processed together share one pair pooled over all of them
-(``shared_scaling``). Memory stays bounded: statistics come from at most ~1 Mpx.
+(``shared_scaling``, ``--stretch shared``, the default) or each have their own (``--stretch per-input``).
+Memory stays bounded: statistics come from at most ~1 Mpx.
 
 NaN and infinite values are nodata whether or not the raster declares them: they are masked like
 declared nodata, left out of the stretch, and replaced before encoding (a single NaN reaching the

@@ -1,9 +1,11 @@
 """Full-size overlapping windows over a raster and the seam-free crop each one contributes.
 
 Features of a narrow remainder strip have no context around them and classify far worse, so every
-window is full size inside the raster: the last row and column of windows are shifted back to end at the
-raster's edge. Only a raster smaller than a window is padded. Overlaps are split at their middle, so
-every pixel is written exactly once, by the window in which it lies furthest from an edge.
+window is full size and (nearly) inside the raster: the last row and column of windows are shifted back
+to end at the raster's edge, or, with ``align`` (``segment``'s windows start on the encoder's GRID),
+within ``align - 1`` pixels past it; a raster smaller than a window is padded. Overlaps are split at
+their middle, so every pixel is written exactly once, by the window in which it lies furthest from an
+edge.
 """
 
 from __future__ import annotations
