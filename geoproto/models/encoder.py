@@ -1,10 +1,11 @@
 """The shared support/query encoder: a registered trunk, its input normalisation, and an optional head.
 
 Every trunk returns two feature maps, the first at 1/8 of the input; the second is at 1/8 too (ResNet-50
-and VGG-16, dilated) or at 1/16 and upsampled bilinearly to the first (EfficientNet-Lite0). With a trained
-head (the paper's 3x3 conv to 256 channels) they are concatenated and projected. Without one (ImageNet weights, no episodic
-training) each map is L2-normalised per pixel and then concatenated, so both stages weigh equally in the
-cosine similarity; a randomly initialised head would only blur ImageNet features.
+and VGG-16, dilated) or at 1/16 and upsampled bilinearly to the first (EfficientNet-Lite0). With a
+trained head (the paper's 3x3 conv to 256 channels) they are concatenated and projected. Without one
+(ImageNet weights, no episodic training) each map is L2-normalised per pixel and then concatenated, so
+both stages weigh equally in the cosine similarity; a randomly initialised head would only blur ImageNet
+features.
 """
 
 from __future__ import annotations
