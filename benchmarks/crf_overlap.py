@@ -1,9 +1,11 @@
-"""The model and the torch CRF on a CPU: taking turns (what `segment` does) against overlapping, the CRF
-refining one batch in a thread of its own while the model encodes the next.
+"""The model and the torch CRF on a CPU: taking turns against overlapping, the CRF refining one batch in a
+thread of its own while the model encodes the next (what `segment` now does on a CPU with two cores or
+more: ``pipeline.WindowPipeline.crf_beside_model``).
 
 Reads real windows (with the encoder's context) from the 4096 px Dubai mosaic that
 ``segment_throughput.py`` builds, encodes them with the default encoder against stand-in prototypes (the
-CRF's cost does not depend on the labels) and refines them with ``crf_torch.refine_batch``:
+CRF's cost does not depend on the labels) and refines them with ``crf_torch.refine_batch`` at a fixed 24 px
+bilateral kernel (7.2 m at 0.3 m, the rule of the time; ``crf.params_for_resolution`` now gives 12 px):
 
 - ``model``: the encoder alone, on all of torch's threads;
 - ``turns``: encoder then CRF, batch after batch, both on all threads;
