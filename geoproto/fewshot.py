@@ -116,7 +116,7 @@ def class_scores(features: torch.Tensor, prototypes: torch.Tensor, size: tuple[i
 
     Similarity is computed at feature resolution and the K class scores are upsampled, not the C-dim
     features: the same result up to interpolation (cosine is not linear, so not bit-identical), at a
-    fraction of the cost, since K is a handful and C is in the hundreds.
+    fraction of the cost, since K is a handful and C is over a hundred.
     """
     return upsample_scores(match_logits(features, prototypes, alpha), size)
 
