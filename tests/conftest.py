@@ -150,8 +150,8 @@ def spacenet_crop(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dark_crop(spacenet_crop, tmp_path_factory) -> Path:
     """``spacenet_crop`` with its right 40 % (columns 432 on) a dark constant: the same ground elsewhere, but
-    its own 2-98 % stretch moves. Columns up to 300 are the cores of 128 px windows (16 px context) that
-    reach no blanked pixel."""
+    its own 2-98 % stretch moves. Columns up to 300 are the cores of 128 px windows (overlap 16) that,
+    read with their 32 px of context, reach no blanked pixel."""
     import rasterio
 
     path = tmp_path_factory.mktemp("dark-crop") / "dark.tif"
