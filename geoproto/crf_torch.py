@@ -18,17 +18,18 @@ throughout, as in pydensecrf.
 What is approximated, and why: the appearance (bilateral) kernel is computed on blocks of
 ``appearance_stride`` pixels a side (2 by default): each block is one lattice point at its pixels' mean
 position and mean colour, weighted by its pixel count (in the normalisation and in the message, which
-carries the block's summed Q), and every pixel of a block receives the block's message. The lattice is
-as large as the points (the fine colour range makes nearly every pixel a simplex of its own), so its
+carries the block's summed Q), and every pixel of a block receives the block's message. The lattice is as
+large as the points (the fine colour range makes nearly every pixel a simplex of its own), so its
 construction and its filters are the CRF's cost, pydensecrf's and ours; blocks of 2 x 2 divide both by
 four. The spatial range is a few blocks wide (the resolution rule's width, ``crf.params_for_resolution``,
 is at least 8 px: four blocks), so what changes is confined to blocks that straddle a colour edge, where
-the unary and the full-resolution smoothness kernel still separate the pixels. Splitting those blocks (one point per side of the edge) was tried: the labels'
-agreement with pydensecrf rose by about a point for a quarter more lattice points, the accuracy against
-the truth not at all, and the speed fell below 2.5 x pydensecrf2's pool (``benchmarks/crf_agreement.py``,
-the README's DenseCRF entry). ``appearance_stride=1`` is pydensecrf's CRF exactly (labels agreed on every pixel
-of the Dubai and SpaceNet windows compared); the default keeps the issue's bar against it (tests in
-tests/test_crf.py: >= 97 % of labels agreeing, overall accuracy within 0.5 points, per-class F1 within 1).
+the unary and the full-resolution smoothness kernel still separate the pixels. Splitting those blocks
+(one point per side of the edge) was tried: the labels' agreement with pydensecrf rose by about a point
+for a quarter more lattice points, the accuracy against the truth not at all, and the speed fell below
+2.5 x pydensecrf2's pool (``benchmarks/crf_agreement.py``, the README's DenseCRF entry).
+``appearance_stride=1`` is pydensecrf's CRF exactly (labels agreed on every pixel of the Dubai and
+SpaceNet windows compared); the default keeps the issue's bar against it (tests in tests/test_crf.py:
+>= 97 % of labels agreeing, overall accuracy within 0.5 points, per-class F1 within 1).
 
 Cost: the lattice is built once per batch (windows share one: the window index is a digit of the vertex
 key, so windows never mix) and reused by every iteration and class; the spatial-only Gaussian lattice
