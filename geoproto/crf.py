@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import GeoprotoError
+from .errors import GeoprotoError, GeoprotoWarning
 from .validation import check_number
 
 BACKENDS = ("auto", "torch", "densecrf")
@@ -106,6 +106,19 @@ def params_for_resolution(pixel_size_m: float | None, bilateral_m: float | None 
     else:
         sxy = MIN_BILATERAL_PX
     return CRFParams(**{**overrides, "bilateral_sxy": sxy})
+
+
+def floor_warning(named: str, pixel_size_param: str | None = None) -> GeoprotoWarning:
+    """Why the rule's kernel may not fit imagery without a pixel size in metres (``named``): its floor in
+    pixels spans RULE_BILATERAL_M on the ground at one resolution only. ``pixel_size_param``: the
+    caller's parameter that states a pixel size, if it has one."""
+    remedy = "its width in pixels (crf_bilateral_px)" if pixel_size_param is None else \
+        f"the pixel size ({pixel_size_param}) or the kernel's width in pixels (crf_bilateral_px)"
+    return GeoprotoWarning(
+        f"{named}: no pixel size in metres (no projected CRS, or a rotated grid), so the CRF's appearance kernel "
+        f"is {MIN_BILATERAL_PX:g} px wide, the rule's {RULE_BILATERAL_M:g} m only on "
+        f"{RULE_BILATERAL_M / MIN_BILATERAL_PX:g} m pixels; on other imagery give {remedy}",
+        mentions=("crf_bilateral_px",) + ((pixel_size_param,) if pixel_size_param else ()))
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:

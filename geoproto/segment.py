@@ -31,7 +31,7 @@ from .batch import SIDECARS, output_paths, sidecar_path
 from .classes import NODATA
 from .classifier import Classifier, fit_support
 from .distributed import ClassifierRecipe, EncoderRecipe, cluster, import_distributed, run_on_cluster
-from .errors import GeoprotoError, GeoprotoWarning
+from .errors import GeoprotoError
 from .heads import DEFAULT_VARIANT, VARIANTS
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -156,17 +156,6 @@ def options_inputs(image: str, support: str, options: SegmentOptions, shared: bo
     return open_inputs(image, support, options.bands, options.assume_crs, options.support_image,
                        options.class_field, options.layer, options.support_crs, options.classes_file,
                        options.buffer, shared, read_files)
-
-
-def _warn_unscaled_crf(images: list[str]) -> None:
-    """Without a pixel size in metres the CRF's kernel falls back to the rule's floor in pixels, which
-    spans the rule's width on the ground only at one resolution: say so, once for every such input."""
-    named = images[0] if len(images) == 1 else f"{len(images)} inputs ({images[0]}, ...)"
-    warnings.warn(GeoprotoWarning(
-        f"{named}: no pixel size in metres (no projected CRS, or a rotated grid), so the CRF's appearance "
-        f"kernel is {crf_module.MIN_BILATERAL_PX:g} px wide, the rule's {crf_module.RULE_BILATERAL_M:g} m only "
-        f"on {crf_module.RULE_BILATERAL_M / crf_module.MIN_BILATERAL_PX:g} m pixels; on other imagery give its "
-        f"width in pixels (crf_bilateral_px)", mentions=("crf_bilateral_px",)))
 
 
 def check_tiling(options: SegmentOptions) -> None:
@@ -307,8 +296,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                     raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS",
                                         param="min_area")
             job.inputs.close()
-        if unscaled:
-            _warn_unscaled_crf(unscaled)
+        if unscaled:  # said once, for every such input
+            warnings.warn(crf_module.floor_warning(
+                unscaled[0] if len(unscaled) == 1 else f"{len(unscaled)} inputs ({unscaled[0]}, ...)"))
         stretch = _stretch([job.inputs for job in jobs], taught, options.stretch)
         supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
             else (None, taught.classes)

@@ -442,19 +442,39 @@ def test_evaluate_sets_the_crf_kernel_from_the_ground_resolution(tmp_path, optio
     georeferencing (5 cm here: 72 px), a pixel size given, or a width given in pixels."""
     from rasterio.transform import from_origin
 
+    result = _evaluate_halves(tmp_path, {"crs": "EPSG:32632", "transform": from_origin(500000, 4000000, 0.05, 0.05)},
+                              "--quiet", *options)
+    report = json.loads(result.stdout)
+    assert report["crf_bilateral_px"] == pixels
+    assert report["mean"]["overall_accuracy"] > 0.9
+
+
+def test_evaluate_says_when_the_crf_kernel_has_no_width_on_the_ground(tmp_path):
+    """Images without georeferencing get the rule's floor of 8 px, said in a warning naming the options
+    that fix it; a pixel size given sets the rule's width and silences it."""
+    warned = _evaluate_halves(tmp_path, {"crs": None, "transform": None})
+    assert json.loads(warned.stdout)["crf_bilateral_px"] == 8.0
+    assert (f"Warning: {tmp_path}: no pixel size in metres (no projected CRS, or a rotated grid), so the CRF's "
+            f"appearance kernel is 8 px wide, the rule's 3.6 m only on 0.45 m pixels; on other imagery give the "
+            f"pixel size (--pixel-size) or the kernel's width in pixels (--crf-bilateral-px)") in warned.stderr
+    given = _evaluate_halves(tmp_path, {"crs": None, "transform": None}, "--pixel-size", "0.3")
+    assert json.loads(given.stdout)["crf_bilateral_px"] == 12.0
+    assert "Warning" not in given.stderr
+
+
+def _evaluate_halves(folder, grid: dict, *options):
+    """``evaluate --json`` (1 shot, seed 0) on a folder of two images whose left half is one class and
+    right half another, written on ``grid`` (crs and transform)."""
     import synthetic
 
     rng = np.random.default_rng(0)
     ids = np.repeat(np.array([[1, 2]], np.uint8), 48, 0).repeat(24, 1)  # left half class 1, right half 2
     for name in ("a", "b"):
         image = (ids * 90 + rng.integers(0, 20, ids.shape)).astype(np.uint8)
-        synthetic.write_raster(tmp_path / "images" / f"{name}.tif", np.stack([image] * 3), crs="EPSG:32632",
-                               transform=from_origin(500000, 4000000, 0.05, 0.05))
-        synthetic.write_raster(tmp_path / "masks" / f"{name}.tif", ids, transform=None)
-    (tmp_path / "classes.json").write_text(json.dumps({"1": "dark", "2": "bright"}))
-    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--holdout", "^b$",
-                                       "--shots", "1", "--seeds", "0", "--quiet", "--json", *options])
+        synthetic.write_raster(folder / "images" / f"{name}.tif", np.stack([image] * 3), **grid)
+        synthetic.write_raster(folder / "masks" / f"{name}.tif", ids, transform=None)
+    (folder / "classes.json").write_text(json.dumps({"1": "dark", "2": "bright"}))
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(folder), "--holdout", "^b$",
+                                       "--shots", "1", "--seeds", "0", "--json", *options])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["crf_bilateral_px"] == pixels
-    assert report["mean"]["overall_accuracy"] > 0.9
+    return result
