@@ -24,7 +24,8 @@ from .options import (crf_backend_option, dataset_options, device_option, encode
 @encoder_options
 @click.option("--shots", type=integer(1, 1000), default=5, show_default=True, help="Support patches per run.")
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, callback=integer_list(*TRAIN_RANGES["seed"][:2]),
-              help="Comma-separated seeds (one run each).")
+              help="Comma-separated seeds (one run each, its own support draw). Draws can differ more than "
+                   "settings do: compare settings over 20 or more.")
 @click.option("--class-names", help="Evaluate only these classes (comma-separated names).")
 @click.option("--scoring", type=click.Choice(list(VARIANTS)), default="prototypes", show_default=True,
               help="How queries are scored, as segment --scoring names it: the paper's prototypes, multiscale "
