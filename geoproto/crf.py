@@ -101,11 +101,17 @@ def params_for_resolution(pixel_size_m: float | None, bilateral_m: float | None 
                                 f"size (no projected CRS, or a rotated grid); give the width in pixels "
                                 f"(crf_bilateral_px)", param="crf_bilateral_m", mentions=("crf_bilateral_px",))
         sxy = bilateral_sxy_pixels(bilateral_m, pixel_size_m)
-    elif pixel_size_m:
-        sxy = float(np.clip(RULE_BILATERAL_M / pixel_size_m, MIN_BILATERAL_PX, PAPER_BILATERAL_SXY_PX))
-    else:
+    elif kernel_at_floor(pixel_size_m, overrides):
         sxy = MIN_BILATERAL_PX
+    else:
+        sxy = float(np.clip(RULE_BILATERAL_M / pixel_size_m, MIN_BILATERAL_PX, PAPER_BILATERAL_SXY_PX))
     return CRFParams(**{**overrides, "bilateral_sxy": sxy})
+
+
+def kernel_at_floor(pixel_size_m: float | None, overrides: dict) -> bool:
+    """Whether ``params_for_resolution`` falls back to MIN_BILATERAL_PX: no pixel size in metres and no
+    width in pixels given (a width in metres is refused there)."""
+    return not pixel_size_m and "bilateral_sxy" not in overrides
 
 
 def floor_warning(named: str, pixel_size_param: str | None = None) -> GeoprotoWarning:

@@ -26,9 +26,9 @@ is at least 8 px: four blocks), so what changes is confined to blocks that strad
 the unary and the full-resolution smoothness kernel still separate the pixels. Splitting those blocks
 (one point per side of the edge) was tried: the labels' agreement with pydensecrf rose by about a point
 for a quarter more lattice points, the accuracy against the truth not at all, and the speed fell below
-2.5 x pydensecrf2's pool; at the rule's narrower kernels, splitting them into single pixels narrowed the
-worst class F1 gap by a third at 1.5 x the pool instead of 2.2 x (``benchmarks/crf_agreement.py``, the
-README's DenseCRF entry).
+2.5 x pydensecrf2's pool (``benchmarks/crf_agreement.py``); at the rule's narrower kernels a one-off
+trial splitting them into single pixels narrowed the worst class F1 gap by a third at 1.5 x the pool
+instead of 2.2 x (the README's DenseCRF entry).
 ``appearance_stride=1`` is pydensecrf's CRF exactly (labels agreed on every pixel of the Dubai and
 SpaceNet windows compared); the default keeps the issue's bar against it (tests in tests/test_crf.py:
 >= 97 % of labels agreeing, overall accuracy within 0.5 points, per-class F1 within 1).

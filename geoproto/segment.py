@@ -289,7 +289,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                 pixel_size = pixel_size_m(src, job.inputs.crs)
                 job.refine = RefineSettings(crf_module.params_for_resolution(
                     pixel_size, options.crf_bilateral_m, **options.crf_overrides), crf_backend) if options.crf else None
-                if options.crf and pixel_size is None and "bilateral_sxy" not in options.crf_overrides:
+                if options.crf and crf_module.kernel_at_floor(pixel_size, options.crf_overrides):
                     unscaled.append(job.image)
                 job.pixel_area = pixel_area_m2(src, job.inputs.crs)
                 if options.min_area and job.pixel_area is None:

@@ -450,16 +450,19 @@ def test_evaluate_sets_the_crf_kernel_from_the_ground_resolution(tmp_path, optio
 
 
 def test_evaluate_says_when_the_crf_kernel_has_no_width_on_the_ground(tmp_path):
-    """Images without georeferencing get the rule's floor of 8 px, said in a warning naming the options
-    that fix it; a pixel size given sets the rule's width and silences it."""
+    """Images without georeferencing get the rule's floor of 8 px, said once in a warning naming the
+    options that fix it; a pixel size or a width in pixels given, or no CRF, and nothing is said."""
     warned = _evaluate_halves(tmp_path, {"crs": None, "transform": None})
     assert json.loads(warned.stdout)["crf_bilateral_px"] == 8.0
+    assert warned.stderr.count("Warning: ") == 1, warned.stderr
     assert (f"Warning: {tmp_path}: no pixel size in metres (no projected CRS, or a rotated grid), so the CRF's "
             f"appearance kernel is 8 px wide, the rule's 3.6 m only on 0.45 m pixels; on other imagery give the "
             f"pixel size (--pixel-size) or the kernel's width in pixels (--crf-bilateral-px)") in warned.stderr
-    given = _evaluate_halves(tmp_path, {"crs": None, "transform": None}, "--pixel-size", "0.3")
-    assert json.loads(given.stdout)["crf_bilateral_px"] == 12.0
-    assert "Warning" not in given.stderr
+    for options, pixels in ((["--pixel-size", "0.3"], 12.0), (["--crf-bilateral-px", "20"], 20.0),
+                            (["--no-crf"], None)):
+        given = _evaluate_halves(tmp_path, {"crs": None, "transform": None}, *options)
+        assert json.loads(given.stdout).get("crf_bilateral_px") == pixels
+        assert "Warning" not in given.stderr, (options, given.stderr)
 
 
 def _evaluate_halves(folder, grid: dict, *options):

@@ -7,7 +7,7 @@ import warnings
 
 import click
 
-from ..crf import CRF_RANGES, MIN_BILATERAL_PX, floor_warning, params_for_resolution
+from ..crf import CRF_RANGES, MIN_BILATERAL_PX, floor_warning, kernel_at_floor, params_for_resolution
 from ..evaluation import evaluate, format_table
 from ..heads import VARIANTS
 from ..models import select_encoder
@@ -58,13 +58,14 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
         report_tmp = staged.stage(report, "report") if report else None
         data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,
                             split=split, holdout=holdout)
-        if crf and not (pixel_size or data.pixel_size_m or crf_bilateral_px):
-            warnings.warn(floor_warning(root or dataset, pixel_size_param="pixel_size"))
         model, info = select_encoder(encoder, backbone, checkpoint, init_weights)
+        pixel_size = pixel_size or data.pixel_size_m
+        overrides = {"bilateral_sxy": crf_bilateral_px} if crf_bilateral_px else {}
+        if crf and kernel_at_floor(pixel_size, overrides):
+            warnings.warn(floor_warning(root or dataset, pixel_size_param="pixel_size"))
         result = evaluate(data, model, shots, seeds, class_names.split(",") if class_names else None, crf,
                           resolve_device(device), train_split, test_split,
-                          crf_params=params_for_resolution(pixel_size or data.pixel_size_m, **(
-                              {"bilateral_sxy": crf_bilateral_px} if crf_bilateral_px else {})),
+                          crf_params=params_for_resolution(pixel_size, **overrides),
                           progress=show_progress(quiet), crf_backend=crf_backend, scoring=scoring)
         result["encoder"] = info
         if report_tmp:
