@@ -312,8 +312,9 @@ def test_evaluate_report_never_replaces_the_checkpoint(tmp_path, monkeypatch):
     assert checkpoint.read_bytes() == b"weights"
 
 
-def test_evaluate_encoder_auto_names_the_option(tmp_path, monkeypatch):
-    """``auto`` needs support polygons: the library names its parameter, the CLI shows the flag."""
+def test_evaluate_encoder_auto_is_refused(tmp_path, monkeypatch):
+    """``auto`` needs support polygons: the library refuses it naming its parameter; evaluate neither offers
+    nor describes it (its choices are the shipped encoders), and says so before any work."""
     import geoproto.cli.evaluate
     from geoproto.errors import GeoprotoError
     from geoproto.models import select_encoder
@@ -321,9 +322,11 @@ def test_evaluate_encoder_auto_names_the_option(tmp_path, monkeypatch):
     with pytest.raises(GeoprotoError, match="^encoder: auto chooses by cross-validating support polygons") as info:
         select_encoder("auto", "efficientnet-lite0", None, None)
     assert info.value.param == "encoder"
-    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
     result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--encoder", "auto"])
-    assert result.exit_code == 1 and result.output.startswith("Error: --encoder: auto chooses by cross-validating")
+    assert result.exit_code == 2
+    assert "Invalid value for '--encoder': 'auto' is not one of 'imagenet', 'dubai', 'imagenet+dubai'" in result.output
+    assert "auto" not in CliRunner().invoke(main, ["evaluate", "--help"]).output.split("--encoder")[1].split("--")[0]
 
 
 def test_evaluate_refuses_a_nan_alpha_from_python():

@@ -15,13 +15,14 @@ from ..models.runtime import resolve_device
 from ..output import StagedOutputs
 from ..training import load_dataset
 from ..training.trainer import TRAIN_RANGES
-from .options import (crf_backend_option, dataset_options, device_option, encoder_options, handle_errors, integer,
-                      integer_list, json_option, not_stdio, number, print_json, printable, quiet_option, show_progress)
+from .options import (crf_backend_option, dataset_options, device_option, evaluated_encoder_options, handle_errors,
+                      integer, integer_list, json_option, not_stdio, number, print_json, printable, quiet_option,
+                      show_progress)
 
 
 @click.command("evaluate")
 @dataset_options
-@encoder_options
+@evaluated_encoder_options
 @click.option("--shots", type=integer(1, 1000), default=5, show_default=True, help="Support patches per run.")
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, callback=integer_list(*TRAIN_RANGES["seed"][:2]),
               help="Comma-separated seeds (one run each, its own support draw). Draws can differ more than "

@@ -257,10 +257,16 @@ def _chain(*decorators):
     return decorate
 
 
-encoder_option = click.option(
-    "--encoder", type=click.Choice(["auto", *shipped_names()]), default=DEFAULT_ENCODER, show_default=True,
-    help=f"Shipped encoder; auto cross-validates each on the support polygons and leaves the default only for "
-         f"one that beats it in {SWITCH_CONFIDENCE:.0%} of the bootstrap resamples.")
+def _encoder_option(auto: bool):
+    """``--encoder``: a shipped encoder by name, and ``auto`` where there are support polygons to choose on."""
+    return click.option(
+        "--encoder", type=click.Choice(["auto", *shipped_names()] if auto else shipped_names()),
+        default=DEFAULT_ENCODER, show_default=True,
+        help="Shipped encoder" + (f"; auto cross-validates each on the support polygons and leaves the default "
+                                  f"only for one that beats it in {SWITCH_CONFIDENCE:.0%} of the bootstrap "
+                                  f"resamples." if auto else "."))
+
+
 backbone_option = click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE,
                                show_default=True, help="Encoder architecture.")
 checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False),
@@ -274,8 +280,12 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                              show_default=True)
 batch_size_option = click.option("--batch-size", type=Number(1, integer=True),
                                  help="Windows per batch [default: 1 on CPU, 16 on CUDA].")
-encoder_options = _chain(encoder_option, backbone_option, checkpoint_option, init_weights_option)
-"""Which encoder: a shipped one by name, or an architecture with a checkpoint or ImageNet weights."""
+encoder_options = _chain(_encoder_option(auto=True), backbone_option, checkpoint_option, init_weights_option)
+"""Which encoder: a shipped one by name (or auto, chosen on the support polygons), or an architecture with
+a checkpoint or ImageNet weights."""
+evaluated_encoder_options = _chain(_encoder_option(auto=False), backbone_option, checkpoint_option,
+                                   init_weights_option)
+"""``encoder_options`` without auto, which needs support polygons (evaluate has labelled patches)."""
 encoding_options = _chain(encoder_options, bands_option, device_option, batch_size_option)
 """The encoder, the image bands it reads, and where and in what batches it runs (segment, check-support)."""
 
