@@ -4,8 +4,9 @@ more: ``pipeline.WindowPipeline.crf_beside_model``).
 
 Reads real windows (with the encoder's context) from the 4096 px Dubai mosaic that
 ``segment_throughput.py`` builds, encodes them with the default encoder against stand-in prototypes (the
-CRF's cost does not depend on the labels) and refines them with ``crf_torch.refine_batch`` at a fixed 24 px
-bilateral kernel (7.2 m at 0.3 m, the rule of the time; ``crf.params_for_resolution`` now gives 12 px):
+CRF's cost does not depend on the labels) and refines them with ``crf_torch.refine_batch`` at the kernels
+``segment`` sets for the tiles' 0.3 m (``crf.params_for_resolution``; the README's figures were measured at
+the former 24 px):
 
 - ``model``: the encoder alone, on all of torch's threads;
 - ``turns``: encoder then CRF, batch after batch, both on all threads;
@@ -33,7 +34,7 @@ import rasterio
 from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).parent))
-from segment_throughput import build_mosaic  # noqa: E402
+from segment_throughput import DUBAI_PIXEL_M, build_mosaic  # noqa: E402
 
 SIZE = 417
 
@@ -71,7 +72,7 @@ def main() -> None:
     batches = [np.stack(windows[i:i + args.batch]) for i in range(0, len(windows), args.batch)]
     extract = FeatureExtractor(build_shipped(DEFAULT_ENCODER)[0], torch.device("cpu"))
     prototypes = torch.from_numpy(np.random.default_rng(0).normal(size=(6, extract.out_channels)).astype(np.float32))
-    params = crf_module.CRFParams(bilateral_sxy=crf_module.bilateral_sxy_pixels(7.2, 0.3))
+    params = crf_module.params_for_resolution(DUBAI_PIXEL_M)
     inside = slice(CONTEXT_MARGIN, CONTEXT_MARGIN + SIZE)
     threads = torch.get_num_threads()
 
