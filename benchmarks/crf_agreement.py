@@ -41,7 +41,7 @@ from geoproto.segment import SegmentOptions, segment
 from geoproto.training import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encoder_choice import DUBAI_PIXEL_M  # noqa: E402
+from segment_throughput import DUBAI_PIXEL_M  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "examples" / "dubai" / "split-train-1to5-test-6.json"

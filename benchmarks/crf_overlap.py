@@ -5,8 +5,7 @@ more: ``pipeline.WindowPipeline.crf_beside_model``).
 Reads real windows (with the encoder's context) from the 4096 px Dubai mosaic that
 ``segment_throughput.py`` builds, encodes them with the default encoder against stand-in prototypes (the
 CRF's cost does not depend on the labels) and refines them with ``crf_torch.refine_batch`` at the kernels
-``segment`` sets for the tiles' 0.3 m (``crf.params_for_resolution``; the README's figures were measured at
-the former 24 px):
+``segment`` sets for the tiles' 0.3 m (``crf.params_for_resolution``):
 
 - ``model``: the encoder alone, on all of torch's threads;
 - ``turns``: encoder then CRF, batch after batch, both on all threads;

@@ -47,6 +47,7 @@ from geoproto.training import load_dataset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import encoder_choice  # noqa: E402  (the same supports and truth as the encoder benchmark)
+from segment_throughput import DUBAI_PIXEL_M  # noqa: E402
 
 VALIDATION_SPLIT = REPO / "examples" / "dubai" / "split-train-1to4-val-5.json"
 
@@ -248,7 +249,7 @@ def validation(args) -> None:
         print(row("dubai-5", "CRF off", "", [sum(m) for m in zero.values()], names, 0, len(images) * len(seeds)))
         for setting, overrides in settings.items():
             t0 = time.perf_counter()
-            windows = dubai_windows(images, per_seed, truths, len(names), params_for(encoder_choice.DUBAI_PIXEL_M, overrides))
+            windows = dubai_windows(images, per_seed, truths, len(names), params_for(DUBAI_PIXEL_M, overrides))
             for guard_name, guard in guards.items():
                 matrices, vetoed = [], 0
                 for seed_windows in windows.values():

@@ -19,8 +19,8 @@ DUBAI_FOLDER holds the Dubai aerial tiles (``images/``, ``masks/``, ``classes.js
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,16 +33,15 @@ from shapely.geometry import box
 from geoproto.metrics import confusion_matrix
 from geoproto.models import DEFAULT_ENCODER, shipped_names
 from geoproto.segment import SegmentOptions, segment
-from geoproto.classes import read_class_file
-from geoproto.support import RasterLabels
-from geoproto.tiling import Tile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from segment_throughput import dubai_truth  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPACENET = REPO / "examples" / "spacenet"
 ALBERS = REPO / "tests" / "data" / "albers-30m"
 BOX = 24
 BOXES_PER_CLASS = 3
-DUBAI_PIXEL_M = 0.3  # the Dubai tiles carry no georeferencing
 
 
 def _run(image, support, encoder, folder, **options) -> np.ndarray:
@@ -72,15 +71,6 @@ def place_boxes(truth: np.ndarray, info, rng: np.random.Generator, side: int = B
                 names.append(class_name)
                 placed += 1
     return boxes, names
-
-
-def dubai_truth(root: Path, name: str):
-    """A Dubai tile's mask as class ids, and the class file."""
-    info = read_class_file(str(root / "classes.json"))
-    with rasterio.open(root / "masks" / f"{name}.png") as src, \
-            contextlib.closing(RasterLabels(src.name, src, info)) as labels:
-        truth = labels.read(Tile(0, 0, src.height, src.width, 0, 0, 0, 0), max(src.shape))[: src.height, : src.width]
-    return truth, info
 
 
 def box_support(truth: np.ndarray, info, rng: np.random.Generator, per_class: int = BOXES_PER_CLASS):

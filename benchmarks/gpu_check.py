@@ -73,7 +73,7 @@ from geoproto.models import DEFAULT_ENCODER, build_shipped  # noqa: E402
 from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor  # noqa: E402
 
 SIZE = 417  # segment's default tile size
-DUBAI_PIXEL_M = 0.3
+DUBAI_PIXEL_M = 0.3  # segment_throughput's, not imported: steps 1-2 run without rasterio
 SPACENET_PIXEL_M = 0.5
 CRF_LABELS_BAR = 0.999  # labels equal, device against CPU
 END_TO_END_BAR = 500.0  # windows per second, the bar (20480 px mosaic)

@@ -48,8 +48,9 @@ from geoproto.tiling import Tile, tile_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The supports and truth the encoder benchmark draws.
-from encoder_choice import (BOXES_PER_CLASS, DUBAI_PIXEL_M, box_support, dubai_truth,  # noqa: E402
-                            pivots_truth, spacenet_truth)
+from encoder_choice import (BOXES_PER_CLASS, box_support, dubai_truth, pivots_truth,  # noqa: E402
+                            spacenet_truth)
+from segment_throughput import DUBAI_PIXEL_M  # noqa: E402
 
 FOLDS = 5
 

@@ -38,7 +38,7 @@ from rasterio.windows import Window
 
 CACHE = Path(tempfile.gettempdir()) / "geoproto-bench"
 SUPPORT_SIDE = 1024  # the support labels cover the top-left corner only
-DUBAI_PIXEL_M = 0.3  # the mosaic's pixels, as its georeferencing says
+DUBAI_PIXEL_M = 0.3  # the Dubai tiles' pixels (the JPEGs carry no georeferencing; the mosaic says so)
 
 
 def build_mosaic(side: int, root: Path) -> tuple[Path, Path]:
@@ -52,10 +52,24 @@ def build_mosaic(side: int, root: Path) -> tuple[Path, Path]:
     return image_path, label_path
 
 
+def dubai_truth(root: Path, name: str):
+    """A Dubai tile's mask as class ids, and the class file (read as ``segment`` reads a label raster; no
+    geopandas or shapely, which ``gpu_check``'s device run does not install)."""
+    import contextlib
+
+    from geoproto.classes import read_class_file
+    from geoproto.support import RasterLabels
+    from geoproto.tiling import Tile
+
+    info = read_class_file(str(root / "classes.json"))
+    with rasterio.open(root / "masks" / f"{name}.png") as src, \
+            contextlib.closing(RasterLabels(src.name, src, info)) as labels:
+        truth = labels.read(Tile(0, 0, src.height, src.width, 0, 0, 0, 0), max(src.shape))[: src.height, : src.width]
+    return truth, info
+
+
 def _write_mosaic(side: int, root: Path, image_path: Path, label_path: Path) -> None:
     """Written block row by block row, so memory stays small whatever ``side``."""
-    from encoder_choice import dubai_truth
-
     names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
     tiles = []
     for name in names:

@@ -276,8 +276,20 @@ def band_scaling(src: rasterio.io.DatasetReader, bands: list[int]) -> list[tuple
     byte_bands = all(src.dtypes[b - 1] == "uint8" for b in bands)
     if byte_bands and all_valid(src, bands):
         return [(0.0, 255.0)] * len(bands)  # no nodata, no alpha, no NaN: nothing to read
-    values = _valid_sample(src, bands, max(1, int(np.ceil(max(src.height, src.width) / STATS_MAX_SIDE))))
+    values = _valid_sample(src, bands, _statistics_factor(src))
     return [(0.0, 255.0)] * len(bands) if byte_bands else _percentile_scaling(values)
+
+
+def check_valid(source: RasterSource) -> None:
+    """Refuse a raster without a valid pixel, as measuring its stretch does, where its stretch is given
+    (a prototype file's) rather than measured."""
+    if not all_valid(source.dataset, source.bands):
+        _valid_sample(source.dataset, source.bands, _statistics_factor(source.dataset))
+
+
+def _statistics_factor(src: rasterio.io.DatasetReader) -> int:
+    """The decimation that reads at most STATS_MAX_SIDE pixels a side of ``src``."""
+    return max(1, int(np.ceil(max(src.height, src.width) / STATS_MAX_SIDE)))
 
 
 def shared_scaling(sources: list[RasterSource]) -> list[tuple[float, float]] | None:

@@ -41,7 +41,7 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
                      sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
 from .prototype_file import PrototypeFile, load_prototypes
-from .raster import block_cache, component_files, pixel_area_m2, pixel_size_m
+from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
 from .tiling import tile_grid
@@ -197,6 +197,7 @@ class _Job:
     tiles: list | None = None
     area: object = None
     refine: RefineSettings | None = None  # its CRF settings (None without the CRF)
+    pixel_size: float | None = None  # metres per pixel (None without a metric grid)
     pixel_area: float | None = None  # m² per pixel (None without a metric CRS)
 
 
@@ -286,10 +287,11 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                 # Set now, where the pixel size is known: a CRF width or minimum area the raster cannot
                 # take is refused before the encoder is built, and before any input's output is written.
                 src = job.inputs.source.dataset
-                pixel_size = pixel_size_m(src, job.inputs.crs)
+                job.pixel_size = pixel_size_m(src, job.inputs.crs)
                 job.refine = RefineSettings(crf_module.params_for_resolution(
-                    pixel_size, options.crf_bilateral_m, **options.crf_overrides), crf_backend) if options.crf else None
-                if options.crf and crf_module.kernel_at_floor(pixel_size, options.crf_overrides):
+                    job.pixel_size, options.crf_bilateral_m, **options.crf_overrides), crf_backend) \
+                    if options.crf else None
+                if options.crf and crf_module.kernel_at_floor(job.pixel_size, options.crf_overrides):
                     unscaled.append(job.image)
                 job.pixel_area = pixel_area_m2(src, job.inputs.crs)
                 if options.min_area and job.pixel_area is None:
@@ -319,7 +321,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                 src = job.inputs.source.dataset
                 if taught is not None:  # each raster against the supports' resolution and bands
                     support_stats["warnings"] += taught.check_raster(job.image, len(job.inputs.source.bands),
-                                                                     pixel_size_m(src, job.inputs.crs))
+                                                                     job.pixel_size)
                 job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs, several)
                 job.tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
                 if job.area is not None:  # windows outside the area are never read nor encoded
@@ -389,12 +391,14 @@ def _stretch(opened: list[Inputs], taught: PrototypeFile | None, asked: str) -> 
     or as ``inputs.stretch_inputs`` does (one stretch pooled over several rasters, or each its own)."""
     if asked == "shared" and taught is not None:
         scales = [taught.stretch(inputs.source.dtype, len(inputs.source.bands)) for inputs in opened]
-        for inputs in opened:
-            inputs.source.close()
         if all(scale is not None for scale in scales):
             for inputs, scale in zip(opened, scales):
+                check_valid(inputs.source)  # not measured: refused here, before any model work
                 inputs.source.scale = scale
+                inputs.source.close()
             return "prototype file"
+        for inputs in opened:
+            inputs.source.close()
     return stretch_inputs(opened, asked)
 
 

@@ -136,6 +136,21 @@ def test_segment_with_the_file_gives_the_labels_of_segment_with_the_support(path
     assert summary["pixels"] == json.loads(direct.stdout)["support"]["pixels"]
 
 
+def test_a_raster_without_valid_pixels_is_refused_with_a_file_s_stretch(paths, spacenet_crop, tmp_path):
+    """Read with a prototype file's stretch a raster is not measured, yet one without a valid pixel is still
+    refused, and nothing is written."""
+    made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / "p.gpp", "--tile-size", 128,
+               "--overlap", 16, "--scoring", "prototypes", "-q")
+    assert made.exit_code == 0, made.output
+    with rasterio.open(spacenet_crop) as src:
+        empty = synthetic.write_raster(tmp_path / "empty.tif", np.zeros((src.count, 64, 64), src.dtypes[0]), nodata=0,
+                                       crs=src.crs, transform=src.transform)
+    result = run("segment", empty, "--prototypes", tmp_path / "p.gpp", "-o", tmp_path / "labels.tif", "--no-crf")
+    assert result.exit_code == 1
+    assert "empty.tif: no valid pixels (all nodata, NaN or transparent)" in result.output
+    assert not (tmp_path / "labels.tif").exists()
+
+
 def test_a_raster_scored_with_a_file_is_stretched_as_its_supports_were(paths, spacenet_crop, dark_crop, tmp_path):
     """A file made on the crop scores a copy of it whose right 40 % is blanked dark (its own percentiles
     move): read with the file's stretch, the untouched part gets the crop's labels; with its own
