@@ -13,11 +13,11 @@ The chips run ``segment --scoring`` (``--scoring``, default auto: what ``segment
 the CRF must hold the bar of issue 17 whichever scoring ``segment`` picks (OA up, no class F1 down by
 more than 2 points).
 The model's probabilities are computed once per data set; each kernel setting refines every window once
-(torch backend, unguarded) and each guard is then applied to the recorded windows: a vetoed window
-counts with its unrefined labels, as ``segment`` and ``evaluate`` keep them. The chosen rule
-(``crf.params_for_resolution``) is measured on the test data by ``benchmarks/accuracy.py``. On this
-2-core CPU, shared: about 15 s per setting and seed for area 5 (81 windows) after 20 s of encoding, and
-under a minute per setting for both chips.
+(torch backend, unguarded; settings equal at a data set's resolution share one row) and each guard is
+then applied to the recorded windows: a vetoed window counts with its unrefined labels, as ``segment``
+and ``evaluate`` keep them. The chosen rule (``crf.params_for_resolution``) is measured on the test data
+by ``benchmarks/accuracy.py``. On this 2-core CPU, shared: about 15 s per setting and seed for area 5
+(81 windows) after 20 s of encoding, and under a minute per setting for both chips.
 """
 
 from __future__ import annotations
@@ -91,6 +91,16 @@ def params_for(pixel_size_m: float, setting: dict, guard: dict | None = None) ->
     if "bilateral_px" in overrides:
         overrides["bilateral_sxy"] = overrides.pop("bilateral_px")
     return crf.params_for_resolution(pixel_size_m, **overrides, **(guard or {}))
+
+
+def distinct_settings(settings: dict[str, dict], pixel_size_m: float) -> dict[str, crf.CRFParams]:
+    """The kernel settings at ``pixel_size_m``, each refined once: settings equal there (the rule and the
+    width it resolves to) share one row, named by all of them."""
+    names: dict[crf.CRFParams, str] = {}
+    for name, overrides in settings.items():
+        params = params_for(pixel_size_m, overrides)
+        names[params] = f"{names[params]} = {name}" if params in names else name
+    return {name: params for params, name in names.items()}
 
 
 @dataclasses.dataclass
@@ -247,9 +257,9 @@ def validation(args) -> None:
         zero = {s: [confusion_matrix(t, p.float().argmax(0).numpy() + 1, len(names)) for p, t in zip(ps, truths)]
                 for s, ps in per_seed.items()}
         print(row("dubai-5", "CRF off", "", [sum(m) for m in zero.values()], names, 0, len(images) * len(seeds)))
-        for setting, overrides in settings.items():
+        for setting, params in distinct_settings(settings, DUBAI_PIXEL_M).items():
             t0 = time.perf_counter()
-            windows = dubai_windows(images, per_seed, truths, len(names), params_for(DUBAI_PIXEL_M, overrides))
+            windows = dubai_windows(images, per_seed, truths, len(names), params)
             for guard_name, guard in guards.items():
                 matrices, vetoed = [], 0
                 for seed_windows in windows.values():
@@ -270,8 +280,8 @@ def validation(args) -> None:
             names = ["target", "other"]
             matrix = case.score(case.unrefined, case.summary)
             print(row(case.name, "CRF off", "", [matrix], names, 0, len(case.tiles)), flush=True)
-            for setting, overrides in settings.items():
-                windows = case.windows(params_for(case.pixel_size_m, overrides))
+            for setting, params in distinct_settings(settings, case.pixel_size_m).items():
+                windows = case.windows(params)
                 for guard_name, guard in guards.items():
                     matrix, vetoed = case.scored(windows, guard)
                     print(row(case.name, setting, guard_name, [matrix], names, vetoed, len(case.tiles)),

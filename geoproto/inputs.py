@@ -115,51 +115,33 @@ def support_pairs(opened: list[Inputs], support: str) -> tuple[list[tuple[Raster
 
 
 def stretch_inputs(opened: list[Inputs], asked: str) -> str:
-    """Stretch the rasters of inputs processed together as asked (``SegmentOptions.stretch``): ``shared``
-    when they now share one (``share_scaling``), else ``per-input`` (each its own, measured now: a raster
-    without a valid pixel is refused before any model work)."""
-    by_path = _sources_by_path(opened)
-    if asked == "shared" and share_scaling(by_path):
-        return "shared"
-    for first, *copies in by_path.values():  # each file measured once, however many inputs hold it
-        first.measure()
-        for source in (first, *copies):
-            source.scale = first.scale
-            source.close()
-    return "per-input"
-
-
-def _sources_by_path(opened: list[Inputs]) -> dict[str, list[RasterSource]]:
-    """The RasterSources of ``opened`` (images and support images) by file: one file may be held by several
-    (a support image opened for each input)."""
+    """Stretch the rasters of inputs processed together as asked (``SegmentOptions.stretch``); returns the
+    stretch they got. ``shared``: one for them all, the support image's included (``raster.shared_scaling``),
+    so that tiles of one orthophoto given as separate files are scaled as the whole would be, and labels
+    drawn on one raster teach on the scale of the others; not for a single raster, which has its own, nor
+    when their bands differ in data type or count, nor for byte bands, never stretched. Otherwise
+    ``per-input``: each its own, measured now, so that a raster without a valid pixel is refused before any
+    model work. Each file is read once however many inputs hold it (a support image is opened for each
+    input), and its handles closed again."""
     by_path: dict[str, list[RasterSource]] = {}
     for inputs in opened:
         for source in {id(s): s for s in (inputs.source, inputs.support_source)}.values():
             by_path.setdefault(absolute_path(source.path), []).append(source)
-    return by_path
-
-
-def share_scaling(by_path: dict[str, list[RasterSource]]) -> bool:
-    """Give the rasters of inputs processed together, the support image's included, one stretch
-    (``raster.shared_scaling``), so that tiles of one orthophoto given as separate files are scaled as the
-    whole would be, and labels drawn on one raster teach on the scale of the others; whether they now
-    share one (not a single raster, which has its own; not when their bands differ in data type or
-    count, nor for byte bands, never stretched). ``by_path``: ``_sources_by_path``; each file is read once
-    however many inputs hold it, and its handles closed again."""
-    distinct = [sources[0] for sources in by_path.values()]
-    if len(distinct) < 2:
-        return False
     try:
-        scale = shared_scaling(distinct)
+        pooled = shared_scaling([first for first, *_ in by_path.values()]) \
+            if asked == "shared" and len(by_path) > 1 else None
+        for first, *copies in by_path.values():
+            if pooled is None:
+                first.measure()
+            else:
+                first.scale = pooled
+            for source in copies:
+                source.scale = first.scale
     finally:
-        for source in distinct:
-            source.close()
-    if scale is None:
-        return False
-    for sources in by_path.values():
-        for source in sources:
-            source.scale = scale
-    return True
+        for sources in by_path.values():
+            for source in sources:
+                source.close()
+    return "per-input" if pooled is None else "shared"
 
 
 def open_image(image: str, classes: ClassInfo, bands: list[int] | None = None,

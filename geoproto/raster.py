@@ -89,7 +89,7 @@ class RasterSource:
     It owns its dataset handles: one per thread that reads (a GDAL handle must not be shared between
     threads), opened on first use and closed by ``close``; a copy sent to another process (pickled)
     opens its own. The scaling is set before any window is read (at open, from the raster's pixels; or
-    pooled over the rasters of a run by ``inputs.share_scaling``, or a prototype file's), so every window,
+    pooled over the rasters of a run by ``inputs.stretch_inputs``, or a prototype file's), so every window,
     thread and process scales alike.
     """
 
@@ -104,7 +104,7 @@ class RasterSource:
     @classmethod
     def open(cls, path: str, bands: list[int] | None = None, measure: bool = True) -> "RasterSource":
         """``measure``: compute its own stretch now (a raster without a valid pixel is refused here); a
-        caller that will pool the stretch over several rasters (``inputs.share_scaling``) passes False and
+        caller that will pool the stretch over several rasters (``inputs.stretch_inputs``) passes False and
         calls ``measure`` on what it did not pool, so no raster's statistics are read twice."""
         source = cls(path)
         try:

@@ -51,7 +51,7 @@ DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
 
 SCORING_CHOICES = ("auto", *VARIANTS)
-# How several inputs are stretched: one stretch pooled over them (``inputs.share_scaling``) or each its own.
+# How several inputs are stretched: one stretch pooled over them (``inputs.stretch_inputs``) or each its own.
 STRETCH_CHOICES = ("shared", "per-input")
 
 
