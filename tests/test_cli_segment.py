@@ -1182,19 +1182,22 @@ def test_an_input_without_valid_pixels_is_refused_before_any_model_work(spacenet
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_a_pooled_stretch_reads_each_raster_s_statistics_once(paths, spacenet_crop, dark_crop, tmp_path, monkeypatch):
+def test_a_pooled_stretch_reads_each_raster_s_statistics_once(tmp_path, spy):
     """The statistics pass reads a whole raster without overviews: pooled, each raster is sampled once
     (not for its own stretch first); per input, once too."""
     import geoproto.raster
 
-    sample, reads = geoproto.raster._valid_sample, []
-    monkeypatch.setattr(geoproto.raster, "_valid_sample", lambda src, *a: reads.append(src.name) or sample(src, *a))
+    rasters = [synthetic.write_raster(tmp_path / "a.tif", synthetic.two_halves("uint16") * 10, nodata=0),
+               synthetic.write_raster(tmp_path / "b.tif", synthetic.two_halves("uint16", seed=1) * 5, nodata=0)]
+    support = synthetic.write_support(tmp_path / "support.gpkg")
+    reads = spy(geoproto.raster, "_valid_sample", lambda src, *args, **kwargs: src.name)
     for stretch in ("shared", "per-input"):
         reads.clear()
-        result = run(spacenet_crop, dark_crop, "-s", paths.support, "--output-dir", tmp_path / stretch, *PIECES,
-                     "--stretch", stretch, "-q")
+        result = run(*rasters, "-s", support, "--output-dir", tmp_path / stretch, *FAST, "--stretch", stretch,
+                     "--json")
         assert result.exit_code == 0, result.output
-        assert sorted(reads) == sorted([str(spacenet_crop), str(dark_crop)]), stretch
+        assert json.loads(result.stdout)["stretch"] == stretch
+        assert sorted(reads) == [str(raster) for raster in rasters], stretch
 
 
 def test_a_support_image_shares_the_stretch_of_the_raster_it_teaches(paths, spacenet_crop, dark_crop, tmp_path):
