@@ -164,10 +164,25 @@ def dark_crop(spacenet_crop, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def support_reads(monkeypatch) -> list[str]:
+def spy(monkeypatch):
+    """``spy(target, name, record)``: calls go through; returns the list of each call's ``record(*args, **kwargs)``."""
+
+    def install(target, name: str, record=lambda *args, **kwargs: (args, kwargs)) -> list:
+        calls, original = [], getattr(target, name)
+
+        def recording(*args, **kwargs):
+            calls.append(record(*args, **kwargs))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(target, name, recording)
+        return calls
+
+    return install
+
+
+@pytest.fixture
+def support_reads(spy) -> list[str]:
     """The support files ``support.read_vector_support`` reads during the test, in order."""
     import geoproto.support
 
-    reads, read = [], geoproto.support.read_vector_support
-    monkeypatch.setattr(geoproto.support, "read_vector_support", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
-    return reads
+    return spy(geoproto.support, "read_vector_support", lambda path, *args, **kwargs: path)

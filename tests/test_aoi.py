@@ -13,7 +13,7 @@ from geoproto.segment import SegmentOptions, segment
 from synthetic import TRANSFORM, pixel_box, scene, two_halves, write_raster
 
 
-def test_windows_outside_the_aoi_are_never_read(tmp_path, monkeypatch):
+def test_windows_outside_the_aoi_are_never_read(tmp_path, spy):
     image = write_raster(tmp_path / "image.tif", two_halves(side=384))  # 128 px windows, overlap 16: 4 x 4
     support = tmp_path / "support.gpkg"
     geopandas.GeoDataFrame({"class": ["red", "green"]},
@@ -22,14 +22,7 @@ def test_windows_outside_the_aoi_are_never_read(tmp_path, monkeypatch):
     aoi = tmp_path / "aoi.geojson"  # in another CRS than the raster's
     geopandas.GeoDataFrame(geometry=[pixel_box(TRANSFORM, 150, 10, 230, 90)], crs="EPSG:32616").to_crs(
         "EPSG:4326").to_file(aoi)
-    reads = []
-    original = RasterSource.read
-
-    def counting_read(self, tile, size, context=0):
-        reads.append((tile.row, tile.col))
-        return original(self, tile, size, context)
-
-    monkeypatch.setattr(RasterSource, "read", counting_read)
+    reads = spy(RasterSource, "read", lambda self, tile, *args, **kwargs: (tile.row, tile.col))
     summary = segment(str(image), str(support), str(tmp_path / "c.tif"),
                       SegmentOptions(scoring="prototypes", tile_size=128, overlap=16, crf=False, progress=False, aoi=str(aoi)))
     # Only the two windows the area reaches (columns 112-240 and 224-352 of the first row) are read:

@@ -65,7 +65,7 @@ def test_pairs_pool_exactly_as_merging_their_files(tmp_path):
     assert json.loads(merged.stdout)["sources"] == 2
 
 
-def test_pairs_sharing_a_support_file_read_it_once(tmp_path, monkeypatch, support_reads):
+def test_pairs_sharing_a_support_file_read_it_once(tmp_path, spy, support_reads):
     """Two rasters given the same support file: it is read and hashed once, and the file pools both pairs
     as building each pair's file apart and merging them does."""
     import geoproto.prototypes
@@ -76,9 +76,7 @@ def test_pairs_sharing_a_support_file_read_it_once(tmp_path, monkeypatch, suppor
         assert run("prototypes", raster, "-s", support, "-o", tmp_path / f"{name}.gpp", *tiling).exit_code == 0
     reads = support_reads
     reads.clear()  # what was read before is not this test's
-    hashed = []
-    digest = geoproto.prototypes.file_sha256
-    monkeypatch.setattr(geoproto.prototypes, "file_sha256", lambda path: hashed.append(path) or digest(path))
+    hashed = spy(geoproto.prototypes, "file_sha256", lambda path: path)
     both = run("prototypes", image, other, "-s", support, "-s", support, "-o", tmp_path / "ab.gpp", *tiling)
     assert both.exit_code == 0, both.output
     assert reads == [str(support)] and hashed == [str(support)]

@@ -75,17 +75,17 @@ def test_spacenet_buildings_found_on_held_out_buildings(paths, spacenet_run):
 
 
 @pytest.mark.slow
-def test_crf_raises_accuracy_without_costing_a_class_two_f1_points(paths, tmp_path):
+def test_crf_raises_accuracy_without_costing_a_class_two_f1_points(paths, spacenet_run, tmp_path):
     """The CRF's bar (issue 17) on the chip, with the linear head `--scoring auto` takes here: CRF-on OA
     above CRF-off, and neither class's F1 down by more than 2 points. A 16 px bilateral kernel at 0.5 m
-    erased the buildings the head found only in part (building F1 37.1 -> 32.9)."""
-    outputs = {}
-    for crf_flag in ("--no-crf", "--crf"):
-        outputs[crf_flag] = tmp_path / f"{crf_flag}.tif"
-        result = run(paths.chip, "--support", paths.support, "-o", outputs[crf_flag], crf_flag, "--scoring", "linear",
-                     "-q")
-        assert result.exit_code == 0, result.output
-    off, on = (_building_scores(paths, outputs[flag]) for flag in ("--no-crf", "--crf"))
+    erased the buildings the head found only in part (building F1 37.1 -> 32.9). The CRF-on map is
+    ``spacenet_run``'s (CRF on by default), the same labels as ``--crf --scoring linear``."""
+    out, summary = spacenet_run
+    assert summary["scoring"]["used"] == "linear" and summary["crf"]["enabled"]  # the head and CRF this bar is of
+    result = run(paths.chip, "--support", paths.support, "-o", tmp_path / "off.tif", "--no-crf", "--scoring", "linear",
+                 "-q")
+    assert result.exit_code == 0, result.output
+    off, on = _building_scores(paths, tmp_path / "off.tif"), _building_scores(paths, out / "classes.tif")
     assert on["overall_accuracy"] > off["overall_accuracy"]
     assert np.all(on["f1"] >= off["f1"] - 0.02), (off["f1"], on["f1"])
 
@@ -1182,19 +1182,22 @@ def test_an_input_without_valid_pixels_is_refused_before_any_model_work(spacenet
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_a_pooled_stretch_reads_each_raster_s_statistics_once(paths, spacenet_crop, dark_crop, tmp_path, monkeypatch):
+def test_a_pooled_stretch_reads_each_raster_s_statistics_once(tmp_path, spy):
     """The statistics pass reads a whole raster without overviews: pooled, each raster is sampled once
     (not for its own stretch first); per input, once too."""
     import geoproto.raster
 
-    sample, reads = geoproto.raster._valid_sample, []
-    monkeypatch.setattr(geoproto.raster, "_valid_sample", lambda src, *a: reads.append(src.name) or sample(src, *a))
+    rasters = [synthetic.write_raster(tmp_path / "a.tif", synthetic.two_halves("uint16") * 10, nodata=0),
+               synthetic.write_raster(tmp_path / "b.tif", synthetic.two_halves("uint16", seed=1) * 5, nodata=0)]
+    support = synthetic.write_support(tmp_path / "support.gpkg")
+    reads = spy(geoproto.raster, "_valid_sample", lambda src, *args, **kwargs: src.name)
     for stretch in ("shared", "per-input"):
         reads.clear()
-        result = run(spacenet_crop, dark_crop, "-s", paths.support, "--output-dir", tmp_path / stretch, *PIECES,
-                     "--stretch", stretch, "-q")
+        result = run(*rasters, "-s", support, "--output-dir", tmp_path / stretch, *FAST, "--stretch", stretch,
+                     "--json")
         assert result.exit_code == 0, result.output
-        assert sorted(reads) == sorted([str(spacenet_crop), str(dark_crop)]), stretch
+        assert json.loads(result.stdout)["stretch"] == stretch
+        assert sorted(reads) == [str(raster) for raster in rasters], stretch
 
 
 def test_a_support_image_shares_the_stretch_of_the_raster_it_teaches(paths, spacenet_crop, dark_crop, tmp_path):

@@ -9,16 +9,9 @@ from geoproto.raster import RasterSource
 
 
 @pytest.fixture
-def closed_paths(monkeypatch) -> list[str]:
+def closed_paths(spy) -> list[str]:
     """The paths of the RasterSources closed from now on."""
-    closed, close = [], RasterSource.close
-
-    def recording_close(self):
-        closed.append(self.path)
-        close(self)
-
-    monkeypatch.setattr(RasterSource, "close", recording_close)
-    return closed
+    return spy(RasterSource, "close", lambda self: self.path)
 
 
 def test_the_opened_rasters_stay_open_for_the_caller(spacenet, closed_paths):
@@ -68,13 +61,12 @@ def test_a_label_raster_closes_with_the_inputs_and_reopens_on_use(tmp_path, grid
     assert reopened is not handles[0] and reopened.closed
 
 
-def test_a_label_raster_without_labels_is_closed_with_the_image(tmp_path, closed_paths, monkeypatch):
+def test_a_label_raster_without_labels_is_closed_with_the_image(tmp_path, closed_paths, spy):
     import synthetic
 
     from geoproto.support import RasterLabels
 
-    closed_labels, close = [], RasterLabels.close
-    monkeypatch.setattr(RasterLabels, "close", lambda self: closed_labels.append(self.path) or close(self))
+    closed_labels = spy(RasterLabels, "close", lambda self: self.path)
     image, _ = synthetic.scene(tmp_path)
     empty = synthetic.write_raster(tmp_path / "labels.tif", np.zeros((synthetic.SIDE, synthetic.SIDE), np.uint8))
     with pytest.raises(GeoprotoError, match=f"{empty}: holds no labelled pixel"):
