@@ -401,6 +401,8 @@ RASTER_DRIVERS = {"GTiff": (".tif", ".tiff"), "COG": (".tif", ".tiff")}
 VECTOR_DRIVERS = {"GPKG": (".gpkg",), "GeoJSON": (".geojson", ".json"), "ESRI Shapefile": (".shp",),
                   "FlatGeobuf": (".fgb",), "KML": (".kml",), "GML": (".gml",), "CSV": (".csv",),
                   "SQLite": (".sqlite",), "GeoJSONSeq": (".geojsonl", ".geojsons"), "Parquet": (".parquet",)}
+# CSV has no geometry column unless asked for one: OGR refuses to write the polygons without it.
+VECTOR_LAYER_OPTIONS = {"CSV": {"GEOMETRY": "AS_WKT"}}
 
 
 def output_driver(path: str, driver: str | None, drivers: dict[str, tuple[str, ...]], what: str) -> str:
@@ -484,7 +486,7 @@ def write_polygons(class_path: str, vector_path: str, classes: ClassInfo, driver
                                    geometry=geometries, crs=crs)
     frame["area_m2"] = polygon_areas_m2(frame)
     layer = None if driver in ("ESRI Shapefile", "GeoJSON", "GeoJSONSeq", "CSV", "FlatGeobuf") else "classes"
-    frame.to_file(vector_path, layer=layer, driver=driver)
+    frame.to_file(vector_path, layer=layer, driver=driver, layer_options=VECTOR_LAYER_OPTIONS.get(driver))
     return len(records)
 
 

@@ -298,3 +298,16 @@ def test_a_sibling_file_may_not_replace_an_input(tmp_path):
         staged.commit()
     staged.discard()
     assert legend.read_text() == "an input" and os.listdir(tmp_path) == ["c.tif.aux.xml"]
+
+
+def test_polygons_written_as_csv_carry_their_geometry_as_wkt(tmp_path):
+    path = tmp_path / "c.tif"
+    _class_raster(path, _blocks())
+    count = write_polygons(path, tmp_path / "p.csv", CLASSES, "CSV")
+    with open(tmp_path / "p.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == count
+    assert {row["class_name"] for row in rows} == {"building", "ground", "tree"}
+    polygons = [shapely.from_wkt(row["WKT"]) for row in rows]
+    assert all(p.geom_type == "Polygon" for p in polygons)
+    assert sum(p.area for p in polygons) == pytest.approx((600 * 600 - 20 * 20) * 0.25)
