@@ -422,6 +422,18 @@ def output_driver(path: str, driver: str | None, drivers: dict[str, tuple[str, .
     return match
 
 
+def polygon_format(path: str, driver: str | None) -> str:
+    """``output_driver`` of the polygons, refusing a format the GDAL that writes them (pyogrio's) lacks:
+    Parquet needs a GDAL built with Arrow, and its absence is otherwise found only after the whole run."""
+    import pyogrio
+
+    found = output_driver(path, driver, VECTOR_DRIVERS, "vector")
+    if "w" not in pyogrio.list_drivers(write=True).get(found, ""):
+        raise GeoprotoError(f"{path}: this GDAL ({pyogrio.__gdal_version_string__}) cannot write {found}; "
+                            f"choose another format (.gpkg, .fgb, .geojson, ...)", param="vector")
+    return found
+
+
 def driver_name(driver: str, drivers: dict[str, tuple[str, ...]], what: str) -> str:
     """``driver`` as ``drivers`` spell it (GDAL's names ignore case); refuses one not among them."""
     match = {name.lower(): name for name in drivers}.get(driver.lower())

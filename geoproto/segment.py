@@ -38,7 +38,7 @@ from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
                      class_areas, class_histogram, convert_to_cog, driver_name, gdal_write_errors, output_driver,
-                     sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
+                     polygon_format, sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
 from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m
@@ -558,8 +558,7 @@ def _output_formats(output: str, options: SegmentOptions) -> tuple[str, str | No
         output_driver(options.report, "CSV", {"CSV": (".csv",)}, "report")
     if options.vector_driver and not options.vector:
         raise GeoprotoError("applies to the polygons: give a vector output too", param="vector_driver")
-    vector_format = output_driver(options.vector, options.vector_driver, VECTOR_DRIVERS, "vector") \
-        if options.vector else None
+    vector_format = polygon_format(options.vector, options.vector_driver) if options.vector else None
     if options.simplify and not options.vector:
         raise GeoprotoError("applies to the polygons: give a vector output too", param="simplify")
     return raster_format, vector_format

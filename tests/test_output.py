@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 from geoproto.errors import GeoprotoError
 from geoproto.output import (RASTER_DRIVERS, VECTOR_DRIVERS, StagedOutputs, build_overviews, class_areas,
                              class_histogram, convert_to_cog, output_driver, remove_stale_staging, same_file,
-                             sieve_classes, write_area_report, write_legend, write_polygons)
+                             sieve_classes, polygon_format, write_area_report, write_legend, write_polygons)
 from geoproto.classes import ClassInfo
 
 from conftest import gdal_band
@@ -311,3 +311,15 @@ def test_polygons_written_as_csv_carry_their_geometry_as_wkt(tmp_path):
     polygons = [shapely.from_wkt(row["WKT"]) for row in rows]
     assert all(p.geom_type == "Polygon" for p in polygons)
     assert sum(p.area for p in polygons) == pytest.approx((600 * 600 - 20 * 20) * 0.25)
+
+
+def test_a_vector_format_this_gdal_cannot_write_is_refused_by_name(monkeypatch):
+    """Parquet (GDAL built with Arrow) and the like are refused before any work, not after the run."""
+    import pyogrio
+
+    monkeypatch.setattr(pyogrio, "list_drivers", lambda **kwargs: {"GPKG": "rw", "FlatGeobuf": "r"})
+    assert polygon_format("out.gpkg", None) == "GPKG"
+    with pytest.raises(GeoprotoError, match=r"out\.fgb: .*cannot write FlatGeobuf"):
+        polygon_format("out.fgb", None)
+    with pytest.raises(GeoprotoError, match="cannot tell the vector format"):
+        polygon_format("out.xyz", None)

@@ -1,0 +1,27 @@
+"""`geoproto segment` on unusual but legitimate inputs and outputs (tiny synthetic rasters in tmp_path):
+errors are one line naming the file or option, before any work, with nothing left behind."""
+
+from click.testing import CliRunner
+
+import synthetic
+from geoproto.cli import main
+
+
+def run(*args):
+    """``geoproto segment`` with the fastest settings (the choices are tested elsewhere)."""
+    return CliRunner().invoke(main, ["segment", *map(str, args), "--encoder", "imagenet", "--no-crf",
+                                     "--scoring", "prototypes", "-q"])
+
+
+def test_a_vector_format_this_gdal_cannot_write_is_refused_before_any_work(tmp_path, monkeypatch):
+    import pyogrio
+
+    image, support = synthetic.scene(tmp_path / "in")
+    monkeypatch.setattr(pyogrio, "list_drivers", lambda **kwargs: {"GPKG": "rw", "Parquet": "r"})
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(image, "--support", support, "-o", out / "c.tif", "--vector", out / "c.parquet")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: --vector: {out / 'c.parquet'}: ")
+    assert "cannot write Parquet" in result.output and "Traceback" not in result.output
+    assert synthetic.leftovers(out) == []
