@@ -25,3 +25,17 @@ def test_a_vector_format_this_gdal_cannot_write_is_refused_before_any_work(tmp_p
     assert result.output.strip().splitlines()[-1].startswith(f"Error: --vector: {out / 'c.parquet'}: ")
     assert "cannot write Parquet" in result.output and "Traceback" not in result.output
     assert synthetic.leftovers(out) == []
+
+
+def test_a_raster_located_by_gcps_only_is_refused_in_one_line_leaving_nothing(tmp_path):
+    from test_inputs import _gcp_raster
+
+    image = _gcp_raster(tmp_path / "scan.tif")
+    support = synthetic.write_support(tmp_path / "support.gpkg")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(image, "--support", support, "-o", out / "c.tif", "--vector", out / "c.gpkg")
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: {image}: is georeferenced by ground control points only, not on a "
+                                     f"grid; warp it onto one first (e.g. gdalwarp {image} gridded.tif)")
+    assert synthetic.leftovers(out) == []
