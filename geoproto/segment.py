@@ -176,11 +176,11 @@ class _Staged:
     report: str | None
 
 
-def _stage(staged: StagedOutputs, output: str, options: SegmentOptions) -> _Staged:
+def _stage(staged: StagedOutputs, output: str, options: SegmentOptions, output_param: str = "output") -> _Staged:
     def stage(path, param):
         return staged.stage(path, param) if path else None
 
-    return _Staged(staged.stage(output, "output"), stage(options.probabilities, "probabilities"),
+    return _Staged(staged.stage(output, output_param), stage(options.probabilities, "probabilities"),
                    stage(options.vector, "vector"), stage(options.preview, "preview"), stage(options.report, "report"))
 
 
@@ -192,6 +192,7 @@ class _Job:
     image: str
     output: str
     options: SegmentOptions
+    output_param: str = "output"  # the parameter that chose ``output``, for errors about it
     paths: _Staged | None = None
     inputs: Inputs | None = None
     tiles: list | None = None
@@ -230,7 +231,7 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
     for image, output in zip(images, output_paths(images, output_dir)):
         sidecars = {name: sidecar_path(output, name, getattr(options, name), suffixes[name])
                     for name in SIDECARS if getattr(options, name) is not None}
-        jobs.append(_Job(image, output, replace(options, **sidecars)))
+        jobs.append(_Job(image, output, replace(options, **sidecars), "output_dir"))
     results, shared = _segment(jobs, support, options)
     totals = {"inputs": len(results), "tiles": sum(r["tiles"] for r in results),
               "tiles_resumed": sum(r["tiles_resumed"] for r in results),
@@ -274,7 +275,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     inputs_stack = contextlib.ExitStack()
     try:
         for job in jobs:
-            job.paths = _stage(staged, job.output, job.options)
+            job.paths = _stage(staged, job.output, job.options, job.output_param)
         for job in jobs:  # after the alias checks: an output that would replace an input is the first thing to say
             _output_formats(job.output, job.options)
         read_files: dict = {}  # the support file, read once for every input

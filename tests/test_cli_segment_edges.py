@@ -39,3 +39,21 @@ def test_a_raster_located_by_gcps_only_is_refused_in_one_line_leaving_nothing(tm
     assert result.output.strip() == (f"Error: {image}: is georeferenced by ground control points only, not on a "
                                      f"grid; warp it onto one first (e.g. gdalwarp {image} gridded.tif)")
     assert synthetic.leftovers(out) == []
+
+
+def test_an_output_of_output_dir_is_refused_naming_output_dir_not_output(tmp_path):
+    """With several inputs the user gave --output-dir; an error naming -o/--output sends them looking for
+    an option they never used."""
+    first = synthetic.write_raster(tmp_path / "in" / "first.tif", synthetic.two_halves())
+    second = synthetic.write_raster(tmp_path / "in" / "second.tif", synthetic.two_halves(seed=1))
+    support = synthetic.write_support(tmp_path / "support.gpkg")
+    out = tmp_path / "out"
+    (out / "second.tif").parent.mkdir()
+    (out / "second.tif").write_bytes(b"an earlier result")
+    result = run(first, second, "--support", support, "--output-dir", out)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: --output-dir: {out / 'second.tif'}: exists; allow --overwrite to replace it"
+    result = run(first, second, "--support", support, "--output-dir", first.parent)
+    assert result.output.strip().startswith(f"Error: --output-dir: {first}: is the input image 1 {first}; ")
+    assert synthetic.leftovers(out, "second.tif") == [] and synthetic.leftovers(first.parent, "first.tif",
+                                                                                 "second.tif") == []
