@@ -224,7 +224,10 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
     started = time.perf_counter()
     if not images:
         raise GeoprotoError("no input raster", param="images")
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise GeoprotoError(f"{output_dir}: cannot create the folder ({exc.strerror})", param="output_dir") from None
     suffixes = {**SIDECARS, **({"vector": VECTOR_DRIVERS[driver_name(options.vector_driver, VECTOR_DRIVERS,
                                                                      "vector")][0]} if options.vector_driver else {})}
     jobs = []

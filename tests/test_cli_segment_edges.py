@@ -57,3 +57,11 @@ def test_an_output_of_output_dir_is_refused_naming_output_dir_not_output(tmp_pat
     assert result.output.strip().startswith(f"Error: --output-dir: {first}: is the input image 1 {first}; ")
     assert synthetic.leftovers(out, "second.tif") == [] and synthetic.leftovers(first.parent, "first.tif",
                                                                                  "second.tif") == []
+
+
+def test_an_output_dir_that_cannot_be_created_is_named_in_one_line(tmp_path):
+    image, support = synthetic.scene(tmp_path)
+    result = run(image, "--support", support, "--output-dir", support / "classes")
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: --output-dir: {support / 'classes'}: cannot create the folder "
+                                     f"(Not a directory)")
