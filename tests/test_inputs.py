@@ -107,3 +107,21 @@ def test_a_raster_georeferenced_by_gcps_only_is_refused_naming_the_remedy(tmp_pa
     with pytest.raises(GeoprotoError, match=r"scan\.tif: is georeferenced by ground control points .*gdalwarp"):
         open_inputs(image, str(write_support(tmp_path / "s.gpkg")), assume_crs=assume_crs)
     assert closed_paths == [image]
+
+
+@pytest.mark.parametrize("bands", [None, [1]])
+def test_a_paletted_image_is_refused_naming_the_expansion(tmp_path, bands):
+    """Its values are palette indices, in no order of brightness: read as grey levels they gave the
+    encoder an image unrelated to the colours shown (white index 1 next to black index 0)."""
+    import rasterio
+
+    from synthetic import CRS, TRANSFORM
+
+    path = tmp_path / "paletted.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs=CRS,
+                       transform=TRANSFORM, photometric="palette") as dst:
+        dst.write(np.indices((8, 8)).sum(axis=0).astype(np.uint8) % 2, 1)
+        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 255, 255, 255)})
+    with pytest.raises(GeoprotoError, match=rf"{path}: band 1 holds palette indices, not colours; expand it to "
+                                            rf"RGB first \(gdal_translate -expand rgb"):
+        RasterSource.open(str(path), bands)
