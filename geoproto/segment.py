@@ -161,8 +161,11 @@ def options_inputs(image: str, support: str, options: SegmentOptions, shared: bo
 def check_tiling(options: SegmentOptions) -> None:
     if options.tile_size < 32:
         raise GeoprotoError("must be at least 32 pixels", param="tile_size")
-    if not 0 <= options.overlap < options.tile_size // 2:
-        raise GeoprotoError("must be at least 0 and less than half the tile size", param="overlap")
+    if options.overlap < 0:
+        raise GeoprotoError(f"{options.overlap} must be at least 0", param="overlap")
+    if options.overlap >= options.tile_size // 2:
+        raise GeoprotoError(f"{options.overlap} must be less than half of tile_size {options.tile_size} (at most "
+                            f"{options.tile_size // 2 - 1})", param="overlap", mentions=("tile_size",))
 
 
 @dataclass

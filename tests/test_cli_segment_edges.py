@@ -78,3 +78,11 @@ def test_a_failed_run_removes_the_output_dir_it_created(tmp_path):
     (tmp_path / "kept").mkdir()  # one that was there before is the user's: kept
     result = run(first, second, "--support", support, "--output-dir", tmp_path / "kept")
     assert result.exit_code == 1 and (tmp_path / "kept").is_dir()
+
+
+def test_an_overlap_of_half_the_tile_size_or_more_is_refused_with_both_values(tmp_path):
+    image, support = synthetic.scene(tmp_path)
+    result = run(image, "--support", support, "-o", tmp_path / "c.tif", "--tile-size", 100, "--overlap", 100)
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: --overlap: 100 must be less than half of --tile-size 100 (at most 49)"
+    assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg") == []
