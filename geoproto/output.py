@@ -323,7 +323,10 @@ def sieve_classes(path: str, min_pixels: int) -> None:
 
     with rasterio.open(path) as src:
         band = rasterio.band(src, 1)
-        sieved = sieve(band, min_pixels, mask=band, connectivity=4)  # the mask: 0 (nodata) is no region
+        # rasterio refuses a size not below the raster's; one below it already makes every region small
+        # (a minimum area beyond a small raster: an edge tile among large ones).
+        size = min(min_pixels, src.width * src.height - 1)
+        sieved = sieve(band, size, mask=band, connectivity=4) if size > 1 else src.read(1)  # mask 0: no region
     with rasterio.open(path, "r+") as dst:
         for row in range(0, dst.height, VECTOR_STRIP_ROWS):
             height = min(VECTOR_STRIP_ROWS, dst.height - row)

@@ -323,3 +323,19 @@ def test_a_vector_format_this_gdal_cannot_write_is_refused_by_name(monkeypatch):
         polygon_format("out.fgb", None)
     with pytest.raises(GeoprotoError, match="cannot tell the vector format"):
         polygon_format("out.xyz", None)
+
+
+def test_sieve_larger_than_the_raster_sieves_as_gdal_does_and_keeps_nodata(tmp_path):
+    """A minimum area beyond the raster's (a small edge tile among large ones) is GDAL's sieve at the
+    largest size it takes, rather than rasterio refusing a size not below the image's after the whole run."""
+    from rasterio.features import sieve
+
+    path = tmp_path / "c.tif"
+    labels = np.ones((40, 40), np.uint8)
+    labels[:, 25:], labels[10:15, 5:10], labels[:4, :4] = 2, 3, 0
+    _class_raster(path, labels)
+    sieve_classes(path, 40 * 40 * 10)
+    with rasterio.open(path) as src:
+        sieved = src.read(1)
+    assert np.array_equal(sieved, sieve(labels, 40 * 40 - 1, mask=labels, connectivity=4))
+    assert np.array_equal(sieved == 0, labels == 0)
