@@ -20,6 +20,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from .errors import GeoprotoError
@@ -300,6 +301,45 @@ def convert_to_cog(path: str, creation_options: dict | None = None) -> None:
     finally:
         if os.path.exists(cog):
             os.remove(cog)
+
+
+def check_creation_options(creation_options: dict, raster_format: str, probabilities: bool) -> None:
+    """Write a small class raster (and probability raster, and the COG copy) in memory with the user's
+    creation options: options GDAL cannot write with (blocks not a multiple of 16, JPEG for float32) are
+    refused by name before any work, not once the support is encoded or, for a COG, the run is over."""
+    if not creation_options:
+        return
+    from types import SimpleNamespace
+
+    from affine import Affine
+
+    grid = SimpleNamespace(width=2 * BLOCK_SIDE, height=2 * BLOCK_SIDE, transform=Affine(1, 0, 0, 0, -1, 0))
+    rasters = [("the class raster", "uint8", NODATA, {})]
+    if probabilities:
+        rasters.append(("the probabilities", "float32", PROBABILITY_NODATA, {"predictor": 3}))
+    stated = ", ".join(f"{name}={value}" for name, value in creation_options.items())
+    logger = logging.getLogger("rasterio._env")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # GDAL's warnings about the options are shown once, by the real run
+    try:
+        for what, dtype, nodata, defaults in rasters:
+            try:
+                profile = _geotiff_profile(grid, None, 1, dtype, nodata, with_options(defaults, creation_options))
+                with warnings.catch_warnings(), MemoryFile() as memory, MemoryFile() as cog:
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    with memory.open(**profile) as dst:
+                        dst.write(np.zeros((1, grid.height, grid.width), dtype))
+                    if raster_format == "COG" and dtype == "uint8":
+                        rasterio.shutil.copy(memory.name, cog.name, driver="COG",
+                                             **with_options({"compress": "deflate"}, creation_options))
+            except Exception as exc:  # rasterio raises several types (RasterBlockError, RasterioIOError, CPLE_*)
+                cause = exc.__cause__ or exc.__context__  # rasterio's "See previous exception" has GDAL's reason
+                detail = str(cause) if "previous exception" in str(exc) and cause is not None else str(exc)
+                detail = re.sub(r"/vsimem/\S+?: ", "", detail)
+                raise GeoprotoError(f"GDAL cannot write {what} with {stated} ({detail.rstrip('.')})",
+                                    param="creation_options") from None
+    finally:
+        logger.setLevel(level)
 
 
 def class_histogram(path: str) -> np.ndarray:

@@ -37,8 +37,9 @@ from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pai
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
-                     class_areas, class_histogram, convert_to_cog, driver_name, gdal_write_errors, output_driver,
-                     polygon_format, sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
+                     check_creation_options, class_areas, class_histogram, convert_to_cog, driver_name,
+                     gdal_write_errors, output_driver, polygon_format, sieve_classes, write_area_report, write_legend,
+                     write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
 from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m
@@ -576,6 +577,7 @@ def _output_formats(output: str, options: SegmentOptions) -> tuple[str, str | No
     raster_format = output_driver(output, "COG" if options.cog else options.driver, RASTER_DRIVERS, "raster")
     if options.probabilities:
         output_driver(options.probabilities, "GTiff", RASTER_DRIVERS, "raster")
+    check_creation_options(options.creation_options, raster_format, options.probabilities is not None)
     if options.preview:
         output_driver(options.preview, "PNG", {"PNG": (".png",)}, "preview")
     if options.report:

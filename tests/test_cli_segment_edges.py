@@ -1,6 +1,7 @@
 """`geoproto segment` on unusual but legitimate inputs and outputs (tiny synthetic rasters in tmp_path):
 errors are one line naming the file or option, before any work, with nothing left behind."""
 
+import pytest
 from click.testing import CliRunner
 
 import synthetic
@@ -86,3 +87,25 @@ def test_an_overlap_of_half_the_tile_size_or_more_is_refused_with_both_values(tm
     assert result.exit_code == 1
     assert result.output.strip() == "Error: --overlap: 100 must be less than half of --tile-size 100 (at most 49)"
     assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg") == []
+
+
+@pytest.mark.parametrize("extra, wrong", [
+    (["--co", "BLOCKXSIZE=100"], "multiples of 16"),
+    (["--co", "COMPRESS=JPEG", "--probabilities", "p.tif"], "the probabilities"),
+    (["--cog", "--co", "BLOCKSIZE=100"], "the class raster"),
+])
+def test_creation_options_gdal_cannot_write_are_refused_before_any_work(tmp_path, monkeypatch, extra, wrong):
+    """Refused by name, not as 'unexpected RasterBlockError' once the support is encoded (or the run over)."""
+    import geoproto.segment
+
+    image, support = synthetic.scene(tmp_path / "in")
+    monkeypatch.setattr(geoproto.segment, "choose_encoder_and_scoring",
+                        lambda *args, **kwargs: pytest.fail("reached the encoder"))
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    result = run(image, "--support", support, "-o", "c.tif", *extra)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --co: GDAL cannot write ") and wrong in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "unexpected" not in result.output
+    assert synthetic.leftovers(out) == []
