@@ -228,39 +228,22 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
     started = time.perf_counter()
     if not images:
         raise GeoprotoError("no input raster", param="images")
-    created = _make_folder(output_dir)
     try:
-        vector_suffix = VECTOR_DRIVERS[driver_name(options.vector_driver, VECTOR_DRIVERS, "vector")][0] \
-            if options.vector_driver else None
-        suffixes = {**SIDECARS, **({"vector": vector_suffix} if vector_suffix else {})}
-        jobs = []
-        for image, output in zip(images, output_paths(images, output_dir)):
-            sidecars = {name: sidecar_path(output, name, getattr(options, name), suffixes[name])
-                        for name in SIDECARS if getattr(options, name) is not None}
-            jobs.append(_Job(image, output, replace(options, **sidecars), "output_dir"))
-        results, shared = _segment(jobs, support, options)
-    except BaseException:
-        for folder in created:  # deepest first; one holding anything (a --resume journal) stays
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-        raise
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise GeoprotoError(f"{output_dir}: cannot create the folder ({exc.strerror})", param="output_dir") from None
+    suffixes = {**SIDECARS, **({"vector": VECTOR_DRIVERS[driver_name(options.vector_driver, VECTOR_DRIVERS,
+                                                                     "vector")][0]} if options.vector_driver else {})}
+    jobs = []
+    for image, output in zip(images, output_paths(images, output_dir)):
+        sidecars = {name: sidecar_path(output, name, getattr(options, name), suffixes[name])
+                    for name in SIDECARS if getattr(options, name) is not None}
+        jobs.append(_Job(image, output, replace(options, **sidecars), "output_dir"))
+    results, shared = _segment(jobs, support, options)
     totals = {"inputs": len(results), "tiles": sum(r["tiles"] for r in results),
               "tiles_resumed": sum(r["tiles_resumed"] for r in results),
               "seconds": round(time.perf_counter() - started, 3), "classes": _total_areas(results)}
     return {"inputs": results, "totals": totals, **shared}
-
-
-def _make_folder(path: str) -> list[str]:
-    """Create the folder ``path`` and its missing parents; returns those it created, deepest first."""
-    missing, folder = [], os.path.abspath(path)
-    while not os.path.exists(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:  # a file in the way, no permission
-        raise GeoprotoError(f"{path}: cannot create the folder ({exc.strerror})", param="output_dir") from None
-    return missing
 
 
 def _total_areas(results: list[dict]) -> list[dict]:

@@ -68,19 +68,6 @@ def test_an_output_dir_that_cannot_be_created_is_named_in_one_line(tmp_path):
                                      f"(Not a directory)")
 
 
-def test_a_failed_run_removes_the_output_dir_it_created(tmp_path):
-    """All or nothing: a run that fails leaves no trace, not even the (empty) folders it made."""
-    first = synthetic.write_raster(tmp_path / "a" / "x.tif", synthetic.two_halves())
-    second = synthetic.write_raster(tmp_path / "b" / "x.tif", synthetic.two_halves(seed=1))
-    support = synthetic.write_support(tmp_path / "support.gpkg")
-    result = run(first, second, "--support", support, "--output-dir", tmp_path / "new" / "classes")
-    assert result.exit_code == 1 and "inputs in one run need distinct file names" in result.output
-    assert synthetic.leftovers(tmp_path, "a", "b", "support.gpkg") == []
-    (tmp_path / "kept").mkdir()  # one that was there before is the user's: kept
-    result = run(first, second, "--support", support, "--output-dir", tmp_path / "kept")
-    assert result.exit_code == 1 and (tmp_path / "kept").is_dir()
-
-
 def test_an_overlap_of_half_the_tile_size_or_more_is_refused_with_both_values(tmp_path):
     image, support = synthetic.scene(tmp_path)
     result = run(image, "--support", support, "-o", tmp_path / "c.tif", "--tile-size", 100, "--overlap", 100)
