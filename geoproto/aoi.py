@@ -84,6 +84,9 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
         raise GeoprotoError("give an area of interest or a bounding box, not both", param="bbox")
     target = CRS.from_user_input(raster_crs.to_wkt()) if raster_crs is not None else None
     if bbox is not None:
+        if bbox_crs and target is None:
+            raise GeoprotoError(f"{bbox_crs!r} given, but the raster {reference.name} has no CRS; give the box in its "
+                                f"own coordinates, without bbox_crs", param="bbox_crs", mentions=("bbox_crs",))
         try:
             crs = CRS.from_user_input(bbox_crs) if bbox_crs else target
         except Exception as exc:
@@ -108,8 +111,8 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
             raise GeoprotoError(f"{aoi}: holds no polygon")
         where, param = f"{aoi}: ", "aoi"
     if (frame.crs is None) != (target is None):
-        raise GeoprotoError(f"{where}has {'no CRS' if frame.crs is None else 'a CRS'} while the raster has "
-                            f"{'one' if target is not None else 'none'}", param=param)
+        raise GeoprotoError(f"{where}has {'no CRS' if frame.crs is None else 'a CRS'} while the raster "
+                            f"{reference.name} has {'one' if target is not None else 'none'}", param=param)
     if target is not None:
         frame = frame.to_crs(target)
     inverse = ~reference.transform

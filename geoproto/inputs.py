@@ -156,10 +156,17 @@ def open_image(image: str, classes: ClassInfo, bands: list[int] | None = None,
 
 
 def _crs(source: RasterSource, image: str, assume_crs: str | None):
-    """The raster's CRS, or ``assume_crs`` for a raster without one."""
+    """The raster's CRS, or ``assume_crs`` for a raster without one. A raster located by ground control
+    points or RPCs alone is refused: it has no grid to write the classes on (its class raster would lose
+    them), and its CRS is the points', not its own."""
     from rasterio.crs import CRS
 
-    crs = source.dataset.crs
+    dataset = source.dataset
+    crs = dataset.crs
+    if crs is None and (dataset.gcps[0] or dataset.rpcs is not None):
+        located_by = "ground control points" if dataset.gcps[0] else "RPCs"
+        raise GeoprotoError(f"{image}: is georeferenced by {located_by} only, not on a grid; warp it onto one "
+                            f"first (e.g. gdalwarp{' -rpc' if not dataset.gcps[0] else ''} {image} gridded.tif)")
     if assume_crs:
         if crs is not None:
             raise GeoprotoError(f"{image}: has a CRS already; assume_crs is for rasters without one",

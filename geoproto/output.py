@@ -20,6 +20,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from .errors import GeoprotoError
@@ -302,6 +303,45 @@ def convert_to_cog(path: str, creation_options: dict | None = None) -> None:
             os.remove(cog)
 
 
+def check_creation_options(creation_options: dict, raster_format: str, probabilities: bool) -> None:
+    """Write a small class raster (and probability raster, and the COG copy) in memory with the user's
+    creation options: options GDAL cannot write with (blocks not a multiple of 16, JPEG for float32) are
+    refused by name before any work, not once the support is encoded or, for a COG, the run is over."""
+    if not creation_options:
+        return
+    from types import SimpleNamespace
+
+    from affine import Affine
+
+    grid = SimpleNamespace(width=2 * BLOCK_SIDE, height=2 * BLOCK_SIDE, transform=Affine(1, 0, 0, 0, -1, 0))
+    rasters = [("the class raster", "uint8", NODATA, {})]
+    if probabilities:
+        rasters.append(("the probabilities", "float32", PROBABILITY_NODATA, {"predictor": 3}))
+    stated = ", ".join(f"{name}={value}" for name, value in creation_options.items())
+    logger = logging.getLogger("rasterio._env")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # GDAL's warnings about the options are shown once, by the real run
+    try:
+        for what, dtype, nodata, defaults in rasters:
+            try:
+                profile = _geotiff_profile(grid, None, 1, dtype, nodata, with_options(defaults, creation_options))
+                with warnings.catch_warnings(), MemoryFile() as memory, MemoryFile() as cog:
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    with memory.open(**profile) as dst:
+                        dst.write(np.zeros((1, grid.height, grid.width), dtype))
+                    if raster_format == "COG" and dtype == "uint8":
+                        rasterio.shutil.copy(memory.name, cog.name, driver="COG",
+                                             **with_options({"compress": "deflate"}, creation_options))
+            except Exception as exc:  # rasterio raises several types (RasterBlockError, RasterioIOError, CPLE_*)
+                cause = exc.__cause__ or exc.__context__  # rasterio's "See previous exception" has GDAL's reason
+                detail = str(cause) if "previous exception" in str(exc) and cause is not None else str(exc)
+                detail = re.sub(r"/vsimem/\S+?: ", "", detail)
+                raise GeoprotoError(f"GDAL cannot write {what} with {stated} ({detail.rstrip('.')})",
+                                    param="creation_options") from None
+    finally:
+        logger.setLevel(level)
+
+
 def class_histogram(path: str) -> np.ndarray:
     """Pixels per value (256 bins) of a class raster, read strip by strip."""
     histogram = np.zeros(256, np.int64)
@@ -323,7 +363,10 @@ def sieve_classes(path: str, min_pixels: int) -> None:
 
     with rasterio.open(path) as src:
         band = rasterio.band(src, 1)
-        sieved = sieve(band, min_pixels, mask=band, connectivity=4)  # the mask: 0 (nodata) is no region
+        # rasterio refuses a size not below the raster's; one below it already makes every region small
+        # (a minimum area beyond a small raster: an edge tile among large ones).
+        size = min(min_pixels, src.width * src.height - 1)
+        sieved = sieve(band, size, mask=band, connectivity=4) if size > 1 else src.read(1)  # mask 0: no region
     with rasterio.open(path, "r+") as dst:
         for row in range(0, dst.height, VECTOR_STRIP_ROWS):
             height = min(VECTOR_STRIP_ROWS, dst.height - row)
@@ -401,6 +444,8 @@ RASTER_DRIVERS = {"GTiff": (".tif", ".tiff"), "COG": (".tif", ".tiff")}
 VECTOR_DRIVERS = {"GPKG": (".gpkg",), "GeoJSON": (".geojson", ".json"), "ESRI Shapefile": (".shp",),
                   "FlatGeobuf": (".fgb",), "KML": (".kml",), "GML": (".gml",), "CSV": (".csv",),
                   "SQLite": (".sqlite",), "GeoJSONSeq": (".geojsonl", ".geojsons"), "Parquet": (".parquet",)}
+# CSV has no geometry column unless asked for one: OGR refuses to write the polygons without it.
+VECTOR_LAYER_OPTIONS = {"CSV": {"GEOMETRY": "AS_WKT"}}
 
 
 def output_driver(path: str, driver: str | None, drivers: dict[str, tuple[str, ...]], what: str) -> str:
@@ -418,6 +463,18 @@ def output_driver(path: str, driver: str | None, drivers: dict[str, tuple[str, .
     if ext not in drivers[match]:
         raise GeoprotoError(f"{path}: a {match} file is named *{drivers[match][0]}, not *{ext or '(none)'}")
     return match
+
+
+def polygon_format(path: str, driver: str | None) -> str:
+    """``output_driver`` of the polygons, refusing a format the GDAL that writes them (pyogrio's) lacks:
+    Parquet needs a GDAL built with Arrow, and its absence is otherwise found only after the whole run."""
+    import pyogrio
+
+    found = output_driver(path, driver, VECTOR_DRIVERS, "vector")
+    if "w" not in pyogrio.list_drivers(write=True).get(found, ""):
+        raise GeoprotoError(f"{path}: this GDAL ({pyogrio.__gdal_version_string__}) cannot write {found}; "
+                            f"choose another format (.gpkg, .fgb, .geojson, ...)", param="vector")
+    return found
 
 
 def driver_name(driver: str, drivers: dict[str, tuple[str, ...]], what: str) -> str:
@@ -484,7 +541,7 @@ def write_polygons(class_path: str, vector_path: str, classes: ClassInfo, driver
                                    geometry=geometries, crs=crs)
     frame["area_m2"] = polygon_areas_m2(frame)
     layer = None if driver in ("ESRI Shapefile", "GeoJSON", "GeoJSONSeq", "CSV", "FlatGeobuf") else "classes"
-    frame.to_file(vector_path, layer=layer, driver=driver)
+    frame.to_file(vector_path, layer=layer, driver=driver, layer_options=VECTOR_LAYER_OPTIONS.get(driver))
     return len(records)
 
 

@@ -219,6 +219,16 @@ def _pad(array: np.ndarray, pad: tuple) -> np.ndarray:
 
 
 def _choose_bands(src: rasterio.io.DatasetReader, bands: list[int] | None) -> list[int]:
+    chosen = _band_choice(src, bands)
+    paletted = [b for b in chosen if src.colorinterp[b - 1] == ColorInterp.palette]
+    if paletted:
+        # Palette indices are in no order of brightness: read as grey levels they are not the image shown.
+        raise GeoprotoError(f"{src.name}: band {paletted[0]} holds palette indices, not colours; expand it to RGB "
+                            f"first (gdal_translate -expand rgb {src.name} rgb.tif)")
+    return chosen
+
+
+def _band_choice(src: rasterio.io.DatasetReader, bands: list[int] | None) -> list[int]:
     if bands:
         if len(bands) not in (1, 3):
             raise GeoprotoError(f"takes 1 or 3 band numbers, got {len(bands)}", param="bands")

@@ -37,8 +37,9 @@ from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pai
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
-                     class_areas, class_histogram, convert_to_cog, driver_name, gdal_write_errors, output_driver,
-                     sieve_classes, write_area_report, write_legend, write_polygons, write_preview)
+                     check_creation_options, class_areas, class_histogram, convert_to_cog, driver_name,
+                     gdal_write_errors, output_driver, polygon_format, sieve_classes, write_area_report, write_legend,
+                     write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
 from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m
@@ -161,8 +162,11 @@ def options_inputs(image: str, support: str, options: SegmentOptions, shared: bo
 def check_tiling(options: SegmentOptions) -> None:
     if options.tile_size < 32:
         raise GeoprotoError("must be at least 32 pixels", param="tile_size")
-    if not 0 <= options.overlap < options.tile_size // 2:
-        raise GeoprotoError("must be at least 0 and less than half the tile size", param="overlap")
+    if options.overlap < 0:
+        raise GeoprotoError(f"{options.overlap} must be at least 0", param="overlap")
+    if options.overlap >= options.tile_size // 2:
+        raise GeoprotoError(f"{options.overlap} must be less than half of tile_size {options.tile_size} (at most "
+                            f"{options.tile_size // 2 - 1})", param="overlap", mentions=("tile_size",))
 
 
 @dataclass
@@ -176,11 +180,11 @@ class _Staged:
     report: str | None
 
 
-def _stage(staged: StagedOutputs, output: str, options: SegmentOptions) -> _Staged:
+def _stage(staged: StagedOutputs, output: str, options: SegmentOptions, output_param: str = "output") -> _Staged:
     def stage(path, param):
         return staged.stage(path, param) if path else None
 
-    return _Staged(staged.stage(output, "output"), stage(options.probabilities, "probabilities"),
+    return _Staged(staged.stage(output, output_param), stage(options.probabilities, "probabilities"),
                    stage(options.vector, "vector"), stage(options.preview, "preview"), stage(options.report, "report"))
 
 
@@ -192,6 +196,7 @@ class _Job:
     image: str
     output: str
     options: SegmentOptions
+    output_param: str = "output"  # the parameter that chose ``output``, for errors about it
     paths: _Staged | None = None
     inputs: Inputs | None = None
     tiles: list | None = None
@@ -223,14 +228,17 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
     started = time.perf_counter()
     if not images:
         raise GeoprotoError("no input raster", param="images")
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise GeoprotoError(f"{output_dir}: cannot create the folder ({exc.strerror})", param="output_dir") from None
     suffixes = {**SIDECARS, **({"vector": VECTOR_DRIVERS[driver_name(options.vector_driver, VECTOR_DRIVERS,
                                                                      "vector")][0]} if options.vector_driver else {})}
     jobs = []
     for image, output in zip(images, output_paths(images, output_dir)):
         sidecars = {name: sidecar_path(output, name, getattr(options, name), suffixes[name])
                     for name in SIDECARS if getattr(options, name) is not None}
-        jobs.append(_Job(image, output, replace(options, **sidecars)))
+        jobs.append(_Job(image, output, replace(options, **sidecars), "output_dir"))
     results, shared = _segment(jobs, support, options)
     totals = {"inputs": len(results), "tiles": sum(r["tiles"] for r in results),
               "tiles_resumed": sum(r["tiles_resumed"] for r in results),
@@ -274,7 +282,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     inputs_stack = contextlib.ExitStack()
     try:
         for job in jobs:
-            job.paths = _stage(staged, job.output, job.options)
+            job.paths = _stage(staged, job.output, job.options, job.output_param)
         for job in jobs:  # after the alias checks: an output that would replace an input is the first thing to say
             _output_formats(job.output, job.options)
         read_files: dict = {}  # the support file, read once for every input
@@ -552,14 +560,14 @@ def _output_formats(output: str, options: SegmentOptions) -> tuple[str, str | No
     raster_format = output_driver(output, "COG" if options.cog else options.driver, RASTER_DRIVERS, "raster")
     if options.probabilities:
         output_driver(options.probabilities, "GTiff", RASTER_DRIVERS, "raster")
+    check_creation_options(options.creation_options, raster_format, options.probabilities is not None)
     if options.preview:
         output_driver(options.preview, "PNG", {"PNG": (".png",)}, "preview")
     if options.report:
         output_driver(options.report, "CSV", {"CSV": (".csv",)}, "report")
     if options.vector_driver and not options.vector:
         raise GeoprotoError("applies to the polygons: give a vector output too", param="vector_driver")
-    vector_format = output_driver(options.vector, options.vector_driver, VECTOR_DRIVERS, "vector") \
-        if options.vector else None
+    vector_format = polygon_format(options.vector, options.vector_driver) if options.vector else None
     if options.simplify and not options.vector:
         raise GeoprotoError("applies to the polygons: give a vector output too", param="simplify")
     return raster_format, vector_format

@@ -134,6 +134,9 @@ class RasterLabels:
             raise
         self.same_grid = (dataset.shape == reference.shape and dataset.transform == reference.transform
                           and dataset.crs == reference.crs)
+        if not self.same_grid and not _overlaps(dataset, reference):
+            self.close()  # not "holds no labelled pixel": it holds them elsewhere (a wrong file, a wrong CRS)
+            raise GeoprotoError(f"{path}: does not overlap the raster {reference.name}")
         self.classes = classes
         # A class file may list more classes than this raster labels: those are left out.
         self.classes_from_catalogue = classes is not None
@@ -208,6 +211,26 @@ class RasterLabels:
             raise GeoprotoError(f"{self.path}: label values must be 0..{MAX_CLASS_ID}, found {ids.min()}..{ids.max()}")
         labels[: tile.height, : tile.width] = ids
         return labels
+
+
+def _overlaps(dataset, reference) -> bool:
+    """Whether two rasters' extents meet (``dataset``'s in ``reference``'s CRS; pixel space without CRSs),
+    whatever their orientation; True where the extent cannot be reprojected (the warp decides then)."""
+    from rasterio.warp import transform_bounds
+
+    def extent(src):
+        xs, ys = apply_transform(src.transform, np.array([0, src.width, 0, src.width]),
+                                 np.array([0, 0, src.height, src.height]))
+        return xs.min(), ys.min(), xs.max(), ys.max()
+
+    bounds = extent(dataset)
+    if dataset.crs is not None:
+        try:
+            bounds = transform_bounds(dataset.crs, reference.crs, *bounds)
+        except Exception:  # outside the reference CRS's domain, say
+            return True
+    other = extent(reference)
+    return bounds[0] < other[2] and other[0] < bounds[2] and bounds[1] < other[3] and other[1] < bounds[3]
 
 
 def palette_colors(dataset) -> np.ndarray | None:

@@ -64,3 +64,17 @@ def test_area_errors(tmp_path):
     for text in ("0,0,nan,1", "0,-inf,1,1"):
         with pytest.raises(GeoprotoError, match="bbox: must be a finite number, got (nan|-inf)"):
             parse_bbox(text)
+
+
+def test_a_bbox_crs_for_a_raster_without_crs_names_bbox_crs_and_the_raster(tmp_path):
+    """Not "bbox: has a CRS while the raster has none": the box has none, the option that gave it one is
+    bbox_crs, and the raster is named."""
+    image = write_raster(tmp_path / "image.tif", two_halves(), transform=None)
+    with rasterio.open(image) as reference:
+        with pytest.raises(GeoprotoError, match=rf"^bbox_crs: 'EPSG:4326' given, but the raster {image} has no "
+                                                rf"CRS; give the box in its own coordinates, without bbox_crs$"):
+            load_area(reference, None, bbox="0,0,50,50", bbox_crs="EPSG:4326")
+        aoi = tmp_path / "aoi.gpkg"
+        geopandas.GeoDataFrame(geometry=[pixel_box(TRANSFORM, 0, 0, 10, 10)], crs="EPSG:32616").to_file(aoi)
+        with pytest.raises(GeoprotoError, match=rf"^aoi: {aoi}: has a CRS while the raster {image} has none$"):
+            load_area(reference, None, aoi=str(aoi))

@@ -72,3 +72,48 @@ def test_a_label_raster_without_labels_is_closed_with_the_image(tmp_path, closed
     with pytest.raises(GeoprotoError, match=f"{empty}: holds no labelled pixel"):
         open_inputs(str(image), str(empty))
     assert closed_labels == [str(empty)] and closed_paths == [str(image)]
+
+
+def _gcp_raster(path):
+    """A raster georeferenced by ground control points only: no grid (an identity transform) and no CRS of
+    its own (the GCPs carry it), as an unrectified scan or a raw satellite scene is."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    from synthetic import CRS, two_halves
+
+    points = [GroundControlPoint(row, col, 500000 + col / 2, 3700000 - row / 2) for row in (0, 96) for col in (0, 96)]
+    with rasterio.open(path, "w", driver="GTiff", width=96, height=96, count=3, dtype="uint8", gcps=points,
+                       crs=CRS) as dst:
+        dst.write(two_halves())
+    return path
+
+
+@pytest.mark.parametrize("assume_crs", [None, "EPSG:32616"])
+def test_a_raster_georeferenced_by_gcps_only_is_refused_naming_the_remedy(tmp_path, closed_paths, assume_crs):
+    """Its class raster would lose the GCPs (a grid-less image in pixel space), and a support in the GCPs'
+    CRS was reported as "the raster has no CRS" or as overlapping nothing."""
+    from synthetic import write_support
+
+    image = str(_gcp_raster(tmp_path / "scan.tif"))
+    with pytest.raises(GeoprotoError, match=r"scan\.tif: is georeferenced by ground control points .*gdalwarp"):
+        open_inputs(image, str(write_support(tmp_path / "s.gpkg")), assume_crs=assume_crs)
+    assert closed_paths == [image]
+
+
+@pytest.mark.parametrize("bands", [None, [1]])
+def test_a_paletted_image_is_refused_naming_the_expansion(tmp_path, bands):
+    """Its values are palette indices, in no order of brightness: read as grey levels they gave the
+    encoder an image unrelated to the colours shown (white index 1 next to black index 0)."""
+    import rasterio
+
+    from synthetic import CRS, TRANSFORM
+
+    path = tmp_path / "paletted.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs=CRS,
+                       transform=TRANSFORM, photometric="palette") as dst:
+        dst.write(np.indices((8, 8)).sum(axis=0).astype(np.uint8) % 2, 1)
+        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 255, 255, 255)})
+    with pytest.raises(GeoprotoError, match=rf"{path}: band 1 holds palette indices, not colours; expand it to "
+                                            rf"RGB first \(gdal_translate -expand rgb"):
+        RasterSource.open(str(path), bands)

@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 from geoproto.errors import GeoprotoError
 from geoproto.output import (RASTER_DRIVERS, VECTOR_DRIVERS, StagedOutputs, build_overviews, class_areas,
                              class_histogram, convert_to_cog, output_driver, remove_stale_staging, same_file,
-                             sieve_classes, write_area_report, write_legend, write_polygons)
+                             sieve_classes, polygon_format, write_area_report, write_legend, write_polygons)
 from geoproto.classes import ClassInfo
 
 from conftest import gdal_band
@@ -298,3 +298,44 @@ def test_a_sibling_file_may_not_replace_an_input(tmp_path):
         staged.commit()
     staged.discard()
     assert legend.read_text() == "an input" and os.listdir(tmp_path) == ["c.tif.aux.xml"]
+
+
+def test_polygons_written_as_csv_carry_their_geometry_as_wkt(tmp_path):
+    path = tmp_path / "c.tif"
+    _class_raster(path, _blocks())
+    count = write_polygons(path, tmp_path / "p.csv", CLASSES, "CSV")
+    with open(tmp_path / "p.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == count
+    assert {row["class_name"] for row in rows} == {"building", "ground", "tree"}
+    polygons = [shapely.from_wkt(row["WKT"]) for row in rows]
+    assert all(p.geom_type == "Polygon" for p in polygons)
+    assert sum(p.area for p in polygons) == pytest.approx((600 * 600 - 20 * 20) * 0.25)
+
+
+def test_a_vector_format_this_gdal_cannot_write_is_refused_by_name(monkeypatch):
+    """Parquet (GDAL built with Arrow) and the like are refused before any work, not after the run."""
+    import pyogrio
+
+    monkeypatch.setattr(pyogrio, "list_drivers", lambda **kwargs: {"GPKG": "rw", "FlatGeobuf": "r"})
+    assert polygon_format("out.gpkg", None) == "GPKG"
+    with pytest.raises(GeoprotoError, match=r"out\.fgb: .*cannot write FlatGeobuf"):
+        polygon_format("out.fgb", None)
+    with pytest.raises(GeoprotoError, match="cannot tell the vector format"):
+        polygon_format("out.xyz", None)
+
+
+def test_sieve_larger_than_the_raster_sieves_as_gdal_does_and_keeps_nodata(tmp_path):
+    """A minimum area beyond the raster's (a small edge tile among large ones) is GDAL's sieve at the
+    largest size it takes, rather than rasterio refusing a size not below the image's after the whole run."""
+    from rasterio.features import sieve
+
+    path = tmp_path / "c.tif"
+    labels = np.ones((40, 40), np.uint8)
+    labels[:, 25:], labels[10:15, 5:10], labels[:4, :4] = 2, 3, 0
+    _class_raster(path, labels)
+    sieve_classes(path, 40 * 40 * 10)
+    with rasterio.open(path) as src:
+        sieved = src.read(1)
+    assert np.array_equal(sieved, sieve(labels, 40 * 40 - 1, mask=labels, connectivity=4))
+    assert np.array_equal(sieved == 0, labels == 0)

@@ -502,3 +502,20 @@ def test_a_support_read_once_lands_on_rasters_in_two_crss(tmp_path, mosaic, supp
         np.testing.assert_array_equal(got, alone)
     assert set(np.unique(placed[2])) == {0, 1, 2}  # the Mercator raster holds every polygon
     assert [set(np.unique(labels)) for i, labels in enumerate(placed) if i != 2] == [{0, 1}, {0, 2}, {0, 1}, {0, 2}]
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32616", None])
+def test_a_label_raster_beside_the_image_is_said_not_to_overlap_it(tmp_path, crs):
+    """Not "holds no labelled pixel": it holds labels, elsewhere (a wrong file, a wrong CRS)."""
+    from rasterio.transform import from_origin
+
+    from synthetic import ORIGIN, SIDE, write_raster
+
+    image = write_raster(tmp_path / "image.tif", np.ones((3, SIDE, SIDE), np.uint8), crs=crs)
+    labels = np.zeros((SIDE, SIDE), np.uint8)
+    labels[10:40, 10:40], labels[50:90, 50:90] = 1, 2
+    beside = write_raster(tmp_path / "labels.tif", labels, crs=crs,
+                          transform=from_origin(ORIGIN[0] + 1000, ORIGIN[1], 0.5, 0.5))
+    with open_raster(str(image)) as reference:
+        with pytest.raises(GeoprotoError, match=rf"^{beside}: does not overlap the raster {image}$"):
+            load_support(str(beside), reference)
