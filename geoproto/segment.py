@@ -284,7 +284,8 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         for job in jobs:
             job.paths = _stage(staged, job.output, job.options, job.output_param)
         for job in jobs:  # after the alias checks: an output that would replace an input is the first thing to say
-            _output_formats(job.output, job.options)
+            raster_format, _ = _output_formats(job.output, job.options)
+        check_creation_options(options.creation_options, raster_format, options.probabilities is not None)
         read_files: dict = {}  # the support file, read once for every input
         unscaled = []  # inputs whose CRF kernel has no width on the ground
         for job in jobs:
@@ -560,7 +561,6 @@ def _output_formats(output: str, options: SegmentOptions) -> tuple[str, str | No
     raster_format = output_driver(output, "COG" if options.cog else options.driver, RASTER_DRIVERS, "raster")
     if options.probabilities:
         output_driver(options.probabilities, "GTiff", RASTER_DRIVERS, "raster")
-    check_creation_options(options.creation_options, raster_format, options.probabilities is not None)
     if options.preview:
         output_driver(options.preview, "PNG", {"PNG": (".png",)}, "preview")
     if options.report:
