@@ -8,8 +8,8 @@ Domains with real labels:
 - the 30 m chip: 6 pivots + 3 "other" boxes as support (its CRS stated), scored on the 13 other pivots vs
   rest.
 Segmentation without CRF (the choice is about the encoder), each encoder with ``segment``'s default
-``--scoring auto``. Prints one row per image, then one per
-domain with auto's shortfall against the domain's best fixed encoder, and the means over domains.
+``--scoring auto``. Prints one row per image, then one per domain with auto's shortfall against the
+domain's best fixed encoder, and the means over domains.
 
     .venv/bin/python benchmarks/encoder_choice.py --root DUBAI_FOLDER [--dubai-areas 5,6] [--dubai-tiles 9]
 
