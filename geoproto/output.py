@@ -342,14 +342,43 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
         logger.setLevel(level)
 
 
+def _strips(path: str):
+    """(first row, values) of each strip of a class raster's band 1, top to bottom."""
+    with rasterio.open(path) as src:
+        for row in range(0, src.height, VECTOR_STRIP_ROWS):
+            yield row, src.read(1, window=Window(0, row, src.width, min(VECTOR_STRIP_ROWS, src.height - row)))
+
+
 def class_histogram(path: str) -> np.ndarray:
     """Pixels per value (256 bins) of a class raster, read strip by strip."""
     histogram = np.zeros(256, np.int64)
-    with rasterio.open(path) as src:
-        for row in range(0, src.height, VECTOR_STRIP_ROWS):
-            window = Window(0, row, src.width, min(VECTOR_STRIP_ROWS, src.height - row))
-            histogram += np.bincount(src.read(1, window=window).ravel(), minlength=256)
+    for _, values in _strips(path):
+        histogram += np.bincount(values.ravel(), minlength=256)
     return histogram
+
+
+def area_histogram(path: str, row_areas: np.ndarray | None) -> np.ndarray | None:
+    """Square metres per value (256 bins) of a class raster whose pixels in row ``r`` cover
+    ``row_areas[r]`` m² each (``raster.row_areas_m2``); None without them.
+
+    Pixels are counted over each run of rows of one pixel area and the count multiplied once, so a
+    projected raster (one run) gets exactly pixels x pixel area, and a geographic one each row's own."""
+    if row_areas is None:
+        return None
+    areas = np.zeros(256)
+    counts, run_area = np.zeros(256, np.int64), None
+    for first, values in _strips(path):
+        strip_areas = row_areas[first:first + len(values)]
+        starts = [0, *(np.flatnonzero(np.diff(strip_areas)) + 1)]
+        for start, stop in zip(starts, [*starts[1:], len(values)]):
+            if strip_areas[start] != run_area:
+                if run_area is not None:
+                    areas += counts * run_area
+                counts, run_area = np.zeros(256, np.int64), strip_areas[start]
+            counts += np.bincount(values[start:stop].ravel(), minlength=256)
+    if run_area is not None:
+        areas += counts * run_area
+    return areas
 
 
 def sieve_classes(path: str, min_pixels: int) -> None:
@@ -384,12 +413,16 @@ RAT_FIELDS = [("value", _RAT_INTEGER, _RAT_MINMAX), ("class_name", _RAT_STRING, 
               ("alpha", _RAT_INTEGER, _RAT_ALPHA)]
 
 
-def class_areas(classes: ClassInfo, histogram: np.ndarray, pixel_area_m2: float | None) -> list[dict]:
-    """Per class: id, name, pixels, area in m² and hectares (None without a metric CRS)."""
+def class_areas(classes: ClassInfo, histogram: np.ndarray, area_m2: np.ndarray | float | None) -> list[dict]:
+    """Per class: id, name, pixels, area in m² and hectares. ``area_m2`` is the square metres per value
+    (``area_histogram``'s), or one pixel's area for every pixel; None (no CRS, a rotated geographic grid):
+    no areas."""
+    if area_m2 is not None and np.ndim(area_m2) == 0:
+        area_m2 = histogram * area_m2
     rows = []
     for class_id, name in zip(classes.ids, classes.names):
         pixels = int(histogram[class_id])
-        area = None if pixel_area_m2 is None else round(pixels * pixel_area_m2, 3)
+        area = None if area_m2 is None else round(float(area_m2[class_id]), 3)
         rows.append({"id": class_id, "name": name, "pixels": pixels, "area_m2": area,
                      "area_ha": None if area is None else round(area / 1e4, 4)})
     return rows

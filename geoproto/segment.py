@@ -36,13 +36,13 @@ from .heads import DEFAULT_VARIANT, VARIANTS
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
-from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, build_overviews,
-                     check_creation_options, class_areas, class_histogram, convert_to_cog, driver_name,
+from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, area_histogram,
+                     build_overviews, check_creation_options, class_areas, class_histogram, convert_to_cog, driver_name,
                      gdal_write_errors, output_driver, polygon_format, sieve_classes, write_area_report, write_legend,
                      write_polygons, write_preview)
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
 from .prototype_file import PrototypeFile, load_prototypes
-from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m
+from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m, row_areas_m2
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
 from .tiling import tile_grid
@@ -444,8 +444,8 @@ def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: 
         counts = run.counts + resumed
         counts[NODATA] += src.width * src.height - counts.sum()  # windows outside the area: never written
     with gdal_write_errors(job.output):
-        finished = _finish_outputs(paths, classifier.classes, counts, job.pixel_area, raster_format, vector_format,
-                                   options)
+        finished = _finish_outputs(paths, classifier.classes, counts, job.pixel_area, row_areas_m2(src, crs),
+                                   raster_format, vector_format, options)
     summary = {
         "input": job.image, "output": job.output, "tiles": len(tiles),
         "tiles_resumed": len(journal.records) if journal else 0, "tile_size": options.tile_size,
@@ -517,11 +517,13 @@ def _prototype_file(support: str | None, options: SegmentOptions):
 
 
 
-def _finish_outputs(paths: _Staged, classes, counts: np.ndarray, pixel_area: float | None, raster_format: str,
-                    vector_format: str | None, options: SegmentOptions) -> dict:
+def _finish_outputs(paths: _Staged, classes, counts: np.ndarray, pixel_area: float | None,
+                    row_areas: np.ndarray | None, raster_format: str, vector_format: str | None,
+                    options: SegmentOptions) -> dict:
     """Everything made from the written class raster, in the staging folder: the minimum mapping unit
     (before anything reads the raster, so that raster and polygons agree), overviews or COG layout, the
-    legend sidecar, the area report, polygons and preview."""
+    legend sidecar, the area report, polygons and preview. Areas weigh each row's pixels by ``row_areas``
+    (``raster.row_areas_m2``), so a geographic raster has them too."""
     min_pixels = math.ceil(options.min_area / pixel_area) if options.min_area else 0
     if min_pixels > 1:
         sieve_classes(paths.classes, min_pixels)
@@ -531,7 +533,7 @@ def _finish_outputs(paths: _Staged, classes, counts: np.ndarray, pixel_area: flo
         convert_to_cog(paths.classes, options.creation_options)
     elif options.overviews:
         overviews = build_overviews(paths.classes)
-    areas = class_areas(classes, counts, pixel_area)
+    areas = class_areas(classes, counts, area_histogram(paths.classes, row_areas))
     # GDAL's sidecar of the class raster (palette, category names, attribute table), written beside it in
     # the staging folder so that it moves into place with it.
     write_legend(f"{paths.classes}.aux.xml", classes, areas)

@@ -321,6 +321,46 @@ def test_a_min_area_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
 
 
+def test_a_raster_in_degrees_has_its_areas_on_the_ellipsoid_in_every_output(tmp_path):
+    """Pixels of 0.01 degree at 60 N (their area shrinks 3 % from the south row to the north one): summary,
+    --report and legend give each class the sum over rows of its pixels times that row's pixel area,
+    which add up to the raster's area and agree with the polygons' (measured on the local UTM zone)."""
+    from pyproj import Geod
+
+    from conftest import gdal_band
+
+    grid = {"crs": "EPSG:4326", "transform": from_origin(-87.0, 60.0, 0.01, 0.01)}
+    image = synthetic.write_raster(tmp_path / "wgs84.tif", synthetic.two_halves(), **grid)
+    support = synthetic.write_support(tmp_path / "support.gpkg", **grid)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(image, "--support", support, "-o", out / "c.tif", "--report", out / "r.csv", "--vector",
+                 out / "v.gpkg", "--json", "--encoder", "imagenet", *FAST)
+    assert result.exit_code == 0, result.output
+    classes = json.loads(result.stdout)["classes"]
+    with rasterio.open(out / "c.tif") as src:
+        labels = src.read(1)
+    # one pixel per row, as a geodesic quadrilateral: at 0.01 degree its edges are the parallels to 1e-7
+    geod = Geod(ellps="WGS84")
+    row_m2 = [abs(geod.polygon_area_perimeter([0, 0.01, 0.01, 0], [60 - r / 100, 60 - r / 100, 59.99 - r / 100,
+                                                                   59.99 - r / 100])[0]) for r in range(96)]
+    by_hand = {c["id"]: sum((labels[r] == c["id"]).sum() * row_m2[r] for r in range(96)) for c in classes}
+    for entry in classes:
+        assert entry["area_m2"] == pytest.approx(by_hand[entry["id"]], rel=1e-6)
+        assert entry["area_ha"] == round(entry["area_m2"] / 1e4, 4)
+    assert sum(c["area_m2"] for c in classes) == pytest.approx(sum(row_m2) * 96, rel=1e-6)  # every pixel valid
+    report = [line.split(",") for line in (out / "r.csv").read_text().splitlines()[1:]]
+    assert [(r[1], float(r[3]), float(r[4])) for r in report] == [(c["name"], c["area_m2"], c["area_ha"])
+                                                                  for c in classes]
+    legend = [[f.text for f in row] for row in gdal_band(out / "c.tif").find("GDALRasterAttributeTable").findall("Row")]
+    assert [(r[1], float(r[3]), float(r[4])) for r in legend] == [
+        (c["name"], c["area_m2"], c["area_ha"]) for c in classes]
+    polygons = geopandas.read_file(out / "v.gpkg")
+    for entry in classes:
+        assert polygons.loc[polygons.class_id == entry["id"], "area_m2"].sum() == pytest.approx(entry["area_m2"],
+                                                                                               rel=0.005)
+
+
 def test_existing_output_needs_overwrite(paths, tmp_path):
     out = tmp_path / "c.tif"
     out.write_bytes(b"precious")

@@ -14,8 +14,8 @@ import shapely
 from rasterio.transform import from_origin
 
 from geoproto.errors import GeoprotoError
-from geoproto.output import (RASTER_DRIVERS, VECTOR_DRIVERS, StagedOutputs, build_overviews, class_areas,
-                             class_histogram, convert_to_cog, output_driver, remove_stale_staging, same_file,
+from geoproto.output import (RASTER_DRIVERS, VECTOR_DRIVERS, StagedOutputs, area_histogram, build_overviews,
+                             class_areas, class_histogram, convert_to_cog, output_driver, remove_stale_staging, same_file,
                              sieve_classes, polygon_format, write_area_report, write_legend, write_polygons)
 from geoproto.classes import ClassInfo
 
@@ -76,6 +76,41 @@ def test_area_report_csv(tmp_path):
     buildings = 300 * 300 - 6  # the building block less the ground speck
     assert (int(rows[0]["pixels"]), float(rows[0]["area_m2"])) == (buildings, pytest.approx(buildings * 0.25))
     assert float(rows[0]["area_ha"]) == pytest.approx(buildings * 0.25 / 1e4, abs=1e-4)
+
+
+def test_areas_of_a_geographic_raster_weigh_each_row_by_its_pixel_area(tmp_path, monkeypatch):
+    """Rows of a raster in degrees differ in pixel area: each class's area is the sum over rows of its
+    pixels there times that row's area, read in strips (here of 7 rows) as any raster is."""
+    import geoproto.output
+    from geoproto.raster import row_areas_m2
+
+    labels = np.random.default_rng(2).integers(0, 4, (40, 30)).astype(np.uint8)
+    path = tmp_path / "d.tif"
+    write_raster(path, labels[None], nodata=0, crs="EPSG:4326", transform=from_origin(10.0, 61.0, 0.05, 0.05))
+    with rasterio.open(path) as src:
+        rows = row_areas_m2(src, src.crs)
+    monkeypatch.setattr(geoproto.output, "VECTOR_STRIP_ROWS", 7)
+    areas = area_histogram(str(path), rows)
+    by_hand = [sum((labels[r] == value).sum() * rows[r] for r in range(40)) for value in range(4)]
+    assert areas[:4] == pytest.approx(by_hand, rel=1e-12) and (areas[4:] == 0).all()
+    assert areas.sum() == pytest.approx(rows.sum() * 30, rel=1e-12)  # the whole raster, nodata included
+    assert rows[0] < rows[-1] * 0.97  # 2 degrees of latitude: the north row's pixels are 3 % smaller
+    table = class_areas(CLASSES, class_histogram(path), areas)
+    assert [t["area_m2"] for t in table] == [round(a, 3) for a in by_hand[1:]]
+    assert [t["area_ha"] for t in table] == [round(round(a, 3) / 1e4, 4) for a in by_hand[1:]]
+    assert class_areas(CLASSES, class_histogram(path), None)[0]["area_m2"] is None  # no CRS: no areas
+
+
+def test_areas_of_a_projected_raster_are_exactly_pixels_times_pixel_area(tmp_path, monkeypatch):
+    import geoproto.output
+
+    path = tmp_path / "c.tif"
+    _class_raster(path, _blocks(), pixel=0.07)
+    monkeypatch.setattr(geoproto.output, "VECTOR_STRIP_ROWS", 64)
+    histogram = class_histogram(path)
+    areas = area_histogram(str(path), np.full(600, 0.07 * 0.07))
+    assert areas.tolist() == (histogram * (0.07 * 0.07)).tolist()  # one multiplication, no sum of strips
+    assert class_areas(CLASSES, histogram, areas) == class_areas(CLASSES, histogram, 0.07 * 0.07)
 
 
 def test_overviews_use_mode(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import geopandas
@@ -12,14 +13,17 @@ import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.features import rasterize
+from rasterio.transform import from_origin
 from rasterio.warp import calculate_default_transform, reproject
 
 from geoproto.errors import GeoprotoError
 from geoproto.classes import NODATA, ClassInfo, read_class_file
 from geoproto.output import ResultWriter, class_areas, class_histogram, write_legend
-from geoproto.raster import RasterSource, open_raster, shared_scaling
+from geoproto.raster import RasterSource, open_raster, pixel_area_m2, row_areas_m2, shared_scaling
 from geoproto.support import RasterLabels
 from geoproto.tiling import Tile, tile_grid
+
+from synthetic import write_raster
 
 TILE, OVERLAP = 128, 16
 # Share of labelled pixels allowed to differ after label raster -> EPSG:4326 -> back, both with nearest
@@ -397,3 +401,59 @@ def test_vrt_with_missing_source_names_it(tmp_path):
     os.remove(source)
     with pytest.raises(GeoprotoError, match="m.vrt: read error .*source.tif: No such file"):
         RasterSource.open(str(tmp_path / "m.vrt"))
+
+
+def zone_m2(south: float, north: float, width: float) -> float:
+    """The area of the WGS 84 zone between two parallels over ``width`` degrees of longitude, in closed form
+    (Snyder's q of the authalic latitude): the reference for ``row_areas_m2``, which integrates numerically."""
+    major, flattening = 6378137.0, 1 / 298.257223563
+    eccentricity = math.sqrt(flattening * (2 - flattening))
+
+    def q(latitude):
+        sine = math.sin(math.radians(latitude))
+        return sine / (1 - (eccentricity * sine) ** 2) + math.atanh(eccentricity * sine) / eccentricity
+
+    return math.radians(width) * (major * (1 - flattening)) ** 2 / 2 * (q(north) - q(south))
+
+
+@pytest.mark.parametrize("south, cell_km2", [(0.0, 12308.464), (60.0, 6123.141)])
+def test_row_areas_of_a_geographic_raster_add_up_to_the_ellipsoid_zone(tmp_path, south, cell_km2):
+    """A 1 x 1 degree cell in 40 x 40 pixels, at the equator and at 60 N on WGS 84."""
+    path = write_raster(tmp_path / "d.tif", np.ones((1, 40, 40), np.uint8), crs="EPSG:4326",
+                        transform=from_origin(10.0, south + 1, 1 / 40, 1 / 40))
+    with rasterio.open(path) as src:
+        rows = row_areas_m2(src, src.crs)
+    assert rows.shape == (40,) and (np.diff(rows) > 0).all()  # pixels grow towards the equator (row 0 is north)
+    assert zone_m2(south, south + 1, 1.0) / 1e6 == pytest.approx(cell_km2, abs=1e-3)
+    assert rows.sum() * 40 == pytest.approx(zone_m2(south, south + 1, 1.0), rel=1e-6)
+    for row in (0, 39):  # each row on its own too
+        north = south + 1 - row / 40
+        assert rows[row] == pytest.approx(zone_m2(north - 1 / 40, north, 1 / 40), rel=1e-9)
+
+
+def test_row_areas_of_centimetre_pixels_match_geodesic_quadrilaterals(tmp_path):
+    """Drone pixels (2e-7 degrees, about 2 cm) at 45 N, against pyproj's geodesic polygon of one pixel: at
+    this size the geodesic edges are the parallels."""
+    from pyproj import Geod
+
+    side = 2e-7
+    path = write_raster(tmp_path / "d.tif", np.ones((1, 3, 3), np.uint8), crs="EPSG:4326",
+                        transform=from_origin(6.0, 45.0, side, side))
+    with rasterio.open(path) as src:
+        rows = row_areas_m2(src, src.crs)
+    quad = Geod(ellps="WGS84").polygon_area_perimeter([6.0, 6.0 + side, 6.0 + side, 6.0],
+                                                       [45.0, 45.0, 45.0 - side, 45.0 - side])[0]
+    assert rows[0] == pytest.approx(abs(quad), rel=1e-6)
+    assert rows[0] == pytest.approx(3.5e-4, rel=0.01)  # 2.2 cm (latitude) x 1.6 cm (longitude)
+
+
+def test_row_areas_are_the_pixel_area_when_projected_and_none_when_unknown(tmp_path):
+    projected = write_raster(tmp_path / "p.tif", np.ones((1, 5, 4), np.uint8))
+    rotated = write_raster(tmp_path / "r.tif", np.ones((1, 5, 4), np.uint8), crs="EPSG:4326",
+                           transform=Affine.rotation(30) * Affine.scale(1e-5, -1e-5))
+    plain = write_raster(tmp_path / "n.tif", np.ones((1, 5, 4), np.uint8), transform=None)
+    with rasterio.open(projected) as src:
+        assert row_areas_m2(src, src.crs).tolist() == [pixel_area_m2(src, src.crs)] * 5 == [0.25] * 5
+    for path in (rotated, plain):
+        with rasterio.open(path) as src:
+            assert row_areas_m2(src, src.crs) is None
