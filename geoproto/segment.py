@@ -533,7 +533,9 @@ def _finish_outputs(paths: _Staged, classes, counts: np.ndarray, pixel_area: flo
         convert_to_cog(paths.classes, options.creation_options)
     elif options.overviews:
         overviews = build_overviews(paths.classes)
-    areas = class_areas(classes, counts, area_histogram(paths.classes, row_areas))
+    # One pixel area (projected) needs no second read of the raster; rows of their own (degrees) do.
+    areas = class_areas(classes, counts, pixel_area if pixel_area is not None
+                        else area_histogram(paths.classes, row_areas))
     # GDAL's sidecar of the class raster (palette, category names, attribute table), written beside it in
     # the staging folder so that it moves into place with it.
     write_legend(f"{paths.classes}.aux.xml", classes, areas)
