@@ -31,6 +31,9 @@ from .tiling import Tile
 PREVIEW_MAX_SIDE = 2048
 PROBABILITY_NODATA = float("nan")
 BLOCK_SIDE = 256  # of the tiled output rasters
+# Creation options of ours beneath the user's (--co): float prediction for the probabilities, DEFLATE for a COG.
+PROBABILITY_OPTIONS = {"predictor": 3}
+COG_OPTIONS = {"compress": "deflate"}
 VECTOR_STRIP_ROWS = 2048
 # Distinct colours for classes without one of their own (Okabe-Ito, then Tableau).
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
@@ -247,7 +250,7 @@ class ResultWriter:
             self.probabilities = None
             if probability_path:
                 profile = _geotiff_profile(reference, crs, len(classes.ids), "float32", PROBABILITY_NODATA,
-                                           with_options({"predictor": 3}, options))
+                                           with_options(PROBABILITY_OPTIONS, options))
                 self.probabilities = rasterio.open(probability_path, "w", **profile)
         self.labels.set_band_description(1, "class")
         tags = {f"CLASS_{i}": n for i, n in zip(classes.ids, classes.names)}
@@ -294,7 +297,7 @@ def convert_to_cog(path: str, creation_options: dict | None = None) -> None:
     """Rewrite a finished tiled GeoTIFF as a Cloud Optimized GeoTIFF (the COG driver cannot be written
     window by window)."""
     cog = f"{path}.cog"
-    options = with_options({"compress": "deflate"}, creation_options or {})
+    options = with_options(COG_OPTIONS, creation_options or {})
     try:
         rasterio.shutil.copy(path, cog, driver="COG", overview_resampling="mode", **options)
         os.replace(cog, path)
@@ -316,7 +319,7 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
     grid = SimpleNamespace(width=2 * BLOCK_SIDE, height=2 * BLOCK_SIDE, transform=Affine(1, 0, 0, 0, -1, 0))
     rasters = [("the class raster", "uint8", NODATA, {})]
     if probabilities:
-        rasters.append(("the probabilities", "float32", PROBABILITY_NODATA, {"predictor": 3}))
+        rasters.append(("the probabilities", "float32", PROBABILITY_NODATA, PROBABILITY_OPTIONS))
     stated = ", ".join(f"{name}={value}" for name, value in creation_options.items())
     logger = logging.getLogger("rasterio._env")
     level = logger.level
@@ -331,11 +334,13 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
                         dst.write(np.zeros((1, grid.height, grid.width), dtype))
                     if raster_format == "COG" and dtype == "uint8":
                         rasterio.shutil.copy(memory.name, cog.name, driver="COG",
-                                             **with_options({"compress": "deflate"}, creation_options))
+                                             **with_options(COG_OPTIONS, creation_options))
             except Exception as exc:  # rasterio raises several types (RasterBlockError, RasterioIOError, CPLE_*)
-                cause = exc.__cause__ or exc.__context__  # rasterio's "See previous exception" has GDAL's reason
+                # GDAL's reason: the exception's own words, or the earlier error rasterio's "See previous
+                # exception" points to (unlike a read error, its context may be a lesser, earlier complaint)
+                cause = exc.__cause__ or exc.__context__
                 detail = str(cause) if "previous exception" in str(exc) and cause is not None else str(exc)
-                detail = re.sub(r"/vsimem/\S+?: ", "", detail)
+                detail = re.sub(r"/vsimem/\S+?: ", "", detail.splitlines()[0] if detail else detail)
                 raise GeoprotoError(f"GDAL cannot write {what} with {stated} ({detail.rstrip('.')})",
                                     param="creation_options") from None
     finally:

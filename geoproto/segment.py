@@ -160,10 +160,7 @@ def options_inputs(image: str, support: str, options: SegmentOptions, shared: bo
 
 
 def check_tiling(options: SegmentOptions) -> None:
-    if options.tile_size < 32:
-        raise GeoprotoError("must be at least 32 pixels", param="tile_size")
-    if options.overlap < 0:
-        raise GeoprotoError(f"{options.overlap} must be at least 0", param="overlap")
+    """The overlap against the tile size (``SegmentOptions`` bounds each alone: ``SEGMENT_RANGES``)."""
     if options.overlap >= options.tile_size // 2:
         raise GeoprotoError(f"{options.overlap} must be less than half of tile_size {options.tile_size} (at most "
                             f"{options.tile_size // 2 - 1})", param="overlap", mentions=("tile_size",))
@@ -180,7 +177,7 @@ class _Staged:
     report: str | None
 
 
-def _stage(staged: StagedOutputs, output: str, options: SegmentOptions, output_param: str = "output") -> _Staged:
+def _stage(staged: StagedOutputs, output: str, options: SegmentOptions, output_param: str) -> _Staged:
     def stage(path, param):
         return staged.stage(path, param) if path else None
 
@@ -204,6 +201,7 @@ class _Job:
     refine: RefineSettings | None = None  # its CRF settings (None without the CRF)
     pixel_size: float | None = None  # metres per pixel (None without a metric grid)
     pixel_area: float | None = None  # m² per pixel (None without a metric CRS)
+    formats: tuple[str, str | None] | None = None  # of its class raster and polygons (``_output_formats``)
 
 
 def segment(image: str, support: str | None, output: str, options: SegmentOptions | None = None) -> dict:
@@ -284,8 +282,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         for job in jobs:
             job.paths = _stage(staged, job.output, job.options, job.output_param)
         for job in jobs:  # after the alias checks: an output that would replace an input is the first thing to say
-            raster_format, _ = _output_formats(job.output, job.options)
-        check_creation_options(options.creation_options, raster_format, options.probabilities is not None)
+            job.formats = _output_formats(job.output, job.options)
+        for raster_format in {job.formats[0] for job in jobs}:
+            check_creation_options(options.creation_options, raster_format, options.probabilities is not None)
         read_files: dict = {}  # the support file, read once for every input
         unscaled = []  # inputs whose CRF kernel has no width on the ground
         for job in jobs:
@@ -419,7 +418,7 @@ def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: 
     started = time.perf_counter()
     options, paths, source, crs, tiles = job.options, job.paths, job.inputs.source, job.inputs.crs, job.tiles
     refine = job.refine
-    raster_format, vector_format = _output_formats(job.output, options)
+    raster_format, vector_format = job.formats
     output_bytes = 1 + (4 * len(classifier.classes.ids) if paths.probabilities else 0)  # classes, probabilities
     src = source.dataset
     with block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
@@ -444,8 +443,10 @@ def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: 
         counts = run.counts + resumed
         counts[NODATA] += src.width * src.height - counts.sum()  # windows outside the area: never written
     with gdal_write_errors(job.output):
-        finished = _finish_outputs(paths, classifier.classes, counts, job.pixel_area, row_areas_m2(src, crs),
-                                   raster_format, vector_format, options)
+        # One pixel area (projected) needs no second read of the raster; rows of their own (degrees) do.
+        row_areas = None if job.pixel_area is not None else row_areas_m2(src, crs)
+        finished = _finish_outputs(paths, classifier.classes, counts, job.pixel_area, row_areas, raster_format,
+                                   vector_format, options)
     summary = {
         "input": job.image, "output": job.output, "tiles": len(tiles),
         "tiles_resumed": len(journal.records) if journal else 0, "tile_size": options.tile_size,
@@ -522,8 +523,8 @@ def _finish_outputs(paths: _Staged, classes, counts: np.ndarray, pixel_area: flo
                     options: SegmentOptions) -> dict:
     """Everything made from the written class raster, in the staging folder: the minimum mapping unit
     (before anything reads the raster, so that raster and polygons agree), overviews or COG layout, the
-    legend sidecar, the area report, polygons and preview. Areas weigh each row's pixels by ``row_areas``
-    (``raster.row_areas_m2``), so a geographic raster has them too."""
+    legend sidecar, the area report, polygons and preview. Areas are pixels times ``pixel_area``, or, given
+    ``row_areas`` (``raster.row_areas_m2``: a geographic raster's), each row's pixels times its own."""
     min_pixels = math.ceil(options.min_area / pixel_area) if options.min_area else 0
     if min_pixels > 1:
         sieve_classes(paths.classes, min_pixels)
@@ -533,9 +534,7 @@ def _finish_outputs(paths: _Staged, classes, counts: np.ndarray, pixel_area: flo
         convert_to_cog(paths.classes, options.creation_options)
     elif options.overviews:
         overviews = build_overviews(paths.classes)
-    # One pixel area (projected) needs no second read of the raster; rows of their own (degrees) do.
-    areas = class_areas(classes, counts, pixel_area if pixel_area is not None
-                        else area_histogram(paths.classes, row_areas))
+    areas = class_areas(classes, counts, pixel_area if row_areas is None else area_histogram(paths.classes, row_areas))
     # GDAL's sidecar of the class raster (palette, category names, attribute table), written beside it in
     # the staging folder so that it moves into place with it.
     write_legend(f"{paths.classes}.aux.xml", classes, areas)

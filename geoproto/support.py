@@ -129,14 +129,14 @@ class RasterLabels:
             if self.colors is None and dataset.count != 1:
                 raise GeoprotoError(f"{path}: a label raster has one band of class ids (or RGB colours, with "
                                     f"classes that each have a colour); it has {dataset.count}", param="classes")
+            self.same_grid = (dataset.shape == reference.shape and dataset.transform == reference.transform
+                              and dataset.crs == reference.crs)
+            if not self.same_grid and not _overlaps(dataset, reference):
+                # not "holds no labelled pixel": it holds them elsewhere (a wrong file, a wrong CRS)
+                raise GeoprotoError(f"{path}: does not overlap the raster {reference.name}")
         except BaseException:
             self.close()
             raise
-        self.same_grid = (dataset.shape == reference.shape and dataset.transform == reference.transform
-                          and dataset.crs == reference.crs)
-        if not self.same_grid and not _overlaps(dataset, reference):
-            self.close()  # not "holds no labelled pixel": it holds them elsewhere (a wrong file, a wrong CRS)
-            raise GeoprotoError(f"{path}: does not overlap the raster {reference.name}")
         self.classes = classes
         # A class file may list more classes than this raster labels: those are left out.
         self.classes_from_catalogue = classes is not None

@@ -51,6 +51,27 @@ def write_raster(path: Path, data: np.ndarray, nodata=None, crs=CRS, transform=T
     return path
 
 
+def write_located(path: Path, by: str = "gcps") -> Path:
+    """A raster located by ground control points (``by="gcps"``) or RPCs (``"rpcs"``) only: no grid (an
+    identity transform) and no CRS of its own, as an unrectified scan or a raw satellite scene is."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.rpc import RPC
+
+    if by == "gcps":
+        located = {"gcps": [GroundControlPoint(row, col, 500000 + col / 2, 3700000 - row / 2)
+                            for row in (0, SIDE) for col in (0, SIDE)], "crs": CRS}
+    else:
+        unit = [1.0] + [0.0] * 19  # numerator x, denominator 1: rows and columns from latitude and longitude
+        located = {"rpcs": RPC(0, 1, 33.4, 0.01, unit, [0.0, 0.0, 1.0] + [0.0] * 17, SIDE / 2, SIDE / 2, -84.4, 0.01,
+                               unit, [0.0, 1.0] + [0.0] * 18, SIDE / 2, SIDE / 2)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=SIDE, height=SIDE, count=3, dtype="uint8",
+                           **located) as dst:
+            dst.write(two_halves())
+    return path
+
+
 def pixel_box(transform, col0: float, row0: float, col1: float, row1: float):
     """The box between pixel edges ``col0``-``col1`` and ``row0``-``row1`` of the grid ``transform`` (an
     ``affine.Affine``), in that grid's CRS: polygons placed on the pixels a test reasons about."""

@@ -358,7 +358,7 @@ def test_a_raster_in_degrees_has_its_areas_on_the_ellipsoid_in_every_output(tmp_
     polygons = geopandas.read_file(out / "v.gpkg")
     for entry in classes:
         assert polygons.loc[polygons.class_id == entry["id"], "area_m2"].sum() == pytest.approx(entry["area_m2"],
-                                                                                               rel=0.005)
+                                                                                               rel=1e-3)
 
 
 def test_existing_output_needs_overwrite(paths, tmp_path):

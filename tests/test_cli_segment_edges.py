@@ -29,9 +29,7 @@ def test_a_vector_format_this_gdal_cannot_write_is_refused_before_any_work(tmp_p
 
 
 def test_a_raster_located_by_gcps_only_is_refused_in_one_line_leaving_nothing(tmp_path):
-    from test_inputs import _gcp_raster
-
-    image = _gcp_raster(tmp_path / "scan.tif")
+    image = synthetic.write_located(tmp_path / "scan.tif")
     support = synthetic.write_support(tmp_path / "support.gpkg")
     out = tmp_path / "out"
     out.mkdir()

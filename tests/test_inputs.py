@@ -74,29 +74,17 @@ def test_a_label_raster_without_labels_is_closed_with_the_image(tmp_path, closed
     assert closed_labels == [str(empty)] and closed_paths == [str(image)]
 
 
-def _gcp_raster(path):
-    """A raster georeferenced by ground control points only: no grid (an identity transform) and no CRS of
-    its own (the GCPs carry it), as an unrectified scan or a raw satellite scene is."""
-    import rasterio
-    from rasterio.control import GroundControlPoint
-
-    from synthetic import CRS, two_halves
-
-    points = [GroundControlPoint(row, col, 500000 + col / 2, 3700000 - row / 2) for row in (0, 96) for col in (0, 96)]
-    with rasterio.open(path, "w", driver="GTiff", width=96, height=96, count=3, dtype="uint8", gcps=points,
-                       crs=CRS) as dst:
-        dst.write(two_halves())
-    return path
-
-
 @pytest.mark.parametrize("assume_crs", [None, "EPSG:32616"])
-def test_a_raster_georeferenced_by_gcps_only_is_refused_naming_the_remedy(tmp_path, closed_paths, assume_crs):
-    """Its class raster would lose the GCPs (a grid-less image in pixel space), and a support in the GCPs'
+@pytest.mark.parametrize("by, named", [("gcps", "ground control points only.*gdalwarp /.*scan"),
+                                       ("rpcs", "RPCs only.*gdalwarp -rpc /.*scan")])
+def test_a_raster_georeferenced_by_gcps_only_is_refused_naming_the_remedy(tmp_path, closed_paths, assume_crs, by,
+                                                                          named):
+    """Its class raster would lose the GCPs or RPCs (a grid-less image in pixel space), and a support in their
     CRS was reported as "the raster has no CRS" or as overlapping nothing."""
-    from synthetic import write_support
+    from synthetic import write_located, write_support
 
-    image = str(_gcp_raster(tmp_path / "scan.tif"))
-    with pytest.raises(GeoprotoError, match=r"scan\.tif: is georeferenced by ground control points .*gdalwarp"):
+    image = str(write_located(tmp_path / "scan.tif", by))
+    with pytest.raises(GeoprotoError, match=rf"scan\.tif: is georeferenced by {named}"):
         open_inputs(image, str(write_support(tmp_path / "s.gpkg")), assume_crs=assume_crs)
     assert closed_paths == [image]
 
