@@ -7,7 +7,7 @@ with default options but the encoder (``--encoder``), with and without the CRF:
 
 - ``--sides``: a folder of ``--count`` square synthetic chips (a bright smooth half and a dark striped
   half) segmented in one run (``segment_many``), the support (one square in each half) lying on another
-  such chip (``support_image``), ``--repeats`` runs each;
+  such chip (``support_image``), ``--repeats`` runs each (``--tile-size``: the tile size asked for);
 - ``--crop``: a ``--crop`` px crop of examples/spacenet/sample_geotiff.tif segmented with the bundled
   support (support.gpkg on the whole image, ``support_image``) by ``--crop-encoder``, under both trees;
   prints the share of pixels labelled alike.
@@ -72,14 +72,15 @@ def crop(folder: Path, side: int) -> Path:
     return path
 
 
-def one(images: str, support: str, output: str, encoder: str, crf: bool, support_image: str) -> None:
+def one(images: str, support: str, output: str, encoder: str, crf: bool, support_image: str, tile_size: int) -> None:
     """Child: one run over the comma-separated ``images``, its figures as JSON on stdout."""
     from geoproto.segment import SegmentOptions, segment_many
     from segment_throughput import peak_rss_mb
 
     started = time.perf_counter()
     summary = segment_many(images.split(","), support, output,
-                           SegmentOptions(encoder=encoder, crf=crf, support_image=support_image, workers=0))
+                           SegmentOptions(encoder=encoder, crf=crf, support_image=support_image, workers=0,
+                                          tile_size=tile_size))
     first = summary["inputs"][0]
     print(json.dumps({"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_mb()),
                       "inputs": len(summary["inputs"]), "tile_size": first["tile_size"], "tiles": first["tiles"],
@@ -87,11 +88,11 @@ def one(images: str, support: str, output: str, encoder: str, crf: bool, support
 
 
 def run(tree: str, images: list[Path], support: Path, output: Path, encoder: str, crf: bool,
-        support_image: Path) -> dict:
+        support_image: Path, tile_size: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, str(ROOT / "benchmarks")]),
            "OMP_WAIT_POLICY": "PASSIVE"}
     args = [sys.executable, __file__, "--one", ",".join(map(str, images)), str(support), str(output), encoder,
-            str(int(crf)), str(support_image)]
+            str(int(crf)), str(support_image), str(tile_size)]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(done.stderr)
@@ -107,11 +108,12 @@ def main() -> None:
     parser.add_argument("--encoder", default="imagenet")
     parser.add_argument("--crop", type=int, default=200)
     parser.add_argument("--crop-encoder", default="dubai")
-    parser.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--tile-size", type=int, default=417)
+    parser.add_argument("--one", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        image, support, output, encoder, crf, support_image = args.one
-        one(image, support, output, encoder, crf == "1", support_image or None)
+        image, support, output, encoder, crf, support_image, tile_size = args.one
+        one(image, support, output, encoder, crf == "1", support_image, int(tile_size))
         return
     if not args.before:
         parser.error("--before is required")
@@ -130,7 +132,7 @@ def main() -> None:
                 for name, tree in trees.items():
                     for i in range(args.repeats):
                         figures = run(tree, chips, support, folder / f"{name}-{side}-{crf}-{i}", args.encoder, crf,
-                                      image)
+                                      image, args.tile_size)
                         print(f"{args.count} x {side:4d} px  crf={crf!s:5}  {name:6}  run {i + 1}: {figures}", flush=True)
         if args.crop:
             image = crop(folder, args.crop)
@@ -138,7 +140,7 @@ def main() -> None:
             for name, tree in trees.items():
                 output = folder / f"{name}-crop"
                 figures = run(tree, [image], EXAMPLE / "support.gpkg", output, args.crop_encoder, True,
-                              EXAMPLE / "sample_geotiff.tif")
+                              EXAMPLE / "sample_geotiff.tif", args.tile_size)
                 with rasterio.open(output / image.name) as src:
                     labels[name] = src.read(1)
                 print(f"crop {args.crop} px  {args.crop_encoder}  {name:6}: {figures}", flush=True)
