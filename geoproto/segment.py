@@ -45,7 +45,7 @@ from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m, row_areas_m2
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
-from .tiling import tile_grid
+from .tiling import tile_grid, window_size
 from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number
 
 DEFAULT_TILE_SIZE = 417
@@ -197,6 +197,8 @@ class _Job:
     paths: _Staged | None = None
     inputs: Inputs | None = None
     tiles: list | None = None
+    tile_size: int | None = None  # its windows' side: ``options.tile_size`` or less (``tiling.window_size``)
+    overlap: int | None = None  # ``options.overlap``; 0 for a raster within one window
     area: object = None
     refine: RefineSettings | None = None  # its CRF settings (None without the CRF)
     pixel_size: float | None = None  # metres per pixel (None without a metric grid)
@@ -331,7 +333,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                     support_stats["warnings"] += taught.check_raster(job.image, len(job.inputs.source.bands),
                                                                      job.pixel_size)
                 job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs, several)
-                job.tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
+                job.tile_size = window_size(src.height, src.width, options.tile_size, GRID)
+                job.overlap = options.overlap if job.tile_size == options.tile_size else 0  # one window: no overlap
+                job.tiles = tile_grid(src.height, src.width, job.tile_size, job.overlap, GRID)
                 if job.area is not None:  # windows outside the area are never read nor encoded
                     job.tiles = [tile for tile in job.tiles if job.area.reaches(tile)]
             job.inputs.close()
@@ -353,8 +357,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                       **({"inputs": [file_identity(job.image) for job in jobs]} if several else {})}
         recipe = EncoderRecipe.of(options, encoder_info) if options.dask_scheduler or options.dask_local else None
         with progress_bar(options.progress, sum(len(job.tiles) for job in jobs)) as bar, \
-                (cluster(options.dask_scheduler, options.dask_local, options.tile_size, batch_size, len(classes.ids),
-                         any(job.paths.probabilities for job in jobs)) if recipe else contextlib.nullcontext()) as client:
+                (cluster(options.dask_scheduler, options.dask_local, max(job.tile_size for job in jobs), batch_size,
+                         len(classes.ids), any(job.paths.probabilities for job in jobs))
+                 if recipe else contextlib.nullcontext()) as client:
             results = []
             for job in jobs:
                 with _naming(job.image, several):
@@ -421,7 +426,7 @@ def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: 
     raster_format, vector_format = job.formats
     output_bytes = 1 + (4 * len(classifier.classes.ids) if paths.probabilities else 0)  # classes, probabilities
     src = source.dataset
-    with block_cache(src, options.tile_size, output_bytes, BLOCK_SIDE):
+    with block_cache(src, job.tile_size, output_bytes, BLOCK_SIDE):
         if journal is not None:
             classifier = replace(classifier, prototypes=journal.keep_prototypes(classifier.prototypes))
         with gdal_write_errors(job.output):
@@ -434,9 +439,9 @@ def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: 
                 if dask is not None:
                     client, encoder = dask
                     run = run_on_cluster(client, windows, ClassifierRecipe.of(classifier, encoder, options.device),
-                                         todo, writer, options.tile_size, refine, batch_size, bar, journal)
+                                         todo, writer, job.tile_size, refine, batch_size, bar, journal)
                 else:
-                    run = WindowPipeline(windows, classifier, writer, options.tile_size, refine, batch_size, workers,
+                    run = WindowPipeline(windows, classifier, writer, job.tile_size, refine, batch_size, workers,
                                          bar, journal).run(todo)
             finally:
                 writer.close()
@@ -449,8 +454,8 @@ def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: 
                                    vector_format, options)
     summary = {
         "input": job.image, "output": job.output, "tiles": len(tiles),
-        "tiles_resumed": len(journal.records) if journal else 0, "tile_size": options.tile_size,
-        "overlap": options.overlap, "seconds": round(time.perf_counter() - started, 3),
+        "tiles_resumed": len(journal.records) if journal else 0, "tile_size": job.tile_size,
+        "overlap": job.overlap, "seconds": round(time.perf_counter() - started, 3),
         "classes": finished["areas"], "nodata_pixels": int(finished["counts"][NODATA]),
         "min_area_pixels": finished["min_pixels"] or None, "overviews": finished["overviews"],
         "stage_seconds": run.stage_seconds,

@@ -3,7 +3,8 @@
 Features of a narrow remainder strip have no context around them and classify far worse, so every
 window is full size and (nearly) inside the raster: the last row and column of windows are shifted back
 to end at the raster's edge, or, with ``align`` (``segment``'s windows start on the encoder's GRID),
-within ``align - 1`` pixels past it; a raster smaller than a window is padded. Overlaps are split at
+within ``align - 1`` pixels past it; a raster smaller than a window is padded (``segment`` shrinks its
+windows to such a raster first: ``window_size``). Overlaps are split at
 their middle, so every pixel is written exactly once, by the window in which it lies furthest from an
 edge.
 """
@@ -67,3 +68,9 @@ def tile_grid(height: int, width: int, size: int, overlap: int, align: int = 1) 
         for r, (r0, r1) in zip(rows, row_cores)
         for c, (c0, c1) in zip(cols, col_cores)
     ]
+
+
+def window_size(height: int, width: int, size: int, align: int = 1) -> int:
+    """``size``, or the raster's larger side rounded up to ``align`` where that is smaller: padding a small
+    raster (an ML chip) to a full window costs the encoder the whole window for a few real pixels."""
+    return min(size, -(-max(height, width) // align) * align)

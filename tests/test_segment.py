@@ -1,16 +1,20 @@
-"""The library's ``segment``: support prototypes and labels do not depend on how the raster is tiled."""
+"""The library's ``segment``: support prototypes and labels do not depend on how the raster is tiled, and
+a raster smaller than a window is encoded in a window its own size."""
 
+import os
+
+import numpy as np
 import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
+from synthetic import two_halves, write_raster, write_support
 
+from geoproto import pipeline, resume
 from geoproto.models import build_shipped
-from geoproto.models.runtime import FeatureExtractor
+from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor
 from geoproto.classifier import fit_support
-from geoproto.segment import SegmentOptions, options_inputs, segment
-
-pytestmark = pytest.mark.slow
+from geoproto.segment import SegmentOptions, options_inputs, segment, segment_many
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +29,7 @@ def prototypes(paths, extract, size, overlap):
     return classifier.prototypes, stats
 
 
+@pytest.mark.slow
 def test_prototypes_do_not_depend_on_the_tiling(paths, extract):
     """Against the whole 900 px chip encoded as one window: each labelled pixel counts once, with
     features from windows on the encoder's grid and real surroundings, whatever the tile size and
@@ -38,6 +43,7 @@ def test_prototypes_do_not_depend_on_the_tiling(paths, extract):
         assert cosine.min() >= 0.999, (size, overlap, cosine)
 
 
+@pytest.mark.slow
 def test_windowed_labels_equal_whole_raster_labels(paths, tmp_path):
     """A 544 x 510 Dubai tile in four 417 px windows, and as one window: the same map."""
     labels = {}
@@ -53,3 +59,67 @@ def test_windowed_labels_equal_whole_raster_labels(paths, tmp_path):
             labels[size] = src.read(1)
     agreement = (labels[417] == labels[544]).mean()
     assert agreement >= 0.99, agreement  # ambiguous pixels still see context beyond the 32 px margin
+
+
+SMALL = dict(encoder="imagenet", scoring="prototypes", crf=False, progress=False)
+
+
+def encoded_windows(spy) -> list:
+    """The window size and image shapes of every batch the encoder scores, as ``segment`` runs."""
+    return spy(pipeline, "_model_scores",
+               lambda classifier, windows, size, *args: (size, {window.image.shape for window in windows}))
+
+
+@pytest.mark.parametrize("crf", [False, True])
+def test_a_raster_smaller_than_the_tile_is_encoded_in_a_window_its_own_size(tmp_path, spy, crf):
+    """A 60 x 100 raster and the default 417 px tile: one 112 px window (100 rounded up to the encoder's
+    grid) and its context, not 417 px of mostly mirrored padding; the summary says so; the class raster
+    lies on the input's grid and has each half's class."""
+    image = write_raster(tmp_path / "small.tif", two_halves(side=100)[:, :60])
+    support = write_support(tmp_path / "support.gpkg", side=100)
+    encoded = encoded_windows(spy)
+    summary = segment(str(image), str(support), str(tmp_path / "out.tif"), SegmentOptions(**{**SMALL, "crf": crf}))
+    assert encoded == [(112, {(3, 112 + 2 * CONTEXT_MARGIN, 112 + 2 * CONTEXT_MARGIN)})]
+    assert (summary["tile_size"], summary["overlap"], summary["tiles"]) == (112, 0, 1)
+    with rasterio.open(image) as src, rasterio.open(tmp_path / "out.tif") as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, (60, 100))
+        labels = out.read(1)
+    ids = {item["name"]: item["id"] for item in summary["classes"]}
+    assert (labels[:, :50] == ids["bright"]).mean() >= 0.95 and (labels[:, 50:] == ids["dark"]).mean() >= 0.95
+
+
+def test_a_raster_larger_than_the_tile_keeps_the_tile_size(tmp_path, spy):
+    image = write_raster(tmp_path / "image.tif", two_halves())  # 96 px
+    support = write_support(tmp_path / "support.gpkg")
+    encoded = encoded_windows(spy)
+    summary = segment(str(image), str(support), str(tmp_path / "out.tif"),
+                      SegmentOptions(**SMALL, tile_size=64, overlap=8))
+    assert {size for size, _ in encoded} == {64} and (summary["tile_size"], summary["overlap"]) == (64, 8)
+    assert summary["tiles"] == 4
+
+
+def test_small_rasters_resume_to_the_uninterrupted_outputs(tmp_path, monkeypatch):
+    """Two chips smaller than the tile, the run crashing after the first: rerun with resume, the first
+    chip's window comes from the journal and the outputs are those of an uninterrupted run."""
+    images = [str(write_raster(tmp_path / "in" / f"{name}.tif", two_halves(side=100, seed=seed)[:, :60]))
+              for seed, name in enumerate(("one", "two"))]
+    support = str(write_support(tmp_path / "support.gpkg", side=100))
+    options = SegmentOptions(**SMALL, resume=True)
+    expected = segment_many(images, support, str(tmp_path / "expected"), options)
+    record = resume.Journal.record
+
+    def crash_after_one(journal, *args):
+        record(journal, *args)
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(resume.Journal, "record", crash_after_one)
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        segment_many(images, support, str(tmp_path / "out"), options)
+    monkeypatch.setattr(resume.Journal, "record", record)
+    assert os.path.isdir(resume.resume_folder(str(tmp_path / "out" / "one.tif")))
+    summary = segment_many(images, support, str(tmp_path / "out"), options)
+    assert [(item["tiles_resumed"], item["tile_size"]) for item in summary["inputs"]] == [(1, 112), (0, 112)]
+    assert [item["tile_size"] for item in expected["inputs"]] == [112, 112]
+    for name in ("one.tif", "two.tif"):
+        with rasterio.open(tmp_path / "expected" / name) as first, rasterio.open(tmp_path / "out" / name) as second:
+            np.testing.assert_array_equal(first.read(), second.read())

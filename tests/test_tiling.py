@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoproto.tiling import Tile, tile_grid, window_starts
+from geoproto.tiling import Tile, tile_grid, window_size, window_starts
 
 
 def interval_counts(intervals, length):
@@ -119,6 +119,19 @@ def test_raster_smaller_than_tile_is_one_window_of_raster_size():
     assert (tile.row, tile.col, tile.height, tile.width) == (0, 0, 100, 250)
     assert (tile.core_row0, tile.core_row1, tile.core_col0, tile.core_col1) == (0, 100, 0, 250)
     assert tile.core_slices == (slice(0, 100), slice(0, 250))
+
+
+@pytest.mark.parametrize("height, width, expected", [
+    (100, 60, 112),  # the larger side, rounded up to the grid
+    (60, 100, 112),
+    (96, 96, 96),  # already on the grid
+    (10, 5, 16),
+    (410, 300, 416),  # 416 < 417: still shrunk
+    (417, 417, 417),  # 432 > 417: the tile size
+    (4000, 50, 417),  # larger than the tile in one dimension
+])
+def test_window_size_is_the_tile_size_or_the_small_raster_on_the_grid(height, width, expected):
+    assert window_size(height, width, 417, 16) == expected
 
 
 def test_exact_tile_is_one_window():
