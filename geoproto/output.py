@@ -392,6 +392,8 @@ def sieve_classes(path: str, min_pixels: int) -> None:
 
     GDAL sieves the whole raster from the file (a region may span any number of strips, so strips
     cannot be sieved apart); the result is held as one byte per pixel and written back strip by strip.
+    GDAL merges a region only into one that reaches the size, so touching regions that are all smaller
+    and touch no larger one (a small raster, an island among nodata) are merged by ``_merge_small_groups``.
     """
     from rasterio.features import sieve
 
@@ -401,10 +403,56 @@ def sieve_classes(path: str, min_pixels: int) -> None:
         # (a minimum area beyond a small raster: an edge tile among large ones).
         size = min(min_pixels, src.width * src.height - 1)
         sieved = sieve(band, size, mask=band, connectivity=4) if size > 1 else src.read(1)  # mask 0: no region
+    _merge_small_groups(sieved, min_pixels)
     with rasterio.open(path, "r+") as dst:
         for row in range(0, dst.height, VECTOR_STRIP_ROWS):
             height = min(VECTOR_STRIP_ROWS, dst.height - row)
             dst.write(sieved[row:row + height], 1, window=Window(0, row, dst.width, height))
+
+
+def _merge_small_groups(labels: np.ndarray, min_pixels: int) -> None:
+    """In place: the regions of ``labels`` (after GDAL's sieve) still under ``min_pixels``, each merged,
+    smallest first, into its largest neighbouring region (sharing an edge; nodata is no region) until none
+    is under the size or a group has no neighbour left (an island of nodata smaller than the size)."""
+    import heapq
+
+    import shapely
+    from rasterio.features import rasterize, shapes
+
+    regions = [(shapely.geometry.shape(geometry), int(value))
+               for geometry, value in shapes(labels, mask=labels != NODATA, connectivity=4)]
+    geometries = [geometry for geometry, _ in regions]
+    size = [geometry.area for geometry in geometries]  # pixels: the polygons follow pixel edges
+    queue = [(pixels, n) for n, pixels in enumerate(size) if pixels < min_pixels]
+    if not queue:
+        return
+    tree = shapely.STRtree(geometries)
+    value = [v for _, v in regions]
+    members = [[n] for n in range(len(regions))]
+    neighbours = [set() for _ in regions]  # of the small regions (an edge shared, not a corner: 4-connected)
+    for _, n in queue:
+        neighbours[n] = {int(m) for m in tree.query(geometries[n])
+                         if m != n and geometries[n].intersection(geometries[m]).length > 0}
+    heapq.heapify(queue)
+    while queue:
+        pixels, group = heapq.heappop(queue)
+        if pixels != size[group] or pixels >= min_pixels or not neighbours[group]:
+            continue  # merged or grown since queued; large enough; nothing left to merge into
+        target = max(neighbours[group], key=lambda n: (size[n], -n))
+        size[target] += size[group]
+        size[group] = 0
+        members[target] += members[group]
+        for other in neighbours[group] - {target}:
+            neighbours[other].discard(group)
+            neighbours[other].add(target)
+        neighbours[target] |= neighbours[group] - {target}
+        neighbours[target].discard(group)
+        neighbours[group] = set()
+        heapq.heappush(queue, (size[target], target))
+    changed = [(geometries[m], value[group]) for group in range(len(regions)) for m in members[group]
+               if value[m] != value[group] and size[group]]
+    if changed:
+        rasterize(changed, out=labels, transform=rasterio.Affine.identity())
 
 
 # GDALRATFieldType and GDALRATFieldUsage codes, as GDAL's PAM .aux.xml stores them.

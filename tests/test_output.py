@@ -360,11 +360,11 @@ def test_a_vector_format_this_gdal_cannot_write_is_refused_by_name(monkeypatch):
         polygon_format("out.xyz", None)
 
 
-def test_sieve_larger_than_the_raster_sieves_as_gdal_does_and_keeps_nodata(tmp_path):
-    """A minimum area beyond the raster's (a small edge tile among large ones) is GDAL's sieve at the
-    largest size it takes, rather than rasterio refusing a size not below the image's after the whole run."""
-    from rasterio.features import sieve
-
+def test_a_minimum_area_beyond_the_raster_leaves_its_largest_region_and_keeps_nodata(tmp_path):
+    """A minimum area beyond the raster's (a small edge tile among large ones): every region is smaller,
+    so each merges into its largest neighbour until one is left (classes 1: 959 px, 2: 600, 3: 25 inside
+    1), rather than rasterio refusing a size not below the image's after the whole run, or GDAL's sieve
+    leaving them all (it merges only into a region that reaches the size)."""
     path = tmp_path / "c.tif"
     labels = np.ones((40, 40), np.uint8)
     labels[:, 25:], labels[10:15, 5:10], labels[:4, :4] = 2, 3, 0
@@ -372,5 +372,37 @@ def test_sieve_larger_than_the_raster_sieves_as_gdal_does_and_keeps_nodata(tmp_p
     sieve_classes(path, 40 * 40 * 10)
     with rasterio.open(path) as src:
         sieved = src.read(1)
-    assert np.array_equal(sieved, sieve(labels, 40 * 40 - 1, mask=labels, connectivity=4))
-    assert np.array_equal(sieved == 0, labels == 0)
+    assert np.array_equal(sieved, np.where(labels == 0, 0, 1))
+
+
+@pytest.mark.parametrize("nodata_ring", [False, True])
+def test_touching_regions_all_under_the_minimum_merge_smallest_first(tmp_path, nodata_ring):
+    """Stripes of 840, 560 and 200 px (21, 14 and 5 columns of 40 rows) at a 900 px minimum, alone or as
+    an island among nodata: GDAL's sieve merges none (no region reaches 900). By hand: the 200 px stripe
+    joins its only neighbour (560 + 200 = 760), which, still the smaller, joins the 840 px stripe."""
+    labels = np.ones((40, 40), np.uint8)
+    labels[:, 21:35], labels[:, 35:] = 2, 3
+    if nodata_ring:
+        labels = np.pad(labels, 3)
+    path = tmp_path / "c.tif"
+    _class_raster(path, labels)
+    sieve_classes(path, 900)
+    with rasterio.open(path) as src:
+        assert np.array_equal(src.read(1), np.where(labels == 0, 0, 1))
+
+
+def test_regions_under_the_minimum_beside_a_larger_one_merge_as_gdal_merges_them(tmp_path):
+    """The common case stays GDAL's: specks inside large regions take the surrounding class."""
+    from rasterio.features import sieve
+
+    rng = np.random.default_rng(0)
+    labels = np.ones((60, 60), np.uint8)
+    labels[:, 30:] = 2
+    labels[rng.integers(0, 60, 40), rng.integers(0, 60, 40)] = 3
+    path = tmp_path / "c.tif"
+    _class_raster(path, labels)
+    sieve_classes(path, 10)
+    with rasterio.open(path) as src:
+        sieved = src.read(1)
+    assert np.array_equal(sieved, sieve(labels, 10, mask=labels, connectivity=4))
+    assert set(np.unique(sieved)) == {1, 2}
