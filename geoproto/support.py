@@ -304,11 +304,15 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
                                     param="classes")
             return ids, classes.subset(unique), False
         return ids, ClassInfo(unique, [f"class_{i}" for i in unique]), False
-    names = values.astype(str).to_numpy()
-    blank = np.char.strip(names.astype(str)) == ""
-    if blank.any():
-        raise GeoprotoError(f"{path}: {int(blank.sum())} polygon(s) have an empty class name in {column!r}; "
-                            f"name their class or remove them")
+    typed = values.astype(str).to_numpy()
+    names = np.char.strip(typed.astype(str)).astype(object)
+    if (names == "").any():
+        raise GeoprotoError(f"{path}: {int((names == '').sum())} polygon(s) have an empty class name in "
+                            f"{column!r}; name their class or remove them")
+    padded = sorted({f"{t!r} as {n!r}" for t, n in zip(typed, names) if t != n})
+    if padded:  # a stray space typed in an attribute table must not make a second class
+        warnings.warn(f"{path}: class name(s) in {column!r} read without their leading or trailing spaces: "
+                      f"{', '.join(padded[:3])}{', ...' if len(padded) > 3 else ''}")
     unique = sorted(set(names.tolist()))
     if classes:
         missing = [n for n in unique if n not in classes.names]

@@ -354,6 +354,19 @@ def test_empty_class_values_in_vector_support_are_refused(tmp_path, chip, blank)
         load_support(str(tmp_path / "s.gpkg"), chip)
 
 
+def test_spaces_around_a_class_name_do_not_make_a_second_class(tmp_path, chip):
+    """"building " typed in an attribute table is "building": one class, with a warning naming it."""
+    frame = geopandas.GeoDataFrame({"class": ["building", "building ", " road"]}, crs=chip.crs, geometry=[
+        box(*chip.xy(10, 10), *chip.xy(20, 20)), box(*chip.xy(30, 30), *chip.xy(40, 40)),
+        box(*chip.xy(50, 50), *chip.xy(60, 60))])
+    frame.to_file(tmp_path / "s.gpkg")
+    with pytest.warns(UserWarning, match="s.gpkg: class name\\(s\\) in 'class' read without their leading or "
+                                         "trailing spaces: ' road' as 'road', 'building ' as 'building'$"):
+        labels = load_support(str(tmp_path / "s.gpkg"), chip)
+    assert labels.classes.names == ["building", "road"]
+    assert labels.class_ids.tolist() == [1, 1, 2]
+
+
 def test_support_under_vsizip_loads_and_a_missing_member_is_named(tmp_path, chip):
     import zipfile
 
