@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ BLOCK_SIDE = 256  # of the tiled output rasters
 # Creation options of ours beneath the user's (--co): float prediction for the probabilities, DEFLATE for a COG.
 PROBABILITY_OPTIONS = {"predictor": 3}
 COG_OPTIONS = {"compress": "deflate"}
+POLYGON_EDGE_DEGREES = 0.01  # longest polygon edge when areas are measured on the ellipsoid
 VECTOR_STRIP_ROWS = 2048
 # Distinct colours for classes without one of their own (Okabe-Ito, then Tableau).
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
@@ -632,13 +634,19 @@ def write_polygons(class_path: str, vector_path: str, classes: ClassInfo, driver
 
 
 def polygon_areas_m2(frame) -> list[float | None]:
-    """Areas in m²: in the CRS's own unit when projected, on the local UTM zone when geographic, None
-    without a CRS (pixel space)."""
+    """Areas in m²: in the CRS's own unit when projected, on the CRS's ellipsoid when geographic (as the
+    class table's, ``raster.row_areas_m2``), None without a CRS (pixel space)."""
     if frame.crs is None or frame.empty:
         return [None] * len(frame)
-    if frame.crs.is_geographic:
-        frame = frame.to_crs(frame.estimate_utm_crs())
     factor = frame.crs.axis_info[0].unit_conversion_factor
+    if frame.crs.is_geographic:
+        import shapely
+
+        geod, degrees = frame.crs.get_geod(), math.degrees(factor)  # Geod takes degrees
+        # Edges cut to 0.01 degree: a pixel's top and bottom follow parallels, which a long geodesic edge
+        # would bow away from (3e-5 of a 1 degree pixel's area).
+        return [round(abs(geod.geometry_area_perimeter(shapely.segmentize(
+            shapely.transform(g, lambda xy: xy * degrees), POLYGON_EDGE_DEGREES))[0]), 3) for g in frame.geometry]
     return [round(float(a), 3) for a in frame.geometry.area * factor ** 2]
 
 
