@@ -421,15 +421,14 @@ def _merge_small_groups(labels: np.ndarray, min_pixels: int) -> None:
     import shapely
     from rasterio.features import rasterize, shapes
 
-    regions = [(shapely.geometry.shape(geometry), int(value))
-               for geometry, value in shapes(labels, mask=labels != NODATA, connectivity=4)]
-    geometries = [geometry for geometry, _ in regions]
+    regions = list(shapes(labels, mask=labels != NODATA, connectivity=4))
+    geometries = [shapely.geometry.shape(geometry) for geometry, _ in regions]
     size = [geometry.area for geometry in geometries]  # pixels: the polygons follow pixel edges
     queue = [(pixels, n) for n, pixels in enumerate(size) if pixels < min_pixels]
     if not queue:
         return
     tree = shapely.STRtree(geometries)
-    value = [v for _, v in regions]
+    value = [int(v) for _, v in regions]
     members = [[n] for n in range(len(regions))]
     neighbours = [set() for _ in regions]  # of the small regions (an edge shared, not a corner: 4-connected)
     for _, n in queue:

@@ -304,8 +304,8 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
                                     param="classes")
             return ids, classes.subset(unique), False
         return ids, ClassInfo(unique, [f"class_{i}" for i in unique]), False
-    typed = values.astype(str).to_numpy()
-    names = np.char.strip(typed.astype(str)).astype(object)
+    typed = values.astype(str)
+    names, typed = typed.str.strip().to_numpy(), typed.to_numpy()
     if (names == "").any():
         raise GeoprotoError(f"{path}: {int((names == '').sum())} polygon(s) have an empty class name in "
                             f"{column!r}; name their class or remove them")
