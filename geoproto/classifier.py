@@ -26,7 +26,7 @@ from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, class_scores, upsample_scores
 from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit, at_scales
 from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor
-from .tiling import Tile, tile_grid
+from .tiling import Tile, tile_grid, window_geometry
 
 if TYPE_CHECKING:  # scoring windows needs no GDAL (benchmarks/gpu_check.py runs where it is not installed)
     from .raster import RasterSource
@@ -100,20 +100,27 @@ def accumulate_support(extract: FeatureExtractor, supports: list[tuple[RasterSou
                        size: int, overlap: int, batch_size: int,
                        head: str = PROTOTYPES) -> tuple[SupportFit, ClassInfo, dict]:
     """Eq. 1's sums over a support (``fit_support``): the accumulator (per-class feature sums and pixel
-    counts, which pool exactly across supports; it fits ``head`` too), the classes kept, and what it took."""
+    counts, which pool exactly across supports; it fits ``head`` too), the classes kept, and what it took.
+
+    Each raster is read in windows of ``size`` (with ``overlap``), or in one window of its own size if it is
+    smaller (``tiling.window_geometry``, as ``segment`` reads queries): a support chip is encoded as its
+    queries are, and not padded to a full tile. Windows are batched by size."""
     unknown: set[int] = set()
     seen: set[int] = set()
     lookup = classes.positions()
-    labelled = []  # tiles only: labels are read again per batch, so memory does not grow with the support
+    # Tiles only, per window side in order of appearance: labels are read again per batch, so memory does
+    # not grow with the support.
+    labelled: dict[int, list] = {}
     for source, labels in supports:
         src = source.dataset
-        for tile in labels.candidate_tiles(tile_grid(src.height, src.width, size, overlap, GRID)):
-            window_labels = labels.read(tile, size)
+        side, side_overlap = window_geometry(src.height, src.width, size, overlap, GRID)
+        for tile in labels.candidate_tiles(tile_grid(src.height, src.width, side, side_overlap, GRID)):
+            window_labels = labels.read(tile, side)
             present = {int(v) for v in np.unique(window_labels) if v}
             unknown |= present - set(classes.ids)
             seen |= present
             if core_labels(lookup[window_labels], tile).any():
-                labelled.append((source, labels, tile))
+                labelled.setdefault(side, []).append((source, labels, tile))
     if unknown:
         raise GeoprotoError(f"support has label value(s) {sorted(unknown)} missing from the classes file",
                             param="classes_file")
@@ -124,16 +131,17 @@ def accumulate_support(extract: FeatureExtractor, supports: list[tuple[RasterSou
         lookup = classes.positions()
     accumulator = SupportFit(len(classes.ids), extract.out_channels, head)
     model_seconds = 0.0
-    for start in range(0, len(labelled), batch_size):
-        chunk = labelled[start:start + batch_size]
-        reads = [source.read(tile, size, CONTEXT_MARGIN) for source, _, tile in chunk]
-        started = time.perf_counter()
-        features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
-        model_seconds += time.perf_counter() - started
-        # Support over nodata (or NaN) would make a prototype of fill values: left out.
-        accumulator.add(features.cpu(), torch.from_numpy(np.stack(
-            [core_labels(lookup[labels.read(tile, size)], tile) * valid
-             for (_, labels, tile), (_, valid) in zip(chunk, reads)])))
+    for side, tiles in labelled.items():
+        for start in range(0, len(tiles), batch_size):
+            chunk = tiles[start:start + batch_size]
+            reads = [source.read(tile, side, CONTEXT_MARGIN) for source, _, tile in chunk]
+            started = time.perf_counter()
+            features = extract(np.stack([image for image, _ in reads]), CONTEXT_MARGIN)
+            model_seconds += time.perf_counter() - started
+            # Support over nodata (or NaN) would make a prototype of fill values: left out.
+            accumulator.add(features.cpu(), torch.from_numpy(np.stack(
+                [core_labels(lookup[labels.read(tile, side)], tile) * valid
+                 for (_, labels, tile), (_, valid) in zip(chunk, reads)])))
     empty = [(name, class_id in seen) for name, class_id, pixels in
              zip(classes.names, classes.ids, accumulator.pixels.tolist()) if pixels == 0]
     if empty:
@@ -143,7 +151,9 @@ def accumulate_support(extract: FeatureExtractor, supports: list[tuple[RasterSou
     if len(classes.ids) < 2:
         raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
                             f"the class you want and what surrounds it")
-    stats = {"windows": len(labelled), "model_seconds": round(model_seconds, 3),
+    # The window sides used: ``size`` for rasters larger than a window, their own for smaller ones.
+    stats = {"windows": sum(map(len, labelled.values())), "window_sizes": sorted(labelled),
+             "model_seconds": round(model_seconds, 3),
              "pixels": {name: int(p) for name, p in zip(classes.names, accumulator.pixels.tolist())}}
     return accumulator, classes, stats
 

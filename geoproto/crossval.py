@@ -69,12 +69,13 @@ class SupportWindows:
         return self.fold_draws[0]
 
     def used(self) -> dict:
-        """What the cross-validation saw: the polygons with pixels (on valid data) in its windows, the windows,
-        and the rasters they lie on."""
+        """What the cross-validation saw: the polygons with pixels (on valid data) in its windows, the windows
+        and their side, and the rasters they lie on."""
         seen = np.zeros(len(self.polygon_features) + 1, bool)
         seen[self.polygons.ravel()] = True
         return {"polygons": int(len(np.unique(self.polygon_features[seen[1:]]))),
-                "windows": len(self.tiles), "rasters": len(set(self.tile_sources))}
+                "windows": len(self.tiles), "window_size": int(self.polygons.shape[-1]),
+                "rasters": len(set(self.tile_sources))}
 
 
 def _in_first_grid(datasets: list) -> list[tuple[object, float]]:

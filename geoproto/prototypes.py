@@ -21,7 +21,7 @@ from .classifier import accumulate_support
 from .errors import GeoprotoError
 from .heads import LINEAR, VARIANTS, SupportFit, at_scales
 from .inputs import Inputs, SupportLabels, stretch_inputs
-from .models.runtime import default_batch_size, resolve_device
+from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import StagedOutputs
 from .prototype_file import (PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge,
                              scoring_record)
@@ -29,6 +29,7 @@ from .pipeline import check_window_memory
 from .raster import RasterSource, absolute_path, pixel_size_m
 from .segment import SegmentOptions, check_tiling, choose_encoder_and_scoring, options_inputs
 from .support import VectorLabels
+from .tiling import window_geometry
 
 
 def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions | None = None
@@ -53,8 +54,10 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     try:
         for image, support in pairs:
             opened.append(options_inputs(image, support, options, read_files=read_files))
+            src = opened[-1].support_source.dataset  # its support's windows: the tile, or the raster's own size
+            check_window_memory(window_geometry(src.height, src.width, options.tile_size, 0, GRID)[0], batch_size,
+                                len(opened[-1].classes.ids))
             opened[-1].close()  # handles reopen on use: a run over many pairs keeps few files open
-            check_window_memory(options.tile_size, batch_size, len(opened[-1].classes.ids))
         stretch = stretch_inputs(opened, options.stretch)  # as segment stretches the same rasters
         extract, info, _, chosen = choose_encoder_and_scoring(
             *_cross_validation_pairs(opened, [support for _, support in pairs]), options, device, batch_size,

@@ -45,7 +45,7 @@ from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m, row_areas_m2
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
-from .tiling import tile_grid, window_size
+from .tiling import tile_grid, window_geometry
 from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number
 
 DEFAULT_TILE_SIZE = 417
@@ -197,7 +197,7 @@ class _Job:
     paths: _Staged | None = None
     inputs: Inputs | None = None
     tiles: list | None = None
-    tile_size: int | None = None  # its windows' side: ``options.tile_size`` or less (``tiling.window_size``)
+    tile_size: int | None = None  # its windows' side: ``options.tile_size`` or less (``tiling.window_geometry``)
     overlap: int | None = None  # ``options.overlap``; 0 for a raster within one window
     area: object = None
     refine: RefineSettings | None = None  # its CRF settings (None without the CRF)
@@ -304,6 +304,8 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                 if options.crf and crf_module.kernel_at_floor(job.pixel_size, options.crf_overrides):
                     unscaled.append(job.image)
                 job.pixel_area = pixel_area_m2(src, job.inputs.crs)
+                job.tile_size, job.overlap = window_geometry(src.height, src.width, options.tile_size, options.overlap,
+                                                             GRID)
                 if options.min_area and job.pixel_area is None:
                     raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS",
                                         param="min_area")
@@ -316,7 +318,10 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             else (None, taught.classes)
         batch_size = options.batch_size or default_batch_size(device)
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
-        check_window_memory(options.tile_size, batch_size, len(classes.ids),
+        # The largest window the run reads: a folder of small chips never needs a full tile's memory.
+        support_windows = [window_geometry(source.dataset.height, source.dataset.width, options.tile_size, 0, GRID)[0]
+                           for source, _ in supports or ()]
+        check_window_memory(max([job.tile_size for job in jobs] + support_windows), batch_size, len(classes.ids),
                             workers if crf_backend == "densecrf" else 0)
         extract, encoder_info, check, scoring = choose_encoder_and_scoring(supports, classes, options, device,
                                                                            batch_size, taught=taught)
@@ -333,8 +338,6 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                     support_stats["warnings"] += taught.check_raster(job.image, len(job.inputs.source.bands),
                                                                      job.pixel_size)
                 job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs, several)
-                job.tile_size = window_size(src.height, src.width, options.tile_size, GRID)
-                job.overlap = options.overlap if job.tile_size == options.tile_size else 0  # one window: no overlap
                 job.tiles = tile_grid(src.height, src.width, job.tile_size, job.overlap, GRID)
                 if job.area is not None:  # windows outside the area are never read nor encoded
                     job.tiles = [tile for tile in job.tiles if job.area.reaches(tile)]

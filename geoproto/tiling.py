@@ -3,8 +3,8 @@
 Features of a narrow remainder strip have no context around them and classify far worse, so every
 window is full size and (nearly) inside the raster: the last row and column of windows are shifted back
 to end at the raster's edge, or, with ``align`` (``segment``'s windows start on the encoder's GRID),
-within ``align - 1`` pixels past it; a raster smaller than a window is padded (``segment`` shrinks its
-windows to such a raster first: ``window_size``). Overlaps are split at their middle, so every pixel is
+within ``align - 1`` pixels past it; a raster smaller than a window is padded (``segment`` reads such a
+raster, query or support, in one window of its own size first: ``window_geometry``). Overlaps are split at their middle, so every pixel is
 written exactly once, by the window in which it lies furthest from an edge.
 """
 
@@ -73,3 +73,17 @@ def window_size(height: int, width: int, size: int, align: int = 1) -> int:
     """``size``, or the raster's larger side rounded up to ``align`` where that is smaller: padding a small
     raster (an ML chip) to a full window costs the encoder the whole window for a few real pixels."""
     return min(size, -(-max(height, width) // align) * align)
+
+
+def window_geometry(height: int, width: int, size: int, overlap: int, align: int = 1) -> tuple[int, int]:
+    """The window side and overlap a ``height`` x ``width`` raster is read with: ``size`` and ``overlap``, or one
+    window of ``window_size`` (no neighbour, so no overlap) for a raster smaller than ``size``. Queries and
+    supports alike, so a support chip is encoded in the window geometry its own labels will be."""
+    side = window_size(height, width, size, align)
+    return side, overlap if side == size else 0
+
+
+def largest_window(shapes: list[tuple[int, int]], size: int, overlap: int, align: int = 1) -> tuple[int, int]:
+    """``window_geometry`` of the largest of several rasters' (height, width) ``shapes``: the one window size
+    (and overlap) that fits every one of them, or the largest window a run over them reads."""
+    return window_geometry(max(h for h, _ in shapes), max(w for _, w in shapes), size, overlap, align)

@@ -95,6 +95,13 @@ def scene(folder: Path, data: np.ndarray | None = None, nodata=None, **profile) 
     return (write_raster(folder / "image.tif", data, nodata, **profile), write_support(folder / "support.gpkg"))
 
 
+def strip_scene(folder: Path, length: int = 100000) -> tuple[Path, Path]:
+    """A one-band raster ``length`` px tall and SIDE px wide (``two_halves`` repeated down) and ``write_support``'s
+    squares on it: read in windows of ``length`` px whatever larger tile is asked, as no chip is."""
+    data = np.tile(two_halves(bands=1), (1, -(-length // SIDE), 1))[:, :length]
+    return (write_raster(folder / "strip.tif", data), write_support(folder / "support.gpkg"))
+
+
 def leftovers(folder: Path, *keep: str) -> list[str]:
     """Everything in ``folder`` but ``keep``: outputs, partial files and staging folders alike."""
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)

@@ -189,11 +189,14 @@ def test_library_refuses_bad_folds_and_group_distance(paths):
         check_support(str(paths.chip), str(paths.support), group_distance=float("nan"))
 
 
-def test_huge_tile_size_is_refused_with_the_figure(paths):
+def test_huge_tile_size_is_refused_with_the_figure(tmp_path):
+    """Refused for a raster that would be read in such windows (a 100000 px strip); a smaller raster is read
+    in windows of its own size, whatever the tile (``test_small_chips_are_cross_validated_in_their_size``)."""
     from geoproto.errors import GeoprotoError
 
+    image, support = synthetic.strip_scene(tmp_path)
     with pytest.raises(GeoprotoError, match=r"tile_size 100000 with batch_size 1 would need about [\d.]+ GiB"):
-        check_support(str(paths.chip), str(paths.support), SegmentOptions(tile_size=100000, device="cpu"))
+        check_support(str(image), str(support), SegmentOptions(tile_size=100000, device="cpu"))
 
 
 class _PooledColours:
@@ -358,9 +361,9 @@ def test_cross_validation_over_two_halves_equals_the_whole_raster(tmp_path):
     whole, halves_run, left = results["whole"], results["halves"], results["left"]
     # 192 px windows at columns 0, 192, 208 of the whole, 0 of the left and 0, 16 of the right: the same
     # windows, so the same features and the same cores
-    assert whole[2]["cross_validated"] == {"polygons": 36, "windows": 9, "rasters": 1}
-    assert halves_run[2]["cross_validated"] == {"polygons": 36, "windows": 9, "rasters": 2}
-    assert left[2]["cross_validated"] == {"polygons": 18, "windows": 3, "rasters": 1}  # what the first alone gave
+    assert whole[2]["cross_validated"] == {"polygons": 36, "windows": 9, "window_size": 192, "rasters": 1}
+    assert halves_run[2]["cross_validated"] == {"polygons": 36, "windows": 9, "window_size": 192, "rasters": 2}
+    assert left[2]["cross_validated"] == {"polygons": 18, "windows": 3, "window_size": 192, "rasters": 1}  # what the first alone gave
     assert {c["polygons"] for c in halves_run[2]["classes"].values()} == {18}
     # The same polygons in the same groups and folds, polygon by polygon (pieces renumbered per raster).
     for run in (whole, halves_run):
@@ -399,7 +402,7 @@ def test_a_polygon_across_two_rasters_is_one_group_in_one_fold(tmp_path):
         assert deal[pieces[0]] == deal[pieces[1]]
     confusion = cross_validate(encode_windows(_pooled_colour_features, windows, 2), windows, 2, 5)
     result = report(confusion, classes, windows)
-    assert result["cross_validated"] == {"polygons": 37, "windows": 9, "rasters": 2}
+    assert result["cross_validated"] == {"polygons": 37, "windows": 9, "window_size": 192, "rasters": 2}
     assert result["classes"]["a"]["polygons"] == 19 and result["classes"]["b"]["polygons"] == 18
     labelled = 0
     for n, tile in enumerate(windows.tiles):
@@ -414,7 +417,7 @@ def test_cli_text_says_what_was_cross_validated(tmp_path):
     result = CliRunner().invoke(main, ["check-support", str(image), "--support", str(support), "--group-distance",
                                        "16"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("cross-validated 36 polygon(s) in 1 window(s) over 5 spatial folds: overall "
+    assert result.output.startswith("cross-validated 36 polygon(s) in 1 window(s) of 400 px over 5 spatial folds: overall "
                                     "accuracy 1.00, mean class F1 1.00\n")
 
 
@@ -535,3 +538,28 @@ def test_group_distance_across_rasters_takes_the_coarser_pixels(tmp_path):
     assert list(group_of) == [0, 1, 0, 2]  # pieces raster after raster: fine 0, 2; coarse 1, 3
     for source, _ in supports:
         source.close()
+
+
+def test_small_chips_are_cross_validated_in_their_size(tmp_path, spy):
+    """Four 100 px chips 100 m apart under one support file, at ``--tile-size 4096``: the cross-validation reads
+    each chip in one 112 px window (the chips' side rounded up to the encoder's grid, as they are fitted and
+    segmented), not in 4096 px of padding, and says so."""
+    from rasterio.transform import from_origin
+
+    from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor
+
+    images, squares, names = [], [], []
+    for k in range(4):
+        transform = from_origin(500000.0 + 100 * k, 3700000.0, 0.5, 0.5)
+        images.append(synthetic.write_raster(tmp_path / f"chip-{k}.tif", synthetic.two_halves(side=100, seed=k),
+                                             transform=transform))
+        squares += [synthetic.pixel_box(transform, 10, 35, 35, 60), synthetic.pixel_box(transform, 65, 35, 90, 60)]
+        names += ["bright", "dark"]
+    geopandas.GeoDataFrame({"class": names}, geometry=squares, crs=synthetic.CRS).to_file(tmp_path / "support.gpkg")
+    encoded = spy(FeatureExtractor, "__call__", lambda self, images, context: images.shape)
+    result = check_support([str(image) for image in images], str(tmp_path / "support.gpkg"),
+                           SegmentOptions(tile_size=4096, encoder="imagenet", device="cpu", batch_size=4),
+                           group_distance=8)
+    assert result["cross_validated"] == {"polygons": 8, "windows": 4, "window_size": 112, "rasters": 4}
+    assert encoded[0] == (4, 3, 112 + 2 * CONTEXT_MARGIN, 112 + 2 * CONTEXT_MARGIN)  # the 1x features
+    assert result["classes"]["bright"]["f1"] == result["classes"]["dark"]["f1"] == 1.0

@@ -691,13 +691,36 @@ def test_overlap_of_half_the_tile_is_refused(tmp_path):
 
 
 def test_huge_tile_size_is_refused_up_front_with_the_figure(tmp_path):
-    image, support = _synthetic(tmp_path)
+    """For a raster read in such windows (a 100000 px strip); smaller rasters are read in windows of their
+    own size (``test_a_huge_tile_size_reads_a_small_chip_and_its_support_in_the_chip_size``)."""
+    image, support = synthetic.strip_scene(tmp_path)
     out = tmp_path / "c.tif"
     started = time.monotonic()
     result = run(image, "-s", support, "-o", out, "--no-crf", "--tile-size", "100000")
     _assert_clean_failure(result, out, "--tile-size 100000", "GiB of memory", "smaller --tile-size")
     assert time.monotonic() - started < 30
     _assert_nothing_left(tmp_path, image, support)
+
+
+@pytest.mark.parametrize("tile_size", [4096, 100000])
+def test_a_huge_tile_size_reads_a_small_chip_and_its_support_in_the_chip_size(tmp_path, spy, tile_size):
+    """A 100 px chip and its own support at ``--tile-size`` 4096 (144 s and 7.8 GB when the support was padded
+    to the tile) or 100000 (refused for memory then): support and query are each one 112 px window, the chip's
+    side rounded up to the encoder's grid, so both see the same window; the summary says so."""
+    from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor
+
+    image = synthetic.write_raster(tmp_path / "chip.tif", synthetic.two_halves(side=100))
+    support = synthetic.write_support(tmp_path / "chip.gpkg", side=100)
+    encoded = spy(FeatureExtractor, "__call__", lambda self, images, context: images.shape)
+    result = run(image, "-s", support, "-o", tmp_path / "c.tif", "--no-crf", "--tile-size", tile_size, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert encoded == [(1, 3, 112 + 2 * CONTEXT_MARGIN, 112 + 2 * CONTEXT_MARGIN)] * 2  # the support, the query
+    assert (summary["tile_size"], summary["overlap"], summary["support"]["window_sizes"]) == (112, 0, [112])
+    with rasterio.open(tmp_path / "c.tif") as out:
+        labels = out.read(1)
+    ids = {item["name"]: item["id"] for item in summary["classes"]}
+    assert (labels[:, :50] == ids["bright"]).mean() >= 0.95 and (labels[:, 50:] == ids["dark"]).mean() >= 0.95
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["nan-declared", "nan-undeclared"])
