@@ -10,10 +10,14 @@ with default options but the encoder (``--encoder``), with and without the CRF:
   such chip (``support_image``), ``--repeats`` runs each (``--tile-size``: the tile size asked for);
 - ``--crop``: a ``--crop`` px crop of examples/spacenet/sample_geotiff.tif segmented with the bundled
   support (support.gpkg on the whole image, ``support_image``) by ``--crop-encoder``, under both trees;
-  prints the share of pixels labelled alike.
+  prints the share of pixels labelled alike;
+- ``--support-chip``: one such synthetic chip segmented with its own support (on the chip: the support
+  windows are the chip's, not another raster's), CRF off, at each of ``--support-tiles`` (417 and 4096):
+  before ``tiling.window_geometry`` reached the support side, its support was padded to the full tile.
 
     git archive HEAD~1 geoproto | tar -x -C /tmp/before
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/small_rasters.py --before /tmp/before
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/small_rasters.py --before /tmp/before --sides --crop 0
 """
 
 from __future__ import annotations
@@ -79,20 +83,21 @@ def one(images: str, support: str, output: str, encoder: str, crf: bool, support
 
     started = time.perf_counter()
     summary = segment_many(images.split(","), support, output,
-                           SegmentOptions(encoder=encoder, crf=crf, support_image=support_image, workers=0,
+                           SegmentOptions(encoder=encoder, crf=crf, support_image=support_image or None, workers=0,
                                           tile_size=tile_size))
     first = summary["inputs"][0]
     print(json.dumps({"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_mb()),
                       "inputs": len(summary["inputs"]), "tile_size": first["tile_size"], "tiles": first["tiles"],
-                      "scoring": summary["scoring"]["used"]}))
+                      "scoring": summary["scoring"]["used"],
+                      "support_windows": summary["support"].get("window_sizes", "tile size")}))
 
 
 def run(tree: str, images: list[Path], support: Path, output: Path, encoder: str, crf: bool,
-        support_image: Path, tile_size: int) -> dict:
+        support_image: Path | None, tile_size: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, str(ROOT / "benchmarks")]),
            "OMP_WAIT_POLICY": "PASSIVE"}
     args = [sys.executable, __file__, "--one", ",".join(map(str, images)), str(support), str(output), encoder,
-            str(int(crf)), str(support_image), str(tile_size)]
+            str(int(crf)), str(support_image or ""), str(tile_size)]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(done.stderr)
@@ -109,6 +114,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=200)
     parser.add_argument("--crop-encoder", default="dubai")
     parser.add_argument("--tile-size", type=int, default=417)
+    parser.add_argument("--support-chip", type=int, default=96, help="side of the chip with its own support (0: none)")
+    parser.add_argument("--support-tiles", type=int, nargs="*", default=[417, 4096])
     parser.add_argument("--one", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -145,6 +152,14 @@ def main() -> None:
                     labels[name] = src.read(1)
                 print(f"crop {args.crop} px  {args.crop_encoder}  {name:6}: {figures}", flush=True)
             print(f"crop {args.crop} px: labels agree on {np.mean(labels['before'] == labels['after']):.2%} of pixels")
+        if args.support_chip:
+            image, support = chip(folder, args.support_chip)
+            for tile_size in args.support_tiles:
+                for name, tree in trees.items():
+                    figures = run(tree, [image], support, folder / f"{name}-support-{tile_size}", args.encoder, False,
+                                  None, tile_size)
+                    print(f"{args.support_chip} px chip, its own support, tile {tile_size:4d}  {name:6}: {figures}",
+                          flush=True)
 
 
 if __name__ == "__main__":
