@@ -4,8 +4,8 @@ Features of a narrow remainder strip have no context around them and classify fa
 window is full size and (nearly) inside the raster: the last row and column of windows are shifted back
 to end at the raster's edge, or, with ``align`` (``segment``'s windows start on the encoder's GRID),
 within ``align - 1`` pixels past it; a raster smaller than a window is padded (``segment`` reads such a
-raster, query or support, in one window of its own size first: ``window_geometry``). Overlaps are split at their middle, so every pixel is
-written exactly once, by the window in which it lies furthest from an edge.
+raster, query or support, in one window of its own size first: ``window_geometry``). Overlaps are split at
+their middle, so every pixel is written exactly once, by the window in which it lies furthest from an edge.
 """
 
 from __future__ import annotations

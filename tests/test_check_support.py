@@ -363,7 +363,8 @@ def test_cross_validation_over_two_halves_equals_the_whole_raster(tmp_path):
     # windows, so the same features and the same cores
     assert whole[2]["cross_validated"] == {"polygons": 36, "windows": 9, "window_size": 192, "rasters": 1}
     assert halves_run[2]["cross_validated"] == {"polygons": 36, "windows": 9, "window_size": 192, "rasters": 2}
-    assert left[2]["cross_validated"] == {"polygons": 18, "windows": 3, "window_size": 192, "rasters": 1}  # what the first alone gave
+    # what the first alone gave
+    assert left[2]["cross_validated"] == {"polygons": 18, "windows": 3, "window_size": 192, "rasters": 1}
     assert {c["polygons"] for c in halves_run[2]["classes"].values()} == {18}
     # The same polygons in the same groups and folds, polygon by polygon (pieces renumbered per raster).
     for run in (whole, halves_run):
@@ -417,8 +418,8 @@ def test_cli_text_says_what_was_cross_validated(tmp_path):
     result = CliRunner().invoke(main, ["check-support", str(image), "--support", str(support), "--group-distance",
                                        "16"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("cross-validated 36 polygon(s) in 1 window(s) of 400 px over 5 spatial folds: overall "
-                                    "accuracy 1.00, mean class F1 1.00\n")
+    assert result.output.startswith("cross-validated 36 polygon(s) in 1 window(s) of 400 px over 5 spatial folds: "
+                                    "overall accuracy 1.00, mean class F1 1.00\n")
 
 
 def test_cli_pools_the_polygons_of_several_rasters(tmp_path, support_reads):
