@@ -408,13 +408,13 @@ def model_memory_bytes(size: int, batch_size: int, classes: int) -> int:
 
 
 def check_window_memory(size: int, batch_size: int, classes: int, crf_workers: int = 0) -> None:
-    """Refuse, with the figure, a tile size and batch whose windows would not fit in memory (a tile
-    size of 100000 asks for thousands of GiB per window, whatever the raster's size)."""
+    """Refuse, with the figure, windows of ``size`` (the tile size, or a smaller raster's own) and a batch
+    that would not fit in memory (a tile size of 100000 asks for thousands of GiB per window)."""
     pixels = window_pixels(size)
     queued = read_queue_size(batch_size) * pixels * QUEUED_BYTES_PER_PIXEL
     crf = crf_workers * pixels * (CRF_BYTES_PER_PIXEL + CLASS_BYTES_PER_PIXEL * classes)
     check_memory(model_memory_bytes(size, batch_size, classes) + queued + crf,
-                 f"tile_size {size} with batch_size {batch_size}"
+                 f"windows of {size} px with batch_size {batch_size}"
                  + (f" and {crf_workers} CRF worker(s)" if crf_workers else ""),
                  "choose a smaller tile_size or batch_size", param="tile_size", mentions=("tile_size", "batch_size"))
 

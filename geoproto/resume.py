@@ -284,9 +284,10 @@ UNRELATED_OPTIONS = {"workers", "batch_size", "check_support", "vector", "previe
 _FILE_OPTIONS = {"checkpoint", "init_weights", "classes_file", "support_image", "aoi", "prototypes"}
 
 
-def segment_job(image: str, options, device: str, tiles: list[Tile], **inputs) -> dict:
+def segment_job(image: str, options, device: str, tiles: list[Tile], size: int, **inputs) -> dict:
     """The fingerprint of a ``segment`` job: what its windows' labels depend on (``inputs``: the files the
-    prototypes come from, by ``file_identity``, and the stretch the raster is read with)."""
+    prototypes come from, by ``file_identity``, and the stretch the raster is read with; ``size``: the
+    windows' side, which for a raster smaller than the tile is not ``options.tile_size``)."""
     settings = {}
     for name, value in vars(options).items():
         if name in UNRELATED_OPTIONS:
@@ -297,4 +298,4 @@ def segment_job(image: str, options, device: str, tiles: list[Tile], **inputs) -
             value = file_identity(value)
         settings[name] = value
     return fingerprint(image=file_identity(image), **inputs, options=settings, device=device,
-                       windows={"count": len(tiles), "digest": tiles_digest(tiles)})
+                       windows={"count": len(tiles), "size": size, "digest": tiles_digest(tiles)})

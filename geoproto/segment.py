@@ -367,7 +367,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             for job in jobs:
                 with _naming(job.image, several):
                     # the stretch itself: pooled, it also depends on inputs the area may have skipped
-                    journal = Journal(job.output, segment_job(job.image, options, device.type, job.tiles,
+                    journal = Journal(job.output, segment_job(job.image, options, device.type, job.tiles, job.tile_size,
                                                               stretch=job.inputs.source.scale, **job_inputs),
                                       job.tiles, len(classifier.classes.ids),
                                       job.paths.probabilities is not None) if options.resume else None

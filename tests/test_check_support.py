@@ -195,7 +195,7 @@ def test_huge_tile_size_is_refused_with_the_figure(tmp_path):
     from geoproto.errors import GeoprotoError
 
     image, support = synthetic.strip_scene(tmp_path)
-    with pytest.raises(GeoprotoError, match=r"tile_size 100000 with batch_size 1 would need about [\d.]+ GiB"):
+    with pytest.raises(GeoprotoError, match=r"windows of 100000 px with batch_size 1 would need about [\d.]+ GiB"):
         check_support(str(image), str(support), SegmentOptions(tile_size=100000, device="cpu"))
 
 

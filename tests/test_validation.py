@@ -75,5 +75,5 @@ def test_memory_guard_states_the_figure():
                                             r"machine's [\d.]+ GiB; hint"):
         check_memory(total, "a plan", "hint")
     check_window_memory(417, 16, 5, 16)  # the defaults on a CUDA machine with 16 cores fit
-    with pytest.raises(GeoprotoError, match="tile_size: tile_size 100000 with batch_size 1 would need about"):
+    with pytest.raises(GeoprotoError, match="tile_size: windows of 100000 px with batch_size 1 would need about"):
         check_window_memory(100000, 1, 2)
