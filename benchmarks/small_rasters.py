@@ -1,6 +1,7 @@
 """Rasters smaller than a window: wall time and peak memory of ``segment`` on small synthetic chips, and
-how far its labels of a real crop move, against another geoproto tree (``--before``, e.g. the commit
-before ``tiling.window_size``, which padded every such raster to a full ``--tile-size`` window).
+how far its labels of a real crop move, against another geoproto tree (``--before``: ``8f32007^``, before
+``tiling.window_size``, padded every such raster to a full ``--tile-size`` window; ``7a481f1`` still padded
+support rasters).
 
 Each run is a fresh process (its own peak resident memory, VmHWM) calling ``geoproto.segment.segment``
 with default options but the encoder (``--encoder``), with and without the CRF:
@@ -15,7 +16,7 @@ with default options but the encoder (``--encoder``), with and without the CRF:
   windows are the chip's, not another raster's), CRF off, at each of ``--support-tiles`` (417 and 4096):
   before ``tiling.window_geometry`` reached the support side, its support was padded to the full tile.
 
-    git archive HEAD~1 geoproto | tar -x -C /tmp/before
+    git archive REV geoproto | tar -x -C /tmp/before
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/small_rasters.py --before /tmp/before
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/small_rasters.py --before /tmp/before --sides --crop 0
 """

@@ -29,7 +29,7 @@ from .pipeline import check_window_memory
 from .raster import RasterSource, absolute_path, pixel_size_m
 from .segment import SegmentOptions, check_tiling, choose_encoder_and_scoring, options_inputs
 from .support import VectorLabels
-from .tiling import window_geometry
+from .tiling import window_size
 
 
 def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions | None = None
@@ -55,7 +55,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
         for image, support in pairs:
             opened.append(options_inputs(image, support, options, read_files=read_files))
             src = opened[-1].support_source.dataset  # its support's windows: the tile, or the raster's own size
-            check_window_memory(window_geometry(src.height, src.width, options.tile_size, 0, GRID)[0], batch_size,
+            check_window_memory(window_size(src.height, src.width, options.tile_size, GRID), batch_size,
                                 len(opened[-1].classes.ids))
             opened[-1].close()  # handles reopen on use: a run over many pairs keeps few files open
         stretch = stretch_inputs(opened, options.stretch)  # as segment stretches the same rasters

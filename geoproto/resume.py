@@ -40,6 +40,10 @@ SYNC_SECONDS = 1.0
 _MAGIC = b"GPJ1"
 _HEADER = struct.Struct("<4sIQIB")  # magic, window index, payload bytes, CRC-32 of the payload, CRF kept
 _JOB, _PROTOTYPES, _WINDOWS, _LOCK = "job.json", "prototypes.npy", "windows.bin", "lock"
+# Raised whenever a tree labels the same job differently (window geometry, prototypes): ``__version__`` changes
+# only at releases, so without it a journal of an older tree would be replayed into a newer one's output.
+# 2: support rasters smaller than the tile read in windows of their own size.
+LABELS_REVISION = 2
 
 
 def resume_folder(output: str) -> str:
@@ -66,8 +70,9 @@ def tiles_digest(tiles: list[Tile]) -> str:
 
 
 def fingerprint(**parts) -> dict:
-    """The job's fingerprint: ``parts`` made JSON-plain, with the geoproto version."""
-    return json.loads(json.dumps({"geoproto": __version__, **parts}, sort_keys=True, default=_plain))
+    """The job's fingerprint: ``parts`` made JSON-plain, with the geoproto version and labels revision."""
+    return json.loads(json.dumps({"geoproto": __version__, "labels_revision": LABELS_REVISION, **parts},
+                                 sort_keys=True, default=_plain))
 
 
 def _plain(value):
@@ -284,10 +289,9 @@ UNRELATED_OPTIONS = {"workers", "batch_size", "check_support", "vector", "previe
 _FILE_OPTIONS = {"checkpoint", "init_weights", "classes_file", "support_image", "aoi", "prototypes"}
 
 
-def segment_job(image: str, options, device: str, tiles: list[Tile], size: int, **inputs) -> dict:
+def segment_job(image: str, options, device: str, tiles: list[Tile], **inputs) -> dict:
     """The fingerprint of a ``segment`` job: what its windows' labels depend on (``inputs``: the files the
-    prototypes come from, by ``file_identity``, and the stretch the raster is read with; ``size``: the
-    windows' side, which for a raster smaller than the tile is not ``options.tile_size``)."""
+    prototypes come from, by ``file_identity``, and the stretch the raster is read with)."""
     settings = {}
     for name, value in vars(options).items():
         if name in UNRELATED_OPTIONS:
@@ -298,4 +302,4 @@ def segment_job(image: str, options, device: str, tiles: list[Tile], size: int, 
             value = file_identity(value)
         settings[name] = value
     return fingerprint(image=file_identity(image), **inputs, options=settings, device=device,
-                       windows={"count": len(tiles), "size": size, "digest": tiles_digest(tiles)})
+                       windows={"count": len(tiles), "digest": tiles_digest(tiles)})

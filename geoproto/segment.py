@@ -45,7 +45,7 @@ from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m, row_areas_m2
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
-from .tiling import tile_grid, window_geometry
+from .tiling import tile_grid, window_geometry, window_size
 from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number
 
 DEFAULT_TILE_SIZE = 417
@@ -319,7 +319,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         batch_size = options.batch_size or default_batch_size(device)
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
         # The largest window the run reads: a folder of small chips never needs a full tile's memory.
-        support_windows = [window_geometry(source.dataset.height, source.dataset.width, options.tile_size, 0, GRID)[0]
+        support_windows = [window_size(source.dataset.height, source.dataset.width, options.tile_size, GRID)
                            for source, _ in supports or ()]
         check_window_memory(max([job.tile_size for job in jobs] + support_windows), batch_size, len(classes.ids),
                             workers if crf_backend == "densecrf" else 0)
@@ -367,7 +367,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             for job in jobs:
                 with _naming(job.image, several):
                     # the stretch itself: pooled, it also depends on inputs the area may have skipped
-                    journal = Journal(job.output, segment_job(job.image, options, device.type, job.tiles, job.tile_size,
+                    journal = Journal(job.output, segment_job(job.image, options, device.type, job.tiles,
                                                               stretch=job.inputs.source.scale, **job_inputs),
                                       job.tiles, len(classifier.classes.ids),
                                       job.paths.probabilities is not None) if options.resume else None

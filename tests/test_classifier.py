@@ -39,7 +39,7 @@ def _support(tmp_path, side):
 
 def test_a_support_raster_smaller_than_the_tile_is_encoded_in_one_window_of_its_size(tmp_path, spy):
     """A 100 px chip: windows of 112 px (its side rounded up to the encoder's grid) with their context,
-    whether the tile is 417 or 4096 px, as its queries are read (a 4096 px tile took 144 s and 7.8 GB)."""
+    whether the tile is 417 or 4096 px, as its queries are read (``benchmarks/small_rasters.py --support-chip``)."""
     supports, classes = _support(tmp_path, 100)
     encoded = spy(_WindowAware, "__call__", lambda self, images, context: images.shape)
     for tile_size in (417, 4096):

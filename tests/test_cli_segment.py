@@ -697,16 +697,16 @@ def test_huge_tile_size_is_refused_up_front_with_the_figure(tmp_path):
     out = tmp_path / "c.tif"
     started = time.monotonic()
     result = run(image, "-s", support, "-o", out, "--no-crf", "--tile-size", "100000")
-    _assert_clean_failure(result, out, "--tile-size 100000", "GiB of memory", "smaller --tile-size")
+    _assert_clean_failure(result, out, "--tile-size: windows of 100000 px", "GiB of memory", "smaller --tile-size")
     assert time.monotonic() - started < 30
     _assert_nothing_left(tmp_path, image, support)
 
 
 @pytest.mark.parametrize("tile_size", [4096, 100000])
 def test_a_huge_tile_size_reads_a_small_chip_and_its_support_in_the_chip_size(tmp_path, spy, tile_size):
-    """A 100 px chip and its own support at ``--tile-size`` 4096 (144 s and 7.8 GB when the support was padded
-    to the tile) or 100000 (refused for memory then): support and query are each one 112 px window, the chip's
-    side rounded up to the encoder's grid, so both see the same window; the summary says so."""
+    """A 100 px chip and its own support at ``--tile-size`` 4096 (minutes and gigabytes when the support was
+    padded to the tile) or 100000 (refused for memory then): support and query are each one 112 px window, the
+    chip's side rounded up to the encoder's grid, so both see the same window; the summary says so."""
     from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor
 
     image = synthetic.write_raster(tmp_path / "chip.tif", synthetic.two_halves(side=100))

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from geoproto import resume
 from geoproto.errors import GeoprotoError
 from geoproto.output import remove_stale_staging
-from geoproto.resume import Journal, fingerprint, remove_journal, resume_folder, segment_job
-from geoproto.segment import SegmentOptions
+from geoproto.resume import Journal, fingerprint, remove_journal, resume_folder
 from geoproto.tiling import tile_grid
 
 TILES = tile_grid(100, 90, 48, 8)
@@ -142,15 +142,12 @@ def test_a_crash_in_the_second_of_two_rasters_resumes_to_the_uninterrupted_outpu
     assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())  # journals removed
 
 
-def test_a_journal_of_another_window_side_is_refused(tmp_path):
-    """A raster smaller than the tile has one window whose position and core do not depend on its side
-    (112 px today, 417 px padded before), so the side itself must be part of the job."""
-    image = str(tmp_path / "chip.tif")
-    open(image, "wb").close()
-    tiles = tile_grid(100, 60, 112, 0, 16)
-    assert tiles == tile_grid(100, 60, 417, 0, 16)
-    options = SegmentOptions()
+def test_a_journal_of_an_earlier_labels_revision_is_refused(tmp_path, monkeypatch):
+    """A tree that labels the same job differently under the same version (its support windows, say) must
+    not replay an older tree's windows: the revision is part of every fingerprint."""
     output = str(tmp_path / "c.tif")
-    Journal(output, segment_job(image, options, "cpu", tiles, 417), tiles, 3, probabilities=False).close()
-    with pytest.raises(GeoprotoError, match=r"cannot resume: .*\(windows\.size changed\)"):
-        Journal(output, segment_job(image, options, "cpu", tiles, 112), tiles, 3, probabilities=False)
+    monkeypatch.setattr(resume, "LABELS_REVISION", resume.LABELS_REVISION - 1)
+    Journal(output, fingerprint(options={"tile_size": 48, "overlap": 8}), TILES, 3, probabilities=False).close()
+    monkeypatch.undo()
+    with pytest.raises(GeoprotoError, match=r"cannot resume: .*\(labels_revision changed\)"):
+        Journal(output, JOB, TILES, 3, probabilities=False)
