@@ -624,9 +624,9 @@ def test_a_small_chip_beside_a_larger_raster_is_not_padded_to_the_tile(tmp_path,
 
 
 def test_cross_validation_of_rasters_larger_than_the_tile_is_unchanged(tmp_path):
-    """Rasters larger than the tile are cross-validated as before per-raster window sides: the confusions
-    (per group, of every scoring variant) equal those computed with the shared-window code, bit for bit
-    (pinned: the skewed colour boxes in 192 px windows with 16 px overlap, three windows a batch)."""
+    """Per-raster window sides change nothing for a raster larger than the tile: the confusions (per group, of
+    every scoring variant) equal, bit for bit, those of the code that gave every raster one shared window side
+    (pinned from it: the skewed colour boxes in 192 px windows with 16 px overlap, three windows a batch)."""
     import hashlib
 
     from geoproto.crossval import choose_scoring, cross_validate, encode_windows, read_support_windows
