@@ -40,11 +40,11 @@ from geoproto.fewshot import upsample_scores
 from geoproto.heads import VARIANTS, SupportFit, concat_scales, second_scale_features
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.models import build_shipped
-from geoproto.models.runtime import GRID, FeatureExtractor
+from geoproto.models.runtime import FeatureExtractor
 from geoproto import crf, crf_torch
 from geoproto.raster import RasterSource, pixel_size_m
 from geoproto.segment import SegmentOptions, options_inputs
-from geoproto.tiling import Tile, tile_grid
+from geoproto.tiling import Tile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The supports and truth the encoder benchmark draws.
@@ -99,10 +99,8 @@ def check_choice(extract, image: Path, support: Path, confidences: list[float]) 
     """The variant ``check-support``'s cross-validation picks on this support at each confidence."""
     options = SegmentOptions(progress=False)
     inputs = options_inputs(str(image), str(support), options)
-    src = inputs.support_source.dataset
-    tiles = tile_grid(src.height, src.width, options.tile_size, options.overlap, GRID)
-    windows = read_support_windows([(inputs.support_source, inputs.labels, tiles)], inputs.classes,
-                                   options.tile_size, FOLDS, 32.0)
+    windows = read_support_windows([(inputs.support_source, inputs.labels)], inputs.classes, options.tile_size,
+                                   options.overlap, FOLDS, 32.0)  # each raster in its own window geometry
     features = encode_windows(extract, windows, 1)
     choice, _ = choose_scoring(extract, features, windows, len(inputs.classes.ids), FOLDS, 1)
     return [reliable_pick(choice["mean_f1"], choice["beats_default"], choice["default"], confidence)

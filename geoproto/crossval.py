@@ -26,10 +26,10 @@ from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, upsample_scores
 from .heads import DEFAULT_VARIANT, PROTOTYPES, VARIANTS, SupportFit, concat_scales, second_scale_features
 from .metrics import json_number, scores
-from .models.runtime import CONTEXT_MARGIN
+from .models.runtime import CONTEXT_MARGIN, GRID
 from .raster import RasterSource, apply_transform
 from .support import VectorLabels
-from .tiling import Tile
+from .tiling import Tile, tile_grid, window_geometry
 
 MIN_POLYGONS = 3
 CONFUSION_WARNING = 0.3
@@ -49,7 +49,9 @@ SCORING_CONFIDENCE = 0.5
 @dataclass
 class SupportWindows:
     """The support windows of a run, over one raster or several: tiles and the raster each is read from,
-    per-pixel polygon numbers (0 = none), and how the polygons are grouped and dealt to folds.
+    per-pixel polygon numbers (0 = none), and how the polygons are grouped and dealt to folds. Each raster's
+    windows have the side it is fitted and segmented with (``tiling.window_geometry``): a chip smaller than the
+    tile is one window of its own size, so windows of several rasters may differ in size.
 
     A polygon is numbered once per raster it lies on (a piece each): a polygon across two rasters is two
     pieces, in one spatial group, so they are always in the same fold."""
@@ -57,7 +59,7 @@ class SupportWindows:
     sources: list[RasterSource]
     tile_sources: list[int]  # the index in ``sources`` of each window's raster
     tiles: list[Tile]
-    polygons: np.ndarray  # N x S x S, piece index + 1
+    polygons: list[np.ndarray]  # per window, S_n x S_n: piece index + 1
     polygon_classes: np.ndarray  # class position (1..K) of each piece
     polygon_features: np.ndarray  # the support file's row of each piece (one per polygon, whatever its pieces)
     groups: np.ndarray  # spatial group of each piece
@@ -70,11 +72,12 @@ class SupportWindows:
 
     def used(self) -> dict:
         """What the cross-validation saw: the polygons with pixels (on valid data) in its windows, the windows
-        and their side, and the rasters they lie on."""
+        and their distinct sides, and the rasters they lie on."""
         seen = np.zeros(len(self.polygon_features) + 1, bool)
-        seen[self.polygons.ravel()] = True
+        for numbers in self.polygons:
+            seen[numbers.ravel()] = True
         return {"polygons": int(len(np.unique(self.polygon_features[seen[1:]]))),
-                "windows": len(self.tiles), "window_size": int(self.polygons.shape[-1]),
+                "windows": len(self.tiles), "window_sizes": sorted({numbers.shape[-1] for numbers in self.polygons}),
                 "rasters": len(set(self.tile_sources))}
 
 
@@ -162,86 +165,104 @@ def deal_folds(dominant: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of_group
 
 
-def read_support_windows(supports: list[tuple[RasterSource, VectorLabels, list[Tile]]], classes: ClassInfo,
-                         size: int, folds: int, group_distance: float, draws: int = DEFAULT_DRAWS) -> SupportWindows:
-    """The support windows to cross-validate over every (raster, its polygons, its tiles) of ``supports``
-    (at most MAX_WINDOWS over the run, drawn at random beyond), their polygons' pixels on valid data only
-    (support over nodata would teach and score fill values), and the polygons' spatial groups and folds."""
-    candidates = [(n, tile) for n, (_, labels, tiles) in enumerate(supports) for tile in labels.candidate_tiles(tiles)]
+def read_support_windows(supports: list[tuple[RasterSource, VectorLabels]], classes: ClassInfo, size: int,
+                         overlap: int, folds: int, group_distance: float, draws: int = DEFAULT_DRAWS) -> SupportWindows:
+    """The support windows to cross-validate over every (raster, its polygons) of ``supports`` (at most
+    MAX_WINDOWS over the run, drawn at random beyond), their polygons' pixels on valid data only (support over
+    nodata would teach and score fill values), and the polygons' spatial groups and folds.
+
+    Each raster is cut as ``classifier.accumulate_support`` fits it and ``segment`` reads it: in windows of
+    ``size`` with ``overlap``, or in one window of its own size if it is smaller (``tiling.window_geometry``),
+    so the features cross-validated are those the classifier is fitted and scored on."""
+    sides, candidates = [], []
+    for n, (source, labels) in enumerate(supports):
+        src = source.dataset
+        side, side_overlap = window_geometry(src.height, src.width, size, overlap, GRID)
+        sides.append(side)
+        candidates += [(n, tile) for tile in labels.candidate_tiles(tile_grid(src.height, src.width, side,
+                                                                              side_overlap, GRID))]
     if len(candidates) > MAX_WINDOWS:
         keep = np.random.default_rng(0).choice(len(candidates), MAX_WINDOWS, replace=False)
         candidates = [candidates[i] for i in sorted(keep)]
-    offsets = np.cumsum([0] + [len(labels.geometries) for _, labels, _ in supports])
+    offsets = np.cumsum([0] + [len(labels.geometries) for _, labels in supports])
     chosen, polygons = [], []
     for n, tile in candidates:
-        source, labels, _ = supports[n]
-        numbers = labels.read_polygons(tile, size)
+        source, labels = supports[n]
+        numbers = labels.read_polygons(tile, sides[n])
         if numbers.any():
             numbers[numbers > 0] += offsets[n]  # pieces numbered over the run
-            numbers = numbers * source.read(tile, size)[1]
+            numbers = numbers * source.read(tile, sides[n])[1]
         if numbers.any():
             chosen.append((n, tile))
             polygons.append(numbers)
     if not chosen:
         raise GeoprotoError("every support polygon lies over nodata: nothing to cross-validate", param="support")
     position = {class_id: k + 1 for k, class_id in enumerate(classes.ids)}
-    pieces = [labels for _, labels, _ in supports]
-    group_of, dominant = spatial_groups([(source, labels) for source, labels, _ in supports], classes, group_distance)
+    pieces = [labels for _, labels in supports]
+    group_of, dominant = spatial_groups(supports, classes, group_distance)
     fold_draws = np.stack([deal_folds(dominant, folds, seed)[group_of] for seed in range(draws)])
-    return SupportWindows([source for source, _, _ in supports], [n for n, _ in chosen], [tile for _, tile in chosen],
-                          np.stack(polygons),
-                          np.array([position[c] for labels in pieces for c in labels.class_ids]),
+    return SupportWindows([source for source, _ in supports], [n for n, _ in chosen], [tile for _, tile in chosen],
+                          polygons, np.array([position[c] for labels in pieces for c in labels.class_ids]),
                           np.concatenate([labels.features for labels in pieces]), group_of, fold_draws)
 
 
-def encode_windows(extract, windows: SupportWindows, batch_size: int) -> torch.Tensor:
-    """Features of every support window, each read from its raster (N x C x h x w, half precision on the
-    CPU to bound memory)."""
-    size = windows.polygons.shape[-1]
+def encode_windows(extract, windows: SupportWindows, batch_size: int) -> list[torch.Tensor]:
+    """Features of every support window, each read from its raster (1 x C x h x w each, half precision on the
+    CPU to bound memory). Only windows of one side are batched together: a raster's windows are consecutive,
+    so batches are cut within each run of equal side."""
     features = []
-    for start in range(0, len(windows.tiles), batch_size):
+    start = 0
+    while start < len(windows.tiles):
+        size = windows.polygons[start].shape[-1]
+        stop = start + 1
+        while stop < min(start + batch_size, len(windows.tiles)) and windows.polygons[stop].shape[-1] == size:
+            stop += 1
         images = np.stack([windows.sources[n].read(tile, size, CONTEXT_MARGIN)[0]
-                           for n, tile in zip(windows.tile_sources[start:start + batch_size],
-                                              windows.tiles[start:start + batch_size])])
-        features.append(extract(images, CONTEXT_MARGIN).cpu().half())
-    return torch.cat(features)
+                           for n, tile in zip(windows.tile_sources[start:stop], windows.tiles[start:stop])])
+        features += extract(images, CONTEXT_MARGIN).cpu().half().split(1)
+        start = stop
+    return features
 
 
-def cross_validate(features: torch.Tensor, windows: SupportWindows, num_classes: int, folds: int,
+def cross_validate(features: list[torch.Tensor], windows: SupportWindows, num_classes: int, folds: int,
                    alpha: float = DEFAULT_ALPHA, head: str = PROTOTYPES) -> np.ndarray:
     """Confusion of held-out polygon pixels per spatial group, averaged over the fold deals
-    (G x K x K, rows: true class); summed over groups it is the pooled confusion matrix. ``head``: how
-    the other folds' pixels score the held-out ones (``heads.SupportFit``)."""
-    size = windows.polygons.shape[-2:]
+    (G x K x K, rows: true class); summed over groups it is the pooled confusion matrix. ``features``: each
+    window's (``encode_windows``); ``head``: how the other folds' pixels score the held-out ones
+    (``heads.SupportFit``)."""
     polygon_class = np.concatenate([[0], windows.polygon_classes])
     polygon_group = np.concatenate([[0], windows.groups])
-    class_map = torch.from_numpy(polygon_class[windows.polygons])  # N x S x S class positions
-    group_map = polygon_group[windows.polygons]
-    core = torch.zeros(windows.polygons.shape, dtype=torch.bool)
-    for n, tile in enumerate(windows.tiles):
-        rows, cols = tile.core_slices
-        core[n, rows, cols] = True  # score each pixel once, in the window that owns it
+    class_maps = [torch.from_numpy(polygon_class[numbers]) for numbers in windows.polygons]  # class positions
+    group_maps = [polygon_group[numbers] for numbers in windows.polygons]
+    cores = []
+    for numbers, tile in zip(windows.polygons, windows.tiles):
+        core = torch.zeros(numbers.shape, dtype=torch.bool)
+        core[tile.core_slices] = True  # score each pixel once, in the window that owns it
+        cores.append(core)
     cells = num_classes * num_classes
     matrix = np.zeros((int(windows.groups.max(initial=0)) + 1) * cells, np.float64)
     for fold_of_polygon in windows.fold_draws:
-        fold_map = torch.from_numpy(np.concatenate([[-1], fold_of_polygon])[windows.polygons])
+        fold_of = np.concatenate([[-1], fold_of_polygon])
+        fold_maps = [torch.from_numpy(fold_of[numbers]) for numbers in windows.polygons]
         for fold in range(folds):
-            held_out = (fold_map == fold) & core
-            if not held_out.any():
+            held_out = [(fold_map == fold) & core for fold_map, core in zip(fold_maps, cores)]
+            if not any(mask.any() for mask in held_out):
                 continue
-            training_labels = torch.where((fold_map != fold) & core, class_map, 0)
-            support = SupportFit(num_classes, features.shape[1], head)
-            for n in torch.nonzero(training_labels.flatten(1).any(1)).flatten().tolist():
-                support.add(features[n:n + 1], training_labels[n:n + 1].long())
+            support = SupportFit(num_classes, features[0].shape[1], head)
+            for n, (fold_map, core, class_map) in enumerate(zip(fold_maps, cores, class_maps)):
+                training_labels = torch.where((fold_map != fold) & core, class_map, 0)
+                if training_labels.any():
+                    support.add(features[n], training_labels[None].long())
             if (support.pixels == 0).any():
                 continue  # a class has all its polygons in this fold: nothing to learn it from
             score = support.fit(alpha)
-            for n in torch.nonzero(held_out.flatten(1).any(1)).flatten().tolist():
+            for n, mask in enumerate(held_out):
+                if not mask.any():
+                    continue
                 with torch.inference_mode():
-                    predicted = upsample_scores(score(features[n:n + 1].float()), size)[0].argmax(0)
-                mask = held_out[n]
-                truth = class_map[n][mask].numpy() - 1
-                cell = group_map[n][mask.numpy()] * cells + truth * num_classes + predicted[mask].numpy()
+                    predicted = upsample_scores(score(features[n].float()), mask.shape)[0].argmax(0)
+                truth = class_maps[n][mask].numpy() - 1
+                cell = group_maps[n][mask.numpy()] * cells + truth * num_classes + predicted[mask].numpy()
                 matrix += np.bincount(cell, minlength=matrix.size)
     return matrix.reshape(-1, num_classes, num_classes) / len(windows.fold_draws)
 
@@ -286,7 +307,7 @@ def reliable_pick(mean_f1: dict[str, float], wins: dict[str, float], default: st
     return max(reliable, key=mean_f1.get) if reliable else default
 
 
-def choose_scoring(extract, features: torch.Tensor, windows: SupportWindows, num_classes: int, folds: int,
+def choose_scoring(extract, features: list[torch.Tensor], windows: SupportWindows, num_classes: int, folds: int,
                    batch_size: int, alpha: float = DEFAULT_ALPHA,
                    known: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Whether to score with plain prototypes (eq. 2) or with multi-scale features and/or a linear head
@@ -300,7 +321,7 @@ def choose_scoring(extract, features: torch.Tensor, windows: SupportWindows, num
     """
     second = encode_windows(lambda images, context: second_scale_features(extract, images, context),
                             windows, batch_size)
-    multiscale = torch.cat([concat_scales(features[n:n + 1], second[n:n + 1]).half() for n in range(len(features))])
+    multiscale = [concat_scales(first, twice).half() for first, twice in zip(features, second)]
     del second
     known = known or {}
     confusions = {name: known[name] if name in known else

@@ -19,7 +19,7 @@ from .inputs import SupportLabels, stretch_inputs, support_pairs
 from .models.runtime import GRID, FeatureExtractor, default_batch_size, resolve_device
 from .raster import RasterSource, path_exists
 from .support import VectorLabels, is_raster
-from .tiling import largest_window, tile_grid
+from .tiling import window_size
 from .validation import check_number
 
 if TYPE_CHECKING:
@@ -56,8 +56,9 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
                                                      read_files=read_files)) for image in images]
         stretch = stretch_inputs(opened, options.stretch)  # as segment reads the same rasters
         supports, classes = support_pairs(opened, support)
-        check_window_memory(cross_validation_window([source for source, _ in supports], options)[0], batch_size,
-                            len(classes.ids))
+        # The largest window read: the tile, or the largest support raster's own if all are smaller.
+        check_window_memory(max(window_size(source.dataset.height, source.dataset.width, options.tile_size, GRID)
+                                for source, _ in supports), batch_size, len(classes.ids))
         _, encoder_info, result = choose_encoder(supports, classes, options, device, batch_size, True, folds,
                                                  group_distance or DEFAULT_GROUP_DISTANCE_PX)
     return {"inputs": images, "support": support, "encoder": encoder_info, "stretch": stretch, **result}
@@ -99,10 +100,8 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
             info = {**info, "auto": f"support is a label raster: no cross-validation, used the default {default}"}
         return FeatureExtractor(encoder, device), info, None
 
-    size, overlap = cross_validation_window([source for source, _ in polygons], options)
-    windows = crossval.read_support_windows(
-        [(source, labels, tile_grid(source.dataset.height, source.dataset.width, size, overlap, GRID))
-         for source, labels in polygons], classes, size, folds, group_distance)
+    windows = crossval.read_support_windows(polygons, classes, options.tile_size, options.overlap, folds,
+                                            group_distance)
     num_classes = len(classes.ids)
 
     def scored(extract, features, known=None):
@@ -125,8 +124,8 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
         if len(parts) == 1:
             built[name] = build_shipped(name)
             features[name] = crossval.encode_windows(FeatureExtractor(built[name][0], device), windows, batch_size)
-        else:  # a concatenation reuses its parts' features: no extra encoding
-            features[name] = concat_features([features[part] for part in parts])
+        else:  # a concatenation reuses its parts' features, window by window: no extra encoding
+            features[name] = [concat_features(window) for window in zip(*(features[part] for part in parts))]
         confusions[name] = crossval.cross_validate(features[name], windows, num_classes, folds, options.alpha)
     choice = {**crossval.reliable_choice(confusions, default, "encoder"), "cross_validated": windows.used()}
     picked = choice["picked"]
@@ -137,12 +136,3 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
     if not want_report:
         return extract, {**info, "auto": choice}, None
     return extract, {**info, "auto": choice}, scored(extract, features[picked], {"prototypes": confusions[picked]})
-
-
-def cross_validation_window(sources: list[RasterSource], options: SegmentOptions) -> tuple[int, int]:
-    """The window side and overlap the support windows of ``sources`` are cross-validated in: those the largest
-    raster is read with (``tiling.largest_window``). Folds pool windows of every raster into one stack, so they
-    share one size: a folder of small chips is cross-validated in windows of the chips' size (as they are
-    fitted and segmented), a run with a raster larger than the tile in full tiles."""
-    return largest_window([(source.dataset.height, source.dataset.width) for source in sources], options.tile_size,
-                          options.overlap, GRID)

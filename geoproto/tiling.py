@@ -81,9 +81,3 @@ def window_geometry(height: int, width: int, size: int, overlap: int, align: int
     supports alike, so a support chip is encoded in the window geometry its own labels will be."""
     side = window_size(height, width, size, align)
     return side, overlap if side == size else 0
-
-
-def largest_window(shapes: list[tuple[int, int]], size: int, overlap: int, align: int = 1) -> tuple[int, int]:
-    """``window_geometry`` of the largest of several rasters' (height, width) ``shapes``: the one window size
-    (and overlap) that fits every one of them, or the largest window a run over them reads."""
-    return window_geometry(max(h for h, _ in shapes), max(w for _, w in shapes), size, overlap, align)

@@ -250,12 +250,11 @@ def test_scoring_choice_takes_the_head_only_with_a_reliable_lead(tmp_path, skewe
     """On the user's polygons, cross-validated: a linear head is picked where the prototypes misread the
     classes and a linear boundary separates them; where prototypes already separate them, they stay."""
     from geoproto.crossval import choose_scoring, encode_windows, read_support_windows
-    from geoproto.tiling import tile_grid
 
     image, support = _colour_support(tmp_path, skewed)
     inputs = options_inputs(str(image), str(support), SegmentOptions())
-    windows = read_support_windows([(inputs.support_source, inputs.labels, tile_grid(400, 400, 400, 0, 16))],
-                                   inputs.classes, 400, 5, group_distance=16)
+    windows = read_support_windows([(inputs.support_source, inputs.labels)], inputs.classes, 400, 0, 5,
+                                   group_distance=16)
     assert len(set(windows.groups)) == 36
     features = encode_windows(_pooled_colour_features, windows, 1)
     choice, confusions = choose_scoring(_pooled_colour_features, features, windows, 2, 5, 1)
@@ -300,20 +299,18 @@ def test_the_picked_scoring_fits_a_classifier_that_separates_the_support(tmp_pat
 def test_cross_validation_windows_leave_out_support_over_nodata(tmp_path):
     """Support pixels over nodata are neither learnt from nor scored: in the windows they are unlabelled."""
     from geoproto.crossval import read_support_windows
-    from geoproto.models.runtime import GRID
-    from geoproto.tiling import tile_grid
 
     data = synthetic.two_halves()
     data[:, 30:45, :] = 0  # a band of nodata under the top of both support squares (rows 34-58)
     image, support = synthetic.scene(tmp_path, data, nodata=0)
     with options_inputs(str(image), str(support), SegmentOptions()) as inputs:
-        tiles = tile_grid(96, 96, 96, 0, GRID)
-        windows = read_support_windows([(inputs.source, inputs.polygons, tiles)], inputs.classes, 96, 2, 32.0)
+        windows = read_support_windows([(inputs.source, inputs.polygons)], inputs.classes, 96, 0, 2, 32.0)
         whole = np.stack([inputs.polygons.read_polygons(tile, 96) for tile in windows.tiles])
-    assert whole[:, 30:45].any() and not windows.polygons[:, 30:45].any()
+    polygons = np.stack(windows.polygons)
+    assert whole[:, 30:45].any() and not polygons[:, 30:45].any()
     outside = np.r_[0:30, 45:96]
-    np.testing.assert_array_equal(windows.polygons[:, outside], whole[:, outside])
-    assert windows.polygons[:, outside].any()
+    np.testing.assert_array_equal(polygons[:, outside], whole[:, outside])
+    assert polygons[:, outside].any()
 
 
 
@@ -333,15 +330,13 @@ def _run_windows(images, support, group_distance, folds=5):
     """The cross-validation windows of the support over ``images`` (as a several-raster segment run
     opens them), 192 px windows."""
     from geoproto.crossval import read_support_windows
-    from geoproto.tiling import tile_grid
 
     supports, classes = [], None
     for image in images:
         inputs = options_inputs(str(image), str(support), SegmentOptions(), shared=len(images) > 1)
-        src = inputs.source.dataset
-        supports.append((inputs.source, inputs.polygons, tile_grid(src.height, src.width, 192, 0, 16)))
+        supports.append((inputs.source, inputs.polygons))
         classes = inputs.classes
-    return read_support_windows(supports, classes, 192, folds, group_distance), classes
+    return read_support_windows(supports, classes, 192, 0, folds, group_distance), classes
 
 
 def test_cross_validation_over_two_halves_equals_the_whole_raster(tmp_path):
@@ -361,10 +356,10 @@ def test_cross_validation_over_two_halves_equals_the_whole_raster(tmp_path):
     whole, halves_run, left = results["whole"], results["halves"], results["left"]
     # 192 px windows at columns 0, 192, 208 of the whole, 0 of the left and 0, 16 of the right: the same
     # windows, so the same features and the same cores
-    assert whole[2]["cross_validated"] == {"polygons": 36, "windows": 9, "window_size": 192, "rasters": 1}
-    assert halves_run[2]["cross_validated"] == {"polygons": 36, "windows": 9, "window_size": 192, "rasters": 2}
+    assert whole[2]["cross_validated"] == {"polygons": 36, "windows": 9, "window_sizes": [192], "rasters": 1}
+    assert halves_run[2]["cross_validated"] == {"polygons": 36, "windows": 9, "window_sizes": [192], "rasters": 2}
     # what the first alone gave
-    assert left[2]["cross_validated"] == {"polygons": 18, "windows": 3, "window_size": 192, "rasters": 1}
+    assert left[2]["cross_validated"] == {"polygons": 18, "windows": 3, "window_sizes": [192], "rasters": 1}
     assert {c["polygons"] for c in halves_run[2]["classes"].values()} == {18}
     # The same polygons in the same groups and folds, polygon by polygon (pieces renumbered per raster).
     for run in (whole, halves_run):
@@ -403,7 +398,7 @@ def test_a_polygon_across_two_rasters_is_one_group_in_one_fold(tmp_path):
         assert deal[pieces[0]] == deal[pieces[1]]
     confusion = cross_validate(encode_windows(_pooled_colour_features, windows, 2), windows, 2, 5)
     result = report(confusion, classes, windows)
-    assert result["cross_validated"] == {"polygons": 37, "windows": 9, "window_size": 192, "rasters": 2}
+    assert result["cross_validated"] == {"polygons": 37, "windows": 9, "window_sizes": [192], "rasters": 2}
     assert result["classes"]["a"]["polygons"] == 19 and result["classes"]["b"]["polygons"] == 18
     labelled = 0
     for n, tile in enumerate(windows.tiles):
@@ -561,6 +556,97 @@ def test_small_chips_are_cross_validated_in_their_size(tmp_path, spy):
     result = check_support([str(image) for image in images], str(tmp_path / "support.gpkg"),
                            SegmentOptions(tile_size=4096, encoder="imagenet", device="cpu", batch_size=4),
                            group_distance=8)
-    assert result["cross_validated"] == {"polygons": 8, "windows": 4, "window_size": 112, "rasters": 4}
+    assert result["cross_validated"] == {"polygons": 8, "windows": 4, "window_sizes": [112], "rasters": 4}
     assert encoded[0] == (4, 3, 112 + 2 * CONTEXT_MARGIN, 112 + 2 * CONTEXT_MARGIN)  # the 1x features
     assert result["classes"]["bright"]["f1"] == result["classes"]["dark"]["f1"] == 1.0
+
+
+def _chips(tmp_path, sides) -> tuple[list[str], Path]:
+    """Square chips of ``sides`` px 100 m apart (bright left half, dark striped right half) and one support file
+    with a bright and a dark square on each."""
+    from rasterio.transform import from_origin
+
+    images, squares, names = [], [], []
+    for k, side in enumerate(sides):
+        transform = from_origin(500000.0 + 100 * k, 3700000.0, 0.5, 0.5)
+        images.append(str(synthetic.write_raster(tmp_path / f"chip-{k}.tif", synthetic.two_halves(side=side, seed=k),
+                                                 transform=transform)))
+        edge, top = side // 10, side // 2 - side // 8
+        squares += [synthetic.pixel_box(transform, edge, top, side // 2 - edge, top + side // 4),
+                    synthetic.pixel_box(transform, side // 2 + edge, top, side - edge, top + side // 4)]
+        names += ["bright", "dark"]
+    geopandas.GeoDataFrame({"class": names}, geometry=squares, crs=synthetic.CRS).to_file(tmp_path / "support.gpkg")
+    return images, tmp_path / "support.gpkg"
+
+
+def test_chips_of_different_sizes_are_cross_validated_each_in_its_own_window(tmp_path, spy):
+    """Two 100 px and two 60 px chips: each is cross-validated in the window it is fitted and segmented with
+    (112 and 64 px, its side rounded up to the encoder's grid), not all in the largest one's 112 px; windows of
+    different sides are never batched together, and the report says which sides it used."""
+    from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor
+
+    images, support = _chips(tmp_path, (100, 100, 60, 60))
+    encoded = spy(FeatureExtractor, "__call__", lambda self, images, context: images.shape)
+    result = CliRunner().invoke(main, ["check-support", *images, "--support", str(support), "--group-distance", "8",
+                                       "--encoder", "imagenet", "--device", "cpu", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("cross-validated 8 polygon(s) in 4 window(s) of 64/112 px on 4 rasters over")
+    # the 1x features: the two 100 px chips in one batch, the two 60 px chips in another
+    assert encoded[:2] == [(2, 3, 112 + 2 * CONTEXT_MARGIN, 112 + 2 * CONTEXT_MARGIN),
+                           (2, 3, 64 + 2 * CONTEXT_MARGIN, 64 + 2 * CONTEXT_MARGIN)]
+    assert all(shape[-1] == shape[-2] for shape in encoded)
+    assert "bright" in result.output and " 1.00 " in result.output
+
+
+def test_a_small_chip_beside_a_larger_raster_is_not_padded_to_the_tile(tmp_path, spy):
+    """A 60 px chip cross-validated with a 300 px raster at ``--tile-size 128``: the large raster in 128 px
+    windows, the chip in one 64 px window, as both are fitted and segmented (not the chip padded to 128 px)."""
+    from geoproto.crossval import encode_windows, read_support_windows
+
+    images, support = _chips(tmp_path, (300, 60))
+    supports, classes = [], None
+    for image in images:
+        inputs = options_inputs(image, str(support), SegmentOptions(), shared=True)
+        supports.append((inputs.source, inputs.polygons))
+        classes = inputs.classes
+    windows = read_support_windows(supports, classes, 128, 16, 5, 8.0)
+    sides = [numbers.shape for numbers in windows.polygons]
+    assert set(sides[:-1]) == {(128, 128)} and len(sides) > 2 and sides[-1] == (64, 64)
+    assert windows.tile_sources[-1] == 1 and windows.used()["window_sizes"] == [64, 128]
+    encoded = spy(_PooledColours, "__call__", lambda self, images, context: images.shape[-1] - 2 * context)
+    features = encode_windows(_pooled_colour_features, windows, 8)
+    assert encoded == [128] * -(-(len(sides) - 1) // 8) + [64]
+    assert [tuple(f.shape) for f in features] == [(1, 3, side // 8, side // 8) for side, _ in sides]
+
+    result = check_support(images, str(support), SegmentOptions(tile_size=128, overlap=16, encoder="imagenet",
+                                                                device="cpu", batch_size=4), group_distance=8)
+    assert result["cross_validated"]["window_sizes"] == [64, 128]
+
+
+def test_cross_validation_of_rasters_larger_than_the_tile_is_unchanged(tmp_path):
+    """Per-raster window sides change nothing for a raster larger than the tile: the confusions (per group, of
+    every scoring variant) equal, bit for bit, those of the code that gave every raster one shared window side
+    (pinned from it: the skewed colour boxes in 192 px windows with 16 px overlap, three windows a batch)."""
+    import hashlib
+
+    from geoproto.crossval import choose_scoring, cross_validate, encode_windows, read_support_windows
+
+    image, support = _colour_support(tmp_path, skewed=True)
+    inputs = options_inputs(str(image), str(support), SegmentOptions())
+    windows = read_support_windows([(inputs.support_source, inputs.labels)], inputs.classes, 192, 16, 5,
+                                   group_distance=16)
+    assert windows.used() == {"polygons": 36, "windows": 9, "window_sizes": [192], "rasters": 1}
+    features = encode_windows(_pooled_colour_features, windows, 3)
+    plain = cross_validate(features, windows, 2, 5)
+    _, confusions = choose_scoring(_pooled_colour_features, features, windows, 2, 5, 3)
+    # Every cell is a pixel count averaged over the 3 fold deals.
+    counts = {name: np.rint(matrix * 3).astype(np.int64) for name, matrix in confusions.items()}
+    for name, matrix in confusions.items():
+        np.testing.assert_array_equal(matrix, counts[name] / 3)
+    np.testing.assert_array_equal(plain, confusions["prototypes"])
+    assert {name: count.sum(0).tolist() for name, count in counts.items()} == {
+        "prototypes": [[53812, 1484], [10995, 44301]], "multiscale": [[53256, 2040], [7111, 48185]],
+        "linear": [[55296, 0], [23034, 32262]], "multiscale+linear": [[55296, 0], [2563, 52733]]}
+    assert {name: hashlib.sha256(count.tobytes()).hexdigest()[:16] for name, count in counts.items()} == {
+        "prototypes": "ce663bcc54011cbe", "multiscale": "e0234193c036b8f8", "linear": "c89cb6edd8f054ad",
+        "multiscale+linear": "5df661c0de9c6a64"}

@@ -246,7 +246,7 @@ def test_encoder_auto_cross_validates_the_polygons_of_every_pair(tmp_path):
                  tmp_path / "auto.gpp", "--encoder", "auto", "--tile-size", 96, "--overlap", 0, "-q")
     assert result.exit_code == 0, result.output
     auto = load_prototypes(str(tmp_path / "auto.gpp")).encoder["description"]["auto"]
-    assert auto["cross_validated"] == {"polygons": 4, "windows": 2, "window_size": 96, "rasters": 2}
+    assert auto["cross_validated"] == {"polygons": 4, "windows": 2, "window_sizes": [96], "rasters": 2}
 
 
 @pytest.mark.parametrize("scoring", ["linear", "multiscale"])

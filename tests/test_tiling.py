@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoproto.tiling import Tile, largest_window, tile_grid, window_geometry, window_size, window_starts
+from geoproto.tiling import Tile, tile_grid, window_geometry, window_size, window_starts
 
 
 def interval_counts(intervals, length):
@@ -201,9 +201,7 @@ def test_every_pixel_written_exactly_once_small_full_2d(height, width, size, dat
 
 def test_window_geometry_reads_a_raster_within_a_tile_in_one_window_without_overlap():
     """Queries and supports take their windows from it: a small raster gets its side rounded up to the grid
-    and no overlap (it has no neighbour window); several rasters cross-validated together, the largest's."""
+    and no overlap (it has no neighbour window)."""
     assert window_geometry(60, 100, 417, 64, 16) == (112, 0)
     assert window_geometry(60, 100, 4096, 64, 16) == (112, 0)
     assert window_geometry(900, 100, 417, 64, 16) == (417, 64)
-    assert largest_window([(60, 100), (96, 96)], 417, 64, 16) == (112, 0)
-    assert largest_window([(60, 100), (96, 2000)], 417, 64, 16) == (417, 64)

@@ -35,9 +35,9 @@ def check_support_command(images, support, folds, group_distance, as_json, **opt
         return
     used = report["cross_validated"]
     rasters = f" on {used['rasters']} rasters" if used["rasters"] > 1 else ""
-    click.echo(f"cross-validated {used['polygons']} polygon(s) in {used['windows']} window(s) of "
-               f"{used['window_size']} px{rasters} over "
-               f"{report['folds']} spatial folds: overall accuracy "
+    sides = "/".join(map(str, used["window_sizes"]))
+    click.echo(f"cross-validated {used['polygons']} polygon(s) in {used['windows']} window(s) of {sides} px"
+               f"{rasters} over {report['folds']} spatial folds: overall accuracy "
                f"{format_metric(report['overall_accuracy'], decimals=2)}, mean class F1 "
                f"{format_metric(report['mean_f1'], decimals=2)}")
     click.echo(f"scoring: {report['scoring']['reason']}")
