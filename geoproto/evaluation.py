@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import crf as crf_module
 from . import crf_torch
 from .datasets import LabelledDataset
-from .classes import NODATA, ClassInfo
+from .classes import NODATA, NODATA_NAME, ClassInfo
 from .errors import GeoprotoError
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
@@ -72,7 +72,7 @@ def named_classes(path: str, src=None) -> ClassInfo | None:
     except (OSError, ElementTree.ParseError):
         return None
     categories = band.findall("CategoryNames/Category") if band is not None else []
-    named = [(i, c.text) for i, c in enumerate(categories) if c.text and 1 <= i <= 254 and c.text != "nodata"]
+    named = [(i, c.text) for i, c in enumerate(categories) if c.text and 1 <= i <= 254 and c.text != NODATA_NAME]
     return ClassInfo([i for i, _ in named], [n for _, n in named]) if named else None
 
 

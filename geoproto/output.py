@@ -25,7 +25,7 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from .errors import GeoprotoError
-from .classes import NODATA, ClassInfo
+from .classes import NODATA, NODATA_NAME, ClassInfo
 from .raster import apply_transform
 from .tiling import Tile
 
@@ -541,7 +541,7 @@ def write_legend(pam_path: str, classes: ClassInfo, areas: list[dict]) -> None:
     names = ElementTree.SubElement(band, "CategoryNames")
     table = ElementTree.SubElement(band, "ColorTable")
     for value in range(max(classes.ids) + 1):
-        name = "nodata" if value == NODATA else classes.name_of(value) if value in classes.ids else ""
+        name = NODATA_NAME if value == NODATA else classes.name_of(value) if value in classes.ids else ""
         ElementTree.SubElement(names, "Category").text = name
         red, green, blue, alpha = colors.get(value, (0, 0, 0, 0))
         ElementTree.SubElement(table, "Entry", c1=str(red), c2=str(green), c3=str(blue), c4=str(alpha))
