@@ -126,11 +126,19 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
 
     predicted_classes = prediction_classes(prediction)
     mapping = mapping or {}
-    truth_named = named_classes(truth) if not classes_file and path_exists(truth) and is_raster(truth) else None
+    raster_truth = path_exists(truth) and is_raster(truth)
+    vector_only = {"class_field": class_field, "truth_crs": truth_crs, "background": background}
+    for param, value in vector_only.items():
+        if raster_truth and value is not None:
+            raise GeoprotoError(f"applies to polygon truth; {truth} is a raster (its unlabelled pixels, 0 or "
+                                f"nodata, are left out)", param=param)
+    truth_named = named_classes(truth) if not classes_file and raster_truth else None
     with open_raster(prediction) as src, contextlib.closing(  # a truth raster's handle, failing or not
             RasterLabels(truth, src, truth_named) if truth_named is not None else
             load_support(truth, src, class_field, None, truth_crs, classes_file)) as labels:
         truth_classes = labels.found_classes()
+        _check_class_names(prediction, predicted_classes, truth, truth_classes, mapping, background,
+                           unnamed_raster=raster_truth and truth_named is None and not classes_file)
         truth_names = [mapping.get(n, n) for n in truth_classes.names]
         predicted_names = [mapping.get(n, n) for n in predicted_classes.names]
         background = mapping.get(background, background) if background else None
@@ -163,6 +171,28 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             "truth_pixels": truth_pixels, "unpredicted_pixels": unpredicted,
             "unpredicted_share": round(unpredicted / truth_pixels, 6) if truth_pixels else None,
             **summarise(matrix, names)}
+
+
+def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_classes: ClassInfo,
+                       mapping: dict[str, str], background: str | None, unnamed_raster: bool) -> None:
+    """Classes pair by name: a ``mapping`` entry naming no class (a typo) would silently pair nothing, and
+    sides sharing no name after it would score 0 everywhere (a truth raster of bare ids against a geoproto
+    result): both refused, naming the classes of each side."""
+    def listed(names):
+        return ", ".join(map(repr, names[:8])) + (", ..." if len(names) > 8 else "")
+
+    of_truth = f"the truth {truth} ({listed(truth_classes.names)})"
+    of_prediction = f"the prediction {prediction} ({listed(predicted.names)})"
+    unknown = [name for name in mapping if name not in {*truth_classes.names, *predicted.names, background}]
+    if unknown:
+        raise GeoprotoError(f"{unknown[0]}={mapping[unknown[0]]}: {unknown[0]!r} is no class of {of_truth} nor "
+                            f"of {of_prediction}", param="mapping")
+    truth_names = {mapping.get(n, n) for n in [*truth_classes.names, *([background] if background else [])]}
+    if not truth_names & {mapping.get(n, n) for n in predicted.names}:
+        hint = "name the truth raster's classes (classes_file) or " if unnamed_raster else ""
+        raise GeoprotoError(f"no class of {of_truth} is named as one of {of_prediction}, so every score would "
+                            f"be 0: {hint}pair them with mapping (e.g. {truth_classes.names[0]}="
+                            f"{predicted.names[0]})", mentions=("mapping", "classes_file"))
 
 
 # --- evaluate ------------------------------------------------------------------------------------------

@@ -354,6 +354,40 @@ def test_score_reads_class_names_of_a_class_raster_truth(tmp_path):
     assert "the prediction is nodata on 1024 truth pixels (25.00 %), left out of these scores" in result.stderr
 
 
+def test_score_refuses_classes_that_pair_nothing_naming_both_sides(tmp_path):
+    """A truth raster of bare ids against a geoproto result scored 0 everywhere, and a --map typo paired
+    nothing: both looked like results."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    prediction = _class_raster(tmp_path / "p.tif", ids, {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    truth = _class_raster(tmp_path / "truth.tif", ids)
+    sides = f"the truth {truth} ('class_1', 'class_2')", f"the prediction {prediction} ('tree', 'ground')"
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: no class of {sides[0]} is named as one of {sides[1]}, so every score would be "
+                             f"0: name the truth raster's classes (--classes) or pair them with --map (e.g. "
+                             f"class_1=tree)\n")
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--map", "class_1=tree",
+                                       "--map", "clas_2=ground"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: --map: clas_2=ground: 'clas_2' is no class of {sides[0]} nor of {sides[1]}\n"
+    report = score(prediction, truth, mapping={"class_1": "tree", "class_2": "ground"})
+    assert report["class_names"] == ["tree", "ground"] and report["overall_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("option, value", [("--background", "tree"), ("--class-field", "kind"),
+                                           ("--truth-crs", "EPSG:4326")])
+def test_score_refuses_polygon_options_with_a_truth_raster(tmp_path, option, value):
+    """They were ignored: --background tree did not make unlabelled truth pixels tree."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    classes = {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})}
+    prediction = _class_raster(tmp_path / "p.tif", ids, classes)
+    truth = _class_raster(tmp_path / "truth.tif", ids, classes)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, option, value])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {option}: applies to polygon truth; {truth} is a raster (its unlabelled "
+                             f"pixels, 0 or nodata, are left out)\n")
+
+
 @pytest.fixture
 def truth_handles(monkeypatch):
     """Every handle a label raster opens (the file, and the WarpedVRT onto another grid), recorded."""
