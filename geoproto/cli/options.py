@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shlex
 import signal
@@ -63,6 +64,9 @@ def handle_errors(command):
             sys.exit(exc.exit_code)
         except click.exceptions.ClickException:
             raise
+        except BrokenPipeError:
+            _stop_writing_stdout()
+            sys.exit(128 + signal.SIGPIPE)
         except MemoryError:
             if debug:
                 raise
@@ -75,6 +79,15 @@ def handle_errors(command):
                                        f"details)")
 
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
+
+
+def _stop_writing_stdout() -> None:
+    """The reader of stdout left (``geoproto score ... | head``): the command ends quietly with SIGPIPE's
+    exit code, as ``cat`` would, and Python's final flush of stdout must not report the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a descriptor (click's test runner)
+        pass
 
 
 def cli_message(exc: GeoprotoError) -> str:
