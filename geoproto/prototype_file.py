@@ -461,6 +461,7 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
             raise GeoprotoError(
                 f"{other.name}: made at alpha {other.alpha:g}, but {first.name} at alpha {first.alpha:g}; only "
                 f"prototypes of one softmax scale can be pooled (rebuild one with `geoproto prototypes --alpha`)")
+    _refuse_pooling_twice(files)
     names: list[str] = []
     ids: dict[str, set[tuple[int, str]]] = {}
     colors: dict[str, tuple[int, int, int] | None] = {}
@@ -497,6 +498,26 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
         head, scoring = {}, scoring_record(variant, f"merged from {len(files)} prototype files{why}")
     return PrototypeFile(classes, feature_sum, pixels, first.encoder, [s for item in files for s in item.sources],
                          numbered_by_name, head, _now(), scoring=scoring, alpha=first.alpha)
+
+
+def _refuse_pooling_twice(files: list[PrototypeFile]) -> None:
+    """A support found in two files (one file given twice, or a merged file with one of its parts) would
+    count its pixels twice and outweigh the others: refused, naming both files and the support."""
+    holders: dict[tuple, PrototypeFile] = {}
+    for item in files:
+        held = {(source.get("image"), source.get("support_sha256") or source.get("support"),
+                 tuple(source.get("bands") or ())): source for source in item.sources}
+        for key, source in held.items():
+            earlier = holders.get(key)
+            if earlier is None:
+                continue
+            support = f"support {source.get('support')} on {source.get('image')}"
+            if earlier.name == item.name:
+                raise GeoprotoError(f"{item.name}: given twice; pooled, the pixels of its {support} would count "
+                                    f"twice (give each file once)")
+            raise GeoprotoError(f"{item.name} and {earlier.name} both hold the prototypes of {support}; pooled, "
+                                f"its pixels would count twice (merge each support once)")
+        holders.update(dict.fromkeys(held, item))
 
 
 def _scales_label(scales: tuple[int, ...]) -> str:

@@ -43,6 +43,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     check_tiling(options)
     if not pairs:
         raise GeoprotoError("give at least one image and its support")
+    _refuse_repeated_pairs(pairs)
     if options.support_image and len(pairs) > 1:
         raise GeoprotoError("names the raster of a single support; give each support with its own image",
                             param="support_image")
@@ -91,6 +92,17 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     return replace(pooled, head=fitted, scoring=scoring), {"supports": supports, "device": device.type,
                                                            "tile_size": options.tile_size, "overlap": options.overlap,
                                                            "stretch": stretch}
+
+
+def _refuse_repeated_pairs(pairs: list[tuple[str, str]]) -> None:
+    """A pair given twice would count its support's pixels twice (``prototype_file.merge`` refuses the
+    same in files): refused before any work, naming both positions."""
+    seen: dict[tuple[str, str], int] = {}
+    for number, (image, support) in enumerate(pairs, 1):
+        first = seen.setdefault((absolute_path(image), absolute_path(support)), number)
+        if first != number:
+            raise GeoprotoError(f"pair {number} ({image} with support {support}) repeats pair {first}; its pixels "
+                                f"would count twice (give each image and support once)")
 
 
 def _pooled_fit(accumulators: list[SupportFit], files: list[PrototypeFile], pooled: PrototypeFile) -> SupportFit:
