@@ -141,7 +141,7 @@ def write_prototypes(pairs: list[tuple[str, str]], output: str, options: Segment
 
 def merge_prototype_files(paths: list[str], output: str, overwrite: bool = False) -> dict:
     """Pool the prototype files ``paths`` into ``output`` (``prototype_file.merge``); returns a summary."""
-    with StagedOutputs(overwrite, {f"input {i + 1}": path for i, path in enumerate(paths)}) as staged:
+    with StagedOutputs(overwrite, {f"file {i + 1}": path for i, path in enumerate(paths)}) as staged:
         staging = staged.stage(output, "output")
         pooled = merge([load_prototypes(path, None) for path in paths])
         pooled.save(staging)

@@ -403,3 +403,14 @@ def test_a_support_given_twice_is_refused_rather_than_counted_twice(scene, tmp_p
     assert part.output == (f"Error: {a} and {ab} both hold the prototypes of support {support} on {image}; pooled, "
                            f"its pixels would count twice (merge each support once)\n")
     assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg", "other.tif", "a.gpp", "b.gpp", "ab.gpp") == []
+
+
+def test_merge_into_one_of_its_files_is_refused_naming_the_file(tmp_path):
+    """It read 'is the input input 1'."""
+    first = tmp_path / "a.gpp"
+    first.write_bytes(b"prototypes")
+    result = run("merge-prototypes", first, "-o", first, "--overwrite")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: --output: {first}: is the input file 1 {first}; an output never "
+                                    f"replaces an input")
+    assert first.read_bytes() == b"prototypes"
