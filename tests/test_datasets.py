@@ -654,3 +654,24 @@ def test_folder_split_naming_a_missing_image_is_refused(colour_folder, tmp_path)
     with pytest.raises(GeoprotoError, match=f"^split: {split}: split 'train' names 'image_part_01t2', which is no "
                                             f"image of {root} with a mask of the same name \\(1 such name\\(s\\)\\)$"):
         load_folder(str(root), split_file=str(split))
+
+
+def test_folder_integer_mask_values_of_no_class_are_refused_unless_ignored(tmp_path):
+    """Values classes.json does not list were read as unlabelled, silently (a 0-based mask against a
+    1-based class list lost a class); colour masks were already refused so."""
+    root = tmp_path / "ints"
+    ids = np.ones((20, 30), np.uint8)
+    ids[:, 15:] = 2
+    ids[:5] = 255  # a quarter "ignore" the class list does not mention
+    write_raster(root / "images" / "a.png", np.zeros((3, 20, 30), np.uint8), driver="PNG")
+    write_raster(root / "masks" / "a.png", ids, driver="PNG")
+    _class_file(root, colours=False)
+    data = load_folder(str(root))
+    with pytest.raises(GeoprotoError, match=f"^{root / 'masks' / 'a.png'}: 25.0% of label pixels hold values of no "
+                                            f"class \\(255\\); check the dataset's class ids in classes.json \\(its "
+                                            f"\"ignore_value\" ignores one\\)$"):
+        data.read_labels(data.samples[0], 20, 30)
+    body = json.loads((root / "classes.json").read_text())
+    (root / "classes.json").write_text(json.dumps({"classes": body, "ignore_value": 255}))
+    expected = np.where(ids == 255, 0, ids)
+    np.testing.assert_array_equal(load_folder(str(root)).read_labels(data.samples[0], 20, 30), expected)

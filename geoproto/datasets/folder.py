@@ -18,8 +18,8 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 
 def load_folder(root: str, split_file: str | None = None, holdout: str | None = None) -> LabelledDataset:
     """Masks are RGB colour codes when ``classes.json`` gives colours (an ``ignore_color`` is ignored),
-    else integer class ids (0 ignored). Splits: a JSON ``{"train": [stems], "test": [stems]}``, or
-    ``holdout``, a regular expression whose matching stems form the test split."""
+    else integer class ids (0 and an ``ignore_value`` are ignored). Splits: a JSON ``{"train": [stems],
+    "test": [stems]}``, or ``holdout``, a regular expression whose matching stems form the test split."""
     base = Path(root)
     if not (base / "images").is_dir() or not (base / "masks").is_dir():
         raise GeoprotoError(f"{root}: expected images/ and masks/ folders")
@@ -45,7 +45,11 @@ def load_folder(root: str, split_file: str | None = None, holdout: str | None = 
     else:
         lookup = np.zeros(256, np.uint8)
         lookup[classes.ids] = classes.ids
-        decoder = LabelDecoder(values=lookup, source=f"{root}/masks")
+        ignore = raw.get("ignore_value") if isinstance(raw, dict) else None
+        if ignore is not None and not (isinstance(ignore, int) and 0 <= ignore <= 255):
+            raise GeoprotoError(f"{base / 'classes.json'}: ignore_value {ignore!r} is no label value 0..255")
+        decoder = LabelDecoder(values=lookup, ignore_values=(0,) if ignore is None else (0, ignore),
+                               source=f"{root}/masks", hint=' in classes.json (its "ignore_value" ignores one)')
     names = [s.name for s in samples]
     if split_file:
         try:
