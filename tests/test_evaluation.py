@@ -229,6 +229,17 @@ def test_evaluate_cli_refuses_bad_numbers(tmp_path, option, value):
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
 
 
+def test_evaluate_cli_refuses_a_seed_given_twice(tmp_path, monkeypatch):
+    """It ran the same draw twice: counted twice in the mean, and a smaller standard deviation."""
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--seeds",
+                                       "0,1,2,1"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--seeds': '0,1,2,1': 1 is given twice; give each once" in result.output
+
+
 def _class_raster(path, data, tags=None, nodata=0, categories: list[str] | None = None):
     """A class raster with ``tags`` (e.g. GEOPROTO_CLASSES), or named by GDAL ``categories`` in a legend
     sidecar as QGIS would read it."""

@@ -245,16 +245,21 @@ def parse_bands(ctx, param, value: str | None) -> list[int] | None:
 
 
 def integer_list(minimum: int, maximum: int | None = None):
-    """A callback parsing a comma-separated list of whole numbers within bounds (e.g. --seeds 0,1,2)."""
+    """A callback parsing a comma-separated list of distinct whole numbers within bounds (e.g. --seeds
+    0,1,2): a repeated seed would count one run twice in the mean and shrink the spread."""
     def parse(ctx, param, value: str | None) -> list[int] | None:
         if not value:
             return None
         try:
-            return [check_number("value", int(v, 10), minimum, maximum, integer=True) for v in value.split(",")]
+            numbers = [check_number("value", int(v, 10), minimum, maximum, integer=True) for v in value.split(",")]
         except ValueError:
             raise click.BadParameter(f"{value!r}: give whole numbers separated by commas, e.g. 1,2,3") from None
         except GeoprotoError as exc:
             raise click.BadParameter(f"each {exc.message}") from None
+        repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+        if repeated:
+            raise click.BadParameter(f"{value!r}: {repeated[0]} is given twice; give each once")
+        return numbers
     return parse
 
 
