@@ -1,6 +1,7 @@
 """Episodic training on real Dubai crops: it learns, its checkpoint drives `segment`, and resume is exact."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -153,3 +154,39 @@ def test_resume_from_a_damaged_state_is_refused_by_name(tmp_path, payload):
         torch.save(payload, run / "state.pt")
     with pytest.raises(GeoprotoError, match="state.pt: (not a training state|damaged training state)"):
         train(None, None, config, str(run), resume=True)
+
+
+def test_a_run_folder_is_continued_or_started_again_only_when_asked(tmp_path, monkeypatch):
+    """Training again into a run's folder replaced its checkpoints (maybe days of GPU time) and appended
+    the new run's lines to its log."""
+    import geoproto.cli.train
+    import geoproto.training.trainer as trainer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.pt", "best.pt", "log.jsonl"):
+        (run / name).write_bytes(b"the earlier run")
+    config = TrainConfig(workers=0, iterations=2, device="cpu")
+    with pytest.raises(GeoprotoError, match=f"^output: {run}: holds a training run \\(model.pt, best.pt, log.jsonl\\); "
+                                            f"continue it with resume, or allow overwrite to start again$"):
+        train(None, None, config, str(run))
+    with pytest.raises(GeoprotoError, match="^resume: continues the run, overwrite starts it again: give one$"):
+        train(None, None, config, str(run), resume=True, overwrite=True)
+    assert all((run / name).read_bytes() == b"the earlier run" for name in ("model.pt", "best.pt", "log.jsonl"))
+
+    monkeypatch.setattr(geoproto.cli.train, "load_dataset", lambda *a, **k: SimpleNamespace(name="d"))
+    monkeypatch.setattr(geoproto.cli.train, "build_samplers", lambda *a, **k: (SimpleNamespace(samples=[]), None))
+    result = CliRunner().invoke(main, ["train", "--dataset", "folder", "--root", str(tmp_path), "-o", str(run)])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: --output: {run}: holds a training run (model.pt, best.pt, log.jsonl); continue "
+                             f"it with --resume, or allow --overwrite to start again\n")
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+    monkeypatch.setattr(trainer, "build_encoder", started)
+    with pytest.raises(Started):
+        train(None, None, config, str(run), overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == []  # no stale best.pt nor log lines of the old run

@@ -50,11 +50,12 @@ _DEFAULTS = TrainConfig()
               help="Processes preparing episodes.")
 @device_option
 @click.option("--resume", is_flag=True, help="Continue the run in --output where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Start again in an --output that holds a run, removing its files.")
 @quiet_option
 @json_option
 @handle_errors
 def train_command(dataset, root, city, bands, eroded, downsample, fold, split, holdout, train_classes,
-                  test_classes, output, val_split, resume, quiet, as_json, lr_milestones, **settings):
+                  test_classes, output, val_split, resume, overwrite, quiet, as_json, lr_milestones, **settings):
     """Train the encoder on C-way K-shot episodes and write checkpoints for `segment --checkpoint`."""
     data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,
                         split=split, holdout=holdout)
@@ -64,7 +65,7 @@ def train_command(dataset, root, city, bands, eroded, downsample, fold, split, h
                 "dataset": {"kind": dataset, "root": root, "name": data.name, "city": city, "fold": fold,
                             "train_images": [s.name for s in train_sampler.samples]}}
     summary = train(train_sampler, val_sampler, config, output, resume=resume, metadata=metadata,
-                    progress=show_progress(quiet))
+                    progress=show_progress(quiet), overwrite=overwrite)
     if as_json:
         print_json(summary)
     elif not quiet:
