@@ -276,6 +276,9 @@ def _load(path: str) -> PrototypeFile:
                 raise GeoprotoError(f"{path}: not a geoproto prototype file (write one with `geoproto prototypes`)")
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
+            if any(name.endswith("/data.pkl") for name in archive.namelist()):  # torch.save's layout
+                raise GeoprotoError(f"{path}: is PyTorch weights, not a prototype file (a trained checkpoint is "
+                                    f"segment's --checkpoint)")
         if declared > MAX_BYTES:
             raise _invalid(path, f"declares {declared} bytes of arrays (limit {MAX_BYTES})")
         with np.load(path, allow_pickle=False) as archive:

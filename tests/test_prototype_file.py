@@ -210,7 +210,9 @@ def test_pickled_objects_are_refused_without_running_them(tmp_path):
     buffer = io.BytesIO()
     torch.save({"x": _Payload(str(target))}, buffer)  # a zip too, holding a pickle
     (tmp_path / "torch.gpp").write_bytes(buffer.getvalue())
-    with pytest.raises(GeoprotoError, match=r"torch.gpp: not a valid prototype file: member .*data.pkl. is not a"):
+    # named for what it is (was "member 'torch.gpp/data.pkl' is not a NumPy array"), and never unpickled
+    with pytest.raises(GeoprotoError, match=r"torch.gpp: is PyTorch weights, not a prototype file \(a trained "
+                                            r"checkpoint is segment's --checkpoint\)$"):
         load_prototypes(str(tmp_path / "torch.gpp"))
     assert not target.exists()
 
