@@ -56,6 +56,10 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
                                                      read_files=read_files)) for image in images]
         stretch = stretch_inputs(opened, options.stretch)  # as segment reads the same rasters
         supports, classes = support_pairs(opened, support)
+        if len(classes.ids) < 2:  # one class cross-validates perfectly, and segment refuses it
+            raise GeoprotoError(f"{support}: holds one class ({classes.names[0]!r}), so there is nothing to tell "
+                                f"apart; label at least two, e.g. the class you want and what surrounds it",
+                                param="support")
         check_window_memory(options.tile_size, batch_size, len(classes.ids))
         _, encoder_info, result = choose_encoder(supports, classes, options, device, batch_size, True, folds,
                                                  group_distance or DEFAULT_GROUP_DISTANCE_PX)
