@@ -218,7 +218,8 @@ def sample_supports(patches: list, shots: int, classes: list[int], rng: np.rando
     wanted = set(classes)
     available = set().union(*(p[2] for p in patches)) & wanted if patches else set()
     if shots > len(patches):
-        raise GeoprotoError(f"{shots} shots requested but the training split has only {len(patches)} patches")
+        raise GeoprotoError(f"{shots} requested but the training split has only {len(patches)} patches",
+                            param="shots")
     for _ in range(SAMPLING_TRIES):
         chosen = rng.choice(len(patches), shots, replace=False)
         covered = set().union(*(patches[i][2] for i in chosen)) & wanted
@@ -361,9 +362,17 @@ def _read_patch(data: LabelledDataset, sample, tile):
 
 
 def _known(data: LabelledDataset, names: list[str]) -> list[str]:
+    """``names``, each a class of ``data``, at least two (a single class is every pixel's: 100 %)."""
     unknown = [n for n in names if n not in data.classes.names]
     if unknown:
-        raise GeoprotoError(f"{data.name}: no class {unknown[0]!r} (classes: {', '.join(data.classes.names)})")
+        raise GeoprotoError(f"{data.name}: no class {unknown[0]!r} (classes: {', '.join(data.classes.names)})",
+                            param="class_names")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise GeoprotoError(f"{repeated[0]!r} is named twice; name each class once", param="class_names")
+    if len(names) < 2:
+        raise GeoprotoError(f"only {names[0]!r}: one class is every pixel's prediction, scored 100 %; name at "
+                            f"least two classes", param="class_names")
     return names
 
 

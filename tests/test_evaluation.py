@@ -7,6 +7,7 @@ import geopandas
 import numpy as np
 import pytest
 import rasterio
+import torch
 from click.testing import CliRunner
 from rasterio.features import rasterize
 from shapely.affinity import translate
@@ -227,6 +228,27 @@ def test_evaluate_refuses_a_scoring_it_does_not_know():
 def test_evaluate_cli_refuses_bad_numbers(tmp_path, option, value):
     result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), option, value])
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
+@pytest.mark.parametrize("names, message", [
+    (["road"], "only 'road': one class is every pixel's prediction, scored 100 %; name at least two classes"),
+    (["road", "road"], "'road' is named twice; name each class once"),
+    (["road", "lake"], "d: no class 'lake' \\(classes: road, water\\)"),
+])
+def test_evaluate_needs_two_distinct_known_class_names(names, message):
+    """--class-names road scored 100 % (its prototype was the only one), and road,road that too."""
+    from types import SimpleNamespace
+
+    from geoproto.classes import ClassInfo
+
+    data = SimpleNamespace(name="d", classes=ClassInfo([1, 2], ["road", "water"]))
+    with pytest.raises(GeoprotoError, match=f"^class_names: {message}$"):
+        evaluate(data, None, 1, [0], names, False, torch.device("cpu"))
+
+
+def test_more_shots_than_patches_names_the_shots():
+    with pytest.raises(GeoprotoError, match="^shots: 3 requested but the training split has only 2 patches$"):
+        sample_supports([(0, None, frozenset({1})), (0, None, frozenset({2}))], 3, [1, 2], np.random.default_rng(0))
 
 
 def test_evaluate_cli_refuses_a_seed_given_twice(tmp_path, monkeypatch):
