@@ -190,3 +190,19 @@ def test_a_run_folder_is_continued_or_started_again_only_when_asked(tmp_path, mo
     with pytest.raises(Started):
         train(None, None, config, str(run), overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == []  # no stale best.pt nor log lines of the old run
+
+
+@pytest.mark.parametrize("classes, val_split, message", [
+    ({"train_classes": "road", "test_classes": "road"}, "test",
+     "^test_classes: class 'road' is both trained on and held out; a class is in train_classes or test_classes$"),
+    ({"test_classes": "road,water"}, "test", "^test_classes: holds out every class of d; leave some to train on$"),
+    ({}, "val", "^val_split: d: no split 'val' \\(have: train, test; none: no validation\\)$"),
+])
+def test_samplers_refuse_contradictory_classes_and_an_unknown_validation_split(classes, val_split, message):
+    """Training on a held-out class, "only 0 class(es) occur in these images ( missing)", and a --val-split
+    typo silently training without validation (best: null)."""
+    from geoproto.classes import ClassInfo
+
+    data = SimpleNamespace(name="d", classes=ClassInfo([1, 2], ["road", "water"]), splits={"train": [], "test": []})
+    with pytest.raises(GeoprotoError, match=message):
+        build_samplers(data, TrainConfig(), val_split=val_split, **classes)

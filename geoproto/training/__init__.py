@@ -44,6 +44,16 @@ def build_samplers(data: LabelledDataset, config: TrainConfig, train_classes: st
         train_ids = _class_ids(data, seen)
     else:
         train_ids = _class_ids(data, train_classes) or [c for c in data.classes.ids if c not in test_ids]
+        both = [data.classes.name_of(c) for c in train_ids if c in test_ids]
+        if both:  # training would see the pixels of a class held out to test on
+            raise GeoprotoError(f"class {both[0]!r} is both trained on and held out; a class is in train_classes "
+                                f"or test_classes", param="test_classes", mentions=("train_classes", "test_classes"))
+        if not train_ids:
+            raise GeoprotoError(f"holds out every class of {data.name}; leave some to train on",
+                                param="test_classes")
+    if val_split and val_split != "none" and val_split not in data.splits:
+        raise GeoprotoError(f"{data.name}: no split {val_split!r} (have: {', '.join(data.splits)}; none: no "
+                            f"validation)", param="val_split")
     spec = EpisodeSpec(config.ways, config.shots, config.queries, config.crop)
     train_sampler = EpisodeSampler(data, data.subset("train"), train_ids, spec, config.seed, tuple(test_ids))
     val_sampler = None
