@@ -99,3 +99,14 @@ def test_a_reader_closing_stdout_ends_the_command_quietly_with_sigpipes_exit_cod
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 128 + signal.SIGPIPE
     assert stderr == ""
+
+
+def test_ctrl_c_while_a_command_loads_exits_130(monkeypatch):
+    """Interrupted during the seconds torch takes to import, a command said "Aborted!" and exited 1."""
+    import geoproto.cli
+
+    def interrupted(name, *args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(geoproto.cli.importlib, "import_module", interrupted)
+    result = CliRunner().invoke(main, ["score", "p.tif", "--truth", "t.tif"])
+    assert result.exit_code == 130 and result.output == "Interrupted.\n"
