@@ -122,7 +122,7 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     (a geoproto result, or GDAL category names). Nodata in either raster is left out of the metrics;
     ``unpredicted_share`` says how much of the truth the prediction left as nodata.
     """
-    from .support import is_raster, load_support
+    from .support import is_raster
 
     predicted_classes = prediction_classes(prediction)
     mapping = mapping or {}
@@ -135,7 +135,7 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     truth_named = named_classes(truth) if not classes_file and raster_truth else None
     with open_raster(prediction) as src, contextlib.closing(  # a truth raster's handle, failing or not
             RasterLabels(truth, src, truth_named) if truth_named is not None else
-            load_support(truth, src, class_field, None, truth_crs, classes_file)) as labels:
+            _truth_labels(truth, src, class_field, truth_crs, classes_file)) as labels:
         truth_classes = labels.found_classes()
         _check_class_names(prediction, predicted_classes, truth, truth_classes, mapping, background,
                            unnamed_raster=raster_truth and truth_named is None and not classes_file)
@@ -171,6 +171,22 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             "truth_pixels": truth_pixels, "unpredicted_pixels": unpredicted,
             "unpredicted_share": round(unpredicted / truth_pixels, 6) if truth_pixels else None,
             **summarise(matrix, names)}
+
+
+# The parameters of load_support that score calls otherwise, for errors to name score's own.
+_TRUTH_PARAMS = {"support": "truth", "support_crs": "truth_crs"}
+
+
+def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | None, classes_file: str | None):
+    """The truth read as a support is (``support.load_support``), its errors naming score's parameters
+    (``truth_crs: ...``, not ``support_crs``, which score does not have)."""
+    from .support import load_support
+
+    try:
+        return load_support(truth, src, class_field, None, truth_crs, classes_file)
+    except GeoprotoError as exc:
+        raise GeoprotoError(exc.message, param=_TRUTH_PARAMS.get(exc.param, exc.param),
+                            mentions=tuple(_TRUTH_PARAMS.get(m, m) for m in exc.mentions)) from None
 
 
 def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_classes: ClassInfo,

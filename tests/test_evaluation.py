@@ -421,6 +421,22 @@ def test_score_refuses_polygon_options_with_a_truth_raster(tmp_path, option, val
                              f"pixels, 0 or nodata, are left out)\n")
 
 
+def test_score_names_its_own_options_in_errors_reading_polygon_truth(tmp_path):
+    """A truth vector without a CRS said "support_crs: ...", an option score does not have."""
+    from shapely.geometry import box
+
+    prediction = _class_raster(tmp_path / "p.tif", np.ones((64, 64), np.uint8),
+                               {"GEOPROTO_CLASSES": json.dumps({1: "tree"})})
+    truth = tmp_path / "truth.gpkg"
+    geopandas.GeoDataFrame({"class": ["tree"]}, geometry=[box(500010, 3699950, 500030, 3699970)]).to_file(truth)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", str(truth)])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: --truth-crs: {truth}: has no CRS while the raster has one; state the vector's "
+                             f"CRS\n")
+    report = score(prediction, str(truth), truth_crs="EPSG:32616")
+    assert report["overall_accuracy"] == 1.0 and report["truth_pixels"] == 400
+
+
 @pytest.fixture
 def truth_handles(monkeypatch):
     """Every handle a label raster opens (the file, and the WarpedVRT onto another grid), recorded."""
