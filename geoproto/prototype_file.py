@@ -39,6 +39,7 @@ from .validation import DEFAULT_ALPHA, check_alpha
 FORMAT = "geoproto-prototypes"
 VERSION = 1
 HEAD_PREFIX = "head."
+SUFFIXES = (".gpp", ".npz")  # what a prototype file may be named: it is an .npz, conventionally .gpp
 ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip: anything else is not a prototype file at all
 # Prototypes are K x C numbers and a head a few matrices: anything near this size is not a prototype
 # file, and a zip declaring more is refused before anything is inflated.
@@ -429,6 +430,15 @@ def _describe(array: np.ndarray | None) -> str:
 
 
 # Pooling several files.
+
+def check_output_name(path: str) -> None:
+    """A prototype file named like a raster or a vector (``-o classes.tif``, segment's output) would pass
+    for one, and with overwrite replace one: only .gpp (or .npz) names are written."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in SUFFIXES:
+        raise GeoprotoError(f"{path}: a prototype file is named *.gpp (or *.npz), not *{ext or '(none)'}",
+                            param="output")
+
 
 def merge(files: list[PrototypeFile]) -> PrototypeFile:
     """One file pooling several, pixel-weighted: per class (matched by name) the feature sums and pixel

@@ -414,3 +414,19 @@ def test_merge_into_one_of_its_files_is_refused_naming_the_file(tmp_path):
     assert result.output.startswith(f"Error: --output: {first}: is the input file 1 {first}; an output never "
                                     f"replaces an input")
     assert first.read_bytes() == b"prototypes"
+
+
+def test_a_prototype_file_named_like_a_raster_is_refused_and_replaces_nothing(scene, tmp_path):
+    """-o classes.tif wrote a zip named .tif; with --overwrite it replaced segment's class raster."""
+    image, support = scene
+    made = run("prototypes", image, "-s", support, "-o", tmp_path / "a.gpp", "--tile-size", 96, "--overlap", 0, "-q")
+    assert made.exit_code == 0, made.output
+    classes = tmp_path / "classes.tif"
+    classes.write_bytes(b"a class raster")
+    for command in (["prototypes", image, "-s", support, "--tile-size", 96, "--overlap", 0],
+                    ["merge-prototypes", tmp_path / "a.gpp"]):
+        result = run(*command, "-o", classes, "--overwrite")
+        assert result.exit_code == 1
+        assert result.output == f"Error: --output: {classes}: a prototype file is named *.gpp (or *.npz), not *.tif\n"
+        assert classes.read_bytes() == b"a class raster"
+    assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg", "a.gpp", "classes.tif") == []
