@@ -65,8 +65,9 @@ def load_folder(root: str, split_file: str | None = None, holdout: str | None = 
                   "test": [n for n in names if pattern.search(n)]}
     else:
         splits = {"train": names, "test": []}
+    known = set(names)
     for split, members in splits.items():
-        missing = [n for n in members if n not in set(names)]
+        missing = [n for n in members if n not in known]
         if missing:  # a typo would silently leave an image out of the split
             raise GeoprotoError(f"{split_file}: split {split!r} names {missing[0]!r}, which is no image of {root} "
                                 f"with a mask of the same name ({len(missing)} such name(s))", param="split")
