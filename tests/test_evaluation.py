@@ -251,6 +251,31 @@ def test_more_shots_than_patches_names_the_shots():
         sample_supports([(0, None, frozenset({1})), (0, None, frozenset({2}))], 3, [1, 2], np.random.default_rng(0))
 
 
+def test_evaluate_fold_evaluates_the_folds_unseen_classes(tmp_path, monkeypatch):
+    """--fold was accepted and ignored: PASCAL-5i runs scored all 20 classes, not the fold's 5."""
+    from types import SimpleNamespace
+
+    import geoproto.cli.evaluate
+    from geoproto.datasets import fold_classes
+
+    seen = {}
+    data = SimpleNamespace(pixel_size_m=None)
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: data)
+    monkeypatch.setattr(geoproto.cli.evaluate, "select_encoder", lambda *a: (None, {}))
+    monkeypatch.setattr(geoproto.cli.evaluate, "evaluate", lambda data, model, shots, seeds, names, *a, **k:
+                        seen.setdefault("names", names) and {"runs": []})
+    monkeypatch.setattr(geoproto.cli.evaluate, "format_table", lambda result: "table")
+    arguments = ["evaluate", "--dataset", "pascal5i", "--root", str(tmp_path), "--fold", "1", "--no-crf"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert seen["names"] == fold_classes(1)[1] == ["bus", "car", "cat", "chair", "cow"]
+    result = CliRunner().invoke(main, [*arguments, "--class-names", "bus,car"])
+    assert result.exit_code == 1
+    assert result.output == "Error: --fold: evaluates the fold's unseen classes; give it or --class-names\n"
+    folder = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--fold", "1"])
+    assert folder.exit_code == 1 and "--fold: applies to the pascal5i dataset(s), not folder" in folder.output
+
+
 def test_evaluate_cli_refuses_a_seed_given_twice(tmp_path, monkeypatch):
     """It ran the same draw twice: counted twice in the mean, and a smaller standard deviation."""
     import geoproto.cli.evaluate

@@ -206,3 +206,26 @@ def test_samplers_refuse_contradictory_classes_and_an_unknown_validation_split(c
     data = SimpleNamespace(name="d", classes=ClassInfo([1, 2], ["road", "water"]), splits={"train": [], "test": []})
     with pytest.raises(GeoprotoError, match=message):
         build_samplers(data, TrainConfig(), val_split=val_split, **classes)
+
+
+@pytest.mark.parametrize("kind, settings, message", [
+    ("folder", {"eroded": True}, "^eroded: applies to the isprs dataset\\(s\\), not folder$"),
+    ("pascal5i", {"split": "split.json"}, "^split: applies to the isprs and folder dataset\\(s\\), not pascal5i$"),
+    ("isprs", {"holdout": "t6$"}, "^holdout: applies to the folder dataset\\(s\\), not isprs$"),
+    ("folder", {"split": "split.json", "holdout": "t6$"}, "^holdout: chooses the test images, as split does; give one$"),
+])
+def test_dataset_settings_of_another_dataset_are_refused(tmp_path, kind, settings, message):
+    """They were ignored: --holdout with a --split file, --eroded with a folder, silently."""
+    with pytest.raises(GeoprotoError, match=message):
+        load_dataset(kind, str(tmp_path), **settings)
+
+
+def test_train_fold_is_pascal_5is(tmp_path):
+    """--fold with a folder dataset said "no class 'bus'"."""
+    result = CliRunner().invoke(main, ["train", "--dataset", "folder", "--root", str(tmp_path), "-o",
+                                       str(tmp_path / "run"), "--fold", "1"])
+    assert result.exit_code == 1 and result.output == "Error: --fold: applies to the pascal5i dataset(s), not folder\n"
+    with pytest.raises(GeoprotoError, match="^fold: chooses the trained and held-out classes itself; give it or "
+                                            "train_classes and test_classes$"):
+        build_samplers(None, TrainConfig(), test_classes="bus", fold=1)
+    assert not (tmp_path / "run").exists()
