@@ -276,7 +276,7 @@ def test_evaluate_fold_evaluates_the_folds_unseen_classes(tmp_path, monkeypatch)
     assert folder.exit_code == 1 and "--fold: applies to the pascal5i dataset(s), not folder" in folder.output
 
 
-def test_evaluate_cli_refuses_a_seed_given_twice(tmp_path, monkeypatch):
+def test_evaluate_cli_refuses_a_seed_given_twice_or_none(tmp_path, monkeypatch):
     """It ran the same draw twice: counted twice in the mean, and a smaller standard deviation."""
     import geoproto.cli.evaluate
 
@@ -285,6 +285,9 @@ def test_evaluate_cli_refuses_a_seed_given_twice(tmp_path, monkeypatch):
                                        "0,1,2,1"])
     assert result.exit_code == 2
     assert "Invalid value for '--seeds': '0,1,2,1': 1 is given twice; give each once" in result.output
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--seeds", ""])
+    assert result.exit_code == 2  # was "unexpected TypeError: object of type 'NoneType' has no len()"
+    assert "Invalid value for '--seeds': empty; give whole numbers separated by commas, e.g. 1,2,3" in result.output
 
 
 def _class_raster(path, data, tags=None, nodata=0, categories: list[str] | None = None):

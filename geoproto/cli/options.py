@@ -248,8 +248,10 @@ def integer_list(minimum: int, maximum: int | None = None):
     """A callback parsing a comma-separated list of distinct whole numbers within bounds (e.g. --seeds
     0,1,2): a repeated seed would count one run twice in the mean and shrink the spread."""
     def parse(ctx, param, value: str | None) -> list[int] | None:
-        if not value:
+        if value is None:
             return None
+        if not value.strip():  # --seeds "$SEEDS" with SEEDS unset: not "no seeds"
+            raise click.BadParameter("empty; give whole numbers separated by commas, e.g. 1,2,3")
         try:
             numbers = [check_number("value", int(v, 10), minimum, maximum, integer=True) for v in value.split(",")]
         except ValueError:
