@@ -15,6 +15,7 @@ import numpy as np
 from .errors import GeoprotoError
 
 NODATA = 0
+NODATA_NAME = "nodata"  # the legend's name for NODATA, which no class may take
 MAX_CLASS_ID = 254
 # A class file lists at most 254 classes: anything much larger is not one (and deep nesting in a
 # large JSON file exhausts the parser's recursion).
@@ -46,6 +47,16 @@ class ClassInfo:
     def subset(self, ids) -> "ClassInfo":
         keep = [i for i, class_id in enumerate(self.ids) if class_id in set(ids)]
         return ClassInfo([self.ids[i] for i in keep], [self.names[i] for i in keep], [self.colors[i] for i in keep])
+
+
+def refuse_reserved_names(names, where: str) -> None:
+    """A class named like the legend's nodata entry (any case) would read as nodata in QGIS's legend and
+    in ``score``: refused, naming the file it comes from."""
+    taken = sorted({name for name in names if name.strip().lower() == NODATA_NAME})
+    if taken:
+        raise GeoprotoError(f"{where}: class name {taken[0]!r} is reserved for the pixels without a class in the "
+                            f"results' legend; rename the class (areas to leave unclassified: leave them "
+                            f"unlabelled, or outside segment's --aoi)")
 
 
 def hex_to_rgb(value: str) -> tuple[int, int, int]:
@@ -87,6 +98,7 @@ def read_class_file(path: str) -> ClassInfo:
         raise GeoprotoError(f"{path}: class id {bad[0]} outside 1..{MAX_CLASS_ID} (0 means unlabelled)")
     if any(not name.strip() for name in info.names):
         raise GeoprotoError(f"{path}: a class has an empty name; name every class")
+    refuse_reserved_names(info.names, path)
     duplicates = sorted({i for i in info.ids if info.ids.count(i) > 1})
     if duplicates:
         raise GeoprotoError(f"{path}: class id {duplicates[0]} is listed twice")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import crf as crf_module
 from . import crf_torch
 from .datasets import LabelledDataset
-from .classes import NODATA, ClassInfo
+from .classes import NODATA, NODATA_NAME, ClassInfo
 from .errors import GeoprotoError
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
@@ -72,7 +72,7 @@ def named_classes(path: str, src=None) -> ClassInfo | None:
     except (OSError, ElementTree.ParseError):
         return None
     categories = band.findall("CategoryNames/Category") if band is not None else []
-    named = [(i, c.text) for i, c in enumerate(categories) if c.text and 1 <= i <= 254 and c.text != "nodata"]
+    named = [(i, c.text) for i, c in enumerate(categories) if c.text and 1 <= i <= 254 and c.text != NODATA_NAME]
     return ClassInfo([i for i, _ in named], [n for _, n in named]) if named else None
 
 
@@ -122,15 +122,23 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     (a geoproto result, or GDAL category names). Nodata in either raster is left out of the metrics;
     ``unpredicted_share`` says how much of the truth the prediction left as nodata.
     """
-    from .support import is_raster, load_support
+    from .support import is_raster
 
     predicted_classes = prediction_classes(prediction)
     mapping = mapping or {}
-    truth_named = named_classes(truth) if not classes_file and path_exists(truth) and is_raster(truth) else None
+    raster_truth = path_exists(truth) and is_raster(truth)
+    vector_only = {"class_field": class_field, "truth_crs": truth_crs, "background": background}
+    for param, value in vector_only.items():
+        if raster_truth and value is not None:
+            raise GeoprotoError(f"applies to polygon truth; {truth} is a raster (its unlabelled pixels, 0 or "
+                                f"nodata, are left out)", param=param)
+    truth_named = named_classes(truth) if not classes_file and raster_truth else None
     with open_raster(prediction) as src, contextlib.closing(  # a truth raster's handle, failing or not
             RasterLabels(truth, src, truth_named) if truth_named is not None else
-            load_support(truth, src, class_field, None, truth_crs, classes_file)) as labels:
+            _truth_labels(truth, src, class_field, truth_crs, classes_file)) as labels:
         truth_classes = labels.found_classes()
+        _check_class_names(prediction, predicted_classes, truth, truth_classes, mapping, background,
+                           unnamed_raster=raster_truth and truth_named is None and not classes_file)
         truth_names = [mapping.get(n, n) for n in truth_classes.names]
         predicted_names = [mapping.get(n, n) for n in predicted_classes.names]
         background = mapping.get(background, background) if background else None
@@ -165,6 +173,44 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             **summarise(matrix, names)}
 
 
+# The parameters of load_support that score calls otherwise, for errors to name score's own.
+_TRUTH_PARAMS = {"support": "truth", "support_crs": "truth_crs"}
+
+
+def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | None, classes_file: str | None):
+    """The truth read as a support is (``support.load_support``), its errors naming score's parameters
+    (``truth_crs: ...``, not ``support_crs``, which score does not have)."""
+    from .support import load_support
+
+    try:
+        return load_support(truth, src, class_field, None, truth_crs, classes_file)
+    except GeoprotoError as exc:
+        raise GeoprotoError(exc.message, param=_TRUTH_PARAMS.get(exc.param, exc.param),
+                            mentions=tuple(_TRUTH_PARAMS.get(m, m) for m in exc.mentions)) from None
+
+
+def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_classes: ClassInfo,
+                       mapping: dict[str, str], background: str | None, unnamed_raster: bool) -> None:
+    """Classes pair by name: a ``mapping`` entry naming no class (a typo) would silently pair nothing, and
+    sides sharing no name after it would score 0 everywhere (a truth raster of bare ids against a geoproto
+    result): both refused, naming the classes of each side."""
+    def listed(names):
+        return ", ".join(map(repr, names[:8])) + (", ..." if len(names) > 8 else "")
+
+    of_truth = f"the truth {truth} ({listed(truth_classes.names)})"
+    of_prediction = f"the prediction {prediction} ({listed(predicted.names)})"
+    unknown = [name for name in mapping if name not in {*truth_classes.names, *predicted.names, background}]
+    if unknown:
+        raise GeoprotoError(f"{unknown[0]}={mapping[unknown[0]]}: {unknown[0]!r} is no class of {of_truth} nor "
+                            f"of {of_prediction}", param="mapping")
+    truth_names = {mapping.get(n, n) for n in [*truth_classes.names, *([background] if background else [])]}
+    if not truth_names & {mapping.get(n, n) for n in predicted.names}:
+        hint = "name the truth raster's classes (classes_file) or " if unnamed_raster else ""
+        raise GeoprotoError(f"no class of {of_truth} is named as one of {of_prediction}, so every score would "
+                            f"be 0: {hint}pair them with mapping (e.g. {truth_classes.names[0]}="
+                            f"{predicted.names[0]})", mentions=("mapping", "classes_file"))
+
+
 # --- evaluate ------------------------------------------------------------------------------------------
 
 def patch_index(data: LabelledDataset, samples, size: int = PATCH):
@@ -188,7 +234,8 @@ def sample_supports(patches: list, shots: int, classes: list[int], rng: np.rando
     wanted = set(classes)
     available = set().union(*(p[2] for p in patches)) & wanted if patches else set()
     if shots > len(patches):
-        raise GeoprotoError(f"{shots} shots requested but the training split has only {len(patches)} patches")
+        raise GeoprotoError(f"{shots} requested but the training split has only {len(patches)} patches",
+                            param="shots")
     for _ in range(SAMPLING_TRIES):
         chosen = rng.choice(len(patches), shots, replace=False)
         covered = set().union(*(patches[i][2] for i in chosen)) & wanted
@@ -331,9 +378,17 @@ def _read_patch(data: LabelledDataset, sample, tile):
 
 
 def _known(data: LabelledDataset, names: list[str]) -> list[str]:
+    """``names``, each a class of ``data``, at least two (a single class is every pixel's: 100 %)."""
     unknown = [n for n in names if n not in data.classes.names]
     if unknown:
-        raise GeoprotoError(f"{data.name}: no class {unknown[0]!r} (classes: {', '.join(data.classes.names)})")
+        raise GeoprotoError(f"{data.name}: no class {unknown[0]!r} (classes: {', '.join(data.classes.names)})",
+                            param="class_names")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise GeoprotoError(f"{repeated[0]!r} is named twice; name each class once", param="class_names")
+    if len(names) < 2:
+        raise GeoprotoError(f"only {names[0]!r}: one class is every pixel's prediction, scored 100 %; name at "
+                            f"least two classes", param="class_names")
     return names
 
 

@@ -25,7 +25,7 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from .errors import GeoprotoError
-from .classes import NODATA, ClassInfo
+from .classes import NODATA, NODATA_NAME, ClassInfo
 from .raster import apply_transform
 from .tiling import Tile
 
@@ -311,7 +311,9 @@ def convert_to_cog(path: str, creation_options: dict | None = None) -> None:
 def check_creation_options(creation_options: dict, raster_format: str, probabilities: bool) -> None:
     """Write a small class raster (and probability raster, and the COG copy) in memory with the user's
     creation options: options GDAL cannot write with (blocks not a multiple of 16, JPEG for float32) are
-    refused by name before any work, not once the support is encoded or, for a COG, the run is over."""
+    refused by name before any work, not once the support is encoded or, for a COG, the run is over; so
+    are options GDAL would only warn about and ignore (a value it does not know, ``COMPRESS=BOGUS``, or an
+    option the class raster's driver does not have), which would otherwise give a file without them."""
     if not creation_options:
         return
     from types import SimpleNamespace
@@ -323,18 +325,21 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
     if probabilities:
         rasters.append(("the probabilities", "float32", PROBABILITY_NODATA, PROBABILITY_OPTIONS))
     stated = ", ".join(f"{name}={value}" for name, value in creation_options.items())
-    logger = logging.getLogger("rasterio._env")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # GDAL's warnings about the options are shown once, by the real run
+    ignored = _IgnoredOptions()
     try:
         for what, dtype, nodata, defaults in rasters:
             try:
                 profile = _geotiff_profile(grid, None, 1, dtype, nodata, with_options(defaults, creation_options))
                 with warnings.catch_warnings(), MemoryFile() as memory, MemoryFile() as cog:
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    # The class raster's own driver judges the option names (a COG's options are passed
+                    # to the GeoTIFF written first too, and the probabilities stay GeoTIFFs).
+                    ignored.driver = "GTiff"
+                    ignored.judges_names = what == "the class raster" and raster_format != "COG"
                     with memory.open(**profile) as dst:
                         dst.write(np.zeros((1, grid.height, grid.width), dtype))
                     if raster_format == "COG" and dtype == "uint8":
+                        ignored.driver, ignored.judges_names = "COG", True
                         rasterio.shutil.copy(memory.name, cog.name, driver="COG",
                                              **with_options(COG_OPTIONS, creation_options))
             except Exception as exc:  # rasterio raises several types (RasterBlockError, RasterioIOError, CPLE_*)
@@ -346,7 +351,48 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
                 raise GeoprotoError(f"GDAL cannot write {what} with {stated} ({detail.rstrip('.')})",
                                     param="creation_options") from None
     finally:
-        logger.setLevel(level)
+        ignored.close()
+    if ignored.problems:
+        raise GeoprotoError(ignored.problems[0], param="creation_options")
+
+
+class _IgnoredOptions(logging.Handler):
+    """Collects GDAL's warnings that a creation option or its value is ignored (rasterio logs them on
+    ``rasterio._env``), as one-line problems naming the option and the driver; they are kept from the
+    user's log meanwhile (the real run repeats GDAL's warnings it still has)."""
+
+    UNKNOWN = re.compile(r"driver (\S+) does not support creation option (\S+)")
+    BAD_VALUES = (re.compile(r"'(?P<value>.*)' is an unexpected value for (?P<name>\S+) creation option"),
+                  re.compile(r"(?P<name>[^\s=]+)=(?P<value>.*?) value not recognised"))
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.problems: list[str] = []
+        self.driver, self.judges_names = "GTiff", True
+        self.logger = logging.getLogger("rasterio._env")
+        self.saved = self.logger.level, self.logger.propagate
+        self.logger.setLevel(logging.WARNING)  # even under -q, which raises the root's level
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record):
+        message = record.getMessage()
+        unknown = self.UNKNOWN.search(message)
+        if unknown and self.judges_names:
+            self.problems.append(f"GDAL's {unknown[1]} driver has no creation option {unknown[2]}: it would be "
+                                 f"ignored")
+        for pattern in self.BAD_VALUES:
+            bad = pattern.search(message)
+            if bad:
+                self.problems.append(f"{bad['name']}={bad['value']}: GDAL's {self.driver} driver does not know "
+                                     f"this value: it would be ignored")
+                break
+
+    def close(self):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.saved[0])
+        self.logger.propagate = self.saved[1]
+        super().close()
 
 
 def _strips(path: str):
@@ -495,7 +541,7 @@ def write_legend(pam_path: str, classes: ClassInfo, areas: list[dict]) -> None:
     names = ElementTree.SubElement(band, "CategoryNames")
     table = ElementTree.SubElement(band, "ColorTable")
     for value in range(max(classes.ids) + 1):
-        name = "nodata" if value == NODATA else classes.name_of(value) if value in classes.ids else ""
+        name = NODATA_NAME if value == NODATA else classes.name_of(value) if value in classes.ids else ""
         ElementTree.SubElement(names, "Category").text = name
         red, green, blue, alpha = colors.get(value, (0, 0, 0, 0))
         ElementTree.SubElement(table, "Entry", c1=str(red), c2=str(green), c3=str(blue), c4=str(alpha))

@@ -39,6 +39,7 @@ from .validation import DEFAULT_ALPHA, check_alpha
 FORMAT = "geoproto-prototypes"
 VERSION = 1
 HEAD_PREFIX = "head."
+SUFFIXES = (".gpp", ".npz")  # what a prototype file may be named: it is an .npz, conventionally .gpp
 ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip: anything else is not a prototype file at all
 # Prototypes are K x C numbers and a head a few matrices: anything near this size is not a prototype
 # file, and a zip declaring more is refused before anything is inflated.
@@ -276,6 +277,9 @@ def _load(path: str) -> PrototypeFile:
                 raise GeoprotoError(f"{path}: not a geoproto prototype file (write one with `geoproto prototypes`)")
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
+            if any(name.endswith("/data.pkl") for name in archive.namelist()):  # torch.save's layout
+                raise GeoprotoError(f"{path}: is PyTorch weights, not a prototype file (a trained checkpoint is "
+                                    f"segment's --checkpoint)")
         if declared > MAX_BYTES:
             raise _invalid(path, f"declares {declared} bytes of arrays (limit {MAX_BYTES})")
         with np.load(path, allow_pickle=False) as archive:
@@ -427,6 +431,15 @@ def _describe(array: np.ndarray | None) -> str:
 
 # Pooling several files.
 
+def check_output_name(path: str) -> None:
+    """A prototype file named like a raster or a vector (``-o classes.tif``, segment's output) would pass
+    for one, and with overwrite replace one: only .gpp (or .npz) names are written."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in SUFFIXES:
+        raise GeoprotoError(f"{path}: a prototype file is named *.gpp (or *.npz), not *{ext or '(none)'}",
+                            param="output")
+
+
 def merge(files: list[PrototypeFile]) -> PrototypeFile:
     """One file pooling several, pixel-weighted: per class (matched by name) the feature sums and pixel
     counts add up, so the prototypes are those of all the supports read in one run.
@@ -461,6 +474,7 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
             raise GeoprotoError(
                 f"{other.name}: made at alpha {other.alpha:g}, but {first.name} at alpha {first.alpha:g}; only "
                 f"prototypes of one softmax scale can be pooled (rebuild one with `geoproto prototypes --alpha`)")
+    _refuse_pooling_twice(files)
     names: list[str] = []
     ids: dict[str, set[tuple[int, str]]] = {}
     colors: dict[str, tuple[int, int, int] | None] = {}
@@ -497,6 +511,26 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
         head, scoring = {}, scoring_record(variant, f"merged from {len(files)} prototype files{why}")
     return PrototypeFile(classes, feature_sum, pixels, first.encoder, [s for item in files for s in item.sources],
                          numbered_by_name, head, _now(), scoring=scoring, alpha=first.alpha)
+
+
+def _refuse_pooling_twice(files: list[PrototypeFile]) -> None:
+    """A support found in two files (one file given twice, or a merged file with one of its parts) would
+    count its pixels twice and outweigh the others: refused, naming both files and the support."""
+    holders: dict[tuple, PrototypeFile] = {}
+    for item in files:
+        held = {(source.get("image"), source.get("support_sha256") or source.get("support"),
+                 tuple(source.get("bands") or ())): source for source in item.sources}
+        for key, source in held.items():
+            earlier = holders.get(key)
+            if earlier is None:
+                continue
+            support = f"support {source.get('support')} on {source.get('image')}"
+            if earlier.name == item.name:
+                raise GeoprotoError(f"{item.name}: given twice; pooled, the pixels of its {support} would count "
+                                    f"twice (give each file once)")
+            raise GeoprotoError(f"{item.name} and {earlier.name} both hold the prototypes of {support}; pooled, "
+                                f"its pixels would count twice (merge each support once)")
+        holders.update(dict.fromkeys(held, item))
 
 
 def _scales_label(scales: tuple[int, ...]) -> str:

@@ -23,8 +23,8 @@ from .heads import LINEAR, VARIANTS, SupportFit, at_scales
 from .inputs import Inputs, SupportLabels, stretch_inputs
 from .models.runtime import GRID, default_batch_size, resolve_device
 from .output import StagedOutputs
-from .prototype_file import (PrototypeFile, encoder_fingerprint, encoder_label, file_sha256, load_prototypes, merge,
-                             scoring_record)
+from .prototype_file import (PrototypeFile, check_output_name, encoder_fingerprint, encoder_label, file_sha256,
+                             load_prototypes, merge, scoring_record)
 from .pipeline import check_window_memory
 from .raster import RasterSource, absolute_path, pixel_size_m
 from .segment import SegmentOptions, check_tiling, choose_encoder_and_scoring, options_inputs
@@ -47,6 +47,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     if options.support_image and len(pairs) > 1:
         raise GeoprotoError("names the raster of a single support; give each support with its own image",
                             param="support_image")
+    _refuse_repeated_pairs(pairs)
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
     opened: list[Inputs] = []
@@ -96,6 +97,17 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
                                                            "stretch": stretch}
 
 
+def _refuse_repeated_pairs(pairs: list[tuple[str, str]]) -> None:
+    """A pair given twice would count its support's pixels twice (``prototype_file.merge`` refuses the
+    same in files): refused before any work, naming both positions."""
+    seen: dict[tuple[str, str], int] = {}
+    for number, (image, support) in enumerate(pairs, 1):
+        first = seen.setdefault((absolute_path(image), absolute_path(support)), number)
+        if first != number:
+            raise GeoprotoError(f"pair {number} ({image} with support {support}) repeats pair {first}; its pixels "
+                                f"would count twice (give each image and support once)")
+
+
 def _pooled_fit(accumulators: list[SupportFit], files: list[PrototypeFile], pooled: PrototypeFile) -> SupportFit:
     """One accumulator holding every pair's sums and labelled cells, in the pooled file's class order, for
     a head fitted on them all (as ``classifier.fit_support`` fits one on a support spread over rasters).
@@ -124,6 +136,7 @@ def write_prototypes(pairs: list[tuple[str, str]], output: str, options: Segment
                    "checkpoint": options.checkpoint, "init_weights": options.init_weights})
     with StagedOutputs(options.overwrite, inputs) as staged:
         staging = staged.stage(output, "output")
+        check_output_name(output)
         pooled, summary = build_prototype_file(pairs, options)
         pooled.save(staging)
         staged.commit()
@@ -132,8 +145,9 @@ def write_prototypes(pairs: list[tuple[str, str]], output: str, options: Segment
 
 def merge_prototype_files(paths: list[str], output: str, overwrite: bool = False) -> dict:
     """Pool the prototype files ``paths`` into ``output`` (``prototype_file.merge``); returns a summary."""
-    with StagedOutputs(overwrite, {f"input {i + 1}": path for i, path in enumerate(paths)}) as staged:
+    with StagedOutputs(overwrite, {f"file {i + 1}": path for i, path in enumerate(paths)}) as staged:
         staging = staged.stage(output, "output")
+        check_output_name(output)
         pooled = merge([load_prototypes(path, None) for path in paths])
         pooled.save(staging)
         staged.commit()

@@ -19,7 +19,7 @@ from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .classes import MAX_CLASS_ID, ClassInfo, read_class_file
+from .classes import MAX_CLASS_ID, ClassInfo, read_class_file, refuse_reserved_names
 from .errors import GeoprotoError
 from .raster import absolute_path, apply_transform, open_raster, path_exists, read_error
 from .tiling import Tile
@@ -314,6 +314,7 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
         warnings.warn(f"{path}: class name(s) in {column!r} read without their leading or trailing spaces: "
                       f"{', '.join(padded[:3])}{', ...' if len(padded) > 3 else ''}")
     unique = sorted(set(names.tolist()))
+    refuse_reserved_names(unique, f"{path}: {column!r}")
     if classes:
         missing = [n for n in unique if n not in classes.names]
         if missing:

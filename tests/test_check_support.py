@@ -643,3 +643,16 @@ def test_cross_validation_of_rasters_larger_than_the_tile_is_unchanged(tmp_path)
     pooled = {name: np.rint(confusions[name].sum(0) * 3).astype(int).tolist() for name in ("prototypes", "multiscale")}
     assert pooled == {
         "prototypes": [[53812, 1484], [10995, 44301]], "multiscale": [[53256, 2040], [7111, 48185]]}
+
+
+def test_a_support_of_one_class_is_refused_as_segment_refuses_it(tmp_path, monkeypatch):
+    """It cross-validated "perfectly" (overall accuracy 1.00, F1 1.00) a support segment then refused."""
+    import geoproto.support_check
+
+    image = synthetic.write_raster(tmp_path / "image.tif", synthetic.two_halves())
+    support = synthetic.write_support(tmp_path / "support.gpkg", classes=("bright",))
+    monkeypatch.setattr(geoproto.support_check, "choose_encoder", lambda *a, **k: pytest.fail("cross-validated"))
+    result = CliRunner().invoke(main, ["check-support", str(image), "--support", str(support)])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: --support: {support}: holds one class ('bright'), so there is nothing to tell "
+                             f"apart; label at least two, e.g. the class you want and what surrounds it\n")

@@ -77,3 +77,36 @@ def test_a_dataset_error_names_the_option_that_sets_the_parameter(tmp_path):
     assert result.exit_code == 1
     assert result.output == "Error: --isprs-bands: Vaihingen is distributed as IRRG only\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_reader_closing_stdout_ends_the_command_quietly_with_sigpipes_exit_code(tmp_path):
+    """`geoproto score ... | head -1` printed 'Error: unexpected BrokenPipeError' and exited 1."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import click\nfrom geoproto.cli.options import handle_errors\n"
+              "@click.command()\n@handle_errors\ndef command():\n"
+              "    for _ in range(100000):\n        click.echo('a line of a long report')\ncommand()\n")
+    import geoproto
+
+    root = os.path.dirname(os.path.dirname(geoproto.__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env)
+    process.stdout.close()  # the reader is gone before the report is written
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert stderr == ""
+
+
+def test_ctrl_c_while_a_command_loads_exits_130(monkeypatch):
+    """Interrupted during the seconds torch takes to import, a command said "Aborted!" and exited 1."""
+    import geoproto.cli
+
+    def interrupted(name, *args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(geoproto.cli.importlib, "import_module", interrupted)
+    result = CliRunner().invoke(main, ["score", "p.tif", "--truth", "t.tif"])
+    assert result.exit_code == 130 and result.output == "Interrupted.\n"

@@ -317,8 +317,10 @@ def test_a_file_is_used_with_its_own_scoring_only(scene, tmp_path):
     merge drops heads, scoring with the features' scales alone."""
     image, support = scene
     tiling = ["--tile-size", 96, "--overlap", 0, "-q"]
+    other = synthetic.write_raster(tmp_path / "other.tif", synthetic.two_halves(seed=1))  # a support merged once
     for scoring in ("prototypes", "multiscale", "linear"):
-        made = run("prototypes", image, "-s", support, "-o", tmp_path / f"{scoring}.gpp", "--scoring", scoring, *tiling)
+        made = run("prototypes", other if scoring == "linear" else image, "-s", support, "-o",
+                   tmp_path / f"{scoring}.gpp", "--scoring", scoring, *tiling)
         assert made.exit_code == 0, made.output
     assert load_prototypes(str(tmp_path / "multiscale.gpp")).feature_sum.shape[1] == \
         2 * load_prototypes(str(tmp_path / "prototypes.gpp")).feature_sum.shape[1]
@@ -376,3 +378,55 @@ def test_a_linear_head_is_fitted_on_the_cells_of_every_pair(tmp_path):
         name = f"{raster.stem}.tif"
         with rasterio.open(tmp_path / "direct" / name) as a, rasterio.open(tmp_path / "reused" / name) as b:
             np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_a_support_given_twice_is_refused_rather_than_counted_twice(scene, tmp_path):
+    """The same pair twice in one run, the same file twice in a merge, or a merged file with one of its
+    parts: each wrote a file weighing that support double, saying "2 support(s)"."""
+    image, support = scene
+    tiling = ["--tile-size", 96, "--overlap", 0, "-q"]
+    twice = run("prototypes", image, image, "-s", support, "-s", support, "-o", tmp_path / "twice.gpp", *tiling)
+    assert twice.exit_code == 1
+    assert twice.output == (f"Error: pair 2 ({image} with support {support}) repeats pair 1; its pixels would "
+                            f"count twice (give each image and support once)\n")
+    other = synthetic.write_raster(tmp_path / "other.tif", synthetic.two_halves(seed=1))
+    for name, raster in (("a", image), ("b", other)):
+        assert run("prototypes", raster, "-s", support, "-o", tmp_path / f"{name}.gpp", *tiling).exit_code == 0
+    a, b, ab = (tmp_path / f"{name}.gpp" for name in ("a", "b", "ab"))
+    assert run("merge-prototypes", a, b, "-o", ab, "-q").exit_code == 0
+    again = run("merge-prototypes", a, b, a, "-o", tmp_path / "m.gpp")
+    assert again.exit_code == 1
+    assert again.output == (f"Error: {a}: given twice; pooled, the pixels of its support {support} on {image} "
+                            f"would count twice (give each file once)\n")
+    part = run("merge-prototypes", ab, a, "-o", tmp_path / "m.gpp")
+    assert part.exit_code == 1
+    assert part.output == (f"Error: {a} and {ab} both hold the prototypes of support {support} on {image}; pooled, "
+                           f"its pixels would count twice (merge each support once)\n")
+    assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg", "other.tif", "a.gpp", "b.gpp", "ab.gpp") == []
+
+
+def test_merge_into_one_of_its_files_is_refused_naming_the_file(tmp_path):
+    """It read 'is the input input 1'."""
+    first = tmp_path / "a.gpp"
+    first.write_bytes(b"prototypes")
+    result = run("merge-prototypes", first, "-o", first, "--overwrite")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: --output: {first}: is the input file 1 {first}; an output never "
+                                    f"replaces an input")
+    assert first.read_bytes() == b"prototypes"
+
+
+def test_a_prototype_file_named_like_a_raster_is_refused_and_replaces_nothing(scene, tmp_path):
+    """-o classes.tif wrote a zip named .tif; with --overwrite it replaced segment's class raster."""
+    image, support = scene
+    made = run("prototypes", image, "-s", support, "-o", tmp_path / "a.gpp", "--tile-size", 96, "--overlap", 0, "-q")
+    assert made.exit_code == 0, made.output
+    classes = tmp_path / "classes.tif"
+    classes.write_bytes(b"a class raster")
+    for command in (["prototypes", image, "-s", support, "--tile-size", 96, "--overlap", 0],
+                    ["merge-prototypes", tmp_path / "a.gpp"]):
+        result = run(*command, "-o", classes, "--overwrite")
+        assert result.exit_code == 1
+        assert result.output == f"Error: --output: {classes}: a prototype file is named *.gpp (or *.npz), not *.tif\n"
+        assert classes.read_bytes() == b"a class raster"
+    assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg", "a.gpp", "classes.tif") == []

@@ -94,3 +94,25 @@ def test_creation_options_gdal_cannot_write_are_refused_before_any_work(tmp_path
     assert result.output.startswith("Error: --co: GDAL cannot write ") and wrong in result.output
     assert len(result.output.strip().splitlines()) == 1 and "unexpected" not in result.output
     assert synthetic.leftovers(out) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--co", "COMPRESS=BOGUS"], "COMPRESS=BOGUS: GDAL's GTiff driver does not know this value"),
+    (["--co", "BOGUSOPT=1"], "GDAL's GTiff driver has no creation option BOGUSOPT"),
+    (["--cog", "--co", "TILED=YES"], "GDAL's COG driver has no creation option TILED"),
+])
+def test_creation_options_gdal_would_ignore_are_refused_naming_option_and_driver(tmp_path, monkeypatch, extra,
+                                                                                  message):
+    """GDAL only warns about them and writes the file without them; -q hid even the warning."""
+    import geoproto.segment
+
+    image, support = synthetic.scene(tmp_path / "in")
+    monkeypatch.setattr(geoproto.segment, "choose_encoder_and_scoring",
+                        lambda *args, **kwargs: pytest.fail("reached the encoder"))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(main, ["-q", "segment", str(image), "--support", str(support), "-o",
+                                       str(out / "c.tif"), *extra])
+    assert result.exit_code == 1
+    assert result.output == f"Error: --co: {message}: it would be ignored\n"
+    assert synthetic.leftovers(out) == []

@@ -555,6 +555,10 @@ def test_folder_errors(tmp_path):
     _class_file(root, colours=False)
     with pytest.raises(GeoprotoError, match="same name"):
         load_folder(str(root))
+    write_raster(root / "images" / "b.png", np.zeros((3, 8, 8), np.uint8), driver="PNG")
+    with pytest.warns(UserWarning, match=f"^{root}: 1 image\\(s\\) in images/ have no mask of the same name in "
+                                         f"masks/ \\(first: a.png\\); left out$"):
+        assert [s.name for s in load_folder(str(root)).samples] == ["b"]
 
 
 def test_folder_read_labels_resamples_png(tmp_path):
@@ -628,3 +632,46 @@ def test_non_byte_imagery_is_stretched_per_raster_as_segment_does(tmp_path):
     with RasterSource.open(data.samples[0].image) as source:
         segment_view, _ = source.read(Tile(0, 0, 40, 60, 0, 40, 0, 60), 60)
     np.testing.assert_allclose(whole, segment_view[:, :40, :60], atol=1e-6)
+
+
+def test_folder_mask_of_another_size_is_refused_naming_both(tmp_path):
+    """It was read in the image's grid: a half-resolution mask labelled the wrong pixels, silently."""
+    root = tmp_path / "f"
+    write_raster(root / "images" / "a.tif", np.zeros((3, 64, 64), np.uint8))
+    write_raster(root / "masks" / "a.tif", np.ones((32, 32), np.uint8))
+    _class_file(root, colours=False)
+    with pytest.raises(GeoprotoError, match=f"^{root / 'masks' / 'a.tif'}: 32x32 pixels, but its image "
+                                            f"{root / 'images' / 'a.tif'} is 64x64; a mask labels its image pixel "
+                                            f"for pixel$"):
+        load_folder(str(root))
+
+
+def test_folder_split_naming_a_missing_image_is_refused(colour_folder, tmp_path):
+    """A typo in the split file silently left the image out of training or evaluation."""
+    root, _ = colour_folder
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["image_part_001t1", "image_part_01t2"], "test": ["image_part_001t3"]}))
+    with pytest.raises(GeoprotoError, match=f"^split: {split}: split 'train' names 'image_part_01t2', which is no "
+                                            f"image of {root} with a mask of the same name \\(1 such name\\(s\\)\\)$"):
+        load_folder(str(root), split_file=str(split))
+
+
+def test_folder_integer_mask_values_of_no_class_are_refused_unless_ignored(tmp_path):
+    """Values classes.json does not list were read as unlabelled, silently (a 0-based mask against a
+    1-based class list lost a class); colour masks were already refused so."""
+    root = tmp_path / "ints"
+    ids = np.ones((20, 30), np.uint8)
+    ids[:, 15:] = 2
+    ids[:5] = 255  # a quarter "ignore" the class list does not mention
+    write_raster(root / "images" / "a.png", np.zeros((3, 20, 30), np.uint8), driver="PNG")
+    write_raster(root / "masks" / "a.png", ids, driver="PNG")
+    _class_file(root, colours=False)
+    data = load_folder(str(root))
+    with pytest.raises(GeoprotoError, match=f"^{root / 'masks' / 'a.png'}: 25.0% of label pixels hold values of no "
+                                            f"class \\(255\\); check the dataset's class ids in classes.json \\(its "
+                                            f"\"ignore_value\" ignores one\\)$"):
+        data.read_labels(data.samples[0], 20, 30)
+    body = json.loads((root / "classes.json").read_text())
+    (root / "classes.json").write_text(json.dumps({"classes": body, "ignore_value": 255}))
+    expected = np.where(ids == 255, 0, ids)
+    np.testing.assert_array_equal(load_folder(str(root)).read_labels(data.samples[0], 20, 30), expected)

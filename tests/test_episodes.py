@@ -108,10 +108,14 @@ def test_episode_sampler_crop_larger_than_image(tmp_path):
 
 def test_episode_sampler_too_many_ways(tmp_path):
     data = load_folder(str(_episode_folder(tmp_path / "ep")))
-    with pytest.raises(GeoprotoError, match="cannot build 4-way episodes"):
+    # every asked class occurs: no empty "( missing)" in the message, which names the classes and the option
+    names = ", ".join(data.classes.name_of(c) for c in (1, 2, 3))
+    with pytest.raises(GeoprotoError, match=f"^ep: 3 of the episode classes occur in these images \\({names}\\): too "
+                                            f"few for 4-way episodes \\(lower ways\\)$") as info:
         EpisodeSampler(data, data.samples, [1, 2, 3], EpisodeSpec(ways=4, shots=1, queries=1, crop=64), 0)
+    assert info.value.mentions == ("ways",)
     # Class 5 (vegetation) is in classes.json but in no image.
-    with pytest.raises(GeoprotoError, match=r"only 4 class\(es\).*vegetation missing"):
+    with pytest.raises(GeoprotoError, match=r"4 of the episode classes .*; vegetation do\(es\) not: too few for 5-way"):
         EpisodeSampler(data, data.samples, [1, 2, 3, 4, 5], EpisodeSpec(ways=5, shots=1, queries=1, crop=64), 0)
     with pytest.raises(GeoprotoError, match="no images"):
         EpisodeSampler(data, [], [1], EpisodeSpec(ways=1, shots=1, queries=1, crop=64), 0)

@@ -7,6 +7,7 @@ import geopandas
 import numpy as np
 import pytest
 import rasterio
+import torch
 from click.testing import CliRunner
 from rasterio.features import rasterize
 from shapely.affinity import translate
@@ -229,6 +230,66 @@ def test_evaluate_cli_refuses_bad_numbers(tmp_path, option, value):
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
 
 
+@pytest.mark.parametrize("names, message", [
+    (["road"], "only 'road': one class is every pixel's prediction, scored 100 %; name at least two classes"),
+    (["road", "road"], "'road' is named twice; name each class once"),
+    (["road", "lake"], "d: no class 'lake' \\(classes: road, water\\)"),
+])
+def test_evaluate_needs_two_distinct_known_class_names(names, message):
+    """--class-names road scored 100 % (its prototype was the only one), and road,road that too."""
+    from types import SimpleNamespace
+
+    from geoproto.classes import ClassInfo
+
+    data = SimpleNamespace(name="d", classes=ClassInfo([1, 2], ["road", "water"]))
+    with pytest.raises(GeoprotoError, match=f"^class_names: {message}$"):
+        evaluate(data, None, 1, [0], names, False, torch.device("cpu"))
+
+
+def test_more_shots_than_patches_names_the_shots():
+    with pytest.raises(GeoprotoError, match="^shots: 3 requested but the training split has only 2 patches$"):
+        sample_supports([(0, None, frozenset({1})), (0, None, frozenset({2}))], 3, [1, 2], np.random.default_rng(0))
+
+
+def test_evaluate_fold_evaluates_the_folds_unseen_classes(tmp_path, monkeypatch):
+    """--fold was accepted and ignored: PASCAL-5i runs scored all 20 classes, not the fold's 5."""
+    from types import SimpleNamespace
+
+    import geoproto.cli.evaluate
+    from geoproto.datasets import fold_classes
+
+    seen = {}
+    data = SimpleNamespace(pixel_size_m=None)
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: data)
+    monkeypatch.setattr(geoproto.cli.evaluate, "select_encoder", lambda *a: (None, {}))
+    monkeypatch.setattr(geoproto.cli.evaluate, "evaluate", lambda data, model, shots, seeds, names, *a, **k:
+                        seen.setdefault("names", names) and {"runs": []})
+    monkeypatch.setattr(geoproto.cli.evaluate, "format_table", lambda result: "table")
+    arguments = ["evaluate", "--dataset", "pascal5i", "--root", str(tmp_path), "--fold", "1", "--no-crf"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert seen["names"] == fold_classes(1)[1] == ["bus", "car", "cat", "chair", "cow"]
+    result = CliRunner().invoke(main, [*arguments, "--class-names", "bus,car"])
+    assert result.exit_code == 1
+    assert result.output == "Error: --fold: evaluates the fold's unseen classes; give it or --class-names\n"
+    folder = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--fold", "1"])
+    assert folder.exit_code == 1 and "--fold: applies to the pascal5i dataset(s), not folder" in folder.output
+
+
+def test_evaluate_cli_refuses_a_seed_given_twice_or_none(tmp_path, monkeypatch):
+    """It ran the same draw twice: counted twice in the mean, and a smaller standard deviation."""
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--seeds",
+                                       "0,1,2,1"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--seeds': '0,1,2,1': 1 is given twice; give each once" in result.output
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--seeds", ""])
+    assert result.exit_code == 2  # was "unexpected TypeError: object of type 'NoneType' has no len()"
+    assert "Invalid value for '--seeds': empty; give whole numbers separated by commas, e.g. 1,2,3" in result.output
+
+
 def _class_raster(path, data, tags=None, nodata=0, categories: list[str] | None = None):
     """A class raster with ``tags`` (e.g. GEOPROTO_CLASSES), or named by GDAL ``categories`` in a legend
     sidecar as QGIS would read it."""
@@ -352,6 +413,56 @@ def test_score_reads_class_names_of_a_class_raster_truth(tmp_path):
     result = CliRunner().invoke(main, ["score", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "qgis.tif")])
     assert result.exit_code == 0, result.output
     assert "the prediction is nodata on 1024 truth pixels (25.00 %), left out of these scores" in result.stderr
+
+
+def test_score_refuses_classes_that_pair_nothing_naming_both_sides(tmp_path):
+    """A truth raster of bare ids against a geoproto result scored 0 everywhere, and a --map typo paired
+    nothing: both looked like results."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    prediction = _class_raster(tmp_path / "p.tif", ids, {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    truth = _class_raster(tmp_path / "truth.tif", ids)
+    sides = f"the truth {truth} ('class_1', 'class_2')", f"the prediction {prediction} ('tree', 'ground')"
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: no class of {sides[0]} is named as one of {sides[1]}, so every score would be "
+                             f"0: name the truth raster's classes (--classes) or pair them with --map (e.g. "
+                             f"class_1=tree)\n")
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--map", "class_1=tree",
+                                       "--map", "clas_2=ground"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: --map: clas_2=ground: 'clas_2' is no class of {sides[0]} nor of {sides[1]}\n"
+    report = score(prediction, truth, mapping={"class_1": "tree", "class_2": "ground"})
+    assert report["class_names"] == ["tree", "ground"] and report["overall_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("option, value", [("--background", "tree"), ("--class-field", "kind"),
+                                           ("--truth-crs", "EPSG:4326")])
+def test_score_refuses_polygon_options_with_a_truth_raster(tmp_path, option, value):
+    """They were ignored: --background tree did not make unlabelled truth pixels tree."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    classes = {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})}
+    prediction = _class_raster(tmp_path / "p.tif", ids, classes)
+    truth = _class_raster(tmp_path / "truth.tif", ids, classes)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, option, value])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {option}: applies to polygon truth; {truth} is a raster (its unlabelled "
+                             f"pixels, 0 or nodata, are left out)\n")
+
+
+def test_score_names_its_own_options_in_errors_reading_polygon_truth(tmp_path):
+    """A truth vector without a CRS said "support_crs: ...", an option score does not have."""
+    from shapely.geometry import box
+
+    prediction = _class_raster(tmp_path / "p.tif", np.ones((64, 64), np.uint8),
+                               {"GEOPROTO_CLASSES": json.dumps({1: "tree"})})
+    truth = tmp_path / "truth.gpkg"
+    geopandas.GeoDataFrame({"class": ["tree"]}, geometry=[box(500010, 3699950, 500030, 3699970)]).to_file(truth)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", str(truth)])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: --truth-crs: {truth}: has no CRS while the raster has one; state the vector's "
+                             f"CRS\n")
+    report = score(prediction, str(truth), truth_crs="EPSG:32616")
+    assert report["overall_accuracy"] == 1.0 and report["truth_pixels"] == 400
 
 
 @pytest.fixture

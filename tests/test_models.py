@@ -6,6 +6,7 @@ import random
 import shlex
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 
@@ -535,3 +536,21 @@ def test_real_checkpoints_pass_the_size_check(headed_checkpoint):
 
     _check_declared_size(str(headed_checkpoint))
     _check_declared_size(shipped_weights_path())
+
+
+def test_a_training_state_or_a_prototype_file_given_as_weights_is_named_for_what_it_is(tmp_path):
+    """state.pt was 'not a geoproto checkpoint (ImageNet weights are initial weights ...)', a .gpp 'not a
+    readable PyTorch weights file ([enforce fail at inline_container.cc:180] ...)', neither naming the option."""
+    state = tmp_path / "state.pt"
+    torch.save({"encoder": {}, "optimizer": {}, "scheduler": {}, "iteration": 3, "best": {}, "config": {}}, state)
+    with pytest.raises(GeoprotoError, match=f"^checkpoint: {state}: is the training state train resumes from, not a "
+                                            f"checkpoint; give the run's model.pt or best.pt$"):
+        build_encoder(checkpoint=str(state))
+    prototypes = tmp_path / "classes.gpp"
+    with open(prototypes, "wb") as handle:
+        np.savez(handle, header=np.frombuffer(b"{}", np.uint8), feature_sum=np.zeros((2, 4)))
+    for param, arguments in (("checkpoint", {"checkpoint": str(prototypes)}),
+                             ("init_weights", {"backbone": "resnet50", "init_weights": str(prototypes)})):
+        with pytest.raises(GeoprotoError, match=f"^{param}: {prototypes}: is a prototype file, not weights \\(segment "
+                                                f"--prototypes reads it\\)$"):
+            build_encoder(**arguments)

@@ -406,3 +406,14 @@ def test_regions_under_the_minimum_beside_a_larger_one_merge_as_gdal_merges_them
         sieved = src.read(1)
     assert np.array_equal(sieved, sieve(labels, 10, mask=labels, connectivity=4))
     assert set(np.unique(sieved)) == {1, 2}
+
+
+def test_creation_options_of_a_cog_are_judged_by_the_cog_driver():
+    """BLOCKSIZE is the COG driver's (the GeoTIFF written first warns about it): accepted for a COG with
+    probabilities (GeoTIFFs, which ignore it), refused for a GeoTIFF."""
+    from geoproto.output import check_creation_options
+
+    check_creation_options({"BLOCKSIZE": "512", "compress": "zstd"}, "COG", probabilities=True)
+    with pytest.raises(GeoprotoError, match="^creation_options: GDAL's GTiff driver has no creation option "
+                                            "BLOCKSIZE: it would be ignored$"):
+        check_creation_options({"BLOCKSIZE": "512"}, "GTiff", probabilities=False)

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import itertools
 import pickle
 import zipfile
 
@@ -22,6 +23,7 @@ from geoproto.prototypes import build_prototype_file
 from geoproto.segment import SegmentOptions
 
 FINGERPRINT = "ab" * 32
+_SUPPORTS = itertools.count()
 
 
 def make_file(names=("building", "ground", "tree"), ids=None, channels=4, seed=0, numbered=False,
@@ -30,7 +32,8 @@ def make_file(names=("building", "ground", "tree"), ids=None, channels=4, seed=0
     rng = np.random.default_rng(seed)
     ids = list(ids or range(1, len(names) + 1))
     pixels = rng.integers(1, 1000, len(names)).astype(np.int64)
-    source = {"image": "/data/a.tif", "support": "/data/a.gpkg", "support_sha256": "00" * 32, "bands": [1, 2, 3],
+    support = f"/data/{next(_SUPPORTS)}.gpkg"  # each file its own support: merging one twice is refused
+    source = {"image": "/data/a.tif", "support": support, "support_sha256": None, "bands": [1, 2, 3],
               "dtype": "uint8", "scaling": [[0.0, 255.0]] * 3, "pixel_size_m": 0.5, "crs": "EPSG:32616",
               "pixels": dict(zip(names, pixels.tolist()))}
     encoder = {"name": encoder_name, "fingerprint": fingerprint, "channels": channels,
@@ -207,7 +210,9 @@ def test_pickled_objects_are_refused_without_running_them(tmp_path):
     buffer = io.BytesIO()
     torch.save({"x": _Payload(str(target))}, buffer)  # a zip too, holding a pickle
     (tmp_path / "torch.gpp").write_bytes(buffer.getvalue())
-    with pytest.raises(GeoprotoError, match=r"torch.gpp: not a valid prototype file: member .*data.pkl. is not a"):
+    # named for what it is (was "member 'torch.gpp/data.pkl' is not a NumPy array"), and never unpickled
+    with pytest.raises(GeoprotoError, match=r"torch.gpp: is PyTorch weights, not a prototype file \(a trained "
+                                            r"checkpoint is segment's --checkpoint\)$"):
         load_prototypes(str(tmp_path / "torch.gpp"))
     assert not target.exists()
 
@@ -282,6 +287,23 @@ def test_another_alpha_is_an_exact_softmax_temperature_change(scoring):
                                3 * at_file.score_features(features, (24, 40)), rtol=1e-5, atol=1e-5)
     if scoring == "linear":
         assert torch.equal(at_file.head.weight, torch.from_numpy(weight))  # the file's own alpha: untouched
+
+
+def test_merge_refuses_a_support_pooled_twice_naming_the_files():
+    """A file given twice, or a merged file with one of its parts, counted that support's pixels twice
+    (outweighing the others) and said "2 support(s)"."""
+    a, b = make_file(seed=1), make_file(seed=2)
+    a.path, b.path = "a.gpp", "b.gpp"
+    support = f"support {a.sources[0]['support']} on /data/a.tif"
+    with pytest.raises(GeoprotoError, match=f"^a.gpp: given twice; pooled, the pixels of its {support} would count "
+                                            f"twice \\(give each file once\\)$"):
+        merge([a, b, a])
+    both = merge([a, b])
+    both.path = "ab.gpp"
+    with pytest.raises(GeoprotoError, match=f"^a.gpp and ab.gpp both hold the prototypes of {support}; pooled, its "
+                                            f"pixels would count twice \\(merge each support once\\)$"):
+        merge([both, a])
+    assert merge([both, make_file(seed=3)]).pixels.sum() > both.pixels.sum()
 
 
 def test_merge_refuses_files_made_at_different_alphas():
@@ -365,10 +387,12 @@ def test_a_file_gives_its_supports_stretch_only_where_it_fits(halves):
     (source,) = whole.sources
     assert whole.stretch("uint16", 1) == [tuple(source["scaling"][0])]
     assert whole.stretch("uint8", 1) is None and whole.stretch("uint16", 3) is None
-    other = copy.deepcopy(whole)
+    same, other = copy.deepcopy(whole), copy.deepcopy(whole)
+    for item in (same, other):  # another support on the raster
+        item.sources[0]["support_sha256"] = "11" * 32
     other.sources[0]["scaling"] = [[source["scaling"][0][0] + 1, source["scaling"][0][1]]]
     assert merge([whole, other]).stretch("uint16", 1) is None
-    assert merge([whole, copy.deepcopy(whole)]).stretch("uint16", 1) == whole.stretch("uint16", 1)
+    assert merge([whole, same]).stretch("uint16", 1) == whole.stretch("uint16", 1)
 
 
 def test_built_file_records_encoder_scaling_resolution_and_provenance(halves, paths, spacenet_crop, tmp_path):

@@ -332,6 +332,7 @@ def test_overlaps_between_classes_are_unlabelled_and_large_polygons_span_windows
     ('{"1": "a", "2": "  "}', "a class has an empty name"),
     ('[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]', "class id 1 is listed twice"),
     ('{"1": "a", "300": "b"}', "class id 300 outside 1..254"),
+    ('{"1": "a", "2": "NoData"}', "class name 'NoData' is reserved for the pixels without a class"),
 ])
 def test_bad_class_files_are_refused_by_name(tmp_path, content, message):
     path = tmp_path / "classes.json"
@@ -365,6 +366,16 @@ def test_spaces_around_a_class_name_do_not_make_a_second_class(tmp_path, chip):
         labels = load_support(str(tmp_path / "s.gpkg"), chip)
     assert labels.classes.names == ["building", "road"]
     assert labels.class_ids.tolist() == [1, 1, 2]
+
+
+def test_a_class_named_nodata_is_refused_as_the_legend_names_nodata_so(tmp_path, chip):
+    """Its legend entry would read like the nodata entry's, and score would skip it in a GDAL legend."""
+    frame = geopandas.GeoDataFrame({"class": ["building", " nodata"]}, crs=chip.crs, geometry=[
+        box(*chip.xy(10, 10), *chip.xy(20, 20)), box(*chip.xy(30, 30), *chip.xy(40, 40))])
+    frame.to_file(tmp_path / "s.gpkg")
+    with pytest.raises(GeoprotoError, match="s.gpkg: 'class': class name 'nodata' is reserved for the pixels "
+                                            "without a class in the results' legend; rename the class"):
+        load_support(str(tmp_path / "s.gpkg"), chip)
 
 
 def test_support_under_vsizip_loads_and_a_missing_member_is_named(tmp_path, chip):

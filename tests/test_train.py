@@ -1,6 +1,7 @@
 """Episodic training on real Dubai crops: it learns, its checkpoint drives `segment`, and resume is exact."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -153,3 +154,78 @@ def test_resume_from_a_damaged_state_is_refused_by_name(tmp_path, payload):
         torch.save(payload, run / "state.pt")
     with pytest.raises(GeoprotoError, match="state.pt: (not a training state|damaged training state)"):
         train(None, None, config, str(run), resume=True)
+
+
+def test_a_run_folder_is_continued_or_started_again_only_when_asked(tmp_path, monkeypatch):
+    """Training again into a run's folder replaced its checkpoints (maybe days of GPU time) and appended
+    the new run's lines to its log."""
+    import geoproto.cli.train
+    import geoproto.training.trainer as trainer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.pt", "best.pt", "log.jsonl"):
+        (run / name).write_bytes(b"the earlier run")
+    config = TrainConfig(workers=0, iterations=2, device="cpu")
+    with pytest.raises(GeoprotoError, match=f"^output: {run}: holds a training run \\(model.pt, best.pt, log.jsonl\\); "
+                                            f"continue it with resume, or allow overwrite to start again$"):
+        train(None, None, config, str(run))
+    with pytest.raises(GeoprotoError, match="^resume: continues the run, overwrite starts it again: give one$"):
+        train(None, None, config, str(run), resume=True, overwrite=True)
+    assert all((run / name).read_bytes() == b"the earlier run" for name in ("model.pt", "best.pt", "log.jsonl"))
+
+    monkeypatch.setattr(geoproto.cli.train, "load_dataset", lambda *a, **k: SimpleNamespace(name="d"))
+    monkeypatch.setattr(geoproto.cli.train, "build_samplers", lambda *a, **k: (SimpleNamespace(samples=[]), None))
+    result = CliRunner().invoke(main, ["train", "--dataset", "folder", "--root", str(tmp_path), "-o", str(run)])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: --output: {run}: holds a training run (model.pt, best.pt, log.jsonl); continue "
+                             f"it with --resume, or allow --overwrite to start again\n")
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+    monkeypatch.setattr(trainer, "build_encoder", started)
+    with pytest.raises(Started):
+        train(None, None, config, str(run), overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == []  # no stale best.pt nor log lines of the old run
+
+
+@pytest.mark.parametrize("classes, val_split, message", [
+    ({"train_classes": "road", "test_classes": "road"}, "test",
+     "^test_classes: class 'road' is both trained on and held out; a class is in train_classes or test_classes$"),
+    ({"test_classes": "road,water"}, "test", "^test_classes: holds out every class of d; leave some to train on$"),
+    ({}, "val", "^val_split: d: no split 'val' \\(have: train, test; none: no validation\\)$"),
+])
+def test_samplers_refuse_contradictory_classes_and_an_unknown_validation_split(classes, val_split, message):
+    """Training on a held-out class, "only 0 class(es) occur in these images ( missing)", and a --val-split
+    typo silently training without validation (best: null)."""
+    from geoproto.classes import ClassInfo
+
+    data = SimpleNamespace(name="d", classes=ClassInfo([1, 2], ["road", "water"]), splits={"train": [], "test": []})
+    with pytest.raises(GeoprotoError, match=message):
+        build_samplers(data, TrainConfig(), val_split=val_split, **classes)
+
+
+@pytest.mark.parametrize("kind, settings, message", [
+    ("folder", {"eroded": True}, "^eroded: applies to the isprs dataset\\(s\\), not folder$"),
+    ("pascal5i", {"split": "split.json"}, "^split: applies to the isprs and folder dataset\\(s\\), not pascal5i$"),
+    ("isprs", {"holdout": "t6$"}, "^holdout: applies to the folder dataset\\(s\\), not isprs$"),
+    ("folder", {"split": "split.json", "holdout": "t6$"}, "^holdout: chooses the test images, as split does; give one$"),
+])
+def test_dataset_settings_of_another_dataset_are_refused(tmp_path, kind, settings, message):
+    """They were ignored: --holdout with a --split file, --eroded with a folder, silently."""
+    with pytest.raises(GeoprotoError, match=message):
+        load_dataset(kind, str(tmp_path), **settings)
+
+
+def test_train_fold_is_pascal_5is(tmp_path):
+    """--fold with a folder dataset said "no class 'bus'"."""
+    result = CliRunner().invoke(main, ["train", "--dataset", "folder", "--root", str(tmp_path), "-o",
+                                       str(tmp_path / "run"), "--fold", "1"])
+    assert result.exit_code == 1 and result.output == "Error: --fold: applies to the pascal5i dataset(s), not folder\n"
+    with pytest.raises(GeoprotoError, match="^fold: chooses the trained and held-out classes itself; give it or "
+                                            "train_classes and test_classes$"):
+        build_samplers(None, TrainConfig(), test_classes="bus", fold=1)
+    assert not (tmp_path / "run").exists()

@@ -35,6 +35,15 @@ class LazyGroup(click.Group):
         module, attribute = SUBCOMMANDS[name].split(":")
         return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
 
+    def invoke(self, ctx):
+        """Ctrl-C while a subcommand's module loads (torch takes seconds), before the command's own
+        ``handle_errors`` runs, exits 130 as later on, not with click's "Aborted!" and 1."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record comes (click's test runner swaps it)."""

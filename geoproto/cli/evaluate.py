@@ -8,12 +8,14 @@ import warnings
 import click
 
 from ..crf import CRF_RANGES, MIN_BILATERAL_PX, floor_warning, kernel_at_floor, params_for_resolution
+from ..datasets import fold_classes
+from ..errors import GeoprotoError
 from ..evaluation import evaluate, format_table
 from ..heads import VARIANTS
 from ..models import select_encoder
 from ..models.runtime import resolve_device
 from ..output import StagedOutputs
-from ..training import load_dataset
+from ..training import check_dataset_settings, load_dataset
 from ..training.trainer import TRAIN_RANGES
 from .options import (crf_backend_option, dataset_options, device_option, evaluated_encoder_options, handle_errors,
                       integer, integer_list, json_option, not_stdio, number, print_json, printable, quiet_option,
@@ -57,6 +59,10 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
                                                    "split": split})
     with staged:
         report_tmp = staged.stage(report, "report") if report else None
+        check_dataset_settings(dataset, fold=fold)
+        if fold is not None and class_names:
+            raise GeoprotoError("evaluates the fold's unseen classes; give it or class_names", param="fold",
+                                mentions=("class_names",))
         data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,
                             split=split, holdout=holdout)
         model, info = select_encoder(encoder, backbone, checkpoint, init_weights)
@@ -64,7 +70,8 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
         overrides = {"bilateral_sxy": crf_bilateral_px} if crf_bilateral_px else {}
         if crf and kernel_at_floor(pixel_size, overrides):
             warnings.warn(floor_warning(root or dataset, pixel_size_param="pixel_size"))
-        result = evaluate(data, model, shots, seeds, class_names.split(",") if class_names else None, crf,
+        names = fold_classes(fold)[1] if fold is not None else class_names.split(",") if class_names else None
+        result = evaluate(data, model, shots, seeds, names, crf,
                           resolve_device(device), train_split, test_split,
                           crf_params=params_for_resolution(pixel_size, **overrides),
                           progress=show_progress(quiet), crf_backend=crf_backend, scoring=scoring)

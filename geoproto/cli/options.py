@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shlex
 import signal
@@ -63,6 +64,9 @@ def handle_errors(command):
             sys.exit(exc.exit_code)
         except click.exceptions.ClickException:
             raise
+        except BrokenPipeError:
+            _stop_writing_stdout()
+            sys.exit(128 + signal.SIGPIPE)
         except MemoryError:
             if debug:
                 raise
@@ -75,6 +79,15 @@ def handle_errors(command):
                                        f"details)")
 
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
+
+
+def _stop_writing_stdout() -> None:
+    """The reader of stdout left (``geoproto score ... | head``): the command ends quietly with SIGPIPE's
+    exit code, as ``cat`` would, and Python's final flush of stdout must not report the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a descriptor (click's test runner)
+        pass
 
 
 def cli_message(exc: GeoprotoError) -> str:
@@ -232,16 +245,23 @@ def parse_bands(ctx, param, value: str | None) -> list[int] | None:
 
 
 def integer_list(minimum: int, maximum: int | None = None):
-    """A callback parsing a comma-separated list of whole numbers within bounds (e.g. --seeds 0,1,2)."""
+    """A callback parsing a comma-separated list of distinct whole numbers within bounds (e.g. --seeds
+    0,1,2): a repeated seed would count one run twice in the mean and shrink the spread."""
     def parse(ctx, param, value: str | None) -> list[int] | None:
-        if not value:
+        if value is None:
             return None
+        if not value.strip():  # --seeds "$SEEDS" with SEEDS unset: not "no seeds"
+            raise click.BadParameter("empty; give whole numbers separated by commas, e.g. 1,2,3")
         try:
-            return [check_number("value", int(v, 10), minimum, maximum, integer=True) for v in value.split(",")]
+            numbers = [check_number("value", int(v, 10), minimum, maximum, integer=True) for v in value.split(",")]
         except ValueError:
             raise click.BadParameter(f"{value!r}: give whole numbers separated by commas, e.g. 1,2,3") from None
         except GeoprotoError as exc:
             raise click.BadParameter(f"each {exc.message}") from None
+        repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+        if repeated:
+            raise click.BadParameter(f"{value!r}: {repeated[0]} is given twice; give each once")
+        return numbers
     return parse
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..training import TrainConfig, build_samplers, load_dataset, train
+from ..training import TrainConfig, build_samplers, check_dataset_settings, load_dataset, train
 from ..training.trainer import TRAIN_RANGES
 from .options import (backbone_option, command_line, dataset_options, device_option, handle_errors, init_weights_option,
                       integer, integer_list, json_option, number, print_json, quiet_option, show_progress)
@@ -50,12 +50,14 @@ _DEFAULTS = TrainConfig()
               help="Processes preparing episodes.")
 @device_option
 @click.option("--resume", is_flag=True, help="Continue the run in --output where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Start again in an --output that holds a run, removing its files.")
 @quiet_option
 @json_option
 @handle_errors
 def train_command(dataset, root, city, bands, eroded, downsample, fold, split, holdout, train_classes,
-                  test_classes, output, val_split, resume, quiet, as_json, lr_milestones, **settings):
+                  test_classes, output, val_split, resume, overwrite, quiet, as_json, lr_milestones, **settings):
     """Train the encoder on C-way K-shot episodes and write checkpoints for `segment --checkpoint`."""
+    check_dataset_settings(dataset, fold=fold)
     data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,
                         split=split, holdout=holdout)
     config = TrainConfig(lr_milestones=lr_milestones or [], **settings)
@@ -64,7 +66,7 @@ def train_command(dataset, root, city, bands, eroded, downsample, fold, split, h
                 "dataset": {"kind": dataset, "root": root, "name": data.name, "city": city, "fold": fold,
                             "train_images": [s.name for s in train_sampler.samples]}}
     summary = train(train_sampler, val_sampler, config, output, resume=resume, metadata=metadata,
-                    progress=show_progress(quiet))
+                    progress=show_progress(quiet), overwrite=overwrite)
     if as_json:
         print_json(summary)
     elif not quiet:

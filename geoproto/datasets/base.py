@@ -20,9 +20,9 @@ from .. import raster
 from ..raster import all_valid, band_scaling, model_input, open_raster
 from ..support import palette_colors
 
-# Share of label pixels whose colour matches no class (nor the ignore colour) tolerated before a
-# dataset is refused: JPEG-like noise on edges is accepted, a wrong colour table is not.
-UNKNOWN_COLOUR_TOLERANCE = 0.01
+# Share of label pixels whose colour or value matches no class (nor an ignored one) tolerated before a
+# dataset is refused: JPEG-like noise on edges is accepted, a wrong colour table or class list is not.
+UNKNOWN_LABEL_TOLERANCE = 0.01
 WHOLE_FILE_DRIVERS = ("JPEG", "PNG")
 WHOLE_FILE_MAX_PIXELS = 16_000_000
 
@@ -41,17 +41,26 @@ class LabelDecoder:
     colors: dict[tuple[int, int, int], int] | None = None
     values: np.ndarray | None = None  # lookup table indexed by the label value
     ignore_colors: tuple[tuple[int, int, int], ...] = ()
+    ignore_values: tuple[int, ...] = ()  # label values that are no class, ignored (e.g. 0, or PASCAL's 255)
     source: str = ""
+    hint: str = ""  # what to do about values of no class, after "check the dataset's class ids"
 
-    def __call__(self, data: np.ndarray) -> np.ndarray:
-        """``data``: bands x H x W as read from the label file."""
+    def __call__(self, data: np.ndarray, path: str | None = None) -> np.ndarray:
+        """``data``: bands x H x W as read from the label file ``path`` (named in errors)."""
+        where = path or self.source
         if self.colors is None:
             values = data[0].astype(np.int64)
             if values.min() < 0 or values.max() >= len(self.values):
-                raise GeoprotoError(f"{self.source}: label value {values.max()} has no class")
-            return self.values[values].astype(np.uint8)
+                raise GeoprotoError(f"{where}: label value {values.max()} has no class")
+            labels = self.values[values].astype(np.uint8)
+            unknown = (labels == 0) & ~np.isin(values, self.ignore_values)
+            if unknown.mean() > UNKNOWN_LABEL_TOLERANCE:
+                found = ", ".join(map(str, np.unique(values[unknown])[:5].tolist()))
+                raise GeoprotoError(f"{where}: {unknown.mean():.1%} of label pixels hold values of no class "
+                                    f"({found}); check the dataset's class ids{self.hint}")
+            return labels
         if data.shape[0] < 3:
-            raise GeoprotoError(f"{self.source}: expected an RGB colour-coded label file")
+            raise GeoprotoError(f"{where}: expected an RGB colour-coded label file")
         code = (data[0].astype(np.int64) << 16) | (data[1].astype(np.int64) << 8) | data[2].astype(np.int64)
         keys = np.array([(r << 16) | (g << 8) | b for r, g, b in self.colors], np.int64)
         ids = np.array(list(self.colors.values()), np.uint8)
@@ -61,8 +70,8 @@ class LabelDecoder:
         labels = np.where(hit, ids[order][position], 0).astype(np.uint8)
         ignored = np.isin(code, [(r << 16) | (g << 8) | b for r, g, b in self.ignore_colors])
         unknown = float((~hit & ~ignored).mean())
-        if unknown > UNKNOWN_COLOUR_TOLERANCE:
-            raise GeoprotoError(f"{self.source}: {unknown:.1%} of label pixels have colours of no class; "
+        if unknown > UNKNOWN_LABEL_TOLERANCE:
+            raise GeoprotoError(f"{where}: {unknown:.1%} of label pixels have colours of no class; "
                                 f"check the dataset's colour table")
         return labels
 
@@ -136,7 +145,7 @@ class LabelledDataset:
             palette = palette_colors(src) if self.decoder.colors is not None and src.count == 1 else None
             if palette is not None:
                 data = np.transpose(palette[data[0]], (2, 0, 1))
-        return self.decoder(data)
+        return self.decoder(data, sample.label)
 
 
 def _read(src, bands: list[int], window: Window | None, shape: tuple[int, int], resampling,

@@ -48,5 +48,5 @@ def load_pascal5i(root: str) -> LabelledDataset:
     train = [n for n in (train or all_names) if n not in val_set]
     lookup = np.zeros(256, np.uint8)
     lookup[:21] = np.arange(1, 22)
-    decoder = LabelDecoder(values=lookup, source="SegmentationClassAug")
+    decoder = LabelDecoder(values=lookup, ignore_values=(255,), source="SegmentationClassAug")
     return LabelledDataset("pascal5i", CLASSES, samples, decoder, {"train": train, "test": val})

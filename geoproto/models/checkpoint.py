@@ -9,6 +9,7 @@ arbitrary pickled objects is refused without running them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -46,8 +47,11 @@ def _check_declared_size(path: str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(max(0, entry.file_size) for entry in archive.infolist())
+            members = set(archive.namelist())
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise GeoprotoError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)})") from None
+    if {"header.npy", "feature_sum.npy"} <= members:  # torch would say "file in archive is not in a subdirectory"
+        raise GeoprotoError(f"{path}: is a prototype file, not weights (segment --prototypes reads it)")
     size = os.path.getsize(path)
     if declared > MAX_INFLATION * size + INFLATION_SLACK_BYTES:
         raise GeoprotoError(f"{path}: declares {declared / 2 ** 20:.0f} MiB of contents in a {size / 2 ** 20:.1f} MiB "
@@ -99,6 +103,9 @@ def save_checkpoint(encoder: Encoder, path: str, metadata: dict | None = None, h
 def load_checkpoint(path: str) -> tuple[Encoder, dict]:
     """Build the encoder a checkpoint describes; returns it with the checkpoint's metadata."""
     payload = safe_load(path)
+    if isinstance(payload, dict) and {"encoder", "optimizer", "iteration"} <= set(payload):
+        raise GeoprotoError(f"{path}: is the training state train resumes from, not a checkpoint; give the run's "
+                            f"model.pt or best.pt", param="checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise GeoprotoError(f"{path}: not a geoproto checkpoint (ImageNet weights are initial weights, not a "
                             f"checkpoint)", param="checkpoint")
@@ -121,12 +128,24 @@ def load_checkpoint(path: str) -> tuple[Encoder, dict]:
     return encoder.eval(), dict(metadata) if isinstance(metadata, dict) else {}
 
 
+@contextlib.contextmanager
+def _blamed(param: str | None):
+    """Errors reading the file the user gave as ``param`` name that option (``--checkpoint: x.pt: ...``)."""
+    try:
+        yield
+    except GeoprotoError as exc:
+        if param is None or exc.param is not None:
+            raise
+        raise GeoprotoError(exc.message, param=param, mentions=exc.mentions) from None
+
+
 def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = None,
                   init_weights: str | None = None, with_head: bool = False) -> tuple[Encoder, dict]:
     """A checkpoint's encoder if given, else ImageNet trunk weights; a head (randomly initialised) only
     when asked for, i.e. to be trained."""
     if checkpoint:
-        return load_checkpoint(checkpoint)
+        with _blamed("checkpoint"):
+            return load_checkpoint(checkpoint)
     if backbone not in BACKBONES:
         raise GeoprotoError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
     spec = BACKBONES[backbone]
@@ -135,7 +154,8 @@ def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = Non
         raise GeoprotoError(
             f"the {backbone} encoder ships without weights: give ImageNet weights in torchvision's layout, "
             f"or a trained checkpoint", param="init_weights")
-    state = safe_load(weights)
+    with _blamed("init_weights" if init_weights else None):
+        state = safe_load(weights)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

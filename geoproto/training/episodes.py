@@ -55,8 +55,11 @@ class EpisodeSampler:
         self.classes = [c for c in classes if candidates[c]]
         missing = [dataset.classes.name_of(c) for c in classes if not candidates[c]]
         if len(self.classes) < spec.ways:
-            raise GeoprotoError(f"{dataset.name}: only {len(self.classes)} class(es) occur in these images "
-                                f"({', '.join(missing)} missing); cannot build {spec.ways}-way episodes")
+            found = ", ".join(dataset.classes.name_of(c) for c in self.classes) or "none"
+            absent = f"; {', '.join(missing)} do(es) not" if missing else ""
+            raise GeoprotoError(f"{dataset.name}: {len(self.classes)} of the episode classes occur in these images "
+                                f"({found}){absent}: too few for {spec.ways}-way episodes (lower ways)",
+                                mentions=("ways",))
         self.candidates = {c: np.array(v) for c, v in candidates.items() if v}
 
     def _crop(self, rng: np.random.Generator, class_id: int) -> tuple[np.ndarray, np.ndarray]:

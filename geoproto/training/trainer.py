@@ -171,8 +171,10 @@ def _set_bn_eval(encoder: Encoder) -> None:
 
 
 def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, config: TrainConfig, output: str,
-          resume: bool = False, metadata: dict | None = None, progress: bool = True) -> dict:
-    """Run (or resume) episodic training into the folder ``output``; returns a summary."""
+          resume: bool = False, metadata: dict | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+    """Run (or resume) episodic training into the folder ``output``; returns a summary. A folder holding
+    a run is continued with ``resume`` or started again with ``overwrite`` (its files removed first),
+    never replaced otherwise: its checkpoints may be days of training."""
     images = config.ways * config.shots + config.queries
     check_memory(images * config.crop ** 2 * TRAIN_BYTES_PER_PIXEL, f"{config.crop} px crops of {images} images "
                  f"per episode", "choose a smaller crop, or fewer shots or queries", param="crop")
@@ -180,6 +182,16 @@ def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, con
         if config.init_weights and same_file(os.path.join(output, name), config.init_weights):
             raise GeoprotoError(f"{config.init_weights}: is the run's own {name}, which training replaces; copy it "
                                 f"elsewhere or choose another run folder", param="init_weights")
+    if resume and overwrite:
+        raise GeoprotoError("continues the run, overwrite starts it again: give one", param="resume",
+                            mentions=("overwrite",))
+    existing = [name for name in RUN_FILES if os.path.lexists(os.path.join(output, name))]
+    if existing and not resume:
+        if not overwrite:
+            raise GeoprotoError(f"{output}: holds a training run ({', '.join(existing)}); continue it with resume, "
+                                f"or allow overwrite to start again", param="output", mentions=("resume", "overwrite"))
+        for name in existing:  # a stale best.pt or log lines of the old run must not pass for the new one's
+            os.remove(os.path.join(output, name))
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as exc:
