@@ -36,6 +36,7 @@ from .heads import DEFAULT_VARIANT, VARIANTS
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
+from .models.shipped import is_explicit
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, area_histogram,
                      build_overviews, check_creation_options, class_areas, class_histogram, convert_to_cog, driver_name,
                      gdal_write_errors, output_driver, polygon_format, sieve_classes, write_area_report, write_legend,
@@ -63,7 +64,9 @@ class SegmentOptions:
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_OVERLAP
     bands: list[int] | None = None
-    encoder: str = DEFAULT_ENCODER  # a shipped encoder (models.shipped), or "auto" to choose by cross-validation
+    # A shipped encoder (models.shipped), "auto" to choose by cross-validation, or None: a prototype file's own
+    # (``prototypes``), else DEFAULT_ENCODER.
+    encoder: str | None = None
     backbone: str = DEFAULT_BACKBONE
     checkpoint: str | None = None
     init_weights: str | None = None
@@ -136,8 +139,9 @@ class SegmentOptions:
                                 param="dask_local")
         if self.dask_scheduler or self.dask_local:
             import_distributed()  # Dask missing: said now, not after the support is encoded
-        if self.alpha is None and self.prototypes is None:
-            self.alpha = DEFAULT_ALPHA
+        if self.prototypes is None:
+            self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
+            self.encoder = self.encoder or DEFAULT_ENCODER
 
 
 # Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.
@@ -264,8 +268,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     started = time.perf_counter()
     check_tiling(options)
     taught = _prototype_file(support, options)
-    if taught is not None:  # the file's encoder (for auto) and alpha (unless one was given), for everything after
-        options = replace(options, encoder=taught.encoder_choice(options.encoder),
+    if taught is not None:  # the file's encoder and alpha (unless given), for everything after
+        options = replace(options, encoder=taught.encoder_choice(options.encoder, is_explicit(
+                              options.backbone, options.checkpoint, options.init_weights)),
                           alpha=taught.alpha if options.alpha is None else options.alpha)
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend) if options.crf else None

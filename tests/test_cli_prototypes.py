@@ -172,20 +172,24 @@ def test_a_raster_scored_with_a_file_is_stretched_as_its_supports_were(paths, sp
     assert (labels["own"] != labels["crop"]).mean() > 0.01
 
 
-def test_segment_refuses_a_file_of_another_encoder_naming_both(scene, tmp_path):
+def test_segment_uses_the_file_s_encoder_and_refuses_another_naming_both(scene, tmp_path):
+    """Without --encoder, a prototype file segments with the encoder it was made with (imagenet here, not the
+    default dubai); naming another is refused, naming both."""
     image, support = scene
     made = run("prototypes", image, "-s", support, "-o", tmp_path / "i.gpp", "--encoder", "imagenet",
                "--tile-size", 96, "--overlap", 0, "-q")
     assert made.exit_code == 0, made.output
-    result = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf")
+    result = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf",
+                 "--encoder", "dubai")
     assert result.exit_code == 1
     assert "i.gpp: made with imagenet" in result.output and "this run uses dubai" in result.output
     assert "--encoder imagenet" in result.output
     assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg", "i.gpp") == []
-    auto = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf",
-               "--encoder", "auto", "--tile-size", 96, "--overlap", 0, "--json", "-q")
-    assert auto.exit_code == 0, auto.output  # auto: the file's own encoder
-    assert json.loads(auto.stdout)["encoder"]["name"] == "imagenet"
+    for given in ([], ["--encoder", "auto"]):  # none given, or auto: the file's own encoder
+        own = run("segment", image, "--prototypes", tmp_path / "i.gpp", "-o", tmp_path / "c.tif", "--no-crf",
+                  *given, "--tile-size", 96, "--overlap", 0, "--json", "-q", "--overwrite")
+        assert own.exit_code == 0, own.output
+        assert json.loads(own.stdout)["encoder"]["name"] == "imagenet"
     direct = run("segment", image, "-s", support, "-o", tmp_path / "d.tif", "--no-crf", "--encoder", "imagenet",
                  "--tile-size", 96, "--overlap", 0, "-q")
     assert direct.exit_code == 0, direct.output

@@ -277,14 +277,20 @@ def _chain(*decorators):
     return decorate
 
 
+def _given_or_none(ctx, param, value):
+    """The option's value if the user gave it, else None (the library then picks: ``SegmentOptions.alpha``, ``encoder``)."""
+    return value if _given(ctx, param.name) else None
+
+
 def _encoder_option(auto: bool):
     """``--encoder``: a shipped encoder by name, and ``auto`` where there are support polygons to choose on."""
     return click.option(
         "--encoder", type=click.Choice(["auto", *shipped_names()] if auto else shipped_names()),
-        default=DEFAULT_ENCODER, show_default=True,
+        default=DEFAULT_ENCODER, show_default=True, callback=_given_or_none if auto else None,
         help="Shipped encoder" + (f"; auto cross-validates each on the support polygons and leaves the default "
                                   f"only for one that beats it in {SWITCH_CONFIDENCE:.0%} of the bootstrap "
-                                  f"resamples." if auto else "."))
+                                  f"resamples. segment --prototypes uses the file's own unless --encoder is given."
+                                  if auto else "."))
 
 
 backbone_option = click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE,
@@ -326,11 +332,6 @@ crf_backend_option = click.option(
     help="DenseCRF implementation, the same CRF either way: torch (batched on the model's device) or "
          "densecrf (pydensecrf2, pip install 'geoproto[crf]'; one process per core); auto: torch, the faster "
          "on a CPU too.")
-
-
-def _given_or_none(ctx, param, value):
-    """The option's value if the user gave it, else None (the library then picks: ``SegmentOptions.alpha``)."""
-    return value if _given(ctx, param.name) else None
 
 
 alpha_option = click.option(
