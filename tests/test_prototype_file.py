@@ -16,7 +16,7 @@ from geoproto.classes import ClassInfo
 from geoproto.errors import GeoprotoError
 from geoproto.fewshot import PrototypeAccumulator
 from geoproto.heads import DEFAULT_ALPHA
-from geoproto.models import build_shipped
+from geoproto.models import DEFAULT_ENCODER, build_shipped
 from geoproto.prototype_file import (PrototypeFile, encoder_fingerprint, encoder_label, load_prototypes, merge,
                                      scoring_record)
 from geoproto.prototypes import build_prototype_file
@@ -79,6 +79,18 @@ def test_a_file_from_another_encoder_is_refused_naming_both(tmp_path):
     with pytest.raises(GeoprotoError, match=r"dubai.gpp: made with dubai .*this run uses imagenet"):
         made.check_encoder(encoder_fingerprint(imagenet), info)
     made.check_encoder(FINGERPRINT, {"name": "dubai"})  # the same weights: accepted
+
+
+def test_the_encoder_to_segment_with_is_the_file_s_own_unless_named():
+    shipped = make_file(encoder_name="imagenet")
+    assert [shipped.encoder_choice(e) for e in (None, "auto", "dubai")] == ["imagenet", "imagenet", "dubai"]
+    trained = make_file(encoder_name="resnet50 best.pt")
+    trained.path = "t.gpp"
+    with pytest.raises(GeoprotoError, match=r"t.gpp: made with encoder resnet50 best.pt, not a shipped one; give "
+                                            r"the checkpoint"):
+        trained.encoder_choice(None)
+    # a checkpoint or weights given name the encoder themselves: nothing to ask for
+    assert trained.encoder_choice(None, explicit=True) == DEFAULT_ENCODER and trained.encoder_choice("auto", True) == "auto"
 
 
 def test_encoder_labels_name_shipped_encoders_checkpoints_and_weights():
