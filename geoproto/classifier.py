@@ -97,8 +97,8 @@ def fit_support(extract: FeatureExtractor, supports: list[tuple[RasterSource, ob
 
 
 def accumulate_support(extract: FeatureExtractor, supports: list[tuple[RasterSource, object]], classes: ClassInfo,
-                       size: int, overlap: int, batch_size: int,
-                       head: str = PROTOTYPES) -> tuple[SupportFit, ClassInfo, dict]:
+                       size: int, overlap: int, batch_size: int, head: str = PROTOTYPES,
+                       min_classes: int = 2) -> tuple[SupportFit, ClassInfo, dict]:
     """Eq. 1's sums over a support (``fit_support``): the accumulator (per-class feature sums and pixel
     counts, which pool exactly across supports; it fits ``head`` too), the classes kept, and what it took.
 
@@ -148,7 +148,7 @@ def accumulate_support(extract: FeatureExtractor, supports: list[tuple[RasterSou
         name, over_nodata = empty[0]
         where = "on valid data (all its support lies over nodata)" if over_nodata else "inside the raster"
         raise GeoprotoError(f"class {name!r} has no labelled pixel {where}; label some or remove it")
-    if len(classes.ids) < 2:
+    if len(classes.ids) < min_classes:  # 1: one of several supports pooled (``prototypes``)
         raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
                             f"the class you want and what surrounds it")
     # The window sides used: ``size`` for rasters larger than a window, their own for smaller ones.

@@ -38,7 +38,8 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
 
     The encoder and the scoring are chosen once, from ``options``, as ``segment`` chooses them (``auto``
     cross-validates the polygons of every pair, pooled). ``options.support_image`` applies to a single pair only.
-    The file is made at ``options.alpha`` (its linear head is fitted at it) and records it.
+    The file is made at ``options.alpha`` (its linear head is fitted at it) and records it. Each pair may hold
+    a single class, as long as the pairs pool into two or more.
     """
     options = options or SegmentOptions()
     check_tiling(options)
@@ -59,6 +60,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
             check_window_memory(window_size(src.height, src.width, options.tile_size, GRID), batch_size,
                                 len(opened[-1].classes.ids))
             opened[-1].close()  # handles reopen on use: a run over many pairs keeps few files open
+        _refuse_one_class([name for inputs in opened for name in inputs.classes.names], len(pairs))
         stretch = stretch_inputs(opened, options.stretch)  # as segment stretches the same rasters
         extract, info, _, chosen = choose_encoder_and_scoring(
             *_cross_validation_pairs(opened, [support for _, support in pairs]), options, device, batch_size,
@@ -77,7 +79,7 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
         for (image, support), inputs in zip(pairs, opened):
             accumulator, classes, stats = accumulate_support(extract, [(inputs.support_source, inputs.labels)],
                                                              inputs.classes, options.tile_size, options.overlap,
-                                                             batch_size, head)
+                                                             batch_size, head, min_classes=1)
             files.append(PrototypeFile(classes, accumulator.feature_sum.numpy(), accumulator.pixels.numpy(),
                                        encoder, [_provenance(inputs, support, digests[absolute_path(support)], options,
                                                    stats["pixels"])],
@@ -90,11 +92,21 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
         for inputs in opened:
             inputs.close()
     pooled = merge(files)
+    _refuse_one_class(pooled.classes.names, len(pairs))  # a classes file's other classes may have no pixel
     fitted = {"weight": _pooled_fit(accumulators, files, pooled).fit(options.alpha).weight.numpy()} \
         if head == LINEAR else {}
     return replace(pooled, head=fitted, scoring=scoring), {"supports": supports, "device": device.type,
                                                            "tile_size": options.tile_size, "overlap": options.overlap,
                                                            "stretch": stretch}
+
+
+def _refuse_one_class(names: list[str], pairs: int) -> None:
+    """Refuse fewer than two classes over every pair pooled: a pair may hold one class (trees drawn over one
+    raster, buildings over another), as long as the file tells two or more apart."""
+    names = list(dict.fromkeys(names))
+    if len(names) < 2:
+        raise GeoprotoError(f"the support{'s hold' if pairs > 1 else ' holds'} one class ({names[0]!r}); label at "
+                            f"least two, e.g. the class you want and what surrounds it", param="support")
 
 
 def _refuse_repeated_pairs(pairs: list[tuple[str, str]]) -> None:

@@ -434,3 +434,30 @@ def test_a_prototype_file_named_like_a_raster_is_refused_and_replaces_nothing(sc
         assert result.output == f"Error: --output: {classes}: a prototype file is named *.gpp (or *.npz), not *.tif\n"
         assert classes.read_bytes() == b"a class raster"
     assert synthetic.leftovers(tmp_path, "image.tif", "support.gpkg", "a.gpp", "classes.tif") == []
+
+
+def test_pairs_of_one_class_each_pool_into_one_file_of_both(scene, tmp_path):
+    """Bright drawn with one pair and dark with another: the file holds both, with the prototypes one support
+    of both squares gives, so it segments alike; a support of one class on its own is still refused."""
+    image, support = scene
+    squares = geopandas.read_file(support)
+    squares.iloc[[0]].to_file(tmp_path / "bright.gpkg")
+    squares.iloc[[1]].to_file(tmp_path / "dark.gpkg")
+    tiling = ["--tile-size", 96, "--overlap", 0, "--scoring", "prototypes", "-q"]
+    pooled = run("prototypes", image, image, "-s", tmp_path / "bright.gpkg", "-s", tmp_path / "dark.gpkg",
+                 "-o", tmp_path / "pooled.gpp", *tiling, "--json")
+    assert pooled.exit_code == 0, pooled.output
+    assert [c["name"] for c in json.loads(pooled.stdout)["classes"]] == ["bright", "dark"]
+    whole = run("prototypes", image, "-s", support, "-o", tmp_path / "whole.gpp", *tiling)
+    assert whole.exit_code == 0, whole.output
+    for name in ("pooled", "whole"):
+        result = run("segment", image, "--prototypes", tmp_path / f"{name}.gpp", "-o", tmp_path / f"{name}.tif",
+                     "--no-crf", *tiling)
+        assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "pooled.tif") as a, rasterio.open(tmp_path / "whole.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+        assert set(np.unique(a.read(1))) == {1, 2}
+    alone = run("prototypes", image, "-s", tmp_path / "bright.gpkg", "-o", tmp_path / "alone.gpp", *tiling)
+    assert alone.exit_code == 1
+    assert "--support: the support holds one class ('bright'); label at least two" in alone.output
+    assert not (tmp_path / "alone.gpp").exists()
