@@ -531,6 +531,26 @@ def test_folder_integer_masks(tmp_path):
     assert image.shape == (3, 10, 12)
 
 
+def test_values_of_no_class_are_judged_on_the_whole_mask_not_on_a_crop(tmp_path):
+    """A mask with 0.6 % of a value of no class, all in one corner: a crop of that corner (36 % of it) is
+    read, as an episode or patch would read it; 2.25 % over the whole mask is refused, naming the value."""
+    root = tmp_path / "ints"
+    rng = np.random.default_rng(9)
+    ids = rng.integers(1, 5, (80, 80)).astype(np.uint8)
+    ids[:6, :6] = 9  # 36 px of 6400
+    write_raster(root / "images" / "a.tif", rng.integers(0, 256, (3, 80, 80), dtype=np.uint8))
+    write_raster(root / "masks" / "a.tif", ids)
+    _class_file(root, colours=False)
+    data = load_folder(str(root))
+    _, labels = data.read(data.samples[0], 0, 0, 10, 10)
+    assert (labels[:6, :6] == 0).all() and (labels[6:, 6:] > 0).all()
+    ids[:12, :12] = 9  # 144 px: 2.25 %
+    write_raster(root / "masks" / "a.tif", ids)
+    data = load_folder(str(root))
+    with pytest.raises(GeoprotoError, match=r"a\.tif: 2\.2% of label pixels hold values of no class \(9\)"):
+        data.read(data.samples[0], 40, 40, 10, 10)  # a crop with none of them: the mask is judged
+
+
 def test_folder_pixel_size_comes_from_the_georeferencing(tmp_path):
     """What the CRF's kernels are set from, as ``segment`` sets them from the raster: 0.25 m pixels in
     a projected CRS, none for a plain image."""

@@ -45,8 +45,9 @@ class LabelDecoder:
     source: str = ""
     hint: str = ""  # what to do about values of no class, after "check the dataset's class ids"
 
-    def __call__(self, data: np.ndarray, path: str | None = None) -> np.ndarray:
-        """``data``: bands x H x W as read from the label file ``path`` (named in errors)."""
+    def __call__(self, data: np.ndarray, path: str | None = None, check: bool = True) -> np.ndarray:
+        """``data``: bands x H x W as read from the label file ``path`` (named in errors). ``check``: refuse
+        more than UNKNOWN_LABEL_TOLERANCE of values of no class; a whole mask's share, not a crop's."""
         where = path or self.source
         if self.colors is None:
             values = data[0].astype(np.int64)
@@ -54,7 +55,7 @@ class LabelDecoder:
                 raise GeoprotoError(f"{where}: label value {values.max()} has no class")
             labels = self.values[values].astype(np.uint8)
             unknown = (labels == 0) & ~np.isin(values, self.ignore_values)
-            if unknown.mean() > UNKNOWN_LABEL_TOLERANCE:
+            if check and unknown.mean() > UNKNOWN_LABEL_TOLERANCE:
                 found = ", ".join(map(str, np.unique(values[unknown])[:5].tolist()))
                 raise GeoprotoError(f"{where}: {unknown.mean():.1%} of label pixels hold values of no class "
                                     f"({found}); check the dataset's class ids{self.hint}")
@@ -70,7 +71,7 @@ class LabelDecoder:
         labels = np.where(hit, ids[order][position], 0).astype(np.uint8)
         ignored = np.isin(code, [(r << 16) | (g << 8) | b for r, g, b in self.ignore_colors])
         unknown = float((~hit & ~ignored).mean())
-        if unknown > UNKNOWN_LABEL_TOLERANCE:
+        if check and unknown > UNKNOWN_LABEL_TOLERANCE:
             raise GeoprotoError(f"{where}: {unknown:.1%} of label pixels have colours of no class; "
                                 f"check the dataset's colour table")
         return labels
@@ -88,6 +89,8 @@ class LabelledDataset:
     bands: list[int] | None = None  # image bands to read (1-based); None: the first three
     downsample: int = 1
     source_pixel_m: float | None = None  # ground size of a file pixel; None: read from the first image
+    # Label files whose share of values of no class was checked, whole (``_read_labels``): once each.
+    checked_labels: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @functools.cached_property
     def pixel_size_m(self) -> float | None:
@@ -140,12 +143,19 @@ class LabelledDataset:
         return self._read_labels(sample, height, width, None)
 
     def _read_labels(self, sample: Sample, height: int, width: int, window: Window | None) -> np.ndarray:
+        """Ids of the label file, whole or a window. The tolerance of values of no class applies to a whole
+        mask (edges of 255 crowd into some crops): a window's first read checks its mask at a quarter size."""
+        if window is not None and sample.label not in self.checked_labels:
+            full_height, full_width = self.size(sample)
+            self.read_labels(sample, max(1, full_height // 4), max(1, full_width // 4))
         with open_raster(sample.label) as src:
             data = _read(src, list(src.indexes), window, (height, width), Resampling.nearest)
             palette = palette_colors(src) if self.decoder.colors is not None and src.count == 1 else None
             if palette is not None:
                 data = np.transpose(palette[data[0]], (2, 0, 1))
-        return self.decoder(data, sample.label)
+        labels = self.decoder(data, sample.label, check=window is None)
+        self.checked_labels.add(sample.label)
+        return labels
 
 
 def _read(src, bands: list[int], window: Window | None, shape: tuple[int, int], resampling,
