@@ -59,6 +59,15 @@ def refuse_reserved_names(names, where: str) -> None:
                             f"unlabelled, or outside segment's --aoi)")
 
 
+def refuse_one_class(names, where: str, param: str | None = None) -> None:
+    """Refuse a support of fewer than two classes (``names``, repeats allowed): a single class has nothing to
+    tell apart (it labels every pixel, and cross-validates perfectly)."""
+    names = list(dict.fromkeys(names))
+    if len(names) < 2:
+        raise GeoprotoError(f"{where}: holds one class ({names[0]!r}); label at least two, e.g. the class you want "
+                            f"and what surrounds it", param=param)
+
+
 def hex_to_rgb(value: str) -> tuple[int, int, int]:
     """``#RRGGBB`` (or ``RRGGBB``) as an RGB triple."""
     value = value.lstrip("#")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from .classes import ClassInfo
+from .classes import ClassInfo, refuse_one_class
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, class_scores, upsample_scores
 from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit, at_scales
@@ -148,9 +148,8 @@ def accumulate_support(extract: FeatureExtractor, supports: list[tuple[RasterSou
         name, over_nodata = empty[0]
         where = "on valid data (all its support lies over nodata)" if over_nodata else "inside the raster"
         raise GeoprotoError(f"class {name!r} has no labelled pixel {where}; label some or remove it")
-    if len(classes.ids) < min_classes:  # 1: one of several supports pooled (``prototypes``)
-        raise GeoprotoError(f"support holds one class ({classes.names[0]!r}); label at least two, e.g. "
-                            f"the class you want and what surrounds it")
+    if min_classes > 1:  # 1: one of several supports pooled (``prototypes``)
+        refuse_one_class(classes.names, "support")
     # The window sides used: ``size`` for rasters larger than a window, their own for smaller ones.
     stats = {"windows": sum(map(len, labelled.values())), "window_sizes": sorted(labelled),
              "model_seconds": round(model_seconds, 3),

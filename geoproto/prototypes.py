@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .classes import MAX_CLASS_ID, ClassInfo
+from .classes import MAX_CLASS_ID, ClassInfo, refuse_one_class
 from .classifier import accumulate_support
 from .errors import GeoprotoError
 from .heads import LINEAR, VARIANTS, SupportFit, at_scales
@@ -60,7 +60,11 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
             check_window_memory(window_size(src.height, src.width, options.tile_size, GRID), batch_size,
                                 len(opened[-1].classes.ids))
             opened[-1].close()  # handles reopen on use: a run over many pairs keeps few files open
-        _refuse_one_class([name for inputs in opened for name in inputs.classes.names], len(pairs))
+        # each pair may hold one class (trees over one raster, buildings over another), as long as they pool
+        # into two or more
+        support_files = list(dict.fromkeys(support for _, support in pairs))
+        where = support_files[0] if len(support_files) == 1 else "the supports of every pair"
+        refuse_one_class([name for inputs in opened for name in inputs.classes.names], where, "support")
         stretch = stretch_inputs(opened, options.stretch)  # as segment stretches the same rasters
         extract, info, _, chosen = choose_encoder_and_scoring(
             *_cross_validation_pairs(opened, [support for _, support in pairs]), options, device, batch_size,
@@ -92,21 +96,12 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
         for inputs in opened:
             inputs.close()
     pooled = merge(files)
-    _refuse_one_class(pooled.classes.names, len(pairs))  # a classes file's other classes may have no pixel
+    refuse_one_class(pooled.classes.names, where, "support")  # a classes file's classes may lack pixels
     fitted = {"weight": _pooled_fit(accumulators, files, pooled).fit(options.alpha).weight.numpy()} \
         if head == LINEAR else {}
     return replace(pooled, head=fitted, scoring=scoring), {"supports": supports, "device": device.type,
                                                            "tile_size": options.tile_size, "overlap": options.overlap,
                                                            "stretch": stretch}
-
-
-def _refuse_one_class(names: list[str], pairs: int) -> None:
-    """Refuse fewer than two classes over every pair pooled: a pair may hold one class (trees drawn over one
-    raster, buildings over another), as long as the file tells two or more apart."""
-    names = list(dict.fromkeys(names))
-    if len(names) < 2:
-        raise GeoprotoError(f"the support{'s hold' if pairs > 1 else ' holds'} one class ({names[0]!r}); label at "
-                            f"least two, e.g. the class you want and what surrounds it", param="support")
 
 
 def _refuse_repeated_pairs(pairs: list[tuple[str, str]]) -> None:

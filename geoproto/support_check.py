@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .classes import ClassInfo
+from .classes import ClassInfo, refuse_one_class
 from .errors import GeoprotoError
 from .inputs import SupportLabels, stretch_inputs, support_pairs
 from .models.runtime import GRID, FeatureExtractor, default_batch_size, resolve_device
@@ -56,10 +56,7 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
                                                      read_files=read_files)) for image in images]
         stretch = stretch_inputs(opened, options.stretch)  # as segment reads the same rasters
         supports, classes = support_pairs(opened, support)
-        if len(classes.ids) < 2:  # one class cross-validates perfectly, and segment refuses it
-            raise GeoprotoError(f"{support}: holds one class ({classes.names[0]!r}), so there is nothing to tell "
-                                f"apart; label at least two, e.g. the class you want and what surrounds it",
-                                param="support")
+        refuse_one_class(classes.names, support, "support")  # as segment refuses it, before any work
         # The largest window read: the tile, or the largest support raster's own if all are smaller.
         check_window_memory(max(window_size(source.dataset.height, source.dataset.width, options.tile_size, GRID)
                                 for source, _ in supports), batch_size, len(classes.ids))

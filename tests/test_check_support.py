@@ -654,5 +654,5 @@ def test_a_support_of_one_class_is_refused_as_segment_refuses_it(tmp_path, monke
     monkeypatch.setattr(geoproto.support_check, "choose_encoder", lambda *a, **k: pytest.fail("cross-validated"))
     result = CliRunner().invoke(main, ["check-support", str(image), "--support", str(support)])
     assert result.exit_code == 1
-    assert result.output == (f"Error: --support: {support}: holds one class ('bright'), so there is nothing to tell "
-                             f"apart; label at least two, e.g. the class you want and what surrounds it\n")
+    assert result.output == (f"Error: --support: {support}: holds one class ('bright'); label at least two, e.g. "
+                             f"the class you want and what surrounds it\n")

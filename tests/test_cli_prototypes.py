@@ -459,5 +459,5 @@ def test_pairs_of_one_class_each_pool_into_one_file_of_both(scene, tmp_path):
         assert set(np.unique(a.read(1))) == {1, 2}
     alone = run("prototypes", image, "-s", tmp_path / "bright.gpkg", "-o", tmp_path / "alone.gpp", *tiling)
     assert alone.exit_code == 1
-    assert "--support: the support holds one class ('bright'); label at least two" in alone.output
+    assert f"--support: {tmp_path / 'bright.gpkg'}: holds one class ('bright'); label at least two" in alone.output
     assert not (tmp_path / "alone.gpp").exists()

@@ -116,3 +116,16 @@ def test_creation_options_gdal_would_ignore_are_refused_naming_option_and_driver
     assert result.exit_code == 1
     assert result.output == f"Error: --co: {message}: it would be ignored\n"
     assert synthetic.leftovers(out) == []
+
+
+def test_a_support_of_one_class_is_refused_leaving_nothing(tmp_path):
+    """One class would label every pixel with it: refused, once the support is read, naming the class."""
+    image = synthetic.write_raster(tmp_path / "image.tif", synthetic.two_halves())
+    support = synthetic.write_support(tmp_path / "support.gpkg", classes=("bright",))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(image, "--support", support, "-o", out / "c.tif")
+    assert result.exit_code == 1
+    assert result.output == ("Error: support: holds one class ('bright'); label at least two, e.g. the class you "
+                             "want and what surrounds it\n")
+    assert synthetic.leftovers(out) == []
