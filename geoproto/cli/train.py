@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..training import TrainConfig, build_samplers, check_dataset_settings, load_dataset, train
+from ..training import TrainConfig, build_samplers, check_dataset_settings, check_run_folder, load_dataset, train
 from ..training.trainer import TRAIN_RANGES
 from .options import (backbone_option, command_line, dataset_options, device_option, handle_errors, init_weights_option,
                       integer, integer_list, json_option, number, print_json, quiet_option, show_progress)
@@ -58,9 +58,10 @@ def train_command(dataset, root, city, bands, eroded, downsample, fold, split, h
                   test_classes, output, val_split, resume, overwrite, quiet, as_json, lr_milestones, **settings):
     """Train the encoder on C-way K-shot episodes and write checkpoints for `segment --checkpoint`."""
     check_dataset_settings(dataset, fold=fold)
+    config = TrainConfig(lr_milestones=lr_milestones or [], **settings)
+    check_run_folder(config, output, resume, overwrite)  # before the dataset is read: minutes on PASCAL
     data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,
                         split=split, holdout=holdout)
-    config = TrainConfig(lr_milestones=lr_milestones or [], **settings)
     train_sampler, val_sampler = build_samplers(data, config, train_classes, test_classes, fold, val_split)
     metadata = {"command": command_line(click.get_current_context()),
                 "dataset": {"kind": dataset, "root": root, "name": data.name, "city": city, "fold": fold,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..datasets import LabelledDataset, fold_classes, load_folder, load_isprs, load_pascal5i
 from ..errors import GeoprotoError
 from .episodes import EpisodeSampler, EpisodeSpec
-from .trainer import TrainConfig, train
+from .trainer import TrainConfig, check_run_folder, train
 
 DATASETS = ("isprs", "pascal5i", "folder")
 # The datasets each optional setting of load_dataset (and PASCAL-5i's fold) means something for.
@@ -81,4 +81,5 @@ def build_samplers(data: LabelledDataset, config: TrainConfig, train_classes: st
     return train_sampler, val_sampler
 
 
-__all__ = ["EpisodeSampler", "EpisodeSpec", "TrainConfig", "build_samplers", "load_dataset", "train"]
+__all__ = ["EpisodeSampler", "EpisodeSpec", "TrainConfig", "build_samplers", "check_run_folder", "load_dataset",
+           "train"]

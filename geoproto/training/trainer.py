@@ -170,11 +170,10 @@ def _set_bn_eval(encoder: Encoder) -> None:
             module.eval()
 
 
-def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, config: TrainConfig, output: str,
-          resume: bool = False, metadata: dict | None = None, progress: bool = True, overwrite: bool = False) -> dict:
-    """Run (or resume) episodic training into the folder ``output``; returns a summary. A folder holding
-    a run is continued with ``resume`` or started again with ``overwrite`` (its files removed first),
-    never replaced otherwise: its checkpoints may be days of training."""
+def check_run_folder(config: TrainConfig, output: str, resume: bool = False, overwrite: bool = False) -> list[str]:
+    """Refuse a run ``train`` would refuse, from its settings alone (before a dataset is read: that can take
+    minutes): an episode too large for memory, trunk weights that are the run's own, and a folder holding a
+    run unless continued (``resume``) or started again (``overwrite``). Returns the run files it holds."""
     images = config.ways * config.shots + config.queries
     check_memory(images * config.crop ** 2 * TRAIN_BYTES_PER_PIXEL, f"{config.crop} px crops of {images} images "
                  f"per episode", "choose a smaller crop, or fewer shots or queries", param="crop")
@@ -186,10 +185,19 @@ def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, con
         raise GeoprotoError("continues the run, overwrite starts it again: give one", param="resume",
                             mentions=("overwrite",))
     existing = [name for name in RUN_FILES if os.path.lexists(os.path.join(output, name))]
-    if existing and not resume:
-        if not overwrite:
-            raise GeoprotoError(f"{output}: holds a training run ({', '.join(existing)}); continue it with resume, "
-                                f"or allow overwrite to start again", param="output", mentions=("resume", "overwrite"))
+    if existing and not resume and not overwrite:
+        raise GeoprotoError(f"{output}: holds a training run ({', '.join(existing)}); continue it with resume, "
+                            f"or allow overwrite to start again", param="output", mentions=("resume", "overwrite"))
+    return existing
+
+
+def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, config: TrainConfig, output: str,
+          resume: bool = False, metadata: dict | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+    """Run (or resume) episodic training into the folder ``output``; returns a summary. A folder holding
+    a run is continued with ``resume`` or started again with ``overwrite`` (its files removed first),
+    never replaced otherwise: its checkpoints may be days of training (``check_run_folder``)."""
+    existing = check_run_folder(config, output, resume, overwrite)
+    if not resume:
         for name in existing:  # a stale best.pt or log lines of the old run must not pass for the new one's
             os.remove(os.path.join(output, name))
     try:
