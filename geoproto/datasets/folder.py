@@ -28,12 +28,11 @@ def load_folder(root: str, split_file: str | None = None, holdout: str | None = 
     classes = read_class_file(str(base / "classes.json"))
     raw = json.loads((base / "classes.json").read_text())
     masks = {p.stem: p for p in (base / "masks").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    samples = [Sample(p.stem, str(p), str(masks[p.stem])) for p in sorted((base / "images").iterdir())
-               if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in masks]
+    images = sorted(p for p in (base / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    samples = [Sample(p.stem, str(p), str(masks[p.stem])) for p in images if p.stem in masks]
     if not samples:
         raise GeoprotoError(f"{root}: no image in images/ has a mask with the same name in masks/")
-    unmasked = sorted(p.name for p in (base / "images").iterdir()
-                      if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in masks)
+    unmasked = [p.name for p in images if p.stem not in masks]
     if unmasked:
         warnings.warn(f"{root}: {len(unmasked)} image(s) in images/ have no mask of the same name in masks/ "
                       f"(first: {unmasked[0]}); left out")
