@@ -1,5 +1,9 @@
 """The one exception type the CLI turns into a one-line message and a non-zero exit code."""
 
+from __future__ import annotations
+
+import contextlib
+
 
 class GeoprotoError(Exception):
     """A problem with the user's input or environment, stated so they can fix it.
@@ -28,3 +32,14 @@ class GeoprotoWarning(UserWarning):
         super().__init__(message)
         self.message = message
         self.mentions = mentions
+
+
+@contextlib.contextmanager
+def renamed_params(names: dict[str | None, str | None]):
+    """Errors raised inside name the caller's parameters: ``names`` maps a parameter (None: an error naming
+    none, e.g. a file's problem) to the caller's one that set it (``score``'s ``truth`` for ``support``)."""
+    try:
+        yield
+    except GeoprotoError as exc:
+        raise GeoprotoError(exc.message, param=names.get(exc.param, exc.param),
+                            mentions=tuple(names.get(m, m) for m in exc.mentions)) from None

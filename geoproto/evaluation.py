@@ -25,7 +25,7 @@ from . import crf as crf_module
 from . import crf_torch
 from .datasets import LabelledDataset
 from .classes import NODATA, NODATA_NAME, ClassInfo
-from .errors import GeoprotoError
+from .errors import GeoprotoError, renamed_params
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
 from .heads import LINEAR, VARIANTS, SupportCells, at_scales, fit_linear_head
@@ -182,11 +182,8 @@ def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | Non
     (``truth_crs: ...``, not ``support_crs``, which score does not have)."""
     from .support import load_support
 
-    try:
+    with renamed_params(_TRUTH_PARAMS):
         return load_support(truth, src, class_field, None, truth_crs, classes_file)
-    except GeoprotoError as exc:
-        raise GeoprotoError(exc.message, param=_TRUTH_PARAMS.get(exc.param, exc.param),
-                            mentions=tuple(_TRUTH_PARAMS.get(m, m) for m in exc.mentions)) from None
 
 
 def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_classes: ClassInfo,

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import __version__
 from .classes import MAX_CLASS_ID, ClassInfo, hex_to_rgb
-from .errors import GeoprotoError
+from .errors import GeoprotoError, renamed_params
 from .validation import DEFAULT_ALPHA, check_alpha
 
 FORMAT = "geoproto-prototypes"
@@ -261,10 +261,8 @@ def _rgb_to_hex(color) -> str | None:
 def load_prototypes(path: str, param: str | None = "prototypes") -> PrototypeFile:
     """Read and check a prototype file; any problem is a GeoprotoError naming ``path`` (and ``param``, the
     caller's parameter that gave it)."""
-    try:
+    with renamed_params({None: param}):
         return _load(path)
-    except GeoprotoError as exc:
-        raise GeoprotoError(exc.message, param=param) from None
 
 
 def _load(path: str) -> PrototypeFile:

@@ -9,7 +9,6 @@ arbitrary pickled objects is refused without running them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import re
@@ -17,7 +16,7 @@ import zipfile
 
 import torch
 
-from ..errors import GeoprotoError
+from ..errors import GeoprotoError, renamed_params
 from ..validation import check_memory
 from .encoder import BACKBONES, DEFAULT_BACKBONE, Encoder
 
@@ -128,23 +127,12 @@ def load_checkpoint(path: str) -> tuple[Encoder, dict]:
     return encoder.eval(), dict(metadata) if isinstance(metadata, dict) else {}
 
 
-@contextlib.contextmanager
-def _blamed(param: str | None):
-    """Errors reading the file the user gave as ``param`` name that option (``--checkpoint: x.pt: ...``)."""
-    try:
-        yield
-    except GeoprotoError as exc:
-        if param is None or exc.param is not None:
-            raise
-        raise GeoprotoError(exc.message, param=param, mentions=exc.mentions) from None
-
-
 def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = None,
                   init_weights: str | None = None, with_head: bool = False) -> tuple[Encoder, dict]:
     """A checkpoint's encoder if given, else ImageNet trunk weights; a head (randomly initialised) only
     when asked for, i.e. to be trained."""
     if checkpoint:
-        with _blamed("checkpoint"):
+        with renamed_params({None: "checkpoint"}):
             return load_checkpoint(checkpoint)
     if backbone not in BACKBONES:
         raise GeoprotoError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
@@ -154,7 +142,7 @@ def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = Non
         raise GeoprotoError(
             f"the {backbone} encoder ships without weights: give ImageNet weights in torchvision's layout, "
             f"or a trained checkpoint", param="init_weights")
-    with _blamed("init_weights" if init_weights else None):
+    with renamed_params({None: "init_weights" if init_weights else None}):
         state = safe_load(weights)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
