@@ -201,7 +201,8 @@ def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_
         raise GeoprotoError(f"{unknown[0]}={mapping[unknown[0]]}: {unknown[0]!r} is no class of {of_truth} nor "
                             f"of {of_prediction}", param="mapping")
     truth_names = {mapping.get(n, n) for n in [*truth_classes.names, *([background] if background else [])]}
-    if not truth_names & {mapping.get(n, n) for n in predicted.names}:
+    # a prediction without a class (all nodata) is scored as such: its unpredicted share says so
+    if predicted.names and not truth_names & {mapping.get(n, n) for n in predicted.names}:
         hint = "name the truth raster's classes (classes_file) or " if unnamed_raster else ""
         raise GeoprotoError(f"no class of {of_truth} is named as one of {of_prediction}, so every score would "
                             f"be 0: {hint}pair them with mapping (e.g. {truth_classes.names[0]}="

@@ -435,6 +435,15 @@ def test_score_refuses_classes_that_pair_nothing_naming_both_sides(tmp_path):
     assert report["class_names"] == ["tree", "ground"] and report["overall_accuracy"] == 1.0
 
 
+def test_score_of_a_prediction_without_a_class_says_it_is_all_nodata(tmp_path):
+    """It failed with 'unexpected IndexError' while looking for a class name both sides share."""
+    truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)),
+                          {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    prediction = _class_raster(tmp_path / "p.tif", np.zeros((64, 64), np.uint8))
+    report = score(prediction, truth)
+    assert (report["unpredicted_pixels"], report["unpredicted_share"]) == (64 * 64, 1.0)
+
+
 @pytest.mark.parametrize("option, value", [("--background", "tree"), ("--class-field", "kind"),
                                            ("--truth-crs", "EPSG:4326")])
 def test_score_refuses_polygon_options_with_a_truth_raster(tmp_path, option, value):
