@@ -101,6 +101,26 @@ def test_a_reader_closing_stdout_ends_the_command_quietly_with_sigpipes_exit_cod
     assert stderr == ""
 
 
+def test_a_broken_pipe_that_is_not_stdout_s_is_an_error(tmp_path):
+    """A pipe to a worker or a socket breaking is a failure: it must not pass for the reader of stdout leaving
+    (a quiet exit 141)."""
+    import os
+    import subprocess
+    import sys
+
+    import geoproto
+
+    script = ("import click\nfrom geoproto.cli.options import handle_errors\n"
+              "@click.command()\n@handle_errors\ndef command():\n"
+              "    click.echo('a line')\n    raise BrokenPipeError(32, 'Broken pipe')\ncommand()\n")
+    root = os.path.dirname(os.path.dirname(geoproto.__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=120)
+    assert done.returncode == 1 and done.stdout == b"a line\n"
+    assert done.stderr.decode() == ("Error: unexpected BrokenPipeError: [Errno 32] Broken pipe (rerun with --debug "
+                                    "for details)\n")
+
+
 def test_ctrl_c_while_a_command_loads_exits_130(monkeypatch):
     """Interrupted during the seconds torch takes to import, a command said "Aborted!" and exited 1."""
     import geoproto.cli

@@ -64,7 +64,11 @@ def handle_errors(command):
             sys.exit(exc.exit_code)
         except click.exceptions.ClickException:
             raise
-        except BrokenPipeError:
+        except BrokenPipeError as exc:
+            if debug or not _stdout_reader_gone():  # another pipe (a worker's, a socket): unexpected
+                if debug:
+                    raise
+                raise click.ClickException(_unexpected(exc)) from None
             _stop_writing_stdout()
             sys.exit(128 + signal.SIGPIPE)
         except MemoryError:
@@ -75,10 +79,26 @@ def handle_errors(command):
         except Exception as exc:  # unexpected: still one line, with the way to see more
             if debug:
                 raise
-            raise click.ClickException(f"unexpected {type(exc).__name__}: {printable(exc)} (rerun with --debug for "
-                                       f"details)")
+            raise click.ClickException(_unexpected(exc)) from None
 
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"unexpected {type(exc).__name__}: {printable(exc)} (rerun with --debug for details)"
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (the kernel flags its write end with POLLERR); a
+    stdout without a descriptor (click's test runner) has no reader to lose."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _stop_writing_stdout() -> None:
