@@ -14,6 +14,7 @@ from ..evaluation import evaluate, format_table
 from ..heads import VARIANTS
 from ..models import select_encoder
 from ..models.runtime import resolve_device
+from ..models.shipped import refuse_two_encoders
 from ..output import StagedOutputs
 from ..training import check_dataset_settings, load_dataset
 from ..training.trainer import TRAIN_RANGES
@@ -60,6 +61,7 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
                                               "split": split})
     with staged:
         report_tmp = staged.stage(report, "report") if report else None
+        refuse_two_encoders(encoder, checkpoint, init_weights)
         check_dataset_settings(dataset, fold=fold)
         if fold is not None and class_names:
             raise GeoprotoError("evaluates the fold's unseen classes; give it or class_names", param="fold",

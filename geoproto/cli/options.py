@@ -286,7 +286,7 @@ def _encoder_option(auto: bool):
     """``--encoder``: a shipped encoder by name, and ``auto`` where there are support polygons to choose on."""
     return click.option(
         "--encoder", type=click.Choice(["auto", *shipped_names()] if auto else shipped_names()),
-        default=DEFAULT_ENCODER, show_default=True, callback=_given_or_none if auto else None,
+        default=DEFAULT_ENCODER, show_default=True, callback=_given_or_none,
         help="Shipped encoder" + (f"; auto cross-validates each on the support polygons and leaves the default "
                                   f"only for one that beats it in {SWITCH_CONFIDENCE:.0%} of the bootstrap "
                                   f"resamples. segment --prototypes uses the file's own unless --encoder is given."
