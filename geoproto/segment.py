@@ -440,7 +440,7 @@ def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: 
             classifier = replace(classifier, prototypes=journal.keep_prototypes(classifier.prototypes))
         with gdal_write_errors(job.output):
             writer = ResultWriter(src, crs, classifier.classes, paths.classes, paths.probabilities, metadata,
-                                  options.creation_options)
+                                  options.creation_options, cog=raster_format == "COG")
             try:
                 resumed, resumed_rejected = journal.replay(writer) if journal else (0, 0)
                 windows = ClippedSource(source, job.area) if job.area is not None else source
