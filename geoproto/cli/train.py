@@ -7,7 +7,8 @@ import click
 from ..training import TrainConfig, build_samplers, check_dataset_settings, load_dataset, train
 from ..training.trainer import TRAIN_RANGES
 from .options import (backbone_option, command_line, dataset_options, device_option, handle_errors, init_weights_option,
-                      integer, integer_list, json_option, number, print_json, quiet_option, show_progress)
+                      integer, integer_list, json_option, number, print_json, printable, quiet_option,
+                      show_progress)
 
 _DEFAULTS = TrainConfig()
 
@@ -71,4 +72,4 @@ def train_command(dataset, root, city, bands, eroded, downsample, fold, split, h
         print_json(summary)
     elif not quiet:
         click.echo(f"Trained {summary['iterations']} episodes in {summary['seconds']:.0f} s; "
-                   f"checkpoints in {output}", err=True)
+                   f"checkpoints in {printable(output)}", err=True)
