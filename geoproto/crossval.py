@@ -278,6 +278,12 @@ def reliable_choice(group_confusions: dict[str, np.ndarray], default: str, kind:
     polygons drawn (measured on the Dubai tiles: the plain best-F1 choice of encoder cost up to 11 OA
     points on a tile), so a lead must be reliable to overrule the default.
     """
+    if not any(m.sum() for m in group_confusions.values()):
+        return {"picked": default, "default": default, "mean_f1": dict.fromkeys(group_confusions),
+                "beats_default": dict.fromkeys(name for name in group_confusions if name != default),
+                "reason": f"kept the default {default}: nothing could be cross-validated (every fold held out all "
+                          f"the polygons of some class, leaving nothing to learn it from: draw each class in "
+                          f"more places)"}
     rng = np.random.default_rng(seed)
     groups = next(iter(group_confusions.values())).shape[0]
     weights = rng.multinomial(groups, np.full(groups, 1 / groups), size=resamples).astype(np.float64)
@@ -334,13 +340,14 @@ def choose_scoring(extract, features: list[torch.Tensor], windows: SupportWindow
 
 def _mean_f1(matrices: np.ndarray) -> np.ndarray:
     """Mean class F1 of each of a stack of confusion matrices (B x K x K); classes never seen nor
-    predicted are left out, as in ``metrics.scores``."""
+    predicted are left out, as in ``metrics.scores``; NaN where no class is (nothing held out), which
+    compares unequal to every score."""
     true_positive = np.diagonal(matrices, axis1=1, axis2=2)
     total = matrices.sum(1) + matrices.sum(2)
     with np.errstate(divide="ignore", invalid="ignore"):
         f1 = np.where(total > 0, 2 * true_positive / total, np.nan)
         counted = np.isfinite(f1).sum(1)
-        return np.where(counted > 0, np.nansum(f1, 1) / np.maximum(counted, 1), -1.0)
+        return np.where(counted > 0, np.nansum(f1, 1) / np.maximum(counted, 1), np.nan)
 
 
 def report(group_confusion: np.ndarray, classes: ClassInfo, windows: SupportWindows) -> dict:

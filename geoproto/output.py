@@ -225,6 +225,40 @@ def with_options(defaults: dict, creation_options: dict) -> dict:
     return {**{k: v for k, v in defaults.items() if k.lower() not in overridden}, **creation_options}
 
 
+# The COG driver's creation options that GDAL's GTiff driver takes under the same name with the same values;
+# the COG's others either have a GTiff equivalent (``geotiff_options``) or shape only the COG's layout.
+_SHARED_WITH_GTIFF = {"compress", "num_threads", "nbits", "bigtiff", "sparse_ok", "geotiff_version", "max_z_error",
+                      "jxl_lossless", "jxl_effort", "jxl_distance", "jxl_alpha_distance"}
+_COG_PREDICTORS = {"yes": None, "standard": "2", "floating_point": "3", "no": "1"}  # None: by data type
+_LEVEL_NAMES = {"zstd": "zstd_level", "lerc_zstd": "zstd_level", "lzma": "lzma_preset"}  # else: zlevel (deflate)
+_QUALITY_NAMES = {"jpeg": "jpeg_quality", "webp": "webp_level"}
+
+
+def geotiff_options(cog_options: dict, dtype: str) -> dict:
+    """The GeoTIFF equivalent of a COG's creation options, for the rasters written as GeoTIFFs when the
+    class raster is a COG (the class raster before its COG copy, the probabilities): the COG names the
+    predictor YES/STANDARD/FLOATING_POINT/NO, its blocks BLOCKSIZE, its compression LEVEL and QUALITY,
+    where GTiff takes 1/2/3, BLOCKXSIZE/BLOCKYSIZE, ZLEVEL... Options that shape only the COG's layout
+    (overviews, tiling scheme) are left to the copy; a value the COG driver does not know passes as given,
+    for GDAL to refuse."""
+    compress = next((str(v).lower() for k, v in cog_options.items() if k.lower() == "compress"), "")
+    translated = {}
+    for name, value in cog_options.items():
+        key = name.lower()
+        if key in _SHARED_WITH_GTIFF:
+            translated[name] = value
+        elif key == "predictor":
+            predictor = _COG_PREDICTORS.get(str(value).lower(), value)
+            translated[name] = predictor or ("3" if np.issubdtype(np.dtype(dtype), np.floating) else "2")
+        elif key == "blocksize":
+            translated.update(blockxsize=value, blockysize=value)
+        elif key == "level":
+            translated[_LEVEL_NAMES.get(compress, "zlevel")] = value
+        elif key == "quality" and compress in _QUALITY_NAMES:
+            translated[_QUALITY_NAMES[compress]] = value
+    return translated
+
+
 def _geotiff_profile(reference, crs, count: int, dtype: str, nodata, creation_options: dict) -> dict:
     return with_options({
         "driver": "GTiff", "width": reference.width, "height": reference.height, "count": count,
@@ -242,17 +276,22 @@ class ResultWriter:
     """
 
     def __init__(self, reference, crs, classes: ClassInfo, class_path: str, probability_path: str | None,
-                 metadata: dict[str, str] | None = None, creation_options: dict | None = None):
+                 metadata: dict[str, str] | None = None, creation_options: dict | None = None, cog: bool = False):
+        """``cog``: the class raster becomes a COG (``convert_to_cog``), so ``creation_options`` are the COG
+        driver's, given here as their GeoTIFF equivalent (``geotiff_options``)."""
         self.classes = classes
-        options = creation_options or {}
+
+        def options(dtype):
+            return geotiff_options(creation_options or {}, dtype) if cog else creation_options or {}
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             self.labels = rasterio.open(class_path, "w", **_geotiff_profile(reference, crs, 1, "uint8", NODATA,
-                                                                            options))
+                                                                            options("uint8")))
             self.probabilities = None
             if probability_path:
                 profile = _geotiff_profile(reference, crs, len(classes.ids), "float32", PROBABILITY_NODATA,
-                                           with_options(PROBABILITY_OPTIONS, options))
+                                           with_options(PROBABILITY_OPTIONS, options("float32")))
                 self.probabilities = rasterio.open(probability_path, "w", **profile)
         self.labels.set_band_description(1, "class")
         tags = {f"CLASS_{i}": n for i, n in zip(classes.ids, classes.names)}
@@ -329,11 +368,12 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
     try:
         for what, dtype, nodata, defaults in rasters:
             try:
-                profile = _geotiff_profile(grid, None, 1, dtype, nodata, with_options(defaults, creation_options))
+                geotiff = geotiff_options(creation_options, dtype) if raster_format == "COG" else creation_options
+                profile = _geotiff_profile(grid, None, 1, dtype, nodata, with_options(defaults, geotiff))
                 with warnings.catch_warnings(), MemoryFile() as memory, MemoryFile() as cog:
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)
                     # The class raster's own driver judges the option names (a COG's options are passed
-                    # to the GeoTIFF written first too, and the probabilities stay GeoTIFFs).
+                    # to the GeoTIFF written first as their equivalent, and the probabilities stay GeoTIFFs).
                     ignored.driver = "GTiff"
                     ignored.judges_names = what == "the class raster" and raster_format != "COG"
                     with memory.open(**profile) as dst:

@@ -36,7 +36,7 @@ from .heads import DEFAULT_VARIANT, VARIANTS
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
-from .models.shipped import is_explicit
+from .models.shipped import is_explicit, refuse_two_encoders
 from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, StagedOutputs, area_histogram,
                      build_overviews, check_creation_options, class_areas, class_histogram, convert_to_cog, driver_name,
                      gdal_write_errors, output_driver, polygon_format, sieve_classes, write_area_report, write_legend,
@@ -139,6 +139,7 @@ class SegmentOptions:
                                 param="dask_local")
         if self.dask_scheduler or self.dask_local:
             import_distributed()  # Dask missing: said now, not after the support is encoded
+        refuse_two_encoders(self.encoder, self.checkpoint, self.init_weights)
         if self.prototypes is None:
             self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
             self.encoder = self.encoder or DEFAULT_ENCODER
@@ -439,7 +440,7 @@ def _segment_input(job: _Job, classifier: Classifier, batch_size: int, workers: 
             classifier = replace(classifier, prototypes=journal.keep_prototypes(classifier.prototypes))
         with gdal_write_errors(job.output):
             writer = ResultWriter(src, crs, classifier.classes, paths.classes, paths.probabilities, metadata,
-                                  options.creation_options)
+                                  options.creation_options, cog=raster_format == "COG")
             try:
                 resumed, resumed_rejected = journal.replay(writer) if journal else (0, 0)
                 windows = ClippedSource(source, job.area) if job.area is not None else source

@@ -137,6 +137,26 @@ def test_reliable_choice_switches_only_for_a_reliable_lead():
     assert "lucky beats it in" in choice["reason"]
 
 
+def test_nothing_cross_validated_is_said_plainly_without_placeholder_scores(paths, tmp_path):
+    """One polygon per class: every fold holds out a whole class, so no variant has a score; the report
+    says so (null in JSON, not a -1 placeholder nor "beats it in 0%")."""
+    _boxes(paths, [(10, 10, 60, 60), (300, 300, 350, 350), (600, 600, 650, 650)],
+           ["building", "ground", "tree"]).to_file(tmp_path / "one.gpkg")
+    arguments = ["check-support", str(paths.chip), "--support", str(tmp_path / "one.gpkg")]
+    result = CliRunner().invoke(main, arguments + ["--json"])
+    assert result.exit_code == 0, result.output
+    scoring = json.loads(result.stdout)["scoring"]
+    assert scoring["picked"] == "prototypes"
+    assert scoring["mean_f1"] == {"prototypes": None, "multiscale": None, "linear": None, "multiscale+linear": None}
+    assert set(scoring["beats_default"].values()) == {None}
+    assert scoring["reason"] == ("kept the default prototypes: nothing could be cross-validated (every fold held "
+                                 "out all the polygons of some class, leaving nothing to learn it from: draw each "
+                                 "class in more places)")
+    text = CliRunner().invoke(main, arguments).output
+    assert "scoring: kept the default prototypes: nothing could be cross-validated" in text
+    assert "-1.000" not in text and "0%" not in text
+
+
 def test_scoring_takes_a_lead_the_encoder_choice_would_not():
     """A variant ahead in most groups (mean F1 0.73 against 0.70, winning 87 % of the resamples) replaces
     plain prototypes at the scoring bar (half the resamples) but not at the encoder's (95 %); a tie stays

@@ -130,3 +130,26 @@ def test_ctrl_c_while_a_command_loads_exits_130(monkeypatch):
     monkeypatch.setattr(geoproto.cli.importlib, "import_module", interrupted)
     result = CliRunner().invoke(main, ["score", "p.tif", "--truth", "t.tif"])
     assert result.exit_code == 130 and result.output == "Interrupted.\n"
+
+
+@pytest.mark.parametrize("arguments, shown", [
+    (["segment", "", "-s", "s.gpkg", "-o", "c.tif"], "'IMAGE...'"),
+    (["segment", "i.tif", "--support", "", "-o", "c.tif"], "'--support' / '-s'"),
+    (["segment", "i.tif", "-s", "s.gpkg", "-o", ""], "'--output' / '-o'"),
+    (["check-support", "i.tif", "-s", "s.gpkg", "--checkpoint", ""], "'--checkpoint'"),
+    (["prototypes", "i.tif", "-s", "s.gpkg", "-s", "", "-o", "p.gpp"], "'--support' / '-s'"),
+    (["score", "p.tif", "--truth", "t.gpkg", "--classes", ""], "'--classes'"),
+    (["train", "--dataset", "folder", "--root", "", "-o", "run"], "'--root'"),
+])
+def test_an_empty_path_is_refused_as_such(tmp_path, monkeypatch, arguments, shown):
+    """Not ": no such file" (a file called "") nor the current folder taken for an output."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 2
+    assert result.output.endswith(f"Error: Invalid value for {shown}: empty path; give a file name\n")
+
+
+def test_an_option_whose_bare_flag_means_the_default_name_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["segment", "i.tif", "-s", "s.gpkg", "-o", "c.tif", "--vector"])
+    assert result.output.endswith("Error: --vector needs a file name (given alone, it is for --output-dir)\n")

@@ -637,6 +637,28 @@ def test_cog_driver_keeps_the_legend(scene, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "c.tif.aux.xml", "image.tif", "support.gpkg"]
 
 
+@pytest.mark.parametrize("predictor, probabilities", [("YES", "3"), ("STANDARD", "2")])
+def test_cog_takes_the_cog_drivers_own_option_values(scene, tmp_path, predictor, probabilities):
+    """-f COG options are the COG driver's (PREDICTOR=YES, BLOCKSIZE, LEVEL), though the class raster is
+    first written as a GeoTIFF (predictor 1/2/3, BLOCKXSIZE...) and the probabilities stay GeoTIFFs: these
+    get their GeoTIFF equivalent. A value neither driver knows is still refused before any work."""
+    image, support = scene
+    arguments = ["segment", str(image), "-s", str(support), "-o", str(tmp_path / "c.tif"), "--no-crf", "-f", "COG",
+                 "--probabilities", str(tmp_path / "p.tif"), "-q"]
+    result = CliRunner().invoke(main, arguments + ["--co", f"PREDICTOR={predictor}", "--co", "BLOCKSIZE=128",
+                                                   "--co", "LEVEL=9"])
+    assert result.exit_code == 0, result.output
+    assert "Warning" not in result.output  # GDAL warned about BLOCKSIZE and LEVEL on the GeoTIFF written first
+    with rasterio.open(tmp_path / "c.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2" and src.block_shapes[0] == (128, 128)
+    with rasterio.open(tmp_path / "p.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == probabilities and src.block_shapes[0] == (128, 128)
+    result = CliRunner().invoke(main, arguments + ["--co", "PREDICTOR=BOGUS", "--overwrite"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --co: GDAL cannot write the class raster with PREDICTOR=BOGUS")
+
+
 # --- reliability: numbers, aliases, NaN, bad support, killed runs (synthetic 96 px scenes) -------------
 
 FAST = ("--no-crf", "-q", "--tile-size", "64", "--overlap", "8")

@@ -373,6 +373,46 @@ def test_evaluate_report_never_replaces_the_checkpoint(tmp_path, monkeypatch):
     assert checkpoint.read_bytes() == b"weights"
 
 
+def test_evaluate_report_that_exists_is_kept_unless_overwrite(tmp_path, monkeypatch):
+    """As every other output: refused before any work, replaced only with --overwrite."""
+    import geoproto.cli.evaluate
+    from geoproto.errors import GeoprotoError
+
+    def started(*args, **kwargs):
+        raise GeoprotoError("evaluation started")
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", started)
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    arguments = ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--report", str(report)]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 1
+    assert result.output == f"Error: --report: {report}: exists; allow --overwrite to replace it\n"
+    result = CliRunner().invoke(main, arguments + ["--overwrite"])
+    assert result.output == "Error: evaluation started\n"
+    assert report.read_text() == "{}"
+
+
+def test_evaluate_refuses_a_shipped_encoder_beside_a_checkpoint_before_any_work(tmp_path, monkeypatch):
+    """As segment does; without --encoder the checkpoint is the encoder."""
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    arguments = ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--checkpoint", str(tmp_path / "m.pt")]
+    result = CliRunner().invoke(main, arguments + ["--encoder", "imagenet"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: --encoder: imagenet is a shipped encoder and --checkpoint gives one of your "
+                             "own: give one of them\n")
+    from geoproto.errors import GeoprotoError
+
+    def selected(encoder, *rest):
+        raise GeoprotoError(f"selected {encoder!r}")
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(geoproto.cli.evaluate, "select_encoder", selected)
+    assert CliRunner().invoke(main, arguments).output == "Error: selected None\n"
+
+
 def test_evaluate_encoder_auto_is_refused(tmp_path, monkeypatch):
     """``auto`` needs support polygons: the library refuses it naming its parameter; evaluate neither offers
     nor describes it (its choices are the shipped encoders), and says so before any work."""

@@ -409,8 +409,8 @@ def test_regions_under_the_minimum_beside_a_larger_one_merge_as_gdal_merges_them
 
 
 def test_creation_options_of_a_cog_are_judged_by_the_cog_driver():
-    """BLOCKSIZE is the COG driver's (the GeoTIFF written first warns about it): accepted for a COG with
-    probabilities (GeoTIFFs, which ignore it), refused for a GeoTIFF."""
+    """BLOCKSIZE is the COG driver's (the GeoTIFFs written beside it get BLOCKXSIZE/BLOCKYSIZE): accepted
+    for a COG with probabilities, refused for a GeoTIFF."""
     from geoproto.output import check_creation_options
 
     check_creation_options({"BLOCKSIZE": "512", "compress": "zstd"}, "COG", probabilities=True)

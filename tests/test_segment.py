@@ -123,3 +123,28 @@ def test_small_rasters_resume_to_the_uninterrupted_outputs(tmp_path, monkeypatch
     for name in ("one.tif", "two.tif"):
         with rasterio.open(tmp_path / "expected" / name) as first, rasterio.open(tmp_path / "out" / name) as second:
             np.testing.assert_array_equal(first.read(), second.read())
+
+
+@pytest.mark.parametrize("own", ["checkpoint", "init_weights"])
+def test_a_shipped_encoder_beside_ones_own_weights_is_refused(tmp_path, own):
+    """--encoder imagenet --checkpoint m.pt names two encoders; one would be silently ignored. Not naming
+    one (None, the CLI's value when --encoder is not given) or auto lets the weights decide."""
+    from click.testing import CliRunner
+
+    from geoproto.cli import main
+    from geoproto.errors import GeoprotoError
+
+    weights = str(tmp_path / "m.pt")
+    with pytest.raises(GeoprotoError, match=f"^encoder: imagenet is a shipped encoder and {own} gives one of your "
+                                            f"own: give one of them$") as info:
+        SegmentOptions(encoder="imagenet", **{own: weights})
+    assert info.value.mentions == (own,)
+    assert SegmentOptions(encoder="auto", **{own: weights}).encoder == "auto"
+    assert SegmentOptions(**{own: weights}).encoder is not None
+    flag = "--" + own.replace("_", "-")
+    for command in (["segment", "in.tif", "-s", "s.gpkg", "-o", str(tmp_path / "c.tif")],
+                    ["check-support", "in.tif", "-s", "s.gpkg"]):
+        result = CliRunner().invoke(main, command + ["--encoder", "dubai", flag, weights])
+        assert result.exit_code == 1
+        assert result.output == f"Error: --encoder: dubai is a shipped encoder and {flag} gives one of your own: " \
+                                f"give one of them\n"

@@ -229,3 +229,16 @@ def test_train_fold_is_pascal_5is(tmp_path):
                                             "train_classes and test_classes$"):
         build_samplers(None, TrainConfig(), test_classes="bus", fold=1)
     assert not (tmp_path / "run").exists()
+
+
+def test_closing_line_escapes_control_characters_of_the_output_path(tmp_path, monkeypatch):
+    """A path from the user's shell is printed with its escape codes escaped, as every path is."""
+    import geoproto.cli.train
+
+    monkeypatch.setattr(geoproto.cli.train, "load_dataset", lambda *a, **k: SimpleNamespace(name="d"))
+    monkeypatch.setattr(geoproto.cli.train, "build_samplers", lambda *a, **k: (SimpleNamespace(samples=[]), None))
+    monkeypatch.setattr(geoproto.cli.train, "train", lambda *a, **k: {"iterations": 2, "seconds": 1.0})
+    run = tmp_path / "run\x1b[2Jx"
+    result = CliRunner().invoke(main, ["train", "--dataset", "folder", "--root", str(tmp_path), "-o", str(run)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"Trained 2 episodes in 1 s; checkpoints in {tmp_path}/run\\x1b[2Jx\n"

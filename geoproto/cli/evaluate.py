@@ -14,12 +14,13 @@ from ..evaluation import evaluate, format_table
 from ..heads import VARIANTS
 from ..models import select_encoder
 from ..models.runtime import resolve_device
+from ..models.shipped import refuse_two_encoders
 from ..output import StagedOutputs
 from ..training import check_dataset_settings, load_dataset
 from ..training.trainer import TRAIN_RANGES
 from .options import (crf_backend_option, dataset_options, device_option, evaluated_encoder_options, handle_errors,
-                      integer, integer_list, json_option, not_stdio, number, print_json, printable, quiet_option,
-                      show_progress)
+                      integer, integer_list, json_option, not_stdio, number, overwrite_option, print_json, printable,
+                      quiet_option, show_progress)
 
 
 @click.command("evaluate")
@@ -46,19 +47,21 @@ from .options import (crf_backend_option, dataset_options, device_option, evalua
 @device_option
 @click.option("--report", type=click.Path(dir_okay=False), callback=not_stdio,
               help="Also write the full report as JSON to this file.")
+@overwrite_option
 @quiet_option
 @json_option
 @handle_errors
 def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split, holdout, encoder, backbone,
                      checkpoint, init_weights, shots, seeds, class_names, scoring, crf, crf_backend, pixel_size,
-                     crf_bilateral_px, train_split, test_split, device, report, quiet, as_json):
+                     crf_bilateral_px, train_split, test_split, device, report, overwrite, quiet, as_json):
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
     # The report path is checked before the (long) evaluation, and never replaces one of its inputs.
-    staged = StagedOutputs(overwrite=True, inputs={"checkpoint": checkpoint, "init_weights": init_weights,
-                                                   "split": split})
+    staged = StagedOutputs(overwrite, inputs={"checkpoint": checkpoint, "init_weights": init_weights,
+                                              "split": split})
     with staged:
         report_tmp = staged.stage(report, "report") if report else None
+        refuse_two_encoders(encoder, checkpoint, init_weights)
         check_dataset_settings(dataset, fold=fold)
         if fold is not None and class_names:
             raise GeoprotoError("evaluates the fold's unseen classes; give it or class_names", param="fold",

@@ -198,10 +198,15 @@ def show_progress(quiet: bool) -> bool:
 
 
 def not_stdio(ctx, param, value):
-    """Refuse ``-`` (alone or among the values of a repeated option or argument): every input and output
-    here is a file GDAL opens or writes by name."""
-    if value == "-" or (isinstance(value, (tuple, list)) and "-" in value):
+    """Refuse ``-`` and an empty path (alone or among the values of a repeated option or argument): every
+    input and output here is a file GDAL opens or writes by name, and an empty one would otherwise be
+    reported as a file called "" (``: no such file``) or as the current folder. An option whose bare flag
+    means "the default name" (``--vector``) receives "" for it, and keeps it."""
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if "-" in values:
         raise click.BadParameter("'-' (standard input/output) is not supported here; give a file name")
+    if "" in values and getattr(param, "flag_value", None) != "":
+        raise click.BadParameter("empty path; give a file name")
     return value
 
 
@@ -306,7 +311,7 @@ def _encoder_option(auto: bool):
     """``--encoder``: a shipped encoder by name, and ``auto`` where there are support polygons to choose on."""
     return click.option(
         "--encoder", type=click.Choice(["auto", *shipped_names()] if auto else shipped_names()),
-        default=DEFAULT_ENCODER, show_default=True, callback=_given_or_none if auto else None,
+        default=DEFAULT_ENCODER, show_default=True, callback=_given_or_none,
         help="Shipped encoder" + (f"; auto cross-validates each on the support polygons and leaves the default "
                                   f"only for one that beats it in {SWITCH_CONFIDENCE:.0%} of the bootstrap "
                                   f"resamples. segment --prototypes uses the file's own unless --encoder is given."
@@ -315,10 +320,10 @@ def _encoder_option(auto: bool):
 
 backbone_option = click.option("--backbone", type=click.Choice(list(BACKBONES)), default=DEFAULT_BACKBONE,
                                show_default=True, help="Encoder architecture.")
-checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False),
+checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False), callback=not_stdio,
                                  help="A trained geoproto checkpoint (it names its own backbone: --backbone is "
                                       "ignored).")
-init_weights_option = click.option("--init-weights", type=click.Path(dir_okay=False),
+init_weights_option = click.option("--init-weights", type=click.Path(dir_okay=False), callback=not_stdio,
                                    help="ImageNet trunk weights in torchvision's layout (resnet50, vgg16).")
 bands_option = click.option("--bands", callback=parse_bands,
                             help="1 or 3 band numbers, e.g. 4,3,2 [default: first three].")
@@ -379,7 +384,8 @@ def scoring_option(help_text: str):
 dataset_options = _chain(
     click.option("--dataset", type=click.Choice(DATASETS), required=True,
                  help="Layout of --root: ISPRS downloads, VOC2012 + SegmentationClassAug, or images/ + masks/."),
-    click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's folder."),
+    click.option("--root", required=True, type=click.Path(file_okay=False), callback=not_stdio,
+                 help="The dataset's folder."),
     click.option("--city", type=click.Choice(["vaihingen", "potsdam"]), default="vaihingen", show_default=True,
                  help="ISPRS city."),
     click.option("--isprs-bands", "bands", type=click.Choice(["IRRG", "RGB"], case_sensitive=False), default="IRRG",
@@ -387,7 +393,8 @@ dataset_options = _chain(
     click.option("--eroded", is_flag=True, help="ISPRS: use the eroded-boundary ground truth."),
     click.option("--downsample", type=Number(1, 64, integer=True), help="ISPRS: read at 1/N resolution [Potsdam: 2]."),
     click.option("--fold", type=Number(0, 3, integer=True), help="PASCAL-5i fold (its 5 classes are unseen)."),
-    click.option("--split", type=click.Path(dir_okay=False), help="JSON of split name -> image names."),
+    click.option("--split", type=click.Path(dir_okay=False), callback=not_stdio,
+                 help="JSON of split name -> image names."),
     click.option("--holdout", help="folder: regular expression of image names forming the test split."),
 )
 """The labelled dataset ``train`` and ``evaluate`` read (``training.load_dataset``'s arguments)."""
@@ -397,11 +404,11 @@ support_options = _chain(
     click.option("--layer", help="Vector layer, for files with several."),
     click.option("--support-crs", help="CRS of the support vector, overriding what it declares (e.g. EPSG:32616)."),
     click.option("--assume-crs", help="CRS of a raster that has none."),
-    click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
+    click.option("--classes", "classes_file", type=click.Path(dir_okay=False), callback=not_stdio,
                  help="JSON file of class ids, names and colours (for label rasters and numeric codes)."),
     click.option("--buffer", type=Number(0), default=0.0,
                  help="Buffer point and line support by this distance (raster CRS units, e.g. metres)."),
-    click.option("--support-image", type=click.Path(dir_okay=False),
+    click.option("--support-image", type=click.Path(dir_okay=False), callback=not_stdio,
                  help="Raster the support labels belong to, when it is not IMAGE (prototypes from other imagery)."),
 )
 """How the support labels are read and placed on the raster."""

@@ -15,7 +15,7 @@ from .options import handle_errors, not_stdio, parse_pairs, print_json, printabl
               help="Ground truth: a label raster, or polygons with a class column (any OGR format, any CRS).")
 @click.option("--class-field", help="Class column of vector truth [default: detected].")
 @click.option("--truth-crs", help="CRS of vector truth, overriding what it declares.")
-@click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False), callback=not_stdio,
               help="JSON file naming the truth raster's class ids (or colours) [default: the names a "
                    "geoproto raster or GDAL category names carry].")
 @click.option("--map", "mapping", multiple=True, callback=parse_pairs,

@@ -7,7 +7,8 @@ import click
 from ..training import TrainConfig, build_samplers, check_dataset_settings, check_run_folder, load_dataset, train
 from ..training.trainer import TRAIN_RANGES
 from .options import (backbone_option, command_line, dataset_options, device_option, handle_errors, init_weights_option,
-                      integer, integer_list, json_option, number, print_json, quiet_option, show_progress)
+                      integer, integer_list, json_option, not_stdio, number, print_json, printable,
+                      quiet_option, show_progress)
 
 _DEFAULTS = TrainConfig()
 
@@ -18,7 +19,8 @@ _DEFAULTS = TrainConfig()
                                       "but --test-classes].")
 @click.option("--test-classes", help="Class names held out of training (their pixels are ignored), used for "
                                      "validation episodes.")
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), callback=not_stdio,
+              help="Run folder.")
 @backbone_option
 @init_weights_option
 @click.option("--head/--no-head", default=_DEFAULTS.head, show_default=True,
@@ -72,4 +74,4 @@ def train_command(dataset, root, city, bands, eroded, downsample, fold, split, h
         print_json(summary)
     elif not quiet:
         click.echo(f"Trained {summary['iterations']} episodes in {summary['seconds']:.0f} s; "
-                   f"checkpoints in {output}", err=True)
+                   f"checkpoints in {printable(output)}", err=True)

@@ -67,11 +67,23 @@ def is_explicit(backbone: str, checkpoint: str | None, init_weights: str | None)
     return bool(checkpoint or init_weights or backbone != DEFAULT_BACKBONE)
 
 
-def select_encoder(encoder: str, backbone: str, checkpoint: str | None, init_weights: str | None):
-    """The explicit encoder (see ``is_explicit``) if there is one, else the shipped ``encoder``."""
+def refuse_two_encoders(encoder: str | None, checkpoint: str | None, init_weights: str | None) -> None:
+    """Refuse a shipped encoder named beside a checkpoint or trunk weights of the caller's own: which one
+    was meant cannot be told, and one would be ignored. ``encoder`` None (not named) or ``auto`` (let
+    geoproto choose) yields to them."""
+    own = "checkpoint" if checkpoint else "init_weights" if init_weights else None
+    if own and encoder not in (None, "auto"):
+        raise GeoprotoError(f"{encoder} is a shipped encoder and {own} gives one of your own: give one of them",
+                            param="encoder", mentions=(own,))
+
+
+def select_encoder(encoder: str | None, backbone: str, checkpoint: str | None, init_weights: str | None):
+    """The explicit encoder (see ``is_explicit``) if there is one, else the shipped ``encoder`` (None: the
+    default). Callers that know whether ``encoder`` was named refuse it beside a checkpoint or weights
+    first (``refuse_two_encoders``)."""
     if is_explicit(backbone, checkpoint, init_weights):
         return build_encoder(backbone, checkpoint, init_weights)
     if encoder == "auto":
         raise GeoprotoError("auto chooses by cross-validating support polygons, which only segment and "
                             "check-support have; name a shipped encoder", param="encoder")
-    return build_shipped(encoder)
+    return build_shipped(encoder or DEFAULT_ENCODER)
