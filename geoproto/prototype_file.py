@@ -142,17 +142,18 @@ class PrototypeFile:
             if self.scoring["head"] == LINEAR else None
         return Classifier(self.prototypes(), self.classes, alpha, extract, self.pixel_counts, head), stats
 
-    def encoder_choice(self, encoder: str | None, explicit: bool = False) -> str:
+    def encoder_choice(self, encoder: str | None, explicit: bool = False) -> str | None:
         """The shipped encoder to segment with: ``encoder`` if named, else (None, or ``auto``, which chooses by
         cross-validating support polygons, and a prototype file has none) the file's own. ``explicit``: the run
-        gives a checkpoint or weights, which name the encoder instead."""
-        from .models import DEFAULT_ENCODER, shipped_names
+        gives a checkpoint or weights, which name the encoder instead (``encoder`` is kept as given)."""
+        from .models import shipped_names
 
         if explicit or encoder not in (None, "auto"):
-            return encoder or DEFAULT_ENCODER
+            return encoder
         if self.encoder["name"] not in shipped_names():
             raise GeoprotoError(f"{self.name}: made with encoder {self.encoder['name']}, not a shipped one; give "
-                                f"the checkpoint or weights it was made with", param="encoder")
+                                f"the checkpoint or init_weights it was made with", param="prototypes",
+                                mentions=("checkpoint", "init_weights"))
         return self.encoder["name"]
 
     def check_encoder(self, fingerprint: str, description: dict) -> None:

@@ -461,3 +461,25 @@ def test_pairs_of_one_class_each_pool_into_one_file_of_both(scene, tmp_path):
     assert alone.exit_code == 1
     assert f"--support: {tmp_path / 'bright.gpkg'}: holds one class ('bright'); label at least two" in alone.output
     assert not (tmp_path / "alone.gpp").exists()
+
+
+def test_a_file_made_with_a_checkpoint_segments_with_it(scene, tmp_path):
+    """The checkpoint names the encoder: nothing else to give (no --encoder, which a checkpoint refuses), and
+    without it the file says what it was made with."""
+    from geoproto.models import Encoder, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(Encoder("efficientnet-lite0", with_head=False), str(tmp_path / "own.pt"))
+    image, support = scene
+    tiling = ["--tile-size", 96, "--overlap", 0, "--scoring", "prototypes", "-q"]
+    made = run("prototypes", image, "-s", support, "-o", tmp_path / "own.gpp", "--checkpoint", tmp_path / "own.pt",
+               *tiling)
+    assert made.exit_code == 0, made.output
+    used = run("segment", image, "--prototypes", tmp_path / "own.gpp", "--checkpoint", tmp_path / "own.pt",
+               "-o", tmp_path / "c.tif", "--no-crf", *tiling)
+    assert used.exit_code == 0, used.output
+    alone = run("segment", image, "--prototypes", tmp_path / "own.gpp", "-o", tmp_path / "d.tif", "--no-crf",
+                *tiling)
+    assert alone.exit_code == 1
+    assert alone.output == (f"Error: --prototypes: {tmp_path / 'own.gpp'}: made with encoder own.pt, not a shipped "
+                            f"one; give the --checkpoint or --init-weights it was made with\n")

@@ -16,7 +16,7 @@ from geoproto.classes import ClassInfo
 from geoproto.errors import GeoprotoError
 from geoproto.fewshot import PrototypeAccumulator
 from geoproto.heads import DEFAULT_ALPHA
-from geoproto.models import DEFAULT_ENCODER, build_shipped
+from geoproto.models import build_shipped
 from geoproto.prototype_file import (PrototypeFile, encoder_fingerprint, encoder_label, load_prototypes, merge,
                                      scoring_record)
 from geoproto.prototypes import build_prototype_file
@@ -87,10 +87,10 @@ def test_the_encoder_to_segment_with_is_the_file_s_own_unless_named():
     trained = make_file(encoder_name="resnet50 best.pt")
     trained.path = "t.gpp"
     with pytest.raises(GeoprotoError, match=r"t.gpp: made with encoder resnet50 best.pt, not a shipped one; give "
-                                            r"the checkpoint"):
+                                            r"the checkpoint or init_weights it was made with"):
         trained.encoder_choice(None)
     # a checkpoint or weights given name the encoder themselves: nothing to ask for
-    assert trained.encoder_choice(None, explicit=True) == DEFAULT_ENCODER and trained.encoder_choice("auto", True) == "auto"
+    assert trained.encoder_choice(None, explicit=True) is None and trained.encoder_choice("auto", True) == "auto"
 
 
 def test_encoder_labels_name_shipped_encoders_checkpoints_and_weights():
