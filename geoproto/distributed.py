@@ -61,7 +61,7 @@ class EncoderRecipe:
     """How a worker builds the run's encoder from the shipped weights or a checkpoint file, rather than
     receiving the module (``models.select_encoder``'s arguments)."""
 
-    name: str
+    name: str | None  # a shipped encoder; None or auto beside a checkpoint or weights
     backbone: str
     checkpoint: str | None = None
     init_weights: str | None = None

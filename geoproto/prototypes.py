@@ -9,7 +9,6 @@ multi-scale features are summed as such, and a linear head is fitted on every pa
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import replace
 
@@ -69,8 +68,6 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
         extract, info, _, chosen = choose_encoder_and_scoring(
             *_cross_validation_pairs(opened, [support for _, support in pairs]), options, device, batch_size,
             want_report=options.scoring == "auto")
-        if options.checkpoint:  # its metadata does not name it
-            info = {**info, "checkpoint": os.path.basename(options.checkpoint)}
         scales, head = VARIANTS[chosen["used"]]
         scoring = scoring_record(chosen["used"], chosen["reason"])
         fingerprint = encoder_fingerprint(extract.encoder)

@@ -142,7 +142,8 @@ class SegmentOptions:
         refuse_two_encoders(self.encoder, self.checkpoint, self.init_weights)
         if self.prototypes is None:
             self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
-            self.encoder = self.encoder or DEFAULT_ENCODER
+            if not (self.checkpoint or self.init_weights):  # those name the encoder (``replace`` re-checks)
+                self.encoder = self.encoder or DEFAULT_ENCODER
 
 
 # Bounds (low, high, low excluded) of SegmentOptions' numbers; the CLI's options use the same.

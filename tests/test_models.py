@@ -359,7 +359,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(headed_checkpoint):
     with torch.no_grad():
         assert torch.equal(loaded(images), encoder(images))
     via_build, build_metadata = build_encoder("vgg16", checkpoint=str(path))  # the checkpoint names the backbone
-    assert via_build.backbone == "efficientnet-lite0" and build_metadata == metadata
+    assert via_build.backbone == "efficientnet-lite0" and build_metadata == {**metadata, "checkpoint": "model.pt"}
 
     payload = torch.load(path, map_location="cpu", weights_only=True)
     assert payload["format"] == FORMAT and payload["version"] == VERSION

@@ -1,6 +1,7 @@
 """The library's ``segment``: support prototypes and labels do not depend on how the raster is tiled, and
 a raster smaller than a window is encoded in a window its own size."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -140,7 +141,8 @@ def test_a_shipped_encoder_beside_ones_own_weights_is_refused(tmp_path, own):
         SegmentOptions(encoder="imagenet", **{own: weights})
     assert info.value.mentions == (own,)
     assert SegmentOptions(encoder="auto", **{own: weights}).encoder == "auto"
-    assert SegmentOptions(**{own: weights}).encoder is not None
+    # the weights name the encoder, also once options are replaced per input (segment_many's sidecars)
+    assert dataclasses.replace(SegmentOptions(**{own: weights}), vector="a.gpkg").encoder is None
     flag = "--" + own.replace("_", "-")
     for command in (["segment", "in.tif", "-s", "s.gpkg", "-o", str(tmp_path / "c.tif")],
                     ["check-support", "in.tif", "-s", "s.gpkg"]):
@@ -148,3 +150,18 @@ def test_a_shipped_encoder_beside_ones_own_weights_is_refused(tmp_path, own):
         assert result.exit_code == 1
         assert result.output == f"Error: --encoder: dubai is a shipped encoder and {flag} gives one of your own: " \
                                 f"give one of them\n"
+
+
+def test_several_rasters_segment_with_ones_own_checkpoint(tmp_path):
+    """Each input's options are the run's with its own sidecars (``dataclasses.replace``): a checkpoint
+    given without --encoder made every multi-raster run refuse the default encoder beside it."""
+    from geoproto.models import Encoder, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(Encoder("efficientnet-lite0", with_head=False), str(tmp_path / "own.pt"))
+    images = [str(write_raster(tmp_path / f"in-{k}.tif", two_halves(seed=k))) for k in range(2)]
+    support = write_support(tmp_path / "s.gpkg")
+    summary = segment_many(images, str(support), str(tmp_path / "out"), SegmentOptions(
+        checkpoint=str(tmp_path / "own.pt"), scoring="prototypes", crf=False, progress=False, vector=""))
+    assert [os.path.basename(item["output"]) for item in summary["inputs"]] == ["in-0.tif", "in-1.tif"]
+    assert summary["encoder"]["checkpoint"] == "own.pt"

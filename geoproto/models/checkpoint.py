@@ -130,10 +130,11 @@ def load_checkpoint(path: str) -> tuple[Encoder, dict]:
 def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = None,
                   init_weights: str | None = None, with_head: bool = False) -> tuple[Encoder, dict]:
     """A checkpoint's encoder if given, else ImageNet trunk weights; a head (randomly initialised) only
-    when asked for, i.e. to be trained."""
+    when asked for, i.e. to be trained. The description names the file (a checkpoint's metadata does not)."""
     if checkpoint:
         with renamed_params({None: "checkpoint"}):
-            return load_checkpoint(checkpoint)
+            encoder, metadata = load_checkpoint(checkpoint)
+        return encoder, {**metadata, "checkpoint": os.path.basename(checkpoint)}
     if backbone not in BACKBONES:
         raise GeoprotoError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
     spec = BACKBONES[backbone]
