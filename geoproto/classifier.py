@@ -26,7 +26,7 @@ from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, class_scores, upsample_scores
 from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit, at_scales
 from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor
-from .tiling import Tile, tile_grid, window_geometry
+from .tiling import Tile, raster_windows
 
 if TYPE_CHECKING:  # scoring windows needs no GDAL (benchmarks/gpu_check.py runs where it is not installed)
     from .raster import RasterSource
@@ -113,8 +113,8 @@ def accumulate_support(extract: FeatureExtractor, supports: list[tuple[RasterSou
     labelled: dict[int, list] = {}
     for source, labels in supports:
         src = source.dataset
-        side, side_overlap = window_geometry(src.height, src.width, size, overlap, GRID)
-        for tile in labels.candidate_tiles(tile_grid(src.height, src.width, side, side_overlap, GRID)):
+        side, tiles = raster_windows(src.height, src.width, size, overlap, GRID)
+        for tile in labels.candidate_tiles(tiles):
             window_labels = labels.read(tile, side)
             present = {int(v) for v in np.unique(window_labels) if v}
             unknown |= present - set(classes.ids)

@@ -29,7 +29,7 @@ from .metrics import json_number, scores
 from .models.runtime import CONTEXT_MARGIN, GRID
 from .raster import RasterSource, apply_transform
 from .support import VectorLabels
-from .tiling import Tile, tile_grid, window_geometry
+from .tiling import Tile, raster_windows
 
 MIN_POLYGONS = 3
 CONFUSION_WARNING = 0.3
@@ -177,10 +177,9 @@ def read_support_windows(supports: list[tuple[RasterSource, VectorLabels]], clas
     sides, candidates = [], []
     for n, (source, labels) in enumerate(supports):
         src = source.dataset
-        side, side_overlap = window_geometry(src.height, src.width, size, overlap, GRID)
+        side, tiles = raster_windows(src.height, src.width, size, overlap, GRID)
         sides.append(side)
-        candidates += [(n, tile) for tile in labels.candidate_tiles(tile_grid(src.height, src.width, side,
-                                                                              side_overlap, GRID))]
+        candidates += [(n, tile) for tile in labels.candidate_tiles(tiles)]
     if len(candidates) > MAX_WINDOWS:
         keep = np.random.default_rng(0).choice(len(candidates), MAX_WINDOWS, replace=False)
         candidates = [candidates[i] for i in sorted(keep)]

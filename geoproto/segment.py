@@ -28,7 +28,7 @@ from . import __version__
 from . import crf as crf_module
 from .aoi import ClippedSource, load_area
 from .batch import SIDECARS, output_paths, sidecar_path
-from .classes import NODATA
+from .classes import NODATA, refuse_one_class
 from .classifier import Classifier, fit_support
 from .distributed import ClassifierRecipe, EncoderRecipe, cluster, import_distributed, run_on_cluster
 from .errors import GeoprotoError
@@ -323,6 +323,8 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
         stretch = _stretch([job.inputs for job in jobs], taught, options.stretch)
         supports, classes = support_pairs([job.inputs for job in jobs], support) if taught is None \
             else (None, taught.classes)
+        if taught is None:  # before the support is encoded and cross-validated (the classifier checks again:
+            refuse_one_class(classes.names, "support")  # a classes file's other classes may have no pixel)
         batch_size = options.batch_size or default_batch_size(device)
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
         # The largest window the run reads: a folder of small chips never needs a full tile's memory.

@@ -81,3 +81,9 @@ def window_geometry(height: int, width: int, size: int, overlap: int, align: int
     supports alike, so a support chip is encoded in the window geometry its own labels will be."""
     side = window_size(height, width, size, align)
     return side, overlap if side == size else 0
+
+
+def raster_windows(height: int, width: int, size: int, overlap: int, align: int = 1) -> tuple[int, list[Tile]]:
+    """The window side a raster is read with (``window_geometry``) and its windows' tiles."""
+    side, side_overlap = window_geometry(height, width, size, overlap, align)
+    return side, tile_grid(height, width, side, side_overlap, align)

@@ -118,13 +118,17 @@ def test_creation_options_gdal_would_ignore_are_refused_naming_option_and_driver
     assert synthetic.leftovers(out) == []
 
 
-def test_a_support_of_one_class_is_refused_leaving_nothing(tmp_path):
-    """One class would label every pixel with it: refused, once the support is read, naming the class."""
+def test_a_support_of_one_class_is_refused_leaving_nothing(tmp_path, monkeypatch):
+    """One class would label every pixel with it: refused once the support is read, before the encoder
+    cross-validates it (``--scoring auto``), naming the class."""
+    from geoproto.models.runtime import FeatureExtractor
+
     image = synthetic.write_raster(tmp_path / "image.tif", synthetic.two_halves())
     support = synthetic.write_support(tmp_path / "support.gpkg", classes=("bright",))
     out = tmp_path / "out"
     out.mkdir()
-    result = run(image, "--support", support, "-o", out / "c.tif")
+    monkeypatch.setattr(FeatureExtractor, "__call__", lambda *args: pytest.fail("encoded"))
+    result = CliRunner().invoke(main, ["segment", str(image), "--support", str(support), "-o", str(out / "c.tif")])
     assert result.exit_code == 1
     assert result.output == ("Error: support: holds one class ('bright'); label at least two, e.g. the class you "
                              "want and what surrounds it\n")
