@@ -234,16 +234,18 @@ _LEVEL_NAMES = {"zstd": "zstd_level", "lerc_zstd": "zstd_level", "lzma": "lzma_p
 _QUALITY_NAMES = {"jpeg": "jpeg_quality", "webp": "webp_level"}
 
 
-def geotiff_options(cog_options: dict, dtype: str) -> dict:
-    """The GeoTIFF equivalent of a COG's creation options, for the rasters written as GeoTIFFs when the
-    class raster is a COG (the class raster before its COG copy, the probabilities): the COG names the
-    predictor YES/STANDARD/FLOATING_POINT/NO, its blocks BLOCKSIZE, its compression LEVEL and QUALITY,
-    where GTiff takes 1/2/3, BLOCKXSIZE/BLOCKYSIZE, ZLEVEL... Options that shape only the COG's layout
-    (overviews, tiling scheme) are left to the copy; a value the COG driver does not know passes as given,
-    for GDAL to refuse."""
-    compress = next((str(v).lower() for k, v in cog_options.items() if k.lower() == "compress"), "")
+def geotiff_options(options: dict, dtype: str, cog: bool) -> dict:
+    """The creation options of a GeoTIFF of ``dtype`` a run writes: the user's own, or where the class raster
+    is a ``cog``, the GeoTIFF equivalent of the COG's (for the class raster before its COG copy, and the
+    probabilities): the COG names the predictor YES/STANDARD/FLOATING_POINT/NO, its blocks BLOCKSIZE, its
+    compression LEVEL and QUALITY, where GTiff takes 1/2/3, BLOCKXSIZE/BLOCKYSIZE, ZLEVEL... Options that
+    shape only the COG's layout (overviews, tiling scheme) are left to the copy; a value the COG driver does
+    not know passes as given, for GDAL to refuse."""
+    if not cog:
+        return options
+    compress = next((str(v).lower() for k, v in options.items() if k.lower() == "compress"), "")
     translated = {}
-    for name, value in cog_options.items():
+    for name, value in options.items():
         key = name.lower()
         if key in _SHARED_WITH_GTIFF:
             translated[name] = value
@@ -280,18 +282,15 @@ class ResultWriter:
         """``cog``: the class raster becomes a COG (``convert_to_cog``), so ``creation_options`` are the COG
         driver's, given here as their GeoTIFF equivalent (``geotiff_options``)."""
         self.classes = classes
-
-        def options(dtype):
-            return geotiff_options(creation_options or {}, dtype) if cog else creation_options or {}
-
+        options = creation_options or {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self.labels = rasterio.open(class_path, "w", **_geotiff_profile(reference, crs, 1, "uint8", NODATA,
-                                                                            options("uint8")))
+            self.labels = rasterio.open(class_path, "w", **_geotiff_profile(
+                reference, crs, 1, "uint8", NODATA, geotiff_options(options, "uint8", cog)))
             self.probabilities = None
             if probability_path:
                 profile = _geotiff_profile(reference, crs, len(classes.ids), "float32", PROBABILITY_NODATA,
-                                           with_options(PROBABILITY_OPTIONS, options("float32")))
+                                           with_options(PROBABILITY_OPTIONS, geotiff_options(options, "float32", cog)))
                 self.probabilities = rasterio.open(probability_path, "w", **profile)
         self.labels.set_band_description(1, "class")
         tags = {f"CLASS_{i}": n for i, n in zip(classes.ids, classes.names)}
@@ -368,7 +367,7 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
     try:
         for what, dtype, nodata, defaults in rasters:
             try:
-                geotiff = geotiff_options(creation_options, dtype) if raster_format == "COG" else creation_options
+                geotiff = geotiff_options(creation_options, dtype, raster_format == "COG")
                 profile = _geotiff_profile(grid, None, 1, dtype, nodata, with_options(defaults, geotiff))
                 with warnings.catch_warnings(), MemoryFile() as memory, MemoryFile() as cog:
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)
