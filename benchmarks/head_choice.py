@@ -103,6 +103,8 @@ def check_choice(extract, image: Path, support: Path, confidences: list[float]) 
                                    options.overlap, FOLDS, 32.0)  # each raster in its own window geometry
     features = encode_windows(extract, windows, 1)
     choice, _ = choose_scoring(extract, features, windows, len(inputs.classes.ids), FOLDS, 1)
+    if choice["mean_f1"][choice["default"]] is None:  # nothing could be cross-validated: the default stays
+        return [choice["default"]] * len(confidences)
     return [reliable_pick(choice["mean_f1"], choice["beats_default"], choice["default"], confidence)
             for confidence in confidences]
 

@@ -16,6 +16,7 @@ which few polygons were drawn.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,16 +211,12 @@ def encode_windows(extract, windows: SupportWindows, batch_size: int) -> list[to
     CPU to bound memory). Only windows of one side are batched together: a raster's windows are consecutive,
     so batches are cut within each run of equal side."""
     features = []
-    start = 0
-    while start < len(windows.tiles):
-        size = windows.polygons[start].shape[-1]
-        stop = start + 1
-        while stop < min(start + batch_size, len(windows.tiles)) and windows.polygons[stop].shape[-1] == size:
-            stop += 1
-        images = np.stack([windows.sources[n].read(tile, size, CONTEXT_MARGIN)[0]
-                           for n, tile in zip(windows.tile_sources[start:stop], windows.tiles[start:stop])])
-        features += extract(images, CONTEXT_MARGIN).cpu().half().split(1)
-        start = stop
+    for size, run in itertools.groupby(range(len(windows.tiles)), key=lambda n: windows.polygons[n].shape[-1]):
+        run = list(run)
+        for start in range(0, len(run), batch_size):
+            images = np.stack([windows.sources[windows.tile_sources[n]].read(windows.tiles[n], size, CONTEXT_MARGIN)[0]
+                               for n in run[start:start + batch_size]])
+            features += extract(images, CONTEXT_MARGIN).cpu().half().split(1)
     return features
 
 
