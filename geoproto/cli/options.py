@@ -65,9 +65,9 @@ def handle_errors(command):
         except click.exceptions.ClickException:
             raise
         except BrokenPipeError as exc:
-            if debug or not _stdout_reader_gone():  # another pipe (a worker's, a socket): unexpected
-                if debug:
-                    raise
+            if debug:
+                raise
+            if not _stdout_reader_gone():  # another pipe (a worker's, a socket): unexpected
                 raise click.ClickException(_unexpected(exc)) from None
             _stop_writing_stdout()
             sys.exit(128 + signal.SIGPIPE)
@@ -303,7 +303,8 @@ def _chain(*decorators):
 
 
 def _given_or_none(ctx, param, value):
-    """The option's value if the user gave it, else None (the library then picks: ``SegmentOptions.alpha``, ``encoder``)."""
+    """The option's value if the user gave it, else None (the library then picks: ``SegmentOptions.alpha``,
+    ``encoder``)."""
     return value if _given(ctx, param.name) else None
 
 

@@ -54,11 +54,12 @@ class LabelDecoder:
             if values.min() < 0 or values.max() >= len(self.values):
                 raise GeoprotoError(f"{where}: label value {values.max()} has no class")
             labels = self.values[values].astype(np.uint8)
-            unknown = (labels == 0) & ~np.isin(values, self.ignore_values)
-            if check and unknown.mean() > UNKNOWN_LABEL_TOLERANCE:
-                found = ", ".join(map(str, np.unique(values[unknown])[:5].tolist()))
-                raise GeoprotoError(f"{where}: {unknown.mean():.1%} of label pixels hold values of no class "
-                                    f"({found}); check the dataset's class ids{self.hint}")
+            if check:
+                unknown = (labels == 0) & ~np.isin(values, self.ignore_values)
+                if unknown.mean() > UNKNOWN_LABEL_TOLERANCE:
+                    found = ", ".join(map(str, np.unique(values[unknown])[:5].tolist()))
+                    raise GeoprotoError(f"{where}: {unknown.mean():.1%} of label pixels hold values of no class "
+                                        f"({found}); check the dataset's class ids{self.hint}")
             return labels
         if data.shape[0] < 3:
             raise GeoprotoError(f"{where}: expected an RGB colour-coded label file")
@@ -69,11 +70,12 @@ class LabelDecoder:
         position = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
         hit = keys[order][position] == code
         labels = np.where(hit, ids[order][position], 0).astype(np.uint8)
-        ignored = np.isin(code, [(r << 16) | (g << 8) | b for r, g, b in self.ignore_colors])
-        unknown = float((~hit & ~ignored).mean())
-        if check and unknown > UNKNOWN_LABEL_TOLERANCE:
-            raise GeoprotoError(f"{where}: {unknown:.1%} of label pixels have colours of no class; "
-                                f"check the dataset's colour table")
+        if check:
+            ignored = np.isin(code, [(r << 16) | (g << 8) | b for r, g, b in self.ignore_colors])
+            unknown = float((~hit & ~ignored).mean())
+            if unknown > UNKNOWN_LABEL_TOLERANCE:
+                raise GeoprotoError(f"{where}: {unknown:.1%} of label pixels have colours of no class; "
+                                    f"check the dataset's colour table")
         return labels
 
 
