@@ -9,6 +9,7 @@ multi-scale features are summed as such, and a linear head is fitted on every pa
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 
@@ -26,9 +27,10 @@ from .prototype_file import (PrototypeFile, check_output_name, encoder_fingerpri
                              load_prototypes, merge, scoring_record)
 from .pipeline import check_window_memory
 from .raster import RasterSource, absolute_path, pixel_size_m
-from .segment import SegmentOptions, check_tiling, choose_encoder_and_scoring, options_inputs
+from .segment import SegmentOptions, check_options, check_tiling, choose_encoder_and_scoring, options_inputs
 from .support import VectorLabels
 from .tiling import window_size
+from .validation import check_path, check_paths, check_sequence
 
 
 def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions | None = None
@@ -40,8 +42,9 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     The file is made at ``options.alpha`` (its linear head is fitted at it) and records it. Each pair may hold
     a single class, as long as the pairs pool into two or more.
     """
-    options = options or SegmentOptions()
+    options = check_options(options)
     check_tiling(options)
+    pairs = check_pairs(pairs)
     if not pairs:
         raise GeoprotoError("give at least one image and its support")
     if options.support_image and len(pairs) > 1:
@@ -101,6 +104,18 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
                                                            "stretch": stretch}
 
 
+def check_pairs(pairs) -> list[tuple[str, str]]:
+    """``pairs`` as a list of (image, support) ``str`` paths; one bare pair, ``(image, support)``, is refused
+    rather than read as two pairs of characters."""
+    checked = []
+    for pair in check_sequence("pairs", pairs, "of (image, support) pairs, as [('a.tif', 'a.gpkg')]"):
+        if isinstance(pair, (str, os.PathLike)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise GeoprotoError(f"must be a list of (image, support) pairs, as [('a.tif', 'a.gpkg')]; got an item "
+                                f"{pair!r}", param="pairs")
+        checked.append((check_path("pairs", pair[0]), check_path("pairs", pair[1])))
+    return checked
+
+
 def _refuse_repeated_pairs(pairs: list[tuple[str, str]]) -> None:
     """A pair given twice would count its support's pixels twice (``prototype_file.merge`` refuses the
     same in files): refused before any work, naming both positions."""
@@ -132,8 +147,9 @@ def _pooled_fit(accumulators: list[SupportFit], files: list[PrototypeFile], pool
 
 def write_prototypes(pairs: list[tuple[str, str]], output: str, options: SegmentOptions | None = None) -> dict:
     """Build the prototype file of ``pairs`` and write it to ``output`` (atomically); returns a summary."""
-    options = options or SegmentOptions()
+    options = check_options(options)
     started = time.perf_counter()
+    pairs, output = check_pairs(pairs), check_path("output", output)
     inputs = {f"image {i + 1}": image for i, (image, _) in enumerate(pairs)}
     inputs.update({f"support {i + 1}": support for i, (_, support) in enumerate(pairs)})
     inputs.update({"support_image": options.support_image, "classes_file": options.classes_file,
@@ -149,6 +165,7 @@ def write_prototypes(pairs: list[tuple[str, str]], output: str, options: Segment
 
 def merge_prototype_files(paths: list[str], output: str, overwrite: bool = False) -> dict:
     """Pool the prototype files ``paths`` into ``output`` (``prototype_file.merge``); returns a summary."""
+    paths, output = check_paths("paths", paths), check_path("output", output)
     with StagedOutputs(overwrite, {f"file {i + 1}": path for i, path in enumerate(paths)}) as staged:
         staging = staged.stage(output, "output")
         check_output_name(output)

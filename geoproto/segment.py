@@ -20,7 +20,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -47,7 +47,7 @@ from .raster import block_cache, check_valid, component_files, pixel_area_m2, pi
 from .resume import Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder
 from .tiling import tile_grid, window_geometry, window_size
-from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number
+from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number, check_path, check_paths, check_sequence
 
 DEFAULT_TILE_SIZE = 417
 DEFAULT_OVERLAP = 64
@@ -130,6 +130,18 @@ class SegmentOptions:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, check_number(name, value, low, high, min_open, name in _INTEGER_FIELDS))
+        for name in _PATH_FIELDS:
+            if getattr(self, name) is not None:
+                setattr(self, name, check_path(name, getattr(self, name)))
+        if self.bands is not None:
+            self.bands = _check_bands(self.bands)
+        unknown = sorted(set(self.crf_overrides) - {f.name for f in fields(crf_module.CRFParams)})
+        if unknown:
+            raise GeoprotoError(f"{', '.join(map(str, unknown))}: not a CRF setting; choose among "
+                                f"{', '.join(f.name for f in fields(crf_module.CRFParams))}", param="crf_overrides")
+        if not isinstance(self.creation_options, dict):
+            raise GeoprotoError(f"must be a dict of GDAL creation options ({{'COMPRESS': 'ZSTD'}}), got "
+                                f"{type(self.creation_options).__name__}", param="creation_options")
         if self.scoring not in SCORING_CHOICES:
             raise GeoprotoError(f"{self.scoring!r}: choose {', '.join(SCORING_CHOICES)}", param="scoring")
         if self.stretch not in STRETCH_CHOICES:
@@ -154,6 +166,16 @@ SEGMENT_RANGES = {
     "dask_local": (1, MAX_WORKERS, False),
 }
 _INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"}
+# SegmentOptions' files, taken as str or os.PathLike (``validation.check_path``).
+_PATH_FIELDS = ("checkpoint", "init_weights", "classes_file", "support_image", "prototypes", "probabilities",
+                "vector", "preview", "report", "aoi")
+
+
+def _check_bands(bands) -> list[int]:
+    """Band numbers as a list of whole numbers >= 1: a string or a lone number would otherwise be taken
+    apart character by character, or fail deep inside the raster reader."""
+    return [check_number("bands", band, 1, integer=True) for band in check_sequence("bands", bands,
+                                                                                     "of band numbers, as [3, 2, 1]")]
 
 
 def options_inputs(image: str, support: str, options: SegmentOptions, shared: bool = False,
@@ -215,7 +237,9 @@ class _Job:
 def segment(image: str, support: str | None, output: str, options: SegmentOptions | None = None) -> dict:
     """Segment ``image`` into the classes of ``support`` (or of the prototype file ``options.prototypes``)
     and write ``output``; returns a summary."""
-    options = options or SegmentOptions()
+    options = check_options(options)
+    image, output = check_path("image", image), check_path("output", output)
+    support = None if support is None else check_path("support", support)
     return _segment([_Job(image, output, options)], support, options)[0][0]
 
 
@@ -230,8 +254,10 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
     error names it) none is, and with ``resume`` a rerun continues from every window already done.
     Returns the summary of each input, their totals, and what they share (encoder, support).
     """
-    options = options or SegmentOptions()
+    options = check_options(options)
     started = time.perf_counter()
+    images, output_dir = check_paths("images", images), check_path("output_dir", output_dir)
+    support = None if support is None else check_path("support", support)
     if not images:
         raise GeoprotoError("no input raster", param="images")
     try:
@@ -250,6 +276,16 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
               "tiles_resumed": sum(r["tiles_resumed"] for r in results),
               "seconds": round(time.perf_counter() - started, 3), "classes": _total_areas(results)}
     return {"inputs": results, "totals": totals, **shared}
+
+
+def check_options(options) -> SegmentOptions:
+    """``options``, or the defaults for None; a dict or keyword-like object is refused by name."""
+    if options is None:
+        return SegmentOptions()
+    if not isinstance(options, SegmentOptions):
+        raise GeoprotoError(f"must be a SegmentOptions (SegmentOptions(tile_size=512, ...)), got "
+                            f"{type(options).__name__}", param="options")
+    return options
 
 
 def _total_areas(results: list[dict]) -> list[dict]:

@@ -20,7 +20,7 @@ from .models.runtime import GRID, FeatureExtractor, default_batch_size, resolve_
 from .raster import RasterSource, path_exists
 from .support import VectorLabels, is_raster
 from .tiling import window_size
-from .validation import check_number
+from .validation import check_number, check_path, check_paths
 
 if TYPE_CHECKING:
     from .segment import SegmentOptions
@@ -37,9 +37,10 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
     """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation
     over the polygons on ``images`` (one raster or several, pooled as ``segment`` pools them)."""
     from .pipeline import check_window_memory
-    from .segment import SegmentOptions, check_tiling, options_inputs
+    from .segment import check_options, check_tiling, options_inputs
 
-    options = options or SegmentOptions()
+    options = check_options(options)
+    images, support = check_paths("images", images), check_path("support", support)
     check_tiling(options)
     folds = check_number("folds", folds, 2, MAX_FOLDS, integer=True)
     if group_distance is not None:
@@ -47,7 +48,6 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
     if path_exists(support) and is_raster(support):
         raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label "
                             f"raster", param="support")
-    images = [images] if isinstance(images, str) else list(images)
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
     read_files: dict = {}  # the support file, read once for every input

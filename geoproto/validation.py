@@ -37,6 +37,37 @@ def check_number(name: str, value, minimum: float | None = None, maximum: float 
     return int(value) if integer else value
 
 
+def check_path(name: str, value) -> str:
+    """``value`` as a ``str`` path: a str or an ``os.PathLike`` (``pathlib.Path``), as ``open`` takes one.
+    Anything else is refused naming ``name``, not left to fail deep inside GDAL or ``os.path``."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise GeoprotoError(f"must be a file path (a str or pathlib.Path), got {type(value).__name__} "
+                            f"{_shorten(repr(value))}", param=name)
+    return value
+
+
+def check_paths(name: str, values) -> list[str]:
+    """One path or several (a list, tuple, ...) as a list of ``str`` paths (``check_path``): a lone
+    string is one path, never the characters of one."""
+    if isinstance(values, (str, os.PathLike)):
+        return [check_path(name, values)]
+    return [check_path(name, item) for item in check_sequence(name, values, "of file paths")]
+
+
+def check_sequence(name: str, values, what: str) -> list:
+    """``values`` (a list, tuple or other iterable, not a string) as a list; ``what`` completes "must be a
+    list ..." in the error."""
+    if isinstance(values, (str, bytes, os.PathLike)) or not hasattr(values, "__iter__"):
+        raise GeoprotoError(f"must be a list {what}, got {type(values).__name__} {_shorten(repr(values))}", param=name)
+    return list(values)
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_range(minimum: float | None, maximum: float | None, min_open: bool = False) -> str:
     low = None if minimum is None else f"{'>' if min_open else '>='} {minimum:g}"
     high = None if maximum is None else f"<= {maximum:g}"

@@ -676,3 +676,11 @@ def test_a_support_of_one_class_is_refused_as_segment_refuses_it(tmp_path, monke
     assert result.exit_code == 1
     assert result.output == (f"Error: --support: {support}: holds one class ('bright'); label at least two, e.g. "
                              f"the class you want and what surrounds it\n")
+
+
+def test_library_takes_pathlib_paths(tmp_path):
+    """One pathlib.Path image is one raster (not an iterable of characters), and the report names str paths."""
+    image, support = synthetic.scene(tmp_path)
+    report = check_support(image, support, SegmentOptions(encoder="imagenet", scoring="prototypes", progress=False))
+    assert report["inputs"] == [str(image)] and report["support"] == str(support)
+    assert report["cross_validated"]["rasters"] == 1

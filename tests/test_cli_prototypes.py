@@ -483,3 +483,24 @@ def test_a_file_made_with_a_checkpoint_segments_with_it(scene, tmp_path):
     assert alone.exit_code == 1
     assert alone.output == (f"Error: --prototypes: {tmp_path / 'own.gpp'}: made with encoder own.pt, not a shipped "
                             f"one; give the --checkpoint or --init-weights it was made with\n")
+
+
+def test_library_takes_pathlib_paths_and_refuses_a_bare_pair(scene, tmp_path):
+    """``write_prototypes`` pairs of pathlib.Path work as str ones; one bare (image, support) tuple is refused
+    by name, not unpacked as two pairs of characters; ``merge_prototype_files`` takes one Path as one file."""
+    from pathlib import Path
+
+    from geoproto.errors import GeoprotoError
+    from geoproto.prototypes import merge_prototype_files, write_prototypes
+
+    image, support = map(Path, scene)
+    options = SegmentOptions(encoder="imagenet", scoring="prototypes", progress=False)
+    with pytest.raises(GeoprotoError, match=r"^pairs: must be a list of \(image, support\) pairs, as "
+                                            r"\[\('a.tif', 'a.gpkg'\)\]; got an item "):
+        write_prototypes((str(image), str(support)), str(tmp_path / "bare.gpp"), options)
+    summary = write_prototypes([(image, support)], tmp_path / "a.gpp", options)
+    merged = merge_prototype_files(tmp_path / "a.gpp", tmp_path / "m.gpp")
+    assert summary["output"] == str(tmp_path / "a.gpp") and merged["inputs"] == [str(tmp_path / "a.gpp")]
+    made = load_prototypes(str(tmp_path / "m.gpp"))
+    assert made.sources[0]["image"] == str(image) and made.classes.names == ["bright", "dark"]
+    assert not (tmp_path / "bare.gpp").exists()

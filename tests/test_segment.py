@@ -165,3 +165,33 @@ def test_several_rasters_segment_with_ones_own_checkpoint(tmp_path):
         checkpoint=str(tmp_path / "own.pt"), scoring="prototypes", crf=False, progress=False, vector=""))
     assert [os.path.basename(item["output"]) for item in summary["inputs"]] == ["in-0.tif", "in-1.tif"]
     assert summary["encoder"]["checkpoint"] == "own.pt"
+
+
+def test_the_library_takes_pathlib_paths(tmp_path):
+    """Paths as pathlib.Path (what a Python caller has at hand) work as str ones do: image, support,
+    outputs, output folder; one Path to ``segment_many`` is one raster."""
+    from pathlib import Path
+
+    image = write_raster(tmp_path / "small.tif", two_halves(side=100)[:, :60])
+    support = write_support(tmp_path / "support.gpkg", side=100)
+    assert isinstance(image, Path) and isinstance(support, Path)
+    summary = segment(image, support, tmp_path / "out.tif",
+                      SegmentOptions(**SMALL, probabilities=tmp_path / "p.tif"))
+    many = segment_many(image, support, tmp_path / "folder", SegmentOptions(**SMALL))
+    assert summary["output"] == str(tmp_path / "out.tif") and many["totals"]["inputs"] == 1
+    with rasterio.open(tmp_path / "out.tif") as one, rasterio.open(tmp_path / "folder" / "small.tif") as other, \
+            rasterio.open(tmp_path / "p.tif") as probabilities:
+        np.testing.assert_array_equal(one.read(), other.read())
+        assert probabilities.count == 2
+
+
+def test_wrong_argument_types_are_refused_by_name(tmp_path):
+    from geoproto.errors import GeoprotoError
+
+    image = str(write_raster(tmp_path / "small.tif", two_halves(side=100)[:, :60]))
+    with pytest.raises(GeoprotoError, match=r"^image: must be a file path \(a str or pathlib.Path\), got list"):
+        segment([image], None, str(tmp_path / "out.tif"))
+    with pytest.raises(GeoprotoError, match=r"^options: must be a SegmentOptions \(SegmentOptions\(tile_size=512, "
+                                            r"\.\.\.\)\), got dict$"):
+        segment(image, None, str(tmp_path / "out.tif"), {"tile_size": 512})
+    assert sorted(os.listdir(tmp_path)) == ["small.tif"]

@@ -77,3 +77,41 @@ def test_memory_guard_states_the_figure():
     check_window_memory(417, 16, 5, 16)  # the defaults on a CUDA machine with 16 cores fit
     with pytest.raises(GeoprotoError, match="tile_size: windows of 100000 px with batch_size 1 would need about"):
         check_window_memory(100000, 1, 2)
+
+
+def test_paths_are_str_or_path_like_and_a_lone_path_is_one_path():
+    from pathlib import Path
+
+    from geoproto.validation import check_path, check_paths
+
+    assert check_path("image", Path("a/b.tif")) == "a/b.tif" and check_path("image", "c.tif") == "c.tif"
+    assert check_paths("images", "u8.tif") == ["u8.tif"]  # not ["u", "8", ...]
+    assert check_paths("images", (Path("a.tif"), "b.tif")) == ["a.tif", "b.tif"]
+    with pytest.raises(GeoprotoError, match=r"^image: must be a file path \(a str or pathlib.Path\), got list "
+                                            r"\['a.tif'\]$"):
+        check_path("image", ["a.tif"])
+    with pytest.raises(GeoprotoError, match="^images: must be a list of file paths, got int 3$"):
+        check_paths("images", 3)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("bands", "3,2,1", r"bands: must be a list of band numbers, as \[3, 2, 1\], got str '3,2,1'"),
+    ("bands", 1, r"bands: must be a list of band numbers, as \[3, 2, 1\], got int 1"),
+    ("bands", [1, 0, 2], "bands: must be >= 1, got 0"),
+    ("crf_overrides", {"bilateral_width": 30}, "crf_overrides: bilateral_width: not a CRF setting; choose among "
+                                               "iterations, gaussian_sxy, "),
+    ("creation_options", ["COMPRESS=ZSTD"], r"creation_options: must be a dict of GDAL creation options "
+                                            r"\(\{'COMPRESS': 'ZSTD'\}\), got list"),
+    ("probabilities", 3, "probabilities: must be a file path"),
+])
+def test_segment_options_refuse_values_of_the_wrong_type(field, value, message):
+    """Refused by name at construction, not as a TypeError or a wrong band count deep in the run."""
+    with pytest.raises(GeoprotoError, match=f"^{message}"):
+        SegmentOptions(**{field: value})
+
+
+def test_segment_options_normalise_bands_and_paths():
+    from pathlib import Path
+
+    options = SegmentOptions(bands=(3.0, 2, 1), probabilities=Path("p.tif"), aoi=Path("area.gpkg"))
+    assert (options.bands, options.probabilities, options.aoi) == ([3, 2, 1], "p.tif", "area.gpkg")
