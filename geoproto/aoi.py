@@ -113,12 +113,60 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
     if (frame.crs is None) != (target is None):
         raise GeoprotoError(f"{where}has {'no CRS' if frame.crs is None else 'a CRS'} while the raster "
                             f"{reference.name} has {'one' if target is not None else 'none'}", param=param)
-    if target is not None:
-        frame = frame.to_crs(target)
+    geometries = shapely.make_valid(frame.geometry.values)
+    if target is not None and not target.equals(frame.crs):
+        geometries = _near_raster(geometries, frame.crs, reference, target)
     inverse = ~reference.transform
     matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
-    geometry = shapely.affinity.affine_transform(shapely.union_all(shapely.make_valid(frame.geometry.values)),
-                                                 matrix)
-    if not shared and not geometry.intersects(shapely.box(0, 0, reference.width, reference.height)):
-        raise GeoprotoError(f"{where}does not overlap the raster {reference.name}", param=param)
+    geometry = shapely.affinity.affine_transform(shapely.union_all(geometries), matrix)
+    if not shared and not _covers_a_pixel(geometry, reference.width, reference.height):
+        raise GeoprotoError(f"{where}does not overlap the raster {reference.name}" + (
+            " (it covers no pixel centre of it)" if geometry.intersects(
+                shapely.box(0, 0, reference.width, reference.height)) else ""), param=param)
     return AreaOfInterest(geometry)
+
+
+# The margin, in raster widths, kept around the raster when an area in another CRS is cut to it.
+_FOOTPRINT_MARGIN = 0.25
+
+
+def _near_raster(geometries, crs, reference, target):
+    """``geometries`` (in ``crs``) reprojected into the raster's CRS ``target``, once cut to the raster's
+    footprint (with a margin) in their own CRS: a projection holds only near its zone, so a part far beyond
+    it (a continent-wide box, a box on another continent, in a UTM raster's CRS) would get infinite
+    coordinates, which GEOS cannot handle. Empty where nothing lies near the raster."""
+    import geopandas
+    import shapely
+
+    margin = _FOOTPRINT_MARGIN * max(reference.width, reference.height)
+    frame = shapely.box(-margin, -margin, reference.width + margin, reference.height + margin)
+    matrix = [reference.transform.a, reference.transform.b, reference.transform.d, reference.transform.e,
+              reference.transform.xoff, reference.transform.yoff]
+    footprint = geopandas.GeoSeries([shapely.segmentize(shapely.affinity.affine_transform(frame, matrix),
+                                                        (reference.width + 2 * margin) * abs(reference.transform.a) / 64)],
+                                    crs=target).to_crs(crs).values[0]
+    if not np.isfinite(shapely.get_coordinates(footprint)).all():  # the raster lies where the area's CRS has no
+        return [shapely.Polygon()]  # coordinates: nothing of the area can be near it
+    near = shapely.intersection(geometries, shapely.make_valid(footprint))
+    near = geopandas.GeoSeries(near[~shapely.is_empty(near)], crs=crs).to_crs(target).values
+    finite = np.array([np.isfinite(shapely.get_coordinates(g)).all() for g in near], bool)
+    return near[finite] if finite.any() else [shapely.Polygon()]
+
+
+def _covers_a_pixel(geometry, width: int, height: int) -> bool:
+    """Whether the area (in pixel space) holds the centre of a pixel of a ``width`` x ``height`` raster:
+    an area that only touches its edge, or lies within one pixel, would leave the whole output nodata."""
+    import shapely
+    from rasterio.features import geometry_mask
+    from rasterio.windows import Window
+
+    inside = shapely.intersection(geometry, shapely.box(0, 0, width, height))
+    if inside.is_empty or inside.area == 0:
+        return False
+    col0, row0, col1, row1 = inside.bounds
+    window = Window.from_slices((int(row0), min(int(np.ceil(row1)), height)),
+                                (int(col0), min(int(np.ceil(col1)), width)))
+    if window.width * window.height > 1_000_000:  # an area this wide covers pixel centres
+        return True
+    return bool(geometry_mask([inside], (int(window.height), int(window.width)),
+                              Affine.translation(window.col_off, window.row_off), invert=True).any())

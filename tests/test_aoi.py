@@ -4,11 +4,13 @@ import geopandas
 import numpy as np
 import pytest
 import rasterio
+import shapely
 
 from geoproto.aoi import load_area, parse_bbox
 from geoproto.errors import GeoprotoError
 from geoproto.raster import RasterSource
 from geoproto.segment import SegmentOptions, segment
+from geoproto.tiling import Tile
 
 from synthetic import TRANSFORM, pixel_box, scene, two_halves, write_raster
 
@@ -78,3 +80,35 @@ def test_a_bbox_crs_for_a_raster_without_crs_names_bbox_crs_and_the_raster(tmp_p
         geopandas.GeoDataFrame(geometry=[pixel_box(TRANSFORM, 0, 0, 10, 10)], crs="EPSG:32616").to_file(aoi)
         with pytest.raises(GeoprotoError, match=rf"^aoi: {aoi}: has a CRS while the raster {image} has none$"):
             load_area(reference, None, aoi=str(aoi))
+
+
+def test_a_box_in_lon_lat_far_beyond_the_rasters_projection_zone(tmp_path):
+    """A UTM raster: a box on another continent has no coordinates in its CRS (infinite, which GEOS cannot
+    handle), and a continent-wide box has them only in part; the first misses the raster, the second covers
+    all of it."""
+    image, _ = scene(tmp_path)
+    with rasterio.open(image) as src:
+        with pytest.raises(GeoprotoError, match=f"^bbox: does not overlap the raster {image}$"):
+            load_area(src, src.crs, bbox="0,0,1,1", bbox_crs="EPSG:4326")
+        far = load_area(src, src.crs, bbox="0,0,1,1", bbox_crs="EPSG:4326", shared=True)  # one of several inputs
+        wide = load_area(src, src.crs, bbox="-180,-85,180,85", bbox_crs="EPSG:4326")
+        raster = shapely.box(0, 0, src.width, src.height)
+    assert not far.reaches(Tile(0, 0, 96, 96, 0, 96, 0, 96))
+    assert wide.geometry.contains(raster)
+
+
+def test_an_area_covering_no_pixel_centre_is_refused(tmp_path):
+    """An area that only touches the raster's edge, or lies within one pixel, would leave every pixel nodata
+    (and a window encoded for nothing): refused as not overlapping, saying why."""
+    image, _ = scene(tmp_path)
+    edge, inside_one_pixel = tmp_path / "edge.gpkg", tmp_path / "speck.gpkg"
+    geopandas.GeoDataFrame(geometry=[pixel_box(TRANSFORM, 96, 0, 120, 96)], crs="EPSG:32616").to_file(edge)
+    geopandas.GeoDataFrame(geometry=[pixel_box(TRANSFORM, 10.1, 10.1, 10.4, 10.4)], crs="EPSG:32616").to_file(
+        inside_one_pixel)
+    with rasterio.open(image) as src:
+        for aoi in (edge, inside_one_pixel):
+            with pytest.raises(GeoprotoError, match=rf"^aoi: {aoi}: does not overlap the raster {image} \(it covers "
+                                                    rf"no pixel centre of it\)$"):
+                load_area(src, src.crs, aoi=str(aoi))
+        one_pixel = load_area(src, src.crs, bbox=",".join(map(str, pixel_box(TRANSFORM, 10.2, 10.2, 10.8, 10.8).bounds)))
+    assert one_pixel.mask(Tile(0, 0, 96, 96, 0, 96, 0, 96), 96).sum() == 1  # a pixel centre inside: kept
