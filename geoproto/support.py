@@ -379,6 +379,11 @@ class VectorSupport:
             geometries = self.geometries
             if key is not None:
                 geometries = geopandas.GeoSeries(geometries, crs=self.crs).to_crs(CRS.from_user_input(key)).to_numpy()
+                # A polygon beyond where the raster's projection holds (a world-wide label file on a UTM
+                # tile) gets infinite coordinates: it lies on no raster in that CRS, so it is left empty
+                # rather than handed to GEOS (a stray "invalid value" warning, or worse).
+                far = np.array([not np.isfinite(shapely.get_coordinates(g)).all() for g in geometries], bool)
+                geometries[far] = shapely.Polygon()
             # Repaired where they are used, in the raster's CRS (the file's invalid polygons were counted
             # when read): a ring repaired before a reprojection would come out slightly otherwise.
             geometries, _ = _repaired(geometries)

@@ -7,6 +7,7 @@ import re
 
 import geopandas
 import numpy as np
+import pandas
 import pytest
 import rasterio
 import shapely
@@ -543,3 +544,27 @@ def test_a_label_raster_beside_the_image_is_said_not_to_overlap_it(tmp_path, crs
     with open_raster(str(image)) as reference:
         with pytest.raises(GeoprotoError, match=rf"^{beside}: does not overlap the raster {image}$"):
             load_support(str(beside), reference)
+
+
+def test_polygons_beyond_the_rasters_projection_zone_are_left_out_quietly(tmp_path):
+    """A world-wide label file in lon/lat on a UTM tile: polygons on other continents have no coordinates in
+    the tile's CRS (infinite); they are left out like any polygon off the raster, without a stray warning
+    from GEOS, and the near ones land where the same polygons in the tile's CRS do."""
+    import warnings
+
+    from synthetic import scene
+
+    image, support = scene(tmp_path)
+    near = geopandas.read_file(support)
+    far = geopandas.GeoDataFrame({"class": ["bright", "dark"]}, geometry=[box(0, 0, 1, 1), box(100, -40, 100.1, -39.9)],
+                                 crs="EPSG:4326")
+    world = tmp_path / "world.gpkg"
+    geopandas.GeoDataFrame(pandas.concat([near.to_crs("EPSG:4326"), far]), crs="EPSG:4326").to_file(world)
+    with open_raster(str(image)) as reference, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        placed = load_vector_support(str(world), reference)
+        alone = load_vector_support(str(support), reference)
+    assert len(placed.geometries) == 2 and placed.classes.names == ["bright", "dark"]
+    tile = tile_grid(96, 96, 96, 0)[0]
+    assert (placed.read(tile, 96) != alone.read(tile, 96)).sum() <= 2  # lon/lat round trip: a pixel at most
+    assert (alone.read(tile, 96) > 0).sum() > 0
