@@ -624,6 +624,9 @@ def output_driver(path: str, driver: str | None, drivers: dict[str, tuple[str, .
     """The format to write ``path`` in: ``driver`` if given, else the one its extension names; refuses
     an extension the format does not use, so that ``-o out.png`` never writes a GeoTIFF named .png."""
     ext = os.path.splitext(path)[1].lower()
+    alone = os.path.basename(path).lower()
+    if alone in {e for extensions in drivers.values() for e in extensions}:  # ".gpkg": splitext sees no extension
+        raise GeoprotoError(f"{path}: is an extension alone; give a file name (e.g. classes{alone})")
     if driver is None:
         found = [name for name, extensions in drivers.items() if ext in extensions]
         if not found:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 
 import geopandas
 import numpy as np
@@ -210,6 +211,16 @@ def test_output_driver_refuses_a_foreign_extension():
         output_driver("out.gpkg", "GeoJSON", VECTOR_DRIVERS, "vector")
     with pytest.raises(GeoprotoError, match="vector format 'DXF' is not supported"):
         output_driver("out.dxf", "DXF", VECTOR_DRIVERS, "vector")
+
+
+@pytest.mark.parametrize("path, drivers, driver", [(".gpkg", VECTOR_DRIVERS, None), ("out/.tif", RASTER_DRIVERS, None),
+                                                   (".geojson", VECTOR_DRIVERS, "GeoJSON")])
+def test_an_extension_alone_is_not_taken_for_a_file_without_one(path, drivers, driver):
+    """``--vector .gpkg`` beside ``-o``: a suffix (what --output-dir takes), not "no extension"."""
+    name = os.path.basename(path)
+    with pytest.raises(GeoprotoError, match=rf"^{re.escape(path)}: is an extension alone; give a file name "
+                                            rf"\(e\.g\. classes{re.escape(name)}\)$"):
+        output_driver(path, driver, drivers, "x")
 
 
 def test_creation_options_override_defaults_whatever_their_case():
