@@ -128,7 +128,9 @@ class RasterLabels:
             self.palette = palette_lookup(dataset, classes) if has_colors and dataset.count == 1 else None
             if self.colors is None and dataset.count != 1:
                 raise GeoprotoError(f"{path}: a label raster has one band of class ids (or RGB colours, with "
-                                    f"classes that each have a colour); it has {dataset.count}", param="classes")
+                                    f"classes that each have a colour); it has {dataset.count}",
+                                    # three bands or more: a colour mask, whose colours a classes file gives
+                                    param="classes_file" if dataset.count >= 3 else "support")
             self.same_grid = (dataset.shape == reference.shape and dataset.transform == reference.transform
                               and dataset.crs == reference.crs)
             if not self.same_grid and not _overlaps(dataset, reference):

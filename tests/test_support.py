@@ -568,3 +568,17 @@ def test_polygons_beyond_the_rasters_projection_zone_are_left_out_quietly(tmp_pa
     tile = tile_grid(96, 96, 96, 0)[0]
     assert (placed.read(tile, 96) != alone.read(tile, 96)).sum() <= 2  # lon/lat round trip: a pixel at most
     assert (alone.read(tile, 96) > 0).sum() > 0
+
+
+@pytest.mark.parametrize("bands, param", [(2, "support"), (3, "classes_file")])
+def test_a_label_raster_of_several_bands_names_what_to_fix(tmp_path, bands, param):
+    """Two bands: the support file is at fault; three: a colour mask, read with a classes file's colours.
+    Either way the parameter named is one a caller has (not "classes")."""
+    from synthetic import write_raster
+
+    image = write_raster(tmp_path / "image.tif", np.zeros((3, 16, 16), np.uint8) + 100)
+    labels = write_raster(tmp_path / "labels.tif", np.ones((bands, 16, 16), np.uint8))
+    with open_raster(str(image)) as reference:
+        with pytest.raises(GeoprotoError, match=rf"^{param}: {labels}: a label raster has one band of class ids \(or "
+                                                rf"RGB colours, with classes that each have a colour\); it has {bands}$"):
+            load_support(str(labels), reference)
