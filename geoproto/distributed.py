@@ -267,9 +267,15 @@ def connect(scheduler: str | None = None, local_workers: int | None = None, memo
                 raise GeoprotoError(f"no Dask scheduler answered at {scheduler} within {CONNECT_TIMEOUT_S} s ({exc})",
                                     param="dask_scheduler") from None
         else:
-            cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=local_workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-                dashboard_address=None))
+            try:
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=local_workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
+                    dashboard_address=None))
+            except RuntimeError as exc:  # Dask's "Nanny failed to start.", the cause three tracebacks down
+                raise GeoprotoError(
+                    f"the {local_workers} local Dask worker process(es) failed to start ({exc}); from a Python "
+                    f"script, keep its top-level code under `if __name__ == \"__main__\":`: each worker starts "
+                    f"by importing the script again (multiprocessing's spawn)", param="dask_local") from exc
             client = distributed.Client(cluster, set_as_default=False)
         stack.enter_context(client)
         try:

@@ -214,3 +214,27 @@ def test_an_interrupted_cluster_run_resumes_to_the_local_labels(spacenet, tmp_pa
         summary = segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(output), options)
     assert (summary["tiles"], summary["tiles_resumed"]) == (64, 20)
     np.testing.assert_array_equal(_read(output), local_reference[0])
+
+
+@pytest.mark.slow
+def test_local_workers_of_a_script_without_a_main_guard_say_why_they_failed(tmp_path):
+    """Each local worker process imports the calling script again (spawn): a script without
+    ``if __name__ == "__main__":`` re-runs its segment call there, and the workers never start. Said with
+    the fix, not as Dask's bare "Nanny failed to start."."""
+    import synthetic
+
+    image, support = synthetic.scene(tmp_path)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from geoproto.segment import SegmentOptions, segment\n"
+        f"segment({str(image)!r}, {str(support)!r}, {str(tmp_path / 'c.tif')!r}, SegmentOptions(\n"
+        "    encoder='imagenet', scoring='prototypes', crf=False, progress=False, dask_local=1))\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last.startswith(
+        "geoproto.errors.GeoprotoError: dask_local: the 1 local Dask worker process(es) failed to start ("), \
+        result.stderr[-3000:]
+    assert last.endswith('keep its top-level code under `if __name__ == "__main__":`: each worker starts by '
+                         "importing the script again (multiprocessing's spawn)")
+    assert not (tmp_path / "c.tif").exists()
