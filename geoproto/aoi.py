@@ -119,11 +119,13 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
     inverse = ~reference.transform
     matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
     geometry = shapely.affinity.affine_transform(shapely.union_all(geometries), matrix)
-    if not shared and not _covers_a_pixel(geometry, reference.width, reference.height):
-        raise GeoprotoError(f"{where}does not overlap the raster {reference.name}" + (
-            " (it covers no pixel centre of it)" if geometry.intersects(
-                shapely.box(0, 0, reference.width, reference.height)) else ""), param=param)
-    return AreaOfInterest(geometry)
+    if _covers_a_pixel(geometry, reference.width, reference.height):
+        return AreaOfInterest(geometry)
+    if shared:  # one of several rasters: skipped as one outside the area is
+        return AreaOfInterest(shapely.Polygon())
+    touches = geometry.intersects(shapely.box(0, 0, reference.width, reference.height))
+    raise GeoprotoError(f"{where}does not overlap the raster {reference.name}"
+                        + (" (it covers no pixel centre of it)" if touches else ""), param=param)
 
 
 # The margin, in raster widths, kept around the raster when an area in another CRS is cut to it.

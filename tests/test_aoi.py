@@ -110,5 +110,6 @@ def test_an_area_covering_no_pixel_centre_is_refused(tmp_path):
             with pytest.raises(GeoprotoError, match=rf"^aoi: {aoi}: does not overlap the raster {image} \(it covers "
                                                     rf"no pixel centre of it\)$"):
                 load_area(src, src.crs, aoi=str(aoi))
+            assert not load_area(src, src.crs, aoi=str(aoi), shared=True).reaches(Tile(0, 0, 96, 96, 0, 96, 0, 96))
         one_pixel = load_area(src, src.crs, bbox=",".join(map(str, pixel_box(TRANSFORM, 10.2, 10.2, 10.8, 10.8).bounds)))
     assert one_pixel.mask(Tile(0, 0, 96, 96, 0, 96, 0, 96), 96).sum() == 1  # a pixel centre inside: kept
