@@ -41,6 +41,8 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
 
     options = check_options(options)
     images, support = check_paths("images", images), check_path("support", support)
+    if not images:
+        raise GeoprotoError("no input raster", param="images")
     check_tiling(options)
     folds = check_number("folds", folds, 2, MAX_FOLDS, integer=True)
     if group_distance is not None:

@@ -679,8 +679,13 @@ def test_a_support_of_one_class_is_refused_as_segment_refuses_it(tmp_path, monke
 
 
 def test_library_takes_pathlib_paths(tmp_path):
-    """One pathlib.Path image is one raster (not an iterable of characters), and the report names str paths."""
+    """One pathlib.Path image is one raster (not an iterable of characters), and the report names str paths;
+    no image at all is refused as such (it was an IndexError)."""
+    from geoproto.errors import GeoprotoError
+
     image, support = synthetic.scene(tmp_path)
     report = check_support(image, support, SegmentOptions(encoder="imagenet", scoring="prototypes", progress=False))
     assert report["inputs"] == [str(image)] and report["support"] == str(support)
     assert report["cross_validated"]["rasters"] == 1
+    with pytest.raises(GeoprotoError, match="^images: no input raster$"):
+        check_support([], support)
