@@ -64,7 +64,10 @@ SIDECARS = {"probabilities": "_probabilities.tif", "vector": ".gpkg", "preview":
 def sidecar_path(output: str, option: str, value: str, default_suffix: str | None = None) -> str:
     """``output``'s sidecar for ``option``: ``value`` is empty (the default suffix) or a suffix, never a path."""
     suffix = value or default_suffix or SIDECARS[option]
-    if os.sep in suffix or (os.altsep and os.altsep in suffix):
+    # A suffix starts as one does (".fgb", "_areas.csv", "-polygons.gpkg"): "polygons.gpkg" is a file name,
+    # which would be glued to each input's name (x.tif -> xpolygons.gpkg) rather than written once.
+    if os.sep in suffix or (os.altsep and os.altsep in suffix) or suffix[0].isalnum():
+        what = "a path" if os.sep in suffix or (os.altsep and os.altsep in suffix) else "a file name"
         raise GeoprotoError(f"{value}: with output_dir, give the option alone or a suffix such as "
-                            f"{SIDECARS[option]!r}, not a path", param=option, mentions=("output_dir",))
+                            f"{SIDECARS[option]!r}, not {what}", param=option, mentions=("output_dir",))
     return os.path.splitext(output)[0] + suffix

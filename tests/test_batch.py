@@ -50,3 +50,14 @@ def test_sidecars_take_a_suffix_never_a_path():
     assert sidecar_path("out/x.tif", "report", "_areas.csv") == "out/x_areas.csv"
     with pytest.raises(GeoprotoError, match=r"preview: other/p\.png: with output_dir, give the option alone"):
         sidecar_path("out/x.tif", "preview", "other/p.png")
+
+
+
+@pytest.mark.parametrize("value", ["polygons.gpkg", "areas.csv", "2024.png"])
+def test_a_sidecar_file_name_is_not_glued_to_each_inputs_name(value):
+    """``--vector polygons.gpkg`` with --output-dir wrote x.tif's polygons to xpolygons.gpkg: a file name,
+    not a suffix; refused saying so (``_polygons.gpkg`` or ``-polygons.gpkg`` are suffixes)."""
+    with pytest.raises(GeoprotoError, match=rf"^vector: {value}: with output_dir, give the option alone or a suffix "
+                                            r"such as '\.gpkg', not a file name$"):
+        sidecar_path("out/x.tif", "vector", value)
+    assert sidecar_path("out/x.tif", "vector", "-polygons.gpkg") == "out/x-polygons.gpkg"
