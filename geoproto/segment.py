@@ -30,7 +30,8 @@ from .aoi import ClippedSource, load_area
 from .batch import SIDECARS, output_paths, sidecar_path
 from .classes import NODATA, refuse_one_class
 from .classifier import Classifier, fit_support
-from .distributed import ClassifierRecipe, EncoderRecipe, cluster, import_distributed, run_on_cluster
+from .distributed import (ClassifierRecipe, EncoderRecipe, check_scheduler_address, cluster, import_distributed,
+                          run_on_cluster)
 from .errors import GeoprotoError
 from .heads import DEFAULT_VARIANT, VARIANTS
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
@@ -151,6 +152,8 @@ class SegmentOptions:
                                 param="dask_local")
         if self.dask_scheduler or self.dask_local:
             import_distributed()  # Dask missing: said now, not after the support is encoded
+        if self.dask_scheduler:
+            check_scheduler_address(self.dask_scheduler)
         refuse_two_encoders(self.encoder, self.checkpoint, self.init_weights)
         if self.prototypes is None:
             self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha

@@ -180,6 +180,21 @@ def test_an_unreachable_scheduler_is_named(monkeypatch):
             pass
 
 
+@pytest.mark.parametrize("address, reason", [
+    ("localhost", "missing port number in address 'localhost'"),
+    ("tcp://10.0.0.5", "missing port number in address '10.0.0.5'"),
+    ("tcp://10.0.0.5:abc", "invalid literal for int"),
+    ("http://10.0.0.5:8786", "unknown address scheme 'http'"),
+])
+def test_a_malformed_scheduler_address_is_refused_before_any_work(address, reason):
+    """Said at once, naming the option, not as an unexpected ValueError once the support was encoded."""
+    with pytest.raises(GeoprotoError, match=rf"^dask_scheduler: '{address}' is not a Dask scheduler address "
+                                            rf"\({reason}.*\); give tcp://HOST:PORT \(Dask's scheduler listens on "
+                                            rf"port 8786 by default\)$"):
+        SegmentOptions(dask_scheduler=address)
+    assert SegmentOptions(dask_scheduler="tcp://10.0.0.5:8786").dask_scheduler == "tcp://10.0.0.5:8786"
+
+
 def test_dask_is_imported_only_for_a_cluster():
     code = ("import sys, geoproto.cli, geoproto.segment, geoproto.distributed; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
