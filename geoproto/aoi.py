@@ -147,9 +147,11 @@ def _near_raster(geometries, crs, reference, target):
     footprint = geopandas.GeoSeries([shapely.segmentize(shapely.affinity.affine_transform(frame, matrix),
                                                         (reference.width + 2 * margin) * abs(reference.transform.a) / 64)],
                                     crs=target).to_crs(crs).values[0]
-    if not np.isfinite(shapely.get_coordinates(footprint)).all():  # the raster lies where the area's CRS has no
-        return [shapely.Polygon()]  # coordinates: nothing of the area can be near it
-    near = shapely.intersection(geometries, shapely.make_valid(footprint))
+    near = np.asarray(geometries)
+    # A footprint partly beyond the area CRS's own reach (a world raster, an area in UTM): the area is
+    # reprojected whole, and what cannot be reprojected is left out below.
+    if np.isfinite(shapely.get_coordinates(footprint)).all():
+        near = shapely.intersection(near, shapely.make_valid(footprint))
     near = geopandas.GeoSeries(near[~shapely.is_empty(near)], crs=crs).to_crs(target).values
     finite = np.array([np.isfinite(shapely.get_coordinates(g)).all() for g in near], bool)
     return near[finite] if finite.any() else [shapely.Polygon()]

@@ -113,3 +113,18 @@ def test_an_area_covering_no_pixel_centre_is_refused(tmp_path):
             assert not load_area(src, src.crs, aoi=str(aoi), shared=True).reaches(Tile(0, 0, 96, 96, 0, 96, 0, 96))
         one_pixel = load_area(src, src.crs, bbox=",".join(map(str, pixel_box(TRANSFORM, 10.2, 10.2, 10.8, 10.8).bounds)))
     assert one_pixel.mask(Tile(0, 0, 96, 96, 0, 96, 0, 96), 96).sum() == 1  # a pixel centre inside: kept
+
+
+def test_an_area_in_utm_on_a_world_raster_in_lon_lat(tmp_path):
+    """The raster's surroundings have no coordinates in the area's UTM zone (the world, in lon/lat): the area is
+    reprojected whole, as before, not taken for missing the raster."""
+    from rasterio.transform import from_origin
+
+    image = write_raster(tmp_path / "world.tif", np.zeros((3, 180, 360), np.uint8) + 100, crs="EPSG:4326",
+                         transform=from_origin(-180, 90, 1, 1))
+    aoi = tmp_path / "utm.gpkg"
+    geopandas.GeoDataFrame(geometry=[shapely.box(500000, 3000000, 800000, 4000000)], crs="EPSG:32616").to_file(aoi)
+    with rasterio.open(image) as src:
+        area = load_area(src, src.crs, aoi=str(aoi))
+    col0, row0, col1, row1 = area.geometry.bounds  # lon -87..-84, lat 27..36 in 1-degree pixels
+    assert (round(col0), round(col1)) == (93, 96) and 53 <= row0 < row1 <= 63
