@@ -33,7 +33,7 @@ import numpy as np
 
 from . import __version__
 from .classes import MAX_CLASS_ID, ClassInfo, hex_to_rgb
-from .errors import GeoprotoError, renamed_params
+from .errors import GeoprotoError, no_such_file, renamed_params
 from .validation import DEFAULT_ALPHA, check_alpha
 
 FORMAT = "geoproto-prototypes"
@@ -268,7 +268,7 @@ def load_prototypes(path: str, param: str | None = "prototypes") -> PrototypeFil
 
 def _load(path: str) -> PrototypeFile:
     if not os.path.exists(path):
-        raise GeoprotoError(f"{path}: no such file")
+        raise no_such_file(path)
     if os.path.isdir(path):
         raise GeoprotoError(f"{path}: is a directory, not a prototype file")
     try:

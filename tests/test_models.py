@@ -323,6 +323,8 @@ def test_missing_weights_file(tmp_path):
         build_encoder("resnet50", init_weights=str(tmp_path / "nope.pth"))
     with pytest.raises(GeoprotoError, match="no such file"):
         load_checkpoint(str(tmp_path / "nope.pt"))
+    with pytest.raises(GeoprotoError, match=r"^empty path; give a file name$"):
+        load_checkpoint("")
 
 
 # --------------------------------------------------------------------------------------------------

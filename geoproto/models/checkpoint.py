@@ -16,7 +16,7 @@ import zipfile
 
 import torch
 
-from ..errors import GeoprotoError, renamed_params
+from ..errors import GeoprotoError, no_such_file, renamed_params
 from ..validation import check_memory
 from .encoder import BACKBONES, DEFAULT_BACKBONE, Encoder
 
@@ -60,7 +60,7 @@ def _check_declared_size(path: str) -> None:
 
 def safe_load(path: str) -> object:
     if not os.path.isfile(path):
-        raise GeoprotoError(f"{path}: no such file")
+        raise no_such_file(path)
     _check_declared_size(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
