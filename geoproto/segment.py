@@ -139,10 +139,11 @@ class SegmentOptions:
                                 param="dask_local")
         if self.dask_scheduler or self.dask_local:
             import_distributed()  # Dask missing: said now, not after the support is encoded
-        refuse_two_encoders(self.encoder, self.checkpoint, self.init_weights)
+        refuse_two_encoders(self.encoder, self.checkpoint, self.init_weights, self.backbone)
         if self.prototypes is None:
             self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
-            if not (self.checkpoint or self.init_weights):  # those name the encoder (``replace`` re-checks)
+            # a checkpoint, weights or another backbone name the encoder (``replace`` re-checks)
+            if not is_explicit(self.backbone, self.checkpoint, self.init_weights):
                 self.encoder = self.encoder or DEFAULT_ENCODER
 
 

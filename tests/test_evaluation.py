@@ -413,6 +413,18 @@ def test_evaluate_refuses_a_shipped_encoder_beside_a_checkpoint_before_any_work(
     assert CliRunner().invoke(main, arguments).output == "Error: selected None\n"
 
 
+def test_evaluate_refuses_a_shipped_encoder_beside_another_backbone_before_any_work(tmp_path, monkeypatch):
+    """The shipped encoders are EfficientNet-Lite0s: --backbone resnet50 silently won over --encoder imagenet."""
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    arguments = ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--backbone", "resnet50"]
+    result = CliRunner().invoke(main, arguments + ["--encoder", "imagenet"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: --encoder: imagenet is a shipped encoder, on efficientnet-lite0, and --backbone "
+                             "resnet50 is another architecture: give one of them\n")
+
+
 def test_evaluate_encoder_auto_is_refused(tmp_path, monkeypatch):
     """``auto`` needs support polygons: the library refuses it naming its parameter; evaluate neither offers
     nor describes it (its choices are the shipped encoders), and says so before any work."""

@@ -67,14 +67,23 @@ def is_explicit(backbone: str, checkpoint: str | None, init_weights: str | None)
     return bool(checkpoint or init_weights or backbone != DEFAULT_BACKBONE)
 
 
-def refuse_two_encoders(encoder: str | None, checkpoint: str | None, init_weights: str | None) -> None:
-    """Refuse a shipped encoder named beside a checkpoint or trunk weights of the caller's own: which one
-    was meant cannot be told, and one would be ignored. ``encoder`` None (not named) or ``auto`` (let
-    geoproto choose) yields to them."""
+def refuse_two_encoders(encoder: str | None, checkpoint: str | None, init_weights: str | None,
+                        backbone: str | None = None) -> None:
+    """Refuse a shipped encoder named beside a checkpoint, trunk weights or another ``backbone`` of the
+    caller's own: which one was meant cannot be told, and one would be ignored (a shipped encoder is an
+    EfficientNet-Lite0 with its own weights: there is no shipped ResNet-50 for ``imagenet`` to mean).
+    ``encoder`` None (not named) or ``auto`` (let geoproto choose) yields to them."""
+    from .encoder import DEFAULT_BACKBONE
+
+    if encoder in (None, "auto"):
+        return
     own = "checkpoint" if checkpoint else "init_weights" if init_weights else None
-    if own and encoder not in (None, "auto"):
+    if own:
         raise GeoprotoError(f"{encoder} is a shipped encoder and {own} gives one of your own: give one of them",
                             param="encoder", mentions=(own,))
+    if backbone not in (None, DEFAULT_BACKBONE):
+        raise GeoprotoError(f"{encoder} is a shipped encoder, on {DEFAULT_BACKBONE}, and backbone {backbone} is "
+                            f"another architecture: give one of them", param="encoder", mentions=("backbone",))
 
 
 def select_encoder(encoder: str | None, backbone: str, checkpoint: str | None, init_weights: str | None):
