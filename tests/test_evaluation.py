@@ -276,6 +276,26 @@ def test_evaluate_fold_evaluates_the_folds_unseen_classes(tmp_path, monkeypatch)
     assert folder.exit_code == 1 and "--fold: applies to the pascal5i dataset(s), not folder" in folder.output
 
 
+def test_evaluate_cli_draws_twenty_supports_by_default(tmp_path, monkeypatch):
+    """Five draws misled (10 shots looked worse than 5 on the held-out Dubai area; README "Shipped
+    encoders"): the default is the 20 the help advises, and it says so."""
+    from types import SimpleNamespace
+
+    import geoproto.cli.evaluate
+
+    seen = {}
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: SimpleNamespace(pixel_size_m=None))
+    monkeypatch.setattr(geoproto.cli.evaluate, "select_encoder", lambda *a: (None, {}))
+    monkeypatch.setattr(geoproto.cli.evaluate, "evaluate", lambda data, model, shots, seeds, *a, **k:
+                        seen.setdefault("seeds", seeds) and {"runs": []})
+    monkeypatch.setattr(geoproto.cli.evaluate, "format_table", lambda result: "table")
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--no-crf"])
+    assert result.exit_code == 0, result.output
+    assert seen["seeds"] == list(range(20))
+    assert "compare settings over 20 or more. [default: (0,1,...,19)]" in " ".join(
+        CliRunner().invoke(main, ["evaluate", "--help"]).output.split())
+
+
 def test_evaluate_cli_refuses_a_seed_given_twice_or_none(tmp_path, monkeypatch):
     """It ran the same draw twice: counted twice in the mean, and a smaller standard deviation."""
     import geoproto.cli.evaluate
