@@ -64,7 +64,7 @@ def is_explicit(backbone: str, checkpoint: str | None, init_weights: str | None)
     backbone), which wins over any shipped encoder name."""
     from .encoder import DEFAULT_BACKBONE
 
-    return bool(checkpoint or init_weights or backbone != DEFAULT_BACKBONE)
+    return checkpoint is not None or init_weights is not None or backbone != DEFAULT_BACKBONE
 
 
 def refuse_two_encoders(encoder: str | None, checkpoint: str | None, init_weights: str | None,
@@ -77,7 +77,7 @@ def refuse_two_encoders(encoder: str | None, checkpoint: str | None, init_weight
 
     if encoder in (None, "auto"):
         return
-    own = "checkpoint" if checkpoint else "init_weights" if init_weights else None
+    own = "checkpoint" if checkpoint is not None else "init_weights" if init_weights is not None else None
     if own:
         raise GeoprotoError(f"{encoder} is a shipped encoder and {own} gives one of your own: give one of them",
                             param="encoder", mentions=(own,))
