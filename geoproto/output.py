@@ -368,13 +368,11 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
     if probabilities:
         rasters.append(("the probabilities", "float32", PROBABILITY_NODATA, PROBABILITY_OPTIONS))
     stated = ", ".join(f"{name}={value}" for name, value in creation_options.items())
-    ignored = _IgnoredOptions()
-    if raster_format == "COG":
-        # GDAL names a COG option by its GeoTIFF equivalent (ZLEVEL for LEVEL), both in the GeoTIFF written
-        # first and in the COG driver's own complaints: the user is told the option they gave.
-        ignored.driver = "COG"
-        ignored.given = {geotiff_name.lower(): f"{name}={creation_options[name]}"
-                         for name, geotiff_name, _ in _geotiff_equivalents(creation_options, "uint8")}
+    # GDAL names a COG option by its GeoTIFF equivalent (ZLEVEL for LEVEL), both in the GeoTIFF written
+    # first and in the COG driver's own complaints: the user is told the option they gave.
+    ignored = _IgnoredOptions("COG", {geotiff_name.lower(): f"{name}={creation_options[name]}"
+                                      for name, geotiff_name, _ in _geotiff_equivalents(creation_options, "uint8")}) \
+        if raster_format == "COG" else _IgnoredOptions()
     try:
         for what, dtype, nodata, defaults in rasters:
             try:
@@ -421,11 +419,10 @@ class _IgnoredOptions(logging.Handler):
     BAD_VALUES = (re.compile(r"'(?P<value>.*)' is an unexpected value for (?P<name>\S+) creation option"),
                   re.compile(r"(?P<name>[^\s=]+)=(?P<value>.*?) value not recognised"))
 
-    def __init__(self):
+    def __init__(self, driver: str = "GTiff", given: dict[str, str] | None = None):
         super().__init__(logging.WARNING)
         self.problems: list[str] = []
-        self.driver, self.judges_names = "GTiff", True
-        self.given: dict[str, str] = {}
+        self.driver, self.given, self.judges_names = driver, given or {}, True
         self.logger = logging.getLogger("rasterio._env")
         self.saved = self.logger.level, self.logger.propagate
         self.logger.setLevel(logging.WARNING)  # even under -q, which raises the root's level

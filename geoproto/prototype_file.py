@@ -145,7 +145,8 @@ class PrototypeFile:
     def encoder_choice(self, encoder: str | None, explicit: bool = False) -> str | None:
         """The shipped encoder to segment with: ``encoder`` if named, else (None, or ``auto``, which chooses by
         cross-validating support polygons, and a prototype file has none) the file's own. ``explicit``: the run
-        gives a checkpoint or weights, which name the encoder instead (``encoder`` is kept as given)."""
+        gives a checkpoint, weights or another backbone, which name the encoder instead (``encoder`` is kept as
+        given)."""
         from .models import shipped_names
 
         if explicit or encoder not in (None, "auto"):

@@ -65,7 +65,7 @@ class SegmentOptions:
     overlap: int = DEFAULT_OVERLAP
     bands: list[int] | None = None
     # A shipped encoder (models.shipped), "auto" to choose by cross-validation, or None: a prototype file's own
-    # (``prototypes``), else DEFAULT_ENCODER.
+    # (``prototypes``), else DEFAULT_ENCODER; None too where a checkpoint, weights or another backbone name it.
     encoder: str | None = None
     backbone: str = DEFAULT_BACKBONE
     checkpoint: str | None = None
@@ -139,7 +139,7 @@ class SegmentOptions:
                                 param="dask_local")
         if self.dask_scheduler or self.dask_local:
             import_distributed()  # Dask missing: said now, not after the support is encoded
-        refuse_two_encoders(self.encoder, self.checkpoint, self.init_weights, self.backbone)
+        refuse_two_encoders(self.encoder, self.backbone, self.checkpoint, self.init_weights)
         if self.prototypes is None:
             self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
             # a checkpoint, weights or another backbone name the encoder (``replace`` re-checks)

@@ -62,7 +62,7 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
                                               "split": split})
     with staged:
         report_tmp = staged.stage(report, "report") if report else None
-        refuse_two_encoders(encoder, checkpoint, init_weights, backbone)
+        refuse_two_encoders(encoder, backbone, checkpoint, init_weights)
         check_dataset_settings(dataset, fold=fold)
         if fold is not None and class_names:
             raise GeoprotoError("evaluates the fold's unseen classes; give it or class_names", param="fold",
