@@ -24,7 +24,7 @@ import torch
 from rasterio.features import rasterize
 
 from geoproto.crf import params_for_resolution
-from geoproto.evaluation import evaluate, format_table
+from geoproto.evaluation import DEFAULT_SEEDS, evaluate, format_table
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.models import build_shipped
 from geoproto.segment import SegmentOptions, segment
@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True, help="folder of the Dubai aerial tiles")
     parser.add_argument("--encoders", default="dubai,imagenet")
     parser.add_argument("--shots", default="1,5,10")
-    parser.add_argument("--seeds", default=",".join(map(str, range(20))),
-                        help="support draws; the seeds differ more than the settings, so 20 by default")
+    parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
+                        help="support draws; the seeds differ more than the settings, so evaluate's 20 by default")
     parser.add_argument("--crf-bilateral-px", type=float,
                         help="bilateral kernel width for the Dubai tiles [default: crf.params_for_resolution's "
                              "at their 0.3 m, as segment sets it]")

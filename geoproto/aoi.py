@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from affine import Affine
 
-from .errors import GeoprotoError
+from .errors import GeoprotoError, no_such_file
 from .raster import RasterSource
 from .tiling import Tile
 from .validation import check_number
@@ -98,7 +98,7 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
         where, param = "", "bbox"
     else:
         if not os.path.exists(aoi):
-            raise GeoprotoError(f"{aoi}: no such file")
+            raise no_such_file(aoi, param="aoi")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

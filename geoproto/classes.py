@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import GeoprotoError
+from .errors import GeoprotoError, no_such_file
 
 NODATA = 0
 NODATA_NAME = "nodata"  # the legend's name for NODATA, which no class may take
@@ -74,9 +74,10 @@ def hex_to_rgb(value: str) -> tuple[int, int, int]:
     return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
 
-def read_class_file(path: str) -> ClassInfo:
+def read_class_file(path: str, param: str | None = None) -> ClassInfo:
     """Class names (and colours) from JSON: ``{"1": "building", ...}``, or a list of
-    ``{"id": 1, "name": "building", "color": "#3C1098"}``, optionally under a ``"classes"`` key."""
+    ``{"id": 1, "name": "building", "color": "#3C1098"}``, optionally under a ``"classes"`` key.
+    ``param``: the caller's parameter that gave ``path``, named if it is empty."""
     try:
         if os.path.getsize(path) > MAX_CLASS_FILE_BYTES:
             raise GeoprotoError(f"{path}: {os.path.getsize(path)} bytes; a class file is a small JSON list of at "
@@ -84,7 +85,7 @@ def read_class_file(path: str) -> ClassInfo:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
-        raise GeoprotoError(f"{path}: no such file") from None
+        raise no_such_file(path, param) from None
     except IsADirectoryError:
         raise GeoprotoError(f"{path}: is a directory, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 
 class GeoprotoError(Exception):
@@ -32,6 +33,19 @@ class GeoprotoWarning(UserWarning):
         super().__init__(message)
         self.message = message
         self.mentions = mentions
+
+
+EMPTY_PATH = "empty path; give a file name"
+
+
+def no_such_file(path, param: str | None = None) -> GeoprotoError:
+    """The error for a path that names no file, whatever test found it missing (each reader tests as its
+    opener would: GDAL's virtual paths, a directory where a file is due). An empty path says so, naming
+    ``param`` (the parameter that gave it), rather than reading ``: no such file`` about a file called "";
+    a missing file is named by its path."""
+    if os.fspath(path) == "":
+        return GeoprotoError(EMPTY_PATH, param=param)
+    return GeoprotoError(f"{path}: no such file")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from .classes import ClassInfo
-from .errors import GeoprotoError
+from .errors import GeoprotoError, no_such_file
 from .raster import RasterSource, absolute_path, shared_scaling
 from .support import VectorLabels, load_support
 from .tiling import Tile
@@ -83,10 +83,13 @@ def open_inputs(image: str, support: str, bands: list[int] | None = None, assume
     with contextlib.ExitStack() as on_error:
         source = on_error.enter_context(RasterSource.open(image, bands, measure=False))
         crs = _crs(source, image, assume_crs)
+        own_support = support_image is not None
+        if support_image == "":  # refused as empty, not taken for none (which labels the image itself)
+            raise no_such_file(support_image, param="support_image")
         support_source = on_error.enter_context(RasterSource.open(support_image, bands, measure=False)) \
-            if support_image else source
+            if own_support else source
         labels = load_support(support, support_source.dataset, class_field, layer, support_crs, classes_file,
-                              None if support_image else crs, buffer, shared and not support_image, read_files)
+                              None if own_support else crs, buffer, shared and not own_support, read_files)
         if labels is not None:
             on_error.callback(labels.close)
         inputs = Inputs(source, crs, support_source, labels, None if labels is None else labels.found_classes())

@@ -243,22 +243,27 @@ def geotiff_options(options: dict, dtype: str, cog: bool) -> dict:
     not know passes as given, for GDAL to refuse."""
     if not cog:
         return options
+    return {geotiff_name: value for _, geotiff_name, value in _geotiff_equivalents(options, dtype)}
+
+
+def _geotiff_equivalents(options: dict, dtype: str):
+    """(the COG option's name, its GeoTIFF name, the GeoTIFF value) for each of ``options`` that has one;
+    BLOCKSIZE has two (BLOCKXSIZE, BLOCKYSIZE)."""
     compress = next((str(v).lower() for k, v in options.items() if k.lower() == "compress"), "")
-    translated = {}
     for name, value in options.items():
         key = name.lower()
         if key in _SHARED_WITH_GTIFF:
-            translated[name] = value
+            yield name, name, value
         elif key == "predictor":
             predictor = _COG_PREDICTORS.get(str(value).lower(), value)
-            translated[name] = predictor or ("3" if np.issubdtype(np.dtype(dtype), np.floating) else "2")
+            yield name, name, predictor or ("3" if np.issubdtype(np.dtype(dtype), np.floating) else "2")
         elif key == "blocksize":
-            translated.update(blockxsize=value, blockysize=value)
+            yield name, "blockxsize", value
+            yield name, "blockysize", value
         elif key == "level":
-            translated[_LEVEL_NAMES.get(compress, "zlevel")] = value
+            yield name, _LEVEL_NAMES.get(compress, "zlevel"), value
         elif key == "quality" and compress in _QUALITY_NAMES:
-            translated[_QUALITY_NAMES[compress]] = value
-    return translated
+            yield name, _QUALITY_NAMES[compress], value
 
 
 def _geotiff_profile(reference, crs, count: int, dtype: str, nodata, creation_options: dict) -> dict:
@@ -363,7 +368,11 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
     if probabilities:
         rasters.append(("the probabilities", "float32", PROBABILITY_NODATA, PROBABILITY_OPTIONS))
     stated = ", ".join(f"{name}={value}" for name, value in creation_options.items())
-    ignored = _IgnoredOptions()
+    # GDAL names a COG option by its GeoTIFF equivalent (ZLEVEL for LEVEL), both in the GeoTIFF written
+    # first and in the COG driver's own complaints: the user is told the option they gave.
+    ignored = _IgnoredOptions("COG", {geotiff_name.lower(): f"{name}={creation_options[name]}"
+                                      for name, geotiff_name, _ in _geotiff_equivalents(creation_options, "uint8")}) \
+        if raster_format == "COG" else _IgnoredOptions()
     try:
         for what, dtype, nodata, defaults in rasters:
             try:
@@ -373,12 +382,11 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)
                     # The class raster's own driver judges the option names (a COG's options are passed
                     # to the GeoTIFF written first as their equivalent, and the probabilities stay GeoTIFFs).
-                    ignored.driver = "GTiff"
                     ignored.judges_names = what == "the class raster" and raster_format != "COG"
                     with memory.open(**profile) as dst:
                         dst.write(np.zeros((1, grid.height, grid.width), dtype))
                     if raster_format == "COG" and dtype == "uint8":
-                        ignored.driver, ignored.judges_names = "COG", True
+                        ignored.judges_names = True
                         rasterio.shutil.copy(memory.name, cog.name, driver="COG",
                                              **with_options(COG_OPTIONS, creation_options))
             except Exception as exc:  # rasterio raises several types (RasterBlockError, RasterioIOError, CPLE_*)
@@ -386,7 +394,7 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
                 # exception" points to (unlike a read error, its context may be a lesser, earlier complaint)
                 cause = exc.__cause__ or exc.__context__
                 detail = str(cause) if "previous exception" in str(exc) and cause is not None else str(exc)
-                detail = re.sub(r"/vsimem/\S+?: ", "", detail.splitlines()[0] if detail else detail)
+                detail = _without_trial_names(detail.splitlines()[0] if detail else detail)
                 raise GeoprotoError(f"GDAL cannot write {what} with {stated} ({detail.rstrip('.')})",
                                     param="creation_options") from None
     finally:
@@ -395,19 +403,26 @@ def check_creation_options(creation_options: dict, raster_format: str, probabili
         raise GeoprotoError(ignored.problems[0], param="creation_options")
 
 
+def _without_trial_names(detail: str) -> str:
+    """GDAL's reason without the in-memory trial file it names (``/vsimem/<uuid>/<uuid>.tif: `` or, from
+    the GeoTIFF driver, ``<uuid>.tif: ``): that file is not the user's and is gone."""
+    return re.sub(r"(/vsimem/\S+?|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\.tif): ", "", detail)
+
+
 class _IgnoredOptions(logging.Handler):
     """Collects GDAL's warnings that a creation option or its value is ignored (rasterio logs them on
     ``rasterio._env``), as one-line problems naming the option and the driver; they are kept from the
-    user's log meanwhile (the real run repeats GDAL's warnings it still has)."""
+    user's log meanwhile (the real run repeats GDAL's warnings it still has). ``given``: the option as the
+    user gave it, by the lower-case name GDAL uses for it (a COG's LEVEL=99 for ZLEVEL)."""
 
     UNKNOWN = re.compile(r"driver (\S+) does not support creation option (\S+)")
     BAD_VALUES = (re.compile(r"'(?P<value>.*)' is an unexpected value for (?P<name>\S+) creation option"),
                   re.compile(r"(?P<name>[^\s=]+)=(?P<value>.*?) value not recognised"))
 
-    def __init__(self):
+    def __init__(self, driver: str = "GTiff", given: dict[str, str] | None = None):
         super().__init__(logging.WARNING)
         self.problems: list[str] = []
-        self.driver, self.judges_names = "GTiff", True
+        self.driver, self.given, self.judges_names = driver, given or {}, True
         self.logger = logging.getLogger("rasterio._env")
         self.saved = self.logger.level, self.logger.propagate
         self.logger.setLevel(logging.WARNING)  # even under -q, which raises the root's level
@@ -423,8 +438,9 @@ class _IgnoredOptions(logging.Handler):
         for pattern in self.BAD_VALUES:
             bad = pattern.search(message)
             if bad:
-                self.problems.append(f"{bad['name']}={bad['value']}: GDAL's {self.driver} driver does not know "
-                                     f"this value: it would be ignored")
+                given = self.given.get(bad["name"].lower(), f"{bad['name']}={bad['value']}")
+                self.problems.append(f"{given}: GDAL's {self.driver} driver does not know this value: it would be "
+                                     f"ignored")
                 break
 
     def close(self):

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import __version__
 from .classes import MAX_CLASS_ID, ClassInfo, hex_to_rgb
-from .errors import GeoprotoError, renamed_params
+from .errors import GeoprotoError, no_such_file, renamed_params
 from .validation import DEFAULT_ALPHA, check_alpha
 
 FORMAT = "geoproto-prototypes"
@@ -145,7 +145,8 @@ class PrototypeFile:
     def encoder_choice(self, encoder: str | None, explicit: bool = False) -> str | None:
         """The shipped encoder to segment with: ``encoder`` if named, else (None, or ``auto``, which chooses by
         cross-validating support polygons, and a prototype file has none) the file's own. ``explicit``: the run
-        gives a checkpoint or weights, which name the encoder instead (``encoder`` is kept as given)."""
+        gives a checkpoint, weights or another backbone, which name the encoder instead (``encoder`` is kept as
+        given)."""
         from .models import shipped_names
 
         if explicit or encoder not in (None, "auto"):
@@ -268,7 +269,7 @@ def load_prototypes(path: str, param: str | None = "prototypes") -> PrototypeFil
 
 def _load(path: str) -> PrototypeFile:
     if not os.path.exists(path):
-        raise GeoprotoError(f"{path}: no such file")
+        raise no_such_file(path)
     if os.path.isdir(path):
         raise GeoprotoError(f"{path}: is a directory, not a prototype file")
     try:

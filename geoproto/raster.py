@@ -25,7 +25,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from .errors import GeoprotoError
+from .errors import GeoprotoError, no_such_file
 from .tiling import Tile
 
 STATS_MAX_SIDE = 1024
@@ -40,8 +40,9 @@ def open_raster(path: str) -> rasterio.io.DatasetReader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             dataset = rasterio.open(path)
     except RasterioIOError as exc:
-        reason = "no such file" if "No such file" in str(exc) else f"not a readable raster ({exc})"
-        raise GeoprotoError(f"{path}: {reason}") from None
+        if "No such file" in str(exc):
+            raise no_such_file(path) from None
+        raise GeoprotoError(f"{path}: not a readable raster ({exc})") from None
     complex_types = [dtype for dtype in dataset.dtypes if np.issubdtype(np.dtype(dtype), np.complexfloating)]
     if complex_types:
         dataset.close()

@@ -66,7 +66,7 @@ class SegmentOptions:
     overlap: int = DEFAULT_OVERLAP
     bands: list[int] | None = None
     # A shipped encoder (models.shipped), "auto" to choose by cross-validation, or None: a prototype file's own
-    # (``prototypes``), else DEFAULT_ENCODER.
+    # (``prototypes``), else DEFAULT_ENCODER; None too where a checkpoint, weights or another backbone name it.
     encoder: str | None = None
     backbone: str = DEFAULT_BACKBONE
     checkpoint: str | None = None
@@ -154,10 +154,11 @@ class SegmentOptions:
             import_distributed()  # Dask missing: said now, not after the support is encoded
         if self.dask_scheduler:
             check_scheduler_address(self.dask_scheduler)
-        refuse_two_encoders(self.encoder, self.checkpoint, self.init_weights)
+        refuse_two_encoders(self.encoder, self.backbone, self.checkpoint, self.init_weights)
         if self.prototypes is None:
             self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
-            if not (self.checkpoint or self.init_weights):  # those name the encoder (``replace`` re-checks)
+            # a checkpoint, weights or another backbone name the encoder (``replace`` re-checks)
+            if not is_explicit(self.backbone, self.checkpoint, self.init_weights):
                 self.encoder = self.encoder or DEFAULT_ENCODER
 
 

@@ -20,7 +20,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from .classes import MAX_CLASS_ID, ClassInfo, read_class_file, refuse_reserved_names
-from .errors import GeoprotoError
+from .errors import GeoprotoError, no_such_file
 from .raster import absolute_path, apply_transform, open_raster, path_exists, read_error
 from .tiling import Tile
 
@@ -457,7 +457,7 @@ def read_vector_support(path: str, class_field: str | None = None, layer: str | 
     from pyproj.exceptions import CRSError
 
     if not path_exists(path):
-        raise GeoprotoError(f"{path}: no such file")
+        raise no_such_file(path, param="support")
     try:
         layers = pyogrio.list_layers(path)
         if layer is None and len(layers) > 1:
@@ -531,9 +531,9 @@ def load_support(path: str, reference: rasterio.io.DatasetReader, class_field: s
     key = (absolute_path(path), layer, class_field, support_crs, classes_file, buffer)
     if read_files is not None and key in read_files:
         return read_files[key].place(reference, assume_crs, shared)
-    classes = read_class_file(classes_file) if classes_file else None
+    classes = read_class_file(classes_file, param="classes_file") if classes_file is not None else None
     if not path_exists(path):
-        raise GeoprotoError(f"{path}: no such file")
+        raise no_such_file(path, param="support")
     if is_raster(path):
         if shared:
             raise GeoprotoError(f"{path}: a label raster labels one raster; with several inputs give support "

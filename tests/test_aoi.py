@@ -62,6 +62,8 @@ def test_area_errors(tmp_path):
             load_area(src, src.crs, aoi=str(image), bbox="0,0,10,10")
         with pytest.raises(GeoprotoError, match="nowhere.gpkg: no such file"):
             load_area(src, src.crs, aoi=str(tmp_path / "nowhere.gpkg"))
+        with pytest.raises(GeoprotoError, match=r"^aoi: empty path; give a file name$"):
+            load_area(src, src.crs, aoi="")
     assert parse_bbox("1 2 3 4") == (1, 2, 3, 4)
     for text in ("0,0,nan,1", "0,-inf,1,1"):
         with pytest.raises(GeoprotoError, match="bbox: must be a finite number, got (nan|-inf)"):

@@ -96,10 +96,27 @@ def test_creation_options_gdal_cannot_write_are_refused_before_any_work(tmp_path
     assert synthetic.leftovers(out) == []
 
 
+@pytest.mark.parametrize("extra", [["--co", "PREDICTOR=BOGUS"], ["-f", "COG", "--co", "PREDICTOR=BOGUS"]])
+def test_gdal_reason_for_refused_creation_options_names_no_trial_file(tmp_path, extra):
+    """The trial raster is an in-memory file of a random name, which GDAL's GeoTIFF driver names."""
+    image, support = synthetic.scene(tmp_path / "in")
+    result = CliRunner().invoke(main, ["-q", "segment", str(image), "--support", str(support), "-o",
+                                       str(tmp_path / "c.tif"), *extra])
+    assert result.exit_code == 1
+    assert result.output == ("Error: --co: GDAL cannot write the class raster with PREDICTOR=BOGUS "
+                             "(PREDICTOR=BOGUS is not supported)\n")
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--co", "COMPRESS=BOGUS"], "COMPRESS=BOGUS: GDAL's GTiff driver does not know this value"),
     (["--co", "BOGUSOPT=1"], "GDAL's GTiff driver has no creation option BOGUSOPT"),
     (["--cog", "--co", "TILED=YES"], "GDAL's COG driver has no creation option TILED"),
+    # A COG's LEVEL is tried as the GeoTIFF's ZLEVEL (ZSTD_LEVEL, JPEG_QUALITY...): named as given.
+    (["-f", "COG", "--co", "LEVEL=99"], "LEVEL=99: GDAL's COG driver does not know this value"),
+    (["-f", "COG", "--co", "COMPRESS=ZSTD", "--co", "level=99"],
+     "level=99: GDAL's COG driver does not know this value"),
+    (["-f", "COG", "--co", "COMPRESS=JPEG", "--co", "QUALITY=0"],
+     "QUALITY=0: GDAL's COG driver does not know this value"),
 ])
 def test_creation_options_gdal_would_ignore_are_refused_naming_option_and_driver(tmp_path, monkeypatch, extra,
                                                                                   message):

@@ -276,6 +276,26 @@ def test_evaluate_fold_evaluates_the_folds_unseen_classes(tmp_path, monkeypatch)
     assert folder.exit_code == 1 and "--fold: applies to the pascal5i dataset(s), not folder" in folder.output
 
 
+def test_evaluate_cli_draws_twenty_supports_by_default(tmp_path, monkeypatch):
+    """Five draws misled (10 shots looked worse than 5 on the held-out Dubai area; README "Shipped
+    encoders"): the default is the 20 the help advises, and it says so."""
+    from types import SimpleNamespace
+
+    import geoproto.cli.evaluate
+
+    seen = {}
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: SimpleNamespace(pixel_size_m=None))
+    monkeypatch.setattr(geoproto.cli.evaluate, "select_encoder", lambda *a: (None, {}))
+    monkeypatch.setattr(geoproto.cli.evaluate, "evaluate", lambda data, model, shots, seeds, *a, **k:
+                        seen.setdefault("seeds", seeds) and {"runs": []})
+    monkeypatch.setattr(geoproto.cli.evaluate, "format_table", lambda result: "table")
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--no-crf"])
+    assert result.exit_code == 0, result.output
+    assert seen["seeds"] == list(range(20))
+    assert "compare settings over 20 or more. [default: (0,1,...,19)]" in " ".join(
+        CliRunner().invoke(main, ["evaluate", "--help"]).output.split())
+
+
 def test_evaluate_cli_refuses_a_seed_given_twice_or_none(tmp_path, monkeypatch):
     """It ran the same draw twice: counted twice in the mean, and a smaller standard deviation."""
     import geoproto.cli.evaluate
@@ -411,6 +431,18 @@ def test_evaluate_refuses_a_shipped_encoder_beside_a_checkpoint_before_any_work(
     monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: None)
     monkeypatch.setattr(geoproto.cli.evaluate, "select_encoder", selected)
     assert CliRunner().invoke(main, arguments).output == "Error: selected None\n"
+
+
+def test_evaluate_refuses_a_shipped_encoder_beside_another_backbone_before_any_work(tmp_path, monkeypatch):
+    """The shipped encoders are EfficientNet-Lite0s: --backbone resnet50 silently won over --encoder imagenet."""
+    import geoproto.cli.evaluate
+
+    monkeypatch.setattr(geoproto.cli.evaluate, "load_dataset", lambda *a, **k: pytest.fail("evaluation started"))
+    arguments = ["evaluate", "--dataset", "folder", "--root", str(tmp_path), "--backbone", "resnet50"]
+    result = CliRunner().invoke(main, arguments + ["--encoder", "imagenet"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: --encoder: imagenet is a shipped encoder, on efficientnet-lite0, and --backbone "
+                             "resnet50 is another architecture: give one of them\n")
 
 
 def test_evaluate_encoder_auto_is_refused(tmp_path, monkeypatch):

@@ -31,6 +31,14 @@ def test_a_failing_support_closes_the_image_and_the_support_image(spacenet, tmp_
     assert closed_paths == [image, image]  # the support image's source, then the orthophoto's
 
 
+def test_an_empty_support_image_is_refused_not_taken_for_the_image(spacenet, closed_paths):
+    """``support_image=""`` labelled the orthophoto itself, as if no support image were given."""
+    image = str(spacenet / "sample_geotiff.tif")
+    with pytest.raises(GeoprotoError, match=r"^support_image: empty path; give a file name$"):
+        open_inputs(image, str(spacenet / "support.gpkg"), support_image="")
+    assert closed_paths == [image]
+
+
 @pytest.mark.parametrize("grid", ["same", "coarser"])
 def test_a_label_raster_closes_with_the_inputs_and_reopens_on_use(tmp_path, grid):
     """The support's label raster is the inputs' too: ``Inputs.close`` closes its file (and the WarpedVRT

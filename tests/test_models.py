@@ -323,6 +323,21 @@ def test_missing_weights_file(tmp_path):
         build_encoder("resnet50", init_weights=str(tmp_path / "nope.pth"))
     with pytest.raises(GeoprotoError, match="no such file"):
         load_checkpoint(str(tmp_path / "nope.pt"))
+    with pytest.raises(GeoprotoError, match=r"^empty path; give a file name$"):
+        load_checkpoint("")
+
+
+def test_an_empty_weights_path_is_refused_not_taken_for_none():
+    """``checkpoint=""`` built the shipped encoder as if no checkpoint were given, and ``init_weights=""``
+    loaded the backbone's shipped weights."""
+    from geoproto.models.shipped import is_explicit
+
+    with pytest.raises(GeoprotoError, match=r"^checkpoint: empty path; give a file name$"):
+        build_encoder(checkpoint="")
+    with pytest.raises(GeoprotoError, match=r"^init_weights: empty path; give a file name$"):
+        build_encoder(DEFAULT_BACKBONE, init_weights="")
+    assert is_explicit(DEFAULT_BACKBONE, "", None) and is_explicit(DEFAULT_BACKBONE, None, "")
+    assert not is_explicit(DEFAULT_BACKBONE, None, None)
 
 
 # --------------------------------------------------------------------------------------------------

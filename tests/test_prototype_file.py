@@ -195,6 +195,8 @@ def test_truncated_and_corrupt_files_are_refused(tmp_path):
         load_prototypes(str(tmp_path / "text.gpp"))
     with pytest.raises(GeoprotoError, match=r"missing.gpp: no such file"):
         load_prototypes(str(tmp_path / "missing.gpp"))
+    with pytest.raises(GeoprotoError, match=r"^prototypes: empty path; give a file name$"):
+        load_prototypes("")
 
 
 class _Payload:

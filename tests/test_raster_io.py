@@ -393,6 +393,14 @@ def test_complex_raster_is_refused(tmp_path):
         open_raster(path)
 
 
+def test_an_empty_raster_path_is_named_as_empty(tmp_path):
+    """Not ": no such file", about a file called ""."""
+    with pytest.raises(GeoprotoError, match=r"^empty path; give a file name$"):
+        open_raster("")
+    with pytest.raises(GeoprotoError, match=r"^.*missing.tif: no such file$"):
+        open_raster(str(tmp_path / "missing.tif"))
+
+
 def test_vrt_with_missing_source_names_it(tmp_path):
     import rasterio.shutil
 

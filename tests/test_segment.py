@@ -152,6 +152,29 @@ def test_a_shipped_encoder_beside_ones_own_weights_is_refused(tmp_path, own):
                                 f"give one of them\n"
 
 
+def test_a_shipped_encoder_beside_another_backbone_is_refused(tmp_path):
+    """--backbone resnet50 --encoder imagenet: the shipped encoders are EfficientNet-Lite0s, so the backbone
+    silently won (and asked for weights). Without --encoder the backbone is the encoder."""
+    from click.testing import CliRunner
+
+    from geoproto.cli import main
+    from geoproto.errors import GeoprotoError
+
+    with pytest.raises(GeoprotoError, match="^encoder: imagenet is a shipped encoder, on efficientnet-lite0, and "
+                                            "backbone resnet50 is another architecture: give one of them$") as info:
+        SegmentOptions(encoder="imagenet", backbone="resnet50")
+    assert info.value.mentions == ("backbone",)
+    assert SegmentOptions(backbone="resnet50").encoder is None
+    assert SegmentOptions(encoder="auto", backbone="vgg16").encoder == "auto"
+    assert SegmentOptions(encoder="dubai", backbone="efficientnet-lite0").encoder == "dubai"
+    for command in (["segment", "in.tif", "-s", "s.gpkg", "-o", str(tmp_path / "c.tif")],
+                    ["check-support", "in.tif", "-s", "s.gpkg"]):
+        result = CliRunner().invoke(main, command + ["--encoder", "dubai", "--backbone", "vgg16"])
+        assert result.exit_code == 1
+        assert result.output == ("Error: --encoder: dubai is a shipped encoder, on efficientnet-lite0, and --backbone "
+                                 "vgg16 is another architecture: give one of them\n")
+
+
 def test_several_rasters_segment_with_ones_own_checkpoint(tmp_path):
     """Each input's options are the run's with its own sidecars (``dataclasses.replace``): a checkpoint
     given without --encoder made every multi-raster run refuse the default encoder beside it."""

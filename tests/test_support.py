@@ -145,6 +145,22 @@ def test_missing_vector_file(chip, tmp_path):
         load_support(missing, chip)
 
 
+def test_empty_support_and_class_file_paths_are_named_as_empty(chip, tmp_path):
+    """Not ": no such file", about a file called ""; the parameter that gave it is named."""
+    empty = r"^support: empty path; give a file name$"
+    with pytest.raises(GeoprotoError, match=empty):
+        load_vector_support("", chip)
+    with pytest.raises(GeoprotoError, match=empty):
+        load_support("", chip)
+    with pytest.raises(GeoprotoError, match=r"^empty path; give a file name$"):
+        read_class_file("")
+    boxes = [pixel_box(chip.transform, 0, 0, 10, 10), pixel_box(chip.transform, 20, 20, 30, 30)]
+    support = _write(geopandas.GeoDataFrame({"class": ["a", "b"]}, geometry=boxes, crs=chip.crs),
+                     tmp_path / "s.geojson")
+    with pytest.raises(GeoprotoError, match=r"^classes_file: empty path; give a file name$"):
+        load_support(support, chip, class_field="class", classes_file="")
+
+
 def test_unreadable_vector_file(chip, tmp_path):
     path = tmp_path / "garbage.geojson"
     path.write_text("this is not a vector file")

@@ -10,7 +10,7 @@ import click
 from ..crf import CRF_RANGES, MIN_BILATERAL_PX, floor_warning, kernel_at_floor, params_for_resolution
 from ..datasets import fold_classes
 from ..errors import GeoprotoError
-from ..evaluation import evaluate, format_table
+from ..evaluation import DEFAULT_SEEDS, evaluate, format_table
 from ..heads import VARIANTS
 from ..models import select_encoder
 from ..models.runtime import resolve_device
@@ -27,9 +27,10 @@ from .options import (crf_backend_option, dataset_options, device_option, evalua
 @dataset_options
 @evaluated_encoder_options
 @click.option("--shots", type=integer(1, 1000), default=5, show_default=True, help="Support patches per run.")
-@click.option("--seeds", default="0,1,2,3,4", show_default=True, callback=integer_list(*TRAIN_RANGES["seed"][:2]),
-              help="Comma-separated seeds (one run each, its own support draw). Draws can differ more than "
-                   "settings do: compare settings over 20 or more.")
+@click.option("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), callback=integer_list(*TRAIN_RANGES["seed"][:2]),
+              show_default=f"{DEFAULT_SEEDS[0]},{DEFAULT_SEEDS[1]},...,{DEFAULT_SEEDS[-1]}",
+              help=f"Comma-separated seeds (one run each, its own support draw). Draws can differ more than "
+                   f"settings do: compare settings over {len(DEFAULT_SEEDS)} or more.")
 @click.option("--class-names", help="Evaluate only these classes (comma-separated names).")
 @click.option("--scoring", type=click.Choice(list(VARIANTS)), default="prototypes", show_default=True,
               help="How queries are scored, as segment --scoring names it: the paper's prototypes, multiscale "
@@ -61,7 +62,7 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
                                               "split": split})
     with staged:
         report_tmp = staged.stage(report, "report") if report else None
-        refuse_two_encoders(encoder, checkpoint, init_weights)
+        refuse_two_encoders(encoder, backbone, checkpoint, init_weights)
         check_dataset_settings(dataset, fold=fold)
         if fold is not None and class_names:
             raise GeoprotoError("evaluates the fold's unseen classes; give it or class_names", param="fold",

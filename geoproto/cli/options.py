@@ -16,7 +16,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..crossval import SWITCH_CONFIDENCE
-from ..errors import GeoprotoError, GeoprotoWarning
+from ..errors import EMPTY_PATH, GeoprotoError, GeoprotoWarning
 from ..validation import DEFAULT_ALPHA, MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES, STRETCH_CHOICES
@@ -206,7 +206,7 @@ def not_stdio(ctx, param, value):
     if "-" in values:
         raise click.BadParameter("'-' (standard input/output) is not supported here; give a file name")
     if "" in values and getattr(param, "flag_value", None) != "":
-        raise click.BadParameter("empty path; give a file name")
+        raise click.BadParameter(EMPTY_PATH)
     return value
 
 

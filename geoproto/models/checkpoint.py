@@ -16,7 +16,7 @@ import zipfile
 
 import torch
 
-from ..errors import GeoprotoError, renamed_params
+from ..errors import GeoprotoError, no_such_file, renamed_params
 from ..validation import check_memory
 from .encoder import BACKBONES, DEFAULT_BACKBONE, Encoder
 
@@ -60,7 +60,7 @@ def _check_declared_size(path: str) -> None:
 
 def safe_load(path: str) -> object:
     if not os.path.isfile(path):
-        raise GeoprotoError(f"{path}: no such file")
+        raise no_such_file(path)
     _check_declared_size(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -131,19 +131,19 @@ def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = Non
                   init_weights: str | None = None, with_head: bool = False) -> tuple[Encoder, dict]:
     """A checkpoint's encoder if given, else ImageNet trunk weights; a head (randomly initialised) only
     when asked for, i.e. to be trained. The description names the file (a checkpoint's metadata does not)."""
-    if checkpoint:
+    if checkpoint is not None:  # an empty path is refused as one, not taken for none
         with renamed_params({None: "checkpoint"}):
             encoder, metadata = load_checkpoint(checkpoint)
         return encoder, {**metadata, "checkpoint": os.path.basename(checkpoint)}
     if backbone not in BACKBONES:
         raise GeoprotoError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
     spec = BACKBONES[backbone]
-    weights = init_weights or (spec.shipped_weights() if spec.shipped_weights else None)
+    weights = init_weights if init_weights is not None else spec.shipped_weights() if spec.shipped_weights else None
     if weights is None:
         raise GeoprotoError(
             f"the {backbone} encoder ships without weights: give ImageNet weights in torchvision's layout, "
             f"or a trained checkpoint", param="init_weights")
-    with renamed_params({None: "init_weights" if init_weights else None}):
+    with renamed_params({None: "init_weights" if init_weights is not None else None}):
         state = safe_load(weights)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

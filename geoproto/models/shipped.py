@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import GeoprotoError
 from .checkpoint import build_encoder, load_checkpoint
+from .encoder import DEFAULT_BACKBONE
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 TRAINED = {"dubai": WEIGHTS / "lite0-dubai.pt"}
@@ -62,25 +63,29 @@ def build_shipped(name: str) -> tuple[nn.Module, dict]:
 def is_explicit(backbone: str, checkpoint: str | None, init_weights: str | None) -> bool:
     """Whether the caller chose an encoder of their own (a checkpoint, initial weights or another
     backbone), which wins over any shipped encoder name."""
-    from .encoder import DEFAULT_BACKBONE
-
-    return bool(checkpoint or init_weights or backbone != DEFAULT_BACKBONE)
+    return checkpoint is not None or init_weights is not None or backbone != DEFAULT_BACKBONE
 
 
-def refuse_two_encoders(encoder: str | None, checkpoint: str | None, init_weights: str | None) -> None:
-    """Refuse a shipped encoder named beside a checkpoint or trunk weights of the caller's own: which one
-    was meant cannot be told, and one would be ignored. ``encoder`` None (not named) or ``auto`` (let
-    geoproto choose) yields to them."""
-    own = "checkpoint" if checkpoint else "init_weights" if init_weights else None
-    if own and encoder not in (None, "auto"):
+def refuse_two_encoders(encoder: str | None, backbone: str, checkpoint: str | None, init_weights: str | None) -> None:
+    """Refuse a shipped encoder named beside a checkpoint, trunk weights or another ``backbone`` of the
+    caller's own: which one was meant cannot be told, and one would be ignored (a shipped encoder is an
+    EfficientNet-Lite0 with its own weights: there is no shipped ResNet-50 for ``imagenet`` to mean).
+    ``encoder`` None (not named) or ``auto`` (let geoproto choose) yields to them."""
+    if encoder in (None, "auto"):
+        return
+    own = "checkpoint" if checkpoint is not None else "init_weights" if init_weights is not None else None
+    if own:
         raise GeoprotoError(f"{encoder} is a shipped encoder and {own} gives one of your own: give one of them",
                             param="encoder", mentions=(own,))
+    if backbone != DEFAULT_BACKBONE:
+        raise GeoprotoError(f"{encoder} is a shipped encoder, on {DEFAULT_BACKBONE}, and backbone {backbone} is "
+                            f"another architecture: give one of them", param="encoder", mentions=("backbone",))
 
 
 def select_encoder(encoder: str | None, backbone: str, checkpoint: str | None, init_weights: str | None):
     """The explicit encoder (see ``is_explicit``) if there is one, else the shipped ``encoder`` (None: the
-    default). Callers that know whether ``encoder`` was named refuse it beside a checkpoint or weights
-    first (``refuse_two_encoders``)."""
+    default). Callers that know whether ``encoder`` was named refuse it beside a checkpoint, weights or
+    another backbone first (``refuse_two_encoders``)."""
     if is_explicit(backbone, checkpoint, init_weights):
         return build_encoder(backbone, checkpoint, init_weights)
     if encoder == "auto":
