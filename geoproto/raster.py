@@ -236,6 +236,11 @@ def _band_choice(src: rasterio.io.DatasetReader, bands: list[int] | None) -> lis
         bad = [b for b in bands if not 1 <= b <= src.count]
         if bad:
             raise GeoprotoError(f"{src.name}: has {src.count} band(s); no band {bad[0]}", param="bands")
+        # An RGBA raster's band 4 taken for near-infrared (--bands 4,3,2) would feed transparency as imagery.
+        alpha = [b for b in bands if src.colorinterp[b - 1] == ColorInterp.alpha]
+        if alpha:
+            raise GeoprotoError(f"{src.name}: band {alpha[0]} is its alpha (transparency) band, not imagery; it "
+                                f"masks the others already", param="bands")
         return list(bands)
     data_bands = [i for i, ci in zip(src.indexes, src.colorinterp) if ci != ColorInterp.alpha]
     if len(data_bands) >= 3:

@@ -295,6 +295,17 @@ def test_rgba_alpha_masks_pixels(tmp_path):
                                                                  (3, 40 * 60)), atol=1e-5)
 
 
+@pytest.mark.parametrize("bands", [[4, 3, 2], [4]])
+def test_the_alpha_band_is_refused_as_imagery(tmp_path, bands):
+    """RGBA taken for RGBN (--bands 4,3,2): transparency would be read as the red channel."""
+    path = tmp_path / "rgba.tif"
+    _rgba(path)
+    with pytest.raises(GeoprotoError, match=rf"^bands: {path}: band 4 is its alpha \(transparency\) band, not "
+                                            rf"imagery; it masks the others already$"):
+        RasterSource.open(str(path), bands)
+    assert RasterSource.open(str(path), [3, 2, 1]).bands == [3, 2, 1]
+
+
 def test_raster_smaller_than_tile_is_reflect_padded(tmp_path):
     path = tmp_path / "small.tif"
     rng = np.random.default_rng(1)
