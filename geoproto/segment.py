@@ -46,6 +46,7 @@ from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progr
 from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m, row_areas_m2
 from .resume import Journal, file_identity, remove_journal, segment_job
+from .support import VectorLabels
 from .support_check import choose_encoder
 from .tiling import tile_grid, window_geometry, window_size
 from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number, check_path, check_paths, check_sequence
@@ -365,6 +366,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             else (None, taught.classes)
         if taught is None:  # before the support is encoded and cross-validated (the classifier checks again:
             refuse_one_class(classes.names, "support")  # a classes file's other classes may have no pixel)
+            if options.check_support and not any(isinstance(labels, VectorLabels) for _, labels in supports):
+                raise GeoprotoError(f"cross-validates support polygons; {support} is a label raster",
+                                    param="check_support")
         batch_size = options.batch_size or default_batch_size(device)
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
         # The largest window the run reads: a folder of small chips never needs a full tile's memory.

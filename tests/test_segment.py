@@ -218,3 +218,18 @@ def test_wrong_argument_types_are_refused_by_name(tmp_path):
                                             r"\.\.\.\)\), got dict$"):
         segment(image, None, str(tmp_path / "out.tif"), {"tile_size": 512})
     assert sorted(os.listdir(tmp_path)) == ["small.tif"]
+
+
+def test_check_support_with_a_label_raster_is_refused_not_skipped(tmp_path):
+    """There are no polygons to cross-validate: refused before any encoding, as with a prototype file (it was
+    silently left out of the summary)."""
+    from geoproto.errors import GeoprotoError
+
+    image = write_raster(tmp_path / "image.tif", two_halves())
+    labels = np.zeros((96, 96), np.uint8)
+    labels[30:60, 10:30], labels[30:60, 60:90] = 1, 2
+    support = write_raster(tmp_path / "labels.tif", labels)
+    with pytest.raises(GeoprotoError, match=rf"^check_support: cross-validates support polygons; {support} is a "
+                                            rf"label raster$"):
+        segment(str(image), str(support), str(tmp_path / "out.tif"), SegmentOptions(**SMALL, check_support=True))
+    assert sorted(os.listdir(tmp_path)) == ["image.tif", "labels.tif"]
