@@ -140,13 +140,13 @@ def _near_raster(geometries, crs, reference, target):
     import geopandas
     import shapely
 
+    grid = reference.transform
     margin = _FOOTPRINT_MARGIN * max(reference.width, reference.height)
     frame = shapely.box(-margin, -margin, reference.width + margin, reference.height + margin)
-    matrix = [reference.transform.a, reference.transform.b, reference.transform.d, reference.transform.e,
-              reference.transform.xoff, reference.transform.yoff]
-    footprint = geopandas.GeoSeries([shapely.segmentize(shapely.affinity.affine_transform(frame, matrix),
-                                                        (reference.width + 2 * margin) * abs(reference.transform.a) / 64)],
-                                    crs=target).to_crs(crs).values[0]
+    frame = shapely.affinity.affine_transform(frame, [grid.a, grid.b, grid.d, grid.e, grid.xoff, grid.yoff])
+    # Densified (64 pieces a side, whatever the grid's rotation), so that it keeps its curved edges once reprojected.
+    step = (max(reference.width, reference.height) + 2 * margin) * float(np.hypot(grid.a, grid.d)) / 64
+    footprint = geopandas.GeoSeries([shapely.segmentize(frame, step)], crs=target).to_crs(crs).values[0]
     near = np.asarray(geometries)
     # A footprint partly beyond the area CRS's own reach (a world raster, an area in UTM): the area is
     # reprojected whole, and what cannot be reprojected is left out below.

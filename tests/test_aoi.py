@@ -113,7 +113,8 @@ def test_an_area_covering_no_pixel_centre_is_refused(tmp_path):
                                                     rf"no pixel centre of it\)$"):
                 load_area(src, src.crs, aoi=str(aoi))
             assert not load_area(src, src.crs, aoi=str(aoi), shared=True).reaches(Tile(0, 0, 96, 96, 0, 96, 0, 96))
-        one_pixel = load_area(src, src.crs, bbox=",".join(map(str, pixel_box(TRANSFORM, 10.2, 10.2, 10.8, 10.8).bounds)))
+        speck = pixel_box(TRANSFORM, 10.2, 10.2, 10.8, 10.8)
+        one_pixel = load_area(src, src.crs, bbox=",".join(map(str, speck.bounds)))
     assert one_pixel.mask(Tile(0, 0, 96, 96, 0, 96, 0, 96), 96).sum() == 1  # a pixel centre inside: kept
 
 
