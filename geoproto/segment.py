@@ -137,13 +137,15 @@ class SegmentOptions:
                 setattr(self, name, check_path(name, getattr(self, name)))
         if self.bands is not None:
             self.bands = _check_bands(self.bands)
+        for name, example in (("crf_overrides", "{'iterations': 10}"), ("creation_options", "{'COMPRESS': 'ZSTD'}")):
+            value = {} if getattr(self, name) is None else getattr(self, name)
+            if not isinstance(value, dict):
+                raise GeoprotoError(f"must be a dict such as {example}, got {type(value).__name__}", param=name)
+            setattr(self, name, value)
         unknown = sorted(set(self.crf_overrides) - {f.name for f in fields(crf_module.CRFParams)})
         if unknown:
             raise GeoprotoError(f"{', '.join(map(str, unknown))}: not a CRF setting; choose among "
                                 f"{', '.join(f.name for f in fields(crf_module.CRFParams))}", param="crf_overrides")
-        if not isinstance(self.creation_options, dict):
-            raise GeoprotoError(f"must be a dict of GDAL creation options ({{'COMPRESS': 'ZSTD'}}), got "
-                                f"{type(self.creation_options).__name__}", param="creation_options")
         if self.scoring not in SCORING_CHOICES:
             raise GeoprotoError(f"{self.scoring!r}: choose {', '.join(SCORING_CHOICES)}", param="scoring")
         if self.stretch not in STRETCH_CHOICES:

@@ -100,8 +100,9 @@ def test_paths_are_str_or_path_like_and_a_lone_path_is_one_path():
     ("bands", [1, 0, 2], "bands: must be >= 1, got 0"),
     ("crf_overrides", {"bilateral_width": 30}, "crf_overrides: bilateral_width: not a CRF setting; choose among "
                                                "iterations, gaussian_sxy, "),
-    ("creation_options", ["COMPRESS=ZSTD"], r"creation_options: must be a dict of GDAL creation options "
-                                            r"\(\{'COMPRESS': 'ZSTD'\}\), got list"),
+    ("creation_options", ["COMPRESS=ZSTD"], r"creation_options: must be a dict such as \{'COMPRESS': 'ZSTD'\}, "
+                                            r"got list$"),
+    ("crf_overrides", [("iterations", 10)], r"crf_overrides: must be a dict such as \{'iterations': 10\}, got list$"),
     ("probabilities", 3, "probabilities: must be a file path"),
 ])
 def test_segment_options_refuse_values_of_the_wrong_type(field, value, message):
@@ -113,5 +114,7 @@ def test_segment_options_refuse_values_of_the_wrong_type(field, value, message):
 def test_segment_options_normalise_bands_and_paths():
     from pathlib import Path
 
-    options = SegmentOptions(bands=(3.0, 2, 1), probabilities=Path("p.tif"), aoi=Path("area.gpkg"))
+    options = SegmentOptions(bands=(3.0, 2, 1), probabilities=Path("p.tif"), aoi=Path("area.gpkg"),
+                             crf_overrides=None, creation_options=None)
     assert (options.bands, options.probabilities, options.aoi) == ([3, 2, 1], "p.tif", "area.gpkg")
+    assert options.crf_overrides == {} and options.creation_options == {}  # None: none, as the default
