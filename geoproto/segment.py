@@ -320,14 +320,16 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend) if options.crf else None
     several = len(jobs) > 1
+    # What each raster's GDAL dataset reads besides itself: a VRT's sources, sidecars.
+    read_by = {raster: component_files(raster) for raster in [job.image for job in jobs] + [options.support_image]
+               if raster}
     staged = StagedOutputs(options.overwrite, {
         **{("image" if not several else f"image {n}"): job.image for n, job in enumerate(jobs, 1)}, "support": support,
         "support_image": options.support_image, "classes_file": options.classes_file,
         "checkpoint": options.checkpoint, "init_weights": options.init_weights, "aoi": options.aoi,
         "prototypes": options.prototypes,
         # what a VRT reads: replacing one of its sources would destroy an input as surely
-        **{f"source {k} of {raster}": path for raster in [job.image for job in jobs] + [options.support_image]
-           if raster for k, path in enumerate(component_files(raster), 1)}})
+        **{f"source {k} of {raster}": path for raster, paths in read_by.items() for k, path in enumerate(paths, 1)}})
     journals: list[Journal] = []
     inputs_stack = contextlib.ExitStack()
     try:
@@ -411,8 +413,13 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                     "GEOPROTO_COMMAND": options.command or "geoproto.segment.segment()",
                     "TIFFTAG_SOFTWARE": f"geoproto {__version__}"}
         # The prototypes come from the support over every input: the whole list is part of each job.
+        # A VRT's sources too: one rewritten under an unchanged .vrt would be replayed from the journal. Not
+        # the sidecars that viewers rewrite (QGIS's statistics in .aux.xml, overviews), which change no label.
+        sources = [file_identity(path) for paths in read_by.values() for path in paths
+                   if not path.lower().endswith((".aux.xml", ".ovr"))]
         job_inputs = {"support": file_identity(support),
-                      **({"inputs": [file_identity(job.image) for job in jobs]} if several else {})}
+                      **({"inputs": [file_identity(job.image) for job in jobs]} if several else {}),
+                      **({"sources": sources} if sources else {})}
         recipe = EncoderRecipe.of(options, encoder_info) if options.dask_scheduler or options.dask_local else None
         with progress_bar(options.progress, sum(len(job.tiles) for job in jobs)) as bar, \
                 (cluster(options.dask_scheduler, options.dask_local, max(job.tile_size for job in jobs), batch_size,

@@ -233,3 +233,32 @@ def test_check_support_with_a_label_raster_is_refused_not_skipped(tmp_path):
                                             rf"label raster$"):
         segment(str(image), str(support), str(tmp_path / "out.tif"), SegmentOptions(**SMALL, check_support=True))
     assert sorted(os.listdir(tmp_path)) == ["image.tif", "labels.tif"]
+
+
+def test_resume_notices_a_vrts_source_rewritten(tmp_path, monkeypatch):
+    """The .vrt is unchanged when a tile it reads is rewritten: the journal's windows of the old tile are not
+    replayed into the new one's output; the run refuses to resume, naming the sources."""
+    import rasterio.shutil
+
+    from geoproto.errors import GeoprotoError
+
+    tile = write_raster(tmp_path / "tile.tif", two_halves())
+    mosaic = str(tmp_path / "mosaic.vrt")
+    rasterio.shutil.copy(str(tile), mosaic, driver="VRT")
+    support = str(write_support(tmp_path / "support.gpkg"))
+    options = SegmentOptions(**SMALL, resume=True, tile_size=64, overlap=8)
+    record = resume.Journal.record
+
+    def crash_after_one(journal, *args):
+        record(journal, *args)
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(resume.Journal, "record", crash_after_one)
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        segment(mosaic, support, str(tmp_path / "out.tif"), options)
+    monkeypatch.setattr(resume.Journal, "record", record)
+    write_raster(tile, two_halves(seed=1)[:, :, ::-1].copy())  # the same size, other pixels
+    os.utime(tile, ns=(os.stat(tile).st_atime_ns, os.stat(tile).st_mtime_ns + 10**9))
+    with pytest.raises(GeoprotoError, match=r"cannot resume: the interrupted run was made with other inputs or "
+                                            r"options \(sources changed\)"):
+        segment(mosaic, support, str(tmp_path / "out.tif"), options)
