@@ -214,3 +214,22 @@ def test_an_interrupted_cluster_run_resumes_to_the_local_labels(spacenet, tmp_pa
         summary = segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(output), options)
     assert (summary["tiles"], summary["tiles_resumed"]) == (64, 20)
     np.testing.assert_array_equal(_read(output), local_reference[0])
+
+
+def test_a_classifier_recipe_rebuilds_its_orientations():
+    """A worker's classifier averages its features over the run's orientations (and under its scales), and its
+    token tells it from the same prototypes matched with plain features."""
+    from geoproto.classes import ClassInfo
+    from geoproto.classifier import Classifier
+    from geoproto.heads import at_scales, oriented
+
+    encoder = distributed.EncoderRecipe("imagenet", "efficientnet-lite0")
+    extract = encoder.build(torch.device("cpu"))
+    prototypes = torch.randn(2, extract.out_channels)
+    recipes = {n: distributed.ClassifierRecipe.of(
+        Classifier(prototypes, ClassInfo([1, 2], ["a", "b"]), 20.0, at_scales(oriented(extract, n), (1, 2))),
+        encoder, "cpu") for n in (1, 8)}
+    assert recipes[8].orientations == 8 and recipes[1].orientations == 1 and recipes[8].scales == (1, 2)
+    assert recipes[8].token != recipes[1].token
+    rebuilt = recipes[8].build()
+    assert rebuilt.orientations == 8 and rebuilt.scales == (1, 2)
