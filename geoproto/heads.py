@@ -141,8 +141,10 @@ class OrientedExtractor:
     (``ORIENTATIONS``): the window flipped (or transposed), encoded, its features turned back. A drop-in
     wherever windows are encoded; its features have the encoder's channels and grid.
 
-    Averaged over a group of symmetries, the features are exactly equivariant to them: those of a flipped
-    window are the window's, flipped (for windows whose sides are multiples of 8, as ``segment``'s are).
+    Averaged over a group of symmetries, the features are exactly equivariant to them where the window's
+    sides are multiples of 8: those of a flipped window are the window's, flipped. Other sides (``segment``'s
+    default 417 px tile) are registered exactly too (``turned_features``), but a flipped window is then
+    framed a few pixels differently, so the equality holds only approximately.
     """
 
     def __init__(self, extract, orientations: int):
