@@ -128,8 +128,10 @@ class PrototypeFile:
         ``classifier.fit_support`` with the file's scoring and alpha would: multi-scale features when the
         file's are, its linear head when it holds one.
 
-        ``extract`` must average the orientations the file's features were (``heads.oriented``; ``segment`` builds
-        it so from the file). ``alpha`` (None: the file's) replaces the file's softmax scale. Plain prototypes score cosines times
+        ``extract`` must average the orientations the file's features were (``heads.oriented``; ``segment``
+        builds it so from the file).
+
+        ``alpha`` (None: the file's) replaces the file's softmax scale. Plain prototypes score cosines times
         alpha; a linear head's weight, fitted at the file's alpha, is scaled by alpha / the file's alpha. Both
         are exact softmax temperature changes: the logits are those at the file's alpha times that ratio, so
         the labels stay the same and the probabilities are exactly those of the new temperature (a head

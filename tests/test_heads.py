@@ -89,7 +89,8 @@ def test_multiscale_extractor_concatenates_unit_scales(encoder, dubai_image):
 
 def _window(image: np.ndarray, row: int, col: int, height: int, width: int, context: int) -> np.ndarray:
     """The window whose first pixel is (row, col), with ``context`` pixels around it (B x 3 x H x W)."""
-    return np.ascontiguousarray(image[None, :, row - context:row + height + context, col - context:col + width + context])
+    rows, cols = slice(row - context, row + height + context), slice(col - context, col + width + context)
+    return np.ascontiguousarray(image[None, :, rows, cols])
 
 
 def test_turned_features_land_on_the_window_grid(encoder, dubai_image):
