@@ -63,7 +63,8 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
                                 for source, _ in supports), batch_size, len(classes.ids))
         _, encoder_info, result = choose_encoder(supports, classes, options, device, batch_size, True, folds,
                                                  group_distance or DEFAULT_GROUP_DISTANCE_PX)
-    return {"inputs": images, "support": support, "encoder": encoder_info, "stretch": stretch, **result}
+    return {"inputs": images, "support": support, "encoder": encoder_info, "stretch": stretch,
+            "orientations": options.orientations, **result}
 
 
 def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, classes: ClassInfo | None,
