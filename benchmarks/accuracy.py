@@ -36,12 +36,12 @@ SPLIT = REPO / "examples" / "dubai" / "split-train-1to5-test-6.json"
 SPACENET = REPO / "examples" / "spacenet"
 
 
-def spacenet_building_iou(encoder: str, crf: bool, folder: str) -> tuple[float, float, str]:
-    """(building IoU, OA, the scoring ``--scoring auto`` used) on the 35 buildings not used as support,
-    support buildings left out."""
+def spacenet_building_iou(encoder: str, crf: bool, folder: str, **options) -> tuple[float, float, str]:
+    """(building IoU, OA, the scoring used: ``--scoring auto``'s unless ``options`` set it) on the 35 buildings
+    not used as support, support buildings left out; ``options``: other SegmentOptions (default settings)."""
     out = Path(folder) / f"{encoder}-{crf}.tif"
     summary = segment(str(SPACENET / "sample_geotiff.tif"), str(SPACENET / "support.gpkg"), str(out),
-                      SegmentOptions(encoder=encoder, crf=crf, progress=False, overwrite=True))
+                      SegmentOptions(encoder=encoder, crf=crf, progress=False, overwrite=True, **options))
     building = next(c["id"] for c in summary["classes"] if c["name"] == "building")
     with rasterio.open(out) as src:
         predicted, transform = src.read(1), src.transform

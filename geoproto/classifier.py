@@ -24,7 +24,7 @@ import torch
 from .classes import ClassInfo, refuse_one_class
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, class_scores, upsample_scores
-from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit, at_scales
+from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit, at_scales, orientations_of
 from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor
 from .tiling import Tile, raster_windows
 
@@ -49,6 +49,11 @@ class Classifier:
     def scales(self) -> tuple[int, ...]:
         """The input scales its features come from: (1,), or (1, 2) for multi-scale features."""
         return SCALES if isinstance(self.extract, MultiScaleExtractor) else (1,)
+
+    @property
+    def orientations(self) -> int:
+        """How many orientations of each window its features are averaged over (``heads.ORIENTATIONS``)."""
+        return orientations_of(self.extract)
 
     @property
     def ids(self) -> np.ndarray:

@@ -109,7 +109,7 @@ class EncoderRecipe:
 @dataclass(frozen=True)
 class ClassifierRecipe:
     """What a worker needs to rebuild the run's classifier: prototypes, classes, alpha, the encoder, and
-    how features are scored (a fitted head's weights, 1x or 1x + 2x features)."""
+    how features are scored (a fitted head's weights, 1x or 1x + 2x features, the orientations averaged)."""
 
     prototypes: np.ndarray
     classes: ClassInfo
@@ -118,13 +118,14 @@ class ClassifierRecipe:
     device: str  # "auto" picks CUDA on a GPU worker
     head_weight: np.ndarray | None = None  # heads.LinearHead's, or None for eq. 2
     scales: tuple[int, ...] = (1,)
+    orientations: int = 1
 
     @classmethod
     def of(cls, classifier: Classifier, encoder: EncoderRecipe, device: str) -> "ClassifierRecipe":
         """The recipe of ``classifier``, whose features come from the encoder of ``encoder``."""
         head = None if classifier.head is None else classifier.head.weight.cpu().numpy()
         return cls(classifier.prototypes.cpu().numpy(), classifier.classes, classifier.alpha, encoder, device, head,
-                   classifier.scales)
+                   classifier.scales, classifier.orientations)
 
     @property
     def token(self) -> str:
@@ -132,13 +133,14 @@ class ClassifierRecipe:
         digest = hashlib.sha256(np.ascontiguousarray(self.prototypes, np.float32).tobytes())
         if self.head_weight is not None:
             digest.update(np.ascontiguousarray(self.head_weight, np.float32).tobytes())
-        digest.update(repr((self.classes.ids, self.alpha, self.encoder, self.device, self.scales)).encode())
+        digest.update(repr((self.classes.ids, self.alpha, self.encoder, self.device, self.scales,
+                            self.orientations)).encode())
         return digest.hexdigest()
 
     def build(self) -> Classifier:
-        from .heads import LinearHead, at_scales
+        from .heads import LinearHead, at_scales, oriented
 
-        extract = at_scales(self.encoder.build(resolve_device(self.device)), self.scales)
+        extract = at_scales(oriented(self.encoder.build(resolve_device(self.device)), self.orientations), self.scales)
         head = None if self.head_weight is None else LinearHead(torch.from_numpy(self.head_weight))
         return Classifier(torch.from_numpy(self.prototypes).to(extract.device), self.classes, self.alpha, extract,
                           head=head)

@@ -28,7 +28,7 @@ from .classes import NODATA, NODATA_NAME, ClassInfo
 from .errors import GeoprotoError, renamed_params
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
-from .heads import LINEAR, VARIANTS, SupportCells, at_scales, fit_linear_head
+from .heads import DEFAULT_ORIENTATIONS, LINEAR, VARIANTS, SupportCells, at_scales, fit_linear_head, oriented
 from .metrics import confusion_matrix, json_number, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
@@ -259,12 +259,14 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
              crf: bool, device: torch.device, train_split: str = "train", test_split: str = "test",
              alpha: float = DEFAULT_ALPHA, crf_params: crf_module.CRFParams | None = None,
              progress: bool = True, crf_backend: str = crf_module.DEFAULT_BACKEND,
-             on_patch: Callable[[int, int, np.ndarray], None] | None = None, scoring: str = "prototypes") -> dict:
+             on_patch: Callable[[int, int, np.ndarray], None] | None = None, scoring: str = "prototypes",
+             orientations: int = DEFAULT_ORIENTATIONS) -> dict:
     """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation.
 
     ``scoring``: how queries are scored, one of ``heads.VARIANTS`` as ``segment --scoring`` names them
     (the paper's prototypes, or multi-scale features and/or a linear head fitted on the shots), so the
-    protocol measures what ``segment`` does with each.
+    protocol measures what ``segment`` does with each. ``orientations``: the features of every patch, support
+    and query, averaged over that many orientations of it (``heads.ORIENTATIONS``), as ``segment --orientations``.
 
     ``on_patch(seed, patch_number, predicted)``, if given, receives each query patch's labels as scored
     (its core, as positions 1..K of the report's classes), e.g. to compare two CRF backends pixel by pixel.
@@ -283,7 +285,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
         raise GeoprotoError(f"{data.name}: the {test_split!r} split is empty")
     support_patches = [p for p in patch_index(data, train_samples) if p[2] & set(classes.ids)]
     query_patches = patch_index(data, test_samples)
-    extract = at_scales(FeatureExtractor(encoder, device), scales)
+    extract = at_scales(oriented(FeatureExtractor(encoder, device), orientations), scales)
     crf_params = crf_params or crf_module.params_for_resolution(data.pixel_size_m)
     cache: dict[int, torch.Tensor] = {}
     cached_bytes = 0
@@ -330,7 +332,8 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
                                                 f"{support_patches[i][1].row},{support_patches[i][1].col}"
                                                 for i in chosen], **summarise(matrix, classes.names)})
     bar.close()
-    return {"dataset": data.name, "shots": shots, "scoring": scoring, "crf": crf, "seeds": seeds,
+    return {"dataset": data.name, "shots": shots, "scoring": scoring, "orientations": orientations, "crf": crf,
+            "seeds": seeds,
             **({"crf_backend": crf_backend, "crf_bilateral_px": round(crf_params.bilateral_sxy, 2)} if crf else {}),
             "classes": classes.names,
             "query_patches": len(query_patches), "notes": notes, "mean": _aggregate(runs, np.mean),

@@ -2,6 +2,9 @@
 
 - Multi-scale features: the window's features at its own scale and at twice its input scale (finer detail,
   small objects), pooled back onto the same registered grid and concatenated.
+- Features averaged over orientations of the window (test-time augmentation): aerial imagery has no up
+  nor down, so the window flipped (and transposed) describes the same ground; each orientation's features,
+  turned back onto the window's grid, are averaged (``OrientedExtractor``), for support and queries alike.
 - A linear head fitted on the support's labelled pixels: prototypes treat every feature channel alike;
   a few hundred steps of softmax regression, started at the prototypes' cosine classifier, learn which
   channels separate the user's classes.
@@ -19,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import GeoprotoError
-from .fewshot import DEFAULT_ALPHA, PrototypeAccumulator, match_logits
-from .models.runtime import CONTEXT_MARGIN, GRID
+from .fewshot import DEFAULT_ALPHA, FEATURE_STRIDE, PrototypeAccumulator, match_logits
+from .models.runtime import CONTEXT_MARGIN, GRID, _reflect
 
 PROTOTYPES = "prototypes"
 LINEAR = "linear"
@@ -36,6 +39,13 @@ HEAD_LEARNING_RATE = 0.05
 # the support's quirks; anchored, it moves only where the support clearly asks it to.
 HEAD_DECAY = 1e-3
 MAX_CELLS_PER_CLASS = 4000  # cells of each class the head is fitted on at most (chosen at random beyond)
+# The orientations a window's features can be averaged over: each is a transpose (or not) then flips of the
+# given image axes. 1: the window as it is; 2: and its mirror image; 4: every flip; 8: every flip of the
+# window and of its transpose (the square's eight symmetries).
+_FLIPS = ((), (-1,), (-2,), (-2, -1))
+ORIENTATIONS = {1: ((False, ()),), 2: ((False, ()), (False, (-1,))), 4: tuple((False, dims) for dims in _FLIPS),
+                8: tuple((transpose, dims) for transpose in (False, True) for dims in _FLIPS)}
+DEFAULT_ORIENTATIONS = 1
 
 
 def second_scale_features(extract, images: np.ndarray | torch.Tensor, context: int = 0) -> torch.Tensor:
@@ -109,6 +119,83 @@ class MultiScaleExtractor:
     @torch.inference_mode()
     def __call__(self, images: np.ndarray, context: int = 0) -> torch.Tensor:
         return concat_scales(self.extract(images, context), second_scale_features(self.extract, images, context))
+
+
+def oriented(extract, orientations: int):
+    """``extract`` giving features averaged over ``orientations`` (``ORIENTATIONS``): itself for 1, else an
+    ``OrientedExtractor``."""
+    if orientations not in ORIENTATIONS:
+        raise GeoprotoError(f"must be one of {', '.join(map(str, ORIENTATIONS))}, got {orientations!r}",
+                            param="orientations")
+    return OrientedExtractor(extract, orientations) if orientations > 1 else extract
+
+
+def orientations_of(extract) -> int:
+    """How many orientations the features of ``extract`` (possibly multi-scale) are averaged over."""
+    extract = extract.extract if isinstance(extract, MultiScaleExtractor) else extract
+    return extract.orientations if isinstance(extract, OrientedExtractor) else 1
+
+
+class OrientedExtractor:
+    """A ``FeatureExtractor`` whose features are the mean over ``orientations`` of the window's
+    (``ORIENTATIONS``): the window flipped (or transposed), encoded, its features turned back. A drop-in
+    wherever windows are encoded; its features have the encoder's channels and grid.
+
+    Averaged over a group of symmetries, the features are exactly equivariant to them where the window's
+    sides are multiples of 8: those of a flipped window are the window's, flipped. Other sides (``segment``'s
+    default 417 px tile) are registered exactly too (``turned_features``), but a flipped window is then
+    framed a few pixels differently, so the equality holds only approximately.
+    """
+
+    def __init__(self, extract, orientations: int):
+        self.extract, self.orientations = extract, orientations
+
+    @property
+    def encoder(self):
+        return self.extract.encoder
+
+    @property
+    def out_channels(self) -> int:
+        return self.extract.out_channels
+
+    @property
+    def device(self) -> torch.device:
+        return self.extract.device
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray, context: int = 0) -> torch.Tensor:
+        total = None
+        for transpose, dims in ORIENTATIONS[self.orientations]:
+            features = turned_features(self.extract, images, context, transpose, dims).float()
+            total = features if total is None else total + features
+        return total / self.orientations
+
+
+def turned_features(extract, images: np.ndarray, context: int, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
+    """Features of windows transposed (if ``transpose``) then flipped along ``dims``, turned back onto the
+    windows' own registered grid (B x C x ceil(H/8) x ceil(W/8), as ``extract(images, context)``).
+
+    Cell i covers pixels [8i, 8i + 8): flipped, a side that is not a multiple of 8 would put the cells'
+    edges elsewhere, so the flipped window is encoded with the few pixels before it (its context, or the
+    reflection ``extract`` would add) that make its side a multiple of 8, and every cell turns back onto a
+    block of the window's grid.
+    """
+    if transpose:
+        swapped = np.ascontiguousarray(images.swapaxes(-1, -2))
+        return turned_features(extract, swapped, context, False, dims).transpose(-1, -2)
+    if not dims:
+        return extract(images, context)
+    flipped = torch.from_numpy(images).flip(dims)
+    sides = {axis: flipped.shape[axis] - 2 * context for axis in (-2, -1)}
+    short = {axis: (-sides[axis]) % FEATURE_STRIDE if axis in dims else 0 for axis in (-2, -1)}
+    most = max(short.values())
+    if context < most:  # as window_features would reflect the window: the same pixels, there sooner
+        flipped = _reflect(flipped, [most - context] * 4)
+        context = most
+    kept = context - most  # the context left on every side once the shorter sides are lengthened
+    for axis in (-2, -1):
+        flipped = flipped.narrow(axis, most - short[axis], sides[axis] + short[axis] + 2 * kept)
+    return extract(np.ascontiguousarray(flipped.numpy()), kept).flip(dims)
 
 
 class PrototypeHead:

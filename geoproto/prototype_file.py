@@ -8,7 +8,8 @@ so loading one never runs code. Its members:
   (image, support file and its sha256, bands and input scaling, ground resolution, pixels per class),
   the scoring the file was made for (``scoring``: the ``heads.VARIANTS`` name, its input scales and
   head, and why it was chosen; a file without it holds plain prototypes), and the softmax scale ``alpha``
-  it was made at (a linear head's weight holds it; a file without it was made at the default, 20);
+  it was made at (a linear head's weight holds it; a file without it was made at the default, 20), and the
+  ``orientations`` of each window its features were averaged over (``heads.ORIENTATIONS``; without it, 1);
 - ``feature_sum`` (K x C float64) and ``pixels`` (K int64): eq. 1's per-class feature sums and labelled
   pixel counts, of the features the scoring uses (1x, or 1x and 2x concatenated: C doubles). Prototypes are
   their ratio; keeping the sums, not the means, lets files pool exactly, pixel-weighted, as if every support
@@ -73,6 +74,9 @@ class PrototypeFile:
     scoring: dict = field(default_factory=lambda: scoring_record("prototypes", "plain prototypes (eq. 2)"))
     # The softmax scale it was made at: a linear head's weight is scaled by it (``heads.LinearHead``).
     alpha: float = DEFAULT_ALPHA
+    # The orientations of each window its features were averaged over (``heads.OrientedExtractor``): the
+    # features it is matched with must be averaged alike.
+    orientations: int = 1
 
     def prototypes(self):
         """K x C float32 prototypes (torch), exactly as ``fewshot.PrototypeAccumulator.prototypes``."""
@@ -105,6 +109,7 @@ class PrototypeFile:
                         for i, n, c in zip(self.classes.ids, self.classes.names, self.classes.colors)],
             "numbered_by_name": self.numbered_by_name, "encoder": self.encoder, "sources": self.sources,
             "head": sorted(self.head), "scoring": self.scoring, "alpha": self.alpha,
+            "orientations": self.orientations,
         }
 
     def save(self, path: str) -> None:
@@ -123,6 +128,9 @@ class PrototypeFile:
         ``classifier.fit_support`` with the file's scoring and alpha would: multi-scale features when the
         file's are, its linear head when it holds one.
 
+        ``extract`` must average the orientations the file's features were (``heads.oriented``; ``segment``
+        builds it so from the file).
+
         ``alpha`` (None: the file's) replaces the file's softmax scale. Plain prototypes score cosines times
         alpha; a linear head's weight, fitted at the file's alpha, is scaled by alpha / the file's alpha. Both
         are exact softmax temperature changes: the logits are those at the file's alpha times that ratio, so
@@ -131,10 +139,13 @@ class PrototypeFile:
         import torch
 
         from .classifier import Classifier
-        from .heads import LINEAR, LinearHead, at_scales
+        from .heads import LINEAR, LinearHead, at_scales, orientations_of
 
         alpha = self.alpha if alpha is None else alpha
         self.check_encoder(encoder_fingerprint(extract.encoder), description)
+        if orientations_of(extract) != self.orientations:
+            raise GeoprotoError(f"{self.name}: made with features averaged over {self.orientations} orientation(s), "
+                                f"but given features of {orientations_of(extract)}", param="orientations")
         stats = {"prototypes": self.path, "alpha": alpha, "pixels": self.pixel_counts,
                  "sources": [source["image"] for source in self.sources], "warnings": []}
         extract = at_scales(extract, self.scales)
@@ -345,7 +356,18 @@ def _from_arrays(path: str, arrays: dict[str, np.ndarray]) -> PrototypeFile:
     scoring = _read_scoring(path, header.get("scoring"), head, k, channels)
     return PrototypeFile(classes, feature_sum, pixels, encoder, sources, bool(header.get("numbered_by_name")),
                          head, str(header.get("created", "")), str(header.get("geoproto_version", "")), path,
-                         scoring, _read_alpha(path, header.get("alpha", DEFAULT_ALPHA)))
+                         scoring, _read_alpha(path, header.get("alpha", DEFAULT_ALPHA)),
+                         _read_orientations(path, header.get("orientations", 1)))
+
+
+def _read_orientations(path: str, orientations) -> int:
+    """The orientations its features were averaged over (a file from before they were recorded: 1)."""
+    from .heads import ORIENTATIONS
+
+    if type(orientations) is not int or orientations not in ORIENTATIONS:
+        raise _invalid(path, f"its orientations must be one of {', '.join(map(str, ORIENTATIONS))}; found "
+                             f"{orientations!r}")
+    return orientations
 
 
 def _read_alpha(path: str, alpha) -> float:
@@ -452,7 +474,8 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
     one. Heads are dropped: a head fitted on one support does not fit the pooled one; the pooled file
     scores with its features' scales alone (``multiscale`` or ``prototypes``). Files of different scales
     have features of different channels and are refused; so are files made at different alphas (the
-    pooled file would score at one of them, silently not at the other's).
+    pooled file would score at one of them, silently not at the other's) and files whose features were
+    averaged over different orientations (their prototypes describe differently made features).
     """
     from .heads import PROTOTYPES, VARIANTS
 
@@ -475,6 +498,11 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
             raise GeoprotoError(
                 f"{other.name}: made at alpha {other.alpha:g}, but {first.name} at alpha {first.alpha:g}; only "
                 f"prototypes of one softmax scale can be pooled (rebuild one with `geoproto prototypes --alpha`)")
+        if other.orientations != first.orientations:
+            raise GeoprotoError(
+                f"{other.name}: made with features averaged over {other.orientations} orientation(s), but "
+                f"{first.name} over {first.orientations}; only prototypes of alike features can be pooled (rebuild "
+                f"one with `geoproto prototypes --orientations`)")
     _refuse_pooling_twice(files)
     names: list[str] = []
     ids: dict[str, set[tuple[int, str]]] = {}
@@ -511,7 +539,8 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
         why = f"; heads dropped (of {', '.join(sorted(set(dropped)))})" if dropped else ""
         head, scoring = {}, scoring_record(variant, f"merged from {len(files)} prototype files{why}")
     return PrototypeFile(classes, feature_sum, pixels, first.encoder, [s for item in files for s in item.sources],
-                         numbered_by_name, head, _now(), scoring=scoring, alpha=first.alpha)
+                         numbered_by_name, head, _now(), scoring=scoring, alpha=first.alpha,
+                         orientations=first.orientations)
 
 
 def _refuse_pooling_twice(files: list[PrototypeFile]) -> None:

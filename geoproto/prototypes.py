@@ -88,7 +88,8 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
                                        encoder, [_provenance(inputs, support, digests[absolute_path(support)], options,
                                                    stats["pixels"])],
                                        inputs.polygons is not None and inputs.polygons.numbered_by_name,
-                                       scoring=scoring, alpha=options.alpha))
+                                       scoring=scoring, alpha=options.alpha,
+                                       orientations=options.orientations))
             accumulators.append(accumulator)
             inputs.close()
             supports.append({"image": image, "support": support, **stats})
@@ -227,4 +228,5 @@ def _describe(pooled: PrototypeFile) -> dict:
     return {"classes": [{"id": i, "name": n, "pixels": p} for i, n, p in
                         zip(pooled.classes.ids, pooled.classes.names, pooled.pixels.tolist())],
             "sources": len(pooled.sources), "encoder_name": pooled.encoder["name"],
-            "encoder_sha256": pooled.encoder["fingerprint"], "scoring": pooled.scoring}
+            "encoder_sha256": pooled.encoder["fingerprint"], "scoring": pooled.scoring,
+            "orientations": pooled.orientations}

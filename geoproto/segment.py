@@ -33,7 +33,7 @@ from .classifier import Classifier, fit_support
 from .distributed import (ClassifierRecipe, EncoderRecipe, check_scheduler_address, cluster, import_distributed,
                           run_on_cluster)
 from .errors import GeoprotoError
-from .heads import DEFAULT_VARIANT, VARIANTS
+from .heads import DEFAULT_ORIENTATIONS, DEFAULT_VARIANT, ORIENTATIONS, VARIANTS
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
@@ -97,6 +97,9 @@ class SegmentOptions:
     # How windows are scored (heads.VARIANTS), or "auto": as the cross-validation of the support polygons
     # picks (plain prototypes unless a variant beats them reliably; prototypes without polygons).
     scoring: str = "auto"
+    # Orientations of each window its features are averaged over (heads.ORIENTATIONS: 1, 2, 4 or 8; support and
+    # queries alike). None: a prototype file's own (``prototypes``), else DEFAULT_ORIENTATIONS.
+    orientations: int | None = None
     stretch: str = "shared"  # STRETCH_CHOICES: several inputs' stretch (one raster always has one)
     # Outputs
     # Cross-validate polygon support and put the report in the summary (done anyway for encoder and
@@ -150,6 +153,10 @@ class SegmentOptions:
             raise GeoprotoError(f"{self.scoring!r}: choose {', '.join(SCORING_CHOICES)}", param="scoring")
         if self.stretch not in STRETCH_CHOICES:
             raise GeoprotoError(f"{self.stretch!r}: choose {', '.join(STRETCH_CHOICES)}", param="stretch")
+        if self.orientations is not None and (type(self.orientations) is not int
+                                                  or self.orientations not in ORIENTATIONS):
+            raise GeoprotoError(f"{self.orientations!r}: choose {', '.join(map(str, ORIENTATIONS))}",
+                                param="orientations")
         if self.dask_scheduler and self.dask_local:
             raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
                                 param="dask_local")
@@ -160,6 +167,7 @@ class SegmentOptions:
         refuse_two_encoders(self.encoder, self.backbone, self.checkpoint, self.init_weights)
         if self.prototypes is None:
             self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
+            self.orientations = DEFAULT_ORIENTATIONS if self.orientations is None else self.orientations
             # a checkpoint, weights or another backbone name the encoder (``replace`` re-checks)
             if not is_explicit(self.backbone, self.checkpoint, self.init_weights):
                 self.encoder = self.encoder or DEFAULT_ENCODER
@@ -313,10 +321,11 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     started = time.perf_counter()
     check_tiling(options)
     taught = _prototype_file(support, options)
-    if taught is not None:  # the file's encoder and alpha (unless given), for everything after
+    if taught is not None:  # the file's encoder, alpha (unless given) and orientations, for everything after
         options = replace(options, encoder=taught.encoder_choice(options.encoder, is_explicit(
                               options.backbone, options.checkpoint, options.init_weights)),
-                          alpha=taught.alpha if options.alpha is None else options.alpha)
+                          alpha=taught.alpha if options.alpha is None else options.alpha,
+                          orientations=taught.orientations)
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend) if options.crf else None
     several = len(jobs) > 1
@@ -406,7 +415,8 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                                     param="aoi" if options.aoi else "bbox")
             warnings.warn(f"{len(skipped)} input(s) outside the area, skipped (no output): {', '.join(skipped)}")
             jobs = [job for job in jobs if job.tiles]
-        shared = {"device": device.type, "encoder": encoder_info, "scoring": scoring, "support": support_stats,
+        shared = {"device": device.type, "encoder": encoder_info, "scoring": scoring,
+                  "orientations": classifier.orientations, "support": support_stats,
                   "stretch": stretch,
                   **({"support_check": check} if check else {}), **({"skipped": skipped} if skipped else {})}
         metadata = {"GEOPROTO_VERSION": __version__, "GEOPROTO_ENCODER": _encoder_label(encoder_info),
@@ -583,6 +593,10 @@ def _prototype_file(support: str | None, options: SegmentOptions):
         raise GeoprotoError(f"asks for {options.scoring}, but {taught.name} was made with scoring {taught.variant}; "
                             f"leave it auto, or rebuild the file with `geoproto prototypes --scoring "
                             f"{options.scoring}`", param="scoring")
+    if options.orientations not in (None, taught.orientations):
+        raise GeoprotoError(f"asks for {options.orientations}, but {taught.name} was made with features averaged "
+                            f"over {taught.orientations} orientation(s); leave it out, or rebuild the file with "
+                            f"`geoproto prototypes --orientations {options.orientations}`", param="orientations")
     return taught
 
 

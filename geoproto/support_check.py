@@ -15,6 +15,7 @@ import torch
 
 from .classes import ClassInfo, refuse_one_class
 from .errors import GeoprotoError
+from .heads import DEFAULT_ORIENTATIONS, oriented
 from .inputs import SupportLabels, stretch_inputs, support_pairs
 from .models.runtime import GRID, FeatureExtractor, default_batch_size, resolve_device
 from .raster import RasterSource, path_exists
@@ -64,7 +65,8 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
                                 for source, _ in supports), batch_size, len(classes.ids))
         _, encoder_info, result = choose_encoder(supports, classes, options, device, batch_size, True, folds,
                                                  group_distance or DEFAULT_GROUP_DISTANCE_PX)
-    return {"inputs": images, "support": support, "encoder": encoder_info, "stretch": stretch, **result}
+    return {"inputs": images, "support": support, "encoder": encoder_info, "stretch": stretch,
+            "orientations": options.orientations, **result}
 
 
 def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, classes: ClassInfo | None,
@@ -91,6 +93,10 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
     from .models import DEFAULT_ENCODER, build_shipped, concat_features, select_encoder, shipped_names
     from .models.shipped import is_explicit
 
+    def extractor(encoder) -> FeatureExtractor:
+        """The encoder's features as every window of the run is encoded (``options.orientations``)."""
+        return oriented(FeatureExtractor(encoder, device), options.orientations or DEFAULT_ORIENTATIONS)
+
     explicit = is_explicit(options.backbone, options.checkpoint, options.init_weights)
     candidates = shipped_names() if options.encoder == "auto" and not explicit else []
     default = DEFAULT_ENCODER if DEFAULT_ENCODER in candidates or not candidates else candidates[0]
@@ -101,7 +107,7 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
         if candidates:  # no polygons to cross-validate: the default encoder
             encoder, info = build_shipped(default)
             info = {**info, "auto": f"support is a label raster: no cross-validation, used the default {default}"}
-        return FeatureExtractor(encoder, device), info, None
+        return extractor(encoder), info, None
 
     windows = crossval.read_support_windows(polygons, classes, options.tile_size, options.overlap, folds,
                                             group_distance)
@@ -119,14 +125,14 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
         return {**report, "scoring": choice}
 
     if not candidates:
-        extract = FeatureExtractor(encoder, device)
+        extract = extractor(encoder)
         return extract, info, scored(extract, crossval.encode_windows(extract, windows, batch_size))
     built, features, confusions = {}, {}, {}
     for name in candidates:
         parts = name.split("+")
         if len(parts) == 1:
             built[name] = build_shipped(name)
-            features[name] = crossval.encode_windows(FeatureExtractor(built[name][0], device), windows, batch_size)
+            features[name] = crossval.encode_windows(extractor(built[name][0]), windows, batch_size)
         else:  # a concatenation reuses its parts' features, window by window: no extra encoding
             features[name] = [concat_features(window) for window in zip(*(features[part] for part in parts))]
         confusions[name] = crossval.cross_validate(features[name], windows, num_classes, folds, options.alpha)
@@ -135,7 +141,7 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
     encoder, info = built[picked] if picked in built else build_shipped(picked)
     if options.progress:
         warnings.warn(f"encoder auto {choice['reason']}")
-    extract = FeatureExtractor(encoder, device)
+    extract = extractor(encoder)
     if not want_report:
         return extract, {**info, "auto": choice}, None
     return extract, {**info, "auto": choice}, scored(extract, features[picked], {"prototypes": confusions[picked]})

@@ -475,6 +475,24 @@ def test_rasters_cross_validated_together_share_the_stretch_segment_gives_them(p
     assert json.loads(result.stdout)["stretch"] == "shared"
 
 
+@pytest.mark.slow
+def test_the_support_is_cross_validated_on_the_features_segment_averages_over_orientations(paths, spacenet_crop,
+                                                                                            spy):
+    """check-support --orientations 2 encodes every support window as ``segment --orientations 2`` would (each
+    in two orientations), and says so."""
+    import json
+
+    from geoproto import heads
+
+    turned = spy(heads, "turned_features", lambda extract, images, context, transpose, dims: dims)
+    result = CliRunner().invoke(main, ["check-support", str(spacenet_crop), "-s", str(paths.support), "--encoder",
+                                       "imagenet", "--orientations", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["orientations"] == 2 and report["classes"]
+    assert turned and turned.count(()) == turned.count((-1,))  # each window as it is and mirrored
+
+
 def _near_and_far_boxes(tmp_path, image: Path) -> Path:
     """Boxes of classes a, b, a, b over ``image``: the first two 5 px apart across column 192 (2 px left and
     3 px right of it), the last two 300 px apart."""

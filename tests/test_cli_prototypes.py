@@ -504,3 +504,42 @@ def test_library_takes_pathlib_paths_and_refuses_a_bare_pair(scene, tmp_path):
     made = load_prototypes(str(tmp_path / "m.gpp"))
     assert made.sources[0]["image"] == str(image) and made.classes.names == ["bright", "dark"]
     assert not (tmp_path / "bare.gpp").exists()
+
+
+def test_a_file_keeps_the_orientations_its_features_were_averaged_over(paths, spacenet_crop, tmp_path):
+    """prototypes --orientations 4 records them: segment --prototypes averages the query windows alike (the
+    labels of segment --support --orientations 4, to the byte), refuses other orientations, and merging
+    with a file of plain features is refused."""
+    common = ["--tile-size", 320, "--overlap", 32, "--scoring", "prototypes"]
+    for name, orientations in (("turned", 4), ("plain", 1)):
+        made = run("prototypes", spacenet_crop, "-s", paths.support, "-o", tmp_path / f"{name}.gpp", *common,
+                   "--orientations", orientations, "--json")
+        assert made.exit_code == 0, made.output
+        assert json.loads(made.stdout)["orientations"] == orientations
+    turned, plain = load_prototypes(str(tmp_path / "turned.gpp")), load_prototypes(str(tmp_path / "plain.gpp"))
+    assert turned.orientations == 4 and plain.orientations == 1
+    assert not np.allclose(turned.feature_sum, plain.feature_sum, rtol=1e-3)  # averaged features, not the window's
+
+    segment = [*common, "--no-crf", "--no-overviews", "--json", "-q"]
+    direct = run("segment", spacenet_crop, "-s", paths.support, "-o", tmp_path / "direct.tif", *segment,
+                 "--orientations", 4)
+    reused = run("segment", spacenet_crop, "--prototypes", tmp_path / "turned.gpp", "-o", tmp_path / "reused.tif",
+                 *segment)
+    assert direct.exit_code == 0 and reused.exit_code == 0, direct.output + reused.output
+    assert json.loads(direct.stdout)["orientations"] == json.loads(reused.stdout)["orientations"] == 4
+    with rasterio.open(tmp_path / "direct.tif") as a, rasterio.open(tmp_path / "reused.tif") as b:
+        labels = a.read(1)
+        np.testing.assert_array_equal(labels, b.read(1))
+    assert len(np.unique(labels)) == 3
+
+    refused = run("segment", spacenet_crop, "--prototypes", tmp_path / "turned.gpp", "-o", tmp_path / "c.tif",
+                  *segment, "--orientations", 8)
+    assert refused.exit_code == 1
+    assert (f"--orientations: asks for 8, but {tmp_path / 'turned.gpp'} was made with features averaged over 4 "
+            f"orientation(s)") in refused.output
+    assert not (tmp_path / "c.tif").exists()
+    mixed = run("merge-prototypes", tmp_path / "turned.gpp", tmp_path / "plain.gpp", "-o", tmp_path / "m.gpp")
+    assert mixed.exit_code == 1
+    assert (f"{tmp_path / 'plain.gpp'}: made with features averaged over 1 orientation(s), but "
+            f"{tmp_path / 'turned.gpp'} over 4") in mixed.output
+    assert not (tmp_path / "m.gpp").exists()

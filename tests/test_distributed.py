@@ -253,3 +253,22 @@ def test_local_workers_of_a_script_without_a_main_guard_say_why_they_failed(tmp_
     assert last.endswith('keep its top-level code under `if __name__ == "__main__":`: each worker starts by '
                          "importing the script again (multiprocessing's spawn)")
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_a_classifier_recipe_rebuilds_its_orientations():
+    """A worker's classifier averages its features over the run's orientations (and under its scales), and its
+    token tells it from the same prototypes matched with plain features."""
+    from geoproto.classes import ClassInfo
+    from geoproto.classifier import Classifier
+    from geoproto.heads import at_scales, oriented
+
+    encoder = distributed.EncoderRecipe("imagenet", "efficientnet-lite0")
+    extract = encoder.build(torch.device("cpu"))
+    prototypes = torch.randn(2, extract.out_channels)
+    recipes = {n: distributed.ClassifierRecipe.of(
+        Classifier(prototypes, ClassInfo([1, 2], ["a", "b"]), 20.0, at_scales(oriented(extract, n), (1, 2))),
+        encoder, "cpu") for n in (1, 8)}
+    assert recipes[8].orientations == 8 and recipes[1].orientations == 1 and recipes[8].scales == (1, 2)
+    assert recipes[8].token != recipes[1].token
+    rebuilt = recipes[8].build()
+    assert rebuilt.orientations == 8 and rebuilt.scales == (1, 2)

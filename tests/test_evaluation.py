@@ -215,6 +215,31 @@ def test_evaluate_scores_queries_with_the_linear_head_segment_fits(dubai):
     assert (expected == labelled["linear", 0]).mean() > 0.999
 
 
+@pytest.mark.slow
+def test_evaluate_averages_every_patch_over_the_orientations_asked(dubai, spy):
+    """``orientations``: shots and queries alike are encoded in each orientation (2: twice) and their averaged
+    features score the queries; the report says how many."""
+    import torch
+
+    from geoproto.models.runtime import FeatureExtractor
+
+    data = load_dataset("folder", str(dubai), holdout="image_part_001t6$")
+    data.splits["train"] = [n for n in data.splits["train"] if n.endswith("t1")][:3]
+    encoder = build_encoder()[0]
+    reports, labelled, encoded = {}, {}, {}
+    for orientations in (1, 2):
+        calls = spy(FeatureExtractor, "__call__", lambda extract, images, context=0: images.shape)
+        reports[orientations] = evaluate(
+            data, encoder, 2, [0], None, False, torch.device("cpu"), progress=False, orientations=orientations,
+            on_patch=lambda seed, number, predicted, key=orientations: labelled.__setitem__((key, number), predicted))
+        encoded[orientations] = len(calls)
+        calls.clear()
+    assert reports[2]["orientations"] == 2 and reports[1]["orientations"] == 1
+    assert encoded[2] == 2 * encoded[1] == 2 * (2 + reports[1]["query_patches"])  # 2 shots and every query
+    assert reports[2]["runs"][0]["supports"] == reports[1]["runs"][0]["supports"]
+    assert any((labelled[1, n] != labelled[2, n]).any() for n in range(reports[1]["query_patches"]))
+
+
 def test_evaluate_refuses_a_scoring_it_does_not_know():
     import torch
 

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from geoproto.fewshot import PrototypeAccumulator, match_logits
-from geoproto.heads import (LINEAR, PROTOTYPES, LinearHead, MultiScaleExtractor, SupportFit, concat_scales,
-                            fit_linear_head, second_scale_features)
+from geoproto.errors import GeoprotoError
+from geoproto.heads import (LINEAR, PROTOTYPES, LinearHead, MultiScaleExtractor, OrientedExtractor, SupportFit,
+                            at_scales, concat_scales, fit_linear_head, oriented, orientations_of,
+                            second_scale_features, turned_features)
 from geoproto.models import build_encoder
 from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor, window_features
 
@@ -83,6 +85,78 @@ def test_multiscale_extractor_concatenates_unit_scales(encoder, dubai_image):
     torch.testing.assert_close(features[:, :channels].norm(dim=1), torch.ones(1, 8, 9))
     torch.testing.assert_close(features[:, channels:].norm(dim=1), torch.ones(1, 8, 9))
     torch.testing.assert_close(features[:, :channels], F.normalize(extract(images, CONTEXT_MARGIN), dim=1))
+
+
+def _window(image: np.ndarray, row: int, col: int, height: int, width: int, context: int) -> np.ndarray:
+    """The window whose first pixel is (row, col), with ``context`` pixels around it (B x 3 x H x W)."""
+    rows, cols = slice(row - context, row + height + context), slice(col - context, col + width + context)
+    return np.ascontiguousarray(image[None, :, rows, cols])
+
+
+def test_turned_features_land_on_the_window_grid(encoder, dubai_image):
+    """Features of a flipped window, flipped back, describe the window's own 8 x 8 blocks: most alike the
+    window's features where their blocks coincide, not a few pixels away (real weights, real imagery)."""
+    extract = FeatureExtractor(encoder, torch.device("cpu"))
+    context, side = CONTEXT_MARGIN, 96
+    plain = extract(_window(dubai_image, 200, 200, side, side, context), context)[..., 2:-2, 2:-2]
+    for dims in ((-1,), (-2,)):
+        similarity = {}
+        for shift in (-8, -4, 0, 4, 8):  # the flipped window moved by `shift` pixels along the flipped axis
+            row, col = (200 + shift, 200) if dims == (-2,) else (200, 200 + shift)
+            turned = turned_features(extract, _window(dubai_image, row, col, side, side, context), context, False, dims)
+            similarity[shift] = F.cosine_similarity(plain, turned[..., 2:-2, 2:-2], dim=1).mean().item()
+        # ImageNet features are not flip-invariant (mean cosine 0.57-0.8 at 0); 4 px away: 0.05 lower or more
+        assert similarity[0] > 0.5 and similarity[0] > max(similarity[-4], similarity[4]) + 0.02, (dims, similarity)
+        assert similarity[0] > max(similarity[-8], similarity[8]) + 0.08, (dims, similarity)
+
+
+@pytest.mark.parametrize("side", [100, 93])
+def test_turned_features_of_sides_not_multiples_of_8_keep_the_grid(encoder, dubai_image, side):
+    """A flipped window whose side is not a multiple of 8 is encoded from the pixels before it that make it
+    one: its cells turn back onto the same blocks as those of the window grown to a multiple of 8 (the same
+    pixels but near its far edges), not onto blocks shifted by the remainder (flipped back as they come:
+    mean cosine 0.74-0.85); with context and without (as ``evaluate`` reads its 417 px patches)."""
+    extract = FeatureExtractor(encoder, torch.device("cpu"))
+    grown = -(-side // 8) * 8
+    for context in (CONTEXT_MARGIN, 0):
+        for transpose, dims in ((False, (-1,)), (False, (-2, -1)), (True, (-2,))):
+            images = _window(dubai_image, 150, 150, side, side, context)
+            turned = turned_features(extract, images, context, transpose, dims)
+            reference = turned_features(extract, _window(dubai_image, 150, 150, grown, grown, context), context,
+                                        transpose, dims)
+            assert turned.shape == reference.shape == extract(images, context).shape
+            cosine = F.cosine_similarity(turned, reference, dim=1)[0, 1:-4, 1:-4]  # away from the differing edges
+            assert cosine.mean() > 0.99 and cosine.min() > 0.95, (side, context, dims, cosine.mean(), cosine.min())
+
+
+@pytest.mark.parametrize("orientations", [2, 4, 8])
+def test_oriented_features_are_equivariant_to_their_orientations(encoder, dubai_image, orientations):
+    """Averaged over a group of symmetries, the features of a flipped (or transposed) window are the window's,
+    flipped (or transposed) to float precision; the mean keeps the encoder's channels and grid."""
+    extract = OrientedExtractor(FeatureExtractor(encoder, torch.device("cpu")), orientations)
+    images = _window(dubai_image, 100, 300, 96, 80, CONTEXT_MARGIN)
+    features = extract(images, CONTEXT_MARGIN)
+    assert features.shape == (1, encoder.out_channels, 12, 10) and extract.out_channels == encoder.out_channels
+    symmetries = {2: [(-1,)], 4: [(-1,), (-2,), (-2, -1)], 8: [(-1,), (-2,), "transpose"]}[orientations]
+    for symmetry in symmetries:
+        if symmetry == "transpose":
+            turned_image, expected = images.swapaxes(-1, -2), features.transpose(-1, -2)
+        else:
+            turned_image, expected = np.flip(images, symmetry), features.flip(symmetry)
+        torch.testing.assert_close(extract(np.ascontiguousarray(turned_image), CONTEXT_MARGIN), expected,
+                                   atol=1e-5, rtol=0)
+    plain = FeatureExtractor(encoder, torch.device("cpu"))(images, CONTEXT_MARGIN)
+    assert not torch.allclose(features, plain, atol=1e-3)  # an average, not the window's own features
+
+
+def test_oriented_wraps_only_for_several_orientations_and_is_found_under_scales(encoder):
+    extract = FeatureExtractor(encoder, torch.device("cpu"))
+    assert oriented(extract, 1) is extract and orientations_of(extract) == 1
+    turned = oriented(extract, 8)
+    assert turned.encoder is encoder and turned.device == extract.device
+    assert orientations_of(turned) == 8 and orientations_of(at_scales(turned, (1, 2))) == 8
+    with pytest.raises(GeoprotoError, match=r"orientations: must be one of 1, 2, 4, 8, got 3"):
+        oriented(extract, 3)
 
 
 def test_linear_head_starts_at_the_prototypes_classifier():

@@ -157,6 +157,9 @@ def _encode(header):
      "its linear head needs a 3 x 4 weight; found nothing"),
     (lambda p: _rewrite(p, header=_encode({**_header(p), "alpha": 0})), r"its alpha must be > 0 and <= 1000, got 0"),
     (lambda p: _rewrite(p, header=_encode({**_header(p), "alpha": "10"})), "its alpha must be a finite number"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "orientations": 3})),
+     "its orientations must be one of 1, 2, 4, 8; found 3"),
+    (lambda p: _rewrite(p, header=_encode({**_header(p), "orientations": 4.0})), "its orientations must be one of"),
     (lambda p: _rewrite(p, header=_encode({**_header(p), "head": ["weight"]}),
                         **{"head.weight": np.zeros((3, 4), np.float32)}),
      "holds head arrays, but its scoring prototypes"),
@@ -424,3 +427,15 @@ def test_built_file_records_encoder_scaling_resolution_and_provenance(halves, pa
     assert source["pixels"] == whole.pixel_counts and len(source["support_sha256"]) == 64
     whole.save(tmp_path / "whole.gpp")
     assert load_prototypes(str(tmp_path / "whole.gpp")).sources == whole.sources
+
+
+def test_the_orientations_a_file_was_made_with_are_kept_and_a_file_without_them_was_made_with_one(tmp_path):
+    made = make_file()
+    made.orientations = 8
+    made.save(tmp_path / "turned.gpp")
+    assert _header(tmp_path / "turned.gpp")["orientations"] == 8
+    assert load_prototypes(str(tmp_path / "turned.gpp")).orientations == 8
+    header = _header(tmp_path / "turned.gpp")
+    del header["orientations"]  # as files written before orientations were recorded
+    _rewrite(tmp_path / "turned.gpp", header=_encode(header))
+    assert load_prototypes(str(tmp_path / "turned.gpp")).orientations == 1

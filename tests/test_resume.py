@@ -151,3 +151,16 @@ def test_a_journal_of_an_earlier_labels_revision_is_refused(tmp_path, monkeypatc
     monkeypatch.undo()
     with pytest.raises(GeoprotoError, match=r"cannot resume: .*\(labels_revision changed\)"):
         Journal(output, JOB, TILES, 3, probabilities=False)
+
+
+def test_the_orientations_features_are_averaged_over_are_part_of_the_job():
+    """Windows labelled from features of one window and of its four flips differ: a journal of one is not
+    resumed by the other."""
+    from geoproto.segment import SegmentOptions
+    from geoproto.tiling import tile_grid
+
+    tiles = tile_grid(100, 100, 64, 8)
+    plain = resume.segment_job("a.tif", SegmentOptions(), "cpu", tiles)
+    turned = resume.segment_job("a.tif", SegmentOptions(orientations=4), "cpu", tiles)
+    assert plain["options"]["orientations"] == 1 and turned["options"]["orientations"] == 4
+    assert resume._differences(plain, turned) == ["options.orientations"]

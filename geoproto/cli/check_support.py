@@ -8,8 +8,8 @@ from ..batch import expand_images
 from ..metrics import format_metric
 from ..segment import SegmentOptions
 from ..support_check import DEFAULT_FOLDS, MAX_FOLDS, check_support
-from .options import (encoding_options, handle_errors, integer, not_stdio, number, print_json, printable,
-                      stretch_option, support_options)
+from .options import (encoding_options, handle_errors, integer, not_stdio, number, orientations_option, print_json,
+                      printable, stretch_option, support_options)
 
 
 @click.command("check-support")
@@ -19,6 +19,7 @@ from .options import (encoding_options, handle_errors, integer, not_stdio, numbe
 @support_options
 @encoding_options
 @stretch_option
+@orientations_option()
 @click.option("--folds", type=integer(2, MAX_FOLDS), default=DEFAULT_FOLDS, show_default=True)
 @click.option("--group-distance", type=number(0),
               help="Polygons closer than this many pixels share a fold [default: 32].")

@@ -11,7 +11,7 @@ from ..crf import CRF_RANGES, MIN_BILATERAL_PX, floor_warning, kernel_at_floor, 
 from ..datasets import fold_classes
 from ..errors import GeoprotoError
 from ..evaluation import DEFAULT_SEEDS, evaluate, format_table
-from ..heads import VARIANTS
+from ..heads import DEFAULT_ORIENTATIONS, VARIANTS
 from ..models import select_encoder
 from ..models.runtime import resolve_device
 from ..models.shipped import refuse_two_encoders
@@ -19,8 +19,8 @@ from ..output import StagedOutputs
 from ..training import check_dataset_settings, load_dataset
 from ..training.trainer import TRAIN_RANGES
 from .options import (crf_backend_option, dataset_options, device_option, evaluated_encoder_options, handle_errors,
-                      integer, integer_list, json_option, not_stdio, number, overwrite_option, print_json, printable,
-                      quiet_option, show_progress)
+                      integer, integer_list, json_option, not_stdio, number, orientations_option, overwrite_option,
+                      print_json, printable, quiet_option, show_progress)
 
 
 @click.command("evaluate")
@@ -35,6 +35,7 @@ from .options import (crf_backend_option, dataset_options, device_option, evalua
 @click.option("--scoring", type=click.Choice(list(VARIANTS)), default="prototypes", show_default=True,
               help="How queries are scored, as segment --scoring names it: the paper's prototypes, multiscale "
                    "(features at 1x and 2x), linear (a head fitted on the shots) or both.")
+@orientations_option()
 @click.option("--crf/--no-crf", default=True, show_default=True)
 @crf_backend_option
 @click.option("--pixel-size", type=number(0, 1e4, min_open=True), metavar="METRES",
@@ -53,8 +54,8 @@ from .options import (crf_backend_option, dataset_options, device_option, evalua
 @json_option
 @handle_errors
 def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split, holdout, encoder, backbone,
-                     checkpoint, init_weights, shots, seeds, class_names, scoring, crf, crf_backend, pixel_size,
-                     crf_bilateral_px, train_split, test_split, device, report, overwrite, quiet, as_json):
+                     checkpoint, init_weights, shots, seeds, class_names, scoring, orientations, crf, crf_backend,
+                     pixel_size, crf_bilateral_px, train_split, test_split, device, report, overwrite, quiet, as_json):
     """Score an encoder with the paper's protocol: 417x417 test patches as queries, K random training
     patches covering the classes as supports, repeated over seeds (mean ± std)."""
     # The report path is checked before the (long) evaluation, and never replaces one of its inputs.
@@ -78,7 +79,8 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
         result = evaluate(data, model, shots, seeds, names, crf,
                           resolve_device(device), train_split, test_split,
                           crf_params=params_for_resolution(pixel_size, **overrides),
-                          progress=show_progress(quiet), crf_backend=crf_backend, scoring=scoring)
+                          progress=show_progress(quiet), crf_backend=crf_backend, scoring=scoring,
+                          orientations=orientations or DEFAULT_ORIENTATIONS)
         result["encoder"] = info
         if report_tmp:
             with open(report_tmp, "w", encoding="utf-8") as handle:

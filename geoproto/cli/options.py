@@ -17,6 +17,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from ..crf import BACKENDS, DEFAULT_BACKEND
 from ..crossval import SWITCH_CONFIDENCE
 from ..errors import EMPTY_PATH, GeoprotoError, GeoprotoWarning
+from ..heads import DEFAULT_ORIENTATIONS, ORIENTATIONS
 from ..validation import DEFAULT_ALPHA, MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
 from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES, STRETCH_CHOICES
@@ -380,6 +381,21 @@ def scoring_option(help_text: str):
     """``--scoring`` (``segment``'s variants, default auto), with the command's own help."""
     return click.option("--scoring", type=click.Choice(SCORING_CHOICES), default="auto", show_default=True,
                         help=help_text)
+
+
+def orientations_option(more_help: str = ""):
+    """``--orientations`` (``heads.ORIENTATIONS``; None when not given, for a prototype file's own), with the
+    command's own words after the shared help."""
+    def as_number(ctx, param, value):
+        value = _given_or_none(ctx, param, value)
+        return None if value is None else int(value)
+
+    return click.option(
+        "--orientations", type=click.Choice([str(n) for n in ORIENTATIONS]), default=str(DEFAULT_ORIENTATIONS),
+        show_default=True, callback=as_number,
+        help="Average each window's features over this many orientations of it, support and queries alike (aerial "
+             "imagery has no up nor down): 2 adds its mirror image, 4 every flip, 8 every flip of it and of its "
+             "transpose. The encoder runs that many times per window." + more_help)
 
 
 dataset_options = _chain(
