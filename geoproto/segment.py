@@ -46,8 +46,7 @@ from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progr
 from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m, row_areas_m2
 from .resume import Journal, file_identity, remove_journal, segment_job
-from .support import VectorLabels
-from .support_check import choose_encoder
+from .support_check import choose_encoder, refuse_label_raster_support
 from .tiling import tile_grid, window_geometry, window_size
 from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number, check_path, check_paths, check_sequence
 
@@ -370,9 +369,6 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             else (None, taught.classes)
         if taught is None:  # before the support is encoded and cross-validated (the classifier checks again:
             refuse_one_class(classes.names, "support")  # a classes file's other classes may have no pixel)
-            if options.check_support and not any(isinstance(labels, VectorLabels) for _, labels in supports):
-                raise GeoprotoError(f"cross-validates support polygons; {support} is a label raster",
-                                    param="check_support")
         batch_size = options.batch_size or default_batch_size(device)
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
         # The largest window the run reads: a folder of small chips never needs a full tile's memory.
@@ -567,11 +563,13 @@ def _scoring(asked: str, check: dict | None, taught) -> dict:
 
 def _prototype_file(support: str | None, options: SegmentOptions):
     """The prototype file ``options.prototypes``, loaded and checked (None without one); exactly one of
-    a support and a prototype file teaches the classes."""
+    a support and a prototype file teaches the classes; ``check_support`` needs support polygons."""
     if (support is None) == (options.prototypes is None):
         raise GeoprotoError("give either a support or a prototype file, not " + ("both" if support else "neither"),
                             param="prototypes", mentions=("support",))
     if options.prototypes is None:
+        if options.check_support:  # before any raster is read or stretched
+            refuse_label_raster_support(support, "check_support")
         return None
     if options.check_support:
         raise GeoprotoError("cross-validates support polygons; a prototype file has none", param="check_support")
