@@ -14,7 +14,7 @@ import numpy as np
 from affine import Affine
 
 from .errors import GeoprotoError, no_such_file
-from .raster import RasterSource
+from .raster import RasterSource, finite_geometries
 from .tiling import Tile
 from .validation import check_number
 
@@ -153,7 +153,7 @@ def _near_raster(geometries, crs, reference, target):
     if np.isfinite(shapely.get_coordinates(footprint)).all():
         near = shapely.intersection(near, shapely.make_valid(footprint))
     near = geopandas.GeoSeries(near[~shapely.is_empty(near)], crs=crs).to_crs(target).values
-    finite = np.array([np.isfinite(shapely.get_coordinates(g)).all() for g in near], bool)
+    finite = finite_geometries(near)
     return near[finite] if finite.any() else [shapely.Polygon()]
 
 

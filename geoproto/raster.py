@@ -358,6 +358,18 @@ def apply_transform(transform, cols, rows) -> tuple:
             transform.d * cols + transform.e * rows + transform.f)
 
 
+def finite_geometries(geometries) -> np.ndarray:
+    """Which of ``geometries`` (an array of shapely geometries) have only finite coordinates, in one pass
+    over all of them: one reprojected beyond where its projection holds (a world-wide file into a UTM
+    zone) gets infinite ones, which GEOS cannot handle. An empty geometry counts as finite."""
+    import shapely
+
+    coords, index = shapely.get_coordinates(geometries, return_index=True)
+    finite = np.ones(len(geometries), bool)
+    finite[index[~np.isfinite(coords).all(axis=1)]] = False
+    return finite
+
+
 # Gauss-Legendre nodes per row of a geographic raster: the ellipsoid's area density is smooth enough for
 # these to be exact to double precision on rows up to 10 degrees tall.
 ZONE_QUADRATURE_NODES = 5
