@@ -319,9 +319,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend) if options.crf else None
     several = len(jobs) > 1
-    # What each raster's GDAL dataset reads besides itself: a VRT's sources, sidecars.
-    read_by = {raster: component_files(raster) for raster in [job.image for job in jobs] + [options.support_image]
-               if raster}
+    # What each raster's GDAL dataset reads besides itself: a VRT's sources, sidecars (none for a vector support).
+    read_by = {raster: component_files(raster)
+               for raster in [job.image for job in jobs] + [options.support_image, support] if raster}
     staged = StagedOutputs(options.overwrite, {
         **{("image" if not several else f"image {n}"): job.image for n, job in enumerate(jobs, 1)}, "support": support,
         "support_image": options.support_image, "classes_file": options.classes_file,

@@ -267,3 +267,34 @@ def test_resume_notices_a_vrts_source_rewritten(tmp_path, monkeypatch):
     with pytest.raises(GeoprotoError, match=r"cannot resume: the interrupted run was made with other inputs or "
                                             r"options \(sources changed\)"):
         segment(mosaic, support, str(tmp_path / "out.tif"), options)
+
+
+def test_resume_notices_a_label_raster_vrts_source_rewritten(tmp_path, monkeypatch):
+    """A label-raster support read through a VRT: its source rewritten under the unchanged .vrt teaches other
+    prototypes, so the journal's windows are not replayed; the run refuses to resume, naming the sources."""
+    import rasterio.shutil
+
+    from geoproto.errors import GeoprotoError
+
+    image = str(write_raster(tmp_path / "image.tif", two_halves()))
+    labels = np.zeros((96, 96), np.uint8)
+    labels[30:60, 10:30], labels[30:60, 60:90] = 1, 2
+    source = write_raster(tmp_path / "labels.tif", labels)
+    support = str(tmp_path / "labels.vrt")
+    rasterio.shutil.copy(str(source), support, driver="VRT")
+    options = SegmentOptions(**SMALL, resume=True, tile_size=64, overlap=8)
+    record = resume.Journal.record
+
+    def crash_after_one(journal, *args):
+        record(journal, *args)
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(resume.Journal, "record", crash_after_one)
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        segment(image, support, str(tmp_path / "out.tif"), options)
+    monkeypatch.setattr(resume.Journal, "record", record)
+    write_raster(source, labels[:, ::-1].copy())  # the same size, the classes swapped
+    os.utime(source, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns + 10**9))
+    with pytest.raises(GeoprotoError, match=r"cannot resume: the interrupted run was made with other inputs or "
+                                            r"options \(sources changed\)"):
+        segment(image, support, str(tmp_path / "out.tif"), options)
