@@ -45,7 +45,7 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
 from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m, row_areas_m2
-from .resume import Journal, file_identity, remove_journal, segment_job
+from .resume import FILE_OPTIONS, Journal, file_identity, remove_journal, segment_job
 from .support_check import choose_encoder, refuse_label_raster_support
 from .tiling import tile_grid, window_geometry, window_size
 from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number, check_path, check_paths, check_sequence
@@ -172,9 +172,9 @@ SEGMENT_RANGES = {
     "dask_local": (1, MAX_WORKERS, False),
 }
 _INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"}
-# SegmentOptions' files, taken as str or os.PathLike (``validation.check_path``).
-_PATH_FIELDS = ("checkpoint", "init_weights", "classes_file", "support_image", "prototypes", "probabilities",
-                "vector", "preview", "report", "aoi")
+# SegmentOptions' files, taken as str or os.PathLike (``validation.check_path``): the inputs and the sidecar
+# outputs, in field order (the first bad one is named).
+_PATH_FIELDS = tuple(f.name for f in fields(SegmentOptions) if f.name in FILE_OPTIONS | SIDECARS.keys())
 
 
 def _check_bands(bands) -> list[int]:
