@@ -152,10 +152,11 @@ class SegmentOptions:
         if self.dask_scheduler and self.dask_local:
             raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
                                 param="dask_local")
-        if self.dask_scheduler or self.dask_local:
-            import_distributed()  # Dask missing: said now, not after the support is encoded
+        # Dask missing, or an address it cannot take: said now, not after the support is encoded.
         if self.dask_scheduler:
-            check_scheduler_address(self.dask_scheduler)
+            check_scheduler_address(self.dask_scheduler)  # imports Dask
+        elif self.dask_local:
+            import_distributed()
         refuse_two_encoders(self.encoder, self.backbone, self.checkpoint, self.init_weights)
         if self.prototypes is None:
             self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
