@@ -14,7 +14,7 @@ import numpy as np
 from affine import Affine
 
 from .errors import GeoprotoError, no_such_file
-from .raster import RasterSource
+from .raster import RasterSource, finite_geometries
 from .tiling import Tile
 from .validation import check_number
 
@@ -113,9 +113,11 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
     if (frame.crs is None) != (target is None):
         raise GeoprotoError(f"{where}has {'no CRS' if frame.crs is None else 'a CRS'} while the raster "
                             f"{reference.name} has {'one' if target is not None else 'none'}", param=param)
-    geometries = shapely.make_valid(frame.geometry.values)
+    geometries = shapely.make_valid(frame.geometry.values)  # valid for the cut to the raster's surroundings
     if target is not None and not target.equals(frame.crs):
-        geometries = _near_raster(geometries, frame.crs, reference, target)
+        # Repaired again once reprojected: a valid ring whose edges nearly touch can cross itself in
+        # another CRS (straight edges stay straight, vertices move), and GEOS refuses it.
+        geometries = shapely.make_valid(_near_raster(geometries, frame.crs, reference, target))
     inverse = ~reference.transform
     matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
     geometry = shapely.affinity.affine_transform(shapely.union_all(geometries), matrix)
@@ -153,7 +155,7 @@ def _near_raster(geometries, crs, reference, target):
     if np.isfinite(shapely.get_coordinates(footprint)).all():
         near = shapely.intersection(near, shapely.make_valid(footprint))
     near = geopandas.GeoSeries(near[~shapely.is_empty(near)], crs=crs).to_crs(target).values
-    finite = np.array([np.isfinite(shapely.get_coordinates(g)).all() for g in near], bool)
+    finite = finite_geometries(near)
     return near[finite] if finite.any() else [shapely.Polygon()]
 
 

@@ -56,10 +56,10 @@ def import_distributed():
     return distributed
 
 
-def check_scheduler_address(address: str) -> str:
-    """``address`` if Dask can connect to it as written: checked before any work, as a malformed one
-    ("localhost", no port; "http://...") otherwise surfaced after the support was encoded, as an unexpected
-    ValueError, with the half-made Client's complaints at exit."""
+def check_scheduler_address(address: str) -> None:
+    """Refuses ``address`` unless Dask can connect to it as written (``SegmentOptions`` checks it before any
+    work): a malformed one ("localhost", no port; "http://...") otherwise surfaced after the support was
+    encoded, as an unexpected ValueError, with the half-made Client's complaints at exit."""
     import_distributed()
     from distributed.comm import get_address_host_port, parse_address
     from distributed.comm.registry import get_backend
@@ -72,7 +72,6 @@ def check_scheduler_address(address: str) -> str:
     except (ValueError, TypeError) as exc:
         raise GeoprotoError(f"{address!r} is not a Dask scheduler address ({exc}); give tcp://HOST:PORT "
                             f"(Dask's scheduler listens on port 8786 by default)", param="dask_scheduler") from None
-    return address
 
 
 @dataclass(frozen=True)
@@ -276,8 +275,6 @@ def connect(scheduler: str | None = None, local_workers: int | None = None, memo
 
     if (scheduler is None) == (local_workers is None):
         raise GeoprotoError("give either a Dask scheduler address or a number of local workers")
-    if scheduler is not None:
-        check_scheduler_address(scheduler)
     with contextlib.ExitStack() as stack:
         # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers, which turns off glibc's adaptive mmap
         # threshold: every large tensor is then mapped and unmapped afresh, and the encoder ran 3x slower

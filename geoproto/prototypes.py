@@ -42,6 +42,11 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
     The file is made at ``options.alpha`` (its linear head is fitted at it) and records it. Each pair may hold
     a single class, as long as the pairs pool into two or more.
     """
+    return _build(*_checked_request(pairs, options))
+
+
+def _checked_request(pairs, options) -> tuple[list[tuple[str, str]], SegmentOptions]:
+    """``pairs`` and ``options`` checked (and None options made the defaults), before any work or output."""
     options = check_options(options)
     check_tiling(options)
     pairs = check_pairs(pairs)
@@ -51,6 +56,11 @@ def build_prototype_file(pairs: list[tuple[str, str]], options: SegmentOptions |
         raise GeoprotoError("names the raster of a single support; give each support with its own image",
                             param="support_image")
     _refuse_repeated_pairs(pairs)
+    return pairs, options
+
+
+def _build(pairs: list[tuple[str, str]], options: SegmentOptions) -> tuple[PrototypeFile, dict]:
+    """``build_prototype_file`` of checked ``pairs`` and ``options`` (``_checked_request``)."""
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
     opened: list[Inputs] = []
@@ -148,9 +158,9 @@ def _pooled_fit(accumulators: list[SupportFit], files: list[PrototypeFile], pool
 
 def write_prototypes(pairs: list[tuple[str, str]], output: str, options: SegmentOptions | None = None) -> dict:
     """Build the prototype file of ``pairs`` and write it to ``output`` (atomically); returns a summary."""
-    options = check_options(options)
     started = time.perf_counter()
-    pairs, output = check_pairs(pairs), check_path("output", output)
+    pairs, options = _checked_request(pairs, options)
+    output = check_path("output", output)
     inputs = {f"image {i + 1}": image for i, (image, _) in enumerate(pairs)}
     inputs.update({f"support {i + 1}": support for i, (_, support) in enumerate(pairs)})
     inputs.update({"support_image": options.support_image, "classes_file": options.classes_file,
@@ -158,7 +168,7 @@ def write_prototypes(pairs: list[tuple[str, str]], output: str, options: Segment
     with StagedOutputs(options.overwrite, inputs) as staged:
         staging = staged.stage(output, "output")
         check_output_name(output)
-        pooled, summary = build_prototype_file(pairs, options)
+        pooled, summary = _build(pairs, options)
         pooled.save(staging)
         staged.commit()
     return {"output": output, **_describe(pooled), **summary, "seconds": round(time.perf_counter() - started, 3)}

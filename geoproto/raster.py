@@ -237,10 +237,12 @@ def _band_choice(src: rasterio.io.DatasetReader, bands: list[int] | None) -> lis
         if bad:
             raise GeoprotoError(f"{src.name}: has {src.count} band(s); no band {bad[0]}", param="bands")
         # An RGBA raster's band 4 taken for near-infrared (--bands 4,3,2) would feed transparency as imagery.
+        # Some RGBN files tag their near-infrared band as alpha: retagging it is the way round.
         alpha = [b for b in bands if src.colorinterp[b - 1] == ColorInterp.alpha]
         if alpha:
             raise GeoprotoError(f"{src.name}: band {alpha[0]} is its alpha (transparency) band, not imagery; it "
-                                f"masks the others already", param="bands")
+                                f"masks the others already (if it holds imagery, such as near-infrared, retag it: "
+                                f"gdal_edit.py -colorinterp_{alpha[0]} undefined {src.name})", param="bands")
         return list(bands)
     data_bands = [i for i, ci in zip(src.indexes, src.colorinterp) if ci != ColorInterp.alpha]
     if len(data_bands) >= 3:
@@ -356,6 +358,18 @@ def apply_transform(transform, cols, rows) -> tuple:
     would reach the command line)."""
     return (transform.a * cols + transform.b * rows + transform.c,
             transform.d * cols + transform.e * rows + transform.f)
+
+
+def finite_geometries(geometries) -> np.ndarray:
+    """Which of ``geometries`` (an array of shapely geometries) have only finite coordinates, in one pass
+    over all of them: one reprojected beyond where its projection holds (a world-wide file into a UTM
+    zone) gets infinite ones, which GEOS cannot handle. An empty geometry counts as finite."""
+    import shapely
+
+    coords, index = shapely.get_coordinates(geometries, return_index=True)
+    finite = np.ones(len(geometries), bool)
+    finite[index[~np.isfinite(coords).all(axis=1)]] = False
+    return finite
 
 
 # Gauss-Legendre nodes per row of a geographic raster: the ellipsoid's area density is smooth enough for

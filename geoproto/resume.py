@@ -286,7 +286,8 @@ def _write_durably(path: str, data: bytes) -> None:
 UNRELATED_OPTIONS = {"workers", "batch_size", "check_support", "vector", "preview", "report", "cog", "driver",
                      "vector_driver", "creation_options", "overviews", "min_area", "simplify", "command", "overwrite",
                      "progress", "resume", "dask_scheduler", "dask_local"}
-_FILE_OPTIONS = {"checkpoint", "init_weights", "classes_file", "support_image", "aoi", "prototypes"}
+# SegmentOptions fields naming an input file: fingerprinted by the file, not the path.
+FILE_OPTIONS = {"checkpoint", "init_weights", "classes_file", "support_image", "aoi", "prototypes"}
 
 
 def segment_job(image: str, options, device: str, tiles: list[Tile], **inputs) -> dict:
@@ -298,7 +299,7 @@ def segment_job(image: str, options, device: str, tiles: list[Tile], **inputs) -
             continue
         if name == "probabilities":
             value = value is not None  # "" asks for them too (segment_many: a name made from the input)
-        elif name in _FILE_OPTIONS:
+        elif name in FILE_OPTIONS:
             value = file_identity(value)
         settings[name] = value
     return fingerprint(image=file_identity(image), **inputs, options=settings, device=device,

@@ -45,9 +45,8 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
 from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
 from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m, row_areas_m2
-from .resume import Journal, file_identity, remove_journal, segment_job
-from .support import VectorLabels
-from .support_check import choose_encoder
+from .resume import FILE_OPTIONS, Journal, file_identity, remove_journal, segment_job
+from .support_check import choose_encoder, refuse_label_raster_support
 from .tiling import tile_grid, window_geometry, window_size
 from .validation import ALPHA_RANGE, DEFAULT_ALPHA, MAX_WORKERS, check_number, check_path, check_paths, check_sequence
 
@@ -160,10 +159,11 @@ class SegmentOptions:
         if self.dask_scheduler and self.dask_local:
             raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
                                 param="dask_local")
-        if self.dask_scheduler or self.dask_local:
-            import_distributed()  # Dask missing: said now, not after the support is encoded
+        # Dask missing, or an address it cannot take: said now, not after the support is encoded.
         if self.dask_scheduler:
-            check_scheduler_address(self.dask_scheduler)
+            check_scheduler_address(self.dask_scheduler)  # imports Dask
+        elif self.dask_local:
+            import_distributed()
         refuse_two_encoders(self.encoder, self.backbone, self.checkpoint, self.init_weights)
         if self.prototypes is None:
             self.alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
@@ -181,9 +181,9 @@ SEGMENT_RANGES = {
     "dask_local": (1, MAX_WORKERS, False),
 }
 _INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"}
-# SegmentOptions' files, taken as str or os.PathLike (``validation.check_path``).
-_PATH_FIELDS = ("checkpoint", "init_weights", "classes_file", "support_image", "prototypes", "probabilities",
-                "vector", "preview", "report", "aoi")
+# SegmentOptions' files, taken as str or os.PathLike (``validation.check_path``): the inputs and the sidecar
+# outputs, in field order (the first bad one is named).
+_PATH_FIELDS = tuple(f.name for f in fields(SegmentOptions) if f.name in FILE_OPTIONS | SIDECARS.keys())
 
 
 def _check_bands(bands) -> list[int]:
@@ -329,9 +329,9 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     device = resolve_device(options.device)
     crf_backend = crf_module.resolve_backend(options.crf_backend) if options.crf else None
     several = len(jobs) > 1
-    # What each raster's GDAL dataset reads besides itself: a VRT's sources, sidecars.
-    read_by = {raster: component_files(raster) for raster in [job.image for job in jobs] + [options.support_image]
-               if raster}
+    # What each raster's GDAL dataset reads besides itself: a VRT's sources, sidecars (none for a vector support).
+    read_by = {raster: component_files(raster)
+               for raster in [job.image for job in jobs] + [options.support_image, support] if raster}
     staged = StagedOutputs(options.overwrite, {
         **{("image" if not several else f"image {n}"): job.image for n, job in enumerate(jobs, 1)}, "support": support,
         "support_image": options.support_image, "classes_file": options.classes_file,
@@ -379,9 +379,6 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             else (None, taught.classes)
         if taught is None:  # before the support is encoded and cross-validated (the classifier checks again:
             refuse_one_class(classes.names, "support")  # a classes file's other classes may have no pixel)
-            if options.check_support and not any(isinstance(labels, VectorLabels) for _, labels in supports):
-                raise GeoprotoError(f"cross-validates support polygons; {support} is a label raster",
-                                    param="check_support")
         batch_size = options.batch_size or default_batch_size(device)
         workers = (os.cpu_count() or 1) if options.workers is None else options.workers
         # The largest window the run reads: a folder of small chips never needs a full tile's memory.
@@ -577,11 +574,13 @@ def _scoring(asked: str, check: dict | None, taught) -> dict:
 
 def _prototype_file(support: str | None, options: SegmentOptions):
     """The prototype file ``options.prototypes``, loaded and checked (None without one); exactly one of
-    a support and a prototype file teaches the classes."""
+    a support and a prototype file teaches the classes; ``check_support`` needs support polygons."""
     if (support is None) == (options.prototypes is None):
         raise GeoprotoError("give either a support or a prototype file, not " + ("both" if support else "neither"),
                             param="prototypes", mentions=("support",))
     if options.prototypes is None:
+        if options.check_support:  # before any raster is read or stretched
+            refuse_label_raster_support(support, "check_support")
         return None
     if options.check_support:
         raise GeoprotoError("cross-validates support polygons; a prototype file has none", param="check_support")

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from .classes import MAX_CLASS_ID, ClassInfo, read_class_file, refuse_reserved_names
 from .errors import GeoprotoError, no_such_file
-from .raster import absolute_path, apply_transform, open_raster, path_exists, read_error
+from .raster import absolute_path, apply_transform, finite_geometries, open_raster, path_exists, read_error
 from .tiling import Tile
 
 # Field names taken as the class column, in this order; anything else must be named (``class_field``)
@@ -384,8 +384,7 @@ class VectorSupport:
                 # A polygon beyond where the raster's projection holds (a world-wide label file on a UTM
                 # tile) gets infinite coordinates: it lies on no raster in that CRS, so it is left empty
                 # rather than handed to GEOS (a stray "invalid value" warning, or worse).
-                far = np.array([not np.isfinite(shapely.get_coordinates(g)).all() for g in geometries], bool)
-                geometries[far] = shapely.Polygon()
+                geometries[~finite_geometries(geometries)] = shapely.Polygon()
             # Repaired where they are used, in the raster's CRS (the file's invalid polygons were counted
             # when read): a ring repaired before a reprojection would come out slightly otherwise.
             geometries, _ = _repaired(geometries)

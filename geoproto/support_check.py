@@ -33,6 +33,16 @@ MAX_FOLDS = 100
 DEFAULT_GROUP_DISTANCE_PX = 32.0
 
 
+def refuse_label_raster_support(support: str, param: str) -> None:
+    """Cross-validation needs support polygons: a label raster is refused on a cheap open of the file, before
+    any raster is read or stretched. ``param`` is what is at fault: the support given to ``check_support``,
+    or the option ``check_support`` of a segmentation."""
+    if path_exists(support) and is_raster(support):
+        raise GeoprotoError(f"cross-validates support polygons; {support} is a label raster" if param == "check_support"
+                            else f"{support}: cross-validation needs support polygons (a vector file), not a label "
+                                 f"raster", param=param)
+
+
 def check_support(images: str | list[str], support: str, options: SegmentOptions | None = None,
                   folds: int = DEFAULT_FOLDS, group_distance: float | None = None) -> dict:
     """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation
@@ -48,9 +58,7 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
     folds = check_number("folds", folds, 2, MAX_FOLDS, integer=True)
     if group_distance is not None:
         check_number("group_distance", group_distance, 0)
-    if path_exists(support) and is_raster(support):
-        raise GeoprotoError(f"{support}: cross-validation needs support polygons (a vector file), not a label "
-                            f"raster", param="support")
+    refuse_label_raster_support(support, "support")
     device = resolve_device(options.device)
     batch_size = options.batch_size or default_batch_size(device)
     read_files: dict = {}  # the support file, read once for every input

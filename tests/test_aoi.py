@@ -131,3 +131,27 @@ def test_an_area_in_utm_on_a_world_raster_in_lon_lat(tmp_path):
         area = load_area(src, src.crs, aoi=str(aoi))
     col0, row0, col1, row1 = area.geometry.bounds  # lon -87..-84, lat 27..36 in 1-degree pixels
     assert (round(col0), round(col1)) == (93, 96) and 53 <= row0 < row1 <= 63
+
+
+def test_an_area_that_crosses_itself_once_reprojected_is_repaired(tmp_path):
+    """A valid lon/lat polygon whose straight edge runs 10 um from a row of its own vertices: in the raster's
+    UTM CRS the edge stays straight while the vertices follow the curved parallel, so the ring crosses
+    itself; repaired after the reprojection (GEOS refused it: "TopologyException: side location conflict")."""
+    from pyproj import Transformer
+
+    image, _ = scene(tmp_path)
+    to_lonlat = Transformer.from_crs("EPSG:32616", "EPSG:4326", always_xy=True)
+    (west, bottom), (east, _), (middle, top) = (to_lonlat.transform(x, y) for x, y in
+                                                ((499990, 3699976), (500058, 3699976), (500030, 3699990)))
+    strip = [(lon, bottom + 1e-10) for lon in np.linspace(east, middle, 50)]  # back along the edge, just above
+    polygon = shapely.Polygon([(west, bottom), (east, bottom), *strip, (middle, top), (west, top)])
+    assert polygon.is_valid
+    assert not geopandas.GeoSeries([polygon], crs="EPSG:4326").to_crs("EPSG:32616").is_valid.any()
+    aoi = tmp_path / "aoi.gpkg"
+    geopandas.GeoDataFrame(geometry=[polygon], crs="EPSG:4326").to_file(aoi)
+    with rasterio.open(image) as src:
+        area = load_area(src, src.crs, aoi=str(aoi))
+    # The block west of x 500030 m, rows 20 to 48 (y 3699990 to 3699976 m): 80 x 28 px; the strip has no area.
+    assert area.geometry.is_valid
+    assert area.geometry.area == pytest.approx(80 * 28, abs=0.01)
+    assert area.reaches(Tile(0, 0, 96, 96, 0, 96, 0, 96))

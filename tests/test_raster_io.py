@@ -297,13 +297,19 @@ def test_rgba_alpha_masks_pixels(tmp_path):
 
 @pytest.mark.parametrize("bands", [[4, 3, 2], [4]])
 def test_the_alpha_band_is_refused_as_imagery(tmp_path, bands):
-    """RGBA taken for RGBN (--bands 4,3,2): transparency would be read as the red channel."""
+    """RGBA taken for RGBN (--bands 4,3,2): transparency would be read as the red channel. An RGBN file whose
+    near-infrared band is tagged alpha is told how to retag it, and is then read (what gdal_edit.py does)."""
     path = tmp_path / "rgba.tif"
     _rgba(path)
     with pytest.raises(GeoprotoError, match=rf"^bands: {path}: band 4 is its alpha \(transparency\) band, not "
-                                            rf"imagery; it masks the others already$"):
+                                            rf"imagery; it masks the others already \(if it holds imagery, such as "
+                                            rf"near-infrared, retag it: gdal_edit.py -colorinterp_4 undefined "
+                                            rf"{path}\)$"):
         RasterSource.open(str(path), bands)
     assert RasterSource.open(str(path), [3, 2, 1]).bands == [3, 2, 1]
+    with rasterio.open(path, "r+") as dst:  # gdal_edit.py -colorinterp_4 undefined
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
+    assert RasterSource.open(str(path), bands).bands == bands
 
 
 def test_raster_smaller_than_tile_is_reflect_padded(tmp_path):

@@ -220,12 +220,16 @@ def test_wrong_argument_types_are_refused_by_name(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["small.tif"]
 
 
-def test_check_support_with_a_label_raster_is_refused_not_skipped(tmp_path):
+def test_check_support_with_a_label_raster_is_refused_not_skipped(tmp_path, spy):
     """There are no polygons to cross-validate: refused before any encoding, as with a prototype file (it was
-    silently left out of the summary)."""
+    silently left out of the summary), and before the inputs are opened (a uint16 raster's whole-raster
+    stretch was computed first)."""
+    from geoproto import segment as segment_module
     from geoproto.errors import GeoprotoError
 
-    image = write_raster(tmp_path / "image.tif", two_halves())
+    opened = spy(segment_module, "options_inputs")
+    stretched = spy(segment_module, "_stretch")
+    image = write_raster(tmp_path / "image.tif", two_halves("uint16"))
     labels = np.zeros((96, 96), np.uint8)
     labels[30:60, 10:30], labels[30:60, 60:90] = 1, 2
     support = write_raster(tmp_path / "labels.tif", labels)
@@ -233,6 +237,7 @@ def test_check_support_with_a_label_raster_is_refused_not_skipped(tmp_path):
                                             rf"label raster$"):
         segment(str(image), str(support), str(tmp_path / "out.tif"), SegmentOptions(**SMALL, check_support=True))
     assert sorted(os.listdir(tmp_path)) == ["image.tif", "labels.tif"]
+    assert opened == [] and stretched == []
 
 
 def test_resume_notices_a_vrts_source_rewritten(tmp_path, monkeypatch):
@@ -262,3 +267,34 @@ def test_resume_notices_a_vrts_source_rewritten(tmp_path, monkeypatch):
     with pytest.raises(GeoprotoError, match=r"cannot resume: the interrupted run was made with other inputs or "
                                             r"options \(sources changed\)"):
         segment(mosaic, support, str(tmp_path / "out.tif"), options)
+
+
+def test_resume_notices_a_label_raster_vrts_source_rewritten(tmp_path, monkeypatch):
+    """A label-raster support read through a VRT: its source rewritten under the unchanged .vrt teaches other
+    prototypes, so the journal's windows are not replayed; the run refuses to resume, naming the sources."""
+    import rasterio.shutil
+
+    from geoproto.errors import GeoprotoError
+
+    image = str(write_raster(tmp_path / "image.tif", two_halves()))
+    labels = np.zeros((96, 96), np.uint8)
+    labels[30:60, 10:30], labels[30:60, 60:90] = 1, 2
+    source = write_raster(tmp_path / "labels.tif", labels)
+    support = str(tmp_path / "labels.vrt")
+    rasterio.shutil.copy(str(source), support, driver="VRT")
+    options = SegmentOptions(**SMALL, resume=True, tile_size=64, overlap=8)
+    record = resume.Journal.record
+
+    def crash_after_one(journal, *args):
+        record(journal, *args)
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(resume.Journal, "record", crash_after_one)
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        segment(image, support, str(tmp_path / "out.tif"), options)
+    monkeypatch.setattr(resume.Journal, "record", record)
+    write_raster(source, labels[:, ::-1].copy())  # the same size, the classes swapped
+    os.utime(source, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns + 10**9))
+    with pytest.raises(GeoprotoError, match=r"cannot resume: the interrupted run was made with other inputs or "
+                                            r"options \(sources changed\)"):
+        segment(image, support, str(tmp_path / "out.tif"), options)
