@@ -397,10 +397,13 @@ def test_failure_after_start_leaves_nothing(paths, tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_run_leaves_nothing(paths, tmp_path, signum, code):
-    """A real process stopped mid-run exits 130/143 and removes its temporary files."""
+    """A real process stopped mid-run exits 130/143 and removes its temporary files. Every window encoded in 8
+    orientations: the run writes for seconds, so the signal comes mid-run even on a loaded machine (the 9
+    windows took under 4 s to write, and a starved poll once saw the staged file only as the run ended)."""
     out = tmp_path / "c.tif"
     process = subprocess.Popen([sys.executable, "-m", "geoproto", "segment", str(paths.chip), "--support", str(paths.support),
-                                "-o", str(out), "--probabilities", str(tmp_path / "p.tif"), "--scoring", "prototypes"],
+                                "-o", str(out), "--probabilities", str(tmp_path / "p.tif"), "--scoring", "prototypes",
+                                "--orientations", "8"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".geoproto-*/c.tif")) and time.monotonic() < deadline:
