@@ -124,10 +124,17 @@ class MultiScaleExtractor:
 def oriented(extract, orientations: int):
     """``extract`` giving features averaged over ``orientations`` (``ORIENTATIONS``): itself for 1, else an
     ``OrientedExtractor``."""
-    if orientations not in ORIENTATIONS:
+    orientations = check_orientations(orientations)
+    return OrientedExtractor(extract, orientations) if orientations > 1 else extract
+
+
+def check_orientations(orientations) -> int:
+    """``orientations`` if it is one of ``ORIENTATIONS``: an int, not 4.0 nor True (recorded in files and
+    job records, compared as given)."""
+    if type(orientations) is not int or orientations not in ORIENTATIONS:
         raise GeoprotoError(f"must be one of {', '.join(map(str, ORIENTATIONS))}, got {orientations!r}",
                             param="orientations")
-    return OrientedExtractor(extract, orientations) if orientations > 1 else extract
+    return orientations
 
 
 def orientations_of(extract) -> int:

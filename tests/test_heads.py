@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from geoproto.fewshot import PrototypeAccumulator, match_logits
 from geoproto.errors import GeoprotoError
 from geoproto.heads import (LINEAR, ORIENTATIONS, PROTOTYPES, LinearHead, MultiScaleExtractor, OrientedExtractor, SupportFit,
-                            at_scales, concat_scales, fit_linear_head, oriented, orientations_of,
+                            at_scales, check_orientations, concat_scales, fit_linear_head, oriented, orientations_of,
                             second_scale_features, turned_features)
 from geoproto.models import build_encoder
 from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor, window_features
+from geoproto.segment import SegmentOptions
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +258,14 @@ def test_oriented_features_are_those_of_each_orientation_encoded_on_the_host(enc
             features = oriented(extract, orientations)(images, context)
             assert features.dtype == torch.float32
             torch.testing.assert_close(features, expected / orientations, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("value", [3, 4.0, True, "4", None])
+def test_orientations_must_be_one_of_the_counts_as_an_int(value):
+    """One check (``oriented``, ``SegmentOptions``, prototype files): 4.0 or True are not 4 or 1."""
+    assert [check_orientations(n) for n in ORIENTATIONS] == list(ORIENTATIONS)
+    with pytest.raises(GeoprotoError, match=rf"orientations: must be one of 1, 2, 4, 8, got {value!r}"):
+        check_orientations(value)
+    if value is not None:  # None: a prototype file's own
+        with pytest.raises(GeoprotoError, match=rf"orientations: must be one of 1, 2, 4, 8, got {value!r}"):
+            SegmentOptions(orientations=value)
