@@ -121,9 +121,19 @@ class MultiScaleExtractor:
         return concat_scales(self.extract(images, context), second_scale_features(self.extract, images, context))
 
 
+def feature_extractor(base, orientations: int = DEFAULT_ORIENTATIONS, scales: tuple[int, ...] = (1,)):
+    """The features windows are encoded to: those of ``base`` (a ``FeatureExtractor``) averaged over
+    ``orientations``, at ``scales``. Always in this order, scales over orientations (each scale's window, its
+    2x pieces too, averaged over the orientations), so that support and queries, a prototype file's and a
+    worker's features are made alike and ``orientations_of``, ``scales_of`` read them back."""
+    return at_scales(oriented(base, orientations), scales)
+
+
 def oriented(extract, orientations: int):
     """``extract`` giving features averaged over ``orientations`` (``ORIENTATIONS``): itself for 1, else an
-    ``OrientedExtractor``."""
+    ``OrientedExtractor``. Scales go over orientations (``feature_extractor``), never under them."""
+    if isinstance(extract, MultiScaleExtractor):
+        raise TypeError("orient each scale's features: oriented() goes inside at_scales() (feature_extractor)")
     orientations = check_orientations(orientations)
     return OrientedExtractor(extract, orientations) if orientations > 1 else extract
 
@@ -137,8 +147,14 @@ def check_orientations(orientations) -> int:
     return orientations
 
 
+def scales_of(extract) -> tuple[int, ...]:
+    """The input scales the features of ``extract`` come from: (1,), or SCALES (``feature_extractor``)."""
+    return SCALES if isinstance(extract, MultiScaleExtractor) else (1,)
+
+
 def orientations_of(extract) -> int:
-    """How many orientations the features of ``extract`` (possibly multi-scale) are averaged over."""
+    """How many orientations the features of ``extract`` (possibly multi-scale: ``feature_extractor``) are
+    averaged over."""
     extract = extract.extract if isinstance(extract, MultiScaleExtractor) else extract
     return extract.orientations if isinstance(extract, OrientedExtractor) else 1
 

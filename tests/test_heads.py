@@ -9,9 +9,10 @@ import torch.nn.functional as F
 
 from geoproto.fewshot import PrototypeAccumulator, match_logits
 from geoproto.errors import GeoprotoError
-from geoproto.heads import (LINEAR, ORIENTATIONS, PROTOTYPES, LinearHead, MultiScaleExtractor, OrientedExtractor, SupportFit,
-                            at_scales, check_orientations, concat_scales, fit_linear_head, oriented, orientations_of,
-                            second_scale_features, turned_features)
+from geoproto.heads import (LINEAR, ORIENTATIONS, PROTOTYPES, LinearHead, MultiScaleExtractor, OrientedExtractor,
+                            SupportFit, at_scales, check_orientations, concat_scales, feature_extractor,
+                            fit_linear_head, oriented, orientations_of, scales_of, second_scale_features,
+                            turned_features)
 from geoproto.models import build_encoder
 from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor, window_features
 from geoproto.segment import SegmentOptions
@@ -269,3 +270,15 @@ def test_orientations_must_be_one_of_the_counts_as_an_int(value):
     if value is not None:  # None: a prototype file's own
         with pytest.raises(GeoprotoError, match=rf"orientations: must be one of 1, 2, 4, 8, got {value!r}"):
             SegmentOptions(orientations=value)
+
+
+def test_features_are_built_in_one_order_scales_over_orientations(encoder):
+    """``feature_extractor``: each scale's window averaged over the orientations, read back by
+    ``orientations_of`` and ``scales_of``; orienting multi-scale features instead is refused."""
+    extract = FeatureExtractor(encoder, torch.device("cpu"))
+    assert feature_extractor(extract) is extract and scales_of(extract) == (1,)
+    built = feature_extractor(extract, 8, (1, 2))
+    assert isinstance(built, MultiScaleExtractor) and isinstance(built.extract, OrientedExtractor)
+    assert built.extract.extract is extract and orientations_of(built) == 8 and scales_of(built) == (1, 2)
+    with pytest.raises(TypeError, match=r"oriented\(\) goes inside at_scales\(\)"):
+        oriented(at_scales(extract, (1, 2)), 2)
