@@ -5,13 +5,16 @@ better, and what do they cost? Validation data only.
   (``examples/dubai/split-train-1to4-val-5.json``; area 6 is the test split: never tuned on), 0.3 m pixels;
 - the SpaceNet chip: ``segment`` with the bundled support, building IoU and OA on the buildings not used as
   support (``accuracy.spacenet_building_iou``), default settings otherwise;
-- the encoder's time per window: one ``segment`` window (417 px, with its context) in each orientation count.
+- the encoder's time per window: one ``segment`` window (417 px, with its context) in each orientation count,
+  on ``--device`` (a CUDA device is synchronised before the clock stops).
 
 Prints OA, mIoU, mean F1 and per-class F1 (%, mean over seeds), the OA change from 1 orientation and in how
 many seeds it gains, then the SpaceNet rows and the time per window.
 
     PYTHONPATH=. .venv/bin/python benchmarks/orientations.py --root DUBAI_FOLDER [--encoders dubai,imagenet]
         [--orientations 1,2,4,8] [--shots 5] [--seeds 0,...,9] [--crf] [--spacenet-scoring auto,prototypes]
+        [--device cpu|cuda|auto]
+    PYTHONPATH=. .venv/bin/python benchmarks/orientations.py --no-dubai [...]   (no --root needed)
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ import torch
 
 from geoproto.crf import params_for_resolution
 from geoproto.evaluation import evaluate
-from geoproto.heads import oriented
+from geoproto.heads import feature_extractor
 from geoproto.models import build_shipped
-from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor
+from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor, resolve_device
 from geoproto.segment import DEFAULT_TILE_SIZE
 from geoproto.training import load_dataset
 
@@ -42,21 +45,23 @@ SPLIT = Path(__file__).resolve().parents[1] / "examples" / "dubai" / "split-trai
 
 def window_seconds(extract, orientations: int, repeats: int = 3) -> float:
     """Seconds the encoder takes for one ``segment`` window in ``orientations`` orientations (best of
-    ``repeats``)."""
+    ``repeats``, after one warm-up call), from the host array to the features on the encoder's device."""
     side = DEFAULT_TILE_SIZE + 2 * CONTEXT_MARGIN
     images = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
-    turned = oriented(extract, orientations)
+    turned = feature_extractor(extract, orientations)
     best = float("inf")
-    for _ in range(repeats):
+    for repeat in range(repeats + 1):
         started = time.perf_counter()
         turned(images, CONTEXT_MARGIN)
-        best = min(best, time.perf_counter() - started)
+        if extract.device.type == "cuda":
+            torch.cuda.synchronize(extract.device)
+        best = best if repeat == 0 else min(best, time.perf_counter() - started)
     return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, required=True, help="folder of the Dubai aerial tiles")
+    parser.add_argument("--root", type=Path, help="folder of the Dubai aerial tiles (not with --no-dubai)")
     parser.add_argument("--encoders", default="dubai,imagenet")
     parser.add_argument("--orientations", default="1,2,4,8")
     parser.add_argument("--shots", type=int, default=5)
@@ -65,11 +70,15 @@ def main() -> None:
     parser.add_argument("--spacenet-scoring", default="auto,prototypes",
                         help="segment --scoring values to run the SpaceNet chip with ('' for none)")
     parser.add_argument("--no-dubai", action="store_true", help="only the SpaceNet chip and the time per window")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="where the time per window is measured")
     args = parser.parse_args()
+    if args.root is None and not args.no_dubai:
+        parser.error("--root is required unless --no-dubai")
     counts = [int(n) for n in args.orientations.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    data = load_dataset("folder", str(args.root), split=str(SPLIT))
     if not args.no_dubai:
+        data = load_dataset("folder", str(args.root), split=str(SPLIT))
         print(f"Dubai validation (area 5 queries, area 1-4 supports), {args.shots} shots, CRF "
               f"{'on' if args.crf else 'off'}, {len(seeds)} seeds: %, mean over seeds", flush=True)
     for name in args.encoders.split(",") if not args.no_dubai else ():
@@ -100,9 +109,9 @@ def main() -> None:
                           f"orientations {count}: building IoU {iou:.3f}  OA {100 * accuracy:.1f}  (used {used})",
                           flush=True)
     for name in args.encoders.split(","):
-        extract = FeatureExtractor(build_shipped(name)[0], torch.device("cpu"))
+        extract = FeatureExtractor(build_shipped(name)[0], resolve_device(args.device))
         seconds = {count: window_seconds(extract, count) for count in counts}
-        print(f"encoder time per {DEFAULT_TILE_SIZE} px window, {name}: " + ", ".join(
+        print(f"encoder time per {DEFAULT_TILE_SIZE} px window, {name}, {extract.device.type}: " + ", ".join(
             f"{count}: {seconds[count]:.2f} s (x{seconds[count] / seconds[counts[0]]:.1f})" for count in counts),
               flush=True)
 

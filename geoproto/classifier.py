@@ -24,7 +24,7 @@ import torch
 from .classes import ClassInfo, refuse_one_class
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, class_scores, upsample_scores
-from .heads import PROTOTYPES, SCALES, MultiScaleExtractor, SupportFit, at_scales, orientations_of
+from .heads import PROTOTYPES, SupportFit, at_scales, orientations_of, scales_of
 from .models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor
 from .tiling import Tile, raster_windows
 
@@ -48,7 +48,7 @@ class Classifier:
     @property
     def scales(self) -> tuple[int, ...]:
         """The input scales its features come from: (1,), or (1, 2) for multi-scale features."""
-        return SCALES if isinstance(self.extract, MultiScaleExtractor) else (1,)
+        return scales_of(self.extract)
 
     @property
     def orientations(self) -> int:
@@ -86,9 +86,10 @@ def fit_support(extract: FeatureExtractor, supports: list[tuple[RasterSource, ob
     labels) pair of ``supports`` (one, or every raster of a run the support touches), pixel-weighted.
 
     ``scales`` (1,) or ``heads.SCALES`` (1, 2): encode windows at their own scale, or at 1x and 2x
-    (``heads.MultiScaleExtractor``, for support and queries alike). ``head``: ``prototypes`` (eq. 2) or
-    ``linear`` (``heads.fit_linear_head`` on the support's labelled pixels). ``check-support``'s
-    cross-validation says which the support favours (its report's ``scoring``).
+    (``heads.MultiScaleExtractor``, for support and queries alike), over ``extract``'s own 1x features
+    (``heads.feature_extractor`` with its orientations: ``support_check.choose_encoder``). ``head``:
+    ``prototypes`` (eq. 2) or ``linear`` (``heads.fit_linear_head`` on the support's labelled pixels).
+    ``check-support``'s cross-validation says which the support favours (its report's ``scoring``).
 
     Classes a classes file lists but the support never uses are left out (with a warning); the
     classifier's ``classes`` are those it has prototypes for, in their order. Fails if a class has no

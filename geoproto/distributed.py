@@ -137,9 +137,9 @@ class ClassifierRecipe:
         return digest.hexdigest()
 
     def build(self) -> Classifier:
-        from .heads import LinearHead, at_scales, oriented
+        from .heads import LinearHead, feature_extractor
 
-        extract = at_scales(oriented(self.encoder.build(resolve_device(self.device)), self.orientations), self.scales)
+        extract = feature_extractor(self.encoder.build(resolve_device(self.device)), self.orientations, self.scales)
         head = None if self.head_weight is None else LinearHead(torch.from_numpy(self.head_weight))
         return Classifier(torch.from_numpy(self.prototypes).to(extract.device), self.classes, self.alpha, extract,
                           head=head)

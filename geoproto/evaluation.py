@@ -28,7 +28,7 @@ from .classes import NODATA, NODATA_NAME, ClassInfo
 from .errors import GeoprotoError, renamed_params
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
-from .heads import DEFAULT_ORIENTATIONS, LINEAR, VARIANTS, SupportCells, at_scales, fit_linear_head, oriented
+from .heads import DEFAULT_ORIENTATIONS, LINEAR, VARIANTS, SupportCells, feature_extractor, fit_linear_head
 from .metrics import confusion_matrix, json_number, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
@@ -285,7 +285,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
         raise GeoprotoError(f"{data.name}: the {test_split!r} split is empty")
     support_patches = [p for p in patch_index(data, train_samples) if p[2] & set(classes.ids)]
     query_patches = patch_index(data, test_samples)
-    extract = at_scales(oriented(FeatureExtractor(encoder, device), orientations), scales)
+    extract = feature_extractor(FeatureExtractor(encoder, device), orientations, scales)
     crf_params = crf_params or crf_module.params_for_resolution(data.pixel_size_m)
     cache: dict[int, torch.Tensor] = {}
     cached_bytes = 0

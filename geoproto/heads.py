@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .errors import GeoprotoError
 from .fewshot import DEFAULT_ALPHA, FEATURE_STRIDE, PrototypeAccumulator, match_logits
-from .models.runtime import CONTEXT_MARGIN, GRID, _reflect
+from .models.runtime import CONTEXT_MARGIN, GRID, reflect
 
 PROTOTYPES = "prototypes"
 LINEAR = "linear"
@@ -121,17 +121,40 @@ class MultiScaleExtractor:
         return concat_scales(self.extract(images, context), second_scale_features(self.extract, images, context))
 
 
+def feature_extractor(base, orientations: int = DEFAULT_ORIENTATIONS, scales: tuple[int, ...] = (1,)):
+    """The features windows are encoded to: those of ``base`` (a ``FeatureExtractor``) averaged over
+    ``orientations``, at ``scales``. Always in this order, scales over orientations (each scale's window, its
+    2x pieces too, averaged over the orientations), so that support and queries, a prototype file's and a
+    worker's features are made alike and ``orientations_of``, ``scales_of`` read them back."""
+    return at_scales(oriented(base, orientations), scales)
+
+
 def oriented(extract, orientations: int):
     """``extract`` giving features averaged over ``orientations`` (``ORIENTATIONS``): itself for 1, else an
-    ``OrientedExtractor``."""
-    if orientations not in ORIENTATIONS:
-        raise GeoprotoError(f"must be one of {', '.join(map(str, ORIENTATIONS))}, got {orientations!r}",
-                            param="orientations")
+    ``OrientedExtractor``. Scales go over orientations (``feature_extractor``), never under them."""
+    if isinstance(extract, MultiScaleExtractor):
+        raise TypeError("orient each scale's features: oriented() goes inside at_scales() (feature_extractor)")
+    orientations = check_orientations(orientations)
     return OrientedExtractor(extract, orientations) if orientations > 1 else extract
 
 
+def check_orientations(orientations) -> int:
+    """``orientations`` if it is one of ``ORIENTATIONS``: an int, not 4.0 nor True (recorded in files and
+    job records, compared as given)."""
+    if type(orientations) is not int or orientations not in ORIENTATIONS:
+        raise GeoprotoError(f"must be one of {', '.join(map(str, ORIENTATIONS))}, got {orientations!r}",
+                            param="orientations")
+    return orientations
+
+
+def scales_of(extract) -> tuple[int, ...]:
+    """The input scales the features of ``extract`` come from: (1,), or SCALES (``feature_extractor``)."""
+    return SCALES if isinstance(extract, MultiScaleExtractor) else (1,)
+
+
 def orientations_of(extract) -> int:
-    """How many orientations the features of ``extract`` (possibly multi-scale) are averaged over."""
+    """How many orientations the features of ``extract`` (possibly multi-scale: ``feature_extractor``) are
+    averaged over."""
     extract = extract.extract if isinstance(extract, MultiScaleExtractor) else extract
     return extract.orientations if isinstance(extract, OrientedExtractor) else 1
 
@@ -163,39 +186,44 @@ class OrientedExtractor:
         return self.extract.device
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray, context: int = 0) -> torch.Tensor:
+    def __call__(self, images: np.ndarray | torch.Tensor, context: int = 0) -> torch.Tensor:
+        # Up to the device once: every orientation is turned there, not copied and uploaded again.
+        batch = self.extract.to_device(images)
         total = None
         for transpose, dims in ORIENTATIONS[self.orientations]:
-            features = turned_features(self.extract, images, context, transpose, dims).float()
-            total = features if total is None else total + features
+            features = turned_features(self.extract, batch, context, transpose, dims)
+            total = features if total is None else total.add_(features)
         return total / self.orientations
 
 
-def turned_features(extract, images: np.ndarray, context: int, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
+def turned_features(extract, images: np.ndarray | torch.Tensor, context: int, transpose: bool,
+                    dims: tuple[int, ...]) -> torch.Tensor:
     """Features of windows transposed (if ``transpose``) then flipped along ``dims``, turned back onto the
-    windows' own registered grid (B x C x ceil(H/8) x ceil(W/8), as ``extract(images, context)``).
+    windows' own registered grid (B x C x ceil(H/8) x ceil(W/8), as ``extract(images, context)``). A tensor
+    is turned where it lies (on the encoder's device, ``OrientedExtractor``).
 
     Cell i covers pixels [8i, 8i + 8): flipped, a side that is not a multiple of 8 would put the cells'
     edges elsewhere, so the flipped window is encoded with the few pixels before it (its context, or the
     reflection ``extract`` would add) that make its side a multiple of 8, and every cell turns back onto a
     block of the window's grid.
     """
+    images = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
     if transpose:
-        swapped = np.ascontiguousarray(images.swapaxes(-1, -2))
+        swapped = images.transpose(-1, -2).contiguous()
         return turned_features(extract, swapped, context, False, dims).transpose(-1, -2)
     if not dims:
         return extract(images, context)
-    flipped = torch.from_numpy(images).flip(dims)
+    flipped = images.flip(dims)
     sides = {axis: flipped.shape[axis] - 2 * context for axis in (-2, -1)}
     short = {axis: (-sides[axis]) % FEATURE_STRIDE if axis in dims else 0 for axis in (-2, -1)}
     most = max(short.values())
     if context < most:  # as window_features would reflect the window: the same pixels, there sooner
-        flipped = _reflect(flipped, [most - context] * 4)
+        flipped = reflect(flipped, [most - context] * 4)
         context = most
     kept = context - most  # the context left on every side once the shorter sides are lengthened
     for axis in (-2, -1):
         flipped = flipped.narrow(axis, most - short[axis], sides[axis] + short[axis] + 2 * kept)
-    return extract(np.ascontiguousarray(flipped.numpy()), kept).flip(dims)
+    return extract(flipped.contiguous(), kept).flip(dims)
 
 
 class PrototypeHead:

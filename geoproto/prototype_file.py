@@ -362,12 +362,13 @@ def _from_arrays(path: str, arrays: dict[str, np.ndarray]) -> PrototypeFile:
 
 def _read_orientations(path: str, orientations) -> int:
     """The orientations its features were averaged over (a file from before they were recorded: 1)."""
-    from .heads import ORIENTATIONS
+    from .heads import ORIENTATIONS, check_orientations
 
-    if type(orientations) is not int or orientations not in ORIENTATIONS:
+    try:
+        return check_orientations(orientations)
+    except GeoprotoError:
         raise _invalid(path, f"its orientations must be one of {', '.join(map(str, ORIENTATIONS))}; found "
-                             f"{orientations!r}")
-    return orientations
+                             f"{orientations!r}") from None
 
 
 def _read_alpha(path: str, alpha) -> float:

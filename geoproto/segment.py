@@ -33,7 +33,7 @@ from .classifier import Classifier, fit_support
 from .distributed import (ClassifierRecipe, EncoderRecipe, check_scheduler_address, cluster, import_distributed,
                           run_on_cluster)
 from .errors import GeoprotoError
-from .heads import DEFAULT_ORIENTATIONS, DEFAULT_VARIANT, ORIENTATIONS, VARIANTS
+from .heads import DEFAULT_ORIENTATIONS, DEFAULT_VARIANT, VARIANTS, check_orientations
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from .models.runtime import GRID, default_batch_size, resolve_device
@@ -152,10 +152,8 @@ class SegmentOptions:
             raise GeoprotoError(f"{self.scoring!r}: choose {', '.join(SCORING_CHOICES)}", param="scoring")
         if self.stretch not in STRETCH_CHOICES:
             raise GeoprotoError(f"{self.stretch!r}: choose {', '.join(STRETCH_CHOICES)}", param="stretch")
-        if self.orientations is not None and (type(self.orientations) is not int
-                                                  or self.orientations not in ORIENTATIONS):
-            raise GeoprotoError(f"{self.orientations!r}: choose {', '.join(map(str, ORIENTATIONS))}",
-                                param="orientations")
+        if self.orientations is not None:
+            check_orientations(self.orientations)
         if self.dask_scheduler and self.dask_local:
             raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
                                 param="dask_local")

@@ -15,7 +15,7 @@ import torch
 
 from .classes import ClassInfo, refuse_one_class
 from .errors import GeoprotoError
-from .heads import DEFAULT_ORIENTATIONS, oriented
+from .heads import feature_extractor
 from .inputs import SupportLabels, stretch_inputs, support_pairs
 from .models.runtime import GRID, FeatureExtractor, default_batch_size, resolve_device
 from .raster import RasterSource, path_exists
@@ -102,8 +102,9 @@ def choose_encoder(supports: list[tuple[RasterSource, SupportLabels]] | None, cl
     from .models.shipped import is_explicit
 
     def extractor(encoder) -> FeatureExtractor:
-        """The encoder's features as every window of the run is encoded (``options.orientations``)."""
-        return oriented(FeatureExtractor(encoder, device), options.orientations or DEFAULT_ORIENTATIONS)
+        """The encoder's features as every window of the run is encoded (``options.orientations``), at 1x:
+        the scoring's scales are chosen on them and added over them (``classifier.fit_support``)."""
+        return feature_extractor(FeatureExtractor(encoder, device), options.orientations)
 
     explicit = is_explicit(options.backbone, options.checkpoint, options.init_weights)
     candidates = shipped_names() if options.encoder == "auto" and not explicit else []

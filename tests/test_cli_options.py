@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from geoproto.cli import main
-from geoproto.cli.options import handle_errors
+from geoproto.cli.options import handle_errors, orientations_option
 from geoproto.errors import GeoprotoError
 
 
@@ -153,3 +153,15 @@ def test_an_option_whose_bare_flag_means_the_default_name_keeps_it(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["segment", "i.tif", "-s", "s.gpkg", "-o", "c.tif", "--vector"])
     assert result.output.endswith("Error: --vector needs a file name (given alone, it is for --output-dir)\n")
+
+
+@pytest.mark.parametrize("none_unless_given, default", [(False, 1), (True, None)])
+def test_orientations_are_a_number_and_none_only_where_a_prototype_file_may_give_them(none_unless_given, default):
+    """``--orientations``: 1 unless given; ``segment`` alone gets None, to take a prototype file's own."""
+    @click.command()
+    @orientations_option(none_unless_given=none_unless_given)
+    def command(orientations):
+        click.echo(repr(orientations))
+
+    assert CliRunner().invoke(command, []).output == f"{default!r}\n"
+    assert CliRunner().invoke(command, ["--orientations", "4"]).output == "4\n"

@@ -9,11 +9,13 @@ import torch.nn.functional as F
 
 from geoproto.fewshot import PrototypeAccumulator, match_logits
 from geoproto.errors import GeoprotoError
-from geoproto.heads import (LINEAR, PROTOTYPES, LinearHead, MultiScaleExtractor, OrientedExtractor, SupportFit,
-                            at_scales, concat_scales, fit_linear_head, oriented, orientations_of,
-                            second_scale_features, turned_features)
+from geoproto.heads import (LINEAR, ORIENTATIONS, PROTOTYPES, LinearHead, MultiScaleExtractor, OrientedExtractor,
+                            SupportFit, at_scales, check_orientations, concat_scales, feature_extractor,
+                            fit_linear_head, oriented, orientations_of, scales_of, second_scale_features,
+                            turned_features)
 from geoproto.models import build_encoder
 from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor, window_features
+from geoproto.segment import SegmentOptions
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +219,66 @@ def test_concat_scales_weighs_each_scale_equally():
 def test_unknown_head_is_refused():
     with pytest.raises(ValueError, match="head must be one of prototypes, linear, got 'mlp'"):
         SupportFit(3, 16, "mlp")
+
+
+def _turned_features_on_the_host(extract, images: np.ndarray, context: int, transpose: bool, dims) -> torch.Tensor:
+    """``turned_features`` as first written (numpy copies on the host for every orientation): the reference
+    the device-side version must match exactly."""
+    if transpose:
+        swapped = np.ascontiguousarray(images.swapaxes(-1, -2))
+        return _turned_features_on_the_host(extract, swapped, context, False, dims).transpose(-1, -2)
+    if not dims:
+        return extract(images, context)
+    flipped = torch.from_numpy(images).flip(dims)
+    sides = {axis: flipped.shape[axis] - 2 * context for axis in (-2, -1)}
+    short = {axis: (-sides[axis]) % 8 if axis in dims else 0 for axis in (-2, -1)}
+    most = max(short.values())
+    if context < most:
+        flipped = F.pad(flipped, [most - context] * 4, mode="reflect")
+        context = most
+    kept = context - most
+    for axis in (-2, -1):
+        flipped = flipped.narrow(axis, most - short[axis], sides[axis] + short[axis] + 2 * kept)
+    return extract(np.ascontiguousarray(flipped.numpy()), kept).flip(dims)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", [417, 96])
+def test_oriented_features_are_those_of_each_orientation_encoded_on_the_host(encoder, dubai_image, side):
+    """Every orientation count, on a real window of segment's side (417) and a multiple of 8 (96), with and
+    without context: the averaged features are exactly the mean of each orientation's, turned on the host."""
+    extract = FeatureExtractor(encoder, torch.device("cpu"))
+    for context in (CONTEXT_MARGIN, 0):
+        images = _window(dubai_image, 40, 40, side, side, context)
+        turned = [_turned_features_on_the_host(extract, images, context, transpose, dims)
+                  for transpose, dims in ORIENTATIONS[8]]
+        for orientations in ORIENTATIONS:
+            expected = turned[0]
+            for features in turned[1:orientations]:
+                expected = expected + features
+            features = oriented(extract, orientations)(images, context)
+            assert features.dtype == torch.float32
+            torch.testing.assert_close(features, expected / orientations, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("value", [3, 4.0, True, "4", None])
+def test_orientations_must_be_one_of_the_counts_as_an_int(value):
+    """One check (``oriented``, ``SegmentOptions``, prototype files): 4.0 or True are not 4 or 1."""
+    assert [check_orientations(n) for n in ORIENTATIONS] == list(ORIENTATIONS)
+    with pytest.raises(GeoprotoError, match=rf"orientations: must be one of 1, 2, 4, 8, got {value!r}"):
+        check_orientations(value)
+    if value is not None:  # None: a prototype file's own
+        with pytest.raises(GeoprotoError, match=rf"orientations: must be one of 1, 2, 4, 8, got {value!r}"):
+            SegmentOptions(orientations=value)
+
+
+def test_features_are_built_in_one_order_scales_over_orientations(encoder):
+    """``feature_extractor``: each scale's window averaged over the orientations, read back by
+    ``orientations_of`` and ``scales_of``; orienting multi-scale features instead is refused."""
+    extract = FeatureExtractor(encoder, torch.device("cpu"))
+    assert feature_extractor(extract) is extract and scales_of(extract) == (1,)
+    built = feature_extractor(extract, 8, (1, 2))
+    assert isinstance(built, MultiScaleExtractor) and isinstance(built.extract, OrientedExtractor)
+    assert built.extract.extract is extract and orientations_of(built) == 8 and scales_of(built) == (1, 2)
+    with pytest.raises(TypeError, match=r"oriented\(\) goes inside at_scales\(\)"):
+        oriented(at_scales(extract, (1, 2)), 2)

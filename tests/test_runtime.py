@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from geoproto.models import build_encoder
 from geoproto.models.efficientnet import Conv2dSame
-from geoproto.models.runtime import CONTEXT_MARGIN, GRID, padded_extent, window_features
+from geoproto.models.runtime import CONTEXT_MARGIN, GRID, FeatureExtractor, padded_extent, window_features
 
 
 @pytest.mark.parametrize("size, kernel, expected", [
@@ -62,3 +62,16 @@ def test_feature_cells_are_centred_on_their_pixel_blocks(paths, size):
     offsets = np.array(offsets)
     assert np.abs(offsets.mean(0)).max() < 1.0, offsets
     assert np.abs(offsets).max() < 2.5, offsets
+
+
+def test_a_feature_extractor_takes_a_host_array_or_a_tensor_on_its_device_alike():
+    """A batch encoded several times (``heads.OrientedExtractor``) is moved to the device once and passed
+    as a tensor: its features are the array's."""
+    extract = FeatureExtractor(build_encoder()[0], torch.device("cpu"))
+    images = np.random.default_rng(0).random((1, 3, 40 + 2 * CONTEXT_MARGIN, 56 + 2 * CONTEXT_MARGIN),
+                                             dtype=np.float32)
+    batch = extract.to_device(images)
+    assert batch.device == extract.device and extract.to_device(batch) is batch
+    from_array, from_tensor = extract(images, CONTEXT_MARGIN), extract(batch, CONTEXT_MARGIN)
+    assert from_array.shape == (1, extract.out_channels, 5, 7) and from_array.dtype == torch.float32
+    assert torch.equal(from_array, from_tensor)

@@ -11,7 +11,7 @@ from ..crf import CRF_RANGES, MIN_BILATERAL_PX, floor_warning, kernel_at_floor, 
 from ..datasets import fold_classes
 from ..errors import GeoprotoError
 from ..evaluation import DEFAULT_SEEDS, evaluate, format_table
-from ..heads import DEFAULT_ORIENTATIONS, VARIANTS
+from ..heads import VARIANTS
 from ..models import select_encoder
 from ..models.runtime import resolve_device
 from ..models.shipped import refuse_two_encoders
@@ -80,7 +80,7 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
                           resolve_device(device), train_split, test_split,
                           crf_params=params_for_resolution(pixel_size, **overrides),
                           progress=show_progress(quiet), crf_backend=crf_backend, scoring=scoring,
-                          orientations=orientations or DEFAULT_ORIENTATIONS)
+                          orientations=orientations)
         result["encoder"] = info
         if report_tmp:
             with open(report_tmp, "w", encoding="utf-8") as handle:

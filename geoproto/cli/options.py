@@ -383,11 +383,12 @@ def scoring_option(help_text: str):
                         help=help_text)
 
 
-def orientations_option(more_help: str = ""):
-    """``--orientations`` (``heads.ORIENTATIONS``; None when not given, for a prototype file's own), with the
-    command's own words after the shared help."""
+def orientations_option(more_help: str = "", none_unless_given: bool = False):
+    """``--orientations`` (``heads.ORIENTATIONS``), with the command's own words after the shared help.
+    ``none_unless_given``: None when not given (``segment``: a prototype file's own, and a clash with it noticed
+    only when asked for)."""
     def as_number(ctx, param, value):
-        value = _given_or_none(ctx, param, value)
+        value = _given_or_none(ctx, param, value) if none_unless_given else value
         return None if value is None else int(value)
 
     return click.option(

@@ -32,7 +32,7 @@ _CRF_DEFAULTS = CRFParams()
 @window_options
 @alpha_option
 @stretch_option
-@orientations_option(" A prototype file records its own, which segment --prototypes uses.")
+@orientations_option(" A prototype file records its own, which segment --prototypes uses.", none_unless_given=True)
 @scoring_option("How windows are scored: prototypes (the paper's eq. 2), multiscale (features at 1x and 2x), "
                 "linear (a head fitted on the support) or both; auto cross-validates them on the support "
                 "polygons and takes the best unless it wins under half the bootstrap resamples.")

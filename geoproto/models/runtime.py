@@ -46,13 +46,13 @@ def window_features(encoder: nn.Module, images: torch.Tensor, context: int = 0) 
     before = CONTEXT_MARGIN - context
     pad_bottom = padded_extent(height) - height - CONTEXT_MARGIN - context
     pad_right = padded_extent(width) - width - CONTEXT_MARGIN - context
-    features = encoder(_reflect(images, [before, pad_right, before, pad_bottom]))
+    features = encoder(reflect(images, [before, pad_right, before, pad_bottom]))
     first = CONTEXT_MARGIN // FEATURE_STRIDE
     rows, cols = -(-height // FEATURE_STRIDE), -(-width // FEATURE_STRIDE)
     return features[..., first:first + rows, first:first + cols]
 
 
-def _reflect(images: torch.Tensor, pads: list[int]) -> torch.Tensor:
+def reflect(images: torch.Tensor, pads: list[int]) -> torch.Tensor:
     """Reflection padding (left, right, top, bottom) of any width: torch reflects at most size - 1
     pixels at once, so wider margins around small windows are reflected in steps."""
     while any(pads):
@@ -95,12 +95,19 @@ class FeatureExtractor:
         return self.encoder.out_channels
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray, context: int = 0) -> torch.Tensor:
-        """Features of a batch of windows (see ``window_features``)."""
-        batch = torch.from_numpy(images)
+    def __call__(self, images: np.ndarray | torch.Tensor, context: int = 0) -> torch.Tensor:
+        """Features of a batch of windows (see ``window_features``): a host array, or a tensor already on
+        ``device`` (``to_device``: a batch encoded several times goes up once)."""
+        batch = self.to_device(images)
         if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True).contiguous(
-                memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return window_features(self.encoder, batch, context).float()
         return window_features(self.encoder, batch, context)
+
+    def to_device(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``images`` on the encoder's device: a host array through pinned memory on CUDA; a tensor as it is."""
+        if isinstance(images, torch.Tensor):
+            return images.to(self.device)
+        batch = torch.from_numpy(images)
+        return batch.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else batch
