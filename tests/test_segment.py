@@ -1,6 +1,7 @@
 """The library's ``segment``: support prototypes and labels do not depend on how the raster is tiled, and
 a raster smaller than a window is encoded in a window its own size."""
 
+import contextlib
 import dataclasses
 import os
 
@@ -99,14 +100,9 @@ def test_a_raster_larger_than_the_tile_keeps_the_tile_size(tmp_path, spy):
     assert summary["tiles"] == 4
 
 
-def test_small_rasters_resume_to_the_uninterrupted_outputs(tmp_path, monkeypatch):
-    """Two chips smaller than the tile, the run crashing after the first: rerun with resume, the first
-    chip's window comes from the journal and the outputs are those of an uninterrupted run."""
-    images = [str(write_raster(tmp_path / "in" / f"{name}.tif", two_halves(side=100, seed=seed)[:, :60]))
-              for seed, name in enumerate(("one", "two"))]
-    support = str(write_support(tmp_path / "support.gpkg", side=100))
-    options = SegmentOptions(**SMALL, resume=True)
-    expected = segment_many(images, support, str(tmp_path / "expected"), options)
+@contextlib.contextmanager
+def crashing_after_one_window(monkeypatch):
+    """Inside, the run's journal records one window, then the run crashes as if the machine went away."""
     record = resume.Journal.record
 
     def crash_after_one(journal, *args):
@@ -115,8 +111,20 @@ def test_small_rasters_resume_to_the_uninterrupted_outputs(tmp_path, monkeypatch
 
     monkeypatch.setattr(resume.Journal, "record", crash_after_one)
     with pytest.raises(RuntimeError, match="the machine went away"):
-        segment_many(images, support, str(tmp_path / "out"), options)
+        yield
     monkeypatch.setattr(resume.Journal, "record", record)
+
+
+def test_small_rasters_resume_to_the_uninterrupted_outputs(tmp_path, monkeypatch):
+    """Two chips smaller than the tile, the run crashing after the first: rerun with resume, the first
+    chip's window comes from the journal and the outputs are those of an uninterrupted run."""
+    images = [str(write_raster(tmp_path / "in" / f"{name}.tif", two_halves(side=100, seed=seed)[:, :60]))
+              for seed, name in enumerate(("one", "two"))]
+    support = str(write_support(tmp_path / "support.gpkg", side=100))
+    options = SegmentOptions(**SMALL, resume=True)
+    expected = segment_many(images, support, str(tmp_path / "expected"), options)
+    with crashing_after_one_window(monkeypatch):
+        segment_many(images, support, str(tmp_path / "out"), options)
     assert os.path.isdir(resume.resume_folder(str(tmp_path / "out" / "one.tif")))
     summary = segment_many(images, support, str(tmp_path / "out"), options)
     assert [(item["tiles_resumed"], item["tile_size"]) for item in summary["inputs"]] == [(1, 112), (0, 112)]
@@ -240,41 +248,38 @@ def test_check_support_with_a_label_raster_is_refused_not_skipped(tmp_path, spy)
     assert opened == [] and stretched == []
 
 
+def _refuses_to_resume_once_rewritten(image: str, support: str, source, rewritten: np.ndarray, tmp_path, monkeypatch):
+    """A run of ``image`` with ``support`` crashes after its first window; ``source`` (a file a VRT reads) is
+    then rewritten as ``rewritten``, the VRT unchanged: the run refuses to resume, naming the sources."""
+    from geoproto.errors import GeoprotoError
+
+    options = SegmentOptions(**SMALL, resume=True, tile_size=64, overlap=8)
+    with crashing_after_one_window(monkeypatch):
+        segment(image, support, str(tmp_path / "out.tif"), options)
+    write_raster(source, rewritten)
+    os.utime(source, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns + 10**9))
+    with pytest.raises(GeoprotoError, match=r"cannot resume: the interrupted run was made with other inputs or "
+                                            r"options \(sources changed\)"):
+        segment(image, support, str(tmp_path / "out.tif"), options)
+
+
 def test_resume_notices_a_vrts_source_rewritten(tmp_path, monkeypatch):
     """The .vrt is unchanged when a tile it reads is rewritten: the journal's windows of the old tile are not
-    replayed into the new one's output; the run refuses to resume, naming the sources."""
+    replayed into the new one's output."""
     import rasterio.shutil
-
-    from geoproto.errors import GeoprotoError
 
     tile = write_raster(tmp_path / "tile.tif", two_halves())
     mosaic = str(tmp_path / "mosaic.vrt")
     rasterio.shutil.copy(str(tile), mosaic, driver="VRT")
     support = str(write_support(tmp_path / "support.gpkg"))
-    options = SegmentOptions(**SMALL, resume=True, tile_size=64, overlap=8)
-    record = resume.Journal.record
-
-    def crash_after_one(journal, *args):
-        record(journal, *args)
-        raise RuntimeError("the machine went away")
-
-    monkeypatch.setattr(resume.Journal, "record", crash_after_one)
-    with pytest.raises(RuntimeError, match="the machine went away"):
-        segment(mosaic, support, str(tmp_path / "out.tif"), options)
-    monkeypatch.setattr(resume.Journal, "record", record)
-    write_raster(tile, two_halves(seed=1)[:, :, ::-1].copy())  # the same size, other pixels
-    os.utime(tile, ns=(os.stat(tile).st_atime_ns, os.stat(tile).st_mtime_ns + 10**9))
-    with pytest.raises(GeoprotoError, match=r"cannot resume: the interrupted run was made with other inputs or "
-                                            r"options \(sources changed\)"):
-        segment(mosaic, support, str(tmp_path / "out.tif"), options)
+    _refuses_to_resume_once_rewritten(mosaic, support, tile, two_halves(seed=1)[:, :, ::-1].copy(), tmp_path,
+                                      monkeypatch)  # the same size, other pixels
 
 
 def test_resume_notices_a_label_raster_vrts_source_rewritten(tmp_path, monkeypatch):
     """A label-raster support read through a VRT: its source rewritten under the unchanged .vrt teaches other
-    prototypes, so the journal's windows are not replayed; the run refuses to resume, naming the sources."""
+    prototypes, so the journal's windows are not replayed."""
     import rasterio.shutil
-
-    from geoproto.errors import GeoprotoError
 
     image = str(write_raster(tmp_path / "image.tif", two_halves()))
     labels = np.zeros((96, 96), np.uint8)
@@ -282,19 +287,5 @@ def test_resume_notices_a_label_raster_vrts_source_rewritten(tmp_path, monkeypat
     source = write_raster(tmp_path / "labels.tif", labels)
     support = str(tmp_path / "labels.vrt")
     rasterio.shutil.copy(str(source), support, driver="VRT")
-    options = SegmentOptions(**SMALL, resume=True, tile_size=64, overlap=8)
-    record = resume.Journal.record
-
-    def crash_after_one(journal, *args):
-        record(journal, *args)
-        raise RuntimeError("the machine went away")
-
-    monkeypatch.setattr(resume.Journal, "record", crash_after_one)
-    with pytest.raises(RuntimeError, match="the machine went away"):
-        segment(image, support, str(tmp_path / "out.tif"), options)
-    monkeypatch.setattr(resume.Journal, "record", record)
-    write_raster(source, labels[:, ::-1].copy())  # the same size, the classes swapped
-    os.utime(source, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns + 10**9))
-    with pytest.raises(GeoprotoError, match=r"cannot resume: the interrupted run was made with other inputs or "
-                                            r"options \(sources changed\)"):
-        segment(image, support, str(tmp_path / "out.tif"), options)
+    _refuses_to_resume_once_rewritten(image, support, source, labels[:, ::-1].copy(), tmp_path,
+                                      monkeypatch)  # the same size, the classes swapped
