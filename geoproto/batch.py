@@ -66,8 +66,9 @@ def sidecar_path(output: str, option: str, value: str, default_suffix: str | Non
     suffix = value or default_suffix or SIDECARS[option]
     # A suffix starts as one does (".fgb", "_areas.csv", "-polygons.gpkg"): "polygons.gpkg" is a file name,
     # which would be glued to each input's name (x.tif -> xpolygons.gpkg) rather than written once.
-    if os.sep in suffix or (os.altsep and os.altsep in suffix) or suffix[0].isalnum():
-        what = "a path" if os.sep in suffix or (os.altsep and os.altsep in suffix) else "a file name"
+    is_path = os.sep in suffix or bool(os.altsep and os.altsep in suffix)
+    if is_path or suffix[0].isalnum():
+        what = "a path" if is_path else "a file name"
         raise GeoprotoError(f"{value}: with output_dir, give the option alone or a suffix such as "
                             f"{SIDECARS[option]!r}, not {what}", param=option, mentions=("output_dir",))
     return os.path.splitext(output)[0] + suffix

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import crf as crf_module
 from . import crf_torch
-from .datasets import LabelledDataset
+from .datasets import LabelledDataset, fold_classes
 from .classes import NODATA, NODATA_NAME, ClassInfo
 from .errors import GeoprotoError, renamed_params
 from .classifier import Classifier
@@ -253,6 +253,17 @@ def sample_supports(patches: list, shots: int, classes: list[int], rng: np.rando
         if int(i) not in chosen:
             chosen.append(int(i))
     return chosen, covered
+
+
+def evaluated_classes(fold: int | None, class_names: list[str] | None) -> list[str] | None:
+    """The class names an evaluation scores (``evaluate``'s ``class_names``): a PASCAL-5i fold's unseen
+    classes, or ``class_names`` (None: every class)."""
+    if fold is None:
+        return class_names
+    if class_names:
+        raise GeoprotoError("evaluates the fold's unseen classes; give it or class_names", param="fold",
+                            mentions=("class_names",))
+    return fold_classes(fold)[1]
 
 
 def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[int], class_names: list[str] | None,

@@ -269,10 +269,8 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
     """
     options = check_options(options)
     started = time.perf_counter()
-    images, output_dir = check_paths("images", images), check_path("output_dir", output_dir)
+    images, output_dir = check_images(images), check_path("output_dir", output_dir)
     support = None if support is None else check_path("support", support)
-    if not images:
-        raise GeoprotoError("no input raster", param="images")
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as exc:  # a file in the way, no permission
@@ -289,6 +287,14 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
               "tiles_resumed": sum(r["tiles_resumed"] for r in results),
               "seconds": round(time.perf_counter() - started, 3), "classes": _total_areas(results)}
     return {"inputs": results, "totals": totals, **shared}
+
+
+def check_images(images) -> list[str]:
+    """The input rasters' paths (``validation.check_paths``), at least one."""
+    images = check_paths("images", images)
+    if not images:
+        raise GeoprotoError("no input raster", param="images")
+    return images
 
 
 def check_options(options) -> SegmentOptions:

@@ -21,7 +21,7 @@ from .models.runtime import GRID, FeatureExtractor, default_batch_size, resolve_
 from .raster import RasterSource, path_exists
 from .support import VectorLabels, is_raster
 from .tiling import window_size
-from .validation import check_number, check_path, check_paths
+from .validation import check_number, check_path
 
 if TYPE_CHECKING:
     from .segment import SegmentOptions
@@ -48,12 +48,10 @@ def check_support(images: str | list[str], support: str, options: SegmentOptions
     """How well the support polygons separate their classes, by spatially grouped k-fold cross-validation
     over the polygons on ``images`` (one raster or several, pooled as ``segment`` pools them)."""
     from .pipeline import check_window_memory
-    from .segment import check_options, check_tiling, options_inputs
+    from .segment import check_images, check_options, check_tiling, options_inputs
 
     options = check_options(options)
-    images, support = check_paths("images", images), check_path("support", support)
-    if not images:
-        raise GeoprotoError("no input raster", param="images")
+    images, support = check_images(images), check_path("support", support)
     check_tiling(options)
     folds = check_number("folds", folds, 2, MAX_FOLDS, integer=True)
     if group_distance is not None:

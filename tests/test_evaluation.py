@@ -301,6 +301,16 @@ def test_evaluate_fold_evaluates_the_folds_unseen_classes(tmp_path, monkeypatch)
     assert folder.exit_code == 1 and "--fold: applies to the pascal5i dataset(s), not folder" in folder.output
 
 
+def test_the_library_evaluates_a_folds_unseen_classes_or_the_names_given():
+    from geoproto.datasets import fold_classes
+    from geoproto.evaluation import evaluated_classes
+
+    assert evaluated_classes(1, None) == fold_classes(1)[1]
+    assert evaluated_classes(None, ["bus", "car"]) == ["bus", "car"] and evaluated_classes(None, None) is None
+    with pytest.raises(GeoprotoError, match=r"^fold: evaluates the fold's unseen classes; give it or class_names$"):
+        evaluated_classes(1, ["bus", "car"])
+
+
 def test_evaluate_cli_draws_twenty_supports_by_default(tmp_path, monkeypatch):
     """Five draws misled (10 shots looked worse than 5 on the held-out Dubai area; README "Shipped
     encoders"): the default is the 20 the help advises, and it says so."""

@@ -8,9 +8,7 @@ import warnings
 import click
 
 from ..crf import CRF_RANGES, MIN_BILATERAL_PX, floor_warning, kernel_at_floor, params_for_resolution
-from ..datasets import fold_classes
-from ..errors import GeoprotoError
-from ..evaluation import DEFAULT_SEEDS, evaluate, format_table
+from ..evaluation import DEFAULT_SEEDS, evaluate, evaluated_classes, format_table
 from ..heads import VARIANTS
 from ..models import select_encoder
 from ..models.runtime import resolve_device
@@ -65,9 +63,7 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
         report_tmp = staged.stage(report, "report") if report else None
         refuse_two_encoders(encoder, backbone, checkpoint, init_weights)
         check_dataset_settings(dataset, fold=fold)
-        if fold is not None and class_names:
-            raise GeoprotoError("evaluates the fold's unseen classes; give it or class_names", param="fold",
-                                mentions=("class_names",))
+        names = evaluated_classes(fold, class_names.split(",") if class_names else None)
         data = load_dataset(dataset, root, city=city, bands=bands, eroded=eroded, downsample=downsample,
                             split=split, holdout=holdout)
         model, info = select_encoder(encoder, backbone, checkpoint, init_weights)
@@ -75,7 +71,6 @@ def evaluate_command(dataset, root, city, bands, eroded, downsample, fold, split
         overrides = {"bilateral_sxy": crf_bilateral_px} if crf_bilateral_px else {}
         if crf and kernel_at_floor(pixel_size, overrides):
             warnings.warn(floor_warning(root or dataset, pixel_size_param="pixel_size"))
-        names = fold_classes(fold)[1] if fold is not None else class_names.split(",") if class_names else None
         result = evaluate(data, model, shots, seeds, names, crf,
                           resolve_device(device), train_split, test_split,
                           crf_params=params_for_resolution(pixel_size, **overrides),

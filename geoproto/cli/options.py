@@ -383,6 +383,9 @@ def scoring_option(help_text: str):
                         help=help_text)
 
 
+ORIENTATIONS_IN_FILES = " A prototype file records its own, which segment --prototypes uses."
+
+
 def orientations_option(more_help: str = "", none_unless_given: bool = False):
     """``--orientations`` (``heads.ORIENTATIONS``), with the command's own words after the shared help.
     ``none_unless_given``: None when not given (``segment``: a prototype file's own, and a clash with it noticed

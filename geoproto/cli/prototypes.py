@@ -6,9 +6,9 @@ from __future__ import annotations
 import click
 
 from ..segment import SegmentOptions
-from .options import (alpha_option, encoding_options, handle_errors, json_option, not_stdio, orientations_option,
-                      overwrite_option, print_json, printable, quiet_option, scoring_option, stretch_option,
-                      support_options, window_options)
+from .options import (ORIENTATIONS_IN_FILES, alpha_option, encoding_options, handle_errors, json_option, not_stdio,
+                      orientations_option, overwrite_option, print_json, printable, quiet_option, scoring_option,
+                      stretch_option, support_options, window_options)
 
 
 @click.command("prototypes")
@@ -24,7 +24,7 @@ from .options import (alpha_option, encoding_options, handle_errors, json_option
 @window_options
 @alpha_option
 @stretch_option
-@orientations_option(" A prototype file records its own, which segment --prototypes uses.")
+@orientations_option(ORIENTATIONS_IN_FILES)
 @scoring_option("How segment --prototypes will score windows, as segment --scoring: the file keeps the "
                 "features of its scales (multiscale: 1x and 2x) and the linear head fitted on the support; "
                 "auto cross-validates the support polygons and picks as segment would.")

@@ -7,10 +7,10 @@ import click
 from ..crf import CRF_RANGES, MIN_BILATERAL_PX, RULE_BILATERAL_M, CRFParams
 from ..batch import SIDECARS, expand_images
 from ..segment import SEGMENT_RANGES, SegmentOptions, segment, segment_many
-from .options import (alpha_option, command_line, crf_backend_option, encoding_options, handle_errors, integer,
-                      json_option, not_stdio, number, orientations_option, overwrite_option, parse_pairs, print_json,
-                      printable, quiet_option, scoring_option, show_progress, stretch_option, support_options,
-                      window_options, workers_option)
+from .options import (ORIENTATIONS_IN_FILES, alpha_option, command_line, crf_backend_option, encoding_options,
+                      handle_errors, integer, json_option, not_stdio, number, orientations_option, overwrite_option,
+                      parse_pairs, print_json, printable, quiet_option, scoring_option, show_progress, stretch_option,
+                      support_options, window_options, workers_option)
 
 _CRF_DEFAULTS = CRFParams()
 
@@ -32,7 +32,7 @@ _CRF_DEFAULTS = CRFParams()
 @window_options
 @alpha_option
 @stretch_option
-@orientations_option(" A prototype file records its own, which segment --prototypes uses.", none_unless_given=True)
+@orientations_option(ORIENTATIONS_IN_FILES, none_unless_given=True)
 @scoring_option("How windows are scored: prototypes (the paper's eq. 2), multiscale (features at 1x and 2x), "
                 "linear (a head fitted on the support) or both; auto cross-validates them on the support "
                 "polygons and takes the best unless it wins under half the bootstrap resamples.")

@@ -156,7 +156,8 @@ class LabelledDataset:
             if palette is not None:
                 data = np.transpose(palette[data[0]], (2, 0, 1))
         labels = self.decoder(data, sample.label, check=window is None)
-        self.checked_labels.add(sample.label)
+        if window is None:  # only a whole mask's read checks its share of values of no class
+            self.checked_labels.add(sample.label)
         return labels
 
 
