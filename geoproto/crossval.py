@@ -321,8 +321,8 @@ def choose_scoring(extract, features: list[torch.Tensor], windows: SupportWindow
     settings) and each variant's per-group confusion. ``known``: confusions already computed on these
     features and folds (the encoder choice's plain prototypes), not computed again.
     """
-    second = encode_windows(lambda images, context: second_scale_features(extract, images, context),
-                            windows, batch_size)
+    second = encode_windows(
+        lambda images, context: second_scale_features(extract, extract.to_device(images), context), windows, batch_size)
     multiscale = [concat_scales(first, twice).half() for first, twice in zip(features, second)]
     del second
     known = known or {}

@@ -116,9 +116,14 @@ class MultiScaleExtractor:
     def device(self) -> torch.device:
         return self.extract.device
 
+    def to_device(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.extract.to_device(images)
+
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray, context: int = 0) -> torch.Tensor:
-        return concat_scales(self.extract(images, context), second_scale_features(self.extract, images, context))
+    def __call__(self, images: np.ndarray | torch.Tensor, context: int = 0) -> torch.Tensor:
+        # Up to the device once: the 2x window is upsampled and cut into its pieces there.
+        batch = self.extract.to_device(images)
+        return concat_scales(self.extract(batch, context), second_scale_features(self.extract, batch, context))
 
 
 def feature_extractor(base, orientations: int = DEFAULT_ORIENTATIONS, scales: tuple[int, ...] = (1,)):
@@ -184,6 +189,9 @@ class OrientedExtractor:
     @property
     def device(self) -> torch.device:
         return self.extract.device
+
+    def to_device(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.extract.to_device(images)
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor, context: int = 0) -> torch.Tensor:

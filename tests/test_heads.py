@@ -261,6 +261,30 @@ def test_oriented_features_are_those_of_each_orientation_encoded_on_the_host(enc
             torch.testing.assert_close(features, expected / orientations, atol=1e-6, rtol=0)
 
 
+
+class _CountingUploads(FeatureExtractor):
+    """A FeatureExtractor that counts the host arrays it takes up to its device."""
+
+    uploads = 0
+
+    def to_device(self, images):
+        self.uploads += isinstance(images, np.ndarray)
+        return super().to_device(images)
+
+
+@pytest.mark.parametrize("orientations", [1, 2])
+def test_multiscale_windows_go_up_to_the_device_once(encoder, dubai_image, orientations):
+    """A batch of multi-scale features is uploaded once (its 2x window upsampled and cut on the device, not
+    each piece uploaded on its own), with the features of the host-array path exactly."""
+    extract = _CountingUploads(encoder, torch.device("cpu"))
+    images = _window(dubai_image, 40, 40, 100, 100, CONTEXT_MARGIN)
+    base = oriented(extract, orientations)
+    expected = concat_scales(base(images, CONTEXT_MARGIN), second_scale_features(base, images, CONTEXT_MARGIN))
+    extract.uploads = 0
+    features = at_scales(base, (1, 2))(images, CONTEXT_MARGIN)
+    assert extract.uploads == 1
+    torch.testing.assert_close(features, expected, atol=0, rtol=0)
+
 @pytest.mark.parametrize("value", [3, 4.0, True, "4", None])
 def test_orientations_must_be_one_of_the_counts_as_an_int(value):
     """One check (``oriented``, ``SegmentOptions``, prototype files): 4.0 or True are not 4 or 1."""
