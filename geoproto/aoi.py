@@ -1,7 +1,8 @@
 """The part of the orthophoto to segment: ``--aoi`` polygons or a ``--bbox``, in any CRS.
 
-Windows that do not reach the area are dropped before anything is read, so a small area of a large
-orthophoto costs only the windows under it; inside those windows, pixels outside the area become nodata.
+Windows whose core (the part a window writes, its overlap cropped) holds no pixel of the area are dropped
+before anything is read, so a small area of a large orthophoto costs only the windows under it; inside those
+windows, pixels outside the area become nodata.
 """
 
 from __future__ import annotations
@@ -26,19 +27,28 @@ class AreaOfInterest:
     geometry: object  # shapely geometry
 
     def reaches(self, tile: Tile) -> bool:
+        """Whether the window's core (the part it writes) holds a pixel centre inside the area: a window
+        reaching the area only in its overlap, which a neighbour writes, would be labelled all nodata."""
         import shapely
 
-        return bool(shapely.intersects(self.geometry, shapely.box(tile.col, tile.row, tile.col + tile.width,
-                                                                  tile.row + tile.height)))
+        core = shapely.box(tile.core_col0, tile.core_row0, tile.core_col1, tile.core_row1)
+        if not shapely.intersects(self.geometry, core):
+            return False
+        if shapely.contains(self.geometry, core):  # every pixel centre of the core lies inside
+            return True
+        return bool(self._inside(tile)[tile.core_slices].any())  # as ``mask`` decides, pixel by pixel
 
     def mask(self, tile: Tile, size: int) -> np.ndarray:
         """``size`` x ``size``: True where the window's pixel centre lies inside the area."""
+        inside = np.zeros((size, size), bool)
+        inside[: tile.height, : tile.width] = self._inside(tile)
+        return inside
+
+    def _inside(self, tile: Tile) -> np.ndarray:
         from rasterio.features import geometry_mask
 
-        inside = np.zeros((size, size), bool)
-        inside[: tile.height, : tile.width] = geometry_mask(
-            [self.geometry], (tile.height, tile.width), Affine.translation(tile.col, tile.row), invert=True)
-        return inside
+        return geometry_mask([self.geometry], (tile.height, tile.width), Affine.translation(tile.col, tile.row),
+                             invert=True)
 
 
 @dataclass
