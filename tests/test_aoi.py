@@ -215,3 +215,27 @@ def test_reaches_only_a_window_whose_core_holds_a_pixel_of_the_area(tmp_path):
     assert AreaOfInterest(shapely.box(0, 0, 120.6, 50)).reaches(window)
     assert AreaOfInterest(shapely.box(130, 10, 140, 20)).reaches(window)  # well inside
     assert not AreaOfInterest(shapely.box(100, 128, 300, 140)).reaches(window)  # below the window
+
+
+def test_only_windows_the_areas_edge_crosses_are_rasterised(spy):
+    """A window inside the area is all inside, one it misses all outside, without rasterising the area (all of
+    its vertices, for every window): masks and reaches as rasterising every window decides them."""
+    import rasterio.features
+    from affine import Affine
+
+    from geoproto.aoi import AreaOfInterest
+    from geoproto.tiling import tile_grid
+
+    geometry = shapely.Point(200.3, 190.6).buffer(150, quad_segs=256)  # 1,025 vertices
+    tiles = tile_grid(400, 380, 64, 8)
+    rasterised_each = [rasterio.features.geometry_mask([geometry], (t.height, t.width), Affine.translation(t.col, t.row),
+                                                       invert=True) for t in tiles]
+    crossing = sum(0 < inside.sum() < inside.size for inside in rasterised_each)
+    area = AreaOfInterest(geometry)
+    rasterised = spy(rasterio.features, "geometry_mask")
+    for tile, inside in zip(tiles, rasterised_each):
+        mask = area.mask(tile, 64)
+        assert np.array_equal(mask[: tile.height, : tile.width], inside) and not mask[tile.height:, tile.width:].any()
+        assert area.reaches(tile) == inside[tile.core_slices].any()
+    assert any(inside.all() for inside in rasterised_each) and not all(inside.any() for inside in rasterised_each)
+    assert len(rasterised) <= 2 * crossing  # a mask and a reach for each window the edge crosses, no other
