@@ -46,9 +46,9 @@ class AreaOfInterest:
 
     def _covers(self, col0: int, row0: int, col1: int, row1: int) -> bool | None:
         """True where the area holds every pixel centre of the box, False where it holds none, None where
-        its edge crosses the box: only there is it rasterised (the whole area, for every window it crosses,
-        takes far longer than the encoder for an area of many vertices). A pixel centre lies half a pixel
-        inside the box, so a box inside the area, or missing it, decides every centre alike."""
+        its edge crosses the box: only such windows are rasterised, since rasterising an area of many
+        vertices for every window can cost more than encoding it. A pixel centre lies half a pixel inside
+        the box, so a box inside the area, or missing it, decides every centre alike."""
         import shapely
 
         box = shapely.box(col0, row0, col1, row1)
