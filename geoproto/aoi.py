@@ -1,7 +1,8 @@
 """The part of the orthophoto to segment: ``--aoi`` polygons or a ``--bbox``, in any CRS.
 
-Windows that do not reach the area are dropped before anything is read, so a small area of a large
-orthophoto costs only the windows under it; inside those windows, pixels outside the area become nodata.
+Windows whose core (the part a window writes, its overlap cropped) holds no pixel of the area are dropped
+before anything is read, so a small area of a large orthophoto costs only the windows under it; inside those
+windows, pixels outside the area become nodata.
 """
 
 from __future__ import annotations
@@ -25,20 +26,43 @@ class AreaOfInterest:
 
     geometry: object  # shapely geometry
 
-    def reaches(self, tile: Tile) -> bool:
+    def __post_init__(self):
         import shapely
 
-        return bool(shapely.intersects(self.geometry, shapely.box(tile.col, tile.row, tile.col + tile.width,
-                                                                  tile.row + tile.height)))
+        shapely.prepare(self.geometry)  # tested against every window of the raster
+
+    def reaches(self, tile: Tile) -> bool:
+        """Whether the window's core (the part it writes) holds a pixel centre inside the area: a window
+        reaching the area only in its overlap, which a neighbour writes, would be labelled all nodata."""
+        whole = self._covers(tile.core_col0, tile.core_row0, tile.core_col1, tile.core_row1)
+        return bool(self._inside(tile)[tile.core_slices].any()) if whole is None else whole
 
     def mask(self, tile: Tile, size: int) -> np.ndarray:
         """``size`` x ``size``: True where the window's pixel centre lies inside the area."""
+        inside = np.zeros((size, size), bool)
+        whole = self._covers(tile.col, tile.row, tile.col + tile.width, tile.row + tile.height)
+        inside[: tile.height, : tile.width] = self._inside(tile) if whole is None else whole
+        return inside
+
+    def _covers(self, col0: int, row0: int, col1: int, row1: int) -> bool | None:
+        """True where the area holds every pixel centre of the box, False where it holds none, None where
+        its edge crosses the box: only such windows are rasterised, since rasterising an area of many
+        vertices for every window can cost more than encoding it. A pixel centre lies half a pixel inside
+        the box, so a box inside the area, or missing it, decides every centre alike."""
+        import shapely
+
+        box = shapely.box(col0, row0, col1, row1)
+        if not shapely.intersects(self.geometry, box):
+            return False
+        return True if shapely.contains(self.geometry, box) else None
+
+    def _inside(self, tile: Tile) -> np.ndarray:
+        """The window's part in the raster (``tile.height`` x ``tile.width``): True where the pixel centre lies
+        inside the area, as GDAL rasterises it."""
         from rasterio.features import geometry_mask
 
-        inside = np.zeros((size, size), bool)
-        inside[: tile.height, : tile.width] = geometry_mask(
-            [self.geometry], (tile.height, tile.width), Affine.translation(tile.col, tile.row), invert=True)
-        return inside
+        return geometry_mask([self.geometry], (tile.height, tile.width), Affine.translation(tile.col, tile.row),
+                             invert=True)
 
 
 @dataclass

@@ -406,7 +406,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                                                                      job.pixel_size)
                 job.area = load_area(src, job.inputs.crs, options.aoi, options.bbox, options.bbox_crs, several)
                 job.tiles = tile_grid(src.height, src.width, job.tile_size, job.overlap, GRID)
-                if job.area is not None:  # windows outside the area are never read nor encoded
+                if job.area is not None:  # windows that would write only nodata are never read nor encoded
                     job.tiles = [tile for tile in job.tiles if job.area.reaches(tile)]
             job.inputs.close()
         skipped = [job.image for job in jobs if not job.tiles]  # outside the area: no output

@@ -27,9 +27,9 @@ def test_windows_outside_the_aoi_are_never_read(tmp_path, spy):
     reads = spy(RasterSource, "read", lambda self, tile, *args, **kwargs: (tile.row, tile.col))
     summary = segment(str(image), str(support), str(tmp_path / "c.tif"),
                       SegmentOptions(scoring="prototypes", tile_size=128, overlap=16, crf=False, progress=False, aoi=str(aoi)))
-    # Only the two windows the area reaches (columns 112-240 and 224-352 of the first row) are read:
-    # one for the support, both for segmenting.
-    assert sorted(set(reads)) == [(0, 112), (0, 224)] and summary["tiles"] == 2
+    # Only the window whose core (columns 120-232 of columns 112-240) holds the area is read, for the support
+    # and for segmenting; the next one (224-352) reaches it only in the overlap this one writes.
+    assert sorted(set(reads)) == [(0, 112)] and summary["tiles"] == 1
     with rasterio.open(tmp_path / "c.tif") as src:
         labels = src.read(1)
     inside = np.zeros_like(labels, bool)
@@ -155,3 +155,87 @@ def test_an_area_that_crosses_itself_once_reprojected_is_repaired(tmp_path):
     assert area.geometry.is_valid
     assert area.geometry.area == pytest.approx(80 * 28, abs=0.01)
     assert area.reaches(Tile(0, 0, 96, 96, 0, 96, 0, 96))
+
+
+def test_windows_whose_core_misses_the_area_are_not_encoded(tmp_path, spy, monkeypatch):
+    """A corner area on 3 x 3 windows (128 px, overlap 16, cores split at 120 and 232): the windows right of and
+    below the corner one overlap the area, but only in the overlap that the corner window writes. They are
+    neither read nor encoded, nor counted in the progress bar or the summary, and every output is the same,
+    bit for bit, as when every window is labelled."""
+    import geoproto.segment
+    from geoproto.aoi import AreaOfInterest
+    from geoproto.classifier import Classifier
+
+    image = write_raster(tmp_path / "image.tif", two_halves(side=352))
+    support = tmp_path / "support.gpkg"
+    geopandas.GeoDataFrame({"class": ["red", "green"]},
+                           geometry=[pixel_box(TRANSFORM, 20, 20, 150, 80), pixel_box(TRANSFORM, 200, 20, 330, 80)],
+                           crs="EPSG:32616").to_file(support)
+    aoi = tmp_path / "aoi.gpkg"
+    geopandas.GeoDataFrame(geometry=[pixel_box(TRANSFORM, 0, 0, 116, 116)], crs="EPSG:32616").to_file(aoi)
+
+    def run(name):
+        encoded = spy(Classifier, "score", lambda self, images, *args, **kwargs: len(images))
+        totals = spy(geoproto.segment, "progress_bar", lambda show, windows: windows)
+        summary = segment(str(image), str(support), str(tmp_path / f"{name}.tif"), SegmentOptions(
+            scoring="prototypes", tile_size=128, overlap=16, crf=False, progress=False, aoi=str(aoi),
+            probabilities=str(tmp_path / f"{name}_p.tif"), vector=str(tmp_path / f"{name}.gpkg")))
+        outputs = []
+        for path in (f"{name}.tif", f"{name}_p.tif"):
+            with rasterio.open(tmp_path / path) as src:
+                outputs.append((src.read(), src.profile, src.tags()))
+        outputs.append(geopandas.read_file(tmp_path / f"{name}.gpkg"))
+        return sum(encoded), list(totals), summary, outputs
+
+    encoded, totals, summary, skipping = run("skipping")
+    monkeypatch.setattr(AreaOfInterest, "reaches", lambda self, tile: True)  # every window labelled
+    every_encoded, every_total, every_summary, everything = run("every")
+    assert (encoded, totals, summary["tiles"]) == (1, [1], 1)
+    # Labelling every window encodes the three whose overlap holds part of the area too (the others hold no
+    # valid pixel: read, but not encoded).
+    assert (every_encoded, every_total, every_summary["tiles"]) == (4, [9], 9)
+    for (data, profile, tags), (every_data, every_profile, every_tags) in zip(skipping[:2], everything[:2]):
+        assert data.tobytes() == every_data.tobytes()
+        assert repr(profile) == repr(every_profile) and tags == every_tags  # repr: the probabilities' nodata is NaN
+    assert (skipping[0][0][0, :116, :116] > 0).all() and (skipping[0][0] > 0).sum() == 116 * 116
+    polygons, every_polygon = skipping[2], everything[2]
+    assert len(polygons) and polygons.geom_equals_exact(every_polygon, 0).all()
+    assert polygons.drop(columns="geometry").equals(every_polygon.drop(columns="geometry"))
+    assert summary["classes"] == every_summary["classes"] and summary["nodata_pixels"] == every_summary["nodata_pixels"]
+
+
+def test_reaches_only_a_window_whose_core_holds_a_pixel_of_the_area(tmp_path):
+    """The window's kept part decides: an area in its overlap only (written by its neighbour) is not reached,
+    nor one that touches the core's edge without holding a pixel centre of it."""
+    from geoproto.aoi import AreaOfInterest
+
+    window = Tile(0, 112, 128, 128, 0, 120, 120, 232)  # columns 112-240, keeps 120-232
+    assert not AreaOfInterest(shapely.box(0, 0, 119.5, 50)).reaches(window)  # in the overlap only
+    assert not AreaOfInterest(shapely.box(0, 0, 120.4, 50)).reaches(window)  # short of column 120's centre
+    assert AreaOfInterest(shapely.box(0, 0, 120.6, 50)).reaches(window)
+    assert AreaOfInterest(shapely.box(130, 10, 140, 20)).reaches(window)  # well inside
+    assert not AreaOfInterest(shapely.box(100, 128, 300, 140)).reaches(window)  # below the window
+
+
+def test_only_windows_the_areas_edge_crosses_are_rasterised(spy):
+    """A window inside the area is all inside, one it misses all outside, without rasterising the area (all of
+    its vertices, for every window): masks and reaches as rasterising every window decides them."""
+    import rasterio.features
+    from affine import Affine
+
+    from geoproto.aoi import AreaOfInterest
+    from geoproto.tiling import tile_grid
+
+    geometry = shapely.Point(200.3, 190.6).buffer(150, quad_segs=256)  # 1,025 vertices
+    tiles = tile_grid(400, 380, 64, 8)
+    rasterised_each = [rasterio.features.geometry_mask([geometry], (t.height, t.width), Affine.translation(t.col, t.row),
+                                                       invert=True) for t in tiles]
+    crossing = sum(0 < inside.sum() < inside.size for inside in rasterised_each)
+    area = AreaOfInterest(geometry)
+    rasterised = spy(rasterio.features, "geometry_mask")
+    for tile, inside in zip(tiles, rasterised_each):
+        mask = area.mask(tile, 64)
+        assert np.array_equal(mask[: tile.height, : tile.width], inside) and not mask[tile.height:, tile.width:].any()
+        assert area.reaches(tile) == inside[tile.core_slices].any()
+    assert any(inside.all() for inside in rasterised_each) and not all(inside.any() for inside in rasterised_each)
+    assert len(rasterised) <= 2 * crossing  # a mask and a reach for each window the edge crosses, no other
