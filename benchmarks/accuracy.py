@@ -2,7 +2,7 @@
 (``evaluate``: K-shot supports, CRF off and on) and building IoU on the bundled SpaceNet chip.
 
     .venv/bin/python benchmarks/accuracy.py --root DUBAI_FOLDER [--encoders dubai,imagenet] [--shots 1,5,10]
-        [--seeds 0,1,...,19]
+        [--seeds 0,1,...,19] [--orientations 1] [--no-spacenet]
 
 DUBAI_FOLDER holds the Dubai aerial tiles (``images/``, ``masks/``, ``classes.json``); area 6 is the test
 split (``examples/dubai/split-train-1to5-test-6.json``), never used to choose a setting (the CRF's were
@@ -25,6 +25,7 @@ from rasterio.features import rasterize
 
 from geoproto.crf import params_for_resolution
 from geoproto.evaluation import DEFAULT_SEEDS, evaluate, format_table
+from geoproto.heads import ORIENTATIONS
 from geoproto.metrics import confusion_matrix, scores
 from geoproto.models import build_shipped
 from geoproto.segment import SegmentOptions, segment
@@ -64,25 +65,28 @@ def main() -> None:
     parser.add_argument("--crf-bilateral-px", type=float,
                         help="bilateral kernel width for the Dubai tiles [default: crf.params_for_resolution's "
                              "at their 0.3 m, as segment sets it]")
+    parser.add_argument("--orientations", type=int, default=1, choices=ORIENTATIONS,
+                        help="features averaged over this many orientations of each patch (segment --orientations)")
+    parser.add_argument("--no-spacenet", action="store_true", help="only the Dubai rows")
     args = parser.parse_args()
     crf_params = params_for_resolution(DUBAI_PIXEL_M, **({"bilateral_sxy": args.crf_bilateral_px}
                                                          if args.crf_bilateral_px else {}))
     data = load_dataset("folder", str(args.root), split=str(SPLIT))
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"Dubai area 6, {len(seeds)} seeds: OA, mIoU, per-class F1 (%), mean ± std", flush=True)
+    print(f"Dubai area 6, {len(seeds)} seeds, {args.orientations} orientation(s): OA, mIoU, per-class F1 (%), mean ± std", flush=True)
     for name in args.encoders.split(","):
         encoder = build_shipped(name)[0]
         for shots in (int(s) for s in args.shots.split(",")):
             for crf in (False, True):
                 started = time.perf_counter()
                 report = evaluate(data, encoder, shots, seeds, None, crf, torch.device("cpu"), progress=False,
-                                  crf_params=crf_params)
+                                  crf_params=crf_params, orientations=args.orientations)
                 print(f"{name:>9} {format_table(report).splitlines()[-1]}  ({time.perf_counter() - started:.0f} s)",
                       flush=True)
     with tempfile.TemporaryDirectory() as folder:
-        for name in args.encoders.split(","):
+        for name in args.encoders.split(",") if not args.no_spacenet else ():
             for crf in (False, True):
-                iou, accuracy, scoring = spacenet_building_iou(name, crf, folder)
+                iou, accuracy, scoring = spacenet_building_iou(name, crf, folder, orientations=args.orientations)
                 print(f"SpaceNet {name:>9} CRF {'on ' if crf else 'off'}  building IoU {iou:.3f}  OA {100 * accuracy:.1f}"
                       f"  scoring {scoring}", flush=True)
 

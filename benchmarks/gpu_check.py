@@ -9,10 +9,14 @@
      the CPU: cosine similarity of the features, labels equal against fixed prototypes (eq. 1 of the CPU
      features over the true labels);
    - the model and the CRF together (the pipeline's per-window work: ``Classifier.score``, softmax,
-     ``refine_batch``, argmax) on the device against the CPU: labels equal.
+     ``refine_batch``, argmax) on the device against the CPU: labels equal;
+   - the encoder's variants (``heads.feature_extractor``: ``--orientations 8``, batches turned on the device;
+     multi-scale features, the 2x window upsampled and cut there) on the device against the CPU, as the
+     plain encoder is compared.
 2. Throughput on the device (windows read with the pipeline's 32 px context, so encoded as 496 px):
-   the model stage (``Classifier.score`` and softmax, host arrays in, as ``pipeline`` calls it), the torch
-   CRF alone (inputs already on the device), and both with the labels back on the host, per batch size;
+   the model stage (``Classifier.score`` and softmax, host arrays in, as ``pipeline`` calls it; also with
+   features over 8 orientations and multi-scale, at the first model batch size), the torch CRF alone
+   (inputs already on the device), and both with the labels back on the host, per batch size;
    medians of timed repeats after warm-ups, ``torch.cuda.synchronize`` around each; peak GPU memory per
    batch size (``torch.cuda.max_memory_allocated``).
 3. End to end, when rasterio is installed: ``geoproto segment --device DEVICE --crf-backend torch`` on a
@@ -69,6 +73,7 @@ from geoproto import crf_torch  # noqa: E402
 from geoproto.classes import read_class_file  # noqa: E402
 from geoproto.classifier import Classifier  # noqa: E402
 from geoproto.fewshot import PrototypeAccumulator  # noqa: E402
+from geoproto.heads import SCALES, feature_extractor  # noqa: E402
 from geoproto.models import DEFAULT_ENCODER, build_shipped  # noqa: E402
 from geoproto.models.runtime import CONTEXT_MARGIN, FeatureExtractor  # noqa: E402
 
@@ -76,6 +81,9 @@ SIZE = 417  # segment's default tile size
 DUBAI_PIXEL_M = 0.3  # segment_throughput's, not imported: steps 1-2 run without rasterio
 SPACENET_PIXEL_M = 0.5
 CRF_LABELS_BAR = 0.999  # labels equal, device against CPU
+# The encoder's variants checked and timed beside the plain one: (name, orientations, scales).
+VARIANTS = (("8 orientations", 8, (1,)), ("multi-scale", 1, SCALES))
+VARIANT_WINDOWS = 4  # at most, in step 1: 8 orientations cost 8 encodings of each window on the CPU
 END_TO_END_BAR = 500.0  # windows per second, the issue's bar (20480 px mosaic)
 
 
@@ -216,6 +224,13 @@ def build_extractor(device: torch.device) -> FeatureExtractor:
     return FeatureExtractor(build_shipped(DEFAULT_ENCODER)[0], device)
 
 
+def fitted_prototypes(features: torch.Tensor, truths: np.ndarray, classes: int) -> torch.Tensor:
+    """Eq. 1 of ``features`` over the true labels: fixed prototypes to compare two encoders' labels against."""
+    accumulator = PrototypeAccumulator(classes, features.shape[1])
+    accumulator.add(features, torch.from_numpy(truths + 1))
+    return accumulator.prototypes()
+
+
 # --- steps -----------------------------------------------------------------------------------------------
 
 def attempt(run) -> dict:
@@ -274,9 +289,7 @@ def correctness(device: torch.device, windows: int, root: Path = DUBAI, spacenet
 
     reference_extract = build_extractor(torch.device("cpu"))
     reference_features = encode(reference_extract, images, chunk)
-    accumulator = PrototypeAccumulator(classes, reference_features.shape[1])
-    accumulator.add(reference_features, torch.from_numpy(truths + 1))
-    prototypes = accumulator.prototypes()
+    prototypes = fitted_prototypes(reference_features, truths, classes)
     extract = build_extractor(device)
     out["encoder"] = attempt(lambda: {
         **compare_features(reference_features, encode(extract, images, chunk), prototypes, SIZE), "windows": windows,
@@ -291,6 +304,14 @@ def correctness(device: torch.device, windows: int, root: Path = DUBAI, spacenet
                 "truth_accuracy_reference": float((labels[0].numpy() == truths).mean()),
                 "truth_accuracy_device": float((labels[1].numpy() == truths).mean())}
     out["model_and_crf"] = attempt(model_and_crf)
+
+    def variant(orientations, scales):
+        few = images[:VARIANT_WINDOWS]
+        reference = encode(feature_extractor(reference_extract, orientations, scales), few, chunk)
+        return {**compare_features(reference, encode(feature_extractor(extract, orientations, scales), few, chunk),
+                                   fitted_prototypes(reference, truths[:VARIANT_WINDOWS], classes), SIZE),
+                "windows": len(few), "channels": int(reference.shape[1])}
+    out["variants"] = {name: attempt(lambda: variant(orientations, scales)) for name, orientations, scales in VARIANTS}
     return out
 
 
@@ -330,6 +351,12 @@ def throughput(device: torch.device, model_batches: list[int], crf_batches: list
     params = crf_module.params_for_resolution(DUBAI_PIXEL_M)
     rows = []
 
+    def variant_stage(orientations, scales):
+        channels = extract.out_channels * len(scales)
+        turned = Classifier(torch.nn.functional.normalize(torch.randn(classes, channels), dim=1),
+                            extract=feature_extractor(extract, orientations, scales))
+        return lambda batch: lambda: model_probabilities(turned, images[:batch])
+
     def crf_call(batch):
         rgb = torch.from_numpy(core(images[:batch])).to(device)
         scores = torch.from_numpy(probabilities[:batch]).to(device)
@@ -337,12 +364,14 @@ def throughput(device: torch.device, model_batches: list[int], crf_batches: list
 
     stages = [("model", model_batches, lambda batch: lambda: model_probabilities(classifier, images[:batch])),
               ("crf", crf_batches, crf_call),
-              ("model+crf", both_batches, lambda batch: lambda: label_batch(classifier, images[:batch], params))]
+              ("model+crf", both_batches, lambda batch: lambda: label_batch(classifier, images[:batch], params)),
+              *((f"model, {name}", model_batches[:1], variant_stage(orientations, scales))
+                for name, orientations, scales in VARIANTS)]
     for stage, batches, make in stages:
         for batch in batches:
             if time.perf_counter() > deadline - 60:
                 rows.append({"stage": stage, "batch": batch, "skipped": "out of time (--budget-s)"})
-                say(f"  {stage:<10} {batch:>5} skipped, out of time (--budget-s)")
+                say(f"  {stage:<24} {batch:>5} skipped, out of time (--budget-s)")
                 continue
             rows.append({"stage": stage, "batch": batch,
                          **attempt(lambda: _timed(make(batch), batch, device, warmups, repeats, budget_s))})
@@ -423,9 +452,9 @@ def end_to_end(device: str, side: int, baseline: int, batches: list[int], deadli
 
 def _throughput_line(row: dict) -> str:
     if "error" in row:
-        return f"  {row['stage']:<10} {row['batch']:>5} {failure(row)}"
+        return f"  {row['stage']:<24} {row['batch']:>5} {failure(row)}"
     peak = f"{row['peak_mib']:>10.0f}" if row["peak_mib"] is not None else f"{'-':>10}"
-    return (f"  {row['stage']:<10} {row['batch']:>5} {row['windows_per_s']:>10.1f} {row['ms_per_batch']:>10.1f} "
+    return (f"  {row['stage']:<24} {row['batch']:>5} {row['windows_per_s']:>10.1f} {row['ms_per_batch']:>10.1f} "
             f"{peak} {row['repeats']:>7}")
 
 
@@ -465,6 +494,11 @@ def correctness_lines(result: dict, device: str) -> list[str]:
         f"  model + CRF labels on {device} against cpu: equal {100 * both['labels_equal']:.3f} % (accuracy "
         f"against the masks {100 * both['truth_accuracy_device']:.2f} % against "
         f"{100 * both['truth_accuracy_reference']:.2f} %)")))
+    for name, row in result["variants"].items():
+        lines.append(_reported(f"encoder, {name}", row, lambda enc: (
+            f"  encoder, {name}, on {device} against cpu ({enc['windows']} windows, {enc['channels']} channels): "
+            f"cosine min {enc['cosine_min']:.4f}, 1st percentile {enc['cosine_p01']:.4f}, mean "
+            f"{enc['cosine_mean']:.5f}; labels against fixed prototypes equal {100 * enc['labels_equal']:.3f} %")))
     return lines
 
 
@@ -574,7 +608,7 @@ def main() -> None:
             report.say("2. throughput: skipped, out of time (--budget-s)")
         else:
             report.step("throughput", f"2. throughput on {device.type} (417 px windows, encoded with 32 px context)\n"
-                        f"  {'stage':<10} {'batch':>5} {'windows/s':>10} {'ms/batch':>10} {'peak MiB':>10} "
+                        f"  {'stage':<24} {'batch':>5} {'windows/s':>10} {'ms/batch':>10} {'peak MiB':>10} "
                         f"{'repeats':>7}",
                         lambda say: throughput(device, model_batches, crf_batches, both_batches, warmups, repeats,
                                                5 if quick else 20, deadline, say))

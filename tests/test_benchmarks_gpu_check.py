@@ -46,6 +46,10 @@ def test_correctness_part_runs_on_the_cpu(gpu_check, dubai):
     assert result["encoder"]["cosine_min"] == pytest.approx(1.0, abs=1e-5)
     both = result["model_and_crf"]
     assert both["labels_equal"] == 1.0 and both["truth_accuracy_device"] == both["truth_accuracy_reference"] > 0.5
+    assert {name: row["channels"] for name, row in result["variants"].items()} == {"8 orientations": 152,
+                                                                                   "multi-scale": 304}
+    assert all(row["labels_equal"] == 1.0 and row["cosine_min"] == pytest.approx(1.0, abs=1e-5)
+               for row in result["variants"].values())
 
 
 def test_probability_comparison_reports_flipped_labels(gpu_check, windows):
