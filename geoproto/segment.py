@@ -31,7 +31,7 @@ from .batch import SIDECARS, output_paths, sidecar_path
 from .classes import NODATA, refuse_one_class
 from .classifier import Classifier, fit_support
 from .distributed import (ClassifierRecipe, EncoderRecipe, check_scheduler_address, cluster, import_distributed,
-                          run_on_cluster)
+                          probe_scheduler, run_on_cluster)
 from .errors import GeoprotoError
 from .heads import DEFAULT_ORIENTATIONS, DEFAULT_VARIANT, VARIANTS, check_orientations
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
@@ -352,6 +352,8 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             job.formats = _output_formats(job.output, job.options)
         for raster_format in {job.formats[0] for job in jobs}:
             check_creation_options(options.creation_options, raster_format, options.probabilities is not None)
+        if options.dask_scheduler:  # said in seconds, before the support is read and encoded
+            probe_scheduler(options.dask_scheduler)
         read_files: dict = {}  # the support file, read once for every input
         unscaled = []  # inputs whose CRF kernel has no width on the ground
         for job in jobs:
