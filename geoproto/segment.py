@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -123,7 +124,7 @@ class SegmentOptions:
     overwrite: bool = False
     # Keep finished windows in a journal beside each output, and continue an interrupted run (resume.py)
     resume: bool = False
-    progress: bool = True
+    progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal (stderr_is_terminal)
     # The windows on a Dask cluster (geoproto.distributed): a scheduler's address, or N local workers
     dask_scheduler: str | None = None
     dask_local: int | None = None
@@ -154,6 +155,8 @@ class SegmentOptions:
             raise GeoprotoError(f"{self.stretch!r}: choose {', '.join(STRETCH_CHOICES)}", param="stretch")
         if self.orientations is not None:
             check_orientations(self.orientations)
+        if self.progress is None:
+            self.progress = stderr_is_terminal()
         if self.dask_scheduler and self.dask_local:
             raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
                                 param="dask_local")
@@ -182,6 +185,13 @@ _INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"
 # SegmentOptions' files, taken as str or os.PathLike (``validation.check_path``): the inputs and the sidecar
 # outputs, in field order (the first bad one is named).
 _PATH_FIELDS = tuple(f.name for f in fields(SegmentOptions) if f.name in FILE_OPTIONS | SIDECARS.keys())
+
+
+def stderr_is_terminal() -> bool:
+    """Whether a person may be watching stderr: progress bars only then, as a log file, a pipe or a
+    notebook's captured stream would fill with their carriage-return frames."""
+    stream = sys.stderr
+    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
 
 
 def _check_bands(bands) -> list[int]:
