@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from . import crf as crf_module
 from .aoi import ClippedSource, load_area
-from .batch import SIDECARS, output_paths, sidecar_path
+from .batch import SIDECARS, expand_images, output_paths, sidecar_path
 from .classes import NODATA, refuse_one_class
 from .classifier import Classifier, fit_support
 from .distributed import (ClassifierRecipe, EncoderRecipe, check_scheduler_address, cluster, import_distributed,
@@ -300,11 +300,12 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
 
 
 def check_images(images) -> list[str]:
-    """The input rasters' paths (``validation.check_paths``), at least one."""
+    """The input rasters named by ``images`` (``validation.check_paths``): files, folders of rasters and glob
+    patterns, as the CLI takes them (``batch.expand_images``), at least one."""
     images = check_paths("images", images)
     if not images:
         raise GeoprotoError("no input raster", param="images")
-    return images
+    return expand_images(images)
 
 
 def check_options(options) -> SegmentOptions:

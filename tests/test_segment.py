@@ -325,3 +325,20 @@ def test_a_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, terminal):
     assert ("1/1" in stderr.getvalue()) is terminal  # the bar's window count
     assert ("\r" in stderr.getvalue()) is terminal
 
+def test_segment_many_takes_folders_and_glob_patterns_as_the_cli_does(tmp_path):
+    from geoproto.errors import GeoprotoError
+
+    folder = tmp_path / "flight"
+    folder.mkdir()
+    images = [str(write_raster(folder / f"tile-{k}.tif", two_halves(side=64, seed=k))) for k in range(2)]
+    (folder / "notes.txt").write_text("not a raster")
+    support = write_support(tmp_path / "support.gpkg", side=64)
+    for given in ([str(folder / "tile-*.tif")], folder):
+        summary = segment_many(given, support, tmp_path / "out", SegmentOptions(**SMALL, overwrite=True))
+        assert [item["input"] for item in summary["inputs"]] == images
+        assert sorted(os.listdir(tmp_path / "out")) == ["tile-0.tif", "tile-0.tif.aux.xml", "tile-1.tif",
+                                                        "tile-1.tif.aux.xml"]
+    with pytest.raises(GeoprotoError, match=r"elsewhere-\*\.tif: matches no file$"):
+        segment_many([str(folder / "elsewhere-*.tif")], support, tmp_path / "other", SegmentOptions(**SMALL))
+    assert not (tmp_path / "other").exists()
+
