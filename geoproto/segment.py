@@ -33,7 +33,7 @@ from .classes import NODATA, refuse_one_class
 from .classifier import Classifier, fit_support
 from .distributed import (ClassifierRecipe, EncoderRecipe, check_scheduler_address, cluster, import_distributed,
                           probe_scheduler, run_on_cluster)
-from .errors import GeoprotoError
+from .errors import GeoprotoError, renamed_params
 from .heads import DEFAULT_ORIENTATIONS, DEFAULT_VARIANT, VARIANTS, check_orientations
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -155,6 +155,10 @@ class SegmentOptions:
             raise GeoprotoError(f"{self.stretch!r}: choose {', '.join(STRETCH_CHOICES)}", param="stretch")
         if self.orientations is not None:
             check_orientations(self.orientations)
+        for name, drivers, what in (("driver", RASTER_DRIVERS, "raster"), ("vector_driver", VECTOR_DRIVERS, "vector")):
+            if getattr(self, name) is not None:  # as GDAL spells it (its names ignore case)
+                with renamed_params({None: name}):
+                    setattr(self, name, driver_name(getattr(self, name), drivers, what))
         if self.progress is None:
             self.progress = stderr_is_terminal()
         if self.dask_scheduler and self.dask_local:

@@ -1403,6 +1403,18 @@ def test_a_glob_for_one_output_is_expanded_once(tmp_path, spy):
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
 
 
+@pytest.mark.parametrize("extra, message", [
+    (("--device", "tpu"), "Invalid value for '--device': 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    (("-f", "PNG"), "Invalid value for '--driver' / '-f': 'PNG' is not one of 'gtiff', 'cog'"),
+    (("--vector", "v.dxf", "--vector-driver", "DXF"), "Error: --vector-driver: vector format 'DXF' is not supported"),
+])
+def test_a_refused_driver_or_device_names_its_option(tmp_path, extra, message):
+    images, support = _two_synthetic(tmp_path / "flight")
+    result = run(images[0], "-s", support, "-o", tmp_path / "c.tif", *FAST, *extra)
+    assert result.exit_code in (1, 2) and message in result.stderr, result.output
+    assert not (tmp_path / "c.tif").exists()
+
+
 def test_a_bare_sidecar_flag_needs_an_output_dir(tmp_path):
     images, support = _two_synthetic(tmp_path / "flight")
     result = run(images[0], "-s", support, "-o", tmp_path / "c.tif", "--vector", *FAST)

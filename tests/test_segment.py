@@ -292,6 +292,7 @@ def test_resume_notices_a_label_raster_vrts_source_rewritten(tmp_path, monkeypat
     _refuses_to_resume_once_rewritten(image, support, source, labels[:, ::-1].copy(), tmp_path,
                                       monkeypatch)  # the same size, the classes swapped
 
+
 class _Stderr(io.StringIO):
     """A stderr that says whether it is a terminal."""
 
@@ -325,6 +326,7 @@ def test_a_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, terminal):
     assert ("1/1" in stderr.getvalue()) is terminal  # the bar's window count
     assert ("\r" in stderr.getvalue()) is terminal
 
+
 def test_segment_many_takes_folders_and_glob_patterns_as_the_cli_does(tmp_path):
     from geoproto.errors import GeoprotoError
 
@@ -342,3 +344,35 @@ def test_segment_many_takes_folders_and_glob_patterns_as_the_cli_does(tmp_path):
         segment_many([str(folder / "elsewhere-*.tif")], support, tmp_path / "other", SegmentOptions(**SMALL))
     assert not (tmp_path / "other").exists()
 
+
+@pytest.mark.parametrize("changes, param, message", [
+    ({"driver": "PNG"}, "driver", "raster format 'PNG' is not supported; choose one of GTiff, COG"),
+    ({"vector": "v.dxf", "vector_driver": "DXF"}, "vector_driver", "vector format 'DXF' is not supported; choose "
+                                                                   "one of GPKG"),
+])
+def test_a_refused_output_driver_names_its_parameter(changes, param, message):
+    from geoproto.errors import GeoprotoError
+
+    with pytest.raises(GeoprotoError, match=rf"^{param}: {message}") as caught:
+        SegmentOptions(**changes)
+    assert caught.value.param == param
+    assert (SegmentOptions(driver="cog").driver, SegmentOptions(vector_driver="geojson").vector_driver) == \
+        ("COG", "GeoJSON")  # spelt as GDAL does, whatever the case given
+
+
+@pytest.mark.parametrize("changes, param, message", [
+    ({"device": "tpu"}, "device", "'tpu': choose auto, cpu or cuda"),
+    ({"encoder": None, "backbone": "vgg99"}, "backbone", "unknown backbone 'vgg99' \\(known: "),
+])
+def test_a_refused_device_or_backbone_names_its_parameter(tmp_path, changes, param, message):
+    from geoproto.errors import GeoprotoError
+    from geoproto.support_check import check_support
+
+    image = write_raster(tmp_path / "small.tif", two_halves(side=64))
+    support = write_support(tmp_path / "support.gpkg", side=64)
+    for run in (lambda options: segment(image, support, tmp_path / "out.tif", options),
+                lambda options: check_support(image, support, options)):
+        with pytest.raises(GeoprotoError, match=rf"^{param}: {message}") as caught:
+            run(SegmentOptions(**{**SMALL, **changes}))
+        assert caught.value.param == param
+    assert sorted(os.listdir(tmp_path)) == ["small.tif", "support.gpkg"]
