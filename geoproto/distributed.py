@@ -41,6 +41,9 @@ from .tiling import Tile
 
 INSTALL_HINT = "pip install 'geoproto[dask]'"
 CONNECT_TIMEOUT_S = 30
+# How long ``segment`` waits, before any support work, for the scheduler's port to accept a connection (an
+# address nobody listens at is refused at once; one that drops packets takes this long).
+PROBE_TIMEOUT_S = 5
 # A worker process with torch, the encoder and Dask's own machinery, before any window (measured
 # ~0.5 GB on CPU with the default encoder: benchmarks/many_rasters.py prints each worker's peak).
 WORKER_RUNTIME_BYTES = 1 << 30
@@ -72,6 +75,26 @@ def check_scheduler_address(address: str) -> None:
     except (ValueError, TypeError) as exc:
         raise GeoprotoError(f"{address!r} is not a Dask scheduler address ({exc}); give tcp://HOST:PORT "
                             f"(Dask's scheduler listens on port 8786 by default)", param="dask_scheduler") from None
+
+
+def probe_scheduler(address: str) -> None:
+    """Refuses ``address`` (checked by ``check_scheduler_address``) unless something listens there: a run is
+    told within PROBE_TIMEOUT_S, before its support is read and encoded, rather than after them by the
+    Client's CONNECT_TIMEOUT_S of retries. Only the port is tried; ``connect`` then greets the scheduler."""
+    from distributed.comm import get_address_host_port, parse_address
+
+    if parse_address(address)[0] not in ("tcp", "tls", "ws", "wss"):  # no port to try (inproc, ucx)
+        return
+    try:
+        socket.create_connection(get_address_host_port(address), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:  # refused, unreachable, timed out, a host name that does not resolve
+        raise _unanswered(address, PROBE_TIMEOUT_S if isinstance(exc, TimeoutError) else None, exc) from None
+
+
+def _unanswered(address: str, waited: float | None, exc: Exception) -> GeoprotoError:
+    """The error for a scheduler that did not answer, and how long it was waited for (None: refused at once)."""
+    within = f" within {waited:g} s" if waited is not None else ""
+    return GeoprotoError(f"no Dask scheduler answered at {address}{within} ({exc})", param="dask_scheduler")
 
 
 @dataclass(frozen=True)
@@ -284,8 +307,7 @@ def connect(scheduler: str | None = None, local_workers: int | None = None, memo
             try:
                 client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
             except (OSError, TimeoutError) as exc:
-                raise GeoprotoError(f"no Dask scheduler answered at {scheduler} within {CONNECT_TIMEOUT_S} s ({exc})",
-                                    param="dask_scheduler") from None
+                raise _unanswered(scheduler, CONNECT_TIMEOUT_S, exc) from None
         else:
             try:
                 cluster = stack.enter_context(distributed.LocalCluster(

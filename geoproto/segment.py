@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -27,12 +28,12 @@ import numpy as np
 from . import __version__
 from . import crf as crf_module
 from .aoi import ClippedSource, load_area
-from .batch import SIDECARS, output_paths, sidecar_path
+from .batch import SIDECARS, expand_images, output_paths, sidecar_path
 from .classes import NODATA, refuse_one_class
 from .classifier import Classifier, fit_support
 from .distributed import (ClassifierRecipe, EncoderRecipe, check_scheduler_address, cluster, import_distributed,
-                          run_on_cluster)
-from .errors import GeoprotoError
+                          probe_scheduler, run_on_cluster)
+from .errors import GeoprotoError, renamed_params
 from .heads import DEFAULT_ORIENTATIONS, DEFAULT_VARIANT, VARIANTS, check_orientations
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -123,7 +124,7 @@ class SegmentOptions:
     overwrite: bool = False
     # Keep finished windows in a journal beside each output, and continue an interrupted run (resume.py)
     resume: bool = False
-    progress: bool = True
+    progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal (stderr_is_terminal)
     # The windows on a Dask cluster (geoproto.distributed): a scheduler's address, or N local workers
     dask_scheduler: str | None = None
     dask_local: int | None = None
@@ -154,6 +155,12 @@ class SegmentOptions:
             raise GeoprotoError(f"{self.stretch!r}: choose {', '.join(STRETCH_CHOICES)}", param="stretch")
         if self.orientations is not None:
             check_orientations(self.orientations)
+        for name, drivers, what in (("driver", RASTER_DRIVERS, "raster"), ("vector_driver", VECTOR_DRIVERS, "vector")):
+            if getattr(self, name) is not None:  # as GDAL spells it (its names ignore case)
+                with renamed_params({None: name}):
+                    setattr(self, name, driver_name(getattr(self, name), drivers, what))
+        if self.progress is None:
+            self.progress = stderr_is_terminal()
         if self.dask_scheduler and self.dask_local:
             raise GeoprotoError("give a Dask scheduler's address or a number of local workers, not both",
                                 param="dask_local")
@@ -182,6 +189,13 @@ _INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"
 # SegmentOptions' files, taken as str or os.PathLike (``validation.check_path``): the inputs and the sidecar
 # outputs, in field order (the first bad one is named).
 _PATH_FIELDS = tuple(f.name for f in fields(SegmentOptions) if f.name in FILE_OPTIONS | SIDECARS.keys())
+
+
+def stderr_is_terminal() -> bool:
+    """Whether a person may be watching stderr: progress bars only then, as a log file, a pipe or a
+    notebook's captured stream would fill with their carriage-return frames."""
+    stream = sys.stderr
+    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
 
 
 def _check_bands(bands) -> list[int]:
@@ -290,11 +304,12 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
 
 
 def check_images(images) -> list[str]:
-    """The input rasters' paths (``validation.check_paths``), at least one."""
+    """The input rasters named by ``images`` (``validation.check_paths``): files, folders of rasters and glob
+    patterns, as the CLI takes them (``batch.expand_images``), at least one."""
     images = check_paths("images", images)
     if not images:
         raise GeoprotoError("no input raster", param="images")
-    return images
+    return expand_images(images)
 
 
 def check_options(options) -> SegmentOptions:
@@ -352,6 +367,8 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
             job.formats = _output_formats(job.output, job.options)
         for raster_format in {job.formats[0] for job in jobs}:
             check_creation_options(options.creation_options, raster_format, options.probabilities is not None)
+        if options.dask_scheduler:  # said in seconds, before the support is read and encoded
+            probe_scheduler(options.dask_scheduler)
         read_files: dict = {}  # the support file, read once for every input
         unscaled = []  # inputs whose CRF kernel has no width on the ground
         for job in jobs:

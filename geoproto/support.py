@@ -385,8 +385,8 @@ class VectorSupport:
                 # tile) gets infinite coordinates: it lies on no raster in that CRS, so it is left empty
                 # rather than handed to GEOS (a stray "invalid value" warning, or worse).
                 geometries[~finite_geometries(geometries)] = shapely.Polygon()
-            # Repaired where they are used, in the raster's CRS (the file's invalid polygons were counted
-            # when read): a ring repaired before a reprojection would come out slightly otherwise.
+            # The file's invalid polygons were repaired when read; a valid ring whose edges nearly touch
+            # can cross itself once reprojected (vertices move, edges stay straight), and GEOS refuses it.
             geometries, _ = _repaired(geometries)
             self._in_crs[key] = geometries, shapely.STRtree(geometries)
         return self._in_crs[key]
@@ -488,7 +488,9 @@ def read_vector_support(path: str, class_field: str | None = None, layer: str | 
         raise GeoprotoError(f"{path}: support must be polygons; found {', '.join(sorted(kinds - POLYGONAL))} "
                             f"(a buffer distance turns points and lines into polygons)", param="buffer")
     repaired, count = _repaired(frame.geometry.to_numpy())
-    if count:
+    if count:  # kept repaired: ``place`` then repairs only what a reprojection breaks
+        frame = frame.set_geometry(geopandas.GeoSeries(repaired, index=frame.index, crs=frame.crs,
+                                                       name=frame.geometry.name))
         frame = frame[~shapely.is_empty(repaired)]  # nothing polygonal left: not a polygon to label with
         warnings.warn(f"{path}: repaired {count} invalid polygon(s)")
 

@@ -1338,11 +1338,15 @@ def _two_synthetic(folder: Path) -> tuple[list[Path], Path]:
 
 
 @pytest.mark.parametrize("how", ["folder", "glob", "files"])
-def test_folder_glob_and_files_give_one_output_each(tmp_path, how):
+def test_folder_glob_and_files_give_one_output_each(tmp_path, how, spy):
+    from geoproto import segment as library
+
     images, support = _two_synthetic(tmp_path / "flight")
     arguments = {"folder": [tmp_path / "flight"], "glob": [tmp_path / "flight" / "*.tif"], "files": images}[how]
+    expanded = spy(library, "expand_images", lambda arguments: arguments)
     result = run(*arguments, "-s", support, "--output-dir", tmp_path / "out", *FAST, "--json")
     assert result.exit_code == 0, result.output
+    assert expanded == [list(map(str, arguments))]  # once, by the library
     summary = json.loads(result.stdout)
     assert [item["output"] for item in summary["inputs"]] == [str(tmp_path / "out" / n) for n in ("one.tif", "two.tif")]
     for image in images:
@@ -1384,6 +1388,31 @@ def test_several_inputs_need_an_output_dir(tmp_path, extra, message):
     images, support = _two_synthetic(tmp_path / "flight")
     result = run(*images, "-s", support, *FAST, *extra)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_a_glob_for_one_output_is_expanded_once(tmp_path, spy):
+    """The CLI's -o path expands IMAGE (to count the inputs) and the library does not again."""
+    from geoproto import segment as library
+
+    images, support = _two_synthetic(tmp_path / "flight")
+    expanded = spy(library, "expand_images", lambda arguments: arguments)
+    result = run(tmp_path / "flight" / "o*.tif", "-s", support, "-o", tmp_path / "c.tif", *FAST)
+    assert result.exit_code == 0, result.output
+    assert expanded == [[str(tmp_path / "flight" / "o*.tif")]]
+    with rasterio.open(images[0]) as src, rasterio.open(tmp_path / "c.tif") as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--device", "tpu"), "Invalid value for '--device': 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    (("-f", "PNG"), "Invalid value for '--driver' / '-f': 'PNG' is not one of 'gtiff', 'cog'"),
+    (("--vector", "v.dxf", "--vector-driver", "DXF"), "Error: --vector-driver: vector format 'DXF' is not supported"),
+])
+def test_a_refused_driver_or_device_names_its_option(tmp_path, extra, message):
+    images, support = _two_synthetic(tmp_path / "flight")
+    result = run(images[0], "-s", support, "-o", tmp_path / "c.tif", *FAST, *extra)
+    assert result.exit_code in (1, 2) and message in result.stderr, result.output
+    assert not (tmp_path / "c.tif").exists()
 
 
 def test_a_bare_sidecar_flag_needs_an_output_dir(tmp_path):

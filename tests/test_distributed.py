@@ -9,14 +9,17 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import rasterio
 import torch
+from click.testing import CliRunner
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from geoproto import distributed
+from geoproto.cli import main
 from geoproto.errors import GeoprotoError
 from geoproto.segment import SegmentOptions, segment, segment_many
 
@@ -170,14 +173,53 @@ def test_dask_missing_says_how_to_install_it(spacenet, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_an_unreachable_scheduler_is_named(monkeypatch):
+def _unused_address() -> str:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
-        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_an_unreachable_scheduler_is_named(monkeypatch):
+    address = _unused_address()
     monkeypatch.setattr(distributed, "CONNECT_TIMEOUT_S", 1)
     with pytest.raises(GeoprotoError, match=rf"dask_scheduler: no Dask scheduler answered at {address} within 1 s"):
         with distributed.connect(scheduler=address):
             pass
+
+
+def test_an_unreachable_scheduler_is_refused_before_the_support_is_read(spacenet, tmp_path, monkeypatch,
+                                                                         support_reads):
+    """In seconds, naming the address, rather than after the support is encoded and Dask's 30 s of retries."""
+    address = _unused_address()
+    monkeypatch.setattr(distributed, "PROBE_TIMEOUT_S", 2)
+    started = time.perf_counter()
+    with pytest.raises(GeoprotoError, match=rf"^dask_scheduler: no Dask scheduler answered at {address} "
+                                            rf"\(.*Connection refused\)$") as caught:
+        segment(str(spacenet / "sample_geotiff.tif"), str(spacenet / "support.gpkg"), str(tmp_path / "c.tif"),
+                _options(dask_scheduler=address))
+    assert time.perf_counter() - started < 10
+    assert caught.value.param == "dask_scheduler" and support_reads == []
+    assert not list(tmp_path.iterdir())
+    result = CliRunner().invoke(main, ["segment", str(spacenet / "sample_geotiff.tif"), "-s",
+                                       str(spacenet / "support.gpkg"), "-o", str(tmp_path / "c.tif"),
+                                       "--dask-scheduler", address])
+    assert result.exit_code == 1
+    assert f"Error: --dask-scheduler: no Dask scheduler answered at {address} (" in result.stderr
+
+
+def test_a_scheduler_that_does_not_answer_is_waited_for_briefly(monkeypatch):
+    """A host that drops the connection attempt (a firewall, a machine gone) is given PROBE_TIMEOUT_S."""
+    waited = []
+
+    def silent(address, timeout):
+        waited.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(distributed.socket, "create_connection", silent)
+    with pytest.raises(GeoprotoError, match=r"^dask_scheduler: no Dask scheduler answered at tcp://10.0.0.5:8786 "
+                                            r"within 5 s \(timed out\)$"):
+        distributed.probe_scheduler("tcp://10.0.0.5:8786")
+    assert waited == [distributed.PROBE_TIMEOUT_S] == [5]
 
 
 @pytest.mark.parametrize("address, reason", [

@@ -3,7 +3,9 @@ a raster smaller than a window is encoded in a window its own size."""
 
 import contextlib
 import dataclasses
+import io
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -289,3 +291,88 @@ def test_resume_notices_a_label_raster_vrts_source_rewritten(tmp_path, monkeypat
     rasterio.shutil.copy(str(source), support, driver="VRT")
     _refuses_to_resume_once_rewritten(image, support, source, labels[:, ::-1].copy(), tmp_path,
                                       monkeypatch)  # the same size, the classes swapped
+
+
+class _Stderr(io.StringIO):
+    """A stderr that says whether it is a terminal."""
+
+    def __init__(self, terminal: bool):
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+
+def test_progress_defaults_to_whether_stderr_is_a_terminal(monkeypatch):
+    for terminal in (False, True):
+        monkeypatch.setattr(sys, "stderr", _Stderr(terminal))
+        assert SegmentOptions().progress is terminal
+        assert SegmentOptions(progress=not terminal).progress is (not terminal)  # as given
+    monkeypatch.setattr(sys, "stderr", None)  # pythonw: no stderr at all
+    assert SegmentOptions().progress is False
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_a_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, terminal):
+    """Left to its default, a library run draws its bar on a terminal, never into a log file or a notebook's
+    captured stream (the carriage-return frames of every window)."""
+    stderr = _Stderr(terminal)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    image = write_raster(tmp_path / "small.tif", two_halves(side=100)[:, :60])
+    support = write_support(tmp_path / "support.gpkg", side=100)
+    segment_many([image], support, tmp_path / "out", SegmentOptions(encoder="imagenet", scoring="prototypes",
+                                                                     crf=False))
+    assert ("1/1" in stderr.getvalue()) is terminal  # the bar's window count
+    assert ("\r" in stderr.getvalue()) is terminal
+
+
+def test_segment_many_takes_folders_and_glob_patterns_as_the_cli_does(tmp_path):
+    from geoproto.errors import GeoprotoError
+
+    folder = tmp_path / "flight"
+    folder.mkdir()
+    images = [str(write_raster(folder / f"tile-{k}.tif", two_halves(side=64, seed=k))) for k in range(2)]
+    (folder / "notes.txt").write_text("not a raster")
+    support = write_support(tmp_path / "support.gpkg", side=64)
+    for given in ([str(folder / "tile-*.tif")], folder):
+        summary = segment_many(given, support, tmp_path / "out", SegmentOptions(**SMALL, overwrite=True))
+        assert [item["input"] for item in summary["inputs"]] == images
+        assert sorted(os.listdir(tmp_path / "out")) == ["tile-0.tif", "tile-0.tif.aux.xml", "tile-1.tif",
+                                                        "tile-1.tif.aux.xml"]
+    with pytest.raises(GeoprotoError, match=r"elsewhere-\*\.tif: matches no file$"):
+        segment_many([str(folder / "elsewhere-*.tif")], support, tmp_path / "other", SegmentOptions(**SMALL))
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("changes, param, message", [
+    ({"driver": "PNG"}, "driver", "raster format 'PNG' is not supported; choose one of GTiff, COG"),
+    ({"vector": "v.dxf", "vector_driver": "DXF"}, "vector_driver", "vector format 'DXF' is not supported; choose "
+                                                                   "one of GPKG"),
+])
+def test_a_refused_output_driver_names_its_parameter(changes, param, message):
+    from geoproto.errors import GeoprotoError
+
+    with pytest.raises(GeoprotoError, match=rf"^{param}: {message}") as caught:
+        SegmentOptions(**changes)
+    assert caught.value.param == param
+    assert (SegmentOptions(driver="cog").driver, SegmentOptions(vector_driver="geojson").vector_driver) == \
+        ("COG", "GeoJSON")  # spelt as GDAL does, whatever the case given
+
+
+@pytest.mark.parametrize("changes, param, message", [
+    ({"device": "tpu"}, "device", "'tpu': choose auto, cpu or cuda"),
+    ({"encoder": None, "backbone": "vgg99"}, "backbone", "unknown backbone 'vgg99' \\(known: "),
+])
+def test_a_refused_device_or_backbone_names_its_parameter(tmp_path, changes, param, message):
+    from geoproto.errors import GeoprotoError
+    from geoproto.support_check import check_support
+
+    image = write_raster(tmp_path / "small.tif", two_halves(side=64))
+    support = write_support(tmp_path / "support.gpkg", side=64)
+    for run in (lambda options: segment(image, support, tmp_path / "out.tif", options),
+                lambda options: check_support(image, support, options)):
+        with pytest.raises(GeoprotoError, match=rf"^{param}: {message}") as caught:
+            run(SegmentOptions(**{**SMALL, **changes}))
+        assert caught.value.param == param
+    assert sorted(os.listdir(tmp_path)) == ["small.tif", "support.gpkg"]

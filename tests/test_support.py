@@ -598,3 +598,25 @@ def test_a_label_raster_of_several_bands_names_what_to_fix(tmp_path, bands, para
         with pytest.raises(GeoprotoError, match=rf"^{param}: {labels}: a label raster has one band of class ids \(or "
                                                 rf"RGB colours, with classes that each have a colour\); it has {bands}$"):
             load_support(str(labels), reference)
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32616", "EPSG:4326"])
+def test_a_bow_tie_is_repaired_once_into_its_two_triangles(tmp_path, mosaic, spy, crs):
+    """Read, placed and rasterised, an invalid (self-crossing) polygon is repaired once, when read (a
+    reprojection into the raster's CRS leaves it valid: nothing to repair again), and labels the pixels of
+    the two triangles it makes, in the raster's CRS or in another."""
+    from synthetic import TRANSFORM, write_raster
+
+    image = write_raster(tmp_path / "image.tif", np.ones((3, 96, 96), np.uint8))
+    # crossing at (45, 40); no pixel centre on an edge, where a reprojection's rounding would decide
+    corners = [TRANSFORM @ point for point in ((20, 20), (70, 60), (70, 20), (20, 60))]
+    square = pixel_box(TRANSFORM, 80, 0, 90, 10)
+    frame = geopandas.GeoDataFrame({"class": ["a", "b"]}, geometry=[Polygon(corners), square], crs="EPSG:32616")
+    frame.to_crs(crs).to_file(tmp_path / "s.gpkg")
+    repairs = spy(shapely, "make_valid", lambda geometries, *args, **kwargs: int(np.size(geometries)))
+    with open_raster(str(image)) as reference, pytest.warns(UserWarning, match="repaired 1 invalid polygon"):
+        labels = mosaic(load_vector_support(str(tmp_path / "s.gpkg"), reference), 96, 96)
+    assert sum(repairs) == 1
+    triangles = rasterize([(shapely.make_valid(Polygon(corners)), 1), (square, 2)], (96, 96), transform=TRANSFORM)
+    np.testing.assert_array_equal(labels, triangles)
+    assert (labels == 1).sum() == 1000  # the two triangles' area: 2 x 40 x 25 / 2 px

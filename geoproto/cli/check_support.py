@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..batch import expand_images
 from ..metrics import format_metric
 from ..segment import SegmentOptions
 from ..support_check import DEFAULT_FOLDS, MAX_FOLDS, check_support
@@ -29,7 +28,7 @@ def check_support_command(images, support, folds, group_distance, as_json, **opt
     """Cross-validate the support polygons on IMAGES (rasters, folders or glob patterns, pooled as
     `segment` pools them): per-class F1 when each group of polygons is predicted from the others, the
     confusions between classes, and what to add. Exit code 0 whatever the result."""
-    report = check_support(expand_images(list(images)), support, SegmentOptions(progress=False, **options), folds,
+    report = check_support(list(images), support, SegmentOptions(progress=False, **options), folds,
                            group_distance)
     if as_json:
         print_json(report)

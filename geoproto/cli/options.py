@@ -20,7 +20,8 @@ from ..errors import EMPTY_PATH, GeoprotoError, GeoprotoWarning
 from ..heads import DEFAULT_ORIENTATIONS, ORIENTATIONS
 from ..validation import DEFAULT_ALPHA, MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
-from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES, STRETCH_CHOICES
+from ..segment import (DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES, STRETCH_CHOICES,
+                       stderr_is_terminal)
 from ..training import DATASETS
 
 
@@ -195,7 +196,7 @@ def verbosity() -> int:
 def show_progress(quiet: bool) -> bool:
     """A progress bar only for a person watching: not with -q, nor when stderr is a file or a pipe (its
     carriage-return frames would fill a log)."""
-    return not quiet and verbosity() >= 0 and sys.stderr.isatty()
+    return not quiet and verbosity() >= 0 and stderr_is_terminal()
 
 
 def not_stdio(ctx, param, value):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from ..crf import CRF_RANGES, MIN_BILATERAL_PX, RULE_BILATERAL_M, CRFParams
-from ..batch import SIDECARS, expand_images
-from ..segment import SEGMENT_RANGES, SegmentOptions, segment, segment_many
+from ..batch import SIDECARS
+from ..segment import SEGMENT_RANGES, SegmentOptions, check_images, segment, segment_many
 from .options import (ORIENTATIONS_IN_FILES, alpha_option, command_line, crf_backend_option, encoding_options,
                       handle_errors, integer, json_option, not_stdio, number, orientations_option, overwrite_option,
                       parse_pairs, print_json, printable, quiet_option, scoring_option, show_progress, stretch_option,
@@ -109,8 +109,8 @@ def segment_command(image, support, output, output_dir, crf, crf_iterations, crf
                               crf_bilateral_m=crf_bilateral_m,
                               progress=show_progress(quiet), command=command_line(click.get_current_context()),
                               **options)
-    images = expand_images(list(image))
     if output_dir is None:
+        images = check_images(list(image))  # segment_many expands its own
         if len(images) > 1:
             raise click.UsageError(f"{len(images)} inputs: give --output-dir DIR (one output per input), not -o")
         if output is None:
@@ -123,7 +123,7 @@ def segment_command(image, support, output, output_dir, crf, crf_iterations, crf
     else:
         if output is not None:
             raise click.UsageError("give -o/--output (one input) or --output-dir, not both")
-        summary = segment_many(images, support, output_dir, settings)
+        summary = segment_many(list(image), support, output_dir, settings)
         summaries = summary["inputs"]
     if not quiet:
         for warning in summary.get("support_check", {}).get("warnings", []):

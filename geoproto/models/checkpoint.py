@@ -136,7 +136,7 @@ def build_encoder(backbone: str = DEFAULT_BACKBONE, checkpoint: str | None = Non
             encoder, metadata = load_checkpoint(checkpoint)
         return encoder, {**metadata, "checkpoint": os.path.basename(checkpoint)}
     if backbone not in BACKBONES:
-        raise GeoprotoError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
+        raise GeoprotoError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})", param="backbone")
     spec = BACKBONES[backbone]
     weights = init_weights if init_weights is not None else spec.shipped_weights() if spec.shipped_weights else None
     if weights is None:

@@ -69,9 +69,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise GeoprotoError("device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        raise GeoprotoError("cuda: no CUDA device is available (torch.cuda.is_available() is False)", param="device")
     if name not in ("cpu", "cuda"):
-        raise GeoprotoError(f"device {name!r}: choose auto, cpu or cuda")
+        raise GeoprotoError(f"{name!r}: choose auto, cpu or cuda", param="device")
     return torch.device(name)
 
 
