@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from .progress import progress_bar
 
 from . import crf as crf_module
 from . import crf_torch
@@ -269,7 +268,7 @@ def evaluated_classes(fold: int | None, class_names: list[str] | None) -> list[s
 def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[int], class_names: list[str] | None,
              crf: bool, device: torch.device, train_split: str = "train", test_split: str = "test",
              alpha: float = DEFAULT_ALPHA, crf_params: crf_module.CRFParams | None = None,
-             progress: bool = True, crf_backend: str = crf_module.DEFAULT_BACKEND,
+             progress: bool | None = None, crf_backend: str = crf_module.DEFAULT_BACKEND,
              on_patch: Callable[[int, int, np.ndarray], None] | None = None, scoring: str = "prototypes",
              orientations: int = DEFAULT_ORIENTATIONS) -> dict:
     """The paper's protocol on ``data``; returns per-seed results and their mean and standard deviation.
@@ -302,8 +301,7 @@ def evaluate(data: LabelledDataset, encoder: Encoder, shots: int, seeds: list[in
     cached_bytes = 0
     runs = []
     notes = []
-    bar = tqdm(total=len(seeds) * len(query_patches), unit="patch", file=sys.stderr, disable=not progress,
-               desc="evaluate")
+    bar = progress_bar(progress, len(seeds) * len(query_patches), "patch", "evaluate")
     for seed in seeds:
         rng = np.random.default_rng(seed)
         chosen, covered = sample_supports(support_patches, shots, classes.ids, rng)

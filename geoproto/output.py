@@ -668,11 +668,13 @@ def polygon_format(path: str, driver: str | None) -> str:
     return found
 
 
-def driver_name(driver: str, drivers: dict[str, tuple[str, ...]], what: str) -> str:
-    """``driver`` as ``drivers`` spell it (GDAL's names ignore case); refuses one not among them."""
+def driver_name(driver: str, drivers: dict[str, tuple[str, ...]], what: str, param: str | None = None) -> str:
+    """``driver`` as ``drivers`` spell it (GDAL's names ignore case); refuses one not among them, naming
+    ``param``, the option that gave it."""
     match = {name.lower(): name for name in drivers}.get(driver.lower())
     if match is None:
-        raise GeoprotoError(f"{what} format {driver!r} is not supported; choose one of {', '.join(drivers)}")
+        raise GeoprotoError(f"{what} format {driver!r} is not supported; choose one of {', '.join(drivers)}",
+                            param=param)
     return match
 
 

@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -36,6 +35,7 @@ from .classifier import Classifier
 from .models.runtime import CONTEXT_MARGIN
 from .output import ResultWriter
 from .raster import RasterSource
+from .progress import progress_bar
 from .tile_labels import TileResult, finish_tile, init_worker
 from .tiling import Tile
 from .validation import check_memory
@@ -173,10 +173,10 @@ class PipelineResult:
     stage_seconds: dict[str, float]  # reading, model, CRF and labelling (summed over workers), writing
 
 
-def progress_bar(show: bool, windows: int) -> tqdm:
+def segment_bar(show: bool | None, windows: int) -> tqdm:
     """The progress bar of ``segment`` over ``windows`` windows: one for a run over several rasters, or a
     runner's own when it is given none, and both alike."""
-    return tqdm(total=windows, unit="tile", file=sys.stderr, disable=not show, desc="segment")
+    return progress_bar(show, windows, "tile", "segment")
 
 
 class ResultRecorder:
@@ -190,7 +190,7 @@ class ResultRecorder:
         to advance (one bar over several rasters, which outlives this run)."""
         self.writer, self.journal = writer, journal
         self._own_bar = not isinstance(progress, tqdm)
-        self.bar = progress_bar(progress, windows) if self._own_bar else progress
+        self.bar = segment_bar(progress, windows) if self._own_bar else progress
         self.counts = np.zeros(256, np.int64)
         self.crf_rejected = 0
         self.write_seconds = 0.0

@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -33,7 +32,7 @@ from .classes import NODATA, refuse_one_class
 from .classifier import Classifier, fit_support
 from .distributed import (ClassifierRecipe, EncoderRecipe, check_scheduler_address, cluster, import_distributed,
                           probe_scheduler, run_on_cluster)
-from .errors import GeoprotoError, renamed_params
+from .errors import GeoprotoError
 from .heads import DEFAULT_ORIENTATIONS, DEFAULT_VARIANT, VARIANTS, check_orientations
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -43,7 +42,8 @@ from .output import (BLOCK_SIDE, RASTER_DRIVERS, VECTOR_DRIVERS, ResultWriter, S
                      build_overviews, check_creation_options, class_areas, class_histogram, convert_to_cog, driver_name,
                      gdal_write_errors, output_driver, polygon_format, sieve_classes, write_area_report, write_legend,
                      write_polygons, write_preview)
-from .pipeline import RefineSettings, WindowPipeline, check_window_memory, progress_bar
+from .pipeline import RefineSettings, WindowPipeline, check_window_memory, segment_bar
+from .progress import stderr_is_terminal
 from .prototype_file import PrototypeFile, load_prototypes
 from .raster import block_cache, check_valid, component_files, pixel_area_m2, pixel_size_m, row_areas_m2
 from .resume import FILE_OPTIONS, Journal, file_identity, remove_journal, segment_job
@@ -124,7 +124,7 @@ class SegmentOptions:
     overwrite: bool = False
     # Keep finished windows in a journal beside each output, and continue an interrupted run (resume.py)
     resume: bool = False
-    progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal (stderr_is_terminal)
+    progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal (progress.stderr_is_terminal)
     # The windows on a Dask cluster (geoproto.distributed): a scheduler's address, or N local workers
     dask_scheduler: str | None = None
     dask_local: int | None = None
@@ -157,8 +157,7 @@ class SegmentOptions:
             check_orientations(self.orientations)
         for name, drivers, what in (("driver", RASTER_DRIVERS, "raster"), ("vector_driver", VECTOR_DRIVERS, "vector")):
             if getattr(self, name) is not None:  # as GDAL spells it (its names ignore case)
-                with renamed_params({None: name}):
-                    setattr(self, name, driver_name(getattr(self, name), drivers, what))
+                setattr(self, name, driver_name(getattr(self, name), drivers, what, name))
         if self.progress is None:
             self.progress = stderr_is_terminal()
         if self.dask_scheduler and self.dask_local:
@@ -189,13 +188,6 @@ _INTEGER_FIELDS = {"tile_size", "overlap", "batch_size", "workers", "dask_local"
 # SegmentOptions' files, taken as str or os.PathLike (``validation.check_path``): the inputs and the sidecar
 # outputs, in field order (the first bad one is named).
 _PATH_FIELDS = tuple(f.name for f in fields(SegmentOptions) if f.name in FILE_OPTIONS | SIDECARS.keys())
-
-
-def stderr_is_terminal() -> bool:
-    """Whether a person may be watching stderr: progress bars only then, as a log file, a pipe or a
-    notebook's captured stream would fill with their carriage-return frames."""
-    stream = sys.stderr
-    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
 
 
 def _check_bands(bands) -> list[int]:
@@ -289,8 +281,7 @@ def segment_many(images: list[str], support: str | None, output_dir: str,
         os.makedirs(output_dir, exist_ok=True)
     except OSError as exc:  # a file in the way, no permission
         raise GeoprotoError(f"{output_dir}: cannot create the folder ({exc.strerror})", param="output_dir") from None
-    suffixes = {**SIDECARS, **({"vector": VECTOR_DRIVERS[driver_name(options.vector_driver, VECTOR_DRIVERS,
-                                                                     "vector")][0]} if options.vector_driver else {})}
+    suffixes = {**SIDECARS, **({"vector": VECTOR_DRIVERS[options.vector_driver][0]} if options.vector_driver else {})}
     jobs = []
     for image, output in zip(images, output_paths(images, output_dir)):
         sidecars = {name: sidecar_path(output, name, getattr(options, name), suffixes[name])
@@ -449,7 +440,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                       **({"inputs": [file_identity(job.image) for job in jobs]} if several else {}),
                       **({"sources": sources} if sources else {})}
         recipe = EncoderRecipe.of(options, encoder_info) if options.dask_scheduler or options.dask_local else None
-        with progress_bar(options.progress, sum(len(job.tiles) for job in jobs)) as bar, \
+        with segment_bar(options.progress, sum(len(job.tiles) for job in jobs)) as bar, \
                 (cluster(options.dask_scheduler, options.dask_local, max(job.tile_size for job in jobs), batch_size,
                          len(classes.ids), any(job.paths.probabilities for job in jobs))
                  if recipe else contextlib.nullcontext()) as client:

@@ -176,7 +176,7 @@ def test_windows_whose_core_misses_the_area_are_not_encoded(tmp_path, spy, monke
 
     def run(name):
         encoded = spy(Classifier, "score", lambda self, images, *args, **kwargs: len(images))
-        totals = spy(geoproto.segment, "progress_bar", lambda show, windows: windows)
+        totals = spy(geoproto.segment, "segment_bar", lambda show, windows: windows)
         summary = segment(str(image), str(support), str(tmp_path / f"{name}.tif"), SegmentOptions(
             scoring="prototypes", tile_size=128, overlap=16, crf=False, progress=False, aoi=str(aoi),
             probabilities=str(tmp_path / f"{name}_p.tif"), vector=str(tmp_path / f"{name}.gpkg")))

@@ -20,8 +20,8 @@ from ..errors import EMPTY_PATH, GeoprotoError, GeoprotoWarning
 from ..heads import DEFAULT_ORIENTATIONS, ORIENTATIONS
 from ..validation import DEFAULT_ALPHA, MAX_WORKERS, check_number
 from ..models import BACKBONES, DEFAULT_BACKBONE, DEFAULT_ENCODER, shipped_names
-from ..segment import (DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES, STRETCH_CHOICES,
-                       stderr_is_terminal)
+from ..progress import stderr_is_terminal
+from ..segment import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCORING_CHOICES, SEGMENT_RANGES, STRETCH_CHOICES
 from ..training import DATASETS
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..errors import GeoprotoError
 from ..classifier import Classifier
@@ -192,7 +191,7 @@ def check_run_folder(config: TrainConfig, output: str, resume: bool = False, ove
 
 
 def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, config: TrainConfig, output: str,
-          resume: bool = False, metadata: dict | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+          resume: bool = False, metadata: dict | None = None, progress: bool | None = None, overwrite: bool = False) -> dict:
     """Run (or resume) episodic training into the folder ``output``; returns a summary. A folder holding
     a run is continued with ``resume`` or started again with ``overwrite`` (its files removed first),
     never replaced otherwise: its checkpoints may be days of training (``check_run_folder``)."""
@@ -240,8 +239,7 @@ def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, con
     running = None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     try:
-        with tqdm(total=config.iterations, initial=start, unit="episode", file=sys.stderr, disable=not progress,
-                  desc="train") as bar:
+        with progress_bar(progress, config.iterations, "episode", "train", initial=start) as bar:
             for iteration, batch in enumerate(_loader(train_sampler, start, config.iterations, config.workers),
                                               start=start + 1):
                 batch = _to(batch, device)
