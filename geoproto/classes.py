@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,9 +70,12 @@ def refuse_one_class(names, where: str, param: str | None = None) -> None:
 
 
 def hex_to_rgb(value: str) -> tuple[int, int, int]:
-    """``#RRGGBB`` (or ``RRGGBB``) as an RGB triple."""
-    value = value.lstrip("#")
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+    """``#RRGGBB`` (or ``RRGGBB``) as an RGB triple; ValueError for anything else (``int(.., 16)`` alone would
+    take "-1-1-1" or " 1 2 3", and ignore a seventh digit)."""
+    digits = value[1:] if isinstance(value, str) and value.startswith("#") else value
+    if not (isinstance(digits, str) and len(digits) == 6 and all(c in string.hexdigits for c in digits)):
+        raise ValueError(f"colour {value!r} is not #RRGGBB")
+    return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)
 
 
 def read_class_file(path: str, param: str | None = None) -> ClassInfo:
@@ -94,22 +98,51 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         raise GeoprotoError(f"{path}: JSON nested too deeply to be a class file") from None
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
-    try:
-        if isinstance(data, dict):
-            entries = sorted((int(k), str(v)) for k, v in data.items())
-            info = ClassInfo([i for i, _ in entries], [n for _, n in entries])
-        else:
-            info = ClassInfo([int(e["id"]) for e in data], [str(e["name"]) for e in data],
-                             [hex_to_rgb(e["color"]) if e.get("color") else None for e in data])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise GeoprotoError(f"{path}: expected {{\"1\": \"name\", ...}} or a list of {{\"id\", \"name\"}}") from None
-    bad = [i for i in info.ids if not 1 <= i <= MAX_CLASS_ID]
-    if bad:
-        raise GeoprotoError(f"{path}: class id {bad[0]} outside 1..{MAX_CLASS_ID} (0 means unlabelled)")
-    if any(not name.strip() for name in info.names):
-        raise GeoprotoError(f"{path}: a class has an empty name; name every class")
+    expected = f"{path}: expected {{\"1\": \"name\", ...}} or a list of {{\"id\", \"name\"}}"
+    if isinstance(data, dict):
+        entries = [{"id": key, "name": name} for key, name in data.items()]
+        entries.sort(key=lambda entry: int(entry["id"]) if entry["id"].strip().isdigit() else 0)
+    elif isinstance(data, list) and all(isinstance(entry, dict) and {"id", "name"} <= entry.keys() for entry in data):
+        entries = data
+    else:
+        raise GeoprotoError(expected)
+    if not entries:
+        raise GeoprotoError(f"{path}: lists no class; {expected.split(': ', 1)[1]}")
+    ids, names, colors = [], [], []
+    for entry in entries:
+        ids.append(_class_id(path, entry["id"]))
+        # str() of null, a number or an object would make a class named "None", "5" or "{'name': ..}"
+        name = entry["name"]
+        if not isinstance(name, str) or not name.strip():
+            given = "an empty name" if isinstance(name, str) else f"the name {json.dumps(name)}"
+            raise GeoprotoError(f"{path}: class {ids[-1]} has {given}; name every class with text")
+        names.append(name.strip())  # as vector support's class values are
+        try:
+            colors.append(hex_to_rgb(entry["color"]) if entry.get("color") else None)
+        except ValueError:
+            raise GeoprotoError(f"{path}: class {names[-1]!r} has the colour {json.dumps(entry['color'])}; write "
+                                f"colours as \"#RRGGBB\" (e.g. \"#3C1098\")") from None
+    info = ClassInfo(ids, names, colors)
     refuse_reserved_names(info.names, path)
     duplicates = sorted({i for i in info.ids if info.ids.count(i) > 1})
     if duplicates:
         raise GeoprotoError(f"{path}: class id {duplicates[0]} is listed twice")
+    # two ids of one name would be one class to every step that pairs classes by name (support, score)
+    repeated = [name for number, name in enumerate(info.names) if name in info.names[:number]]
+    if repeated:
+        raise GeoprotoError(f"{path}: class name {repeated[0]!r} is given to ids "
+                            f"{', '.join(str(i) for i, n in zip(info.ids, info.names) if n == repeated[0])}; "
+                            f"name each class once")
     return info
+
+
+def _class_id(path: str, value) -> int:
+    """A class file's id: a whole number (or its digits as text, as JSON object keys are) in 1..MAX_CLASS_ID;
+    int() alone would make 1.7 and true class 1."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise GeoprotoError(f"{path}: class id {json.dumps(value)} is not a whole number 1..{MAX_CLASS_ID}")
+    if not 1 <= value <= MAX_CLASS_ID:
+        raise GeoprotoError(f"{path}: class id {value} outside 1..{MAX_CLASS_ID} (0 means unlabelled)")
+    return value
