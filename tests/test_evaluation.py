@@ -549,6 +549,10 @@ def test_score_of_a_prediction_without_a_class_says_it_is_all_nodata(tmp_path):
     prediction = _class_raster(tmp_path / "p.tif", np.zeros((64, 64), np.uint8))
     report = score(prediction, truth)
     assert (report["unpredicted_pixels"], report["unpredicted_share"]) == (64 * 64, 1.0)
+    # the text report said "overall accuracy None  kappa None ..."
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 0 and result.stdout.splitlines()[0] == (
+        "overall accuracy n/a  kappa n/a  mean IoU n/a  mean F1 n/a")
 
 
 @pytest.mark.parametrize("option, value", [("--background", "tree"), ("--class-field", "kind"),

@@ -33,8 +33,9 @@ def score_command(prediction, truth, class_field, truth_crs, classes_file, mappi
         print_json(report)
         return
     names = report["class_names"]
-    click.echo(f"overall accuracy {report['overall_accuracy']}  kappa {report['kappa']}  "
-               f"mean IoU {report['mean_iou']}  mean F1 {report['mean_f1']}")
+    click.echo("  ".join(f"{label} {format_metric(report[key])}" for label, key in (
+        ("overall accuracy", "overall_accuracy"), ("kappa", "kappa"), ("mean IoU", "mean_iou"),
+        ("mean F1", "mean_f1"))))
     if report["unpredicted_pixels"]:
         click.echo(f"Warning: the prediction is nodata on {report['unpredicted_pixels']} truth pixels "
                    f"({100 * report['unpredicted_share']:.2f} %), left out of these scores", err=True)
