@@ -395,6 +395,19 @@ def test_score_prints_class_names_with_escapes_escaped(tmp_path):
     assert "\x1b" not in result.output and "\x07" not in result.output and "evil\\x1b]0;pwned\\x07" in result.output
 
 
+def test_score_table_columns_stay_aligned_with_long_class_names(tmp_path):
+    """A name longer than 16 characters pushed its row's numbers out of their columns."""
+    names = {"1": "Arbre/forêt très longue étiquette", "2": "sol"}
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    prediction = _class_raster(tmp_path / "p.tif", ids, {"GEOPROTO_CLASSES": json.dumps(names)})
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", prediction])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    table, confusion = lines[1:4], lines[5:7]
+    assert len({len(line) for line in table}) == 1 and len({len(line) for line in confusion}) == 1
+    assert table[1].startswith("Arbre/forêt très longue étiquette ") and table[2].endswith(" 2048")
+
+
 def test_score_refuses_a_multiband_image_as_prediction(tmp_path):
     truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
     with rasterio.open(tmp_path / "rgb.tif", "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",

@@ -39,10 +39,12 @@ def score_command(prediction, truth, class_field, truth_crs, classes_file, mappi
     if report["unpredicted_pixels"]:
         click.echo(f"Warning: the prediction is nodata on {report['unpredicted_pixels']} truth pixels "
                    f"({100 * report['unpredicted_share']:.2f} %), left out of these scores", err=True)
-    click.echo(f"{'class':>16} {'F1':>8} {'IoU':>8} {'pixels':>10}")
+    width = max(16, *(len(printable(name)) for name in names))  # a long class name would shift its row
+    click.echo(f"{'class':>{width}} {'F1':>8} {'IoU':>8} {'pixels':>10}")
     for name in names:
         c = report["classes"][name]
-        click.echo(f"{printable(name):>16} {format_metric(c['f1'], 8)} {format_metric(c['iou'], 8)} {c['pixels']:>10}")
+        click.echo(f"{printable(name):>{width}} {format_metric(c['f1'], 8)} {format_metric(c['iou'], 8)} "
+                   f"{c['pixels']:>10}")
     click.echo("confusion (rows: truth, columns: predicted):")
     for name, row in zip(names, report["confusion"]):
-        click.echo(f"{printable(name):>16} " + " ".join(f"{v:>10}" for v in row))
+        click.echo(f"{printable(name):>{width}} " + " ".join(f"{v:>10}" for v in row))
