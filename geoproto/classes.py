@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import string
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,20 @@ def refuse_reserved_names(names, where: str) -> None:
         raise GeoprotoError(f"{where}: class name {taken[0]!r} is reserved for the pixels without a class in the "
                             f"results' legend; rename the class (areas to leave unclassified: leave them "
                             f"unlabelled, or outside segment's --aoi)")
+
+
+def warn_case_twins(names, where: str) -> None:
+    """Classes are matched by exact name, so "Tree" and "tree" (two attribute tables, two prototype files) stay
+    two classes that split one land cover between them: warned about, naming them, since a user who meant two
+    classes so named is rarer than one who typed the same class twice."""
+    spellings: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        spellings.setdefault(name.casefold(), []).append(name)
+    twins = [group for group in spellings.values() if len(group) > 1]
+    if twins:
+        listed = "; ".join(" and ".join(repr(name) for name in group) for group in twins[:3])
+        warnings.warn(f"{where}: class names {listed} differ only by case and stay separate classes; if each "
+                      f"pair is one class, give it one spelling")
 
 
 def refuse_one_class(names, where: str, param: str | None = None) -> None:

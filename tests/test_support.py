@@ -389,6 +389,18 @@ def test_empty_class_values_in_vector_support_are_refused(tmp_path, chip, blank)
         load_support(str(tmp_path / "s.gpkg"), chip)
 
 
+def test_class_names_differing_only_by_case_are_warned_about(tmp_path, chip):
+    """"Tree" and "tree" in one attribute table silently made two classes splitting the trees."""
+    frame = geopandas.GeoDataFrame({"class": ["Tree", "tree", "road"]}, crs=chip.crs, geometry=[
+        box(*chip.xy(10, 10), *chip.xy(20, 20)), box(*chip.xy(30, 30), *chip.xy(40, 40)),
+        box(*chip.xy(50, 50), *chip.xy(60, 60))])
+    frame.to_file(tmp_path / "s.gpkg")
+    with pytest.warns(UserWarning, match="s.gpkg: 'class': class names 'Tree' and 'tree' differ only by case and "
+                                         "stay separate classes"):
+        labels = load_support(str(tmp_path / "s.gpkg"), chip)
+    assert labels.classes.names == ["Tree", "road", "tree"]
+
+
 def test_spaces_around_a_class_name_do_not_make_a_second_class(tmp_path, chip):
     """"building " typed in an attribute table is "building": one class, with a warning naming it."""
     frame = geopandas.GeoDataFrame({"class": ["building", "building ", " road"]}, crs=chip.crs, geometry=[
