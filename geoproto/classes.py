@@ -128,9 +128,10 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         ids.append(_class_id(path, entry["id"]))
         # str() of null, a number or an object would make a class named "None", "5" or "{'name': ..}"
         name = entry["name"]
-        if not isinstance(name, str) or not name.strip():
-            given = "an empty name" if isinstance(name, str) else f"the name {json.dumps(name)}"
-            raise GeoprotoError(f"{path}: class {ids[-1]} has {given}; name every class with text")
+        if isinstance(name, str) and not name.strip():
+            raise GeoprotoError(f"{path}: a class has an empty name (id {ids[-1]}); name every class")
+        if not isinstance(name, str):
+            raise GeoprotoError(f"{path}: class {ids[-1]} has the name {json.dumps(name)}; name every class with text")
         names.append(name.strip())  # as vector support's class values are
         try:
             colors.append(hex_to_rgb(entry["color"]) if entry.get("color") else None)

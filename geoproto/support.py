@@ -19,7 +19,7 @@ from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .classes import MAX_CLASS_ID, ClassInfo, read_class_file, refuse_reserved_names, warn_case_twins
+from .classes import MAX_CLASS_ID, ClassInfo, read_class_file, refuse_reserved_names
 from .errors import GeoprotoError, no_such_file
 from .raster import absolute_path, apply_transform, finite_geometries, open_raster, path_exists, read_error
 from .tiling import Tile
@@ -317,7 +317,6 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
                       f"{', '.join(padded[:3])}{', ...' if len(padded) > 3 else ''}")
     unique = sorted(set(names.tolist()))
     refuse_reserved_names(unique, f"{path}: {column!r}")
-    warn_case_twins(unique, f"{path}: {column!r}")
     if classes:
         missing = [n for n in unique if n not in classes.names]
         if missing:
