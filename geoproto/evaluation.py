@@ -185,8 +185,17 @@ def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | Non
     (``truth_crs: ...``, not ``support_crs``, which score does not have)."""
     from .support import load_support
 
-    with renamed_params(_TRUTH_PARAMS):
-        return load_support(truth, src, class_field, None, truth_crs, classes_file)
+    try:
+        with renamed_params(_TRUTH_PARAMS):
+            return load_support(truth, src, class_field, None, truth_crs, classes_file)
+    except GeoprotoError as exc:
+        if exc.param != "assume_crs":
+            raise
+        # polygons in a CRS on a prediction without one: load_support says to state the raster's CRS with
+        # assume_crs, which score has not; the prediction itself needs its CRS
+        polygons_crs = exc.message.split(" but the raster has no CRS")[0]
+        raise GeoprotoError(f"{polygons_crs} but the prediction {src.name} has no CRS; give it its CRS "
+                            f"(gdal_edit.py -a_srs EPSG:...)", param="prediction") from None
 
 
 def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_classes: ClassInfo,

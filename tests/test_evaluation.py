@@ -598,6 +598,23 @@ def test_score_names_its_own_options_in_errors_reading_polygon_truth(tmp_path):
     assert report["overall_accuracy"] == 1.0 and report["truth_pixels"] == 400
 
 
+def test_score_of_a_prediction_without_crs_against_polygons_in_one_says_what_to_give(tmp_path):
+    """It said "--assume-crs: ... state the raster's CRS", an option score does not have."""
+    from shapely.geometry import box
+
+    from synthetic import write_raster
+
+    prediction = str(write_raster(tmp_path / "p.tif", np.ones((1, 64, 64), np.uint8), crs=None,
+                                  transform=rasterio.transform.from_origin(500000, 3700000, 1, 1)))
+    truth = tmp_path / "truth.gpkg"
+    geopandas.GeoDataFrame({"class": ["class_1"]}, geometry=[box(500010, 3699950, 500030, 3699970)],
+                           crs="EPSG:32616").to_file(truth)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", str(truth)])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: PREDICTION: {truth}: is in WGS 84 / UTM zone 16N but the prediction {prediction} "
+                             f"has no CRS; give it its CRS (gdal_edit.py -a_srs EPSG:...)\n")
+
+
 @pytest.fixture
 def truth_handles(monkeypatch):
     """Every handle a label raster opens (the file, and the WarpedVRT onto another grid), recorded."""
