@@ -25,7 +25,7 @@ from . import crf as crf_module
 from . import crf_torch
 from .datasets import LabelledDataset, fold_classes
 from .classes import NODATA, NODATA_NAME, ClassInfo
-from .errors import GeoprotoError, renamed_params
+from .errors import GeoprotoError, GeoprotoWarning, renamed_params
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
 from .heads import DEFAULT_ORIENTATIONS, LINEAR, VARIANTS, SupportCells, feature_extractor, fit_linear_head
@@ -155,6 +155,7 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             predicted_lookup[class_id] = index[name]
         matrix = np.zeros((len(names), len(names)), np.int64)
         truth_pixels = unpredicted = 0
+        unnamed = np.zeros(256, np.int64)  # truth pixels per id that no truth class names
         vector = not isinstance(labels, RasterLabels)
         for tile in tile_grid(src.height, src.width, 1024, 0):
             rows, cols = tile.core_slices
@@ -162,7 +163,9 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             valid = predicted != (src.nodata if src.nodata is not None else NODATA)
             if valid.any() and not 0 <= predicted[valid].min() <= predicted[valid].max() <= 255:
                 raise GeoprotoError(f"{prediction}: holds values outside the class ids 0..255")
-            expected = truth_lookup[labels.read(tile, 1024)[: tile.height, : tile.width]]
+            ids = labels.read(tile, 1024)[: tile.height, : tile.width]
+            expected = truth_lookup[ids]
+            unnamed += np.bincount(ids[rows, cols][expected[rows, cols] == 0], minlength=256)
             if vector and background:
                 expected[expected == 0] = index[background]
             labelled = (expected > 0)[rows, cols]
@@ -170,6 +173,14 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             unpredicted += int((labelled & ~valid[rows, cols]).sum())
             expected[~valid] = 0
             matrix += confusion_matrix(expected[rows, cols], predicted_lookup[predicted][rows, cols], len(names))
+    unnamed[NODATA] = 0
+    if unnamed.any():
+        # a classes file naming fewer classes than the truth raster holds: those pixels are no class's
+        found = np.flatnonzero(unnamed)
+        warnings.warn(GeoprotoWarning(
+            f"{truth}: {int(unnamed.sum())} truth pixels hold class id(s) {', '.join(map(str, found[:8]))}"
+            f"{', ...' if len(found) > 8 else ''}, which {'classes_file' if classes_file else 'its class names'} "
+            f"does not name; left out of these scores", mentions=("classes_file",)))
     return {"prediction": prediction, "truth": truth, "class_names": names, "confusion": matrix.tolist(),
             "truth_pixels": truth_pixels, "unpredicted_pixels": unpredicted,
             "unpredicted_share": round(unpredicted / truth_pixels, 6) if truth_pixels else None,

@@ -1,6 +1,7 @@
 """Metrics against hand-computed confusion matrices, the protocol's support sampling, and `score`."""
 
 import json
+import warnings
 from pathlib import Path
 
 import geopandas
@@ -393,6 +394,24 @@ def test_score_prints_class_names_with_escapes_escaped(tmp_path):
     result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output and "evil\\x1b]0;pwned\\x07" in result.output
+
+
+def test_score_warns_of_truth_pixels_of_ids_the_classes_file_does_not_name(tmp_path):
+    """A classes file naming class 1 alone left the truth's class 2 pixels out of every score, unsaid."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    prediction = _class_raster(tmp_path / "p.tif", ids, {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    truth = _class_raster(tmp_path / "truth.tif", ids)
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"1": "tree"}))
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--classes", str(classes), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"Warning: {truth}: 2048 truth pixels hold class id(s) 2, which --classes does not "
+                             f"name; left out of these scores\n")
+    assert json.loads(result.stdout)["truth_pixels"] == 2048
+    classes.write_text(json.dumps({"1": "tree", "2": "ground"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert score(prediction, truth, classes_file=str(classes))["truth_pixels"] == 4096
 
 
 def test_score_table_columns_stay_aligned_with_long_class_names(tmp_path):
