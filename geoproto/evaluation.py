@@ -155,7 +155,8 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             predicted_lookup[class_id] = index[name]
         matrix = np.zeros((len(names), len(names)), np.int64)
         truth_pixels = unpredicted = 0
-        unnamed = np.zeros(256, np.int64)  # truth pixels per id that no truth class names
+        # labelled truth pixels per id that no class name of the truth (of the prediction) covers
+        unnamed_truth, unnamed_predicted = np.zeros(256, np.int64), np.zeros(256, np.int64)
         vector = not isinstance(labels, RasterLabels)
         for tile in tile_grid(src.height, src.width, 1024, 0):
             rows, cols = tile.core_slices
@@ -165,26 +166,35 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
                 raise GeoprotoError(f"{prediction}: holds values outside the class ids 0..255")
             ids = labels.read(tile, 1024)[: tile.height, : tile.width]
             expected = truth_lookup[ids]
-            unnamed += np.bincount(ids[rows, cols][expected[rows, cols] == 0], minlength=256)
+            unnamed_truth += np.bincount(ids[rows, cols][expected[rows, cols] == 0], minlength=256)
             if vector and background:
                 expected[expected == 0] = index[background]
             labelled = (expected > 0)[rows, cols]
             truth_pixels += int(labelled.sum())
             unpredicted += int((labelled & ~valid[rows, cols]).sum())
+            unnamed_predicted += np.bincount(predicted[rows, cols][labelled & valid[rows, cols] & (
+                predicted_lookup[predicted[rows, cols]] == 0)].astype(np.int64), minlength=256)
             expected[~valid] = 0
             matrix += confusion_matrix(expected[rows, cols], predicted_lookup[predicted][rows, cols], len(names))
-    unnamed[NODATA] = 0
-    if unnamed.any():
-        # a classes file naming fewer classes than the truth raster holds: those pixels are no class's
-        found = np.flatnonzero(unnamed)
-        warnings.warn(GeoprotoWarning(
-            f"{truth}: {int(unnamed.sum())} truth pixels hold class id(s) {', '.join(map(str, found[:8]))}"
-            f"{', ...' if len(found) > 8 else ''}, which {'classes_file' if classes_file else 'its class names'} "
-            f"does not name; left out of these scores", mentions=("classes_file",)))
+    unnamed_truth[NODATA] = 0
+    # a classes file (or a raster's own names) naming fewer classes than the raster holds: no class's pixels
+    _warn_unnamed(truth, "truth pixels hold", unnamed_truth,
+                  "the classes of classes_file" if classes_file else "its class names")
+    _warn_unnamed(prediction, "truth pixels are predicted as", unnamed_predicted, "its class names")
     return {"prediction": prediction, "truth": truth, "class_names": names, "confusion": matrix.tolist(),
             "truth_pixels": truth_pixels, "unpredicted_pixels": unpredicted,
             "unpredicted_share": round(unpredicted / truth_pixels, 6) if truth_pixels else None,
             **summarise(matrix, names)}
+
+
+def _warn_unnamed(path: str, what: str, pixels: np.ndarray, namer: str) -> None:
+    """Warn of ``pixels`` (per class id) of ``path`` that ``namer`` names no class of, left out of the scores."""
+    found = np.flatnonzero(pixels)
+    if len(found):
+        warnings.warn(GeoprotoWarning(
+            f"{path}: {int(pixels.sum())} {what} class id(s) {', '.join(map(str, found[:8]))}"
+            f"{', ...' if len(found) > 8 else ''}, not among {namer}; left out of these scores",
+            mentions=("classes_file",)))
 
 
 # The parameters of load_support that score calls otherwise, for errors to name score's own.

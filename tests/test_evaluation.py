@@ -405,13 +405,20 @@ def test_score_warns_of_truth_pixels_of_ids_the_classes_file_does_not_name(tmp_p
     classes.write_text(json.dumps({"1": "tree"}))
     result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--classes", str(classes), "--json"])
     assert result.exit_code == 0, result.output
-    assert result.stderr == (f"Warning: {truth}: 2048 truth pixels hold class id(s) 2, which --classes does not "
-                             f"name; left out of these scores\n")
+    assert result.stderr == (f"Warning: {truth}: 2048 truth pixels hold class id(s) 2, not among the classes of "
+                             f"--classes; left out of these scores\n")
     assert json.loads(result.stdout)["truth_pixels"] == 2048
     classes.write_text(json.dumps({"1": "tree", "2": "ground"}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert score(prediction, truth, classes_file=str(classes))["truth_pixels"] == 4096
+    # the same on the prediction's side: an edited geoproto raster holding an id its tag does not name
+    edited = _class_raster(tmp_path / "edited.tif", np.where(ids == 2, 7, ids).astype(np.uint8),
+                           {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    with pytest.warns(UserWarning, match=f"edited.tif: 2048 truth pixels are predicted as class id\\(s\\) 7, "
+                                         f"not among its class names; left out of these scores"):
+        report = score(edited, truth, classes_file=str(classes))
+    assert report["confusion"] == [[2048, 0], [0, 0]]
 
 
 def test_score_table_columns_stay_aligned_with_long_class_names(tmp_path):
