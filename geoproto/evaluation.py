@@ -229,6 +229,10 @@ def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_
 
     of_truth = f"the truth {truth} ({listed(truth_classes.names)})"
     of_prediction = f"the prediction {prediction} ({listed(predicted.names)})"
+    blank = [name for name, new in mapping.items() if not str(new).strip()]
+    if blank:  # it scored a class named "" (a --map tree= missing its new name)
+        raise GeoprotoError(f"{blank[0]}={mapping[blank[0]]}: gives {blank[0]!r} an empty name; write NAME=NEW",
+                            param="mapping")
     unknown = [name for name in mapping if name not in {*truth_classes.names, *predicted.names, background}]
     if unknown:
         raise GeoprotoError(f"{unknown[0]}={mapping[unknown[0]]}: {unknown[0]!r} is no class of {of_truth} nor "

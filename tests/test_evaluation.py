@@ -421,6 +421,20 @@ def test_score_warns_of_truth_pixels_of_ids_the_classes_file_does_not_name(tmp_p
     assert report["confusion"] == [[2048, 0], [0, 0]]
 
 
+def test_score_refuses_a_renaming_without_a_new_name_or_given_twice(tmp_path):
+    """--map tree= scored a class named ""; --map tree=a --map tree=b kept the last silently."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    classes = {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})}
+    prediction = _class_raster(tmp_path / "p.tif", ids, classes)
+    truth = _class_raster(tmp_path / "truth.tif", ids, classes)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--map", "tree="])
+    assert (result.exit_code, result.output) == (1, "Error: --map: tree=: gives 'tree' an empty name; write NAME=NEW\n")
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--map", "tree=a", "--map", "tree=b"])
+    assert result.exit_code == 2 and "'tree' is renamed twice (tree=a, tree=b); rename it once" in result.output
+    with pytest.raises(GeoprotoError, match="mapping: ground= : gives 'ground' an empty name"):
+        score(prediction, truth, mapping={"ground": " "})
+
+
 def test_score_table_columns_stay_aligned_with_long_class_names(tmp_path):
     """A name longer than 16 characters pushed its row's numbers out of their columns."""
     names = {"1": "Arbre/forêt très longue étiquette", "2": "sol"}
