@@ -149,6 +149,13 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         raise GeoprotoError(f"{path}: class name {repeated[0]!r} is given to ids "
                             f"{', '.join(str(i) for i, n in zip(info.ids, info.names) if n == repeated[0])}; "
                             f"name each class once")
+    # a colour mask's pixels of a shared colour would all go to one of the classes, silently
+    shared = next((color for n, color in enumerate(info.colors) if color is not None and color in info.colors[:n]),
+                  None)
+    if shared is not None:
+        owners = [repr(name) for name, color in zip(info.names, info.colors) if color == shared]
+        raise GeoprotoError(f"{path}: classes {' and '.join(owners)} share the colour #{bytes(shared).hex().upper()}; "
+                            f"give each class its own colour")
     return info
 
 

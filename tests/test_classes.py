@@ -22,12 +22,15 @@ from geoproto.errors import GeoprotoError
     ('[{"id": 1, "name": "a", "color": "#FFF"}]', 'class \'a\' has the colour "#FFF"'),
     ('[{"id": 1, "name": "a", "color": [255, 0, 0]}]', "class 'a' has the colour [255, 0, 0]"),
     ('{}', "lists no class"),
+    ('[{"id": 1, "name": "a", "color": "#3c1098"}, {"id": 2, "name": "b", "color": "3C1098"}]',
+     "classes 'a' and 'b' share the colour #3C1098; give each class its own colour"),
     ('{"0": "a", "2": "b"}', "class id 0 outside 1..254 (0 means unlabelled)"),
     ('{"255": "a", "2": "b"}', "class id 255 outside 1..254"),
 ])
 def test_odd_class_files_are_refused_naming_the_class(tmp_path, content, message):
     """Before, a name given to two ids made two classes of one name, null became a class "None", 1.7 and
-    true became id 1, "#-1-1-1" the colour (-1, -1, -1) and "#1234567" (18, 52, 86)."""
+    true became id 1, "#-1-1-1" the colour (-1, -1, -1) and "#1234567" (18, 52, 86); two classes of one colour
+    split a colour mask's pixels of that colour silently."""
     path = tmp_path / "classes.json"
     path.write_text(content)
     with pytest.raises(GeoprotoError, match=f"classes.json: {re.escape(message)}"):
