@@ -164,6 +164,9 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             valid = predicted != (src.nodata if src.nodata is not None else NODATA)
             if valid.any() and not 0 <= predicted[valid].min() <= predicted[valid].max() <= 255:
                 raise GeoprotoError(f"{prediction}: holds values outside the class ids 0..255")
+            # nodata may lie outside 0..255 (65535, -9999): only valid pixels index the lookup
+            positions = np.zeros(predicted.shape, np.int64)
+            positions[valid] = predicted_lookup[predicted[valid]]
             ids = labels.read(tile, 1024)[: tile.height, : tile.width]
             expected = truth_lookup[ids]
             unnamed_truth += np.bincount(ids[rows, cols][expected[rows, cols] == 0], minlength=256)
@@ -173,9 +176,9 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             truth_pixels += int(labelled.sum())
             unpredicted += int((labelled & ~valid[rows, cols]).sum())
             unnamed_predicted += np.bincount(predicted[rows, cols][labelled & valid[rows, cols] & (
-                predicted_lookup[predicted[rows, cols]] == 0)].astype(np.int64), minlength=256)
+                positions[rows, cols] == 0)].astype(np.int64), minlength=256)
             expected[~valid] = 0
-            matrix += confusion_matrix(expected[rows, cols], predicted_lookup[predicted][rows, cols], len(names))
+            matrix += confusion_matrix(expected[rows, cols], positions[rows, cols], len(names))
     unnamed_truth[NODATA] = 0
     # a classes file (or a raster's own names) naming fewer classes than the raster holds: no class's pixels
     _warn_unnamed(truth, "truth pixels hold", unnamed_truth,

@@ -421,6 +421,19 @@ def test_score_warns_of_truth_pixels_of_ids_the_classes_file_does_not_name(tmp_p
     assert report["confusion"] == [[2048, 0], [0, 0]]
 
 
+@pytest.mark.parametrize("dtype, nodata", [("uint16", 65535), ("int16", -9999)])
+def test_score_of_a_prediction_whose_nodata_is_no_class_id(tmp_path, dtype, nodata):
+    """It failed with "unexpected IndexError: index 65535 is out of bounds" (nodata looked up as a class)."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    truth = _class_raster(tmp_path / "truth.tif", ids, {"GEOPROTO_CLASSES": json.dumps({1: "class_1", 2: "class_2"})})
+    predicted = ids.astype(dtype)
+    predicted[:8] = nodata
+    prediction = _class_raster(tmp_path / "p.tif", predicted, nodata=nodata)
+    report = score(prediction, truth)
+    assert report["confusion"] == [[56 * 32, 0], [0, 56 * 32]]
+    assert (report["unpredicted_pixels"], report["truth_pixels"]) == (8 * 64, 64 * 64)
+
+
 def test_score_refuses_a_renaming_without_a_new_name_or_given_twice(tmp_path):
     """--map tree= scored a class named ""; --map tree=a --map tree=b kept the last silently."""
     ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
