@@ -213,6 +213,10 @@ def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | Non
         with renamed_params(_TRUTH_PARAMS):
             return load_support(truth, src, class_field, None, truth_crs, classes_file)
     except GeoprotoError as exc:
+        if exc.param == "buffer":  # points or lines: score has no buffer distance to make them polygons
+            found = exc.message.partition("; found ")[2].partition(" (")[0] or "other geometries"
+            raise GeoprotoError(f"{truth}: polygon truth is rasterised onto the prediction's pixels; found {found} "
+                                f"(buffer them into polygons first)", param="truth") from None
         if exc.param != "assume_crs":
             raise
         # polygons in a CRS on a prediction without one: load_support says to state the raster's CRS with

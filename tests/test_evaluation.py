@@ -651,6 +651,19 @@ def test_score_names_its_own_options_in_errors_reading_polygon_truth(tmp_path):
     assert report["overall_accuracy"] == 1.0 and report["truth_pixels"] == 400
 
 
+def test_score_refuses_point_truth_naming_no_option_it_lacks(tmp_path):
+    """It said "buffer: ... (a buffer distance turns points and lines into polygons)", which score has not."""
+    from shapely.geometry import Point
+
+    prediction = _class_raster(tmp_path / "p.tif", np.ones((64, 64), np.uint8), {"GEOPROTO_CLASSES": '{"1": "tree"}'})
+    truth = tmp_path / "truth.gpkg"
+    geopandas.GeoDataFrame({"class": ["tree"]}, geometry=[Point(500010, 3699950)], crs="EPSG:32616").to_file(truth)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", str(truth)])
+    assert (result.exit_code, result.output) == (1, f"Error: --truth: {truth}: polygon truth is rasterised onto the "
+                                                    f"prediction's pixels; found Point (buffer them into polygons "
+                                                    f"first)\n")
+
+
 def test_score_of_a_prediction_without_crs_against_polygons_in_one_says_what_to_give(tmp_path):
     """It said "--assume-crs: ... state the raster's CRS", an option score does not have."""
     from shapely.geometry import box
