@@ -117,8 +117,13 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
     if isinstance(data, dict):
         entries = [{"id": key, "name": name} for key, name in data.items()]
         entries.sort(key=lambda entry: int(entry["id"]) if entry["id"].strip().isdigit() else 0)
-    elif isinstance(data, list) and all(isinstance(entry, dict) and {"id", "name"} <= entry.keys() for entry in data):
+    elif isinstance(data, list) and all(isinstance(entry, dict) for entry in data):
         entries = data
+        incomplete = next((n for n, entry in enumerate(entries, 1) if not {"id", "name"} <= entry.keys()), None)
+        if incomplete is not None:
+            missing = " and ".join(f'"{key}"' for key in ("id", "name") if key not in entries[incomplete - 1])
+            raise GeoprotoError(f"{path}: class {incomplete} of the list ({json.dumps(entries[incomplete - 1])[:80]}) "
+                                f"has no {missing}; {expected.split(': ', 1)[1]}")
     else:
         raise GeoprotoError(expected)
     if not entries:

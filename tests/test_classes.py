@@ -22,6 +22,8 @@ from geoproto.errors import GeoprotoError
     ('[{"id": 1, "name": "a", "color": "#FFF"}]', 'class \'a\' has the colour "#FFF"'),
     ('[{"id": 1, "name": "a", "color": [255, 0, 0]}]', "class 'a' has the colour [255, 0, 0]"),
     ('{}', "lists no class"),
+    ('[{"id": 1, "name": "a"}, {"id": 2, "colour": "#3C1098"}]',
+     'class 2 of the list ({"id": 2, "colour": "#3C1098"}) has no "name"; expected'),
     ('[{"id": 1, "name": "a", "color": "#3c1098"}, {"id": 2, "name": "b", "color": "3C1098"}]',
      "classes 'a' and 'b' share the colour #3C1098; give each class its own colour"),
     ('{"0": "a", "2": "b"}', "class id 0 outside 1..254 (0 means unlabelled)"),
