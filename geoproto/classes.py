@@ -62,9 +62,9 @@ def refuse_reserved_names(names, where: str) -> None:
 
 
 def warn_case_twins(names, where: str) -> None:
-    """Classes are matched by exact name, so "Tree" and "tree" (two attribute tables, two prototype files) stay
-    two classes that split one land cover between them: warned about, naming them, since a user who meant two
-    classes so named is rarer than one who typed the same class twice."""
+    """Classes are matched by exact name, so "Tree" and "tree" (of two prototype files pooled) stay two classes
+    that split one land cover between them: warned about, naming them, since a user who meant two classes so
+    named is rarer than one who typed the same class twice."""
     spellings: dict[str, list[str]] = {}
     for name in dict.fromkeys(names):
         spellings.setdefault(name.casefold(), []).append(name)
@@ -113,7 +113,7 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         raise GeoprotoError(f"{path}: JSON nested too deeply to be a class file") from None
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
-    expected = f"{path}: expected {{\"1\": \"name\", ...}} or a list of {{\"id\", \"name\"}}"
+    layout = 'expected {"1": "name", ...} or a list of {"id", "name"}'
     if isinstance(data, dict):
         entries = [{"id": key, "name": name} for key, name in data.items()]
         entries.sort(key=lambda entry: int(entry["id"]) if entry["id"].strip().isdigit() else 0)
@@ -123,11 +123,11 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         if incomplete is not None:
             missing = " and ".join(f'"{key}"' for key in ("id", "name") if key not in entries[incomplete - 1])
             raise GeoprotoError(f"{path}: class {incomplete} of the list ({json.dumps(entries[incomplete - 1])[:80]}) "
-                                f"has no {missing}; {expected.split(': ', 1)[1]}")
+                                f"has no {missing}; {layout}")
     else:
-        raise GeoprotoError(expected)
+        raise GeoprotoError(f"{path}: {layout}")
     if not entries:
-        raise GeoprotoError(f"{path}: lists no class; {expected.split(': ', 1)[1]}")
+        raise GeoprotoError(f"{path}: lists no class; {layout}")
     ids, names, colors = [], [], []
     for entry in entries:
         ids.append(_class_id(path, entry["id"]))
