@@ -115,13 +115,13 @@ def _tagged_classes(path: str, tag: str) -> ClassInfo:
 
 def score(prediction: str, truth: str, class_field: str | None = None, background: str | None = None,
           mapping: dict[str, str] | None = None, truth_crs: str | None = None,
-          classes_file: str | None = None) -> dict:
+          classes_file: str | None = None, layer: str | None = None) -> dict:
     """Compare a class raster with ground truth (a label raster or polygons with a class column).
 
     Truth classes are matched to predicted ones by name; ``mapping`` renames classes on either side
     first (e.g. ``{"tree": "other", "ground": "other"}`` merges two predicted classes into the truth's one).
     With vector truth, pixels outside every polygon are ignored unless ``background`` names the class
-    they belong to. A truth raster's class names come from ``classes_file``, else from the raster itself
+    they belong to; ``layer`` names the truth's layer in a file of several. A truth raster's class names come from ``classes_file``, else from the raster itself
     (a geoproto result, or GDAL category names). Nodata in either raster is left out of the metrics;
     ``unpredicted_share`` says how much of the truth the prediction left as nodata.
     """
@@ -130,7 +130,7 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     predicted_classes = prediction_classes(prediction)
     mapping = mapping or {}
     raster_truth = path_exists(truth) and is_raster(truth)
-    vector_only = {"class_field": class_field, "truth_crs": truth_crs, "background": background}
+    vector_only = {"class_field": class_field, "truth_crs": truth_crs, "background": background, "layer": layer}
     for param, value in vector_only.items():
         if raster_truth and value is not None:
             raise GeoprotoError(f"applies to polygon truth; {truth} is a raster (its unlabelled pixels, 0 or "
@@ -138,7 +138,7 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     truth_named = named_classes(truth) if not classes_file and raster_truth else None
     with open_raster(prediction) as src, contextlib.closing(  # a truth raster's handle, failing or not
             RasterLabels(truth, src, truth_named) if truth_named is not None else
-            _truth_labels(truth, src, class_field, truth_crs, classes_file)) as labels:
+            _truth_labels(truth, src, class_field, truth_crs, classes_file, layer)) as labels:
         truth_classes = labels.found_classes()
         _check_class_names(prediction, predicted_classes, truth, truth_classes, mapping, background,
                            unnamed_raster=raster_truth and truth_named is None and not classes_file)
@@ -204,14 +204,15 @@ def _warn_unnamed(path: str, what: str, pixels: np.ndarray, namer: str) -> None:
 _TRUTH_PARAMS = {"support": "truth", "support_crs": "truth_crs"}
 
 
-def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | None, classes_file: str | None):
+def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | None, classes_file: str | None,
+                  layer: str | None):
     """The truth read as a support is (``support.load_support``), its errors naming score's parameters
     (``truth_crs: ...``, not ``support_crs``, which score does not have)."""
     from .support import load_support
 
     try:
         with renamed_params(_TRUTH_PARAMS):
-            return load_support(truth, src, class_field, None, truth_crs, classes_file)
+            return load_support(truth, src, class_field, layer, truth_crs, classes_file)
     except GeoprotoError as exc:
         if exc.param == "buffer":  # points or lines: score has no buffer distance to make them polygons
             found = exc.message.partition("; found ")[2].partition(" (")[0] or "other geometries"

@@ -622,7 +622,7 @@ def test_score_of_a_prediction_without_a_class_says_it_is_all_nodata(tmp_path):
 
 
 @pytest.mark.parametrize("option, value", [("--background", "tree"), ("--class-field", "kind"),
-                                           ("--truth-crs", "EPSG:4326")])
+                                           ("--truth-crs", "EPSG:4326"), ("--layer", "truth")])
 def test_score_refuses_polygon_options_with_a_truth_raster(tmp_path, option, value):
     """They were ignored: --background tree did not make unlabelled truth pixels tree."""
     ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
@@ -649,6 +649,26 @@ def test_score_names_its_own_options_in_errors_reading_polygon_truth(tmp_path):
                              f"CRS\n")
     report = score(prediction, str(truth), truth_crs="EPSG:32616")
     assert report["overall_accuracy"] == 1.0 and report["truth_pixels"] == 400
+
+
+def test_score_reads_the_named_layer_of_a_truth_file_of_several(tmp_path):
+    """A GeoPackage of two layers could not be scored: "layer: ... has 2 layers; choose one", with no option to."""
+    from shapely.geometry import box
+
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    prediction = _class_raster(tmp_path / "p.tif", ids, {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    truth = tmp_path / "truth.gpkg"
+    geopandas.GeoDataFrame({"class": ["tree", "ground"]}, crs="EPSG:32616", geometry=[
+        box(500000, 3699936, 500001, 3700000), box(500001, 3699936, 500002, 3700000)]).to_file(truth, layer="survey")
+    geopandas.GeoDataFrame({"class": ["ground"]}, crs="EPSG:32616", geometry=[
+        box(500000, 3699936, 500001, 3700000)]).to_file(truth, layer="draft")
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", str(truth)])
+    assert (result.exit_code, result.output) == (1, f"Error: --layer: {truth}: has 2 layers (survey, draft); "
+                                                    f"choose one\n")
+    report = score(prediction, str(truth), layer="survey")
+    assert report["confusion"] == [[64, 0], [0, 64]]
+    draft = score(prediction, str(truth), layer="draft")  # its one polygon: ground over predicted tree
+    assert (draft["class_names"], draft["confusion"]) == (["ground", "tree"], [[0, 64], [0, 0]])
 
 
 def test_score_refuses_point_truth_naming_no_option_it_lacks(tmp_path):

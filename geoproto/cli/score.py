@@ -24,6 +24,7 @@ def _renamings(ctx, param, values) -> dict[str, str]:
 @click.option("--truth", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
               help="Ground truth: a label raster, or polygons with a class column (any OGR format, any CRS).")
 @click.option("--class-field", help="Class column of vector truth [default: detected].")
+@click.option("--layer", help="Layer of vector truth, for files with several.")
 @click.option("--truth-crs", help="CRS of vector truth, overriding what it declares.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), callback=not_stdio,
               help="JSON file naming the truth raster's class ids (or colours) [default: the names a "
@@ -35,10 +36,10 @@ def _renamings(ctx, param, values) -> dict[str, str]:
                                    "[default: ignored].")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 @handle_errors
-def score_command(prediction, truth, class_field, truth_crs, classes_file, mapping, background, as_json):
+def score_command(prediction, truth, class_field, layer, truth_crs, classes_file, mapping, background, as_json):
     """Compare the class raster PREDICTION with ground truth: overall accuracy, kappa, per-class F1 and
     IoU, and the confusion matrix, from one confusion matrix over all pixels."""
-    report = score(prediction, truth, class_field, background, mapping, truth_crs, classes_file)
+    report = score(prediction, truth, class_field, background, mapping, truth_crs, classes_file, layer)
     if as_json:
         print_json(report)
         return
