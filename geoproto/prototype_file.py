@@ -519,7 +519,7 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
             elif color is not None and color != colors[name]:
                 warnings.warn(f"{item.name}: class {name!r} has another colour than in an earlier file; kept the first")
     if len(files) > 1:
-        warn_case_twins(names, "the merged files")
+        warn_case_twins(names, "the pooled prototypes")
     numbered_by_name = all(item.numbered_by_name for item in files)
     merged_ids = _reconcile_ids(names, ids, numbered_by_name)
     order = sorted(range(len(names)), key=lambda i: merged_ids[names[i]]) if numbered_by_name else range(len(names))

@@ -250,7 +250,7 @@ def test_merge_warns_of_class_names_differing_only_by_case():
     """Two files naming "Building" and "building" pooled into four classes without a word."""
     a = make_file(("building", "tree"), numbered=True, seed=1)
     b = make_file(("Building", "tree"), numbered=True, seed=2)
-    with pytest.warns(UserWarning, match="the merged files: class names 'building' and 'Building' differ only by "
+    with pytest.warns(UserWarning, match="the pooled prototypes: class names 'building' and 'Building' differ only by "
                                          "case and stay separate classes"):
         pooled = merge([a, b])
     assert pooled.classes.names == ["Building", "building", "tree"]
