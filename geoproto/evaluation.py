@@ -121,9 +121,10 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     Truth classes are matched to predicted ones by name; ``mapping`` renames classes on either side
     first (e.g. ``{"tree": "other", "ground": "other"}`` merges two predicted classes into the truth's one).
     With vector truth, pixels outside every polygon are ignored unless ``background`` names the class
-    they belong to; ``layer`` names the truth's layer in a file of several. A truth raster's class names come from ``classes_file``, else from the raster itself
-    (a geoproto result, or GDAL category names). Nodata in either raster is left out of the metrics;
-    ``unpredicted_share`` says how much of the truth the prediction left as nodata.
+    they belong to; ``layer`` names the truth's layer in a file of several. A truth raster's class names
+    come from ``classes_file``, else from the raster itself (a geoproto result, or GDAL category names).
+    Nodata in either raster is left out of the metrics; ``unpredicted_share`` says how much of the truth
+    the prediction left as nodata.
     """
     from .support import is_raster
 

@@ -415,8 +415,8 @@ def test_score_warns_of_truth_pixels_of_ids_the_classes_file_does_not_name(tmp_p
     # the same on the prediction's side: an edited geoproto raster holding an id its tag does not name
     edited = _class_raster(tmp_path / "edited.tif", np.where(ids == 2, 7, ids).astype(np.uint8),
                            {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
-    with pytest.warns(UserWarning, match=f"edited.tif: 2048 truth pixels are predicted as class id\\(s\\) 7, "
-                                         f"not among its class names; left out of these scores"):
+    with pytest.warns(UserWarning, match="edited.tif: 2048 truth pixels are predicted as class id\\(s\\) 7, "
+                                         "not among its class names; left out of these scores"):
         report = score(edited, truth, classes_file=str(classes))
     assert report["confusion"] == [[2048, 0], [0, 0]]
 
