@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import string
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +61,20 @@ def refuse_reserved_names(names, where: str) -> None:
                             f"unlabelled, or outside segment's --aoi)")
 
 
+def warn_case_twins(names, where: str) -> None:
+    """Classes are matched by exact name, so "Tree" and "tree" (of two prototype files pooled) stay two classes
+    that split one land cover between them: warned about, naming them, since a user who meant two classes so
+    named is rarer than one who typed the same class twice."""
+    spellings: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        spellings.setdefault(name.casefold(), []).append(name)
+    twins = [group for group in spellings.values() if len(group) > 1]
+    if twins:
+        listed = "; ".join(" and ".join(repr(name) for name in group) for group in twins[:3])
+        warnings.warn(f"{where}: class names {listed} differ only by case and stay separate classes; if each "
+                      f"pair is one class, give it one spelling")
+
+
 def refuse_one_class(names, where: str, param: str | None = None) -> None:
     """Refuse a support of fewer than two classes (``names``, repeats allowed): a single class has nothing to
     tell apart (it labels every pixel, and cross-validates perfectly)."""
@@ -69,9 +85,12 @@ def refuse_one_class(names, where: str, param: str | None = None) -> None:
 
 
 def hex_to_rgb(value: str) -> tuple[int, int, int]:
-    """``#RRGGBB`` (or ``RRGGBB``) as an RGB triple."""
-    value = value.lstrip("#")
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+    """``#RRGGBB`` (or ``RRGGBB``) as an RGB triple; ValueError for anything else (``int(.., 16)`` alone would
+    take "-1-1-1" or " 1 2 3", and ignore a seventh digit)."""
+    digits = value[1:] if isinstance(value, str) and value.startswith("#") else value
+    if not (isinstance(digits, str) and len(digits) == 6 and all(c in string.hexdigits for c in digits)):
+        raise ValueError(f"colour {value!r} is not #RRGGBB")
+    return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)
 
 
 def read_class_file(path: str, param: str | None = None) -> ClassInfo:
@@ -94,22 +113,64 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         raise GeoprotoError(f"{path}: JSON nested too deeply to be a class file") from None
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
-    try:
-        if isinstance(data, dict):
-            entries = sorted((int(k), str(v)) for k, v in data.items())
-            info = ClassInfo([i for i, _ in entries], [n for _, n in entries])
-        else:
-            info = ClassInfo([int(e["id"]) for e in data], [str(e["name"]) for e in data],
-                             [hex_to_rgb(e["color"]) if e.get("color") else None for e in data])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise GeoprotoError(f"{path}: expected {{\"1\": \"name\", ...}} or a list of {{\"id\", \"name\"}}") from None
-    bad = [i for i in info.ids if not 1 <= i <= MAX_CLASS_ID]
-    if bad:
-        raise GeoprotoError(f"{path}: class id {bad[0]} outside 1..{MAX_CLASS_ID} (0 means unlabelled)")
-    if any(not name.strip() for name in info.names):
-        raise GeoprotoError(f"{path}: a class has an empty name; name every class")
+    layout = 'expected {"1": "name", ...} or a list of {"id", "name"}'
+    if isinstance(data, dict):
+        entries = [{"id": key, "name": name} for key, name in data.items()]
+        entries.sort(key=lambda entry: int(entry["id"]) if entry["id"].strip().isdigit() else 0)
+    elif isinstance(data, list) and all(isinstance(entry, dict) for entry in data):
+        entries = data
+        incomplete = next((n for n, entry in enumerate(entries, 1) if not {"id", "name"} <= entry.keys()), None)
+        if incomplete is not None:
+            missing = " and ".join(f'"{key}"' for key in ("id", "name") if key not in entries[incomplete - 1])
+            raise GeoprotoError(f"{path}: class {incomplete} of the list ({json.dumps(entries[incomplete - 1])[:80]}) "
+                                f"has no {missing}; {layout}")
+    else:
+        raise GeoprotoError(f"{path}: {layout}")
+    if not entries:
+        raise GeoprotoError(f"{path}: lists no class; {layout}")
+    ids, names, colors = [], [], []
+    for entry in entries:
+        ids.append(_class_id(path, entry["id"]))
+        # str() of null, a number or an object would make a class named "None", "5" or "{'name': ..}"
+        name = entry["name"]
+        if isinstance(name, str) and not name.strip():
+            raise GeoprotoError(f"{path}: a class has an empty name (id {ids[-1]}); name every class")
+        if not isinstance(name, str):
+            raise GeoprotoError(f"{path}: class {ids[-1]} has the name {json.dumps(name)}; name every class with text")
+        names.append(name.strip())  # as vector support's class values are
+        try:
+            colors.append(hex_to_rgb(entry["color"]) if entry.get("color") else None)
+        except ValueError:
+            raise GeoprotoError(f"{path}: class {names[-1]!r} has the colour {json.dumps(entry['color'])}; write "
+                                f"colours as \"#RRGGBB\" (e.g. \"#3C1098\")") from None
+    info = ClassInfo(ids, names, colors)
     refuse_reserved_names(info.names, path)
     duplicates = sorted({i for i in info.ids if info.ids.count(i) > 1})
     if duplicates:
         raise GeoprotoError(f"{path}: class id {duplicates[0]} is listed twice")
+    # two ids of one name would be one class to every step that pairs classes by name (support, score)
+    repeated = [name for number, name in enumerate(info.names) if name in info.names[:number]]
+    if repeated:
+        raise GeoprotoError(f"{path}: class name {repeated[0]!r} is given to ids "
+                            f"{', '.join(str(i) for i, n in zip(info.ids, info.names) if n == repeated[0])}; "
+                            f"name each class once")
+    # a colour mask's pixels of a shared colour would all go to one of the classes, silently
+    shared = next((color for n, color in enumerate(info.colors) if color is not None and color in info.colors[:n]),
+                  None)
+    if shared is not None:
+        owners = [repr(name) for name, color in zip(info.names, info.colors) if color == shared]
+        raise GeoprotoError(f"{path}: classes {' and '.join(owners)} share the colour #{bytes(shared).hex().upper()}; "
+                            f"give each class its own colour")
     return info
+
+
+def _class_id(path: str, value) -> int:
+    """A class file's id: a whole number (or its digits as text, as JSON object keys are) in 1..MAX_CLASS_ID;
+    int() alone would make 1.7 and true class 1."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise GeoprotoError(f"{path}: class id {json.dumps(value)} is not a whole number 1..{MAX_CLASS_ID}")
+    if not 1 <= value <= MAX_CLASS_ID:
+        raise GeoprotoError(f"{path}: class id {value} outside 1..{MAX_CLASS_ID} (0 means unlabelled)")
+    return value

@@ -24,7 +24,7 @@ from . import crf as crf_module
 from . import crf_torch
 from .datasets import LabelledDataset, fold_classes
 from .classes import NODATA, NODATA_NAME, ClassInfo
-from .errors import GeoprotoError, renamed_params
+from .errors import GeoprotoError, GeoprotoWarning, renamed_params
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
 from .heads import DEFAULT_ORIENTATIONS, LINEAR, VARIANTS, SupportCells, feature_extractor, fit_linear_head
@@ -114,22 +114,23 @@ def _tagged_classes(path: str, tag: str) -> ClassInfo:
 
 def score(prediction: str, truth: str, class_field: str | None = None, background: str | None = None,
           mapping: dict[str, str] | None = None, truth_crs: str | None = None,
-          classes_file: str | None = None) -> dict:
+          classes_file: str | None = None, layer: str | None = None) -> dict:
     """Compare a class raster with ground truth (a label raster or polygons with a class column).
 
     Truth classes are matched to predicted ones by name; ``mapping`` renames classes on either side
     first (e.g. ``{"tree": "other", "ground": "other"}`` merges two predicted classes into the truth's one).
     With vector truth, pixels outside every polygon are ignored unless ``background`` names the class
-    they belong to. A truth raster's class names come from ``classes_file``, else from the raster itself
-    (a geoproto result, or GDAL category names). Nodata in either raster is left out of the metrics;
-    ``unpredicted_share`` says how much of the truth the prediction left as nodata.
+    they belong to; ``layer`` names the truth's layer in a file of several. A truth raster's class names
+    come from ``classes_file``, else from the raster itself (a geoproto result, or GDAL category names).
+    Nodata in either raster is left out of the metrics; ``unpredicted_share`` says how much of the truth
+    the prediction left as nodata.
     """
     from .support import is_raster
 
     predicted_classes = prediction_classes(prediction)
     mapping = mapping or {}
     raster_truth = path_exists(truth) and is_raster(truth)
-    vector_only = {"class_field": class_field, "truth_crs": truth_crs, "background": background}
+    vector_only = {"class_field": class_field, "truth_crs": truth_crs, "background": background, "layer": layer}
     for param, value in vector_only.items():
         if raster_truth and value is not None:
             raise GeoprotoError(f"applies to polygon truth; {truth} is a raster (its unlabelled pixels, 0 or "
@@ -137,7 +138,7 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
     truth_named = named_classes(truth) if not classes_file and raster_truth else None
     with open_raster(prediction) as src, contextlib.closing(  # a truth raster's handle, failing or not
             RasterLabels(truth, src, truth_named) if truth_named is not None else
-            _truth_labels(truth, src, class_field, truth_crs, classes_file)) as labels:
+            _truth_labels(truth, src, class_field, truth_crs, classes_file, layer)) as labels:
         truth_classes = labels.found_classes()
         _check_class_names(prediction, predicted_classes, truth, truth_classes, mapping, background,
                            unnamed_raster=raster_truth and truth_named is None and not classes_file)
@@ -154,6 +155,8 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             predicted_lookup[class_id] = index[name]
         matrix = np.zeros((len(names), len(names)), np.int64)
         truth_pixels = unpredicted = 0
+        # labelled truth pixels per id that no class name of the truth (of the prediction) covers
+        unnamed_truth, unnamed_predicted = np.zeros(256, np.int64), np.zeros(256, np.int64)
         vector = not isinstance(labels, RasterLabels)
         for tile in tile_grid(src.height, src.width, 1024, 0):
             rows, cols = tile.core_slices
@@ -161,31 +164,67 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             valid = predicted != (src.nodata if src.nodata is not None else NODATA)
             if valid.any() and not 0 <= predicted[valid].min() <= predicted[valid].max() <= 255:
                 raise GeoprotoError(f"{prediction}: holds values outside the class ids 0..255")
-            expected = truth_lookup[labels.read(tile, 1024)[: tile.height, : tile.width]]
+            # nodata may lie outside 0..255 (65535, -9999): only valid pixels index the lookup
+            positions = np.zeros(predicted.shape, np.int64)
+            positions[valid] = predicted_lookup[predicted[valid]]
+            ids = labels.read(tile, 1024)[: tile.height, : tile.width]
+            expected = truth_lookup[ids]
+            unnamed_truth += np.bincount(ids[rows, cols][expected[rows, cols] == 0], minlength=256)
             if vector and background:
                 expected[expected == 0] = index[background]
             labelled = (expected > 0)[rows, cols]
             truth_pixels += int(labelled.sum())
             unpredicted += int((labelled & ~valid[rows, cols]).sum())
+            unnamed_predicted += np.bincount(predicted[rows, cols][labelled & valid[rows, cols] & (
+                positions[rows, cols] == 0)].astype(np.int64), minlength=256)
             expected[~valid] = 0
-            matrix += confusion_matrix(expected[rows, cols], predicted_lookup[predicted][rows, cols], len(names))
+            matrix += confusion_matrix(expected[rows, cols], positions[rows, cols], len(names))
+    unnamed_truth[NODATA] = 0
+    # a classes file (or a raster's own names) naming fewer classes than the raster holds: no class's pixels
+    _warn_unnamed(truth, "truth pixels hold", unnamed_truth,
+                  "the classes of classes_file" if classes_file else "its class names")
+    _warn_unnamed(prediction, "truth pixels are predicted as", unnamed_predicted, "its class names")
     return {"prediction": prediction, "truth": truth, "class_names": names, "confusion": matrix.tolist(),
             "truth_pixels": truth_pixels, "unpredicted_pixels": unpredicted,
             "unpredicted_share": round(unpredicted / truth_pixels, 6) if truth_pixels else None,
             **summarise(matrix, names)}
 
 
+def _warn_unnamed(path: str, what: str, pixels: np.ndarray, namer: str) -> None:
+    """Warn of ``pixels`` (per class id) of ``path`` that ``namer`` names no class of, left out of the scores."""
+    found = np.flatnonzero(pixels)
+    if len(found):
+        warnings.warn(GeoprotoWarning(
+            f"{path}: {int(pixels.sum())} {what} class id(s) {', '.join(map(str, found[:8]))}"
+            f"{', ...' if len(found) > 8 else ''}, not among {namer}; left out of these scores",
+            mentions=("classes_file",)))
+
+
 # The parameters of load_support that score calls otherwise, for errors to name score's own.
 _TRUTH_PARAMS = {"support": "truth", "support_crs": "truth_crs"}
 
 
-def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | None, classes_file: str | None):
+def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | None, classes_file: str | None,
+                  layer: str | None):
     """The truth read as a support is (``support.load_support``), its errors naming score's parameters
     (``truth_crs: ...``, not ``support_crs``, which score does not have)."""
     from .support import load_support
 
-    with renamed_params(_TRUTH_PARAMS):
-        return load_support(truth, src, class_field, None, truth_crs, classes_file)
+    try:
+        with renamed_params(_TRUTH_PARAMS):
+            return load_support(truth, src, class_field, layer, truth_crs, classes_file)
+    except GeoprotoError as exc:
+        if exc.param == "buffer":  # points or lines: score has no buffer distance to make them polygons
+            found = exc.message.partition("; found ")[2].partition(" (")[0] or "other geometries"
+            raise GeoprotoError(f"{truth}: polygon truth is rasterised onto the prediction's pixels; found {found} "
+                                f"(buffer them into polygons first)", param="truth") from None
+        if exc.param != "assume_crs":
+            raise
+        # polygons in a CRS on a prediction without one: load_support says to state the raster's CRS with
+        # assume_crs, which score has not; the prediction itself needs its CRS
+        polygons_crs = exc.message.split(" but the raster has no CRS")[0]
+        raise GeoprotoError(f"{polygons_crs} but the prediction {src.name} has no CRS; give it its CRS "
+                            f"(gdal_edit.py -a_srs EPSG:...)", param="prediction") from None
 
 
 def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_classes: ClassInfo,
@@ -198,6 +237,10 @@ def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_
 
     of_truth = f"the truth {truth} ({listed(truth_classes.names)})"
     of_prediction = f"the prediction {prediction} ({listed(predicted.names)})"
+    blank = [name for name, new in mapping.items() if not str(new).strip()]
+    if blank:  # it scored a class named "" (a --map tree= missing its new name)
+        raise GeoprotoError(f"{blank[0]}={mapping[blank[0]]}: gives {blank[0]!r} an empty name; write NAME=NEW",
+                            param="mapping")
     unknown = [name for name in mapping if name not in {*truth_classes.names, *predicted.names, background}]
     if unknown:
         raise GeoprotoError(f"{unknown[0]}={mapping[unknown[0]]}: {unknown[0]!r} is no class of {of_truth} nor "

@@ -679,19 +679,20 @@ def driver_name(driver: str, drivers: dict[str, tuple[str, ...]], what: str, par
 
 
 def write_preview(class_path: str, preview_path: str, classes: ClassInfo) -> None:
-    """An RGB PNG of the class raster, downsampled to at most ``PREVIEW_MAX_SIDE`` pixels a side."""
+    """An RGBA PNG of the class raster, downsampled to at most ``PREVIEW_MAX_SIDE`` pixels a side; nodata
+    (outside the image's data or the area of interest) is transparent, not black like a black class."""
     with rasterio.open(class_path) as src:
         factor = max(1, int(np.ceil(max(src.height, src.width) / PREVIEW_MAX_SIDE)))
         labels = src.read(1, out_shape=(max(1, src.height // factor), max(1, src.width // factor)))
-    lookup = np.zeros((256, 3), np.uint8)
+    lookup = np.zeros((256, 4), np.uint8)
     for class_id, color in class_colors(classes).items():
-        lookup[class_id] = color[:3]
-    rgb = np.transpose(lookup[labels], (2, 0, 1))
+        lookup[class_id] = color
+    rgba = np.transpose(lookup[labels], (2, 0, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(preview_path, "w", driver="PNG", width=rgb.shape[2], height=rgb.shape[1], count=3,
+        with rasterio.open(preview_path, "w", driver="PNG", width=rgba.shape[2], height=rgba.shape[1], count=4,
                            dtype="uint8") as dst:
-            dst.write(rgb)
+            dst.write(rgba)
 
 
 def write_polygons(class_path: str, vector_path: str, classes: ClassInfo, driver: str,

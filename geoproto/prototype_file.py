@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
-from .classes import MAX_CLASS_ID, ClassInfo, hex_to_rgb
+from .classes import MAX_CLASS_ID, ClassInfo, hex_to_rgb, warn_case_twins
 from .errors import GeoprotoError, no_such_file, renamed_params
 from .validation import DEFAULT_ALPHA, check_alpha
 
@@ -518,6 +518,8 @@ def merge(files: list[PrototypeFile]) -> PrototypeFile:
                 colors[name] = color
             elif color is not None and color != colors[name]:
                 warnings.warn(f"{item.name}: class {name!r} has another colour than in an earlier file; kept the first")
+    if len(files) > 1:
+        warn_case_twins(names, "the pooled prototypes")
     numbered_by_name = all(item.numbered_by_name for item in files)
     merged_ids = _reconcile_ids(names, ids, numbered_by_name)
     order = sorted(range(len(names)), key=lambda i: merged_ids[names[i]]) if numbered_by_name else range(len(names))

@@ -126,7 +126,7 @@ def test_probabilities_vector_and_preview(paths, spacenet_run):
     with rasterio.open(paths.chip) as src:
         assert polygons.geometry.area.sum() == pytest.approx(src.width * src.height * 0.25, rel=1e-6)
     with rasterio.open(out / "preview.png") as preview:
-        assert preview.count == 3 and preview.shape == (900, 900)
+        assert preview.count == 4 and preview.shape == (900, 900) and preview.read(4).min() == 255  # no nodata
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ pixel for pixel, and windows of image and labels.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -463,6 +464,17 @@ def test_folder_colour_and_paletted_masks(colour_folder):
         assert image.shape == (3, 10, 20)
         np.testing.assert_array_equal(labels, ids[3:13, 5:25], err_msg=sample.name)
     assert data.splits == {"train": sorted(truth), "test": []}
+
+
+@pytest.mark.parametrize("ignore", ["#9B9B9", "grey", 155])
+def test_folder_refuses_an_ignore_colour_not_written_as_a_colour(colour_folder, ignore):
+    """It failed with "unexpected ValueError: invalid literal for int()" (or an AttributeError for a number)."""
+    root, _ = colour_folder
+    body = json.loads((root / "classes.json").read_text())
+    (root / "classes.json").write_text(json.dumps({**body, "ignore_color": ignore}))
+    with pytest.raises(GeoprotoError, match=f"classes.json: ignore_color: colour {re.escape(repr(ignore))} is "
+                                            f"not #RRGGBB"):
+        load_folder(str(root))
 
 
 def test_folder_colour_masks_without_ignore_colour_refused(colour_folder):

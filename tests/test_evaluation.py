@@ -1,6 +1,7 @@
 """Metrics against hand-computed confusion matrices, the protocol's support sampling, and `score`."""
 
 import json
+import warnings
 from pathlib import Path
 
 import geopandas
@@ -395,6 +396,71 @@ def test_score_prints_class_names_with_escapes_escaped(tmp_path):
     assert "\x1b" not in result.output and "\x07" not in result.output and "evil\\x1b]0;pwned\\x07" in result.output
 
 
+def test_score_warns_of_truth_pixels_of_ids_the_classes_file_does_not_name(tmp_path):
+    """A classes file naming class 1 alone left the truth's class 2 pixels out of every score, unsaid."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    prediction = _class_raster(tmp_path / "p.tif", ids, {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    truth = _class_raster(tmp_path / "truth.tif", ids)
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"1": "tree"}))
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--classes", str(classes), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"Warning: {truth}: 2048 truth pixels hold class id(s) 2, not among the classes of "
+                             f"--classes; left out of these scores\n")
+    assert json.loads(result.stdout)["truth_pixels"] == 2048
+    classes.write_text(json.dumps({"1": "tree", "2": "ground"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert score(prediction, truth, classes_file=str(classes))["truth_pixels"] == 4096
+    # the same on the prediction's side: an edited geoproto raster holding an id its tag does not name
+    edited = _class_raster(tmp_path / "edited.tif", np.where(ids == 2, 7, ids).astype(np.uint8),
+                           {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    with pytest.warns(UserWarning, match="edited.tif: 2048 truth pixels are predicted as class id\\(s\\) 7, "
+                                         "not among its class names; left out of these scores"):
+        report = score(edited, truth, classes_file=str(classes))
+    assert report["confusion"] == [[2048, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("dtype, nodata", [("uint16", 65535), ("int16", -9999)])
+def test_score_of_a_prediction_whose_nodata_is_no_class_id(tmp_path, dtype, nodata):
+    """It failed with "unexpected IndexError: index 65535 is out of bounds" (nodata looked up as a class)."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    truth = _class_raster(tmp_path / "truth.tif", ids, {"GEOPROTO_CLASSES": json.dumps({1: "class_1", 2: "class_2"})})
+    predicted = ids.astype(dtype)
+    predicted[:8] = nodata
+    prediction = _class_raster(tmp_path / "p.tif", predicted, nodata=nodata)
+    report = score(prediction, truth)
+    assert report["confusion"] == [[56 * 32, 0], [0, 56 * 32]]
+    assert (report["unpredicted_pixels"], report["truth_pixels"]) == (8 * 64, 64 * 64)
+
+
+def test_score_refuses_a_renaming_without_a_new_name_or_given_twice(tmp_path):
+    """--map tree= scored a class named ""; --map tree=a --map tree=b kept the last silently."""
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    classes = {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})}
+    prediction = _class_raster(tmp_path / "p.tif", ids, classes)
+    truth = _class_raster(tmp_path / "truth.tif", ids, classes)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--map", "tree="])
+    assert (result.exit_code, result.output) == (1, "Error: --map: tree=: gives 'tree' an empty name; write NAME=NEW\n")
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--map", "tree=a", "--map", "tree=b"])
+    assert result.exit_code == 2 and "'tree' is renamed twice (tree=a, tree=b); rename it once" in result.output
+    with pytest.raises(GeoprotoError, match="mapping: ground= : gives 'ground' an empty name"):
+        score(prediction, truth, mapping={"ground": " "})
+
+
+def test_score_table_columns_stay_aligned_with_long_class_names(tmp_path):
+    """A name longer than 16 characters pushed its row's numbers out of their columns."""
+    names = {"1": "Arbre/forêt très longue étiquette", "2": "sol"}
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    prediction = _class_raster(tmp_path / "p.tif", ids, {"GEOPROTO_CLASSES": json.dumps(names)})
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", prediction])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    table, confusion = lines[1:4], lines[5:7]
+    assert len({len(line) for line in table}) == 1 and len({len(line) for line in confusion}) == 1
+    assert table[1].startswith("Arbre/forêt très longue étiquette ") and table[2].endswith(" 2048")
+
+
 def test_score_refuses_a_multiband_image_as_prediction(tmp_path):
     truth = _class_raster(tmp_path / "truth.tif", np.tile(np.array([1, 2], np.uint8), (64, 32)))
     with rasterio.open(tmp_path / "rgb.tif", "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
@@ -549,10 +615,14 @@ def test_score_of_a_prediction_without_a_class_says_it_is_all_nodata(tmp_path):
     prediction = _class_raster(tmp_path / "p.tif", np.zeros((64, 64), np.uint8))
     report = score(prediction, truth)
     assert (report["unpredicted_pixels"], report["unpredicted_share"]) == (64 * 64, 1.0)
+    # the text report said "overall accuracy None  kappa None ..."
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", truth])
+    assert result.exit_code == 0 and result.stdout.splitlines()[0] == (
+        "overall accuracy n/a  kappa n/a  mean IoU n/a  mean F1 n/a")
 
 
 @pytest.mark.parametrize("option, value", [("--background", "tree"), ("--class-field", "kind"),
-                                           ("--truth-crs", "EPSG:4326")])
+                                           ("--truth-crs", "EPSG:4326"), ("--layer", "truth")])
 def test_score_refuses_polygon_options_with_a_truth_raster(tmp_path, option, value):
     """They were ignored: --background tree did not make unlabelled truth pixels tree."""
     ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
@@ -579,6 +649,56 @@ def test_score_names_its_own_options_in_errors_reading_polygon_truth(tmp_path):
                              f"CRS\n")
     report = score(prediction, str(truth), truth_crs="EPSG:32616")
     assert report["overall_accuracy"] == 1.0 and report["truth_pixels"] == 400
+
+
+def test_score_reads_the_named_layer_of_a_truth_file_of_several(tmp_path):
+    """A GeoPackage of two layers could not be scored: "layer: ... has 2 layers; choose one", with no option to."""
+    from shapely.geometry import box
+
+    ids = np.tile(np.array([1, 2], np.uint8), (64, 32))
+    prediction = _class_raster(tmp_path / "p.tif", ids, {"GEOPROTO_CLASSES": json.dumps({1: "tree", 2: "ground"})})
+    truth = tmp_path / "truth.gpkg"
+    geopandas.GeoDataFrame({"class": ["tree", "ground"]}, crs="EPSG:32616", geometry=[
+        box(500000, 3699936, 500001, 3700000), box(500001, 3699936, 500002, 3700000)]).to_file(truth, layer="survey")
+    geopandas.GeoDataFrame({"class": ["ground"]}, crs="EPSG:32616", geometry=[
+        box(500000, 3699936, 500001, 3700000)]).to_file(truth, layer="draft")
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", str(truth)])
+    assert (result.exit_code, result.output) == (1, f"Error: --layer: {truth}: has 2 layers (survey, draft); "
+                                                    f"choose one\n")
+    report = score(prediction, str(truth), layer="survey")
+    assert report["confusion"] == [[64, 0], [0, 64]]
+    draft = score(prediction, str(truth), layer="draft")  # its one polygon: ground over predicted tree
+    assert (draft["class_names"], draft["confusion"]) == (["ground", "tree"], [[0, 64], [0, 0]])
+
+
+def test_score_refuses_point_truth_naming_no_option_it_lacks(tmp_path):
+    """It said "buffer: ... (a buffer distance turns points and lines into polygons)", which score has not."""
+    from shapely.geometry import Point
+
+    prediction = _class_raster(tmp_path / "p.tif", np.ones((64, 64), np.uint8), {"GEOPROTO_CLASSES": '{"1": "tree"}'})
+    truth = tmp_path / "truth.gpkg"
+    geopandas.GeoDataFrame({"class": ["tree"]}, geometry=[Point(500010, 3699950)], crs="EPSG:32616").to_file(truth)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", str(truth)])
+    assert (result.exit_code, result.output) == (1, f"Error: --truth: {truth}: polygon truth is rasterised onto the "
+                                                    f"prediction's pixels; found Point (buffer them into polygons "
+                                                    f"first)\n")
+
+
+def test_score_of_a_prediction_without_crs_against_polygons_in_one_says_what_to_give(tmp_path):
+    """It said "--assume-crs: ... state the raster's CRS", an option score does not have."""
+    from shapely.geometry import box
+
+    from synthetic import write_raster
+
+    prediction = str(write_raster(tmp_path / "p.tif", np.ones((1, 64, 64), np.uint8), crs=None,
+                                  transform=rasterio.transform.from_origin(500000, 3700000, 1, 1)))
+    truth = tmp_path / "truth.gpkg"
+    geopandas.GeoDataFrame({"class": ["class_1"]}, geometry=[box(500010, 3699950, 500030, 3699970)],
+                           crs="EPSG:32616").to_file(truth)
+    result = CliRunner().invoke(main, ["score", prediction, "--truth", str(truth)])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: PREDICTION: {truth}: is in WGS 84 / UTM zone 16N but the prediction {prediction} "
+                             f"has no CRS; give it its CRS (gdal_edit.py -a_srs EPSG:...)\n")
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from rasterio.transform import from_origin
 from geoproto.errors import GeoprotoError
 from geoproto.output import (RASTER_DRIVERS, VECTOR_DRIVERS, StagedOutputs, area_histogram, build_overviews,
                              class_areas, class_histogram, convert_to_cog, output_driver, remove_stale_staging, same_file,
-                             sieve_classes, polygon_format, write_area_report, write_legend, write_polygons)
+                             sieve_classes, polygon_format, write_area_report, write_legend, write_polygons,
+                             write_preview)
 from geoproto.classes import ClassInfo
 
 from conftest import gdal_band
@@ -428,3 +429,17 @@ def test_creation_options_of_a_cog_are_judged_by_the_cog_driver():
     with pytest.raises(GeoprotoError, match="^creation_options: GDAL's GTiff driver has no creation option "
                                             "BLOCKSIZE: it would be ignored$"):
         check_creation_options({"BLOCKSIZE": "512"}, "GTiff", probabilities=False)
+
+
+def test_preview_shows_nodata_transparent_not_black_like_a_black_class(tmp_path):
+    """The RGB preview painted nodata (outside the --aoi, say) black, as it painted a class coloured #000000."""
+    labels = np.zeros((6, 8), np.uint8)
+    labels[:, :4], labels[:3, 4:] = 1, 2  # the lower right quarter is nodata
+    path = write_raster(tmp_path / "classes.tif", labels[None], nodata=0)
+    write_preview(str(path), str(tmp_path / "preview.png"), ClassInfo([1, 2], ["asphalt", "tree"],
+                                                                      [(0, 0, 0), (0, 158, 115)]))
+    with rasterio.open(tmp_path / "preview.png") as preview:
+        rgba = preview.read()
+    assert rgba.shape == (4, 6, 8)
+    np.testing.assert_array_equal(rgba[3], np.where(labels == 0, 0, 255))
+    assert rgba[:3, 0, 0].tolist() == [0, 0, 0] and rgba[:3, 0, 4].tolist() == [0, 158, 115]

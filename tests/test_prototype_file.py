@@ -246,6 +246,16 @@ def test_merge_adds_sums_and_pixels_per_class_name():
     assert len(pooled.sources) == 2
 
 
+def test_merge_warns_of_class_names_differing_only_by_case():
+    """Two files naming "Building" and "building" pooled into four classes without a word."""
+    a = make_file(("building", "tree"), numbered=True, seed=1)
+    b = make_file(("Building", "tree"), numbered=True, seed=2)
+    with pytest.warns(UserWarning, match="the pooled prototypes: class names 'building' and 'Building' differ only by "
+                                         "case and stay separate classes"):
+        pooled = merge([a, b])
+    assert pooled.classes.names == ["Building", "building", "tree"]
+
+
 def test_merge_renumbers_classes_numbered_by_name_and_refuses_explicit_conflicts():
     a = make_file(("building", "tree"), numbered=True, seed=1)
     b = make_file(("ground", "tree"), numbered=True, seed=2)

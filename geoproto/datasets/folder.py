@@ -39,8 +39,12 @@ def load_folder(root: str, split_file: str | None = None, holdout: str | None = 
     _check_mask_sizes(samples)
     if all(c is not None for c in classes.colors):
         ignore = raw.get("ignore_color") if isinstance(raw, dict) else None
-        decoder = LabelDecoder(colors=dict(zip(classes.colors, classes.ids)),
-                               ignore_colors=(hex_to_rgb(ignore),) if ignore else (), source=f"{root}/masks")
+        try:
+            ignore_colors = (hex_to_rgb(ignore),) if ignore else ()
+        except ValueError as exc:
+            raise GeoprotoError(f"{base / 'classes.json'}: ignore_color: {exc}") from None
+        decoder = LabelDecoder(colors=dict(zip(classes.colors, classes.ids)), ignore_colors=ignore_colors,
+                               source=f"{root}/masks")
     else:
         lookup = np.zeros(256, np.uint8)
         lookup[classes.ids] = classes.ids
