@@ -352,9 +352,9 @@ def throughput(device: torch.device, model_batches: list[int], crf_batches: list
     rows = []
 
     def variant_stage(orientations, scales):
-        channels = extract.out_channels * len(scales)
-        turned = Classifier(torch.nn.functional.normalize(torch.randn(classes, channels), dim=1),
-                            extract=feature_extractor(extract, orientations, scales))
+        variant = feature_extractor(extract, orientations, scales)
+        turned = Classifier(torch.nn.functional.normalize(torch.randn(classes, variant.out_channels), dim=1),
+                            extract=variant)
         return lambda batch: lambda: model_probabilities(turned, images[:batch])
 
     def crf_call(batch):

@@ -34,14 +34,19 @@ class AreaOfInterest:
     def reaches(self, tile: Tile) -> bool:
         """Whether the window's core (the part it writes) holds a pixel centre inside the area: a window
         reaching the area only in its overlap, which a neighbour writes, would be labelled all nodata."""
-        whole = self._covers(tile.core_col0, tile.core_row0, tile.core_col1, tile.core_row1)
-        return bool(self._inside(tile)[tile.core_slices].any()) if whole is None else whole
+        core = (tile.core_col0, tile.core_row0, tile.core_col1, tile.core_row1)
+        whole = self._covers(*core)
+        return _covers_a_pixel(self.geometry, *core) if whole is None else whole
 
     def mask(self, tile: Tile, size: int) -> np.ndarray:
-        """``size`` x ``size``: True where the window's pixel centre lies inside the area."""
+        """``size`` x ``size``: True where the window's pixel centre lies inside the area (as GDAL
+        rasterises it)."""
+        from rasterio.features import geometry_mask
+
         inside = np.zeros((size, size), bool)
         whole = self._covers(tile.col, tile.row, tile.col + tile.width, tile.row + tile.height)
-        inside[: tile.height, : tile.width] = self._inside(tile) if whole is None else whole
+        inside[: tile.height, : tile.width] = whole if whole is not None else geometry_mask(
+            [self.geometry], (tile.height, tile.width), Affine.translation(tile.col, tile.row), invert=True)
         return inside
 
     def _covers(self, col0: int, row0: int, col1: int, row1: int) -> bool | None:
@@ -56,13 +61,6 @@ class AreaOfInterest:
             return False
         return True if shapely.contains(self.geometry, box) else None
 
-    def _inside(self, tile: Tile) -> np.ndarray:
-        """The window's part in the raster (``tile.height`` x ``tile.width``): True where the pixel centre lies
-        inside the area, as GDAL rasterises it."""
-        from rasterio.features import geometry_mask
-
-        return geometry_mask([self.geometry], (tile.height, tile.width), Affine.translation(tile.col, tile.row),
-                             invert=True)
 
 
 @dataclass
@@ -145,7 +143,7 @@ def load_area(reference, raster_crs, aoi: str | None = None, bbox: str | None = 
     inverse = ~reference.transform
     matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.xoff, inverse.yoff]
     geometry = shapely.affinity.affine_transform(shapely.union_all(geometries), matrix)
-    if _covers_a_pixel(geometry, reference.width, reference.height):
+    if _covers_a_pixel(geometry, 0, 0, reference.width, reference.height):
         return AreaOfInterest(geometry)
     if shared:  # one of several rasters: skipped as one outside the area is
         return AreaOfInterest(shapely.Polygon())
@@ -183,19 +181,20 @@ def _near_raster(geometries, crs, reference, target):
     return near[finite] if finite.any() else [shapely.Polygon()]
 
 
-def _covers_a_pixel(geometry, width: int, height: int) -> bool:
-    """Whether the area (in pixel space) holds the centre of a pixel of a ``width`` x ``height`` raster:
-    an area that only touches its edge, or lies within one pixel, would leave the whole output nodata."""
+def _covers_a_pixel(geometry, col0: int, row0: int, col1: int, row1: int) -> bool:
+    """Whether the area (in pixel space) holds the centre of a pixel of the box [col0, col1) x [row0, row1)
+    (a raster, a window's core): an area that only touches its edge, or lies within one pixel, would leave
+    it all nodata. Only the area's part in the box is rasterised."""
     import shapely
     from rasterio.features import geometry_mask
     from rasterio.windows import Window
 
-    inside = shapely.intersection(geometry, shapely.box(0, 0, width, height))
+    inside = shapely.intersection(geometry, shapely.box(col0, row0, col1, row1))
     if inside.is_empty or inside.area == 0:
         return False
-    col0, row0, col1, row1 = inside.bounds
-    window = Window.from_slices((int(row0), min(int(np.ceil(row1)), height)),
-                                (int(col0), min(int(np.ceil(col1)), width)))
+    left, top, right, bottom = inside.bounds
+    window = Window.from_slices((int(top), min(int(np.ceil(bottom)), row1)),
+                                (int(left), min(int(np.ceil(right)), col1)))
     if window.width * window.height > 1_000_000:  # an area this wide covers pixel centres
         return True
     return bool(geometry_mask([inside], (int(window.height), int(window.width)),

@@ -44,6 +44,8 @@ CONNECT_TIMEOUT_S = 30
 # How long ``segment`` waits, before any support work, for the scheduler's port to accept a connection (an
 # address nobody listens at is refused at once; one that drops packets takes this long).
 PROBE_TIMEOUT_S = 5
+# Dask address schemes of a host and a port (inproc and ucx name their endpoints otherwise).
+PORTED_SCHEMES = ("tcp", "tls", "ws", "wss")
 # A worker process with torch, the encoder and Dask's own machinery, before any window (measured
 # ~0.5 GB on CPU with the default encoder: benchmarks/many_rasters.py prints each worker's peak).
 WORKER_RUNTIME_BYTES = 1 << 30
@@ -70,7 +72,7 @@ def check_scheduler_address(address: str) -> None:
     try:
         scheme, _ = parse_address(address)
         get_backend(scheme)
-        if scheme in ("tcp", "tls", "ws", "wss"):  # host and port (inproc and ucx name endpoints otherwise)
+        if scheme in PORTED_SCHEMES:
             get_address_host_port(address)
     except (ValueError, TypeError) as exc:
         raise GeoprotoError(f"{address!r} is not a Dask scheduler address ({exc}); give tcp://HOST:PORT "
@@ -83,7 +85,7 @@ def probe_scheduler(address: str) -> None:
     Client's CONNECT_TIMEOUT_S of retries. Only the port is tried; ``connect`` then greets the scheduler."""
     from distributed.comm import get_address_host_port, parse_address
 
-    if parse_address(address)[0] not in ("tcp", "tls", "ws", "wss"):  # no port to try (inproc, ucx)
+    if parse_address(address)[0] not in PORTED_SCHEMES:  # no port to try
         return
     try:
         socket.create_connection(get_address_host_port(address), timeout=PROBE_TIMEOUT_S).close()

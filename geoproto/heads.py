@@ -116,9 +116,6 @@ class MultiScaleExtractor:
     def device(self) -> torch.device:
         return self.extract.device
 
-    def to_device(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.extract.to_device(images)
-
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor, context: int = 0) -> torch.Tensor:
         # Up to the device once: the 2x window is upsampled and cut into its pieces there.

@@ -3,6 +3,8 @@ tile-mosaic helper. Every path to real data is defined here, so no test reaches 
 
 from __future__ import annotations
 
+import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +178,20 @@ def spy(monkeypatch):
 
         monkeypatch.setattr(target, name, recording)
         return calls
+
+    return install
+
+
+@pytest.fixture
+def fake_stderr(monkeypatch):
+    """``fake_stderr(terminal)``: sys.stderr becomes a text buffer that says whether it is a terminal;
+    returns the buffer."""
+
+    def install(terminal: bool) -> io.StringIO:
+        stream = io.StringIO()
+        stream.isatty = lambda: terminal
+        monkeypatch.setattr(sys, "stderr", stream)
+        return stream
 
     return install
 

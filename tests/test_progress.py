@@ -1,6 +1,5 @@
 """Progress bars (geoproto.progress): shown by default only on a terminal, for every command's library call."""
 
-import io
 import sys
 
 import pytest
@@ -8,17 +7,10 @@ import pytest
 from geoproto.progress import progress_bar
 
 
-def _stderr(terminal: bool) -> io.StringIO:
-    stream = io.StringIO()
-    stream.isatty = lambda: terminal
-    return stream
-
-
 @pytest.mark.parametrize("terminal", [False, True])
-def test_a_bar_by_default_only_on_a_terminal_and_as_forced(monkeypatch, terminal):
+def test_a_bar_by_default_only_on_a_terminal_and_as_forced(fake_stderr, terminal):
     for show, shown in ((None, terminal), (not terminal, not terminal)):
-        stream = _stderr(terminal)
-        monkeypatch.setattr(sys, "stderr", stream)
+        stream = fake_stderr(terminal)
         with progress_bar(show, 3, "patch", "evaluate", initial=1) as bar:
             bar.update(2)
         assert ("evaluate: 100%" in stream.getvalue() and "3/3" in stream.getvalue()) is shown

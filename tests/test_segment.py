@@ -3,7 +3,6 @@ a raster smaller than a window is encoded in a window its own size."""
 
 import contextlib
 import dataclasses
-import io
 import os
 import sys
 
@@ -293,20 +292,9 @@ def test_resume_notices_a_label_raster_vrts_source_rewritten(tmp_path, monkeypat
                                       monkeypatch)  # the same size, the classes swapped
 
 
-class _Stderr(io.StringIO):
-    """A stderr that says whether it is a terminal."""
-
-    def __init__(self, terminal: bool):
-        super().__init__()
-        self.terminal = terminal
-
-    def isatty(self) -> bool:
-        return self.terminal
-
-
-def test_progress_defaults_to_whether_stderr_is_a_terminal(monkeypatch):
+def test_progress_defaults_to_whether_stderr_is_a_terminal(monkeypatch, fake_stderr):
     for terminal in (False, True):
-        monkeypatch.setattr(sys, "stderr", _Stderr(terminal))
+        fake_stderr(terminal)
         assert SegmentOptions().progress is terminal
         assert SegmentOptions(progress=not terminal).progress is (not terminal)  # as given
     monkeypatch.setattr(sys, "stderr", None)  # pythonw: no stderr at all
@@ -314,11 +302,10 @@ def test_progress_defaults_to_whether_stderr_is_a_terminal(monkeypatch):
 
 
 @pytest.mark.parametrize("terminal", [False, True])
-def test_a_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, terminal):
+def test_a_progress_bar_only_on_a_terminal(tmp_path, fake_stderr, terminal):
     """Left to its default, a library run draws its bar on a terminal, never into a log file or a notebook's
     captured stream (the carriage-return frames of every window)."""
-    stderr = _Stderr(terminal)
-    monkeypatch.setattr(sys, "stderr", stderr)
+    stderr = fake_stderr(terminal)
     image = write_raster(tmp_path / "small.tif", two_halves(side=100)[:, :60])
     support = write_support(tmp_path / "support.gpkg", side=100)
     segment_many([image], support, tmp_path / "out", SegmentOptions(encoder="imagenet", scoring="prototypes",
