@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from .progress import progress_bar
 
 from . import crf as crf_module
 from . import crf_torch
@@ -28,6 +27,7 @@ from .errors import GeoprotoError, GeoprotoWarning, renamed_params
 from .classifier import Classifier
 from .fewshot import DEFAULT_ALPHA, masked_average_prototypes, pull_back_labels
 from .heads import DEFAULT_ORIENTATIONS, LINEAR, VARIANTS, SupportCells, feature_extractor, fit_linear_head
+from .progress import progress_bar
 from .metrics import confusion_matrix, json_number, scores
 from .models import Encoder
 from .models.runtime import FeatureExtractor
@@ -155,8 +155,8 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             predicted_lookup[class_id] = index[name]
         matrix = np.zeros((len(names), len(names)), np.int64)
         truth_pixels = unpredicted = 0
-        # labelled truth pixels per id that no class name of the truth (of the prediction) covers
-        unnamed_truth, unnamed_predicted = np.zeros(256, np.int64), np.zeros(256, np.int64)
+        # truth pixels per id, labelled truth pixels per predicted id: those no class name covers are warned of
+        truth_ids, predicted_ids = np.zeros(256, np.int64), np.zeros(256, np.int64)
         vector = not isinstance(labels, RasterLabels)
         for tile in tile_grid(src.height, src.width, 1024, 0):
             rows, cols = tile.core_slices
@@ -169,21 +169,23 @@ def score(prediction: str, truth: str, class_field: str | None = None, backgroun
             positions[valid] = predicted_lookup[predicted[valid]]
             ids = labels.read(tile, 1024)[: tile.height, : tile.width]
             expected = truth_lookup[ids]
-            unnamed_truth += np.bincount(ids[rows, cols][expected[rows, cols] == 0], minlength=256)
+            truth_ids += np.bincount(ids[rows, cols].ravel(), minlength=256)
             if vector and background:
                 expected[expected == 0] = index[background]
             labelled = (expected > 0)[rows, cols]
             truth_pixels += int(labelled.sum())
             unpredicted += int((labelled & ~valid[rows, cols]).sum())
-            unnamed_predicted += np.bincount(predicted[rows, cols][labelled & valid[rows, cols] & (
-                positions[rows, cols] == 0)].astype(np.int64), minlength=256)
+            predicted_ids += np.bincount(predicted[rows, cols][labelled & valid[rows, cols]].astype(np.int64),
+                                         minlength=256)
             expected[~valid] = 0
             matrix += confusion_matrix(expected[rows, cols], positions[rows, cols], len(names))
+    unnamed_truth = np.where(truth_lookup == 0, truth_ids, 0)
     unnamed_truth[NODATA] = 0
     # a classes file (or a raster's own names) naming fewer classes than the raster holds: no class's pixels
     _warn_unnamed(truth, "truth pixels hold", unnamed_truth,
                   "the classes of classes_file" if classes_file else "its class names")
-    _warn_unnamed(prediction, "truth pixels are predicted as", unnamed_predicted, "its class names")
+    _warn_unnamed(prediction, "truth pixels are predicted as", np.where(predicted_lookup == 0, predicted_ids, 0),
+                  "its class names")
     return {"prediction": prediction, "truth": truth, "class_names": names, "confusion": matrix.tolist(),
             "truth_pixels": truth_pixels, "unpredicted_pixels": unpredicted,
             "unpredicted_share": round(unpredicted / truth_pixels, 6) if truth_pixels else None,
@@ -195,10 +197,15 @@ def _warn_unnamed(path: str, what: str, pixels: np.ndarray, namer: str) -> None:
     found = np.flatnonzero(pixels)
     if len(found):
         warnings.warn(GeoprotoWarning(
-            f"{path}: {int(pixels.sum())} {what} class id(s) {', '.join(map(str, found[:8]))}"
-            f"{', ...' if len(found) > 8 else ''}, not among {namer}; left out of these scores",
+            f"{path}: {int(pixels.sum())} {what} class id(s) {_listed(found, str)}, not among {namer}; left out "
+            f"of these scores",
             mentions=("classes_file",)))
 
+
+
+def _listed(values, show=repr) -> str:
+    """The first 8 of ``values`` for a message, and ", ..." when there are more."""
+    return ", ".join(map(show, values[:8])) + (", ..." if len(values) > 8 else "")
 
 # The parameters of load_support that score calls otherwise, for errors to name score's own.
 _TRUTH_PARAMS = {"support": "truth", "support_crs": "truth_crs"}
@@ -232,11 +239,8 @@ def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_
     """Classes pair by name: a ``mapping`` entry naming no class (a typo) would silently pair nothing, and
     sides sharing no name after it would score 0 everywhere (a truth raster of bare ids against a geoproto
     result): both refused, naming the classes of each side."""
-    def listed(names):
-        return ", ".join(map(repr, names[:8])) + (", ..." if len(names) > 8 else "")
-
-    of_truth = f"the truth {truth} ({listed(truth_classes.names)})"
-    of_prediction = f"the prediction {prediction} ({listed(predicted.names)})"
+    of_truth = f"the truth {truth} ({_listed(truth_classes.names)})"
+    of_prediction = f"the prediction {prediction} ({_listed(predicted.names)})"
     blank = [name for name, new in mapping.items() if not str(new).strip()]
     if blank:  # it scored a class named "" (a --map tree= missing its new name)
         raise GeoprotoError(f"{blank[0]}={mapping[blank[0]]}: gives {blank[0]!r} an empty name; write NAME=NEW",
