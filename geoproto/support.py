@@ -19,7 +19,7 @@ from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .classes import MAX_CLASS_ID, ClassInfo, read_class_file, refuse_reserved_names
+from .classes import MAX_CLASS_ID, ClassInfo, read_class_file, refuse_reserved_names, warn_case_twins
 from .errors import GeoprotoError, no_such_file
 from .raster import absolute_path, apply_transform, finite_geometries, open_raster, path_exists, read_error
 from .tiling import Tile
@@ -273,6 +273,10 @@ def _polygonal(geometry):
 
 def _class_column(frame, class_field: str | None, path: str) -> str:
     columns = [c for c in frame.columns if c != frame.geometry.name]
+    if not columns:  # naming a field cannot help: the file has none
+        raise GeoprotoError(f"{path}: has no attribute field to hold a class; add a class field to its polygons "
+                            f"in your GIS (one class name per polygon, e.g. 'building'), then run again",
+                            param="support")
     if class_field:
         if class_field not in columns:
             raise GeoprotoError(f"{path}: no field {class_field!r} (fields: {', '.join(columns) or 'none'})",
@@ -317,10 +321,14 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
                       f"{', '.join(padded[:3])}{', ...' if len(padded) > 3 else ''}")
     unique = sorted(set(names.tolist()))
     refuse_reserved_names(unique, f"{path}: {column!r}")
+    warn_case_twins(unique, f"{path}: {column!r}")
     if classes:
         missing = [n for n in unique if n not in classes.names]
         if missing:
-            raise GeoprotoError(f"{path}: class {missing[0]!r} is not one of the classes given", param="classes")
+            spelled = [n for n in classes.names if n.casefold() == missing[0].casefold()]
+            hint = f" (did you mean {spelled[0]!r}? names are case-sensitive)" if spelled else ""
+            raise GeoprotoError(f"{path}: class {missing[0]!r} is not one of the classes given{hint}",
+                                param="classes")
         ids = np.array([classes.ids[classes.names.index(n)] for n in names])
         return ids, classes.subset(set(ids.tolist())), False
     if len(unique) > MAX_CLASS_ID:
