@@ -620,3 +620,41 @@ def test_a_bow_tie_is_repaired_once_into_its_two_triangles(tmp_path, mosaic, spy
     triangles = rasterize([(shapely.make_valid(Polygon(corners)), 1), (square, 2)], (96, 96), transform=TRANSFORM)
     np.testing.assert_array_equal(labels, triangles)
     assert (labels == 1).sum() == 1000  # the two triangles' area: 2 x 40 x 25 / 2 px
+
+
+def test_class_names_differing_only_by_case_are_warned_about(buildings, chip, tmp_path):
+    """"Tree" and "tree" typed in one attribute table stay two classes: warned about once, naming both."""
+    _, frame = buildings
+    frame["class"] = ["tree" if i % 3 == 0 else "Tree" if i % 3 == 1 else "building" for i in range(len(frame))]
+    path = _write(frame, tmp_path / "twins.gpkg")
+    with pytest.warns(UserWarning) as caught:
+        labels = load_vector_support(path, chip)
+    twins = [str(w.message) for w in caught if "differ only by case" in str(w.message)]
+    assert twins == [f"{path}: 'class': class names 'Tree' and 'tree' differ only by case and stay separate classes; "
+                     f"if each pair is one class, give it one spelling"]
+    assert labels.classes.names == ["Tree", "building", "tree"]
+
+
+def test_a_class_differing_from_the_classes_given_only_by_case_is_refused_with_the_spelling(buildings, chip,
+                                                                                             tmp_path):
+    _, frame = buildings
+    frame["class"] = ["Building" if i % 2 == 0 else "other" for i in range(len(frame))]
+    path = _write(frame, tmp_path / "capital.gpkg")
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"1": "building", "2": "other"}))
+    with pytest.raises(GeoprotoError, match=re.escape("class 'Building' is not one of the classes given (did you "
+                                                      "mean 'building'? names are case-sensitive)")):
+        load_support(path, chip, classes_file=str(classes))
+    classes.write_text(json.dumps({"1": "roof", "2": "other"}))  # no spelling to suggest: no hint
+    with pytest.raises(GeoprotoError, match=r"class 'Building' is not one of the classes given$"):
+        load_support(path, chip, classes_file=str(classes))
+
+
+@pytest.mark.parametrize("class_field", [None, "class"])
+def test_a_support_vector_without_attribute_fields_says_to_add_one(buildings, chip, tmp_path, class_field):
+    _, frame = buildings
+    path = _write(frame[["geometry"]], tmp_path / "bare.gpkg")
+    with pytest.raises(GeoprotoError) as info:
+        load_vector_support(path, chip, class_field=class_field)
+    assert str(info.value) == (f"support: {path}: has no attribute field to hold a class; add a class field to its "
+                               f"polygons in your GIS (one class name per polygon, e.g. 'building'), then run again")
