@@ -210,7 +210,11 @@ class RasterLabels:
         if self.palette is not None:
             ids = self.palette[ids]
         if ids.min() < 0 or ids.max() > MAX_CLASS_ID:
-            raise GeoprotoError(f"{self.path}: label values must be 0..{MAX_CLASS_ID}, found {ids.min()}..{ids.max()}")
+            # 255 is the usual nodata of uint8 masks whose file does not declare it
+            hint = (f"; 255 is usually nodata: declare it with gdal_edit.py -a_nodata 255 {self.path}"
+                    if (ids == MAX_CLASS_ID + 1).any() else "")
+            raise GeoprotoError(f"{self.path}: label values must be 0..{MAX_CLASS_ID}, found {ids.min()}..{ids.max()}"
+                                f"{hint}")
         labels[: tile.height, : tile.width] = ids
         return labels
 

@@ -658,3 +658,27 @@ def test_a_support_vector_without_attribute_fields_says_to_add_one(buildings, ch
         load_vector_support(path, chip, class_field=class_field)
     assert str(info.value) == (f"support: {path}: has no attribute field to hold a class; add a class field to its "
                                f"polygons in your GIS (one class name per polygon, e.g. 'building'), then run again")
+
+
+def _label_file(path, values: np.ndarray, chip, nodata=None) -> str:
+    """``values`` (bands x H x W, uint8) on the chip's grid."""
+    with rasterio.open(path, "w", driver="GTiff", width=chip.width, height=chip.height, count=len(values),
+                       dtype="uint8", crs=chip.crs, transform=chip.transform, nodata=nodata) as dst:
+        dst.write(values)
+    return str(path)
+
+
+def test_a_label_raster_with_255_and_no_nodata_is_told_how_to_declare_it(chip, tmp_path):
+    from geoproto.support import RasterLabels
+
+    values = np.zeros((1, chip.height, chip.width), np.uint8)
+    values[0, :300], values[0, 300:600], values[0, 600:] = 1, 2, 255
+    path = _label_file(tmp_path / "labels.tif", values, chip)
+    (tile,) = tile_grid(chip.height, chip.width, 1024, 0)
+    with pytest.raises(GeoprotoError, match=re.escape(f"{path}: label values must be 0..254, found 1..255; 255 is "
+                                                      f"usually nodata: declare it with gdal_edit.py -a_nodata 255 "
+                                                      f"{path}")):
+        RasterLabels(path, chip, None).read(tile, 1024)
+    declared = _label_file(tmp_path / "declared.tif", values, chip, nodata=255)
+    read = RasterLabels(declared, chip, None).read(tile, 1024)
+    assert np.array_equal(np.bincount(read.ravel(), minlength=3)[:3], [1024 * 1024 - 600 * 900, 300 * 900, 300 * 900])
