@@ -131,6 +131,8 @@ class RasterLabels:
                                     f"classes that each have a colour); it has {dataset.count}",
                                     # three bands or more: a colour mask, whose colours a classes file gives
                                     param="classes_file" if dataset.count >= 3 else "support")
+            if self.colors is not None or self.palette is not None:
+                _warn_unlisted_colors(path, dataset, classes)
             self.same_grid = (dataset.shape == reference.shape and dataset.transform == reference.transform
                               and dataset.crs == reference.crs)
             if not self.same_grid and not _overlaps(dataset, reference):
@@ -217,6 +219,35 @@ class RasterLabels:
                                 f"{hint}")
         labels[: tile.height, : tile.width] = ids
         return labels
+
+
+def _warn_unlisted_colors(path: str, dataset, classes: ClassInfo) -> None:
+    """A colour mask's pixels of a colour no class has are left unlabelled: warned about once, with their
+    count and most common colours (read block by block over the whole file), unless it is the classes file's
+    ``ignore_color``: a colour typed wrong in the classes file would otherwise drop a class's pixels unseen."""
+    from .tiling import tile_grid
+
+    table = palette_colors(dataset) if dataset.count == 1 else None
+    listed = [(r << 16) | (g << 8) | b for r, g, b in filter(None, [*classes.colors, classes.ignore_color])]
+    found: dict[int, int] = {}
+    for tile in tile_grid(dataset.height, dataset.width, 1024, 0):
+        window = Window(tile.col, tile.row, tile.width, tile.height)
+        try:
+            rgb = (table[dataset.read(1, window=window)].transpose(2, 0, 1) if table is not None
+                   else dataset.read([1, 2, 3], window=window)).astype(np.int64)
+            valid = dataset.dataset_mask(window=window) > 0
+        except RasterioIOError as exc:
+            raise read_error(path, exc, f" at window {window}") from None
+        codes = ((rgb[0] << 16) | (rgb[1] << 8) | rgb[2])[valid]
+        colors, counts = np.unique(codes[~np.isin(codes, listed)], return_counts=True)
+        for color, count in zip(colors.tolist(), counts.tolist()):
+            found[color] = found.get(color, 0) + count
+    if found:
+        common = sorted(found, key=lambda color: -found[color])
+        listed_colors = ", ".join(f"#{color:06X} ({found[color]:,} px)" for color in common[:3])
+        warnings.warn(f"{path}: {sum(found.values()):,} pixel(s) have a colour no class of the classes file has "
+                      f"({listed_colors}{', ...' if len(common) > 3 else ''}): left unlabelled; give their class "
+                      f"that colour, or declare it the file's \"ignore_color\"")
 
 
 def _overlaps(dataset, reference) -> bool:

@@ -682,3 +682,48 @@ def test_a_label_raster_with_255_and_no_nodata_is_told_how_to_declare_it(chip, t
     declared = _label_file(tmp_path / "declared.tif", values, chip, nodata=255)
     read = RasterLabels(declared, chip, None).read(tile, 1024)
     assert np.array_equal(np.bincount(read.ravel(), minlength=3)[:3], [1024 * 1024 - 600 * 900, 300 * 900, 300 * 900])
+
+
+def test_a_colour_mask_warns_once_about_colours_no_class_has(chip, tmp_path):
+    """Pixels of a colour the classes file does not list were left unlabelled without a word (a colour typed
+    wrong there drops a whole class); the file's ignore_color is not warned about."""
+    import warnings
+
+    from geoproto.support import RasterLabels
+
+    values = np.zeros((3, chip.height, chip.width), np.uint8)
+    values[0, :400] = 255  # red: class 'a'
+    values[1, 400:800] = 255  # green: class 'b'; the 100 rows below stay black (89,500 px)...
+    values[:, 850:, :10] = [[[255]], [[0]], [[255]]]  # ... but for 500 px of magenta
+    path = _label_file(tmp_path / "mask.tif", values, chip)
+    classes = ClassInfo([1, 2], ["a", "b"], [(255, 0, 0), (0, 255, 0)])
+    with pytest.warns(UserWarning) as caught:
+        labels = RasterLabels(path, chip, classes)
+    assert [str(w.message) for w in caught] == [
+        f"{path}: 90,000 pixel(s) have a colour no class of the classes file has (#000000 (89,500 px), #FF00FF "
+        f"(500 px)): left unlabelled; give their class that colour, or declare it the file's \"ignore_color\""]
+    (tile,) = tile_grid(chip.height, chip.width, 1024, 0)
+    assert np.array_equal(np.bincount(labels.read(tile, 1024)[:900, :900].ravel()), [90_000, 360_000, 360_000])
+    classes.ignore_color = (0, 0, 0)
+    with pytest.warns(UserWarning, match=r"500 pixel\(s\) have a colour no class .* \(#FF00FF \(500 px\)\)"):
+        RasterLabels(path, chip, classes)
+    values[:, 850:, :10] = 0
+    quiet = _label_file(tmp_path / "quiet.tif", values, chip)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RasterLabels(quiet, chip, classes)
+
+
+def test_a_paletted_mask_warns_about_palette_colours_no_class_has(chip, tmp_path):
+    from geoproto.support import RasterLabels
+
+    values = np.ones((1, chip.height, chip.width), np.uint8)
+    values[0, 450:] = 2
+    values[0, 890:] = 3  # blue: no class, 9,000 px
+    path = _label_file(tmp_path / "palette.tif", values, chip)
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, {1: (255, 0, 0, 255), 2: (0, 255, 0, 255), 3: (0, 0, 255, 255)})
+    classes = ClassInfo([1, 2], ["a", "b"], [(255, 0, 0), (0, 255, 0)])
+    with pytest.warns(UserWarning, match=r"palette\.tif: 9,000 pixel\(s\) have a colour no class of the classes "
+                                         r"file has \(#0000FF \(9,000 px\)\): left unlabelled"):
+        RasterLabels(path, chip, classes)
