@@ -314,7 +314,7 @@ def _class_column(frame, class_field: str | None, path: str) -> str:
                             param="support")
     if class_field:
         if class_field not in columns:
-            raise GeoprotoError(f"{path}: no field {class_field!r} (fields: {', '.join(columns) or 'none'})",
+            raise GeoprotoError(f"{path}: no field {class_field!r} (fields: {', '.join(columns)})",
                                 param="class_field")
         return class_field
     lower = {c.lower(): c for c in columns}
@@ -323,8 +323,8 @@ def _class_column(frame, class_field: str | None, path: str) -> str:
             return lower[candidate]
     if len(columns) == 1:
         return columns[0]
-    raise GeoprotoError(f"{path}: cannot tell which field holds the class; name it (fields: "
-                        f"{', '.join(columns) or 'none'})", param="class_field")
+    raise GeoprotoError(f"{path}: cannot tell which field holds the class; name it (fields: {', '.join(columns)})",
+                        param="class_field")
 
 
 def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tuple[np.ndarray, ClassInfo, bool]:
