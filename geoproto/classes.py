@@ -22,6 +22,7 @@ MAX_CLASS_ID = 254
 # A class file lists at most 254 classes: anything much larger is not one (and deep nesting in a
 # large JSON file exhausts the parser's recursion).
 MAX_CLASS_FILE_BYTES = 1 << 20
+CLASS_ENTRY_KEYS = ("id", "name", "color")  # the keys of a class in a class file's list
 
 
 @dataclass
@@ -31,6 +32,8 @@ class ClassInfo:
     ids: list[int]
     names: list[str]
     colors: list[tuple[int, int, int] | None] = field(default_factory=list)
+    # A colour-coded mask's colour that is no class (e.g. boundaries): unlabelled, without a warning.
+    ignore_color: tuple[int, int, int] | None = None
 
     def __post_init__(self):
         if not self.colors:
@@ -48,7 +51,8 @@ class ClassInfo:
 
     def subset(self, ids) -> "ClassInfo":
         keep = [i for i, class_id in enumerate(self.ids) if class_id in set(ids)]
-        return ClassInfo([self.ids[i] for i in keep], [self.names[i] for i in keep], [self.colors[i] for i in keep])
+        return ClassInfo([self.ids[i] for i in keep], [self.names[i] for i in keep], [self.colors[i] for i in keep],
+                         self.ignore_color)
 
 
 def refuse_reserved_names(names, where: str) -> None:
@@ -95,7 +99,8 @@ def hex_to_rgb(value: str) -> tuple[int, int, int]:
 
 def read_class_file(path: str, param: str | None = None) -> ClassInfo:
     """Class names (and colours) from JSON: ``{"1": "building", ...}``, or a list of
-    ``{"id": 1, "name": "building", "color": "#3C1098"}``, optionally under a ``"classes"`` key.
+    ``{"id": 1, "name": "building", "color": "#3C1098"}``, optionally under a ``"classes"`` key, beside which
+    ``"ignore_color"`` names a colour-coded mask's colour that is no class.
     ``param``: the caller's parameter that gave ``path``, named if it is empty."""
     try:
         if os.path.getsize(path) > MAX_CLASS_FILE_BYTES:
@@ -111,7 +116,13 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         raise GeoprotoError(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise GeoprotoError(f"{path}: JSON nested too deeply to be a class file") from None
+    ignore_color = None
     if isinstance(data, dict) and "classes" in data:
+        if data.get("ignore_color"):
+            try:
+                ignore_color = hex_to_rgb(data["ignore_color"])
+            except ValueError as exc:
+                raise GeoprotoError(f"{path}: ignore_color: {exc}") from None
         data = data["classes"]
     layout = 'expected {"1": "name", ...} or a list of {"id", "name"}'
     if isinstance(data, dict):
@@ -119,6 +130,11 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         entries.sort(key=lambda entry: int(entry["id"]) if entry["id"].strip().isdigit() else 0)
     elif isinstance(data, list) and all(isinstance(entry, dict) for entry in data):
         entries = data
+        # a British "colour" or a typo would otherwise drop what it holds without a word
+        unknown = list(dict.fromkeys(key for entry in entries for key in entry if key not in CLASS_ENTRY_KEYS))
+        if unknown:
+            warnings.warn(f"{path}: class key(s) {', '.join(json.dumps(key) for key in unknown[:5])} not known, "
+                          f"ignored; a class has the keys {', '.join(json.dumps(key) for key in CLASS_ENTRY_KEYS)}")
         incomplete = next((n for n, entry in enumerate(entries, 1) if not {"id", "name"} <= entry.keys()), None)
         if incomplete is not None:
             missing = " and ".join(f'"{key}"' for key in ("id", "name") if key not in entries[incomplete - 1])
@@ -143,7 +159,7 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         except ValueError:
             raise GeoprotoError(f"{path}: class {names[-1]!r} has the colour {json.dumps(entry['color'])}; write "
                                 f"colours as \"#RRGGBB\" (e.g. \"#3C1098\")") from None
-    info = ClassInfo(ids, names, colors)
+    info = ClassInfo(ids, names, colors, ignore_color)
     refuse_reserved_names(info.names, path)
     duplicates = sorted({i for i in info.ids if info.ids.count(i) > 1})
     if duplicates:

@@ -380,8 +380,7 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                 job.tile_size, job.overlap = window_geometry(src.height, src.width, options.tile_size, options.overlap,
                                                              GRID)
                 if options.min_area and job.pixel_area is None:
-                    raise GeoprotoError(f"{job.image}: is in square metres and needs a projected CRS",
-                                        param="min_area")
+                    raise _min_area_refusal(job.image, job.inputs.crs)
             job.inputs.close()
         if unscaled:  # said once, for every such input
             warnings.warn(crf_module.floor_warning(
@@ -469,6 +468,20 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     for job in jobs:
         remove_journal(job.output)  # the output is complete: an earlier run's journal of it has served
     return results, shared
+
+
+def _min_area_refusal(image: str, crs) -> GeoprotoError:
+    """Why a minimum area in m² has no pixel count on ``image`` (a CRS not in metres), with the way round:
+    "needs a projected CRS" alone reads as a fault of the file rather than of the option."""
+    reproject = "reproject the raster to a projected CRS (e.g. gdalwarp -t_srs EPSG:326xx, its UTM zone)"
+    if crs is None:
+        why, way = "the raster has no CRS, so its pixels have no area", "state its projected CRS (assume_crs)"
+    elif crs.is_geographic:
+        why, way = "the raster's CRS is geographic (degrees), where a pixel's area changes with latitude", reproject
+    else:
+        why, way = "the raster's CRS is not in metres", reproject
+    return GeoprotoError(f"{image}: min_area is in m² while {why}; {way} or leave out min_area",
+                         param="min_area", mentions=("min_area", "assume_crs"))
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .classes import MAX_CLASS_ID, ClassInfo, read_class_file, refuse_reserved_names
+from .classes import MAX_CLASS_ID, ClassInfo, read_class_file, refuse_reserved_names, warn_case_twins
 from .errors import GeoprotoError, no_such_file
 from .raster import absolute_path, apply_transform, finite_geometries, open_raster, path_exists, read_error
 from .tiling import Tile
@@ -131,6 +131,8 @@ class RasterLabels:
                                     f"classes that each have a colour); it has {dataset.count}",
                                     # three bands or more: a colour mask, whose colours a classes file gives
                                     param="classes_file" if dataset.count >= 3 else "support")
+            if self.colors is not None or self.palette is not None:
+                _warn_unlisted_colors(path, dataset, classes)
             self.same_grid = (dataset.shape == reference.shape and dataset.transform == reference.transform
                               and dataset.crs == reference.crs)
             if not self.same_grid and not _overlaps(dataset, reference):
@@ -210,9 +212,42 @@ class RasterLabels:
         if self.palette is not None:
             ids = self.palette[ids]
         if ids.min() < 0 or ids.max() > MAX_CLASS_ID:
-            raise GeoprotoError(f"{self.path}: label values must be 0..{MAX_CLASS_ID}, found {ids.min()}..{ids.max()}")
+            # 255 is the usual nodata of uint8 masks whose file does not declare it
+            hint = (f"; 255 is usually nodata: declare it with gdal_edit.py -a_nodata 255 {self.path}"
+                    if (ids == MAX_CLASS_ID + 1).any() else "")
+            raise GeoprotoError(f"{self.path}: label values must be 0..{MAX_CLASS_ID}, found {ids.min()}..{ids.max()}"
+                                f"{hint}")
         labels[: tile.height, : tile.width] = ids
         return labels
+
+
+def _warn_unlisted_colors(path: str, dataset, classes: ClassInfo) -> None:
+    """A colour mask's pixels of a colour no class has are left unlabelled: warned about once, with their
+    count and most common colours (read block by block over the whole file), unless it is the classes file's
+    ``ignore_color``: a colour typed wrong in the classes file would otherwise drop a class's pixels unseen."""
+    from .tiling import tile_grid
+
+    table = palette_colors(dataset) if dataset.count == 1 else None
+    listed = [(r << 16) | (g << 8) | b for r, g, b in filter(None, [*classes.colors, classes.ignore_color])]
+    found: dict[int, int] = {}
+    for tile in tile_grid(dataset.height, dataset.width, 1024, 0):
+        window = Window(tile.col, tile.row, tile.width, tile.height)
+        try:
+            rgb = (table[dataset.read(1, window=window)].transpose(2, 0, 1) if table is not None
+                   else dataset.read([1, 2, 3], window=window)).astype(np.int64)
+            valid = dataset.dataset_mask(window=window) > 0
+        except RasterioIOError as exc:
+            raise read_error(path, exc, f" at window {window}") from None
+        codes = ((rgb[0] << 16) | (rgb[1] << 8) | rgb[2])[valid]
+        colors, counts = np.unique(codes[~np.isin(codes, listed)], return_counts=True)
+        for color, count in zip(colors.tolist(), counts.tolist()):
+            found[color] = found.get(color, 0) + count
+    if found:
+        common = sorted(found, key=lambda color: -found[color])
+        listed_colors = ", ".join(f"#{color:06X} ({found[color]:,} px)" for color in common[:3])
+        warnings.warn(f"{path}: {sum(found.values()):,} pixel(s) have a colour no class of the classes file has "
+                      f"({listed_colors}{', ...' if len(common) > 3 else ''}): left unlabelled; give their class "
+                      f"that colour, or declare it the file's \"ignore_color\"")
 
 
 def _overlaps(dataset, reference) -> bool:
@@ -273,9 +308,13 @@ def _polygonal(geometry):
 
 def _class_column(frame, class_field: str | None, path: str) -> str:
     columns = [c for c in frame.columns if c != frame.geometry.name]
+    if not columns:  # naming a field cannot help: the file has none
+        raise GeoprotoError(f"{path}: has no attribute field to hold a class; add a class field to its polygons "
+                            f"in your GIS (one class name per polygon, e.g. 'building'), then run again",
+                            param="support")
     if class_field:
         if class_field not in columns:
-            raise GeoprotoError(f"{path}: no field {class_field!r} (fields: {', '.join(columns) or 'none'})",
+            raise GeoprotoError(f"{path}: no field {class_field!r} (fields: {', '.join(columns)})",
                                 param="class_field")
         return class_field
     lower = {c.lower(): c for c in columns}
@@ -284,8 +323,8 @@ def _class_column(frame, class_field: str | None, path: str) -> str:
             return lower[candidate]
     if len(columns) == 1:
         return columns[0]
-    raise GeoprotoError(f"{path}: cannot tell which field holds the class; name it (fields: "
-                        f"{', '.join(columns) or 'none'})", param="class_field")
+    raise GeoprotoError(f"{path}: cannot tell which field holds the class; name it (fields: {', '.join(columns)})",
+                        param="class_field")
 
 
 def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tuple[np.ndarray, ClassInfo, bool]:
@@ -317,10 +356,14 @@ def _class_ids(values, column: str, path: str, classes: ClassInfo | None) -> tup
                       f"{', '.join(padded[:3])}{', ...' if len(padded) > 3 else ''}")
     unique = sorted(set(names.tolist()))
     refuse_reserved_names(unique, f"{path}: {column!r}")
+    warn_case_twins(unique, f"{path}: {column!r}")
     if classes:
         missing = [n for n in unique if n not in classes.names]
         if missing:
-            raise GeoprotoError(f"{path}: class {missing[0]!r} is not one of the classes given", param="classes")
+            spelled = [n for n in classes.names if n.casefold() == missing[0].casefold()]
+            hint = f" (did you mean {spelled[0]!r}? names are case-sensitive)" if spelled else ""
+            raise GeoprotoError(f"{path}: class {missing[0]!r} is not one of the classes given{hint}",
+                                param="classes")
         ids = np.array([classes.ids[classes.names.index(n)] for n in names])
         return ids, classes.subset(set(ids.tolist())), False
     if len(unique) > MAX_CLASS_ID:

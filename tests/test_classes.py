@@ -46,3 +46,27 @@ def test_class_file_names_are_stripped_and_ids_may_be_digits(tmp_path):
     assert (info.ids, info.names, info.colors) == ([3, 2], ["building", "Building"], [(0x3C, 0x10, 0x98), None])
     path.write_text('{"10": "water", "9": "tree"}')  # an object's entries in id order
     assert read_class_file(str(path)).ids == [9, 10]
+
+
+@pytest.mark.parametrize("entry, key", [('"colour": "#3C1098"', "colour"), ('"nmae": "trees"', "nmae")])
+def test_a_class_key_the_format_does_not_know_is_warned_about(tmp_path, entry, key):
+    """Before, a British "colour" (or a typo) was dropped without a word: the mask's colours then matched
+    no class."""
+    path = tmp_path / "classes.json"
+    path.write_text(f'[{{"id": 1, "name": "building", {entry}}}, {{"id": 2, "name": "tree"}}]')
+    with pytest.warns(UserWarning) as caught:
+        info = read_class_file(str(path))
+    assert [str(w.message) for w in caught] == [f'{path}: class key(s) "{key}" not known, ignored; a class has the '
+                                                f'keys "id", "name", "color"']
+    assert info.names == ["building", "tree"] and info.colors == [None, None]
+
+
+def test_a_class_file_declares_a_colour_that_is_no_class(tmp_path):
+    path = tmp_path / "classes.json"
+    path.write_text('{"ignore_color": "#000000", "classes": [{"id": 1, "name": "a", "color": "#FF0000"}, '
+                    '{"id": 2, "name": "b", "color": "#00FF00"}]}')
+    info = read_class_file(str(path))
+    assert info.ignore_color == (0, 0, 0) and info.subset([2]).ignore_color == (0, 0, 0)
+    path.write_text('{"ignore_color": "black", "classes": {"1": "a", "2": "b"}}')
+    with pytest.raises(GeoprotoError, match=re.escape("classes.json: ignore_color: colour 'black' is not #RRGGBB")):
+        read_class_file(str(path))

@@ -310,13 +310,16 @@ def test_a_crf_without_a_width_on_the_ground_says_how_wide_it_is(tmp_path):
 
 def test_a_min_area_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
     """A minimum area in square metres has no pixel count on a raster in degrees: refused as soon as the
-    raster is open, before any encoder is built; without it the raster segments."""
+    raster is open, before any encoder is built, saying the option (not the file) is at odds and the way
+    round; without it the raster segments."""
     image = _raster_in_degrees(tmp_path / "wgs84.tif")
     out = tmp_path / "c.tif"
     args = [image, "--support", synthetic.write_support(tmp_path / "support.gpkg", **DEGREES), "-o", out, *FAST]
     with _no_encoder(monkeypatch):
         _assert_clean_failure(run(*args, "--min-area", 25), out,
-                              f"Error: --min-area: {image}: is in square metres and needs a projected CRS")
+                              f"Error: --min-area: {image}: --min-area is in m² while the raster's CRS is geographic "
+                              f"(degrees), where a pixel's area changes with latitude; reproject the raster to a "
+                              f"projected CRS (e.g. gdalwarp -t_srs EPSG:326xx, its UTM zone) or leave out --min-area")
     result = run(*args)
     assert result.exit_code == 0, result.output
 
@@ -1441,7 +1444,9 @@ def test_a_min_area_is_refused_before_any_input_is_segmented(tmp_path, monkeypat
         result = run(first, degrees, "-s", support, "--output-dir", tmp_path / "out", *FAST, "--min-area", 25)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1] == (
-        f"Error: --min-area: {degrees}: is in square metres and needs a projected CRS")
+        f"Error: --min-area: {degrees}: --min-area is in m² while the raster's CRS is geographic (degrees), where a "
+        f"pixel's area changes with latitude; reproject the raster to a projected CRS (e.g. gdalwarp -t_srs "
+        f"EPSG:326xx, its UTM zone) or leave out --min-area")
     assert list((tmp_path / "out").iterdir()) == []
 
 

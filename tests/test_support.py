@@ -620,3 +620,110 @@ def test_a_bow_tie_is_repaired_once_into_its_two_triangles(tmp_path, mosaic, spy
     triangles = rasterize([(shapely.make_valid(Polygon(corners)), 1), (square, 2)], (96, 96), transform=TRANSFORM)
     np.testing.assert_array_equal(labels, triangles)
     assert (labels == 1).sum() == 1000  # the two triangles' area: 2 x 40 x 25 / 2 px
+
+
+def test_class_names_differing_only_by_case_are_warned_about(buildings, chip, tmp_path):
+    """"Tree" and "tree" typed in one attribute table stay two classes: warned about once, naming both."""
+    _, frame = buildings
+    frame["class"] = ["tree" if i % 3 == 0 else "Tree" if i % 3 == 1 else "building" for i in range(len(frame))]
+    path = _write(frame, tmp_path / "twins.gpkg")
+    with pytest.warns(UserWarning) as caught:
+        labels = load_vector_support(path, chip)
+    twins = [str(w.message) for w in caught if "differ only by case" in str(w.message)]
+    assert twins == [f"{path}: 'class': class names 'Tree' and 'tree' differ only by case and stay separate classes; "
+                     f"if each pair is one class, give it one spelling"]
+    assert labels.classes.names == ["Tree", "building", "tree"]
+
+
+def test_a_class_differing_from_the_classes_given_only_by_case_is_refused_with_the_spelling(buildings, chip,
+                                                                                             tmp_path):
+    _, frame = buildings
+    frame["class"] = ["Building" if i % 2 == 0 else "other" for i in range(len(frame))]
+    path = _write(frame, tmp_path / "capital.gpkg")
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"1": "building", "2": "other"}))
+    with pytest.raises(GeoprotoError, match=re.escape("class 'Building' is not one of the classes given (did you "
+                                                      "mean 'building'? names are case-sensitive)")):
+        load_support(path, chip, classes_file=str(classes))
+    classes.write_text(json.dumps({"1": "roof", "2": "other"}))  # no spelling to suggest: no hint
+    with pytest.raises(GeoprotoError, match=r"class 'Building' is not one of the classes given$"):
+        load_support(path, chip, classes_file=str(classes))
+
+
+@pytest.mark.parametrize("class_field", [None, "class"])
+def test_a_support_vector_without_attribute_fields_says_to_add_one(buildings, chip, tmp_path, class_field):
+    _, frame = buildings
+    path = _write(frame[["geometry"]], tmp_path / "bare.gpkg")
+    with pytest.raises(GeoprotoError) as info:
+        load_vector_support(path, chip, class_field=class_field)
+    assert str(info.value) == (f"support: {path}: has no attribute field to hold a class; add a class field to its "
+                               f"polygons in your GIS (one class name per polygon, e.g. 'building'), then run again")
+
+
+def _label_file(path, values: np.ndarray, chip, nodata=None) -> str:
+    """``values`` (bands x H x W, uint8) on the chip's grid."""
+    with rasterio.open(path, "w", driver="GTiff", width=chip.width, height=chip.height, count=len(values),
+                       dtype="uint8", crs=chip.crs, transform=chip.transform, nodata=nodata) as dst:
+        dst.write(values)
+    return str(path)
+
+
+def test_a_label_raster_with_255_and_no_nodata_is_told_how_to_declare_it(chip, tmp_path):
+    from geoproto.support import RasterLabels
+
+    values = np.zeros((1, chip.height, chip.width), np.uint8)
+    values[0, :300], values[0, 300:600], values[0, 600:] = 1, 2, 255
+    path = _label_file(tmp_path / "labels.tif", values, chip)
+    (tile,) = tile_grid(chip.height, chip.width, 1024, 0)
+    with pytest.raises(GeoprotoError, match=re.escape(f"{path}: label values must be 0..254, found 1..255; 255 is "
+                                                      f"usually nodata: declare it with gdal_edit.py -a_nodata 255 "
+                                                      f"{path}")):
+        RasterLabels(path, chip, None).read(tile, 1024)
+    declared = _label_file(tmp_path / "declared.tif", values, chip, nodata=255)
+    read = RasterLabels(declared, chip, None).read(tile, 1024)
+    assert np.array_equal(np.bincount(read.ravel(), minlength=3)[:3], [1024 * 1024 - 600 * 900, 300 * 900, 300 * 900])
+
+
+def test_a_colour_mask_warns_once_about_colours_no_class_has(chip, tmp_path):
+    """Pixels of a colour the classes file does not list were left unlabelled without a word (a colour typed
+    wrong there drops a whole class); the file's ignore_color is not warned about."""
+    import warnings
+
+    from geoproto.support import RasterLabels
+
+    values = np.zeros((3, chip.height, chip.width), np.uint8)
+    values[0, :400] = 255  # red: class 'a'
+    values[1, 400:800] = 255  # green: class 'b'; the 100 rows below stay black (89,500 px)...
+    values[:, 850:, :10] = [[[255]], [[0]], [[255]]]  # ... but for 500 px of magenta
+    path = _label_file(tmp_path / "mask.tif", values, chip)
+    classes = ClassInfo([1, 2], ["a", "b"], [(255, 0, 0), (0, 255, 0)])
+    with pytest.warns(UserWarning) as caught:
+        labels = RasterLabels(path, chip, classes)
+    assert [str(w.message) for w in caught] == [
+        f"{path}: 90,000 pixel(s) have a colour no class of the classes file has (#000000 (89,500 px), #FF00FF "
+        f"(500 px)): left unlabelled; give their class that colour, or declare it the file's \"ignore_color\""]
+    (tile,) = tile_grid(chip.height, chip.width, 1024, 0)
+    assert np.array_equal(np.bincount(labels.read(tile, 1024)[:900, :900].ravel()), [90_000, 360_000, 360_000])
+    classes.ignore_color = (0, 0, 0)
+    with pytest.warns(UserWarning, match=r"500 pixel\(s\) have a colour no class .* \(#FF00FF \(500 px\)\)"):
+        RasterLabels(path, chip, classes)
+    values[:, 850:, :10] = 0
+    quiet = _label_file(tmp_path / "quiet.tif", values, chip)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RasterLabels(quiet, chip, classes)
+
+
+def test_a_paletted_mask_warns_about_palette_colours_no_class_has(chip, tmp_path):
+    from geoproto.support import RasterLabels
+
+    values = np.ones((1, chip.height, chip.width), np.uint8)
+    values[0, 450:] = 2
+    values[0, 890:] = 3  # blue: no class, 9,000 px
+    path = _label_file(tmp_path / "palette.tif", values, chip)
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, {1: (255, 0, 0, 255), 2: (0, 255, 0, 255), 3: (0, 0, 255, 255)})
+    classes = ClassInfo([1, 2], ["a", "b"], [(255, 0, 0), (0, 255, 0)])
+    with pytest.warns(UserWarning, match=r"palette\.tif: 9,000 pixel\(s\) have a colour no class of the classes "
+                                         r"file has \(#0000FF \(9,000 px\)\): left unlabelled"):
+        RasterLabels(path, chip, classes)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeoprotoError
-from ..classes import hex_to_rgb, read_class_file
+from ..classes import read_class_file
 from .base import LabelDecoder, LabelledDataset, Sample
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
@@ -38,11 +38,7 @@ def load_folder(root: str, split_file: str | None = None, holdout: str | None = 
                       f"(first: {unmasked[0]}); left out")
     _check_mask_sizes(samples)
     if all(c is not None for c in classes.colors):
-        ignore = raw.get("ignore_color") if isinstance(raw, dict) else None
-        try:
-            ignore_colors = (hex_to_rgb(ignore),) if ignore else ()
-        except ValueError as exc:
-            raise GeoprotoError(f"{base / 'classes.json'}: ignore_color: {exc}") from None
+        ignore_colors = (classes.ignore_color,) if classes.ignore_color else ()
         decoder = LabelDecoder(colors=dict(zip(classes.colors, classes.ids)), ignore_colors=ignore_colors,
                                source=f"{root}/masks")
     else:
