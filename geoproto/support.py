@@ -131,8 +131,11 @@ class RasterLabels:
                                     f"classes that each have a colour); it has {dataset.count}",
                                     # three bands or more: a colour mask, whose colours a classes file gives
                                     param="classes_file" if dataset.count >= 3 else "support")
-            if self.colors is not None or self.palette is not None:
-                _warn_unlisted_colors(path, dataset, classes)
+            if self.colors is not None or self.palette is not None:  # for _warn_unlisted
+                self._listed = _color_codes(np.array([*classes.colors, *filter(None, [classes.ignore_color])]).T)
+                self._unlisted_warned = False
+                table = palette_colors(dataset) if self.palette is not None else None
+                self._palette_codes = _color_codes(table.T) if table is not None else None
             self.same_grid = (dataset.shape == reference.shape and dataset.transform == reference.transform
                               and dataset.crs == reference.crs)
             if not self.same_grid and not _overlaps(dataset, reference):
@@ -172,6 +175,23 @@ class RasterLabels:
     def candidate_tiles(self, tiles: list[Tile]) -> list[Tile]:
         return tiles
 
+    def _warn_unlisted(self, codes: np.ndarray, window: Window) -> None:
+        """Warn, once per file, of the unlabelled pixels of a colour mask (``codes``: their 0xRRGGBB colours in
+        one window read) whose colour no class has and that is not the classes file's ``ignore_color``: a
+        colour typed wrong there would drop a class's pixels unseen. Said of the first window read that holds
+        some, rather than after a pass over the whole file only for it."""
+        unknown = codes[~np.isin(codes, self._listed)]
+        if not len(unknown):
+            return
+        self._unlisted_warned = True
+        colors, counts = np.unique(unknown, return_counts=True)
+        common = np.argsort(-counts, kind="stable")
+        listed = ", ".join(f"#{colors[i]:06X} ({counts[i]:,} px)" for i in common[:3])
+        warnings.warn(f"{self.path}: pixels of a colour no class of the classes file has, {len(unknown):,} in the "
+                      f"window read at row {window.row_off}, column {window.col_off} ({listed}"
+                      f"{', ...' if len(common) > 3 else ''}): left unlabelled; give their class that colour, or "
+                      f"declare it the file's \"ignore_color\"")
+
     def found_classes(self) -> ClassInfo:
         """The class file's classes, else the ids found in the raster (block by block), named ``class_N``."""
         from .tiling import tile_grid
@@ -196,6 +216,11 @@ class RasterLabels:
             for class_id, color in zip(self.classes.ids, self.colors):
                 hit = np.all(rgb == np.array(color, rgb.dtype)[:, None, None], axis=0)
                 labels[: tile.height, : tile.width][hit] = class_id
+            if not self._unlisted_warned:
+                unlabelled = labels[: tile.height, : tile.width] == 0
+                if self.source.nodata is not None:
+                    unlabelled &= ~np.all(rgb == self.source.nodata, axis=0)
+                self._warn_unlisted(_color_codes(rgb)[unlabelled], window)
             return labels
         try:
             values = self.source.read(1, window=window, masked=True)
@@ -210,6 +235,9 @@ class RasterLabels:
                                     f"{ids[~(np.isfinite(ids) & (ids == np.round(ids)))][0]}")
             ids = ids.astype(np.int64)
         if self.palette is not None:
+            if not self._unlisted_warned:
+                # index 0 is unlabelled, as in any label raster, whatever its colour
+                self._warn_unlisted(self._palette_codes[ids[(ids > 0) & (self.palette[ids] == 0)]], window)
             ids = self.palette[ids]
         if ids.min() < 0 or ids.max() > MAX_CLASS_ID:
             # 255 is the usual nodata of uint8 masks whose file does not declare it
@@ -221,33 +249,10 @@ class RasterLabels:
         return labels
 
 
-def _warn_unlisted_colors(path: str, dataset, classes: ClassInfo) -> None:
-    """A colour mask's pixels of a colour no class has are left unlabelled: warned about once, with their
-    count and most common colours (read block by block over the whole file), unless it is the classes file's
-    ``ignore_color``: a colour typed wrong in the classes file would otherwise drop a class's pixels unseen."""
-    from .tiling import tile_grid
-
-    table = palette_colors(dataset) if dataset.count == 1 else None
-    listed = [(r << 16) | (g << 8) | b for r, g, b in filter(None, [*classes.colors, classes.ignore_color])]
-    found: dict[int, int] = {}
-    for tile in tile_grid(dataset.height, dataset.width, 1024, 0):
-        window = Window(tile.col, tile.row, tile.width, tile.height)
-        try:
-            rgb = (table[dataset.read(1, window=window)].transpose(2, 0, 1) if table is not None
-                   else dataset.read([1, 2, 3], window=window)).astype(np.int64)
-            valid = dataset.dataset_mask(window=window) > 0
-        except RasterioIOError as exc:
-            raise read_error(path, exc, f" at window {window}") from None
-        codes = ((rgb[0] << 16) | (rgb[1] << 8) | rgb[2])[valid]
-        colors, counts = np.unique(codes[~np.isin(codes, listed)], return_counts=True)
-        for color, count in zip(colors.tolist(), counts.tolist()):
-            found[color] = found.get(color, 0) + count
-    if found:
-        common = sorted(found, key=lambda color: -found[color])
-        listed_colors = ", ".join(f"#{color:06X} ({found[color]:,} px)" for color in common[:3])
-        warnings.warn(f"{path}: {sum(found.values()):,} pixel(s) have a colour no class of the classes file has "
-                      f"({listed_colors}{', ...' if len(common) > 3 else ''}): left unlabelled; give their class "
-                      f"that colour, or declare it the file's \"ignore_color\"")
+def _color_codes(rgb: np.ndarray) -> np.ndarray:
+    """RGB colours (3 x ...) as one integer each, 0xRRGGBB."""
+    rgb = rgb.astype(np.int64)
+    return (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
 
 
 def _overlaps(dataset, reference) -> bool:

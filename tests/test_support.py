@@ -697,21 +697,23 @@ def test_a_colour_mask_warns_once_about_colours_no_class_has(chip, tmp_path):
     values[:, 850:, :10] = [[[255]], [[0]], [[255]]]  # ... but for 500 px of magenta
     path = _label_file(tmp_path / "mask.tif", values, chip)
     classes = ClassInfo([1, 2], ["a", "b"], [(255, 0, 0), (0, 255, 0)])
-    with pytest.warns(UserWarning) as caught:
-        labels = RasterLabels(path, chip, classes)
-    assert [str(w.message) for w in caught] == [
-        f"{path}: 90,000 pixel(s) have a colour no class of the classes file has (#000000 (89,500 px), #FF00FF "
-        f"(500 px)): left unlabelled; give their class that colour, or declare it the file's \"ignore_color\""]
     (tile,) = tile_grid(chip.height, chip.width, 1024, 0)
-    assert np.array_equal(np.bincount(labels.read(tile, 1024)[:900, :900].ravel()), [90_000, 360_000, 360_000])
+    labels = RasterLabels(path, chip, classes)
+    with pytest.warns(UserWarning) as caught:
+        assert np.array_equal(np.bincount(labels.read(tile, 1024)[:900, :900].ravel()), [90_000, 360_000, 360_000])
+        labels.read(tile, 1024)  # once per file
+    assert [str(w.message) for w in caught] == [
+        f"{path}: pixels of a colour no class of the classes file has, 90,000 in the window read at row 0, column 0 "
+        f"(#000000 (89,500 px), #FF00FF (500 px)): left unlabelled; give their class that colour, or declare it "
+        f"the file's \"ignore_color\""]
     classes.ignore_color = (0, 0, 0)
-    with pytest.warns(UserWarning, match=r"500 pixel\(s\) have a colour no class .* \(#FF00FF \(500 px\)\)"):
-        RasterLabels(path, chip, classes)
+    with pytest.warns(UserWarning, match=r", 500 in the window read .* \(#FF00FF \(500 px\)\)"):
+        RasterLabels(path, chip, classes).read(tile, 1024)
     values[:, 850:, :10] = 0
     quiet = _label_file(tmp_path / "quiet.tif", values, chip)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        RasterLabels(quiet, chip, classes)
+        RasterLabels(quiet, chip, classes).read(tile, 1024)
 
 
 def test_a_paletted_mask_warns_about_palette_colours_no_class_has(chip, tmp_path):
@@ -720,10 +722,13 @@ def test_a_paletted_mask_warns_about_palette_colours_no_class_has(chip, tmp_path
     values = np.ones((1, chip.height, chip.width), np.uint8)
     values[0, 450:] = 2
     values[0, 890:] = 3  # blue: no class, 9,000 px
+    values[0, :10] = 0  # unlabelled, whatever the palette's colour 0 (black here, no class's)
     path = _label_file(tmp_path / "palette.tif", values, chip)
     with rasterio.open(path, "r+") as dst:
-        dst.write_colormap(1, {1: (255, 0, 0, 255), 2: (0, 255, 0, 255), 3: (0, 0, 255, 255)})
+        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255), 2: (0, 255, 0, 255), 3: (0, 0, 255, 255)})
     classes = ClassInfo([1, 2], ["a", "b"], [(255, 0, 0), (0, 255, 0)])
-    with pytest.warns(UserWarning, match=r"palette\.tif: 9,000 pixel\(s\) have a colour no class of the classes "
-                                         r"file has \(#0000FF \(9,000 px\)\): left unlabelled"):
-        RasterLabels(path, chip, classes)
+    (tile,) = tile_grid(chip.height, chip.width, 1024, 0)
+    with pytest.warns(UserWarning, match=r"palette\.tif: pixels of a colour no class of the classes file has, "
+                                         r"9,000 in the window read at row 0, column 0 \(#0000FF \(9,000 px\)\): "
+                                         r"left unlabelled"):
+        RasterLabels(path, chip, classes).read(tile, 1024)
