@@ -582,6 +582,9 @@ def test_options_reach_the_library(monkeypatch, tmp_path):
     assert not options.check_support and not options.progress
     assert options.command == "geoproto segment i.tif --support s.gpkg --output c.tif --driver COG " \
                               "--co ZLEVEL=9 --co BLOCKSIZE=512"
+    result = CliRunner().invoke(main, ["segment", "i.tif", "-s", "s.gpkg", "-o", "c.tif", "--co", "ZLEVEL=9", "--co",
+                                       "ZLEVEL=1"])  # the last was kept silently
+    assert result.exit_code == 2 and "'ZLEVEL' is given twice (ZLEVEL=9, ZLEVEL=1); give it once" in result.output
     CliRunner().invoke(main, ["segment", "i.tif", "-s", "s.gpkg", "-o", "c.tif", "--check-support"])
     assert seen["options"].check_support
     assert seen["options"].alpha == 20.0  # the default, with a support

@@ -443,7 +443,7 @@ def test_score_refuses_a_renaming_without_a_new_name_or_given_twice(tmp_path):
     result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--map", "tree="])
     assert (result.exit_code, result.output) == (1, "Error: --map: tree=: gives 'tree' an empty name; write NAME=NEW\n")
     result = CliRunner().invoke(main, ["score", prediction, "--truth", truth, "--map", "tree=a", "--map", "tree=b"])
-    assert result.exit_code == 2 and "'tree' is renamed twice (tree=a, tree=b); rename it once" in result.output
+    assert result.exit_code == 2 and "'tree' is given twice (tree=a, tree=b); give it once" in result.output
     with pytest.raises(GeoprotoError, match="mapping: ground= : gives 'ground' an empty name"):
         score(prediction, truth, mapping={"ground": " "})
 

@@ -213,12 +213,15 @@ def not_stdio(ctx, param, value):
 
 
 def parse_pairs(ctx, param, values) -> dict[str, str]:
-    """Repeated NAME=VALUE options as a dict."""
+    """Repeated NAME=VALUE options as a dict; a NAME given twice is refused (``--co COMPRESS=ZSTD --co
+    COMPRESS=LZW``, ``--map tree=a --map tree=b``), not the last kept silently."""
     pairs = {}
     for value in values:
         if "=" not in value:
             raise click.BadParameter(f"{value!r}: write NAME=VALUE")
         name, setting = value.split("=", 1)
+        if name in pairs:
+            raise click.BadParameter(f"{name!r} is given twice ({name}={pairs[name]}, {value}); give it once")
         pairs[name] = setting
     return pairs
 

@@ -9,16 +9,6 @@ from ..metrics import format_metric
 from .options import handle_errors, not_stdio, parse_pairs, print_json, printable
 
 
-def _renamings(ctx, param, values) -> dict[str, str]:
-    """``--map`` pairs; a class renamed twice (``--map tree=a --map tree=b``) is refused, not the last kept."""
-    names = [value.split("=", 1)[0] for value in values]
-    repeated = next((name for n, name in enumerate(names) if name in names[:n]), None)
-    if repeated is not None:
-        raise click.BadParameter(f"{repeated!r} is renamed twice ("
-                                 f"{', '.join(v for v in values if v.split('=', 1)[0] == repeated)}); rename it once")
-    return parse_pairs(ctx, param, values)
-
-
 @click.command("score")
 @click.argument("prediction", type=click.Path(dir_okay=False), callback=not_stdio)
 @click.option("--truth", required=True, type=click.Path(dir_okay=False), callback=not_stdio,
@@ -29,7 +19,7 @@ def _renamings(ctx, param, values) -> dict[str, str]:
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), callback=not_stdio,
               help="JSON file naming the truth raster's class ids (or colours) [default: the names a "
                    "geoproto raster or GDAL category names carry].")
-@click.option("--map", "mapping", multiple=True, callback=_renamings,
+@click.option("--map", "mapping", multiple=True, callback=parse_pairs,
               help="Rename a class of the truth or the prediction: NAME=NEW (repeatable; several names may "
                    "map to one).")
 @click.option("--background", help="With vector truth: the class of pixels outside every polygon "
