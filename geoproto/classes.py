@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import string
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -91,10 +91,20 @@ def refuse_one_class(names, where: str, param: str | None = None) -> None:
 def hex_to_rgb(value: str) -> tuple[int, int, int]:
     """``#RRGGBB`` (or ``RRGGBB``) as an RGB triple; ValueError for anything else (``int(.., 16)`` alone would
     take "-1-1-1" or " 1 2 3", and ignore a seventh digit)."""
-    digits = value[1:] if isinstance(value, str) and value.startswith("#") else value
-    if not (isinstance(digits, str) and len(digits) == 6 and all(c in string.hexdigits for c in digits)):
+    match = isinstance(value, str) and re.fullmatch(r"#?([0-9A-Fa-f]{6})", value)
+    if not match:
         raise ValueError(f"colour {value!r} is not #RRGGBB")
-    return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)
+    return tuple(bytes.fromhex(match[1]))
+
+
+def first_repeat(values):
+    """The first of ``values`` seen before (None values aside), or None."""
+    seen = set()
+    for value in values:
+        if value is not None and value in seen:
+            return value
+        seen.add(value)
+    return None
 
 
 def read_class_file(path: str, param: str | None = None) -> ClassInfo:
@@ -126,8 +136,8 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         data = data["classes"]
     layout = 'expected {"1": "name", ...} or a list of {"id", "name"}'
     if isinstance(data, dict):
-        entries = [{"id": key, "name": name} for key, name in data.items()]
-        entries.sort(key=lambda entry: int(entry["id"]) if entry["id"].strip().isdigit() else 0)
+        entries = sorted(({"id": _class_id(path, key), "name": name} for key, name in data.items()),
+                         key=lambda entry: entry["id"])
     elif isinstance(data, list) and all(isinstance(entry, dict) for entry in data):
         entries = data
         # a British "colour" or a typo would otherwise drop what it holds without a word
@@ -135,11 +145,11 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         if unknown:
             warnings.warn(f"{path}: class key(s) {', '.join(json.dumps(key) for key in unknown[:5])} not known, "
                           f"ignored; a class has the keys {', '.join(json.dumps(key) for key in CLASS_ENTRY_KEYS)}")
-        incomplete = next((n for n, entry in enumerate(entries, 1) if not {"id", "name"} <= entry.keys()), None)
-        if incomplete is not None:
-            missing = " and ".join(f'"{key}"' for key in ("id", "name") if key not in entries[incomplete - 1])
-            raise GeoprotoError(f"{path}: class {incomplete} of the list ({json.dumps(entries[incomplete - 1])[:80]}) "
-                                f"has no {missing}; {layout}")
+        for number, entry in enumerate(entries, 1):
+            missing = " and ".join(f'"{key}"' for key in ("id", "name") if key not in entry)
+            if missing:
+                raise GeoprotoError(f"{path}: class {number} of the list ({json.dumps(entry)[:80]}) has no {missing}; "
+                                    f"{layout}")
     else:
         raise GeoprotoError(f"{path}: {layout}")
     if not entries:
@@ -149,10 +159,10 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         ids.append(_class_id(path, entry["id"]))
         # str() of null, a number or an object would make a class named "None", "5" or "{'name': ..}"
         name = entry["name"]
-        if isinstance(name, str) and not name.strip():
-            raise GeoprotoError(f"{path}: a class has an empty name (id {ids[-1]}); name every class")
         if not isinstance(name, str):
             raise GeoprotoError(f"{path}: class {ids[-1]} has the name {json.dumps(name)}; name every class with text")
+        if not name.strip():
+            raise GeoprotoError(f"{path}: a class has an empty name (id {ids[-1]}); name every class")
         names.append(name.strip())  # as vector support's class values are
         try:
             colors.append(hex_to_rgb(entry["color"]) if entry.get("color") else None)
@@ -161,18 +171,17 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
                                 f"colours as \"#RRGGBB\" (e.g. \"#3C1098\")") from None
     info = ClassInfo(ids, names, colors, ignore_color)
     refuse_reserved_names(info.names, path)
-    duplicates = sorted({i for i in info.ids if info.ids.count(i) > 1})
-    if duplicates:
-        raise GeoprotoError(f"{path}: class id {duplicates[0]} is listed twice")
+    duplicate = first_repeat(info.ids)
+    if duplicate is not None:
+        raise GeoprotoError(f"{path}: class id {duplicate} is listed twice")
     # two ids of one name would be one class to every step that pairs classes by name (support, score)
-    repeated = [name for number, name in enumerate(info.names) if name in info.names[:number]]
-    if repeated:
-        raise GeoprotoError(f"{path}: class name {repeated[0]!r} is given to ids "
-                            f"{', '.join(str(i) for i, n in zip(info.ids, info.names) if n == repeated[0])}; "
+    repeated = first_repeat(info.names)
+    if repeated is not None:
+        raise GeoprotoError(f"{path}: class name {repeated!r} is given to ids "
+                            f"{', '.join(str(i) for i, n in zip(info.ids, info.names) if n == repeated)}; "
                             f"name each class once")
     # a colour mask's pixels of a shared colour would all go to one of the classes, silently
-    shared = next((color for n, color in enumerate(info.colors) if color is not None and color in info.colors[:n]),
-                  None)
+    shared = first_repeat(info.colors)
     if shared is not None:
         owners = [repr(name) for name, color in zip(info.names, info.colors) if color == shared]
         raise GeoprotoError(f"{path}: classes {' and '.join(owners)} share the colour #{bytes(shared).hex().upper()}; "

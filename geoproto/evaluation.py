@@ -215,23 +215,17 @@ def _truth_labels(truth: str, src, class_field: str | None, truth_crs: str | Non
                   layer: str | None):
     """The truth read as a support is (``support.load_support``), its errors naming score's parameters
     (``truth_crs: ...``, not ``support_crs``, which score does not have)."""
-    from .support import load_support
+    from .support import NoRasterCRS, NotPolygonal, load_support
 
-    try:
-        with renamed_params(_TRUTH_PARAMS):
+    with renamed_params(_TRUTH_PARAMS):
+        try:
             return load_support(truth, src, class_field, layer, truth_crs, classes_file)
-    except GeoprotoError as exc:
-        if exc.param == "buffer":  # points or lines: score has no buffer distance to make them polygons
-            found = exc.message.partition("; found ")[2].partition(" (")[0] or "other geometries"
-            raise GeoprotoError(f"{truth}: polygon truth is rasterised onto the prediction's pixels; found {found} "
-                                f"(buffer them into polygons first)", param="truth") from None
-        if exc.param != "assume_crs":
-            raise
-        # polygons in a CRS on a prediction without one: load_support says to state the raster's CRS with
-        # assume_crs, which score has not; the prediction itself needs its CRS
-        polygons_crs = exc.message.split(" but the raster has no CRS")[0]
-        raise GeoprotoError(f"{polygons_crs} but the prediction {src.name} has no CRS; give it its CRS "
-                            f"(gdal_edit.py -a_srs EPSG:...)", param="prediction") from None
+        except NotPolygonal as exc:  # score has no buffer distance to make points or lines polygons
+            raise GeoprotoError(f"{truth}: polygon truth is rasterised onto the prediction's pixels; found "
+                                f"{exc.kinds} (buffer them into polygons first)", param="truth") from None
+        except NoRasterCRS as exc:  # score has no assume_crs: the prediction itself needs its CRS
+            raise GeoprotoError(f"{truth}: is in {exc.vector_crs} but the prediction {src.name} has no CRS; give it "
+                                f"its CRS (gdal_edit.py -a_srs EPSG:...)", param="prediction") from None
 
 
 def _check_class_names(prediction: str, predicted: ClassInfo, truth: str, truth_classes: ClassInfo,

@@ -301,6 +301,25 @@ def palette_lookup(dataset, classes: ClassInfo) -> np.ndarray | None:
 POLYGONAL = {"Polygon", "MultiPolygon"}
 
 
+class NotPolygonal(GeoprotoError):
+    """Support of points or lines (``kinds``, e.g. "LineString, Point") without a buffer distance to make them
+    polygons: a caller whose polygons have no buffer option (``score``'s truth) says so in its own words."""
+
+    def __init__(self, path: str, kinds: str):
+        super().__init__(f"{path}: support must be polygons; found {kinds} (a buffer distance turns points and "
+                         f"lines into polygons)", param="buffer")
+        self.kinds = kinds
+
+
+class NoRasterCRS(GeoprotoError):
+    """Polygons in a CRS (``vector_crs``, its name) on a raster without one."""
+
+    def __init__(self, path: str, vector_crs: str):
+        super().__init__(f"{path}: is in {vector_crs} but the raster has no CRS; state the raster's CRS, or drop the "
+                         f"vector's", param="assume_crs")
+        self.vector_crs = vector_crs
+
+
 def _polygonal(geometry):
     """The polygonal part of a repaired geometry (make_valid can return collections with lines)."""
     import shapely
@@ -433,9 +452,9 @@ class VectorSupport:
                 # tile) gets infinite coordinates: it lies on no raster in that CRS, so it is left empty
                 # rather than handed to GEOS (a stray "invalid value" warning, or worse).
                 geometries[~finite_geometries(geometries)] = shapely.Polygon()
-            # The file's invalid polygons were repaired when read; a valid ring whose edges nearly touch
-            # can cross itself once reprojected (vertices move, edges stay straight), and GEOS refuses it.
-            geometries, _ = _repaired(geometries)
+                # The file's invalid polygons were repaired when read; a valid ring whose edges nearly touch
+                # can cross itself once reprojected (vertices move, edges stay straight), and GEOS refuses it.
+                geometries, _ = _repaired(geometries)
             self._in_crs[key] = geometries, shapely.STRtree(geometries)
         return self._in_crs[key]
 
@@ -450,8 +469,7 @@ class VectorSupport:
             raise GeoprotoError(f"{path}: has no CRS while the raster has one; state the vector's CRS",
                                 param="support_crs")
         if raster_crs is None and self.crs is not None:
-            raise GeoprotoError(f"{path}: is in {self.crs.name} but the raster has no CRS; state the raster's CRS, "
-                                f"or drop the vector's", param="assume_crs")
+            raise NoRasterCRS(path, self.crs.name)
         transform = reference.transform
         pixels = 0.0
         if self.buffer:
@@ -533,8 +551,7 @@ def read_vector_support(path: str, class_field: str | None = None, layer: str | 
 
     kinds = set(frame.geometry.geom_type)
     if not kinds <= POLYGONAL and not buffer:
-        raise GeoprotoError(f"{path}: support must be polygons; found {', '.join(sorted(kinds - POLYGONAL))} "
-                            f"(a buffer distance turns points and lines into polygons)", param="buffer")
+        raise NotPolygonal(path, ", ".join(sorted(kinds - POLYGONAL)))
     repaired, count = _repaired(frame.geometry.to_numpy())
     if count:  # kept repaired: ``place`` then repairs only what a reprojection breaks
         frame = frame.set_geometry(geopandas.GeoSeries(repaired, index=frame.index, crs=frame.crs,
