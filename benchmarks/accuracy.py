@@ -73,7 +73,8 @@ def main() -> None:
                                                          if args.crf_bilateral_px else {}))
     data = load_dataset("folder", str(args.root), split=str(SPLIT))
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"Dubai area 6, {len(seeds)} seeds, {args.orientations} orientation(s): OA, mIoU, per-class F1 (%), mean ± std", flush=True)
+    print(f"Dubai area 6, {len(seeds)} seeds, {args.orientations} orientation(s): OA, mIoU, per-class F1 (%), "
+          f"mean ± std", flush=True)
     for name in args.encoders.split(","):
         encoder = build_shipped(name)[0]
         for shots in (int(s) for s in args.shots.split(",")):

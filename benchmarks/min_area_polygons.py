@@ -7,7 +7,8 @@ seconds of the sieve (``output.sieve_classes``: GDAL's sieve, then ``_merge_smal
 leaves, both whole-raster) and of polygonising. ``--mosaic N``: the chip's class raster repeated N x N (mirrored,
 so regions run on across the seams), a larger orthophoto's class raster for the timings.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/min_area_polygons.py [--min-areas 0,5,10,25] [--simplify 0.5] [--mosaic 8]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/min_area_polygons.py [--min-areas 0,5,10,25]
+        [--simplify 0.5] [--mosaic 8]
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class SegmentOptions:
     overwrite: bool = False
     # Keep finished windows in a journal beside each output, and continue an interrupted run (resume.py)
     resume: bool = False
-    progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal (progress.stderr_is_terminal)
+    progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal (progress.py)
     # The windows on a Dask cluster (geoproto.distributed): a scheduler's address, or N local workers
     dask_scheduler: str | None = None
     dask_local: int | None = None

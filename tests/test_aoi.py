@@ -228,8 +228,8 @@ def test_only_windows_the_areas_edge_crosses_are_rasterised(spy):
 
     geometry = shapely.Point(200.3, 190.6).buffer(150, quad_segs=256)  # 1,025 vertices
     tiles = tile_grid(400, 380, 64, 8)
-    rasterised_each = [rasterio.features.geometry_mask([geometry], (t.height, t.width), Affine.translation(t.col, t.row),
-                                                       invert=True) for t in tiles]
+    rasterised_each = [rasterio.features.geometry_mask([geometry], (t.height, t.width),
+                                                       Affine.translation(t.col, t.row), invert=True) for t in tiles]
     crossing = sum(0 < inside.sum() < inside.size for inside in rasterised_each)
     area = AreaOfInterest(geometry)
     rasterised = spy(rasterio.features, "geometry_mask")

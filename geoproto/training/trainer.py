@@ -191,7 +191,8 @@ def check_run_folder(config: TrainConfig, output: str, resume: bool = False, ove
 
 
 def train(train_sampler: EpisodeSampler, val_sampler: EpisodeSampler | None, config: TrainConfig, output: str,
-          resume: bool = False, metadata: dict | None = None, progress: bool | None = None, overwrite: bool = False) -> dict:
+          resume: bool = False, metadata: dict | None = None, progress: bool | None = None,
+          overwrite: bool = False) -> dict:
     """Run (or resume) episodic training into the folder ``output``; returns a summary. A folder holding
     a run is continued with ``resume`` or started again with ``overwrite`` (its files removed first),
     never replaced otherwise: its checkpoints may be days of training (``check_run_folder``)."""
