@@ -32,7 +32,7 @@ from .classes import NODATA, refuse_one_class
 from .classifier import Classifier, fit_support
 from .distributed import (ClassifierRecipe, EncoderRecipe, check_scheduler_address, cluster, import_distributed,
                           probe_scheduler, run_on_cluster)
-from .errors import GeoprotoError
+from .errors import GeoprotoError, GeoprotoWarning
 from .heads import DEFAULT_ORIENTATIONS, DEFAULT_VARIANT, VARIANTS, check_orientations
 from .inputs import Inputs, open_image, open_inputs, stretch_inputs, support_pairs
 from .models import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -381,6 +381,8 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
                                                              GRID)
                 if options.min_area and job.pixel_area is None:
                     raise _min_area_refusal(job.image, job.inputs.crs)
+                if options.simplify and options.vector:
+                    _warn_wide_simplify(job.image, options.simplify, src, job.inputs.crs)
             job.inputs.close()
         if unscaled:  # said once, for every such input
             warnings.warn(crf_module.floor_warning(
@@ -468,6 +470,22 @@ def _segment(jobs: list[_Job], support: str | None, options: SegmentOptions) -> 
     for job in jobs:
         remove_journal(job.output)  # the output is complete: an earlier run's journal of it has served
     return results, shared
+
+
+# A --simplify tolerance this many pixels wide is taken for one in the wrong units (metres on a lon/lat raster).
+SIMPLIFY_WARN_PIXELS = 50
+
+
+def _warn_wide_simplify(image: str, tolerance: float, src, crs) -> None:
+    """Warn, before any work, of a simplification tolerance many pixels wide: it is in the raster CRS's units,
+    so ``0.5`` meant as metres is 0.5 degrees on a lon/lat raster, and every polygon collapses."""
+    pixels = tolerance / math.hypot(src.transform.a, src.transform.d)
+    if pixels >= SIMPLIFY_WARN_PIXELS:
+        units = "degrees" if crs is not None and crs.is_geographic else (
+            crs.linear_units if crs is not None and crs.linear_units not in ("", "unknown") else "CRS units")
+        warnings.warn(GeoprotoWarning(
+            f"{image}: simplify {tolerance:g} is in the raster CRS's units ({units}): {pixels:,.0f} pixels wide, "
+            f"which leaves little of the polygons; give a tolerance of a pixel or two", mentions=("simplify",)))
 
 
 def _min_area_refusal(image: str, crs) -> GeoprotoError:

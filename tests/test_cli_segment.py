@@ -324,6 +324,20 @@ def test_a_min_area_is_refused_on_a_raster_in_degrees(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
 
 
+def test_a_simplify_tolerance_many_pixels_wide_is_warned_about_with_its_units(tmp_path):
+    """--simplify is in the raster CRS's units: 0.5 meant as metres is 50,000 pixels of 1e-5 degrees, and
+    every polygon collapses; said before the run, while a tolerance of a pixel or two runs silently."""
+    image = _raster_in_degrees(tmp_path / "wgs84.tif")
+    args = [image, "--support", synthetic.write_support(tmp_path / "support.gpkg", **DEGREES), "-o",
+            tmp_path / "c.tif", "--vector", tmp_path / "c.gpkg", "--overwrite", *FAST]
+    result = run(*args, "--simplify", 0.5)
+    assert result.exit_code == 0, result.output
+    assert (f"Warning: {image}: --simplify 0.5 is in the raster CRS's units (degrees): 50,000 pixels wide, which "
+            f"leaves little of the polygons; give a tolerance of a pixel or two") in result.output
+    result = run(*args, "--simplify", 2e-5)
+    assert result.exit_code == 0 and "--simplify" not in result.output, result.output
+
+
 def test_a_raster_in_degrees_has_its_areas_on_the_ellipsoid_in_every_output(tmp_path):
     """Pixels of 0.01 degree at 60 N (their area shrinks 3 % from the south row to the north one): summary,
     --report and legend give each class the sum over rows of its pixels times that row's pixel area,
