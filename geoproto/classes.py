@@ -6,6 +6,7 @@ support, outside the raster's valid data or the area of interest in results).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ MAX_CLASS_ID = 254
 # large JSON file exhausts the parser's recursion).
 MAX_CLASS_FILE_BYTES = 1 << 20
 CLASS_ENTRY_KEYS = ("id", "name", "color")  # the keys of a class in a class file's list
-CLASS_FILE_KEYS = ("classes", "ignore_color")  # the keys of a class file holding its list under "classes"
+CLASS_FILE_KEYS = ("classes", "ignore_color")  # what a class file holding its list under "classes" reads beside it
 
 
 @dataclass
@@ -129,7 +130,11 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         raise GeoprotoError(f"{path}: JSON nested too deeply to be a class file") from None
     ignore_color = None
     if isinstance(data, dict) and "classes" in data:
-        _warn_unknown_keys(path, data, CLASS_FILE_KEYS, "class file")
+        for key in data:  # other keys are the file's own metadata (a dataset's "name"), unless one is a typo
+            typo = difflib.get_close_matches(key, CLASS_FILE_KEYS, 1, 0.8) if key not in CLASS_FILE_KEYS else []
+            if typo:
+                warnings.warn(f"{path}: class file key {json.dumps(key)} not known, ignored; did you mean "
+                              f"{json.dumps(typo[0])}?")
         if data.get("ignore_color"):
             try:
                 ignore_color = hex_to_rgb(data["ignore_color"])
@@ -142,7 +147,11 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
                          key=lambda entry: entry["id"])
     elif isinstance(data, list) and all(isinstance(entry, dict) for entry in data):
         entries = data
-        _warn_unknown_keys(path, {key: None for entry in entries for key in entry}, CLASS_ENTRY_KEYS, "class")
+        # a British "colour" or a typo would otherwise drop what it holds without a word
+        unknown = list(dict.fromkeys(key for entry in entries for key in entry if key not in CLASS_ENTRY_KEYS))
+        if unknown:
+            warnings.warn(f"{path}: class key(s) {', '.join(json.dumps(key) for key in unknown[:5])} not known, "
+                          f"ignored; a class has the keys {', '.join(json.dumps(key) for key in CLASS_ENTRY_KEYS)}")
         for number, entry in enumerate(entries, 1):
             missing = " and ".join(f'"{key}"' for key in ("id", "name") if key not in entry)
             if missing:
@@ -185,15 +194,6 @@ def read_class_file(path: str, param: str | None = None) -> ClassInfo:
         raise GeoprotoError(f"{path}: classes {' and '.join(owners)} share the colour #{bytes(shared).hex().upper()}; "
                             f"give each class its own colour")
     return info
-
-
-def _warn_unknown_keys(path: str, data: dict, known: tuple[str, ...], what: str) -> None:
-    """Warn of ``data``'s keys that are not ``known``: a British "colour", an "ignore_colour" or a typo would
-    otherwise drop what it holds without a word."""
-    unknown = [key for key in data if key not in known]
-    if unknown:
-        warnings.warn(f"{path}: {what} key(s) {', '.join(json.dumps(key) for key in unknown[:5])} not known, "
-                      f"ignored; a {what} has the keys {', '.join(json.dumps(key) for key in known)}")
 
 
 def _class_id(path: str, value) -> int:

@@ -63,13 +63,14 @@ def test_a_class_key_the_format_does_not_know_is_warned_about(tmp_path, entry, k
 
 def test_a_class_file_key_the_format_does_not_know_is_warned_about(tmp_path):
     """A British "ignore_colour" beside "classes" was dropped without a word: the mask's grey then warned of
-    as a colour no class has, or went unlabelled unexplained."""
+    as a colour no class has, or went unlabelled unexplained. The file's own metadata (a "name") is not."""
     path = tmp_path / "classes.json"
-    path.write_text('{"ignore_colour": "#9B9B9B", "classes": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}')
+    path.write_text('{"name": "dubai", "ignore_colour": "#9B9B9B", "classes": [{"id": 1, "name": "a"}, '
+                    '{"id": 2, "name": "b"}]}')
     with pytest.warns(UserWarning) as caught:
         info = read_class_file(str(path))
-    assert [str(w.message) for w in caught] == [f'{path}: class file key(s) "ignore_colour" not known, ignored; a '
-                                                f'class file has the keys "classes", "ignore_color"']
+    assert [str(w.message) for w in caught] == [f'{path}: class file key "ignore_colour" not known, ignored; did you '
+                                                f'mean "ignore_color"?']
     assert info.names == ["a", "b"] and info.ignore_color is None
 
 
