@@ -125,7 +125,8 @@ class RasterLabels:
                 raise GeoprotoError(f"{path}: label raster and orthophoto must both have a CRS or both lack one")
             has_colors = bool(classes) and all(c is not None for c in classes.colors)
             self.colors = classes.colors if has_colors and dataset.count >= 3 else None
-            self.palette = palette_lookup(dataset, classes) if has_colors and dataset.count == 1 else None
+            table = palette_colors(dataset) if has_colors and dataset.count == 1 else None  # its colours, read once
+            self.palette = palette_lookup(table, classes) if table is not None else None
             if self.colors is None and dataset.count != 1:
                 raise GeoprotoError(f"{path}: a label raster has one band of class ids (or RGB colours, with "
                                     f"classes that each have a colour); it has {dataset.count}",
@@ -134,7 +135,6 @@ class RasterLabels:
             if self.colors is not None or self.palette is not None:  # for _warn_unlisted
                 self._listed = _color_codes(np.array([*classes.colors, *filter(None, [classes.ignore_color])]).T)
                 self._unlisted_warned = False
-                table = palette_colors(dataset) if self.palette is not None else None
                 self._palette_codes = _color_codes(table.T) if table is not None else None
             self.same_grid = (dataset.shape == reference.shape and dataset.transform == reference.transform
                               and dataset.crs == reference.crs)
@@ -287,11 +287,9 @@ def palette_colors(dataset) -> np.ndarray | None:
     return table
 
 
-def palette_lookup(dataset, classes: ClassInfo) -> np.ndarray | None:
-    """For a paletted label raster and classes with colours: palette index -> class id (0 if no class)."""
-    table = palette_colors(dataset)
-    if table is None:
-        return None
+def palette_lookup(table: np.ndarray, classes: ClassInfo) -> np.ndarray:
+    """For a paletted label raster's colour table (``palette_colors``) and classes with colours: palette
+    index -> class id (0 if no class)."""
     lookup = np.zeros(256, np.uint8)
     for class_id, color in zip(classes.ids, classes.colors):
         lookup[np.all(table == np.array(color, np.uint8), axis=1)] = class_id
